@@ -1,0 +1,266 @@
+//! Configuration as plain data, with nginx's names and defaults.
+//!
+//! Both runtimes and embedders build a [`Config`] (by hand, from command-line flags, or — with the
+//! `serde` feature — from TOML), call [`Config::validate`], and hand it to
+//! [`Core::new`](crate::Core::new). Every default below is nginx's unless a comment says why
+//! upkeep differs.
+
+use core::net::SocketAddr;
+use core::time::Duration;
+
+/// Where to listen or connect: a TCP address or a Unix domain socket path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Address {
+    /// `HOST:PORT` or `[V6]:PORT` (literal IPs; the core does no name resolution).
+    Tcp(SocketAddr),
+    /// `unix:/path`.
+    Unix(String),
+}
+
+/// A listener (the runtime binds it; the core only needs its index and scheme).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenerConfig {
+    /// Address to bind.
+    pub addr: Address,
+}
+
+/// How a group picks a server for a request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Balance {
+    /// nginx's default: smooth weighted round-robin.
+    #[default]
+    RoundRobin,
+    /// Fewest active requests (weighted), ties broken round-robin.
+    LeastConn,
+    /// Hash of the client address (nginx `ip_hash`): a client sticks to one server.
+    IpHash,
+}
+
+/// What idle upstream connections are keyed by.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PoolKeyMode {
+    /// Any client's request may reuse any idle connection to the chosen server (nginx).
+    #[default]
+    Server,
+    /// The key is (server, client address): one client's requests never ride an upstream
+    /// connection that carried another client's requests.
+    Client,
+}
+
+/// One server of an upstream group (nginx `server` parameters).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// Where the server listens.
+    pub addr: Address,
+    /// Relative weight for round-robin and least-conn (nginx default 1).
+    pub weight: u32,
+    /// Failures within `fail_timeout` that mark the server down; 0 disables (nginx default 1).
+    pub max_fails: u32,
+    /// Window for counting failures, and how long a server stays down (nginx default 10s).
+    pub fail_timeout: Duration,
+    /// Used only when every primary server is down.
+    pub backup: bool,
+    /// Cap on concurrent connections to this server; 0 = unlimited (nginx default).
+    pub max_conns: u32,
+}
+
+impl ServerConfig {
+    /// A server at `addr` with nginx's defaults.
+    pub fn new(addr: Address) -> ServerConfig {
+        ServerConfig {
+            addr,
+            weight: 1,
+            max_fails: 1,
+            fail_timeout: Duration::from_secs(10),
+            backup: false,
+            max_conns: 0,
+        }
+    }
+}
+
+/// The default idle-connection cap per group per worker.
+///
+/// nginx 1.29.7+ defaults to 32 and closes a connection whenever a release finds the cache full,
+/// so a busy site with more concurrency than the cap keeps opening connections (measured here:
+/// `keepalive 16` behind 64 busy clients opened ~57,000 connections in 10 s). upkeep's default is
+/// large enough that steady concurrency up to a thousand never churns; surplus connections age out
+/// instead, because reuse is most-recently-used first and the idle timeout closes the cold tail.
+pub const DEFAULT_KEEPALIVE: usize = 1024;
+
+/// A named group of servers with its pool and timeout settings (nginx `upstream {}` plus the
+/// `proxy_*` directives that apply to it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpstreamConfig {
+    /// Name used by routes, metrics and logs.
+    pub name: String,
+    /// The servers (at most 64).
+    pub servers: Vec<ServerConfig>,
+    /// Balancing strategy.
+    pub balance: Balance,
+    /// Hard cap on idle pooled connections per worker for this group (nginx `keepalive N`);
+    /// 0 disables pooling.
+    pub keepalive: usize,
+    /// Idle pooled connection lifetime (nginx `keepalive_timeout`, 60s).
+    pub keepalive_timeout: Duration,
+    /// Requests per upstream connection before it is retired (nginx `keepalive_requests`, 1000).
+    pub keepalive_requests: u32,
+    /// Maximum age of an upstream connection before it is retired (nginx `keepalive_time`, 1h).
+    pub keepalive_time: Duration,
+    /// Partitioning of the pool.
+    pub pool_key: PoolKeyMode,
+    /// `proxy_connect_timeout` (60s).
+    pub connect_timeout: Duration,
+    /// `proxy_read_timeout` (60s): between two reads of the response; before the response head
+    /// it answers 504.
+    pub read_timeout: Duration,
+    /// `proxy_send_timeout` (60s): between two writes of the request.
+    pub send_timeout: Duration,
+    /// `proxy_next_upstream_tries`: servers tried per request. nginx's 0 means unlimited;
+    /// upkeep's default is a finite 2.
+    pub next_upstream_tries: u32,
+    /// `proxy_next_upstream timeout`: also move an idempotent request to the next server when the
+    /// response header times out (off by default; connect timeouts always move on).
+    pub next_upstream_on_timeout: bool,
+}
+
+impl UpstreamConfig {
+    /// A group with nginx's defaults (and upkeep's non-churning keepalive default).
+    pub fn new(name: impl Into<String>, servers: Vec<ServerConfig>) -> UpstreamConfig {
+        UpstreamConfig {
+            name: name.into(),
+            servers,
+            balance: Balance::RoundRobin,
+            keepalive: DEFAULT_KEEPALIVE,
+            keepalive_timeout: Duration::from_secs(60),
+            keepalive_requests: 1000,
+            keepalive_time: Duration::from_secs(3600),
+            pool_key: PoolKeyMode::Server,
+            connect_timeout: Duration::from_secs(60),
+            read_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(60),
+            next_upstream_tries: 2,
+            next_upstream_on_timeout: false,
+        }
+    }
+}
+
+/// A routing rule: requests whose Host matches (if set) and whose path starts with `path_prefix`
+/// go to `upstream`. The longest matching prefix wins; among equals, the first listed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteConfig {
+    /// Host to match, case-insensitively and without port; `None` matches any.
+    pub host: Option<String>,
+    /// Path prefix, starting with `/`.
+    pub path_prefix: String,
+    /// Name of the upstream group.
+    pub upstream: String,
+}
+
+/// Client-side timeouts (nginx core module defaults).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientTimeouts {
+    /// Total time to receive a request head (nginx `client_header_timeout`, 60s). A total deadline,
+    /// not per read, so a slowloris client cannot stretch it.
+    pub header: Duration,
+    /// Between two reads of a request body (`client_body_timeout`, 60s) → 408.
+    pub body: Duration,
+    /// Idle keep-alive client connection (`keepalive_timeout`, 75s).
+    pub keepalive: Duration,
+    /// Between two successful writes to a slow client (`send_timeout`, 60s) → close.
+    pub send: Duration,
+    /// Bounded read-and-discard after a close-after-error response (`lingering_timeout`, 5s).
+    pub lingering: Duration,
+}
+
+impl Default for ClientTimeouts {
+    fn default() -> Self {
+        ClientTimeouts {
+            header: Duration::from_secs(60),
+            body: Duration::from_secs(60),
+            keepalive: Duration::from_secs(75),
+            send: Duration::from_secs(60),
+            lingering: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Size and count limits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest request line (→ 414). nginx: a line must fit `large_client_header_buffers` (8k).
+    pub max_request_line: usize,
+    /// Largest request or response head (→ 431 / 502).
+    pub max_head: usize,
+    /// Largest request body (`client_max_body_size`, 1m; 0 = unlimited) → 413.
+    pub max_body: u64,
+    /// Requests per client connection (`keepalive_requests`, 1000).
+    pub client_keepalive_requests: u32,
+    /// Concurrent client connections per worker; `accept` refuses beyond it.
+    pub max_client_connections: usize,
+    /// Bytes queued toward one peer before the core stops reading from the other side.
+    pub write_high_water: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_request_line: 8 * 1024,
+            max_head: 16 * 1024,
+            max_body: 1024 * 1024,
+            client_keepalive_requests: 1000,
+            max_client_connections: 10_000,
+            write_high_water: 256 * 1024,
+        }
+    }
+}
+
+/// Headers the proxy adds to forwarded requests and responses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeaderOptions {
+    /// Append the client address to `X-Forwarded-For`.
+    pub x_forwarded_for: bool,
+    /// Set `X-Forwarded-Proto` to the listener's scheme.
+    pub x_forwarded_proto: bool,
+    /// Append `Via: 1.1 <pseudonym>` to requests and responses (RFC 9110 §7.6.3); `None` = off.
+    pub via: Option<String>,
+}
+
+impl Default for HeaderOptions {
+    fn default() -> Self {
+        HeaderOptions { x_forwarded_for: true, x_forwarded_proto: true, via: Some("upkeep".into()) }
+    }
+}
+
+/// Everything a [`Core`](crate::Core) needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Listeners, indexed by [`ListenerId`](crate::ListenerId).
+    pub listeners: Vec<ListenerConfig>,
+    /// Upstream groups, indexed by [`UpstreamId`](crate::UpstreamId).
+    pub upstreams: Vec<UpstreamConfig>,
+    /// Routes; when empty, every request goes to the first group.
+    pub routes: Vec<RouteConfig>,
+    /// Client timeouts.
+    pub client_timeouts: ClientTimeouts,
+    /// Limits.
+    pub limits: Limits,
+    /// Added headers.
+    pub headers: HeaderOptions,
+}
+
+impl Config {
+    /// One listener in front of one round-robin group of `servers`, everything else default.
+    pub fn simple(listen: Address, servers: Vec<Address>) -> Config {
+        Config {
+            listeners: vec![ListenerConfig { addr: listen }],
+            upstreams: vec![UpstreamConfig::new(
+                "default",
+                servers.into_iter().map(ServerConfig::new).collect(),
+            )],
+            routes: Vec::new(),
+            client_timeouts: ClientTimeouts::default(),
+            limits: Limits::default(),
+            headers: HeaderOptions::default(),
+        }
+    }
+}
