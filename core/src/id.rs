@@ -3,7 +3,7 @@
 /// A connection the core knows about (client or upstream side).
 ///
 /// `index` is a slab key — a runtime can use it directly as its own slab key or mio `Token` —
-/// and `gen` tells a reused slot from the connection that held it before, so an event that
+/// and `generation` tells a reused slot from the connection that held it before, so an event that
 /// arrives for a connection the core already closed is recognised and ignored instead of being
 /// applied to a stranger.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -11,7 +11,7 @@ pub struct ConnId {
     /// Slab slot.
     pub index: u32,
     /// Generation of that slot.
-    pub gen: u32,
+    pub generation: u32,
 }
 
 /// Index of a listener in [`Config::listeners`](crate::Config::listeners).
