@@ -7,6 +7,7 @@
 pub mod balance;
 pub mod config;
 pub mod framing;
+pub mod headers;
 mod id;
 pub mod pool;
 pub mod route;
