@@ -264,3 +264,14 @@ impl Config {
         }
     }
 }
+
+/// TEMPORARY (replaced by the validation module).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl Config {
+    /// TEMPORARY.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        Ok(())
+    }
+}

@@ -6,13 +6,19 @@
 
 pub mod balance;
 pub mod config;
+mod connection;
 pub mod framing;
 pub mod headers;
 mod id;
 pub mod pool;
+mod proxy;
 pub mod route;
+pub mod stats;
 mod time;
+mod timers;
 
 pub use config::{Address, Config};
 pub use id::{ConnId, ListenerId, ServerId, UpstreamId};
+pub use proxy::{AtCapacity, Core, ExchangeInfo, Input, Output};
+pub use stats::Stats;
 pub use time::Time;

@@ -1,0 +1,148 @@
+//! Per-connection buffers shared by both sides of the proxy: what was read and not yet consumed,
+//! and what is queued for the runtime to write.
+//!
+//! Body bytes move between connections without copying: a piece of one side's read buffer is
+//! split off, frozen into a [`Bytes`] and queued on the other side. Heads and chunk-size lines are
+//! written into a small per-connection scratch buffer and frozen the same way. Once the runtime
+//! reports them written the pieces are dropped, the buffers become unique again and
+//! `BytesMut::reserve` reclaims their space in place — so the steady state allocates nothing.
+
+use bytes::{Buf, Bytes, BytesMut};
+use std::collections::VecDeque;
+
+use crate::Time;
+
+/// Initial read buffer size; also the minimum free space ensured before appending.
+pub(crate) const READ_CHUNK: usize = 16 * 1024;
+/// Scratch space ensured before writing a head.
+pub(crate) const SCRATCH: usize = 4 * 1024;
+
+/// What to do once the write queue is empty.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AfterFlush {
+    /// Keep the connection.
+    Keep,
+    /// Close it.
+    Close,
+    /// Half-close, then read and discard until the peer closes or the lingering timeout, so the
+    /// peer receives our last response instead of a reset (RFC 9112 §9.6).
+    Linger,
+}
+
+#[derive(Debug)]
+pub(crate) struct Buffers {
+    pub rbuf: BytesMut,
+    pub wq: VecDeque<Bytes>,
+    pub wq_len: usize,
+    pub scratch: BytesMut,
+    /// The runtime has been told to write and has not yet drained the queue.
+    pub write_signalled: bool,
+    /// Read interest last told to the runtime.
+    pub reading: bool,
+    /// The peer sent EOF.
+    pub read_closed: bool,
+    pub after_flush: AfterFlush,
+    /// Last time a write made progress (or the queue became non-empty).
+    pub write_progress: Time,
+}
+
+impl Buffers {
+    pub fn new(now: Time) -> Buffers {
+        Buffers {
+            rbuf: BytesMut::new(),
+            wq: VecDeque::new(),
+            wq_len: 0,
+            scratch: BytesMut::new(),
+            write_signalled: false,
+            reading: true,
+            read_closed: false,
+            after_flush: AfterFlush::Keep,
+            write_progress: now,
+        }
+    }
+
+    /// Appends received bytes to the read buffer.
+    pub fn receive(&mut self, data: &[u8]) {
+        if self.rbuf.capacity() - self.rbuf.len() < data.len() {
+            self.rbuf.reserve(data.len().max(READ_CHUNK));
+        }
+        self.rbuf.extend_from_slice(data);
+    }
+
+    /// Queues bytes for writing. Returns true if the queue was empty before.
+    pub fn push(&mut self, now: Time, b: Bytes) -> bool {
+        if b.is_empty() {
+            return false;
+        }
+        let was_empty = self.wq.is_empty();
+        if was_empty {
+            self.write_progress = now;
+        }
+        self.wq_len += b.len();
+        self.wq.push_back(b);
+        was_empty
+    }
+
+    /// Scratch space for writing a head or a chunk-size line; freeze with [`Buffers::take_scratch`].
+    pub fn scratch(&mut self) -> &mut BytesMut {
+        self.scratch.reserve(SCRATCH);
+        &mut self.scratch
+    }
+
+    /// Writes into the scratch with the read buffer at hand (a head rewritten from the bytes it
+    /// was parsed from), and freezes the result.
+    pub fn rewrite(&mut self, f: impl FnOnce(&[u8], &mut BytesMut)) -> Bytes {
+        self.scratch.reserve(SCRATCH);
+        f(&self.rbuf, &mut self.scratch);
+        self.take_scratch()
+    }
+
+    /// What was written into the scratch since the last call.
+    pub fn take_scratch(&mut self) -> Bytes {
+        self.scratch.split().freeze()
+    }
+
+    /// Drops `n` written bytes from the front of the queue.
+    pub fn advance(&mut self, now: Time, mut n: usize) {
+        n = n.min(self.wq_len);
+        if n > 0 {
+            self.write_progress = now;
+        }
+        self.wq_len -= n;
+        while n > 0 {
+            let front = self.wq.front_mut().expect("queue holds wq_len bytes");
+            if front.len() <= n {
+                n -= front.len();
+                self.wq.pop_front();
+            } else {
+                front.advance(n);
+                n = 0;
+            }
+        }
+    }
+
+    /// Forgets everything queued (the connection is going away).
+    pub fn discard_output(&mut self) {
+        self.wq.clear();
+        self.wq_len = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advance_across_pieces() {
+        let mut b = Buffers::new(Time::ZERO);
+        b.push(Time::ZERO, Bytes::from_static(b"abc"));
+        b.push(Time::ZERO, Bytes::from_static(b"defg"));
+        b.advance(Time(5), 4);
+        assert_eq!(b.wq_len, 3);
+        assert_eq!(&b.wq[0][..], b"efg");
+        assert_eq!(b.write_progress, Time(5));
+        b.advance(Time(6), 10);
+        assert!(b.wq.is_empty());
+        assert_eq!(b.wq_len, 0);
+    }
+}

@@ -1,0 +1,1887 @@
+//! The engine: client connections, upstream connections, the exchange that pairs them, and the
+//! rules that decide when an upstream connection goes back to the pool, is retried or is closed.
+//!
+//! Lifecycle of a client connection (see also the crate docs):
+//!
+//! ```text
+//!   accept ─► Idle ──first byte──► Head ──complete──► Exchange ──response done──► Idle (keep-alive)
+//!                                   │ bad / too big        │ error / close          │
+//!                                   ▼                      ▼                        ▼
+//!                          error response, Linger ──► Close ◄───────────── Connection: close
+//! ```
+//!
+//! One exchange at a time per client connection: pipelined requests wait in the read buffer
+//! until the previous response is fully queued, which is what keeps responses in request order
+//! (RFC 9112 §9.3.2) and makes "which client does this upstream byte belong to" a single field.
+
+use bytes::{Buf, Bytes};
+use core::net::IpAddr;
+use core::time::Duration;
+use slab::Slab;
+use std::collections::VecDeque;
+
+use crate::balance::Balancer;
+use crate::config::{Address, Config, PoolKeyMode};
+use crate::connection::{AfterFlush, Buffers};
+use crate::framing::{
+    self, BodyDecoder, BodyKind, Forwarding, Head, HeadLimits, Method, OutBody, ResponseOptions,
+    Version,
+};
+use crate::pool::{EvictReason, Pool, PoolKey};
+use crate::route::Router;
+use crate::stats::{GroupStats, ServerStats, Stats};
+use crate::timers::Timers;
+use crate::{ConnId, ListenerId, ServerId, Time, UpstreamId};
+
+/// Request bodies up to this size are kept (as cheap `Bytes` references) so that a request whose
+/// reused upstream connection turns out stale can be re-sent on a fresh one.
+const REPLAY_LIMIT: usize = 64 * 1024;
+/// A backend's `Keep-Alive: timeout=N` is honoured minus this margin, so we stop using a
+/// connection before the backend closes it (the keepalive race).
+const KEEPALIVE_HINT_MARGIN: Duration = Duration::from_secs(1);
+
+/// What the runtime must do. Drain [`Core::poll_output`] after every call that changes state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Open a connection to `server` ([`Core::server_address`]) for `conn`; report
+    /// [`Input::Connected`] or [`Input::ConnectFailed`].
+    Connect {
+        /// The new upstream connection.
+        conn: ConnId,
+        /// Where to.
+        server: ServerId,
+    },
+    /// `conn` has bytes to write ([`Core::pending`]); report progress with [`Input::Written`].
+    /// Emitted once per non-empty stretch of the queue: keep writing on writability until the
+    /// queue is empty.
+    Write {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// Start (`true`) or stop (`false`) reading from `conn`: backpressure.
+    Interest {
+        /// The connection.
+        conn: ConnId,
+        /// Whether to read.
+        read: bool,
+    },
+    /// Half-close `conn` (shut down its write side) and keep reading.
+    Shutdown {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// Close `conn` and forget it; the id is dead from now on.
+    Close {
+        /// The connection.
+        conn: ConnId,
+        /// Abortive close (RST) rather than FIN.
+        reset: bool,
+    },
+}
+
+/// What happened on the network.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Input<'a> {
+    /// Bytes arrived on `conn`.
+    Received {
+        /// The connection.
+        conn: ConnId,
+        /// The bytes (copied into the connection's buffer).
+        data: &'a [u8],
+    },
+    /// The peer closed its write side (EOF).
+    ReadClosed {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// The connection failed (reset, broken pipe...): the core closes it.
+    Errored {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// `n` bytes of [`Core::pending`] were written.
+    Written {
+        /// The connection.
+        conn: ConnId,
+        /// How many.
+        n: usize,
+    },
+    /// An upstream connection requested by [`Output::Connect`] is established.
+    Connected {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// An upstream connection could not be established.
+    ConnectFailed {
+        /// The connection.
+        conn: ConnId,
+    },
+}
+
+/// `accept` refused: the per-core client connection limit is reached (or the core is draining).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AtCapacity;
+
+/// What the proxy knows about a finished exchange (for access logs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExchangeInfo {
+    /// Client connection.
+    pub client: ConnId,
+    /// Status sent to the client.
+    pub status: u16,
+    /// Server that answered, if any.
+    pub server: Option<ServerId>,
+    /// Whether that answer came over a reused pooled connection.
+    pub reused: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Between requests (keep-alive idle), nothing buffered.
+    Idle,
+    /// Reading a request head.
+    Head,
+    /// An exchange is in progress.
+    Exchange,
+    /// Our last bytes are queued; the connection closes (or lingers) once they are written.
+    Closing,
+    /// Half-closed after our last response; discarding input until EOF or the deadline.
+    Lingering,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Resp {
+    /// Waiting for the (final) response head.
+    Waiting,
+    /// Relaying the response body.
+    Body,
+    /// 101: both directions are a byte tunnel.
+    Tunnel,
+    /// Response fully queued to the client.
+    Done,
+}
+
+#[derive(Debug)]
+struct Exchange {
+    method: Method,
+    version: Version,
+    keep_alive: bool,
+    group: u32,
+    req_head: Bytes,
+    req_decoder: BodyDecoder,
+    req_chunked: bool,
+    req_done: bool,
+    req_bytes: u64,
+    replay: VecDeque<Bytes>,
+    replay_len: usize,
+    replayable: bool,
+    upgrade: bool,
+    upstream: Option<ConnId>,
+    server: Option<u32>,
+    reused: bool,
+    tries: u32,
+    tried: u64,
+    stale_retried: bool,
+    resp: Resp,
+    resp_decoder: BodyDecoder,
+    resp_out: OutBody,
+    resp_started: bool,
+    status: u16,
+}
+
+impl Exchange {
+    fn new() -> Exchange {
+        Exchange {
+            method: Method::Get,
+            version: Version::Http11,
+            keep_alive: true,
+            group: 0,
+            req_head: Bytes::new(),
+            req_decoder: BodyDecoder::new(BodyKind::Empty),
+            req_chunked: false,
+            req_done: true,
+            req_bytes: 0,
+            replay: VecDeque::new(),
+            replay_len: 0,
+            replayable: true,
+            upgrade: false,
+            upstream: None,
+            server: None,
+            reused: false,
+            tries: 0,
+            tried: 0,
+            stale_retried: false,
+            resp: Resp::Done,
+            resp_decoder: BodyDecoder::new(BodyKind::Empty),
+            resp_out: OutBody::None,
+            resp_started: false,
+            status: 0,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Client {
+    peer: Option<IpAddr>,
+    peer_hash: u64,
+    requests: u32,
+    phase: Phase,
+    /// Start of the current idle / head / lingering period.
+    since: Time,
+    /// Last progress reading the request body.
+    body_progress: Time,
+    ex: Exchange,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum UState {
+    Connecting,
+    Active,
+    Idle,
+    Tunnel,
+}
+
+#[derive(Debug)]
+struct Upstream {
+    server: u32,
+    group: u32,
+    key: PoolKey,
+    state: UState,
+    client: Option<ConnId>,
+    created: Time,
+    requests: u32,
+    /// Bytes of the current request written to the socket.
+    written: u64,
+    /// The whole request has been written.
+    sent_all: bool,
+    read_progress: Time,
+    idle_expires: Time,
+    /// The response allows reuse (persistent, self-delimited).
+    reusable: bool,
+}
+
+#[derive(Debug)]
+enum Role {
+    Client(Client),
+    Upstream(Upstream),
+}
+
+#[derive(Debug)]
+struct Conn {
+    id: ConnId,
+    buf: Buffers,
+    role: Role,
+}
+
+#[derive(Debug)]
+struct Group {
+    balancer: Balancer,
+    first_server: u32,
+}
+
+/// Why an upstream attempt failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Failure {
+    ConnectFailed,
+    ConnectTimeout,
+    /// EOF or reset before the response was complete.
+    Closed,
+    ReadTimeout,
+    SendTimeout,
+    BadResponse,
+}
+
+/// The sans-IO proxy engine. See the crate documentation for the drive loop.
+#[derive(Debug)]
+pub struct Core {
+    config: Config,
+    router: Router,
+    groups: Vec<Group>,
+    servers: Vec<ServerId>,
+    pool: Pool,
+    conns: Slab<Conn>,
+    generations: Vec<u32>,
+    timers: Timers,
+    out: VecDeque<Output>,
+    touched: Vec<ConnId>,
+    finished: VecDeque<ExchangeInfo>,
+    record_exchanges: bool,
+    stats: Stats,
+    head: Head,
+    limits: HeadLimits,
+    clients: usize,
+    draining: bool,
+    seed: u64,
+}
+
+impl Core {
+    /// A core for `config` (validated here). `seed` feeds every hash the core computes (client
+    /// address hashing for `ip_hash` and pool partitioning), so two cores built with the same
+    /// config and seed behave identically.
+    pub fn new(config: Config, seed: u64) -> Result<Core, crate::config::ConfigError> {
+        config.validate()?;
+        let router = Router::new(&config);
+        let mut groups = Vec::new();
+        let mut servers = Vec::new();
+        let mut caps = Vec::new();
+        for (g, up) in config.upstreams.iter().enumerate() {
+            groups.push(Group { balancer: Balancer::new(up), first_server: servers.len() as u32 });
+            for i in 0..up.servers.len() {
+                servers.push(ServerId { upstream: UpstreamId(g as u32), index: i as u32 });
+            }
+            caps.push(up.keepalive);
+        }
+        let stats = Stats {
+            groups: vec![GroupStats::default(); groups.len()],
+            servers: vec![ServerStats::default(); servers.len()],
+            ..Stats::default()
+        };
+        let limits = HeadLimits {
+            max_request_line: config.limits.max_request_line,
+            max_head: config.limits.max_head,
+        };
+        Ok(Core {
+            pool: Pool::new(&caps),
+            router,
+            groups,
+            servers,
+            conns: Slab::new(),
+            generations: Vec::new(),
+            timers: Timers::default(),
+            out: VecDeque::new(),
+            touched: Vec::new(),
+            finished: VecDeque::new(),
+            record_exchanges: false,
+            stats,
+            head: Head::new(),
+            limits,
+            clients: 0,
+            draining: false,
+            seed,
+            config,
+        })
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Every server of every group, in global order (the index used by [`Stats::servers`]).
+    pub fn servers(&self) -> &[ServerId] {
+        &self.servers
+    }
+
+    /// Where `server` listens.
+    pub fn server_address(&self, server: ServerId) -> &Address {
+        &self.config.upstreams[server.upstream.0 as usize].servers[server.index as usize].addr
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Whether `server` is currently usable (passive health).
+    pub fn server_up(&self, now: Time, server: ServerId) -> bool {
+        self.groups[server.upstream.0 as usize].balancer.is_up(now, server.index as usize)
+    }
+
+    /// Idle pooled connections of a group.
+    pub fn pool_idle(&self, upstream: UpstreamId) -> usize {
+        self.pool.idle_in_group(upstream.0)
+    }
+
+    /// Open client connections.
+    pub fn client_connections(&self) -> usize {
+        self.clients
+    }
+
+    /// Open connections of either kind.
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Client connections by what they are doing: (reading a request, writing a response,
+    /// waiting idle) — nginx `stub_status`'s Reading / Writing / Waiting.
+    pub fn client_activity(&self) -> (usize, usize, usize) {
+        let (mut r, mut w, mut idle) = (0, 0, 0);
+        for (_, c) in &self.conns {
+            if let Role::Client(cl) = &c.role {
+                match cl.phase {
+                    Phase::Idle => idle += 1,
+                    Phase::Head => r += 1,
+                    _ => w += 1,
+                }
+            }
+        }
+        (r, w, idle)
+    }
+
+    /// Record an [`ExchangeInfo`] for every finished exchange, to be taken with
+    /// [`Core::poll_exchange`] (off by default: access logs turn it on).
+    pub fn record_exchanges(&mut self, on: bool) {
+        self.record_exchanges = on;
+    }
+
+    /// The next finished exchange, if recording.
+    pub fn poll_exchange(&mut self) -> Option<ExchangeInfo> {
+        self.finished.pop_front()
+    }
+
+    /// The next thing to do, or `None` once everything has been said.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// The earliest deadline: call [`Core::handle_timeout`] when it is reached.
+    pub fn poll_timeout(&self) -> Option<Time> {
+        self.timers.next()
+    }
+
+    /// Bytes queued for `conn`, in order (empty for an unknown id).
+    pub fn pending(&self, conn: ConnId) -> impl Iterator<Item = &[u8]> + '_ {
+        self.get(conn).into_iter().flat_map(|c| c.buf.wq.iter().map(|b| &b[..]))
+    }
+
+    /// Number of bytes queued for `conn`.
+    pub fn pending_len(&self, conn: ConnId) -> usize {
+        self.get(conn).map_or(0, |c| c.buf.wq_len)
+    }
+
+    /// Whether `conn` is a live connection of this core.
+    pub fn is_open(&self, conn: ConnId) -> bool {
+        self.get(conn).is_some()
+    }
+
+    /// Whether `conn` is an idle connection in the pool.
+    pub fn is_pooled(&self, conn: ConnId) -> bool {
+        self.pool.contains(conn)
+    }
+
+    /// Whether a drain has finished: nothing left open.
+    pub fn is_drained(&self) -> bool {
+        self.draining && self.conns.is_empty()
+    }
+
+    /// A new client connection from `peer` (None for Unix sockets) on `listener`.
+    pub fn accept(
+        &mut self,
+        now: Time,
+        listener: ListenerId,
+        peer: Option<IpAddr>,
+    ) -> Result<ConnId, AtCapacity> {
+        let _ = listener;
+        if self.draining || self.clients >= self.config.limits.max_client_connections {
+            self.stats.refused += 1;
+            return Err(AtCapacity);
+        }
+        self.stats.accepted += 1;
+        self.clients += 1;
+        let peer_hash = hash_ip(self.seed, peer);
+        let id = self.insert(|id| Conn {
+            id,
+            buf: Buffers::new(now),
+            role: Role::Client(Client {
+                peer,
+                peer_hash,
+                requests: 0,
+                phase: Phase::Idle,
+                since: now,
+                body_progress: now,
+                ex: Exchange::new(),
+            }),
+        });
+        touch(&mut self.touched, id);
+        self.sync(now);
+        Ok(id)
+    }
+
+    /// Applies one network event.
+    pub fn handle(&mut self, now: Time, input: Input<'_>) {
+        match input {
+            Input::Received { conn, data } => {
+                let Some(c) = conn_mut(&mut self.conns, conn) else { return };
+                if data.is_empty() {
+                    return;
+                }
+                c.buf.receive(data);
+                touch(&mut self.touched, conn);
+                self.on_readable(now, conn);
+            }
+            Input::ReadClosed { conn } => {
+                let Some(c) = conn_mut(&mut self.conns, conn) else { return };
+                c.buf.read_closed = true;
+                touch(&mut self.touched, conn);
+                self.on_read_closed(now, conn);
+            }
+            Input::Errored { conn } => {
+                if self.get(conn).is_none() {
+                    return;
+                }
+                self.on_error(now, conn);
+            }
+            Input::Written { conn, n } => {
+                let Some(c) = conn_mut(&mut self.conns, conn) else { return };
+                c.buf.advance(now, n);
+                if let Role::Upstream(u) = &mut c.role {
+                    u.written += n as u64;
+                }
+                touch(&mut self.touched, conn);
+                self.on_written(now, conn);
+            }
+            Input::Connected { conn } => {
+                let Some(c) = conn_mut(&mut self.conns, conn) else { return };
+                if let Role::Upstream(u) = &mut c.role {
+                    if u.state == UState::Connecting {
+                        u.state = UState::Active;
+                        u.read_progress = now;
+                        c.buf.write_progress = now;
+                        let srv = u.server as usize;
+                        self.stats.servers[srv].requests += 1;
+                        touch(&mut self.touched, conn);
+                        self.signal_write(conn);
+                        self.request_maybe_sent(now, conn);
+                    }
+                }
+            }
+            Input::ConnectFailed { conn } => {
+                let Some(c) = self.get(conn) else { return };
+                if let Role::Upstream(u) = &c.role {
+                    if u.state == UState::Connecting {
+                        let srv = u.server as usize;
+                        self.stats.servers[srv].connect_failures += 1;
+                        self.upstream_failed(now, conn, Failure::ConnectFailed);
+                    }
+                }
+            }
+        }
+        self.sync(now);
+    }
+
+    /// Fires every deadline that is due at `now`.
+    pub fn handle_timeout(&mut self, now: Time) {
+        while let Some(slot) = self.timers.pop_expired(now) {
+            let Some(c) = self.conns.get(slot as usize) else { continue };
+            let id = c.id;
+            touch(&mut self.touched, id);
+            self.on_timeout(now, id);
+        }
+        self.sync(now);
+    }
+
+    /// Graceful shutdown: stop accepting, close idle pooled and idle client connections now, and
+    /// close every other client connection after its current exchange. [`Core::is_drained`]
+    /// turns true when nothing is left.
+    pub fn begin_drain(&mut self, now: Time) {
+        self.draining = true;
+        let mut idle = Vec::new();
+        self.pool.drain(&mut |c| idle.push(c));
+        for c in idle {
+            if let Some(g) = self.upstream_group(c) {
+                self.stats.groups[g as usize].evictions[EvictReason::Draining as usize] += 1;
+            }
+            self.close(c, false);
+        }
+        let clients: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| matches!(c.role, Role::Client(_)))
+            .map(|(_, c)| c.id)
+            .collect();
+        for id in clients {
+            let Some(c) = conn_mut(&mut self.conns, id) else { continue };
+            let Role::Client(cl) = &mut c.role else { continue };
+            match cl.phase {
+                Phase::Idle if c.buf.wq.is_empty() => self.close(id, false),
+                Phase::Idle | Phase::Head | Phase::Exchange => cl.ex.keep_alive = false,
+                Phase::Closing | Phase::Lingering => {}
+            }
+            if matches!(self.client(id).map(|c| c.phase), Some(Phase::Head)) {
+                // A half-received head is not an exchange we promised to finish.
+                self.close(id, false);
+            }
+        }
+        self.sync(now);
+    }
+
+    // ----- connection table -----
+
+    fn insert(&mut self, make: impl FnOnce(ConnId) -> Conn) -> ConnId {
+        let entry = self.conns.vacant_entry();
+        let slot = entry.key();
+        if slot >= self.generations.len() {
+            self.generations.resize(slot + 1, 0);
+        }
+        let id = ConnId { index: slot as u32, generation: self.generations[slot] };
+        entry.insert(make(id));
+        id
+    }
+
+    fn get(&self, id: ConnId) -> Option<&Conn> {
+        self.conns.get(id.index as usize).filter(|c| c.id == id)
+    }
+
+
+    fn client(&self, id: ConnId) -> Option<&Client> {
+        match &self.get(id)?.role {
+            Role::Client(c) => Some(c),
+            Role::Upstream(_) => None,
+        }
+    }
+
+    fn upstream_group(&self, id: ConnId) -> Option<u32> {
+        match &self.get(id)?.role {
+            Role::Upstream(u) => Some(u.group),
+            Role::Client(_) => None,
+        }
+    }
+
+
+    /// Removes a connection and tells the runtime to close it.
+    fn close(&mut self, id: ConnId, reset: bool) {
+        let Some(c) = self.get(id) else { return };
+        if let Role::Upstream(u) = &c.role {
+            if u.state != UState::Idle && u.state != UState::Connecting || u.client.is_some() {
+                // Active requests are released where the exchange ends; nothing to do here.
+            }
+        }
+        if matches!(c.role, Role::Client(_)) {
+            self.clients -= 1;
+        }
+        self.pool.remove(id);
+        self.timers.set(id.index, None);
+        self.conns.remove(id.index as usize);
+        let g = &mut self.generations[id.index as usize];
+        *g = g.wrapping_add(1);
+        self.out.push_back(Output::Close { conn: id, reset });
+    }
+
+    /// Emits a Write for `id` if it has output, can write, and was not told already.
+    fn signal_write(&mut self, id: ConnId) {
+        let Some(c) = conn_mut(&mut self.conns, id) else { return };
+        if c.buf.wq.is_empty() || c.buf.write_signalled {
+            return;
+        }
+        if let Role::Upstream(u) = &c.role {
+            if u.state == UState::Connecting {
+                return;
+            }
+        }
+        c.buf.write_signalled = true;
+        self.out.push_back(Output::Write { conn: id });
+    }
+
+    fn push(&mut self, now: Time, id: ConnId, b: Bytes) {
+        if let Some(c) = conn_mut(&mut self.conns, id) {
+            c.buf.push(now, b);
+            touch(&mut self.touched, id);
+            self.signal_write(id);
+        }
+    }
+
+    /// After a batch of changes: read interest and deadlines of every touched connection.
+    fn sync(&mut self, now: Time) {
+        let _ = now;
+        let mut touched = core::mem::take(&mut self.touched);
+        for &id in &touched {
+            let want = self.wants_read(id);
+            let Some(c) = conn_mut(&mut self.conns, id) else { continue };
+            if let Some(want) = want {
+                if want != c.buf.reading {
+                    c.buf.reading = want;
+                    self.out.push_back(Output::Interest { conn: id, read: want });
+                }
+            }
+            let deadline = self.deadline(id);
+            self.timers.set(id.index, deadline);
+        }
+        touched.clear();
+        self.touched = touched;
+    }
+
+    fn wants_read(&self, id: ConnId) -> Option<bool> {
+        let c = self.get(id)?;
+        if c.buf.read_closed {
+            return Some(false);
+        }
+        let hw = self.config.limits.write_high_water;
+        Some(match &c.role {
+            Role::Client(cl) => match cl.phase {
+                Phase::Idle | Phase::Head | Phase::Lingering => true,
+                Phase::Closing => false,
+                Phase::Exchange => {
+                    let peer_full = cl
+                        .ex
+                        .upstream
+                        .and_then(|u| self.get(u))
+                        .is_some_and(|u| u.buf.wq_len >= hw);
+                    if cl.ex.resp == Resp::Tunnel {
+                        !peer_full
+                    } else if !cl.ex.req_done {
+                        !peer_full
+                    } else {
+                        // Pipelined requests wait; read a bounded amount ahead, and keep
+                        // reading while our own output is small so an EOF is noticed.
+                        c.buf.rbuf.len() < self.limits.max_head && c.buf.wq_len < hw
+                    }
+                }
+            },
+            Role::Upstream(u) => match u.state {
+                UState::Connecting => true,
+                UState::Idle => true,
+                UState::Active | UState::Tunnel => {
+                    !u.client.and_then(|cl| self.get(cl)).is_some_and(|cl| cl.buf.wq_len >= hw)
+                }
+            },
+        })
+    }
+
+    fn deadline(&self, id: ConnId) -> Option<Time> {
+        let c = self.get(id)?;
+        let t = &self.config.client_timeouts;
+        let mut d: Option<Time> = None;
+        let mut consider = |x: Time| d = Some(d.map_or(x, |y: Time| y.min(x)));
+        match &c.role {
+            Role::Client(cl) => {
+                if !c.buf.wq.is_empty() {
+                    consider(c.buf.write_progress.add(t.send));
+                }
+                match cl.phase {
+                    Phase::Idle => consider(cl.since.add(t.keepalive)),
+                    Phase::Head => consider(cl.since.add(t.header)),
+                    Phase::Exchange => {
+                        if !cl.ex.req_done && c.buf.reading {
+                            consider(cl.body_progress.add(t.body));
+                        }
+                    }
+                    Phase::Lingering => consider(cl.since.add(t.lingering)),
+                    Phase::Closing => {}
+                }
+            }
+            Role::Upstream(u) => {
+                let g = &self.config.upstreams[u.group as usize];
+                match u.state {
+                    UState::Connecting => consider(u.created.add(g.connect_timeout)),
+                    UState::Idle => consider(u.idle_expires),
+                    UState::Active => {
+                        if !c.buf.wq.is_empty() {
+                            consider(c.buf.write_progress.add(g.send_timeout));
+                        } else if u.sent_all && c.buf.reading {
+                            consider(u.read_progress.add(g.read_timeout));
+                        }
+                    }
+                    UState::Tunnel => {
+                        let last = u.read_progress.max(c.buf.write_progress);
+                        consider(last.add(g.read_timeout));
+                    }
+                }
+            }
+        }
+        d
+    }
+
+    // ----- events -----
+
+    fn on_readable(&mut self, now: Time, id: ConnId) {
+        let Some(c) = conn_mut(&mut self.conns, id) else { return };
+        match &mut c.role {
+            Role::Client(_) => self.drive_client(now, id),
+            Role::Upstream(u) => {
+                u.read_progress = now;
+                match u.state {
+                    UState::Idle => {
+                        // An idle connection must have nothing to say (RFC 9112 §9.2): a stray
+                        // 408 or garbage evicts it and never reaches a client.
+                        let g = u.group as usize;
+                        self.stats.groups[g].evictions[EvictReason::UnexpectedData as usize] += 1;
+                        self.close(id, true);
+                    }
+                    UState::Connecting => {
+                        // Data before we were told the connect finished: keep it buffered.
+                    }
+                    UState::Active | UState::Tunnel => self.drive_upstream(now, id),
+                }
+            }
+        }
+    }
+
+    fn on_read_closed(&mut self, now: Time, id: ConnId) {
+        let Some(c) = self.get(id) else { return };
+        match &c.role {
+            Role::Client(cl) => match cl.phase {
+                Phase::Idle | Phase::Head | Phase::Lingering => {
+                    // Nothing owed (a partial head is abandoned by the client itself).
+                    self.close(id, false);
+                }
+                Phase::Closing => {}
+                Phase::Exchange => {
+                    if cl.ex.resp == Resp::Tunnel {
+                        self.end_tunnel(id);
+                    } else if !cl.ex.req_done {
+                        // The request will never complete: abandon the exchange.
+                        self.abort_exchange(now, id);
+                    } else {
+                        // Half-close after a complete request: finish the response, then close.
+                        if let Some(Role::Client(cl)) = conn_mut(&mut self.conns, id).map(|c| &mut c.role) {
+                            cl.ex.keep_alive = false;
+                        }
+                    }
+                }
+            },
+            Role::Upstream(u) => match u.state {
+                UState::Idle => {
+                    let g = u.group as usize;
+                    self.stats.groups[g].evictions[EvictReason::PeerClosed as usize] += 1;
+                    self.close(id, false);
+                }
+                UState::Connecting => self.upstream_failed(now, id, Failure::ConnectFailed),
+                UState::Tunnel => {
+                    if let Some(cl) = u.client {
+                        self.end_tunnel(cl);
+                    }
+                }
+                UState::Active => self.upstream_eof(now, id),
+            },
+        }
+    }
+
+    fn on_error(&mut self, now: Time, id: ConnId) {
+        let Some(c) = self.get(id) else { return };
+        match &c.role {
+            Role::Client(cl) => {
+                if cl.phase == Phase::Exchange {
+                    self.abort_exchange(now, id);
+                }
+                self.close(id, true);
+            }
+            Role::Upstream(u) => match u.state {
+                UState::Idle => {
+                    let g = u.group as usize;
+                    self.stats.groups[g].evictions[EvictReason::PeerClosed as usize] += 1;
+                    self.close(id, true);
+                }
+                UState::Connecting => {
+                    let srv = u.server as usize;
+                    self.stats.servers[srv].connect_failures += 1;
+                    self.upstream_failed(now, id, Failure::ConnectFailed)
+                }
+                UState::Tunnel => {
+                    if let Some(cl) = u.client {
+                        self.end_tunnel(cl);
+                    }
+                    self.close(id, true);
+                }
+                UState::Active => self.upstream_failed(now, id, Failure::Closed),
+            },
+        }
+    }
+
+    fn on_written(&mut self, now: Time, id: ConnId) {
+        let Some(c) = conn_mut(&mut self.conns, id) else { return };
+        // Our output shrank: the other side may be read again (its interest is re-evaluated).
+        let peer = match &c.role {
+            Role::Client(cl) => cl.ex.upstream,
+            Role::Upstream(u) => u.client,
+        };
+        let is_client = matches!(c.role, Role::Client(_));
+        let empty = c.buf.wq.is_empty();
+        if empty {
+            c.buf.write_signalled = false;
+        }
+        let after = c.buf.after_flush;
+        if let Some(p) = peer {
+            touch(&mut self.touched, p);
+            if empty {
+                // The peer may have input waiting that backpressure held back.
+                if is_client {
+                    self.drive_upstream(now, p);
+                } else {
+                    self.drive_client(now, p);
+                }
+            }
+        }
+        if !empty || self.get(id).is_none() {
+            return;
+        }
+        match after {
+            AfterFlush::Keep => {
+                if !is_client {
+                    self.request_maybe_sent(now, id);
+                }
+            }
+            AfterFlush::Close => self.close(id, false),
+            AfterFlush::Linger => self.start_linger(now, id),
+        }
+    }
+
+    /// Marks the request as fully written once the client's body is complete and the queue empty.
+    fn request_maybe_sent(&mut self, now: Time, id: ConnId) {
+        let Some(c) = self.get(id) else { return };
+        let Role::Upstream(u) = &c.role else { return };
+        if u.sent_all || !c.buf.wq.is_empty() || u.state != UState::Active {
+            return;
+        }
+        let Some(cl) = u.client else { return };
+        let req_done = self.client(cl).is_some_and(|cl| cl.ex.req_done);
+        if req_done {
+            if let Some(Role::Upstream(u)) = conn_mut(&mut self.conns, id).map(|c| &mut c.role) {
+                u.sent_all = true;
+                u.read_progress = now;
+            }
+            touch(&mut self.touched, id);
+        }
+    }
+
+    fn on_timeout(&mut self, now: Time, id: ConnId) {
+        let Some(c) = self.get(id) else { return };
+        let t = self.config.client_timeouts.clone();
+        match &c.role {
+            Role::Client(cl) => {
+                let send_expired = !c.buf.wq.is_empty() && c.buf.write_progress.add(t.send) <= now;
+                if send_expired {
+                    // A client that stopped reading: give up on it (and on its upstream).
+                    if cl.phase == Phase::Exchange {
+                        self.abort_exchange(now, id);
+                    }
+                    self.close(id, true);
+                    return;
+                }
+                match cl.phase {
+                    Phase::Idle | Phase::Lingering => self.close(id, false),
+                    Phase::Head => {
+                        if c.buf.rbuf.is_empty() {
+                            self.close(id, false);
+                        } else {
+                            self.client_error(now, id, 408);
+                        }
+                    }
+                    Phase::Exchange => {
+                        if !cl.ex.req_done && cl.body_progress.add(t.body) <= now {
+                            if cl.ex.resp_started {
+                                self.abort_exchange(now, id);
+                                self.close(id, true);
+                            } else {
+                                self.release_upstream_of(now, id, false);
+                                self.client_error(now, id, 408);
+                            }
+                        }
+                    }
+                    Phase::Closing => {}
+                }
+            }
+            Role::Upstream(u) => {
+                let g = &self.config.upstreams[u.group as usize];
+                match u.state {
+                    UState::Connecting => self.upstream_failed(now, id, Failure::ConnectTimeout),
+                    UState::Idle => {
+                        let grp = u.group as usize;
+                        self.stats.groups[grp].evictions[EvictReason::IdleTimeout as usize] += 1;
+                        self.close(id, false);
+                    }
+                    UState::Active => {
+                        if !c.buf.wq.is_empty() && c.buf.write_progress.add(g.send_timeout) <= now {
+                            self.upstream_failed(now, id, Failure::SendTimeout);
+                        } else if u.read_progress.add(g.read_timeout) <= now {
+                            self.upstream_failed(now, id, Failure::ReadTimeout);
+                        }
+                    }
+                    UState::Tunnel => {
+                        if let Some(cl) = u.client {
+                            self.end_tunnel(cl);
+                        }
+                        self.close(id, false);
+                    }
+                }
+            }
+        }
+    }
+
+    // ----- client side -----
+
+    /// Processes whatever the client's read buffer holds, as far as the current state allows.
+    fn drive_client(&mut self, now: Time, id: ConnId) {
+        loop {
+            let Some(c) = conn_mut(&mut self.conns, id) else { return };
+            let Role::Client(cl) = &mut c.role else { return };
+            match cl.phase {
+                Phase::Closing => {
+                    c.buf.rbuf.clear();
+                    return;
+                }
+                Phase::Lingering => {
+                    c.buf.rbuf.clear();
+                    return;
+                }
+                Phase::Idle | Phase::Head => {
+                    if c.buf.rbuf.is_empty() {
+                        return;
+                    }
+                    if cl.phase == Phase::Idle {
+                        cl.phase = Phase::Head;
+                        cl.since = now;
+                    }
+                    if !self.start_exchange(now, id) {
+                        return;
+                    }
+                }
+                Phase::Exchange => {
+                    if cl.ex.resp == Resp::Tunnel {
+                        let data = c.buf.rbuf.split().freeze();
+                        if let Some(u) = cl.ex.upstream {
+                            self.push(now, u, data);
+                        }
+                        return;
+                    }
+                    if cl.ex.req_done {
+                        return;
+                    }
+                    if !self.relay_request_body(now, id) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Parses a request head and starts its exchange. Returns whether to keep processing.
+    fn start_exchange(&mut self, now: Time, id: ConnId) -> bool {
+        let Some(c) = self.conns.get_mut(id.index as usize) else { return false };
+        let parsed = self.head.parse_request(&c.buf.rbuf, &self.limits);
+        let head = &self.head;
+        match parsed {
+            Ok(false) => return false,
+            Err(e) => {
+                self.client_error(now, id, e.status());
+                return false;
+            }
+            Ok(true) => {}
+        }
+        let Role::Client(cl) = &mut c.role else { return false };
+        cl.requests += 1;
+        let ex = &mut cl.ex;
+        ex.method = head.method;
+        ex.version = head.version;
+        ex.keep_alive = head.persistent()
+            && !self.draining
+            && cl.requests < self.config.limits.client_keepalive_requests;
+        ex.status = 0;
+        ex.resp = Resp::Waiting;
+        ex.resp_started = false;
+        ex.upstream = None;
+        ex.server = None;
+        ex.reused = false;
+        ex.tries = 0;
+        ex.tried = 0;
+        ex.stale_retried = false;
+        ex.replay.clear();
+        ex.replay_len = 0;
+        ex.replayable = true;
+        ex.req_bytes = 0;
+        ex.upgrade = head.version == Version::Http11
+            && head.connection.upgrade
+            && head.upgrade.is_some()
+            && head.body == BodyKind::Empty;
+        let target = head.target.of(&c.buf.rbuf);
+        let path = target.split(|&b| b == b'?').next().unwrap_or(target);
+        let host = head.host.map(|h| h.of(&c.buf.rbuf));
+        let route = self.router.route(host, path);
+        let max_body = self.config.limits.max_body;
+        let too_big = matches!(head.body, BodyKind::Length(n) if max_body > 0 && n > max_body);
+        ex.req_decoder = BodyDecoder::new(head.body);
+        ex.req_done = matches!(head.body, BodyKind::Empty | BodyKind::Length(0));
+        ex.req_chunked = head.body == BodyKind::Chunked;
+        let out_body = match head.body {
+            BodyKind::Empty => OutBody::None,
+            BodyKind::Length(n) => OutBody::Length(n),
+            BodyKind::Chunked => OutBody::Chunked,
+            BodyKind::UntilClose => OutBody::None,
+        };
+        let expect = head.expect_continue && !ex.req_done;
+        cl.phase = Phase::Exchange;
+        cl.body_progress = now;
+        let peer = cl.peer;
+        let Some(group) = route else {
+            c.buf.rbuf.advance(head.len);
+            self.client_error(now, id, 404);
+            return true;
+        };
+        if too_big {
+            c.buf.rbuf.advance(head.len);
+            self.client_error(now, id, 413);
+            return false;
+        }
+        ex.group = group.0;
+        let fwd = Forwarding {
+            client_ip: peer,
+            x_forwarded_for: self.config.headers.x_forwarded_for,
+            proto: self.config.headers.x_forwarded_proto.then_some("http"),
+            via: self.config.headers.via.as_deref(),
+        };
+        let upgrade = ex.upgrade;
+        let req_head = c
+            .buf
+            .rewrite(|buf, out| framing::write_request_head(head, buf, out_body, upgrade, &fwd, out));
+        c.buf.rbuf.advance(head.len);
+        let Role::Client(cl) = &mut c.role else { return false };
+        cl.ex.req_head = req_head;
+        if expect {
+            // nginx's model: we answer 100 Continue ourselves and stream the body upstream
+            // without Expect, so no upstream 1xx is ours to suppress or forward.
+            self.push(now, id, Bytes::from_static(framing::CONTINUE_100));
+        }
+        self.assign_upstream(now, id, false);
+        true
+    }
+
+    /// Moves request body bytes from the client to the upstream. Returns whether to continue.
+    fn relay_request_body(&mut self, now: Time, id: ConnId) -> bool {
+        let hw = self.config.limits.write_high_water;
+        let max_body = self.config.limits.max_body;
+        loop {
+            let Some(c) = self.conns.get_mut(id.index as usize) else { return false };
+            let Role::Client(cl) = &mut c.role else { return false };
+            let ex = &mut cl.ex;
+            let upstream = ex.upstream;
+            if let Some(u) = upstream {
+                if self.conns.get(u.index as usize).is_some_and(|u| u.buf.wq_len >= hw) {
+                    return false;
+                }
+            }
+            let Some(c) = self.conns.get_mut(id.index as usize) else { return false };
+            let Role::Client(cl) = &mut c.role else { return false };
+            let ex = &mut cl.ex;
+            if c.buf.rbuf.is_empty() && !ex.req_decoder.is_done() {
+                return false;
+            }
+            let step = match ex.req_decoder.step(&c.buf.rbuf) {
+                Ok(s) => s,
+                Err(_) => {
+                    self.release_upstream_of(now, id, false);
+                    self.client_error(now, id, 400);
+                    return false;
+                }
+            };
+            if step.skip == 0 && step.data == 0 && !step.done {
+                return false;
+            }
+            cl.body_progress = now;
+            c.buf.rbuf.advance(step.skip);
+            let mut pieces: [Bytes; 3] = [Bytes::new(), Bytes::new(), Bytes::new()];
+            if step.data > 0 {
+                ex.req_bytes += step.data as u64;
+                if max_body > 0 && ex.req_bytes > max_body {
+                    self.release_upstream_of(now, id, false);
+                    self.client_error(now, id, 413);
+                    return false;
+                }
+                let data = c.buf.rbuf.split_to(step.data).freeze();
+                if ex.req_chunked {
+                    framing::write_chunk_size(step.data, c.buf.scratch());
+                    pieces[0] = c.buf.take_scratch();
+                    pieces[1] = data;
+                    pieces[2] = Bytes::from_static(framing::CRLF);
+                } else {
+                    pieces[0] = data;
+                }
+            }
+            let Role::Client(cl) = &mut c.role else { return false };
+            let ex = &mut cl.ex;
+            if step.done {
+                ex.req_done = true;
+                if ex.req_chunked {
+                    let last = Bytes::from_static(framing::LAST_CHUNK);
+                    if pieces[0].is_empty() {
+                        pieces[0] = last;
+                    } else {
+                        pieces[2] = Bytes::from_static(b"\r\n0\r\n\r\n");
+                    }
+                }
+            }
+            for p in &pieces {
+                if p.is_empty() {
+                    continue;
+                }
+                if ex.replayable {
+                    ex.replay_len += p.len();
+                    if ex.replay_len > REPLAY_LIMIT {
+                        ex.replayable = false;
+                        ex.replay.clear();
+                    } else {
+                        ex.replay.push_back(p.clone());
+                    }
+                }
+            }
+            let done = ex.req_done;
+            if let Some(u) = upstream {
+                for p in pieces {
+                    self.push(now, u, p);
+                }
+                if done {
+                    self.request_maybe_sent(now, u);
+                }
+            }
+            if done {
+                touch(&mut self.touched, id);
+                return true;
+            }
+        }
+    }
+
+    /// Finds a server for the current request and hands it a connection (pooled or new).
+    fn assign_upstream(&mut self, now: Time, id: ConnId, force_fresh: bool) {
+        let Some(Role::Client(cl)) = self.get(id).map(|c| &c.role) else { return };
+        let (g, hash, tried, last_status) =
+            (cl.ex.group as usize, cl.peer_hash, cl.ex.tried, cl.ex.status);
+        let Some(idx) = self.groups[g].balancer.pick(now, hash, tried) else {
+            // No usable server: 502, or the status of the last failure when moving on.
+            let status = if last_status >= 500 { last_status } else { 502 };
+            self.client_error(now, id, status);
+            return;
+        };
+        let server = self.groups[g].first_server + idx as u32;
+        let partition = match self.config.upstreams[g].pool_key {
+            PoolKeyMode::Server => 0,
+            PoolKeyMode::Client => hash | 1,
+        };
+        let key = PoolKey { server, partition };
+        self.groups[g].balancer.acquire(idx);
+        let mut expired = Vec::new();
+        let pooled = if force_fresh {
+            None
+        } else {
+            self.pool.checkout(now, key, &mut |c| expired.push(c))
+        };
+        for c in expired {
+            self.stats.groups[g].evictions[EvictReason::IdleTimeout as usize] += 1;
+            self.close(c, false);
+        }
+        let Some(c) = self.conns.get_mut(id.index as usize) else { return };
+        let Role::Client(cl) = &mut c.role else { return };
+        let ex = &mut cl.ex;
+        ex.tries += 1;
+        ex.tried |= 1u64 << idx;
+        ex.server = Some(server);
+        ex.reused = pooled.is_some();
+        let head = ex.req_head.clone();
+        let replay_ok = ex.replayable;
+        let uid = match pooled {
+            Some(uid) => {
+                self.stats.groups[g].pool_hits += 1;
+                self.stats.servers[server as usize].requests += 1;
+                let u = conn_mut(&mut self.conns, uid).expect("pooled connection is open");
+                let Role::Upstream(up) = &mut u.role else { unreachable!("pool holds upstreams") };
+                up.state = UState::Active;
+                up.client = Some(id);
+                up.written = 0;
+                up.sent_all = false;
+                up.reusable = false;
+                up.read_progress = now;
+                uid
+            }
+            None => {
+                self.stats.groups[g].pool_misses += 1;
+                self.stats.servers[server as usize].connects += 1;
+                let uid = self.insert(|uid| Conn {
+                    id: uid,
+                    buf: Buffers::new(now),
+                    role: Role::Upstream(Upstream {
+                        server,
+                        group: g as u32,
+                        key,
+                        state: UState::Connecting,
+                        client: Some(id),
+                        created: now,
+                        requests: 0,
+                        written: 0,
+                        sent_all: false,
+                        read_progress: now,
+                        idle_expires: now,
+                        reusable: false,
+                    }),
+                });
+                self.out.push_back(Output::Connect { conn: uid, server: self.servers[server as usize] });
+                uid
+            }
+        };
+        if let Some(Role::Client(cl)) = conn_mut(&mut self.conns, id).map(|c| &mut c.role) {
+            cl.ex.upstream = Some(uid);
+        }
+        if let Some(Role::Upstream(u)) = conn_mut(&mut self.conns, uid).map(|c| &mut c.role) {
+            u.requests += 1;
+        }
+        touch(&mut self.touched, uid);
+        self.push(now, uid, head);
+        if replay_ok {
+            let Some(Role::Client(cl)) = self.get(id).map(|c| &c.role) else { return };
+            let n = cl.ex.replay.len();
+            for i in 0..n {
+                let Some(Role::Client(cl)) = self.get(id).map(|c| &c.role) else { return };
+                let p = cl.ex.replay[i].clone();
+                self.push(now, uid, p);
+            }
+        }
+        self.request_maybe_sent(now, uid);
+    }
+
+    /// Queues a response the proxy generates itself and ends the exchange. The connection stays
+    /// open only when the request was fully read and the client allows it.
+    fn client_error(&mut self, now: Time, id: ConnId, status: u16) {
+        let Some(c) = conn_mut(&mut self.conns, id) else { return };
+        let Role::Client(cl) = &mut c.role else { return };
+        let in_exchange = cl.phase == Phase::Exchange;
+        // After an error in the request itself (or an unread body) the connection's framing
+        // can't be trusted; after an upstream failure on a complete request it can (nginx too
+        // keeps the client connection after a 502/504).
+        let keep = in_exchange
+            && cl.ex.req_done
+            && cl.ex.keep_alive
+            && !matches!(status, 400 | 408 | 413);
+        let head_only = in_exchange && cl.ex.method == Method::Head;
+        framing::write_error_response(status, !keep, head_only, c.buf.scratch());
+        let b = c.buf.take_scratch();
+        self.stats.responses[(status / 100) as usize % 6] += 1;
+        self.stats.local_responses += 1;
+        if let Some(Role::Client(cl)) = conn_mut(&mut self.conns, id).map(|c| &mut c.role) {
+            cl.ex.status = status;
+            cl.ex.resp = Resp::Done;
+        }
+        self.record(id);
+        self.push(now, id, b);
+        if keep {
+            self.end_exchange(now, id);
+        } else {
+            self.close_client_after_flush(now, id, true);
+        }
+    }
+
+    /// The client gets no more from us: close once the queue is flushed, lingering if unread
+    /// input may follow (so it reads our response instead of a reset).
+    fn close_client_after_flush(&mut self, now: Time, id: ConnId, linger: bool) {
+        let Some(c) = conn_mut(&mut self.conns, id) else { return };
+        let Role::Client(cl) = &mut c.role else { return };
+        cl.phase = Phase::Closing;
+        c.buf.rbuf.clear();
+        c.buf.after_flush = if linger && !c.buf.read_closed { AfterFlush::Linger } else { AfterFlush::Close };
+        touch(&mut self.touched, id);
+        if c.buf.wq.is_empty() {
+            match c.buf.after_flush {
+                AfterFlush::Linger => self.start_linger(now, id),
+                _ => self.close(id, false),
+            }
+        }
+    }
+
+    fn start_linger(&mut self, now: Time, id: ConnId) {
+        let Some(c) = conn_mut(&mut self.conns, id) else { return };
+        let Role::Client(cl) = &mut c.role else {
+            self.close(id, false);
+            return;
+        };
+        cl.phase = Phase::Lingering;
+        cl.since = now;
+        c.buf.after_flush = AfterFlush::Close;
+        touch(&mut self.touched, id);
+        self.out.push_back(Output::Shutdown { conn: id });
+    }
+
+    fn record(&mut self, id: ConnId) {
+        if !self.record_exchanges {
+            return;
+        }
+        let Some(cl) = self.client(id) else { return };
+        let info = ExchangeInfo {
+            client: id,
+            status: cl.ex.status,
+            server: cl.ex.server.map(|s| self.servers[s as usize]),
+            reused: cl.ex.reused,
+        };
+        self.finished.push_back(info);
+    }
+
+    /// The response is fully queued and the request fully read: next request, or close.
+    fn end_exchange(&mut self, now: Time, id: ConnId) {
+        let Some(c) = conn_mut(&mut self.conns, id) else { return };
+        let Role::Client(cl) = &mut c.role else { return };
+        cl.ex.upstream = None;
+        cl.ex.replay.clear();
+        cl.ex.req_head = Bytes::new();
+        if cl.ex.keep_alive && !self.draining {
+            cl.phase = Phase::Idle;
+            cl.since = now;
+            touch(&mut self.touched, id);
+            // Pipelined requests already buffered start now, in order.
+            if !c.buf.rbuf.is_empty() {
+                self.drive_client(now, id);
+            } else if c.buf.read_closed {
+                self.close_client_after_flush(now, id, false);
+            }
+        } else {
+            self.close_client_after_flush(now, id, false);
+        }
+    }
+
+    /// The client went away (or stopped reading) mid-exchange: drop the upstream side unless it
+    /// is already clean.
+    fn abort_exchange(&mut self, now: Time, id: ConnId) {
+        self.release_upstream_of(now, id, true);
+        self.close(id, true);
+    }
+
+    /// Detaches the current upstream connection from client `id` and closes it (it is mid-
+    /// exchange, so never pooled).
+    fn release_upstream_of(&mut self, _now: Time, id: ConnId, _abort: bool) {
+        let Some(Role::Client(cl)) = conn_mut(&mut self.conns, id).map(|c| &mut c.role) else { return };
+        let Some(u) = cl.ex.upstream.take() else { return };
+        let Some(Role::Upstream(up)) = self.get(u).map(|c| &c.role) else { return };
+        let (g, srv) = (up.group as usize, up.server);
+        let idx = (srv - self.groups[g].first_server) as usize;
+        self.groups[g].balancer.release(idx);
+        self.close(u, true);
+    }
+
+    fn end_tunnel(&mut self, client: ConnId) {
+        let u = match self.get(client).map(|c| &c.role) {
+            Some(Role::Client(cl)) => cl.ex.upstream,
+            _ => None,
+        };
+        for id in [Some(client), u].into_iter().flatten() {
+            let Some(c) = conn_mut(&mut self.conns, id) else { continue };
+            c.buf.after_flush = AfterFlush::Close;
+            if let Role::Client(cl) = &mut c.role {
+                cl.phase = Phase::Closing;
+            }
+            touch(&mut self.touched, id);
+            if c.buf.wq.is_empty() {
+                self.close(id, false);
+            }
+        }
+    }
+
+    // ----- upstream side -----
+
+    fn drive_upstream(&mut self, now: Time, id: ConnId) {
+        loop {
+            let Some(c) = self.conns.get_mut(id.index as usize) else { return };
+            let Role::Upstream(u) = &mut c.role else { return };
+            let Some(cid) = u.client else {
+                // Not attached (shouldn't happen for Active): drop it.
+                self.close(id, true);
+                return;
+            };
+            if u.state == UState::Tunnel {
+                let data = c.buf.rbuf.split().freeze();
+                self.push(now, cid, data);
+                return;
+            }
+            let Some(Role::Client(cl)) = self.conns.get(cid.index as usize).map(|c| &c.role) else {
+                self.close(id, true);
+                return;
+            };
+            match cl.ex.resp {
+                Resp::Waiting => {
+                    if !self.response_head(now, id, cid) {
+                        return;
+                    }
+                }
+                Resp::Body => {
+                    if !self.relay_response_body(now, id, cid) {
+                        return;
+                    }
+                }
+                Resp::Tunnel | Resp::Done => {
+                    // Bytes after a complete response: the connection is not reusable.
+                    let Some(c) = conn_mut(&mut self.conns, id) else { return };
+                    if !c.buf.rbuf.is_empty() {
+                        c.buf.rbuf.clear();
+                        if let Role::Upstream(u) = &mut c.role {
+                            u.reusable = false;
+                        }
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Parses the upstream response head. Returns whether to keep processing.
+    fn response_head(&mut self, now: Time, id: ConnId, cid: ConnId) -> bool {
+        let (method, client_version, client_ka, upgrade) = match self.client(cid) {
+            Some(cl) => (cl.ex.method, cl.ex.version, cl.ex.keep_alive, cl.ex.upgrade),
+            None => return false,
+        };
+        let Some(c) = self.conns.get_mut(id.index as usize) else { return false };
+        let parsed = self.head.parse_response(&c.buf.rbuf, method, &self.limits);
+        match parsed {
+            Ok(false) => return false,
+            Err(_) => {
+                self.upstream_failed(now, id, Failure::BadResponse);
+                return false;
+            }
+            Ok(true) => {}
+        }
+        let head = &self.head;
+        let status = head.status;
+        if (100..200).contains(&status) && status != 101 {
+            // Interim responses: forward to HTTP/1.1 clients (103 Early Hints...), except 100,
+            // which only our own Expect handling could have asked for.
+            if status != 100 && client_version == Version::Http11 {
+                let Some((c, cc)) = self.conns.get2_mut(id.index as usize, cid.index as usize)
+                else {
+                    return false;
+                };
+                framing::write_informational(head, &c.buf.rbuf, cc.buf.scratch());
+                let b = cc.buf.take_scratch();
+                self.push(now, cid, b);
+            }
+            let Some(c) = self.conns.get_mut(id.index as usize) else { return false };
+            c.buf.rbuf.advance(self.head.len);
+            return true;
+        }
+        if status == 101 && !upgrade {
+            self.upstream_failed(now, id, Failure::BadResponse);
+            return false;
+        }
+        let tunnel = status == 101;
+        let body = head.body;
+        let persistent = head.persistent() && !tunnel;
+        let ka_hint = head.keep_alive_timeout;
+        let out = match body {
+            BodyKind::Empty => OutBody::None,
+            BodyKind::Length(n) => OutBody::Length(n),
+            BodyKind::Chunked | BodyKind::UntilClose if client_version == Version::Http11 => {
+                OutBody::Chunked
+            }
+            BodyKind::Chunked | BodyKind::UntilClose => OutBody::Close,
+        };
+        let close_client = !client_ka || out == OutBody::Close || self.draining;
+        let opts = ResponseOptions {
+            body: out,
+            close: close_client && !tunnel,
+            keep_alive_10: !close_client && client_version == Version::Http10,
+            upgrade: tunnel,
+            via: self.config.headers.via.as_deref(),
+        };
+        let Some((c, cc)) = self.conns.get2_mut(id.index as usize, cid.index as usize) else {
+            return false;
+        };
+        framing::write_response_head(head, &c.buf.rbuf, &opts, cc.buf.scratch());
+        let b = cc.buf.take_scratch();
+        let len = head.len;
+        c.buf.rbuf.advance(len);
+        let Role::Upstream(u) = &mut c.role else { return false };
+        u.reusable = persistent && body != BodyKind::UntilClose;
+        if let Some(secs) = ka_hint {
+            let hint = Duration::from_secs(secs as u64).saturating_sub(KEEPALIVE_HINT_MARGIN);
+            u.idle_expires = now.add(hint); // refined at checkin
+            if hint.is_zero() {
+                u.reusable = false;
+            }
+        } else {
+            u.idle_expires = Time(u64::MAX);
+        }
+        let (g, srv) = (u.group as usize, u.server);
+        let idx = (srv - self.groups[g].first_server) as usize;
+        if tunnel {
+            u.state = UState::Tunnel;
+            u.reusable = false;
+        }
+        self.groups[g].balancer.success(now, idx);
+        let Some(Role::Client(cl)) = conn_mut(&mut self.conns, cid).map(|c| &mut c.role) else { return false };
+        cl.ex.status = status;
+        cl.ex.resp_started = true;
+        cl.ex.resp_decoder = BodyDecoder::new(body);
+        cl.ex.resp_out = out;
+        cl.ex.resp = if tunnel { Resp::Tunnel } else { Resp::Body };
+        if close_client && !tunnel {
+            cl.ex.keep_alive = false;
+        }
+        self.stats.responses[(status / 100) as usize % 6] += 1;
+        self.push(now, cid, b);
+        if tunnel {
+            // Bytes the client sent after its upgrade request belong to the new protocol.
+            touch(&mut self.touched, cid);
+            if let Some(cc) = conn_mut(&mut self.conns, cid) {
+                if !cc.buf.rbuf.is_empty() {
+                    let data = cc.buf.rbuf.split().freeze();
+                    self.push(now, id, data);
+                }
+            }
+            if let Some(Role::Client(cl)) = conn_mut(&mut self.conns, cid).map(|c| &mut c.role) {
+                cl.ex.req_done = true;
+            }
+        }
+        true
+    }
+
+    /// Moves response body bytes to the client. Returns whether to keep processing.
+    fn relay_response_body(&mut self, now: Time, id: ConnId, cid: ConnId) -> bool {
+        let hw = self.config.limits.write_high_water;
+        loop {
+            if self.get(cid).is_none_or(|c| c.buf.wq_len >= hw) {
+                return false;
+            }
+            let Some((c, cc)) = self.conns.get2_mut(id.index as usize, cid.index as usize) else {
+                return false;
+            };
+            let Role::Client(cl) = &mut cc.role else { return false };
+            let step = match cl.ex.resp_decoder.step(&c.buf.rbuf) {
+                Ok(s) => s,
+                Err(_) => {
+                    self.upstream_failed(now, id, Failure::BadResponse);
+                    return false;
+                }
+            };
+            if step.skip == 0 && step.data == 0 && !step.done {
+                return false;
+            }
+            let chunked = cl.ex.resp_out == OutBody::Chunked;
+            c.buf.rbuf.advance(step.skip);
+            let data = c.buf.rbuf.split_to(step.data).freeze();
+            if step.data > 0 {
+                if chunked {
+                    let cc = &mut self.conns[cid.index as usize];
+                    framing::write_chunk_size(step.data, cc.buf.scratch());
+                    let size = cc.buf.take_scratch();
+                    self.push(now, cid, size);
+                    self.push(now, cid, data);
+                    self.push(now, cid, Bytes::from_static(framing::CRLF));
+                } else {
+                    self.push(now, cid, data);
+                }
+            }
+            if step.done {
+                if chunked {
+                    self.push(now, cid, Bytes::from_static(framing::LAST_CHUNK));
+                }
+                self.finish_response(now, id, cid);
+                return false;
+            }
+        }
+    }
+
+    fn upstream_eof(&mut self, now: Time, id: ConnId) {
+        let Some(Role::Upstream(u)) = self.get(id).map(|c| &c.role) else { return };
+        let Some(cid) = u.client else {
+            self.close(id, false);
+            return;
+        };
+        let Some(cl) = self.client(cid) else {
+            self.close(id, false);
+            return;
+        };
+        if cl.ex.resp == Resp::Body {
+            // Let the decoder see everything that arrived before the EOF.
+            self.drive_upstream(now, id);
+            let Some(cl) = self.client(cid) else { return };
+            if cl.ex.resp != Resp::Body || self.get(id).is_none() {
+                return;
+            }
+            if cl.ex.resp_decoder.on_eof().is_ok() {
+                // Close-delimited body: complete.
+                if cl.ex.resp_out == OutBody::Chunked {
+                    self.push(now, cid, Bytes::from_static(framing::LAST_CHUNK));
+                }
+                if let Some(Role::Upstream(u)) = conn_mut(&mut self.conns, id).map(|c| &mut c.role) {
+                    u.reusable = false;
+                }
+                self.finish_response(now, id, cid);
+                return;
+            }
+        }
+        self.upstream_failed(now, id, Failure::Closed);
+    }
+
+    /// The response is fully relayed: pool or close the upstream connection, then end the
+    /// exchange if the request side is done too.
+    fn finish_response(&mut self, now: Time, id: ConnId, cid: ConnId) {
+        let Some(c) = self.get(id) else { return };
+        let Role::Upstream(u) = &c.role else { return };
+        let g = u.group as usize;
+        let gcfg = &self.config.upstreams[g];
+        let req_done = self.client(cid).is_some_and(|cl| cl.ex.req_done);
+        let clean = u.reusable
+            && c.buf.rbuf.is_empty()
+            && c.buf.wq.is_empty()
+            && req_done
+            && u.sent_all
+            && !c.buf.read_closed
+            && !self.draining
+            && gcfg.keepalive > 0
+            && u.requests < gcfg.keepalive_requests
+            && now.since(u.created) < gcfg.keepalive_time;
+        let idx = (u.server - self.groups[g].first_server) as usize;
+        let key = u.key;
+        let expires = now
+            .add(gcfg.keepalive_timeout)
+            .min(u.idle_expires)
+            .min(u.created.add(gcfg.keepalive_time));
+        self.groups[g].balancer.release(idx);
+        if clean {
+            let Some(Role::Upstream(u)) = conn_mut(&mut self.conns, id).map(|c| &mut c.role) else { return };
+            u.state = UState::Idle;
+            u.client = None;
+            u.idle_expires = expires;
+            self.stats.groups[g].pool_checkins += 1;
+            if let Some(evicted) = self.pool.checkin(now, key, g as u32, id, expires) {
+                self.stats.groups[g].evictions[EvictReason::Capacity as usize] += 1;
+                self.close(evicted, false);
+            }
+            touch(&mut self.touched, id);
+        } else {
+            self.close(id, false);
+        }
+        let Some(Role::Client(cl)) = conn_mut(&mut self.conns, cid).map(|c| &mut c.role) else { return };
+        cl.ex.resp = Resp::Done;
+        cl.ex.upstream = None;
+        self.record(cid);
+        let Some(Role::Client(cl)) = conn_mut(&mut self.conns, cid).map(|c| &mut c.role) else { return };
+        if cl.ex.req_done {
+            self.end_exchange(now, cid);
+        } else {
+            // The upstream answered before the request body was complete (e.g. 413): we will
+            // not read the rest, so the connection cannot continue.
+            cl.ex.keep_alive = false;
+            self.close_client_after_flush(now, cid, true);
+        }
+    }
+
+    /// An upstream attempt failed: retry (stale pooled connection, or next server when safe),
+    /// or answer 502/504, or abort a response already under way.
+    fn upstream_failed(&mut self, now: Time, id: ConnId, why: Failure) {
+        let Some(c) = self.get(id) else { return };
+        let Role::Upstream(u) = &c.role else { return };
+        let (g, srv, written) = (u.group as usize, u.server, u.written);
+        let got_bytes = !c.buf.rbuf.is_empty();
+        let was_reused = u.requests > 1;
+        let idx = (srv - self.groups[g].first_server) as usize;
+        let Some(cid) = u.client else {
+            self.close(id, true);
+            return;
+        };
+        // Whatever was queued but never written can move to the next connection as is.
+        let unsent = if written == 0 && why != Failure::BadResponse {
+            let c = conn_mut(&mut self.conns, id).expect("checked above");
+            Some(core::mem::take(&mut c.buf.wq))
+        } else {
+            None
+        };
+        self.groups[g].balancer.release(idx);
+        self.close(id, why != Failure::BadResponse);
+        let Some(Role::Client(cl)) = conn_mut(&mut self.conns, cid).map(|c| &mut c.role) else { return };
+        let ex = &mut cl.ex;
+        ex.upstream = None;
+        if ex.resp_started {
+            // Part of the response already went out: the client must see it truncated.
+            let _ = conn_mut(&mut self.conns, cid);
+            self.close_client_after_flush(now, cid, false);
+            if let Some(c) = conn_mut(&mut self.conns, cid) {
+                c.buf.after_flush = AfterFlush::Close;
+            }
+            return;
+        }
+        let idempotent = ex.method.is_idempotent();
+        let replayable = unsent.is_some() || ex.replayable;
+        let resend_ok = (idempotent || written == 0) && replayable;
+        let stale = why == Failure::Closed && was_reused && !got_bytes && !ex.stale_retried;
+        let gcfg = &self.config.upstreams[g];
+        let tries_left = ex.tries < gcfg.next_upstream_tries.max(1);
+        let retry = if stale && resend_ok {
+            // The keepalive race: the backend closed an idle connection as we reused it. Not a
+            // sign of ill health; re-send once on a fresh connection to the same server.
+            ex.stale_retried = true;
+            ex.tries -= 1;
+            ex.tried &= !(1u64 << idx);
+            self.stats.groups[g].stale_retries += 1;
+            Some(true)
+        } else {
+            let counts = !matches!(why, Failure::Closed if was_reused && !got_bytes);
+            if counts {
+                self.stats.servers[srv as usize].failures += 1;
+                self.groups[g].balancer.failure(now, idx);
+            }
+            let moves = match why {
+                Failure::ConnectFailed | Failure::ConnectTimeout => written == 0,
+                Failure::ReadTimeout => gcfg.next_upstream_on_timeout && idempotent && replayable,
+                _ => false,
+            };
+            if moves && tries_left {
+                self.stats.groups[g].next_upstream += 1;
+                Some(false)
+            } else {
+                None
+            }
+        };
+        let status = match why {
+            Failure::ConnectTimeout | Failure::ReadTimeout => 504,
+            _ => 502,
+        };
+        let Some(Role::Client(cl)) = conn_mut(&mut self.conns, cid).map(|c| &mut c.role) else { return };
+        match retry {
+            Some(fresh) => {
+                cl.ex.status = status;
+                if let Some(unsent) = unsent {
+                    // Re-queue exactly the unsent bytes; the replay copy is not needed.
+                    self.assign_upstream_with(now, cid, fresh, unsent);
+                } else {
+                    self.assign_upstream(now, cid, fresh);
+                }
+            }
+            None => self.client_error(now, cid, status),
+        }
+    }
+
+    /// Like `assign_upstream`, but the request bytes to send are `queued` (moved from a
+    /// connection that never wrote them).
+    fn assign_upstream_with(&mut self, now: Time, cid: ConnId, fresh: bool, queued: VecDeque<Bytes>) {
+        // Temporarily disable replay so assign_upstream queues only the head, then swap in the
+        // exact bytes (which include the head).
+        let replayable = match conn_mut(&mut self.conns, cid).map(|c| &mut c.role) {
+            Some(Role::Client(cl)) => core::mem::replace(&mut cl.ex.replayable, false),
+            _ => return,
+        };
+        self.assign_upstream(now, cid, fresh);
+        if let Some(Role::Client(cl)) = conn_mut(&mut self.conns, cid).map(|c| &mut c.role) {
+            cl.ex.replayable = replayable;
+        }
+        let Some(uid) = self.client(cid).and_then(|cl| cl.ex.upstream) else { return };
+        if let Some(u) = conn_mut(&mut self.conns, uid) {
+            u.buf.discard_output();
+            let was_signalled = u.buf.write_signalled;
+            for b in queued {
+                u.buf.push(now, b);
+            }
+            let _ = was_signalled;
+        }
+        self.signal_write(uid);
+        self.request_maybe_sent(now, uid);
+    }
+}
+
+fn conn_mut(conns: &mut Slab<Conn>, id: ConnId) -> Option<&mut Conn> {
+    conns.get_mut(id.index as usize).filter(|c| c.id == id)
+}
+
+/// Notes that a connection's interest and deadline must be re-evaluated at the end of the call.
+fn touch(touched: &mut Vec<ConnId>, id: ConnId) {
+    if touched.last() != Some(&id) {
+        touched.push(id);
+    }
+}
+
+/// Hash of a client address (seeded FNV-1a then a finaliser): deterministic for a given seed.
+fn hash_ip(seed: u64, ip: Option<IpAddr>) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ seed;
+    let mut eat = |b: u8| {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    };
+    match ip {
+        Some(IpAddr::V4(v4)) => v4.octets().into_iter().for_each(&mut eat),
+        Some(IpAddr::V6(v6)) => v6.octets().into_iter().for_each(&mut eat),
+        None => eat(0),
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^ (h >> 33)
+}

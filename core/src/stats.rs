@@ -1,0 +1,67 @@
+//! Counters the runtimes export (Prometheus, stub_status, access logs). Plain integers owned by
+//! one core instance: a worker never shares them, so there are no atomics on the request path;
+//! an exporter sums snapshots across workers.
+
+use crate::pool::EvictReason;
+
+/// Counters for one upstream group.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GroupStats {
+    /// Requests that found an idle pooled connection.
+    pub pool_hits: u64,
+    /// Requests that had to open a connection.
+    pub pool_misses: u64,
+    /// Connections put back into the pool.
+    pub pool_checkins: u64,
+    /// Idle connections that left the pool without being reused, by [`EvictReason`] (indexed as
+    /// [`EvictReason::ALL`]).
+    pub evictions: [u64; EvictReason::ALL.len()],
+    /// Requests re-sent on a fresh connection after a reused one turned out stale.
+    pub stale_retries: u64,
+    /// Requests moved to another server after a failure (nginx `proxy_next_upstream`).
+    pub next_upstream: u64,
+}
+
+impl GroupStats {
+    /// Evictions for one reason.
+    pub fn evicted(&self, reason: EvictReason) -> u64 {
+        self.evictions[reason as usize]
+    }
+}
+
+/// Counters for one server.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServerStats {
+    /// Connections opened (attempted).
+    pub connects: u64,
+    /// Connections that failed to open.
+    pub connect_failures: u64,
+    /// Requests sent to this server (on new or reused connections).
+    pub requests: u64,
+    /// Failures counted toward passive health (`max_fails`).
+    pub failures: u64,
+}
+
+/// All counters of one core.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Client connections accepted.
+    pub accepted: u64,
+    /// Client connections refused at capacity.
+    pub refused: u64,
+    /// Responses sent to clients, by status class: index 1..=5 for 1xx..5xx (0 unused).
+    pub responses: [u64; 6],
+    /// Responses the proxy generated itself (errors), included in `responses`.
+    pub local_responses: u64,
+    /// Per upstream group, indexed by [`UpstreamId`](crate::UpstreamId).
+    pub groups: Vec<GroupStats>,
+    /// Per server, indexed like [`Core::servers`](crate::Core::servers).
+    pub servers: Vec<ServerStats>,
+}
+
+impl Stats {
+    /// Total responses sent.
+    pub fn total_responses(&self) -> u64 {
+        self.responses.iter().sum()
+    }
+}
