@@ -4,9 +4,131 @@
 //! `serde` feature — from TOML), call [`Config::validate`], and hand it to
 //! [`Core::new`](crate::Core::new). Every default below is nginx's unless a comment says why
 //! upkeep differs.
+//!
+//! # Parsing helpers
+//!
+//! [`parse_duration`] (`"250ms"`, `"10s"`, `"5m"`, `"1h"`, `"1d"`, `"1m30s"`; a unit is required),
+//! [`parse_size`] (`16384`, `"16k"`, `"1m"`) and [`Address::parse`] (`"127.0.0.1:8080"`,
+//! `"localhost:8080"`, `"[::1]:8080"`, `"unix:/run/app.sock"`) are shared with the runtimes' CLIs.
+//!
+//! # TOML (feature `serde`)
+//!
+//! [`Config`] implements `serde::Deserialize`; a runtime loads a file with
+//! `toml::from_str::<Config>(&text)` (whose errors carry line, column and a caret), then calls
+//! [`Config::validate`]. Every table rejects unknown keys; every omitted key takes the default
+//! documented on its field. Durations are strings with units, sizes are integers (bytes) or
+//! strings such as `"16k"`, addresses are strings, enums are snake_case strings.
+//!
+//! - `[[listen]]` tables with `addr` (a plain string per listener is also accepted:
+//!   `listen = ["127.0.0.1:8080", "unix:/run/upkeep.sock"]`). Index = [`ListenerId`](crate::ListenerId).
+//! - `[[upstream]]` tables with a `name`: an **array**, not `[upstream.NAME]`, because group order
+//!   is meaningful (index = [`UpstreamId`](crate::UpstreamId); the first group takes every request
+//!   when no routes are configured) and TOML tables are unordered. Keys: `name`, `servers`
+//!   (required), `balance` (`"round_robin"` | `"least_conn"` | `"ip_hash"`), `keepalive`,
+//!   `keepalive_timeout`, `keepalive_requests`, `keepalive_time`, `pool_key` (`"server"` |
+//!   `"client"`), `connect_timeout`, `read_timeout`, `send_timeout`, `next_upstream_tries`,
+//!   `next_upstream_on_timeout`. Each entry of `servers` is an address string or an inline
+//!   table `{ addr, weight, max_fails, fail_timeout, backup, max_conns }`.
+//! - `[[route]]` tables: `host` (optional), `path_prefix` (default `"/"`), `upstream` (required).
+//! - `[client_timeouts]`: `header`, `body`, `keepalive`, `send`, `lingering`.
+//! - `[limits]`: `max_request_line`, `max_head`, `max_body`, `client_keepalive_requests`,
+//!   `max_client_connections`, `write_high_water`.
+//! - `[headers]`: `x_forwarded_for`, `x_forwarded_proto`, `via` (a pseudonym string, `false` for
+//!   off, or `true` for the default `"upkeep"`).
+//!
+//! A complete file (every key shown is optional unless noted above):
+//!
+//! ```
+//! # #[cfg(feature = "serde")] {
+//! use core::time::Duration;
+//! use upkeep_core::config::{Balance, Config, PoolKeyMode};
+//!
+//! let text = r#"
+//! [[listen]]
+//! addr = "127.0.0.1:8080"
+//!
+//! [[listen]]
+//! addr = "unix:/run/upkeep.sock"
+//!
+//! [[upstream]]
+//! name = "app"
+//! servers = [
+//!     { addr = "127.0.0.1:9001", weight = 2 },
+//!     { addr = "unix:/run/app.sock", backup = true, fail_timeout = "30s" },
+//!     "[::1]:9003",
+//! ]
+//! balance = "least_conn"
+//! keepalive = 64
+//! keepalive_timeout = "30s"
+//! keepalive_requests = 500
+//! keepalive_time = "30m"
+//! pool_key = "client"
+//! connect_timeout = "2s"
+//! read_timeout = "1m"
+//! send_timeout = "1m"
+//! next_upstream_tries = 3
+//! next_upstream_on_timeout = true
+//!
+//! [[upstream]]
+//! name = "static"
+//! servers = ["localhost:9100"]
+//!
+//! [[route]]
+//! host = "example.com"
+//! path_prefix = "/api"
+//! upstream = "app"
+//!
+//! [[route]]
+//! upstream = "static"          # path_prefix defaults to "/", host to any
+//!
+//! [client_timeouts]
+//! header = "10s"
+//! body = "30s"
+//! keepalive = "75s"
+//! send = "60s"
+//! lingering = "5s"
+//!
+//! [limits]
+//! max_request_line = "8k"
+//! max_head = 16384
+//! max_body = "1m"
+//! client_keepalive_requests = 1000
+//! max_client_connections = 10000
+//! write_high_water = "256k"
+//!
+//! [headers]
+//! x_forwarded_for = true
+//! x_forwarded_proto = false
+//! via = false                  # or via = "my-proxy"
+//! "#;
+//! let config: Config = toml::from_str(text).unwrap();
+//! config.validate().unwrap();
+//! assert_eq!(config.listeners.len(), 2);
+//! let app = &config.upstreams[0];
+//! assert_eq!(app.name, "app");
+//! assert_eq!(app.servers[0].weight, 2);
+//! assert!(app.servers[1].backup);
+//! assert_eq!(app.servers[2].addr.to_string(), "[::1]:9003");
+//! assert_eq!(app.balance, Balance::LeastConn);
+//! assert_eq!(app.pool_key, PoolKeyMode::Client);
+//! assert_eq!(app.keepalive_timeout, Duration::from_secs(30));
+//! assert_eq!(config.routes[1].path_prefix, "/");
+//! assert_eq!(config.client_timeouts.header, Duration::from_secs(10));
+//! assert_eq!(config.limits.max_request_line, 8192);
+//! assert_eq!(config.headers.via, None);
+//! # }
+//! ```
 
 use core::net::SocketAddr;
 use core::time::Duration;
+
+#[cfg(feature = "serde")]
+mod de;
+mod parse;
+mod validate;
+
+pub use parse::{parse_duration, parse_size};
+pub use validate::{ConfigError, MAX_SERVERS_PER_UPSTREAM};
 
 /// Where to listen or connect: a TCP address or a Unix domain socket path.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,6 +148,11 @@ pub struct ListenerConfig {
 
 /// How a group picks a server for a request.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Deserialize),
+    serde(rename_all = "snake_case")
+)]
 pub enum Balance {
     /// nginx's default: smooth weighted round-robin.
     #[default]
@@ -38,6 +165,11 @@ pub enum Balance {
 
 /// What idle upstream connections are keyed by.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Deserialize),
+    serde(rename_all = "snake_case")
+)]
 pub enum PoolKeyMode {
     /// Any client's request may reuse any idle connection to the chosen server (nginx).
     #[default]
@@ -227,7 +359,11 @@ pub struct HeaderOptions {
 
 impl Default for HeaderOptions {
     fn default() -> Self {
-        HeaderOptions { x_forwarded_for: true, x_forwarded_proto: true, via: Some("upkeep".into()) }
+        HeaderOptions {
+            x_forwarded_for: true,
+            x_forwarded_proto: true,
+            via: Some("upkeep".into()),
+        }
     }
 }
 
@@ -262,16 +398,5 @@ impl Config {
             limits: Limits::default(),
             headers: HeaderOptions::default(),
         }
-    }
-}
-
-/// TEMPORARY (replaced by the validation module).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConfigError(pub String);
-
-impl Config {
-    /// TEMPORARY.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        Ok(())
     }
 }

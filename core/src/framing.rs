@@ -38,7 +38,12 @@ impl Method {
     pub fn is_idempotent(self) -> bool {
         matches!(
             self,
-            Method::Get | Method::Head | Method::Put | Method::Delete | Method::Options | Method::Trace
+            Method::Get
+                | Method::Head
+                | Method::Put
+                | Method::Delete
+                | Method::Options
+                | Method::Trace
         )
     }
 }
@@ -203,7 +208,12 @@ pub struct ResponseOptions<'a> {
     pub via: Option<&'a str>,
 }
 
-pub fn write_response_head(_head: &Head, _buf: &[u8], _opts: &ResponseOptions<'_>, _out: &mut BytesMut) {
+pub fn write_response_head(
+    _head: &Head,
+    _buf: &[u8],
+    _opts: &ResponseOptions<'_>,
+    _out: &mut BytesMut,
+) {
     todo!()
 }
 

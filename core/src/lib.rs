@@ -13,6 +13,8 @@ mod id;
 pub mod pool;
 mod proxy;
 pub mod route;
+#[cfg(feature = "sim")]
+pub mod sim;
 pub mod stats;
 mod time;
 mod timers;

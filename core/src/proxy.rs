@@ -325,9 +325,15 @@ impl Core {
         let mut servers = Vec::new();
         let mut caps = Vec::new();
         for (g, up) in config.upstreams.iter().enumerate() {
-            groups.push(Group { balancer: Balancer::new(up), first_server: servers.len() as u32 });
+            groups.push(Group {
+                balancer: Balancer::new(up),
+                first_server: servers.len() as u32,
+            });
             for i in 0..up.servers.len() {
-                servers.push(ServerId { upstream: UpstreamId(g as u32), index: i as u32 });
+                servers.push(ServerId {
+                    upstream: UpstreamId(g as u32),
+                    index: i as u32,
+                });
             }
             caps.push(up.keepalive);
         }
@@ -384,7 +390,9 @@ impl Core {
 
     /// Whether `server` is currently usable (passive health).
     pub fn server_up(&self, now: Time, server: ServerId) -> bool {
-        self.groups[server.upstream.0 as usize].balancer.is_up(now, server.index as usize)
+        self.groups[server.upstream.0 as usize]
+            .balancer
+            .is_up(now, server.index as usize)
     }
 
     /// Idle pooled connections of a group.
@@ -441,7 +449,9 @@ impl Core {
 
     /// Bytes queued for `conn`, in order (empty for an unknown id).
     pub fn pending(&self, conn: ConnId) -> impl Iterator<Item = &[u8]> + '_ {
-        self.get(conn).into_iter().flat_map(|c| c.buf.wq.iter().map(|b| &b[..]))
+        self.get(conn)
+            .into_iter()
+            .flat_map(|c| c.buf.wq.iter().map(|b| &b[..]))
     }
 
     /// Number of bytes queued for `conn`.
@@ -501,7 +511,9 @@ impl Core {
     pub fn handle(&mut self, now: Time, input: Input<'_>) {
         match input {
             Input::Received { conn, data } => {
-                let Some(c) = conn_mut(&mut self.conns, conn) else { return };
+                let Some(c) = conn_mut(&mut self.conns, conn) else {
+                    return;
+                };
                 if data.is_empty() {
                     return;
                 }
@@ -510,7 +522,9 @@ impl Core {
                 self.on_readable(now, conn);
             }
             Input::ReadClosed { conn } => {
-                let Some(c) = conn_mut(&mut self.conns, conn) else { return };
+                let Some(c) = conn_mut(&mut self.conns, conn) else {
+                    return;
+                };
                 c.buf.read_closed = true;
                 touch(&mut self.touched, conn);
                 self.on_read_closed(now, conn);
@@ -522,7 +536,9 @@ impl Core {
                 self.on_error(now, conn);
             }
             Input::Written { conn, n } => {
-                let Some(c) = conn_mut(&mut self.conns, conn) else { return };
+                let Some(c) = conn_mut(&mut self.conns, conn) else {
+                    return;
+                };
                 c.buf.advance(now, n);
                 if let Role::Upstream(u) = &mut c.role {
                     u.written += n as u64;
@@ -531,7 +547,9 @@ impl Core {
                 self.on_written(now, conn);
             }
             Input::Connected { conn } => {
-                let Some(c) = conn_mut(&mut self.conns, conn) else { return };
+                let Some(c) = conn_mut(&mut self.conns, conn) else {
+                    return;
+                };
                 if let Role::Upstream(u) = &mut c.role {
                     if u.state == UState::Connecting {
                         u.state = UState::Active;
@@ -562,7 +580,9 @@ impl Core {
     /// Fires every deadline that is due at `now`.
     pub fn handle_timeout(&mut self, now: Time) {
         while let Some(slot) = self.timers.pop_expired(now) {
-            let Some(c) = self.conns.get(slot as usize) else { continue };
+            let Some(c) = self.conns.get(slot as usize) else {
+                continue;
+            };
             let id = c.id;
             touch(&mut self.touched, id);
             self.on_timeout(now, id);
@@ -590,8 +610,12 @@ impl Core {
             .map(|(_, c)| c.id)
             .collect();
         for id in clients {
-            let Some(c) = conn_mut(&mut self.conns, id) else { continue };
-            let Role::Client(cl) = &mut c.role else { continue };
+            let Some(c) = conn_mut(&mut self.conns, id) else {
+                continue;
+            };
+            let Role::Client(cl) = &mut c.role else {
+                continue;
+            };
             match cl.phase {
                 Phase::Idle if c.buf.wq.is_empty() => self.close(id, false),
                 Phase::Idle | Phase::Head | Phase::Exchange => cl.ex.keep_alive = false,
@@ -613,7 +637,10 @@ impl Core {
         if slot >= self.generations.len() {
             self.generations.resize(slot + 1, 0);
         }
-        let id = ConnId { index: slot as u32, generation: self.generations[slot] };
+        let id = ConnId {
+            index: slot as u32,
+            generation: self.generations[slot],
+        };
         entry.insert(make(id));
         id
     }
@@ -621,7 +648,6 @@ impl Core {
     fn get(&self, id: ConnId) -> Option<&Conn> {
         self.conns.get(id.index as usize).filter(|c| c.id == id)
     }
-
 
     fn client(&self, id: ConnId) -> Option<&Client> {
         match &self.get(id)?.role {
@@ -636,7 +662,6 @@ impl Core {
             Role::Client(_) => None,
         }
     }
-
 
     /// Removes a connection and tells the runtime to close it.
     fn close(&mut self, id: ConnId, reset: bool) {
@@ -659,7 +684,9 @@ impl Core {
 
     /// Emits a Write for `id` if it has output, can write, and was not told already.
     fn signal_write(&mut self, id: ConnId) {
-        let Some(c) = conn_mut(&mut self.conns, id) else { return };
+        let Some(c) = conn_mut(&mut self.conns, id) else {
+            return;
+        };
         if c.buf.wq.is_empty() || c.buf.write_signalled {
             return;
         }
@@ -686,11 +713,16 @@ impl Core {
         let mut touched = core::mem::take(&mut self.touched);
         for &id in &touched {
             let want = self.wants_read(id);
-            let Some(c) = conn_mut(&mut self.conns, id) else { continue };
+            let Some(c) = conn_mut(&mut self.conns, id) else {
+                continue;
+            };
             if let Some(want) = want {
                 if want != c.buf.reading {
                     c.buf.reading = want;
-                    self.out.push_back(Output::Interest { conn: id, read: want });
+                    self.out.push_back(Output::Interest {
+                        conn: id,
+                        read: want,
+                    });
                 }
             }
             let deadline = self.deadline(id);
@@ -730,9 +762,10 @@ impl Core {
             Role::Upstream(u) => match u.state {
                 UState::Connecting => true,
                 UState::Idle => true,
-                UState::Active | UState::Tunnel => {
-                    !u.client.and_then(|cl| self.get(cl)).is_some_and(|cl| cl.buf.wq_len >= hw)
-                }
+                UState::Active | UState::Tunnel => !u
+                    .client
+                    .and_then(|cl| self.get(cl))
+                    .is_some_and(|cl| cl.buf.wq_len >= hw),
             },
         })
     }
@@ -745,35 +778,35 @@ impl Core {
         match &c.role {
             Role::Client(cl) => {
                 if !c.buf.wq.is_empty() {
-                    consider(c.buf.write_progress.add(t.send));
+                    consider(c.buf.write_progress.plus(t.send));
                 }
                 match cl.phase {
-                    Phase::Idle => consider(cl.since.add(t.keepalive)),
-                    Phase::Head => consider(cl.since.add(t.header)),
+                    Phase::Idle => consider(cl.since.plus(t.keepalive)),
+                    Phase::Head => consider(cl.since.plus(t.header)),
                     Phase::Exchange => {
                         if !cl.ex.req_done && c.buf.reading {
-                            consider(cl.body_progress.add(t.body));
+                            consider(cl.body_progress.plus(t.body));
                         }
                     }
-                    Phase::Lingering => consider(cl.since.add(t.lingering)),
+                    Phase::Lingering => consider(cl.since.plus(t.lingering)),
                     Phase::Closing => {}
                 }
             }
             Role::Upstream(u) => {
                 let g = &self.config.upstreams[u.group as usize];
                 match u.state {
-                    UState::Connecting => consider(u.created.add(g.connect_timeout)),
+                    UState::Connecting => consider(u.created.plus(g.connect_timeout)),
                     UState::Idle => consider(u.idle_expires),
                     UState::Active => {
                         if !c.buf.wq.is_empty() {
-                            consider(c.buf.write_progress.add(g.send_timeout));
+                            consider(c.buf.write_progress.plus(g.send_timeout));
                         } else if u.sent_all && c.buf.reading {
-                            consider(u.read_progress.add(g.read_timeout));
+                            consider(u.read_progress.plus(g.read_timeout));
                         }
                     }
                     UState::Tunnel => {
                         let last = u.read_progress.max(c.buf.write_progress);
-                        consider(last.add(g.read_timeout));
+                        consider(last.plus(g.read_timeout));
                     }
                 }
             }
@@ -784,7 +817,9 @@ impl Core {
     // ----- events -----
 
     fn on_readable(&mut self, now: Time, id: ConnId) {
-        let Some(c) = conn_mut(&mut self.conns, id) else { return };
+        let Some(c) = conn_mut(&mut self.conns, id) else {
+            return;
+        };
         match &mut c.role {
             Role::Client(_) => self.drive_client(now, id),
             Role::Upstream(u) => {
@@ -823,7 +858,9 @@ impl Core {
                         self.abort_exchange(now, id);
                     } else {
                         // Half-close after a complete request: finish the response, then close.
-                        if let Some(Role::Client(cl)) = conn_mut(&mut self.conns, id).map(|c| &mut c.role) {
+                        if let Some(Role::Client(cl)) =
+                            conn_mut(&mut self.conns, id).map(|c| &mut c.role)
+                        {
                             cl.ex.keep_alive = false;
                         }
                     }
@@ -878,7 +915,9 @@ impl Core {
     }
 
     fn on_written(&mut self, now: Time, id: ConnId) {
-        let Some(c) = conn_mut(&mut self.conns, id) else { return };
+        let Some(c) = conn_mut(&mut self.conns, id) else {
+            return;
+        };
         // Our output shrank: the other side may be read again (its interest is re-evaluated).
         let peer = match &c.role {
             Role::Client(cl) => cl.ex.upstream,
@@ -938,7 +977,7 @@ impl Core {
         let t = self.config.client_timeouts.clone();
         match &c.role {
             Role::Client(cl) => {
-                let send_expired = !c.buf.wq.is_empty() && c.buf.write_progress.add(t.send) <= now;
+                let send_expired = !c.buf.wq.is_empty() && c.buf.write_progress.plus(t.send) <= now;
                 if send_expired {
                     // A client that stopped reading: give up on it (and on its upstream).
                     if cl.phase == Phase::Exchange {
@@ -957,7 +996,7 @@ impl Core {
                         }
                     }
                     Phase::Exchange => {
-                        if !cl.ex.req_done && cl.body_progress.add(t.body) <= now {
+                        if !cl.ex.req_done && cl.body_progress.plus(t.body) <= now {
                             if cl.ex.resp_started {
                                 self.abort_exchange(now, id);
                                 self.close(id, true);
@@ -980,9 +1019,10 @@ impl Core {
                         self.close(id, false);
                     }
                     UState::Active => {
-                        if !c.buf.wq.is_empty() && c.buf.write_progress.add(g.send_timeout) <= now {
+                        if !c.buf.wq.is_empty() && c.buf.write_progress.plus(g.send_timeout) <= now
+                        {
                             self.upstream_failed(now, id, Failure::SendTimeout);
-                        } else if u.read_progress.add(g.read_timeout) <= now {
+                        } else if u.read_progress.plus(g.read_timeout) <= now {
                             self.upstream_failed(now, id, Failure::ReadTimeout);
                         }
                     }
@@ -1002,8 +1042,12 @@ impl Core {
     /// Processes whatever the client's read buffer holds, as far as the current state allows.
     fn drive_client(&mut self, now: Time, id: ConnId) {
         loop {
-            let Some(c) = conn_mut(&mut self.conns, id) else { return };
-            let Role::Client(cl) = &mut c.role else { return };
+            let Some(c) = conn_mut(&mut self.conns, id) else {
+                return;
+            };
+            let Role::Client(cl) = &mut c.role else {
+                return;
+            };
             match cl.phase {
                 Phase::Closing => {
                     c.buf.rbuf.clear();
@@ -1046,7 +1090,9 @@ impl Core {
 
     /// Parses a request head and starts its exchange. Returns whether to keep processing.
     fn start_exchange(&mut self, now: Time, id: ConnId) -> bool {
-        let Some(c) = self.conns.get_mut(id.index as usize) else { return false };
+        let Some(c) = self.conns.get_mut(id.index as usize) else {
+            return false;
+        };
         let parsed = self.head.parse_request(&c.buf.rbuf, &self.limits);
         let head = &self.head;
         match parsed {
@@ -1057,7 +1103,9 @@ impl Core {
             }
             Ok(true) => {}
         }
-        let Role::Client(cl) = &mut c.role else { return false };
+        let Role::Client(cl) = &mut c.role else {
+            return false;
+        };
         cl.requests += 1;
         let ex = &mut cl.ex;
         ex.method = head.method;
@@ -1119,11 +1167,13 @@ impl Core {
             via: self.config.headers.via.as_deref(),
         };
         let upgrade = ex.upgrade;
-        let req_head = c
-            .buf
-            .rewrite(|buf, out| framing::write_request_head(head, buf, out_body, upgrade, &fwd, out));
+        let req_head = c.buf.rewrite(|buf, out| {
+            framing::write_request_head(head, buf, out_body, upgrade, &fwd, out)
+        });
         c.buf.rbuf.advance(head.len);
-        let Role::Client(cl) = &mut c.role else { return false };
+        let Role::Client(cl) = &mut c.role else {
+            return false;
+        };
         cl.ex.req_head = req_head;
         if expect {
             // nginx's model: we answer 100 Continue ourselves and stream the body upstream
@@ -1139,17 +1189,29 @@ impl Core {
         let hw = self.config.limits.write_high_water;
         let max_body = self.config.limits.max_body;
         loop {
-            let Some(c) = self.conns.get_mut(id.index as usize) else { return false };
-            let Role::Client(cl) = &mut c.role else { return false };
+            let Some(c) = self.conns.get_mut(id.index as usize) else {
+                return false;
+            };
+            let Role::Client(cl) = &mut c.role else {
+                return false;
+            };
             let ex = &mut cl.ex;
             let upstream = ex.upstream;
             if let Some(u) = upstream {
-                if self.conns.get(u.index as usize).is_some_and(|u| u.buf.wq_len >= hw) {
+                if self
+                    .conns
+                    .get(u.index as usize)
+                    .is_some_and(|u| u.buf.wq_len >= hw)
+                {
                     return false;
                 }
             }
-            let Some(c) = self.conns.get_mut(id.index as usize) else { return false };
-            let Role::Client(cl) = &mut c.role else { return false };
+            let Some(c) = self.conns.get_mut(id.index as usize) else {
+                return false;
+            };
+            let Role::Client(cl) = &mut c.role else {
+                return false;
+            };
             let ex = &mut cl.ex;
             if c.buf.rbuf.is_empty() && !ex.req_decoder.is_done() {
                 return false;
@@ -1185,7 +1247,9 @@ impl Core {
                     pieces[0] = data;
                 }
             }
-            let Role::Client(cl) = &mut c.role else { return false };
+            let Role::Client(cl) = &mut c.role else {
+                return false;
+            };
             let ex = &mut cl.ex;
             if step.done {
                 ex.req_done = true;
@@ -1230,9 +1294,15 @@ impl Core {
 
     /// Finds a server for the current request and hands it a connection (pooled or new).
     fn assign_upstream(&mut self, now: Time, id: ConnId, force_fresh: bool) {
-        let Some(Role::Client(cl)) = self.get(id).map(|c| &c.role) else { return };
-        let (g, hash, tried, last_status) =
-            (cl.ex.group as usize, cl.peer_hash, cl.ex.tried, cl.ex.status);
+        let Some(Role::Client(cl)) = self.get(id).map(|c| &c.role) else {
+            return;
+        };
+        let (g, hash, tried, last_status) = (
+            cl.ex.group as usize,
+            cl.peer_hash,
+            cl.ex.tried,
+            cl.ex.status,
+        );
         let Some(idx) = self.groups[g].balancer.pick(now, hash, tried) else {
             // No usable server: 502, or the status of the last failure when moving on.
             let status = if last_status >= 500 { last_status } else { 502 };
@@ -1256,8 +1326,12 @@ impl Core {
             self.stats.groups[g].evictions[EvictReason::IdleTimeout as usize] += 1;
             self.close(c, false);
         }
-        let Some(c) = self.conns.get_mut(id.index as usize) else { return };
-        let Role::Client(cl) = &mut c.role else { return };
+        let Some(c) = self.conns.get_mut(id.index as usize) else {
+            return;
+        };
+        let Role::Client(cl) = &mut c.role else {
+            return;
+        };
         let ex = &mut cl.ex;
         ex.tries += 1;
         ex.tried |= 1u64 << idx;
@@ -1270,7 +1344,9 @@ impl Core {
                 self.stats.groups[g].pool_hits += 1;
                 self.stats.servers[server as usize].requests += 1;
                 let u = conn_mut(&mut self.conns, uid).expect("pooled connection is open");
-                let Role::Upstream(up) = &mut u.role else { unreachable!("pool holds upstreams") };
+                let Role::Upstream(up) = &mut u.role else {
+                    unreachable!("pool holds upstreams")
+                };
                 up.state = UState::Active;
                 up.client = Some(id);
                 up.written = 0;
@@ -1300,7 +1376,10 @@ impl Core {
                         reusable: false,
                     }),
                 });
-                self.out.push_back(Output::Connect { conn: uid, server: self.servers[server as usize] });
+                self.out.push_back(Output::Connect {
+                    conn: uid,
+                    server: self.servers[server as usize],
+                });
                 uid
             }
         };
@@ -1313,10 +1392,14 @@ impl Core {
         touch(&mut self.touched, uid);
         self.push(now, uid, head);
         if replay_ok {
-            let Some(Role::Client(cl)) = self.get(id).map(|c| &c.role) else { return };
+            let Some(Role::Client(cl)) = self.get(id).map(|c| &c.role) else {
+                return;
+            };
             let n = cl.ex.replay.len();
             for i in 0..n {
-                let Some(Role::Client(cl)) = self.get(id).map(|c| &c.role) else { return };
+                let Some(Role::Client(cl)) = self.get(id).map(|c| &c.role) else {
+                    return;
+                };
                 let p = cl.ex.replay[i].clone();
                 self.push(now, uid, p);
             }
@@ -1327,16 +1410,18 @@ impl Core {
     /// Queues a response the proxy generates itself and ends the exchange. The connection stays
     /// open only when the request was fully read and the client allows it.
     fn client_error(&mut self, now: Time, id: ConnId, status: u16) {
-        let Some(c) = conn_mut(&mut self.conns, id) else { return };
-        let Role::Client(cl) = &mut c.role else { return };
+        let Some(c) = conn_mut(&mut self.conns, id) else {
+            return;
+        };
+        let Role::Client(cl) = &mut c.role else {
+            return;
+        };
         let in_exchange = cl.phase == Phase::Exchange;
         // After an error in the request itself (or an unread body) the connection's framing
         // can't be trusted; after an upstream failure on a complete request it can (nginx too
         // keeps the client connection after a 502/504).
-        let keep = in_exchange
-            && cl.ex.req_done
-            && cl.ex.keep_alive
-            && !matches!(status, 400 | 408 | 413);
+        let keep =
+            in_exchange && cl.ex.req_done && cl.ex.keep_alive && !matches!(status, 400 | 408 | 413);
         let head_only = in_exchange && cl.ex.method == Method::Head;
         framing::write_error_response(status, !keep, head_only, c.buf.scratch());
         let b = c.buf.take_scratch();
@@ -1358,11 +1443,19 @@ impl Core {
     /// The client gets no more from us: close once the queue is flushed, lingering if unread
     /// input may follow (so it reads our response instead of a reset).
     fn close_client_after_flush(&mut self, now: Time, id: ConnId, linger: bool) {
-        let Some(c) = conn_mut(&mut self.conns, id) else { return };
-        let Role::Client(cl) = &mut c.role else { return };
+        let Some(c) = conn_mut(&mut self.conns, id) else {
+            return;
+        };
+        let Role::Client(cl) = &mut c.role else {
+            return;
+        };
         cl.phase = Phase::Closing;
         c.buf.rbuf.clear();
-        c.buf.after_flush = if linger && !c.buf.read_closed { AfterFlush::Linger } else { AfterFlush::Close };
+        c.buf.after_flush = if linger && !c.buf.read_closed {
+            AfterFlush::Linger
+        } else {
+            AfterFlush::Close
+        };
         touch(&mut self.touched, id);
         if c.buf.wq.is_empty() {
             match c.buf.after_flush {
@@ -1373,7 +1466,9 @@ impl Core {
     }
 
     fn start_linger(&mut self, now: Time, id: ConnId) {
-        let Some(c) = conn_mut(&mut self.conns, id) else { return };
+        let Some(c) = conn_mut(&mut self.conns, id) else {
+            return;
+        };
         let Role::Client(cl) = &mut c.role else {
             self.close(id, false);
             return;
@@ -1401,8 +1496,12 @@ impl Core {
 
     /// The response is fully queued and the request fully read: next request, or close.
     fn end_exchange(&mut self, now: Time, id: ConnId) {
-        let Some(c) = conn_mut(&mut self.conns, id) else { return };
-        let Role::Client(cl) = &mut c.role else { return };
+        let Some(c) = conn_mut(&mut self.conns, id) else {
+            return;
+        };
+        let Role::Client(cl) = &mut c.role else {
+            return;
+        };
         cl.ex.upstream = None;
         cl.ex.replay.clear();
         cl.ex.req_head = Bytes::new();
@@ -1431,9 +1530,15 @@ impl Core {
     /// Detaches the current upstream connection from client `id` and closes it (it is mid-
     /// exchange, so never pooled).
     fn release_upstream_of(&mut self, _now: Time, id: ConnId, _abort: bool) {
-        let Some(Role::Client(cl)) = conn_mut(&mut self.conns, id).map(|c| &mut c.role) else { return };
-        let Some(u) = cl.ex.upstream.take() else { return };
-        let Some(Role::Upstream(up)) = self.get(u).map(|c| &c.role) else { return };
+        let Some(Role::Client(cl)) = conn_mut(&mut self.conns, id).map(|c| &mut c.role) else {
+            return;
+        };
+        let Some(u) = cl.ex.upstream.take() else {
+            return;
+        };
+        let Some(Role::Upstream(up)) = self.get(u).map(|c| &c.role) else {
+            return;
+        };
         let (g, srv) = (up.group as usize, up.server);
         let idx = (srv - self.groups[g].first_server) as usize;
         self.groups[g].balancer.release(idx);
@@ -1446,7 +1551,9 @@ impl Core {
             _ => None,
         };
         for id in [Some(client), u].into_iter().flatten() {
-            let Some(c) = conn_mut(&mut self.conns, id) else { continue };
+            let Some(c) = conn_mut(&mut self.conns, id) else {
+                continue;
+            };
             c.buf.after_flush = AfterFlush::Close;
             if let Role::Client(cl) = &mut c.role {
                 cl.phase = Phase::Closing;
@@ -1462,8 +1569,12 @@ impl Core {
 
     fn drive_upstream(&mut self, now: Time, id: ConnId) {
         loop {
-            let Some(c) = self.conns.get_mut(id.index as usize) else { return };
-            let Role::Upstream(u) = &mut c.role else { return };
+            let Some(c) = self.conns.get_mut(id.index as usize) else {
+                return;
+            };
+            let Role::Upstream(u) = &mut c.role else {
+                return;
+            };
             let Some(cid) = u.client else {
                 // Not attached (shouldn't happen for Active): drop it.
                 self.close(id, true);
@@ -1491,7 +1602,9 @@ impl Core {
                 }
                 Resp::Tunnel | Resp::Done => {
                     // Bytes after a complete response: the connection is not reusable.
-                    let Some(c) = conn_mut(&mut self.conns, id) else { return };
+                    let Some(c) = conn_mut(&mut self.conns, id) else {
+                        return;
+                    };
                     if !c.buf.rbuf.is_empty() {
                         c.buf.rbuf.clear();
                         if let Role::Upstream(u) = &mut c.role {
@@ -1510,7 +1623,9 @@ impl Core {
             Some(cl) => (cl.ex.method, cl.ex.version, cl.ex.keep_alive, cl.ex.upgrade),
             None => return false,
         };
-        let Some(c) = self.conns.get_mut(id.index as usize) else { return false };
+        let Some(c) = self.conns.get_mut(id.index as usize) else {
+            return false;
+        };
         let parsed = self.head.parse_response(&c.buf.rbuf, method, &self.limits);
         match parsed {
             Ok(false) => return false,
@@ -1534,7 +1649,9 @@ impl Core {
                 let b = cc.buf.take_scratch();
                 self.push(now, cid, b);
             }
-            let Some(c) = self.conns.get_mut(id.index as usize) else { return false };
+            let Some(c) = self.conns.get_mut(id.index as usize) else {
+                return false;
+            };
             c.buf.rbuf.advance(self.head.len);
             return true;
         }
@@ -1569,11 +1686,13 @@ impl Core {
         let b = cc.buf.take_scratch();
         let len = head.len;
         c.buf.rbuf.advance(len);
-        let Role::Upstream(u) = &mut c.role else { return false };
+        let Role::Upstream(u) = &mut c.role else {
+            return false;
+        };
         u.reusable = persistent && body != BodyKind::UntilClose;
         if let Some(secs) = ka_hint {
             let hint = Duration::from_secs(secs as u64).saturating_sub(KEEPALIVE_HINT_MARGIN);
-            u.idle_expires = now.add(hint); // refined at checkin
+            u.idle_expires = now.plus(hint); // refined at checkin
             if hint.is_zero() {
                 u.reusable = false;
             }
@@ -1587,7 +1706,9 @@ impl Core {
             u.reusable = false;
         }
         self.groups[g].balancer.success(now, idx);
-        let Some(Role::Client(cl)) = conn_mut(&mut self.conns, cid).map(|c| &mut c.role) else { return false };
+        let Some(Role::Client(cl)) = conn_mut(&mut self.conns, cid).map(|c| &mut c.role) else {
+            return false;
+        };
         cl.ex.status = status;
         cl.ex.resp_started = true;
         cl.ex.resp_decoder = BodyDecoder::new(body);
@@ -1624,7 +1745,9 @@ impl Core {
             let Some((c, cc)) = self.conns.get2_mut(id.index as usize, cid.index as usize) else {
                 return false;
             };
-            let Role::Client(cl) = &mut cc.role else { return false };
+            let Role::Client(cl) = &mut cc.role else {
+                return false;
+            };
             let step = match cl.ex.resp_decoder.step(&c.buf.rbuf) {
                 Ok(s) => s,
                 Err(_) => {
@@ -1661,7 +1784,9 @@ impl Core {
     }
 
     fn upstream_eof(&mut self, now: Time, id: ConnId) {
-        let Some(Role::Upstream(u)) = self.get(id).map(|c| &c.role) else { return };
+        let Some(Role::Upstream(u)) = self.get(id).map(|c| &c.role) else {
+            return;
+        };
         let Some(cid) = u.client else {
             self.close(id, false);
             return;
@@ -1682,7 +1807,8 @@ impl Core {
                 if cl.ex.resp_out == OutBody::Chunked {
                     self.push(now, cid, Bytes::from_static(framing::LAST_CHUNK));
                 }
-                if let Some(Role::Upstream(u)) = conn_mut(&mut self.conns, id).map(|c| &mut c.role) {
+                if let Some(Role::Upstream(u)) = conn_mut(&mut self.conns, id).map(|c| &mut c.role)
+                {
                     u.reusable = false;
                 }
                 self.finish_response(now, id, cid);
@@ -1713,12 +1839,14 @@ impl Core {
         let idx = (u.server - self.groups[g].first_server) as usize;
         let key = u.key;
         let expires = now
-            .add(gcfg.keepalive_timeout)
+            .plus(gcfg.keepalive_timeout)
             .min(u.idle_expires)
-            .min(u.created.add(gcfg.keepalive_time));
+            .min(u.created.plus(gcfg.keepalive_time));
         self.groups[g].balancer.release(idx);
         if clean {
-            let Some(Role::Upstream(u)) = conn_mut(&mut self.conns, id).map(|c| &mut c.role) else { return };
+            let Some(Role::Upstream(u)) = conn_mut(&mut self.conns, id).map(|c| &mut c.role) else {
+                return;
+            };
             u.state = UState::Idle;
             u.client = None;
             u.idle_expires = expires;
@@ -1731,11 +1859,15 @@ impl Core {
         } else {
             self.close(id, false);
         }
-        let Some(Role::Client(cl)) = conn_mut(&mut self.conns, cid).map(|c| &mut c.role) else { return };
+        let Some(Role::Client(cl)) = conn_mut(&mut self.conns, cid).map(|c| &mut c.role) else {
+            return;
+        };
         cl.ex.resp = Resp::Done;
         cl.ex.upstream = None;
         self.record(cid);
-        let Some(Role::Client(cl)) = conn_mut(&mut self.conns, cid).map(|c| &mut c.role) else { return };
+        let Some(Role::Client(cl)) = conn_mut(&mut self.conns, cid).map(|c| &mut c.role) else {
+            return;
+        };
         if cl.ex.req_done {
             self.end_exchange(now, cid);
         } else {
@@ -1768,7 +1900,9 @@ impl Core {
         };
         self.groups[g].balancer.release(idx);
         self.close(id, why != Failure::BadResponse);
-        let Some(Role::Client(cl)) = conn_mut(&mut self.conns, cid).map(|c| &mut c.role) else { return };
+        let Some(Role::Client(cl)) = conn_mut(&mut self.conns, cid).map(|c| &mut c.role) else {
+            return;
+        };
         let ex = &mut cl.ex;
         ex.upstream = None;
         if ex.resp_started {
@@ -1816,7 +1950,9 @@ impl Core {
             Failure::ConnectTimeout | Failure::ReadTimeout => 504,
             _ => 502,
         };
-        let Some(Role::Client(cl)) = conn_mut(&mut self.conns, cid).map(|c| &mut c.role) else { return };
+        let Some(Role::Client(cl)) = conn_mut(&mut self.conns, cid).map(|c| &mut c.role) else {
+            return;
+        };
         match retry {
             Some(fresh) => {
                 cl.ex.status = status;
@@ -1833,7 +1969,13 @@ impl Core {
 
     /// Like `assign_upstream`, but the request bytes to send are `queued` (moved from a
     /// connection that never wrote them).
-    fn assign_upstream_with(&mut self, now: Time, cid: ConnId, fresh: bool, queued: VecDeque<Bytes>) {
+    fn assign_upstream_with(
+        &mut self,
+        now: Time,
+        cid: ConnId,
+        fresh: bool,
+        queued: VecDeque<Bytes>,
+    ) {
         // Temporarily disable replay so assign_upstream queues only the head, then swap in the
         // exact bytes (which include the head).
         let replayable = match conn_mut(&mut self.conns, cid).map(|c| &mut c.role) {
@@ -1844,7 +1986,9 @@ impl Core {
         if let Some(Role::Client(cl)) = conn_mut(&mut self.conns, cid).map(|c| &mut c.role) {
             cl.ex.replayable = replayable;
         }
-        let Some(uid) = self.client(cid).and_then(|cl| cl.ex.upstream) else { return };
+        let Some(uid) = self.client(cid).and_then(|cl| cl.ex.upstream) else {
+            return;
+        };
         if let Some(u) = conn_mut(&mut self.conns, uid) {
             u.buf.discard_output();
             let was_signalled = u.buf.write_signalled;

@@ -21,13 +21,13 @@ impl Time {
     }
 
     /// `self + d`, saturating instead of overflowing.
-    pub fn add(self, d: Duration) -> Time {
+    pub fn plus(self, d: Duration) -> Time {
         let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         Time(self.0.saturating_add(nanos))
     }
 
     /// `self - d`, saturating at the epoch.
-    pub fn sub(self, d: Duration) -> Time {
+    pub fn minus(self, d: Duration) -> Time {
         let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         Time(self.0.saturating_sub(nanos))
     }
@@ -44,9 +44,15 @@ mod tests {
 
     #[test]
     fn arithmetic_saturates() {
-        assert_eq!(Time(u64::MAX - 1).add(Duration::from_secs(1)), Time(u64::MAX));
-        assert_eq!(Time(5).sub(Duration::from_secs(1)), Time::ZERO);
-        assert_eq!(Time::from_millis(1500).since(Time::from_millis(500)), Duration::from_secs(1));
+        assert_eq!(
+            Time(u64::MAX - 1).plus(Duration::from_secs(1)),
+            Time(u64::MAX)
+        );
+        assert_eq!(Time(5).minus(Duration::from_secs(1)), Time::ZERO);
+        assert_eq!(
+            Time::from_millis(1500).since(Time::from_millis(500)),
+            Duration::from_secs(1)
+        );
         assert_eq!(Time::ZERO.since(Time(10)), Duration::ZERO);
     }
 }

@@ -1,0 +1,669 @@
+//! `serde::Deserialize` for the configuration (feature `serde`). The TOML shape is documented
+//! in the [module docs](super).
+//!
+//! Each public type deserialises through a private mirror struct with
+//! `#[serde(deny_unknown_fields)]` and nginx's defaults for omitted fields, so the public types
+//! stay plain data and the defaults have a single source (`ServerConfig::new`,
+//! `UpstreamConfig::new`, the `Default` impls).
+
+use core::fmt;
+use core::time::Duration;
+
+use serde::Deserialize;
+use serde::de::value::MapAccessDeserializer;
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+
+use super::{
+    Address, Balance, ClientTimeouts, Config, HeaderOptions, Limits, ListenerConfig, PoolKeyMode,
+    RouteConfig, ServerConfig, UpstreamConfig, parse_duration, parse_size,
+};
+
+// ---- scalar helpers -------------------------------------------------------------------------
+
+struct DurationVisitor;
+
+impl Visitor<'_> for DurationVisitor {
+    type Value = Duration;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a duration string with a unit, such as \"250ms\", \"10s\", \"5m\" or \"1h\"")
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Duration, E> {
+        parse_duration(v).map_err(E::custom)
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Duration, E> {
+        Err(E::custom(format!(
+            "duration {v} has no unit: write a string such as \"{v}s\" or \"{v}ms\""
+        )))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Duration, E> {
+        if v < 0 {
+            return Err(E::custom(format!("negative duration {v} is not allowed")));
+        }
+        self.visit_u64(v.unsigned_abs())
+    }
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    d.deserialize_any(DurationVisitor)
+}
+
+struct SizeVisitor;
+
+impl Visitor<'_> for SizeVisitor {
+    type Value = u64;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a size in bytes, as an integer or a string such as \"16k\" or \"1m\"")
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<u64, E> {
+        parse_size(v).map_err(E::custom)
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<u64, E> {
+        Ok(v)
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<u64, E> {
+        u64::try_from(v).map_err(|_| E::custom(format!("negative size {v} is not allowed")))
+    }
+}
+
+fn size_u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    d.deserialize_any(SizeVisitor)
+}
+
+fn size_usize<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    let n = d.deserialize_any(SizeVisitor)?;
+    usize::try_from(n).map_err(|_| de::Error::custom(format!("size {n} is too large")))
+}
+
+/// `via = "name"`, `via = false` (off) or `via = true` (the default pseudonym `upkeep`).
+fn via<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    struct V;
+    impl Visitor<'_> for V {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a pseudonym string, or false to turn Via off")
+        }
+        fn visit_bool<E: de::Error>(self, v: bool) -> Result<Option<String>, E> {
+            Ok(v.then(|| HeaderOptions::default().via).flatten())
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Option<String>, E> {
+            Ok(Some(v.to_owned()))
+        }
+    }
+    d.deserialize_any(V)
+}
+
+/// `"127.0.0.1:8080"`, `"[::1]:8080"` or `"unix:/path"` (see [`Address::parse`]).
+impl<'de> Deserialize<'de> for Address {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Address, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Address;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an address string: \"HOST:PORT\", \"[IPV6]:PORT\" or \"unix:/path\"")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Address, E> {
+                Address::parse(v).map_err(E::custom)
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+// ---- mirrors ------------------------------------------------------------------------------
+
+/// `fn name() -> Type { expr }` for serde's `default = "..."`.
+macro_rules! defaults {
+    ($($name:ident: $ty:ty = $e:expr;)*) => { $(fn $name() -> $ty { $e })* };
+}
+
+fn server_default() -> ServerConfig {
+    ServerConfig::new(Address::Unix(String::new()))
+}
+fn upstream_default() -> UpstreamConfig {
+    UpstreamConfig::new("", Vec::new())
+}
+
+defaults! {
+    d_weight: u32 = server_default().weight;
+    d_max_fails: u32 = server_default().max_fails;
+    d_fail_timeout: Duration = server_default().fail_timeout;
+    d_max_conns: u32 = server_default().max_conns;
+    d_balance: Balance = upstream_default().balance;
+    d_keepalive: usize = upstream_default().keepalive;
+    d_keepalive_timeout: Duration = upstream_default().keepalive_timeout;
+    d_keepalive_requests: u32 = upstream_default().keepalive_requests;
+    d_keepalive_time: Duration = upstream_default().keepalive_time;
+    d_pool_key: PoolKeyMode = upstream_default().pool_key;
+    d_connect_timeout: Duration = upstream_default().connect_timeout;
+    d_read_timeout: Duration = upstream_default().read_timeout;
+    d_send_timeout: Duration = upstream_default().send_timeout;
+    d_next_upstream_tries: u32 = upstream_default().next_upstream_tries;
+    d_next_upstream_on_timeout: bool = upstream_default().next_upstream_on_timeout;
+    d_path_prefix: String = "/".to_owned();
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListener {
+    addr: Address,
+}
+
+/// A listener: `"ADDR"` or `{ addr = "ADDR" }` (`[[listen]]` tables).
+impl<'de> Deserialize<'de> for ListenerConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<ListenerConfig, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = ListenerConfig;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a listener: an address string or a table with `addr`")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ListenerConfig, E> {
+                Ok(ListenerConfig {
+                    addr: Address::parse(v).map_err(E::custom)?,
+                })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<ListenerConfig, A::Error> {
+                let raw = RawListener::deserialize(MapAccessDeserializer::new(map))?;
+                Ok(ListenerConfig { addr: raw.addr })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    addr: Address,
+    #[serde(default = "d_weight")]
+    weight: u32,
+    #[serde(default = "d_max_fails")]
+    max_fails: u32,
+    #[serde(default = "d_fail_timeout", deserialize_with = "duration")]
+    fail_timeout: Duration,
+    #[serde(default)]
+    backup: bool,
+    #[serde(default = "d_max_conns")]
+    max_conns: u32,
+}
+
+/// A server: `"ADDR"` (all defaults) or `{ addr = "ADDR", weight = 2, ... }`.
+impl<'de> Deserialize<'de> for ServerConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<ServerConfig, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = ServerConfig;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a server: an address string or a table with `addr`")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ServerConfig, E> {
+                Ok(ServerConfig::new(Address::parse(v).map_err(E::custom)?))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<ServerConfig, A::Error> {
+                let r = RawServer::deserialize(MapAccessDeserializer::new(map))?;
+                Ok(ServerConfig {
+                    addr: r.addr,
+                    weight: r.weight,
+                    max_fails: r.max_fails,
+                    fail_timeout: r.fail_timeout,
+                    backup: r.backup,
+                    max_conns: r.max_conns,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    name: String,
+    servers: Vec<ServerConfig>,
+    #[serde(default = "d_balance")]
+    balance: Balance,
+    #[serde(default = "d_keepalive")]
+    keepalive: usize,
+    #[serde(default = "d_keepalive_timeout", deserialize_with = "duration")]
+    keepalive_timeout: Duration,
+    #[serde(default = "d_keepalive_requests")]
+    keepalive_requests: u32,
+    #[serde(default = "d_keepalive_time", deserialize_with = "duration")]
+    keepalive_time: Duration,
+    #[serde(default = "d_pool_key")]
+    pool_key: PoolKeyMode,
+    #[serde(default = "d_connect_timeout", deserialize_with = "duration")]
+    connect_timeout: Duration,
+    #[serde(default = "d_read_timeout", deserialize_with = "duration")]
+    read_timeout: Duration,
+    #[serde(default = "d_send_timeout", deserialize_with = "duration")]
+    send_timeout: Duration,
+    #[serde(default = "d_next_upstream_tries")]
+    next_upstream_tries: u32,
+    #[serde(default = "d_next_upstream_on_timeout")]
+    next_upstream_on_timeout: bool,
+}
+
+impl<'de> Deserialize<'de> for UpstreamConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<UpstreamConfig, D::Error> {
+        let r = RawUpstream::deserialize(d)?;
+        Ok(UpstreamConfig {
+            name: r.name,
+            servers: r.servers,
+            balance: r.balance,
+            keepalive: r.keepalive,
+            keepalive_timeout: r.keepalive_timeout,
+            keepalive_requests: r.keepalive_requests,
+            keepalive_time: r.keepalive_time,
+            pool_key: r.pool_key,
+            connect_timeout: r.connect_timeout,
+            read_timeout: r.read_timeout,
+            send_timeout: r.send_timeout,
+            next_upstream_tries: r.next_upstream_tries,
+            next_upstream_on_timeout: r.next_upstream_on_timeout,
+        })
+    }
+}
+
+/// `upstream` must be an array of tables (`[[upstream]]`): group order is meaningful (the first
+/// is the default when there are no routes) and TOML tables are unordered.
+fn upstreams<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<UpstreamConfig>, D::Error> {
+    struct V;
+    impl<'de> Visitor<'de> for V {
+        type Value = Vec<UpstreamConfig>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an array of upstream tables ([[upstream]] with name = \"...\")")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(u) = seq.next_element()? {
+                out.push(u);
+            }
+            Ok(out)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, _map: A) -> Result<Self::Value, A::Error> {
+            Err(de::Error::custom(
+                "write upstream groups as [[upstream]] tables with name = \"...\", not \
+                 [upstream.NAME]: their order matters (the first is the default group)",
+            ))
+        }
+    }
+    d.deserialize_any(V)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    #[serde(default)]
+    host: Option<String>,
+    #[serde(default = "d_path_prefix")]
+    path_prefix: String,
+    upstream: String,
+}
+
+impl<'de> Deserialize<'de> for RouteConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<RouteConfig, D::Error> {
+        let r = RawRoute::deserialize(d)?;
+        Ok(RouteConfig {
+            host: r.host,
+            path_prefix: r.path_prefix,
+            upstream: r.upstream,
+        })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawClientTimeouts {
+    #[serde(deserialize_with = "duration")]
+    header: Duration,
+    #[serde(deserialize_with = "duration")]
+    body: Duration,
+    #[serde(deserialize_with = "duration")]
+    keepalive: Duration,
+    #[serde(deserialize_with = "duration")]
+    send: Duration,
+    #[serde(deserialize_with = "duration")]
+    lingering: Duration,
+}
+
+impl Default for RawClientTimeouts {
+    fn default() -> Self {
+        let ClientTimeouts {
+            header,
+            body,
+            keepalive,
+            send,
+            lingering,
+        } = ClientTimeouts::default();
+        RawClientTimeouts {
+            header,
+            body,
+            keepalive,
+            send,
+            lingering,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ClientTimeouts {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<ClientTimeouts, D::Error> {
+        let RawClientTimeouts {
+            header,
+            body,
+            keepalive,
+            send,
+            lingering,
+        } = RawClientTimeouts::deserialize(d)?;
+        Ok(ClientTimeouts {
+            header,
+            body,
+            keepalive,
+            send,
+            lingering,
+        })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLimits {
+    #[serde(deserialize_with = "size_usize")]
+    max_request_line: usize,
+    #[serde(deserialize_with = "size_usize")]
+    max_head: usize,
+    #[serde(deserialize_with = "size_u64")]
+    max_body: u64,
+    client_keepalive_requests: u32,
+    max_client_connections: usize,
+    #[serde(deserialize_with = "size_usize")]
+    write_high_water: usize,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        let Limits {
+            max_request_line,
+            max_head,
+            max_body,
+            client_keepalive_requests,
+            max_client_connections,
+            write_high_water,
+        } = Limits::default();
+        RawLimits {
+            max_request_line,
+            max_head,
+            max_body,
+            client_keepalive_requests,
+            max_client_connections,
+            write_high_water,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Limits {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Limits, D::Error> {
+        let RawLimits {
+            max_request_line,
+            max_head,
+            max_body,
+            client_keepalive_requests,
+            max_client_connections,
+            write_high_water,
+        } = RawLimits::deserialize(d)?;
+        Ok(Limits {
+            max_request_line,
+            max_head,
+            max_body,
+            client_keepalive_requests,
+            max_client_connections,
+            write_high_water,
+        })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawHeaders {
+    x_forwarded_for: bool,
+    x_forwarded_proto: bool,
+    #[serde(deserialize_with = "via")]
+    via: Option<String>,
+}
+
+impl Default for RawHeaders {
+    fn default() -> Self {
+        let HeaderOptions {
+            x_forwarded_for,
+            x_forwarded_proto,
+            via,
+        } = HeaderOptions::default();
+        RawHeaders {
+            x_forwarded_for,
+            x_forwarded_proto,
+            via,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for HeaderOptions {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<HeaderOptions, D::Error> {
+        let RawHeaders {
+            x_forwarded_for,
+            x_forwarded_proto,
+            via,
+        } = RawHeaders::deserialize(d)?;
+        Ok(HeaderOptions {
+            x_forwarded_for,
+            x_forwarded_proto,
+            via,
+        })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    listen: Vec<ListenerConfig>,
+    #[serde(default, deserialize_with = "upstreams")]
+    upstream: Vec<UpstreamConfig>,
+    #[serde(default)]
+    route: Vec<RouteConfig>,
+    #[serde(default)]
+    client_timeouts: ClientTimeouts,
+    #[serde(default)]
+    limits: Limits,
+    #[serde(default)]
+    headers: HeaderOptions,
+}
+
+/// The whole file; see the [module docs](super) for the shape. Deserialising does not validate:
+/// call [`Config::validate`] next.
+impl<'de> Deserialize<'de> for Config {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Config, D::Error> {
+        let r = RawConfig::deserialize(d)?;
+        Ok(Config {
+            listeners: r.listen,
+            upstreams: r.upstream,
+            routes: r.route,
+            client_timeouts: r.client_timeouts,
+            limits: r.limits,
+            headers: r.headers,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// Line (1-based) of a byte offset.
+    fn line_of(text: &str, offset: usize) -> usize {
+        text[..offset].matches('\n').count() + 1
+    }
+
+    const MINIMAL: &str = "listen = [\"127.0.0.1:8080\"]\n\n[[upstream]]\nname = \"app\"\nservers = [\"127.0.0.1:9001\"]\n";
+
+    #[test]
+    fn minimal_file_takes_every_default() {
+        let c = parse(MINIMAL).unwrap();
+        let a = |s: &str| Address::parse(s).unwrap();
+        let mut want = Config::simple(a("127.0.0.1:8080"), vec![a("127.0.0.1:9001")]);
+        want.upstreams[0].name = "app".into();
+        assert_eq!(c, want);
+        c.validate().unwrap();
+        // An empty file parses (and then fails validation, with a clear message).
+        let empty = parse("").unwrap();
+        assert_eq!(
+            empty.validate().unwrap_err().to_string(),
+            "listen: at least one listener is required"
+        );
+    }
+
+    #[test]
+    fn typo_key_names_the_key_with_line_and_column() {
+        let text = "[[listen]]\naddr = \"127.0.0.1:8080\"\n\n[[upstream]]\nkeepalvie = 16\nname = \"app\"\nservers = [\"127.0.0.1:9001\"]\n";
+        let err = parse(text).unwrap_err();
+        assert!(err.message().contains("unknown field `keepalvie`"), "{err}");
+        assert!(
+            err.message().contains("`keepalive`"),
+            "lists the expected keys: {err}"
+        );
+        let span = err.span().expect("toml reports a span");
+        assert_eq!(line_of(text, span.start), 5);
+        assert_eq!(&text[span], "keepalvie");
+        assert!(err.to_string().contains("line 5, column 1"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_everywhere() {
+        for extra in [
+            "bogus = 1\n",
+            "[client_timeouts]\nheadr = \"1s\"\n",
+            "[limits]\nmax_heads = 1\n",
+            "[headers]\nxff = true\n",
+            "[[route]]\nupstream = \"app\"\nprefix = \"/\"\n",
+        ] {
+            let text = format!("{MINIMAL}{extra}");
+            let err = parse(&text).unwrap_err();
+            assert!(err.message().contains("unknown field"), "{extra:?}: {err}");
+        }
+        for text in [
+            format!("bogus = 1\n{MINIMAL}"),
+            MINIMAL.replace(
+                "listen = [\"127.0.0.1:8080\"]",
+                "[[listen]]\naddr = \"127.0.0.1:1\"\nport = 1",
+            ),
+        ] {
+            let err = parse(&text).unwrap_err();
+            assert!(err.message().contains("unknown field"), "{text:?}: {err}");
+        }
+        let text = MINIMAL.replace(
+            "\"127.0.0.1:9001\"",
+            "{ addr = \"127.0.0.1:9001\", wieght = 2 }",
+        );
+        let err = parse(&text).unwrap_err();
+        assert!(err.message().contains("unknown field `wieght`"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_point_at_the_value() {
+        let cases = [
+            (
+                "keepalive_timeout = \"75 parsecs\"\n",
+                "invalid duration \"75 parsecs\"",
+            ),
+            (
+                "keepalive_timeout = \"75parsecs\"\n",
+                "unknown unit \"parsecs\"",
+            ),
+            ("keepalive_timeout = 30\n", "duration 30 has no unit"),
+            ("keepalive_timeout = -3\n", "negative duration"),
+            ("balance = \"least_con\"\n", "unknown variant `least_con`"),
+            ("pool_key = \"Server\"\n", "unknown variant `Server`"),
+        ];
+        for (line, want) in cases {
+            let text = format!("{MINIMAL}{line}");
+            let err = parse(&text).unwrap_err();
+            assert!(err.message().contains(want), "{line:?}: {err}");
+            let span = err.span().expect("span");
+            assert_eq!(line_of(&text, span.start), 6, "{line:?}: {err}");
+        }
+        let text = MINIMAL.replace("127.0.0.1:9001", "example.com:9001");
+        let err = parse(&text).unwrap_err();
+        assert!(err.message().contains("not an IP literal"), "{err}");
+        assert_eq!(line_of(&text, err.span().unwrap().start), 5);
+        let text = format!("{MINIMAL}[limits]\nmax_body = \"1t\"\n");
+        assert!(
+            parse(&text)
+                .unwrap_err()
+                .message()
+                .contains("unknown unit \"t\"")
+        );
+    }
+
+    #[test]
+    fn enums_and_via() {
+        for (s, b) in [
+            ("round_robin", Balance::RoundRobin),
+            ("least_conn", Balance::LeastConn),
+            ("ip_hash", Balance::IpHash),
+        ] {
+            let c = parse(&format!("{MINIMAL}balance = \"{s}\"\n")).unwrap();
+            assert_eq!(c.upstreams[0].balance, b);
+        }
+        for (s, p) in [
+            ("server", PoolKeyMode::Server),
+            ("client", PoolKeyMode::Client),
+        ] {
+            let c = parse(&format!("{MINIMAL}pool_key = \"{s}\"\n")).unwrap();
+            assert_eq!(c.upstreams[0].pool_key, p);
+        }
+        for (v, want) in [
+            ("false", None),
+            ("true", Some("upkeep")),
+            ("\"edge-1\"", Some("edge-1")),
+        ] {
+            let c = parse(&format!("{MINIMAL}[headers]\nvia = {v}\n")).unwrap();
+            assert_eq!(c.headers.via.as_deref(), want, "{v}");
+        }
+        assert!(parse(&format!("{MINIMAL}[headers]\nvia = 1\n")).is_err());
+    }
+
+    #[test]
+    fn listen_and_server_shapes() {
+        let text = "[[listen]]\naddr = \"[::1]:80\"\n[[listen]]\naddr = \"unix:/run/u.sock\"\n\
+                    [[upstream]]\nname = \"a\"\nservers = [\"unix:/run/a.sock\", { addr = \"localhost:1\", backup = true, max_fails = 0, max_conns = 8, fail_timeout = \"1s\" }]\n";
+        let c = parse(text).unwrap();
+        assert_eq!(c.listeners[0].addr.to_string(), "[::1]:80");
+        assert_eq!(c.listeners[1].addr, Address::Unix("/run/u.sock".into()));
+        let s = &c.upstreams[0].servers[1];
+        assert_eq!(s.addr.to_string(), "127.0.0.1:1");
+        assert!(s.backup);
+        assert_eq!((s.weight, s.max_fails, s.max_conns), (1, 0, 8));
+        assert_eq!(s.fail_timeout, Duration::from_secs(1));
+        // A server table needs an address.
+        let err = parse(&MINIMAL.replace("\"127.0.0.1:9001\"", "{ weight = 2 }")).unwrap_err();
+        assert!(err.message().contains("missing field `addr`"), "{err}");
+    }
+
+    #[test]
+    fn upstreams_keep_file_order_and_need_the_array_shape() {
+        let text = format!(
+            "{MINIMAL}[[upstream]]\nname = \"b\"\nservers = [\"127.0.0.1:2\"]\n\
+             [[upstream]]\nname = \"a\"\nservers = [\"127.0.0.1:3\"]\n"
+        );
+        let c = parse(&text).unwrap();
+        let names: Vec<&str> = c.upstreams.iter().map(|u| u.name.as_str()).collect();
+        assert_eq!(names, ["app", "b", "a"]);
+        let err = parse("[upstream.app]\nservers = [\"127.0.0.1:9001\"]\n").unwrap_err();
+        assert!(err.message().contains("[[upstream]]"), "{err}");
+        let err = parse("[[upstream]]\nservers = [\"127.0.0.1:9001\"]\n").unwrap_err();
+        assert!(err.message().contains("missing field `name`"), "{err}");
+    }
+}

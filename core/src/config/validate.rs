@@ -1,0 +1,515 @@
+//! [`Config::validate`] and its error type.
+
+use core::fmt;
+use core::time::Duration;
+
+use super::{Address, Config};
+
+/// Most servers an upstream group may have (the balancer keeps per-server state in a `u64` mask).
+pub const MAX_SERVERS_PER_UPSTREAM: usize = 64;
+
+/// Why a [`Config`] was rejected, and where.
+///
+/// `location` is a path-like string naming the offending item, e.g. `upstream "app": server 2`,
+/// `route 3`, `limits.max_head`, `listen 1` (items are numbered from 1, in file order). Its
+/// [`Display`](fmt::Display) is `location: message`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Where: a path-like location.
+    pub location: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl ConfigError {
+    /// An error at `location`.
+    pub fn new(location: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            location: location.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.location.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.location, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err<T>(location: impl Into<String>, message: impl Into<String>) -> Result<T, ConfigError> {
+    Err(ConfigError::new(location, message))
+}
+
+fn positive(location: &str, field: &str, d: Duration) -> Result<(), ConfigError> {
+    if d.is_zero() {
+        return err(location, format!("{field} must be > 0"));
+    }
+    Ok(())
+}
+
+fn check_unix_path(location: &str, addr: &Address) -> Result<(), ConfigError> {
+    if let Address::Unix(path) = addr {
+        if !path.starts_with('/') {
+            return err(
+                location,
+                format!("unix socket path {path:?} must be absolute"),
+            );
+        }
+        if path.contains('\0') {
+            return err(
+                location,
+                format!("unix socket path {path:?} contains a NUL byte"),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// RFC 9110 `tchar`.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+impl Config {
+    /// Checks everything the engine relies on, returning the first problem found (in file order:
+    /// listeners, upstreams, routes, client timeouts, limits, headers).
+    ///
+    /// Rules: at least one listener, no duplicate listener addresses; at least one upstream
+    /// group; group names non-empty and unique; each group has 1..=64 servers, not all `backup`;
+    /// every server has `weight >= 1`, a positive `fail_timeout` and a connectable address
+    /// (port ≠ 0); upstream and client timeouts are > 0; `keepalive_requests` and
+    /// `client_keepalive_requests` are ≥ 1; every route's `path_prefix` starts with `/` (and has
+    /// no `?`), its host (if any) is a bare non-empty host name without port, and its upstream is
+    /// defined; `max_head >= max_request_line >= 64`; `write_high_water >= 4096`;
+    /// `max_client_connections >= 1`; a `via` pseudonym is a non-empty token.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_listeners()?;
+        self.validate_upstreams()?;
+        self.validate_routes()?;
+        self.validate_client()?;
+        self.validate_headers()
+    }
+
+    fn validate_listeners(&self) -> Result<(), ConfigError> {
+        if self.listeners.is_empty() {
+            return err("listen", "at least one listener is required");
+        }
+        for (i, l) in self.listeners.iter().enumerate() {
+            let loc = format!("listen {}", i + 1);
+            check_unix_path(&loc, &l.addr)?;
+            if let Some(j) = self.listeners[..i].iter().position(|o| o.addr == l.addr) {
+                return err(
+                    loc,
+                    format!("address {} is already used by listen {}", l.addr, j + 1),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_upstreams(&self) -> Result<(), ConfigError> {
+        if self.upstreams.is_empty() {
+            return err("upstream", "at least one upstream group is required");
+        }
+        for (i, up) in self.upstreams.iter().enumerate() {
+            if up.name.is_empty() {
+                return err(format!("upstream {}", i + 1), "name must not be empty");
+            }
+            let loc = format!("upstream {:?}", up.name);
+            if self.upstreams[..i].iter().any(|o| o.name == up.name) {
+                return err(loc, "name is defined more than once");
+            }
+            if up.servers.is_empty() {
+                return err(loc, "at least one server is required");
+            }
+            if up.servers.len() > MAX_SERVERS_PER_UPSTREAM {
+                return err(
+                    loc,
+                    format!(
+                        "{} servers, at most {MAX_SERVERS_PER_UPSTREAM} are allowed",
+                        up.servers.len()
+                    ),
+                );
+            }
+            for (j, s) in up.servers.iter().enumerate() {
+                let sloc = format!("{loc}: server {}", j + 1);
+                if s.weight == 0 {
+                    return err(sloc, "weight must be > 0");
+                }
+                positive(&sloc, "fail_timeout", s.fail_timeout)?;
+                check_unix_path(&sloc, &s.addr)?;
+                if let Address::Tcp(a) = &s.addr
+                    && a.port() == 0
+                {
+                    return err(sloc, format!("port 0 in {a} cannot be connected to"));
+                }
+            }
+            if up.servers.iter().all(|s| s.backup) {
+                return err(
+                    loc,
+                    "every server is a backup: at least one must be a primary",
+                );
+            }
+            positive(&loc, "keepalive_timeout", up.keepalive_timeout)?;
+            positive(&loc, "keepalive_time", up.keepalive_time)?;
+            positive(&loc, "connect_timeout", up.connect_timeout)?;
+            positive(&loc, "read_timeout", up.read_timeout)?;
+            positive(&loc, "send_timeout", up.send_timeout)?;
+            if up.keepalive_requests == 0 {
+                return err(loc, "keepalive_requests must be >= 1");
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_routes(&self) -> Result<(), ConfigError> {
+        for (i, r) in self.routes.iter().enumerate() {
+            let loc = format!("route {}", i + 1);
+            if !r.path_prefix.starts_with('/') {
+                return err(
+                    loc,
+                    format!("path_prefix {:?} must start with '/'", r.path_prefix),
+                );
+            }
+            if r.path_prefix
+                .bytes()
+                .any(|b| b == b'?' || b == b'#' || !b.is_ascii_graphic())
+            {
+                return err(
+                    loc,
+                    format!(
+                        "path_prefix {:?} must not contain '?', '#', spaces or control characters",
+                        r.path_prefix
+                    ),
+                );
+            }
+            if let Some(host) = &r.host {
+                let bare = host.strip_suffix('.').unwrap_or(host);
+                if bare.is_empty() {
+                    return err(loc, "host must not be empty (omit it to match any host)");
+                }
+                let ok = bare
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+                    || (bare.starts_with('[') && bare.ends_with(']'));
+                if !ok {
+                    return err(
+                        loc,
+                        format!("host {host:?} must be a bare host name or IP, without port"),
+                    );
+                }
+            }
+            if !self.upstreams.iter().any(|u| u.name == r.upstream) {
+                return err(loc, format!("upstream {:?} is not defined", r.upstream));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_client(&self) -> Result<(), ConfigError> {
+        let t = &self.client_timeouts;
+        positive("client_timeouts", "header", t.header)?;
+        positive("client_timeouts", "body", t.body)?;
+        positive("client_timeouts", "keepalive", t.keepalive)?;
+        positive("client_timeouts", "send", t.send)?;
+        positive("client_timeouts", "lingering", t.lingering)?;
+        let l = &self.limits;
+        if l.max_request_line < 64 {
+            return err("limits.max_request_line", "must be >= 64");
+        }
+        if l.max_head < l.max_request_line {
+            return err(
+                "limits.max_head",
+                format!("must be >= max_request_line ({})", l.max_request_line),
+            );
+        }
+        if l.client_keepalive_requests == 0 {
+            return err("limits.client_keepalive_requests", "must be >= 1");
+        }
+        if l.max_client_connections == 0 {
+            return err("limits.max_client_connections", "must be >= 1");
+        }
+        if l.write_high_water < 4096 {
+            return err("limits.write_high_water", "must be >= 4096");
+        }
+        Ok(())
+    }
+
+    fn validate_headers(&self) -> Result<(), ConfigError> {
+        if let Some(via) = &self.headers.via
+            && (via.is_empty() || !via.bytes().all(is_tchar))
+        {
+            return err(
+                "headers.via",
+                format!("pseudonym {via:?} must be a non-empty token (letters, digits, -._ …)"),
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{RouteConfig, ServerConfig, UpstreamConfig};
+
+    fn addr(s: &str) -> Address {
+        Address::parse(s).unwrap()
+    }
+
+    fn base() -> Config {
+        let mut c = Config::simple(addr("127.0.0.1:8080"), vec![addr("127.0.0.1:9001")]);
+        c.upstreams[0].name = "app".into();
+        c.upstreams.push(UpstreamConfig::new(
+            "static",
+            vec![ServerConfig::new(addr("unix:/run/s.sock"))],
+        ));
+        c.routes.push(RouteConfig {
+            host: Some("example.com".into()),
+            path_prefix: "/api".into(),
+            upstream: "app".into(),
+        });
+        c
+    }
+
+    fn fails(f: impl FnOnce(&mut Config), want: &str) {
+        let mut c = base();
+        f(&mut c);
+        let e = c.validate().expect_err(want);
+        assert_eq!(e.to_string(), want);
+        // It is a std error.
+        let _: &dyn std::error::Error = &e;
+    }
+
+    #[test]
+    fn base_and_simple_are_valid() {
+        base().validate().unwrap();
+        Config::simple(addr("[::1]:0"), vec![addr("localhost:1")])
+            .validate()
+            .unwrap();
+    }
+
+    #[test]
+    fn listeners() {
+        fails(
+            |c| c.listeners.clear(),
+            "listen: at least one listener is required",
+        );
+        fails(
+            |c| c.listeners.push(c.listeners[0].clone()),
+            "listen 2: address 127.0.0.1:8080 is already used by listen 1",
+        );
+        fails(
+            |c| c.listeners[0].addr = Address::Unix("rel.sock".into()),
+            "listen 1: unix socket path \"rel.sock\" must be absolute",
+        );
+    }
+
+    #[test]
+    fn upstreams() {
+        fails(
+            |c| c.upstreams.clear(),
+            "upstream: at least one upstream group is required",
+        );
+        fails(
+            |c| c.upstreams[1].name.clear(),
+            "upstream 2: name must not be empty",
+        );
+        fails(
+            |c| c.upstreams[1].name = "app".into(),
+            "upstream \"app\": name is defined more than once",
+        );
+        fails(
+            |c| c.upstreams[1].servers.clear(),
+            "upstream \"static\": at least one server is required",
+        );
+        fails(
+            |c| {
+                let s = c.upstreams[0].servers[0].clone();
+                c.upstreams[0].servers = vec![s; 65];
+            },
+            "upstream \"app\": 65 servers, at most 64 are allowed",
+        );
+        let mut c = base();
+        let s = c.upstreams[0].servers[0].clone();
+        c.upstreams[0].servers = vec![s; 64];
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn servers() {
+        fails(
+            |c| {
+                c.upstreams[0]
+                    .servers
+                    .push(ServerConfig::new(addr("127.0.0.1:9002")));
+                c.upstreams[0].servers[1].weight = 0;
+            },
+            "upstream \"app\": server 2: weight must be > 0",
+        );
+        fails(
+            |c| c.upstreams[0].servers[0].fail_timeout = Duration::ZERO,
+            "upstream \"app\": server 1: fail_timeout must be > 0",
+        );
+        fails(
+            |c| c.upstreams[0].servers[0].addr = addr("127.0.0.1:0"),
+            "upstream \"app\": server 1: port 0 in 127.0.0.1:0 cannot be connected to",
+        );
+        fails(
+            |c| c.upstreams[1].servers[0].addr = Address::Unix(String::new()),
+            "upstream \"static\": server 1: unix socket path \"\" must be absolute",
+        );
+        fails(
+            |c| c.upstreams[0].servers[0].backup = true,
+            "upstream \"app\": every server is a backup: at least one must be a primary",
+        );
+        // One backup among primaries is fine.
+        let mut c = base();
+        let mut b = ServerConfig::new(addr("127.0.0.1:9009"));
+        b.backup = true;
+        c.upstreams[0].servers.push(b);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn upstream_timeouts_and_requests() {
+        type Field = fn(&mut UpstreamConfig) -> &mut Duration;
+        let fields: [(Field, &str); 5] = [
+            (|u| &mut u.keepalive_timeout, "keepalive_timeout"),
+            (|u| &mut u.keepalive_time, "keepalive_time"),
+            (|u| &mut u.connect_timeout, "connect_timeout"),
+            (|u| &mut u.read_timeout, "read_timeout"),
+            (|u| &mut u.send_timeout, "send_timeout"),
+        ];
+        for (field, name) in fields {
+            fails(
+                |c| *field(&mut c.upstreams[1]) = Duration::ZERO,
+                &format!("upstream \"static\": {name} must be > 0"),
+            );
+        }
+        fails(
+            |c| c.upstreams[0].keepalive_requests = 0,
+            "upstream \"app\": keepalive_requests must be >= 1",
+        );
+        // keepalive 0 (pooling off) is allowed.
+        let mut c = base();
+        c.upstreams[0].keepalive = 0;
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn routes() {
+        fails(
+            |c| c.routes[0].path_prefix = "api".into(),
+            "route 1: path_prefix \"api\" must start with '/'",
+        );
+        fails(
+            |c| c.routes[0].path_prefix = "/a?b".into(),
+            "route 1: path_prefix \"/a?b\" must not contain '?', '#', spaces or control characters",
+        );
+        fails(
+            |c| {
+                c.routes.push(RouteConfig {
+                    host: None,
+                    path_prefix: "/".into(),
+                    upstream: "static".into(),
+                });
+                c.routes.push(RouteConfig {
+                    host: None,
+                    path_prefix: "/x".into(),
+                    upstream: "nope".into(),
+                });
+            },
+            "route 3: upstream \"nope\" is not defined",
+        );
+        fails(
+            |c| c.routes[0].host = Some(String::new()),
+            "route 1: host must not be empty (omit it to match any host)",
+        );
+        fails(
+            |c| c.routes[0].host = Some("example.com:8080".into()),
+            "route 1: host \"example.com:8080\" must be a bare host name or IP, without port",
+        );
+        let mut c = base();
+        c.routes[0].host = Some("Example.COM.".into());
+        c.routes.push(RouteConfig {
+            host: Some("[::1]".into()),
+            path_prefix: "/".into(),
+            upstream: "static".into(),
+        });
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn client_timeouts() {
+        type Field = fn(&mut Config) -> &mut Duration;
+        let fields: [(Field, &str); 5] = [
+            (|c| &mut c.client_timeouts.header, "header"),
+            (|c| &mut c.client_timeouts.body, "body"),
+            (|c| &mut c.client_timeouts.keepalive, "keepalive"),
+            (|c| &mut c.client_timeouts.send, "send"),
+            (|c| &mut c.client_timeouts.lingering, "lingering"),
+        ];
+        for (field, name) in fields {
+            fails(
+                |c| *field(c) = Duration::ZERO,
+                &format!("client_timeouts: {name} must be > 0"),
+            );
+        }
+    }
+
+    #[test]
+    fn limits() {
+        fails(
+            |c| c.limits.max_request_line = 63,
+            "limits.max_request_line: must be >= 64",
+        );
+        fails(
+            |c| {
+                c.limits.max_request_line = 1000;
+                c.limits.max_head = 999;
+            },
+            "limits.max_head: must be >= max_request_line (1000)",
+        );
+        fails(
+            |c| c.limits.client_keepalive_requests = 0,
+            "limits.client_keepalive_requests: must be >= 1",
+        );
+        fails(
+            |c| c.limits.max_client_connections = 0,
+            "limits.max_client_connections: must be >= 1",
+        );
+        fails(
+            |c| c.limits.write_high_water = 4095,
+            "limits.write_high_water: must be >= 4096",
+        );
+        let mut c = base();
+        c.limits.max_request_line = 64;
+        c.limits.max_head = 64;
+        c.limits.write_high_water = 4096;
+        c.limits.max_body = 0;
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn headers() {
+        fails(
+            |c| c.headers.via = Some(String::new()),
+            "headers.via: pseudonym \"\" must be a non-empty token (letters, digits, -._ …)",
+        );
+        fails(
+            |c| c.headers.via = Some("up keep".into()),
+            "headers.via: pseudonym \"up keep\" must be a non-empty token (letters, digits, -._ …)",
+        );
+        let mut c = base();
+        c.headers.via = None;
+        c.validate().unwrap();
+    }
+}

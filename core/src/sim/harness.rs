@@ -1,0 +1,355 @@
+use core::net::{IpAddr, Ipv4Addr};
+use core::time::Duration;
+use std::collections::BTreeMap;
+
+use crate::{Config, ConnId, Core, Input, ListenerId, Output, ServerId, Time};
+
+/// One side of a connection as the simulated peer sees it.
+#[derive(Debug, Default, Clone)]
+pub struct Endpoint {
+    /// Bytes the proxy wrote to this peer that the test has not taken yet.
+    pub received: Vec<u8>,
+    /// Every byte the proxy ever wrote to this peer.
+    pub total_received: usize,
+    /// The proxy closed the connection.
+    pub closed: bool,
+    /// The close was abortive.
+    pub reset: bool,
+    /// The proxy shut down its write side.
+    pub shutdown: bool,
+    /// The proxy wants to read from this peer.
+    pub reading: bool,
+    /// Bytes the peer sent that the proxy has not read yet (it stopped reading).
+    pub unread: Vec<u8>,
+    /// The peer sent EOF; delivered once the proxy reads again.
+    pub eof_pending: bool,
+    /// For upstream connections: the server it goes to.
+    pub server: Option<ServerId>,
+    /// For upstream connections: whether the connect was accepted.
+    pub connected: bool,
+    /// Stop writing to this peer (a client that does not read): output stays queued in the core.
+    pub stalled: bool,
+}
+
+/// The runtime's part, played in memory with a virtual clock.
+#[derive(Debug)]
+pub struct Harness {
+    /// The engine under test.
+    pub core: Core,
+    /// Virtual time.
+    pub now: Time,
+    /// Client connections by id (closed ones stay, marked closed).
+    pub clients: BTreeMap<ConnId, Endpoint>,
+    /// Upstream connections by id (closed ones stay, marked closed).
+    pub upstreams: BTreeMap<ConnId, Endpoint>,
+    /// Connects requested and not answered yet, oldest first.
+    pub connects: Vec<ConnId>,
+    /// Every output, in order (a trace: equal for equal inputs).
+    pub trace: Vec<Output>,
+    /// Accept connects automatically.
+    pub auto_connect: bool,
+    /// Largest write the fake sockets accept at once (None = everything).
+    pub write_chunk: Option<usize>,
+}
+
+impl Harness {
+    /// A harness around `Core::new(config, 1)`, at time zero, accepting connects automatically.
+    pub fn new(config: Config) -> Harness {
+        let core = Core::new(config, 1).expect("valid config");
+        Harness {
+            core,
+            now: Time::from_millis(1),
+            clients: BTreeMap::new(),
+            upstreams: BTreeMap::new(),
+            connects: Vec::new(),
+            trace: Vec::new(),
+            auto_connect: true,
+            write_chunk: None,
+        }
+    }
+
+    /// A new client connection from 127.0.0.1.
+    pub fn connect_client(&mut self) -> ConnId {
+        self.connect_client_from(IpAddr::V4(Ipv4Addr::LOCALHOST))
+    }
+
+    /// A new client connection from `ip`.
+    pub fn connect_client_from(&mut self, ip: IpAddr) -> ConnId {
+        let id = self
+            .core
+            .accept(self.now, ListenerId(0), Some(ip))
+            .expect("accept");
+        self.clients.insert(
+            id,
+            Endpoint {
+                reading: true,
+                ..Endpoint::default()
+            },
+        );
+        self.pump();
+        id
+    }
+
+    /// The client sends bytes.
+    pub fn client_send(&mut self, c: ConnId, data: &[u8]) {
+        self.send(c, data, true);
+    }
+
+    /// The backend side of upstream connection `u` sends bytes.
+    pub fn upstream_send(&mut self, u: ConnId, data: &[u8]) {
+        self.send(u, data, false);
+    }
+
+    fn send(&mut self, id: ConnId, data: &[u8], client: bool) {
+        let ep = self.endpoint_mut(id, client);
+        if ep.closed {
+            return;
+        }
+        if ep.reading && ep.unread.is_empty() {
+            self.core
+                .handle(self.now, Input::Received { conn: id, data });
+        } else {
+            ep.unread.extend_from_slice(data);
+        }
+        self.pump();
+    }
+
+    /// The client closes its write side (EOF).
+    pub fn client_eof(&mut self, c: ConnId) {
+        self.eof(c, true);
+    }
+
+    /// The backend closes its write side (EOF) of upstream connection `u`.
+    pub fn upstream_eof(&mut self, u: ConnId) {
+        self.eof(u, false);
+    }
+
+    fn eof(&mut self, id: ConnId, client: bool) {
+        let ep = self.endpoint_mut(id, client);
+        if ep.closed {
+            return;
+        }
+        if ep.reading && ep.unread.is_empty() {
+            self.core.handle(self.now, Input::ReadClosed { conn: id });
+        } else {
+            ep.eof_pending = true;
+        }
+        self.pump();
+    }
+
+    /// The connection fails abruptly (RST).
+    pub fn reset(&mut self, id: ConnId) {
+        self.core.handle(self.now, Input::Errored { conn: id });
+        self.pump();
+    }
+
+    /// Answers the oldest pending connect (when `auto_connect` is off).
+    pub fn accept_connect(&mut self) -> Option<ConnId> {
+        if self.connects.is_empty() {
+            return None;
+        }
+        let u = self.connects.remove(0);
+        self.complete_connect(u, true);
+        Some(u)
+    }
+
+    /// Refuses the oldest pending connect.
+    pub fn refuse_connect(&mut self) -> Option<ConnId> {
+        if self.connects.is_empty() {
+            return None;
+        }
+        let u = self.connects.remove(0);
+        self.complete_connect(u, false);
+        Some(u)
+    }
+
+    fn complete_connect(&mut self, u: ConnId, ok: bool) {
+        if let Some(ep) = self.upstreams.get_mut(&u) {
+            ep.connected = ok;
+        }
+        let input = if ok {
+            Input::Connected { conn: u }
+        } else {
+            Input::ConnectFailed { conn: u }
+        };
+        self.core.handle(self.now, input);
+        self.pump();
+    }
+
+    /// Moves the clock forward by `d`, firing deadlines on the way.
+    pub fn advance(&mut self, d: Duration) {
+        let end = self.now.plus(d);
+        while let Some(t) = self.core.poll_timeout() {
+            if t > end {
+                break;
+            }
+            assert!(
+                t >= self.now || t.since(self.now).is_zero(),
+                "deadline in the past is fine"
+            );
+            self.now = self.now.max(t);
+            self.core.handle_timeout(self.now);
+            self.pump();
+        }
+        self.now = end;
+        self.core.handle_timeout(self.now);
+        self.pump();
+    }
+
+    /// Takes what the proxy wrote to a client.
+    pub fn take_client(&mut self, c: ConnId) -> Vec<u8> {
+        core::mem::take(&mut self.endpoint_mut(c, true).received)
+    }
+
+    /// Takes what the proxy wrote to an upstream connection.
+    pub fn take_upstream(&mut self, u: ConnId) -> Vec<u8> {
+        core::mem::take(&mut self.endpoint_mut(u, false).received)
+    }
+
+    /// Upstream connections that are open (connected, not closed), oldest first.
+    pub fn open_upstreams(&self) -> Vec<ConnId> {
+        self.upstreams
+            .iter()
+            .filter(|(_, e)| !e.closed)
+            .map(|(&id, _)| id)
+            .collect()
+    }
+
+    /// The newest upstream connection.
+    pub fn last_upstream(&self) -> Option<ConnId> {
+        self.upstreams
+            .keys()
+            .max_by_key(|id| (self.order(id), id.index))
+            .copied()
+    }
+
+    fn order(&self, id: &ConnId) -> usize {
+        self.trace
+            .iter()
+            .position(|o| matches!(o, Output::Connect { conn, .. } if conn == id))
+            .unwrap_or(0)
+    }
+
+    /// Upstream connections ever opened, in the order they were requested.
+    pub fn upstreams_in_order(&self) -> Vec<ConnId> {
+        self.trace
+            .iter()
+            .filter_map(|o| match o {
+                Output::Connect { conn, .. } => Some(*conn),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Stops (or resumes) writing to a peer, as if it stopped reading.
+    pub fn stall(&mut self, id: ConnId, stalled: bool) {
+        let client = self.clients.contains_key(&id);
+        self.endpoint_mut(id, client).stalled = stalled;
+        if !stalled {
+            self.flush(id);
+            self.pump();
+        }
+    }
+
+    fn endpoint_mut(&mut self, id: ConnId, client: bool) -> &mut Endpoint {
+        let map = if client {
+            &mut self.clients
+        } else {
+            &mut self.upstreams
+        };
+        map.get_mut(&id).expect("known connection")
+    }
+
+    fn endpoint_of(&mut self, id: ConnId) -> Option<&mut Endpoint> {
+        if self.clients.contains_key(&id) {
+            self.clients.get_mut(&id)
+        } else {
+            self.upstreams.get_mut(&id)
+        }
+    }
+
+    /// "Writes" everything the core has queued for `id` (up to `write_chunk` per call).
+    fn flush(&mut self, id: ConnId) {
+        loop {
+            let Some(ep) = self.endpoint_of(id) else {
+                return;
+            };
+            if ep.stalled || ep.closed {
+                return;
+            }
+            let mut n = 0;
+            let limit = self.write_chunk.unwrap_or(usize::MAX);
+            let mut buf = Vec::new();
+            for piece in self.core.pending(id) {
+                let take = piece.len().min(limit - n);
+                buf.extend_from_slice(&piece[..take]);
+                n += take;
+                if n == limit {
+                    break;
+                }
+            }
+            if n == 0 {
+                return;
+            }
+            let ep = self.endpoint_of(id).expect("checked");
+            ep.received.extend_from_slice(&buf);
+            ep.total_received += n;
+            self.core.handle(self.now, Input::Written { conn: id, n });
+        }
+    }
+
+    /// Drains the core's outputs, playing the runtime.
+    pub fn pump(&mut self) {
+        while let Some(o) = self.core.poll_output() {
+            self.trace.push(o);
+            match o {
+                Output::Connect { conn, server } => {
+                    self.upstreams.insert(
+                        conn,
+                        Endpoint {
+                            reading: true,
+                            server: Some(server),
+                            ..Endpoint::default()
+                        },
+                    );
+                    if self.auto_connect {
+                        self.upstreams.get_mut(&conn).expect("inserted").connected = true;
+                        self.core.handle(self.now, Input::Connected { conn });
+                    } else {
+                        self.connects.push(conn);
+                    }
+                }
+                Output::Write { conn } => self.flush(conn),
+                Output::Interest { conn, read } => {
+                    let Some(ep) = self.endpoint_of(conn) else {
+                        continue;
+                    };
+                    ep.reading = read;
+                    if read {
+                        let data = core::mem::take(&mut ep.unread);
+                        let eof = core::mem::take(&mut ep.eof_pending);
+                        if !data.is_empty() {
+                            self.core
+                                .handle(self.now, Input::Received { conn, data: &data });
+                        }
+                        if eof {
+                            self.core.handle(self.now, Input::ReadClosed { conn });
+                        }
+                    }
+                }
+                Output::Shutdown { conn } => {
+                    if let Some(ep) = self.endpoint_of(conn) {
+                        ep.shutdown = true;
+                    }
+                }
+                Output::Close { conn, reset } => {
+                    if let Some(ep) = self.endpoint_of(conn) {
+                        ep.closed = true;
+                        ep.reset = reset;
+                    }
+                    self.connects.retain(|&c| c != conn);
+                }
+            }
+        }
+    }
+}
