@@ -550,27 +550,27 @@ impl Core {
                 let Some(c) = conn_mut(&mut self.conns, conn) else {
                     return;
                 };
-                if let Role::Upstream(u) = &mut c.role {
-                    if u.state == UState::Connecting {
-                        u.state = UState::Active;
-                        u.read_progress = now;
-                        c.buf.write_progress = now;
-                        let srv = u.server as usize;
-                        self.stats.servers[srv].requests += 1;
-                        touch(&mut self.touched, conn);
-                        self.signal_write(conn);
-                        self.request_maybe_sent(now, conn);
-                    }
+                if let Role::Upstream(u) = &mut c.role
+                    && u.state == UState::Connecting
+                {
+                    u.state = UState::Active;
+                    u.read_progress = now;
+                    c.buf.write_progress = now;
+                    let srv = u.server as usize;
+                    self.stats.servers[srv].requests += 1;
+                    touch(&mut self.touched, conn);
+                    self.signal_write(conn);
+                    self.request_maybe_sent(now, conn);
                 }
             }
             Input::ConnectFailed { conn } => {
                 let Some(c) = self.get(conn) else { return };
-                if let Role::Upstream(u) = &c.role {
-                    if u.state == UState::Connecting {
-                        let srv = u.server as usize;
-                        self.stats.servers[srv].connect_failures += 1;
-                        self.upstream_failed(now, conn, Failure::ConnectFailed);
-                    }
+                if let Role::Upstream(u) = &c.role
+                    && u.state == UState::Connecting
+                {
+                    let srv = u.server as usize;
+                    self.stats.servers[srv].connect_failures += 1;
+                    self.upstream_failed(now, conn, Failure::ConnectFailed);
                 }
             }
         }
@@ -666,11 +666,6 @@ impl Core {
     /// Removes a connection and tells the runtime to close it.
     fn close(&mut self, id: ConnId, reset: bool) {
         let Some(c) = self.get(id) else { return };
-        if let Role::Upstream(u) = &c.role {
-            if u.state != UState::Idle && u.state != UState::Connecting || u.client.is_some() {
-                // Active requests are released where the exchange ends; nothing to do here.
-            }
-        }
         if matches!(c.role, Role::Client(_)) {
             self.clients -= 1;
         }
@@ -690,10 +685,10 @@ impl Core {
         if c.buf.wq.is_empty() || c.buf.write_signalled {
             return;
         }
-        if let Role::Upstream(u) = &c.role {
-            if u.state == UState::Connecting {
-                return;
-            }
+        if let Role::Upstream(u) = &c.role
+            && u.state == UState::Connecting
+        {
+            return;
         }
         c.buf.write_signalled = true;
         self.out.push_back(Output::Write { conn: id });
@@ -716,14 +711,14 @@ impl Core {
             let Some(c) = conn_mut(&mut self.conns, id) else {
                 continue;
             };
-            if let Some(want) = want {
-                if want != c.buf.reading {
-                    c.buf.reading = want;
-                    self.out.push_back(Output::Interest {
-                        conn: id,
-                        read: want,
-                    });
-                }
+            if let Some(want) = want
+                && want != c.buf.reading
+            {
+                c.buf.reading = want;
+                self.out.push_back(Output::Interest {
+                    conn: id,
+                    read: want,
+                });
             }
             let deadline = self.deadline(id);
             self.timers.set(id.index, deadline);
@@ -748,9 +743,7 @@ impl Core {
                         .upstream
                         .and_then(|u| self.get(u))
                         .is_some_and(|u| u.buf.wq_len >= hw);
-                    if cl.ex.resp == Resp::Tunnel {
-                        !peer_full
-                    } else if !cl.ex.req_done {
+                    if cl.ex.resp == Resp::Tunnel || !cl.ex.req_done {
                         !peer_full
                     } else {
                         // Pipelined requests wait; read a bounded amount ahead, and keep
@@ -762,10 +755,10 @@ impl Core {
             Role::Upstream(u) => match u.state {
                 UState::Connecting => true,
                 UState::Idle => true,
-                UState::Active | UState::Tunnel => !u
+                UState::Active | UState::Tunnel => u
                     .client
                     .and_then(|cl| self.get(cl))
-                    .is_some_and(|cl| cl.buf.wq_len >= hw),
+                    .is_none_or(|cl| cl.buf.wq_len < hw),
             },
         })
     }
@@ -1197,14 +1190,13 @@ impl Core {
             };
             let ex = &mut cl.ex;
             let upstream = ex.upstream;
-            if let Some(u) = upstream {
-                if self
+            if let Some(u) = upstream
+                && self
                     .conns
                     .get(u.index as usize)
                     .is_some_and(|u| u.buf.wq_len >= hw)
-                {
-                    return false;
-                }
+            {
+                return false;
             }
             let Some(c) = self.conns.get_mut(id.index as usize) else {
                 return false;
@@ -1722,11 +1714,11 @@ impl Core {
         if tunnel {
             // Bytes the client sent after its upgrade request belong to the new protocol.
             touch(&mut self.touched, cid);
-            if let Some(cc) = conn_mut(&mut self.conns, cid) {
-                if !cc.buf.rbuf.is_empty() {
-                    let data = cc.buf.rbuf.split().freeze();
-                    self.push(now, id, data);
-                }
+            if let Some(cc) = conn_mut(&mut self.conns, cid)
+                && !cc.buf.rbuf.is_empty()
+            {
+                let data = cc.buf.rbuf.split().freeze();
+                self.push(now, id, data);
             }
             if let Some(Role::Client(cl)) = conn_mut(&mut self.conns, cid).map(|c| &mut c.role) {
                 cl.ex.req_done = true;

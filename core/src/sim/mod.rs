@@ -7,6 +7,7 @@
 //! by hand. [`world`] builds scripted clients and backends on top of it.
 
 mod harness;
+pub mod http;
 pub mod world;
 
 pub use harness::{Endpoint, Harness};
