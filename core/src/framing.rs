@@ -1,7 +1,29 @@
 //! HTTP/1.1 message framing (RFC 9112): parsing and validating heads, deciding how a body is
 //! delimited, decoding bodies incrementally, and writing the heads we forward.
 //!
-//! STUB: the API below is the contract the proxy engine is written against.
+//! Strictness (documented decisions, each pinned by a test in `tests` below):
+//! - Every line of a head must end in CRLF: bare LF and bare CR are rejected, never normalised.
+//! - obs-fold, whitespace before the first field line, whitespace between a field name and the
+//!   colon, CTLs/NUL/DEL in values and non-token names are rejected (responses too: the caller
+//!   answers 502 for any response error).
+//! - Content-Length must be one field line holding 1*DIGIT that fits u64; any duplicate line,
+//!   even identical, and any list is rejected (nginx's upstream behaviour).
+//! - Transfer-Encoding must be exactly `chunked` (case-insensitive). A well-formed coding list
+//!   ending in a single `chunked` (`gzip, chunked`) is `NotImplemented` (501); everything else
+//!   (`xchunked`, `identity`, `chunked, identity`, `chunked, chunked`, two TE lines, TE in
+//!   HTTP/1.0, TE together with Content-Length) is `BadRequest` (400). Responses: the same rules,
+//!   any error → 502.
+//! - Request targets must be origin-form (`/...`), or `*` for OPTIONS. Absolute-form is rejected
+//!   with 400 (we are a reverse proxy; RFC 9112 §3.2.2 says servers MUST accept it, which we trade
+//!   for a single, unambiguous Host). Only visible ASCII is accepted in the target.
+//! - HTTP/1.1 requests need exactly one valid, non-empty Host; HTTP/1.0 requests may have none,
+//!   never two. An empty Host is rejected (we never receive no-authority URIs).
+//! - `Expect: 100-continue` (HTTP/1.1) sets `expect_continue`; any other Expect value is ignored
+//!   (the field is always stripped, never forwarded); HTTP/1.0 Expect is ignored.
+//! - A Connection option never strips `Host` (see [`crate::headers::is_protected_from_connection`]);
+//!   framing fields named in Connection are harmless because framing is always regenerated from
+//!   [`OutBody`].
+//! - Chunked trailers are parsed, validated, size-limited ([`MAX_TRAILERS`]) and discarded.
 
 use bytes::BytesMut;
 use core::net::IpAddr;
@@ -134,9 +156,13 @@ pub struct HeadLimits {
 /// A parsed head. Reused between messages so steady state allocates nothing.
 #[derive(Debug, Default)]
 pub struct Head {
+    /// Bytes of the head, including any leading empty lines and the final CRLFCRLF.
     pub len: usize,
     pub version: Version,
     pub method: Method,
+    /// The method token as received (requests). Added to the contract: the writer needs it for
+    /// `Method::Other`.
+    pub method_name: Span,
     pub target: Span,
     pub status: u16,
     pub reason: Span,
@@ -148,35 +174,558 @@ pub struct Head {
     pub expect_continue: bool,
     pub keep_alive_timeout: Option<u32>,
     pub te_trailers: bool,
+    /// The received (valid) Content-Length, even when `body` is `Empty` (HEAD/204/304 responses):
+    /// lets the caller forward it with `OutBody::Length(n)` on a HEAD response. Added field.
+    pub content_length: Option<u64>,
+}
+
+/// Maximum number of field lines in a head (more → `HeaderTooLarge`).
+pub const MAX_HEADERS: usize = 128;
+/// Maximum length of a chunk-size line including extensions (without the CRLF).
+pub const MAX_CHUNK_LINE: usize = 4096;
+/// Maximum size of a chunked trailer section (all trailer lines and the final CRLF).
+pub const MAX_TRAILERS: usize = 16 * 1024;
+
+use crate::headers::{self, TransferEncoding, eq_ic};
+
+/// Result of the line-structure pre-scan.
+enum Scan {
+    Incomplete,
+    /// End of the head (after the final CRLFCRLF).
+    Complete(usize),
+}
+
+/// Validate the line structure of a head (CRLF only, no obs-fold, no whitespace before the first
+/// field line) and find its end, enforcing limits even while incomplete. `max_first_line`
+/// applies to the start line (its violation is `first_line_err`), `max_head` to the whole head.
+fn scan_head(
+    buf: &[u8],
+    max_first_line: usize,
+    first_line_err: HeadError,
+    max_head: usize,
+) -> Result<Scan, HeadError> {
+    let too_large = |n: usize| n > max_head || n > u32::MAX as usize;
+    let mut i = 0;
+    // RFC 9112 §2.2: ignore empty lines (CRLF) before the start line.
+    loop {
+        match buf.get(i) {
+            None => {
+                return if too_large(i) {
+                    Err(HeadError::HeaderTooLarge)
+                } else {
+                    Ok(Scan::Incomplete)
+                };
+            }
+            Some(b'\r') => match buf.get(i + 1) {
+                None => {
+                    return if too_large(buf.len()) {
+                        Err(HeadError::HeaderTooLarge)
+                    } else {
+                        Ok(Scan::Incomplete)
+                    };
+                }
+                Some(b'\n') => i += 2,
+                Some(_) => return Err(HeadError::BadRequest("bare CR")),
+            },
+            Some(b'\n') => return Err(HeadError::BadRequest("bare LF")),
+            Some(_) => break,
+        }
+    }
+    let mut first = true;
+    loop {
+        let start = i;
+        if !first {
+            match buf.get(i) {
+                Some(b' ' | b'\t') => {
+                    return Err(HeadError::BadRequest(
+                        "obs-fold or whitespace before field line",
+                    ));
+                }
+                Some(b'\r') => match buf.get(i + 1) {
+                    Some(b'\n') => {
+                        let end = i + 2;
+                        return if too_large(end) {
+                            Err(HeadError::HeaderTooLarge)
+                        } else {
+                            Ok(Scan::Complete(end))
+                        };
+                    }
+                    Some(_) => return Err(HeadError::BadRequest("bare CR")),
+                    None => {}
+                },
+                _ => {}
+            }
+        }
+        // Find the end of this line.
+        let rest = &buf[i..];
+        let pos = rest.iter().position(|&b| b == b'\r' || b == b'\n');
+        let line_len = match pos {
+            Some(p) => p,
+            None => rest.len(),
+        };
+        if first && line_len > max_first_line {
+            return Err(first_line_err);
+        }
+        match pos {
+            None => {
+                return if too_large(buf.len()) {
+                    Err(HeadError::HeaderTooLarge)
+                } else {
+                    Ok(Scan::Incomplete)
+                };
+            }
+            Some(p) => {
+                if rest[p] == b'\n' {
+                    return Err(HeadError::BadRequest("bare LF"));
+                }
+                match rest.get(p + 1) {
+                    None => {
+                        return if too_large(buf.len()) {
+                            Err(HeadError::HeaderTooLarge)
+                        } else {
+                            Ok(Scan::Incomplete)
+                        };
+                    }
+                    Some(b'\n') => i = start + p + 2,
+                    Some(_) => return Err(HeadError::BadRequest("bare CR")),
+                }
+            }
+        }
+        if too_large(i) {
+            return Err(HeadError::HeaderTooLarge);
+        }
+        first = false;
+    }
+}
+
+/// The start line (after leading empty lines) as far as it is present.
+fn first_line(buf: &[u8]) -> (&[u8], bool) {
+    let mut i = 0;
+    while buf[i..].starts_with(b"\r\n") {
+        i += 2;
+    }
+    let rest = &buf[i..];
+    match rest.iter().position(|&b| b == b'\r' || b == b'\n') {
+        Some(p) => (&rest[..p], true),
+        None => (rest, false),
+    }
+}
+
+/// `HTTP/` DIGIT `.` DIGIT: a well-formed version we do not support → 505, else 400.
+fn version_error(buf: &[u8]) -> HeadError {
+    let (line, _) = first_line(buf);
+    let mut parts = line.split(|&b| b == b' ');
+    let (Some(m), Some(t), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return HeadError::BadRequest("invalid request line");
+    };
+    if m.is_empty() || t.is_empty() {
+        return HeadError::BadRequest("invalid request line");
+    }
+    match version {
+        [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
+            if major.is_ascii_digit() && minor.is_ascii_digit() =>
+        {
+            HeadError::VersionNotSupported
+        }
+        _ => HeadError::BadRequest("invalid HTTP version"),
+    }
+}
+
+fn map_httparse(e: httparse::Error, buf: &[u8]) -> HeadError {
+    match e {
+        httparse::Error::HeaderName => HeadError::BadRequest("invalid field name"),
+        httparse::Error::HeaderValue => HeadError::BadRequest("invalid field value"),
+        httparse::Error::NewLine => HeadError::BadRequest("invalid line ending"),
+        httparse::Error::Status => HeadError::BadRequest("invalid status"),
+        httparse::Error::Token => HeadError::BadRequest("invalid request line"),
+        httparse::Error::TooManyHeaders => HeadError::HeaderTooLarge,
+        httparse::Error::Version => version_error(buf),
+    }
+}
+
+/// Offset of `part` (a sub-slice of `buf`) as a span.
+fn span_in(buf: &[u8], part: &[u8]) -> Result<Span, HeadError> {
+    let base = buf.as_ptr() as usize;
+    let start = (part.as_ptr() as usize).wrapping_sub(base);
+    let end = start.wrapping_add(part.len());
+    if start > buf.len() || end > buf.len() || end > u32::MAX as usize {
+        // Only possible for an empty slice httparse did not anchor in `buf`.
+        if part.is_empty() {
+            return Ok(Span::default());
+        }
+        return Err(HeadError::BadRequest("internal span error"));
+    }
+    Ok(Span {
+        start: start as u32,
+        end: end as u32,
+    })
+}
+
+fn method_of(m: &[u8]) -> Method {
+    match m {
+        b"GET" => Method::Get,
+        b"HEAD" => Method::Head,
+        b"POST" => Method::Post,
+        b"PUT" => Method::Put,
+        b"DELETE" => Method::Delete,
+        b"CONNECT" => Method::Connect,
+        b"OPTIONS" => Method::Options,
+        b"TRACE" => Method::Trace,
+        b"PATCH" => Method::Patch,
+        _ => Method::Other,
+    }
+}
+
+/// What the field pass found, for the framing decision.
+#[derive(Default)]
+struct FieldSummary {
+    host_count: usize,
+    cl_count: usize,
+    te: Option<Span>,
+    te_count: usize,
+    upgrade_count: usize,
 }
 
 impl Head {
     pub fn new() -> Head {
         Head::default()
     }
-    pub fn parse_request(&mut self, _buf: &[u8], _limits: &HeadLimits) -> Result<bool, HeadError> {
-        todo!()
+
+    fn reset(&mut self) {
+        self.len = 0;
+        self.version = Version::Http11;
+        self.method = Method::Get;
+        self.method_name = Span::default();
+        self.target = Span::default();
+        self.status = 0;
+        self.reason = Span::default();
+        self.fields.clear();
+        self.host = None;
+        self.body = BodyKind::Empty;
+        self.connection = ConnectionOptions::default();
+        self.upgrade = None;
+        self.expect_continue = false;
+        self.keep_alive_timeout = None;
+        self.te_trailers = false;
+        self.content_length = None;
     }
+
+    /// Parse a request head from the start of `buf`. `Ok(false)`: incomplete, call again with
+    /// more bytes. `Ok(true)`: complete (`len` bytes). Errors map to the client status via
+    /// [`HeadError::status`].
+    pub fn parse_request(&mut self, buf: &[u8], limits: &HeadLimits) -> Result<bool, HeadError> {
+        self.reset();
+        let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let end = match scan_head(
+            buf,
+            limits.max_request_line,
+            HeadError::UriTooLong,
+            limits.max_head,
+        )? {
+            Scan::Incomplete => {
+                // Surface errors already visible in the partial head (garbage, too many fields).
+                let mut req = httparse::Request::new(&mut storage);
+                return match req.parse(buf) {
+                    Ok(_) => Ok(false),
+                    Err(httparse::Error::Version) if !first_line(buf).1 => Ok(false),
+                    Err(e) => Err(map_httparse(e, buf)),
+                };
+            }
+            Scan::Complete(end) => end,
+        };
+        let head = &buf[..end];
+        let mut req = httparse::Request::new(&mut storage);
+        match req.parse(head) {
+            Ok(httparse::Status::Complete(n)) if n == end => {}
+            Ok(_) => return Err(HeadError::BadRequest("malformed head")),
+            Err(e) => return Err(map_httparse(e, head)),
+        }
+        self.len = end;
+        self.version = match req.version {
+            Some(0) => Version::Http10,
+            Some(1) => Version::Http11,
+            _ => return Err(HeadError::VersionNotSupported),
+        };
+        let method = req.method.unwrap_or("");
+        self.method_name = span_in(buf, method.as_bytes())?;
+        self.method = method_of(method.as_bytes());
+        let target = req.path.unwrap_or("").as_bytes();
+        self.target = span_in(buf, target)?;
+        if self.method == Method::Connect {
+            return Err(HeadError::MethodNotAllowed);
+        }
+        if !target.iter().all(|&b| (0x21..0x7f).contains(&b)) {
+            return Err(HeadError::BadRequest("invalid byte in request target"));
+        }
+        let origin_form = target.first() == Some(&b'/');
+        let asterisk = target == b"*" && self.method == Method::Options;
+        if !origin_form && !asterisk {
+            return Err(HeadError::BadRequest("request target not in origin-form"));
+        }
+        let sum = self.collect_fields(buf, req.headers, true)?;
+
+        // Host (RFC 9112 §3.2).
+        if sum.host_count > 1 {
+            return Err(HeadError::BadRequest("more than one Host"));
+        }
+        if sum.host_count == 0 && self.version == Version::Http11 {
+            return Err(HeadError::BadRequest("missing Host"));
+        }
+        if let Some(h) = self.host
+            && !headers::is_valid_host(h.of(buf))
+        {
+            return Err(HeadError::BadRequest("invalid Host"));
+        }
+        if sum.upgrade_count > 1 {
+            return Err(HeadError::BadRequest("more than one Upgrade"));
+        }
+
+        // Framing (RFC 9112 §6.1, §6.3).
+        if sum.te_count > 0 {
+            if self.version == Version::Http10 {
+                return Err(HeadError::BadRequest("Transfer-Encoding in HTTP/1.0"));
+            }
+            if sum.te_count > 1 {
+                return Err(HeadError::BadRequest("more than one Transfer-Encoding"));
+            }
+            if sum.cl_count > 0 {
+                return Err(HeadError::BadRequest(
+                    "Transfer-Encoding with Content-Length",
+                ));
+            }
+        }
+        if sum.cl_count > 1 {
+            return Err(HeadError::BadRequest("duplicate Content-Length"));
+        }
+        self.body = if let Some(te) = sum.te {
+            match headers::parse_transfer_encoding(te.of(buf)) {
+                TransferEncoding::Chunked => BodyKind::Chunked,
+                TransferEncoding::Unsupported => return Err(HeadError::NotImplemented),
+                TransferEncoding::Invalid => {
+                    return Err(HeadError::BadRequest("invalid Transfer-Encoding"));
+                }
+            }
+        } else if let Some(n) = self.content_length {
+            BodyKind::Length(n)
+        } else {
+            BodyKind::Empty
+        };
+        Ok(true)
+    }
+
+    /// Parse a response head (to a request with `request_method`). Any error means 502 for the
+    /// client and closing the upstream connection.
     pub fn parse_response(
         &mut self,
-        _buf: &[u8],
-        _request_method: Method,
-        _limits: &HeadLimits,
+        buf: &[u8],
+        request_method: Method,
+        limits: &HeadLimits,
     ) -> Result<bool, HeadError> {
-        todo!()
+        self.reset();
+        let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let end = match scan_head(
+            buf,
+            limits.max_head,
+            HeadError::HeaderTooLarge,
+            limits.max_head,
+        )? {
+            Scan::Incomplete => {
+                let mut res = httparse::Response::new(&mut storage);
+                return match res.parse(buf) {
+                    Ok(_) => Ok(false),
+                    Err(e) => Err(map_httparse(e, buf)),
+                };
+            }
+            Scan::Complete(end) => end,
+        };
+        let head = &buf[..end];
+        let mut res = httparse::Response::new(&mut storage);
+        match res.parse(head) {
+            Ok(httparse::Status::Complete(n)) if n == end => {}
+            Ok(_) => return Err(HeadError::BadRequest("malformed head")),
+            Err(e) => return Err(map_httparse(e, head)),
+        }
+        self.len = end;
+        self.version = match res.version {
+            Some(0) => Version::Http10,
+            Some(1) => Version::Http11,
+            _ => return Err(HeadError::VersionNotSupported),
+        };
+        let status = res.code.unwrap_or(0);
+        if !(100..=599).contains(&status) {
+            return Err(HeadError::BadRequest("invalid status code"));
+        }
+        self.status = status;
+        self.reason = span_in(buf, res.reason.unwrap_or("").as_bytes())?;
+        let sum = self.collect_fields(buf, res.headers, false)?;
+
+        if sum.te_count > 0 {
+            if self.version == Version::Http10 {
+                return Err(HeadError::BadRequest("Transfer-Encoding in HTTP/1.0"));
+            }
+            if sum.te_count > 1 {
+                return Err(HeadError::BadRequest("more than one Transfer-Encoding"));
+            }
+            if sum.cl_count > 0 {
+                return Err(HeadError::BadRequest(
+                    "Transfer-Encoding with Content-Length",
+                ));
+            }
+        }
+        if sum.cl_count > 1 {
+            return Err(HeadError::BadRequest("duplicate Content-Length"));
+        }
+        if sum.upgrade_count > 1 {
+            return Err(HeadError::BadRequest("more than one Upgrade"));
+        }
+        let chunked = match sum.te {
+            None => false,
+            Some(te) => match headers::parse_transfer_encoding(te.of(buf)) {
+                TransferEncoding::Chunked => true,
+                TransferEncoding::Unsupported => return Err(HeadError::NotImplemented),
+                TransferEncoding::Invalid => {
+                    return Err(HeadError::BadRequest("invalid Transfer-Encoding"));
+                }
+            },
+        };
+        // RFC 9112 §6.3, in order.
+        let no_body = request_method == Method::Head
+            || (100..200).contains(&status)
+            || status == 204
+            || status == 304
+            || (request_method == Method::Connect && (200..300).contains(&status));
+        self.body = if no_body {
+            BodyKind::Empty
+        } else if chunked {
+            BodyKind::Chunked
+        } else if let Some(n) = self.content_length {
+            BodyKind::Length(n)
+        } else {
+            BodyKind::UntilClose
+        };
+        Ok(true)
     }
+
+    /// Fill `fields` (with `strip` flags), `host`, `connection`, `upgrade`, `expect_continue`,
+    /// `keep_alive_timeout`, `te_trailers` and `content_length`.
+    fn collect_fields(
+        &mut self,
+        buf: &[u8],
+        parsed: &[httparse::Header<'_>],
+        request: bool,
+    ) -> Result<FieldSummary, HeadError> {
+        let mut sum = FieldSummary::default();
+        let mut upgrade = None;
+        for h in parsed {
+            let name = h.name.as_bytes();
+            let value = h.value;
+            if !headers::is_token(name) {
+                return Err(HeadError::BadRequest("field name is not a token"));
+            }
+            if !headers::is_field_value(value) {
+                return Err(HeadError::BadRequest("invalid byte in field value"));
+            }
+            let field = Field {
+                name: span_in(buf, name)?,
+                value: span_in(buf, value)?,
+                strip: headers::is_hop_by_hop(name),
+            };
+            match name.len() {
+                4 if eq_ic(name, b"host") => {
+                    sum.host_count += 1;
+                    self.host = Some(field.value);
+                }
+                14 if eq_ic(name, b"content-length") => {
+                    sum.cl_count += 1;
+                    match headers::parse_content_length(value) {
+                        Some(n) => self.content_length = Some(n),
+                        None => return Err(HeadError::BadRequest("invalid Content-Length")),
+                    }
+                }
+                17 if eq_ic(name, b"transfer-encoding") => {
+                    sum.te_count += 1;
+                    sum.te = Some(field.value);
+                }
+                10 if eq_ic(name, b"connection") => match headers::parse_connection(value) {
+                    Ok(t) => {
+                        self.connection.close |= t.close;
+                        self.connection.keep_alive |= t.keep_alive;
+                        self.connection.upgrade |= t.upgrade;
+                    }
+                    Err(()) => return Err(HeadError::BadRequest("invalid Connection")),
+                },
+                7 if eq_ic(name, b"upgrade") => {
+                    sum.upgrade_count += 1;
+                    upgrade = Some(field.value);
+                }
+                6 if request
+                    && eq_ic(name, b"expect")
+                    && self.version == Version::Http11
+                    && eq_ic(value, b"100-continue") =>
+                {
+                    self.expect_continue = true;
+                }
+                10 if !request && eq_ic(name, b"keep-alive") => {
+                    if let Some(t) = headers::keep_alive_timeout(value) {
+                        self.keep_alive_timeout = Some(t);
+                    }
+                }
+                2 if request && eq_ic(name, b"te") => {
+                    self.te_trailers |= headers::te_has_trailers(value);
+                }
+                _ => {}
+            }
+            self.fields.push(field);
+        }
+        // RFC 9110 §7.6.1: strip every field named by a Connection option.
+        for i in 0..self.fields.len() {
+            let f = self.fields[i];
+            if !eq_ic(f.name.of(buf), b"connection") {
+                continue;
+            }
+            for opt in headers::connection_names(f.value.of(buf)) {
+                if headers::is_protected_from_connection(opt) {
+                    continue;
+                }
+                for g in self.fields.iter_mut() {
+                    if eq_ic(g.name.of(buf), opt) {
+                        g.strip = true;
+                    }
+                }
+            }
+        }
+        // RFC 9110 §7.8: Upgrade only counts in HTTP/1.1 with Connection: upgrade.
+        if self.version == Version::Http11 && self.connection.upgrade {
+            self.upgrade = upgrade;
+        }
+        Ok(sum)
+    }
+
+    /// RFC 9112 §9.3: does the connection persist after this message?
     pub fn persistent(&self) -> bool {
-        todo!()
+        match self.version {
+            Version::Http11 => !self.connection.close,
+            Version::Http10 => self.connection.keep_alive && !self.connection.close,
+        }
     }
 }
 
 /// Added headers for a forwarded request.
 #[derive(Clone, Copy, Debug)]
 pub struct Forwarding<'a> {
+    /// The client's address (appended to X-Forwarded-For).
     pub client_ip: Option<IpAddr>,
+    /// Whether to append X-Forwarded-For.
     pub x_forwarded_for: bool,
+    /// X-Forwarded-Proto value, if set.
     pub proto: Option<&'static str>,
+    /// Via pseudonym, if set.
     pub via: Option<&'a str>,
+    /// Host to send when the request has none (an HTTP/1.0 request): HTTP/1.1 requires one.
+    /// nginx sends the upstream group's name (`$proxy_host`) the same way.
+    pub default_host: &'a str,
 }
 
 /// Framing of a message we write.
@@ -188,15 +737,144 @@ pub enum OutBody {
     Close,
 }
 
+fn put_u64(n: u64, out: &mut BytesMut) {
+    let mut tmp = [0u8; 20];
+    let mut i = tmp.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        tmp[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&tmp[i..]);
+}
+
+fn put_field(name: &[u8], value: &[u8], out: &mut BytesMut) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(CRLF);
+}
+
+fn put_ip(ip: IpAddr, out: &mut BytesMut) {
+    use core::fmt::Write;
+    // BytesMut's fmt::Write never fails (it grows) and IpAddr's Display does not allocate.
+    let _ = write!(out, "{ip}");
+}
+
+fn put_framing(body: OutBody, out: &mut BytesMut) {
+    match body {
+        OutBody::Length(n) => {
+            out.extend_from_slice(b"Content-Length: ");
+            put_u64(n, out);
+            out.extend_from_slice(CRLF);
+        }
+        OutBody::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        OutBody::None | OutBody::Close => {}
+    }
+}
+
+fn put_upgrade(head: &Head, buf: &[u8], out: &mut BytesMut) {
+    out.extend_from_slice(b"Connection: upgrade\r\n");
+    if let Some(u) = head.upgrade {
+        put_field(b"Upgrade", u.of(buf), out);
+    }
+}
+
+/// Join every field named `name` (non-empty values, in order) with ", ". Returns whether any
+/// value was written.
+fn put_joined(head: &Head, buf: &[u8], name: &[u8], out: &mut BytesMut) -> bool {
+    let mut any = false;
+    for f in &head.fields {
+        if f.strip || !eq_ic(f.name.of(buf), name) {
+            continue;
+        }
+        let v = f.value.of(buf);
+        if v.is_empty() {
+            continue;
+        }
+        if any {
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(v);
+        any = true;
+    }
+    any
+}
+
+/// `Via: <existing>, <received-version> <pseudonym>` (RFC 9110 §7.6.3). The received protocol
+/// is the version of the message we received (`1.1` for HTTP/1.1, `1.0` for HTTP/1.0).
+fn put_via(head: &Head, buf: &[u8], via: &str, out: &mut BytesMut) {
+    out.extend_from_slice(b"Via: ");
+    if put_joined(head, buf, b"via", out) {
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(match head.version {
+        Version::Http10 => b"1.0 ",
+        Version::Http11 => b"1.1 ",
+    });
+    out.extend_from_slice(via.as_bytes());
+    out.extend_from_slice(CRLF);
+}
+
+/// Append the request head to send upstream (always HTTP/1.1). See the module docs of the
+/// contract: non-strip fields verbatim, then framing from `body`, `Connection: upgrade` +
+/// `Upgrade` when `upgrade`, then X-Forwarded-For / X-Forwarded-Proto / Via.
 pub fn write_request_head(
-    _head: &Head,
-    _buf: &[u8],
-    _body: OutBody,
-    _upgrade: bool,
-    _fwd: &Forwarding<'_>,
-    _out: &mut BytesMut,
+    head: &Head,
+    buf: &[u8],
+    body: OutBody,
+    upgrade: bool,
+    fwd: &Forwarding<'_>,
+    out: &mut BytesMut,
 ) {
-    todo!()
+    let xff = if fwd.x_forwarded_for {
+        fwd.client_ip
+    } else {
+        None
+    };
+    out.extend_from_slice(head.method_name.of(buf));
+    out.extend_from_slice(b" ");
+    out.extend_from_slice(head.target.of(buf));
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for f in &head.fields {
+        if f.strip {
+            continue;
+        }
+        let name = f.name.of(buf);
+        if (xff.is_some() && eq_ic(name, b"x-forwarded-for"))
+            || (fwd.proto.is_some() && eq_ic(name, b"x-forwarded-proto"))
+            || (fwd.via.is_some() && eq_ic(name, b"via"))
+        {
+            continue;
+        }
+        put_field(name, f.value.of(buf), out);
+    }
+    if head.host.is_none() {
+        put_field(b"Host", fwd.default_host.as_bytes(), out);
+    }
+    put_framing(body, out);
+    if upgrade {
+        put_upgrade(head, buf, out);
+    }
+    if let Some(ip) = xff {
+        out.extend_from_slice(b"X-Forwarded-For: ");
+        if put_joined(head, buf, b"x-forwarded-for", out) {
+            out.extend_from_slice(b", ");
+        }
+        put_ip(ip, out);
+        out.extend_from_slice(CRLF);
+    }
+    if let Some(proto) = fwd.proto {
+        put_field(b"X-Forwarded-Proto", proto.as_bytes(), out);
+    }
+    if let Some(via) = fwd.via {
+        put_via(head, buf, via, out);
+    }
+    out.extend_from_slice(CRLF);
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -208,25 +886,126 @@ pub struct ResponseOptions<'a> {
     pub via: Option<&'a str>,
 }
 
+fn put_status_line(status: u16, reason: &[u8], out: &mut BytesMut) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    put_u64(u64::from(status), out);
+    out.extend_from_slice(b" ");
+    out.extend_from_slice(reason);
+    out.extend_from_slice(CRLF);
+}
+
+/// Append the response head to send to the client (always HTTP/1.1).
 pub fn write_response_head(
-    _head: &Head,
-    _buf: &[u8],
-    _opts: &ResponseOptions<'_>,
-    _out: &mut BytesMut,
+    head: &Head,
+    buf: &[u8],
+    opts: &ResponseOptions<'_>,
+    out: &mut BytesMut,
 ) {
-    todo!()
+    put_status_line(head.status, head.reason.of(buf), out);
+    for f in &head.fields {
+        if f.strip {
+            continue;
+        }
+        let name = f.name.of(buf);
+        if opts.via.is_some() && eq_ic(name, b"via") {
+            continue;
+        }
+        put_field(name, f.value.of(buf), out);
+    }
+    put_framing(opts.body, out);
+    if opts.close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    if opts.keep_alive_10 {
+        out.extend_from_slice(b"Connection: keep-alive\r\n");
+    }
+    if opts.upgrade {
+        put_upgrade(head, buf, out);
+    }
+    if let Some(via) = opts.via {
+        put_via(head, buf, via, out);
+    }
+    out.extend_from_slice(CRLF);
 }
 
-pub fn write_informational(_head: &Head, _buf: &[u8], _out: &mut BytesMut) {
-    todo!()
+/// Forward an interim (1xx) response with hop-by-hop fields stripped.
+pub fn write_informational(head: &Head, buf: &[u8], out: &mut BytesMut) {
+    put_status_line(head.status, head.reason.of(buf), out);
+    for f in head.fields.iter().filter(|f| !f.strip) {
+        put_field(f.name.of(buf), f.value.of(buf), out);
+    }
+    out.extend_from_slice(CRLF);
 }
 
-pub fn write_error_response(_status: u16, _close: bool, _head_only: bool, _out: &mut BytesMut) {
-    todo!()
+/// Standard reason phrase for the statuses the proxy generates (and a few more).
+pub fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        101 => "Switching Protocols",
+        200 => "OK",
+        204 => "No Content",
+        304 => "Not Modified",
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        414 => "URI Too Long",
+        417 => "Expectation Failed",
+        421 => "Misdirected Request",
+        426 => "Upgrade Required",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        505 => "HTTP Version Not Supported",
+        _ => "Error",
+    }
 }
 
-pub fn write_chunk_size(_len: usize, _out: &mut BytesMut) {
-    todo!()
+/// A complete small response generated by the proxy: status line, `Content-Type: text/plain`,
+/// `Content-Length`, `Connection: close` if `close`, and the body `"<status> <reason>\n"` unless
+/// `head_only` (Content-Length still announces the body's length).
+pub fn write_error_response(status: u16, close: bool, head_only: bool, out: &mut BytesMut) {
+    let reason = reason_phrase(status).as_bytes();
+    put_status_line(status, reason, out);
+    out.extend_from_slice(b"Content-Type: text/plain\r\nContent-Length: ");
+    // "NNN " + reason + "\n"
+    let body_len = 3 + 1 + reason.len() + 1;
+    put_u64(body_len as u64, out);
+    out.extend_from_slice(CRLF);
+    if close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    out.extend_from_slice(CRLF);
+    if !head_only {
+        put_u64(u64::from(status), out);
+        out.extend_from_slice(b" ");
+        out.extend_from_slice(reason);
+        out.extend_from_slice(b"\n");
+    }
+}
+
+/// `{len:x}\r\n`.
+pub fn write_chunk_size(len: usize, out: &mut BytesMut) {
+    let mut tmp = [0u8; 16];
+    let mut i = tmp.len();
+    let mut n = len as u64;
+    loop {
+        i -= 1;
+        tmp[i] = b"0123456789abcdef"[(n & 0xf) as usize];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&tmp[i..]);
+    out.extend_from_slice(CRLF);
 }
 
 pub const CRLF: &[u8] = b"\r\n";
@@ -239,6 +1018,8 @@ pub enum BodyError {
     Incomplete,
 }
 
+/// One decoding step: drop `skip` framing bytes, then `data` payload bytes follow; `done` means
+/// the message ends right after them. `Step::default()` means "need more input".
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Step {
     pub skip: usize,
@@ -246,20 +1027,1612 @@ pub struct Step {
     pub done: bool,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DecState {
+    Length(u64),
+    UntilClose,
+    /// Expecting a chunk-size line.
+    Size,
+    /// Inside chunk data, this many bytes left.
+    Data(u64),
+    /// Expecting the CRLF after chunk data.
+    DataCrlf,
+    /// Expecting a trailer field line or the final CRLF.
+    Trailers,
+    Done,
+}
+
+/// Incremental body decoder (RFC 9112 §6.3, §7.1). Partial framing is never consumed: the
+/// caller keeps it and calls again with more bytes appended.
 #[derive(Clone, Debug)]
-pub struct BodyDecoder {}
+pub struct BodyDecoder {
+    state: DecState,
+    trailer_bytes: usize,
+}
+
+fn bad(msg: &'static str) -> BodyError {
+    BodyError::BadChunk(msg)
+}
+
+fn hex_val(b: u8) -> Option<u64> {
+    match b {
+        b'0'..=b'9' => Some(u64::from(b - b'0')),
+        b'a'..=b'f' => Some(u64::from(b - b'a' + 10)),
+        b'A'..=b'F' => Some(u64::from(b - b'A' + 10)),
+        _ => None,
+    }
+}
+
+/// Parse `chunk-size [ chunk-ext ] CRLF` at the start of `input`. `Ok(None)`: incomplete.
+/// `Ok(Some((consumed, size)))`.
+fn parse_size_line(input: &[u8]) -> Result<Option<(usize, u64)>, BodyError> {
+    let lim = input.len().min(MAX_CHUNK_LINE + 2);
+    let line = &input[..lim];
+    let need_more = || {
+        if input.len() >= MAX_CHUNK_LINE + 2 {
+            Err(bad("chunk size line too long"))
+        } else {
+            Ok(None)
+        }
+    };
+    let mut i = 0;
+    let mut size: u64 = 0;
+    while let Some(v) = line.get(i).copied().and_then(hex_val) {
+        if i == 16 {
+            return Err(bad("chunk size too large"));
+        }
+        size = (size << 4) | v;
+        i += 1;
+    }
+    if i == line.len() {
+        return need_more();
+    }
+    if i == 0 {
+        return Err(bad("invalid chunk size"));
+    }
+    // chunk-ext = *( BWS ";" BWS ext-name [ BWS "=" BWS ext-val ] )
+    // `after_name`: the last element was an ext-name, so "=" may follow.
+    let mut after_name = false;
+    loop {
+        let ws_start = i;
+        while line.get(i).is_some_and(|&b| headers::is_ows(b)) {
+            i += 1;
+        }
+        let had_ws = i > ws_start;
+        let Some(&b) = line.get(i) else {
+            return need_more();
+        };
+        match b {
+            b'\r' if !had_ws => {
+                return match line.get(i + 1) {
+                    None => need_more(),
+                    Some(b'\n') => Ok(Some((i + 2, size))),
+                    Some(_) => Err(bad("bare CR in chunk size line")),
+                };
+            }
+            b';' => {
+                i += 1;
+                while line.get(i).is_some_and(|&b| headers::is_ows(b)) {
+                    i += 1;
+                }
+                let start = i;
+                while line.get(i).is_some_and(|&b| headers::is_tchar(b)) {
+                    i += 1;
+                }
+                if i == line.len() {
+                    return need_more();
+                }
+                if i == start {
+                    return Err(bad("invalid chunk extension name"));
+                }
+                after_name = true;
+            }
+            b'=' if after_name => {
+                after_name = false;
+                i += 1;
+                while line.get(i).is_some_and(|&b| headers::is_ows(b)) {
+                    i += 1;
+                }
+                match line.get(i) {
+                    None => return need_more(),
+                    Some(b'"') => {
+                        i += 1;
+                        loop {
+                            match line.get(i) {
+                                None => return need_more(),
+                                Some(b'"') => {
+                                    i += 1;
+                                    break;
+                                }
+                                Some(b'\\') => match line.get(i + 1) {
+                                    None => return need_more(),
+                                    Some(&q)
+                                        if q == b'\t' || (0x20..0x7f).contains(&q) || q >= 0x80 =>
+                                    {
+                                        i += 2
+                                    }
+                                    Some(_) => {
+                                        return Err(bad("invalid quoted-pair in chunk extension"));
+                                    }
+                                },
+                                Some(&q)
+                                    if q == b'\t'
+                                        || q == b' '
+                                        || q == 0x21
+                                        || (0x23..=0x5b).contains(&q)
+                                        || (0x5d..=0x7e).contains(&q)
+                                        || q >= 0x80 =>
+                                {
+                                    i += 1
+                                }
+                                Some(_) => {
+                                    return Err(bad("invalid byte in chunk extension value"));
+                                }
+                            }
+                        }
+                    }
+                    Some(_) => {
+                        let start = i;
+                        while line.get(i).is_some_and(|&b| headers::is_tchar(b)) {
+                            i += 1;
+                        }
+                        if i == line.len() {
+                            return need_more();
+                        }
+                        if i == start {
+                            return Err(bad("invalid chunk extension value"));
+                        }
+                    }
+                }
+            }
+            b'\n' => return Err(bad("bare LF in chunk size line")),
+            _ => return Err(bad("invalid byte in chunk size line")),
+        }
+    }
+}
+
+enum TrailerLine {
+    /// The final CRLF.
+    End,
+    /// A field line of this many bytes (with its CRLF).
+    Field(usize),
+}
+
+/// Parse one trailer field line (or the final CRLF), within `budget` bytes.
+fn parse_trailer_line(input: &[u8], budget: usize) -> Result<Option<TrailerLine>, BodyError> {
+    let need_more = |seen: usize| {
+        if seen >= budget {
+            Err(bad("trailer section too large"))
+        } else {
+            Ok(None)
+        }
+    };
+    match input {
+        [] => return need_more(0),
+        [b'\r'] => return need_more(1),
+        [b'\r', b'\n', ..] => {
+            return if budget < 2 {
+                Err(bad("trailer section too large"))
+            } else {
+                Ok(Some(TrailerLine::End))
+            };
+        }
+        [b'\r', ..] => return Err(bad("bare CR in trailers")),
+        [b'\n', ..] => return Err(bad("bare LF in trailers")),
+        [b' ' | b'\t', ..] => return Err(bad("obs-fold in trailers")),
+        _ => {}
+    }
+    let mut i = 0;
+    while input.get(i).is_some_and(|&b| headers::is_tchar(b)) {
+        i += 1;
+    }
+    match input.get(i) {
+        None => return need_more(i),
+        Some(b':') if i > 0 => i += 1,
+        Some(_) => return Err(bad("invalid trailer field name")),
+    }
+    loop {
+        if i >= budget {
+            return Err(bad("trailer section too large"));
+        }
+        match input.get(i) {
+            None => return need_more(i),
+            Some(b'\r') => {
+                return match input.get(i + 1) {
+                    None => need_more(i + 1),
+                    Some(b'\n') if i + 2 <= budget => Ok(Some(TrailerLine::Field(i + 2))),
+                    Some(b'\n') => Err(bad("trailer section too large")),
+                    Some(_) => Err(bad("bare CR in trailers")),
+                };
+            }
+            Some(&b) if headers::is_field_value_byte(b) => i += 1,
+            Some(_) => return Err(bad("invalid byte in trailer value")),
+        }
+    }
+}
 
 impl BodyDecoder {
-    pub fn new(_kind: BodyKind) -> BodyDecoder {
-        todo!()
+    pub fn new(kind: BodyKind) -> BodyDecoder {
+        let state = match kind {
+            BodyKind::Empty | BodyKind::Length(0) => DecState::Done,
+            BodyKind::Length(n) => DecState::Length(n),
+            BodyKind::Chunked => DecState::Size,
+            BodyKind::UntilClose => DecState::UntilClose,
+        };
+        BodyDecoder {
+            state,
+            trailer_bytes: 0,
+        }
     }
-    pub fn step(&mut self, _input: &[u8]) -> Result<Step, BodyError> {
-        todo!()
+
+    /// Decode framing at the front of `input` (see [`Step`]).
+    pub fn step(&mut self, input: &[u8]) -> Result<Step, BodyError> {
+        let mut skip = 0;
+        loop {
+            let rest = &input[skip..];
+            match self.state {
+                DecState::Done => {
+                    return Ok(Step {
+                        skip,
+                        data: 0,
+                        done: true,
+                    });
+                }
+                DecState::UntilClose => {
+                    return Ok(Step {
+                        skip,
+                        data: rest.len(),
+                        done: false,
+                    });
+                }
+                DecState::Length(n) | DecState::Data(n) => {
+                    if rest.is_empty() {
+                        return Ok(Step {
+                            skip,
+                            data: 0,
+                            done: false,
+                        });
+                    }
+                    let data = (rest.len() as u64).min(n);
+                    let left = n - data;
+                    let is_length = matches!(self.state, DecState::Length(_));
+                    let done = is_length && left == 0;
+                    self.state = match (is_length, left) {
+                        (true, 0) => DecState::Done,
+                        (true, l) => DecState::Length(l),
+                        (false, 0) => DecState::DataCrlf,
+                        (false, l) => DecState::Data(l),
+                    };
+                    return Ok(Step {
+                        skip,
+                        data: data as usize,
+                        done,
+                    });
+                }
+                DecState::Size => match parse_size_line(rest)? {
+                    None => {
+                        return Ok(Step {
+                            skip,
+                            data: 0,
+                            done: false,
+                        });
+                    }
+                    Some((n, size)) => {
+                        skip += n;
+                        self.state = if size == 0 {
+                            DecState::Trailers
+                        } else {
+                            DecState::Data(size)
+                        };
+                    }
+                },
+                DecState::DataCrlf => match rest {
+                    [] | [b'\r'] => {
+                        return Ok(Step {
+                            skip,
+                            data: 0,
+                            done: false,
+                        });
+                    }
+                    [b'\r', b'\n', ..] => {
+                        skip += 2;
+                        self.state = DecState::Size;
+                    }
+                    _ => return Err(bad("missing CRLF after chunk data")),
+                },
+                DecState::Trailers => {
+                    let budget = MAX_TRAILERS - self.trailer_bytes;
+                    match parse_trailer_line(rest, budget)? {
+                        None => {
+                            return Ok(Step {
+                                skip,
+                                data: 0,
+                                done: false,
+                            });
+                        }
+                        Some(TrailerLine::End) => {
+                            skip += 2;
+                            self.state = DecState::Done;
+                            return Ok(Step {
+                                skip,
+                                data: 0,
+                                done: true,
+                            });
+                        }
+                        Some(TrailerLine::Field(n)) => {
+                            self.trailer_bytes += n;
+                            skip += n;
+                        }
+                    }
+                }
+            }
+        }
     }
+
     pub fn is_done(&self) -> bool {
-        todo!()
+        self.state == DecState::Done
     }
+
+    /// The peer closed: is the body complete?
     pub fn on_eof(&self) -> Result<(), BodyError> {
-        todo!()
+        match self.state {
+            DecState::Done | DecState::UntilClose => Ok(()),
+            _ => Err(BodyError::Incomplete),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const LIMITS: HeadLimits = HeadLimits {
+        max_request_line: 8 * 1024,
+        max_head: 64 * 1024,
+    };
+
+    fn req(raw: &[u8]) -> Result<Head, HeadError> {
+        let mut h = Head::new();
+        match h.parse_request(raw, &LIMITS)? {
+            true => Ok(h),
+            false => panic!("incomplete: {:?}", String::from_utf8_lossy(raw)),
+        }
+    }
+
+    fn res(raw: &[u8], method: Method) -> Result<Head, HeadError> {
+        let mut h = Head::new();
+        match h.parse_response(raw, method, &LIMITS)? {
+            true => Ok(h),
+            false => panic!("incomplete: {:?}", String::from_utf8_lossy(raw)),
+        }
+    }
+
+    fn bad_req(raw: &[u8]) -> HeadError {
+        match req(raw) {
+            Ok(h) => panic!("accepted {:?}: {h:?}", String::from_utf8_lossy(raw)),
+            Err(e) => e,
+        }
+    }
+
+    fn names<'a>(h: &Head, buf: &'a [u8]) -> Vec<(&'a [u8], bool)> {
+        h.fields.iter().map(|f| (f.name.of(buf), f.strip)).collect()
+    }
+
+    // ---- Request framing: §E 16, 17, 18 ----
+
+    #[test]
+    fn request_framing_table() {
+        use BodyKind::*;
+        let ok: &[(&[u8], BodyKind)] = &[
+            (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", Empty),
+            (
+                b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello",
+                Length(5),
+            ),
+            (
+                b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+                Length(0),
+            ),
+            (
+                b"POST / HTTP/1.1\r\nHost: a\r\ncontent-length:  007 \r\n\r\n",
+                Length(7),
+            ),
+            (
+                b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+                Chunked,
+            ),
+            (
+                b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: CHUNKED\r\n\r\n",
+                Chunked,
+            ),
+            (
+                b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:  chunked \r\n\r\n",
+                Chunked,
+            ),
+            (
+                b"POST / HTTP/1.0\r\nContent-Length: 3\r\n\r\nabc",
+                Length(3),
+            ),
+            (
+                b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 18446744073709551615\r\n\r\n",
+                Length(u64::MAX),
+            ),
+        ];
+        for (raw, want) in ok {
+            let h =
+                req(raw).unwrap_or_else(|e| panic!("{e:?} for {:?}", String::from_utf8_lossy(raw)));
+            assert_eq!(h.body, *want, "{:?}", String::from_utf8_lossy(raw));
+        }
+        let br = |s| HeadError::BadRequest(s);
+        let bad: &[(&[u8], HeadError)] = &[
+            // 16: TE + CL
+            (
+                b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nG",
+                br("Transfer-Encoding with Content-Length"),
+            ),
+            (
+                b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n",
+                br("Transfer-Encoding with Content-Length"),
+            ),
+            // 17: TE obfuscations
+            (
+                b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n",
+                br("invalid Transfer-Encoding"),
+            ),
+            (
+                b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\x0b\r\n\r\n",
+                br("invalid field value"),
+            ),
+            (
+                b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\x0bchunked\r\n\r\n",
+                br("invalid field value"),
+            ),
+            (
+                b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity\r\n\r\n",
+                br("invalid Transfer-Encoding"),
+            ),
+            (
+                b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, identity\r\n\r\n",
+                br("invalid Transfer-Encoding"),
+            ),
+            (
+                b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n",
+                br("invalid Transfer-Encoding"),
+            ),
+            (
+                b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+                br("more than one Transfer-Encoding"),
+            ),
+            (
+                b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+                br("invalid Transfer-Encoding"),
+            ),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", br("invalid Transfer-Encoding")),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: \r\n\r\n", br("invalid Transfer-Encoding")),
+            // Documented choice: well-formed but unsupported coding list → 501.
+            (
+                b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+                HeadError::NotImplemented,
+            ),
+            (
+                b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+                br("Transfer-Encoding in HTTP/1.0"),
+            ),
+            (
+                b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding : chunked\r\n\r\n",
+                br("invalid field name"),
+            ),
+            (
+                b"POST / HTTP/1.1\r\n Transfer-Encoding: chunked\r\nHost: a\r\n\r\n",
+                br("obs-fold or whitespace before field line"),
+            ),
+            // 18: Content-Length
+            (
+                b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+                br("duplicate Content-Length"),
+            ),
+            (
+                b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
+                br("duplicate Content-Length"),
+            ),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\n", br("invalid Content-Length")),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n", br("invalid Content-Length")),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5.0\r\n\r\n", br("invalid Content-Length")),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length:  5 5\r\n\r\n", br("invalid Content-Length")),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0x5\r\n\r\n", br("invalid Content-Length")),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1,1\r\n\r\n", br("invalid Content-Length")),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n\r\n", br("invalid Content-Length")),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1000,1000\r\n\r\n", br("invalid Content-Length")),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: \r\n\r\n", br("invalid Content-Length")),
+            (
+                b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 18446744073709551616\r\n\r\n",
+                br("invalid Content-Length"),
+            ),
+        ];
+        for (raw, want) in bad {
+            assert_eq!(bad_req(raw), *want, "{:?}", String::from_utf8_lossy(raw));
+        }
+    }
+
+    // ---- Header syntax: §F 24 ----
+
+    #[test]
+    fn request_syntax_table() {
+        let br = |s| HeadError::BadRequest(s);
+        let bad: &[(&[u8], HeadError)] = &[
+            (b"GET / HTTP/1.1\r\nHost : a\r\n\r\n", br("invalid field name")),
+            (b"GET / HTTP/1.1\r\nHost: a\r\nX: y\r\n z\r\n\r\n", br("obs-fold or whitespace before field line")),
+            (b"GET / HTTP/1.1\r\nHost: a\r\nX: y\r\n\tz\r\n\r\n", br("obs-fold or whitespace before field line")),
+            (b"GET / HTTP/1.1\r\nHost: a\r\nX: a\rb\r\n\r\n", br("bare CR")),
+            (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", br("more than one Host")),
+            (b"GET / HTTP/1.1\r\nHost: a\r\nhost: a\r\n\r\n", br("more than one Host")),
+            (b"GET / HTTP/1.1\r\n\r\n", br("missing Host")),
+            (b"GET  / HTTP/1.1\r\nHost: a\r\n\r\n", br("invalid request line")),
+            (b"GET /  HTTP/1.1\r\nHost: a\r\n\r\n", br("invalid request line")),
+            (b"GET / HTTP/1.1\r\nHost: a\r\nX\x00: 1\r\n\r\n", br("invalid field name")),
+            (b"GET / HTTP/1.1\r\nHost: a\r\nX: 1\x00\r\n\r\n", br("invalid field value")),
+            (b"GET / HTTP/1.1\r\nHost: a\r\nX: 1\x7f\r\n\r\n", br("invalid field value")),
+            (b"GET / HTTP/1.1\r\nHost: a\r\nX: 1\x01\r\n\r\n", br("invalid field value")),
+            (b"GET / HTTP/1.1\r\nHost: a\r\nX(y): 1\r\n\r\n", br("invalid field name")),
+            (b"GET / HTTP/1.1\r\nHost: a\r\n: 1\r\n\r\n", br("invalid field name")),
+            (b"GET / HTTP/1.1\nHost: a\r\n\r\n", br("bare LF")),
+            (b"GET / HTTP/1.1\r\nHost: a\n\r\n", br("bare LF")),
+            (b"GET / HTTP/1.1\r\nHost: a\r\n\n", br("bare LF")),
+            (b"GET / HTTP/1.1\r\nHost: a\n\n", br("bare LF")),
+            (b"\nGET / HTTP/1.1\r\nHost: a\r\n\r\n", br("bare LF")),
+            (b"GET / HTTP/1.1\rHost: a\r\n\r\n", br("bare CR")),
+            (b"GET / HTTP/1.1\r\n Host: a\r\n\r\n", br("obs-fold or whitespace before field line")),
+            (b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", HeadError::VersionNotSupported),
+            (b"GET / HTTP/1.2\r\nHost: a\r\n\r\n", HeadError::VersionNotSupported),
+            (b"GET / HTTP/0.9\r\nHost: a\r\n\r\n", HeadError::VersionNotSupported),
+            (b"GET / HTTX/1.1\r\nHost: a\r\n\r\n", br("invalid HTTP version")),
+            (b"GET / http/1.1\r\nHost: a\r\n\r\n", br("invalid HTTP version")),
+            (b"GET / HTTP/1.1x\r\nHost: a\r\n\r\n", br("invalid line ending")),
+            (b"GET /\r\nHost: a\r\n\r\n", br("invalid request line")),
+            (b"GET\t/ HTTP/1.1\r\nHost: a\r\n\r\n", br("invalid request line")),
+            (b"G(T / HTTP/1.1\r\nHost: a\r\n\r\n", br("invalid request line")),
+            // Targets: origin-form only (absolute-form rejected, documented), `*` for OPTIONS.
+            (b"GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n", br("request target not in origin-form")),
+            (b"GET a/b HTTP/1.1\r\nHost: a\r\n\r\n", br("request target not in origin-form")),
+            (b"GET * HTTP/1.1\r\nHost: a\r\n\r\n", br("request target not in origin-form")),
+            (b"GET /\x80 HTTP/1.1\r\nHost: a\r\n\r\n", br("invalid request line")),
+            (b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n", HeadError::MethodNotAllowed),
+            // Host values (empty rejected, documented).
+            (b"GET / HTTP/1.1\r\nHost: \r\n\r\n", br("invalid Host")),
+            (b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n", br("invalid Host")),
+            (b"GET / HTTP/1.1\r\nHost: a@b\r\n\r\n", br("invalid Host")),
+            (b"GET / HTTP/1.1\r\nHost: a/b\r\n\r\n", br("invalid Host")),
+            (b"GET / HTTP/1.0\r\nHost: a\r\nHost: a\r\n\r\n", br("more than one Host")),
+            (b"GET / HTTP/1.1\r\nHost: a\r\nConnection: a b\r\n\r\n", br("invalid Connection")),
+            (
+                b"GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: a\r\nUpgrade: b\r\n\r\n",
+                br("more than one Upgrade"),
+            ),
+        ];
+        for (raw, want) in bad {
+            assert_eq!(bad_req(raw), *want, "{:?}", String::from_utf8_lossy(raw));
+        }
+        // Status mapping.
+        assert_eq!(HeadError::BadRequest("x").status(), 400);
+        assert_eq!(HeadError::VersionNotSupported.status(), 505);
+    }
+
+    #[test]
+    fn request_valid_table() {
+        let ok: &[&[u8]] = &[
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHOST: a\r\n\r\n",
+            b"GET / HTTP/1.1\r\nhost: a\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: example.com:8080\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n",
+            b"GET / HTTP/1.0\r\n\r\n",
+            b"\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET /a?b=c&d=%20#x HTTP/1.1\r\nHost: a\r\nX: \r\nY:z\r\nZ: a \xff b\r\n\r\n",
+            b"PURGE /x HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nExpect: something-else\r\n\r\n",
+        ];
+        for raw in ok {
+            req(raw).unwrap_or_else(|e| panic!("{e:?} for {:?}", String::from_utf8_lossy(raw)));
+        }
+        let raw = b"\r\nPURGE /x?y HTTP/1.1\r\nHost: a:1\r\nX: \r\n\r\nbody";
+        let h = req(raw).unwrap();
+        assert_eq!(h.len, raw.len() - 4);
+        assert_eq!(h.method, Method::Other);
+        assert_eq!(h.method_name.of(raw), b"PURGE");
+        assert_eq!(h.target.of(raw), b"/x?y");
+        assert_eq!(h.host.unwrap().of(raw), b"a:1");
+        assert_eq!(h.fields[1].value.of(raw), b"");
+        assert_eq!(h.version, Version::Http11);
+        assert!(h.persistent());
+    }
+
+    #[test]
+    fn request_flags() {
+        // Expect: 100-continue (HTTP/1.1 only; other values ignored; always stripped).
+        let raw =
+            b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-Continue\r\nContent-Length: 5\r\n\r\n";
+        let h = req(raw).unwrap();
+        assert!(h.expect_continue);
+        assert!(h.fields[1].strip);
+        let h =
+            req(b"POST / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n").unwrap();
+        assert!(!h.expect_continue);
+        let h = req(b"POST / HTTP/1.1\r\nHost: a\r\nExpect: foo\r\n\r\n").unwrap();
+        assert!(!h.expect_continue);
+        // TE: trailers
+        let h = req(b"GET / HTTP/1.1\r\nHost: a\r\nTE: trailers\r\n\r\n").unwrap();
+        assert!(h.te_trailers);
+        // Upgrade only with HTTP/1.1 + Connection: upgrade.
+        let raw =
+            b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n";
+        let h = req(raw).unwrap();
+        assert_eq!(h.upgrade.unwrap().of(raw), b"websocket");
+        assert!(h.connection.upgrade);
+        let h = req(b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n").unwrap();
+        assert_eq!(h.upgrade, None);
+        let h =
+            req(b"GET /ws HTTP/1.0\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n").unwrap();
+        assert_eq!(h.upgrade, None);
+        // Method table.
+        for (m, want, idem) in [
+            (&b"GET"[..], Method::Get, true),
+            (b"HEAD", Method::Head, true),
+            (b"POST", Method::Post, false),
+            (b"PUT", Method::Put, true),
+            (b"DELETE", Method::Delete, true),
+            (b"OPTIONS", Method::Options, true),
+            (b"TRACE", Method::Trace, true),
+            (b"PATCH", Method::Patch, false),
+            (b"get", Method::Other, false),
+        ] {
+            let mut raw = m.to_vec();
+            raw.extend_from_slice(b" / HTTP/1.1\r\nHost: a\r\n\r\n");
+            let h = req(&raw).unwrap();
+            assert_eq!(h.method, want);
+            assert_eq!(h.method.is_idempotent(), idem);
+        }
+    }
+
+    #[test]
+    fn persistence_table() {
+        let cases: &[(&[u8], bool)] = &[
+            (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", true),
+            (
+                b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+                false,
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, close\r\n\r\n",
+                false,
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\nConnection: Close\r\n\r\n",
+                false,
+            ),
+            (b"GET / HTTP/1.0\r\n\r\n", false),
+            (b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", true),
+            (b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n", true),
+            (
+                b"GET / HTTP/1.0\r\nConnection: keep-alive, close\r\n\r\n",
+                false,
+            ),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(
+                req(raw).unwrap().persistent(),
+                *want,
+                "{:?}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_stripping() {
+        let raw = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, X-Secret, Host\r\nX-Secret: 1\r\nKeep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nTE: trailers\r\nx-secret: 2\r\nTrailer: x\r\nProxy-Authorization: b\r\nX-Keep: 1\r\n\r\n";
+        let h = req(raw).unwrap();
+        assert_eq!(
+            names(&h, raw),
+            vec![
+                (&b"Host"[..], false),
+                (b"Connection", true),
+                (b"X-Secret", true),
+                (b"Keep-Alive", true),
+                (b"Proxy-Connection", true),
+                (b"TE", true),
+                (b"x-secret", true),
+                (b"Trailer", true),
+                (b"Proxy-Authorization", true),
+                (b"X-Keep", false),
+            ]
+        );
+    }
+
+    // ---- Limits: §F 25 ----
+
+    #[test]
+    fn limits_table() {
+        let limits = HeadLimits {
+            max_request_line: 32,
+            max_head: 128,
+        };
+        let mut h = Head::new();
+        // Request line too long, complete or not.
+        let long = b"GET /aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa HTTP/1.1\r\nHost: a\r\n\r\n";
+        assert_eq!(h.parse_request(long, &limits), Err(HeadError::UriTooLong));
+        assert_eq!(
+            h.parse_request(&long[..40], &limits),
+            Err(HeadError::UriTooLong)
+        );
+        assert_eq!(h.parse_request(&long[..20], &limits), Ok(false));
+        // Exactly at the limit is fine.
+        let exact = b"GET /aaaaaaaaaaaaaaaaaa HTTP/1.1\r\nHost: a\r\n\r\n";
+        assert_eq!(exact.iter().position(|&b| b == b'\r'), Some(32));
+        assert_eq!(h.parse_request(exact, &limits), Ok(true));
+        // Head too large, complete or not.
+        let mut big = b"GET / HTTP/1.1\r\nHost: a\r\nCookie: ".to_vec();
+        big.extend(std::iter::repeat_n(b'x', 200));
+        assert_eq!(
+            h.parse_request(&big, &limits),
+            Err(HeadError::HeaderTooLarge)
+        );
+        big.extend_from_slice(b"\r\n\r\n");
+        assert_eq!(
+            h.parse_request(&big, &limits),
+            Err(HeadError::HeaderTooLarge)
+        );
+        // 70 KiB Cookie with default limits → 431.
+        let mut big = b"GET / HTTP/1.1\r\nHost: a\r\nCookie: ".to_vec();
+        big.extend(std::iter::repeat_n(b'x', 70 * 1024));
+        big.extend_from_slice(b"\r\n\r\n");
+        assert_eq!(
+            h.parse_request(&big, &LIMITS),
+            Err(HeadError::HeaderTooLarge)
+        );
+        assert_eq!(HeadError::HeaderTooLarge.status(), 431);
+        // 128 fields OK, 129 → 431 (complete or not).
+        let mut many = b"GET / HTTP/1.1\r\nHost: a\r\n".to_vec();
+        for i in 0..127 {
+            many.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
+        }
+        let mut ok = many.clone();
+        ok.extend_from_slice(b"\r\n");
+        assert_eq!(h.parse_request(&ok, &LIMITS), Ok(true));
+        assert_eq!(h.fields.len(), 128);
+        many.extend_from_slice(b"X-last: v\r\n");
+        assert_eq!(
+            h.parse_request(&many, &LIMITS),
+            Err(HeadError::HeaderTooLarge)
+        );
+        many.extend_from_slice(b"\r\n");
+        assert_eq!(
+            h.parse_request(&many, &LIMITS),
+            Err(HeadError::HeaderTooLarge)
+        );
+    }
+
+    #[test]
+    fn incomplete_and_early_errors() {
+        let mut h = Head::new();
+        for raw in [
+            &b""[..],
+            b"\r",
+            b"\r\n",
+            b"GET",
+            b"GET / HTTP/1.1\r",
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r",
+        ] {
+            assert_eq!(h.parse_request(raw, &LIMITS), Ok(false), "{raw:?}");
+        }
+        // Garbage is reported before the head completes.
+        assert!(h.parse_request(b"G T / HTTP/1.1\r\n", &LIMITS).is_err());
+        assert_eq!(
+            h.parse_request(b"GET / HTTP/2.0\r\n", &LIMITS),
+            Err(HeadError::VersionNotSupported)
+        );
+        assert_eq!(h.parse_request(b"GET / HTTP/2.", &LIMITS), Ok(false));
+        assert!(
+            h.parse_request(b"GET / HTTP/1.1\r\nX\x00", &LIMITS)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn head_reuse_clears_state() {
+        let mut h = Head::new();
+        let a = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nConnection: close\r\n\r\n";
+        assert_eq!(h.parse_request(a, &LIMITS), Ok(true));
+        let b = b"GET / HTTP/1.1\r\nHost: b\r\n\r\n";
+        assert_eq!(h.parse_request(b, &LIMITS), Ok(true));
+        assert_eq!(h.fields.len(), 1);
+        assert_eq!(h.body, BodyKind::Empty);
+        assert_eq!(h.content_length, None);
+        assert!(!h.connection.close);
+    }
+
+    // ---- Responses ----
+
+    #[test]
+    fn response_table() {
+        use BodyKind::*;
+        let ok: &[(&[u8], Method, BodyKind)] = &[
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", Method::Get, Length(5)),
+            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", Method::Get, Chunked),
+            (b"HTTP/1.1 200 OK\r\n\r\n", Method::Get, UntilClose),
+            (b"HTTP/1.0 200 OK\r\n\r\n", Method::Get, UntilClose),
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n", Method::Head, Empty),
+            (b"HTTP/1.1 200 OK\r\n\r\n", Method::Head, Empty),
+            (b"HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\n\r\n", Method::Get, Empty),
+            (b"HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n", Method::Get, Empty),
+            (b"HTTP/1.1 100 Continue\r\n\r\n", Method::Post, Empty),
+            (b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n", Method::Get, Empty),
+            (
+                b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+                Method::Get,
+                Empty,
+            ),
+            (b"HTTP/1.1 200 \r\nContent-Length: 0\r\n\r\n", Method::Get, Length(0)),
+            (b"HTTP/1.1 404 Not Found\r\nContent-Length: 2\r\n\r\n", Method::Get, Length(2)),
+        ];
+        for (raw, m, want) in ok {
+            let h = res(raw, *m)
+                .unwrap_or_else(|e| panic!("{e:?} for {:?}", String::from_utf8_lossy(raw)));
+            assert_eq!(h.body, *want, "{:?}", String::from_utf8_lossy(raw));
+        }
+        let h = res(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n",
+            Method::Head,
+        )
+        .unwrap();
+        assert_eq!(h.content_length, Some(1000));
+        let raw = b"HTTP/1.1 404 Not Found\r\n\r\n";
+        let h = res(raw, Method::Get).unwrap();
+        assert_eq!((h.status, h.reason.of(raw)), (404, &b"Not Found"[..]));
+
+        let mut big = b"HTTP/1.1 200 OK\r\nX-Big: ".to_vec();
+        big.extend(std::iter::repeat_n(b'x', 70 * 1024));
+        big.extend_from_slice(b"\r\n\r\n");
+        let bad: &[&[u8]] = &[
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nab",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\nab",
+            b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: xchunked\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, identity\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+            b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nX : y\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nX: y\r\n z\r\n\r\n",
+            b"HTTP/1.1 200 OK\nX: y\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nX: a\rb\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nX: a\x00\r\n\r\n",
+            b"HTTP/2.0 200 OK\r\n\r\n",
+            b"HTTP/1.1 20 OK\r\n\r\n",
+            b"HTTP/1.1 099 OK\r\n\r\n",
+            b"HTTP/1.1 600 OK\r\n\r\n",
+            b"HTTP/1.1 204 No Content\r\nTransfer-Encoding: xchunked\r\n\r\n",
+            &big,
+        ];
+        for raw in bad {
+            let r = Head::new().parse_response(raw, Method::Get, &LIMITS);
+            assert!(
+                r.is_err(),
+                "accepted {:?}",
+                String::from_utf8_lossy(&raw[..raw.len().min(80)])
+            );
+        }
+    }
+
+    #[test]
+    fn response_keep_alive_and_connection() {
+        let raw = b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=5, max=100\r\nConnection: X-Int\r\nX-Int: 1\r\nContent-Length: 0\r\n\r\n";
+        let h = res(raw, Method::Get).unwrap();
+        assert_eq!(h.keep_alive_timeout, Some(5));
+        assert!(h.persistent());
+        assert_eq!(
+            names(&h, raw),
+            vec![
+                (&b"Keep-Alive"[..], true),
+                (b"Connection", true),
+                (b"X-Int", true),
+                (b"Content-Length", true)
+            ]
+        );
+        let h = res(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n", Method::Get).unwrap();
+        assert!(!h.persistent());
+        let h = res(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", Method::Get).unwrap();
+        assert!(!h.persistent());
+        let h = res(
+            b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n",
+            Method::Get,
+        )
+        .unwrap();
+        assert!(h.persistent());
+        let raw = b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n";
+        let h = res(raw, Method::Get).unwrap();
+        assert_eq!(h.upgrade.unwrap().of(raw), b"websocket");
+    }
+
+    #[test]
+    fn response_limits() {
+        let limits = HeadLimits {
+            max_request_line: 16,
+            max_head: 64,
+        };
+        let mut h = Head::new();
+        // max_request_line does not apply to responses.
+        let raw = b"HTTP/1.1 200 A very long reason phrase indeed\r\n\r\n";
+        assert_eq!(h.parse_response(raw, Method::Get, &limits), Ok(true));
+        let mut big = b"HTTP/1.1 200 OK\r\nX: ".to_vec();
+        big.extend(std::iter::repeat_n(b'x', 60));
+        assert_eq!(
+            h.parse_response(&big, Method::Get, &limits),
+            Err(HeadError::HeaderTooLarge)
+        );
+        assert_eq!(
+            h.parse_response(&big[..30], Method::Get, &limits),
+            Ok(false)
+        );
+    }
+
+    // ---- Writers ----
+
+    fn fwd(via: Option<&str>) -> Forwarding<'_> {
+        Forwarding {
+            default_host: "up",
+            client_ip: Some("10.0.0.1".parse().unwrap()),
+            x_forwarded_for: true,
+            proto: Some("http"),
+            via,
+        }
+    }
+
+    fn write_req(raw: &[u8], body: OutBody, upgrade: bool, f: &Forwarding<'_>) -> String {
+        let h = req(raw).unwrap();
+        let mut out = BytesMut::new();
+        write_request_head(&h, raw, body, upgrade, f, &mut out);
+        String::from_utf8(out.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn rewrite_strips_hop_by_hop() {
+        let raw = b"GET /p?q HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\nKeep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nTE: trailers\r\nX-Secret: 2\r\nAccept: */*\r\n\r\n";
+        let out = write_req(raw, OutBody::None, false, &fwd(None));
+        assert_eq!(
+            out,
+            "GET /p?q HTTP/1.1\r\nHost: a\r\nAccept: */*\r\nX-Forwarded-For: 10.0.0.1\r\nX-Forwarded-Proto: http\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn rewrite_xff_via_proto() {
+        let raw = b"POST / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 1.1.1.1\r\nVia: 1.1 a\r\nX-Forwarded-Proto: https\r\nx-forwarded-for: 2.2.2.2, 3.3.3.3\r\nContent-Length: 5\r\n\r\nhello";
+        let out = write_req(raw, OutBody::Length(5), false, &fwd(Some("upkeep")));
+        assert_eq!(
+            out,
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nX-Forwarded-For: 1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.1\r\nX-Forwarded-Proto: http\r\nVia: 1.1 a, 1.1 upkeep\r\n\r\n"
+        );
+        // Disabled: inbound values pass through untouched.
+        let none = Forwarding {
+            default_host: "up",
+            client_ip: None,
+            x_forwarded_for: true,
+            proto: None,
+            via: None,
+        };
+        let out = write_req(raw, OutBody::Length(5), false, &none);
+        assert_eq!(
+            out,
+            "POST / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 1.1.1.1\r\nVia: 1.1 a\r\nX-Forwarded-Proto: https\r\nx-forwarded-for: 2.2.2.2, 3.3.3.3\r\nContent-Length: 5\r\n\r\n"
+        );
+        // IPv6 client, HTTP/1.0 without Host (version forced to 1.1 upstream, a Host added, Via
+        // names the received 1.0).
+        let raw = b"GET / HTTP/1.0\r\n\r\n";
+        let f = Forwarding {
+            default_host: "up",
+            client_ip: Some("::1".parse().unwrap()),
+            x_forwarded_for: true,
+            proto: None,
+            via: Some("p"),
+        };
+        let out = write_req(raw, OutBody::None, false, &f);
+        assert_eq!(
+            out,
+            "GET / HTTP/1.1\r\nHost: up\r\nX-Forwarded-For: ::1\r\nVia: 1.0 p\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn rewrite_connection_cannot_remove_framing_or_host() {
+        let raw = b"POST / HTTP/1.1\r\nHost: a\r\nConnection: Content-Length, Host, Transfer-Encoding\r\nContent-Length: 5\r\n\r\nhello";
+        let h = req(raw).unwrap();
+        assert_eq!(h.body, BodyKind::Length(5));
+        let none = Forwarding {
+            default_host: "up",
+            client_ip: None,
+            x_forwarded_for: false,
+            proto: None,
+            via: None,
+        };
+        let out = write_req(raw, OutBody::Length(5), false, &none);
+        assert_eq!(
+            out,
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n"
+        );
+        let raw = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: Transfer-Encoding\r\n\r\n";
+        assert_eq!(req(raw).unwrap().body, BodyKind::Chunked);
+        let out = write_req(raw, OutBody::Chunked, false, &none);
+        assert_eq!(
+            out,
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn rewrite_upgrade_and_expect() {
+        let raw = b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: k\r\n\r\n";
+        let none = Forwarding {
+            default_host: "up",
+            client_ip: None,
+            x_forwarded_for: false,
+            proto: None,
+            via: None,
+        };
+        let out = write_req(raw, OutBody::None, true, &none);
+        assert_eq!(
+            out,
+            "GET /ws HTTP/1.1\r\nHost: a\r\nSec-WebSocket-Key: k\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n"
+        );
+        let out = write_req(raw, OutBody::None, false, &none);
+        assert_eq!(
+            out,
+            "GET /ws HTTP/1.1\r\nHost: a\r\nSec-WebSocket-Key: k\r\n\r\n"
+        );
+        let raw =
+            b"PUT /x HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n";
+        assert_eq!(
+            write_req(raw, OutBody::Length(2), false, &none),
+            "PUT /x HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n"
+        );
+        let raw = b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n";
+        assert_eq!(
+            write_req(raw, OutBody::None, false, &none),
+            "OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn response_writers() {
+        let raw = b"HTTP/1.1 200 OK\r\nConnection: X-Int\r\nX-Int: 1\r\nKeep-Alive: timeout=5\r\nVia: 1.0 b\r\nServer: s\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let h = res(raw, Method::Get).unwrap();
+        let mut out = BytesMut::new();
+        let opts = ResponseOptions {
+            body: OutBody::Chunked,
+            close: false,
+            keep_alive_10: false,
+            upgrade: false,
+            via: Some("upkeep"),
+        };
+        write_response_head(&h, raw, &opts, &mut out);
+        assert_eq!(&out[..], b"HTTP/1.1 200 OK\r\nServer: s\r\nTransfer-Encoding: chunked\r\nVia: 1.0 b, 1.1 upkeep\r\n\r\n");
+
+        out.clear();
+        let opts = ResponseOptions {
+            body: OutBody::Length(3),
+            close: true,
+            keep_alive_10: false,
+            upgrade: false,
+            via: None,
+        };
+        write_response_head(&h, raw, &opts, &mut out);
+        assert_eq!(
+            &out[..],
+            b"HTTP/1.1 200 OK\r\nVia: 1.0 b\r\nServer: s\r\nContent-Length: 3\r\nConnection: close\r\n\r\n"
+        );
+
+        out.clear();
+        let raw = b"HTTP/1.0 200 \r\n\r\n";
+        let h = res(raw, Method::Get).unwrap();
+        let opts = ResponseOptions {
+            body: OutBody::Close,
+            close: false,
+            keep_alive_10: true,
+            upgrade: false,
+            via: None,
+        };
+        write_response_head(&h, raw, &opts, &mut out);
+        assert_eq!(&out[..], b"HTTP/1.1 200 \r\nConnection: keep-alive\r\n\r\n");
+
+        out.clear();
+        let raw = b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: x\r\n\r\n";
+        let h = res(raw, Method::Get).unwrap();
+        let opts = ResponseOptions {
+            body: OutBody::None,
+            close: false,
+            keep_alive_10: false,
+            upgrade: true,
+            via: None,
+        };
+        write_response_head(&h, raw, &opts, &mut out);
+        assert_eq!(
+            &out[..],
+            b"HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n"
+        );
+
+        out.clear();
+        let raw =
+            b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\nConnection: close\r\n\r\n";
+        let h = res(raw, Method::Get).unwrap();
+        write_informational(&h, raw, &mut out);
+        assert_eq!(
+            &out[..],
+            b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn error_responses() {
+        let mut out = BytesMut::new();
+        write_error_response(502, true, false, &mut out);
+        assert_eq!(
+            &out[..],
+            b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\nContent-Length: 16\r\nConnection: close\r\n\r\n502 Bad Gateway\n"
+        );
+        out.clear();
+        write_error_response(404, false, true, &mut out);
+        assert_eq!(
+            &out[..],
+            b"HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: 14\r\n\r\n"
+        );
+        for s in [
+            400u16, 404, 405, 408, 413, 414, 417, 431, 501, 502, 503, 504, 505,
+        ] {
+            out.clear();
+            write_error_response(s, false, false, &mut out);
+            let text = String::from_utf8(out.to_vec()).unwrap();
+            let (head, body) = text.split_once("\r\n\r\n").unwrap();
+            assert!(
+                head.contains(&format!("Content-Length: {}", body.len())),
+                "{text}"
+            );
+            assert_ne!(reason_phrase(s), "Error");
+            // Our own output parses as a valid response.
+            let r = Head::new().parse_response(text.as_bytes(), Method::Get, &LIMITS);
+            assert_eq!(r, Ok(true));
+        }
+    }
+
+    #[test]
+    fn chunk_size_writer() {
+        let mut out = BytesMut::new();
+        for (n, want) in [
+            (0usize, &b"0\r\n"[..]),
+            (5, b"5\r\n"),
+            (255, b"ff\r\n"),
+            (4096, b"1000\r\n"),
+        ] {
+            out.clear();
+            write_chunk_size(n, &mut out);
+            assert_eq!(&out[..], want);
+        }
+        out.clear();
+        write_chunk_size(usize::MAX, &mut out);
+        assert_eq!(out.len(), usize::BITS as usize / 4 + 2);
+        assert_eq!(LAST_CHUNK, b"0\r\n\r\n");
+    }
+
+    #[test]
+    fn writers_do_not_grow_with_capacity() {
+        let raw = b"POST / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 1.1.1.1\r\nVia: 1.1 a\r\nContent-Length: 5\r\n\r\n";
+        let h = req(raw).unwrap();
+        let mut out = BytesMut::with_capacity(1024);
+        let cap = out.capacity();
+        write_request_head(
+            &h,
+            raw,
+            OutBody::Length(5),
+            false,
+            &fwd(Some("upkeep")),
+            &mut out,
+        );
+        write_chunk_size(123, &mut out);
+        write_error_response(502, true, false, &mut out);
+        assert_eq!(out.capacity(), cap);
+    }
+
+    // ---- Body decoder ----
+
+    /// Feed `input` in pieces of `split` bytes like the engine does: keep unconsumed framing,
+    /// append more. Returns (payload, end offset) or the error.
+    fn decode(
+        kind: BodyKind,
+        input: &[u8],
+        split: usize,
+    ) -> Result<(Vec<u8>, Option<usize>), BodyError> {
+        let mut d = BodyDecoder::new(kind);
+        let mut payload = Vec::new();
+        let mut consumed = 0; // bytes of `input` fully handled
+        let mut avail = 0; // bytes of `input` delivered so far
+        loop {
+            avail = (avail + split.max(1)).min(input.len());
+            loop {
+                let s = d.step(&input[consumed..avail])?;
+                consumed += s.skip;
+                payload.extend_from_slice(&input[consumed..consumed + s.data]);
+                consumed += s.data;
+                if s.done {
+                    assert!(d.is_done());
+                    return Ok((payload, Some(consumed)));
+                }
+                if s == Step::default() {
+                    break;
+                }
+            }
+            if avail == input.len() {
+                return Ok((payload, None));
+            }
+        }
+    }
+
+    fn decode_all(kind: BodyKind, input: &[u8]) -> Result<(Vec<u8>, Option<usize>), BodyError> {
+        decode(kind, input, input.len())
+    }
+
+    #[test]
+    fn chunked_valid_table() {
+        let cases: &[(&[u8], &[u8])] = &[
+            (b"5\r\nhello\r\n0\r\n\r\n", b"hello"),
+            (b"5;name=value\r\nhello\r\n0\r\n\r\n", b"hello"),
+            (
+                b"5;a;b=c;d=\"q \\\" ;x\"\r\nhello\r\n0;last\r\n\r\n",
+                b"hello",
+            ),
+            (b"5 ; a = b\r\nhello\r\n0\r\n\r\n", b"hello"),
+            (b"A\r\n0123456789\r\n1\r\nx\r\n0\r\n\r\n", b"0123456789x"),
+            (b"a\r\n0123456789\r\n0\r\n\r\n", b"0123456789"),
+            (b"0005\r\nhello\r\n000\r\n\r\n", b"hello"),
+            (b"5\r\nhello\r\n0\r\nX-T: 1\r\nY:2\r\n\r\n", b"hello"),
+            (b"0\r\n\r\n", b""),
+            (b"0\r\nX: \r\n\r\n", b""),
+        ];
+        for (raw, want) in cases {
+            for split in 1..=raw.len() {
+                let (p, end) = decode(BodyKind::Chunked, raw, split)
+                    .unwrap_or_else(|e| panic!("{e:?} for {:?}", String::from_utf8_lossy(raw)));
+                assert_eq!(&p, want);
+                assert_eq!(end, Some(raw.len()));
+            }
+        }
+        // Bytes after the last chunk belong to the next message.
+        let raw = b"3\r\nabc\r\n0\r\n\r\nGET / HTTP/1.1\r\n";
+        let (p, end) = decode_all(BodyKind::Chunked, raw).unwrap();
+        assert_eq!((&p[..], end), (&b"abc"[..], Some(13)));
+    }
+
+    #[test]
+    fn chunked_invalid_table() {
+        let mut long_ext = b"5;x=".to_vec();
+        long_ext.extend(std::iter::repeat_n(b'a', MAX_CHUNK_LINE));
+        let mut long_trailer = b"0\r\nX: ".to_vec();
+        long_trailer.extend(std::iter::repeat_n(b'a', MAX_TRAILERS));
+        let mut many_trailers = b"0\r\n".to_vec();
+        for _ in 0..2000 {
+            many_trailers.extend_from_slice(b"X-T: 123\r\n");
+        }
+        let cases: &[&[u8]] = &[
+            b"0x5\r\nhello\r\n0\r\n\r\n",
+            b"5\nhello\r\n0\r\n\r\n",
+            b"5\rhello\r\n0\r\n\r\n",
+            b"FFFFFFFFFFFFFFFFF1\r\n",
+            b"00000000000000005\r\nhello\r\n0\r\n\r\n",
+            b"5;a=b\x00\r\nhello\r\n0\r\n\r\n",
+            b"5\r\nhelloXX0\r\n\r\n",
+            b"5\r\nhello\n0\r\n\r\n",
+            b"5\r\nhello\r0\r\n\r\n",
+            b" 5\r\nhello\r\n0\r\n\r\n",
+            b"5 \r\nhello\r\n0\r\n\r\n",
+            b"+5\r\nhello\r\n0\r\n\r\n",
+            b"-5\r\nhello\r\n0\r\n\r\n",
+            b"5_0\r\nhello\r\n0\r\n\r\n",
+            b"\r\n5\r\nhello\r\n0\r\n\r\n",
+            b"5;\r\nhello\r\n0\r\n\r\n",
+            b"5;=b\r\nhello\r\n0\r\n\r\n",
+            b"5;a=\r\nhello\r\n0\r\n\r\n",
+            b"5;a=\"b\r\nhello\r\n0\r\n\r\n",
+            b"5;a b\r\nhello\r\n0\r\n\r\n",
+            b"5;a=b c\r\nhello\r\n0\r\n\r\n",
+            b"5,a\r\nhello\r\n0\r\n\r\n",
+            b"0\r\n\n",
+            b"0\r\nX: 1\n\r\n",
+            b"0\r\nX : 1\r\n\r\n",
+            b"0\r\n X: 1\r\n\r\n",
+            b"0\r\nX: 1\r\n y\r\n\r\n",
+            b"0\r\nX\x00: 1\r\n\r\n",
+            b"0\r\nX: 1\x00\r\n\r\n",
+            b"0\r\nX: 1\rY\r\n\r\n",
+            b"0\r\nno-colon\r\n\r\n",
+            &long_ext,
+            &long_trailer,
+            &many_trailers,
+        ];
+        for raw in cases {
+            for split in [1, 2, 3, 7, raw.len()] {
+                let r = decode(BodyKind::Chunked, raw, split);
+                assert!(
+                    matches!(r, Err(BodyError::BadChunk(_))),
+                    "{:?} split {split}: {r:?}",
+                    String::from_utf8_lossy(&raw[..raw.len().min(60)])
+                );
+            }
+        }
+        // A size line with no CRLF beyond the limit is an error, not buffered forever.
+        let endless = vec![b'0'; 17];
+        assert!(BodyDecoder::new(BodyKind::Chunked).step(&endless).is_err());
+        let mut endless_ext = b"5;a=".to_vec();
+        endless_ext.extend(std::iter::repeat_n(b'b', MAX_CHUNK_LINE + 10));
+        assert!(
+            BodyDecoder::new(BodyKind::Chunked)
+                .step(&endless_ext)
+                .is_err()
+        );
+        assert_eq!(
+            BodyDecoder::new(BodyKind::Chunked).step(&endless_ext[..100]),
+            Ok(Step::default())
+        );
+    }
+
+    #[test]
+    fn length_empty_until_close() {
+        let mut d = BodyDecoder::new(BodyKind::Length(5));
+        assert_eq!(d.step(b""), Ok(Step::default()));
+        assert_eq!(
+            d.step(b"abc"),
+            Ok(Step {
+                skip: 0,
+                data: 3,
+                done: false
+            })
+        );
+        assert_eq!(d.on_eof(), Err(BodyError::Incomplete));
+        assert_eq!(
+            d.step(b"deGET"),
+            Ok(Step {
+                skip: 0,
+                data: 2,
+                done: true
+            })
+        );
+        assert!(d.is_done());
+        assert_eq!(d.on_eof(), Ok(()));
+        assert_eq!(
+            d.step(b"GET"),
+            Ok(Step {
+                skip: 0,
+                data: 0,
+                done: true
+            })
+        );
+
+        let mut d = BodyDecoder::new(BodyKind::Length(0));
+        assert_eq!(
+            d.step(b"x"),
+            Ok(Step {
+                skip: 0,
+                data: 0,
+                done: true
+            })
+        );
+        let mut d = BodyDecoder::new(BodyKind::Empty);
+        assert_eq!(
+            d.step(b""),
+            Ok(Step {
+                skip: 0,
+                data: 0,
+                done: true
+            })
+        );
+        assert!(d.is_done());
+
+        let mut d = BodyDecoder::new(BodyKind::UntilClose);
+        assert_eq!(
+            d.step(b"abc"),
+            Ok(Step {
+                skip: 0,
+                data: 3,
+                done: false
+            })
+        );
+        assert_eq!(d.step(b""), Ok(Step::default()));
+        assert!(!d.is_done());
+        assert_eq!(d.on_eof(), Ok(()));
+
+        let mut d = BodyDecoder::new(BodyKind::Chunked);
+        assert_eq!(
+            d.step(b"5\r\nhel"),
+            Ok(Step {
+                skip: 3,
+                data: 3,
+                done: false
+            })
+        );
+        assert_eq!(d.on_eof(), Err(BodyError::Incomplete));
+        assert_eq!(
+            d.step(b"lo\r\n0\r\n"),
+            Ok(Step {
+                skip: 0,
+                data: 2,
+                done: false
+            })
+        );
+        assert_eq!(
+            d.step(b"\r\n0\r\n"),
+            Ok(Step {
+                skip: 5,
+                data: 0,
+                done: false
+            })
+        );
+        assert_eq!(d.step(b""), Ok(Step::default()));
+        assert_eq!(
+            d.step(b"\r\n"),
+            Ok(Step {
+                skip: 2,
+                data: 0,
+                done: true
+            })
+        );
+        assert_eq!(d.on_eof(), Ok(()));
+    }
+
+    // ---- Property tests ----
+
+    fn ext_strategy() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just(String::new()),
+            "[a-z]{1,5}".prop_map(|n| format!(";{n}")),
+            ("[a-z]{1,5}", "[a-z0-9]{1,5}").prop_map(|(n, v)| format!(";{n}={v}")),
+            ("[a-z]{1,5}", "[ a-z,;]{0,5}").prop_map(|(n, v)| format!(" ; {n} = \"{v}\"")),
+        ]
+    }
+
+    fn chunked_body() -> impl Strategy<Value = (Vec<u8>, Vec<u8>)> {
+        (
+            proptest::collection::vec(
+                (
+                    proptest::collection::vec(any::<u8>(), 1..40),
+                    ext_strategy(),
+                    any::<bool>(),
+                ),
+                0..8,
+            ),
+            ext_strategy(),
+            proptest::collection::vec(("[A-Za-z][A-Za-z0-9-]{0,8}", "[ -~]{0,12}"), 0..3),
+        )
+            .prop_map(|(chunks, last_ext, trailers)| {
+                let mut wire = Vec::new();
+                let mut payload = Vec::new();
+                for (data, ext, upper) in chunks {
+                    let size = if upper {
+                        format!("{:X}", data.len())
+                    } else {
+                        format!("{:x}", data.len())
+                    };
+                    wire.extend_from_slice(size.as_bytes());
+                    wire.extend_from_slice(ext.as_bytes());
+                    wire.extend_from_slice(b"\r\n");
+                    wire.extend_from_slice(&data);
+                    wire.extend_from_slice(b"\r\n");
+                    payload.extend_from_slice(&data);
+                }
+                wire.extend_from_slice(b"0");
+                wire.extend_from_slice(last_ext.as_bytes());
+                wire.extend_from_slice(b"\r\n");
+                for (n, v) in trailers {
+                    wire.extend_from_slice(format!("{n}: {}\r\n", v.trim()).as_bytes());
+                }
+                wire.extend_from_slice(b"\r\n");
+                (wire, payload)
+            })
+    }
+
+    fn valid_request() -> impl Strategy<Value = Vec<u8>> {
+        (
+            prop_oneof![Just("GET"), Just("POST"), Just("PURGE"), Just("HEAD")],
+            "/[a-zA-Z0-9/?=&%._-]{0,30}",
+            any::<bool>(),
+            proptest::collection::vec(("X-[A-Za-z0-9-]{1,10}", "[ -~]{0,20}"), 0..10),
+            prop_oneof![
+                Just(""),
+                Just("Content-Length: 12\r\n"),
+                Just("Transfer-Encoding: chunked\r\n")
+            ],
+        )
+            .prop_map(|(m, target, v10, fields, framing)| {
+                let version = if v10 && !framing.starts_with("Transfer") {
+                    "1.0"
+                } else {
+                    "1.1"
+                };
+                let mut s = format!("{m} {target} HTTP/{version}\r\nHost: example.com\r\n");
+                for (n, v) in fields {
+                    s.push_str(&format!("{n}: {}\r\n", v.trim()));
+                }
+                s.push_str(framing);
+                s.push_str("\r\n");
+                s.into_bytes()
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn prop_chunked_split_invariance((wire, payload) in chunked_body(), split in 1usize..64, extra in proptest::collection::vec(any::<u8>(), 0..8)) {
+            let mut input = wire.clone();
+            input.extend_from_slice(&extra);
+            let one = decode_all(BodyKind::Chunked, &input).unwrap();
+            prop_assert_eq!(&one.0, &payload);
+            prop_assert_eq!(one.1, Some(wire.len()));
+            let split_res = decode(BodyKind::Chunked, &input, split).unwrap();
+            prop_assert_eq!(&split_res, &one);
+            let bytewise = decode(BodyKind::Chunked, &input, 1).unwrap();
+            prop_assert_eq!(&bytewise, &one);
+        }
+
+        #[test]
+        fn prop_chunked_prefix_is_incomplete((wire, _payload) in chunked_body(), cut in any::<proptest::sample::Index>()) {
+            let cut = cut.index(wire.len());
+            let (_, end) = decode_all(BodyKind::Chunked, &wire[..cut]).unwrap();
+            prop_assert_eq!(end, None);
+        }
+
+        #[test]
+        fn prop_request_prefixes(raw in valid_request()) {
+            let mut full = Head::new();
+            prop_assert_eq!(full.parse_request(&raw, &LIMITS), Ok(true));
+            prop_assert_eq!(full.len, raw.len());
+            let mut h = Head::new();
+            for cut in 0..raw.len() {
+                prop_assert_eq!(h.parse_request(&raw[..cut], &LIMITS), Ok(false));
+            }
+            // Trailing bytes (a body, the next request) do not change the result.
+            let mut more = raw.clone();
+            more.extend_from_slice(b"GET / HTTP/1.1\r\n");
+            prop_assert_eq!(h.parse_request(&more, &LIMITS), Ok(true));
+            prop_assert_eq!(h.len, full.len);
+            prop_assert_eq!(&h.fields, &full.fields);
+            prop_assert_eq!((h.method, h.method_name, h.target, h.host, h.body, h.version),
+                (full.method, full.method_name, full.target, full.host, full.body, full.version));
+        }
+
+        #[test]
+        fn prop_arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let limits = HeadLimits { max_request_line: 64, max_head: 200 };
+            let mut h = Head::new();
+            let _ = h.parse_request(&bytes, &limits);
+            let _ = h.parse_response(&bytes, Method::Get, &limits);
+            for kind in [BodyKind::Chunked, BodyKind::Length(7), BodyKind::UntilClose] {
+                let _ = decode(kind, &bytes, 3);
+            }
+        }
+
+        #[test]
+        fn prop_mutated_heads_never_panic(raw in valid_request(), pos in any::<proptest::sample::Index>(), b in any::<u8>()) {
+            let mut raw = raw;
+            let i = pos.index(raw.len());
+            raw[i] = b;
+            let mut h = Head::new();
+            if let Ok(true) = h.parse_request(&raw, &LIMITS) {
+                let mut out = BytesMut::new();
+                write_request_head(&h, &raw, OutBody::None, false, &fwd(Some("x")), &mut out);
+                // What we forward always re-parses (an HTTP/1.0 request without Host gets the
+                // default Host added).
+                let mut again = Head::new();
+                let r = again.parse_request(&out, &LIMITS);
+                prop_assert_eq!(r, Ok(true));
+            }
+        }
     }
 }

@@ -1158,6 +1158,7 @@ impl Core {
             x_forwarded_for: self.config.headers.x_forwarded_for,
             proto: self.config.headers.x_forwarded_proto.then_some("http"),
             via: self.config.headers.via.as_deref(),
+            default_host: &self.config.upstreams[group.0 as usize].name,
         };
         let upgrade = ex.upgrade;
         let req_head = c.buf.rewrite(|buf, out| {
@@ -1295,7 +1296,12 @@ impl Core {
             cl.ex.tried,
             cl.ex.status,
         );
-        let Some(idx) = self.groups[g].balancer.pick(now, hash, tried) else {
+        // A stale-connection retry goes back to the same (healthy) server on a fresh connection.
+        let same = match (force_fresh, cl.ex.server) {
+            (true, Some(s)) => Some((s - self.groups[g].first_server) as usize),
+            _ => None,
+        };
+        let Some(idx) = same.or_else(|| self.groups[g].balancer.pick(now, hash, tried)) else {
             // No usable server: 502, or the status of the last failure when moving on.
             let status = if last_status >= 500 { last_status } else { 502 };
             self.client_error(now, id, status);
@@ -1656,6 +1662,10 @@ impl Core {
         let persistent = head.persistent() && !tunnel;
         let ka_hint = head.keep_alive_timeout;
         let out = match body {
+            // A HEAD response or a 304 keeps announcing the entity's length.
+            BodyKind::Empty if method == Method::Head || status == 304 => {
+                head.content_length.map_or(OutBody::None, OutBody::Length)
+            }
             BodyKind::Empty => OutBody::None,
             BodyKind::Length(n) => OutBody::Length(n),
             BodyKind::Chunked | BodyKind::UntilClose if client_version == Version::Http11 => {

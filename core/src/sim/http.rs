@@ -23,19 +23,31 @@ impl Message {
     /// The first value of header `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
         let name = name.to_ascii_lowercase();
-        self.headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// Every value of header `name`.
     pub fn headers_named(&self, name: &str) -> Vec<&str> {
         let name = name.to_ascii_lowercase();
-        self.headers.iter().filter(|(n, _)| *n == name).map(|(_, v)| v.as_str()).collect()
+        self.headers
+            .iter()
+            .filter(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
     }
 }
 
 fn lower_headers(h: &[httparse::Header<'_>]) -> Vec<(String, String)> {
     h.iter()
-        .map(|h| (h.name.to_ascii_lowercase(), String::from_utf8_lossy(h.value).into_owned()))
+        .map(|h| {
+            (
+                h.name.to_ascii_lowercase(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
         .collect()
 }
 
@@ -80,7 +92,7 @@ pub fn read_response(buf: &[u8], head_request: bool, eof: bool) -> Option<(Messa
     };
     let mut m = Message {
         status: r.code?,
-        version: r.version? as u8,
+        version: r.version?,
         headers: lower_headers(r.headers),
         ..Message::default()
     };
@@ -88,7 +100,9 @@ pub fn read_response(buf: &[u8], head_request: bool, eof: bool) -> Option<(Messa
     if no_body {
         return Some((m, n));
     }
-    if m.header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+    if m.header("transfer-encoding")
+        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+    {
         let (body, used) = dechunk(&buf[n..])?;
         m.body = body;
         return Some((m, n + used));
@@ -115,7 +129,9 @@ pub fn read_responses(buf: &[u8], head_requests: &[bool], eof: bool) -> (Vec<Mes
     let mut pos = 0;
     loop {
         let head = head_requests.get(out.len()).copied().unwrap_or(false);
-        let Some((m, used)) = read_response(&buf[pos..], head, eof) else { break };
+        let Some((m, used)) = read_response(&buf[pos..], head, eof) else {
+            break;
+        };
         pos += used;
         if (100..200).contains(&m.status) && m.status != 101 {
             continue;
@@ -140,16 +156,20 @@ pub fn read_request(buf: &[u8]) -> Option<(Message, usize)> {
     let mut m = Message {
         method: r.method?.to_string(),
         path: r.path?.to_string(),
-        version: r.version? as u8,
+        version: r.version?,
         headers: lower_headers(r.headers),
         ..Message::default()
     };
-    if m.header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+    if m.header("transfer-encoding")
+        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+    {
         let (body, used) = dechunk(&buf[n..])?;
         m.body = body;
         return Some((m, n + used));
     }
-    let len: usize = m.header("content-length").map_or(Some(0), |v| v.trim().parse().ok())?;
+    let len: usize = m
+        .header("content-length")
+        .map_or(Some(0), |v| v.trim().parse().ok())?;
     if buf.len() < n + len {
         return None;
     }
@@ -170,9 +190,15 @@ mod tests {
         assert_eq!(rs[1].body, b"ab");
         let close = b"HTTP/1.1 200 OK\r\n\r\nuntil close";
         assert!(read_response(close, false, false).is_none());
-        assert_eq!(read_response(close, false, true).unwrap().0.body, b"until close");
+        assert_eq!(
+            read_response(close, false, true).unwrap().0.body,
+            b"until close"
+        );
         let req = b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabcGET";
         let (m, used) = read_request(req).unwrap();
-        assert_eq!((m.method.as_str(), m.path.as_str(), &m.body[..], used), ("POST", "/x", &b"abc"[..], req.len() - 3));
+        assert_eq!(
+            (m.method.as_str(), m.path.as_str(), &m.body[..], used),
+            ("POST", "/x", &b"abc"[..], req.len() - 3)
+        );
     }
 }

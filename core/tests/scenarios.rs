@@ -1,0 +1,1289 @@
+//! Scenario tests: the engine driven through its public API by the in-memory harness, one test
+//! per rule of `shared/docs/http-proxy-rules.md` that belongs to the core. The harness plays the
+//! runtime; each test plays the clients and the backends byte by byte.
+
+use core::net::{IpAddr, Ipv4Addr};
+use core::time::Duration;
+
+use upkeep_core::config::{Address, Config, PoolKeyMode, ServerConfig};
+use upkeep_core::pool::EvictReason;
+use upkeep_core::sim::Harness;
+use upkeep_core::sim::http::{Message, read_request, read_responses};
+use upkeep_core::{ConnId, Output, ServerId, UpstreamId};
+
+fn config(servers: usize) -> Config {
+    let addrs = (0..servers)
+        .map(|i| Address::parse(&format!("127.0.0.1:{}", 9001 + i)).unwrap())
+        .collect();
+    Config::simple(Address::parse("127.0.0.1:8080").unwrap(), addrs)
+}
+
+fn harness() -> Harness {
+    Harness::new(config(1))
+}
+
+fn ok(body: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+fn get(path: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n").into_bytes()
+}
+
+/// Every request the backend side of `u` received so far (consumed).
+fn requests(h: &mut Harness, u: ConnId) -> Vec<Message> {
+    let buf = h.take_upstream(u);
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while let Some((m, used)) = read_request(&buf[pos..]) {
+        out.push(m);
+        pos += used;
+    }
+    assert_eq!(
+        pos,
+        buf.len(),
+        "upstream received an incomplete or unparseable request"
+    );
+    out
+}
+
+/// Every complete response the client received so far (consumed).
+fn responses(h: &mut Harness, c: ConnId) -> Vec<Message> {
+    let eof = h.clients[&c].closed;
+    let buf = h.take_client(c);
+    let (rs, used) = read_responses(&buf, &[], eof);
+    assert_eq!(
+        used,
+        buf.len(),
+        "client received trailing bytes: {:?}",
+        String::from_utf8_lossy(&buf[used..])
+    );
+    rs
+}
+
+/// Sends `req` from a new client; answers it from the upstream with `resp`; returns the
+/// upstream connection used and the client's responses.
+fn exchange(h: &mut Harness, c: ConnId, req: &[u8], resp: &[u8]) -> (ConnId, Vec<Message>) {
+    h.client_send(c, req);
+    let u = busy_upstream(h).expect("request reached an upstream connection");
+    let got = requests(h, u);
+    assert_eq!(got.len(), 1);
+    h.upstream_send(u, resp);
+    (u, responses(h, c))
+}
+
+/// The upstream connection that has unread request bytes.
+fn busy_upstream(h: &Harness) -> Option<ConnId> {
+    h.upstreams
+        .iter()
+        .find(|(_, e)| !e.received.is_empty() && !e.closed)
+        .map(|(&id, _)| id)
+}
+
+fn connects(h: &Harness) -> usize {
+    h.trace
+        .iter()
+        .filter(|o| matches!(o, Output::Connect { .. }))
+        .count()
+}
+
+// ----- A. pool semantics -----
+
+#[test]
+fn sequential_requests_reuse_one_upstream_connection() {
+    let mut h = harness();
+    let c = h.connect_client();
+    let mut used = Vec::new();
+    for i in 0..5 {
+        let (u, rs) = exchange(&mut h, c, &get(&format!("/{i}")), &ok("hi"));
+        assert_eq!(rs.len(), 1);
+        assert_eq!(rs[0].status, 200);
+        assert_eq!(rs[0].body, b"hi");
+        used.push(u);
+    }
+    assert!(
+        used.iter().all(|&u| u == used[0]),
+        "one upstream connection serves all: {used:?}"
+    );
+    assert_eq!(connects(&h), 1);
+    let g = &h.core.stats().groups[0];
+    assert_eq!((g.pool_hits, g.pool_misses), (4, 1));
+}
+
+#[test]
+fn short_client_connections_share_the_pool() {
+    let mut h = harness();
+    for i in 0..10 {
+        let c = h.connect_client();
+        let req = format!("GET /{i} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+        let (u, rs) = exchange(&mut h, c, req.as_bytes(), &ok("x"));
+        assert_eq!(rs[0].status, 200);
+        assert!(h.clients[&c].closed, "client asked to close");
+        assert!(
+            h.core.is_pooled(u),
+            "upstream connection survives the client's close"
+        );
+    }
+    assert_eq!(connects(&h), 1);
+}
+
+#[test]
+fn idle_cap_keeps_the_most_recent_and_closes_the_rest() {
+    // Rule 1: cap 2, five concurrent requests → five connections; afterwards exactly 2 stay.
+    let mut cfg = config(1);
+    cfg.upstreams[0].keepalive = 2;
+    let mut h = Harness::new(cfg);
+    let clients: Vec<ConnId> = (0..5).map(|_| h.connect_client()).collect();
+    for &c in &clients {
+        h.client_send(c, &get("/"));
+    }
+    let ups = h.open_upstreams();
+    assert_eq!(ups.len(), 5);
+    for &u in &ups {
+        requests(&mut h, u);
+        h.upstream_send(u, &ok("k"));
+    }
+    for &c in &clients {
+        assert_eq!(responses(&mut h, c).len(), 1);
+    }
+    assert_eq!(h.core.pool_idle(UpstreamId(0)), 2);
+    let open = h.open_upstreams();
+    assert_eq!(
+        open,
+        ups[3..].to_vec(),
+        "the two most recently released stay"
+    );
+    assert_eq!(h.core.stats().groups[0].evicted(EvictReason::Capacity), 3);
+}
+
+#[test]
+fn reuse_is_most_recently_used_first() {
+    // Rule 2: A then B released; the next request goes to B.
+    let mut h = harness();
+    let c1 = h.connect_client();
+    let c2 = h.connect_client();
+    h.client_send(c1, &get("/1"));
+    h.client_send(c2, &get("/2"));
+    let ups = h.open_upstreams();
+    assert_eq!(ups.len(), 2);
+    let (a, b) = (ups[0], ups[1]);
+    requests(&mut h, a);
+    requests(&mut h, b);
+    h.upstream_send(a, &ok("a"));
+    h.upstream_send(b, &ok("b"));
+    h.client_send(c1, &get("/3"));
+    assert_eq!(busy_upstream(&h), Some(b));
+}
+
+#[test]
+fn a_request_for_one_server_never_uses_anothers_connection() {
+    // Rule 3: two servers; each request uses a connection to the server it was balanced to.
+    let mut h = Harness::new(config(2));
+    let c = h.connect_client();
+    for i in 0..8 {
+        h.client_send(c, &get(&format!("/{i}")));
+        let u = busy_upstream(&h).unwrap();
+        let expected = ServerId {
+            upstream: UpstreamId(0),
+            index: i % 2,
+        };
+        assert_eq!(h.upstreams[&u].server, Some(expected), "round-robin target");
+        requests(&mut h, u);
+        h.upstream_send(u, &ok("x"));
+        assert_eq!(responses(&mut h, c).len(), 1);
+    }
+    assert_eq!(connects(&h), 2);
+}
+
+#[test]
+fn pool_partitioned_by_client_never_shares_connections_between_clients() {
+    let mut cfg = config(1);
+    cfg.upstreams[0].pool_key = PoolKeyMode::Client;
+    let mut h = Harness::new(cfg);
+    let a = h.connect_client_from(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)));
+    let (ua, _) = exchange(&mut h, a, &get("/a"), &ok("a"));
+    let b = h.connect_client_from(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3)));
+    let (ub, _) = exchange(&mut h, b, &get("/b"), &ok("b"));
+    assert_ne!(ua, ub, "client b must not ride client a's connection");
+    let a2 = h.connect_client_from(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)));
+    let (ua2, _) = exchange(&mut h, a2, &get("/a2"), &ok("a"));
+    assert_eq!(ua2, ua, "the same client address reuses its own connection");
+}
+
+#[test]
+fn keepalive_requests_caps_requests_per_upstream_connection() {
+    // Rule 4: max 3 requests; 7 requests → connections carrying 3, 3, 1.
+    let mut cfg = config(1);
+    cfg.upstreams[0].keepalive_requests = 3;
+    let mut h = Harness::new(cfg);
+    let c = h.connect_client();
+    let mut per_conn: Vec<(ConnId, usize)> = Vec::new();
+    for i in 0..7 {
+        let (u, rs) = exchange(&mut h, c, &get(&format!("/{i}")), &ok("x"));
+        assert_eq!(rs[0].status, 200);
+        match per_conn.last_mut() {
+            Some((last, n)) if *last == u => *n += 1,
+            _ => per_conn.push((u, 1)),
+        }
+    }
+    assert_eq!(
+        per_conn.iter().map(|p| p.1).collect::<Vec<_>>(),
+        vec![3, 3, 1]
+    );
+}
+
+#[test]
+fn keepalive_time_retires_old_connections() {
+    // Rule 5: lifetime 1 s; a request after 1.5 s uses a new connection.
+    let mut cfg = config(1);
+    cfg.upstreams[0].keepalive_time = Duration::from_secs(1);
+    let mut h = Harness::new(cfg);
+    let c = h.connect_client();
+    let (u1, _) = exchange(&mut h, c, &get("/1"), &ok("x"));
+    h.advance(Duration::from_millis(1500));
+    assert!(
+        h.upstreams[&u1].closed,
+        "expired connection closed by the proxy"
+    );
+    let (u2, rs) = exchange(&mut h, c, &get("/2"), &ok("x"));
+    assert_ne!(u1, u2);
+    assert_eq!(rs[0].status, 200);
+}
+
+#[test]
+fn idle_timeout_closes_pooled_connections() {
+    // Rule 6: idle 200 ms; after 400 ms the connection is gone and a new one is used.
+    let mut cfg = config(1);
+    cfg.upstreams[0].keepalive_timeout = Duration::from_millis(200);
+    let mut h = Harness::new(cfg);
+    let c = h.connect_client();
+    let (u1, _) = exchange(&mut h, c, &get("/1"), &ok("x"));
+    h.advance(Duration::from_millis(400));
+    assert!(h.upstreams[&u1].closed);
+    assert_eq!(
+        h.core.stats().groups[0].evicted(EvictReason::IdleTimeout),
+        1
+    );
+    let (u2, rs) = exchange(&mut h, c, &get("/2"), &ok("x"));
+    assert_ne!(u1, u2);
+    assert_eq!(rs[0].status, 200);
+}
+
+#[test]
+fn backend_keep_alive_timeout_hint_is_honoured() {
+    // Rule 6 variant: the backend says timeout=2; our idle timeout is 60 s; after 1.5 s idle the
+    // proxy has already let the connection go (2 s minus a 1 s margin).
+    let mut h = harness();
+    let c = h.connect_client();
+    let resp = b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=2\r\nContent-Length: 1\r\n\r\nx";
+    let (u1, _) = exchange(&mut h, c, &get("/1"), resp);
+    assert!(h.core.is_pooled(u1));
+    h.advance(Duration::from_millis(1500));
+    assert!(h.upstreams[&u1].closed);
+    let (u2, _) = exchange(&mut h, c, &get("/2"), &ok("x"));
+    assert_ne!(u1, u2);
+}
+
+#[test]
+fn stray_408_on_an_idle_connection_never_reaches_a_client() {
+    // Rule 7: the backend writes a 408 on the idle connection and closes it.
+    let mut h = harness();
+    let c = h.connect_client();
+    let (u1, _) = exchange(&mut h, c, &get("/1"), &ok("first"));
+    h.advance(Duration::from_millis(50));
+    h.upstream_send(
+        u1,
+        b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n\r\n",
+    );
+    h.upstream_eof(u1);
+    assert!(h.upstreams[&u1].closed);
+    assert_eq!(
+        h.core.stats().groups[0].evicted(EvictReason::UnexpectedData),
+        1
+    );
+    let (u2, rs) = exchange(&mut h, c, &get("/2"), &ok("real"));
+    assert_ne!(u1, u2);
+    assert_eq!(rs.len(), 1);
+    assert_eq!((rs[0].status, &rs[0].body[..]), (200, &b"real"[..]));
+}
+
+#[test]
+fn idle_connection_closed_by_backend_is_evicted() {
+    let mut h = harness();
+    let c = h.connect_client();
+    let (u1, _) = exchange(&mut h, c, &get("/1"), &ok("x"));
+    h.upstream_eof(u1);
+    assert!(h.upstreams[&u1].closed);
+    assert!(!h.core.is_pooled(u1));
+    assert_eq!(h.core.stats().groups[0].evicted(EvictReason::PeerClosed), 1);
+}
+
+// ----- B. when a connection must not go back to the pool -----
+
+fn not_pooled_after(resp: &[u8]) {
+    let mut h = harness();
+    let c = h.connect_client();
+    h.client_send(c, &get("/1"));
+    let u = busy_upstream(&h).unwrap();
+    requests(&mut h, u);
+    h.upstream_send(u, resp);
+    if !h.upstreams[&u].closed {
+        h.upstream_eof(u);
+    }
+    let rs = responses(&mut h, c);
+    assert!(!rs.is_empty(), "client got a response");
+    assert!(h.upstreams[&u].closed, "upstream connection not kept");
+    assert!(!h.core.is_pooled(u));
+}
+
+#[test]
+fn upstream_connection_close_is_not_pooled() {
+    not_pooled_after(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok");
+}
+
+#[test]
+fn http10_upstream_response_is_not_pooled() {
+    not_pooled_after(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    not_pooled_after(b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok");
+}
+
+#[test]
+fn close_delimited_response_is_rechunked_for_http11_clients_and_not_pooled() {
+    let mut h = harness();
+    let c = h.connect_client();
+    h.client_send(c, &get("/1"));
+    let u = busy_upstream(&h).unwrap();
+    requests(&mut h, u);
+    h.upstream_send(u, b"HTTP/1.1 200 OK\r\n\r\nuntil ");
+    h.upstream_send(u, b"close");
+    h.upstream_eof(u);
+    let rs = responses(&mut h, c);
+    assert_eq!(rs.len(), 1);
+    assert_eq!(rs[0].body, b"until close");
+    assert_eq!(rs[0].header("transfer-encoding"), Some("chunked"));
+    assert!(
+        !h.clients[&c].closed,
+        "the client connection survives a re-chunked response"
+    );
+    assert!(h.upstreams[&u].closed);
+}
+
+#[test]
+fn extra_bytes_after_the_response_close_the_upstream_connection() {
+    // Rule 9(d): Content-Length 2 but the backend sends okEXTRA.
+    let mut h = harness();
+    let c = h.connect_client();
+    h.client_send(c, &get("/1"));
+    let u = busy_upstream(&h).unwrap();
+    requests(&mut h, u);
+    h.upstream_send(u, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA");
+    let rs = responses(&mut h, c);
+    assert_eq!(rs[0].body, b"ok");
+    assert!(h.upstreams[&u].closed);
+}
+
+#[test]
+fn client_gone_mid_response_closes_the_upstream_connection() {
+    // Rule 9(e).
+    let mut h = harness();
+    let c = h.connect_client();
+    h.client_send(c, &get("/1"));
+    let u = busy_upstream(&h).unwrap();
+    requests(&mut h, u);
+    h.upstream_send(u, b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc");
+    h.reset(c);
+    assert!(h.upstreams[&u].closed);
+    assert!(!h.core.is_pooled(u));
+    assert_eq!(h.core.connections(), 0);
+}
+
+#[test]
+fn early_response_before_the_request_body_is_sent_is_not_pooled() {
+    // Rule 9(f): the backend answers 413 while the client is still sending its body.
+    let mut h = harness();
+    let c = h.connect_client();
+    h.client_send(
+        c,
+        b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nfirst part",
+    );
+    let u = busy_upstream(&h).unwrap();
+    h.take_upstream(u);
+    h.upstream_send(
+        u,
+        b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\n\r\n",
+    );
+    let rs = responses(&mut h, c);
+    assert_eq!(rs[0].status, 413);
+    assert!(
+        h.upstreams[&u].closed,
+        "never pooled with the request half-sent"
+    );
+}
+
+#[test]
+fn client_connection_semantics_never_leak_upstream() {
+    // Rule 10: an HTTP/1.0 client and a Connection: close client share one upstream connection
+    // spoken in HTTP/1.1 without Connection: close.
+    let mut h = harness();
+    let c1 = h.connect_client();
+    h.client_send(c1, b"GET / HTTP/1.0\r\nHost: a\r\n\r\n");
+    let u = busy_upstream(&h).unwrap();
+    let r = requests(&mut h, u);
+    assert_eq!(r[0].version, 1);
+    assert_eq!(r[0].header("connection"), None);
+    assert_eq!(r[0].header("host"), Some("a"));
+    h.upstream_send(u, &ok("x"));
+    assert_eq!(responses(&mut h, c1)[0].status, 200);
+    assert!(h.clients[&c1].closed, "HTTP/1.0 without keep-alive closes");
+    let c2 = h.connect_client();
+    h.client_send(
+        c2,
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(busy_upstream(&h), Some(u), "same upstream connection");
+    let r = requests(&mut h, u);
+    assert_eq!(r[0].header("connection"), None);
+}
+
+#[test]
+fn http10_request_without_host_gets_the_group_name_as_host_upstream() {
+    let mut h = harness();
+    let c = h.connect_client();
+    h.client_send(c, b"GET / HTTP/1.0\r\n\r\n");
+    let u = busy_upstream(&h).unwrap();
+    let r = requests(&mut h, u);
+    assert_eq!(r[0].headers_named("host"), vec!["default"]);
+}
+
+#[test]
+fn http10_keep_alive_client_is_kept_alive() {
+    let mut h = harness();
+    let c = h.connect_client();
+    let (_, rs) = exchange(
+        &mut h,
+        c,
+        b"GET / HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\n\r\n",
+        &ok("x"),
+    );
+    assert_eq!(rs[0].header("connection"), Some("keep-alive"));
+    assert!(!h.clients[&c].closed);
+    let (_, rs) = exchange(
+        &mut h,
+        c,
+        b"GET / HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\n\r\n",
+        &ok("y"),
+    );
+    assert_eq!(rs[0].body, b"y");
+}
+
+#[test]
+fn chunked_response_to_http10_client_is_close_delimited() {
+    let mut h = harness();
+    let c = h.connect_client();
+    h.client_send(
+        c,
+        b"GET / HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\n\r\n",
+    );
+    let u = busy_upstream(&h).unwrap();
+    requests(&mut h, u);
+    h.upstream_send(
+        u,
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    );
+    assert!(
+        h.clients[&c].closed,
+        "no chunked for 1.0: the close delimits the body"
+    );
+    let rs = responses(&mut h, c);
+    assert_eq!(rs[0].body, b"abc");
+    assert_eq!(rs[0].header("transfer-encoding"), None);
+    assert!(h.core.is_pooled(u), "the upstream side was clean");
+}
+
+// ----- C. the stale-connection race -----
+
+#[test]
+fn get_on_a_stale_pooled_connection_is_retried_on_a_fresh_one() {
+    // Rule 12(a): the backend drops a pooled connection as the next request arrives.
+    let mut h = harness();
+    let c = h.connect_client();
+    let (u1, _) = exchange(&mut h, c, &get("/1"), &ok("x"));
+    h.client_send(c, &get("/2"));
+    assert_eq!(busy_upstream(&h), Some(u1));
+    h.take_upstream(u1);
+    h.reset(u1);
+    let u2 = busy_upstream(&h).expect("retried on a new connection");
+    assert_ne!(u1, u2);
+    assert_eq!(requests(&mut h, u2)[0].path, "/2");
+    h.upstream_send(u2, &ok("fresh"));
+    let rs = responses(&mut h, c);
+    assert_eq!(
+        (rs.len(), rs[0].status, &rs[0].body[..]),
+        (1, 200, &b"fresh"[..])
+    );
+    let stats = h.core.stats();
+    assert_eq!(stats.groups[0].stale_retries, 1);
+    assert_eq!(
+        stats.servers[0].failures, 0,
+        "a stale connection is not a health failure"
+    );
+    assert!(h.core.server_up(
+        h.now,
+        ServerId {
+            upstream: UpstreamId(0),
+            index: 0
+        }
+    ));
+}
+
+#[test]
+fn eof_on_a_stale_connection_is_retried_too() {
+    let mut h = harness();
+    let c = h.connect_client();
+    let (u1, _) = exchange(&mut h, c, &get("/1"), &ok("x"));
+    h.client_send(c, &get("/2"));
+    h.take_upstream(u1);
+    h.upstream_eof(u1);
+    let u2 = busy_upstream(&h).unwrap();
+    requests(&mut h, u2);
+    h.upstream_send(u2, &ok("y"));
+    assert_eq!(responses(&mut h, c)[0].status, 200);
+}
+
+#[test]
+fn post_on_a_stale_connection_is_never_sent_twice() {
+    // Rule 12(b).
+    let mut h = harness();
+    let c = h.connect_client();
+    let (u1, _) = exchange(&mut h, c, &get("/1"), &ok("x"));
+    h.client_send(
+        c,
+        b"POST /pay HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello",
+    );
+    assert_eq!(requests(&mut h, u1)[0].method, "POST");
+    h.reset(u1);
+    assert_eq!(busy_upstream(&h), None, "the POST is not re-sent");
+    assert_eq!(connects(&h), 1);
+    let rs = responses(&mut h, c);
+    assert_eq!(rs[0].status, 502);
+}
+
+#[test]
+fn no_retry_once_response_bytes_arrived() {
+    // Rule 12(c).
+    let mut h = harness();
+    let c = h.connect_client();
+    let (u1, _) = exchange(&mut h, c, &get("/1"), &ok("x"));
+    h.client_send(c, &get("/2"));
+    h.take_upstream(u1);
+    h.upstream_send(u1, b"HTTP/1.1 200 OK\r\nContent-Le");
+    h.reset(u1);
+    assert_eq!(connects(&h), 1);
+    assert_eq!(responses(&mut h, c)[0].status, 502);
+}
+
+#[test]
+fn failure_on_a_fresh_connection_after_sending_is_not_retried() {
+    // Rule 12(d) / R4: no retry storm on fresh connections.
+    let mut h = harness();
+    let c = h.connect_client();
+    h.client_send(c, &get("/1"));
+    let u = busy_upstream(&h).unwrap();
+    h.take_upstream(u);
+    h.reset(u);
+    assert_eq!(connects(&h), 1);
+    assert_eq!(responses(&mut h, c)[0].status, 502);
+    assert_eq!(h.core.stats().servers[0].failures, 1);
+}
+
+#[test]
+fn connect_failure_moves_to_the_next_server_for_any_method() {
+    // Rule 14: U1 refuses, U2 answers; POST is safe to move because nothing was sent.
+    let mut h = Harness::new(config(2));
+    h.auto_connect = false;
+    let c = h.connect_client();
+    h.client_send(
+        c,
+        b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi",
+    );
+    let u1 = h.refuse_connect().unwrap();
+    assert_eq!(h.upstreams[&u1].server.unwrap().index, 0);
+    let u2 = h.accept_connect().unwrap();
+    assert_eq!(h.upstreams[&u2].server.unwrap().index, 1);
+    let r = requests(&mut h, u2);
+    assert_eq!(r[0].body, b"hi");
+    h.upstream_send(u2, &ok("done"));
+    assert_eq!(responses(&mut h, c)[0].body, b"done");
+    assert_eq!(h.core.stats().groups[0].next_upstream, 1);
+    assert!(!h.core.server_up(
+        h.now,
+        ServerId {
+            upstream: UpstreamId(0),
+            index: 0
+        }
+    ));
+}
+
+#[test]
+fn all_servers_down_gives_502() {
+    let mut h = Harness::new(config(2));
+    h.auto_connect = false;
+    let c = h.connect_client();
+    h.client_send(c, &get("/"));
+    h.refuse_connect().unwrap();
+    h.refuse_connect().unwrap();
+    assert_eq!(responses(&mut h, c)[0].status, 502);
+    // Both are now marked down: the next request fails fast without connecting.
+    let before = connects(&h);
+    h.client_send(c, &get("/again"));
+    assert_eq!(connects(&h), before);
+    assert_eq!(responses(&mut h, c)[0].status, 502);
+}
+
+#[test]
+fn backup_server_is_used_only_when_primaries_are_down() {
+    let mut cfg = config(2);
+    cfg.upstreams[0].servers[1].backup = true;
+    let mut h = Harness::new(cfg);
+    let c = h.connect_client();
+    let (u, _) = exchange(&mut h, c, &get("/1"), &ok("p"));
+    assert_eq!(h.upstreams[&u].server.unwrap().index, 0);
+    h.auto_connect = false;
+    h.upstream_eof(u);
+    h.client_send(c, &get("/2"));
+    h.refuse_connect().unwrap();
+    let u2 = h.accept_connect().unwrap();
+    assert_eq!(h.upstreams[&u2].server.unwrap().index, 1, "backup");
+}
+
+#[test]
+fn read_timeout_answers_504_and_closes_the_connection() {
+    // Rule 31.
+    let mut cfg = config(1);
+    cfg.upstreams[0].read_timeout = Duration::from_secs(1);
+    let mut h = Harness::new(cfg);
+    let c = h.connect_client();
+    h.client_send(c, &get("/slow"));
+    let u = busy_upstream(&h).unwrap();
+    h.take_upstream(u);
+    h.advance(Duration::from_millis(900));
+    assert!(responses(&mut h, c).is_empty());
+    h.advance(Duration::from_millis(200));
+    assert_eq!(responses(&mut h, c)[0].status, 504);
+    assert!(h.upstreams[&u].closed);
+}
+
+#[test]
+fn connect_timeout_answers_504() {
+    let mut cfg = config(1);
+    cfg.upstreams[0].connect_timeout = Duration::from_millis(500);
+    let mut h = Harness::new(cfg);
+    h.auto_connect = false;
+    let c = h.connect_client();
+    h.client_send(c, &get("/"));
+    h.advance(Duration::from_millis(600));
+    assert_eq!(responses(&mut h, c)[0].status, 504);
+}
+
+// ----- E/F. framing and smuggling: rejected with 400 and nothing reaches the upstream -----
+
+fn rejected(req: &[u8], status: u16) {
+    let mut h = harness();
+    let c = h.connect_client();
+    h.client_send(c, req);
+    assert_eq!(
+        connects(&h),
+        0,
+        "nothing forwarded for {:?}",
+        String::from_utf8_lossy(req)
+    );
+    let buf = h.take_client(c);
+    let (rs, _) = read_responses(&buf, &[], true);
+    assert_eq!(
+        rs.len(),
+        1,
+        "one error response for {:?}",
+        String::from_utf8_lossy(req)
+    );
+    assert_eq!(
+        rs[0].status,
+        status,
+        "for {:?}",
+        String::from_utf8_lossy(req)
+    );
+    assert_eq!(rs[0].header("connection"), Some("close"));
+    assert!(
+        h.clients[&c].shutdown || h.clients[&c].closed,
+        "connection closes after the error"
+    );
+}
+
+#[test]
+fn smuggling_vectors_are_rejected_before_reaching_the_upstream() {
+    let cases: &[&[u8]] = &[
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nG",
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\nhello",
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 18446744073709551616\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n",
+        b"POST / HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost : a\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nX: y\r\n z\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nX: a\rb\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        b"GET / HTTP/1.1\r\n\r\n",
+        b"GET  / HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nX\x00: 1\r\n\r\n",
+        b"GET http://evil/ HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET / HTTP/1.1\nHost: a\n\n",
+    ];
+    for case in cases {
+        rejected(case, 400);
+    }
+}
+
+#[test]
+fn bad_chunked_request_bodies_are_rejected() {
+    let bodies: &[&[u8]] = &[
+        b"0x5\r\nhello\r\n0\r\n\r\n",
+        b"5\nhello\r\n0\r\n\r\n",
+        b"FFFFFFFFFFFFFFFFF1\r\n",
+        b"5\r\nhelloXX0\r\n\r\n",
+        b" 5\r\nhello\r\n0\r\n\r\n",
+    ];
+    for body in bodies {
+        let mut h = harness();
+        let c = h.connect_client();
+        let mut req = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        req.extend_from_slice(body);
+        h.client_send(c, &req);
+        let rs = responses(&mut h, c);
+        assert_eq!(
+            rs.last().map(|r| r.status),
+            Some(400),
+            "body {:?}",
+            String::from_utf8_lossy(body)
+        );
+        for u in h.upstreams.values() {
+            assert!(
+                u.closed,
+                "the half-forwarded request's upstream connection is dropped"
+            );
+        }
+    }
+}
+
+#[test]
+fn valid_chunked_request_is_forwarded_rechunked() {
+    let mut h = harness();
+    let c = h.connect_client();
+    h.client_send(c, b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5;name=value\r\nhello\r\n0\r\nX-T: 1\r\n\r\n");
+    let u = busy_upstream(&h).unwrap();
+    let r = requests(&mut h, u);
+    assert_eq!(r[0].body, b"hello");
+    assert_eq!(r[0].header("transfer-encoding"), Some("chunked"));
+    h.upstream_send(u, &ok("ok"));
+    assert_eq!(responses(&mut h, c)[0].status, 200);
+}
+
+#[test]
+fn oversized_heads_get_414_and_431() {
+    let long_target = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(9000));
+    rejected(long_target.as_bytes(), 414);
+    let big_cookie = format!(
+        "GET / HTTP/1.1\r\nHost: a\r\nCookie: {}\r\n\r\n",
+        "c".repeat(70 * 1024)
+    );
+    rejected(big_cookie.as_bytes(), 431);
+}
+
+#[test]
+fn malformed_upstream_responses_become_502_and_close_the_connection() {
+    let bad: &[&[u8]] = &[
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc",
+        b"garbage\r\n\r\n",
+    ];
+    for resp in bad {
+        let mut h = harness();
+        let c = h.connect_client();
+        h.client_send(c, &get("/"));
+        let u = busy_upstream(&h).unwrap();
+        requests(&mut h, u);
+        h.upstream_send(u, resp);
+        let rs = responses(&mut h, c);
+        assert_eq!(
+            rs.last().map(|r| r.status),
+            Some(502),
+            "for {:?}",
+            String::from_utf8_lossy(resp)
+        );
+        assert!(h.upstreams[&u].closed);
+    }
+    // A bad chunk after the head went out: the client's response is cut short, never completed.
+    let mut h = harness();
+    let c = h.connect_client();
+    h.client_send(c, &get("/"));
+    let u = busy_upstream(&h).unwrap();
+    requests(&mut h, u);
+    h.upstream_send(
+        u,
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\nzz\r\n",
+    );
+    assert!(h.upstreams[&u].closed && h.clients[&c].closed);
+    let buf = h.take_client(c);
+    assert!(
+        read_responses(&buf, &[], false).0.is_empty(),
+        "never a complete response"
+    );
+    assert!(!buf.ends_with(b"0\r\n\r\n"));
+
+    let mut h = harness();
+    let c = h.connect_client();
+    h.client_send(c, &get("/"));
+    let u = busy_upstream(&h).unwrap();
+    requests(&mut h, u);
+    let huge = format!("HTTP/1.1 200 OK\r\nX: {}\r\n\r\n", "h".repeat(70 * 1024));
+    h.upstream_send(u, huge.as_bytes());
+    assert_eq!(responses(&mut h, c)[0].status, 502);
+    assert!(h.upstreams[&u].closed);
+}
+
+#[test]
+fn truncated_upstream_body_is_never_completed_for_the_client() {
+    // Rule 21: Content-Length 10, 3 bytes, EOF → the client sees a truncated body and a close.
+    let mut h = harness();
+    let c = h.connect_client();
+    h.client_send(c, &get("/"));
+    let u = busy_upstream(&h).unwrap();
+    requests(&mut h, u);
+    h.upstream_send(u, b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc");
+    h.upstream_eof(u);
+    assert!(h.clients[&c].closed);
+    let buf = h.take_client(c);
+    assert!(
+        buf.ends_with(b"\r\n\r\nabc"),
+        "no terminator appended: {:?}",
+        String::from_utf8_lossy(&buf)
+    );
+}
+
+#[test]
+fn responses_without_body_end_at_the_head() {
+    // Rule 20: HEAD with Content-Length 1000, then a GET reuses the same connection.
+    let mut h = harness();
+    let c = h.connect_client();
+    h.client_send(c, b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\n");
+    let u = busy_upstream(&h).unwrap();
+    requests(&mut h, u);
+    h.upstream_send(u, b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n");
+    let buf = h.take_client(c);
+    let (rs, used) = read_responses(&buf, &[true], false);
+    assert_eq!((rs.len(), used), (1, buf.len()));
+    assert_eq!(
+        rs[0].header("content-length"),
+        Some("1000"),
+        "HEAD keeps the entity length"
+    );
+    assert!(h.core.is_pooled(u));
+    let (u2, rs) = exchange(
+        &mut h,
+        c,
+        &get("/next"),
+        b"HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\n\r\n",
+    );
+    assert_eq!(u2, u);
+    assert_eq!(rs[0].status, 204);
+    assert!(h.core.is_pooled(u));
+    let (u3, rs) = exchange(
+        &mut h,
+        c,
+        &get("/cached"),
+        b"HTTP/1.1 304 Not Modified\r\nContent-Length: 50\r\n\r\n",
+    );
+    assert_eq!((u3, rs[0].status), (u, 304));
+}
+
+#[test]
+fn hop_by_hop_fields_are_stripped_both_ways() {
+    // Rule 22, and Via / X-Forwarded-For (rule 23).
+    let mut h = harness();
+    let c = h.connect_client();
+    h.client_send(c, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\nKeep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nTE: trailers\r\nVia: 1.1 a\r\nX-Forwarded-For: 10.0.0.1\r\n\r\n");
+    let u = busy_upstream(&h).unwrap();
+    let r = &requests(&mut h, u)[0];
+    for name in [
+        "x-secret",
+        "keep-alive",
+        "proxy-connection",
+        "connection",
+        "te",
+    ] {
+        assert_eq!(r.header(name), None, "{name} must not be forwarded");
+    }
+    assert_eq!(r.header("via"), Some("1.1 a, 1.1 upkeep"));
+    assert_eq!(r.header("x-forwarded-for"), Some("10.0.0.1, 127.0.0.1"));
+    assert_eq!(r.header("x-forwarded-proto"), Some("http"));
+    assert_eq!(r.header("host"), Some("a"));
+    h.upstream_send(
+        u,
+        b"HTTP/1.1 200 OK\r\nConnection: X-Int\r\nX-Int: 1\r\nContent-Length: 0\r\n\r\n",
+    );
+    let rs = responses(&mut h, c);
+    assert_eq!(rs[0].header("x-int"), None);
+    assert_eq!(rs[0].header("connection"), None);
+}
+
+// ----- G. persistence, pipelining, 1xx, upgrade -----
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    // Rule 27.
+    let mut h = harness();
+    let c = h.connect_client();
+    h.client_send(c, &[get("/1"), get("/2"), get("/3")].concat());
+    for i in 1..=3 {
+        let u = busy_upstream(&h).expect("one request at a time reaches the upstream");
+        let r = requests(&mut h, u);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].path, format!("/{i}"));
+        h.upstream_send(u, &ok(&format!("r{i}")));
+    }
+    let rs = responses(&mut h, c);
+    let bodies: Vec<&[u8]> = rs.iter().map(|r| &r.body[..]).collect();
+    assert_eq!(bodies, vec![&b"r1"[..], b"r2", b"r3"]);
+}
+
+#[test]
+fn malformed_pipelined_request_stops_the_pipeline() {
+    let mut h = harness();
+    let c = h.connect_client();
+    h.client_send(
+        c,
+        &[
+            get("/1"),
+            b"GET /2 HTTP/1.1\r\nHost : bad\r\n\r\n".to_vec(),
+            get("/3"),
+        ]
+        .concat(),
+    );
+    let u = busy_upstream(&h).unwrap();
+    assert_eq!(requests(&mut h, u)[0].path, "/1");
+    h.upstream_send(u, &ok("one"));
+    let buf = h.take_client(c);
+    let (rs, _) = read_responses(&buf, &[], true);
+    assert_eq!(
+        rs.iter().map(|r| r.status).collect::<Vec<_>>(),
+        vec![200, 400]
+    );
+    assert_eq!(busy_upstream(&h), None, "/3 never reaches the upstream");
+    assert!(h.clients[&c].shutdown || h.clients[&c].closed);
+}
+
+#[test]
+fn expect_100_continue_is_answered_by_the_proxy() {
+    // Rule 28.
+    let mut h = harness();
+    let c = h.connect_client();
+    h.client_send(
+        c,
+        b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+    );
+    let early = h.take_client(c);
+    assert_eq!(early, b"HTTP/1.1 100 Continue\r\n\r\n");
+    h.client_send(c, b"hello");
+    let u = busy_upstream(&h).unwrap();
+    let r = &requests(&mut h, u)[0];
+    assert_eq!(r.header("expect"), None);
+    assert_eq!(r.body, b"hello");
+    h.upstream_send(u, &ok("done"));
+    assert_eq!(responses(&mut h, c)[0].status, 200);
+}
+
+#[test]
+fn early_hints_are_forwarded_before_the_final_response() {
+    let mut h = harness();
+    let c = h.connect_client();
+    h.client_send(c, &get("/"));
+    let u = busy_upstream(&h).unwrap();
+    requests(&mut h, u);
+    h.upstream_send(
+        u,
+        b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n",
+    );
+    h.upstream_send(u, &ok("final"));
+    let buf = h.take_client(c);
+    assert!(
+        buf.starts_with(b"HTTP/1.1 103 Early Hints\r\n"),
+        "{:?}",
+        String::from_utf8_lossy(&buf)
+    );
+    let (rs, _) = read_responses(&buf, &[], false);
+    assert_eq!(rs[0].body, b"final");
+    assert!(h.core.is_pooled(u));
+}
+
+#[test]
+fn websocket_upgrade_becomes_a_tunnel_never_pooled() {
+    // Rule 29.
+    let mut h = harness();
+    let c = h.connect_client();
+    h.client_send(c, b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: k\r\n\r\n");
+    let u = busy_upstream(&h).unwrap();
+    let r = &requests(&mut h, u)[0];
+    assert_eq!(r.header("upgrade"), Some("websocket"));
+    assert!(
+        r.header("connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("upgrade"))
+    );
+    h.upstream_send(
+        u,
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    );
+    let head = h.take_client(c);
+    assert!(head.starts_with(b"HTTP/1.1 101 "));
+    h.client_send(c, b"\x81\x02hi");
+    assert_eq!(h.take_upstream(u), b"\x81\x02hi");
+    h.upstream_send(u, b"\x81\x03bye");
+    assert_eq!(h.take_client(c), b"\x81\x03bye");
+    h.client_eof(c);
+    assert!(h.upstreams[&u].closed && h.clients[&c].closed);
+    assert!(!h.core.is_pooled(u));
+}
+
+#[test]
+fn refused_upgrade_is_a_normal_poolable_response() {
+    let mut h = harness();
+    let c = h.connect_client();
+    let (u, rs) = exchange(
+        &mut h,
+        c,
+        b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        b"HTTP/1.1 426 Upgrade Required\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert_eq!(rs[0].status, 426);
+    assert!(h.core.is_pooled(u));
+}
+
+// ----- H. client-side timeouts -----
+
+#[test]
+fn slowloris_is_cut_at_the_total_header_deadline() {
+    let mut cfg = config(1);
+    cfg.client_timeouts.header = Duration::from_secs(5);
+    let mut h = Harness::new(cfg);
+    let c = h.connect_client();
+    for b in b"GET / HTTP/1.1\r\nHost: a\r\n" {
+        h.client_send(c, &[*b]);
+        h.advance(Duration::from_millis(200));
+        if h.clients[&c].closed || h.clients[&c].shutdown {
+            break;
+        }
+    }
+    assert!(
+        h.now <= upkeep_core::Time::from_millis(5300),
+        "cut at ~5s, not per byte"
+    );
+    assert!(h.clients[&c].shutdown || h.clients[&c].closed);
+    assert_eq!(connects(&h), 0);
+}
+
+#[test]
+fn idle_client_keepalive_times_out() {
+    let mut cfg = config(1);
+    cfg.client_timeouts.keepalive = Duration::from_secs(2);
+    let mut h = Harness::new(cfg);
+    let c = h.connect_client();
+    exchange(&mut h, c, &get("/"), &ok("x"));
+    h.advance(Duration::from_millis(1900));
+    assert!(!h.clients[&c].closed);
+    h.advance(Duration::from_millis(200));
+    assert!(h.clients[&c].closed);
+}
+
+#[test]
+fn slow_request_body_gets_408() {
+    let mut cfg = config(1);
+    cfg.client_timeouts.body = Duration::from_secs(1);
+    let mut h = Harness::new(cfg);
+    let c = h.connect_client();
+    h.client_send(
+        c,
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc",
+    );
+    let u = busy_upstream(&h).unwrap();
+    h.advance(Duration::from_millis(1100));
+    assert_eq!(responses(&mut h, c)[0].status, 408);
+    assert!(h.upstreams[&u].closed);
+}
+
+#[test]
+fn client_that_stops_reading_is_dropped_at_the_send_timeout_and_memory_stays_bounded() {
+    let mut cfg = config(1);
+    cfg.client_timeouts.send = Duration::from_secs(2);
+    let mut h = Harness::new(cfg);
+    let c = h.connect_client();
+    h.stall(c, true);
+    h.client_send(c, &get("/big"));
+    let u = busy_upstream(&h).unwrap();
+    requests(&mut h, u);
+    let body = vec![b'z'; 64 * 1024];
+    h.upstream_send(
+        u,
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+            10 * 1024 * 1024
+        )
+        .as_bytes(),
+    );
+    for _ in 0..40 {
+        h.upstream_send(u, &body);
+    }
+    assert!(
+        !h.upstreams[&u].reading,
+        "backpressure: the proxy stopped reading the upstream"
+    );
+    let queued = h.core.pending_len(c);
+    assert!(queued <= 256 * 1024 + 64 * 1024, "bounded: {queued}");
+    h.advance(Duration::from_millis(2100));
+    assert!(h.clients[&c].closed);
+    assert!(h.upstreams[&u].closed, "not pooled mid-body");
+}
+
+#[test]
+fn error_response_closes_with_lingering_so_the_client_reads_it() {
+    // Rule 26: 413 with the client still sending → half-close, then close at EOF.
+    let mut cfg = config(1);
+    cfg.limits.max_body = 1000;
+    let mut h = Harness::new(cfg);
+    let c = h.connect_client();
+    h.client_send(
+        c,
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000\r\n\r\npartial",
+    );
+    assert_eq!(responses(&mut h, c)[0].status, 413);
+    assert!(h.clients[&c].shutdown, "half-closed, still reading");
+    assert!(!h.clients[&c].closed);
+    h.client_send(c, &[b'x'; 4096]);
+    assert!(!h.clients[&c].closed, "input discarded while lingering");
+    h.client_eof(c);
+    assert!(h.clients[&c].closed);
+    assert_eq!(connects(&h), 0);
+}
+
+#[test]
+fn unrouted_requests_get_404_and_routes_pick_groups() {
+    use upkeep_core::config::{RouteConfig, UpstreamConfig};
+    let mut cfg = config(1);
+    cfg.upstreams.push(UpstreamConfig::new(
+        "api",
+        vec![ServerConfig::new(Address::parse("127.0.0.1:9100").unwrap())],
+    ));
+    cfg.routes = vec![
+        RouteConfig {
+            host: None,
+            path_prefix: "/api".into(),
+            upstream: "api".into(),
+        },
+        RouteConfig {
+            host: Some("a".into()),
+            path_prefix: "/".into(),
+            upstream: "default".into(),
+        },
+    ];
+    let mut h = Harness::new(cfg);
+    let c = h.connect_client();
+    h.client_send(c, &get("/api/x"));
+    let u = busy_upstream(&h).unwrap();
+    assert_eq!(h.upstreams[&u].server.unwrap().upstream, UpstreamId(1));
+    requests(&mut h, u);
+    h.upstream_send(u, &ok("api"));
+    assert_eq!(responses(&mut h, c)[0].body, b"api");
+    h.client_send(c, b"GET /other HTTP/1.1\r\nHost: b\r\n\r\n");
+    assert_eq!(responses(&mut h, c)[0].status, 404);
+    assert!(
+        !h.clients[&c].closed,
+        "a 404 for a complete request keeps the connection"
+    );
+}
+
+#[test]
+fn drain_closes_idle_connections_and_lets_in_flight_finish() {
+    let mut h = harness();
+    let c1 = h.connect_client();
+    let (u1, _) = exchange(&mut h, c1, &get("/1"), &ok("x"));
+    let c2 = h.connect_client();
+    h.client_send(c2, &get("/2"));
+    let u2 = busy_upstream(&h).unwrap();
+    assert_eq!(u2, u1, "the pooled connection was reused");
+    requests(&mut h, u2);
+    let c3 = h.connect_client();
+    let (u3, _) = exchange(&mut h, c3, &get("/3"), &ok("y"));
+    assert!(h.core.is_pooled(u3));
+    let now = h.now;
+    h.core.begin_drain(now);
+    h.pump();
+    assert!(
+        h.upstreams[&u3].closed,
+        "idle pooled connection closed at once"
+    );
+    assert!(
+        h.clients[&c1].closed && h.clients[&c3].closed,
+        "idle clients closed {:?} {:?}",
+        h.clients[&c1],
+        h.clients[&c3]
+    );
+    assert!(!h.clients[&c2].closed);
+    h.upstream_send(u2, &ok("finished"));
+    let rs = responses(&mut h, c2);
+    assert_eq!(rs[0].body, b"finished");
+    assert_eq!(rs[0].header("connection"), Some("close"));
+    assert!(h.core.is_drained());
+}
+
+#[test]
+fn stale_connection_does_not_eject_a_healthy_server() {
+    // Rule 13: two servers, max_fails=1; U1's pooled connections keep going stale.
+    let mut h = Harness::new(config(2));
+    let c = h.connect_client();
+    let mut served = [0usize; 2];
+    for i in 0..20 {
+        let hits = h.core.stats().groups[0].pool_hits;
+        h.client_send(c, &get(&format!("/{i}")));
+        let mut u = busy_upstream(&h).unwrap();
+        let idx = h.upstreams[&u].server.unwrap().index as usize;
+        if idx == 0 && h.core.stats().groups[0].pool_hits > hits {
+            // Server 0 closed its idle connection just as we reused it.
+            h.take_upstream(u);
+            h.upstream_eof(u);
+            u = busy_upstream(&h).expect("re-sent on a fresh connection");
+            assert_eq!(h.upstreams[&u].server.unwrap().index, 0, "same server");
+        }
+        requests(&mut h, u);
+        h.upstream_send(u, &ok("x"));
+        let idx = h.upstreams[&u].server.unwrap().index as usize;
+        served[idx] += 1;
+        assert_eq!(
+            responses(&mut h, c)[0].status,
+            200,
+            "iteration {i}: {:?}",
+            h.core.stats()
+        );
+    }
+    assert!(h.core.server_up(
+        h.now,
+        ServerId {
+            upstream: UpstreamId(0),
+            index: 0
+        }
+    ));
+    assert_eq!(h.core.stats().servers[0].failures, 0);
+    assert!(
+        served[0] >= 8 && served[1] >= 8,
+        "still balanced: {served:?}"
+    );
+}
