@@ -83,16 +83,25 @@ impl Buffers {
         was_empty
     }
 
-    /// Scratch space for writing a head or a chunk-size line; freeze with [`Buffers::take_scratch`].
-    pub fn scratch(&mut self) -> &mut BytesMut {
-        self.scratch.reserve(SCRATCH);
+    /// Scratch space for writing at least `need` bytes (a head, a chunk-size line); freeze what
+    /// was written with [`Buffers::take_scratch`].
+    ///
+    /// Reserving only what is needed matters: pieces frozen earlier may still be queued, and a
+    /// buffer that is not unique cannot be reclaimed in place — so asking for more than the
+    /// remaining space would allocate a fresh buffer where the tail of the current one suffices.
+    pub fn scratch(&mut self, need: usize) -> &mut BytesMut {
+        if self.scratch.capacity() == 0 {
+            self.scratch.reserve(SCRATCH.max(need));
+        } else {
+            self.scratch.reserve(need);
+        }
         &mut self.scratch
     }
 
     /// Writes into the scratch with the read buffer at hand (a head rewritten from the bytes it
-    /// was parsed from), and freezes the result.
-    pub fn rewrite(&mut self, f: impl FnOnce(&[u8], &mut BytesMut)) -> Bytes {
-        self.scratch.reserve(SCRATCH);
+    /// was parsed from, at most about `need` bytes), and freezes the result.
+    pub fn rewrite(&mut self, need: usize, f: impl FnOnce(&[u8], &mut BytesMut)) -> Bytes {
+        self.scratch(need);
         f(&self.rbuf, &mut self.scratch);
         self.take_scratch()
     }

@@ -1,5 +1,91 @@
-//! upkeep-core: a sans-IO, deterministic HTTP/1.1 reverse-proxy engine with an upstream
-//! keepalive pool. (Crate docs and the drive-loop example are written with the engine.)
+//! upkeep-core: a sans-IO, deterministic HTTP/1.1 reverse-proxy engine whose heart is the
+//! upstream keepalive pool.
+//!
+//! The [`Core`] never touches a socket, a thread or a clock. A runtime (the `upkeep` binary on
+//! mio, the smol runtime, a test, a fuzzer) feeds it what happened — bytes received, a peer
+//! closed, bytes written, a connect finished — together with the current [`Time`], and drains
+//! what to do next: connections to open, bytes to write, read interest to change, connections to
+//! close, and the next deadline. Same inputs, same outputs, always.
+//!
+//! | module | holds |
+//! |---|---|
+//! | [`framing`] | HTTP/1.1 heads (httparse + RFC 9112 validation), body framing, chunked decoding, rewriting |
+//! | [`headers`] | Connection / hop-by-hop / Keep-Alive rules (RFC 9110 §7.6.1) |
+//! | [`pool`] | idle upstream connections: most-recently-used reuse, hard caps, least-recently-used eviction |
+//! | [`balance`] | smooth weighted round-robin, least-conn, ip-hash, passive health, backups |
+//! | [`route`] | Host + path-prefix routing to upstream groups |
+//! | [`config`] | plain-data configuration with nginx's defaults (serde behind the `serde` feature) |
+//! | [`stats`] | counters for metrics exporters |
+//! | `sim` (feature `sim`) | an in-memory runtime and scripted peers for tests and fuzzing |
+//!
+//! # The drive loop
+//!
+//! Every call that changes state is followed by draining [`Core::poll_output`] until it returns
+//! `None`; [`Core::poll_timeout`] says when to call [`Core::handle_timeout`]. Here the "network"
+//! is two in-memory buffers: one client, one backend.
+//!
+//! ```
+//! use upkeep_core::{Address, Config, Core, Input, ListenerId, Output, Time};
+//!
+//! let config = Config::simple(
+//!     Address::parse("127.0.0.1:8080").unwrap(),
+//!     vec![Address::parse("127.0.0.1:9001").unwrap()],
+//! );
+//! let mut core = Core::new(config, 0).unwrap();
+//! let mut now = Time::ZERO;
+//!
+//! // What each side has received from the proxy.
+//! let mut to_client = Vec::new();
+//! let mut to_backend = Vec::new();
+//! let mut backend_conn = None;
+//!
+//! let client = core.accept(now, ListenerId(0), Some("127.0.0.1".parse().unwrap())).unwrap();
+//!
+//! // The runtime's job, in miniature: act on every output.
+//! fn drain(core: &mut Core, now: Time, client: upkeep_core::ConnId,
+//!          to_client: &mut Vec<u8>, to_backend: &mut Vec<u8>,
+//!          backend_conn: &mut Option<upkeep_core::ConnId>) {
+//!     while let Some(out) = core.poll_output() {
+//!         match out {
+//!             Output::Connect { conn, .. } => {
+//!                 // A real runtime starts a non-blocking connect here.
+//!                 *backend_conn = Some(conn);
+//!                 core.handle(now, Input::Connected { conn });
+//!             }
+//!             Output::Write { conn } => {
+//!                 // A real runtime writes `pending` with writev and reports how much went out.
+//!                 let sink = if conn == client { &mut *to_client } else { &mut *to_backend };
+//!                 let mut n = 0;
+//!                 for piece in core.pending(conn) {
+//!                     sink.extend_from_slice(piece);
+//!                     n += piece.len();
+//!                 }
+//!                 core.handle(now, Input::Written { conn, n });
+//!             }
+//!             Output::Interest { .. } | Output::Shutdown { .. } | Output::Close { .. } => {}
+//!         }
+//!     }
+//! }
+//!
+//! // The client sends a request: the core opens an upstream connection and forwards it.
+//! core.handle(now, Input::Received { conn: client, data: b"GET /hello HTTP/1.1\r\nHost: example\r\n\r\n" });
+//! drain(&mut core, now, client, &mut to_client, &mut to_backend, &mut backend_conn);
+//! assert!(to_backend.starts_with(b"GET /hello HTTP/1.1\r\nHost: example\r\n"));
+//!
+//! // The backend answers; the response reaches the client and the upstream connection is pooled.
+//! now = Time::from_millis(3);
+//! let upstream = backend_conn.unwrap();
+//! core.handle(now, Input::Received { conn: upstream, data: b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi" });
+//! drain(&mut core, now, client, &mut to_client, &mut to_backend, &mut backend_conn);
+//! assert!(to_client.starts_with(b"HTTP/1.1 200 OK\r\n"));
+//! assert!(to_client.ends_with(b"\r\n\r\nhi"));
+//! assert!(core.is_pooled(upstream));
+//!
+//! // Timers are deadlines: the idle pooled connection expires after keepalive_timeout (60 s).
+//! let deadline = core.poll_timeout().unwrap();
+//! core.handle_timeout(deadline);
+//! assert_eq!(core.poll_output(), Some(Output::Close { conn: upstream, reset: false }));
+//! ```
 
 #![forbid(unsafe_code)]
 #![warn(missing_debug_implementations)]

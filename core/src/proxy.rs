@@ -36,6 +36,12 @@ use crate::{ConnId, ListenerId, ServerId, Time, UpstreamId};
 /// Request bodies up to this size are kept (as cheap `Bytes` references) so that a request whose
 /// reused upstream connection turns out stale can be re-sent on a fresh one.
 const REPLAY_LIMIT: usize = 64 * 1024;
+/// Room for what a rewritten head adds to the received one (framing, X-Forwarded-*, Via...).
+const HEAD_GROWTH: usize = 256;
+/// A chunk-size line: up to 16 hex digits and CRLF.
+const CHUNK_LINE: usize = 18;
+/// A response the proxy generates itself.
+const ERROR_RESPONSE: usize = 256;
 /// A backend's `Keep-Alive: timeout=N` is honoured minus this margin, so we stop using a
 /// connection before the backend closes it (the keepalive race).
 const KEEPALIVE_HINT_MARGIN: Duration = Duration::from_secs(1);
@@ -1161,7 +1167,7 @@ impl Core {
             default_host: &self.config.upstreams[group.0 as usize].name,
         };
         let upgrade = ex.upgrade;
-        let req_head = c.buf.rewrite(|buf, out| {
+        let req_head = c.buf.rewrite(head.len + HEAD_GROWTH, |buf, out| {
             framing::write_request_head(head, buf, out_body, upgrade, &fwd, out)
         });
         c.buf.rbuf.advance(head.len);
@@ -1232,7 +1238,7 @@ impl Core {
                 }
                 let data = c.buf.rbuf.split_to(step.data).freeze();
                 if ex.req_chunked {
-                    framing::write_chunk_size(step.data, c.buf.scratch());
+                    framing::write_chunk_size(step.data, c.buf.scratch(CHUNK_LINE));
                     pieces[0] = c.buf.take_scratch();
                     pieces[1] = data;
                     pieces[2] = Bytes::from_static(framing::CRLF);
@@ -1421,7 +1427,7 @@ impl Core {
         let keep =
             in_exchange && cl.ex.req_done && cl.ex.keep_alive && !matches!(status, 400 | 408 | 413);
         let head_only = in_exchange && cl.ex.method == Method::Head;
-        framing::write_error_response(status, !keep, head_only, c.buf.scratch());
+        framing::write_error_response(status, !keep, head_only, c.buf.scratch(ERROR_RESPONSE));
         let b = c.buf.take_scratch();
         self.stats.responses[(status / 100) as usize % 6] += 1;
         self.stats.local_responses += 1;
@@ -1643,7 +1649,11 @@ impl Core {
                 else {
                     return false;
                 };
-                framing::write_informational(head, &c.buf.rbuf, cc.buf.scratch());
+                framing::write_informational(
+                    head,
+                    &c.buf.rbuf,
+                    cc.buf.scratch(head.len + HEAD_GROWTH),
+                );
                 let b = cc.buf.take_scratch();
                 self.push(now, cid, b);
             }
@@ -1674,6 +1684,14 @@ impl Core {
             BodyKind::Chunked | BodyKind::UntilClose => OutBody::Close,
         };
         let close_client = !client_ka || out == OutBody::Close || self.draining;
+        // From here on the request can never be re-sent: let go of its replay copies, which
+        // also lets the client's scratch buffer be reclaimed in place for the response head.
+        if let Some(Role::Client(cl)) = conn_mut(&mut self.conns, cid).map(|c| &mut c.role) {
+            cl.ex.req_head = Bytes::new();
+            cl.ex.replay.clear();
+            cl.ex.replayable = false;
+        }
+        let head = &self.head;
         let opts = ResponseOptions {
             body: out,
             close: close_client && !tunnel,
@@ -1684,7 +1702,12 @@ impl Core {
         let Some((c, cc)) = self.conns.get2_mut(id.index as usize, cid.index as usize) else {
             return false;
         };
-        framing::write_response_head(head, &c.buf.rbuf, &opts, cc.buf.scratch());
+        framing::write_response_head(
+            head,
+            &c.buf.rbuf,
+            &opts,
+            cc.buf.scratch(head.len + HEAD_GROWTH),
+        );
         let b = cc.buf.take_scratch();
         let len = head.len;
         c.buf.rbuf.advance(len);
@@ -1766,7 +1789,7 @@ impl Core {
             if step.data > 0 {
                 if chunked {
                     let cc = &mut self.conns[cid.index as usize];
-                    framing::write_chunk_size(step.data, cc.buf.scratch());
+                    framing::write_chunk_size(step.data, cc.buf.scratch(CHUNK_LINE));
                     let size = cc.buf.take_scratch();
                     self.push(now, cid, size);
                     self.push(now, cid, data);
