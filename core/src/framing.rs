@@ -992,10 +992,10 @@ pub fn write_error_response(status: u16, close: bool, head_only: bool, out: &mut
 }
 
 /// `{len:x}\r\n`.
-pub fn write_chunk_size(len: usize, out: &mut BytesMut) {
+pub fn write_chunk_size(len: u64, out: &mut BytesMut) {
     let mut tmp = [0u8; 16];
     let mut i = tmp.len();
-    let mut n = len as u64;
+    let mut n = len;
     loop {
         i -= 1;
         tmp[i] = b"0123456789abcdef"[(n & 0xf) as usize];
@@ -1022,9 +1022,18 @@ pub enum BodyError {
 /// the message ends right after them. `Step::default()` means "need more input".
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Step {
+    /// Framing bytes to drop first.
     pub skip: usize,
+    /// Payload bytes that follow them.
     pub data: usize,
+    /// The message ends right after `skip + data`.
     pub done: bool,
+    /// Chunked: a chunk of this size starts here (its size line is in `skip`), before `data`.
+    /// A relay that re-emits the size line at this point reproduces the sender's chunk
+    /// boundaries, so its output does not depend on how the input was split into reads.
+    pub chunk_start: Option<u64>,
+    /// Chunked: `data` completes the current chunk.
+    pub chunk_end: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1268,6 +1277,7 @@ impl BodyDecoder {
     /// Decode framing at the front of `input` (see [`Step`]).
     pub fn step(&mut self, input: &[u8]) -> Result<Step, BodyError> {
         let mut skip = 0;
+        let mut chunk_start = None;
         loop {
             let rest = &input[skip..];
             match self.state {
@@ -1276,6 +1286,8 @@ impl BodyDecoder {
                         skip,
                         data: 0,
                         done: true,
+                        chunk_start,
+                        chunk_end: false,
                     });
                 }
                 DecState::UntilClose => {
@@ -1283,6 +1295,8 @@ impl BodyDecoder {
                         skip,
                         data: rest.len(),
                         done: false,
+                        chunk_start,
+                        chunk_end: false,
                     });
                 }
                 DecState::Length(n) | DecState::Data(n) => {
@@ -1291,6 +1305,8 @@ impl BodyDecoder {
                             skip,
                             data: 0,
                             done: false,
+                            chunk_start,
+                            chunk_end: false,
                         });
                     }
                     let data = (rest.len() as u64).min(n);
@@ -1307,6 +1323,8 @@ impl BodyDecoder {
                         skip,
                         data: data as usize,
                         done,
+                        chunk_start,
+                        chunk_end: !is_length && left == 0,
                     });
                 }
                 DecState::Size => match parse_size_line(rest)? {
@@ -1315,6 +1333,8 @@ impl BodyDecoder {
                             skip,
                             data: 0,
                             done: false,
+                            chunk_start,
+                            chunk_end: false,
                         });
                     }
                     Some((n, size)) => {
@@ -1322,6 +1342,7 @@ impl BodyDecoder {
                         self.state = if size == 0 {
                             DecState::Trailers
                         } else {
+                            chunk_start = Some(size);
                             DecState::Data(size)
                         };
                     }
@@ -1332,6 +1353,8 @@ impl BodyDecoder {
                             skip,
                             data: 0,
                             done: false,
+                            chunk_start,
+                            chunk_end: false,
                         });
                     }
                     [b'\r', b'\n', ..] => {
@@ -1348,6 +1371,8 @@ impl BodyDecoder {
                                 skip,
                                 data: 0,
                                 done: false,
+                                chunk_start,
+                                chunk_end: false,
                             });
                         }
                         Some(TrailerLine::End) => {
@@ -1357,6 +1382,8 @@ impl BodyDecoder {
                                 skip,
                                 data: 0,
                                 done: true,
+                                chunk_start,
+                                chunk_end: false,
                             });
                         }
                         Some(TrailerLine::Field(n)) => {
@@ -2210,7 +2237,7 @@ mod tests {
     fn chunk_size_writer() {
         let mut out = BytesMut::new();
         for (n, want) in [
-            (0usize, &b"0\r\n"[..]),
+            (0u64, &b"0\r\n"[..]),
             (5, b"5\r\n"),
             (255, b"ff\r\n"),
             (4096, b"1000\r\n"),
@@ -2220,8 +2247,8 @@ mod tests {
             assert_eq!(&out[..], want);
         }
         out.clear();
-        write_chunk_size(usize::MAX, &mut out);
-        assert_eq!(out.len(), usize::BITS as usize / 4 + 2);
+        write_chunk_size(u64::MAX, &mut out);
+        assert_eq!(out.len(), 16 + 2);
         assert_eq!(LAST_CHUNK, b"0\r\n\r\n");
     }
 
@@ -2394,7 +2421,8 @@ mod tests {
             Ok(Step {
                 skip: 0,
                 data: 3,
-                done: false
+                done: false,
+                ..Step::default()
             })
         );
         assert_eq!(d.on_eof(), Err(BodyError::Incomplete));
@@ -2403,7 +2431,8 @@ mod tests {
             Ok(Step {
                 skip: 0,
                 data: 2,
-                done: true
+                done: true,
+                ..Step::default()
             })
         );
         assert!(d.is_done());
@@ -2413,7 +2442,8 @@ mod tests {
             Ok(Step {
                 skip: 0,
                 data: 0,
-                done: true
+                done: true,
+                ..Step::default()
             })
         );
 
@@ -2423,7 +2453,8 @@ mod tests {
             Ok(Step {
                 skip: 0,
                 data: 0,
-                done: true
+                done: true,
+                ..Step::default()
             })
         );
         let mut d = BodyDecoder::new(BodyKind::Empty);
@@ -2432,7 +2463,8 @@ mod tests {
             Ok(Step {
                 skip: 0,
                 data: 0,
-                done: true
+                done: true,
+                ..Step::default()
             })
         );
         assert!(d.is_done());
@@ -2443,7 +2475,8 @@ mod tests {
             Ok(Step {
                 skip: 0,
                 data: 3,
-                done: false
+                done: false,
+                ..Step::default()
             })
         );
         assert_eq!(d.step(b""), Ok(Step::default()));
@@ -2456,7 +2489,9 @@ mod tests {
             Ok(Step {
                 skip: 3,
                 data: 3,
-                done: false
+                done: false,
+                chunk_start: Some(5),
+                chunk_end: false,
             })
         );
         assert_eq!(d.on_eof(), Err(BodyError::Incomplete));
@@ -2465,7 +2500,9 @@ mod tests {
             Ok(Step {
                 skip: 0,
                 data: 2,
-                done: false
+                done: false,
+                chunk_start: None,
+                chunk_end: true,
             })
         );
         assert_eq!(
@@ -2473,7 +2510,8 @@ mod tests {
             Ok(Step {
                 skip: 5,
                 data: 0,
-                done: false
+                done: false,
+                ..Step::default()
             })
         );
         assert_eq!(d.step(b""), Ok(Step::default()));
@@ -2482,7 +2520,8 @@ mod tests {
             Ok(Step {
                 skip: 2,
                 data: 0,
-                done: true
+                done: true,
+                ..Step::default()
             })
         );
         assert_eq!(d.on_eof(), Ok(()));

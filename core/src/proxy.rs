@@ -190,6 +190,8 @@ struct Exchange {
     stale_retried: bool,
     resp: Resp,
     resp_decoder: BodyDecoder,
+    /// The upstream response body is chunked (its chunk boundaries can be kept).
+    resp_in_chunked: bool,
     resp_out: OutBody,
     resp_started: bool,
     status: u16,
@@ -219,6 +221,7 @@ impl Exchange {
             stale_retried: false,
             resp: Resp::Done,
             resp_decoder: BodyDecoder::new(BodyKind::Empty),
+            resp_in_chunked: false,
             resp_out: OutBody::None,
             resp_started: false,
             status: 0,
@@ -1228,7 +1231,6 @@ impl Core {
             }
             cl.body_progress = now;
             c.buf.rbuf.advance(step.skip);
-            let mut pieces: [Bytes; 3] = [Bytes::new(), Bytes::new(), Bytes::new()];
             if step.data > 0 {
                 ex.req_bytes += step.data as u64;
                 if max_body > 0 && ex.req_bytes > max_body {
@@ -1236,30 +1238,20 @@ impl Core {
                     self.client_error(now, id, 413);
                     return false;
                 }
-                let data = c.buf.rbuf.split_to(step.data).freeze();
-                if ex.req_chunked {
-                    framing::write_chunk_size(step.data, c.buf.scratch(CHUNK_LINE));
-                    pieces[0] = c.buf.take_scratch();
-                    pieces[1] = data;
-                    pieces[2] = Bytes::from_static(framing::CRLF);
-                } else {
-                    pieces[0] = data;
-                }
             }
+            let data = c.buf.rbuf.split_to(step.data).freeze();
+            let mode = if ex.req_chunked {
+                Reframe::Chunks
+            } else {
+                Reframe::Raw
+            };
+            let pieces = reframe(mode, &step, data, &mut c.buf);
             let Role::Client(cl) = &mut c.role else {
                 return false;
             };
             let ex = &mut cl.ex;
             if step.done {
                 ex.req_done = true;
-                if ex.req_chunked {
-                    let last = Bytes::from_static(framing::LAST_CHUNK);
-                    if pieces[0].is_empty() {
-                        pieces[0] = last;
-                    } else {
-                        pieces[2] = Bytes::from_static(b"\r\n0\r\n\r\n");
-                    }
-                }
             }
             for p in &pieces {
                 if p.is_empty() {
@@ -1737,6 +1729,7 @@ impl Core {
         cl.ex.status = status;
         cl.ex.resp_started = true;
         cl.ex.resp_decoder = BodyDecoder::new(body);
+        cl.ex.resp_in_chunked = body == BodyKind::Chunked;
         cl.ex.resp_out = out;
         cl.ex.resp = if tunnel { Resp::Tunnel } else { Resp::Body };
         if close_client && !tunnel {
@@ -1783,25 +1776,17 @@ impl Core {
             if step.skip == 0 && step.data == 0 && !step.done {
                 return false;
             }
-            let chunked = cl.ex.resp_out == OutBody::Chunked;
+            let mode = match (cl.ex.resp_out, cl.ex.resp_in_chunked) {
+                (OutBody::Chunked, true) => Reframe::Chunks,
+                (OutBody::Chunked, false) => Reframe::EachRead,
+                _ => Reframe::Raw,
+            };
             c.buf.rbuf.advance(step.skip);
             let data = c.buf.rbuf.split_to(step.data).freeze();
-            if step.data > 0 {
-                if chunked {
-                    let cc = &mut self.conns[cid.index as usize];
-                    framing::write_chunk_size(step.data, cc.buf.scratch(CHUNK_LINE));
-                    let size = cc.buf.take_scratch();
-                    self.push(now, cid, size);
-                    self.push(now, cid, data);
-                    self.push(now, cid, Bytes::from_static(framing::CRLF));
-                } else {
-                    self.push(now, cid, data);
-                }
+            for p in reframe(mode, &step, data, &mut cc.buf) {
+                self.push(now, cid, p);
             }
             if step.done {
-                if chunked {
-                    self.push(now, cid, Bytes::from_static(framing::LAST_CHUNK));
-                }
                 self.finish_response(now, id, cid);
                 return false;
             }
@@ -2036,6 +2021,49 @@ fn touch(touched: &mut Vec<ConnId>, id: ConnId) {
     if touched.last() != Some(&id) {
         touched.push(id);
     }
+}
+
+/// How body bytes are framed on the way out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reframe {
+    /// As they came (Content-Length on both sides, or close-delimited toward an HTTP/1.0 client).
+    Raw,
+    /// Chunked in, chunked out: the sender's chunk boundaries are kept, so the output does not
+    /// depend on how reads split the input (and a 1-byte read does not become a 1-byte chunk).
+    Chunks,
+    /// Close-delimited in, chunked out: each read becomes a chunk.
+    EachRead,
+}
+
+/// The pieces to queue for one decoder step: chunk-size line, payload, chunk CRLF, last chunk.
+/// Small framing pieces come from `buf`'s scratch or are static; the payload is passed through.
+fn reframe(mode: Reframe, step: &framing::Step, data: Bytes, buf: &mut Buffers) -> [Bytes; 4] {
+    let mut out = [Bytes::new(), Bytes::new(), Bytes::new(), Bytes::new()];
+    match mode {
+        Reframe::Raw => out[1] = data,
+        Reframe::Chunks => {
+            if let Some(size) = step.chunk_start {
+                framing::write_chunk_size(size, buf.scratch(CHUNK_LINE));
+                out[0] = buf.take_scratch();
+            }
+            out[1] = data;
+            if step.chunk_end {
+                out[2] = Bytes::from_static(framing::CRLF);
+            }
+            if step.done {
+                out[3] = Bytes::from_static(framing::LAST_CHUNK);
+            }
+        }
+        Reframe::EachRead => {
+            if !data.is_empty() {
+                framing::write_chunk_size(data.len() as u64, buf.scratch(CHUNK_LINE));
+                out[0] = buf.take_scratch();
+                out[1] = data;
+                out[2] = Bytes::from_static(framing::CRLF);
+            }
+        }
+    }
+    out
 }
 
 /// Hash of a client address (seeded FNV-1a then a finaliser): deterministic for a given seed.
