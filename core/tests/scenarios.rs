@@ -1287,3 +1287,26 @@ fn stale_connection_does_not_eject_a_healthy_server() {
         "still balanced: {served:?}"
     );
 }
+
+#[test]
+fn defaults_do_not_churn_under_steady_concurrency() {
+    use upkeep_core::sim::load::closed_loop;
+    for clients in [64usize, 300] {
+        let r = closed_loop(config(2), clients, 10, 7);
+        assert_eq!(r.requests, clients as u64 * 10);
+        assert!(
+            r.upstream_connects <= clients as u64,
+            "{clients} concurrent clients opened {} upstream connections",
+            r.upstream_connects
+        );
+        assert_eq!(r.capacity_evictions, 0);
+    }
+    // An explicit cap below the concurrency stays a hard cap (nginx's meaning), and churns.
+    let mut cfg = config(2);
+    cfg.upstreams[0].keepalive = 16;
+    let r = closed_loop(cfg, 64, 10, 7);
+    assert!(
+        r.upstream_connects > 64 * 5,
+        "cap 16 behind 64 clients: {r:?}"
+    );
+}

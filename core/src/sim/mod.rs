@@ -8,6 +8,7 @@
 
 mod harness;
 pub mod http;
+pub mod load;
 pub mod world;
 
 pub use harness::{Endpoint, Harness};
