@@ -267,6 +267,8 @@ struct Upstream {
     idle_expires: Time,
     /// The response allows reuse (persistent, self-delimited).
     reusable: bool,
+    /// Counted as an active request of its server by the balancer (least-conn, max_conns).
+    acquired: bool,
 }
 
 #[derive(Debug)]
@@ -672,8 +674,23 @@ impl Core {
         }
     }
 
+    /// Ends an upstream connection's request for the balancer (least-conn counts, max_conns).
+    /// The one place that undoes `Balancer::acquire`: called when the response is done and by
+    /// every close, so no path can leak an active count.
+    fn release_server(&mut self, id: ConnId) {
+        let Some(Role::Upstream(u)) = conn_mut(&mut self.conns, id).map(|c| &mut c.role) else {
+            return;
+        };
+        if core::mem::take(&mut u.acquired) {
+            let g = u.group as usize;
+            let idx = (u.server - self.groups[g].first_server) as usize;
+            self.groups[g].balancer.release(idx);
+        }
+    }
+
     /// Removes a connection and tells the runtime to close it.
     fn close(&mut self, id: ConnId, reset: bool) {
+        self.release_server(id);
         let Some(c) = self.get(id) else { return };
         if matches!(c.role, Role::Client(_)) {
             self.clients -= 1;
@@ -1344,6 +1361,7 @@ impl Core {
                     unreachable!("pool holds upstreams")
                 };
                 up.state = UState::Active;
+                up.acquired = true;
                 up.client = Some(id);
                 up.written = 0;
                 up.sent_all = false;
@@ -1370,6 +1388,7 @@ impl Core {
                         read_progress: now,
                         idle_expires: now,
                         reusable: false,
+                        acquired: true,
                     }),
                 });
                 self.out.push_back(Output::Connect {
@@ -1532,12 +1551,6 @@ impl Core {
         let Some(u) = cl.ex.upstream.take() else {
             return;
         };
-        let Some(Role::Upstream(up)) = self.get(u).map(|c| &c.role) else {
-            return;
-        };
-        let (g, srv) = (up.group as usize, up.server);
-        let idx = (srv - self.groups[g].first_server) as usize;
-        self.groups[g].balancer.release(idx);
         self.close(u, true);
     }
 
@@ -1846,13 +1859,12 @@ impl Core {
             && gcfg.keepalive > 0
             && u.requests < gcfg.keepalive_requests
             && now.since(u.created) < gcfg.keepalive_time;
-        let idx = (u.server - self.groups[g].first_server) as usize;
         let key = u.key;
         let expires = now
             .plus(gcfg.keepalive_timeout)
             .min(u.idle_expires)
             .min(u.created.plus(gcfg.keepalive_time));
-        self.groups[g].balancer.release(idx);
+        self.release_server(id);
         if clean {
             let Some(Role::Upstream(u)) = conn_mut(&mut self.conns, id).map(|c| &mut c.role) else {
                 return;
@@ -1908,7 +1920,6 @@ impl Core {
         } else {
             None
         };
-        self.groups[g].balancer.release(idx);
         self.close(id, why != Failure::BadResponse);
         let Some(Role::Client(cl)) = conn_mut(&mut self.conns, cid).map(|c| &mut c.role) else {
             return;

@@ -1310,3 +1310,39 @@ fn defaults_do_not_churn_under_steady_concurrency() {
         "cap 16 behind 64 clients: {r:?}"
     );
 }
+
+#[test]
+fn max_conns_slots_are_released_on_every_path() {
+    // max_conns = 1: a leaked active count after a tunnel, a reset or a timeout would make the
+    // server look full forever (every later request a 502).
+    let mut cfg = config(1);
+    cfg.upstreams[0].servers[0].max_conns = 1;
+    cfg.upstreams[0].read_timeout = Duration::from_secs(1);
+    cfg.upstreams[0].servers[0].max_fails = 0;
+    let mut h = Harness::new(cfg);
+    let c = h.connect_client();
+    // A tunnel, closed by the client.
+    h.client_send(
+        c,
+        b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+    );
+    let u = busy_upstream(&h).unwrap();
+    requests(&mut h, u);
+    h.upstream_send(
+        u,
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+    );
+    h.client_eof(c);
+    // A read timeout (504), then a reset (502), then a normal exchange.
+    let c = h.connect_client();
+    h.client_send(c, &get("/slow"));
+    h.advance(Duration::from_millis(1100));
+    assert_eq!(responses(&mut h, c)[0].status, 504);
+    h.client_send(c, &get("/reset"));
+    let u = busy_upstream(&h).unwrap();
+    h.take_upstream(u);
+    h.reset(u);
+    assert_eq!(responses(&mut h, c)[0].status, 502);
+    let (_, rs) = exchange(&mut h, c, &get("/fine"), &ok("fine"));
+    assert_eq!(rs[0].status, 200, "the server's only slot is free again");
+}
