@@ -76,6 +76,18 @@ fn exchange(h: &mut Harness, c: ConnId, req: &[u8], resp: &[u8]) -> (ConnId, Vec
     (u, responses(h, c))
 }
 
+/// A default harness where one client's `GET path` has reached the upstream (request consumed):
+/// (harness, client, upstream connection).
+fn forwarded(path: &str) -> (Harness, ConnId, ConnId) {
+    let mut h = harness();
+    let c = h.connect_client();
+    h.client_send(c, &get(path));
+    let u = busy_upstream(&h).expect("request forwarded");
+    let got = requests(&mut h, u);
+    assert_eq!(got[0].path, path);
+    (h, c, u)
+}
+
 /// The upstream connection that has unread request bytes.
 fn busy_upstream(h: &Harness) -> Option<ConnId> {
     h.upstreams
@@ -325,11 +337,7 @@ fn idle_connection_closed_by_backend_is_evicted() {
 // ----- B. when a connection must not go back to the pool -----
 
 fn not_pooled_after(resp: &[u8]) {
-    let mut h = harness();
-    let c = h.connect_client();
-    h.client_send(c, &get("/1"));
-    let u = busy_upstream(&h).unwrap();
-    requests(&mut h, u);
+    let (mut h, c, u) = forwarded("/1");
     h.upstream_send(u, resp);
     if !h.upstreams[&u].closed {
         h.upstream_eof(u);
@@ -353,11 +361,7 @@ fn http10_upstream_response_is_not_pooled() {
 
 #[test]
 fn close_delimited_response_is_rechunked_for_http11_clients_and_not_pooled() {
-    let mut h = harness();
-    let c = h.connect_client();
-    h.client_send(c, &get("/1"));
-    let u = busy_upstream(&h).unwrap();
-    requests(&mut h, u);
+    let (mut h, c, u) = forwarded("/1");
     h.upstream_send(u, b"HTTP/1.1 200 OK\r\n\r\nuntil ");
     h.upstream_send(u, b"close");
     h.upstream_eof(u);
@@ -375,11 +379,7 @@ fn close_delimited_response_is_rechunked_for_http11_clients_and_not_pooled() {
 #[test]
 fn extra_bytes_after_the_response_close_the_upstream_connection() {
     // Rule 9(d): Content-Length 2 but the backend sends okEXTRA.
-    let mut h = harness();
-    let c = h.connect_client();
-    h.client_send(c, &get("/1"));
-    let u = busy_upstream(&h).unwrap();
-    requests(&mut h, u);
+    let (mut h, c, u) = forwarded("/1");
     h.upstream_send(u, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA");
     let rs = responses(&mut h, c);
     assert_eq!(rs[0].body, b"ok");
@@ -389,11 +389,7 @@ fn extra_bytes_after_the_response_close_the_upstream_connection() {
 #[test]
 fn client_gone_mid_response_closes_the_upstream_connection() {
     // Rule 9(e).
-    let mut h = harness();
-    let c = h.connect_client();
-    h.client_send(c, &get("/1"));
-    let u = busy_upstream(&h).unwrap();
-    requests(&mut h, u);
+    let (mut h, c, u) = forwarded("/1");
     h.upstream_send(u, b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc");
     h.reset(c);
     assert!(h.upstreams[&u].closed);
@@ -809,11 +805,7 @@ fn malformed_upstream_responses_become_502_and_close_the_connection() {
         b"garbage\r\n\r\n",
     ];
     for resp in bad {
-        let mut h = harness();
-        let c = h.connect_client();
-        h.client_send(c, &get("/"));
-        let u = busy_upstream(&h).unwrap();
-        requests(&mut h, u);
+        let (mut h, c, u) = forwarded("/");
         h.upstream_send(u, resp);
         let rs = responses(&mut h, c);
         assert_eq!(
@@ -825,11 +817,7 @@ fn malformed_upstream_responses_become_502_and_close_the_connection() {
         assert!(h.upstreams[&u].closed);
     }
     // A bad chunk after the head went out: the client's response is cut short, never completed.
-    let mut h = harness();
-    let c = h.connect_client();
-    h.client_send(c, &get("/"));
-    let u = busy_upstream(&h).unwrap();
-    requests(&mut h, u);
+    let (mut h, c, u) = forwarded("/");
     h.upstream_send(
         u,
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\nzz\r\n",
@@ -842,11 +830,7 @@ fn malformed_upstream_responses_become_502_and_close_the_connection() {
     );
     assert!(!buf.ends_with(b"0\r\n\r\n"));
 
-    let mut h = harness();
-    let c = h.connect_client();
-    h.client_send(c, &get("/"));
-    let u = busy_upstream(&h).unwrap();
-    requests(&mut h, u);
+    let (mut h, c, u) = forwarded("/");
     let huge = format!("HTTP/1.1 200 OK\r\nX: {}\r\n\r\n", "h".repeat(70 * 1024));
     h.upstream_send(u, huge.as_bytes());
     assert_eq!(responses(&mut h, c)[0].status, 502);
@@ -856,11 +840,7 @@ fn malformed_upstream_responses_become_502_and_close_the_connection() {
 #[test]
 fn truncated_upstream_body_is_never_completed_for_the_client() {
     // Rule 21: Content-Length 10, 3 bytes, EOF → the client sees a truncated body and a close.
-    let mut h = harness();
-    let c = h.connect_client();
-    h.client_send(c, &get("/"));
-    let u = busy_upstream(&h).unwrap();
-    requests(&mut h, u);
+    let (mut h, c, u) = forwarded("/");
     h.upstream_send(u, b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc");
     h.upstream_eof(u);
     assert!(h.clients[&c].closed);
@@ -1006,11 +986,7 @@ fn expect_100_continue_is_answered_by_the_proxy() {
 
 #[test]
 fn early_hints_are_forwarded_before_the_final_response() {
-    let mut h = harness();
-    let c = h.connect_client();
-    h.client_send(c, &get("/"));
-    let u = busy_upstream(&h).unwrap();
-    requests(&mut h, u);
+    let (mut h, c, u) = forwarded("/");
     h.upstream_send(
         u,
         b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n",
