@@ -6,6 +6,7 @@
 //! `Written`, and keeps a virtual clock — while the test plays both the clients and the backends
 //! by hand. [`world`] builds scripted clients and backends on top of it.
 
+pub mod direct;
 mod harness;
 pub mod http;
 pub mod load;
