@@ -628,13 +628,11 @@ impl Core {
                 continue;
             };
             match cl.phase {
-                Phase::Idle if c.buf.wq.is_empty() => self.close(id, false),
-                Phase::Idle | Phase::Head | Phase::Exchange => cl.ex.keep_alive = false,
+                // Between requests (perhaps still flushing the last response), or with only
+                // part of a head received — not an exchange we promised to finish.
+                Phase::Idle | Phase::Head => self.close_client_after_flush(now, id, false),
+                Phase::Exchange => cl.ex.keep_alive = false,
                 Phase::Closing | Phase::Lingering => {}
-            }
-            if matches!(self.client(id).map(|c| c.phase), Some(Phase::Head)) {
-                // A half-received head is not an exchange we promised to finish.
-                self.close(id, false);
             }
         }
         self.sync(now);
@@ -1164,7 +1162,8 @@ impl Core {
             BodyKind::Chunked => OutBody::Chunked,
             BodyKind::UntilClose => OutBody::None,
         };
-        let expect = head.expect_continue && !ex.req_done;
+        // Only worth sending while the client is actually waiting: no body bytes yet.
+        let expect = head.expect_continue && !ex.req_done && c.buf.rbuf.len() == head.len;
         cl.phase = Phase::Exchange;
         cl.body_progress = now;
         let peer = cl.peer;

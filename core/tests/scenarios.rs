@@ -1322,3 +1322,41 @@ fn max_conns_slots_are_released_on_every_path() {
     let (_, rs) = exchange(&mut h, c, &get("/fine"), &ok("fine"));
     assert_eq!(rs[0].status, 200, "the server's only slot is free again");
 }
+
+#[test]
+fn drain_closes_a_client_once_its_last_response_is_flushed() {
+    let mut h = harness();
+    let c = h.connect_client();
+    h.stall(c, true);
+    h.client_send(c, &get("/"));
+    let u = busy_upstream(&h).unwrap();
+    requests(&mut h, u);
+    h.upstream_send(u, &ok("still queued"));
+    let now = h.now;
+    h.core.begin_drain(now);
+    h.pump();
+    assert!(!h.clients[&c].closed, "the response is still being written");
+    h.stall(c, false);
+    assert_eq!(responses(&mut h, c)[0].body, b"still queued");
+    assert!(h.clients[&c].closed);
+    assert!(h.core.is_drained());
+}
+
+#[test]
+fn no_100_continue_once_the_body_is_already_there() {
+    let mut h = harness();
+    let c = h.connect_client();
+    h.client_send(
+        c,
+        b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nhi",
+    );
+    let u = busy_upstream(&h).unwrap();
+    assert_eq!(requests(&mut h, u)[0].body, b"hi");
+    h.upstream_send(u, &ok("x"));
+    let buf = h.take_client(c);
+    assert!(
+        buf.starts_with(b"HTTP/1.1 200 OK"),
+        "{:?}",
+        String::from_utf8_lossy(&buf)
+    );
+}
