@@ -84,6 +84,9 @@ impl Balancer {
     /// Builds the balancer of one group. Servers beyond index 63 cannot be marked in a `tried`
     /// mask and are never picked (the configuration allows at most 64).
     pub fn new(cfg: &UpstreamConfig) -> Balancer {
+        // nginx: with a single server, max_fails and fail_timeout are ignored — marking the only
+        // server down would turn one failure into fail_timeout seconds of instant 502s.
+        let single = cfg.servers.len() == 1;
         let peers: Vec<Peer> = cfg
             .servers
             .iter()
@@ -92,7 +95,7 @@ impl Balancer {
                 weight: s.weight,
                 backup: s.backup,
                 max_conns: s.max_conns,
-                max_fails: s.max_fails,
+                max_fails: if single { 0 } else { s.max_fails },
                 fail_timeout: s.fail_timeout,
                 effective_weight: i64::from(s.weight),
                 current_weight: 0,
@@ -503,7 +506,7 @@ mod tests {
 
     #[test]
     fn success_resets_count() {
-        let mut cfg = group(&[1], Balance::RoundRobin);
+        let mut cfg = group(&[1, 1], Balance::RoundRobin);
         cfg.servers[0].max_fails = 2;
         let mut b = Balancer::new(&cfg);
         b.failure(Time(0), 0);
@@ -512,6 +515,16 @@ mod tests {
         assert!(b.is_up(Time(2), 0));
         b.failure(Time(3), 0);
         assert!(!b.is_up(Time(3), 0));
+    }
+
+    #[test]
+    fn a_single_server_is_never_marked_down() {
+        let mut b = Balancer::new(&group(&[1], Balance::RoundRobin));
+        for t in 0..5 {
+            b.failure(Time(t), 0);
+        }
+        assert!(b.is_up(Time(5), 0));
+        assert_eq!(b.pick(Time(5), 0, 0), Some(0));
     }
 
     #[test]

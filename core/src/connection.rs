@@ -24,6 +24,8 @@ pub(crate) enum AfterFlush {
     Keep,
     /// Close it.
     Close,
+    /// Close it abortively (RST): what was sent is incomplete and must not look complete.
+    Reset,
     /// Half-close, then read and discard until the peer closes or the lingering timeout, so the
     /// peer receives our last response instead of a reset (RFC 9112 §9.6).
     Linger,

@@ -269,6 +269,9 @@ struct Upstream {
     reusable: bool,
     /// Counted as an active request of its server by the balancer (least-conn, max_conns).
     acquired: bool,
+    /// Some response bytes (even an interim 1xx) arrived for the current request: it can no
+    /// longer be retried.
+    responded: bool,
 }
 
 #[derive(Debug)]
@@ -300,6 +303,8 @@ enum Failure {
     ReadTimeout,
     SendTimeout,
     BadResponse,
+    /// A 408 on a reused connection: the backend's idle timeout, sent as we reused it.
+    Reused408,
 }
 
 /// The sans-IO proxy engine. See the crate documentation for the drive loop.
@@ -630,7 +635,9 @@ impl Core {
             match cl.phase {
                 // Between requests (perhaps still flushing the last response), or with only
                 // part of a head received — not an exchange we promised to finish.
-                Phase::Idle | Phase::Head => self.close_client_after_flush(now, id, false),
+                Phase::Idle | Phase::Head => {
+                    self.close_client_after_flush(now, id, AfterFlush::Close)
+                }
                 Phase::Exchange => cl.ex.keep_alive = false,
                 Phase::Closing | Phase::Lingering => {}
             }
@@ -852,7 +859,10 @@ impl Core {
                     UState::Connecting => {
                         // Data before we were told the connect finished: keep it buffered.
                     }
-                    UState::Active | UState::Tunnel => self.drive_upstream(now, id),
+                    UState::Active | UState::Tunnel => {
+                        u.responded = true;
+                        self.drive_upstream(now, id)
+                    }
                 }
             }
         }
@@ -862,10 +872,12 @@ impl Core {
         let Some(c) = self.get(id) else { return };
         match &c.role {
             Role::Client(cl) => match cl.phase {
-                Phase::Idle | Phase::Head | Phase::Lingering => {
-                    // Nothing owed (a partial head is abandoned by the client itself).
-                    self.close(id, false);
+                // Nothing more is owed (a partial head is abandoned by the client itself), but
+                // a response still being written is delivered before the close.
+                Phase::Idle | Phase::Head => {
+                    self.close_client_after_flush(now, id, AfterFlush::Close)
                 }
+                Phase::Lingering => self.close(id, false),
                 Phase::Closing => {}
                 Phase::Exchange => {
                     if cl.ex.resp == Resp::Tunnel {
@@ -873,14 +885,10 @@ impl Core {
                     } else if !cl.ex.req_done {
                         // The request will never complete: abandon the exchange.
                         self.abort_exchange(now, id);
-                    } else {
-                        // Half-close after a complete request: finish the response, then close.
-                        if let Some(Role::Client(cl)) =
-                            conn_mut(&mut self.conns, id).map(|c| &mut c.role)
-                        {
-                            cl.ex.keep_alive = false;
-                        }
                     }
+                    // Otherwise a half-close after a complete request: the response (and any
+                    // complete pipelined requests already buffered) are still answered;
+                    // `end_exchange` closes once nothing is left.
                 }
             },
             Role::Upstream(u) => match u.state {
@@ -960,13 +968,22 @@ impl Core {
         if !empty || self.get(id).is_none() {
             return;
         }
-        match after {
-            AfterFlush::Keep => {
-                if !is_client {
-                    self.request_maybe_sent(now, id);
-                }
+        if after == AfterFlush::Keep {
+            if !is_client {
+                self.request_maybe_sent(now, id);
             }
+        } else {
+            self.flushed(now, id);
+        }
+    }
+
+    /// The write queue of `id` is empty and it was to close afterwards: do so.
+    fn flushed(&mut self, now: Time, id: ConnId) {
+        let Some(c) = self.get(id) else { return };
+        match c.buf.after_flush {
+            AfterFlush::Keep => {}
             AfterFlush::Close => self.close(id, false),
+            AfterFlush::Reset => self.close(id, true),
             AfterFlush::Linger => self.start_linger(now, id),
         }
     }
@@ -1361,6 +1378,7 @@ impl Core {
                 };
                 up.state = UState::Active;
                 up.acquired = true;
+                up.responded = false;
                 up.client = Some(id);
                 up.written = 0;
                 up.sent_all = false;
@@ -1388,6 +1406,7 @@ impl Core {
                         idle_expires: now,
                         reusable: false,
                         acquired: true,
+                        responded: false,
                     }),
                 });
                 self.out.push_back(Output::Connect {
@@ -1431,6 +1450,12 @@ impl Core {
             return;
         };
         let in_exchange = cl.phase == Phase::Exchange;
+        if in_exchange && cl.ex.resp_started {
+            // A response is already on its way: a second one would be read as part of its body.
+            // The only honest signal left is an abortive close.
+            self.abort_exchange(now, id);
+            return;
+        }
         // After an error in the request itself (or an unread body) the connection's framing
         // can't be trusted; after an upstream failure on a complete request it can (nginx too
         // keeps the client connection after a 502/504).
@@ -1450,13 +1475,13 @@ impl Core {
         if keep {
             self.end_exchange(now, id);
         } else {
-            self.close_client_after_flush(now, id, true);
+            self.close_client_after_flush(now, id, AfterFlush::Linger);
         }
     }
 
     /// The client gets no more from us: close once the queue is flushed, lingering if unread
     /// input may follow (so it reads our response instead of a reset).
-    fn close_client_after_flush(&mut self, now: Time, id: ConnId, linger: bool) {
+    fn close_client_after_flush(&mut self, now: Time, id: ConnId, how: AfterFlush) {
         let Some(c) = conn_mut(&mut self.conns, id) else {
             return;
         };
@@ -1465,17 +1490,15 @@ impl Core {
         };
         cl.phase = Phase::Closing;
         c.buf.rbuf.clear();
-        c.buf.after_flush = if linger && !c.buf.read_closed {
-            AfterFlush::Linger
-        } else {
-            AfterFlush::Close
+        // Lingering only makes sense while the client may still send.
+        c.buf.after_flush = match how {
+            AfterFlush::Linger if c.buf.read_closed => AfterFlush::Close,
+            AfterFlush::Keep => AfterFlush::Close,
+            other => other,
         };
         touch(&mut self.touched, id);
         if c.buf.wq.is_empty() {
-            match c.buf.after_flush {
-                AfterFlush::Linger => self.start_linger(now, id),
-                _ => self.close(id, false),
-            }
+            self.flushed(now, id);
         }
     }
 
@@ -1527,10 +1550,10 @@ impl Core {
             if !c.buf.rbuf.is_empty() {
                 self.drive_client(now, id);
             } else if c.buf.read_closed {
-                self.close_client_after_flush(now, id, false);
+                self.close_client_after_flush(now, id, AfterFlush::Close);
             }
         } else {
-            self.close_client_after_flush(now, id, false);
+            self.close_client_after_flush(now, id, AfterFlush::Close);
         }
     }
 
@@ -1666,6 +1689,14 @@ impl Core {
             };
             c.buf.rbuf.advance(self.head.len);
             return true;
+        }
+        let reused =
+            matches!(&self.conns[id.index as usize].role, Role::Upstream(u) if u.requests > 1);
+        if status == 408 && reused {
+            // On a reused connection a 408 is the backend's idle timeout racing our request
+            // (Node, HAProxy and others send one before closing), not an answer to it.
+            self.upstream_failed(now, id, Failure::Reused408);
+            return false;
         }
         if status == 101 && !upgrade {
             self.upstream_failed(now, id, Failure::BadResponse);
@@ -1895,7 +1926,7 @@ impl Core {
             // The upstream answered before the request body was complete (e.g. 413): we will
             // not read the rest, so the connection cannot continue.
             cl.ex.keep_alive = false;
-            self.close_client_after_flush(now, cid, true);
+            self.close_client_after_flush(now, cid, AfterFlush::Linger);
         }
     }
 
@@ -1905,7 +1936,7 @@ impl Core {
         let Some(c) = self.get(id) else { return };
         let Role::Upstream(u) = &c.role else { return };
         let (g, srv, written) = (u.group as usize, u.server, u.written);
-        let got_bytes = !c.buf.rbuf.is_empty();
+        let got_bytes = u.responded || !c.buf.rbuf.is_empty();
         let was_reused = u.requests > 1;
         let idx = (srv - self.groups[g].first_server) as usize;
         let Some(cid) = u.client else {
@@ -1926,18 +1957,23 @@ impl Core {
         let ex = &mut cl.ex;
         ex.upstream = None;
         if ex.resp_started {
-            // Part of the response already went out: the client must see it truncated.
-            let _ = conn_mut(&mut self.conns, cid);
-            self.close_client_after_flush(now, cid, false);
-            if let Some(c) = conn_mut(&mut self.conns, cid) {
-                c.buf.after_flush = AfterFlush::Close;
-            }
+            // Part of the response already went out. The client must see it cut short: after
+            // what is queued, an abortive close — a FIN would make a close-delimited body look
+            // complete.
+            self.close_client_after_flush(now, cid, AfterFlush::Reset);
             return;
         }
         let idempotent = ex.method.is_idempotent();
         let replayable = unsent.is_some() || ex.replayable;
         let resend_ok = (idempotent || written == 0) && replayable;
-        let stale = why == Failure::Closed && was_reused && !got_bytes && !ex.stale_retried;
+        // The keepalive race: the backend gave up on the idle connection as we reused it — it
+        // closed (EOF / reset before any response byte) or answered with its idle-timeout 408.
+        let race = match why {
+            Failure::Closed => was_reused && !got_bytes,
+            Failure::Reused408 => true,
+            _ => false,
+        };
+        let stale = race && !ex.stale_retried;
         let gcfg = &self.config.upstreams[g];
         let tries_left = ex.tries < gcfg.next_upstream_tries.max(1);
         let retry = if stale && resend_ok {
@@ -1949,7 +1985,7 @@ impl Core {
             self.stats.groups[g].stale_retries += 1;
             Some(true)
         } else {
-            let counts = !matches!(why, Failure::Closed if was_reused && !got_bytes);
+            let counts = !race;
             if counts {
                 self.stats.servers[srv as usize].failures += 1;
                 self.groups[g].balancer.failure(now, idx);
@@ -1967,7 +2003,7 @@ impl Core {
             }
         };
         let status = match why {
-            Failure::ConnectTimeout | Failure::ReadTimeout => 504,
+            Failure::ConnectTimeout | Failure::ReadTimeout | Failure::SendTimeout => 504,
             _ => 502,
         };
         let Some(Role::Client(cl)) = conn_mut(&mut self.conns, cid).map(|c| &mut c.role) else {
