@@ -205,25 +205,21 @@ fn scan_head(
     max_head: usize,
 ) -> Result<Scan, HeadError> {
     let too_large = |n: usize| n > max_head || n > u32::MAX as usize;
+    // Out of bytes after `n` of them: wait for more, unless the head is already too large.
+    let incomplete = |n: usize| {
+        if too_large(n) {
+            Err(HeadError::HeaderTooLarge)
+        } else {
+            Ok(Scan::Incomplete)
+        }
+    };
     let mut i = 0;
     // RFC 9112 §2.2: ignore empty lines (CRLF) before the start line.
     loop {
         match buf.get(i) {
-            None => {
-                return if too_large(i) {
-                    Err(HeadError::HeaderTooLarge)
-                } else {
-                    Ok(Scan::Incomplete)
-                };
-            }
+            None => return incomplete(i),
             Some(b'\r') => match buf.get(i + 1) {
-                None => {
-                    return if too_large(buf.len()) {
-                        Err(HeadError::HeaderTooLarge)
-                    } else {
-                        Ok(Scan::Incomplete)
-                    };
-                }
+                None => return incomplete(buf.len()),
                 Some(b'\n') => i += 2,
                 Some(_) => return Err(HeadError::BadRequest("bare CR")),
             },
@@ -267,25 +263,13 @@ fn scan_head(
             return Err(first_line_err);
         }
         match pos {
-            None => {
-                return if too_large(buf.len()) {
-                    Err(HeadError::HeaderTooLarge)
-                } else {
-                    Ok(Scan::Incomplete)
-                };
-            }
+            None => return incomplete(buf.len()),
             Some(p) => {
                 if rest[p] == b'\n' {
                     return Err(HeadError::BadRequest("bare LF"));
                 }
                 match rest.get(p + 1) {
-                    None => {
-                        return if too_large(buf.len()) {
-                            Err(HeadError::HeaderTooLarge)
-                        } else {
-                            Ok(Scan::Incomplete)
-                        };
-                    }
+                    None => return incomplete(buf.len()),
                     Some(b'\n') => i = start + p + 2,
                     Some(_) => return Err(HeadError::BadRequest("bare CR")),
                 }
@@ -388,6 +372,83 @@ struct FieldSummary {
     upgrade_count: usize,
 }
 
+impl FieldSummary {
+    /// Transfer-Encoding and Content-Length counts (RFC 9112 §6.1, §6.3).
+    fn check_framing(&self, version: Version) -> Result<(), HeadError> {
+        if self.te_count > 0 {
+            if version == Version::Http10 {
+                return Err(HeadError::BadRequest("Transfer-Encoding in HTTP/1.0"));
+            }
+            if self.te_count > 1 {
+                return Err(HeadError::BadRequest("more than one Transfer-Encoding"));
+            }
+            if self.cl_count > 0 {
+                return Err(HeadError::BadRequest(
+                    "Transfer-Encoding with Content-Length",
+                ));
+            }
+        }
+        if self.cl_count > 1 {
+            return Err(HeadError::BadRequest("duplicate Content-Length"));
+        }
+        Ok(())
+    }
+
+    fn check_upgrade(&self) -> Result<(), HeadError> {
+        if self.upgrade_count > 1 {
+            return Err(HeadError::BadRequest("more than one Upgrade"));
+        }
+        Ok(())
+    }
+
+    /// Whether the (single, checked) Transfer-Encoding says chunked.
+    fn chunked(&self, buf: &[u8]) -> Result<bool, HeadError> {
+        match self.te {
+            None => Ok(false),
+            Some(te) => match headers::parse_transfer_encoding(te.of(buf)) {
+                TransferEncoding::Chunked => Ok(true),
+                TransferEncoding::Unsupported => Err(HeadError::NotImplemented),
+                TransferEncoding::Invalid => {
+                    Err(HeadError::BadRequest("invalid Transfer-Encoding"))
+                }
+            },
+        }
+    }
+}
+
+/// What the two head parsers share of `httparse::Request` and `httparse::Response`.
+trait StartLine<'b> {
+    /// Limit on the start line, and the error for exceeding it.
+    fn first_line_limit(limits: &HeadLimits) -> (usize, HeadError);
+    /// Whether an invalid version in a start line that is not complete yet is only "incomplete".
+    const PARTIAL_VERSION_OK: bool;
+    fn parse(&mut self, buf: &'b [u8]) -> httparse::Result<usize>;
+    fn version(&self) -> Option<u8>;
+}
+
+/// `StartLine` for `httparse::$ty`: start-line limit `limits.$max` (exceeding it is `$err`).
+macro_rules! start_line {
+    ($($ty:ident: $max:ident, $err:expr, partial_version_ok: $ok:expr;)*) => {$(
+        impl<'b> StartLine<'b> for httparse::$ty<'_, 'b> {
+            fn first_line_limit(limits: &HeadLimits) -> (usize, HeadError) {
+                (limits.$max, $err)
+            }
+            const PARTIAL_VERSION_OK: bool = $ok;
+            fn parse(&mut self, buf: &'b [u8]) -> httparse::Result<usize> {
+                httparse::$ty::parse(self, buf)
+            }
+            fn version(&self) -> Option<u8> {
+                self.version
+            }
+        }
+    )*};
+}
+
+start_line! {
+    Request: max_request_line, HeadError::UriTooLong, partial_version_ok: true;
+    Response: max_head, HeadError::HeaderTooLarge, partial_version_ok: false;
+}
+
 impl Head {
     pub fn new() -> Head {
         Head::default()
@@ -412,42 +473,55 @@ impl Head {
         self.content_length = None;
     }
 
-    /// Parse a request head from the start of `buf`. `Ok(false)`: incomplete, call again with
-    /// more bytes. `Ok(true)`: complete (`len` bytes). Errors map to the client status via
-    /// [`HeadError::status`].
-    pub fn parse_request(&mut self, buf: &[u8], limits: &HeadLimits) -> Result<bool, HeadError> {
+    /// The front both head parsers share: reset, check the line structure, run httparse (`p`)
+    /// over the head, then set `len` and `version`. `Ok(false)`: incomplete.
+    fn parse_start<'b, P: StartLine<'b>>(
+        &mut self,
+        p: &mut P,
+        buf: &'b [u8],
+        limits: &HeadLimits,
+    ) -> Result<bool, HeadError> {
         self.reset();
-        let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let end = match scan_head(
-            buf,
-            limits.max_request_line,
-            HeadError::UriTooLong,
-            limits.max_head,
-        )? {
+        let (max_first_line, first_line_err) = P::first_line_limit(limits);
+        let end = match scan_head(buf, max_first_line, first_line_err, limits.max_head)? {
             Scan::Incomplete => {
                 // Surface errors already visible in the partial head (garbage, too many fields).
-                let mut req = httparse::Request::new(&mut storage);
-                return match req.parse(buf) {
+                return match p.parse(buf) {
                     Ok(_) => Ok(false),
-                    Err(httparse::Error::Version) if !first_line(buf).1 => Ok(false),
+                    Err(httparse::Error::Version)
+                        if P::PARTIAL_VERSION_OK && !first_line(buf).1 =>
+                    {
+                        Ok(false)
+                    }
                     Err(e) => Err(map_httparse(e, buf)),
                 };
             }
             Scan::Complete(end) => end,
         };
         let head = &buf[..end];
-        let mut req = httparse::Request::new(&mut storage);
-        match req.parse(head) {
+        match p.parse(head) {
             Ok(httparse::Status::Complete(n)) if n == end => {}
             Ok(_) => return Err(HeadError::BadRequest("malformed head")),
             Err(e) => return Err(map_httparse(e, head)),
         }
         self.len = end;
-        self.version = match req.version {
+        self.version = match p.version() {
             Some(0) => Version::Http10,
             Some(1) => Version::Http11,
             _ => return Err(HeadError::VersionNotSupported),
         };
+        Ok(true)
+    }
+
+    /// Parse a request head from the start of `buf`. `Ok(false)`: incomplete, call again with
+    /// more bytes. `Ok(true)`: complete (`len` bytes). Errors map to the client status via
+    /// [`HeadError::status`].
+    pub fn parse_request(&mut self, buf: &[u8], limits: &HeadLimits) -> Result<bool, HeadError> {
+        let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut storage);
+        if !self.parse_start(&mut req, buf, limits)? {
+            return Ok(false);
+        }
         let method = req.method.unwrap_or("");
         self.method_name = span_in(buf, method.as_bytes())?;
         self.method = method_of(method.as_bytes());
@@ -478,35 +552,10 @@ impl Head {
         {
             return Err(HeadError::BadRequest("invalid Host"));
         }
-        if sum.upgrade_count > 1 {
-            return Err(HeadError::BadRequest("more than one Upgrade"));
-        }
-
-        // Framing (RFC 9112 §6.1, §6.3).
-        if sum.te_count > 0 {
-            if self.version == Version::Http10 {
-                return Err(HeadError::BadRequest("Transfer-Encoding in HTTP/1.0"));
-            }
-            if sum.te_count > 1 {
-                return Err(HeadError::BadRequest("more than one Transfer-Encoding"));
-            }
-            if sum.cl_count > 0 {
-                return Err(HeadError::BadRequest(
-                    "Transfer-Encoding with Content-Length",
-                ));
-            }
-        }
-        if sum.cl_count > 1 {
-            return Err(HeadError::BadRequest("duplicate Content-Length"));
-        }
-        self.body = if let Some(te) = sum.te {
-            match headers::parse_transfer_encoding(te.of(buf)) {
-                TransferEncoding::Chunked => BodyKind::Chunked,
-                TransferEncoding::Unsupported => return Err(HeadError::NotImplemented),
-                TransferEncoding::Invalid => {
-                    return Err(HeadError::BadRequest("invalid Transfer-Encoding"));
-                }
-            }
+        sum.check_upgrade()?;
+        sum.check_framing(self.version)?;
+        self.body = if sum.chunked(buf)? {
+            BodyKind::Chunked
         } else if let Some(n) = self.content_length {
             BodyKind::Length(n)
         } else {
@@ -523,36 +572,11 @@ impl Head {
         request_method: Method,
         limits: &HeadLimits,
     ) -> Result<bool, HeadError> {
-        self.reset();
         let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let end = match scan_head(
-            buf,
-            limits.max_head,
-            HeadError::HeaderTooLarge,
-            limits.max_head,
-        )? {
-            Scan::Incomplete => {
-                let mut res = httparse::Response::new(&mut storage);
-                return match res.parse(buf) {
-                    Ok(_) => Ok(false),
-                    Err(e) => Err(map_httparse(e, buf)),
-                };
-            }
-            Scan::Complete(end) => end,
-        };
-        let head = &buf[..end];
         let mut res = httparse::Response::new(&mut storage);
-        match res.parse(head) {
-            Ok(httparse::Status::Complete(n)) if n == end => {}
-            Ok(_) => return Err(HeadError::BadRequest("malformed head")),
-            Err(e) => return Err(map_httparse(e, head)),
+        if !self.parse_start(&mut res, buf, limits)? {
+            return Ok(false);
         }
-        self.len = end;
-        self.version = match res.version {
-            Some(0) => Version::Http10,
-            Some(1) => Version::Http11,
-            _ => return Err(HeadError::VersionNotSupported),
-        };
         let status = res.code.unwrap_or(0);
         if !(100..=599).contains(&status) {
             return Err(HeadError::BadRequest("invalid status code"));
@@ -560,36 +584,9 @@ impl Head {
         self.status = status;
         self.reason = span_in(buf, res.reason.unwrap_or("").as_bytes())?;
         let sum = self.collect_fields(buf, res.headers, false)?;
-
-        if sum.te_count > 0 {
-            if self.version == Version::Http10 {
-                return Err(HeadError::BadRequest("Transfer-Encoding in HTTP/1.0"));
-            }
-            if sum.te_count > 1 {
-                return Err(HeadError::BadRequest("more than one Transfer-Encoding"));
-            }
-            if sum.cl_count > 0 {
-                return Err(HeadError::BadRequest(
-                    "Transfer-Encoding with Content-Length",
-                ));
-            }
-        }
-        if sum.cl_count > 1 {
-            return Err(HeadError::BadRequest("duplicate Content-Length"));
-        }
-        if sum.upgrade_count > 1 {
-            return Err(HeadError::BadRequest("more than one Upgrade"));
-        }
-        let chunked = match sum.te {
-            None => false,
-            Some(te) => match headers::parse_transfer_encoding(te.of(buf)) {
-                TransferEncoding::Chunked => true,
-                TransferEncoding::Unsupported => return Err(HeadError::NotImplemented),
-                TransferEncoding::Invalid => {
-                    return Err(HeadError::BadRequest("invalid Transfer-Encoding"));
-                }
-            },
-        };
+        sum.check_framing(self.version)?;
+        sum.check_upgrade()?;
+        let chunked = sum.chunked(buf)?;
         // RFC 9112 §6.3, in order.
         let no_body = request_method == Method::Head
             || (100..200).contains(&status)
@@ -737,14 +734,15 @@ pub enum OutBody {
     Close,
 }
 
-fn put_u64(n: u64, out: &mut BytesMut) {
+/// `n` in base `RADIX` (10 or 16, lower-case digits).
+fn put_num<const RADIX: u64>(n: u64, out: &mut BytesMut) {
     let mut tmp = [0u8; 20];
     let mut i = tmp.len();
     let mut n = n;
     loop {
         i -= 1;
-        tmp[i] = b'0' + (n % 10) as u8;
-        n /= 10;
+        tmp[i] = b"0123456789abcdef"[(n % RADIX) as usize];
+        n /= RADIX;
         if n == 0 {
             break;
         }
@@ -752,11 +750,30 @@ fn put_u64(n: u64, out: &mut BytesMut) {
     out.extend_from_slice(&tmp[i..]);
 }
 
+fn put_u64(n: u64, out: &mut BytesMut) {
+    put_num::<10>(n, out);
+}
+
 fn put_field(name: &[u8], value: &[u8], out: &mut BytesMut) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(CRLF);
+}
+
+/// The received fields that are forwarded verbatim: not `strip`, and not `replaced` (fields we
+/// write ourselves).
+fn put_fields(head: &Head, buf: &[u8], replaced: impl Fn(&[u8]) -> bool, out: &mut BytesMut) {
+    for f in &head.fields {
+        if f.strip {
+            continue;
+        }
+        let name = f.name.of(buf);
+        if replaced(name) {
+            continue;
+        }
+        put_field(name, f.value.of(buf), out);
+    }
 }
 
 fn put_ip(ip: IpAddr, out: &mut BytesMut) {
@@ -805,13 +822,20 @@ fn put_joined(head: &Head, buf: &[u8], name: &[u8], out: &mut BytesMut) -> bool 
     any
 }
 
+/// `Name: <received values joined>, ` (no trailing `, ` when there were none): the start of a
+/// field that appends our element to the received list (`field` is `name` in lower case).
+fn put_list_start(head: &Head, buf: &[u8], name: &[u8], field: &[u8], out: &mut BytesMut) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    if put_joined(head, buf, field, out) {
+        out.extend_from_slice(b", ");
+    }
+}
+
 /// `Via: <existing>, <received-version> <pseudonym>` (RFC 9110 §7.6.3). The received protocol
 /// is the version of the message we received (`1.1` for HTTP/1.1, `1.0` for HTTP/1.0).
 fn put_via(head: &Head, buf: &[u8], via: &str, out: &mut BytesMut) {
-    out.extend_from_slice(b"Via: ");
-    if put_joined(head, buf, b"via", out) {
-        out.extend_from_slice(b", ");
-    }
+    put_list_start(head, buf, b"Via", b"via", out);
     out.extend_from_slice(match head.version {
         Version::Http10 => b"1.0 ",
         Version::Http11 => b"1.1 ",
@@ -840,19 +864,12 @@ pub fn write_request_head(
     out.extend_from_slice(b" ");
     out.extend_from_slice(head.target.of(buf));
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for f in &head.fields {
-        if f.strip {
-            continue;
-        }
-        let name = f.name.of(buf);
-        if (xff.is_some() && eq_ic(name, b"x-forwarded-for"))
+    let replaced = |name: &[u8]| {
+        (xff.is_some() && eq_ic(name, b"x-forwarded-for"))
             || (fwd.proto.is_some() && eq_ic(name, b"x-forwarded-proto"))
             || (fwd.via.is_some() && eq_ic(name, b"via"))
-        {
-            continue;
-        }
-        put_field(name, f.value.of(buf), out);
-    }
+    };
+    put_fields(head, buf, replaced, out);
     if head.host.is_none() {
         put_field(b"Host", fwd.default_host.as_bytes(), out);
     }
@@ -861,10 +878,7 @@ pub fn write_request_head(
         put_upgrade(head, buf, out);
     }
     if let Some(ip) = xff {
-        out.extend_from_slice(b"X-Forwarded-For: ");
-        if put_joined(head, buf, b"x-forwarded-for", out) {
-            out.extend_from_slice(b", ");
-        }
+        put_list_start(head, buf, b"X-Forwarded-For", b"x-forwarded-for", out);
         put_ip(ip, out);
         out.extend_from_slice(CRLF);
     }
@@ -902,16 +916,12 @@ pub fn write_response_head(
     out: &mut BytesMut,
 ) {
     put_status_line(head.status, head.reason.of(buf), out);
-    for f in &head.fields {
-        if f.strip {
-            continue;
-        }
-        let name = f.name.of(buf);
-        if opts.via.is_some() && eq_ic(name, b"via") {
-            continue;
-        }
-        put_field(name, f.value.of(buf), out);
-    }
+    put_fields(
+        head,
+        buf,
+        |name| opts.via.is_some() && eq_ic(name, b"via"),
+        out,
+    );
     put_framing(opts.body, out);
     if opts.close {
         out.extend_from_slice(b"Connection: close\r\n");
@@ -931,9 +941,7 @@ pub fn write_response_head(
 /// Forward an interim (1xx) response with hop-by-hop fields stripped.
 pub fn write_informational(head: &Head, buf: &[u8], out: &mut BytesMut) {
     put_status_line(head.status, head.reason.of(buf), out);
-    for f in head.fields.iter().filter(|f| !f.strip) {
-        put_field(f.name.of(buf), f.value.of(buf), out);
-    }
+    put_fields(head, buf, |_| false, out);
     out.extend_from_slice(CRLF);
 }
 
@@ -993,18 +1001,7 @@ pub fn write_error_response(status: u16, close: bool, head_only: bool, out: &mut
 
 /// `{len:x}\r\n`.
 pub fn write_chunk_size(len: u64, out: &mut BytesMut) {
-    let mut tmp = [0u8; 16];
-    let mut i = tmp.len();
-    let mut n = len;
-    loop {
-        i -= 1;
-        tmp[i] = b"0123456789abcdef"[(n & 0xf) as usize];
-        n >>= 4;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&tmp[i..]);
+    put_num::<16>(len, out);
     out.extend_from_slice(CRLF);
 }
 
@@ -1034,6 +1031,20 @@ pub struct Step {
     pub chunk_start: Option<u64>,
     /// Chunked: `data` completes the current chunk.
     pub chunk_end: bool,
+}
+
+impl Step {
+    /// Only framing (`skip` bytes, no payload); `done`: the message ends after them, else more
+    /// input is needed.
+    fn framing(skip: usize, chunk_start: Option<u64>, done: bool) -> Step {
+        Step {
+            skip,
+            data: 0,
+            done,
+            chunk_start,
+            chunk_end: false,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1281,15 +1292,7 @@ impl BodyDecoder {
         loop {
             let rest = &input[skip..];
             match self.state {
-                DecState::Done => {
-                    return Ok(Step {
-                        skip,
-                        data: 0,
-                        done: true,
-                        chunk_start,
-                        chunk_end: false,
-                    });
-                }
+                DecState::Done => return Ok(Step::framing(skip, chunk_start, true)),
                 DecState::UntilClose => {
                     return Ok(Step {
                         skip,
@@ -1301,13 +1304,7 @@ impl BodyDecoder {
                 }
                 DecState::Length(n) | DecState::Data(n) => {
                     if rest.is_empty() {
-                        return Ok(Step {
-                            skip,
-                            data: 0,
-                            done: false,
-                            chunk_start,
-                            chunk_end: false,
-                        });
+                        return Ok(Step::framing(skip, chunk_start, false));
                     }
                     let data = (rest.len() as u64).min(n);
                     let left = n - data;
@@ -1328,15 +1325,7 @@ impl BodyDecoder {
                     });
                 }
                 DecState::Size => match parse_size_line(rest)? {
-                    None => {
-                        return Ok(Step {
-                            skip,
-                            data: 0,
-                            done: false,
-                            chunk_start,
-                            chunk_end: false,
-                        });
-                    }
+                    None => return Ok(Step::framing(skip, chunk_start, false)),
                     Some((n, size)) => {
                         skip += n;
                         self.state = if size == 0 {
@@ -1348,15 +1337,7 @@ impl BodyDecoder {
                     }
                 },
                 DecState::DataCrlf => match rest {
-                    [] | [b'\r'] => {
-                        return Ok(Step {
-                            skip,
-                            data: 0,
-                            done: false,
-                            chunk_start,
-                            chunk_end: false,
-                        });
-                    }
+                    [] | [b'\r'] => return Ok(Step::framing(skip, chunk_start, false)),
                     [b'\r', b'\n', ..] => {
                         skip += 2;
                         self.state = DecState::Size;
@@ -1366,25 +1347,11 @@ impl BodyDecoder {
                 DecState::Trailers => {
                     let budget = MAX_TRAILERS - self.trailer_bytes;
                     match parse_trailer_line(rest, budget)? {
-                        None => {
-                            return Ok(Step {
-                                skip,
-                                data: 0,
-                                done: false,
-                                chunk_start,
-                                chunk_end: false,
-                            });
-                        }
+                        None => return Ok(Step::framing(skip, chunk_start, false)),
                         Some(TrailerLine::End) => {
                             skip += 2;
                             self.state = DecState::Done;
-                            return Ok(Step {
-                                skip,
-                                data: 0,
-                                done: true,
-                                chunk_start,
-                                chunk_end: false,
-                            });
+                            return Ok(Step::framing(skip, chunk_start, true));
                         }
                         Some(TrailerLine::Field(n)) => {
                             self.trailer_bytes += n;

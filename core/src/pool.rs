@@ -79,14 +79,57 @@ struct Entry {
     key_slot: u32,
     group: u32,
     expires: Time,
-    /// Towards the MRU end (head) of the key list.
-    key_prev: u32,
-    /// Towards the LRU end (tail) of the key list.
-    key_next: u32,
-    /// Towards the MRU end (head) of the group list.
-    grp_prev: u32,
-    /// Towards the LRU end (tail) of the group list.
-    grp_next: u32,
+    /// Place on the key list.
+    key_links: Links,
+    /// Place on the group list.
+    grp_links: Links,
+}
+
+/// An entry's neighbours on one list.
+#[derive(Debug, Clone, Copy)]
+struct Links {
+    /// Towards the MRU end (head).
+    prev: u32,
+    /// Towards the LRU end (tail).
+    next: u32,
+}
+
+impl Links {
+    const NONE: Links = Links {
+        prev: NIL,
+        next: NIL,
+    };
+}
+
+/// Which of its two lists an operation walks or edits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum List {
+    Key,
+    Group,
+}
+
+impl List {
+    fn of(self, e: &Entry) -> Links {
+        match self {
+            List::Key => e.key_links,
+            List::Group => e.grp_links,
+        }
+    }
+
+    fn of_mut(self, e: &mut Entry) -> &mut Links {
+        match self {
+            List::Key => &mut e.key_links,
+            List::Group => &mut e.grp_links,
+        }
+    }
+
+    /// Name used in invariant-check messages.
+    fn name(self) -> &'static str {
+        match self {
+            List::Key => "key",
+            List::Group => "group",
+        }
+    }
 }
 
 /// Ends of one list: head = most recently checked in, tail = least recently checked in.
@@ -103,6 +146,38 @@ impl Ends {
         tail: NIL,
         len: 0,
     };
+
+    /// Links slot `e` (on no `list` yet) at the head.
+    fn push_front(&mut self, entries: &mut Slab<Entry>, list: List, e: u32) {
+        let old_head = self.head;
+        self.head = e;
+        if old_head == NIL {
+            self.tail = e;
+        }
+        self.len += 1;
+        list.of_mut(&mut entries[e as usize]).next = old_head;
+        if old_head != NIL {
+            list.of_mut(&mut entries[old_head as usize]).prev = e;
+        }
+    }
+
+    /// Unlinks slot `s`, whose neighbours on `list` were `l` (the entry itself may already be
+    /// out of the slab).
+    fn unlink(&mut self, entries: &mut Slab<Entry>, list: List, s: u32, l: Links) {
+        if l.prev != NIL {
+            list.of_mut(&mut entries[l.prev as usize]).next = l.next;
+        }
+        if l.next != NIL {
+            list.of_mut(&mut entries[l.next as usize]).prev = l.prev;
+        }
+        if self.head == s {
+            self.head = l.next;
+        }
+        if self.tail == s {
+            self.tail = l.prev;
+        }
+        self.len -= 1;
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -229,35 +304,15 @@ impl Pool {
             key_slot,
             group,
             expires,
-            key_prev: NIL,
-            key_next: NIL,
-            grp_prev: NIL,
-            grp_next: NIL,
+            key_links: Links::NONE,
+            grp_links: Links::NONE,
         }));
-        // Link at the head of the key list.
-        let kl = &mut self.keys[key_slot as usize].ends;
-        let old_head = kl.head;
-        kl.head = e;
-        if old_head == NIL {
-            kl.tail = e;
-        }
-        kl.len += 1;
-        self.entries[e as usize].key_next = old_head;
-        if old_head != NIL {
-            self.entries[old_head as usize].key_prev = e;
-        }
-        // Link at the head of the group list.
-        let gl = &mut self.groups[group as usize].ends;
-        let old_head = gl.head;
-        gl.head = e;
-        if old_head == NIL {
-            gl.tail = e;
-        }
-        gl.len += 1;
-        self.entries[e as usize].grp_next = old_head;
-        if old_head != NIL {
-            self.entries[old_head as usize].grp_prev = e;
-        }
+        self.keys[key_slot as usize]
+            .ends
+            .push_front(&mut self.entries, List::Key, e);
+        self.groups[group as usize]
+            .ends
+            .push_front(&mut self.entries, List::Group, e);
         // Index by connection.
         let idx = conn.index as usize;
         if idx >= self.by_conn.len() {
@@ -377,7 +432,7 @@ impl Pool {
         ListIter {
             pool: self,
             cur: head,
-            next: |e: &Entry| e.key_next,
+            next: |e: &Entry| e.key_links.next,
         }
     }
 
@@ -387,7 +442,7 @@ impl Pool {
         ListIter {
             pool: self,
             cur: tail,
-            next: |e: &Entry| e.grp_prev,
+            next: |e: &Entry| e.grp_links.prev,
         }
     }
 
@@ -416,24 +471,7 @@ impl Pool {
                 grp.ends.len,
                 grp.cap
             );
-            let mut count = 0usize;
-            let mut prev = NIL;
-            let mut cur = grp.ends.head;
-            while cur != NIL {
-                let e = self
-                    .entries
-                    .get(cur as usize)
-                    .unwrap_or_else(|| panic!("group {g}: dangling slot {cur}"));
-                assert_eq!(e.group as usize, g, "entry {cur} on the wrong group list");
-                assert_eq!(e.grp_prev, prev, "group {g}: broken prev link at {cur}");
-                count += 1;
-                assert!(count <= n, "group {g}: cycle");
-                prev = cur;
-                cur = e.grp_next;
-            }
-            assert_eq!(grp.ends.tail, prev, "group {g}: wrong tail");
-            assert_eq!(grp.ends.len, count, "group {g}: wrong len");
-            seen_groups += count;
+            seen_groups += self.check_list(List::Group, g, grp.ends, |e| e.group as usize);
         }
         assert_eq!(seen_groups, n, "entries not on any group list");
         // Key lists.
@@ -450,24 +488,7 @@ impl Pool {
                 "key map does not point at slot {s}"
             );
             assert!(kl.ends.len > 0, "empty key list {s} kept");
-            let mut count = 0usize;
-            let mut prev = NIL;
-            let mut cur = kl.ends.head;
-            while cur != NIL {
-                let e = self
-                    .entries
-                    .get(cur as usize)
-                    .unwrap_or_else(|| panic!("key {s}: dangling slot {cur}"));
-                assert_eq!(e.key_slot as usize, s, "entry {cur} on the wrong key list");
-                assert_eq!(e.key_prev, prev, "key {s}: broken prev link at {cur}");
-                count += 1;
-                assert!(count <= n, "key {s}: cycle");
-                prev = cur;
-                cur = e.key_next;
-            }
-            assert_eq!(kl.ends.tail, prev, "key {s}: wrong tail");
-            assert_eq!(kl.ends.len, count, "key {s}: wrong len");
-            seen_keys += count;
+            seen_keys += self.check_list(List::Key, s, kl.ends, |e| e.key_slot as usize);
         }
         assert_eq!(seen_keys, n, "entries not on any key list");
         // Connection index.
@@ -499,6 +520,37 @@ impl Pool {
         }
     }
 
+    /// Walks list `id` (of kind `list`) from its head, checking links, membership (`owner` of each entry is `id`),
+    /// tail and length; returns its length.
+    fn check_list(
+        &self,
+        list: List,
+        id: usize,
+        ends: Ends,
+        owner: impl Fn(&Entry) -> usize,
+    ) -> usize {
+        let name = list.name();
+        let mut count = 0usize;
+        let mut prev = NIL;
+        let mut cur = ends.head;
+        while cur != NIL {
+            let e = self
+                .entries
+                .get(cur as usize)
+                .unwrap_or_else(|| panic!("{name} {id}: dangling slot {cur}"));
+            assert_eq!(owner(e), id, "entry {cur} on the wrong {name} list");
+            let links = list.of(e);
+            assert_eq!(links.prev, prev, "{name} {id}: broken prev link at {cur}");
+            count += 1;
+            assert!(count <= self.entries.len(), "{name} {id}: cycle");
+            prev = cur;
+            cur = links.next;
+        }
+        assert_eq!(ends.tail, prev, "{name} {id}: wrong tail");
+        assert_eq!(ends.len, count, "{name} {id}: wrong len");
+        count
+    }
+
     // ----- internals -----
 
     fn slot_of_index(&self, index: u32) -> Option<u32> {
@@ -526,41 +578,16 @@ impl Pool {
     /// Unlinks and frees one entry, dropping its key list if it became empty.
     fn remove_slot(&mut self, s: u32) -> Entry {
         let e = self.entries.remove(s as usize);
-        // Key list.
-        if e.key_prev != NIL {
-            self.entries[e.key_prev as usize].key_next = e.key_next;
-        }
-        if e.key_next != NIL {
-            self.entries[e.key_next as usize].key_prev = e.key_prev;
-        }
         let kl = &mut self.keys[e.key_slot as usize];
-        if kl.ends.head == s {
-            kl.ends.head = e.key_next;
-        }
-        if kl.ends.tail == s {
-            kl.ends.tail = e.key_prev;
-        }
-        kl.ends.len -= 1;
+        kl.ends.unlink(&mut self.entries, List::Key, s, e.key_links);
         if kl.ends.len == 0 {
             let key = kl.key;
             self.keys.remove(e.key_slot as usize);
             self.key_index.remove(&key);
         }
-        // Group list.
-        if e.grp_prev != NIL {
-            self.entries[e.grp_prev as usize].grp_next = e.grp_next;
-        }
-        if e.grp_next != NIL {
-            self.entries[e.grp_next as usize].grp_prev = e.grp_prev;
-        }
-        let gl = &mut self.groups[e.group as usize].ends;
-        if gl.head == s {
-            gl.head = e.grp_next;
-        }
-        if gl.tail == s {
-            gl.tail = e.grp_prev;
-        }
-        gl.len -= 1;
+        self.groups[e.group as usize]
+            .ends
+            .unlink(&mut self.entries, List::Group, s, e.grp_links);
         self.by_conn[e.conn.index as usize] = NIL;
         e
     }

@@ -7,6 +7,7 @@
 //! `UpstreamConfig::new`, the `Default` impls).
 
 use core::fmt;
+use core::marker::PhantomData;
 use core::time::Duration;
 
 use serde::Deserialize;
@@ -142,126 +143,166 @@ defaults! {
     d_path_prefix: String = "/".to_owned();
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawListener {
-    addr: Address,
+/// A private serde mirror `$raw` of the public plain-data struct `$public`, field for field (the
+/// names must match, both ways, so a field added to one is a compile error until added to the
+/// other), with conversions in both directions.
+macro_rules! mirror {
+    (
+        $(#[$cattr:meta])*
+        struct $raw:ident for $public:ident {
+            $($(#[$attr:meta])* $field:ident: $ty:ty,)*
+        }
+    ) => {
+        #[derive(Deserialize)]
+        $(#[$cattr])*
+        struct $raw {
+            $($(#[$attr])* $field: $ty,)*
+        }
+
+        impl From<$raw> for $public {
+            fn from(r: $raw) -> $public {
+                let $raw { $($field),* } = r;
+                $public { $($field),* }
+            }
+        }
+
+        impl From<$public> for $raw {
+            fn from(p: $public) -> $raw {
+                let $public { $($field),* } = p;
+                $raw { $($field),* }
+            }
+        }
+    };
+}
+
+/// `impl Deserialize for $public` through its mirror `$raw`.
+macro_rules! deserialize_via {
+    ($($(#[$doc:meta])* $raw:ident => $public:ident,)*) => {$(
+        $(#[$doc])*
+        impl<'de> Deserialize<'de> for $public {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<$public, D::Error> {
+                $raw::deserialize(d).map(<$public>::from)
+            }
+        }
+    )*};
+}
+
+/// `impl Default for $raw`: the public type's defaults (for mirrors with `#[serde(default)]`).
+macro_rules! default_via {
+    ($($raw:ident => $public:ident,)*) => {$(
+        impl Default for $raw {
+            fn default() -> Self {
+                $public::default().into()
+            }
+        }
+    )*};
+}
+
+/// A visitor for the types written as `"ADDR"` or as a table (`$raw`, whose `addr` is required).
+struct AddrOrTable<R, T> {
+    expecting: &'static str,
+    from_addr: fn(Address) -> T,
+    raw: PhantomData<R>,
+}
+
+impl<'de, R: Deserialize<'de> + Into<T>, T> Visitor<'de> for AddrOrTable<R, T> {
+    type Value = T;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.expecting)
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
+        Ok((self.from_addr)(Address::parse(v).map_err(E::custom)?))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+        R::deserialize(MapAccessDeserializer::new(map)).map(Into::into)
+    }
+}
+
+fn addr_or_table<'de, R: Deserialize<'de> + Into<T>, T, D: Deserializer<'de>>(
+    d: D,
+    expecting: &'static str,
+    from_addr: fn(Address) -> T,
+) -> Result<T, D::Error> {
+    d.deserialize_any(AddrOrTable::<R, T> {
+        expecting,
+        from_addr,
+        raw: PhantomData,
+    })
+}
+
+mirror! {
+    #[serde(deny_unknown_fields)]
+    struct RawListener for ListenerConfig {
+        addr: Address,
+    }
 }
 
 /// A listener: `"ADDR"` or `{ addr = "ADDR" }` (`[[listen]]` tables).
 impl<'de> Deserialize<'de> for ListenerConfig {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<ListenerConfig, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = ListenerConfig;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a listener: an address string or a table with `addr`")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<ListenerConfig, E> {
-                Ok(ListenerConfig {
-                    addr: Address::parse(v).map_err(E::custom)?,
-                })
-            }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<ListenerConfig, A::Error> {
-                let raw = RawListener::deserialize(MapAccessDeserializer::new(map))?;
-                Ok(ListenerConfig { addr: raw.addr })
-            }
-        }
-        d.deserialize_any(V)
+        addr_or_table::<RawListener, _, _>(
+            d,
+            "a listener: an address string or a table with `addr`",
+            |addr| ListenerConfig { addr },
+        )
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawServer {
-    addr: Address,
-    #[serde(default = "d_weight")]
-    weight: u32,
-    #[serde(default = "d_max_fails")]
-    max_fails: u32,
-    #[serde(default = "d_fail_timeout", deserialize_with = "duration")]
-    fail_timeout: Duration,
-    #[serde(default)]
-    backup: bool,
-    #[serde(default = "d_max_conns")]
-    max_conns: u32,
+mirror! {
+    #[serde(deny_unknown_fields)]
+    struct RawServer for ServerConfig {
+        addr: Address,
+        #[serde(default = "d_weight")]
+        weight: u32,
+        #[serde(default = "d_max_fails")]
+        max_fails: u32,
+        #[serde(default = "d_fail_timeout", deserialize_with = "duration")]
+        fail_timeout: Duration,
+        #[serde(default)]
+        backup: bool,
+        #[serde(default = "d_max_conns")]
+        max_conns: u32,
+    }
 }
 
 /// A server: `"ADDR"` (all defaults) or `{ addr = "ADDR", weight = 2, ... }`.
 impl<'de> Deserialize<'de> for ServerConfig {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<ServerConfig, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = ServerConfig;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a server: an address string or a table with `addr`")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<ServerConfig, E> {
-                Ok(ServerConfig::new(Address::parse(v).map_err(E::custom)?))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<ServerConfig, A::Error> {
-                let r = RawServer::deserialize(MapAccessDeserializer::new(map))?;
-                Ok(ServerConfig {
-                    addr: r.addr,
-                    weight: r.weight,
-                    max_fails: r.max_fails,
-                    fail_timeout: r.fail_timeout,
-                    backup: r.backup,
-                    max_conns: r.max_conns,
-                })
-            }
-        }
-        d.deserialize_any(V)
+        addr_or_table::<RawServer, _, _>(
+            d,
+            "a server: an address string or a table with `addr`",
+            ServerConfig::new,
+        )
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawUpstream {
-    name: String,
-    servers: Vec<ServerConfig>,
-    #[serde(default = "d_balance")]
-    balance: Balance,
-    #[serde(default = "d_keepalive")]
-    keepalive: usize,
-    #[serde(default = "d_keepalive_timeout", deserialize_with = "duration")]
-    keepalive_timeout: Duration,
-    #[serde(default = "d_keepalive_requests")]
-    keepalive_requests: u32,
-    #[serde(default = "d_keepalive_time", deserialize_with = "duration")]
-    keepalive_time: Duration,
-    #[serde(default = "d_pool_key")]
-    pool_key: PoolKeyMode,
-    #[serde(default = "d_connect_timeout", deserialize_with = "duration")]
-    connect_timeout: Duration,
-    #[serde(default = "d_read_timeout", deserialize_with = "duration")]
-    read_timeout: Duration,
-    #[serde(default = "d_send_timeout", deserialize_with = "duration")]
-    send_timeout: Duration,
-    #[serde(default = "d_next_upstream_tries")]
-    next_upstream_tries: u32,
-    #[serde(default = "d_next_upstream_on_timeout")]
-    next_upstream_on_timeout: bool,
-}
-
-impl<'de> Deserialize<'de> for UpstreamConfig {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<UpstreamConfig, D::Error> {
-        let r = RawUpstream::deserialize(d)?;
-        Ok(UpstreamConfig {
-            name: r.name,
-            servers: r.servers,
-            balance: r.balance,
-            keepalive: r.keepalive,
-            keepalive_timeout: r.keepalive_timeout,
-            keepalive_requests: r.keepalive_requests,
-            keepalive_time: r.keepalive_time,
-            pool_key: r.pool_key,
-            connect_timeout: r.connect_timeout,
-            read_timeout: r.read_timeout,
-            send_timeout: r.send_timeout,
-            next_upstream_tries: r.next_upstream_tries,
-            next_upstream_on_timeout: r.next_upstream_on_timeout,
-        })
+mirror! {
+    #[serde(deny_unknown_fields)]
+    struct RawUpstream for UpstreamConfig {
+        name: String,
+        servers: Vec<ServerConfig>,
+        #[serde(default = "d_balance")]
+        balance: Balance,
+        #[serde(default = "d_keepalive")]
+        keepalive: usize,
+        #[serde(default = "d_keepalive_timeout", deserialize_with = "duration")]
+        keepalive_timeout: Duration,
+        #[serde(default = "d_keepalive_requests")]
+        keepalive_requests: u32,
+        #[serde(default = "d_keepalive_time", deserialize_with = "duration")]
+        keepalive_time: Duration,
+        #[serde(default = "d_pool_key")]
+        pool_key: PoolKeyMode,
+        #[serde(default = "d_connect_timeout", deserialize_with = "duration")]
+        connect_timeout: Duration,
+        #[serde(default = "d_read_timeout", deserialize_with = "duration")]
+        read_timeout: Duration,
+        #[serde(default = "d_send_timeout", deserialize_with = "duration")]
+        send_timeout: Duration,
+        #[serde(default = "d_next_upstream_tries")]
+        next_upstream_tries: u32,
+        #[serde(default = "d_next_upstream_on_timeout")]
+        next_upstream_on_timeout: bool,
     }
 }
 
@@ -291,207 +332,92 @@ fn upstreams<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<UpstreamConfig>, D::
     d.deserialize_any(V)
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRoute {
-    #[serde(default)]
-    host: Option<String>,
-    #[serde(default = "d_path_prefix")]
-    path_prefix: String,
-    upstream: String,
-}
-
-impl<'de> Deserialize<'de> for RouteConfig {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<RouteConfig, D::Error> {
-        let r = RawRoute::deserialize(d)?;
-        Ok(RouteConfig {
-            host: r.host,
-            path_prefix: r.path_prefix,
-            upstream: r.upstream,
-        })
+mirror! {
+    #[serde(deny_unknown_fields)]
+    struct RawRoute for RouteConfig {
+        #[serde(default)]
+        host: Option<String>,
+        #[serde(default = "d_path_prefix")]
+        path_prefix: String,
+        upstream: String,
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawClientTimeouts {
-    #[serde(deserialize_with = "duration")]
-    header: Duration,
-    #[serde(deserialize_with = "duration")]
-    body: Duration,
-    #[serde(deserialize_with = "duration")]
-    keepalive: Duration,
-    #[serde(deserialize_with = "duration")]
-    send: Duration,
-    #[serde(deserialize_with = "duration")]
-    lingering: Duration,
-}
-
-impl Default for RawClientTimeouts {
-    fn default() -> Self {
-        let ClientTimeouts {
-            header,
-            body,
-            keepalive,
-            send,
-            lingering,
-        } = ClientTimeouts::default();
-        RawClientTimeouts {
-            header,
-            body,
-            keepalive,
-            send,
-            lingering,
-        }
+mirror! {
+    #[serde(deny_unknown_fields, default)]
+    struct RawClientTimeouts for ClientTimeouts {
+        #[serde(deserialize_with = "duration")]
+        header: Duration,
+        #[serde(deserialize_with = "duration")]
+        body: Duration,
+        #[serde(deserialize_with = "duration")]
+        keepalive: Duration,
+        #[serde(deserialize_with = "duration")]
+        send: Duration,
+        #[serde(deserialize_with = "duration")]
+        lingering: Duration,
     }
 }
 
-impl<'de> Deserialize<'de> for ClientTimeouts {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<ClientTimeouts, D::Error> {
-        let RawClientTimeouts {
-            header,
-            body,
-            keepalive,
-            send,
-            lingering,
-        } = RawClientTimeouts::deserialize(d)?;
-        Ok(ClientTimeouts {
-            header,
-            body,
-            keepalive,
-            send,
-            lingering,
-        })
+mirror! {
+    #[serde(deny_unknown_fields, default)]
+    struct RawLimits for Limits {
+        #[serde(deserialize_with = "size_usize")]
+        max_request_line: usize,
+        #[serde(deserialize_with = "size_usize")]
+        max_head: usize,
+        #[serde(deserialize_with = "size_u64")]
+        max_body: u64,
+        client_keepalive_requests: u32,
+        max_client_connections: usize,
+        #[serde(deserialize_with = "size_usize")]
+        write_high_water: usize,
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawLimits {
-    #[serde(deserialize_with = "size_usize")]
-    max_request_line: usize,
-    #[serde(deserialize_with = "size_usize")]
-    max_head: usize,
-    #[serde(deserialize_with = "size_u64")]
-    max_body: u64,
-    client_keepalive_requests: u32,
-    max_client_connections: usize,
-    #[serde(deserialize_with = "size_usize")]
-    write_high_water: usize,
-}
-
-impl Default for RawLimits {
-    fn default() -> Self {
-        let Limits {
-            max_request_line,
-            max_head,
-            max_body,
-            client_keepalive_requests,
-            max_client_connections,
-            write_high_water,
-        } = Limits::default();
-        RawLimits {
-            max_request_line,
-            max_head,
-            max_body,
-            client_keepalive_requests,
-            max_client_connections,
-            write_high_water,
-        }
+mirror! {
+    #[serde(deny_unknown_fields, default)]
+    struct RawHeaders for HeaderOptions {
+        x_forwarded_for: bool,
+        x_forwarded_proto: bool,
+        #[serde(deserialize_with = "via")]
+        via: Option<String>,
     }
 }
 
-impl<'de> Deserialize<'de> for Limits {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Limits, D::Error> {
-        let RawLimits {
-            max_request_line,
-            max_head,
-            max_body,
-            client_keepalive_requests,
-            max_client_connections,
-            write_high_water,
-        } = RawLimits::deserialize(d)?;
-        Ok(Limits {
-            max_request_line,
-            max_head,
-            max_body,
-            client_keepalive_requests,
-            max_client_connections,
-            write_high_water,
-        })
+default_via! {
+    RawClientTimeouts => ClientTimeouts,
+    RawLimits => Limits,
+    RawHeaders => HeaderOptions,
+}
+
+mirror! {
+    #[serde(deny_unknown_fields)]
+    struct RawConfig for Config {
+        #[serde(rename = "listen", default)]
+        listeners: Vec<ListenerConfig>,
+        #[serde(rename = "upstream", default, deserialize_with = "upstreams")]
+        upstreams: Vec<UpstreamConfig>,
+        #[serde(rename = "route", default)]
+        routes: Vec<RouteConfig>,
+        #[serde(default)]
+        client_timeouts: ClientTimeouts,
+        #[serde(default)]
+        limits: Limits,
+        #[serde(default)]
+        headers: HeaderOptions,
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawHeaders {
-    x_forwarded_for: bool,
-    x_forwarded_proto: bool,
-    #[serde(deserialize_with = "via")]
-    via: Option<String>,
-}
-
-impl Default for RawHeaders {
-    fn default() -> Self {
-        let HeaderOptions {
-            x_forwarded_for,
-            x_forwarded_proto,
-            via,
-        } = HeaderOptions::default();
-        RawHeaders {
-            x_forwarded_for,
-            x_forwarded_proto,
-            via,
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for HeaderOptions {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<HeaderOptions, D::Error> {
-        let RawHeaders {
-            x_forwarded_for,
-            x_forwarded_proto,
-            via,
-        } = RawHeaders::deserialize(d)?;
-        Ok(HeaderOptions {
-            x_forwarded_for,
-            x_forwarded_proto,
-            via,
-        })
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawConfig {
-    #[serde(default)]
-    listen: Vec<ListenerConfig>,
-    #[serde(default, deserialize_with = "upstreams")]
-    upstream: Vec<UpstreamConfig>,
-    #[serde(default)]
-    route: Vec<RouteConfig>,
-    #[serde(default)]
-    client_timeouts: ClientTimeouts,
-    #[serde(default)]
-    limits: Limits,
-    #[serde(default)]
-    headers: HeaderOptions,
-}
-
-/// The whole file; see the [module docs](super) for the shape. Deserialising does not validate:
-/// call [`Config::validate`] next.
-impl<'de> Deserialize<'de> for Config {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Config, D::Error> {
-        let r = RawConfig::deserialize(d)?;
-        Ok(Config {
-            listeners: r.listen,
-            upstreams: r.upstream,
-            routes: r.route,
-            client_timeouts: r.client_timeouts,
-            limits: r.limits,
-            headers: r.headers,
-        })
-    }
+deserialize_via! {
+    RawUpstream => UpstreamConfig,
+    RawRoute => RouteConfig,
+    RawClientTimeouts => ClientTimeouts,
+    RawLimits => Limits,
+    RawHeaders => HeaderOptions,
+    /// The whole file; see the [module docs](super) for the shape. Deserialising does not
+    /// validate: call [`Config::validate`] next.
+    RawConfig => Config,
 }
 
 #[cfg(test)]
