@@ -805,6 +805,9 @@ impl Core {
                     consider(c.buf.write_progress.plus(t.send));
                 }
                 match cl.phase {
+                    // A new connection owes us its first request within the header timeout
+                    // (nginx's client_header_timeout); between requests keepalive applies.
+                    Phase::Idle if cl.requests == 0 => consider(cl.since.plus(t.header)),
                     Phase::Idle => consider(cl.since.plus(t.keepalive)),
                     Phase::Head => consider(cl.since.plus(t.header)),
                     Phase::Exchange => {

@@ -1360,3 +1360,17 @@ fn no_100_continue_once_the_body_is_already_there() {
         String::from_utf8_lossy(&buf)
     );
 }
+
+#[test]
+fn a_silent_new_connection_is_closed_at_the_header_timeout() {
+    let mut cfg = config(1);
+    cfg.client_timeouts.header = Duration::from_secs(3);
+    cfg.client_timeouts.keepalive = Duration::from_secs(10);
+    let mut h = Harness::new(cfg);
+    let c = h.connect_client();
+    h.advance(Duration::from_millis(2900));
+    assert!(!h.clients[&c].closed);
+    h.advance(Duration::from_millis(200));
+    assert!(h.clients[&c].closed, "no request within the header timeout");
+    assert!(h.take_client(c).is_empty(), "closed silently, like nginx");
+}
