@@ -320,6 +320,8 @@ pub struct Core {
     timers: Timers,
     out: VecDeque<Output>,
     touched: Vec<ConnId>,
+    /// Client connections with buffered requests to process (see `end_exchange`).
+    ready: VecDeque<ConnId>,
     finished: VecDeque<ExchangeInfo>,
     record_exchanges: bool,
     stats: Stats,
@@ -372,6 +374,7 @@ impl Core {
             timers: Timers::default(),
             out: VecDeque::new(),
             touched: Vec::new(),
+            ready: VecDeque::new(),
             finished: VecDeque::new(),
             record_exchanges: false,
             stats,
@@ -733,9 +736,12 @@ impl Core {
         }
     }
 
-    /// After a batch of changes: read interest and deadlines of every touched connection.
+    /// After a batch of changes: buffered pipelined requests, then read interest and deadlines
+    /// of every touched connection.
     fn sync(&mut self, now: Time) {
-        let _ = now;
+        while let Some(id) = self.ready.pop_front() {
+            self.drive_client(now, id);
+        }
         let mut touched = core::mem::take(&mut self.touched);
         for &id in &touched {
             let want = self.wants_read(id);
@@ -1133,7 +1139,13 @@ impl Core {
         let parsed = self.head.parse_request(&c.buf.rbuf, &self.limits);
         let head = &self.head;
         match parsed {
-            Ok(false) => return false,
+            Ok(false) => {
+                if c.buf.read_closed {
+                    // The client closed with only part of a request sent: nothing to answer.
+                    self.close_client_after_flush(now, id, AfterFlush::Close);
+                }
+                return false;
+            }
             Err(e) => {
                 self.client_error(now, id, e.status());
                 return false;
@@ -1549,9 +1561,11 @@ impl Core {
             cl.phase = Phase::Idle;
             cl.since = now;
             touch(&mut self.touched, id);
-            // Pipelined requests already buffered start now, in order.
+            // Pipelined requests already buffered start next, in order. Queued rather than
+            // driven from here: this may run inside `drive_client` itself, and a burst of
+            // requests answered locally (404s, 502s) must not recurse once per request.
             if !c.buf.rbuf.is_empty() {
-                self.drive_client(now, id);
+                self.ready.push_back(id);
             } else if c.buf.read_closed {
                 self.close_client_after_flush(now, id, AfterFlush::Close);
             }

@@ -1374,3 +1374,44 @@ fn a_silent_new_connection_is_closed_at_the_header_timeout() {
     assert!(h.clients[&c].closed, "no request within the header timeout");
     assert!(h.take_client(c).is_empty(), "closed silently, like nginx");
 }
+
+#[test]
+fn thousands_of_pipelined_requests_answered_locally_do_not_recurse() {
+    // 404s (and 502s with no usable server) are answered without an upstream round trip; a
+    // burst of them in one read must be processed iteratively, in order, on a small stack.
+    use upkeep_core::config::RouteConfig;
+    let mut cfg = config(1);
+    cfg.routes = vec![RouteConfig {
+        host: None,
+        path_prefix: "/known".into(),
+        upstream: "default".into(),
+    }];
+    cfg.limits.client_keepalive_requests = u32::MAX;
+    let mut h = Harness::new(cfg);
+    let c = h.connect_client();
+    let burst: Vec<u8> = (0..3000).flat_map(|i| get(&format!("/nope/{i}"))).collect();
+    let worker = std::thread::Builder::new()
+        .stack_size(256 * 1024)
+        .spawn(move || {
+            h.client_send(c, &burst);
+            let rs = responses(&mut h, c);
+            (
+                rs.len(),
+                rs.iter().all(|r| r.status == 404),
+                h.clients[&c].closed,
+            )
+        });
+    let (n, all_404, closed) = worker.unwrap().join().expect("no stack overflow");
+    assert_eq!((n, all_404, closed), (3000, true, false));
+}
+
+#[test]
+fn eof_after_a_partial_request_closes_without_an_answer() {
+    let mut h = harness();
+    let c = h.connect_client();
+    h.client_send(c, b"GET / HTTP/1.1\r\nHost: a\r\n");
+    h.client_eof(c);
+    assert!(h.clients[&c].closed);
+    assert!(h.take_client(c).is_empty());
+    assert_eq!(connects(&h), 0);
+}
