@@ -728,3 +728,75 @@ fn truncated_close_delimited_response_is_reset() {
     assert_eq!(w.stats.undetectable_truncations, 1);
     assert_eq!(w.stats.truncated_with_fin, 0, "the client got a clean FIN");
 }
+
+/// Found by a long hunt (`PROPTEST_CASES=50000`): sixteen pipelined requests to slow backends
+/// (62 and 139 ms) take longer to answer, one after another, than the single drain window the
+/// simulation used to allow before declaring a leak. The engine was right; `World::finish` now
+/// keeps advancing while exchanges are still completing.
+#[test]
+fn regression_pipelined_slow_backends_leave_nothing_open() {
+    let mut cfg = config(2);
+    let g = group(&mut cfg);
+    g.read_timeout = Duration::from_millis(150);
+    g.send_timeout = Duration::from_millis(150);
+    g.connect_timeout = Duration::from_millis(100);
+    g.keepalive_timeout = Duration::from_millis(300);
+    g.keepalive_requests = 3;
+    g.keepalive_time = Duration::from_millis(1000);
+    let t = &mut cfg.client_timeouts;
+    t.keepalive = Duration::from_millis(400);
+    t.send = Duration::from_millis(400);
+    t.header = Duration::from_millis(400);
+    t.body = Duration::from_millis(400);
+    t.lingering = Duration::from_millis(100);
+    let slow = |delay_ms| BackendScript {
+        delay_ms,
+        body_size: 0,
+        ..BackendScript::default()
+    };
+    use ReqKind::{Get, Http10KeepAlive};
+    let acts = [
+        Action::Pipeline {
+            client: 0,
+            kinds: vec![Get, Get],
+        },
+        Action::Pipeline {
+            client: 0,
+            kinds: vec![Get, Get],
+        },
+        Action::Send {
+            client: 0,
+            kind: Get,
+        },
+        Action::Send {
+            client: 0,
+            kind: Get,
+        },
+        Action::Send {
+            client: 0,
+            kind: Get,
+        },
+        Action::Send {
+            client: 0,
+            kind: Get,
+        },
+        Action::Send {
+            client: 0,
+            kind: Http10KeepAlive,
+        },
+        Action::Connect { ip: 0 },
+        Action::Send {
+            client: 14,
+            kind: Get,
+        },
+        Action::Pipeline {
+            client: 14,
+            kinds: vec![Get, Get],
+        },
+        Action::Pipeline {
+            client: 30,
+            kinds: vec![Get, Http10KeepAlive, Get, Get],
+        },
+    ];
+    run(0, cfg, vec![slow(62), slow(139)], &acts);
+}

@@ -1467,7 +1467,22 @@ impl World {
             .max()
             .unwrap_or(0);
         let first = max_client.max(max_up) + Duration::from_millis(max_delay + 1000);
+        // Every outstanding exchange ends within `first` of the previous one (answered, timed
+        // out or failed), but pipelined requests are answered one after another: keep
+        // advancing while exchanges are still completing, bounded by the requests outstanding.
+        let outstanding = self.sent.len().saturating_sub(self.results.len());
         self.advance(first);
+        for _ in 0..outstanding {
+            let open = self.harness.clients.values().any(|e| !e.closed);
+            if !open {
+                break;
+            }
+            let done = self.results.len();
+            self.advance(first);
+            if self.results.len() == done {
+                break;
+            }
+        }
         self.check_invariants();
         let pooled: usize = (0..cfg.upstreams.len())
             .map(|g| self.harness.core.pool_idle(UpstreamId(g as u32)))
