@@ -586,16 +586,18 @@ impl Head {
         let sum = self.collect_fields(buf, res.headers, false)?;
         sum.check_framing(self.version)?;
         sum.check_upgrade()?;
-        let chunked = sum.chunked(buf)?;
         // RFC 9112 §6.3, in order.
         let no_body = request_method == Method::Head
             || (100..200).contains(&status)
             || status == 204
             || status == 304
             || (request_method == Method::Connect && (200..300).contains(&status));
+        // A response that has no body by definition may still describe, in its
+        // Transfer-Encoding, the codings a GET would get (RFC 9112 §6.1: e.g. `gzip, chunked` on a
+        // HEAD response or a 304): the coding list only matters when it frames a body.
         self.body = if no_body {
             BodyKind::Empty
-        } else if chunked {
+        } else if sum.chunked(buf)? {
             BodyKind::Chunked
         } else if let Some(n) = self.content_length {
             BodyKind::Length(n)
