@@ -594,10 +594,15 @@ impl Head {
             || (request_method == Method::Connect && (200..300).contains(&status));
         // A response that has no body by definition may still describe, in its
         // Transfer-Encoding, the codings a GET would get (RFC 9112 §6.1: e.g. `gzip, chunked` on a
-        // HEAD response or a 304): the coding list only matters when it frames a body.
+        // HEAD response or a 304): a coding we don't implement only matters when it frames a
+        // body. A malformed field is refused all the same.
+        let chunked = match sum.chunked(buf) {
+            Err(HeadError::NotImplemented) if no_body => false,
+            other => other?,
+        };
         self.body = if no_body {
             BodyKind::Empty
-        } else if sum.chunked(buf)? {
+        } else if chunked {
             BodyKind::Chunked
         } else if let Some(n) = self.content_length {
             BodyKind::Length(n)
