@@ -51,6 +51,7 @@ impl Rng {
 
 /// How a backend delimits its response bodies.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum Framing {
     /// `Content-Length`.
     #[default]
@@ -63,6 +64,7 @@ pub enum Framing {
 
 /// What one upstream server does, as data. One per server, in the core's global server order.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct BackendScript {
     /// Response framing.
     pub framing: Framing,
@@ -116,6 +118,7 @@ impl Default for BackendScript {
 
 /// A request a client can send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum ReqKind {
     /// `GET` (HTTP/1.1, persistent).
     Get,
@@ -148,6 +151,7 @@ impl ReqKind {
 
 /// Something a backend does on one of its connections (picked by index among open ones).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum BackendEvent {
     /// Close the connection if it is idle.
     CloseIdle,
@@ -161,6 +165,7 @@ pub enum BackendEvent {
 
 /// One step of a scenario. Plain data: easy to generate with proptest or `arbitrary`.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum Action {
     /// A new client connects from 10.0.0.(ip % 4 + 1).
     Connect {

@@ -1,0 +1,80 @@
+//! Inputs found by the fuzz targets in `fuzz/` (see the README's "Fuzzing" section), replayed
+//! as plain tests.
+
+use core::time::Duration;
+
+use upkeep_core::config::ServerConfig;
+use upkeep_core::sim::world::{Action, BackendScript, Framing, ReqKind, World};
+use upkeep_core::{Address, Config};
+
+fn addr(port: u16) -> Address {
+    Address::Tcp(format!("127.0.0.1:{port}").parse().unwrap())
+}
+
+/// `proxy_trace` (minimised from its first crash, which was in the fuzz harness, not in the
+/// engine): with short proxy timeouts (read 150 ms) a backend that answers after 168 ms times
+/// out every request (two tries each, `next_upstream_on_timeout`), so a pipeline of eleven
+/// requests takes 11 × ~300 ms to be answered, one 504 after the other. That is longer than the
+/// single round of timeouts `World::finish` waits for, which then reported the client as leaked;
+/// the fuzz target now lets such exchanges finish before calling `finish`. The engine answers
+/// every request, in order, and releases everything.
+#[test]
+fn slow_backend_long_pipeline_short_timeouts() {
+    let mut cfg = Config::simple(addr(8080), vec![addr(9001)]);
+    let g = &mut cfg.upstreams[0];
+    g.servers = vec![ServerConfig::new(addr(9001))];
+    g.keepalive_requests = 3;
+    g.next_upstream_on_timeout = true;
+    g.read_timeout = Duration::from_millis(150);
+    g.send_timeout = Duration::from_millis(150);
+    g.connect_timeout = Duration::from_millis(100);
+    g.keepalive_timeout = Duration::from_millis(300);
+    g.keepalive_time = Duration::from_millis(1000);
+    let t = &mut cfg.client_timeouts;
+    t.keepalive = Duration::from_millis(400);
+    t.send = Duration::from_millis(400);
+    t.header = Duration::from_millis(400);
+    t.body = Duration::from_millis(400);
+    t.lingering = Duration::from_millis(100);
+    let script = BackendScript {
+        framing: Framing::ContentLength,
+        body_size: 9,
+        idle_close_ms: Some(802),
+        max_requests: Some(3),
+        announce_close: true,
+        stray_408_ms: Some(438),
+        cut_every: Some(6),
+        reset_every: Some(0),
+        down: false,
+        delay_ms: 168,
+        keep_alive_hint: None,
+        early_hints: false,
+        race_ms: 0,
+    };
+    let mut w = World::new(117_440_512, cfg, vec![script]);
+    let send = |kind| Action::Send { client: 0, kind };
+    w.run(&[
+        send(ReqKind::Get),
+        send(ReqKind::Head),
+        send(ReqKind::Head),
+        send(ReqKind::Post(325)),
+        send(ReqKind::Head),
+        send(ReqKind::Head),
+        Action::Pipeline {
+            client: 0,
+            kinds: vec![
+                ReqKind::Post(325),
+                ReqKind::Post(325),
+                ReqKind::Post(325),
+                ReqKind::Head,
+                ReqKind::Get,
+            ],
+        },
+    ]);
+    for _ in 0..40 {
+        w.run(&[Action::Advance { ms: 100 }]);
+    }
+    assert_eq!(w.results.len(), 11, "{:?}", w.results);
+    assert!(w.results.values().all(|&s| s == 504), "{:?}", w.results);
+    w.finish();
+}
