@@ -44,7 +44,7 @@ for t in "${targets[@]}"; do
         rm -f "$log"
         exit 1
     fi
-    grep -E '^#[0-9]+ +DONE|^stat::(number_of_executed_units|peak_rss_mb)' "$log" || true
+    grep -E '^#[0-9]+[[:space:]]+DONE|^stat::(number_of_executed_units|peak_rss_mb)' "$log" || true
     rm -f "$log"
 done
 echo "== all fuzz targets ran ${seconds}s without a crash"

