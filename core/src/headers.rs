@@ -66,9 +66,12 @@ pub fn list_elements(value: &[u8]) -> impl Iterator<Item = &[u8]> {
 
 /// Fields that are hop-by-hop or that we always regenerate, so they are never forwarded
 /// (Connection, Keep-Alive, Proxy-Connection, TE, Trailer, Transfer-Encoding, Content-Length,
-/// Upgrade, Expect, Proxy-Authenticate, Proxy-Authorization).
+/// Upgrade, Expect, Proxy-Authenticate, Proxy-Authorization), and `Close`: a reserved name
+/// (RFC 9110 §16.3.2.1) that any hop receiving `Connection: close` would strip (§7.6.1), so
+/// forwarding it would make whether it arrives depend on our own connection choice.
 pub fn is_hop_by_hop(name: &[u8]) -> bool {
-    const HOP: [&[u8]; 11] = [
+    const HOP: [&[u8]; 12] = [
+        b"close",
         b"connection",
         b"keep-alive",
         b"proxy-connection",

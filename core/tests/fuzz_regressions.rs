@@ -86,11 +86,9 @@ fn slow_backend_long_pipeline_short_timeouts() {
 /// §7.6.1). "Close" is a reserved field name for exactly that reason (RFC 9110 §16.3.2.1). The
 /// same happens whenever the proxy adds `Connection: close` (client asked to close, draining,
 /// close-delimited relay). Low impact (the client loses a field nobody should send), but the
-/// forwarded head no longer means what the proxy decided to forward. Fix in the engine: treat a
-/// received `Close` field as hop-by-hop (or never forward it).
+/// forwarded head no longer means what the proxy decided to forward. Fixed: a received `Close`
+/// field is hop-by-hop (`headers::is_hop_by_hop`), never forwarded.
 #[test]
-#[ignore = "engine bug found by fuzz target response_head: a received `Close` field is forwarded \
-            next to the proxy's own `Connection: close`, so the client strips it"]
 fn close_field_forwarded_with_connection_close() {
     use bytes::BytesMut;
     use upkeep_core::framing::{

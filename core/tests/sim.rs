@@ -122,9 +122,7 @@ fn script() -> impl Strategy<Value = BackendScript> {
                 (stray, down, hint),
             )| {
                 BackendScript {
-                    // A stray 408 inside a race window is a known engine bug
-                    // (`stray_408_race_window`); keep it out of the random runs.
-                    stray_408_ms: if race == 0 { stray } else { None },
+                    stray_408_ms: stray,
                     down,
                     keep_alive_hint: hint,
                     framing,

@@ -103,7 +103,7 @@ fuzz_target!(|data: &[u8]| {
 /// ignored test `close_field_forwarded_with_connection_close` in core/tests/fuzz_regressions.rs.
 /// While true, a `Close` field is left out of the comparison when the proxy writes
 /// `Connection: close`; set it to false once the engine strips (or refuses) such a field.
-const KNOWN_CLOSE_FIELD_ISSUE: bool = true;
+const KNOWN_CLOSE_FIELD_ISSUE: bool = false;
 
 fn round_trip(head: &Head, buf: &[u8], v1: &HeadView, method: Method, opts: u8) {
     let via = opts & 4 != 0;
