@@ -1,10 +1,8 @@
 //! Inputs found by the fuzz targets in `fuzz/` (see the README's "Fuzzing" section), replayed
 //! as plain tests.
 
-use core::time::Duration;
-
 use upkeep_core::config::ServerConfig;
-use upkeep_core::sim::world::{Action, BackendScript, Framing, ReqKind, World};
+use upkeep_core::sim::world::{Action, BackendScript, Framing, ReqKind, World, tight_timeouts};
 use upkeep_core::{Address, Config};
 
 fn addr(port: u16) -> Address {
@@ -25,17 +23,7 @@ fn slow_backend_long_pipeline_short_timeouts() {
     g.servers = vec![ServerConfig::new(addr(9001))];
     g.keepalive_requests = 3;
     g.next_upstream_on_timeout = true;
-    g.read_timeout = Duration::from_millis(150);
-    g.send_timeout = Duration::from_millis(150);
-    g.connect_timeout = Duration::from_millis(100);
-    g.keepalive_timeout = Duration::from_millis(300);
-    g.keepalive_time = Duration::from_millis(1000);
-    let t = &mut cfg.client_timeouts;
-    t.keepalive = Duration::from_millis(400);
-    t.send = Duration::from_millis(400);
-    t.header = Duration::from_millis(400);
-    t.body = Duration::from_millis(400);
-    t.lingering = Duration::from_millis(100);
+    tight_timeouts(&mut cfg);
     let script = BackendScript {
         framing: Framing::ContentLength,
         body_size: 9,

@@ -6,7 +6,9 @@ use core::time::Duration;
 
 use proptest::prelude::*;
 use upkeep_core::config::{PoolKeyMode, ServerConfig, UpstreamConfig};
-use upkeep_core::sim::world::{Action, BackendEvent, BackendScript, Framing, ReqKind, World};
+use upkeep_core::sim::world::{
+    Action, BackendEvent, BackendScript, Framing, ReqKind, World, tight_timeouts,
+};
 use upkeep_core::{Address, Config};
 
 fn addr(port: u16) -> Address {
@@ -583,19 +585,9 @@ fn short_timeouts() {
         .run(&strat, |(seed, a, b, on_timeout, acts)| {
             let mut cfg = config(2);
             let g = group(&mut cfg);
-            g.read_timeout = Duration::from_millis(150);
-            g.send_timeout = Duration::from_millis(150);
-            g.connect_timeout = Duration::from_millis(100);
-            g.keepalive_timeout = Duration::from_millis(300);
             g.keepalive_requests = 3;
-            g.keepalive_time = Duration::from_millis(1000);
             g.next_upstream_on_timeout = on_timeout;
-            let t = &mut cfg.client_timeouts;
-            t.keepalive = Duration::from_millis(400);
-            t.send = Duration::from_millis(400);
-            t.header = Duration::from_millis(400);
-            t.body = Duration::from_millis(400);
-            t.lingering = Duration::from_millis(100);
+            tight_timeouts(&mut cfg);
             run(seed, cfg, vec![a, b], &acts);
             Ok(())
         })
@@ -735,18 +727,8 @@ fn truncated_close_delimited_response_is_reset() {
 fn regression_pipelined_slow_backends_leave_nothing_open() {
     let mut cfg = config(2);
     let g = group(&mut cfg);
-    g.read_timeout = Duration::from_millis(150);
-    g.send_timeout = Duration::from_millis(150);
-    g.connect_timeout = Duration::from_millis(100);
-    g.keepalive_timeout = Duration::from_millis(300);
     g.keepalive_requests = 3;
-    g.keepalive_time = Duration::from_millis(1000);
-    let t = &mut cfg.client_timeouts;
-    t.keepalive = Duration::from_millis(400);
-    t.send = Duration::from_millis(400);
-    t.header = Duration::from_millis(400);
-    t.body = Duration::from_millis(400);
-    t.lingering = Duration::from_millis(100);
+    tight_timeouts(&mut cfg);
     let slow = |delay_ms| BackendScript {
         delay_ms,
         body_size: 0,

@@ -30,7 +30,7 @@ use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use upkeep_core::config::{Balance, PoolKeyMode, ServerConfig};
 use upkeep_core::sim::Harness;
-use upkeep_core::sim::world::{Action, BackendScript, ReqKind, World};
+use upkeep_core::sim::world::{Action, BackendScript, ReqKind, World, tight_timeouts};
 use upkeep_core::{Address, Config, ConnId, Output, UpstreamId};
 
 const MAX_ACTIONS: usize = 64;
@@ -63,7 +63,7 @@ impl Setup {
         g.servers = (0..n)
             .map(|i| ServerConfig::new(addr(9001 + i as u16)))
             .collect();
-        if self.keepalive % 5 != 0 {
+        if !self.keepalive.is_multiple_of(5) {
             g.keepalive = (self.keepalive % 5 - 1) as usize;
         }
         if self.pool_key_client {
@@ -74,23 +74,13 @@ impl Setup {
             1 => Balance::LeastConn,
             _ => Balance::IpHash,
         };
-        if self.keepalive_requests % 4 != 0 {
+        if !self.keepalive_requests.is_multiple_of(4) {
             g.keepalive_requests = u32::from(self.keepalive_requests % 4);
         }
         g.next_upstream_on_timeout = self.next_upstream_on_timeout;
         if self.short_timeouts {
             // tests/sim.rs `short_timeouts`.
-            g.read_timeout = Duration::from_millis(150);
-            g.send_timeout = Duration::from_millis(150);
-            g.connect_timeout = Duration::from_millis(100);
-            g.keepalive_timeout = Duration::from_millis(300);
-            g.keepalive_time = Duration::from_millis(1000);
-            let t = &mut cfg.client_timeouts;
-            t.keepalive = Duration::from_millis(400);
-            t.send = Duration::from_millis(400);
-            t.header = Duration::from_millis(400);
-            t.body = Duration::from_millis(400);
-            t.lingering = Duration::from_millis(100);
+            tight_timeouts(&mut cfg);
         }
         if !self.via {
             cfg.headers.via = None;
@@ -294,7 +284,7 @@ struct Raw {
 }
 
 impl Raw {
-    fn pick<'a>(v: &'a [ConnId], sel: u8) -> Option<&'a ConnId> {
+    fn pick(v: &[ConnId], sel: u8) -> Option<&ConnId> {
         if v.is_empty() {
             None
         } else {
@@ -542,6 +532,8 @@ fn run_raw(case: &RawCase) -> (Vec<Output>, Vec<(ConnId, Vec<u8>)>) {
 
 // ------------------------------------------------------------------------------------------
 
+// One value per fuzz input, built once and consumed: boxing the large variant buys nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Arbitrary, Debug)]
 enum Case {
     Sim(SimCase),

@@ -363,6 +363,25 @@ pub struct World {
     digest: u64,
 }
 
+/// Timeouts short enough for a simulation to hit every one of them within a few simulated
+/// seconds: upstream read/send 150 ms, connect 100 ms, pool idle 300 ms, connection lifetime
+/// 1 s (on every group), client timeouts 400 ms, lingering 100 ms.
+pub fn tight_timeouts(cfg: &mut Config) {
+    for g in &mut cfg.upstreams {
+        g.read_timeout = Duration::from_millis(150);
+        g.send_timeout = Duration::from_millis(150);
+        g.connect_timeout = Duration::from_millis(100);
+        g.keepalive_timeout = Duration::from_millis(300);
+        g.keepalive_time = Duration::from_millis(1000);
+    }
+    let t = &mut cfg.client_timeouts;
+    t.keepalive = Duration::from_millis(400);
+    t.send = Duration::from_millis(400);
+    t.header = Duration::from_millis(400);
+    t.body = Duration::from_millis(400);
+    t.lingering = Duration::from_millis(100);
+}
+
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 
 fn fnv(mut h: u64, bytes: &[u8]) -> u64 {

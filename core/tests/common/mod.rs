@@ -1,0 +1,102 @@
+//! Helpers shared by the scenario-style integration tests (`scenarios.rs`, `review.rs`,
+//! `conformance.rs`): build a config, play clients and backends through the harness, read what
+//! they received.
+// Each test crate uses a different subset of these helpers.
+#![allow(dead_code)]
+
+use upkeep_core::config::{Address, Config};
+use upkeep_core::sim::Harness;
+use upkeep_core::sim::http::{Message, read_request, read_responses};
+use upkeep_core::{ConnId, Output};
+
+pub fn config(servers: usize) -> Config {
+    let addrs = (0..servers)
+        .map(|i| Address::parse(&format!("127.0.0.1:{}", 9001 + i)).unwrap())
+        .collect();
+    Config::simple(Address::parse("127.0.0.1:8080").unwrap(), addrs)
+}
+
+pub fn harness() -> Harness {
+    Harness::new(config(1))
+}
+
+pub fn ok(body: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+pub fn get(path: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n").into_bytes()
+}
+
+/// Every request the backend side of `u` received so far (consumed).
+pub fn requests(h: &mut Harness, u: ConnId) -> Vec<Message> {
+    let buf = h.take_upstream(u);
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while let Some((m, used)) = read_request(&buf[pos..]) {
+        out.push(m);
+        pos += used;
+    }
+    assert_eq!(
+        pos,
+        buf.len(),
+        "upstream received an incomplete or unparseable request"
+    );
+    out
+}
+
+/// Every complete response the client received so far (consumed).
+pub fn responses(h: &mut Harness, c: ConnId) -> Vec<Message> {
+    let eof = h.clients[&c].closed;
+    let buf = h.take_client(c);
+    let (rs, used) = read_responses(&buf, &[], eof);
+    assert_eq!(
+        used,
+        buf.len(),
+        "client received trailing bytes: {:?}",
+        String::from_utf8_lossy(&buf[used..])
+    );
+    rs
+}
+
+/// Sends `req` from a new client; answers it from the upstream with `resp`; returns the
+/// upstream connection used and the client's responses.
+pub fn exchange(h: &mut Harness, c: ConnId, req: &[u8], resp: &[u8]) -> (ConnId, Vec<Message>) {
+    h.client_send(c, req);
+    let u = busy_upstream(h).expect("request reached an upstream connection");
+    let got = requests(h, u);
+    assert_eq!(got.len(), 1);
+    h.upstream_send(u, resp);
+    (u, responses(h, c))
+}
+
+/// A default harness where one client's `GET path` has reached the upstream (request consumed):
+/// (harness, client, upstream connection).
+pub fn forwarded(path: &str) -> (Harness, ConnId, ConnId) {
+    let mut h = harness();
+    let c = h.connect_client();
+    h.client_send(c, &get(path));
+    let u = busy_upstream(&h).expect("request forwarded");
+    let got = requests(&mut h, u);
+    assert_eq!(got[0].path, path);
+    (h, c, u)
+}
+
+/// The upstream connection that has unread request bytes.
+pub fn busy_upstream(h: &Harness) -> Option<ConnId> {
+    h.upstreams
+        .iter()
+        .find(|(_, e)| !e.received.is_empty() && !e.closed)
+        .map(|(&id, _)| id)
+}
+
+pub fn connects(h: &Harness) -> usize {
+    h.trace
+        .iter()
+        .filter(|o| matches!(o, Output::Connect { .. }))
+        .count()
+}
