@@ -682,6 +682,11 @@ impl Core {
         }
     }
 
+    /// Index within group `g` of the server with global index `global`.
+    fn index_in_group(&self, g: usize, global: u32) -> usize {
+        (global - self.groups[g].first_server) as usize
+    }
+
     /// Ends an upstream connection's request for the balancer (least-conn counts, max_conns).
     /// The one place that undoes `Balancer::acquire`: called when the response is done and by
     /// every close, so no path can leak an active count.
@@ -893,7 +898,7 @@ impl Core {
                         self.end_tunnel(id);
                     } else if !cl.ex.req_done {
                         // The request will never complete: abandon the exchange.
-                        self.abort_exchange(now, id);
+                        self.abort_exchange(id);
                     }
                     // Otherwise a half-close after a complete request: the response (and any
                     // complete pipelined requests already buffered) are still answered;
@@ -922,7 +927,7 @@ impl Core {
         match &c.role {
             Role::Client(cl) => {
                 if cl.phase == Phase::Exchange {
-                    self.abort_exchange(now, id);
+                    self.abort_exchange(id);
                 }
                 self.close(id, true);
             }
@@ -1024,7 +1029,7 @@ impl Core {
                 if send_expired {
                     // A client that stopped reading: give up on it (and on its upstream).
                     if cl.phase == Phase::Exchange {
-                        self.abort_exchange(now, id);
+                        self.abort_exchange(id);
                     }
                     self.close(id, true);
                     return;
@@ -1041,10 +1046,10 @@ impl Core {
                     Phase::Exchange => {
                         if !cl.ex.req_done && cl.body_progress.plus(t.body) <= now {
                             if cl.ex.resp_started {
-                                self.abort_exchange(now, id);
+                                self.abort_exchange(id);
                                 self.close(id, true);
                             } else {
-                                self.release_upstream_of(now, id, false);
+                                self.release_upstream_of(id);
                                 self.client_error(now, id, 408);
                             }
                         }
@@ -1269,7 +1274,7 @@ impl Core {
             let step = match ex.req_decoder.step(&c.buf.rbuf) {
                 Ok(s) => s,
                 Err(_) => {
-                    self.release_upstream_of(now, id, false);
+                    self.release_upstream_of(id);
                     self.client_error(now, id, 400);
                     return false;
                 }
@@ -1282,7 +1287,7 @@ impl Core {
             if step.data > 0 {
                 ex.req_bytes += step.data as u64;
                 if max_body > 0 && ex.req_bytes > max_body {
-                    self.release_upstream_of(now, id, false);
+                    self.release_upstream_of(id);
                     self.client_error(now, id, 413);
                     return false;
                 }
@@ -1344,7 +1349,7 @@ impl Core {
         );
         // A stale-connection retry goes back to the same (healthy) server on a fresh connection.
         let same = match (force_fresh, cl.ex.server) {
-            (true, Some(s)) => Some((s - self.groups[g].first_server) as usize),
+            (true, Some(s)) => Some(self.index_in_group(g, s)),
             _ => None,
         };
         let Some(idx) = same.or_else(|| self.groups[g].balancer.pick(now, hash, tried)) else {
@@ -1468,7 +1473,7 @@ impl Core {
         if in_exchange && cl.ex.resp_started {
             // A response is already on its way: a second one would be read as part of its body.
             // The only honest signal left is an abortive close.
-            self.abort_exchange(now, id);
+            self.abort_exchange(id);
             return;
         }
         // After an error in the request itself (or an unread body) the connection's framing
@@ -1576,14 +1581,14 @@ impl Core {
 
     /// The client went away (or stopped reading) mid-exchange: drop the upstream side unless it
     /// is already clean.
-    fn abort_exchange(&mut self, now: Time, id: ConnId) {
-        self.release_upstream_of(now, id, true);
+    fn abort_exchange(&mut self, id: ConnId) {
+        self.release_upstream_of(id);
         self.close(id, true);
     }
 
     /// Detaches the current upstream connection from client `id` and closes it (it is mid-
     /// exchange, so never pooled).
-    fn release_upstream_of(&mut self, _now: Time, id: ConnId, _abort: bool) {
+    fn release_upstream_of(&mut self, id: ConnId) {
         let Some(Role::Client(cl)) = conn_mut(&mut self.conns, id).map(|c| &mut c.role) else {
             return;
         };
@@ -1955,7 +1960,7 @@ impl Core {
         let (g, srv, written) = (u.group as usize, u.server, u.written);
         let got_bytes = u.responded || !c.buf.rbuf.is_empty();
         let was_reused = u.requests > 1;
-        let idx = (srv - self.groups[g].first_server) as usize;
+        let idx = self.index_in_group(g, srv);
         let Some(cid) = u.client else {
             self.close(id, true);
             return;
