@@ -131,12 +131,6 @@ impl Buffers {
             }
         }
     }
-
-    /// Forgets everything queued (the connection is going away).
-    pub fn discard_output(&mut self) {
-        self.wq.clear();
-        self.wq_len = 0;
-    }
 }
 
 #[cfg(test)]

@@ -1236,7 +1236,7 @@ impl Core {
             // without Expect, so no upstream 1xx is ours to suppress or forward.
             self.push(now, id, Bytes::from_static(framing::CONTINUE_100));
         }
-        self.assign_upstream(now, id, false);
+        self.assign_upstream(now, id, false, None);
         true
     }
 
@@ -1336,8 +1336,16 @@ impl Core {
         }
     }
 
-    /// Finds a server for the current request and hands it a connection (pooled or new).
-    fn assign_upstream(&mut self, now: Time, id: ConnId, force_fresh: bool) {
+    /// Finds a server for the current request and hands it a connection (pooled or new), then
+    /// queues the request on it: `queued` when given (bytes a failed connection never wrote),
+    /// otherwise the rewritten head and the body received so far (the replay copy).
+    fn assign_upstream(
+        &mut self,
+        now: Time,
+        id: ConnId,
+        force_fresh: bool,
+        queued: Option<VecDeque<Bytes>>,
+    ) {
         let Some(Role::Client(cl)) = self.get(id).map(|c| &c.role) else {
             return;
         };
@@ -1443,20 +1451,29 @@ impl Core {
             u.requests += 1;
         }
         touch(&mut self.touched, uid);
-        self.push(now, uid, head);
-        if replay_ok {
-            let Some(Role::Client(cl)) = self.get(id).map(|c| &c.role) else {
-                return;
-            };
-            let n = cl.ex.replay.len();
-            for i in 0..n {
-                let Some(Role::Client(cl)) = self.get(id).map(|c| &c.role) else {
+        match queued {
+            Some(bytes) => {
+                if let Some(u) = conn_mut(&mut self.conns, uid) {
+                    for b in bytes {
+                        u.buf.push(now, b);
+                    }
+                }
+            }
+            None => {
+                let Some((c, u)) = self.conns.get2_mut(id.index as usize, uid.index as usize)
+                else {
                     return;
                 };
-                let p = cl.ex.replay[i].clone();
-                self.push(now, uid, p);
+                let Role::Client(cl) = &c.role else { return };
+                u.buf.push(now, head);
+                if replay_ok {
+                    for p in &cl.ex.replay {
+                        u.buf.push(now, p.clone());
+                    }
+                }
             }
         }
+        self.signal_write(uid);
         self.request_maybe_sent(now, uid);
     }
 
@@ -2034,49 +2051,11 @@ impl Core {
         match retry {
             Some(fresh) => {
                 cl.ex.status = status;
-                if let Some(unsent) = unsent {
-                    // Re-queue exactly the unsent bytes; the replay copy is not needed.
-                    self.assign_upstream_with(now, cid, fresh, unsent);
-                } else {
-                    self.assign_upstream(now, cid, fresh);
-                }
+                // Exactly the unsent bytes when nothing was written, else head + replay copy.
+                self.assign_upstream(now, cid, fresh, unsent);
             }
             None => self.client_error(now, cid, status),
         }
-    }
-
-    /// Like `assign_upstream`, but the request bytes to send are `queued` (moved from a
-    /// connection that never wrote them).
-    fn assign_upstream_with(
-        &mut self,
-        now: Time,
-        cid: ConnId,
-        fresh: bool,
-        queued: VecDeque<Bytes>,
-    ) {
-        // Temporarily disable replay so assign_upstream queues only the head, then swap in the
-        // exact bytes (which include the head).
-        let replayable = match conn_mut(&mut self.conns, cid).map(|c| &mut c.role) {
-            Some(Role::Client(cl)) => core::mem::replace(&mut cl.ex.replayable, false),
-            _ => return,
-        };
-        self.assign_upstream(now, cid, fresh);
-        if let Some(Role::Client(cl)) = conn_mut(&mut self.conns, cid).map(|c| &mut c.role) {
-            cl.ex.replayable = replayable;
-        }
-        let Some(uid) = self.client(cid).and_then(|cl| cl.ex.upstream) else {
-            return;
-        };
-        if let Some(u) = conn_mut(&mut self.conns, uid) {
-            u.buf.discard_output();
-            let was_signalled = u.buf.write_signalled;
-            for b in queued {
-                u.buf.push(now, b);
-            }
-            let _ = was_signalled;
-        }
-        self.signal_write(uid);
-        self.request_maybe_sent(now, uid);
     }
 }
 
