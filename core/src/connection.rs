@@ -43,6 +43,8 @@ pub(crate) struct Buffers {
     pub reading: bool,
     /// The peer sent EOF.
     pub read_closed: bool,
+    /// That EOF waits until the bytes before it, held back by backpressure, are relayed.
+    pub eof_deferred: bool,
     pub after_flush: AfterFlush,
     /// Last time a write made progress (or the queue became non-empty).
     pub write_progress: Time,
@@ -58,6 +60,7 @@ impl Buffers {
             write_signalled: false,
             reading: true,
             read_closed: false,
+            eof_deferred: false,
             after_flush: AfterFlush::Keep,
             write_progress: now,
         }

@@ -757,6 +757,14 @@ impl Core {
                 && want != c.buf.reading
             {
                 c.buf.reading = want;
+                if want {
+                    // Time we refused to read does not count against the peer: the read and
+                    // body timeouts run between two reads we were willing to make.
+                    match &mut c.role {
+                        Role::Upstream(u) => u.read_progress = now,
+                        Role::Client(cl) => cl.body_progress = now,
+                    }
+                }
                 self.out.push_back(Output::Interest {
                     conn: id,
                     read: want,
@@ -819,6 +827,8 @@ impl Core {
                     // A new connection owes us its first request within the header timeout
                     // (nginx's client_header_timeout); between requests keepalive applies.
                     Phase::Idle if cl.requests == 0 => consider(cl.since.plus(t.header)),
+                    // Still writing the last response: only the send timeout applies.
+                    Phase::Idle if !c.buf.wq.is_empty() => {}
                     Phase::Idle => consider(cl.since.plus(t.keepalive)),
                     Phase::Head => consider(cl.since.plus(t.header)),
                     Phase::Exchange => {
@@ -897,8 +907,19 @@ impl Core {
                     if cl.ex.resp == Resp::Tunnel {
                         self.end_tunnel(id);
                     } else if !cl.ex.req_done {
-                        // The request will never complete: abandon the exchange.
-                        self.abort_exchange(id);
+                        // The rest of the request may already be buffered (a client that
+                        // half-closes after sending): relay it before deciding.
+                        self.drive_client(now, id);
+                        if self.defer_eof(id) {
+                            return;
+                        }
+                        if self
+                            .client(id)
+                            .is_some_and(|cl| cl.phase == Phase::Exchange && !cl.ex.req_done)
+                        {
+                            // The request will never complete: abandon the exchange.
+                            self.abort_exchange(id);
+                        }
                     }
                     // Otherwise a half-close after a complete request: the response (and any
                     // complete pipelined requests already buffered) are still answered;
@@ -966,13 +987,24 @@ impl Core {
         let empty = c.buf.wq.is_empty();
         if empty {
             c.buf.write_signalled = false;
+            // Keep-alive idleness starts when the last response byte is out, not when queued.
+            if let Role::Client(cl) = &mut c.role
+                && cl.phase == Phase::Idle
+            {
+                cl.since = now;
+            }
         }
+        let below = c.buf.wq_len < self.config.limits.write_high_water;
         let after = c.buf.after_flush;
         if let Some(p) = peer {
             touch(&mut self.touched, p);
-            if empty {
-                // The peer may have input waiting that backpressure held back.
-                if is_client {
+            if below {
+                // The peer may have input waiting that backpressure held back — perhaps
+                // followed by an EOF we deferred until that input was relayed.
+                let deferred = self.get(p).is_some_and(|pc| pc.buf.eof_deferred);
+                if deferred {
+                    self.on_read_closed(now, p);
+                } else if is_client {
                     self.drive_upstream(now, p);
                 } else {
                     self.drive_client(now, p);
@@ -1000,6 +1032,26 @@ impl Core {
             AfterFlush::Reset => self.close(id, true),
             AfterFlush::Linger => self.start_linger(now, id),
         }
+    }
+
+    /// After an EOF on `id`, relaying what it had already sent may be held back by backpressure
+    /// toward its peer. Then the EOF must wait until those bytes are through (`on_written`
+    /// replays it): acting on it now would cut short a message that arrived whole.
+    fn defer_eof(&mut self, id: ConnId) -> bool {
+        let hw = self.config.limits.write_high_water;
+        let Some(c) = self.get(id) else { return false };
+        let peer = match &c.role {
+            Role::Client(cl) => cl.ex.upstream,
+            Role::Upstream(u) => u.client,
+        };
+        let blocked = !c.buf.rbuf.is_empty()
+            && peer
+                .and_then(|p| self.get(p))
+                .is_some_and(|p| p.buf.wq_len >= hw);
+        if let Some(c) = conn_mut(&mut self.conns, id) {
+            c.buf.eof_deferred = blocked;
+        }
+        blocked
     }
 
     /// Marks the request as fully written once the client's body is complete and the queue empty.
@@ -1111,7 +1163,11 @@ impl Core {
                     }
                     if cl.phase == Phase::Idle {
                         cl.phase = Phase::Head;
-                        cl.since = now;
+                        // The first request's header deadline runs from the accept (nginx arms
+                        // client_header_timeout there); later ones from their first byte.
+                        if cl.requests > 0 {
+                            cl.since = now;
+                        }
                     }
                     if !self.start_exchange(now, id) {
                         return;
@@ -1890,6 +1946,9 @@ impl Core {
         if cl.ex.resp == Resp::Body {
             // Let the decoder see everything that arrived before the EOF.
             self.drive_upstream(now, id);
+            if self.defer_eof(id) {
+                return;
+            }
             let Some(cl) = self.client(cid) else { return };
             if cl.ex.resp != Resp::Body || self.get(id).is_none() {
                 return;
