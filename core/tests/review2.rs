@@ -8,7 +8,7 @@
 use core::net::{IpAddr, Ipv4Addr};
 use core::time::Duration;
 
-use upkeep_core::config::{Balance, PoolKeyMode, ServerConfig};
+use upkeep_core::config::{Balance, PoolKeyMode};
 use upkeep_core::sim::Harness;
 use upkeep_core::sim::http::read_responses;
 use upkeep_core::{ConnId, Input, ListenerId, Output, Time};
