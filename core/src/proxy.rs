@@ -577,9 +577,18 @@ impl Core {
                     c.buf.write_progress = now;
                     let srv = u.server as usize;
                     self.stats.servers[srv].requests += 1;
+                    // A backend may answer before we learn the connect finished (an overload
+                    // 503 on accept): what it sent is waiting in the buffer.
+                    let early = !c.buf.rbuf.is_empty();
+                    if early {
+                        u.responded = true;
+                    }
                     touch(&mut self.touched, conn);
                     self.signal_write(conn);
                     self.request_maybe_sent(now, conn);
+                    if early {
+                        self.drive_upstream(now, conn);
+                    }
                 }
             }
             Input::ConnectFailed { conn } => {
@@ -746,6 +755,11 @@ impl Core {
     fn sync(&mut self, now: Time) {
         while let Some(id) = self.ready.pop_front() {
             self.drive_client(now, id);
+            // A client that already sent EOF: the request just started from its buffer may
+            // be all it will ever send — relay, then finish or abandon it as an EOF would.
+            if self.get(id).is_some_and(|c| c.buf.read_closed) {
+                self.on_read_closed(now, id);
+            }
         }
         let mut touched = core::mem::take(&mut self.touched);
         for &id in &touched {
@@ -913,12 +927,20 @@ impl Core {
                         if self.defer_eof(id) {
                             return;
                         }
-                        if self
-                            .client(id)
-                            .is_some_and(|cl| cl.phase == Phase::Exchange && !cl.ex.req_done)
+                        if let Some(cl) = self.client(id)
+                            && cl.phase == Phase::Exchange
+                            && !cl.ex.req_done
                         {
-                            // The request will never complete: abandon the exchange.
-                            self.abort_exchange(id);
+                            // The request will never complete: abandon the exchange. Responses
+                            // to earlier pipelined requests still queued go out first; a
+                            // response to this one already under way is cut with a reset.
+                            let how = if cl.ex.resp_started {
+                                AfterFlush::Reset
+                            } else {
+                                AfterFlush::Close
+                            };
+                            self.release_upstream_of(id);
+                            self.close_client_after_flush(now, id, how);
                         }
                     }
                     // Otherwise a half-close after a complete request: the response (and any
