@@ -11,24 +11,13 @@ use core::time::Duration;
 use upkeep_core::config::{Balance, PoolKeyMode};
 use upkeep_core::sim::Harness;
 use upkeep_core::sim::http::read_responses;
-use upkeep_core::{ConnId, Input, ListenerId, Output, Time};
+use upkeep_core::{ConnId, ListenerId, Output, Time};
 
 mod common;
 use common::*;
 
-const KIB: usize = 1024;
-const HW: usize = 256 * KIB;
-
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
-}
-
-fn post_head(path: &str, len: usize) -> Vec<u8> {
-    format!("POST {path} HTTP/1.1\r\nHost: a\r\nContent-Length: {len}\r\n\r\n").into_bytes()
-}
-
-fn secs(s: u64) -> Duration {
-    Duration::from_secs(s)
 }
 
 fn ip(last: u8) -> IpAddr {
@@ -45,30 +34,6 @@ fn timers_ok(h: &Harness, what: &str) {
             h.now
         );
     }
-}
-
-/// Plays a runtime whose socket accepted only `n` of the bytes queued for `id` (a slow peer
-/// that reads a little): returns those bytes. The harness itself cannot express a partial
-/// write followed by a pause.
-fn partial_write(h: &mut Harness, id: ConnId, n: usize) -> Vec<u8> {
-    let mut buf = Vec::new();
-    for p in h.core.pending(id) {
-        let take = p.len().min(n - buf.len());
-        buf.extend_from_slice(&p[..take]);
-        if buf.len() == n {
-            break;
-        }
-    }
-    let k = buf.len();
-    h.core.handle(h.now, Input::Written { conn: id, n: k });
-    h.pump();
-    buf
-}
-
-fn body_of(n: usize, seed: u32) -> Vec<u8> {
-    (0..n as u32)
-        .map(|i| (i.wrapping_mul(seed) % 251) as u8)
-        .collect()
 }
 
 // =====================================================================================
@@ -266,7 +231,7 @@ fn upstream_eof_with_body_still_buffered_behind_a_slow_client_is_not_a_truncatio
     assert!(!h.upstreams[&u].reading);
     // The client reads 100 KiB: below the high-water mark, the proxy reads u again: the rest
     // of the response, then the EOF.
-    let mut got = partial_write(&mut h, c, 100 * KIB);
+    let mut got = h.partial_write(c, 100 * KIB);
     h.stall(c, false);
     got.extend_from_slice(&h.take_client(c));
     assert!(
@@ -298,7 +263,7 @@ fn close_delimited_body_buffered_behind_a_slow_client_is_never_cut_short_and_ter
     resp.extend_from_slice(&body);
     h.upstream_send(u, &resp);
     h.upstream_eof(u);
-    let mut got = partial_write(&mut h, c, 100 * KIB);
+    let mut got = h.partial_write(c, 100 * KIB);
     h.stall(c, false);
     got.extend_from_slice(&h.take_client(c));
     let (rs, _) = read_responses(&got, &[], h.clients[&c].closed);
@@ -336,7 +301,7 @@ fn client_eof_with_body_still_buffered_behind_a_slow_upstream_is_not_an_abort() 
     h.stall(u, true);
     h.accept_connect();
     // The backend reads 100 KiB: the proxy reads the client again and gets the EOF.
-    let mut up = partial_write(&mut h, u, 100 * KIB);
+    let mut up = h.partial_write(u, 100 * KIB);
     assert!(
         !h.clients[&c].closed && !h.upstreams[&u].closed,
         "exchange aborted although the whole request body had been received"
@@ -376,7 +341,7 @@ fn tunnel_close_delivers_bytes_already_buffered_behind_a_slow_client() {
         h.upstream_send(u, piece);
     }
     h.upstream_eof(u);
-    let mut got = partial_write(&mut h, c, 100 * KIB);
+    let mut got = h.partial_write(c, 100 * KIB);
     h.stall(c, false);
     got.extend_from_slice(&h.take_client(c));
     assert_eq!(

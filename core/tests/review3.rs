@@ -5,47 +5,12 @@
 //! together with the data before it). Every test ends by closing everything and checking that
 //! nothing leaks (no connection, no timer).
 
-use core::time::Duration;
-
 use upkeep_core::sim::Harness;
 use upkeep_core::sim::http::read_responses;
 use upkeep_core::{ConnId, Input, Output};
 
 mod common;
 use common::*;
-
-const KIB: usize = 1024;
-const HW: usize = 256 * KIB;
-
-fn secs(s: u64) -> Duration {
-    Duration::from_secs(s)
-}
-
-fn body_of(n: usize, seed: u32) -> Vec<u8> {
-    (0..n as u32)
-        .map(|i| (i.wrapping_mul(seed) % 251) as u8)
-        .collect()
-}
-
-fn post_head(path: &str, len: usize) -> Vec<u8> {
-    format!("POST {path} HTTP/1.1\r\nHost: a\r\nContent-Length: {len}\r\n\r\n").into_bytes()
-}
-
-/// A runtime whose socket accepted only `n` of the bytes queued for `id`.
-fn partial_write(h: &mut Harness, id: ConnId, n: usize) -> Vec<u8> {
-    let mut buf = Vec::new();
-    for p in h.core.pending(id) {
-        let take = p.len().min(n - buf.len());
-        buf.extend_from_slice(&p[..take]);
-        if buf.len() == n {
-            break;
-        }
-    }
-    let k = buf.len();
-    h.core.handle(h.now, Input::Written { conn: id, n: k });
-    h.pump();
-    buf
-}
 
 /// A runtime that read the EOF in the same go as the data before it (before it could act on
 /// an interest change): the core sees the EOF while those bytes are still held back.
@@ -199,7 +164,7 @@ fn deferred_eof_close_delimited_http11_gets_every_byte_then_last_chunk() {
     let (mut h, c, u, _, body) = deferred_close_delimited(&get("/s"));
     let mut got = Vec::new();
     for _ in 0..6 {
-        got.extend(partial_write(&mut h, c, 64 * KIB));
+        got.extend(h.partial_write(c, 64 * KIB));
     }
     h.stall(c, false);
     got.extend(h.take_client(c));
@@ -217,7 +182,7 @@ fn deferred_eof_close_delimited_http11_gets_every_byte_then_last_chunk() {
 fn deferred_eof_close_delimited_http10_gets_every_byte_then_fin() {
     let req = b"GET /s HTTP/1.0\r\nHost: a\r\n\r\n";
     let (mut h, c, _, _, body) = deferred_close_delimited(req);
-    let mut got = partial_write(&mut h, c, 100 * KIB);
+    let mut got = h.partial_write(c, 100 * KIB);
     h.stall(c, false);
     got.extend(h.take_client(c));
     assert!(h.clients[&c].closed && !h.clients[&c].reset);
@@ -231,7 +196,7 @@ fn deferred_eof_close_delimited_http10_gets_every_byte_then_fin() {
 #[test]
 fn deferred_upstream_eof_then_client_reset_closes_both() {
     let (mut h, c, u, _, _) = deferred_close_delimited(&get("/s"));
-    partial_write(&mut h, c, 10 * KIB);
+    h.partial_write(c, 10 * KIB);
     h.reset(c);
     assert!(!h.core.is_open(u), "upstream left behind");
     assert_eq!(h.core.connections(), 0);
@@ -266,7 +231,7 @@ fn drain_while_upstream_eof_deferred_completes_then_closes() {
     h.core.begin_drain(h.now);
     h.pump();
     assert!(!h.clients[&c].closed);
-    let mut got = partial_write(&mut h, c, 100 * KIB);
+    let mut got = h.partial_write(c, 100 * KIB);
     h.stall(c, false);
     got.extend(h.take_client(c));
     assert!(h.clients[&c].closed && !h.clients[&c].reset);
@@ -308,7 +273,7 @@ fn deferred_client_eof_relays_whole_body_then_response_then_close() {
     recv_now(&mut h, c, &body);
     eof_now(&mut h, c);
     for _ in 0..3 {
-        got.extend(partial_write(&mut h, u, 50 * KIB));
+        got.extend(h.partial_write(u, 50 * KIB));
     }
     h.stall(u, false);
     got.extend(h.take_upstream(u));
@@ -359,7 +324,7 @@ fn tunnel_eof_behind_backpressure_delivers_everything_then_closes() {
     let data = body_of(700 * KIB, 11);
     recv_now(&mut h, u, &data);
     eof_now(&mut h, u);
-    let mut got = partial_write(&mut h, c, 100 * KIB);
+    let mut got = h.partial_write(c, 100 * KIB);
     h.stall(c, false);
     got.extend(h.take_client(c));
     assert!(
@@ -391,7 +356,7 @@ fn tunnel_client_eof_behind_backpressure_delivers_everything_upstream() {
     let data = body_of(700 * KIB, 17);
     recv_now(&mut h, c, &data);
     eof_now(&mut h, c);
-    let mut got = partial_write(&mut h, u, 100 * KIB);
+    let mut got = h.partial_write(u, 100 * KIB);
     h.stall(u, false);
     got.extend(h.take_upstream(u));
     assert!(
@@ -420,7 +385,7 @@ fn silent_upstream_behind_trickling_client_is_still_bounded() {
     let start = h.now;
     let mut rounds = 0;
     while h.core.is_open(c) && rounds < 200 {
-        partial_write(&mut h, c, 16 * KIB);
+        h.partial_write(c, 16 * KIB);
         h.advance(secs(30));
         rounds += 1;
     }
@@ -485,7 +450,7 @@ fn pipelined_requests_while_previous_response_flushes_slowly_are_all_answered() 
             break;
         }
         h.advance(secs(50));
-        got.extend(partial_write(&mut h, c, 32 * KIB));
+        got.extend(h.partial_write(c, 32 * KIB));
         if !answered2 && let Some(u2) = busy_upstream(&h) {
             let rq = requests(&mut h, u2);
             assert_eq!(rq[0].path, "/2");
@@ -526,13 +491,13 @@ fn drain_while_idle_client_still_flushes_delivers_then_closes() {
     let mut got = Vec::new();
     h.upstream_send(u, &resp);
     while h.core.is_open(u) && !h.core.is_pooled(u) {
-        got.extend(partial_write(&mut h, c, 64 * KIB));
+        got.extend(h.partial_write(c, 64 * KIB));
     }
     assert_eq!(h.core.client_activity().2, 1, "client idle, still flushing");
     // Slow but within send_timeout, for longer than keepalive_timeout.
     for _ in 0..3 {
         h.advance(secs(50));
-        got.extend(partial_write(&mut h, c, 1024));
+        got.extend(h.partial_write(c, 1024));
     }
     h.advance(secs(50));
     h.core.begin_drain(h.now);
@@ -609,7 +574,7 @@ fn deferred_eof_on_truncated_length_body_relays_all_then_resets() {
     recv_now(&mut h, u, &body);
     eof_now(&mut h, u);
     assert!(h.core.is_open(u), "EOF deferred");
-    let mut got = partial_write(&mut h, c, 100 * KIB);
+    let mut got = h.partial_write(c, 100 * KIB);
     h.stall(c, false);
     got.extend(h.take_client(c));
     assert_eq!(got.len(), h.clients[&c].total_received + 100 * KIB);

@@ -251,6 +251,30 @@ impl Harness {
         }
     }
 
+    /// Plays a socket that accepted only `n` of the bytes queued for `id` (a slow peer that
+    /// reads a little, then pauses): reports them written and returns them. `stall` + unstall
+    /// can only express all-or-nothing.
+    pub fn partial_write(&mut self, id: ConnId, n: usize) -> Vec<u8> {
+        let mut buf = Vec::new();
+        for p in self.core.pending(id) {
+            let take = p.len().min(n - buf.len());
+            buf.extend_from_slice(&p[..take]);
+            if buf.len() == n {
+                break;
+            }
+        }
+        let written = buf.len();
+        self.core.handle(
+            self.now,
+            Input::Written {
+                conn: id,
+                n: written,
+            },
+        );
+        self.pump();
+        buf
+    }
+
     fn endpoint_mut(&mut self, id: ConnId, client: bool) -> &mut Endpoint {
         let map = if client {
             &mut self.clients

@@ -4,6 +4,8 @@
 // Each test crate uses a different subset of these helpers.
 #![allow(dead_code)]
 
+use core::time::Duration;
+
 use upkeep_core::config::{Address, Config};
 use upkeep_core::sim::Harness;
 use upkeep_core::sim::http::{Message, read_request, read_responses};
@@ -99,4 +101,24 @@ pub fn connects(h: &Harness) -> usize {
         .iter()
         .filter(|o| matches!(o, Output::Connect { .. }))
         .count()
+}
+
+pub const KIB: usize = 1024;
+/// The default write high-water mark (`Limits::write_high_water`).
+pub const HW: usize = 256 * KIB;
+
+pub fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+/// `n` bytes of a deterministic, non-repeating-looking body.
+pub fn body_of(n: usize, seed: u32) -> Vec<u8> {
+    (0..n as u32)
+        .map(|i| (i.wrapping_mul(seed) % 251) as u8)
+        .collect()
+}
+
+/// A POST head announcing a `len`-byte body.
+pub fn post_head(path: &str, len: usize) -> Vec<u8> {
+    format!("POST {path} HTTP/1.1\r\nHost: a\r\nContent-Length: {len}\r\n\r\n").into_bytes()
 }
