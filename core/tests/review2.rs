@@ -320,20 +320,7 @@ fn client_eof_with_body_still_buffered_behind_a_slow_upstream_is_not_an_abort() 
 /// the proxy already holds must still be delivered before the client side closes.
 #[test]
 fn tunnel_close_delivers_bytes_already_buffered_behind_a_slow_client() {
-    let mut h = harness();
-    let c = h.connect_client();
-    h.client_send(
-        c,
-        b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
-    );
-    let u = busy_upstream(&h).unwrap();
-    requests(&mut h, u);
-    h.upstream_send(
-        u,
-        b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
-    );
-    let head = h.take_client(c);
-    assert!(head.starts_with(b"HTTP/1.1 101"));
+    let (mut h, c, u) = open_tunnel();
     h.stall(c, true);
     let burst = body_of(1024 * KIB, 29);
     // The runtime reads in 64 KiB pieces while the proxy lets it.

@@ -306,20 +306,7 @@ fn deferred_client_eof_on_incomplete_body_aborts_once_relayed() {
 
 #[test]
 fn tunnel_eof_behind_backpressure_delivers_everything_then_closes() {
-    let mut h = harness();
-    let c = h.connect_client();
-    h.client_send(
-        c,
-        b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
-    );
-    let u = busy_upstream(&h).unwrap();
-    h.take_upstream(u);
-    h.upstream_send(
-        u,
-        b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
-    );
-    let head = h.take_client(c);
-    assert!(head.starts_with(b"HTTP/1.1 101"));
+    let (mut h, c, u) = open_tunnel();
     h.stall(c, true);
     let data = body_of(700 * KIB, 11);
     recv_now(&mut h, u, &data);
@@ -339,19 +326,7 @@ fn tunnel_eof_behind_backpressure_delivers_everything_then_closes() {
 
 #[test]
 fn tunnel_client_eof_behind_backpressure_delivers_everything_upstream() {
-    let mut h = harness();
-    let c = h.connect_client();
-    h.client_send(
-        c,
-        b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
-    );
-    let u = busy_upstream(&h).unwrap();
-    h.take_upstream(u);
-    h.upstream_send(
-        u,
-        b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
-    );
-    h.take_client(c);
+    let (mut h, c, u) = open_tunnel();
     h.stall(u, true);
     let data = body_of(700 * KIB, 17);
     recv_now(&mut h, c, &data);

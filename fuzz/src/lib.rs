@@ -78,6 +78,20 @@ impl HeadView {
             .collect()
     }
 
+    /// The Via value the proxy writes with pseudonym `upkeep`: the received Via elements, then
+    /// our own, named with the version we received.
+    pub fn expected_via(&self) -> Vec<u8> {
+        let mut want = self.joined(b"via");
+        if !want.is_empty() {
+            want.extend_from_slice(b", ");
+        }
+        want.extend_from_slice(match self.version {
+            Version::Http10 => b"1.0 upkeep",
+            Version::Http11 => b"1.1 upkeep",
+        });
+        want
+    }
+
     /// Non-empty values of the non-stripped fields called `name`, joined with ", " (what the
     /// writer does for X-Forwarded-For and Via before appending its own element).
     pub fn joined(&self, name: &[u8]) -> Vec<u8> {

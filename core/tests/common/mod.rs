@@ -122,3 +122,27 @@ pub fn body_of(n: usize, seed: u32) -> Vec<u8> {
 pub fn post_head(path: &str, len: usize) -> Vec<u8> {
     format!("POST {path} HTTP/1.1\r\nHost: a\r\nContent-Length: {len}\r\n\r\n").into_bytes()
 }
+
+/// A WebSocket upgrade through a default harness, answered with 101: (harness, client,
+/// upstream connection), both sides' bytes so far consumed. The pair is now a byte tunnel.
+pub fn open_tunnel() -> (Harness, ConnId, ConnId) {
+    let mut h = harness();
+    let c = h.connect_client();
+    h.client_send(
+        c,
+        b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+    );
+    let u = busy_upstream(&h).expect("upgrade request forwarded");
+    requests(&mut h, u);
+    h.upstream_send(
+        u,
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+    );
+    let head = h.take_client(c);
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{:?}",
+        String::from_utf8_lossy(&head)
+    );
+    (h, c, u)
+}
