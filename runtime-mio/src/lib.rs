@@ -1,0 +1,1 @@
+//! The upkeep proxy on mio (work in progress).

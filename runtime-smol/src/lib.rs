@@ -1,0 +1,1 @@
+//! upkeep-core on smol (work in progress).

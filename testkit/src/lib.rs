@@ -1,0 +1,1 @@
+//! Test support shared by the runtimes (work in progress).
