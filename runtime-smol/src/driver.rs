@@ -89,11 +89,6 @@ impl Signals {
     pub(crate) fn is_reset(&self) -> bool {
         self.reset.get()
     }
-
-    /// Whether the core closed the connection.
-    pub(crate) fn is_closed(&self) -> bool {
-        self.closed.get()
-    }
 }
 
 /// What the driver holds for each live connection id.
@@ -235,16 +230,16 @@ impl Driver {
     }
 
     /// A virtual client connection on `listener` that has sent `request`; `sink` receives what
-    /// the core answers. Returns false when the core refused it (at capacity or draining).
-    pub(crate) fn accept_virtual(
+    /// the core answers. Gives the sink back when the core refused it (at capacity or draining).
+    pub(crate) fn accept_virtual<S: VirtualSink>(
         &mut self,
         listener: ListenerId,
         request: &[u8],
-        sink: impl VirtualSink,
-    ) -> bool {
+        sink: S,
+    ) -> Result<(), S> {
         let now = clock::now();
         let Ok(conn) = self.core.accept(now, listener, None) else {
-            return false;
+            return Err(sink);
         };
         let signals = Rc::new(Signals::default());
         spawn(pump_loop(self.shared(), conn, signals.clone(), sink)).detach();
@@ -257,7 +252,7 @@ impl Driver {
             },
         );
         self.drain();
-        true
+        Ok(())
     }
 
     /// Acts on every output of the core, then re-arms the timer and reports a finished drain.

@@ -16,10 +16,12 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations)]
 
+mod client;
 mod clock;
 mod driver;
 mod listener;
 mod proxy;
 mod stream;
 
+pub use client::{Body, Client, Error, Request, Response};
 pub use proxy::{Proxy, ProxyHandle};
