@@ -58,20 +58,23 @@ fn any_port() -> Address {
     Address::parse("127.0.0.1:0").unwrap()
 }
 
-/// `Config::simple` on 127.0.0.1:0 in front of `servers`, with one worker where the runtime
-/// allows choosing.
+/// `Config::simple` on 127.0.0.1:0 in front of `servers`, with one worker: bounds on upstream
+/// connections hold per worker, since each worker keeps its own pool.
 fn config(servers: Vec<Address>) -> Config {
-    let config = Config::simple(any_port(), servers);
-    // TODO(runtime.workers): set `config.runtime.workers = 1` once RuntimeOptions lands on main;
-    // until then `workers()` below assumes one worker per CPU, the runtimes' default.
+    one_worker(Config::simple(any_port(), servers))
+}
+
+fn one_worker(mut config: Config) -> Config {
+    config.runtime.workers = 1;
     config
 }
 
-/// Workers the runtime runs for `config`: bounds on upstream connections scale with it, since
-/// each worker keeps its own pool.
-fn workers(_config: &Config) -> usize {
-    // TODO(runtime.workers): read `config.runtime.workers` (0 = one per CPU).
-    std::thread::available_parallelism().map_or(2, |n| n.get())
+/// Workers the runtime runs for `config` (0 = one per CPU core).
+fn workers(config: &Config) -> usize {
+    match config.runtime.workers {
+        0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        n => n,
+    }
 }
 
 fn ok(r: &Response, what: &str) {
@@ -702,7 +705,7 @@ pub fn websocket_upgrade(start: Start) {
 pub fn unix_listener_and_upstream(start: Start) {
     let dir = TempDir::new().unwrap();
     let b = Backend::builder().name("u").unix().start().unwrap();
-    let cfg = Config::simple(dir.socket("proxy.sock"), vec![b.addr()]);
+    let cfg = one_worker(Config::simple(dir.socket("proxy.sock"), vec![b.addr()]));
     let p = Proxy::start(start, cfg);
     assert!(matches!(p.addr(), Address::Unix(_)), "{:?}", p.addr());
     let mut c = p.client();
@@ -723,7 +726,10 @@ pub fn ipv6_listener(start: Start) {
         return;
     }
     let b = Backend::builder().name("v6").ipv6().start().unwrap();
-    let cfg = Config::simple(Address::parse("[::1]:0").unwrap(), vec![b.addr()]);
+    let cfg = one_worker(Config::simple(
+        Address::parse("[::1]:0").unwrap(),
+        vec![b.addr()],
+    ));
     let p = Proxy::start(start, cfg);
     match p.addr() {
         Address::Tcp(sa) => assert!(sa.is_ipv6(), "{sa}"),
