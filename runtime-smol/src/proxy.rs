@@ -131,23 +131,32 @@ impl ProxyHandle {
         }
     }
 
-    /// Stops now: every connection is closed, the workers are joined.
-    pub fn shutdown(self) {
-        let ProxyHandle {
-            addrs,
-            controls,
-            workers,
-        } = self;
-        stop_all(&controls, workers);
-        remove_unix_sockets(&addrs);
+    /// Stops now: every connection is closed, the workers are joined. (Dropping the handle
+    /// does the same.)
+    pub fn shutdown(mut self) {
+        self.stop_now();
     }
 
     /// Waits until the workers exit (after [`ProxyHandle::drain`], or forever).
-    pub fn wait(self) {
-        for h in self.workers {
+    pub fn wait(mut self) {
+        for h in std::mem::take(&mut self.workers) {
             let _ = h.join();
         }
         remove_unix_sockets(&self.addrs);
+    }
+
+    fn stop_now(&mut self) {
+        if self.workers.is_empty() {
+            return;
+        }
+        stop_all(&self.controls, std::mem::take(&mut self.workers));
+        remove_unix_sockets(&self.addrs);
+    }
+}
+
+impl Drop for ProxyHandle {
+    fn drop(&mut self) {
+        self.stop_now();
     }
 }
 
