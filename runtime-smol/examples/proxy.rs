@@ -128,7 +128,8 @@ fn main() -> ExitCode {
     for a in proxy.listen_addrs() {
         eprintln!("proxy: listening on {a}");
     }
-    let signals = async_signal::Signals::new([async_signal::Signal::Int, async_signal::Signal::Term]);
+    let signals =
+        async_signal::Signals::new([async_signal::Signal::Int, async_signal::Signal::Term]);
     let mut signals = match signals {
         Ok(s) => s,
         Err(e) => {

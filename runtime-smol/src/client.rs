@@ -316,9 +316,11 @@ impl Client {
         config.listeners = config
             .upstreams
             .iter()
-            .map(|u| ListenerConfig {
-                // Never bound: the core only needs an index and a scheme.
-                addr: Address::Unix(format!("virtual:{}", u.name)),
+            .enumerate()
+            .map(|(i, u)| ListenerConfig {
+                // Never bound (and unbindable: /dev/null is no directory). The core only needs
+                // an index and a scheme.
+                addr: Address::Unix(format!("/dev/null/upkeep-smol-client/{i}")),
                 upstream: Some(u.name.clone()),
             })
             .collect();

@@ -193,7 +193,12 @@ impl Driver {
         let signals = Rc::new(Signals::default());
         signals.read.set(true);
         let d = self.shared();
-        let reader = spawn(reader_loop(d.clone(), conn, stream.clone(), signals.clone()));
+        let reader = spawn(reader_loop(
+            d.clone(),
+            conn,
+            stream.clone(),
+            signals.clone(),
+        ));
         let writer = spawn(writer_loop(d, conn, stream.clone(), signals.clone()));
         let old = self.put(
             conn,
@@ -389,8 +394,7 @@ impl Driver {
             }
             match stream.try_read(&mut self.read_buf) {
                 Ok(0) => {
-                    self.core
-                        .handle(clock::now(), Input::ReadClosed { conn });
+                    self.core.handle(clock::now(), Input::ReadClosed { conn });
                     self.drain();
                     return false;
                 }
@@ -590,20 +594,18 @@ async fn pump_loop(d: Shared, conn: ConnId, signals: Rc<Signals>, sink: impl Vir
                 Some(buf.freeze())
             }
         };
-        match bytes {
-            Some(b) => {
-                if sink.deliver(b).await.is_err() {
-                    let mut d = d.borrow_mut();
-                    d.core.handle(clock::now(), Input::Errored { conn });
-                    d.drain();
-                    return;
-                }
-            }
-            None if !open => {
+        let Some(b) = bytes else {
+            if !open {
                 sink.finish(signals.is_reset()).await;
                 return;
             }
-            None => {}
+            continue;
+        };
+        if sink.deliver(b).await.is_err() {
+            let mut d = d.borrow_mut();
+            d.core.handle(clock::now(), Input::Errored { conn });
+            d.drain();
+            return;
         }
     }
 }

@@ -31,16 +31,16 @@ impl Stream {
     /// One `read(2)`; `WouldBlock` when nothing is there.
     pub(crate) fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
-            Stream::Tcp(s) => (&*s.get_ref()).read(buf),
-            Stream::Unix(s) => (&*s.get_ref()).read(buf),
+            Stream::Tcp(s) => s.get_ref().read(buf),
+            Stream::Unix(s) => s.get_ref().read(buf),
         }
     }
 
     /// One `writev(2)`; `WouldBlock` when the send buffer is full.
     pub(crate) fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         match self {
-            Stream::Tcp(s) => (&*s.get_ref()).write_vectored(bufs),
-            Stream::Unix(s) => (&*s.get_ref()).write_vectored(bufs),
+            Stream::Tcp(s) => s.get_ref().write_vectored(bufs),
+            Stream::Unix(s) => s.get_ref().write_vectored(bufs),
         }
     }
 
@@ -73,9 +73,7 @@ impl Stream {
     pub(crate) fn set_reset_on_close(&self) {
         let _ = match self {
             Stream::Tcp(s) => socket2::SockRef::from(s.get_ref()).set_linger(Some(Duration::ZERO)),
-            Stream::Unix(s) => {
-                socket2::SockRef::from(s.get_ref()).set_linger(Some(Duration::ZERO))
-            }
+            Stream::Unix(s) => socket2::SockRef::from(s.get_ref()).set_linger(Some(Duration::ZERO)),
         };
     }
 }
