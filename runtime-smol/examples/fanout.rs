@@ -57,7 +57,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             lexopt::Arg::Long("pages") => pages = args.value()?.parse()?,
             lexopt::Arg::Value(v) => addrs.push(
                 Address::parse(v.to_str().ok_or("address is not UTF-8")?)
-                    .map_err(|e| format!("{e}"))?,
+                    .map_err(|e| e.to_string())?,
             ),
             other => return Err(other.unexpected().into()),
         }
