@@ -288,17 +288,26 @@ impl Driver {
                 }
                 Output::Shutdown { conn } => {
                     let pending = self.core.pending_len(conn);
-                    if let Some(Slot::Socket {
-                        stream,
-                        shutdown_after_flush,
-                        ..
-                    }) = self.slot_mut(conn)
-                    {
-                        if pending == 0 {
-                            stream.shutdown_write();
-                        } else {
-                            *shutdown_after_flush = true;
+                    match self.slot_mut(conn) {
+                        Some(Slot::Socket {
+                            stream,
+                            shutdown_after_flush,
+                            ..
+                        }) => {
+                            if pending == 0 {
+                                stream.shutdown_write();
+                            } else {
+                                *shutdown_after_flush = true;
+                            }
                         }
+                        Some(Slot::Virtual { .. }) => {
+                            // The core lingers for the client's EOF after a close-after-error
+                            // response; an in-process client has nothing more to send, so say
+                            // so at once instead of keeping the connection for the lingering
+                            // timeout.
+                            self.core.handle(now, Input::ReadClosed { conn });
+                        }
+                        _ => {}
                     }
                 }
                 Output::Close { conn, reset } => match self.take(conn) {
