@@ -110,7 +110,7 @@ fn unix_listener_serves_and_its_file_is_removed_on_shutdown() {
     let mut c = config(vec![backend.addr()], 2);
     c.listeners[0].addr = listen.clone();
     let proxy = Proxy::start(c).unwrap();
-    assert_eq!(proxy.listen_addrs(), [listen.clone()]);
+    assert_eq!(proxy.listen_addrs(), std::slice::from_ref(&listen));
     for i in 0..10 {
         let mut client = Client::connect(&listen).unwrap();
         assert_eq!(
