@@ -94,8 +94,11 @@ fn run(client: &Client, pages: usize, concurrency: usize) -> Duration {
 }
 
 fn main() {
-    let pages = env("FANOUT_PAGES", 500);
-    let rounds = env("FANOUT_ROUNDS", 3);
+    // `cargo bench` passes `--bench`; without it (`cargo test --all-targets`) run a smoke-sized
+    // round so test runs stay short.
+    let benching = std::env::args().any(|a| a == "--bench");
+    let pages = env("FANOUT_PAGES", if benching { 500 } else { 20 });
+    let rounds = env("FANOUT_ROUNDS", if benching { 3 } else { 1 });
     let concurrency = env("FANOUT_CONCURRENCY", 8);
     let backends: Vec<_> = SERVICES
         .iter()
