@@ -75,6 +75,12 @@ pub enum Behaviour {
     /// Reset the connection (TCP RST: close with the request still unread) once a request
     /// arrives. On Unix sockets this is a plain close.
     Reset,
+    /// Answer the first request of each connection normally, and reset the connection when a
+    /// second request arrives on it: a pooled connection that dies just as it is reused.
+    ResetReused,
+    /// Write exactly these bytes as the response (for malformed or unusual responses) and keep
+    /// reading the connection.
+    Raw(Vec<u8>),
 }
 
 /// One request as the backend received it.
@@ -128,6 +134,7 @@ pub struct BackendBuilder {
     max_requests_per_conn: Option<usize>,
     delay: Option<Duration>,
     headers: Vec<(String, String)>,
+    stray: Option<(Duration, Vec<u8>)>,
     bind: Bind,
 }
 
@@ -149,6 +156,7 @@ impl Default for BackendBuilder {
             max_requests_per_conn: None,
             delay: None,
             headers: Vec::new(),
+            stray: None,
             bind: Bind::V4,
         }
     }
@@ -208,6 +216,13 @@ impl BackendBuilder {
     /// Wait `d` after reading a request before answering.
     pub fn delay(mut self, d: Duration) -> Self {
         self.delay = Some(d);
+        self
+    }
+    /// After a connection has served a request and sat idle for `after`, write `bytes` on it
+    /// and close it (what Node and others do: an unsolicited `408` on an idle keepalive
+    /// connection). No request may ever receive these bytes as its response.
+    pub fn stray_on_idle(mut self, after: Duration, bytes: impl Into<Vec<u8>>) -> Self {
+        self.stray = Some((after, bytes.into()));
         self
     }
     /// Add a header field to every response.
@@ -442,7 +457,7 @@ fn serve(stream: Stream, index: usize, shared: &Shared) -> io::Result<()> {
     stream.set_write_timeout(Some(IO_TIMEOUT))?;
     let is_unix = matches!(stream, Stream::Unix(_));
     if cfg.behaviour == Behaviour::Reset && !is_unix {
-        return reset_on_request(stream, index, shared);
+        return reset_on_request(stream, index, 0, shared);
     }
     let mut reader = WireReader::with_patience(
         stream,
@@ -459,6 +474,25 @@ fn serve(stream: Stream, index: usize, shared: &Shared) -> io::Result<()> {
         while reader.buffered().is_empty() {
             if shared.stop.load(Ordering::SeqCst) || idle_since.elapsed() >= idle_limit {
                 return close(reader);
+            }
+            if let Some((after, bytes)) = &cfg.stray
+                && seq > 0
+                && idle_since.elapsed() >= *after
+            {
+                let _ = reader.stream().write_all(bytes);
+                return close(reader);
+            }
+            if cfg.behaviour == Behaviour::ResetReused && seq > 0 && !is_unix {
+                let mut probe = [0u8; 1];
+                match reader.stream().peek(&mut probe) {
+                    Ok(0) => return Ok(()),
+                    Ok(_) => {
+                        let stream = reader.into_stream();
+                        return reset_on_request(stream, index, seq, shared);
+                    }
+                    Err(e) if is_timeout(&e) || e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                }
             }
             match reader.fill_once() {
                 Ok(0) => return Ok(()),
@@ -497,7 +531,7 @@ fn serve(stream: Stream, index: usize, shared: &Shared) -> io::Result<()> {
         body?;
         seq += 1;
 
-        match cfg.behaviour {
+        match &cfg.behaviour {
             Behaviour::CloseWithoutAnswer | Behaviour::Reset => return close(reader),
             Behaviour::Garbage => {
                 let _ = reader
@@ -507,6 +541,10 @@ fn serve(stream: Stream, index: usize, shared: &Shared) -> io::Result<()> {
             }
             Behaviour::Upgrade if req.header("upgrade").is_some() => {
                 return tunnel(reader, &req, shared);
+            }
+            Behaviour::Raw(bytes) => {
+                reader.stream().write_all(bytes)?;
+                continue;
             }
             _ => {}
         }
@@ -671,7 +709,7 @@ fn tunnel(mut reader: WireReader, req: &RecordedRequest, shared: &Shared) -> io:
 
 /// Waits for a request to arrive without consuming it, logs its head if it parses, then closes
 /// with the bytes unread: the kernel answers with RST instead of FIN.
-fn reset_on_request(stream: Stream, index: usize, shared: &Shared) -> io::Result<()> {
+fn reset_on_request(stream: Stream, index: usize, seq: usize, shared: &Shared) -> io::Result<()> {
     let start = Instant::now();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -687,7 +725,7 @@ fn reset_on_request(stream: Stream, index: usize, shared: &Shared) -> io::Result
                     shared.requests.fetch_add(1, Ordering::SeqCst);
                     shared.log.lock().unwrap().push(RecordedRequest {
                         conn: index,
-                        seq: 0,
+                        seq,
                         method: r.method.unwrap_or_default().into(),
                         target: r.path.unwrap_or_default().into(),
                         version: r.version.unwrap_or(1),

@@ -65,6 +65,12 @@ macro_rules! scenario_tests {
             unix_listener_and_upstream,
             ipv6_listener,
             hop_by_hop_and_forwarded_headers,
+            stray_408_on_idle_connection,
+            stale_pooled_connection_retry,
+            idle_pool_cap_closes_surplus,
+            upstream_keepalive_timeout,
+            unreusable_responses_not_pooled,
+            client_keepalive_timeout,
         );
     };
     (@each $start:expr; $($name:ident),* $(,)?) => {

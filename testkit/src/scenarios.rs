@@ -813,3 +813,171 @@ pub fn hop_by_hop_and_forwarded_headers(start: Start) {
     );
     p.stop();
 }
+
+/// The backend writes an unsolicited `408` and closes 50 ms into every idle period (rule 7):
+/// the next request gets the real response from a fresh connection, never the stray 408, never
+/// a 502.
+pub fn stray_408_on_idle_connection(start: Start) {
+    let b = Backend::builder()
+        .name("a")
+        .stray_on_idle(
+            Duration::from_millis(50),
+            "HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+        )
+        .start()
+        .unwrap();
+    let p = Proxy::start(start, config(vec![b.addr()]));
+    let mut c = p.client();
+    for i in 0..5 {
+        let target = format!("/s{i}");
+        let r = c.get(&target).unwrap();
+        ok(&r, &target);
+        assert_eq!(r.body, ident("a", "GET", &target));
+        // Ten times the 50 ms before the stray bytes: they are long there when the next
+        // request comes, so this tests the pool's watch, not a race.
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(b.accepted(), 5, "every stray 408 retired its connection");
+    p.stop();
+}
+
+/// A pooled connection is reset as the next request arrives on it (rule 12): a GET is retried
+/// on a fresh connection and succeeds; a POST is never sent twice and gets 502.
+pub fn stale_pooled_connection_retry(start: Start) {
+    let b = Backend::builder()
+        .name("a")
+        .behaviour(Behaviour::ResetReused)
+        .start()
+        .unwrap();
+    let p = Proxy::start(start, config(vec![b.addr()]));
+    let mut c = p.client();
+    // Each fresh connection answers once; every later request lands on a pooled one first.
+    for i in 0..4 {
+        let target = format!("/g{i}");
+        let r = c.get(&target).unwrap();
+        ok(&r, &target);
+        assert_eq!(r.body, ident("a", "GET", &target));
+    }
+    let gets = b.log().iter().filter(|r| r.method == "GET").count();
+    assert!(
+        gets >= 7,
+        "GETs after the first met a reset pooled connection and were retried ({gets} arrivals)"
+    );
+    let r = p.client().request(&client::post("/pay", b"hello")).unwrap();
+    let posts = b.log().iter().filter(|r| r.target == "/pay").count();
+    assert_eq!(posts, 1, "a POST that met a reset is never sent again");
+    assert_eq!(r.status, 502, "{:?}", r.text());
+    p.stop();
+}
+
+/// `keepalive = 2` with five concurrent requests: five upstream connections, and once they are
+/// idle exactly two stay open (rule 1: the cap is on idle connections, not concurrency).
+pub fn idle_pool_cap_closes_surplus(start: Start) {
+    let b = Backend::builder()
+        .name("a")
+        .delay(Duration::from_millis(800))
+        .start()
+        .unwrap();
+    let mut cfg = config(vec![b.addr()]);
+    cfg.upstreams[0].keepalive = 2;
+    let p = Proxy::start(start, cfg);
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(5));
+    let threads: Vec<_> = (0..5)
+        .map(|i| {
+            let addr = p.addr();
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                let mut c = Client::connect(&addr).unwrap();
+                barrier.wait();
+                let r = c.get(&format!("/c{i}")).unwrap();
+                (r.status, c)
+            })
+        })
+        .collect();
+    // Keep the clients open: only the pool decides what happens upstream.
+    let mut clients = Vec::new();
+    for t in threads {
+        let (status, c) = t.join().unwrap();
+        assert_eq!(status, 200);
+        clients.push(c);
+    }
+    assert!(
+        b.accepted() >= 3,
+        "concurrent requests need their own connections (accepted {})",
+        b.accepted()
+    );
+    assert!(
+        b.wait_until(Duration::from_secs(8), |b| b.open_connections() == 2),
+        "idle upstream connections settle at the cap of 2 (open: {}, accepted: {})",
+        b.open_connections(),
+        b.accepted()
+    );
+    drop(clients);
+    p.stop();
+}
+
+/// The proxy's own upstream `keepalive_timeout` (300 ms) closes idle pooled connections; the
+/// next request opens a new one.
+pub fn upstream_keepalive_timeout(start: Start) {
+    let b = Backend::identify("a").unwrap();
+    let mut cfg = config(vec![b.addr()]);
+    cfg.upstreams[0].keepalive_timeout = Duration::from_millis(300);
+    let p = Proxy::start(start, cfg);
+    let mut c = p.client();
+    ok(&c.get("/1").unwrap(), "/1");
+    assert!(
+        b.wait_until(Duration::from_secs(8), |b| b.open_connections() == 0),
+        "the idle pooled connection was closed by the proxy"
+    );
+    ok(&c.get("/2").unwrap(), "/2");
+    assert_eq!(b.accepted(), 2);
+    p.stop();
+}
+
+/// Responses after which the upstream connection must not be reused (rule 9): bytes beyond
+/// Content-Length, an HTTP/1.0 response (with or without `Connection: keep-alive`: nginx's rule,
+/// stricter than RFC 9112 §9.3), `Connection: close`. The client gets exactly the declared body,
+/// and every request uses a new upstream connection.
+pub fn unreusable_responses_not_pooled(start: Start) {
+    let cases: [&[u8]; 4] = [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA",
+        b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
+    ];
+    for raw in cases {
+        let what = String::from_utf8_lossy(raw).into_owned();
+        let b = Backend::builder()
+            .behaviour(Behaviour::Raw(raw.to_vec()))
+            .start()
+            .unwrap();
+        let p = Proxy::start(start, config(vec![b.addr()]));
+        let mut c = p.client();
+        for i in 0..3 {
+            let r = c.get(&format!("/{i}")).unwrap();
+            ok(&r, &what);
+            assert_eq!(r.body, b"ok", "{what:?}");
+        }
+        assert_eq!(b.requests(), 3, "{what:?}");
+        assert_eq!(b.accepted(), 3, "{what:?}: a connection was reused");
+        p.stop();
+    }
+}
+
+/// `client_timeouts.keepalive = 300ms`: an idle client connection is closed.
+pub fn client_keepalive_timeout(start: Start) {
+    let b = Backend::identify("a").unwrap();
+    let mut cfg = config(vec![b.addr()]);
+    cfg.client_timeouts.keepalive = Duration::from_millis(300);
+    let p = Proxy::start(start, cfg);
+    let mut c = p.client();
+    ok(&c.get("/1").unwrap(), "/1");
+    assert!(
+        c.closed_within(Duration::from_secs(8)),
+        "an idle client connection outlived client_timeouts.keepalive"
+    );
+    // The upstream connection it used is still pooled for the next client.
+    ok(&p.client().get("/2").unwrap(), "/2");
+    assert_eq!(b.accepted(), 1);
+    p.stop();
+}

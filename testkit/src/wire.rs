@@ -163,6 +163,11 @@ impl WireReader {
         &mut self.stream
     }
 
+    /// The stream back (bytes buffered but not consumed are dropped).
+    pub fn into_stream(self) -> Stream {
+        self.stream
+    }
+
     /// Bytes received but not consumed yet.
     pub fn buffered(&self) -> &[u8] {
         &self.buf

@@ -278,3 +278,60 @@ fn client_skips_interim_responses_and_handles_no_body_statuses() {
     assert_eq!(r.status, 304);
     assert!(r.body.is_empty());
 }
+
+#[test]
+fn stray_bytes_on_an_idle_connection() {
+    let b = Backend::builder()
+        .stray_on_idle(
+            Duration::from_millis(100),
+            "HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+        )
+        .start()
+        .unwrap();
+    let mut c = Client::connect(&b.addr()).unwrap();
+    assert_eq!(c.get("/").unwrap().status, 200);
+    assert_eq!(c.read_response().unwrap().status, 408);
+    assert!(c.closed_within(Duration::from_secs(5)));
+}
+
+#[test]
+fn reset_reused_answers_once_per_connection() {
+    let b = Backend::builder()
+        .behaviour(Behaviour::ResetReused)
+        .start()
+        .unwrap();
+    let mut c = Client::connect(&b.addr()).unwrap();
+    assert_eq!(c.get("/1").unwrap().status, 200);
+    let e = c.get("/2").unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ConnectionReset, "{e}");
+    let log = b.log();
+    assert_eq!(log.len(), 2);
+    assert_eq!(
+        (log[1].target.as_str(), log[1].seq, log[1].complete),
+        ("/2", 1, false)
+    );
+    // A new connection is answered again.
+    assert_eq!(
+        client::one_shot(&b.addr(), &client::get("/3"))
+            .unwrap()
+            .status,
+        200
+    );
+}
+
+#[test]
+fn raw_responses_are_written_verbatim() {
+    let b = Backend::builder()
+        .behaviour(Behaviour::Raw(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(),
+        ))
+        .start()
+        .unwrap();
+    let mut c = Client::connect(&b.addr()).unwrap();
+    for _ in 0..2 {
+        let r = c.get("/").unwrap();
+        assert_eq!(r.body, b"ok");
+        assert_eq!(r.header("x-backend"), None);
+    }
+    assert_eq!(b.requests(), 2);
+}
