@@ -23,7 +23,9 @@ enum Sink {
 #[derive(Debug)]
 pub(crate) struct Entry<'a> {
     pub(crate) client: Option<SocketAddr>,
-    pub(crate) request_line: &'a [u8],
+    /// `METHOD target` as received (empty when the request could not be parsed).
+    pub(crate) request: &'a [u8],
+    pub(crate) version: &'a str,
     pub(crate) status: u16,
     pub(crate) bytes_sent: u64,
     pub(crate) upstream: Option<String>,
@@ -92,7 +94,7 @@ impl AccessLog {
         }
         let _ = write!(b, " - - [{}] \"", self.stamp);
         // The request line is client data: escape what would break the line format.
-        for &c in e.request_line {
+        for &c in e.request {
             match c {
                 b'"' | b'\\' => {
                     let _ = write!(b, "\\x{c:02X}");
@@ -102,6 +104,9 @@ impl AccessLog {
                     let _ = write!(b, "\\x{c:02X}");
                 }
             }
+        }
+        if !e.request.is_empty() {
+            let _ = write!(b, " {}", e.version);
         }
         let _ = write!(b, "\" {} {}", e.status, e.bytes_sent);
         match &e.upstream {
@@ -185,7 +190,8 @@ mod tests {
         let mut log = AccessLog::open("-").unwrap();
         log.record(&Entry {
             client: Some("10.0.0.1:5555".parse().unwrap()),
-            request_line: b"GET /\"x HTTP/1.1",
+            request: b"GET /\"x",
+            version: "HTTP/1.1",
             status: 200,
             bytes_sent: 12,
             upstream: Some("127.0.0.1:9001".into()),

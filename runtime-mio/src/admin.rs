@@ -51,11 +51,11 @@ impl Admin {
                 let _keep = bound;
                 let mut events = Events::with_capacity(16);
                 while !stop2.load(Ordering::Acquire) {
-                    if let Err(e) = poll.poll(&mut events, None) {
-                        if e.kind() != io::ErrorKind::Interrupted {
-                            log::error!("admin: poll failed: {e}");
-                            return;
-                        }
+                    if let Err(e) = poll.poll(&mut events, None)
+                        && e.kind() != io::ErrorKind::Interrupted
+                    {
+                        log::error!("admin: poll failed: {e}");
+                        return;
                     }
                     accept_all(&listener, &board, &draining);
                 }
@@ -131,7 +131,9 @@ fn serve(mut stream: Stream, board: &Mutex<Board>, draining: &AtomicBool) -> io:
             "text/plain; version=0.0.4; charset=utf-8",
             crate::collect(board).prometheus(),
         ),
-        ("GET" | "HEAD", "/status") => ("200 OK", "text/plain", crate::collect(board).stub_status()),
+        ("GET" | "HEAD", "/status") => {
+            ("200 OK", "text/plain", crate::collect(board).stub_status())
+        }
         ("GET" | "HEAD", "/ready") => {
             if draining.load(Ordering::Acquire) {
                 ("503 Service Unavailable", "text/plain", "draining\n".into())
@@ -140,7 +142,11 @@ fn serve(mut stream: Stream, board: &Mutex<Board>, draining: &AtomicBool) -> io:
             }
         }
         ("GET" | "HEAD", _) => ("404 Not Found", "text/plain", "not found\n".into()),
-        _ => ("405 Method Not Allowed", "text/plain", "method not allowed\n".into()),
+        _ => (
+            "405 Method Not Allowed",
+            "text/plain",
+            "method not allowed\n".into(),
+        ),
     };
     let mut out = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",

@@ -191,6 +191,22 @@ impl ProxyHandle {
         collect(&self.shared.board)
     }
 
+    /// Each live worker's own snapshot (current and still-draining workers), for tests and
+    /// diagnostics; [`ProxyHandle::snapshot`] is their sum plus retired workers.
+    pub fn worker_snapshots(&self) -> Vec<Snapshot> {
+        let live = self.live();
+        let mut out = Vec::with_capacity(live.len());
+        for w in &live {
+            let (tx, rx) = mpsc::channel();
+            if w.send(Command::Snapshot(tx))
+                && let Ok(s) = rx.recv_timeout(SNAPSHOT_WAIT)
+            {
+                out.push(s);
+            }
+        }
+        out
+    }
+
     /// Applies a new configuration the way nginx does: new workers start with it (fresh
     /// `SO_REUSEPORT` sockets on TCP addresses, the very same socket for an unchanged Unix
     /// address), then the old workers drain — established connections finish on them. A config

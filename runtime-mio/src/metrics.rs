@@ -320,7 +320,7 @@ impl Snapshot {
                 u8::from(s.up)
             );
         }
-        let groups: [(&str, &str, &str, fn(&GroupSnapshot) -> u64); 3] = [
+        let groups: [GroupMetric; 3] = [
             (
                 "upkeep_pool_hits_total",
                 "counter",
@@ -413,6 +413,14 @@ impl Snapshot {
         o
     }
 }
+
+/// A per-group metric: name, type, help, and how to read it.
+type GroupMetric = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&GroupSnapshot) -> u64,
+);
 
 fn header(o: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(o, "# HELP {name} {help}");

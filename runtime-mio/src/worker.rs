@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use mio::event::Event;
 use mio::{Events, Poll, Token, Waker};
+use upkeep_core::framing::Version;
 use upkeep_core::{Config, ConnId, Core, ExchangeInfo, Input, ListenerId, Output, ServerId};
 
 use crate::access_log::{self, AccessLog};
@@ -97,6 +98,7 @@ pub(crate) fn spawn(setup: Setup) -> io::Result<(Control, JoinHandle<()>)> {
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
     // Always on: exchanges feed the status-code counters and the duration histogram.
     core.record_exchanges(true);
+    core.record_requests(setup.access_log.is_some());
     let log = match &setup.access_log {
         Some(target) => Some(AccessLog::open(target)?),
         None => None,
@@ -217,7 +219,7 @@ impl Worker {
                 self.core.handle_timeout(clock::now());
                 self.after_input();
             }
-            self.run_queues(true);
+            self.run_queues();
             self.maybe_resume();
             if let Some(log) = &mut self.log {
                 log.flush();
@@ -287,7 +289,8 @@ impl Worker {
                 Ok(true) => {
                     sock.connecting = false;
                     sock.stream.set_nodelay();
-                    self.core.handle(clock::now(), Input::Connected { conn: id });
+                    self.core
+                        .handle(clock::now(), Input::Connected { conn: id });
                     self.after_input();
                     self.to_write.push_back(id);
                     self.to_read.push_back(id);
@@ -311,30 +314,22 @@ impl Worker {
         }
     }
 
-    /// Works through sockets with something to read or write. `all` = keep going until both
-    /// queues are empty, except reads that ran out of budget (they wait for the next pass).
-    fn run_queues(&mut self, all: bool) {
+    /// Works through sockets with something to write (all of them) and to read (those queued
+    /// when the pass began: sockets re-queued because their read budget ran out, or queued by
+    /// outputs meanwhile, wait for the next pass, which then polls without blocking).
+    fn run_queues(&mut self) {
         let mut reads = self.to_read.len();
         loop {
             if let Some(id) = self.to_write.pop_front() {
                 self.flush(id);
-                continue;
-            }
-            if reads > 0
+            } else if reads > 0
                 && let Some(id) = self.to_read.pop_front()
             {
                 reads -= 1;
                 self.read(id);
-                continue;
+            } else {
+                return;
             }
-            if !all || self.to_read.is_empty() || reads == 0 {
-                break;
-            }
-            reads = self.to_read.len();
-            // New reads were queued by outputs (Interest { read: true }) during this pass: run
-            // them now; sockets that exhausted their budget were re-queued and run again too,
-            // but only once per pass (`reads` counts them), leaving room for the poll.
-            break;
         }
     }
 
@@ -417,7 +412,8 @@ impl Worker {
                     return;
                 }
                 Ok(n) => {
-                    self.core.handle(clock::now(), Input::Written { conn: id, n });
+                    self.core
+                        .handle(clock::now(), Input::Written { conn: id, n });
                     self.after_input();
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -484,7 +480,8 @@ impl Worker {
             }),
             Err(e) => {
                 log::debug!("worker {}: connect to {addr} failed: {e}", self.id);
-                self.core.handle(clock::now(), Input::ConnectFailed { conn });
+                self.core
+                    .handle(clock::now(), Input::ConnectFailed { conn });
                 // The loop in `after_input` picks up what this produced.
             }
         }
@@ -526,7 +523,11 @@ impl Worker {
                 .and_then(|s| s.peer);
             log.record(&access_log::Entry {
                 client: peer,
-                request_line: &ex.request_line,
+                request: &ex.request,
+                version: match ex.version {
+                    Version::Http10 => "HTTP/1.0",
+                    Version::Http11 => "HTTP/1.1",
+                },
                 status: ex.status,
                 bytes_sent: ex.bytes_sent,
                 upstream: ex.server.map(|s| self.core.server_address(s).to_string()),
@@ -579,6 +580,8 @@ impl Worker {
                                 peer,
                             });
                             self.after_input();
+                            // Its first bytes may already be here: read without waiting a poll.
+                            self.to_read.push_back(id);
                         }
                         Err(_at_capacity) => {
                             // The new socket closes on drop; accept no more until a client
@@ -668,7 +671,7 @@ impl Worker {
         for i in 0..self.listeners.len() {
             self.accept(i);
         }
-        self.run_queues(true);
+        self.run_queues();
         for l in self.listeners.iter_mut() {
             if let Some(mut l) = l.take() {
                 l.deregister(self.poll.registry());
