@@ -34,7 +34,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Run { config, file } => match cli::run::run(config, file.as_deref()) {
+        Command::Run { config, file } => match cli::run::run(*config, file.as_deref()) {
             Ok(code) => ExitCode::from(code as u8),
             Err(e) => {
                 eprintln!("upkeep: {e}");

@@ -73,7 +73,7 @@ pub(crate) enum Command {
     Version,
     /// Run from a file (reloadable) or from flags.
     Run {
-        config: Config,
+        config: Box<Config>,
         file: Option<PathBuf>,
     },
     Check(PathBuf),
@@ -83,14 +83,12 @@ pub(crate) enum Command {
 /// Parses the command line; `Err` is a usage error (exit 2).
 pub(crate) fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, String> {
     let mut p = lexopt::Parser::from_args(args);
-    let sub = loop {
-        match p.next().map_err(|e| e.to_string())? {
-            Some(Short('h') | Long("help")) => return Ok(Command::Help(MAIN_HELP)),
-            Some(Short('V') | Long("version")) => return Ok(Command::Version),
-            Some(Value(v)) => break v.string().map_err(|e| format!("{e:?}"))?,
-            Some(other) => return Err(other.unexpected().to_string()),
-            None => return Err("missing command: run, check or demo (see --help)".into()),
-        }
+    let sub = match p.next().map_err(|e| e.to_string())? {
+        Some(Short('h') | Long("help")) => return Ok(Command::Help(MAIN_HELP)),
+        Some(Short('V') | Long("version")) => return Ok(Command::Version),
+        Some(Value(v)) => v.string().map_err(|e| format!("{e:?}"))?,
+        Some(other) => return Err(other.unexpected().to_string()),
+        None => return Err("missing command: run, check or demo (see --help)".into()),
     };
     match sub.as_str() {
         "run" => parse_run(&mut p),
@@ -138,12 +136,15 @@ fn duration(flag: &str, s: &str) -> Result<Duration, String> {
     parse_duration(s).map_err(|e| format!("{flag} {s:?}: {e}"))
 }
 
+/// A quick-mode flag's change to the config, applied once the addresses are known.
+type Tweak = Box<dyn FnOnce(&mut Config)>;
+
 fn parse_run(p: &mut lexopt::Parser) -> Result<Command, String> {
     let mut file = None;
     let mut listen = Vec::new();
     let mut upstream = Vec::new();
     // Applied to the quick-mode config after the addresses are known.
-    let mut tweaks: Vec<Box<dyn FnOnce(&mut Config)>> = Vec::new();
+    let mut tweaks: Vec<Tweak> = Vec::new();
     while let Some(arg) = p.next().map_err(|e| e.to_string())? {
         let flag = match &arg {
             Long(l) => format!("--{l}"),
@@ -212,7 +213,7 @@ fn parse_run(p: &mut lexopt::Parser) -> Result<Command, String> {
         }
         let config = super::config_file::load(&file)?;
         return Ok(Command::Run {
-            config,
+            config: Box::new(config),
             file: Some(file),
         });
     }
@@ -229,7 +230,10 @@ fn parse_run(p: &mut lexopt::Parser) -> Result<Command, String> {
         t(&mut config);
     }
     config.validate().map_err(|e| format!("run: {e}"))?;
-    Ok(Command::Run { config, file: None })
+    Ok(Command::Run {
+        config: Box::new(config),
+        file: None,
+    })
 }
 
 #[cfg(test)]

@@ -91,7 +91,7 @@ fn locate(text: &str, e: &ConfigError) -> Option<Range<usize>> {
             })
         } else {
             let n: usize = rest.parse().ok()?;
-            items.iter().nth(n.checked_sub(1)?)
+            items.get(n.checked_sub(1)?)
         }?;
         span = Some(item.span());
         match item.get_ref() {

@@ -46,12 +46,10 @@ pub(crate) fn run(config: Config, file: Option<&Path>) -> io::Result<i32> {
                     proxy.shutdown();
                     return Ok(0);
                 }
-                SIGTERM | SIGQUIT => {
-                    if !draining {
-                        log::info!("draining: finishing in-flight requests");
-                        proxy.drain();
-                        draining = true;
-                    }
+                SIGTERM | SIGQUIT if !draining => {
+                    log::info!("draining: finishing in-flight requests");
+                    proxy.drain();
+                    draining = true;
                 }
                 SIGINT => {
                     log::info!("SIGINT: stopping now");

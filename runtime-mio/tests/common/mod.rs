@@ -229,7 +229,10 @@ pub fn read_response(conn: &mut dyn ConnBox) -> (u16, String) {
     let mut head = Vec::new();
     let mut b = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
-        let n = conn.read(&mut b).expect("reading response head");
+        let n = match conn.read(&mut b) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            r => r.expect("reading response head"),
+        };
         assert!(
             n == 1,
             "connection closed mid-head: {:?}",

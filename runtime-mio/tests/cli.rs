@@ -1,0 +1,300 @@
+//! The `upkeep` binary end to end: `check`, `run` (quick mode and config file), signals.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_upkeep");
+
+fn upkeep(args: &[&str]) -> std::process::Output {
+    Command::new(BIN).args(args).output().unwrap()
+}
+
+#[test]
+fn check_accepts_the_shipped_example() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/upkeep.example.toml");
+    let out = upkeep(&["check", "--config", example]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "configuration ok\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0));
+}
+
+#[test]
+fn check_reports_file_line_and_column() {
+    let path = temp_path("bad.toml");
+    std::fs::write(
+        &path,
+        "[[listen]]\naddr = \"127.0.0.1:8080\"\n\n[[upstream]]\nname = \"app\"\nservers = [\"127.0.0.1:9001\"]\nkeepalvie = 16\n",
+    )
+    .unwrap();
+    let out = upkeep(&["check", "--config", &path]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.starts_with(&format!("{path}:7:1: ")), "{err}");
+    assert!(err.contains("keepalvie"), "{err}");
+
+    // A validation error (not a syntax error) points at the offending item.
+    std::fs::write(
+        &path,
+        "[[listen]]\naddr = \"127.0.0.1:8080\"\n\n[[upstream]]\nname = \"app\"\nservers = [\"127.0.0.1:9001\"]\nkeepalive_timeout = \"0s\"\n",
+    )
+    .unwrap();
+    let out = upkeep(&["check", "--config", &path]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.starts_with(&format!("{path}:7:1: upstream \"app\"")),
+        "{err}"
+    );
+    let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn usage_errors_exit_2_and_help_exits_0() {
+    let out = upkeep(&["run", "--listen", "127.0.0.1:0", "--bogus"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--bogus"));
+    let out = upkeep(&["frobnicate"]);
+    assert_eq!(out.status.code(), Some(2));
+    for args in [
+        &["--help"][..],
+        &["run", "--help"],
+        &["check", "--help"],
+        &["demo", "--help"],
+    ] {
+        let out = upkeep(args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("Usage"),
+            "{args:?}"
+        );
+    }
+    let out = upkeep(&["--version"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("upkeep "));
+}
+
+/// A spawned `upkeep run`, with its stderr lines forwarded to a channel.
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    listen: Vec<upkeep_core::Address>,
+}
+
+impl Running {
+    fn start(args: &[&str]) -> Running {
+        let mut child = Command::new(BIN)
+            .arg("run")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, lines) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { return };
+                eprintln!("[upkeep] {line}");
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut r = Running {
+            child,
+            lines,
+            listen: Vec::new(),
+        };
+        // "listening on ADDR" lines come before the proxy is used; the admin line (if any) last.
+        let want_admin = args.contains(&"--admin") || args.contains(&"--config");
+        loop {
+            let line = r.line();
+            if let Some(a) = line
+                .strip_suffix("")
+                .and_then(|l| l.split("listening on ").nth(1))
+            {
+                if line.contains("admin listening") {
+                    break;
+                }
+                r.listen.push(addr(a));
+                if !want_admin {
+                    break;
+                }
+            }
+        }
+        r
+    }
+
+    fn line(&self) -> String {
+        self.lines
+            .recv_timeout(TIMEOUT)
+            .expect("upkeep printed nothing in time")
+    }
+
+    /// Waits for a stderr line containing `text`.
+    fn expect(&self, text: &str) {
+        let start = Instant::now();
+        while start.elapsed() < TIMEOUT {
+            if self.line().contains(text) {
+                return;
+            }
+        }
+        panic!("no line containing {text:?}");
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig}");
+    }
+
+    fn wait_exit(&mut self) -> i32 {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s.code().unwrap_or(-1);
+            }
+            assert!(start.elapsed() < TIMEOUT * 2, "upkeep did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+#[test]
+fn run_quick_mode_end_to_end() {
+    let b = Backend::tcp("quick");
+    let mut up = Running::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &b.addr.to_string(),
+        "--workers",
+        "2",
+        "--keepalive",
+        "4",
+    ]);
+    let listen = up.listen[0].clone();
+    let curl = Command::new("curl")
+        .args(["-sS", "--max-time", "10", &format!("http://{listen}/x")])
+        .output();
+    match curl {
+        Ok(out) if out.status.success() || out.status.code() != Some(127) => {
+            assert_eq!(String::from_utf8_lossy(&out.stdout), "quick");
+        }
+        _ => assert_eq!(get_once(&listen, "/x"), (200, "quick".into())),
+    }
+    let mut c = connect(&listen);
+    for _ in 0..20 {
+        assert_eq!(get(&mut *c, "/"), (200, "quick".into()));
+    }
+    up.signal("INT");
+    assert_eq!(up.wait_exit(), 0);
+}
+
+#[test]
+fn sigterm_drains_in_flight_then_exits_0() {
+    let b = Backend::tcp_slow("slow", Duration::from_millis(1000));
+    let mut up = Running::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &b.addr.to_string(),
+        "--workers",
+        "2",
+    ]);
+    let mut c = connect(&up.listen[0]);
+    c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let start = Instant::now();
+    while b.requests() == 0 {
+        assert!(start.elapsed() < TIMEOUT);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    up.signal("TERM");
+    up.expect("draining");
+    assert_eq!(read_response(&mut *c), (200, "slow".into()));
+    let mut rest = Vec::new();
+    assert_eq!(
+        c.read_to_end(&mut rest).unwrap_or(0),
+        0,
+        "closed after the exchange"
+    );
+    assert_eq!(up.wait_exit(), 0);
+}
+
+fn config_text(listen: &str, upstream: &upkeep_core::Address, admin: &str) -> String {
+    format!(
+        "workers = 2\nadmin = \"{admin}\"\nshutdown_timeout = \"10s\"\n[[listen]]\naddr = \"{listen}\"\n[[upstream]]\nname = \"app\"\nservers = [\"{upstream}\"]\n"
+    )
+}
+
+#[test]
+fn sighup_reloads_and_a_broken_file_keeps_the_old_config() {
+    let old = Backend::tcp_slow("old", Duration::from_millis(600));
+    let new = Backend::tcp("new");
+    let path = temp_path("reload.toml");
+    let admin = format!("unix:{}", temp_path("admin.sock"));
+    // A fixed port is needed to reload onto "the same address": take one from the kernel.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    std::fs::write(&path, config_text(&listen, &old.addr, &admin)).unwrap();
+    let mut up = Running::start(&["--config", &path]);
+    let listen = up.listen[0].clone();
+    assert_eq!(get_once(&listen, "/").1, "old");
+
+    // A kept-open client connection, mid-exchange during the reload.
+    let mut kept = connect(&listen);
+    kept.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let start = Instant::now();
+    while old.requests() < 2 {
+        assert!(start.elapsed() < TIMEOUT);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::fs::write(&path, config_text(&listen.to_string(), &new.addr, &admin)).unwrap();
+    up.signal("HUP");
+    up.expect("reloaded");
+    assert_eq!(
+        read_response(&mut *kept),
+        (200, "old".into()),
+        "in-flight exchange survives"
+    );
+    for _ in 0..20 {
+        assert_eq!(get_once(&listen, "/").1, "new");
+    }
+
+    // A broken file: logged, the running config stays.
+    std::fs::write(&path, "workers = \"many\"\n").unwrap();
+    up.signal("HUP");
+    up.expect("reload failed");
+    assert_eq!(get_once(&listen, "/").1, "new");
+
+    up.signal("TERM");
+    assert_eq!(up.wait_exit(), 0);
+    let _ = std::fs::remove_file(&path);
+}
