@@ -298,3 +298,39 @@ fn sighup_reloads_and_a_broken_file_keeps_the_old_config() {
     assert_eq!(up.wait_exit(), 0);
     let _ = std::fs::remove_file(&path);
 }
+
+#[test]
+fn demo_prints_its_table() {
+    let out = upkeep(&["demo"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let row = |name: &str| -> Vec<String> {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name:?} row in:\n{text}"));
+        line[name.len()..]
+            .split_whitespace()
+            .map(String::from)
+            .collect()
+    };
+    assert!(
+        text.contains("pooling on") && text.contains("pooling off"),
+        "{text}"
+    );
+    let conns = row("upstream connections opened");
+    let (on, off): (u64, u64) = (conns[0].parse().unwrap(), conns[1].parse().unwrap());
+    let requests = row("requests ");
+    let off_requests: u64 = requests[1].parse().unwrap();
+    assert!(off_requests > 0, "{text}");
+    // Without pooling every request opens a connection; with it, far fewer.
+    assert_eq!(off, off_requests, "{text}");
+    assert!(on < off, "{text}");
+    assert_eq!(row("pool hit ratio").len(), 2);
+    assert_eq!(row("TIME_WAIT sockets left").len(), 2);
+}
