@@ -140,6 +140,10 @@ mod de;
 mod parse;
 mod validate;
 
+#[cfg(feature = "toml")]
+mod file;
+#[cfg(feature = "toml")]
+pub use file::FileError;
 pub use parse::{parse_duration, parse_size};
 pub use validate::{ConfigError, MAX_SERVERS_PER_UPSTREAM};
 
