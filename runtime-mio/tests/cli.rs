@@ -51,8 +51,9 @@ fn check_reports_file_line_and_column() {
     let out = upkeep(&["check", "--config", &path]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
+    // Line 7 (the column is the value's, `"0s"`).
     assert!(
-        err.starts_with(&format!("{path}:7:1: upstream \"app\"")),
+        err.starts_with(&format!("{path}:7:21: upstream \"app\": keepalive_timeout")),
         "{err}"
     );
     let _ = std::fs::remove_file(&path);
