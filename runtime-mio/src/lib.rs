@@ -254,8 +254,19 @@ impl ProxyHandle {
         }
         let old = std::mem::replace(&mut state.current, next);
         state.threads.extend(threads);
-        for w in &old.workers {
-            w.send(Command::Drain);
+        // Wait until the old workers have closed their listeners, so that every connection
+        // made after `reload` returns lands on a new worker.
+        let (ack, acks) = mpsc::channel();
+        let asked = old
+            .workers
+            .iter()
+            .filter(|w| w.send(Command::Drain(Some(ack.clone()))))
+            .count();
+        drop(ack);
+        for _ in 0..asked {
+            if acks.recv_timeout(SNAPSHOT_WAIT).is_err() {
+                break;
+            }
         }
         // Unix socket files that the new configuration no longer listens on.
         let kept: Vec<Address> = state.current.bound.iter().map(Bound::address).collect();
@@ -276,7 +287,7 @@ impl ProxyHandle {
         self.shared.draining.store(true, Ordering::Release);
         let live = self.live();
         for w in &live {
-            w.send(Command::Drain);
+            w.send(Command::Drain(None));
         }
     }
 

@@ -38,7 +38,8 @@ const EMFILE_PAUSE: Duration = Duration::from_millis(100);
 #[derive(Debug)]
 pub(crate) enum Command {
     /// Stop accepting, finish in-flight exchanges, exit when drained (or at the shutdown timeout).
-    Drain,
+    /// The sender, if any, hears back once the worker's listeners are closed.
+    Drain(Option<Sender<()>>),
     /// Exit now.
     Stop,
     /// Send a snapshot of the counters.
@@ -645,7 +646,12 @@ impl Worker {
     fn commands(&mut self) -> Flow {
         loop {
             match self.rx.try_recv() {
-                Ok(Command::Drain) => self.drain(),
+                Ok(Command::Drain(ack)) => {
+                    self.drain();
+                    if let Some(ack) = ack {
+                        let _ = ack.send(());
+                    }
+                }
                 Ok(Command::Stop) => return Flow::Exit,
                 Ok(Command::Snapshot(tx)) => {
                     let _ = tx.send(Snapshot::of(&self.core, &self.counters, clock::now()));

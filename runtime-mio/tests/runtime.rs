@@ -205,3 +205,104 @@ fn drain_finishes_in_flight_and_ready_turns_503() {
         "listener closed"
     );
 }
+
+#[test]
+fn client_connection_limit_pauses_and_resumes_accepting() {
+    use std::io::Read;
+    let b = Backend::tcp("limited");
+    let mut cfg = config(&[&b], 1);
+    cfg.limits.max_client_connections = 2;
+    let proxy = Proxy::start(cfg).unwrap();
+    let listen = proxy.listen_addrs()[0].clone();
+    let mut first = connect(&listen);
+    let mut second = connect(&listen);
+    assert_eq!(get(&mut *first, "/").0, 200);
+    assert_eq!(get(&mut *second, "/").0, 200);
+    // Over the limit: accepted by the kernel, closed by the proxy.
+    let mut third = connect(&listen);
+    let mut buf = [0u8; 64];
+    let _ = third.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(
+        matches!(third.read(&mut buf), Ok(0) | Err(_)),
+        "the third connection is refused"
+    );
+    // Accepting is paused now: this one waits in the backlog until a slot frees up.
+    let mut fourth = connect(&listen);
+    fourth
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    drop(first);
+    assert_eq!(read_response(&mut *fourth), (200, "limited".to_string()));
+    assert_eq!(get(&mut *second, "/").0, 200);
+    let snap = proxy.snapshot();
+    assert_eq!(snap.handled, 3);
+    assert_eq!(snap.accepted, 4);
+    proxy.shutdown();
+}
+
+#[test]
+fn ipv6_loopback_listener() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("no IPv6 loopback here; skipping");
+        return;
+    }
+    let b = Backend::tcp("v6");
+    let mut cfg = config(&[&b], 2);
+    cfg.listeners[0].addr = addr("[::1]:0");
+    let proxy = Proxy::start(cfg).unwrap();
+    let listen = proxy.listen_addrs()[0].clone();
+    assert!(listen.to_string().starts_with("[::1]:"), "{listen}");
+    assert_eq!(get_once(&listen, "/"), (200, "v6".to_string()));
+    proxy.shutdown();
+}
+
+#[test]
+fn reload_through_the_library_moves_new_requests_and_keeps_counters() {
+    let old = Backend::tcp("old");
+    let new = Backend::tcp("new");
+    let unix = temp_path("reload.sock");
+    let mut cfg = config(&[&old], 2);
+    cfg.listeners
+        .push(upkeep_core::config::ListenerConfig::new(addr(&format!(
+            "unix:{unix}"
+        ))));
+    let proxy = Proxy::start(cfg.clone()).unwrap();
+    let addrs = proxy.listen_addrs();
+    let mut kept = connect(&addrs[1]);
+    assert_eq!(get(&mut *kept, "/").1, "old");
+    for _ in 0..5 {
+        assert_eq!(get_once(&addrs[0], "/").1, "old");
+    }
+    let mut next = cfg.clone();
+    next.listeners[0].addr = addrs[0].clone();
+    next.upstreams[0].servers[0].addr = new.addr.clone();
+    proxy.reload(next).unwrap();
+    assert_eq!(proxy.listen_addrs(), addrs, "same addresses, same sockets");
+    for a in &addrs {
+        for _ in 0..5 {
+            assert_eq!(get_once(a, "/").1, "new");
+        }
+    }
+    // The kept-open connection was idle on an old worker: draining closes it cleanly (FIN, no
+    // half-sent response); mid-exchange connections finish first (see tests/cli.rs).
+    let mut rest = Vec::new();
+    use std::io::Read;
+    assert_eq!(kept.read_to_end(&mut rest).unwrap_or(0), 0);
+    drop(kept);
+    // Counters of retired workers are kept.
+    let start = std::time::Instant::now();
+    loop {
+        let snap = proxy.snapshot();
+        if snap.codes.get(&200) == Some(&16) {
+            break;
+        }
+        assert!(start.elapsed() < TIMEOUT, "200s: {:?}", snap.codes);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A config that cannot be bound changes nothing.
+    let mut bad = cfg.clone();
+    bad.listeners[0].addr = addr("192.0.2.1:1");
+    assert!(proxy.reload(bad).is_err());
+    assert_eq!(get_once(&addrs[0], "/").1, "new");
+    proxy.shutdown();
+}
