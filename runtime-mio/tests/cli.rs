@@ -335,3 +335,145 @@ fn demo_prints_its_table() {
     assert_eq!(row("pool hit ratio").len(), 2);
     assert_eq!(row("TIME_WAIT sockets left").len(), 2);
 }
+
+/// Waits until `path` holds `n` lines, returning them.
+fn lines_in(path: &str, n: usize) -> Vec<String> {
+    let start = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<String> = text.lines().map(String::from).collect();
+        if lines.len() >= n {
+            return lines;
+        }
+        assert!(start.elapsed() < TIMEOUT, "{path}: {lines:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn access_log_lines_and_sigusr1_reopen() {
+    let b = Backend::tcp("logged");
+    let log = temp_path("access.log");
+    let mut up = Running::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &b.addr.to_string(),
+        "--workers",
+        "1",
+        "--access-log",
+        &log,
+    ]);
+    let listen = up.listen[0].clone();
+    let mut c = connect(&listen);
+    assert_eq!(get(&mut *c, "/first").0, 200);
+    assert_eq!(get(&mut *c, "/second?q=1").0, 200);
+    let lines = lines_in(&log, 2);
+    assert!(lines[0].starts_with("127.0.0.1 - - ["), "{}", lines[0]);
+    assert!(
+        lines[0].contains(&format!(
+            "] \"GET /first HTTP/1.1\" 200 {}",
+            lines[0]
+                .split("\" 200 ")
+                .nth(1)
+                .unwrap()
+                .split(' ')
+                .next()
+                .unwrap()
+        )),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[0].contains(&format!(" upstream={} reused=0 ", b.addr)),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[1].contains("\"GET /second?q=1 HTTP/1.1\" 200 "),
+        "{}",
+        lines[1]
+    );
+    assert!(lines[1].contains(" reused=1 response="), "{}", lines[1]);
+    assert!(lines[1].contains(" total="), "{}", lines[1]);
+
+    // logrotate: move the file away, SIGUSR1, new lines go to a new file.
+    let rotated = format!("{log}.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    up.signal("USR1");
+    up.expect("reopening");
+    // The reopen happens on the worker; retry until a request lands in the new file.
+    let start = Instant::now();
+    while std::fs::metadata(&log).is_err() {
+        assert_eq!(get(&mut *c, "/third").0, 200);
+        assert!(start.elapsed() < TIMEOUT);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(get(&mut *c, "/fourth").0, 200);
+    let new_lines = lines_in(&log, 1);
+    assert!(
+        new_lines.iter().any(|l| l.contains("/fourth"))
+            || lines_in(&log, 2).iter().any(|l| l.contains("/fourth"))
+    );
+    assert!(
+        std::fs::read_to_string(&rotated)
+            .unwrap()
+            .contains("/second")
+    );
+    up.signal("TERM");
+    assert_eq!(up.wait_exit(), 0);
+    let _ = std::fs::remove_file(&log);
+    let _ = std::fs::remove_file(&rotated);
+}
+
+#[test]
+fn out_of_file_descriptors_pauses_accepting_then_recovers() {
+    // A low descriptor limit for the child only (the shell's `ulimit`, then exec).
+    let b = Backend::tcp("fd");
+    let cmd = format!(
+        "ulimit -n 48 && exec {BIN} run --listen 127.0.0.1:0 --upstream {} --workers 1",
+        b.addr
+    );
+    let mut child = Command::new("sh")
+        .args(["-c", &cmd])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, lines) = mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("[upkeep] {line}");
+            let _ = tx.send(line);
+        }
+    });
+    let mut up = Running {
+        child,
+        lines,
+        listen: Vec::new(),
+    };
+    let line = up.line();
+    let listen = addr(line.split("listening on ").nth(1).expect("listening line"));
+    // More connections than descriptors: the proxy must pause accepting, not spin or die.
+    let mut flood = Vec::new();
+    for _ in 0..80 {
+        flood.push(connect(&listen));
+    }
+    up.expect("pausing accepts");
+    drop(flood);
+    // Once descriptors are free again, service resumes.
+    let start = Instant::now();
+    loop {
+        let mut c = connect(&listen);
+        let req = c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        let mut buf = [0u8; 12];
+        if req.is_ok() && c.read_exact(&mut buf).is_ok() {
+            assert_eq!(&buf, b"HTTP/1.1 200");
+            break;
+        }
+        assert!(start.elapsed() < TIMEOUT, "never recovered");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    up.signal("INT");
+    assert_eq!(up.wait_exit(), 0);
+}
