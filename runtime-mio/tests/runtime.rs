@@ -306,3 +306,75 @@ fn reload_through_the_library_moves_new_requests_and_keeps_counters() {
     assert_eq!(get_once(&addrs[0], "/").1, "new");
     proxy.shutdown();
 }
+
+#[test]
+fn slow_reader_backpressure_stops_reading_from_the_backend() {
+    use std::io::Read;
+    use std::net::TcpListener;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    const TOTAL: usize = 64 * 1024 * 1024;
+    // A backend that streams a 64 MiB body as fast as the proxy reads it, counting bytes written.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let backend = upkeep_core::Address::Tcp(l.local_addr().unwrap());
+    let written = Arc::new(AtomicUsize::new(0));
+    let w = written.clone();
+    std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        s.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut head = [0u8; 1024];
+        let _ = s.read(&mut head).unwrap();
+        let h = format!("HTTP/1.1 200 OK\r\nContent-Length: {TOTAL}\r\n\r\n");
+        s.write_all(h.as_bytes()).unwrap();
+        let chunk = vec![b'x'; 64 * 1024];
+        while w.load(Ordering::SeqCst) < TOTAL {
+            if s.write_all(&chunk).is_err() {
+                return;
+            }
+            w.fetch_add(chunk.len(), Ordering::SeqCst);
+        }
+    });
+    let cfg = upkeep_core::Config::simple(addr("127.0.0.1:0"), vec![backend]);
+    let mut cfg = cfg;
+    cfg.runtime.workers = 1;
+    let proxy = Proxy::start(cfg).unwrap();
+    let mut c = connect(&proxy.listen_addrs()[0]);
+    c.write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    // Do not read; wait until the backend stops making progress.
+    let mut last = usize::MAX;
+    let start = std::time::Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = written.load(Ordering::SeqCst);
+        if now == last {
+            break;
+        }
+        last = now;
+        assert!(start.elapsed() < TIMEOUT, "backend never stalled");
+    }
+    // What is in flight is bounded by socket buffers and the core's high-water mark, not by
+    // the response size.
+    assert!(
+        last < TOTAL / 4,
+        "backend wrote {last} bytes to a client that reads nothing"
+    );
+    // Now read everything, byte for byte.
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        c.read_exact(&mut b).unwrap();
+        head.push(b[0]);
+    }
+    let mut got = 0;
+    let mut buf = vec![0u8; 256 * 1024];
+    while got < TOTAL {
+        let n = c.read(&mut buf).unwrap();
+        assert!(n > 0, "closed early at {got}");
+        assert!(buf[..n].iter().all(|&x| x == b'x'));
+        got += n;
+    }
+    assert_eq!(got, TOTAL);
+    proxy.shutdown();
+}
