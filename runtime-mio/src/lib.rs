@@ -319,23 +319,32 @@ impl ProxyHandle {
 
     /// Stops every worker now (open connections are closed) and joins them.
     pub fn shutdown(self) {
-        self.shared.draining.store(true, Ordering::Release);
-        let live = self.live();
-        let mut state = self.state.into_inner().unwrap_or_else(|e| e.into_inner());
-        stop_all(&live, &mut state.threads);
-        remove_unix_files(&state.current.bound);
-        drop(self.admin);
+        // Dropping does it.
     }
 
     /// Waits for every worker to exit (after [`ProxyHandle::drain`]), then stops the admin
     /// listener.
     pub fn wait(self) {
-        let mut state = self.state.into_inner().unwrap_or_else(|e| e.into_inner());
-        for t in state.threads.drain(..) {
+        let threads = std::mem::take(&mut self.state().threads);
+        for t in threads {
             let _ = t.join();
         }
+    }
+}
+
+/// Dropping the handle stops the proxy now (like [`ProxyHandle::shutdown`]): workers are not
+/// left running without a way to reach them.
+impl Drop for ProxyHandle {
+    fn drop(&mut self) {
+        self.shared.draining.store(true, Ordering::Release);
+        let live = self.live();
+        let mut state = self.state();
+        stop_all(&live, &mut state.threads);
         remove_unix_files(&state.current.bound);
-        drop(self.admin);
+        drop(state);
+        if let Some(mut admin) = self.admin.take() {
+            admin.stop();
+        }
     }
 }
 
