@@ -1910,7 +1910,10 @@ impl Core {
         }
         let tunnel = status == 101;
         let body = head.body;
-        let persistent = head.persistent() && !tunnel;
+        // nginx's rule: only an HTTP/1.1 response leaves a reusable connection. An HTTP/1.0
+        // `Connection: keep-alive` is legal (RFC 9112 §9.3) but 1.0 servers that send it are the
+        // ones most likely to get persistence wrong, and nginx never pools them either.
+        let persistent = head.persistent() && head.version == Version::Http11 && !tunnel;
         let ka_hint = head.keep_alive_timeout;
         let out = match body {
             // A HEAD response or a 304 keeps announcing the entity's length.

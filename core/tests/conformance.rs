@@ -24,7 +24,7 @@ use proptest::sample::Index;
 use proptest::test_runner::{Config as PtConfig, RngAlgorithm, TestRng, TestRunner};
 
 use upkeep_core::config::{Address, Config, Limits};
-use upkeep_core::framing::{BodyDecoder, BodyKind, Head, HeadLimits, Method};
+use upkeep_core::framing::{BodyDecoder, BodyKind, Head, HeadLimits, Method, Version};
 use upkeep_core::sim::Harness;
 use upkeep_core::sim::http::{read_request, read_responses};
 use upkeep_core::{ConnId, Output};
@@ -198,6 +198,7 @@ fn core_response(buf: &[u8], ctx: ReqCtx) -> Verdict {
     let interim = (100..200).contains(&head.status) && head.status != 101;
     let persistent = interim
         || (head.persistent()
+            && head.version == Version::Http11 // EXCEPTION 22
             && head.body != BodyKind::UntilClose
             && head.status != 101
             && head
@@ -369,6 +370,12 @@ mod model {
             "21. before the end of a head, the core may reject early what it has already seen (a \
              bad byte in the request line or a field line); the model waits for the whole head",
             "RFC 9112 does not say when a recipient must detect an error; both refuse the message",
+        ),
+        (
+            "22. an HTTP/1.0 response never leaves a reusable upstream connection, even with \
+             `Connection: keep-alive`",
+            "RFC 9112 §9.3 and appendix C.2.2 allow it; nginx (HTTP/<1.1 status line → \
+             connection_close) and http-proxy-rules.md rule 9(b) refuse it",
         ),
     ];
 
@@ -1060,11 +1067,8 @@ mod model {
         } else {
             Body::UntilClose
         };
-        let persistent_head = if http11 {
-            !s.close
-        } else {
-            s.keep_alive && !s.close
-        };
+        // EXCEPTION 22: only HTTP/1.1 responses are persistent for the proxy.
+        let persistent_head = http11 && !s.close;
         let reusable = interim
             || (persistent_head
                 && body != Body::UntilClose
@@ -1453,7 +1457,7 @@ fn table() -> Vec<(&'static str, Vec<Row>)> {
                 res("101 nobody asked for", "9110 §15.2.2", GET, b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n", BadGateway),
                 res("Connection: close", "9112 §9.3", GET, b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok", Relay { body: Length(2), reusable: false }),
                 res("HTTP/1.0", "9112 §9.3", GET, b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok", Relay { body: Length(2), reusable: false }),
-                res("HTTP/1.0 keep-alive", "9112 §9.3, appendix C.2.2", GET, b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok", relay(Length(2))),
+                res("HTTP/1.0 keep-alive", "9112 §9.3, appendix C.2.2", GET, b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok", Relay { body: Length(2), reusable: false }).note("EXCEPTION 22"),
                 res("HTTP/1.0 close-delimited", "9112 §6.3 item 8", GET, b"HTTP/1.0 200 OK\r\n\r\nbye", Relay { body: UntilClose, reusable: false }),
                 res("Keep-Alive timeout=5", "9112 appendix C.2.2", GET, b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=5, max=100\r\nContent-Length: 0\r\n\r\n", relay(Length(0))),
                 res("Keep-Alive timeout=1", "engine policy", GET, b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=1\r\nContent-Length: 0\r\n\r\n", Relay { body: Length(0), reusable: false }).note("EXCEPTION 18"),

@@ -1,0 +1,625 @@
+//! One [`Core`] driven on a single-threaded async executor.
+//!
+//! The driver is shared (`Rc<RefCell<..>>`) by the tasks of one thread: an accept loop per
+//! listener, a reader and a writer task per socket, a connect task per upstream connect in
+//! progress, a pump task per virtual (in-process) client connection, and one timer task. No task
+//! holds the borrow across an `.await`, so the core has exactly one owner at any moment and no
+//! lock is needed.
+//!
+//! Every task does the same thing when it wakes: borrow the driver, feed the core one input, and
+//! [`Driver::drain`] its outputs. Writes are attempted right there (a non-blocking `writev`), so
+//! the common case costs no task switch; only a full send buffer hands the connection to its
+//! writer task, which waits for writability.
+
+use async_executor::{LocalExecutor, Task};
+use event_listener::Event;
+use futures_lite::future;
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::io::{self, IoSlice};
+use std::rc::Rc;
+use upkeep_core::{Address, ConnId, Core, Input, ListenerId, Output, Time};
+
+use crate::clock;
+use crate::listener::Listener;
+use crate::stream::Stream;
+
+thread_local! {
+    /// The executor of the current driver thread. Thread-local so the driver can spawn without
+    /// owning it (tasks own `Rc`s of the driver; the executor owning the driver too would be a
+    /// cycle), and so everything left is dropped when the thread ends.
+    static EXECUTOR: LocalExecutor<'static> = const { LocalExecutor::new() };
+}
+
+/// Runs `main` (and every task the driver spawns) on this thread until `main` returns.
+pub(crate) fn run<T>(main: impl Future<Output = T>) -> T {
+    EXECUTOR.with(|ex| async_io::block_on(ex.run(main)))
+}
+
+fn spawn(f: impl Future<Output = ()> + 'static) -> Task<()> {
+    EXECUTOR.with(|ex| ex.spawn(f))
+}
+
+/// Bytes read from a socket per `read(2)`. One buffer per driver: the core copies what it is
+/// given, so the buffer is free again as soon as `handle` returns.
+const READ_BUF: usize = 64 * 1024;
+/// Reads per wake-up before yielding to other connections (fairness).
+const READS_PER_WAKE: usize = 4;
+/// Slices per `writev(2)`.
+const IOV_MAX: usize = 64;
+
+/// Flags a connection's tasks watch; `changed` is notified whenever one of them changes.
+#[derive(Debug, Default)]
+pub(crate) struct Signals {
+    /// The core wants this connection read (Output::Interest).
+    read: Cell<bool>,
+    /// Sockets: the last write hit a full send buffer; the writer task owns writing until the
+    /// socket is writable again. Virtual connections: bytes are waiting for the pump.
+    write: Cell<bool>,
+    /// The core closed the connection.
+    closed: Cell<bool>,
+    /// ...abortively.
+    reset: Cell<bool>,
+    changed: Event,
+}
+
+impl Signals {
+    fn notify(&self) {
+        self.changed.notify(usize::MAX);
+    }
+
+    /// Waits until `ready()` holds or the connection is closed; returns false if closed.
+    async fn wait(&self, ready: impl Fn(&Signals) -> bool) -> bool {
+        loop {
+            if self.closed.get() {
+                return false;
+            }
+            if ready(self) {
+                return true;
+            }
+            let listener = self.changed.listen();
+            if self.closed.get() || ready(self) {
+                continue;
+            }
+            listener.await;
+        }
+    }
+
+    /// Whether the core closed the connection abortively.
+    pub(crate) fn is_reset(&self) -> bool {
+        self.reset.get()
+    }
+}
+
+/// What the driver holds for each live connection id.
+enum Slot {
+    /// An upstream connect in progress.
+    Connecting { task: Option<Task<()>> },
+    /// A socket with its reader and writer tasks.
+    Socket {
+        stream: Rc<Stream>,
+        signals: Rc<Signals>,
+        shutdown_after_flush: bool,
+        _tasks: [Task<()>; 2],
+    },
+    /// An in-process client connection (the fan-out client): its pump task takes the bytes the
+    /// core queues for it.
+    Virtual { signals: Rc<Signals> },
+}
+
+/// Something that takes the bytes the core writes to a virtual client connection.
+pub(crate) trait VirtualSink: 'static {
+    /// Delivers `bytes`; `Err(())` when the receiver is gone (the connection errors out).
+    fn deliver(&self, bytes: bytes::Bytes) -> impl Future<Output = Result<(), ()>>;
+    /// The connection closed (`reset`: abortively) after everything delivered so far.
+    fn finish(&self, reset: bool) -> impl Future<Output = ()>;
+}
+
+/// Timer-task state: the deadline it sleeps until, and a nudge when an earlier one appears.
+#[derive(Debug, Default)]
+struct TimerState {
+    armed: Cell<Option<Time>>,
+    changed: Event,
+}
+
+/// A core and the I/O state of its connections.
+pub(crate) struct Driver {
+    pub(crate) core: Core,
+    slots: Vec<Option<(ConnId, Slot)>>,
+    read_buf: Box<[u8]>,
+    timer: Rc<TimerState>,
+    drained: Rc<Event>,
+    this: std::rc::Weak<RefCell<Driver>>,
+}
+
+/// The shared handle every task holds.
+pub(crate) type Shared = Rc<RefCell<Driver>>;
+
+impl Driver {
+    /// A driver for `core`, with its timer task running on this thread's executor.
+    pub(crate) fn start(core: Core) -> (Shared, Task<()>) {
+        let d = Rc::new_cyclic(|this| {
+            RefCell::new(Driver {
+                core,
+                slots: Vec::new(),
+                read_buf: vec![0; READ_BUF].into_boxed_slice(),
+                timer: Rc::default(),
+                drained: Rc::default(),
+                this: this.clone(),
+            })
+        });
+        let timer = spawn(timer_loop(d.clone()));
+        (d, timer)
+    }
+
+    fn shared(&self) -> Shared {
+        self.this.upgrade().expect("driver alive while borrowed")
+    }
+
+    fn slot(&self, conn: ConnId) -> Option<&Slot> {
+        match self.slots.get(conn.index as usize) {
+            Some(Some((id, s))) if *id == conn => Some(s),
+            _ => None,
+        }
+    }
+
+    fn slot_mut(&mut self, conn: ConnId) -> Option<&mut Slot> {
+        match self.slots.get_mut(conn.index as usize) {
+            Some(Some((id, s))) if *id == conn => Some(s),
+            _ => None,
+        }
+    }
+
+    fn put(&mut self, conn: ConnId, slot: Slot) -> Option<Slot> {
+        let i = conn.index as usize;
+        if self.slots.len() <= i {
+            self.slots.resize_with(i + 1, || None);
+        }
+        self.slots[i].replace((conn, slot)).map(|(_, s)| s)
+    }
+
+    fn take(&mut self, conn: ConnId) -> Option<Slot> {
+        match self.slots.get_mut(conn.index as usize) {
+            Some(entry @ Some(_)) if entry.as_ref().map(|e| e.0) == Some(conn) => {
+                entry.take().map(|(_, s)| s)
+            }
+            _ => None,
+        }
+    }
+
+    /// Attaches a socket to `conn` and starts its reader and writer tasks.
+    fn install_socket(&mut self, conn: ConnId, stream: Stream) {
+        let stream = Rc::new(stream);
+        let signals = Rc::new(Signals::default());
+        signals.read.set(true);
+        let d = self.shared();
+        let reader = spawn(reader_loop(
+            d.clone(),
+            conn,
+            stream.clone(),
+            signals.clone(),
+        ));
+        let writer = spawn(writer_loop(d, conn, stream.clone(), signals.clone()));
+        let old = self.put(
+            conn,
+            Slot::Socket {
+                stream,
+                signals,
+                shutdown_after_flush: false,
+                _tasks: [reader, writer],
+            },
+        );
+        if let Some(Slot::Connecting { task: Some(t) }) = old {
+            // Called from that very task, which is about to finish: let it.
+            t.detach();
+        }
+    }
+
+    /// A client connection accepted on `listener` with its socket.
+    pub(crate) fn accept_socket(
+        &mut self,
+        listener: ListenerId,
+        peer: Option<std::net::IpAddr>,
+        stream: Stream,
+    ) {
+        let now = clock::now();
+        match self.core.accept(now, listener, peer) {
+            Ok(conn) => {
+                self.install_socket(conn, stream);
+                self.drain();
+            }
+            Err(_at_capacity) => {
+                // Refused: the socket drops here (closed). Counted in stats().refused.
+            }
+        }
+    }
+
+    /// A virtual client connection on `listener` that has sent `request`; `sink` receives what
+    /// the core answers. Gives the sink back when the core refused it (at capacity or draining).
+    pub(crate) fn accept_virtual<S: VirtualSink>(
+        &mut self,
+        listener: ListenerId,
+        request: &[u8],
+        sink: S,
+    ) -> Result<(), S> {
+        let now = clock::now();
+        let Ok(conn) = self.core.accept(now, listener, None) else {
+            return Err(sink);
+        };
+        let signals = Rc::new(Signals::default());
+        spawn(pump_loop(self.shared(), conn, signals.clone(), sink)).detach();
+        self.put(conn, Slot::Virtual { signals });
+        self.core.handle(
+            now,
+            Input::Received {
+                conn,
+                data: request,
+            },
+        );
+        self.drain();
+        Ok(())
+    }
+
+    /// Acts on every output of the core, then re-arms the timer and reports a finished drain.
+    pub(crate) fn drain(&mut self) {
+        let now = clock::now();
+        while let Some(out) = self.core.poll_output() {
+            match out {
+                Output::Connect { conn, server } => {
+                    let addr = self.core.server_address(server).clone();
+                    let task = spawn(connect_task(self.shared(), conn, addr));
+                    self.put(conn, Slot::Connecting { task: Some(task) });
+                }
+                Output::Write { conn } => match self.slot(conn) {
+                    Some(Slot::Socket { signals, .. }) if !signals.write.get() => {
+                        self.flush(now, conn)
+                    }
+                    Some(Slot::Virtual { signals }) => {
+                        signals.write.set(true);
+                        signals.notify();
+                    }
+                    _ => {}
+                },
+                Output::Interest { conn, read } => {
+                    if let Some(Slot::Socket { signals, .. }) = self.slot(conn) {
+                        signals.read.set(read);
+                        signals.notify();
+                    }
+                }
+                Output::Shutdown { conn } => {
+                    let pending = self.core.pending_len(conn);
+                    match self.slot_mut(conn) {
+                        Some(Slot::Socket {
+                            stream,
+                            shutdown_after_flush,
+                            ..
+                        }) => {
+                            if pending == 0 {
+                                stream.shutdown_write();
+                            } else {
+                                *shutdown_after_flush = true;
+                            }
+                        }
+                        Some(Slot::Virtual { .. }) => {
+                            // The core lingers for the client's EOF after a close-after-error
+                            // response; an in-process client has nothing more to send, so say
+                            // so at once instead of keeping the connection for the lingering
+                            // timeout.
+                            self.core.handle(now, Input::ReadClosed { conn });
+                        }
+                        _ => {}
+                    }
+                }
+                Output::Close { conn, reset } => match self.take(conn) {
+                    Some(Slot::Socket {
+                        stream, signals, ..
+                    }) => {
+                        if reset {
+                            stream.set_reset_on_close();
+                        }
+                        signals.closed.set(true);
+                        signals.notify();
+                        // Dropping the slot cancels its tasks; the socket closes with the last
+                        // reference to it.
+                    }
+                    Some(Slot::Virtual { signals }) => {
+                        signals.reset.set(reset);
+                        signals.closed.set(true);
+                        signals.notify();
+                    }
+                    Some(Slot::Connecting { .. }) | None => {}
+                },
+            }
+        }
+        let next = self.core.poll_timeout();
+        if next.is_some() && (self.timer.armed.get().is_none() || next < self.timer.armed.get()) {
+            self.timer.changed.notify(1);
+        }
+        if self.core.is_drained() {
+            self.drained.notify(usize::MAX);
+        }
+    }
+
+    /// Writes what the core has queued for a socket until the queue is empty or the socket's
+    /// send buffer is full.
+    fn flush(&mut self, now: Time, conn: ConnId) {
+        let Some(Slot::Socket {
+            stream, signals, ..
+        }) = self.slot(conn)
+        else {
+            return;
+        };
+        let (stream, signals) = (stream.clone(), signals.clone());
+        loop {
+            let result = {
+                let mut iov = [IoSlice::new(&[]); IOV_MAX];
+                let mut k = 0;
+                for piece in self.core.pending(conn).take(IOV_MAX) {
+                    iov[k] = IoSlice::new(piece);
+                    k += 1;
+                }
+                if k == 0 {
+                    break;
+                }
+                stream.try_write_vectored(&iov[..k])
+            };
+            match result {
+                Ok(0) => {
+                    self.core.handle(now, Input::Errored { conn });
+                    return;
+                }
+                Ok(n) => self.core.handle(now, Input::Written { conn, n }),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    signals.write.set(true);
+                    signals.notify();
+                    return;
+                }
+                Err(_) => {
+                    self.core.handle(now, Input::Errored { conn });
+                    return;
+                }
+            }
+        }
+        if let Some(Slot::Socket {
+            shutdown_after_flush: s @ true,
+            ..
+        }) = self.slot_mut(conn)
+        {
+            *s = false;
+            stream.shutdown_write();
+        }
+    }
+
+    /// Reads what a readable socket has (a few reads at most) into the core. False once the
+    /// connection is done reading (EOF, error, or closed by the core).
+    fn read_some(&mut self, conn: ConnId, stream: &Stream, signals: &Signals) -> bool {
+        for _ in 0..READS_PER_WAKE {
+            if signals.closed.get() {
+                return false;
+            }
+            if !signals.read.get() {
+                return true;
+            }
+            match stream.try_read(&mut self.read_buf) {
+                Ok(0) => {
+                    self.core.handle(clock::now(), Input::ReadClosed { conn });
+                    self.drain();
+                    return false;
+                }
+                Ok(n) => {
+                    self.core.handle(
+                        clock::now(),
+                        Input::Received {
+                            conn,
+                            data: &self.read_buf[..n],
+                        },
+                    );
+                    self.drain();
+                    if n < self.read_buf.len() {
+                        // Most likely drained the socket: wait for readiness instead of a
+                        // read that would only say WouldBlock.
+                        return true;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.core.handle(clock::now(), Input::Errored { conn });
+                    self.drain();
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// Graceful drain (see [`Core::begin_drain`]).
+    pub(crate) fn begin_drain(&mut self) {
+        self.core.begin_drain(clock::now());
+        self.drain();
+    }
+
+    /// An event notified whenever a drain pass finds the core drained.
+    pub(crate) fn drained_event(&self) -> Rc<Event> {
+        self.drained.clone()
+    }
+
+    /// Drops every connection now (stop without draining).
+    pub(crate) fn close_all(&mut self) {
+        for (_, slot) in self.slots.drain(..).flatten() {
+            match slot {
+                Slot::Socket { signals, .. } | Slot::Virtual { signals } => {
+                    signals.reset.set(true);
+                    signals.closed.set(true);
+                    signals.notify();
+                }
+                Slot::Connecting { .. } => {}
+            }
+        }
+    }
+}
+
+/// Waits for `d` to report a finished drain.
+pub(crate) async fn drained(d: &Shared) {
+    let event = d.borrow().drained_event();
+    loop {
+        let listener = event.listen();
+        if d.borrow().core.is_drained() {
+            return;
+        }
+        listener.await;
+    }
+}
+
+async fn timer_loop(d: Shared) {
+    let state = d.borrow().timer.clone();
+    let mut timer = async_io::Timer::never();
+    loop {
+        let nudge = state.changed.listen();
+        let deadline = d.borrow().core.poll_timeout();
+        state.armed.set(deadline);
+        match deadline {
+            Some(t) => timer.set_at(clock::instant_of(t)),
+            None => timer = async_io::Timer::never(),
+        }
+        future::or(
+            async {
+                (&mut timer).await;
+            },
+            nudge,
+        )
+        .await;
+        let now = clock::now();
+        if deadline.is_some_and(|t| now >= t) {
+            let mut d = d.borrow_mut();
+            d.core.handle_timeout(now);
+            d.drain();
+        }
+    }
+}
+
+/// Accepts connections on one listener for the life of the task.
+async fn accept_loop(d: Shared, id: ListenerId, listener: Listener) {
+    loop {
+        let accepted = match &listener {
+            Listener::Tcp(l) => l.accept().await.map(|(s, peer)| {
+                let _ = s.get_ref().set_nodelay(true);
+                (Stream::Tcp(s), Some(peer.ip()))
+            }),
+            Listener::Unix(l) => l.accept().await.map(|(s, _)| (Stream::Unix(s), None)),
+        };
+        match accepted {
+            Ok((stream, peer)) => d.borrow_mut().accept_socket(id, peer, stream),
+            Err(e) => {
+                // Out of descriptors or memory: back off instead of spinning on the error.
+                log::warn!("accept: {e}");
+                async_io::Timer::after(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn connect_task(d: Shared, conn: ConnId, addr: Address) {
+    let result = Stream::connect(&addr).await;
+    let mut d = d.borrow_mut();
+    if !matches!(d.slot(conn), Some(Slot::Connecting { .. })) {
+        return;
+    }
+    let now = clock::now();
+    match result {
+        Ok(stream) => {
+            d.install_socket(conn, stream);
+            d.core.handle(now, Input::Connected { conn });
+        }
+        Err(e) => {
+            log::debug!("connect to {addr}: {e}");
+            if let Some(Slot::Connecting { task: Some(t) }) = d.take(conn) {
+                t.detach();
+            }
+            d.core.handle(now, Input::ConnectFailed { conn });
+        }
+    }
+    d.drain();
+}
+
+async fn reader_loop(d: Shared, conn: ConnId, stream: Rc<Stream>, signals: Rc<Signals>) {
+    loop {
+        if !signals.wait(|s| s.read.get()).await {
+            return;
+        }
+        if stream.readable().await.is_err() {
+            let mut d = d.borrow_mut();
+            d.core.handle(clock::now(), Input::Errored { conn });
+            d.drain();
+            return;
+        }
+        if !d.borrow_mut().read_some(conn, &stream, &signals) {
+            return;
+        }
+    }
+}
+
+async fn writer_loop(d: Shared, conn: ConnId, stream: Rc<Stream>, signals: Rc<Signals>) {
+    loop {
+        if !signals.wait(|s| s.write.get()).await {
+            return;
+        }
+        let ok = stream.writable().await.is_ok();
+        let mut d = d.borrow_mut();
+        if signals.closed.get() {
+            return;
+        }
+        signals.write.set(false);
+        let now = clock::now();
+        if ok {
+            d.flush(now, conn);
+        } else {
+            d.core.handle(now, Input::Errored { conn });
+        }
+        d.drain();
+    }
+}
+
+/// Moves what the core writes to a virtual connection into its sink, one queue-full at a time:
+/// the core's queue, not the sink, holds the backlog, so a slow receiver backpressures the
+/// upstream read like a slow client socket would.
+async fn pump_loop(d: Shared, conn: ConnId, signals: Rc<Signals>, sink: impl VirtualSink) {
+    loop {
+        let open = signals.wait(|s| s.write.get()).await;
+        let bytes = {
+            let mut d = d.borrow_mut();
+            signals.write.set(false);
+            let n = d.core.pending_len(conn);
+            if n == 0 {
+                None
+            } else {
+                let mut buf = bytes::BytesMut::with_capacity(n);
+                for piece in d.core.pending(conn) {
+                    buf.extend_from_slice(piece);
+                }
+                d.core.handle(clock::now(), Input::Written { conn, n });
+                d.drain();
+                Some(buf.freeze())
+            }
+        };
+        let Some(b) = bytes else {
+            if !open {
+                sink.finish(signals.is_reset()).await;
+                return;
+            }
+            continue;
+        };
+        if sink.deliver(b).await.is_err() {
+            let mut d = d.borrow_mut();
+            d.core.handle(clock::now(), Input::Errored { conn });
+            d.drain();
+            return;
+        }
+    }
+}
+
+/// Starts accepting on `listener` (the task stops when dropped).
+pub(crate) fn spawn_accept(d: Shared, id: ListenerId, listener: Listener) -> Task<()> {
+    spawn(accept_loop(d, id, listener))
+}

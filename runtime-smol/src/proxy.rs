@@ -1,0 +1,208 @@
+//! The reverse proxy: worker threads, each a single-threaded executor driving its own [`Core`].
+
+use async_channel::{Receiver, Sender};
+use futures_lite::future;
+use std::io;
+use std::thread::JoinHandle;
+use std::time::Duration;
+use upkeep_core::{Address, Config, Core, ListenerId};
+
+use crate::driver::{self, Driver};
+use crate::listener::Bound;
+
+/// The async reverse proxy: `upkeep-core` on smol's reactor and executors.
+///
+/// ```no_run
+/// use upkeep_core::{Address, Config};
+/// let config = Config::simple(
+///     Address::parse("127.0.0.1:8080").unwrap(),
+///     vec![Address::parse("127.0.0.1:9001").unwrap()],
+/// );
+/// let proxy = upkeep_smol::Proxy::start(config).unwrap();
+/// println!("listening on {:?}", proxy.listen_addrs());
+/// proxy.wait();
+/// ```
+#[derive(Debug)]
+pub struct Proxy;
+
+/// What a worker is told from outside.
+#[derive(Debug, Clone, Copy)]
+enum Control {
+    /// Stop accepting, finish in-flight exchanges (up to the shutdown timeout), then exit.
+    Drain,
+    /// Exit now, closing every connection.
+    Stop,
+}
+
+/// A running proxy: its bound addresses and the controls to stop it.
+#[derive(Debug)]
+pub struct ProxyHandle {
+    addrs: Vec<Address>,
+    controls: Vec<Sender<Control>>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl Proxy {
+    /// Validates `config`, binds every listener (a TCP port 0 is resolved once and shared by
+    /// every worker's SO_REUSEPORT socket), starts `config.runtime.workers` worker threads (0 =
+    /// one per CPU) and returns once they are all serving.
+    pub fn start(config: Config) -> io::Result<ProxyHandle> {
+        config
+            .validate()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        let workers = match config.runtime.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let shutdown_timeout = config.runtime.shutdown_timeout;
+
+        // Bind everything before starting anything, so a bad address fails `start` cleanly.
+        let mut per_worker: Vec<Vec<Bound>> = (0..workers).map(|_| Vec::new()).collect();
+        let mut addrs = Vec::new();
+        for l in &config.listeners {
+            let first = Bound::bind(&l.addr)?;
+            addrs.push(first.local_address()?);
+            let mut siblings = Vec::new();
+            for _ in 1..workers {
+                siblings.push(first.sibling()?);
+            }
+            per_worker[0].push(first);
+            for (w, s) in siblings.into_iter().enumerate() {
+                per_worker[w + 1].push(s);
+            }
+        }
+
+        let mut controls = Vec::new();
+        let mut handles = Vec::new();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<io::Result<()>>();
+        for (w, bound) in per_worker.into_iter().enumerate() {
+            let core = Core::new(config.clone(), w as u64)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+            let (tx, rx) = async_channel::unbounded();
+            controls.push(tx);
+            let ready = ready_tx.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("upkeep-smol-{w}"))
+                .spawn(move || worker(core, bound, rx, shutdown_timeout, ready))?;
+            handles.push(handle);
+        }
+        drop(ready_tx);
+        for _ in 0..handles.len() {
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    stop_all(&controls, handles);
+                    return Err(e);
+                }
+                Err(_) => {
+                    stop_all(&controls, handles);
+                    return Err(io::Error::other("a worker thread died while starting"));
+                }
+            }
+        }
+        Ok(ProxyHandle {
+            addrs,
+            controls,
+            workers: handles,
+        })
+    }
+}
+
+fn stop_all(controls: &[Sender<Control>], handles: Vec<JoinHandle<()>>) {
+    for c in controls {
+        let _ = c.try_send(Control::Stop);
+    }
+    for h in handles {
+        let _ = h.join();
+    }
+}
+
+impl ProxyHandle {
+    /// The bound listener addresses, in configuration order (port 0 replaced by the real one).
+    pub fn listen_addrs(&self) -> &[Address] {
+        &self.addrs
+    }
+
+    /// Graceful shutdown: stop accepting, close idle connections, let in-flight exchanges finish
+    /// (bounded by `runtime.shutdown_timeout`). Returns at once; [`ProxyHandle::wait`] joins.
+    pub fn drain(&self) {
+        for c in &self.controls {
+            let _ = c.try_send(Control::Drain);
+        }
+    }
+
+    /// Stops now: every connection is closed, the workers are joined. (Dropping the handle
+    /// does the same.)
+    pub fn shutdown(mut self) {
+        self.stop_now();
+    }
+
+    /// Waits until the workers exit (after [`ProxyHandle::drain`], or forever).
+    pub fn wait(mut self) {
+        for h in std::mem::take(&mut self.workers) {
+            let _ = h.join();
+        }
+        remove_unix_sockets(&self.addrs);
+    }
+
+    fn stop_now(&mut self) {
+        if self.workers.is_empty() {
+            return;
+        }
+        stop_all(&self.controls, std::mem::take(&mut self.workers));
+        remove_unix_sockets(&self.addrs);
+    }
+}
+
+impl Drop for ProxyHandle {
+    fn drop(&mut self) {
+        self.stop_now();
+    }
+}
+
+fn remove_unix_sockets(addrs: &[Address]) {
+    for a in addrs {
+        if let Address::Unix(path) = a {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+fn worker(
+    core: Core,
+    bound: Vec<Bound>,
+    control: Receiver<Control>,
+    shutdown_timeout: Duration,
+    ready: std::sync::mpsc::Sender<io::Result<()>>,
+) {
+    driver::run(async move {
+        let (d, _timer) = Driver::start(core);
+        let mut accepts = Vec::new();
+        for (i, b) in bound.into_iter().enumerate() {
+            match b.into_async() {
+                Ok(l) => accepts.push(driver::spawn_accept(d.clone(), ListenerId(i as u32), l)),
+                Err(e) => {
+                    let _ = ready.send(Err(e));
+                    return;
+                }
+            }
+        }
+        let _ = ready.send(Ok(()));
+        drop(ready);
+        match control.recv().await {
+            Ok(Control::Drain) => {
+                drop(accepts);
+                d.borrow_mut().begin_drain();
+                let stop = async {
+                    let _ = control.recv().await;
+                };
+                let timeout = async {
+                    async_io::Timer::after(shutdown_timeout).await;
+                };
+                future::or(driver::drained(&d), future::or(stop, timeout)).await;
+            }
+            Ok(Control::Stop) | Err(_) => {}
+        }
+        d.borrow_mut().close_all();
+    });
+}

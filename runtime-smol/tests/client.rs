@@ -1,0 +1,461 @@
+//! The fan-out client against real loopback backends (upkeep-testkit's, plus one raw backend
+//! written here for the keepalive race). Connection counts are taken at the backend.
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use futures_lite::StreamExt;
+use smol::LocalExecutor;
+use upkeep_core::Address;
+use upkeep_core::config::{ServerConfig, UpstreamConfig};
+use upkeep_smol::{Client, Error, Request};
+use upkeep_testkit::backend::{Backend, Framing, closed_port};
+use upkeep_testkit::pattern;
+
+const PATIENCE: Duration = Duration::from_secs(10);
+
+fn group(name: &str, addr: Address) -> UpstreamConfig {
+    UpstreamConfig::new(name, vec![ServerConfig::new(addr)])
+}
+
+fn client_for(groups: Vec<UpstreamConfig>) -> Client {
+    Client::new(groups).expect("client")
+}
+
+/// Runs `f` with a bound: a hung client fails the test instead of hanging it.
+fn run<T>(f: impl std::future::Future<Output = T>) -> T {
+    smol::block_on(futures_lite::future::or(async { Some(f.await) }, async {
+        smol::Timer::after(Duration::from_secs(60)).await;
+        None
+    }))
+    .expect("test finished within 60 s")
+}
+
+async fn get_text(client: &Client, upstream: &str, target: &str) -> (u16, String) {
+    let r = client
+        .send(upstream, Request::get(target))
+        .await
+        .expect("send");
+    let status = r.status();
+    let body = r.bytes().await.expect("body");
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[test]
+fn sequential_sends_reuse_one_connection() {
+    let backend = Backend::identify("a").unwrap();
+    let client = client_for(vec![group("a", backend.addr())]);
+    run(async {
+        for i in 0..100 {
+            let (status, body) = get_text(&client, "a", &format!("/item/{i}")).await;
+            assert_eq!(status, 200);
+            assert_eq!(body, format!("a GET /item/{i}"));
+        }
+        let stats = client.stats().await.unwrap();
+        assert_eq!(stats.servers[0].connects, 1);
+        assert_eq!(stats.groups[0].pool_hits, 99);
+    });
+    assert_eq!(
+        backend.accepted(),
+        1,
+        "100 sequential requests, one connection"
+    );
+    assert_eq!(backend.requests(), 100);
+}
+
+#[test]
+fn fan_out_to_four_backends_per_page() {
+    let names = ["users", "ads", "search", "cart"];
+    let backends: Vec<Backend> = names
+        .iter()
+        .map(|n| Backend::identify(n).unwrap())
+        .collect();
+    let client = client_for(
+        names
+            .iter()
+            .zip(&backends)
+            .map(|(n, b)| group(n, b.addr()))
+            .collect(),
+    );
+    let ex = LocalExecutor::new();
+    run(ex.run(async {
+        for page in 0..25 {
+            // All four at once: spawned tasks run concurrently while we await them in order.
+            let tasks: Vec<_> = names
+                .iter()
+                .map(|&n| {
+                    let c = client.clone();
+                    ex.spawn(async move { get_text(&c, n, &format!("/page/{page}")).await })
+                })
+                .collect();
+            for (task, n) in tasks.into_iter().zip(names) {
+                let (status, body) = task.await;
+                assert_eq!(status, 200);
+                assert_eq!(body, format!("{n} GET /page/{page}"));
+            }
+        }
+    }));
+    for (b, n) in backends.iter().zip(names) {
+        assert_eq!(b.accepted(), 1, "{n}: one warm connection for 25 pages");
+        assert_eq!(b.requests(), 25, "{n}");
+    }
+}
+
+#[test]
+fn concurrent_sends_to_one_backend_run_in_parallel_then_reuse() {
+    // Each request is held 300 ms by the backend: had the client serialized them, one
+    // connection would have carried all eight.
+    let backend = Backend::builder()
+        .name("slow")
+        .delay(Duration::from_millis(300))
+        .start()
+        .unwrap();
+    let client = client_for(vec![group("slow", backend.addr())]);
+    let ex = LocalExecutor::new();
+    run(ex.run(async {
+        for round in 0..2 {
+            let tasks: Vec<_> = (0..8)
+                .map(|i| {
+                    let c = client.clone();
+                    ex.spawn(async move { get_text(&c, "slow", &format!("/{round}/{i}")).await })
+                })
+                .collect();
+            for (i, t) in tasks.into_iter().enumerate() {
+                assert_eq!(t.await, (200, format!("slow GET /{round}/{i}")));
+            }
+        }
+    }));
+    assert_eq!(
+        backend.accepted(),
+        8,
+        "8 in parallel, then the same 8 reused"
+    );
+    assert_eq!(backend.requests(), 16);
+}
+
+#[test]
+fn backend_closing_idle_connections() {
+    let backend = Backend::builder()
+        .name("b")
+        .idle_timeout(Duration::from_millis(200))
+        .start()
+        .unwrap();
+    let client = client_for(vec![group("b", backend.addr())]);
+    run(async {
+        assert_eq!(get_text(&client, "b", "/1").await, (200, "b GET /1".into()));
+    });
+    assert!(
+        backend.wait_until(PATIENCE, |b| b.open_connections() == 0),
+        "the backend closes its idle connection"
+    );
+    run(async {
+        // The pooled connection is dead; the request still succeeds (on a new one).
+        assert_eq!(get_text(&client, "b", "/2").await, (200, "b GET /2".into()));
+    });
+    assert_eq!(backend.accepted(), 2);
+}
+
+/// A backend that answers the first request on its first connection, then closes that
+/// connection when the second request arrives on it — the keepalive race, made deterministic.
+/// Every later connection answers normally.
+fn racing_backend() -> (Address, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = Address::Tcp(listener.local_addr().unwrap());
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    std::thread::spawn(move || {
+        for (i, stream) in listener.incoming().take(3).enumerate() {
+            let Ok(mut s) = stream else { return };
+            count.fetch_add(1, Ordering::SeqCst);
+            s.set_read_timeout(Some(PATIENCE)).unwrap();
+            s.set_write_timeout(Some(PATIENCE)).unwrap();
+            std::thread::spawn(move || {
+                let mut served = 0;
+                loop {
+                    if read_head(&mut s).is_none() {
+                        return;
+                    }
+                    if i == 0 && served == 1 {
+                        return; // close with the request unanswered
+                    }
+                    let body = format!("conn {i} request {served}");
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if s.write_all(resp.as_bytes()).is_err() {
+                        return;
+                    }
+                    served += 1;
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+fn read_head(s: &mut impl Read) -> Option<Vec<u8>> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => return None,
+        }
+    }
+    Some(head)
+}
+
+#[test]
+fn stale_pooled_connection_is_retried_for_idempotent_requests() {
+    let (addr, accepted) = racing_backend();
+    let client = client_for(vec![group("r", addr)]);
+    run(async {
+        assert_eq!(
+            get_text(&client, "r", "/1").await,
+            (200, "conn 0 request 0".into())
+        );
+        // Rides the pooled connection, which the backend closes unanswered: retried on a
+        // fresh connection, invisibly.
+        assert_eq!(
+            get_text(&client, "r", "/2").await,
+            (200, "conn 1 request 0".into())
+        );
+        let stats = client.stats().await.unwrap();
+        assert_eq!(stats.groups[0].stale_retries, 1);
+    });
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn backend_down_is_a_502_status() {
+    let client = client_for(vec![group("down", closed_port())]);
+    run(async {
+        let r = client.send("down", Request::get("/")).await.unwrap();
+        assert_eq!(r.status(), 502);
+        assert_eq!(&r.bytes().await.unwrap()[..], b"502 Bad Gateway\n");
+        let stats = client.stats().await.unwrap();
+        assert!(stats.servers[0].connect_failures >= 1);
+        assert_eq!(stats.local_responses, 1);
+    });
+}
+
+#[test]
+fn chunked_response_streamed_and_buffered() {
+    let body = pattern(100_000, 7);
+    let backend = Backend::builder()
+        .pattern_body(body.len(), 7)
+        .framing(Framing::Chunked(3000))
+        .start()
+        .unwrap();
+    let client = client_for(vec![group("c", backend.addr())]);
+    run(async {
+        let r = client.send("c", Request::get("/")).await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(&r.bytes().await.unwrap()[..], &body[..]);
+
+        let r = client.send("c", Request::get("/")).await.unwrap();
+        let mut stream = r.into_body();
+        let mut got = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            got.extend_from_slice(&chunk.unwrap());
+        }
+        assert_eq!(got, body);
+    });
+    assert_eq!(
+        backend.accepted(),
+        1,
+        "a chunked response leaves the connection reusable"
+    );
+}
+
+#[test]
+fn close_delimited_response() {
+    let body = pattern(50_000, 3);
+    let backend = Backend::builder()
+        .pattern_body(body.len(), 3)
+        .framing(Framing::CloseDelimited)
+        .start()
+        .unwrap();
+    let client = client_for(vec![group("c", backend.addr())]);
+    run(async {
+        for _ in 0..3 {
+            let r = client.send("c", Request::get("/")).await.unwrap();
+            assert_eq!(r.status(), 200);
+            assert_eq!(&r.bytes().await.unwrap()[..], &body[..]);
+        }
+    });
+    assert_eq!(
+        backend.accepted(),
+        3,
+        "a close-delimited response ends its connection"
+    );
+}
+
+#[test]
+fn read_timeout_is_a_504_status() {
+    let backend = Backend::builder()
+        .delay(Duration::from_secs(3))
+        .start()
+        .unwrap();
+    let mut g = group("slow", backend.addr());
+    g.read_timeout = Duration::from_millis(300);
+    let client = client_for(vec![g]);
+    run(async {
+        let r = client.send("slow", Request::get("/")).await.unwrap();
+        assert_eq!(r.status(), 504);
+    });
+}
+
+#[test]
+fn large_bodies_byte_for_byte() {
+    let big = pattern(8 << 20, 11);
+    let down = Backend::builder()
+        .pattern_body(big.len(), 11)
+        .start()
+        .unwrap();
+    let echo = Backend::builder().echo().start().unwrap();
+    let client = client_for(vec![group("down", down.addr()), group("echo", echo.addr())]);
+    run(async {
+        let r = client.send("down", Request::get("/big")).await.unwrap();
+        assert_eq!(r.header("content-length"), Some("8388608"));
+        let mut body = r.into_body();
+        let mut got = Vec::with_capacity(big.len());
+        while let Some(chunk) = body.chunk().await {
+            got.extend_from_slice(&chunk.unwrap());
+        }
+        assert!(got == big, "8 MiB download differs");
+
+        let up = pattern(3 << 20, 5);
+        let r = client
+            .send("echo", Request::post("/echo", up.clone()))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(r.bytes().await.unwrap() == up, "3 MiB echo differs");
+    });
+}
+
+#[test]
+fn keepalive_requests_retires_connections() {
+    let backend = Backend::identify("k").unwrap();
+    let mut g = group("k", backend.addr());
+    g.keepalive_requests = 10;
+    let client = client_for(vec![g]);
+    run(async {
+        for i in 0..25 {
+            assert_eq!(get_text(&client, "k", "/").await.0, 200, "request {i}");
+        }
+    });
+    assert_eq!(backend.accepted(), 3, "25 requests at 10 per connection");
+}
+
+#[test]
+fn pool_off_opens_a_connection_per_request() {
+    let backend = Backend::identify("f").unwrap();
+    let mut g = group("f", backend.addr());
+    g.keepalive = 0;
+    let client = client_for(vec![g]);
+    run(async {
+        for _ in 0..10 {
+            assert_eq!(get_text(&client, "f", "/").await, (200, "f GET /".into()));
+        }
+    });
+    assert_eq!(backend.accepted(), 10);
+}
+
+#[test]
+fn unix_socket_backend() {
+    let backend = Backend::builder().name("u").unix().start().unwrap();
+    let client = client_for(vec![group("u", backend.addr())]);
+    run(async {
+        for i in 0..5 {
+            assert_eq!(
+                get_text(&client, "u", &format!("/{i}")).await,
+                (200, format!("u GET /{i}"))
+            );
+        }
+    });
+    assert_eq!(backend.accepted(), 1);
+}
+
+#[test]
+fn head_request_has_no_body() {
+    let backend = Backend::builder().pattern_body(1234, 1).start().unwrap();
+    let client = client_for(vec![group("h", backend.addr())]);
+    run(async {
+        let r = client.send("h", Request::new("HEAD", "/")).await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.header("Content-Length"), Some("1234"));
+        assert!(r.bytes().await.unwrap().is_empty());
+        // The connection stays in sync for the next request.
+        let r = client.send("h", Request::get("/")).await.unwrap();
+        assert_eq!(r.bytes().await.unwrap().len(), 1234);
+    });
+    assert_eq!(backend.accepted(), 1);
+}
+
+#[test]
+fn dropped_response_does_not_poison_the_pool() {
+    let backend = Backend::builder().pattern_body(2 << 20, 9).start().unwrap();
+    let client = client_for(vec![group("d", backend.addr())]);
+    run(async {
+        let r = client.send("d", Request::get("/")).await.unwrap();
+        drop(r); // body unread
+        let r = client.send("d", Request::get("/")).await.unwrap();
+        assert!(r.bytes().await.unwrap() == pattern(2 << 20, 9));
+    });
+}
+
+#[test]
+fn request_headers_and_host_reach_the_backend() {
+    let backend = Backend::builder().echo().start().unwrap();
+    let client = client_for(vec![group("e", backend.addr())]);
+    run(async {
+        let r = client
+            .send(
+                "e",
+                Request::post("/form", "a=1")
+                    .header("Host", "api.internal")
+                    .header("X-Trace", "t-1"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(&r.bytes().await.unwrap()[..], b"a=1");
+    });
+    let log = backend.log();
+    assert_eq!(log[0].header("host"), Some("api.internal"));
+    assert_eq!(log[0].header("x-trace"), Some("t-1"));
+    assert_eq!(log[0].header("x-forwarded-for"), None);
+    assert_eq!(log[0].header("via"), None);
+}
+
+#[test]
+fn errors_for_unknown_upstreams_and_invalid_requests() {
+    let client = client_for(vec![group("x", closed_port())]);
+    run(async {
+        assert_eq!(
+            client.send("nope", Request::get("/")).await.unwrap_err(),
+            Error::UnknownUpstream("nope".into())
+        );
+        assert!(matches!(
+            client.send("x", Request::get("no-slash")).await,
+            Err(Error::InvalidRequest(_))
+        ));
+        assert!(matches!(
+            client
+                .send("x", Request::get("/").header("Content-Length", "5"))
+                .await,
+            Err(Error::InvalidRequest(_))
+        ));
+        assert!(matches!(
+            client
+                .send("x", Request::get("/").header("X-Bad", "a\r\nInjected: 1"))
+                .await,
+            Err(Error::InvalidRequest(_))
+        ));
+    });
+}
