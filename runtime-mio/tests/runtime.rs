@@ -378,3 +378,34 @@ fn slow_reader_backpressure_stops_reading_from_the_backend() {
     assert_eq!(got, TOTAL);
     proxy.shutdown();
 }
+
+#[test]
+fn drain_gives_up_at_shutdown_timeout() {
+    use std::io::Read;
+    // The backend would answer long after the test's own timeouts.
+    let b = Backend::tcp_slow("too-late", Duration::from_secs(60));
+    let mut cfg = config(&[&b], 1);
+    cfg.runtime.shutdown_timeout = Duration::from_millis(300);
+    let proxy = Proxy::start(cfg).unwrap();
+    let mut c = connect(&proxy.listen_addrs()[0]);
+    c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let start = std::time::Instant::now();
+    while b.requests() == 0 {
+        assert!(
+            start.elapsed() < TIMEOUT,
+            "request never reached the backend"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    proxy.drain();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        proxy.wait();
+        let _ = tx.send(());
+    });
+    rx.recv_timeout(TIMEOUT)
+        .expect("workers exit at the shutdown timeout");
+    // The unfinished exchange's connection was closed without a response.
+    let mut rest = Vec::new();
+    assert_eq!(c.read_to_end(&mut rest).unwrap_or(0), 0);
+}
