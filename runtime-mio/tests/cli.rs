@@ -1,0 +1,500 @@
+//! The `upkeep` binary end to end: `check`, `run` (quick mode and config file), signals.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_upkeep");
+
+fn upkeep(args: &[&str]) -> std::process::Output {
+    Command::new(BIN).args(args).output().unwrap()
+}
+
+#[test]
+fn check_accepts_the_shipped_example() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/upkeep.example.toml");
+    let out = upkeep(&["check", "--config", example]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "configuration ok\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0));
+}
+
+#[test]
+fn check_reports_file_line_and_column() {
+    let path = temp_path("bad.toml");
+    std::fs::write(
+        &path,
+        "[[listen]]\naddr = \"127.0.0.1:8080\"\n\n[[upstream]]\nname = \"app\"\nservers = [\"127.0.0.1:9001\"]\nkeepalvie = 16\n",
+    )
+    .unwrap();
+    let out = upkeep(&["check", "--config", &path]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.starts_with(&format!("{path}:7:1: ")), "{err}");
+    assert!(err.contains("keepalvie"), "{err}");
+
+    // A validation error (not a syntax error) points at the offending item.
+    std::fs::write(
+        &path,
+        "[[listen]]\naddr = \"127.0.0.1:8080\"\n\n[[upstream]]\nname = \"app\"\nservers = [\"127.0.0.1:9001\"]\nkeepalive_timeout = \"0s\"\n",
+    )
+    .unwrap();
+    let out = upkeep(&["check", "--config", &path]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    // Line 7 (the column is the value's, `"0s"`).
+    assert!(
+        err.starts_with(&format!("{path}:7:21: upstream \"app\": keepalive_timeout")),
+        "{err}"
+    );
+    let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn usage_errors_exit_2_and_help_exits_0() {
+    let out = upkeep(&["run", "--listen", "127.0.0.1:0", "--bogus"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--bogus"));
+    let out = upkeep(&["frobnicate"]);
+    assert_eq!(out.status.code(), Some(2));
+    for args in [
+        &["--help"][..],
+        &["run", "--help"],
+        &["check", "--help"],
+        &["demo", "--help"],
+    ] {
+        let out = upkeep(args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("Usage"),
+            "{args:?}"
+        );
+    }
+    let out = upkeep(&["--version"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("upkeep "));
+}
+
+/// A spawned `upkeep run`, with its stderr lines forwarded to a channel.
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    listen: Vec<upkeep_core::Address>,
+}
+
+impl Running {
+    fn start(args: &[&str]) -> Running {
+        let mut child = Command::new(BIN)
+            .arg("run")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, lines) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { return };
+                eprintln!("[upkeep] {line}");
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut r = Running {
+            child,
+            lines,
+            listen: Vec::new(),
+        };
+        // "listening on ADDR" lines come before the proxy is used; the admin line (if any) last.
+        let want_admin = args.contains(&"--admin") || args.contains(&"--config");
+        loop {
+            let line = r.line();
+            if let Some(a) = line
+                .strip_suffix("")
+                .and_then(|l| l.split("listening on ").nth(1))
+            {
+                if line.contains("admin listening") {
+                    break;
+                }
+                r.listen.push(addr(a));
+                if !want_admin {
+                    break;
+                }
+            }
+        }
+        r
+    }
+
+    fn line(&self) -> String {
+        self.lines
+            .recv_timeout(TIMEOUT)
+            .expect("upkeep printed nothing in time")
+    }
+
+    /// Waits for a stderr line containing `text`.
+    fn expect(&self, text: &str) {
+        let start = Instant::now();
+        while start.elapsed() < TIMEOUT {
+            if self.line().contains(text) {
+                return;
+            }
+        }
+        panic!("no line containing {text:?}");
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig}");
+    }
+
+    fn wait_exit(&mut self) -> i32 {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s.code().unwrap_or(-1);
+            }
+            assert!(start.elapsed() < TIMEOUT * 2, "upkeep did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+#[test]
+fn run_quick_mode_end_to_end() {
+    let b = Backend::tcp("quick");
+    let mut up = Running::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &b.addr.to_string(),
+        "--workers",
+        "2",
+        "--keepalive",
+        "4",
+    ]);
+    let listen = up.listen[0].clone();
+    let curl = Command::new("curl")
+        .args(["-sS", "--max-time", "10", &format!("http://{listen}/x")])
+        .output();
+    match curl {
+        Ok(out) if out.status.success() || out.status.code() != Some(127) => {
+            assert_eq!(String::from_utf8_lossy(&out.stdout), "quick");
+        }
+        _ => assert_eq!(get_once(&listen, "/x"), (200, "quick".into())),
+    }
+    let mut c = connect(&listen);
+    for _ in 0..20 {
+        assert_eq!(get(&mut *c, "/"), (200, "quick".into()));
+    }
+    up.signal("INT");
+    assert_eq!(up.wait_exit(), 0);
+}
+
+#[test]
+fn sigterm_drains_in_flight_then_exits_0() {
+    let b = Backend::tcp_slow("slow", Duration::from_millis(1000));
+    let mut up = Running::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &b.addr.to_string(),
+        "--workers",
+        "2",
+    ]);
+    let mut c = connect(&up.listen[0]);
+    c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let start = Instant::now();
+    while b.requests() == 0 {
+        assert!(start.elapsed() < TIMEOUT);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    up.signal("TERM");
+    up.expect("draining");
+    assert_eq!(read_response(&mut *c), (200, "slow".into()));
+    let mut rest = Vec::new();
+    assert_eq!(
+        c.read_to_end(&mut rest).unwrap_or(0),
+        0,
+        "closed after the exchange"
+    );
+    assert_eq!(up.wait_exit(), 0);
+}
+
+#[test]
+fn second_sigterm_stops_at_once() {
+    let b = Backend::tcp_slow("never", Duration::from_secs(60));
+    let mut up = Running::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &b.addr.to_string(),
+        "--workers",
+        "1",
+    ]);
+    let mut c = connect(&up.listen[0]);
+    c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let start = Instant::now();
+    while b.requests() == 0 {
+        assert!(start.elapsed() < TIMEOUT);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    up.signal("TERM");
+    up.expect("draining");
+    up.signal("TERM");
+    // The in-flight request would take a minute and the drain limit is 30 s: exiting within the
+    // test's bound means the second SIGTERM stopped it.
+    assert_eq!(up.wait_exit(), 0);
+}
+
+fn config_text(listen: &str, upstream: &upkeep_core::Address, admin: &str) -> String {
+    format!(
+        "workers = 2\nadmin = \"{admin}\"\nshutdown_timeout = \"10s\"\n[[listen]]\naddr = \"{listen}\"\n[[upstream]]\nname = \"app\"\nservers = [\"{upstream}\"]\n"
+    )
+}
+
+#[test]
+fn sighup_reloads_and_a_broken_file_keeps_the_old_config() {
+    let old = Backend::tcp_slow("old", Duration::from_millis(600));
+    let new = Backend::tcp("new");
+    let path = temp_path("reload.toml");
+    let admin = format!("unix:{}", temp_path("admin.sock"));
+    // A fixed port is needed to reload onto "the same address": take one from the kernel.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    std::fs::write(&path, config_text(&listen, &old.addr, &admin)).unwrap();
+    let mut up = Running::start(&["--config", &path]);
+    let listen = up.listen[0].clone();
+    assert_eq!(get_once(&listen, "/").1, "old");
+
+    // A kept-open client connection, mid-exchange during the reload.
+    let mut kept = connect(&listen);
+    kept.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let start = Instant::now();
+    while old.requests() < 2 {
+        assert!(start.elapsed() < TIMEOUT);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::fs::write(&path, config_text(&listen.to_string(), &new.addr, &admin)).unwrap();
+    up.signal("HUP");
+    up.expect("reloaded");
+    assert_eq!(
+        read_response(&mut *kept),
+        (200, "old".into()),
+        "in-flight exchange survives"
+    );
+    for _ in 0..20 {
+        assert_eq!(get_once(&listen, "/").1, "new");
+    }
+
+    // A broken file: logged, the running config stays.
+    std::fs::write(&path, "workers = \"many\"\n").unwrap();
+    up.signal("HUP");
+    up.expect("reload failed");
+    assert_eq!(get_once(&listen, "/").1, "new");
+
+    up.signal("TERM");
+    assert_eq!(up.wait_exit(), 0);
+    let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn demo_prints_its_table() {
+    let out = upkeep(&["demo"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let row = |name: &str| -> Vec<String> {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name:?} row in:\n{text}"));
+        line[name.len()..]
+            .split_whitespace()
+            .map(String::from)
+            .collect()
+    };
+    assert!(
+        text.contains("pooling on") && text.contains("pooling off"),
+        "{text}"
+    );
+    let conns = row("upstream connections opened");
+    let (on, off): (u64, u64) = (conns[0].parse().unwrap(), conns[1].parse().unwrap());
+    let requests = row("requests ");
+    let off_requests: u64 = requests[1].parse().unwrap();
+    assert!(off_requests > 0, "{text}");
+    // Without pooling every request opens a connection; with it, far fewer.
+    assert_eq!(off, off_requests, "{text}");
+    assert!(on < off, "{text}");
+    assert_eq!(row("pool hit ratio").len(), 2);
+    assert_eq!(row("TIME_WAIT sockets left").len(), 2);
+}
+
+/// Waits until `path` holds `n` lines, returning them.
+fn lines_in(path: &str, n: usize) -> Vec<String> {
+    let start = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<String> = text.lines().map(String::from).collect();
+        if lines.len() >= n {
+            return lines;
+        }
+        assert!(start.elapsed() < TIMEOUT, "{path}: {lines:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn access_log_lines_and_sigusr1_reopen() {
+    let b = Backend::tcp("logged");
+    let log = temp_path("access.log");
+    let mut up = Running::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &b.addr.to_string(),
+        "--workers",
+        "1",
+        "--access-log",
+        &log,
+    ]);
+    let listen = up.listen[0].clone();
+    let mut c = connect(&listen);
+    assert_eq!(get(&mut *c, "/first").0, 200);
+    assert_eq!(get(&mut *c, "/second?q=1").0, 200);
+    let lines = lines_in(&log, 2);
+    assert!(lines[0].starts_with("127.0.0.1 - - ["), "{}", lines[0]);
+    let after = lines[0]
+        .split("] \"GET /first HTTP/1.1\" 200 ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{}", lines[0]));
+    let bytes: u64 = after.split(' ').next().unwrap().parse().unwrap();
+    assert!(bytes > "logged".len() as u64, "head + body: {}", lines[0]);
+    assert!(
+        lines[0].contains(&format!(" upstream={} reused=0 ", b.addr)),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[1].contains("\"GET /second?q=1 HTTP/1.1\" 200 "),
+        "{}",
+        lines[1]
+    );
+    assert!(lines[1].contains(" reused=1 response="), "{}", lines[1]);
+    assert!(lines[1].contains(" total="), "{}", lines[1]);
+
+    // logrotate: move the file away, SIGUSR1, new lines go to a new file.
+    let rotated = format!("{log}.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    up.signal("USR1");
+    up.expect("reopening");
+    // The reopen happens on the worker; retry until a request lands in the new file.
+    let start = Instant::now();
+    while std::fs::metadata(&log).is_err() {
+        assert_eq!(get(&mut *c, "/third").0, 200);
+        assert!(start.elapsed() < TIMEOUT);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(get(&mut *c, "/fourth").0, 200);
+    let start = Instant::now();
+    while !std::fs::read_to_string(&log).unwrap().contains("/fourth") {
+        assert!(
+            start.elapsed() < TIMEOUT,
+            "/fourth never logged in the new file"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        std::fs::read_to_string(&rotated)
+            .unwrap()
+            .contains("/second")
+    );
+    up.signal("TERM");
+    assert_eq!(up.wait_exit(), 0);
+    let _ = std::fs::remove_file(&log);
+    let _ = std::fs::remove_file(&rotated);
+}
+
+#[test]
+fn out_of_file_descriptors_pauses_accepting_then_recovers() {
+    // A low descriptor limit for the child only (the shell's `ulimit`, then exec).
+    let b = Backend::tcp("fd");
+    let cmd = format!(
+        "ulimit -n 48 && exec {BIN} run --listen 127.0.0.1:0 --upstream {} --workers 1",
+        b.addr
+    );
+    let mut child = Command::new("sh")
+        .args(["-c", &cmd])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, lines) = mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("[upkeep] {line}");
+            let _ = tx.send(line);
+        }
+    });
+    let mut up = Running {
+        child,
+        lines,
+        listen: Vec::new(),
+    };
+    let line = up.line();
+    let listen = addr(line.split("listening on ").nth(1).expect("listening line"));
+    // More connections than descriptors: the proxy must pause accepting, not spin or die.
+    let mut flood = Vec::new();
+    for _ in 0..80 {
+        flood.push(connect(&listen));
+    }
+    up.expect("pausing accepts");
+    drop(flood);
+    // Once descriptors are free again, service resumes.
+    let start = Instant::now();
+    loop {
+        let mut c = connect(&listen);
+        let req = c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        let mut buf = [0u8; 12];
+        if req.is_ok() && c.read_exact(&mut buf).is_ok() {
+            assert_eq!(&buf, b"HTTP/1.1 200");
+            break;
+        }
+        assert!(start.elapsed() < TIMEOUT, "never recovered");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    up.signal("INT");
+    assert_eq!(up.wait_exit(), 0);
+}
