@@ -76,6 +76,15 @@ fn check_unix_path(location: &str, addr: &Address) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// Two bind addresses that would collide. Port 0 asks the OS for a fresh port, so two `:0`
+/// addresses never do (tests and `upkeep demo` bind everything on `127.0.0.1:0`).
+fn same_socket(a: &Address, b: &Address) -> bool {
+    match (a, b) {
+        (Address::Tcp(x), Address::Tcp(y)) => x == y && x.port() != 0,
+        _ => a == b,
+    }
+}
+
 /// RFC 9110 `tchar`.
 fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
@@ -110,7 +119,10 @@ impl Config {
         for (i, l) in self.listeners.iter().enumerate() {
             let loc = format!("listen {}", i + 1);
             check_unix_path(&loc, &l.addr)?;
-            if let Some(j) = self.listeners[..i].iter().position(|o| o.addr == l.addr) {
+            if let Some(j) = self.listeners[..i]
+                .iter()
+                .position(|o| same_socket(&o.addr, &l.addr))
+            {
                 return err(
                     loc,
                     format!("address {} is already used by listen {}", l.addr, j + 1),
@@ -135,7 +147,11 @@ impl Config {
         }
         if let Some(admin) = &r.admin {
             check_unix_path("admin", admin)?;
-            if let Some(j) = self.listeners.iter().position(|l| &l.addr == admin) {
+            if let Some(j) = self
+                .listeners
+                .iter()
+                .position(|l| same_socket(&l.addr, admin))
+            {
                 return err(
                     "admin",
                     format!("address {admin} is already used by listen {}", j + 1),
@@ -349,6 +365,13 @@ mod tests {
             |c| c.runtime.admin = Some(addr("127.0.0.1:8080")),
             "admin: address 127.0.0.1:8080 is already used by listen 1",
         );
+        // Port 0 is a fresh port each time: never a collision.
+        let mut zero = base();
+        zero.listeners[0].addr = addr("127.0.0.1:0");
+        zero.listeners
+            .push(crate::config::ListenerConfig::new(addr("127.0.0.1:0")));
+        zero.runtime.admin = Some(addr("127.0.0.1:0"));
+        zero.validate().unwrap();
         fails(
             |c| c.runtime.admin = Some(Address::Unix("run/admin.sock".into())),
             "admin: unix socket path \"run/admin.sock\" must be absolute",
