@@ -193,9 +193,10 @@ fn worker(
             Ok(Control::Drain) => {
                 drop(accepts);
                 d.borrow_mut().begin_drain();
-                let stop = async {
-                    let _ = control.recv().await;
-                };
+                // Only an explicit stop (or the handle gone) cuts the drain short: a second
+                // `drain()` — two parts of an application shutting down — must not turn the
+                // graceful drain into an abort of the exchanges in flight.
+                let stop = async { while let Ok(Control::Drain) = control.recv().await {} };
                 let timeout = async {
                     async_io::Timer::after(shutdown_timeout).await;
                 };
