@@ -567,3 +567,39 @@ fn proxy_half_closed_slow_client_gets_the_whole_response() {
     assert!(got[head_end..] == pattern(LEN, 3), "body differs");
     proxy.shutdown();
 }
+
+/// A second proxy asked for a port the first is serving is refused, like any other taken port:
+/// the workers' SO_REUSEPORT must not let another process or proxy silently join the group
+/// and take a share of the connections.
+#[test]
+fn proxy_second_instance_on_the_same_port_is_refused() {
+    let backend = Backend::identify("first").unwrap();
+    let first = Proxy::start(proxy_config(vec![backend.addr()], 2)).unwrap();
+    let taken = first.listen_addrs()[0].clone();
+    let mut c = proxy_config(vec![backend.addr()], 2);
+    c.listeners[0].addr = taken.clone();
+    match Proxy::start(c) {
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse),
+        Ok(second) => {
+            second.shutdown();
+            panic!("a second proxy bound {taken} next to the first");
+        }
+    }
+    // The first is unharmed.
+    let mut client = client::Client::connect(&taken).unwrap();
+    assert_eq!(client.get("/").unwrap().text(), "first GET /");
+    first.shutdown();
+}
+
+/// A Unix socket path with nothing behind it: the client answers 502 like for a closed port.
+#[test]
+fn client_missing_unix_socket_is_a_502() {
+    let dir = upkeep_testkit::TempDir::new().unwrap();
+    let client = Client::new([group("gone", dir.socket("nobody.sock"))]).unwrap();
+    run(async {
+        let r = client.send("gone", Request::get("/")).await.unwrap();
+        assert_eq!(r.status(), 502);
+        let stats = client.stats().await.unwrap();
+        assert!(stats.servers[0].connect_failures >= 1);
+    });
+}
