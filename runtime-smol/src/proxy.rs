@@ -125,6 +125,7 @@ impl ProxyHandle {
 
     /// Graceful shutdown: stop accepting, close idle connections, let in-flight exchanges finish
     /// (bounded by `runtime.shutdown_timeout`). Returns at once; [`ProxyHandle::wait`] joins.
+    /// Calling it again changes nothing (use [`ProxyHandle::shutdown`] to stop at once).
     pub fn drain(&self) {
         for c in &self.controls {
             let _ = c.try_send(Control::Drain);

@@ -421,18 +421,20 @@ fn client_thousand_concurrent_sends() {
 }
 
 /// 1000 sends at once against a backend with an accept backlog of 8: the kernel leaves many
-/// connections half-accepted for seconds (the client's side believes it is connected), so
-/// some answers come late or not at all. Every send still finishes — answered, or the core's
-/// 504 at `read_timeout` — and nothing hangs.
+/// connections half-accepted for seconds (the client's side believes it is connected) or
+/// drops their SYNs, so some answers come late or not at all. Every send still finishes —
+/// answered, or the core's 502 / 504 at `connect_timeout` / `read_timeout` — and nothing
+/// hangs.
 #[test]
 fn client_thousand_concurrent_sends_small_backlog() {
     let backend = RawBackend::start(Then::Answer, 8);
     let mut g = group("c", backend.addr.clone());
     g.read_timeout = Duration::from_secs(8);
+    g.connect_timeout = Duration::from_secs(5);
     let client = Client::new([g]).unwrap();
     let statuses = thousand_sends(&client);
     let ok = statuses.iter().filter(|s| **s == 200).count();
-    let late = statuses.iter().filter(|s| **s == 504).count();
+    let late = statuses.iter().filter(|s| **s == 504 || **s == 502).count();
     eprintln!("small backlog: {ok} answered, {late} timed out");
     assert_eq!(ok + late, 1000, "{statuses:?}");
     assert!(ok > 0);
