@@ -231,6 +231,10 @@ impl VirtualSink for ChannelSink {
             let _ = self.0.send(Chunk::Reset).await;
         }
     }
+
+    async fn gone(&self) {
+        self.0.closed().await
+    }
 }
 
 enum Command {
@@ -419,6 +423,11 @@ fn client_driver(core: Core, commands: Receiver<Command>) {
                     request,
                     reply,
                 } => {
+                    if reply.is_closed() {
+                        // The `send` future was dropped before we got here: nobody wants the
+                        // answer, so do not bother the backend at all.
+                        continue;
+                    }
                     let sink = ChannelSink(reply);
                     if let Err(sink) = d.borrow_mut().accept_virtual(listener, &request, sink) {
                         let _ = sink.0.try_send(Chunk::Refused);

@@ -113,6 +113,8 @@ pub(crate) trait VirtualSink: 'static {
     fn deliver(&self, bytes: bytes::Bytes) -> impl Future<Output = Result<(), ()>>;
     /// The connection closed (`reset`: abortively) after everything delivered so far.
     fn finish(&self, reset: bool) -> impl Future<Output = ()>;
+    /// Completes when the receiver is gone (a dropped request future or response).
+    fn gone(&self) -> impl Future<Output = ()>;
 }
 
 /// Timer-task state: the deadline it sleeps until, and a nudge when an earlier one appears.
@@ -586,7 +588,26 @@ async fn writer_loop(d: Shared, conn: ConnId, stream: Rc<Stream>, signals: Rc<Si
 /// upstream read like a slow client socket would.
 async fn pump_loop(d: Shared, conn: ConnId, signals: Rc<Signals>, sink: impl VirtualSink) {
     loop {
-        let open = signals.wait(|s| s.write.get()).await;
+        // Watch the receiver too: one that goes away while nothing is being delivered (the
+        // backend has not answered yet, or its body stalls) is a client that hung up. Told
+        // nothing, the core would hold the exchange and its upstream connection until the
+        // backend sent more or `read_timeout` passed.
+        let open = future::or(
+            async { Some(signals.wait(|s| s.write.get()).await) },
+            async {
+                sink.gone().await;
+                None
+            },
+        )
+        .await;
+        let Some(open) = open else {
+            let mut d = d.borrow_mut();
+            if !signals.closed.get() {
+                d.core.handle(clock::now(), Input::Errored { conn });
+                d.drain();
+            }
+            return;
+        };
         let bytes = {
             let mut d = d.borrow_mut();
             signals.write.set(false);

@@ -21,7 +21,10 @@ impl Bound {
     /// other workers' sockets to the resolved address.
     pub(crate) fn bind(addr: &Address) -> io::Result<Bound> {
         match addr {
-            Address::Tcp(sa) => bind_tcp(*sa).map(Bound::Tcp),
+            Address::Tcp(sa) => {
+                refuse_taken_port(*sa)?;
+                bind_tcp(*sa).map(Bound::Tcp)
+            }
             Address::Unix(path) => bind_unix(path).map(Bound::Unix),
         }
     }
@@ -63,6 +66,26 @@ impl Bound {
 pub(crate) enum Listener {
     Tcp(Async<TcpListener>),
     Unix(Async<UnixListener>),
+}
+
+/// Fails with `AddrInUse` when something already listens on `sa`. Our own sockets set
+/// SO_REUSEPORT so the workers can share a port, but that also lets any other socket of the
+/// same user with SO_REUSEPORT (a second proxy started by mistake, say) bind the same port and
+/// silently take a share of the connections. A probe bound *without* SO_REUSEPORT conflicts with
+/// every listening socket there, so the first bind refuses a taken port as a plain bind would.
+fn refuse_taken_port(sa: SocketAddr) -> io::Result<()> {
+    if sa.port() == 0 {
+        // The kernel picks a free port.
+        return Ok(());
+    }
+    let probe = Socket::new(Domain::for_address(sa), Type::STREAM, None)?;
+    // SO_REUSEADDR still conflicts with a listener, but not with TIME_WAIT leftovers of a
+    // previous run.
+    probe.set_reuse_address(true)?;
+    if sa.is_ipv6() {
+        probe.set_only_v6(true)?;
+    }
+    probe.bind(&sa.into())
 }
 
 fn bind_tcp(sa: SocketAddr) -> io::Result<TcpListener> {

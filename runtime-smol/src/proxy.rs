@@ -125,6 +125,7 @@ impl ProxyHandle {
 
     /// Graceful shutdown: stop accepting, close idle connections, let in-flight exchanges finish
     /// (bounded by `runtime.shutdown_timeout`). Returns at once; [`ProxyHandle::wait`] joins.
+    /// Calling it again changes nothing (use [`ProxyHandle::shutdown`] to stop at once).
     pub fn drain(&self) {
         for c in &self.controls {
             let _ = c.try_send(Control::Drain);
@@ -193,9 +194,10 @@ fn worker(
             Ok(Control::Drain) => {
                 drop(accepts);
                 d.borrow_mut().begin_drain();
-                let stop = async {
-                    let _ = control.recv().await;
-                };
+                // Only an explicit stop (or the handle gone) cuts the drain short: a second
+                // `drain()` — two parts of an application shutting down — must not turn the
+                // graceful drain into an abort of the exchanges in flight.
+                let stop = async { while let Ok(Control::Drain) = control.recv().await {} };
                 let timeout = async {
                     async_io::Timer::after(shutdown_timeout).await;
                 };
