@@ -261,6 +261,16 @@ impl Stream {
         sock.set_write_timeout(Some(timeout))
     }
 
+    /// Changes the read timeout of a blocking stream (the admin listener shrinks it as its
+    /// per-request deadline approaches).
+    pub(crate) fn set_read_timeout(&self, timeout: Duration) -> io::Result<()> {
+        let sock = match self {
+            Stream::Tcp(s) => SockRef::from(s),
+            Stream::Unix(s) => SockRef::from(s),
+        };
+        sock.set_read_timeout(Some(timeout))
+    }
+
     /// Writes all of `data` (blocking streams only).
     pub(crate) fn write_all(&mut self, mut data: &[u8]) -> io::Result<()> {
         while !data.is_empty() {
