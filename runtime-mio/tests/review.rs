@@ -238,6 +238,17 @@ fn reload_with_a_request_in_flight() {
 /// request byte is already sitting in the kernel (no new readiness edge will come).
 #[test]
 fn pipelined_burst_with_backpressure_is_fully_answered() {
+    pipelined_burst(false);
+}
+
+/// The same, with the client half-closing right after its last request: the EOF sits behind
+/// the unread requests and must not cut them off.
+#[test]
+fn pipelined_burst_then_half_close_is_fully_answered() {
+    pipelined_burst(true);
+}
+
+fn pipelined_burst(half_close: bool) {
     const N: usize = 200;
     let b = Backend::builder()
         .name("p")
@@ -255,7 +266,15 @@ fn pipelined_burst_with_backpressure_is_fully_answered() {
     let all = reqs.concat();
     // Write from a thread: the proxy may stop reading before all of it is in.
     let mut w = c.stream().try_clone().unwrap();
-    let writer = std::thread::spawn(move || w.write_all(&all));
+    let writer = std::thread::spawn(move || {
+        w.write_all(&all)?;
+        if half_close {
+            w.shutdown(std::net::Shutdown::Write)?;
+        }
+        Ok::<(), std::io::Error>(())
+    });
+    // Read nothing for a while: the proxy's queue to us fills and it stops reading requests.
+    std::thread::sleep(Duration::from_millis(500));
     for i in 0..N {
         let r = c
             .read_response()
@@ -429,4 +448,82 @@ fn admin_on_unix_socket() {
         unreachable!()
     };
     assert!(!std::path::Path::new(&p).exists(), "socket file removed");
+}
+
+/// Clients that leave at the worst moments — reset halfway through a big response, gone while
+/// the backend thinks, reset halfway through sending a body — leave no socket behind on either
+/// side, and the proxy keeps serving.
+#[test]
+fn clients_aborting_mid_exchange_leave_no_socket_behind() {
+    let big = Backend::builder()
+        .name("big")
+        .pattern_body(8 * 1024 * 1024, 3)
+        .start()
+        .unwrap();
+    let slow = Backend::builder()
+        .name("slow")
+        .delay(Duration::from_millis(300))
+        .echo()
+        .start()
+        .unwrap();
+    let mut cfg = config("127.0.0.1:0", vec![big.addr()], 2);
+    cfg.limits.max_body = 1 << 30;
+    // No pool: every upstream socket still open at the end is a leak.
+    cfg.upstreams[0].keepalive = 0;
+    let mut s = cfg.upstreams[0].clone();
+    s.name = "slow".into();
+    s.servers[0].addr = slow.addr();
+    cfg.upstreams.push(s);
+    for (prefix, up) in [("/slow", "slow"), ("/", "default")] {
+        cfg.routes.push(upkeep_core::config::RouteConfig {
+            host: None,
+            path_prefix: prefix.into(),
+            upstream: up.into(),
+        });
+    }
+    let proxy = Proxy::start(cfg).unwrap();
+    let listen = proxy.listen_addrs()[0].clone();
+    let reset_close = |c: Client| {
+        let mut c = c;
+        if let upkeep_testkit::wire::Stream::Tcp(t) = c.stream() {
+            socket2::SockRef::from(&*t)
+                .set_linger(Some(Duration::ZERO))
+                .unwrap();
+        }
+    };
+    for _ in 0..5 {
+        // Reset after the first bytes of an 8 MiB response.
+        let mut c = Client::connect(&listen).unwrap();
+        c.send(&get("/big")).unwrap();
+        let first = c.read_some().unwrap();
+        assert!(first.starts_with(b"HTTP/1.1 200"));
+        reset_close(c);
+        // Gone (FIN) while the backend is still thinking.
+        let mut c = Client::connect(&listen).unwrap();
+        c.send(&get("/slow/x")).unwrap();
+        drop(c);
+        // Reset halfway through a 4 MiB request body.
+        let mut c = Client::connect(&listen).unwrap();
+        c.send(b"POST /slow/up HTTP/1.1\r\nHost: t\r\nContent-Length: 4194304\r\n\r\n")
+            .unwrap();
+        c.send(&vec![b'z'; 1024 * 1024]).unwrap();
+        reset_close(c);
+    }
+    // Still serving.
+    let mut c = Client::connect(&listen).unwrap();
+    let r = c.request(&get("/slow/ok")).unwrap();
+    assert_eq!(r.status, 200);
+    drop(c);
+    let lport = tcp(&listen).port();
+    let (bp, sp) = (tcp(&big.addr()).port(), tcp(&slow.addr()).port());
+    assert!(
+        eventually(TIMEOUT, || owned_sockets(Some(lport), None) == 0
+            && owned_sockets(None, Some(bp)) == 0
+            && owned_sockets(None, Some(sp)) == 0),
+        "leaked: client {}, upstream big {}, slow {}",
+        owned_sockets(Some(lport), None),
+        owned_sockets(None, Some(bp)),
+        owned_sockets(None, Some(sp))
+    );
+    proxy.shutdown();
 }
