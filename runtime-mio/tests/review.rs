@@ -654,3 +654,55 @@ fn reloads_changing_the_worker_count_keep_every_socket_served() {
     }
     proxy.shutdown();
 }
+
+/// A tunnel carrying far more than the socket buffers, with the client not reading the echo
+/// for a while: both directions stop on backpressure and must resume (edge-triggered readiness
+/// gives no second event for bytes already waiting in the kernel).
+#[test]
+fn tunnel_bulk_echo_with_backpressure_both_ways() {
+    const LEN: usize = 24 * 1024 * 1024;
+    let b = Backend::builder().name("ws").upgrade().start().unwrap();
+    let proxy = Proxy::start(config("127.0.0.1:0", vec![b.addr()], 1)).unwrap();
+    let mut c = Client::connect(&proxy.listen_addrs()[0]).unwrap();
+    let r = c
+        .request(b"GET /t HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+        .unwrap();
+    assert_eq!(r.status, 101);
+    let data = upkeep_testkit::pattern(LEN, 11);
+    let mut w = c.stream().try_clone().unwrap();
+    let sent = data.clone();
+    let writer = std::thread::spawn(move || {
+        w.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
+        w.write_all(&sent)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let echoed = c.read_exact_raw(LEN).expect("the whole echo");
+    assert!(echoed == data, "echo differs");
+    writer.join().unwrap().unwrap();
+    proxy.shutdown();
+}
+
+/// An access log that cannot be opened stops `upkeep run` with a message naming the file.
+#[test]
+fn unopenable_access_log_is_named_in_the_error() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_upkeep"))
+        .args([
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            "127.0.0.1:9",
+            "--workers",
+            "1",
+            "--access-log",
+            "/nonexistent-upkeep-dir/access.log",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("/nonexistent-upkeep-dir/access.log"),
+        "which file? {err}"
+    );
+}
