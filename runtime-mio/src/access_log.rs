@@ -71,7 +71,7 @@ impl AccessLog {
         if let Sink::File { path, file } = &mut self.sink {
             match open_append(path) {
                 Ok(f) => *file = f,
-                Err(e) => log::error!("access log: cannot reopen {path}: {e}"),
+                Err(e) => log::error!("cannot reopen the {e}"),
             }
         }
     }
@@ -143,7 +143,13 @@ impl AccessLog {
 }
 
 fn open_append(path: &str) -> io::Result<File> {
-    OpenOptions::new().create(true).append(true).open(path)
+    // The path goes into the error: "No such file or directory" alone does not say which file
+    // (this error ends `upkeep run` at start-up).
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("access log {path}: {e}")))
 }
 
 /// `22/Nov/2026:10:00:00 +0000` for `secs` since the Unix epoch (UTC: no time zone database).

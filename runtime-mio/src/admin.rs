@@ -7,7 +7,7 @@ use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mio::{Events, Poll, Token, Waker};
 use upkeep_core::Address;
@@ -107,9 +107,23 @@ fn accept_all(listener: &Listener, board: &Mutex<Board>, draining: &AtomicBool) 
 
 fn serve(mut stream: Stream, board: &Mutex<Board>, draining: &AtomicBool) -> io::Result<()> {
     stream.make_blocking(IO_TIMEOUT)?;
+    // One deadline for the whole head, not a timeout per read: connections are served one at a
+    // time, and a client trickling a byte just under every IO_TIMEOUT would otherwise hold the
+    // admin thread (and every /ready health check behind it) for as long as it likes.
+    let deadline = Instant::now() + IO_TIMEOUT;
     let mut head = Vec::with_capacity(512);
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "request head not received in time",
+            ));
+        }
+        // At least 1 ms: socket2 turns a sub-microsecond timeout into {0, 0}, which the kernel
+        // reads as "no timeout at all".
+        stream.set_read_timeout(left.max(Duration::from_millis(1)))?;
         let n = stream.read(&mut buf)?;
         if n == 0 {
             break;

@@ -133,6 +133,9 @@ impl Generation {
             self.workers.push(control);
             threads.push(thread);
         }
+        for b in &mut self.bound {
+            b.settle();
+        }
         Ok(())
     }
 }
@@ -222,6 +225,8 @@ impl ProxyHandle {
             log::warn!("reload: runtime.admin changes take effect after a restart");
         }
         let mut bound = Vec::with_capacity(config.listeners.len());
+        // Which of the current listeners live on in the new generation.
+        let mut kept = vec![false; state.current.bound.len()];
         for l in &config.listeners {
             let old = state
                 .current
@@ -237,7 +242,10 @@ impl ProxyHandle {
                         .position(|b| b.address() == l.addr)
                 });
             let b = match old {
-                Some(i) => state.current.bound[i].share(),
+                Some(i) => {
+                    kept[i] = true;
+                    state.current.bound[i].share()
+                }
                 None => Bound::bind(&l.addr),
             };
             bound.push(b.map_err(|e| format!("listen {}: {e}", l.addr))?);
@@ -257,10 +265,25 @@ impl ProxyHandle {
         // Wait until the old workers have closed their listeners, so that every connection
         // made after `reload` returns lands on a new worker.
         let (ack, acks) = mpsc::channel();
+        // An old worker's listener whose socket the new generation took over is only
+        // unwatched, not emptied: what is queued there goes to the new worker sharing it.
+        let new_workers = state.current.workers.len();
         let asked = old
             .workers
             .iter()
-            .filter(|w| w.send(Command::Drain(Some(ack.clone()))))
+            .enumerate()
+            .filter(|&(k, w)| {
+                let handed_over = old
+                    .bound
+                    .iter()
+                    .zip(&kept)
+                    .map(|(b, &kept)| kept && (matches!(b, Bound::Unix { .. }) || k < new_workers))
+                    .collect();
+                w.send(Command::Drain {
+                    ack: Some(ack.clone()),
+                    handed_over,
+                })
+            })
             .count();
         drop(ack);
         for _ in 0..asked {
@@ -287,7 +310,15 @@ impl ProxyHandle {
         self.shared.draining.store(true, Ordering::Release);
         let live = self.live();
         for w in &live {
-            w.send(Command::Drain(None));
+            w.send(Command::Drain {
+                ack: None,
+                handed_over: Vec::new(),
+            });
+        }
+        // The workers close their copies of the listening sockets; ours must go too, or the
+        // kernel would keep queueing connections that nobody accepts any more.
+        for b in &mut self.state().current.bound {
+            b.close();
         }
     }
 

@@ -137,20 +137,29 @@ impl Listener {
 }
 
 /// One configured listen address, bound: what a new worker needs to get its own socket.
+///
+/// The proxy keeps its own descriptor for every listening socket it made, and a reload hands
+/// those very sockets (duplicated) to the next generation of workers. An old worker then only
+/// stops watching its copy: the socket stays open, and connections the kernel had already
+/// queued on it are accepted by the new worker that shares it. (Closing a `SO_REUSEPORT` socket
+/// resets the connections queued on it, and a fresh socket per reload would close one per old
+/// worker: clients connecting during a reload saw resets.)
 #[derive(Debug)]
 pub(crate) enum Bound {
-    /// A TCP address (port 0 already resolved): every worker binds its own `SO_REUSEPORT`
-    /// socket here, so the kernel spreads connections across workers.
+    /// A TCP address (port 0 already resolved): one `SO_REUSEPORT` socket per worker, so the
+    /// kernel spreads connections across workers.
     Tcp {
         addr: SocketAddr,
-        /// The first socket, bound while resolving port 0; handed to the first worker that asks.
-        first: Option<std::net::TcpListener>,
+        /// Every per-worker socket, in worker order (the first bound while resolving port 0).
+        sockets: Vec<std::net::TcpListener>,
+        /// How many of `sockets` this generation's workers have taken.
+        handed: usize,
     },
     /// A Unix socket: one socket, cloned into every worker (Unix sockets have no reuseport
-    /// balancing; workers race for accepts, which the kernel settles).
+    /// balancing; workers race for accepts, which the kernel settles). `None` once closed.
     Unix {
         path: String,
-        socket: StdUnixListener,
+        socket: Option<StdUnixListener>,
     },
 }
 
@@ -163,7 +172,8 @@ impl Bound {
                 let addr = first.local_addr()?;
                 Ok(Bound::Tcp {
                     addr,
-                    first: Some(first),
+                    sockets: vec![first],
+                    handed: 0,
                 })
             }
             Address::Unix(path) => {
@@ -173,24 +183,27 @@ impl Bound {
                 socket.set_nonblocking(true)?;
                 Ok(Bound::Unix {
                     path: path.clone(),
-                    socket,
+                    socket: Some(socket),
                 })
             }
         }
     }
 
-    /// A second binding of the same address for a new generation of workers: a fresh
-    /// reuseport socket for TCP, a clone of the very same socket for Unix (rebinding the path
-    /// would orphan the old socket's queue).
+    /// The same address for a new generation of workers: the very same sockets, duplicated
+    /// (see the type's documentation).
     pub(crate) fn share(&self) -> io::Result<Bound> {
         match self {
-            Bound::Tcp { addr, .. } => Ok(Bound::Tcp {
+            Bound::Tcp { addr, sockets, .. } => Ok(Bound::Tcp {
                 addr: *addr,
-                first: Some(bind_reuseport(*addr)?),
+                sockets: sockets
+                    .iter()
+                    .map(std::net::TcpListener::try_clone)
+                    .collect::<io::Result<_>>()?,
+                handed: 0,
             }),
             Bound::Unix { path, socket } => Ok(Bound::Unix {
                 path: path.clone(),
-                socket: socket.try_clone()?,
+                socket: Some(open(socket)?.try_clone()?),
             }),
         }
     }
@@ -203,21 +216,54 @@ impl Bound {
         }
     }
 
-    /// A listener for one worker.
+    /// A listener for the next worker: a duplicate of the next socket, bound now if there is
+    /// none left.
     pub(crate) fn for_worker(&mut self) -> io::Result<Listener> {
         match self {
-            Bound::Tcp { addr, first } => {
-                let std = match first.take() {
-                    Some(s) => s,
-                    None => bind_reuseport(*addr)?,
-                };
+            Bound::Tcp {
+                addr,
+                sockets,
+                handed,
+            } => {
+                if *handed == sockets.len() {
+                    sockets.push(bind_reuseport(*addr)?);
+                }
+                let std = sockets[*handed].try_clone()?;
+                *handed += 1;
                 Ok(Listener::Tcp(TcpListener::from_std(std)))
             }
-            Bound::Unix { socket, .. } => {
-                Ok(Listener::Unix(UnixListener::from_std(socket.try_clone()?)))
-            }
+            Bound::Unix { socket, .. } => Ok(Listener::Unix(UnixListener::from_std(
+                open(socket)?.try_clone()?,
+            ))),
         }
     }
+
+    /// Once every worker of the generation has its listener: forgets TCP sockets no worker
+    /// took (a reload to fewer workers), so they close with the old workers' copies.
+    pub(crate) fn settle(&mut self) {
+        if let Bound::Tcp {
+            sockets, handed, ..
+        } = self
+        {
+            sockets.truncate(*handed);
+        }
+    }
+
+    /// Drops the proxy's own descriptors (on drain): once the workers close theirs, the
+    /// sockets close and new connections are refused, instead of queueing on a socket nobody
+    /// accepts from.
+    pub(crate) fn close(&mut self) {
+        match self {
+            Bound::Tcp { sockets, .. } => sockets.clear(),
+            Bound::Unix { socket, .. } => *socket = None,
+        }
+    }
+}
+
+fn open(socket: &Option<StdUnixListener>) -> io::Result<&StdUnixListener> {
+    socket
+        .as_ref()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "listener closed"))
 }
 
 /// A non-blocking TCP listener with `SO_REUSEADDR` and `SO_REUSEPORT` (nginx `listen ... reuseport`).
@@ -259,6 +305,16 @@ impl Stream {
         sock.set_nonblocking(false)?;
         sock.set_read_timeout(Some(timeout))?;
         sock.set_write_timeout(Some(timeout))
+    }
+
+    /// Changes the read timeout of a blocking stream (the admin listener shrinks it as its
+    /// per-request deadline approaches).
+    pub(crate) fn set_read_timeout(&self, timeout: Duration) -> io::Result<()> {
+        let sock = match self {
+            Stream::Tcp(s) => SockRef::from(s),
+            Stream::Unix(s) => SockRef::from(s),
+        };
+        sock.set_read_timeout(Some(timeout))
     }
 
     /// Writes all of `data` (blocking streams only).

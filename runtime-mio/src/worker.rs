@@ -39,7 +39,12 @@ const EMFILE_PAUSE: Duration = Duration::from_millis(100);
 pub(crate) enum Command {
     /// Stop accepting, finish in-flight exchanges, exit when drained (or at the shutdown timeout).
     /// The sender, if any, hears back once the worker's listeners are closed.
-    Drain(Option<Sender<()>>),
+    Drain {
+        ack: Option<Sender<()>>,
+        /// Per listener: the socket lives on in a new generation (a reload), so the queue is
+        /// left to the new worker instead of being accepted here before closing.
+        handed_over: Vec<bool>,
+    },
     /// Exit now.
     Stop,
     /// Send a snapshot of the counters.
@@ -646,8 +651,8 @@ impl Worker {
     fn commands(&mut self) -> Flow {
         loop {
             match self.rx.try_recv() {
-                Ok(Command::Drain(ack)) => {
-                    self.drain();
+                Ok(Command::Drain { ack, handed_over }) => {
+                    self.drain(&handed_over);
                     if let Some(ack) = ack {
                         let _ = ack.send(());
                     }
@@ -667,15 +672,19 @@ impl Worker {
         }
     }
 
-    fn drain(&mut self) {
+    fn drain(&mut self, handed_over: &[bool]) {
         if self.drain_deadline.is_some() {
             return;
         }
-        // Take what is already queued on our listeners (closing them would reset those
-        // connections) and read what they sent, then stop listening.
+        // Take what is already queued on listeners about to close (closing them would reset
+        // those connections) and read what they sent, then stop listening. A socket handed
+        // over to a new generation is left alone: a connection taken here now would be closed
+        // as idle by the drain if its request has not arrived yet.
         self.paused = None;
         for i in 0..self.listeners.len() {
-            self.accept(i);
+            if !handed_over.get(i).copied().unwrap_or(false) {
+                self.accept(i);
+            }
         }
         self.run_queues();
         for l in self.listeners.iter_mut() {
