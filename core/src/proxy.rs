@@ -122,6 +122,32 @@ pub enum Input<'a> {
         /// The connection.
         conn: ConnId,
     },
+    /// The runtime could not even attempt an upstream connection for a reason of its own — out
+    /// of file descriptors, ephemeral ports or memory. Unlike [`Input::ConnectFailed`] this says
+    /// nothing about the server: its health is not touched, no other server is tried (they
+    /// would fail the same way), and the client gets a 500, as nginx answers when `socket()`
+    /// fails. [`Input::connect_error`] picks this or `ConnectFailed` from an OS error.
+    ConnectAborted {
+        /// The connection.
+        conn: ConnId,
+    },
+}
+
+impl Input<'_> {
+    /// The input for a failed connect attempt: [`Input::ConnectAborted`] when `error` is a
+    /// local resource shortage (Linux `EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM`, `EADDRNOTAVAIL`),
+    /// else [`Input::ConnectFailed`]. Both runtimes classify through here.
+    pub fn connect_error(conn: ConnId, error: &std::io::Error) -> Input<'static> {
+        // errno values of Linux (asm-generic), the platform the runtimes target.
+        const LOCAL: [i32; 5] = [24, 23, 105, 12, 99];
+        let local = error.kind() == std::io::ErrorKind::OutOfMemory
+            || error.raw_os_error().is_some_and(|e| LOCAL.contains(&e));
+        if local {
+            Input::ConnectAborted { conn }
+        } else {
+            Input::ConnectFailed { conn }
+        }
+    }
 }
 
 /// `accept` refused: the per-core client connection limit is reached (or the core is draining).
@@ -342,6 +368,8 @@ enum Failure {
     BadResponse,
     /// A 408 on a reused connection: the backend's idle timeout, sent as we reused it.
     Reused408,
+    /// The runtime could not attempt the connection (a local resource shortage).
+    Local,
 }
 
 /// The sans-IO proxy engine. See the crate documentation for the drive loop.
@@ -647,6 +675,14 @@ impl Core {
                     let srv = u.server as usize;
                     self.stats.servers[srv].connect_failures += 1;
                     self.upstream_failed(now, conn, Failure::ConnectFailed);
+                }
+            }
+            Input::ConnectAborted { conn } => {
+                let Some(c) = self.get(conn) else { return };
+                if let Role::Upstream(u) = &c.role
+                    && u.state == UState::Connecting
+                {
+                    self.upstream_failed(now, conn, Failure::Local);
                 }
             }
         }
@@ -2198,7 +2234,7 @@ impl Core {
             self.stats.groups[g].stale_retries += 1;
             Some(true)
         } else {
-            let counts = !race;
+            let counts = !race && why != Failure::Local;
             if counts {
                 self.stats.servers[srv as usize].failures += 1;
                 self.groups[g].balancer.failure(now, idx);
@@ -2217,6 +2253,7 @@ impl Core {
         };
         let status = match why {
             Failure::ConnectTimeout | Failure::ReadTimeout | Failure::SendTimeout => 504,
+            Failure::Local => 500,
             _ => 502,
         };
         let Some(Role::Client(cl)) = conn_mut(&mut self.conns, cid).map(|c| &mut c.role) else {

@@ -546,6 +546,72 @@ fn connect_failure_moves_to_the_next_server_for_any_method() {
 }
 
 #[test]
+fn a_local_connect_failure_is_a_500_and_not_the_servers_fault() {
+    // Out of file descriptors: nginx answers 500 and does not blame the server.
+    let mut h = Harness::new(config(2));
+    h.auto_connect = false;
+    let c = h.connect_client();
+    h.client_send(c, &get("/x"));
+    let u = h.abort_connect().unwrap();
+    assert_eq!(h.upstreams[&u].server.unwrap().index, 0);
+    assert!(h.connects.is_empty(), "no other server tried");
+    let rs = responses(&mut h, c);
+    assert_eq!(rs[0].status, 500);
+    let stats = h.core.stats();
+    assert_eq!(
+        (stats.servers[0].failures, stats.servers[0].connect_failures),
+        (0, 0)
+    );
+    assert_eq!(stats.groups[0].next_upstream, 0);
+    for index in 0..2 {
+        let server = ServerId {
+            upstream: UpstreamId(0),
+            index,
+        };
+        assert!(h.core.server_up(h.now, server));
+    }
+    // The client connection stays usable (the request was complete), and the next request
+    // connects again.
+    assert!(!h.clients[&c].closed);
+    h.client_send(c, &get("/y"));
+    let u2 = h.accept_connect().unwrap();
+    requests(&mut h, u2);
+    h.upstream_send(u2, &ok("fine"));
+    assert_eq!(responses(&mut h, c)[0].body, b"fine");
+}
+
+#[test]
+fn connect_errors_are_classified_local_or_remote() {
+    use std::io::{Error, ErrorKind};
+    use upkeep_core::Input;
+    let conn = h_conn();
+    for (errno, local) in [
+        (24, true),
+        (23, true),
+        (99, true),
+        (111, false),
+        (113, false),
+    ] {
+        let input = Input::connect_error(conn, &Error::from_raw_os_error(errno));
+        assert_eq!(
+            matches!(input, Input::ConnectAborted { .. }),
+            local,
+            "errno {errno}"
+        );
+    }
+    let oom = Input::connect_error(conn, &Error::from(ErrorKind::OutOfMemory));
+    assert!(matches!(oom, Input::ConnectAborted { .. }));
+    let refused = Input::connect_error(conn, &Error::from(ErrorKind::ConnectionRefused));
+    assert!(matches!(refused, Input::ConnectFailed { .. }));
+}
+
+/// Any connection id (the classification does not look at it).
+fn h_conn() -> ConnId {
+    let mut h = harness();
+    h.connect_client()
+}
+
+#[test]
 fn all_servers_down_gives_502() {
     let mut h = Harness::new(config(2));
     h.auto_connect = false;

@@ -304,8 +304,7 @@ impl Worker {
                 }
                 Err(e) => {
                     log::debug!("worker {}: connect failed: {e}", self.id);
-                    self.core
-                        .handle(clock::now(), Input::ConnectFailed { conn: id });
+                    self.core.handle(clock::now(), Input::connect_error(id, &e));
                     self.after_input();
                     self.forget_if_closed(id);
                     return;
@@ -486,8 +485,10 @@ impl Worker {
             }),
             Err(e) => {
                 log::debug!("worker {}: connect to {addr} failed: {e}", self.id);
+                // Out of descriptors or ports is our problem, not the server's: the core then
+                // answers 500 without marking the server down.
                 self.core
-                    .handle(clock::now(), Input::ConnectFailed { conn });
+                    .handle(clock::now(), Input::connect_error(conn, &e));
                 // The loop in `after_input` picks up what this produced.
             }
         }

@@ -93,9 +93,24 @@ struct Running {
 
 impl Running {
     fn start(args: &[&str]) -> Running {
-        let mut child = Command::new(BIN)
-            .arg("run")
-            .args(args)
+        let mut cmd = Command::new(BIN);
+        cmd.arg("run").args(args);
+        Running::spawn(cmd, args.contains(&"--admin") || args.contains(&"--config"))
+    }
+
+    /// `upkeep run ARGS` with a descriptor limit of `limit` for the child only (the shell's
+    /// `ulimit`, then exec).
+    fn with_fd_limit(limit: u32, args: &[&str]) -> Running {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg(format!(
+            "ulimit -n {limit} && exec {BIN} run {}",
+            args.join(" ")
+        ));
+        Running::spawn(cmd, false)
+    }
+
+    fn spawn(mut cmd: Command, want_admin: bool) -> Running {
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -117,7 +132,6 @@ impl Running {
             listen: Vec::new(),
         };
         // "listening on ADDR" lines come before the proxy is used; the admin line (if any) last.
-        let want_admin = args.contains(&"--admin") || args.contains(&"--config");
         loop {
             let line = r.line();
             if let Some(a) = line
@@ -449,32 +463,20 @@ fn access_log_lines_and_sigusr1_reopen() {
 
 #[test]
 fn out_of_file_descriptors_pauses_accepting_then_recovers() {
-    // A low descriptor limit for the child only (the shell's `ulimit`, then exec).
     let b = Backend::tcp("fd");
-    let cmd = format!(
-        "ulimit -n 48 && exec {BIN} run --listen 127.0.0.1:0 --upstream {} --workers 1",
-        b.addr
+    let upstream = b.addr.to_string();
+    let mut up = Running::with_fd_limit(
+        48,
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &upstream,
+            "--workers",
+            "1",
+        ],
     );
-    let mut child = Command::new("sh")
-        .args(["-c", &cmd])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (tx, lines) = mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            eprintln!("[upkeep] {line}");
-            let _ = tx.send(line);
-        }
-    });
-    let mut up = Running {
-        child,
-        lines,
-        listen: Vec::new(),
-    };
-    let line = up.line();
-    let listen = addr(line.split("listening on ").nth(1).expect("listening line"));
+    let listen = up.listen[0].clone();
     // More connections than descriptors: the proxy must pause accepting, not spin or die.
     let mut flood = Vec::new();
     for _ in 0..80 {
@@ -491,6 +493,58 @@ fn out_of_file_descriptors_pauses_accepting_then_recovers() {
         if req.is_ok() && c.read_exact(&mut buf).is_ok() {
             assert_eq!(&buf, b"HTTP/1.1 200");
             break;
+        }
+        assert!(start.elapsed() < TIMEOUT, "never recovered");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    up.signal("INT");
+    assert_eq!(up.wait_exit(), 0);
+}
+
+#[test]
+fn out_of_descriptors_for_an_upstream_socket_is_a_500_and_marks_no_server_down() {
+    // Two servers (the same backend twice): a group of one is never marked down anyway.
+    let b = Backend::tcp("fd2");
+    let one = b.addr.to_string();
+    let two = one.replace("127.0.0.1", "localhost");
+    let mut up = Running::with_fd_limit(
+        32,
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &one,
+            "--upstream",
+            &two,
+            "--workers",
+            "1",
+        ],
+    );
+    let listen = up.listen[0].clone();
+    // Idle clients take every descriptor; the first one is surely accepted.
+    let mut flood: Vec<_> = (0..40).map(|_| connect(&listen)).collect();
+    up.expect("pausing accepts");
+    flood[0]
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut status = [0u8; 12];
+    flood[0].read_exact(&mut status).unwrap();
+    assert_eq!(
+        &status, b"HTTP/1.1 500",
+        "no descriptor for the upstream socket"
+    );
+    drop(flood);
+    // Once descriptors are free, the very servers that "failed" serve again: no 502 while
+    // they sit out a fail_timeout they never earned.
+    let start = Instant::now();
+    loop {
+        let mut c = connect(&listen);
+        let sent = c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        if sent.is_ok() && c.read_exact(&mut status).is_ok() {
+            assert_ne!(&status, b"HTTP/1.1 502", "a server was marked down");
+            if &status == b"HTTP/1.1 200" {
+                break;
+            }
         }
         assert!(start.elapsed() < TIMEOUT, "never recovered");
         std::thread::sleep(Duration::from_millis(50));

@@ -539,7 +539,8 @@ async fn connect_task(d: Shared, conn: ConnId, addr: Address) {
             if let Some(Slot::Connecting { task: Some(t) }) = d.take(conn) {
                 t.detach();
             }
-            d.core.handle(now, Input::ConnectFailed { conn });
+            // A local shortage (descriptors, ports) is not the server's fault: see the core.
+            d.core.handle(now, Input::connect_error(conn, &e));
         }
     }
     d.drain();

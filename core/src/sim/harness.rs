@@ -149,7 +149,7 @@ impl Harness {
             return None;
         }
         let u = self.connects.remove(0);
-        self.complete_connect(u, true);
+        self.complete_connect(u, Input::Connected { conn: u });
         Some(u)
     }
 
@@ -159,19 +159,25 @@ impl Harness {
             return None;
         }
         let u = self.connects.remove(0);
-        self.complete_connect(u, false);
+        self.complete_connect(u, Input::ConnectFailed { conn: u });
         Some(u)
     }
 
-    fn complete_connect(&mut self, u: ConnId, ok: bool) {
-        if let Some(ep) = self.upstreams.get_mut(&u) {
-            ep.connected = ok;
+    /// The oldest pending connect could not even be attempted (the runtime ran out of file
+    /// descriptors): [`Input::ConnectAborted`].
+    pub fn abort_connect(&mut self) -> Option<ConnId> {
+        if self.connects.is_empty() {
+            return None;
         }
-        let input = if ok {
-            Input::Connected { conn: u }
-        } else {
-            Input::ConnectFailed { conn: u }
-        };
+        let u = self.connects.remove(0);
+        self.complete_connect(u, Input::ConnectAborted { conn: u });
+        Some(u)
+    }
+
+    fn complete_connect(&mut self, u: ConnId, input: Input<'_>) {
+        if let Some(ep) = self.upstreams.get_mut(&u) {
+            ep.connected = matches!(input, Input::Connected { .. });
+        }
         self.core.handle(self.now, input);
         self.pump();
     }
