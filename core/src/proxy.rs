@@ -1678,6 +1678,15 @@ impl Core {
             ex.req_bytes = 0;
             ex.started = since;
             ex.bytes_sent = 0;
+            if self.record_requests
+                && let Some((line, version)) =
+                    request_line_of(&c.buf.rbuf, self.config.limits.max_request_line)
+            {
+                // nginx logs the request line of a request it refuses (missing Host, bad
+                // header...) when the line itself was well formed.
+                ex.request = Bytes::copy_from_slice(line);
+                ex.version = version;
+            }
         }
         if in_exchange && cl.ex.resp_started {
             // A response is already on its way: a second one would be read as part of its body.
@@ -2268,6 +2277,26 @@ impl Core {
             None => self.client_error(now, cid, status),
         }
     }
+}
+
+/// `METHOD SP target` and the version of a well-formed first line `METHOD SP target SP
+/// HTTP/1.x CRLF` at the start of `buf`, for the record of a refused request.
+fn request_line_of(buf: &[u8], max: usize) -> Option<(&[u8], Version)> {
+    let end = buf.iter().take(max).position(|&b| b == b'\n')?;
+    let line = buf[..end].strip_suffix(b"\r").unwrap_or(&buf[..end]);
+    let (rest, version) = if let Some(r) = line.strip_suffix(b" HTTP/1.1") {
+        (r, Version::Http11)
+    } else {
+        (line.strip_suffix(b" HTTP/1.0")?, Version::Http10)
+    };
+    let sp = rest.iter().position(|&b| b == b' ')?;
+    let (method, target) = (&rest[..sp], &rest[sp + 1..]);
+    let visible = |b: &u8| b.is_ascii_graphic();
+    (!method.is_empty()
+        && method.iter().all(visible)
+        && !target.is_empty()
+        && target.iter().all(visible))
+    .then_some((rest, version))
 }
 
 fn conn_mut(conns: &mut Slab<Conn>, id: ConnId) -> Option<&mut Conn> {

@@ -1466,9 +1466,20 @@ fn exchange_records_describe_each_response() {
     assert_eq!(third.status, 400);
     assert_eq!(third.server, None);
     assert!(!third.reused);
-    assert!(third.request.is_empty());
+    assert_eq!(
+        &third.request[..],
+        b"GET /bad",
+        "a well-formed request line is kept"
+    );
     assert_eq!(third.bytes_sent, h.take_client(c).len() as u64);
     assert!(third.bytes_sent > 0);
+
+    // A line that is not a request line is not recorded as one.
+    let c = h.connect_client();
+    h.client_send(c, b"\x16\x03\x01 TLS HELLO\r\n\r\n");
+    let garbage = h.core.poll_exchange().expect("recorded");
+    assert_eq!(garbage.status, 400);
+    assert!(garbage.request.is_empty());
 }
 
 #[test]
