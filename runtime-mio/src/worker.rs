@@ -166,6 +166,9 @@ struct Sock {
     /// Shut down the write side once the queue is empty.
     shutdown_wanted: bool,
     shut: bool,
+    /// An event reported the peer's FIN (or an error): read until EOF, not just until a short
+    /// read (see `read`).
+    hup: bool,
     /// The client's address (for the access log).
     peer: Option<std::net::SocketAddr>,
 }
@@ -311,6 +314,9 @@ impl Worker {
                 }
             }
         }
+        if event.is_read_closed() || event.is_error() {
+            sock.hup = true;
+        }
         if event.is_readable() || event.is_read_closed() || event.is_error() {
             self.to_read.push_back(id);
         }
@@ -360,6 +366,12 @@ impl Worker {
                     return;
                 }
                 Ok(n) => {
+                    // A short read took everything the socket held. mio is edge-triggered, and
+                    // Linux raises a new edge for every later arrival, so the read that would
+                    // only say WouldBlock can be skipped: one syscall less per message. Not
+                    // when an event announced the FIN: it may already sit behind this data
+                    // with no edge to come.
+                    let drained = n < self.buf.len() && !sock.hup;
                     self.core.handle(
                         clock::now(),
                         Input::Received {
@@ -368,6 +380,9 @@ impl Worker {
                         },
                     );
                     self.after_input();
+                    if drained {
+                        return;
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -405,8 +420,10 @@ impl Worker {
             }
             let mut iov = [IoSlice::new(&[]); MAX_IOV];
             let mut k = 0;
+            let mut offered = 0;
             for piece in self.core.pending(id).take(MAX_IOV) {
                 iov[k] = IoSlice::new(piece);
+                offered += piece.len();
                 k += 1;
             }
             let result = sock.stream.write_vectored(&iov[..k]);
@@ -420,6 +437,11 @@ impl Worker {
                     self.core
                         .handle(clock::now(), Input::Written { conn: id, n });
                     self.after_input();
+                    if n < offered {
+                        // The send buffer is full: the next attempt would only say
+                        // WouldBlock. The writable edge comes when space frees up.
+                        return;
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -481,6 +503,7 @@ impl Worker {
                 connecting: true,
                 shutdown_wanted: false,
                 shut: false,
+                hup: false,
                 peer: None,
             }),
             Err(e) => {
@@ -584,6 +607,7 @@ impl Worker {
                                 connecting: false,
                                 shutdown_wanted: false,
                                 shut: false,
+                                hup: false,
                                 peer,
                             });
                             self.after_input();
