@@ -138,6 +138,7 @@ use core::time::Duration;
 #[cfg(feature = "serde")]
 mod de;
 mod parse;
+mod quick;
 mod validate;
 
 #[cfg(feature = "toml")]
@@ -145,6 +146,7 @@ mod file;
 #[cfg(feature = "toml")]
 pub use file::FileError;
 pub use parse::{parse_duration, parse_size};
+pub use quick::{QUICK_FLAGS, QuickConfig};
 pub use validate::{ConfigError, MAX_SERVERS_PER_UPSTREAM};
 
 /// Where to listen or connect: a TCP address or a Unix domain socket path.

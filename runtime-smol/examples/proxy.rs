@@ -12,102 +12,43 @@
 
 use futures_lite::StreamExt;
 use std::process::ExitCode;
-use upkeep_core::config::{PoolKeyMode, parse_duration};
-use upkeep_core::{Address, Config};
+use upkeep_core::Config;
+use upkeep_core::config::QuickConfig;
 
 const USAGE: &str = "usage: proxy --listen ADDR --upstream ADDR [--upstream ADDR]... [--workers N] \
 [--keepalive N] [--keepalive-timeout DUR] [--keepalive-requests N] [--connect-timeout DUR] \
 [--read-timeout DUR] [--client-header-timeout DUR] [--pool-key server|client]";
 
+/// `upkeep run`'s quick-mode flags: their meaning lives in the core ([`QuickConfig`]), so both
+/// command lines stay the same.
 fn parse_args() -> Result<Config, String> {
     use lexopt::prelude::*;
-    fn value<T>(
-        parser: &mut lexopt::Parser,
-        f: impl FnOnce(&str) -> Result<T, String>,
-    ) -> Result<T, String> {
-        let v = parser.value().map_err(|e| e.to_string())?;
-        let s = v.to_str().ok_or("value is not UTF-8")?;
-        f(s)
-    }
-    fn number<T: std::str::FromStr>(s: &str) -> Result<T, String> {
-        s.parse().map_err(|_| format!("invalid number {s:?}"))
-    }
-    fn duration(s: &str) -> Result<std::time::Duration, String> {
-        parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e}"))
-    }
-
     let mut parser = lexopt::Parser::from_env();
-    let mut listen = None;
-    let mut upstreams = Vec::new();
-    let mut workers = None;
-    let mut keepalive = None;
-    let mut keepalive_timeout = None;
-    let mut keepalive_requests = None;
-    let mut connect_timeout = None;
-    let mut read_timeout = None;
-    let mut header_timeout = None;
-    let mut pool_key = None;
+    let mut quick = QuickConfig::default();
     while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
+        let flag = match &arg {
+            Long(l) => (*l).to_owned(),
+            _ => String::new(),
+        };
         match arg {
-            Long("listen") => listen = Some(value(&mut parser, address)?),
-            Long("upstream") => upstreams.push(value(&mut parser, address)?),
-            Long("workers") => workers = Some(value(&mut parser, number)?),
-            Long("keepalive") => keepalive = Some(value(&mut parser, number)?),
-            Long("keepalive-timeout") => keepalive_timeout = Some(value(&mut parser, duration)?),
-            Long("keepalive-requests") => keepalive_requests = Some(value(&mut parser, number)?),
-            Long("connect-timeout") => connect_timeout = Some(value(&mut parser, duration)?),
-            Long("read-timeout") => read_timeout = Some(value(&mut parser, duration)?),
-            Long("client-header-timeout") => header_timeout = Some(value(&mut parser, duration)?),
-            Long("pool-key") => {
-                pool_key = Some(value(&mut parser, |s| match s {
-                    "server" => Ok(PoolKeyMode::Server),
-                    "client" => Ok(PoolKeyMode::Client),
-                    _ => Err(format!("--pool-key: expected server or client, got {s:?}")),
-                })?)
-            }
             Long("help") | Short('h') => {
                 println!("{USAGE}");
                 std::process::exit(0);
             }
+            Long(_) if QuickConfig::takes(&flag) => {
+                let value = parser.value().map_err(|e| e.to_string())?;
+                let value = value.to_str().ok_or("value is not UTF-8")?;
+                quick.set(&flag, value)?;
+            }
             other => return Err(other.unexpected().to_string()),
         }
     }
-    let listen = listen.ok_or("--listen is required")?;
-    if upstreams.is_empty() {
-        return Err("at least one --upstream is required".into());
+    let config = quick.build()?;
+    if config.runtime.admin.is_some() || config.runtime.access_log.is_some() {
+        // The smol runtime has no admin listener or access log (the mio binary has both).
+        return Err("--admin and --access-log are only supported by `upkeep run`".into());
     }
-    let mut config = Config::simple(listen, upstreams);
-    let group = &mut config.upstreams[0];
-    if let Some(v) = keepalive {
-        group.keepalive = v;
-    }
-    if let Some(v) = keepalive_timeout {
-        group.keepalive_timeout = v;
-    }
-    if let Some(v) = keepalive_requests {
-        group.keepalive_requests = v;
-    }
-    if let Some(v) = connect_timeout {
-        group.connect_timeout = v;
-    }
-    if let Some(v) = read_timeout {
-        group.read_timeout = v;
-    }
-    if let Some(v) = pool_key {
-        group.pool_key = v;
-    }
-    if let Some(v) = header_timeout {
-        config.client_timeouts.header = v;
-    }
-    if let Some(v) = workers {
-        config.runtime.workers = v;
-    }
-    config.validate().map_err(|e| e.to_string())?;
     Ok(config)
-}
-
-fn address(s: &str) -> Result<Address, String> {
-    Address::parse(s).map_err(|e| format!("invalid address {s:?}: {e}"))
 }
 
 fn main() -> ExitCode {

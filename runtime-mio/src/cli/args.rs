@@ -2,11 +2,10 @@
 
 use std::ffi::OsString;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use lexopt::prelude::*;
-use upkeep_core::config::{PoolKeyMode, parse_duration};
-use upkeep_core::{Address, Config};
+use upkeep_core::Config;
+use upkeep_core::config::QuickConfig;
 
 pub(crate) const MAIN_HELP: &str = "\
 upkeep: an HTTP/1.1 reverse proxy with an nginx-style upstream keepalive pool
@@ -123,90 +122,24 @@ fn value(p: &mut lexopt::Parser) -> Result<String, String> {
         .map_err(|e| format!("invalid UTF-8 in argument: {e:?}"))
 }
 
-fn addr(flag: &str, s: &str) -> Result<Address, String> {
-    Address::parse(s).map_err(|e| format!("{flag} {s:?}: {e}"))
-}
-
-fn number<T: std::str::FromStr>(flag: &str, s: &str) -> Result<T, String> {
-    s.parse()
-        .map_err(|_| format!("{flag} {s:?}: expected a non-negative integer"))
-}
-
-fn duration(flag: &str, s: &str) -> Result<Duration, String> {
-    parse_duration(s).map_err(|e| format!("{flag} {s:?}: {e}"))
-}
-
-/// A quick-mode flag's change to the config, applied once the addresses are known.
-type Tweak = Box<dyn FnOnce(&mut Config)>;
-
 fn parse_run(p: &mut lexopt::Parser) -> Result<Command, String> {
     let mut file = None;
-    let mut listen = Vec::new();
-    let mut upstream = Vec::new();
-    // Applied to the quick-mode config after the addresses are known.
-    let mut tweaks: Vec<Tweak> = Vec::new();
+    // What each quick-mode flag means lives in the core (shared with the smol example).
+    let mut quick = QuickConfig::default();
     while let Some(arg) = p.next().map_err(|e| e.to_string())? {
         let flag = match &arg {
-            Long(l) => format!("--{l}"),
-            Short(c) => format!("-{c}"),
-            Value(_) => String::new(),
+            Long(l) => (*l).to_owned(),
+            _ => String::new(),
         };
         match arg {
             Short('h') | Long("help") => return Ok(Command::Help(RUN_HELP)),
             Short('c') | Long("config") => file = Some(PathBuf::from(value(p)?)),
-            Long("listen") => listen.push(addr(&flag, &value(p)?)?),
-            Long("upstream") => upstream.push(addr(&flag, &value(p)?)?),
-            Long("workers") => {
-                let n: usize = number(&flag, &value(p)?)?;
-                tweaks.push(Box::new(move |c| c.runtime.workers = n));
-            }
-            Long("keepalive") => {
-                let n: usize = number(&flag, &value(p)?)?;
-                tweaks.push(Box::new(move |c| c.upstreams[0].keepalive = n));
-            }
-            Long("keepalive-timeout") => {
-                let d = duration(&flag, &value(p)?)?;
-                tweaks.push(Box::new(move |c| c.upstreams[0].keepalive_timeout = d));
-            }
-            Long("keepalive-requests") => {
-                let n: u32 = number(&flag, &value(p)?)?;
-                tweaks.push(Box::new(move |c| c.upstreams[0].keepalive_requests = n));
-            }
-            Long("connect-timeout") => {
-                let d = duration(&flag, &value(p)?)?;
-                tweaks.push(Box::new(move |c| c.upstreams[0].connect_timeout = d));
-            }
-            Long("read-timeout") => {
-                let d = duration(&flag, &value(p)?)?;
-                tweaks.push(Box::new(move |c| c.upstreams[0].read_timeout = d));
-            }
-            Long("client-header-timeout") => {
-                let d = duration(&flag, &value(p)?)?;
-                tweaks.push(Box::new(move |c| c.client_timeouts.header = d));
-            }
-            Long("pool-key") => {
-                let mode = match value(p)?.as_str() {
-                    "server" => PoolKeyMode::Server,
-                    "client" => PoolKeyMode::Client,
-                    other => {
-                        return Err(format!("--pool-key {other:?}: expected server or client"));
-                    }
-                };
-                tweaks.push(Box::new(move |c| c.upstreams[0].pool_key = mode));
-            }
-            Long("admin") => {
-                let a = addr(&flag, &value(p)?)?;
-                tweaks.push(Box::new(move |c| c.runtime.admin = Some(a)));
-            }
-            Long("access-log") => {
-                let target = value(p)?;
-                tweaks.push(Box::new(move |c| c.runtime.access_log = Some(target)));
-            }
+            Long(_) if QuickConfig::takes(&flag) => quick.set(&flag, &value(p)?)?,
             other => return Err(format!("run: {}", other.unexpected())),
         }
     }
     if let Some(file) = file {
-        if !listen.is_empty() || !upstream.is_empty() || !tweaks.is_empty() {
+        if !quick.is_empty() {
             return Err(
                 "run: --config cannot be combined with other options (put them in the file)".into(),
             );
@@ -217,19 +150,10 @@ fn parse_run(p: &mut lexopt::Parser) -> Result<Command, String> {
             file: Some(file),
         });
     }
-    if listen.is_empty() || upstream.is_empty() {
+    if quick.is_empty() {
         return Err("run: either --config FILE, or --listen ADDR and --upstream ADDR".into());
     }
-    let mut config = Config::simple(listen[0].clone(), upstream);
-    for extra in listen.into_iter().skip(1) {
-        config
-            .listeners
-            .push(upkeep_core::config::ListenerConfig::new(extra));
-    }
-    for t in tweaks {
-        t(&mut config);
-    }
-    config.validate().map_err(|e| format!("run: {e}"))?;
+    let config = quick.build().map_err(|e| format!("run: {e}"))?;
     Ok(Command::Run {
         config: Box::new(config),
         file: None,
@@ -239,6 +163,8 @@ fn parse_run(p: &mut lexopt::Parser) -> Result<Command, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+    use upkeep_core::config::PoolKeyMode;
 
     fn run(args: &[&str]) -> Result<Command, String> {
         parse(args.iter().map(OsString::from))
