@@ -18,11 +18,6 @@ fn path_in(dir: &TempDir, name: &str) -> String {
     dir.path().join(name).to_string_lossy().into_owned()
 }
 
-/// A backend answering `"<name> <method> <target>"` after `delay`.
-fn slow_backend(name: &str, delay: Duration) -> Backend {
-    Backend::builder().name(name).delay(delay).start().unwrap()
-}
-
 fn upkeep(args: &[&str]) -> std::process::Output {
     Command::new(BIN).args(args).output().unwrap()
 }
@@ -44,27 +39,26 @@ fn check_accepts_the_shipped_example() {
 fn check_reports_file_line_and_column() {
     let dir = TempDir::new().unwrap();
     let path = path_in(&dir, "bad.toml");
-    std::fs::write(
-        &path,
-        "[[listen]]\naddr = \"127.0.0.1:8080\"\n\n[[upstream]]\nname = \"app\"\nservers = [\"127.0.0.1:9001\"]\nkeepalvie = 16\n",
-    )
-    .unwrap();
-    let out = upkeep(&["check", "--config", &path]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    // `upkeep check` on a file with `last_line` after a valid listener and upstream: it must
+    // fail with exit 1; returns stderr.
+    let check_failing = |last_line: &str| {
+        std::fs::write(
+            &path,
+            format!("[[listen]]\naddr = \"127.0.0.1:8080\"\n\n[[upstream]]\nname = \"app\"\nservers = [\"127.0.0.1:9001\"]\n{last_line}\n"),
+        )
+        .unwrap();
+        let out = upkeep(&["check", "--config", &path]);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        err
+    };
+    let err = check_failing("keepalvie = 16");
     assert!(err.starts_with(&format!("{path}:7:1: ")), "{err}");
     assert!(err.contains("keepalvie"), "{err}");
 
-    // A validation error (not a syntax error) points at the offending item.
-    std::fs::write(
-        &path,
-        "[[listen]]\naddr = \"127.0.0.1:8080\"\n\n[[upstream]]\nname = \"app\"\nservers = [\"127.0.0.1:9001\"]\nkeepalive_timeout = \"0s\"\n",
-    )
-    .unwrap();
-    let out = upkeep(&["check", "--config", &path]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    // Line 7 (the column is the value's, `"0s"`).
+    // A validation error (not a syntax error) points at the offending item: line 7 (the column
+    // is the value's, `"0s"`).
+    let err = check_failing("keepalive_timeout = \"0s\"");
     assert!(
         err.starts_with(&format!("{path}:7:21: upstream \"app\": keepalive_timeout")),
         "{err}"
@@ -250,18 +244,13 @@ fn run_with_request_in_flight(b: &Backend, workers: &str) -> (Running, Client) {
         "--workers",
         workers,
     ]);
-    let mut c = Client::connect(&up.listen[0]).unwrap();
-    c.send(&client::get("/")).unwrap();
-    assert!(
-        b.wait_until(TIMEOUT, |b| b.requests() > 0),
-        "request never reached the backend"
-    );
+    let c = client::in_flight(&up.listen[0], "/", b);
     (up, c)
 }
 
 #[test]
 fn sigterm_drains_in_flight_then_exits_0() {
-    let b = slow_backend("slow", Duration::from_millis(1000));
+    let b = Backend::slow("slow", Duration::from_millis(1000)).unwrap();
     let (mut up, mut c) = run_with_request_in_flight(&b, "2");
     up.signal("TERM");
     up.expect("draining");
@@ -277,7 +266,7 @@ fn sigterm_drains_in_flight_then_exits_0() {
 
 #[test]
 fn second_sigterm_stops_at_once() {
-    let b = slow_backend("never", Duration::from_secs(60));
+    let b = Backend::slow("never", Duration::from_secs(60)).unwrap();
     let (mut up, _c) = run_with_request_in_flight(&b, "1");
     up.signal("TERM");
     up.expect("draining");
@@ -295,7 +284,7 @@ fn config_text(listen: &str, upstream: &Address, admin: &str) -> String {
 
 #[test]
 fn sighup_reloads_and_a_broken_file_keeps_the_old_config() {
-    let old = slow_backend("old", Duration::from_millis(600));
+    let old = Backend::slow("old", Duration::from_millis(600)).unwrap();
     let new = Backend::identify("new").unwrap();
     let dir = TempDir::new().unwrap();
     let path = path_in(&dir, "reload.toml");
@@ -313,9 +302,7 @@ fn sighup_reloads_and_a_broken_file_keeps_the_old_config() {
     assert_eq!(get_text(&listen, "/").1, "old GET /");
 
     // A kept-open client connection, mid-exchange during the reload.
-    let mut kept = Client::connect(&listen).unwrap();
-    kept.send(&client::get("/slow")).unwrap();
-    assert!(old.wait_until(TIMEOUT, |b| b.requests() >= 2));
+    let mut kept = client::in_flight(&listen, "/slow", &old);
     std::fs::write(&path, config_text(&listen.to_string(), &new.addr(), &admin)).unwrap();
     up.signal("HUP");
     up.expect("reloaded");

@@ -8,7 +8,7 @@ use std::time::Duration;
 use upkeep_core::{Address, Config};
 use upkeep_mio::{Proxy, ProxyHandle};
 use upkeep_testkit::backend::{Backend, closed_port};
-use upkeep_testkit::client::{Client, get, get_text, one_shot};
+use upkeep_testkit::client::{Client, get, get_text, in_flight, one_shot};
 use upkeep_testkit::{eventually, loopback_config as config, tcp_addr as tcp};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -165,17 +165,11 @@ fn ipv6_upstream() {
 /// A reload while a slow request is in flight: it completes on the old worker.
 #[test]
 fn reload_with_a_request_in_flight() {
-    let slow = Backend::builder()
-        .name("slow")
-        .delay(Duration::from_millis(800))
-        .start()
-        .unwrap();
+    let slow = Backend::slow("slow", Duration::from_millis(800)).unwrap();
     let cfg = config(vec![slow.addr()], 1);
     let proxy = Proxy::start(cfg.clone()).unwrap();
     let listen = proxy.listen_addrs()[0].clone();
-    let mut c = Client::connect(&listen).unwrap();
-    c.send(&get("/inflight")).unwrap();
-    assert!(eventually(TIMEOUT, || slow.requests() == 1));
+    let mut c = in_flight(&listen, "/inflight", &slow);
     proxy.reload(cfg).unwrap();
     let r = c.read_response().unwrap();
     assert_eq!(
@@ -545,20 +539,14 @@ fn reloads_under_connection_churn_lose_no_connection() {
 /// of queueing them on a socket nobody accepts from any more.
 #[test]
 fn drain_closes_unix_listeners() {
-    let slow = Backend::builder()
-        .name("slow")
-        .delay(Duration::from_millis(1500))
-        .start()
-        .unwrap();
+    let slow = Backend::slow("slow", Duration::from_millis(1500)).unwrap();
     let dir = upkeep_testkit::wire::TempDir::new().unwrap();
     let path = dir.socket("listen.sock");
     let mut cfg = Config::simple(path.clone(), vec![slow.addr()]);
     cfg.runtime.workers = 1;
     let proxy = Proxy::start(cfg).unwrap();
     // Keep the proxy busy so the drain takes a while.
-    let mut busy = Client::connect(&path).unwrap();
-    busy.send(&get("/busy")).unwrap();
-    assert!(eventually(TIMEOUT, || slow.requests() == 1));
+    let mut busy = in_flight(&path, "/busy", &slow);
     proxy.drain();
     std::thread::sleep(Duration::from_millis(200));
     match Client::connect(&path) {

@@ -5,29 +5,13 @@ use std::time::Duration;
 use upkeep_core::Address;
 use upkeep_mio::{Proxy, ProxyHandle};
 use upkeep_testkit::backend::Backend;
-use upkeep_testkit::client::{self, Client, get_text, metric};
+use upkeep_testkit::client::{self, Client, get_text, in_flight, metric};
 use upkeep_testkit::{TempDir, eventually, loopback_config, pattern, tcp_addr, within};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 fn admin_get(proxy: &ProxyHandle, path: &str) -> (u16, String) {
     get_text(&proxy.admin_addr().expect("admin listener"), path)
-}
-
-/// A backend answering `"<name> <method> <target>"` after `delay`.
-fn slow_backend(name: &str, delay: Duration) -> Backend {
-    Backend::builder().name(name).delay(delay).start().unwrap()
-}
-
-/// Sends `GET /` on a fresh connection and waits until the backend has the request.
-fn request_in_flight(listen: &Address, backend: &Backend) -> Client {
-    let mut c = Client::connect(listen).unwrap();
-    c.send(&client::get("/")).unwrap();
-    assert!(
-        backend.wait_until(TIMEOUT, |b| b.requests() > 0),
-        "request never reached the backend"
-    );
-    c
 }
 
 #[test]
@@ -180,13 +164,13 @@ fn metrics_status_and_ready_after_known_traffic() {
 
 #[test]
 fn drain_finishes_in_flight_and_ready_turns_503() {
-    let b = slow_backend("slow", Duration::from_millis(800));
+    let b = Backend::slow("slow", Duration::from_millis(800)).unwrap();
     let dir = TempDir::new().unwrap();
     let mut cfg = loopback_config(vec![b.addr()], 1);
     cfg.runtime.admin = Some(dir.socket("admin.sock"));
     let proxy = Proxy::start(cfg).unwrap();
     let listen = proxy.listen_addrs()[0].clone();
-    let mut c = request_in_flight(&listen, &b);
+    let mut c = in_flight(&listen, "/", &b);
     proxy.drain();
     assert_eq!(admin_get(&proxy, "/ready").0, 503);
     let r = c.read_response().unwrap();
@@ -328,11 +312,11 @@ fn slow_reader_backpressure_stops_reading_from_the_backend() {
 #[test]
 fn drain_gives_up_at_shutdown_timeout() {
     // The backend would answer long after the test's own timeouts.
-    let b = slow_backend("too-late", Duration::from_secs(60));
+    let b = Backend::slow("too-late", Duration::from_secs(60)).unwrap();
     let mut cfg = loopback_config(vec![b.addr()], 1);
     cfg.runtime.shutdown_timeout = Duration::from_millis(300);
     let proxy = Proxy::start(cfg).unwrap();
-    let mut c = request_in_flight(&proxy.listen_addrs()[0], &b);
+    let mut c = in_flight(&proxy.listen_addrs()[0], "/", &b);
     proxy.drain();
     within("workers exit at the shutdown timeout", TIMEOUT, move || {
         proxy.wait()

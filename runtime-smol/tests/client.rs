@@ -104,11 +104,7 @@ fn fan_out_to_four_backends_per_page() {
 fn concurrent_sends_to_one_backend_run_in_parallel_then_reuse() {
     // Each request is held 300 ms by the backend: had the client serialized them, one
     // connection would have carried all eight.
-    let backend = Backend::builder()
-        .name("slow")
-        .delay(Duration::from_millis(300))
-        .start()
-        .unwrap();
+    let backend = Backend::slow("slow", Duration::from_millis(300)).unwrap();
     let client = client_for(vec![group("slow", backend.addr())]);
     let ex = LocalExecutor::new();
     run(ex.run(async {

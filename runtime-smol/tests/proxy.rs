@@ -34,16 +34,10 @@ fn two_workers_serve_one_port_each_with_its_own_pool() {
 
 #[test]
 fn drain_finishes_the_exchange_in_flight_then_exits() {
-    let backend = Backend::builder()
-        .name("slow")
-        .delay(Duration::from_millis(500))
-        .start()
-        .unwrap();
+    let backend = Backend::slow("slow", Duration::from_millis(500)).unwrap();
     let proxy = Proxy::start(config(vec![backend.addr()], 1)).unwrap();
     let addr = proxy.listen_addrs()[0].clone();
-    let mut c = Client::connect(&addr).unwrap();
-    c.send(&client::get("/slow")).unwrap();
-    assert!(backend.wait_until(PATIENCE, |b| b.requests() == 1));
+    let mut c = client::in_flight(&addr, "/slow", &backend);
     proxy.drain();
     let r = c.read_response().unwrap();
     assert_eq!(r.status, 200, "the request in flight is answered");

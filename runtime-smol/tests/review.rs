@@ -318,16 +318,9 @@ fn client_slow_consumer_backpressures_the_backend() {
 /// graceful drain: the exchange in flight is answered.
 #[test]
 fn proxy_drain_twice_is_still_graceful() {
-    let backend = Backend::builder()
-        .name("slow")
-        .delay(Duration::from_millis(500))
-        .start()
-        .unwrap();
+    let backend = Backend::slow("slow", Duration::from_millis(500)).unwrap();
     let proxy = Proxy::start(proxy_config(vec![backend.addr()], 1)).unwrap();
-    let addr = proxy.listen_addrs()[0].clone();
-    let mut c = client::Client::connect(&addr).unwrap();
-    c.send(&client::get("/slow")).unwrap();
-    assert!(backend.wait_until(PATIENCE, |b| b.requests() == 1));
+    let mut c = client::in_flight(&proxy.listen_addrs()[0], "/slow", &backend);
     proxy.drain();
     proxy.drain();
     let r = c.read_response().unwrap();

@@ -333,6 +333,12 @@ impl Backend {
         Backend::builder().name(name).start()
     }
 
+    /// Starts a default backend named `name` that waits `delay` before each answer (a request
+    /// that stays in flight long enough for a test to drain, reload or give up meanwhile).
+    pub fn slow(name: &str, delay: Duration) -> io::Result<Backend> {
+        Backend::builder().name(name).delay(delay).start()
+    }
+
     /// Where it listens.
     pub fn addr(&self) -> Address {
         self.addr.clone()

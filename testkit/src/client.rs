@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use upkeep_core::Address;
 
+use crate::backend::Backend;
 use crate::wire::{Stream, WireReader, invalid, is_timeout};
 
 /// A parsed response.
@@ -316,4 +317,18 @@ pub fn metric(text: &str, sample: &str) -> u64 {
         .unwrap_or_else(|| panic!("{sample} missing in:\n{text}"))
         .parse()
         .unwrap_or_else(|e| panic!("{sample}: {e}"))
+}
+
+/// Connects to `addr`, sends `GET <target>` and waits until `backend` has read one more request
+/// (panics after 10 s): a request in flight, for a test that drains, reloads or stops meanwhile.
+/// Read its response with [`Client::read_response`].
+pub fn in_flight(addr: &Address, target: &str, backend: &Backend) -> Client {
+    let before = backend.requests();
+    let mut c = Client::connect(addr).unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+    c.send(&get(target)).unwrap();
+    assert!(
+        backend.wait_until(crate::wire::IO_TIMEOUT, |b| b.requests() > before),
+        "GET {target} never reached the backend"
+    );
+    c
 }
