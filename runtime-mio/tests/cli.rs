@@ -1,15 +1,22 @@
 //! The `upkeep` binary end to end: `check`, `run` (quick mode and config file), signals.
 
-mod common;
-
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use upkeep_core::Address;
+use upkeep_testkit::TempDir;
+use upkeep_testkit::backend::Backend;
+use upkeep_testkit::client::{self, Client, get_text};
 
 const BIN: &str = env!("CARGO_BIN_EXE_upkeep");
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A file path inside `dir`, as the command line wants it.
+fn path_in(dir: &TempDir, name: &str) -> String {
+    dir.path().join(name).to_string_lossy().into_owned()
+}
 
 fn upkeep(args: &[&str]) -> std::process::Output {
     Command::new(BIN).args(args).output().unwrap()
@@ -30,33 +37,32 @@ fn check_accepts_the_shipped_example() {
 
 #[test]
 fn check_reports_file_line_and_column() {
-    let path = temp_path("bad.toml");
-    std::fs::write(
-        &path,
-        "[[listen]]\naddr = \"127.0.0.1:8080\"\n\n[[upstream]]\nname = \"app\"\nservers = [\"127.0.0.1:9001\"]\nkeepalvie = 16\n",
-    )
-    .unwrap();
-    let out = upkeep(&["check", "--config", &path]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let dir = TempDir::new().unwrap();
+    let path = path_in(&dir, "bad.toml");
+    // `upkeep check` on a file with `last_line` after a valid listener and upstream: it must
+    // fail with exit 1; returns stderr.
+    let check_failing = |last_line: &str| {
+        std::fs::write(
+            &path,
+            format!("[[listen]]\naddr = \"127.0.0.1:8080\"\n\n[[upstream]]\nname = \"app\"\nservers = [\"127.0.0.1:9001\"]\n{last_line}\n"),
+        )
+        .unwrap();
+        let out = upkeep(&["check", "--config", &path]);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        err
+    };
+    let err = check_failing("keepalvie = 16");
     assert!(err.starts_with(&format!("{path}:7:1: ")), "{err}");
     assert!(err.contains("keepalvie"), "{err}");
 
-    // A validation error (not a syntax error) points at the offending item.
-    std::fs::write(
-        &path,
-        "[[listen]]\naddr = \"127.0.0.1:8080\"\n\n[[upstream]]\nname = \"app\"\nservers = [\"127.0.0.1:9001\"]\nkeepalive_timeout = \"0s\"\n",
-    )
-    .unwrap();
-    let out = upkeep(&["check", "--config", &path]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    // Line 7 (the column is the value's, `"0s"`).
+    // A validation error (not a syntax error) points at the offending item: line 7 (the column
+    // is the value's, `"0s"`).
+    let err = check_failing("keepalive_timeout = \"0s\"");
     assert!(
         err.starts_with(&format!("{path}:7:21: upstream \"app\": keepalive_timeout")),
         "{err}"
     );
-    let _ = std::fs::remove_file(&path);
 }
 
 #[test]
@@ -88,7 +94,7 @@ fn usage_errors_exit_2_and_help_exits_0() {
 struct Running {
     child: Child,
     lines: mpsc::Receiver<String>,
-    listen: Vec<upkeep_core::Address>,
+    listen: Vec<Address>,
 }
 
 impl Running {
@@ -141,7 +147,7 @@ impl Running {
                 if line.contains("admin listening") {
                     break;
                 }
-                r.listen.push(addr(a));
+                r.listen.push(Address::parse(a).unwrap());
                 if !want_admin {
                     break;
                 }
@@ -199,12 +205,12 @@ impl Drop for Running {
 
 #[test]
 fn run_quick_mode_end_to_end() {
-    let b = Backend::tcp("quick");
+    let b = Backend::identify("quick").unwrap();
     let mut up = Running::start(&[
         "--listen",
         "127.0.0.1:0",
         "--upstream",
-        &b.addr.to_string(),
+        &b.addr().to_string(),
         "--workers",
         "2",
         "--keepalive",
@@ -216,43 +222,43 @@ fn run_quick_mode_end_to_end() {
         .output();
     match curl {
         Ok(out) if out.status.success() || out.status.code() != Some(127) => {
-            assert_eq!(String::from_utf8_lossy(&out.stdout), "quick");
+            assert_eq!(String::from_utf8_lossy(&out.stdout), "quick GET /x");
         }
-        _ => assert_eq!(get_once(&listen, "/x"), (200, "quick".into())),
+        _ => assert_eq!(get_text(&listen, "/x"), (200, "quick GET /x".into())),
     }
-    let mut c = connect(&listen);
+    let mut c = Client::connect(&listen).unwrap();
     for _ in 0..20 {
-        assert_eq!(get(&mut *c, "/"), (200, "quick".into()));
+        assert_eq!(c.get_text("/"), (200, "quick GET /".into()));
     }
     up.signal("INT");
     assert_eq!(up.wait_exit(), 0);
 }
 
-#[test]
-fn sigterm_drains_in_flight_then_exits_0() {
-    let b = Backend::tcp_slow("slow", Duration::from_millis(1000));
-    let mut up = Running::start(&[
+/// `upkeep run` with `workers` workers in front of `b`, and a `GET /` the backend is holding.
+fn run_with_request_in_flight(b: &Backend, workers: &str) -> (Running, Client) {
+    let up = Running::start(&[
         "--listen",
         "127.0.0.1:0",
         "--upstream",
-        &b.addr.to_string(),
+        &b.addr().to_string(),
         "--workers",
-        "2",
+        workers,
     ]);
-    let mut c = connect(&up.listen[0]);
-    c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let start = Instant::now();
-    while b.requests() == 0 {
-        assert!(start.elapsed() < TIMEOUT);
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let c = client::in_flight(&up.listen[0], "/", b);
+    (up, c)
+}
+
+#[test]
+fn sigterm_drains_in_flight_then_exits_0() {
+    let b = Backend::slow("slow", Duration::from_millis(1000)).unwrap();
+    let (mut up, mut c) = run_with_request_in_flight(&b, "2");
     up.signal("TERM");
     up.expect("draining");
-    assert_eq!(read_response(&mut *c), (200, "slow".into()));
-    let mut rest = Vec::new();
+    let r = c.read_response().unwrap();
+    assert_eq!((r.status, r.text()), (200, "slow GET /".into()));
     assert_eq!(
-        c.read_to_end(&mut rest).unwrap_or(0),
-        0,
+        c.read_until_closed().unwrap(),
+        b"",
         "closed after the exchange"
     );
     assert_eq!(up.wait_exit(), 0);
@@ -260,22 +266,8 @@ fn sigterm_drains_in_flight_then_exits_0() {
 
 #[test]
 fn second_sigterm_stops_at_once() {
-    let b = Backend::tcp_slow("never", Duration::from_secs(60));
-    let mut up = Running::start(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        &b.addr.to_string(),
-        "--workers",
-        "1",
-    ]);
-    let mut c = connect(&up.listen[0]);
-    c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let start = Instant::now();
-    while b.requests() == 0 {
-        assert!(start.elapsed() < TIMEOUT);
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let b = Backend::slow("never", Duration::from_secs(60)).unwrap();
+    let (mut up, _c) = run_with_request_in_flight(&b, "1");
     up.signal("TERM");
     up.expect("draining");
     up.signal("TERM");
@@ -284,7 +276,7 @@ fn second_sigterm_stops_at_once() {
     assert_eq!(up.wait_exit(), 0);
 }
 
-fn config_text(listen: &str, upstream: &upkeep_core::Address, admin: &str) -> String {
+fn config_text(listen: &str, upstream: &Address, admin: &str) -> String {
     format!(
         "workers = 2\nadmin = \"{admin}\"\nshutdown_timeout = \"10s\"\n[[listen]]\naddr = \"{listen}\"\n[[upstream]]\nname = \"app\"\nservers = [\"{upstream}\"]\n"
     )
@@ -292,10 +284,11 @@ fn config_text(listen: &str, upstream: &upkeep_core::Address, admin: &str) -> St
 
 #[test]
 fn sighup_reloads_and_a_broken_file_keeps_the_old_config() {
-    let old = Backend::tcp_slow("old", Duration::from_millis(600));
-    let new = Backend::tcp("new");
-    let path = temp_path("reload.toml");
-    let admin = format!("unix:{}", temp_path("admin.sock"));
+    let old = Backend::slow("old", Duration::from_millis(600)).unwrap();
+    let new = Backend::identify("new").unwrap();
+    let dir = TempDir::new().unwrap();
+    let path = path_in(&dir, "reload.toml");
+    let admin = dir.socket("admin.sock").to_string();
     // A fixed port is needed to reload onto "the same address": take one from the kernel.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -303,41 +296,34 @@ fn sighup_reloads_and_a_broken_file_keeps_the_old_config() {
         .unwrap()
         .port();
     let listen = format!("127.0.0.1:{port}");
-    std::fs::write(&path, config_text(&listen, &old.addr, &admin)).unwrap();
+    std::fs::write(&path, config_text(&listen, &old.addr(), &admin)).unwrap();
     let mut up = Running::start(&["--config", &path]);
     let listen = up.listen[0].clone();
-    assert_eq!(get_once(&listen, "/").1, "old");
+    assert_eq!(get_text(&listen, "/").1, "old GET /");
 
     // A kept-open client connection, mid-exchange during the reload.
-    let mut kept = connect(&listen);
-    kept.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
-    let start = Instant::now();
-    while old.requests() < 2 {
-        assert!(start.elapsed() < TIMEOUT);
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    std::fs::write(&path, config_text(&listen.to_string(), &new.addr, &admin)).unwrap();
+    let mut kept = client::in_flight(&listen, "/slow", &old);
+    std::fs::write(&path, config_text(&listen.to_string(), &new.addr(), &admin)).unwrap();
     up.signal("HUP");
     up.expect("reloaded");
+    let r = kept.read_response().unwrap();
     assert_eq!(
-        read_response(&mut *kept),
-        (200, "old".into()),
+        (r.status, r.text()),
+        (200, "old GET /slow".into()),
         "in-flight exchange survives"
     );
     for _ in 0..20 {
-        assert_eq!(get_once(&listen, "/").1, "new");
+        assert_eq!(get_text(&listen, "/").1, "new GET /");
     }
 
     // A broken file: logged, the running config stays.
     std::fs::write(&path, "workers = \"many\"\n").unwrap();
     up.signal("HUP");
     up.expect("reload failed");
-    assert_eq!(get_once(&listen, "/").1, "new");
+    assert_eq!(get_text(&listen, "/").1, "new GET /");
 
     up.signal("TERM");
     assert_eq!(up.wait_exit(), 0);
-    let _ = std::fs::remove_file(&path);
 }
 
 #[test]
@@ -392,22 +378,23 @@ fn lines_in(path: &str, n: usize) -> Vec<String> {
 
 #[test]
 fn access_log_lines_and_sigusr1_reopen() {
-    let b = Backend::tcp("logged");
-    let log = temp_path("access.log");
+    let b = Backend::identify("logged").unwrap();
+    let dir = TempDir::new().unwrap();
+    let log = path_in(&dir, "access.log");
     let mut up = Running::start(&[
         "--listen",
         "127.0.0.1:0",
         "--upstream",
-        &b.addr.to_string(),
+        &b.addr().to_string(),
         "--workers",
         "1",
         "--access-log",
         &log,
     ]);
     let listen = up.listen[0].clone();
-    let mut c = connect(&listen);
-    assert_eq!(get(&mut *c, "/first").0, 200);
-    assert_eq!(get(&mut *c, "/second?q=1").0, 200);
+    let mut c = Client::connect(&listen).unwrap();
+    assert_eq!(c.get_text("/first").0, 200);
+    assert_eq!(c.get_text("/second?q=1").0, 200);
     let lines = lines_in(&log, 2);
     assert!(lines[0].starts_with("127.0.0.1 - - ["), "{}", lines[0]);
     let after = lines[0]
@@ -415,9 +402,13 @@ fn access_log_lines_and_sigusr1_reopen() {
         .nth(1)
         .unwrap_or_else(|| panic!("{}", lines[0]));
     let bytes: u64 = after.split(' ').next().unwrap().parse().unwrap();
-    assert!(bytes > "logged".len() as u64, "head + body: {}", lines[0]);
     assert!(
-        lines[0].contains(&format!(" upstream={} reused=0 ", b.addr)),
+        bytes > "logged GET /first".len() as u64,
+        "head + body: {}",
+        lines[0]
+    );
+    assert!(
+        lines[0].contains(&format!(" upstream={} reused=0 ", b.addr())),
         "{}",
         lines[0]
     );
@@ -437,11 +428,11 @@ fn access_log_lines_and_sigusr1_reopen() {
     // The reopen happens on the worker; retry until a request lands in the new file.
     let start = Instant::now();
     while std::fs::metadata(&log).is_err() {
-        assert_eq!(get(&mut *c, "/third").0, 200);
+        assert_eq!(c.get_text("/third").0, 200);
         assert!(start.elapsed() < TIMEOUT);
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(get(&mut *c, "/fourth").0, 200);
+    assert_eq!(c.get_text("/fourth").0, 200);
     let start = Instant::now();
     while !std::fs::read_to_string(&log).unwrap().contains("/fourth") {
         assert!(
@@ -457,14 +448,12 @@ fn access_log_lines_and_sigusr1_reopen() {
     );
     up.signal("TERM");
     assert_eq!(up.wait_exit(), 0);
-    let _ = std::fs::remove_file(&log);
-    let _ = std::fs::remove_file(&rotated);
 }
 
 #[test]
 fn out_of_file_descriptors_pauses_accepting_then_recovers() {
-    let b = Backend::tcp("fd");
-    let upstream = b.addr.to_string();
+    let b = Backend::identify("fd").unwrap();
+    let upstream = b.addr().to_string();
     let mut up = Running::with_fd_limit(
         48,
         &[
@@ -478,20 +467,15 @@ fn out_of_file_descriptors_pauses_accepting_then_recovers() {
     );
     let listen = up.listen[0].clone();
     // More connections than descriptors: the proxy must pause accepting, not spin or die.
-    let mut flood = Vec::new();
-    for _ in 0..80 {
-        flood.push(connect(&listen));
-    }
+    let flood: Vec<_> = (0..80).map(|_| Client::connect(&listen).unwrap()).collect();
     up.expect("pausing accepts");
     drop(flood);
     // Once descriptors are free again, service resumes.
     let start = Instant::now();
     loop {
-        let mut c = connect(&listen);
-        let req = c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
-        let mut buf = [0u8; 12];
-        if req.is_ok() && c.read_exact(&mut buf).is_ok() {
-            assert_eq!(&buf, b"HTTP/1.1 200");
+        let mut c = Client::connect(&listen).unwrap();
+        if let Ok(r) = c.request(&client::get("/")) {
+            assert_eq!(r.status, 200);
             break;
         }
         assert!(start.elapsed() < TIMEOUT, "never recovered");
@@ -504,8 +488,8 @@ fn out_of_file_descriptors_pauses_accepting_then_recovers() {
 #[test]
 fn out_of_descriptors_for_an_upstream_socket_is_a_500_and_marks_no_server_down() {
     // Two servers (the same backend twice): a group of one is never marked down anyway.
-    let b = Backend::tcp("fd2");
-    let one = b.addr.to_string();
+    let b = Backend::identify("fd2").unwrap();
+    let one = b.addr().to_string();
     let two = one.replace("127.0.0.1", "localhost");
     let mut up = Running::with_fd_limit(
         32,
@@ -522,27 +506,19 @@ fn out_of_descriptors_for_an_upstream_socket_is_a_500_and_marks_no_server_down()
     );
     let listen = up.listen[0].clone();
     // Idle clients take every descriptor; the first one is surely accepted.
-    let mut flood: Vec<_> = (0..40).map(|_| connect(&listen)).collect();
+    let mut flood: Vec<_> = (0..40).map(|_| Client::connect(&listen).unwrap()).collect();
     up.expect("pausing accepts");
-    flood[0]
-        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
-    let mut status = [0u8; 12];
-    flood[0].read_exact(&mut status).unwrap();
-    assert_eq!(
-        &status, b"HTTP/1.1 500",
-        "no descriptor for the upstream socket"
-    );
+    let r = flood[0].request(&client::get("/")).unwrap();
+    assert_eq!(r.status, 500, "no descriptor for the upstream socket");
     drop(flood);
     // Once descriptors are free, the very servers that "failed" serve again: no 502 while
     // they sit out a fail_timeout they never earned.
     let start = Instant::now();
     loop {
-        let mut c = connect(&listen);
-        let sent = c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
-        if sent.is_ok() && c.read_exact(&mut status).is_ok() {
-            assert_ne!(&status, b"HTTP/1.1 502", "a server was marked down");
-            if &status == b"HTTP/1.1 200" {
+        let mut c = Client::connect(&listen).unwrap();
+        if let Ok(r) = c.request(&client::get("/")) {
+            assert_ne!(r.status, 502, "a server was marked down");
+            if r.status == 200 {
                 break;
             }
         }

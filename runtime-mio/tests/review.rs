@@ -3,27 +3,15 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use upkeep_core::{Address, Config};
 use upkeep_mio::{Proxy, ProxyHandle};
 use upkeep_testkit::backend::{Backend, closed_port};
-use upkeep_testkit::client::{Client, get};
+use upkeep_testkit::client::{Client, get, get_text, in_flight, one_shot};
+use upkeep_testkit::{eventually, loopback_config as config, tcp_addr as tcp};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
-
-fn tcp(a: &Address) -> SocketAddr {
-    match a {
-        Address::Tcp(sa) => *sa,
-        Address::Unix(p) => panic!("not TCP: {p}"),
-    }
-}
-
-fn config(listen: &str, servers: Vec<Address>, workers: usize) -> Config {
-    let mut c = Config::simple(Address::parse(listen).unwrap(), servers);
-    c.runtime.workers = workers;
-    c
-}
 
 /// Sockets of this process (inode != 0: still owned by a descriptor; TIME_WAIT and orphans have
 /// none) in any state but LISTEN whose local port is `local` or whose remote port is `remote`.
@@ -53,41 +41,8 @@ fn owned_sockets(local: Option<u16>, remote: Option<u16>) -> usize {
     n
 }
 
-/// Waits until `cond` holds; false after `within`.
-fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    loop {
-        if cond() {
-            return true;
-        }
-        if start.elapsed() >= within {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn admin_request(admin: &Address, raw: &[u8]) -> std::io::Result<(u16, String)> {
-    let mut c = Client::connect(admin)?;
-    let r = c.request(raw)?;
-    Ok((r.status, r.text()))
-}
-
 fn admin_get(proxy: &ProxyHandle, path: &str) -> (u16, String) {
-    let a = proxy.admin_addr().expect("admin listener");
-    admin_request(
-        &a,
-        format!("GET {path} HTTP/1.1\r\nHost: admin\r\n\r\n").as_bytes(),
-    )
-    .unwrap()
-}
-
-fn metric(text: &str, sample: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(sample).and_then(|v| v.strip_prefix(' ')))
-        .unwrap_or_else(|| panic!("{sample} missing in:\n{text}"))
-        .parse()
-        .unwrap()
+    get_text(&proxy.admin_addr().expect("admin listener"), path)
 }
 
 // ---- leaks on error paths -----------------------------------------------------------------------
@@ -108,7 +63,6 @@ fn error_paths_leave_no_socket_behind() {
         .unwrap();
     let good = Backend::identify("good").unwrap();
     let mut cfg = config(
-        "127.0.0.1:0",
         vec![down.clone(), reset.addr(), mute.addr(), good.addr()],
         2,
     );
@@ -160,7 +114,7 @@ fn connect_timeout_answers_and_frees_the_socket() {
             fillers.push(s);
         }
     }
-    let mut cfg = config("127.0.0.1:0", vec![Address::Tcp(baddr)], 1);
+    let mut cfg = config(vec![Address::Tcp(baddr)], 1);
     cfg.upstreams[0].connect_timeout = Duration::from_millis(300);
     let proxy = Proxy::start(cfg).unwrap();
     let listen = proxy.listen_addrs()[0].clone();
@@ -186,7 +140,7 @@ fn connect_timeout_answers_and_frees_the_socket() {
 #[test]
 fn client_half_close_after_request_still_gets_the_response() {
     let b = Backend::identify("half").unwrap();
-    let proxy = Proxy::start(config("127.0.0.1:0", vec![b.addr()], 1)).unwrap();
+    let proxy = Proxy::start(config(vec![b.addr()], 1)).unwrap();
     let mut c = Client::connect(&proxy.listen_addrs()[0]).unwrap();
     c.send(&get("/hc")).unwrap();
     c.shutdown_write().unwrap();
@@ -198,7 +152,7 @@ fn client_half_close_after_request_still_gets_the_response() {
 #[test]
 fn ipv6_upstream() {
     let b = Backend::builder().name("six").ipv6().start().unwrap();
-    let proxy = Proxy::start(config("127.0.0.1:0", vec![b.addr()], 1)).unwrap();
+    let proxy = Proxy::start(config(vec![b.addr()], 1)).unwrap();
     let mut c = Client::connect(&proxy.listen_addrs()[0]).unwrap();
     for _ in 0..3 {
         let r = c.request(&get("/v6")).unwrap();
@@ -211,17 +165,11 @@ fn ipv6_upstream() {
 /// A reload while a slow request is in flight: it completes on the old worker.
 #[test]
 fn reload_with_a_request_in_flight() {
-    let slow = Backend::builder()
-        .name("slow")
-        .delay(Duration::from_millis(800))
-        .start()
-        .unwrap();
-    let cfg = config("127.0.0.1:0", vec![slow.addr()], 1);
+    let slow = Backend::slow("slow", Duration::from_millis(800)).unwrap();
+    let cfg = config(vec![slow.addr()], 1);
     let proxy = Proxy::start(cfg.clone()).unwrap();
     let listen = proxy.listen_addrs()[0].clone();
-    let mut c = Client::connect(&listen).unwrap();
-    c.send(&get("/inflight")).unwrap();
-    assert!(eventually(TIMEOUT, || slow.requests() == 1));
+    let mut c = in_flight(&listen, "/inflight", &slow);
     proxy.reload(cfg).unwrap();
     let r = c.read_response().unwrap();
     assert_eq!(
@@ -258,7 +206,7 @@ fn pipelined_burst(half_close: bool) {
         .pattern_body(32 * 1024, 7)
         .start()
         .unwrap();
-    let proxy = Proxy::start(config("127.0.0.1:0", vec![b.addr()], 1)).unwrap();
+    let proxy = Proxy::start(config(vec![b.addr()], 1)).unwrap();
     let mut c = Client::connect(&proxy.listen_addrs()[0]).unwrap();
     let reqs: Vec<Vec<u8>> = (0..N)
         .map(|i| {
@@ -305,7 +253,7 @@ fn backend_that_never_reads_hits_send_timeout() {
         let _ = stop_rx.recv_timeout(Duration::from_secs(20));
         drop(s);
     });
-    let mut cfg = config("127.0.0.1:0", vec![Address::Tcp(baddr)], 1);
+    let mut cfg = config(vec![Address::Tcp(baddr)], 1);
     cfg.upstreams[0].send_timeout = Duration::from_millis(400);
     cfg.limits.max_body = 1 << 30;
     let proxy = Proxy::start(cfg).unwrap();
@@ -344,7 +292,7 @@ fn backend_that_never_reads_hits_send_timeout() {
 #[test]
 fn metrics_count_errors_by_code_under_concurrent_scrapes() {
     let good = Backend::identify("g").unwrap();
-    let mut cfg = config("127.0.0.1:0", vec![good.addr()], 2);
+    let mut cfg = config(vec![good.addr()], 2);
     cfg.runtime.admin = Some(Address::parse("127.0.0.1:0").unwrap());
     // A second group whose only server is down, routed by path.
     let mut down = cfg.upstreams[0].clone();
@@ -369,8 +317,8 @@ fn metrics_count_errors_by_code_under_concurrent_scrapes() {
             let admin = admin.clone();
             std::thread::spawn(move || {
                 for _ in 0..10 {
-                    let (s, text) =
-                        admin_request(&admin, b"GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+                    let r = one_shot(&admin, &get("/metrics")).unwrap();
+                    let (s, text) = (r.status, r.text());
                     assert_eq!(s, 200);
                     assert!(text.contains("# TYPE"), "{text}");
                 }
@@ -395,7 +343,6 @@ fn metrics_count_errors_by_code_under_concurrent_scrapes() {
     };
     assert_eq!(code(200), 10);
     assert_eq!(code(502), 10);
-    let _ = metric;
     proxy.shutdown();
 }
 
@@ -404,7 +351,7 @@ fn metrics_count_errors_by_code_under_concurrent_scrapes() {
 #[test]
 fn slow_admin_client_does_not_block_ready() {
     let b = Backend::identify("a").unwrap();
-    let mut cfg = config("127.0.0.1:0", vec![b.addr()], 1);
+    let mut cfg = config(vec![b.addr()], 1);
     cfg.runtime.admin = Some(Address::parse("127.0.0.1:0").unwrap());
     let proxy = Proxy::start(cfg).unwrap();
     let admin = tcp(&proxy.admin_addr().unwrap());
@@ -437,7 +384,7 @@ fn admin_on_unix_socket() {
     let b = Backend::identify("a").unwrap();
     let dir = upkeep_testkit::wire::TempDir::new().unwrap();
     let path = dir.socket("admin.sock");
-    let mut cfg = config("127.0.0.1:0", vec![b.addr()], 1);
+    let mut cfg = config(vec![b.addr()], 1);
     cfg.runtime.admin = Some(path.clone());
     let proxy = Proxy::start(cfg).unwrap();
     assert_eq!(proxy.admin_addr(), Some(path.clone()));
@@ -469,7 +416,7 @@ fn clients_aborting_mid_exchange_leave_no_socket_behind() {
         .echo()
         .start()
         .unwrap();
-    let mut cfg = config("127.0.0.1:0", vec![big.addr()], 2);
+    let mut cfg = config(vec![big.addr()], 2);
     cfg.limits.max_body = 1 << 30;
     // No pool: every upstream socket still open at the end is a leak.
     cfg.upstreams[0].keepalive = 0;
@@ -543,7 +490,7 @@ fn reloads_under_connection_churn_lose_no_connection() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
     let b = Backend::identify("r").unwrap();
-    let cfg = config("127.0.0.1:0", vec![b.addr()], 2);
+    let cfg = config(vec![b.addr()], 2);
     let proxy = Proxy::start(cfg.clone()).unwrap();
     let listen = proxy.listen_addrs()[0].clone();
     let stop = Arc::new(AtomicBool::new(false));
@@ -592,20 +539,14 @@ fn reloads_under_connection_churn_lose_no_connection() {
 /// of queueing them on a socket nobody accepts from any more.
 #[test]
 fn drain_closes_unix_listeners() {
-    let slow = Backend::builder()
-        .name("slow")
-        .delay(Duration::from_millis(1500))
-        .start()
-        .unwrap();
+    let slow = Backend::slow("slow", Duration::from_millis(1500)).unwrap();
     let dir = upkeep_testkit::wire::TempDir::new().unwrap();
     let path = dir.socket("listen.sock");
     let mut cfg = Config::simple(path.clone(), vec![slow.addr()]);
     cfg.runtime.workers = 1;
     let proxy = Proxy::start(cfg).unwrap();
     // Keep the proxy busy so the drain takes a while.
-    let mut busy = Client::connect(&path).unwrap();
-    busy.send(&get("/busy")).unwrap();
-    assert!(eventually(TIMEOUT, || slow.requests() == 1));
+    let mut busy = in_flight(&path, "/busy", &slow);
     proxy.drain();
     std::thread::sleep(Duration::from_millis(200));
     match Client::connect(&path) {
@@ -633,7 +574,7 @@ fn drain_closes_unix_listeners() {
 #[test]
 fn reloads_changing_the_worker_count_keep_every_socket_served() {
     let b = Backend::identify("w").unwrap();
-    let mut cfg = config("127.0.0.1:0", vec![b.addr()], 2);
+    let mut cfg = config(vec![b.addr()], 2);
     let proxy = Proxy::start(cfg.clone()).unwrap();
     let listen = proxy.listen_addrs()[0].clone();
     for workers in [1, 3, 2, 1] {
@@ -662,7 +603,7 @@ fn reloads_changing_the_worker_count_keep_every_socket_served() {
 fn tunnel_bulk_echo_with_backpressure_both_ways() {
     const LEN: usize = 24 * 1024 * 1024;
     let b = Backend::builder().name("ws").upgrade().start().unwrap();
-    let proxy = Proxy::start(config("127.0.0.1:0", vec![b.addr()], 1)).unwrap();
+    let proxy = Proxy::start(config(vec![b.addr()], 1)).unwrap();
     let mut c = Client::connect(&proxy.listen_addrs()[0]).unwrap();
     let r = c
         .request(b"GET /t HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")

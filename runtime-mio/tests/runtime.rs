@@ -1,47 +1,37 @@
 //! Runtime-specific behaviour of the mio proxy, on loopback with real sockets.
 
-mod common;
+use std::time::Duration;
 
-use common::*;
-use upkeep_mio::Proxy;
+use upkeep_core::Address;
+use upkeep_mio::{Proxy, ProxyHandle};
+use upkeep_testkit::backend::Backend;
+use upkeep_testkit::client::{self, Client, get_text, in_flight, metric};
+use upkeep_testkit::{TempDir, eventually, loopback_config, pattern, tcp_addr, within};
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+fn admin_get(proxy: &ProxyHandle, path: &str) -> (u16, String) {
+    get_text(&proxy.admin_addr().expect("admin listener"), path)
+}
 
 #[test]
 fn proxies_a_request() {
-    let b = Backend::tcp("one");
-    let proxy = Proxy::start(config(&[&b], 2)).unwrap();
-    let (status, body) = get_once(&proxy.listen_addrs()[0], "/");
-    assert_eq!((status, body.as_str()), (200, "one"));
+    let b = Backend::identify("one").unwrap();
+    let proxy = Proxy::start(loopback_config(vec![b.addr()], 2)).unwrap();
+    assert_eq!(
+        get_text(&proxy.listen_addrs()[0], "/"),
+        (200, "one GET /".to_string())
+    );
     proxy.shutdown();
 }
 
-/// The `name{labels} value` sample of a Prometheus text page.
-fn metric(text: &str, sample: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(sample).and_then(|v| v.strip_prefix(' ')))
-        .unwrap_or_else(|| panic!("{sample} missing in:\n{text}"))
-        .parse()
-        .unwrap()
-}
-
-fn admin_get(proxy: &upkeep_mio::ProxyHandle, path: &str) -> (u16, String) {
-    let a = proxy.admin_addr().expect("admin listener");
-    let mut c = connect(&a);
-    c.write_all(format!("GET {path} HTTP/1.1\r\nHost: admin\r\n\r\n").as_bytes())
-        .unwrap();
-    read_response(&mut *c)
-}
-
-use std::io::Write;
-use std::time::Duration;
-
 #[test]
 fn so_reuseport_spreads_accepts_across_workers() {
-    let b = Backend::tcp("one");
-    let proxy = Proxy::start(config(&[&b], 2)).unwrap();
+    let b = Backend::identify("one").unwrap();
+    let proxy = Proxy::start(loopback_config(vec![b.addr()], 2)).unwrap();
     let listen = proxy.listen_addrs()[0].clone();
     for _ in 0..200 {
-        let (status, _) = get_once(&listen, "/");
-        assert_eq!(status, 200);
+        assert_eq!(get_text(&listen, "/").0, 200);
     }
     let per_worker = proxy.worker_snapshots();
     assert_eq!(per_worker.len(), 2);
@@ -56,20 +46,20 @@ fn so_reuseport_spreads_accepts_across_workers() {
 
 #[test]
 fn pooled_upstream_connections_are_bounded_by_keepalive_times_workers() {
-    let b = Backend::tcp("pooled");
-    let mut cfg = config(&[&b], 2);
+    let b = Backend::identify("pooled").unwrap();
+    let mut cfg = loopback_config(vec![b.addr()], 2);
     cfg.upstreams[0].keepalive = 2;
     let proxy = Proxy::start(cfg).unwrap();
     let listen = proxy.listen_addrs()[0].clone();
     // Hundreds of requests over one client connection...
-    let mut c = connect(&listen);
+    let mut c = Client::connect(&listen).unwrap();
     for _ in 0..300 {
-        assert_eq!(get(&mut *c, "/"), (200, "pooled".to_string()));
+        assert_eq!(c.get_text("/"), (200, "pooled GET /".to_string()));
     }
     drop(c);
     // ...and over many short client connections.
     for _ in 0..200 {
-        assert_eq!(get_once(&listen, "/").0, 200);
+        assert_eq!(get_text(&listen, "/").0, 200);
     }
     assert_eq!(b.requests(), 500);
     // Sequential requests never need a second connection per worker.
@@ -83,57 +73,55 @@ fn pooled_upstream_connections_are_bounded_by_keepalive_times_workers() {
 
 #[test]
 fn unix_socket_listener_and_unix_upstream() {
-    let backend_path = temp_path("backend.sock");
-    let listen_path = temp_path("listen.sock");
-    let b = Backend::unix("over-unix", &backend_path);
-    let mut cfg = config(&[&b], 2);
-    cfg.listeners[0].addr = addr(&format!("unix:{listen_path}"));
+    let dir = TempDir::new().unwrap();
+    let listen = dir.socket("listen.sock");
+    let b = Backend::builder().name("over-unix").unix().start().unwrap();
+    let mut cfg = loopback_config(vec![b.addr()], 2);
+    cfg.listeners[0].addr = listen.clone();
     let proxy = Proxy::start(cfg).unwrap();
-    assert_eq!(
-        proxy.listen_addrs()[0],
-        addr(&format!("unix:{listen_path}"))
-    );
-    let mut c = connect(&proxy.listen_addrs()[0]);
+    assert_eq!(proxy.listen_addrs()[0], listen);
+    let mut c = Client::connect(&listen).unwrap();
     for _ in 0..50 {
-        assert_eq!(get(&mut *c, "/"), (200, "over-unix".to_string()));
+        assert_eq!(c.get_text("/"), (200, "over-unix GET /".to_string()));
     }
     for _ in 0..20 {
-        assert_eq!(get_once(&proxy.listen_addrs()[0], "/").0, 200);
+        assert_eq!(get_text(&listen, "/").0, 200);
     }
     assert_eq!(b.requests(), 70);
     assert!(b.accepted() <= 2, "backend accepted {}", b.accepted());
     drop(c);
     proxy.shutdown();
+    let Address::Unix(path) = listen else {
+        unreachable!()
+    };
     assert!(
-        !std::path::Path::new(&listen_path).exists(),
+        !std::path::Path::new(&path).exists(),
         "the listener's socket file is removed at exit"
     );
 }
 
 #[test]
 fn metrics_status_and_ready_after_known_traffic() {
-    let b = Backend::tcp("m");
-    let mut cfg = config(&[&b], 2);
-    cfg.runtime.admin = Some(addr(&format!("unix:{}", temp_path("admin.sock"))));
+    let b = Backend::identify("m").unwrap();
+    let dir = TempDir::new().unwrap();
+    let mut cfg = loopback_config(vec![b.addr()], 2);
+    cfg.runtime.admin = Some(dir.socket("admin.sock"));
     let proxy = Proxy::start(cfg).unwrap();
     let listen = proxy.listen_addrs()[0].clone();
-    let mut c = connect(&listen);
+    let mut c = Client::connect(&listen).unwrap();
     for _ in 0..10 {
-        assert_eq!(get(&mut *c, "/").0, 200);
+        assert_eq!(c.get_text("/").0, 200);
     }
     // A request the proxy answers itself: 400.
-    let mut bad = connect(&listen);
-    bad.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
-        .unwrap();
-    assert_eq!(read_response(&mut *bad).0, 400);
-    drop(bad);
+    let bad = client::one_shot(&listen, b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n").unwrap();
+    assert_eq!(bad.status, 400);
 
     let (status, text) = admin_get(&proxy, "/metrics");
     assert_eq!(status, 200);
     assert_eq!(metric(&text, "upkeep_requests_total{code=\"200\"}"), 10);
     assert_eq!(metric(&text, "upkeep_requests_total{code=\"400\"}"), 1);
     assert_eq!(metric(&text, "upkeep_connections_accepted_total"), 2);
-    let server = format!("upstream=\"default\",server=\"{}\"", b.addr);
+    let server = format!("upstream=\"default\",server=\"{}\"", b.addr());
     assert_eq!(
         metric(
             &text,
@@ -176,29 +164,19 @@ fn metrics_status_and_ready_after_known_traffic() {
 
 #[test]
 fn drain_finishes_in_flight_and_ready_turns_503() {
-    let b = Backend::tcp_slow("slow", Duration::from_millis(800));
-    let mut cfg = config(&[&b], 1);
-    cfg.runtime.admin = Some(addr(&format!("unix:{}", temp_path("admin.sock"))));
+    let b = Backend::slow("slow", Duration::from_millis(800)).unwrap();
+    let dir = TempDir::new().unwrap();
+    let mut cfg = loopback_config(vec![b.addr()], 1);
+    cfg.runtime.admin = Some(dir.socket("admin.sock"));
     let proxy = Proxy::start(cfg).unwrap();
     let listen = proxy.listen_addrs()[0].clone();
-    let mut c = connect(&listen);
-    c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    // Wait until the backend has the request, then drain.
-    let start = std::time::Instant::now();
-    while b.requests() == 0 {
-        assert!(
-            start.elapsed() < TIMEOUT,
-            "request never reached the backend"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let mut c = in_flight(&listen, "/", &b);
     proxy.drain();
     assert_eq!(admin_get(&proxy, "/ready").0, 503);
-    assert_eq!(read_response(&mut *c), (200, "slow".to_string()));
+    let r = c.read_response().unwrap();
+    assert_eq!((r.status, r.text()), (200, "slow GET /".to_string()));
     // The connection is closed after the in-flight exchange.
-    let mut rest = Vec::new();
-    use std::io::Read;
-    assert_eq!(c.read_to_end(&mut rest).unwrap_or(0), 0);
+    assert_eq!(c.read_until_closed().unwrap(), b"");
     proxy.wait();
     assert!(
         std::net::TcpStream::connect(tcp_addr(&listen)).is_err(),
@@ -208,32 +186,29 @@ fn drain_finishes_in_flight_and_ready_turns_503() {
 
 #[test]
 fn client_connection_limit_pauses_and_resumes_accepting() {
-    use std::io::Read;
-    let b = Backend::tcp("limited");
-    let mut cfg = config(&[&b], 1);
+    let b = Backend::identify("limited").unwrap();
+    let mut cfg = loopback_config(vec![b.addr()], 1);
     cfg.limits.max_client_connections = 2;
     let proxy = Proxy::start(cfg).unwrap();
     let listen = proxy.listen_addrs()[0].clone();
-    let mut first = connect(&listen);
-    let mut second = connect(&listen);
-    assert_eq!(get(&mut *first, "/").0, 200);
-    assert_eq!(get(&mut *second, "/").0, 200);
+    let mut first = Client::connect(&listen).unwrap();
+    let mut second = Client::connect(&listen).unwrap();
+    assert_eq!(first.get_text("/").0, 200);
+    assert_eq!(second.get_text("/").0, 200);
     // Over the limit: accepted by the kernel, closed by the proxy.
-    let mut third = connect(&listen);
-    let mut buf = [0u8; 64];
-    let _ = third.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut third = Client::connect(&listen).unwrap();
+    let _ = third.send(&client::get("/"));
     assert!(
-        matches!(third.read(&mut buf), Ok(0) | Err(_)),
+        matches!(third.read_some().as_deref(), Ok([]) | Err(_)),
         "the third connection is refused"
     );
     // Accepting is paused now: this one waits in the backlog until a slot frees up.
-    let mut fourth = connect(&listen);
-    fourth
-        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
+    let mut fourth = Client::connect(&listen).unwrap();
+    fourth.send(&client::get("/")).unwrap();
     drop(first);
-    assert_eq!(read_response(&mut *fourth), (200, "limited".to_string()));
-    assert_eq!(get(&mut *second, "/").0, 200);
+    let r = fourth.read_response().unwrap();
+    assert_eq!((r.status, r.text()), (200, "limited GET /".to_string()));
+    assert_eq!(second.get_text("/").0, 200);
     let snap = proxy.snapshot();
     assert_eq!(snap.handled, 3);
     assert_eq!(snap.accepted, 4);
@@ -246,108 +221,74 @@ fn ipv6_loopback_listener() {
         eprintln!("no IPv6 loopback here; skipping");
         return;
     }
-    let b = Backend::tcp("v6");
-    let mut cfg = config(&[&b], 2);
-    cfg.listeners[0].addr = addr("[::1]:0");
+    let b = Backend::identify("v6").unwrap();
+    let mut cfg = loopback_config(vec![b.addr()], 2);
+    cfg.listeners[0].addr = Address::parse("[::1]:0").unwrap();
     let proxy = Proxy::start(cfg).unwrap();
     let listen = proxy.listen_addrs()[0].clone();
     assert!(listen.to_string().starts_with("[::1]:"), "{listen}");
-    assert_eq!(get_once(&listen, "/"), (200, "v6".to_string()));
+    assert_eq!(get_text(&listen, "/"), (200, "v6 GET /".to_string()));
     proxy.shutdown();
 }
 
 #[test]
 fn reload_through_the_library_moves_new_requests_and_keeps_counters() {
-    let old = Backend::tcp("old");
-    let new = Backend::tcp("new");
-    let unix = temp_path("reload.sock");
-    let mut cfg = config(&[&old], 2);
-    cfg.listeners
-        .push(upkeep_core::config::ListenerConfig::new(addr(&format!(
-            "unix:{unix}"
-        ))));
+    let old = Backend::identify("old").unwrap();
+    let new = Backend::identify("new").unwrap();
+    let dir = TempDir::new().unwrap();
+    let mut cfg = loopback_config(vec![old.addr()], 2);
+    cfg.listeners.push(upkeep_core::config::ListenerConfig::new(
+        dir.socket("reload.sock"),
+    ));
     let proxy = Proxy::start(cfg.clone()).unwrap();
     let addrs = proxy.listen_addrs();
-    let mut kept = connect(&addrs[1]);
-    assert_eq!(get(&mut *kept, "/").1, "old");
+    let mut kept = Client::connect(&addrs[1]).unwrap();
+    assert_eq!(kept.get_text("/").1, "old GET /");
     for _ in 0..5 {
-        assert_eq!(get_once(&addrs[0], "/").1, "old");
+        assert_eq!(get_text(&addrs[0], "/").1, "old GET /");
     }
     let mut next = cfg.clone();
     next.listeners[0].addr = addrs[0].clone();
-    next.upstreams[0].servers[0].addr = new.addr.clone();
+    next.upstreams[0].servers[0].addr = new.addr();
     proxy.reload(next).unwrap();
     assert_eq!(proxy.listen_addrs(), addrs, "same addresses, same sockets");
     for a in &addrs {
         for _ in 0..5 {
-            assert_eq!(get_once(a, "/").1, "new");
+            assert_eq!(get_text(a, "/").1, "new GET /");
         }
     }
     // The kept-open connection was idle on an old worker: draining closes it cleanly (FIN, no
     // half-sent response); mid-exchange connections finish first (see tests/cli.rs).
-    let mut rest = Vec::new();
-    use std::io::Read;
-    assert_eq!(kept.read_to_end(&mut rest).unwrap_or(0), 0);
+    assert_eq!(kept.read_until_closed().unwrap(), b"");
     drop(kept);
     // Counters of retired workers are kept.
-    let start = std::time::Instant::now();
-    loop {
-        let snap = proxy.snapshot();
-        if snap.codes.get(&200) == Some(&16) {
-            break;
-        }
-        assert!(start.elapsed() < TIMEOUT, "200s: {:?}", snap.codes);
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(
+        eventually(TIMEOUT, || proxy.snapshot().codes.get(&200) == Some(&16)),
+        "200s: {:?}",
+        proxy.snapshot().codes
+    );
     // A config that cannot be bound changes nothing.
     let mut bad = cfg.clone();
-    bad.listeners[0].addr = addr("192.0.2.1:1");
+    bad.listeners[0].addr = Address::parse("192.0.2.1:1").unwrap();
     assert!(proxy.reload(bad).is_err());
-    assert_eq!(get_once(&addrs[0], "/").1, "new");
+    assert_eq!(get_text(&addrs[0], "/").1, "new GET /");
     proxy.shutdown();
 }
 
 #[test]
 fn slow_reader_backpressure_stops_reading_from_the_backend() {
-    use std::io::Read;
-    use std::net::TcpListener;
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
     const TOTAL: usize = 64 * 1024 * 1024;
-    // A backend that streams a 64 MiB body as fast as the proxy reads it, counting bytes written.
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let backend = upkeep_core::Address::Tcp(l.local_addr().unwrap());
-    let written = Arc::new(AtomicUsize::new(0));
-    let w = written.clone();
-    std::thread::spawn(move || {
-        let (mut s, _) = l.accept().unwrap();
-        s.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
-        let mut head = [0u8; 1024];
-        let _ = s.read(&mut head).unwrap();
-        let h = format!("HTTP/1.1 200 OK\r\nContent-Length: {TOTAL}\r\n\r\n");
-        s.write_all(h.as_bytes()).unwrap();
-        let chunk = vec![b'x'; 64 * 1024];
-        while w.load(Ordering::SeqCst) < TOTAL {
-            if s.write_all(&chunk).is_err() {
-                return;
-            }
-            w.fetch_add(chunk.len(), Ordering::SeqCst);
-        }
-    });
-    let cfg = upkeep_core::Config::simple(addr("127.0.0.1:0"), vec![backend]);
-    let mut cfg = cfg;
-    cfg.runtime.workers = 1;
-    let proxy = Proxy::start(cfg).unwrap();
-    let mut c = connect(&proxy.listen_addrs()[0]);
-    c.write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
+    // A 64 MiB body, written as fast as the proxy reads it; the backend counts what it wrote.
+    let backend = Backend::builder().pattern_body(TOTAL, 5).start().unwrap();
+    let proxy = Proxy::start(loopback_config(vec![backend.addr()], 1)).unwrap();
+    let mut c = Client::connect(&proxy.listen_addrs()[0]).unwrap();
+    c.send(&client::get("/big")).unwrap();
     // Do not read; wait until the backend stops making progress.
     let mut last = usize::MAX;
     let start = std::time::Instant::now();
     loop {
         std::thread::sleep(Duration::from_millis(300));
-        let now = written.load(Ordering::SeqCst);
+        let now = backend.bytes_written();
         if now == last {
             break;
         }
@@ -361,51 +302,25 @@ fn slow_reader_backpressure_stops_reading_from_the_backend() {
         "backend wrote {last} bytes to a client that reads nothing"
     );
     // Now read everything, byte for byte.
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        c.read_exact(&mut b).unwrap();
-        head.push(b[0]);
-    }
-    let mut got = 0;
-    let mut buf = vec![0u8; 256 * 1024];
-    while got < TOTAL {
-        let n = c.read(&mut buf).unwrap();
-        assert!(n > 0, "closed early at {got}");
-        assert!(buf[..n].iter().all(|&x| x == b'x'));
-        got += n;
-    }
-    assert_eq!(got, TOTAL);
+    let r = c.read_response().unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), TOTAL);
+    assert!(r.body == pattern(TOTAL, 5), "body differs");
     proxy.shutdown();
 }
 
 #[test]
 fn drain_gives_up_at_shutdown_timeout() {
-    use std::io::Read;
     // The backend would answer long after the test's own timeouts.
-    let b = Backend::tcp_slow("too-late", Duration::from_secs(60));
-    let mut cfg = config(&[&b], 1);
+    let b = Backend::slow("too-late", Duration::from_secs(60)).unwrap();
+    let mut cfg = loopback_config(vec![b.addr()], 1);
     cfg.runtime.shutdown_timeout = Duration::from_millis(300);
     let proxy = Proxy::start(cfg).unwrap();
-    let mut c = connect(&proxy.listen_addrs()[0]);
-    c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let start = std::time::Instant::now();
-    while b.requests() == 0 {
-        assert!(
-            start.elapsed() < TIMEOUT,
-            "request never reached the backend"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let mut c = in_flight(&proxy.listen_addrs()[0], "/", &b);
     proxy.drain();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        proxy.wait();
-        let _ = tx.send(());
+    within("workers exit at the shutdown timeout", TIMEOUT, move || {
+        proxy.wait()
     });
-    rx.recv_timeout(TIMEOUT)
-        .expect("workers exit at the shutdown timeout");
     // The unfinished exchange's connection was closed without a response.
-    let mut rest = Vec::new();
-    assert_eq!(c.read_to_end(&mut rest).unwrap_or(0), 0);
+    assert_eq!(c.read_until_closed().unwrap(), b"");
 }

@@ -1,10 +1,6 @@
-//! The fan-out client against real loopback backends (upkeep-testkit's, plus one raw backend
-//! written here for the keepalive race). Connection counts are taken at the backend.
+//! The fan-out client against real loopback backends (upkeep-testkit's). Connection counts are
+//! taken at the backend.
 
-use std::io::{Read, Write};
-use std::net::TcpListener;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_lite::StreamExt;
@@ -12,7 +8,7 @@ use smol::LocalExecutor;
 use upkeep_core::Address;
 use upkeep_core::config::{ServerConfig, UpstreamConfig};
 use upkeep_smol::{Client, Error, Request};
-use upkeep_testkit::backend::{Backend, Framing, closed_port};
+use upkeep_testkit::backend::{Backend, Behaviour, Framing, closed_port};
 use upkeep_testkit::pattern;
 
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -108,11 +104,7 @@ fn fan_out_to_four_backends_per_page() {
 fn concurrent_sends_to_one_backend_run_in_parallel_then_reuse() {
     // Each request is held 300 ms by the backend: had the client serialized them, one
     // connection would have carried all eight.
-    let backend = Backend::builder()
-        .name("slow")
-        .delay(Duration::from_millis(300))
-        .start()
-        .unwrap();
+    let backend = Backend::slow("slow", Duration::from_millis(300)).unwrap();
     let client = client_for(vec![group("slow", backend.addr())]);
     let ex = LocalExecutor::new();
     run(ex.run(async {
@@ -158,76 +150,40 @@ fn backend_closing_idle_connections() {
     assert_eq!(backend.accepted(), 2);
 }
 
-/// A backend that answers the first request on its first connection, then closes that
-/// connection when the second request arrives on it — the keepalive race, made deterministic.
-/// Every later connection answers normally.
-fn racing_backend() -> (Address, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = Address::Tcp(listener.local_addr().unwrap());
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let count = accepted.clone();
-    std::thread::spawn(move || {
-        for (i, stream) in listener.incoming().take(3).enumerate() {
-            let Ok(mut s) = stream else { return };
-            count.fetch_add(1, Ordering::SeqCst);
-            s.set_read_timeout(Some(PATIENCE)).unwrap();
-            s.set_write_timeout(Some(PATIENCE)).unwrap();
-            std::thread::spawn(move || {
-                let mut served = 0;
-                loop {
-                    if read_head(&mut s).is_none() {
-                        return;
-                    }
-                    if i == 0 && served == 1 {
-                        return; // close with the request unanswered
-                    }
-                    let body = format!("conn {i} request {served}");
-                    let resp = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
-                        body.len()
-                    );
-                    if s.write_all(resp.as_bytes()).is_err() {
-                        return;
-                    }
-                    served += 1;
-                }
-            });
-        }
-    });
-    (addr, accepted)
-}
-
-fn read_head(s: &mut impl Read) -> Option<Vec<u8>> {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        match s.read(&mut byte) {
-            Ok(1) => head.push(byte[0]),
-            _ => return None,
-        }
-    }
-    Some(head)
-}
-
 #[test]
 fn stale_pooled_connection_is_retried_for_idempotent_requests() {
-    let (addr, accepted) = racing_backend();
-    let client = client_for(vec![group("r", addr)]);
+    // The keepalive race, made deterministic: the backend answers the first request of a
+    // connection and closes it, unanswered, when a second request arrives on it.
+    let backend = Backend::builder()
+        .name("r")
+        .behaviour(Behaviour::CloseReused)
+        .start()
+        .unwrap();
+    let client = client_for(vec![group("r", backend.addr())]);
     run(async {
-        assert_eq!(
-            get_text(&client, "r", "/1").await,
-            (200, "conn 0 request 0".into())
-        );
+        assert_eq!(get_text(&client, "r", "/1").await, (200, "r GET /1".into()));
         // Rides the pooled connection, which the backend closes unanswered: retried on a
         // fresh connection, invisibly.
-        assert_eq!(
-            get_text(&client, "r", "/2").await,
-            (200, "conn 1 request 0".into())
-        );
+        assert_eq!(get_text(&client, "r", "/2").await, (200, "r GET /2".into()));
         let stats = client.stats().await.unwrap();
         assert_eq!(stats.groups[0].stale_retries, 1);
     });
-    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    assert_eq!(backend.accepted(), 2);
+    // (connection, position on it, target) of each request the backend read.
+    let seen: Vec<_> = backend
+        .log()
+        .iter()
+        .map(|r| (r.conn, r.seq, r.target.clone()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (0, 0, "/1".into()),
+            (0, 1, "/2".into()),
+            (1, 0, "/2".into())
+        ],
+        "/2 was answered as the first request of a fresh connection"
+    );
 }
 
 #[test]

@@ -2,32 +2,15 @@
 //! errors, Unix socket files. (Request handling is covered by the shared scenarios.)
 
 use std::net::TcpListener;
-use std::sync::mpsc;
 use std::time::Duration;
 
-use upkeep_core::{Address, Config};
+use upkeep_core::Address;
 use upkeep_smol::Proxy;
-use upkeep_testkit::TempDir;
 use upkeep_testkit::backend::Backend;
 use upkeep_testkit::client::{self, Client};
+use upkeep_testkit::{TempDir, loopback_config as config, tcp_addr, within};
 
 const PATIENCE: Duration = Duration::from_secs(10);
-
-fn config(servers: Vec<Address>, workers: usize) -> Config {
-    let mut c = Config::simple(Address::parse("127.0.0.1:0").unwrap(), servers);
-    c.runtime.workers = workers;
-    c
-}
-
-/// Runs `f` on a thread and waits for it at most `PATIENCE`.
-fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    rx.recv_timeout(PATIENCE)
-        .unwrap_or_else(|_| panic!("{what} did not finish within {PATIENCE:?}"))
-}
 
 #[test]
 fn two_workers_serve_one_port_each_with_its_own_pool() {
@@ -51,27 +34,18 @@ fn two_workers_serve_one_port_each_with_its_own_pool() {
 
 #[test]
 fn drain_finishes_the_exchange_in_flight_then_exits() {
-    let backend = Backend::builder()
-        .name("slow")
-        .delay(Duration::from_millis(500))
-        .start()
-        .unwrap();
+    let backend = Backend::slow("slow", Duration::from_millis(500)).unwrap();
     let proxy = Proxy::start(config(vec![backend.addr()], 1)).unwrap();
     let addr = proxy.listen_addrs()[0].clone();
-    let mut c = Client::connect(&addr).unwrap();
-    c.send(&client::get("/slow")).unwrap();
-    assert!(backend.wait_until(PATIENCE, |b| b.requests() == 1));
+    let mut c = client::in_flight(&addr, "/slow", &backend);
     proxy.drain();
     let r = c.read_response().unwrap();
     assert_eq!(r.status, 200, "the request in flight is answered");
     assert_eq!(r.text(), "slow GET /slow");
     assert!(c.closed_within(PATIENCE), "then its connection is closed");
-    within("wait() after drain", move || proxy.wait());
-    let Address::Tcp(sa) = addr else {
-        unreachable!()
-    };
+    within("wait() after drain", PATIENCE, move || proxy.wait());
     assert!(
-        std::net::TcpStream::connect(sa).is_err(),
+        std::net::TcpStream::connect(tcp_addr(&addr)).is_err(),
         "nothing listens after the drain"
     );
 }
@@ -82,7 +56,7 @@ fn shutdown_closes_idle_client_connections() {
     let proxy = Proxy::start(config(vec![backend.addr()], 1)).unwrap();
     let mut c = Client::connect(&proxy.listen_addrs()[0]).unwrap();
     assert_eq!(c.get("/").unwrap().status, 200);
-    within("shutdown()", move || proxy.shutdown());
+    within("shutdown()", PATIENCE, move || proxy.shutdown());
     assert!(c.closed_within(PATIENCE));
 }
 

@@ -5,19 +5,17 @@
 //! block) and asserts behaviour seen from outside: what a loopback backend observes.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_lite::future;
 use smol::LocalExecutor;
+use upkeep_core::Address;
 use upkeep_core::config::{ServerConfig, UpstreamConfig};
-use upkeep_core::{Address, Config};
 use upkeep_smol::{Client, Proxy, Request};
-use upkeep_testkit::backend::Backend;
+use upkeep_testkit::backend::{Backend, Behaviour};
 use upkeep_testkit::client;
-use upkeep_testkit::pattern;
+use upkeep_testkit::wire::Stream;
+use upkeep_testkit::{loopback_config as proxy_config, pattern};
 
 const PATIENCE: Duration = Duration::from_secs(10);
 
@@ -34,222 +32,28 @@ fn run<T>(f: impl std::future::Future<Output = T>) -> T {
     .expect("test finished within 60 s")
 }
 
-/// Polls `cond` every 20 ms for at most `within`.
-fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    loop {
-        if cond() {
-            return true;
-        }
-        if start.elapsed() > within {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// A backend that reads each request, writes `bytes` (perhaps nothing, perhaps a head and part
+/// of a body) and waits for the next: a connection it holds closes only when the peer closes
+/// it, so `open_connections()` dropping to 0 means the client under test closed it.
+fn stalling_backend(bytes: &[u8]) -> Backend {
+    Backend::builder()
+        .behaviour(Behaviour::Raw(bytes.to_vec()))
+        .start()
+        .unwrap()
 }
 
-/// What a [`RawBackend`] connection does once it has read a request head.
-#[derive(Clone)]
-enum Then {
-    /// Write these bytes (perhaps nothing, perhaps a head and part of a body), then only read
-    /// until the peer closes.
-    Stall(Vec<u8>),
-    /// Answer `200` with a `Content-Length` body of this many bytes, counting what the kernel
-    /// accepted in `written`; then read until the peer closes.
-    Stream(usize),
-    /// Answer `200 ok` to every request until the peer closes.
-    Answer,
+/// A keepalive backend answering `200 ok` to every request, with a listen backlog of `backlog`.
+fn ok_backend(backlog: i32) -> Backend {
+    Backend::builder()
+        .body("ok")
+        .backlog(backlog)
+        .start()
+        .unwrap()
 }
 
-/// A hand-written backend that reports what a well-behaved origin cannot: when the peer closes
-/// a connection it holds, and how far a big response has got.
-struct RawBackend {
-    addr: Address,
-    accepted: Arc<AtomicUsize>,
-    requests: Arc<AtomicUsize>,
-    /// Connections the peer (the proxy or client under test) has closed.
-    peer_closed: Arc<AtomicUsize>,
-    written: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-}
-
-impl Drop for RawBackend {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-    }
-}
-
-impl RawBackend {
-    fn start(then: Then, backlog: i32) -> RawBackend {
-        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-            .expect("socket");
-        let sa: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        socket.bind(&sa.into()).expect("bind");
-        socket.listen(backlog).expect("listen");
-        let listener: TcpListener = socket.into();
-        listener.set_nonblocking(true).unwrap();
-        let addr = Address::Tcp(listener.local_addr().unwrap());
-        let b = RawBackend {
-            addr,
-            accepted: Arc::default(),
-            requests: Arc::default(),
-            peer_closed: Arc::default(),
-            written: Arc::default(),
-            stop: Arc::default(),
-        };
-        let (accepted, requests, peer_closed, written, stop) = (
-            b.accepted.clone(),
-            b.requests.clone(),
-            b.peer_closed.clone(),
-            b.written.clone(),
-            b.stop.clone(),
-        );
-        std::thread::spawn(move || {
-            let deadline = Instant::now() + Duration::from_secs(90);
-            while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
-                let s = match listener.accept() {
-                    Ok((s, _)) => s,
-                    Err(_) => {
-                        std::thread::sleep(Duration::from_millis(2));
-                        continue;
-                    }
-                };
-                accepted.fetch_add(1, Ordering::SeqCst);
-                let (then, requests, peer_closed, written, stop) = (
-                    then.clone(),
-                    requests.clone(),
-                    peer_closed.clone(),
-                    written.clone(),
-                    stop.clone(),
-                );
-                std::thread::Builder::new()
-                    .stack_size(128 * 1024)
-                    .spawn(move || serve(s, then, &requests, &peer_closed, &written, &stop))
-                    .expect("backend thread");
-            }
-        });
-        b
-    }
-}
-
-fn serve(
-    mut s: TcpStream,
-    then: Then,
-    requests: &AtomicUsize,
-    peer_closed: &AtomicUsize,
-    written: &AtomicU64,
-    stop: &AtomicBool,
-) {
-    s.set_nonblocking(false).unwrap();
-    s.set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
-    s.set_write_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let alive = || !stop.load(Ordering::SeqCst) && Instant::now() < deadline;
-    let mut buf = Vec::new();
-    let mut byte = [0u8; 4096];
-    // Reads until a head is buffered: Ok(true); the peer closed: Ok(false); gave up: Err.
-    let mut read_head = |s: &mut TcpStream, buf: &mut Vec<u8>| -> Result<bool, ()> {
-        loop {
-            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                // Request bodies are not used by these tests beyond their length.
-                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                let len: usize = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .map_or(0, |v| v.trim().parse().unwrap_or(0));
-                if buf.len() >= end + 4 + len {
-                    buf.drain(..end + 4 + len);
-                    return Ok(true);
-                }
-            }
-            if !alive() {
-                return Err(());
-            }
-            match s.read(&mut byte) {
-                Ok(0) => return Ok(false),
-                Ok(n) => buf.extend_from_slice(&byte[..n]),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
-                Err(_) => return Ok(false),
-            }
-        }
-    };
-    loop {
-        match read_head(&mut s, &mut buf) {
-            Ok(true) => {}
-            Ok(false) => {
-                peer_closed.fetch_add(1, Ordering::SeqCst);
-                return;
-            }
-            Err(()) => return,
-        }
-        requests.fetch_add(1, Ordering::SeqCst);
-        match &then {
-            Then::Answer => {
-                if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-                    .is_err()
-                {
-                    return;
-                }
-                continue;
-            }
-            Then::Stall(bytes) => {
-                if s.write_all(bytes).is_err() {
-                    return;
-                }
-            }
-            Then::Stream(total) => {
-                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {total}\r\n\r\n");
-                if s.write_all(head.as_bytes()).is_err() {
-                    return;
-                }
-                let body = pattern(*total, 1);
-                let mut off = 0;
-                while off < body.len() && alive() {
-                    let end = (off + 64 * 1024).min(body.len());
-                    match s.write(&body[off..end]) {
-                        Ok(n) => {
-                            off += n;
-                            written.fetch_add(n as u64, Ordering::SeqCst);
-                        }
-                        Err(e)
-                            if matches!(
-                                e.kind(),
-                                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                            ) => {}
-                        Err(_) => return,
-                    }
-                }
-            }
-        }
-        // Only watch for the peer's close from now on.
-        loop {
-            if !alive() {
-                return;
-            }
-            match s.read(&mut byte) {
-                Ok(0) => {
-                    peer_closed.fetch_add(1, Ordering::SeqCst);
-                    return;
-                }
-                Ok(_) => {}
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
-                Err(_) => {
-                    peer_closed.fetch_add(1, Ordering::SeqCst);
-                    return;
-                }
-            }
-        }
-    }
+/// Waits until the backend has accepted `n` connections and the peer has closed every one.
+fn peer_closed_all(backend: &Backend, n: usize) -> bool {
+    backend.wait_until(PATIENCE, |b| b.accepted() == n && b.open_connections() == 0)
 }
 
 // ----- Client -----
@@ -259,12 +63,12 @@ fn serve(
 /// being held until the backend answers or `read_timeout` (60 s) passes.
 #[test]
 fn client_dropped_send_future_closes_its_upstream_connection() {
-    let backend = RawBackend::start(Then::Stall(Vec::new()), 128);
-    let client = Client::new([group("s", backend.addr.clone())]).unwrap();
+    let backend = stalling_backend(b"");
+    let client = Client::new([group("s", backend.addr())]).unwrap();
     run(async {
         let send = client.send("s", Request::get("/never"));
         let requested = async {
-            while backend.requests.load(Ordering::SeqCst) == 0 {
+            while backend.requests() == 0 {
                 smol::Timer::after(Duration::from_millis(10)).await;
             }
         };
@@ -277,7 +81,7 @@ fn client_dropped_send_future_closes_its_upstream_connection() {
         assert!(finished.is_none(), "the backend never answers");
     });
     assert!(
-        eventually(PATIENCE, || backend.peer_closed.load(Ordering::SeqCst) == 1),
+        peer_closed_all(&backend, 1),
         "the abandoned exchange's upstream connection is closed"
     );
     drop(client);
@@ -289,15 +93,15 @@ fn client_dropped_send_future_closes_its_upstream_connection() {
 #[test]
 fn client_dropped_response_with_stalled_body_closes_its_upstream_connection() {
     let partial = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nfirst ten.".to_vec();
-    let backend = RawBackend::start(Then::Stall(partial), 128);
-    let client = Client::new([group("s", backend.addr.clone())]).unwrap();
+    let backend = stalling_backend(&partial);
+    let client = Client::new([group("s", backend.addr())]).unwrap();
     run(async {
         let r = client.send("s", Request::get("/partial")).await.unwrap();
         assert_eq!(r.status(), 200);
         drop(r);
     });
     assert!(
-        eventually(PATIENCE, || backend.peer_closed.load(Ordering::SeqCst) == 1),
+        peer_closed_all(&backend, 1),
         "the dropped response's upstream connection is closed"
     );
     drop(client);
@@ -333,16 +137,20 @@ fn client_many_dropped_responses_leave_nothing_behind() {
 /// The last `Client` dropped: its driver thread closes the pooled upstream connections.
 #[test]
 fn client_dropped_closes_pooled_connections() {
-    let backend = RawBackend::start(Then::Answer, 128);
-    let client = Client::new([group("a", backend.addr.clone())]).unwrap();
+    let backend = ok_backend(128);
+    let client = Client::new([group("a", backend.addr())]).unwrap();
     run(async {
         let r = client.send("a", Request::get("/")).await.unwrap();
         assert_eq!(&r.bytes().await.unwrap()[..], b"ok");
     });
-    assert_eq!(backend.peer_closed.load(Ordering::SeqCst), 0, "pooled");
+    assert_eq!(
+        (backend.accepted(), backend.open_connections()),
+        (1, 1),
+        "pooled"
+    );
     drop(client);
     assert!(
-        eventually(PATIENCE, || backend.peer_closed.load(Ordering::SeqCst) == 1),
+        peer_closed_all(&backend, 1),
         "the pooled connection is closed with the client"
     );
 }
@@ -352,7 +160,7 @@ fn client_dropped_closes_pooled_connections() {
 #[test]
 fn client_post_on_a_dying_pooled_connection_is_not_retried() {
     let backend = Backend::builder()
-        .behaviour(upkeep_testkit::backend::Behaviour::ResetReused)
+        .behaviour(Behaviour::ResetReused)
         .start()
         .unwrap();
     let client = Client::new([group("p", backend.addr())]).unwrap();
@@ -413,11 +221,11 @@ fn client_used_from_several_threads_at_once() {
 /// 1000 sends at once against one backend: each gets its own upstream connection and answer.
 #[test]
 fn client_thousand_concurrent_sends() {
-    let backend = RawBackend::start(Then::Answer, 1024);
-    let client = Client::new([group("c", backend.addr.clone())]).unwrap();
+    let backend = ok_backend(1024);
+    let client = Client::new([group("c", backend.addr())]).unwrap();
     let statuses = thousand_sends(&client);
     assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 1000);
-    assert_eq!(backend.requests.load(Ordering::SeqCst), 1000);
+    assert_eq!(backend.requests(), 1000);
 }
 
 /// 1000 sends at once against a backend with an accept backlog of 8: the kernel leaves many
@@ -427,8 +235,8 @@ fn client_thousand_concurrent_sends() {
 /// hangs.
 #[test]
 fn client_thousand_concurrent_sends_small_backlog() {
-    let backend = RawBackend::start(Then::Answer, 8);
-    let mut g = group("c", backend.addr.clone());
+    let backend = ok_backend(8);
+    let mut g = group("c", backend.addr());
     g.read_timeout = Duration::from_secs(8);
     g.connect_timeout = Duration::from_secs(5);
     let client = Client::new([g]).unwrap();
@@ -472,17 +280,17 @@ fn thousand_sends(client: &Client) -> Vec<u16> {
 #[test]
 fn client_slow_consumer_backpressures_the_backend() {
     const TOTAL: usize = 96 << 20;
-    let backend = RawBackend::start(Then::Stream(TOTAL), 128);
-    let client = Client::new([group("s", backend.addr.clone())]).unwrap();
+    let backend = Backend::builder().pattern_body(TOTAL, 1).start().unwrap();
+    let client = Client::new([group("s", backend.addr())]).unwrap();
     run(async {
         let r = client.send("s", Request::get("/big")).await.unwrap();
         assert_eq!(r.status(), 200);
         // Wait for the backend's progress to stop (1 s without change, 20 s at most).
-        let mut last = u64::MAX;
+        let mut last = usize::MAX;
         let mut still = 0;
         for _ in 0..200 {
             smol::Timer::after(Duration::from_millis(100)).await;
-            let w = backend.written.load(Ordering::SeqCst);
+            let w = backend.bytes_written();
             if w == last {
                 still += 1;
                 if still >= 10 {
@@ -493,9 +301,9 @@ fn client_slow_consumer_backpressures_the_backend() {
                 last = w;
             }
         }
-        let stalled_at = backend.written.load(Ordering::SeqCst);
+        let stalled_at = backend.bytes_written();
         assert!(
-            stalled_at < (TOTAL / 2) as u64,
+            stalled_at < TOTAL / 2,
             "the backend wrote {stalled_at} of {TOTAL} bytes to a consumer that read nothing"
         );
         let body = r.bytes().await.unwrap();
@@ -506,26 +314,13 @@ fn client_slow_consumer_backpressures_the_backend() {
 
 // ----- Proxy -----
 
-fn proxy_config(servers: Vec<Address>, workers: usize) -> Config {
-    let mut c = Config::simple(Address::parse("127.0.0.1:0").unwrap(), servers);
-    c.runtime.workers = workers;
-    c
-}
-
 /// Calling `drain()` twice (two parts of an application both shutting down) is still a
 /// graceful drain: the exchange in flight is answered.
 #[test]
 fn proxy_drain_twice_is_still_graceful() {
-    let backend = Backend::builder()
-        .name("slow")
-        .delay(Duration::from_millis(500))
-        .start()
-        .unwrap();
+    let backend = Backend::slow("slow", Duration::from_millis(500)).unwrap();
     let proxy = Proxy::start(proxy_config(vec![backend.addr()], 1)).unwrap();
-    let addr = proxy.listen_addrs()[0].clone();
-    let mut c = client::Client::connect(&addr).unwrap();
-    c.send(&client::get("/slow")).unwrap();
-    assert!(backend.wait_until(PATIENCE, |b| b.requests() == 1));
+    let mut c = client::in_flight(&proxy.listen_addrs()[0], "/slow", &backend);
     proxy.drain();
     proxy.drain();
     let r = c.read_response().unwrap();
@@ -542,11 +337,7 @@ fn proxy_half_closed_slow_client_gets_the_whole_response() {
     const LEN: usize = 8 << 20;
     let backend = Backend::builder().pattern_body(LEN, 3).start().unwrap();
     let proxy = Proxy::start(proxy_config(vec![backend.addr()], 1)).unwrap();
-    let Address::Tcp(sa) = proxy.listen_addrs()[0].clone() else {
-        unreachable!()
-    };
-    let mut s = TcpStream::connect(sa).unwrap();
-    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut s = Stream::connect(&proxy.listen_addrs()[0]).unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     s.shutdown(std::net::Shutdown::Write).unwrap();
     let mut got = Vec::new();

@@ -75,6 +75,10 @@ pub enum Behaviour {
     /// Reset the connection (TCP RST: close with the request still unread) once a request
     /// arrives. On Unix sockets this is a plain close.
     Reset,
+    /// Answer the first request of each connection normally, and close the connection (FIN,
+    /// unanswered) when a second request arrives on it: the keepalive race, where the origin's
+    /// idle close crosses the proxy's reuse of the connection.
+    CloseReused,
     /// Answer the first request of each connection normally, and reset the connection when a
     /// second request arrives on it: a pooled connection that dies just as it is reused.
     ResetReused,
@@ -136,6 +140,7 @@ pub struct BackendBuilder {
     headers: Vec<(String, String)>,
     stray: Option<(Duration, Vec<u8>)>,
     bind: Bind,
+    backlog: Option<i32>,
 }
 
 #[derive(Clone, Debug)]
@@ -158,6 +163,7 @@ impl Default for BackendBuilder {
             headers: Vec::new(),
             stray: None,
             bind: Bind::V4,
+            backlog: None,
         }
     }
 }
@@ -240,6 +246,12 @@ impl BackendBuilder {
         self.bind = Bind::Unix;
         self
     }
+    /// The listen backlog of a TCP backend (the system's default otherwise): a small one makes
+    /// the kernel drop or stall connections, a large one takes a burst of connects at once.
+    pub fn backlog(mut self, n: i32) -> Self {
+        self.backlog = Some(n);
+        self
+    }
 
     /// Binds and starts accepting.
     pub fn start(self) -> io::Result<Backend> {
@@ -250,7 +262,7 @@ impl BackendBuilder {
                     Bind::V6 => Ipv6Addr::LOCALHOST.into(),
                     _ => Ipv4Addr::LOCALHOST.into(),
                 };
-                let l = TcpListener::bind(SocketAddr::new(ip, 0))?;
+                let l = bind_tcp(SocketAddr::new(ip, 0), self.backlog)?;
                 let a = l.local_addr()?;
                 (Listener::Tcp(l), Address::Tcp(a))
             }
@@ -272,6 +284,7 @@ impl BackendBuilder {
             accepted: AtomicUsize::new(0),
             requests: AtomicUsize::new(0),
             open: AtomicUsize::new(0),
+            written: AtomicUsize::new(0),
             log: Mutex::new(Vec::new()),
             threads: Mutex::new(Vec::new()),
         });
@@ -304,6 +317,7 @@ struct Shared {
     accepted: AtomicUsize,
     requests: AtomicUsize,
     open: AtomicUsize,
+    written: AtomicUsize,
     log: Mutex<Vec<RecordedRequest>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -317,6 +331,12 @@ impl Backend {
     /// Starts a default backend named `name`, answering `"<name> <method> <target>"`.
     pub fn identify(name: &str) -> io::Result<Backend> {
         Backend::builder().name(name).start()
+    }
+
+    /// Starts a default backend named `name` that waits `delay` before each answer (a request
+    /// that stays in flight long enough for a test to drain, reload or give up meanwhile).
+    pub fn slow(name: &str, delay: Duration) -> io::Result<Backend> {
+        Backend::builder().name(name).delay(delay).start()
     }
 
     /// Where it listens.
@@ -339,6 +359,12 @@ impl Backend {
         self.shared.open.load(Ordering::SeqCst)
     }
 
+    /// Response bytes (heads and bodies) the kernel has taken so far. A large body is written
+    /// in pieces, so this shows how far it got when the peer stops reading (backpressure).
+    pub fn bytes_written(&self) -> usize {
+        self.shared.written.load(Ordering::SeqCst)
+    }
+
     /// Every request received so far, in arrival order.
     pub fn log(&self) -> Vec<RecordedRequest> {
         self.shared.log.lock().unwrap().clone()
@@ -347,16 +373,7 @@ impl Backend {
     /// Polls `cond` until it holds or `within` passes; returns whether it held. For counts that
     /// settle asynchronously (a connection the proxy closes after answering).
     pub fn wait_until(&self, within: Duration, mut cond: impl FnMut(&Backend) -> bool) -> bool {
-        let start = Instant::now();
-        loop {
-            if cond(self) {
-                return true;
-            }
-            if start.elapsed() >= within {
-                return false;
-            }
-            std::thread::sleep(POLL);
-        }
+        crate::eventually(within, || cond(self))
     }
 }
 
@@ -378,6 +395,22 @@ impl Drop for Backend {
             }
         }
     }
+}
+
+/// Binds a TCP listener with `backlog` (std's default when `None`).
+fn bind_tcp(addr: SocketAddr, backlog: Option<i32>) -> io::Result<TcpListener> {
+    let Some(backlog) = backlog else {
+        return TcpListener::bind(addr);
+    };
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(backlog)?;
+    Ok(socket.into())
 }
 
 /// An address with nothing listening ("backend down"): binds 127.0.0.1:0, takes the port, and
@@ -533,6 +566,7 @@ fn serve(stream: Stream, index: usize, shared: &Shared) -> io::Result<()> {
 
         match &cfg.behaviour {
             Behaviour::CloseWithoutAnswer | Behaviour::Reset => return close(reader),
+            Behaviour::CloseReused if seq > 1 => return close(reader),
             Behaviour::Garbage => {
                 let _ = reader
                     .stream()
@@ -543,7 +577,7 @@ fn serve(stream: Stream, index: usize, shared: &Shared) -> io::Result<()> {
                 return tunnel(reader, &req, shared);
             }
             Behaviour::Raw(bytes) => {
-                reader.stream().write_all(bytes)?;
+                write_counted(reader.stream(), bytes, shared)?;
                 continue;
             }
             _ => {}
@@ -560,12 +594,23 @@ fn serve(stream: Stream, index: usize, shared: &Shared) -> io::Result<()> {
         let last = cfg.max_requests_per_conn.is_some_and(|n| seq >= n)
             || cfg.framing == Framing::CloseDelimited
             || wants_close(&req);
-        let response = build_response(cfg, &req, index, last);
-        reader.stream().write_all(&response)?;
+        let (head, body) = build_response(cfg, &req, index, last);
+        write_counted(reader.stream(), &head, shared)?;
+        write_counted(reader.stream(), &body, shared)?;
         if last {
             return close(reader);
         }
     }
+}
+
+/// Writes `bytes` in pieces, adding each to the backend's `written` count as the kernel takes
+/// it.
+fn write_counted(stream: &mut Stream, bytes: &[u8], shared: &Shared) -> io::Result<()> {
+    for piece in bytes.chunks(64 * 1024) {
+        stream.write_all(piece)?;
+        shared.written.fetch_add(piece.len(), Ordering::SeqCst);
+    }
+    Ok(())
 }
 
 fn close(mut reader: WireReader) -> io::Result<()> {
@@ -647,7 +692,13 @@ fn read_request_body(reader: &mut WireReader, req: &RecordedRequest) -> io::Resu
     }
 }
 
-fn build_response(cfg: &BackendBuilder, req: &RecordedRequest, conn: usize, last: bool) -> Vec<u8> {
+/// The response head and the (framed) body, apart: a large body is not copied behind its head.
+fn build_response(
+    cfg: &BackendBuilder,
+    req: &RecordedRequest,
+    conn: usize,
+    last: bool,
+) -> (Vec<u8>, Vec<u8>) {
     let seq = req.seq;
     let body = match &cfg.body {
         Body::Fixed(b) => b.clone(),
@@ -672,14 +723,12 @@ fn build_response(cfg: &BackendBuilder, req: &RecordedRequest, conn: usize, last
         head.push_str("Connection: close\r\n");
     }
     head.push_str("\r\n");
-    let mut out = head.into_bytes();
-    if !is_head {
-        match cfg.framing {
-            Framing::Chunked(size) => out.extend_from_slice(&wire::chunk_encode(&body, size)),
-            _ => out.extend_from_slice(&body),
-        }
-    }
-    out
+    let body = match cfg.framing {
+        _ if is_head => Vec::new(),
+        Framing::Chunked(size) => wire::chunk_encode(&body, size),
+        _ => body,
+    };
+    (head.into_bytes(), body)
 }
 
 /// 101, then echo bytes until either side closes.

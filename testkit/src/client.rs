@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use upkeep_core::Address;
 
+use crate::backend::Backend;
 use crate::wire::{Stream, WireReader, invalid, is_timeout};
 
 /// A parsed response.
@@ -198,6 +199,14 @@ impl Client {
         self.request(&get(target))
     }
 
+    /// `GET <target>` on this connection: (status, body as text). Panics on any I/O error.
+    pub fn get_text(&mut self, target: &str) -> (u16, String) {
+        let r = self
+            .get(target)
+            .unwrap_or_else(|e| panic!("GET {target}: {e}"));
+        (r.status, r.text())
+    }
+
     /// Writes every request in one write, then reads one response per request, in order.
     pub fn pipeline(&mut self, requests: &[Vec<u8>]) -> io::Result<Vec<Response>> {
         let all: Vec<u8> = requests.concat();
@@ -258,6 +267,21 @@ impl Client {
         closed
     }
 
+    /// Reads until the peer closes and returns what arrived first (nothing, after a complete
+    /// exchange on a connection the peer then closes). A reset counts as a close; a read timeout
+    /// is an error: a connection left open is not a closed one.
+    pub fn read_until_closed(&mut self) -> io::Result<Vec<u8>> {
+        loop {
+            match self.reader.fill_once() {
+                Ok(0) => return Ok(self.reader.take_buffered()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if is_timeout(&e) => return Err(e),
+                Err(_) => return Ok(self.reader.take_buffered()),
+            }
+        }
+    }
+
     /// The underlying stream (to change timeouts, for example).
     pub fn stream(&mut self) -> &mut Stream {
         self.reader.stream()
@@ -277,4 +301,34 @@ pub fn keepalive_requests(
 ) -> io::Result<Vec<Response>> {
     let mut c = Client::connect(addr)?;
     (0..n).map(|i| c.request(&make(i))).collect()
+}
+
+/// `GET <target>` on a fresh connection: (status, body as text). Panics on any I/O error.
+pub fn get_text(addr: &Address, target: &str) -> (u16, String) {
+    let r = one_shot(addr, &get(target)).unwrap_or_else(|e| panic!("GET {target} via {addr}: {e}"));
+    (r.status, r.text())
+}
+
+/// The value of the sample `sample` (`name{labels}`, exactly as printed) in a Prometheus text
+/// page; panics, showing the page, when it is missing.
+pub fn metric(text: &str, sample: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample).and_then(|v| v.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("{sample} missing in:\n{text}"))
+        .parse()
+        .unwrap_or_else(|e| panic!("{sample}: {e}"))
+}
+
+/// Connects to `addr`, sends `GET <target>` and waits until `backend` has read one more request
+/// (panics after 10 s): a request in flight, for a test that drains, reloads or stops meanwhile.
+/// Read its response with [`Client::read_response`].
+pub fn in_flight(addr: &Address, target: &str, backend: &Backend) -> Client {
+    let before = backend.requests();
+    let mut c = Client::connect(addr).unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+    c.send(&get(target)).unwrap();
+    assert!(
+        backend.wait_until(crate::wire::IO_TIMEOUT, |b| b.requests() > before),
+        "GET {target} never reached the backend"
+    );
+    c
 }

@@ -22,9 +22,20 @@
 pub mod backend;
 pub mod client;
 pub mod scenarios;
+pub mod wait;
 pub mod wire;
 
-pub use wire::{TempDir, pattern};
+pub use wait::{eventually, within};
+pub use wire::{TempDir, pattern, tcp_addr};
+
+/// `Config::simple` listening on 127.0.0.1:0 in front of `servers`, with `workers` workers (the
+/// starting point of most runtime tests, which then adjust a field or two).
+pub fn loopback_config(servers: Vec<upkeep_core::Address>, workers: usize) -> upkeep_core::Config {
+    let listen = upkeep_core::Address::Tcp((std::net::Ipv4Addr::LOCALHOST, 0).into());
+    let mut config = upkeep_core::Config::simple(listen, servers);
+    config.runtime.workers = workers;
+    config
+}
 
 /// A proxy started by a runtime for a scenario.
 pub trait RunningProxy {

@@ -110,6 +110,14 @@ impl Write for Stream {
     }
 }
 
+/// The socket address of a TCP address; panics on a Unix one (a test that needs a port).
+pub fn tcp_addr(addr: &Address) -> std::net::SocketAddr {
+    match addr {
+        Address::Tcp(sa) => *sa,
+        Address::Unix(p) => panic!("not a TCP address: unix:{p}"),
+    }
+}
+
 /// True for the error kinds a socket read timeout produces.
 pub fn is_timeout(e: &io::Error) -> bool {
     matches!(
