@@ -252,6 +252,15 @@ impl ServerConfig {
 /// instead, because reuse is most-recently-used first and the idle timeout closes the cold tail.
 pub const DEFAULT_KEEPALIVE: usize = 1024;
 
+/// The default number of requests per upstream connection.
+///
+/// nginx retires an upstream connection after 1000 requests because its per-connection memory
+/// pools only grow; a connection here holds nothing that grows, so the limit only costs a new
+/// connection (handshake, slow start, a TIME_WAIT socket) every N requests. At 1000, a busy
+/// worker behind 64 clients opens ~100 connections per 100k requests for that alone; at 10,000,
+/// ~10. `keepalive_time` (1 h) still bounds a connection's life.
+pub const DEFAULT_KEEPALIVE_REQUESTS: u32 = 10_000;
+
 /// A named group of servers with its pool and timeout settings (nginx `upstream {}` plus the
 /// `proxy_*` directives that apply to it).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -267,7 +276,8 @@ pub struct UpstreamConfig {
     pub keepalive: usize,
     /// Idle pooled connection lifetime (nginx `keepalive_timeout`, 60s).
     pub keepalive_timeout: Duration,
-    /// Requests per upstream connection before it is retired (nginx `keepalive_requests`, 1000).
+    /// Requests per upstream connection before it is retired (nginx `keepalive_requests`).
+    /// Default [`DEFAULT_KEEPALIVE_REQUESTS`] (nginx: 1000).
     pub keepalive_requests: u32,
     /// Maximum age of an upstream connection before it is retired (nginx `keepalive_time`, 1h).
     pub keepalive_time: Duration,
@@ -297,7 +307,7 @@ impl UpstreamConfig {
             balance: Balance::RoundRobin,
             keepalive: DEFAULT_KEEPALIVE,
             keepalive_timeout: Duration::from_secs(60),
-            keepalive_requests: 1000,
+            keepalive_requests: DEFAULT_KEEPALIVE_REQUESTS,
             keepalive_time: Duration::from_secs(3600),
             pool_key: PoolKeyMode::Server,
             connect_timeout: Duration::from_secs(60),
