@@ -1,0 +1,1 @@
+//! The load comparison's report (filled in below).
