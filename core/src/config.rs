@@ -19,7 +19,11 @@
 //! documented on its field. Durations are strings with units, sizes are integers (bytes) or
 //! strings such as `"16k"`, addresses are strings, enums are snake_case strings.
 //!
-//! - `[[listen]]` tables with `addr` (a plain string per listener is also accepted:
+//! - Top-level keys for the runtimes ([`RuntimeOptions`]): `workers` (0 = one per core),
+//!   `admin` (address of the `/metrics` `/status` `/ready` listener), `access_log` (`"off"`,
+//!   `"-"` for stdout, `"stderr"`, or a path), `shutdown_timeout` (graceful drain limit, `"30s"`).
+//! - `[[listen]]` tables with `addr` and an optional `upstream` (the group for requests that
+//!   match no route; a plain string per listener is also accepted:
 //!   `listen = ["127.0.0.1:8080", "unix:/run/upkeep.sock"]`). Index = [`ListenerId`](crate::ListenerId).
 //! - `[[upstream]]` tables with a `name`: an **array**, not `[upstream.NAME]`, because group order
 //!   is meaningful (index = [`UpstreamId`](crate::UpstreamId); the first group takes every request
@@ -44,11 +48,17 @@
 //! use upkeep_core::config::{Balance, Config, PoolKeyMode};
 //!
 //! let text = r#"
+//! workers = 2
+//! admin = "127.0.0.1:9901"
+//! access_log = "/var/log/upkeep/access.log"
+//! shutdown_timeout = "20s"
+//!
 //! [[listen]]
 //! addr = "127.0.0.1:8080"
 //!
 //! [[listen]]
 //! addr = "unix:/run/upkeep.sock"
+//! upstream = "static"
 //!
 //! [[upstream]]
 //! name = "app"
@@ -116,6 +126,9 @@
 //! assert_eq!(config.client_timeouts.header, Duration::from_secs(10));
 //! assert_eq!(config.limits.max_request_line, 8192);
 //! assert_eq!(config.headers.via, None);
+//! assert_eq!(config.runtime.workers, 2);
+//! assert_eq!(config.runtime.shutdown_timeout, Duration::from_secs(20));
+//! assert_eq!(config.listeners[1].upstream.as_deref(), Some("static"));
 //! # }
 //! ```
 
@@ -144,6 +157,20 @@ pub enum Address {
 pub struct ListenerConfig {
     /// Address to bind.
     pub addr: Address,
+    /// Group for requests on this listener that match no route (nginx: a `server {}` block whose
+    /// `location /` does `proxy_pass http://NAME`). `None`: the first group when no routes are
+    /// configured, else 404. Also how a library user binds one virtual listener per group.
+    pub upstream: Option<String>,
+}
+
+impl ListenerConfig {
+    /// A listener on `addr` with no default group of its own.
+    pub fn new(addr: Address) -> ListenerConfig {
+        ListenerConfig {
+            addr,
+            upstream: None,
+        }
+    }
 }
 
 /// How a group picks a server for a request.
@@ -367,6 +394,34 @@ impl Default for HeaderOptions {
     }
 }
 
+/// Process-level settings the runtimes share (the core itself ignores them; they live here so one
+/// file, one parser and one validator serve the mio binary and the smol proxy).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuntimeOptions {
+    /// Worker threads, each with its own core and pool (nginx `worker_processes`); 0 = one per
+    /// CPU core (nginx `auto`).
+    pub workers: usize,
+    /// Admin listener serving `/metrics`, `/status` and `/ready`; `None` = off.
+    pub admin: Option<Address>,
+    /// Access log: `None` = off, `"-"` = stdout, `"stderr"`, or a file path (appended to,
+    /// reopened on SIGUSR1).
+    pub access_log: Option<String>,
+    /// Longest a graceful drain (SIGTERM/SIGQUIT, or the old workers after a reload) may take
+    /// before the remaining connections are closed.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for RuntimeOptions {
+    fn default() -> Self {
+        RuntimeOptions {
+            workers: 0,
+            admin: None,
+            access_log: None,
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
 /// Everything a [`Core`](crate::Core) needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -382,13 +437,16 @@ pub struct Config {
     pub limits: Limits,
     /// Added headers.
     pub headers: HeaderOptions,
+    /// Process-level settings for the runtimes (TOML: top-level `workers`, `admin`,
+    /// `access_log`, `shutdown_timeout`).
+    pub runtime: RuntimeOptions,
 }
 
 impl Config {
     /// One listener in front of one round-robin group of `servers`, everything else default.
     pub fn simple(listen: Address, servers: Vec<Address>) -> Config {
         Config {
-            listeners: vec![ListenerConfig { addr: listen }],
+            listeners: vec![ListenerConfig::new(listen)],
             upstreams: vec![UpstreamConfig::new(
                 "default",
                 servers.into_iter().map(ServerConfig::new).collect(),
@@ -397,6 +455,7 @@ impl Config {
             client_timeouts: ClientTimeouts::default(),
             limits: Limits::default(),
             headers: HeaderOptions::default(),
+            runtime: RuntimeOptions::default(),
         }
     }
 }

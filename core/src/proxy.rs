@@ -128,17 +128,40 @@ pub enum Input<'a> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AtCapacity;
 
-/// What the proxy knows about a finished exchange (for access logs).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What the proxy knows about a finished exchange (for access logs and latency histograms).
+///
+/// Recorded when the response's last byte is queued to the client (or the proxy's own error
+/// response is). Upgraded (tunnelled) exchanges and exchanges cut short by a client or upstream
+/// failure mid-response are not recorded.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExchangeInfo {
     /// Client connection.
     pub client: ConnId,
+    /// Listener the client connection arrived on.
+    pub listener: ListenerId,
     /// Status sent to the client.
     pub status: u16,
     /// Server that answered, if any.
     pub server: Option<ServerId>,
     /// Whether that answer came over a reused pooled connection.
     pub reused: bool,
+    /// Method and target as received (`GET /x?y`), recorded only after
+    /// [`Core::record_requests`]`(true)` (one small copy per request, for access logs); empty
+    /// otherwise and when the request head could not be parsed. With `version` it gives an
+    /// access log's `"$request"`.
+    pub request: Bytes,
+    /// The client's HTTP version.
+    pub version: Version,
+    /// When the request began: its first byte (the accept, for a connection's first request).
+    pub started: Time,
+    /// When the response head was queued to the client (upstream's or our own).
+    pub response_at: Option<Time>,
+    /// When the response's last byte was queued to the client.
+    pub finished: Time,
+    /// Bytes queued to the client for this exchange (heads, interim responses and body).
+    pub bytes_sent: u64,
+    /// Request body bytes received from the client.
+    pub bytes_received: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -195,6 +218,12 @@ struct Exchange {
     resp_out: OutBody,
     resp_started: bool,
     status: u16,
+    /// For [`ExchangeInfo`]: `METHOD target` (only with `record_requests`), when the request
+    /// began and its response head was queued, and the bytes queued to the client.
+    request: Bytes,
+    started: Time,
+    response_at: Option<Time>,
+    bytes_sent: u64,
 }
 
 impl Exchange {
@@ -225,12 +254,17 @@ impl Exchange {
             resp_out: OutBody::None,
             resp_started: false,
             status: 0,
+            request: Bytes::new(),
+            started: Time::ZERO,
+            response_at: None,
+            bytes_sent: 0,
         }
     }
 }
 
 #[derive(Debug)]
 struct Client {
+    listener: ListenerId,
     peer: Option<IpAddr>,
     peer_hash: u64,
     requests: u32,
@@ -274,6 +308,9 @@ struct Upstream {
     responded: bool,
 }
 
+// Slab slots are reused, so the size difference costs memory per slot, not allocations; boxing
+// the client side would cost one allocation per accepted connection instead.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 enum Role {
     Client(Client),
@@ -324,6 +361,7 @@ pub struct Core {
     ready: VecDeque<ConnId>,
     finished: VecDeque<ExchangeInfo>,
     record_exchanges: bool,
+    record_requests: bool,
     stats: Stats,
     head: Head,
     limits: HeadLimits,
@@ -377,6 +415,7 @@ impl Core {
             ready: VecDeque::new(),
             finished: VecDeque::new(),
             record_exchanges: false,
+            record_requests: false,
             stats,
             head: Head::new(),
             limits,
@@ -446,9 +485,18 @@ impl Core {
     }
 
     /// Record an [`ExchangeInfo`] for every finished exchange, to be taken with
-    /// [`Core::poll_exchange`] (off by default: access logs turn it on).
+    /// [`Core::poll_exchange`] (off by default; status counters and latency histograms turn it
+    /// on). Take records after every call: they queue until taken. Allocation-free once the
+    /// queue has grown to its working size.
     pub fn record_exchanges(&mut self, on: bool) {
         self.record_exchanges = on;
+    }
+
+    /// Also copy each request's `METHOD target` into [`ExchangeInfo::request`] (for access logs;
+    /// one small allocation per request, so off by default). Implies nothing unless
+    /// [`record_exchanges`](Core::record_exchanges) is on.
+    pub fn record_requests(&mut self, on: bool) {
+        self.record_requests = on;
     }
 
     /// The next finished exchange, if recording.
@@ -500,7 +548,6 @@ impl Core {
         listener: ListenerId,
         peer: Option<IpAddr>,
     ) -> Result<ConnId, AtCapacity> {
-        let _ = listener;
         if self.draining || self.clients >= self.config.limits.max_client_connections {
             self.stats.refused += 1;
             return Err(AtCapacity);
@@ -512,6 +559,7 @@ impl Core {
             id,
             buf: Buffers::new(now),
             role: Role::Client(Client {
+                listener,
                 peer,
                 peer_hash,
                 requests: 0,
@@ -744,6 +792,9 @@ impl Core {
 
     fn push(&mut self, now: Time, id: ConnId, b: Bytes) {
         if let Some(c) = conn_mut(&mut self.conns, id) {
+            if let Role::Client(cl) = &mut c.role {
+                cl.ex.bytes_sent += b.len() as u64;
+            }
             c.buf.push(now, b);
             touch(&mut self.touched, id);
             self.signal_write(id);
@@ -1240,6 +1291,20 @@ impl Core {
         };
         cl.requests += 1;
         let ex = &mut cl.ex;
+        ex.started = cl.since;
+        ex.request = if self.record_requests {
+            let target = head.target.of(&c.buf.rbuf);
+            let method = head.method_name.of(&c.buf.rbuf);
+            let mut line = Vec::with_capacity(method.len() + 1 + target.len());
+            line.extend_from_slice(method);
+            line.push(b' ');
+            line.extend_from_slice(target);
+            Bytes::from(line)
+        } else {
+            Bytes::new()
+        };
+        ex.response_at = None;
+        ex.bytes_sent = 0;
         ex.method = head.method;
         ex.version = head.version;
         ex.keep_alive = head.persistent()
@@ -1265,7 +1330,7 @@ impl Core {
         let target = head.target.of(&c.buf.rbuf);
         let path = target.split(|&b| b == b'?').next().unwrap_or(target);
         let host = head.host.map(|h| h.of(&c.buf.rbuf));
-        let route = self.router.route(host, path);
+        let route = self.router.route_from(cl.listener, host, path);
         let max_body = self.config.limits.max_body;
         let too_big = matches!(head.body, BodyKind::Length(n) if max_body > 0 && n > max_body);
         ex.req_decoder = BodyDecoder::new(head.body);
@@ -1565,6 +1630,19 @@ impl Core {
             return;
         };
         let in_exchange = cl.phase == Phase::Exchange;
+        if !in_exchange {
+            // No exchange started (an unparsable head, a timeout): nothing of the previous
+            // exchange belongs in this one's record.
+            let since = cl.since;
+            let ex = &mut cl.ex;
+            ex.server = None;
+            ex.reused = false;
+            ex.req_head = Bytes::new();
+            ex.request = Bytes::new();
+            ex.req_bytes = 0;
+            ex.started = since;
+            ex.bytes_sent = 0;
+        }
         if in_exchange && cl.ex.resp_started {
             // A response is already on its way: a second one would be read as part of its body.
             // The only honest signal left is an abortive close.
@@ -1584,9 +1662,10 @@ impl Core {
         if let Some(Role::Client(cl)) = conn_mut(&mut self.conns, id).map(|c| &mut c.role) {
             cl.ex.status = status;
             cl.ex.resp = Resp::Done;
+            cl.ex.response_at = Some(now);
         }
-        self.record(id);
         self.push(now, id, b);
+        self.record(now, id);
         if keep {
             self.end_exchange(now, id);
         } else {
@@ -1632,16 +1711,26 @@ impl Core {
         self.out.push_back(Output::Shutdown { conn: id });
     }
 
-    fn record(&mut self, id: ConnId) {
+    fn record(&mut self, now: Time, id: ConnId) {
         if !self.record_exchanges {
             return;
         }
         let Some(cl) = self.client(id) else { return };
+        let ex = &cl.ex;
+        let request = ex.request.clone();
         let info = ExchangeInfo {
             client: id,
-            status: cl.ex.status,
-            server: cl.ex.server.map(|s| self.servers[s as usize]),
-            reused: cl.ex.reused,
+            listener: cl.listener,
+            status: ex.status,
+            server: ex.server.map(|s| self.servers[s as usize]),
+            reused: ex.reused,
+            request,
+            version: ex.version,
+            started: ex.started,
+            response_at: ex.response_at,
+            finished: now,
+            bytes_sent: ex.bytes_sent,
+            bytes_received: ex.req_bytes,
         };
         self.finished.push_back(info);
     }
@@ -1888,6 +1977,7 @@ impl Core {
         };
         cl.ex.status = status;
         cl.ex.resp_started = true;
+        cl.ex.response_at = Some(now);
         cl.ex.resp_decoder = BodyDecoder::new(body);
         cl.ex.resp_in_chunked = body == BodyKind::Chunked;
         cl.ex.resp_out = out;
@@ -2036,7 +2126,7 @@ impl Core {
         };
         cl.ex.resp = Resp::Done;
         cl.ex.upstream = None;
-        self.record(cid);
+        self.record(now, cid);
         let Some(Role::Client(cl)) = conn_mut(&mut self.conns, cid).map(|c| &mut c.role) else {
             return;
         };

@@ -3,15 +3,17 @@
 //! [`Router::new`] precomputes the routes of a validated [`Config`](crate::Config) into match
 //! order; [`Router::route`] then walks them without allocating. The rules:
 //!
-//! - no routes configured → every request goes to the first group, `UpstreamId(0)`;
+//! - no routes configured → every request goes to the first group, `UpstreamId(0)`, unless its
+//!   listener names a group of its own ([`ListenerConfig::upstream`](crate::config::ListenerConfig));
 //! - a route matches when its host (if any) equals the request's Host — ASCII
 //!   case-insensitively, ignoring a `:port` suffix and a trailing dot on either side — and its
 //!   `path_prefix` is a byte prefix of the request target up to the first `?`;
 //! - among matching routes the longest prefix wins; at equal length a host-specific route beats
 //!   a host-less one, and then the first listed wins;
-//! - nothing matches → `None` (the engine answers 404).
+//! - nothing matches → the listener's own group if it names one ([`Router::route_from`]), else
+//!   `None` (the engine answers 404).
 
-use crate::UpstreamId;
+use crate::{ListenerId, UpstreamId};
 
 #[derive(Debug, Clone)]
 struct Entry {
@@ -28,6 +30,8 @@ pub struct Router {
     entries: Vec<Entry>,
     /// No routes configured: everything goes to group 0.
     catch_all: bool,
+    /// Per listener: the group its requests go to when no route matches.
+    listener_default: Vec<Option<UpstreamId>>,
 }
 
 /// The host part of a Host header value: surrounding whitespace, a `:port` suffix and a
@@ -81,9 +85,37 @@ impl Router {
                 .then(b.host.is_some().cmp(&a.host.is_some()))
                 .then(ia.cmp(ib))
         });
+        let group_of = |name: &str| {
+            let i = config.upstreams.iter().position(|u| u.name == name)?;
+            Some(UpstreamId(u32::try_from(i).ok()?))
+        };
         Router {
             entries: indexed.into_iter().map(|(_, e)| e).collect(),
             catch_all: config.routes.is_empty(),
+            listener_default: config
+                .listeners
+                .iter()
+                .map(|l| l.upstream.as_deref().and_then(group_of))
+                .collect(),
+        }
+    }
+
+    /// Like [`route`](Router::route) for a request that arrived on `listener`: when no route
+    /// matches, the listener's own group (if it names one) comes before the catch-all.
+    pub fn route_from(
+        &self,
+        listener: ListenerId,
+        host: Option<&[u8]>,
+        path: &[u8],
+    ) -> Option<UpstreamId> {
+        let own = self
+            .listener_default
+            .get(listener.0 as usize)
+            .copied()
+            .flatten();
+        match own {
+            Some(group) => self.matching(host, path).or(Some(group)),
+            None => self.route(host, path),
         }
     }
 
@@ -93,6 +125,11 @@ impl Router {
         if self.catch_all {
             return Some(UpstreamId(0));
         }
+        self.matching(host, path)
+    }
+
+    /// The first configured route that matches, if any.
+    fn matching(&self, host: Option<&[u8]>, path: &[u8]) -> Option<UpstreamId> {
         let path = match path.iter().position(|&b| b == b'?') {
             Some(q) => &path[..q],
             None => path,
@@ -214,5 +251,34 @@ mod tests {
         ] {
             assert_eq!(bare_host(input.as_bytes()), want.as_bytes(), "{input:?}");
         }
+    }
+
+    #[test]
+    fn listener_group_is_the_fallback() {
+        // No routes: a listener with its own group sends everything there, others to group 0.
+        let mut c = config(&[]);
+        c.listeners.push(crate::config::ListenerConfig {
+            addr: Address::parse("127.0.0.1:81").unwrap(),
+            upstream: Some("two".into()),
+        });
+        c.validate().unwrap();
+        let r = Router::new(&c);
+        assert_eq!(r.route_from(ListenerId(0), None, b"/"), Some(UpstreamId(0)));
+        assert_eq!(r.route_from(ListenerId(1), None, b"/"), Some(UpstreamId(2)));
+        // With routes: a matching route still wins; no match → the listener's group, not 404.
+        let mut c = config(&[(None, "/api", "one")]);
+        c.listeners[0].upstream = Some("three".into());
+        let r = Router::new(&c);
+        assert_eq!(
+            r.route_from(ListenerId(0), None, b"/api/x"),
+            Some(UpstreamId(1))
+        );
+        assert_eq!(
+            r.route_from(ListenerId(0), None, b"/else"),
+            Some(UpstreamId(3))
+        );
+        assert_eq!(r.route(None, b"/else"), None);
+        // An unknown listener index behaves like one without a group.
+        assert_eq!(r.route_from(ListenerId(9), None, b"/else"), None);
     }
 }

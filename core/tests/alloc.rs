@@ -24,6 +24,8 @@ fn steady_state_cycle_makes_no_heap_allocation() {
     config.upstreams[0].keepalive_requests = u32::MAX;
     config.limits.client_keepalive_requests = u32::MAX;
     let mut d = Direct::new(config);
+    // Runtimes record every exchange (status counters, latency histogram): that must be free too.
+    d.core.record_exchanges(true);
 
     let get = b"GET /item?id=42 HTTP/1.1\r\nHost: shop.example\r\nUser-Agent: bench\r\nAccept: */*\r\n\r\n";
     let small = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\n0123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789";
@@ -40,6 +42,14 @@ fn steady_state_cycle_makes_no_heap_allocation() {
             get,
             &[big_head, &body_64k[..16 * 1024], &body_64k[16 * 1024..]],
         );
+        let mut statuses = [0u16; 4];
+        for (slot, e) in statuses
+            .iter_mut()
+            .zip(core::iter::from_fn(|| d.core.poll_exchange()))
+        {
+            *slot = e.status;
+        }
+        assert_eq!(statuses, [200, 201, 200, 0], "one record per exchange");
         let u = d.upstream.expect("connected");
         assert!(
             d.core.is_pooled(u),

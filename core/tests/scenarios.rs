@@ -1326,3 +1326,109 @@ fn eof_after_a_partial_request_closes_without_an_answer() {
     assert!(h.take_client(c).is_empty());
     assert_eq!(connects(&h), 0);
 }
+
+// ----- exchange records (access logs, latency histograms) -----
+
+#[test]
+fn exchange_records_describe_each_response() {
+    let mut h = harness();
+    h.core.record_exchanges(true);
+    h.core.record_requests(true);
+    let c = h.connect_client();
+    h.advance(Duration::from_millis(5));
+    // First exchange: a fresh upstream connection, 10 ms to the response head.
+    h.client_send(
+        c,
+        b"POST /up?x=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc",
+    );
+    let u = busy_upstream(&h).unwrap();
+    requests(&mut h, u);
+    h.advance(Duration::from_millis(10));
+    h.upstream_send(u, &ok("hello"));
+    let sent = h.take_client(c).len() as u64;
+    let first = h.core.poll_exchange().expect("recorded");
+    assert_eq!(first.client, c);
+    assert_eq!(first.listener, upkeep_core::ListenerId(0));
+    assert_eq!(first.status, 200);
+    assert_eq!(&first.request[..], b"POST /up?x=1");
+    assert_eq!(first.version, upkeep_core::framing::Version::Http11);
+    assert!(!first.reused);
+    assert_eq!(first.server, Some(h.core.servers()[0]));
+    assert_eq!(first.bytes_received, 3);
+    assert_eq!(first.bytes_sent, sent);
+    // The first request's clock starts at the accept (nginx's $request_time does too).
+    assert_eq!(
+        first.finished.since(first.started),
+        Duration::from_millis(15)
+    );
+    assert_eq!(first.response_at, Some(first.finished));
+    assert_eq!(h.core.poll_exchange(), None);
+
+    // Second exchange on the same connections: reused, started at its first byte.
+    h.advance(Duration::from_millis(100));
+    h.client_send(c, b"GET /two HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+    requests(&mut h, u);
+    h.advance(Duration::from_millis(7));
+    h.upstream_send(u, &ok("hi"));
+    let second = h.core.poll_exchange().expect("recorded");
+    assert_eq!(&second.request[..], b"GET /two");
+    assert_eq!(second.version, upkeep_core::framing::Version::Http10);
+    assert!(second.reused);
+    assert_eq!(second.bytes_received, 0);
+    assert_eq!(second.bytes_sent, h.take_client(c).len() as u64);
+    assert_eq!(
+        second.finished.since(second.started),
+        Duration::from_millis(7)
+    );
+
+    // A request we refuse ourselves: our status, no server, nothing of the previous exchange.
+    h.client_send(
+        c,
+        b"GET /bad HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+    );
+    let third = h.core.poll_exchange().expect("recorded");
+    assert_eq!(third.status, 400);
+    assert_eq!(third.server, None);
+    assert!(!third.reused);
+    assert!(third.request.is_empty());
+    assert_eq!(third.bytes_sent, h.take_client(c).len() as u64);
+    assert!(third.bytes_sent > 0);
+}
+
+#[test]
+fn a_listener_with_its_own_group_sends_unrouted_requests_there() {
+    let mut config = config(1);
+    config.upstreams[0].name = "web".into();
+    config
+        .upstreams
+        .push(upkeep_core::config::UpstreamConfig::new(
+            "api",
+            vec![ServerConfig::new(Address::parse("127.0.0.1:9100").unwrap())],
+        ));
+    let mut second =
+        upkeep_core::config::ListenerConfig::new(Address::parse("127.0.0.1:8081").unwrap());
+    second.upstream = Some("api".into());
+    config.listeners.push(second);
+    let mut h = Harness::new(config);
+    let api = h.core.servers()[1];
+    // Listener 0 (no group of its own, no routes): the first group.
+    let c0 = h.connect_client();
+    h.client_send(c0, &get("/x"));
+    let servers = |h: &Harness| h.upstreams.values().map(|e| e.server).collect::<Vec<_>>();
+    assert_eq!(servers(&h), [Some(h.core.servers()[0])]);
+    // Listener 1: its own group.
+    let c1 = h
+        .core
+        .accept(h.now, upkeep_core::ListenerId(1), None)
+        .unwrap();
+    h.clients.insert(
+        c1,
+        upkeep_core::sim::Endpoint {
+            reading: true,
+            ..Default::default()
+        },
+    );
+    h.pump();
+    h.client_send(c1, &get("/x"));
+    assert_eq!(servers(&h), [Some(h.core.servers()[0]), Some(api)]);
+}

@@ -1,1 +1,371 @@
-//! The upkeep proxy on mio (work in progress).
+//! upkeep-mio: the `upkeep` reverse proxy — [`upkeep_core`] driven by one mio event loop per
+//! worker thread.
+//!
+//! Each worker owns a `mio::Poll`, a [`Core`](upkeep_core::Core) (and so its own keepalive pool,
+//! like an nginx worker process), its own `SO_REUSEPORT` socket per TCP listen address (the
+//! kernel spreads accepts across workers) and a clone of every Unix listening socket. Workers
+//! share nothing on the request path; the main thread reaches them through a command channel
+//! and a `mio::Waker` (drain, stop, counter snapshots, log reopening).
+//!
+//! ```no_run
+//! use upkeep_core::{Address, Config};
+//!
+//! let config = Config::simple(
+//!     Address::parse("127.0.0.1:8080").unwrap(),
+//!     vec![Address::parse("127.0.0.1:9001").unwrap()],
+//! );
+//! let proxy = upkeep_mio::Proxy::start(config)?;
+//! println!("listening on {}", proxy.listen_addrs()[0]);
+//! proxy.drain(); // graceful: finish in-flight requests
+//! proxy.wait();
+//! # Ok::<(), std::io::Error>(())
+//! ```
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs, missing_debug_implementations)]
+
+mod access_log;
+mod admin;
+mod clock;
+pub mod metrics;
+mod net;
+mod worker;
+
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use upkeep_core::{Address, Config};
+
+use crate::admin::Admin;
+use crate::metrics::Snapshot;
+use crate::net::Bound;
+use crate::worker::{Board, Command, Control};
+
+pub use upkeep_core;
+
+/// Starts proxies.
+#[derive(Debug)]
+pub struct Proxy;
+
+impl Proxy {
+    /// Validates `config`, binds every listener (resolving port 0 once, shared by every worker's
+    /// `SO_REUSEPORT` socket), starts the workers (`config.runtime.workers`, 0 = one per core)
+    /// and the admin listener, and returns once all of them are ready.
+    pub fn start(config: Config) -> io::Result<ProxyHandle> {
+        config
+            .validate()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        let shared = Arc::new(Shared::default());
+        let mut bound = Vec::with_capacity(config.listeners.len());
+        for l in &config.listeners {
+            bound.push(Bound::bind(&l.addr)?);
+        }
+        let admin = match &config.runtime.admin {
+            Some(addr) => Some(Admin::start(
+                addr,
+                shared.board.clone(),
+                shared.draining.clone(),
+            )?),
+            None => None,
+        };
+        let mut generation = Generation {
+            config,
+            bound,
+            workers: Vec::new(),
+        };
+        let mut threads = Vec::new();
+        if let Err(e) = generation.spawn(&shared, &mut threads) {
+            stop_all(&generation.workers, &mut threads);
+            remove_unix_files(&generation.bound);
+            return Err(e);
+        }
+        Ok(ProxyHandle {
+            shared,
+            state: Mutex::new(State {
+                current: generation,
+                threads,
+            }),
+            admin,
+        })
+    }
+}
+
+/// What the handle, the admin thread and the workers share.
+#[derive(Debug, Default)]
+struct Shared {
+    board: Arc<Mutex<Board>>,
+    draining: Arc<AtomicBool>,
+    next_worker: AtomicU64,
+}
+
+/// One configuration's listeners and workers.
+#[derive(Debug)]
+struct Generation {
+    config: Config,
+    bound: Vec<Bound>,
+    workers: Vec<Control>,
+}
+
+impl Generation {
+    fn spawn(&mut self, shared: &Shared, threads: &mut Vec<JoinHandle<()>>) -> io::Result<()> {
+        let n = match self.config.runtime.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        for index in 0..n {
+            let mut listeners = Vec::with_capacity(self.bound.len());
+            for b in &mut self.bound {
+                listeners.push(b.for_worker()?);
+            }
+            let (control, thread) = worker::spawn(worker::Setup {
+                index,
+                id: shared.next_worker.fetch_add(1, Ordering::Relaxed),
+                config: self.config.clone(),
+                listeners,
+                access_log: access_log_target(&self.config),
+                shutdown_timeout: self.config.runtime.shutdown_timeout,
+                board: shared.board.clone(),
+            })?;
+            self.workers.push(control);
+            threads.push(thread);
+        }
+        Ok(())
+    }
+}
+
+/// `runtime.access_log` with "off" meaning none.
+fn access_log_target(config: &Config) -> Option<String> {
+    config
+        .runtime
+        .access_log
+        .clone()
+        .filter(|t| t != "off" && !t.is_empty())
+}
+
+#[derive(Debug)]
+struct State {
+    current: Generation,
+    /// Worker threads of every generation (old ones may still be draining).
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// A running proxy.
+#[derive(Debug)]
+pub struct ProxyHandle {
+    shared: Arc<Shared>,
+    state: Mutex<State>,
+    admin: Option<Admin>,
+}
+
+impl ProxyHandle {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The bound listen addresses, in configuration order (port 0 resolved).
+    pub fn listen_addrs(&self) -> Vec<Address> {
+        self.state()
+            .current
+            .bound
+            .iter()
+            .map(Bound::address)
+            .collect()
+    }
+
+    /// The admin listener's bound address, if one is configured.
+    pub fn admin_addr(&self) -> Option<Address> {
+        self.admin.as_ref().map(|a| a.addr.clone())
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> Config {
+        self.state().current.config.clone()
+    }
+
+    /// Counters summed over every worker, including workers retired by reloads.
+    pub fn snapshot(&self) -> Snapshot {
+        collect(&self.shared.board)
+    }
+
+    /// Each live worker's own snapshot (current and still-draining workers), for tests and
+    /// diagnostics; [`ProxyHandle::snapshot`] is their sum plus retired workers.
+    pub fn worker_snapshots(&self) -> Vec<Snapshot> {
+        let live = self.live();
+        let mut out = Vec::with_capacity(live.len());
+        for w in &live {
+            let (tx, rx) = mpsc::channel();
+            if w.send(Command::Snapshot(tx))
+                && let Ok(s) = rx.recv_timeout(SNAPSHOT_WAIT)
+            {
+                out.push(s);
+            }
+        }
+        out
+    }
+
+    /// Applies a new configuration the way nginx does: new workers start with it (fresh
+    /// `SO_REUSEPORT` sockets on TCP addresses, the very same socket for an unchanged Unix
+    /// address), then the old workers drain — established connections finish on them. A config
+    /// that does not validate or cannot be bound changes nothing. The admin listener is not
+    /// moved by a reload.
+    pub fn reload(&self, config: Config) -> Result<(), String> {
+        config.validate().map_err(|e| e.to_string())?;
+        let mut state = self.state();
+        if self.shared.draining.load(Ordering::Acquire) {
+            return Err("draining: reload refused".into());
+        }
+        if config.runtime.admin != state.current.config.runtime.admin {
+            log::warn!("reload: runtime.admin changes take effect after a restart");
+        }
+        let mut bound = Vec::with_capacity(config.listeners.len());
+        for l in &config.listeners {
+            let old = state
+                .current
+                .config
+                .listeners
+                .iter()
+                .position(|o| o.addr == l.addr)
+                .or_else(|| {
+                    state
+                        .current
+                        .bound
+                        .iter()
+                        .position(|b| b.address() == l.addr)
+                });
+            let b = match old {
+                Some(i) => state.current.bound[i].share(),
+                None => Bound::bind(&l.addr),
+            };
+            bound.push(b.map_err(|e| format!("listen {}: {e}", l.addr))?);
+        }
+        let mut next = Generation {
+            config,
+            bound,
+            workers: Vec::new(),
+        };
+        let mut threads = Vec::new();
+        if let Err(e) = next.spawn(&self.shared, &mut threads) {
+            stop_all(&next.workers, &mut threads);
+            return Err(format!("starting workers: {e}"));
+        }
+        let old = std::mem::replace(&mut state.current, next);
+        state.threads.extend(threads);
+        for w in &old.workers {
+            w.send(Command::Drain);
+        }
+        // Unix socket files that the new configuration no longer listens on.
+        let kept: Vec<Address> = state.current.bound.iter().map(Bound::address).collect();
+        for b in &old.bound {
+            if let Bound::Unix { path, .. } = b
+                && !kept.contains(&b.address())
+            {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+        Ok(())
+    }
+
+    /// Graceful shutdown: every worker stops accepting, closes idle connections, finishes
+    /// in-flight exchanges and exits (at the latest after `runtime.shutdown_timeout`); `/ready`
+    /// answers 503 from now on. Follow with [`ProxyHandle::wait`].
+    pub fn drain(&self) {
+        self.shared.draining.store(true, Ordering::Release);
+        let live = self.live();
+        for w in &live {
+            w.send(Command::Drain);
+        }
+    }
+
+    /// Whether [`ProxyHandle::drain`] was called.
+    pub fn is_draining(&self) -> bool {
+        self.shared.draining.load(Ordering::Acquire)
+    }
+
+    /// Whether every worker has exited (after a drain).
+    pub fn is_finished(&self) -> bool {
+        self.state().threads.iter().all(JoinHandle::is_finished)
+    }
+
+    /// Asks every worker to reopen its access log file (after log rotation).
+    pub fn reopen_logs(&self) {
+        for w in &self.live() {
+            w.send(Command::ReopenLog);
+        }
+    }
+
+    fn live(&self) -> Vec<Control> {
+        self.shared
+            .board
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .live
+            .clone()
+    }
+
+    /// Stops every worker now (open connections are closed) and joins them.
+    pub fn shutdown(self) {
+        self.shared.draining.store(true, Ordering::Release);
+        let live = self.live();
+        let mut state = self.state.into_inner().unwrap_or_else(|e| e.into_inner());
+        stop_all(&live, &mut state.threads);
+        remove_unix_files(&state.current.bound);
+        drop(self.admin);
+    }
+
+    /// Waits for every worker to exit (after [`ProxyHandle::drain`]), then stops the admin
+    /// listener.
+    pub fn wait(self) {
+        let mut state = self.state.into_inner().unwrap_or_else(|e| e.into_inner());
+        for t in state.threads.drain(..) {
+            let _ = t.join();
+        }
+        remove_unix_files(&state.current.bound);
+        drop(self.admin);
+    }
+}
+
+fn stop_all(workers: &[Control], threads: &mut Vec<JoinHandle<()>>) {
+    for w in workers {
+        w.send(Command::Stop);
+    }
+    for t in threads.drain(..) {
+        let _ = t.join();
+    }
+}
+
+fn remove_unix_files(bound: &[Bound]) {
+    for b in bound {
+        if let Bound::Unix { path, .. } = b {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// How long a scrape waits for one worker's snapshot.
+const SNAPSHOT_WAIT: Duration = Duration::from_secs(2);
+
+/// Sums every live worker's snapshot and the retired totals, counting each worker exactly once
+/// (see `Board`).
+pub(crate) fn collect(board: &Mutex<Board>) -> Snapshot {
+    let (replies, mut total) = {
+        let board = board.lock().unwrap_or_else(|e| e.into_inner());
+        let mut replies = Vec::with_capacity(board.live.len());
+        for c in &board.live {
+            let (tx, rx) = mpsc::channel();
+            if c.send(Command::Snapshot(tx)) {
+                replies.push(rx);
+            }
+        }
+        (replies, board.retired.clone())
+    };
+    for rx in replies {
+        if let Ok(s) = rx.recv_timeout(SNAPSHOT_WAIT) {
+            total.add(&s);
+        }
+    }
+    total
+}

@@ -16,7 +16,7 @@ use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use super::{
     Address, Balance, ClientTimeouts, Config, HeaderOptions, Limits, ListenerConfig, PoolKeyMode,
-    RouteConfig, ServerConfig, UpstreamConfig, parse_duration, parse_size,
+    RouteConfig, RuntimeOptions, ServerConfig, UpstreamConfig, parse_duration, parse_size,
 };
 
 // ---- scalar helpers -------------------------------------------------------------------------
@@ -234,6 +234,8 @@ mirror! {
     #[serde(deny_unknown_fields)]
     struct RawListener for ListenerConfig {
         addr: Address,
+        #[serde(default)]
+        upstream: Option<String>,
     }
 }
 
@@ -243,7 +245,7 @@ impl<'de> Deserialize<'de> for ListenerConfig {
         addr_or_table::<RawListener, _, _>(
             d,
             "a listener: an address string or a table with `addr`",
-            |addr| ListenerConfig { addr },
+            ListenerConfig::new,
         )
     }
 }
@@ -391,21 +393,77 @@ default_via! {
     RawHeaders => HeaderOptions,
 }
 
-mirror! {
-    #[serde(deny_unknown_fields)]
-    struct RawConfig for Config {
-        #[serde(rename = "listen", default)]
-        listeners: Vec<ListenerConfig>,
-        #[serde(rename = "upstream", default, deserialize_with = "upstreams")]
-        upstreams: Vec<UpstreamConfig>,
-        #[serde(rename = "route", default)]
-        routes: Vec<RouteConfig>,
-        #[serde(default)]
-        client_timeouts: ClientTimeouts,
-        #[serde(default)]
-        limits: Limits,
-        #[serde(default)]
-        headers: HeaderOptions,
+/// `access_log = "off"` is the same as leaving it out.
+fn access_log<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.is_empty() {
+        return Err(de::Error::custom(
+            "access_log: write \"off\", \"-\" (stdout), \"stderr\" or a file path",
+        ));
+    }
+    Ok((s != "off").then_some(s))
+}
+
+fn d_shutdown_timeout() -> Duration {
+    RuntimeOptions::default().shutdown_timeout
+}
+
+/// The whole file. Not a `mirror!`: the [`RuntimeOptions`] keys sit at the top level (nginx and
+/// ecosystem convention: `workers = 4`, `admin = "..."`), not in a table of their own.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    workers: usize,
+    #[serde(default)]
+    admin: Option<Address>,
+    #[serde(default, deserialize_with = "access_log")]
+    access_log: Option<String>,
+    #[serde(default = "d_shutdown_timeout", deserialize_with = "duration")]
+    shutdown_timeout: Duration,
+    #[serde(rename = "listen", default)]
+    listeners: Vec<ListenerConfig>,
+    #[serde(rename = "upstream", default, deserialize_with = "upstreams")]
+    upstreams: Vec<UpstreamConfig>,
+    #[serde(rename = "route", default)]
+    routes: Vec<RouteConfig>,
+    #[serde(default)]
+    client_timeouts: ClientTimeouts,
+    #[serde(default)]
+    limits: Limits,
+    #[serde(default)]
+    headers: HeaderOptions,
+}
+
+impl From<RawConfig> for Config {
+    fn from(r: RawConfig) -> Config {
+        // Destructured in full so a field added to one side is a compile error here.
+        let RawConfig {
+            workers,
+            admin,
+            access_log,
+            shutdown_timeout,
+            listeners,
+            upstreams,
+            routes,
+            client_timeouts,
+            limits,
+            headers,
+        } = r;
+        Config {
+            listeners,
+            upstreams,
+            routes,
+            client_timeouts,
+            limits,
+            headers,
+            runtime: RuntimeOptions {
+                workers,
+                admin,
+                access_log,
+                shutdown_timeout,
+            },
+        }
     }
 }
 
@@ -559,6 +617,47 @@ mod tests {
             assert_eq!(c.headers.via.as_deref(), want, "{v}");
         }
         assert!(parse(&format!("{MINIMAL}[headers]\nvia = 1\n")).is_err());
+    }
+
+    #[test]
+    fn runtime_keys_at_top_level() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.runtime, RuntimeOptions::default());
+        let text = format!(
+            "workers = 3\nadmin = \"unix:/run/admin.sock\"\naccess_log = \"-\"\n\
+             shutdown_timeout = \"5s\"\n{MINIMAL}"
+        );
+        let c = parse(&text).unwrap();
+        assert_eq!(c.runtime.workers, 3);
+        assert_eq!(
+            c.runtime.admin,
+            Some(Address::Unix("/run/admin.sock".into()))
+        );
+        assert_eq!(c.runtime.access_log.as_deref(), Some("-"));
+        assert_eq!(c.runtime.shutdown_timeout, Duration::from_secs(5));
+        let c = parse(&format!("access_log = \"off\"\n{MINIMAL}")).unwrap();
+        assert_eq!(c.runtime.access_log, None);
+        for (bad, want) in [
+            ("workers = -1", "invalid value"),
+            ("shutdown_timeout = 5", "has no unit"),
+            ("admin = 9901", "invalid type"),
+            ("access_log = \"\"", "access_log: write"),
+        ] {
+            let err = parse(&format!("{bad}\n{MINIMAL}")).unwrap_err();
+            assert!(err.message().contains(want), "{bad}: {err}");
+            assert_eq!(
+                line_of(&format!("{bad}\n{MINIMAL}"), err.span().unwrap().start),
+                1
+            );
+        }
+        // A listener may name its own group.
+        let c = parse(&MINIMAL.replace(
+            "listen = [\"127.0.0.1:8080\"]",
+            "listen = [{ addr = \"127.0.0.1:8080\", upstream = \"app\" }]",
+        ))
+        .unwrap();
+        assert_eq!(c.listeners[0].upstream.as_deref(), Some("app"));
+        c.validate().unwrap();
     }
 
     #[test]

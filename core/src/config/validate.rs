@@ -8,6 +8,10 @@ use super::{Address, Config};
 /// Most servers an upstream group may have (the balancer keeps per-server state in a `u64` mask).
 pub const MAX_SERVERS_PER_UPSTREAM: usize = 64;
 
+/// Most worker threads a configuration may ask for (a typo guard: nginx has no limit, but a
+/// thousand event loops on one machine is never what was meant).
+pub const MAX_WORKERS: usize = 1024;
+
 /// Why a [`Config`] was rejected, and where.
 ///
 /// `location` is a path-like string naming the offending item, e.g. `upstream "app": server 2`,
@@ -88,13 +92,15 @@ impl Config {
     /// `client_keepalive_requests` are ≥ 1; every route's `path_prefix` starts with `/` (and has
     /// no `?`), its host (if any) is a bare non-empty host name without port, and its upstream is
     /// defined; `max_head >= max_request_line >= 64`; `write_high_water >= 4096`;
-    /// `max_client_connections >= 1`; a `via` pseudonym is a non-empty token.
+    /// `max_client_connections >= 1`; a `via` pseudonym is a non-empty token; a listener's
+    /// `upstream` is defined; `workers <= 1024`; the admin address is not also a listener.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_listeners()?;
         self.validate_upstreams()?;
         self.validate_routes()?;
         self.validate_client()?;
-        self.validate_headers()
+        self.validate_headers()?;
+        self.validate_runtime()
     }
 
     fn validate_listeners(&self) -> Result<(), ConfigError> {
@@ -110,6 +116,34 @@ impl Config {
                     format!("address {} is already used by listen {}", l.addr, j + 1),
                 );
             }
+            if let Some(name) = &l.upstream
+                && !self.upstreams.iter().any(|u| &u.name == name)
+            {
+                return err(loc, format!("upstream {name:?} is not defined"));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_runtime(&self) -> Result<(), ConfigError> {
+        let r = &self.runtime;
+        if r.workers > MAX_WORKERS {
+            return err(
+                "workers",
+                format!("{} is more than the {MAX_WORKERS} allowed", r.workers),
+            );
+        }
+        if let Some(admin) = &r.admin {
+            check_unix_path("admin", admin)?;
+            if let Some(j) = self.listeners.iter().position(|l| &l.addr == admin) {
+                return err(
+                    "admin",
+                    format!("address {admin} is already used by listen {}", j + 1),
+                );
+            }
+        }
+        if r.access_log.as_deref() == Some("") {
+            return err("access_log", "must be \"off\", \"-\", \"stderr\" or a path");
         }
         Ok(())
     }
@@ -294,6 +328,35 @@ mod tests {
         Config::simple(addr("[::1]:0"), vec![addr("localhost:1")])
             .validate()
             .unwrap();
+    }
+
+    #[test]
+    fn listener_group_and_runtime_options() {
+        let mut ok = base();
+        ok.listeners[0].upstream = Some("static".into());
+        ok.runtime.workers = 4;
+        ok.runtime.admin = Some(addr("127.0.0.1:9901"));
+        ok.validate().unwrap();
+        fails(
+            |c| c.listeners[0].upstream = Some("nope".into()),
+            "listen 1: upstream \"nope\" is not defined",
+        );
+        fails(
+            |c| c.runtime.workers = 5000,
+            "workers: 5000 is more than the 1024 allowed",
+        );
+        fails(
+            |c| c.runtime.admin = Some(addr("127.0.0.1:8080")),
+            "admin: address 127.0.0.1:8080 is already used by listen 1",
+        );
+        fails(
+            |c| c.runtime.admin = Some(Address::Unix("run/admin.sock".into())),
+            "admin: unix socket path \"run/admin.sock\" must be absolute",
+        );
+        fails(
+            |c| c.runtime.access_log = Some(String::new()),
+            "access_log: must be \"off\", \"-\", \"stderr\" or a path",
+        );
     }
 
     #[test]

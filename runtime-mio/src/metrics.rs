@@ -1,0 +1,496 @@
+//! Counters a worker keeps (plain integers, no atomics: a worker never shares them), the
+//! snapshot it hands to the admin thread, and the two renderings: Prometheus text format 0.0.4
+//! and nginx `stub_status`.
+//!
+//! Snapshots are keyed by names from the configuration (upstream name, server address), not by
+//! indexes, so workers of different reload generations (different configs) sum correctly.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use upkeep_core::pool::EvictReason;
+use upkeep_core::{Core, Time, UpstreamId};
+
+/// Upper bounds (seconds) of the request duration histogram buckets.
+pub(crate) const BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
+/// Request durations: cumulative rendering happens at export time; here each observation lands in
+/// exactly one bucket (the last slot is +Inf).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct Histogram {
+    pub(crate) counts: [u64; BUCKETS.len() + 1],
+    pub(crate) sum: f64,
+    pub(crate) count: u64,
+}
+
+impl Histogram {
+    pub(crate) fn observe(&mut self, seconds: f64) {
+        let slot = BUCKETS
+            .iter()
+            .position(|&b| seconds <= b)
+            .unwrap_or(BUCKETS.len());
+        self.counts[slot] += 1;
+        self.sum += seconds;
+        self.count += 1;
+    }
+
+    fn add(&mut self, o: &Histogram) {
+        for (a, b) in self.counts.iter_mut().zip(o.counts.iter()) {
+            *a += b;
+        }
+        self.sum += o.sum;
+        self.count += o.count;
+    }
+}
+
+/// What a worker counts itself (the core counts the rest).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct WorkerCounters {
+    /// Responses by status code, from recorded exchanges.
+    pub(crate) codes: BTreeMap<u16, u64>,
+    /// Request durations.
+    pub(crate) duration: Histogram,
+}
+
+/// Per upstream group.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct GroupSnapshot {
+    /// Requests that reused an idle connection.
+    pub pool_hits: u64,
+    /// Requests that opened a connection.
+    pub pool_misses: u64,
+    /// Idle pooled connections now (a gauge; zero for retired workers).
+    pub idle: u64,
+    /// Evictions by reason name.
+    pub evictions: BTreeMap<&'static str, u64>,
+    /// Requests re-sent after a stale pooled connection.
+    pub stale_retries: u64,
+    /// Requests moved to another server.
+    pub next_upstream: u64,
+}
+
+/// Per server.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ServerSnapshot {
+    /// Connections opened.
+    pub connects: u64,
+    /// Connects that failed.
+    pub connect_failures: u64,
+    /// Requests sent.
+    pub requests: u64,
+    /// Whether every live worker considers it up (passive health).
+    pub up: bool,
+    /// How many live workers reported on it (for the `up` conjunction).
+    live_reports: u64,
+}
+
+/// Counters and gauges of one or more workers.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// Client connections accepted.
+    pub accepted: u64,
+    /// Client connections handled (accepted minus refused at capacity).
+    pub handled: u64,
+    /// Responses sent.
+    pub requests: u64,
+    /// Responses by status code.
+    pub codes: BTreeMap<u16, u64>,
+    /// Open client connections: (reading, writing, waiting).
+    pub activity: (u64, u64, u64),
+    /// Per upstream name.
+    pub groups: BTreeMap<String, GroupSnapshot>,
+    /// Per (upstream name, server address).
+    pub servers: BTreeMap<(String, String), ServerSnapshot>,
+    pub(crate) duration: Histogram,
+}
+
+impl Snapshot {
+    /// A worker's snapshot.
+    pub(crate) fn of(core: &Core, counters: &WorkerCounters, now: Time) -> Snapshot {
+        let stats = core.stats();
+        let config = core.config();
+        let mut s = Snapshot {
+            accepted: stats.accepted + stats.refused,
+            handled: stats.accepted,
+            requests: stats.total_responses(),
+            codes: counters.codes.clone(),
+            duration: counters.duration.clone(),
+            ..Snapshot::default()
+        };
+        let (r, w, k) = core.client_activity();
+        s.activity = (r as u64, w as u64, k as u64);
+        for (g, (up, gs)) in config.upstreams.iter().zip(stats.groups.iter()).enumerate() {
+            let mut evictions = BTreeMap::new();
+            for reason in EvictReason::ALL {
+                evictions.insert(reason.as_str(), gs.evicted(reason));
+            }
+            s.groups.insert(
+                up.name.clone(),
+                GroupSnapshot {
+                    pool_hits: gs.pool_hits,
+                    pool_misses: gs.pool_misses,
+                    idle: core.pool_idle(UpstreamId(g as u32)) as u64,
+                    evictions,
+                    stale_retries: gs.stale_retries,
+                    next_upstream: gs.next_upstream,
+                },
+            );
+        }
+        for (i, &server) in core.servers().iter().enumerate() {
+            let name = config.upstreams[server.upstream.0 as usize].name.clone();
+            let addr = core.server_address(server).to_string();
+            let ss = &stats.servers[i];
+            s.servers.insert(
+                (name, addr),
+                ServerSnapshot {
+                    connects: ss.connects,
+                    connect_failures: ss.connect_failures,
+                    requests: ss.requests,
+                    up: core.server_up(now, server),
+                    live_reports: 1,
+                },
+            );
+        }
+        s
+    }
+
+    /// The counters of a worker that has exited: gauges no longer apply.
+    pub(crate) fn retired(mut self) -> Snapshot {
+        self.activity = (0, 0, 0);
+        for g in self.groups.values_mut() {
+            g.idle = 0;
+        }
+        for s in self.servers.values_mut() {
+            s.up = false;
+            s.live_reports = 0;
+        }
+        self
+    }
+
+    /// Adds `o` into `self`.
+    pub(crate) fn add(&mut self, o: &Snapshot) {
+        self.accepted += o.accepted;
+        self.handled += o.handled;
+        self.requests += o.requests;
+        for (code, n) in &o.codes {
+            *self.codes.entry(*code).or_default() += n;
+        }
+        self.activity.0 += o.activity.0;
+        self.activity.1 += o.activity.1;
+        self.activity.2 += o.activity.2;
+        for (name, g) in &o.groups {
+            let t = self.groups.entry(name.clone()).or_default();
+            t.pool_hits += g.pool_hits;
+            t.pool_misses += g.pool_misses;
+            t.idle += g.idle;
+            t.stale_retries += g.stale_retries;
+            t.next_upstream += g.next_upstream;
+            for (reason, n) in &g.evictions {
+                *t.evictions.entry(reason).or_default() += n;
+            }
+        }
+        for (key, s) in &o.servers {
+            let fresh = !self.servers.contains_key(key);
+            let t = self.servers.entry(key.clone()).or_default();
+            t.connects += s.connects;
+            t.connect_failures += s.connect_failures;
+            t.requests += s.requests;
+            if s.live_reports > 0 {
+                t.up = (t.live_reports == 0 || t.up) && s.up;
+                t.live_reports += s.live_reports;
+            } else if fresh {
+                t.up = false;
+            }
+        }
+        self.duration.add(&o.duration);
+    }
+
+    /// Open client connections.
+    pub fn active(&self) -> u64 {
+        self.activity.0 + self.activity.1 + self.activity.2
+    }
+
+    /// nginx `stub_status`, byte for byte.
+    pub fn stub_status(&self) -> String {
+        format!(
+            "Active connections: {} \nserver accepts handled requests\n {} {} {} \nReading: {} Writing: {} Waiting: {} \n",
+            self.active(),
+            self.accepted,
+            self.handled,
+            self.requests,
+            self.activity.0,
+            self.activity.1,
+            self.activity.2
+        )
+    }
+
+    /// Prometheus text exposition format 0.0.4.
+    pub fn prometheus(&self) -> String {
+        let mut o = String::with_capacity(4096);
+        header(
+            &mut o,
+            "upkeep_requests_total",
+            "counter",
+            "Responses sent to clients, by status code.",
+        );
+        for (code, n) in &self.codes {
+            let _ = writeln!(o, "upkeep_requests_total{{code=\"{code}\"}} {n}");
+        }
+        header(
+            &mut o,
+            "upkeep_connections_accepted_total",
+            "counter",
+            "Client connections accepted.",
+        );
+        let _ = writeln!(o, "upkeep_connections_accepted_total {}", self.accepted);
+        header(
+            &mut o,
+            "upkeep_connections_handled_total",
+            "counter",
+            "Client connections handled (not refused at capacity).",
+        );
+        let _ = writeln!(o, "upkeep_connections_handled_total {}", self.handled);
+        header(
+            &mut o,
+            "upkeep_connections_active",
+            "gauge",
+            "Open client connections.",
+        );
+        let _ = writeln!(o, "upkeep_connections_active {}", self.active());
+
+        header(
+            &mut o,
+            "upkeep_upstream_connects_total",
+            "counter",
+            "Upstream connections opened.",
+        );
+        for ((up, srv), s) in &self.servers {
+            let _ = writeln!(
+                o,
+                "upkeep_upstream_connects_total{{upstream=\"{}\",server=\"{}\"}} {}",
+                esc(up),
+                esc(srv),
+                s.connects
+            );
+        }
+        header(
+            &mut o,
+            "upkeep_upstream_connect_failures_total",
+            "counter",
+            "Upstream connections that failed to open.",
+        );
+        for ((up, srv), s) in &self.servers {
+            let _ = writeln!(
+                o,
+                "upkeep_upstream_connect_failures_total{{upstream=\"{}\",server=\"{}\"}} {}",
+                esc(up),
+                esc(srv),
+                s.connect_failures
+            );
+        }
+        header(
+            &mut o,
+            "upkeep_upstream_requests_total",
+            "counter",
+            "Requests sent to each server.",
+        );
+        for ((up, srv), s) in &self.servers {
+            let _ = writeln!(
+                o,
+                "upkeep_upstream_requests_total{{upstream=\"{}\",server=\"{}\"}} {}",
+                esc(up),
+                esc(srv),
+                s.requests
+            );
+        }
+        header(
+            &mut o,
+            "upkeep_upstream_up",
+            "gauge",
+            "1 when every worker considers the server up (passive health).",
+        );
+        for ((up, srv), s) in &self.servers {
+            let _ = writeln!(
+                o,
+                "upkeep_upstream_up{{upstream=\"{}\",server=\"{}\"}} {}",
+                esc(up),
+                esc(srv),
+                u8::from(s.up)
+            );
+        }
+        let groups: [GroupMetric; 3] = [
+            (
+                "upkeep_pool_hits_total",
+                "counter",
+                "Requests that reused an idle pooled connection.",
+                |g| g.pool_hits,
+            ),
+            (
+                "upkeep_pool_misses_total",
+                "counter",
+                "Requests that had to open an upstream connection.",
+                |g| g.pool_misses,
+            ),
+            (
+                "upkeep_pool_idle_connections",
+                "gauge",
+                "Idle pooled upstream connections.",
+                |g| g.idle,
+            ),
+        ];
+        for (name, kind, help, get) in groups {
+            header(&mut o, name, kind, help);
+            for (up, g) in &self.groups {
+                let _ = writeln!(o, "{name}{{upstream=\"{}\"}} {}", esc(up), get(g));
+            }
+        }
+        header(
+            &mut o,
+            "upkeep_pool_evictions_total",
+            "counter",
+            "Idle pooled connections closed without reuse, by reason.",
+        );
+        for (up, g) in &self.groups {
+            for (reason, n) in &g.evictions {
+                let _ = writeln!(
+                    o,
+                    "upkeep_pool_evictions_total{{upstream=\"{}\",reason=\"{reason}\"}} {n}",
+                    esc(up)
+                );
+            }
+        }
+        header(
+            &mut o,
+            "upkeep_retries_total",
+            "counter",
+            "Requests sent again: after a stale pooled connection, or to the next server.",
+        );
+        for (up, g) in &self.groups {
+            let _ = writeln!(
+                o,
+                "upkeep_retries_total{{upstream=\"{}\",reason=\"stale_connection\"}} {}",
+                esc(up),
+                g.stale_retries
+            );
+            let _ = writeln!(
+                o,
+                "upkeep_retries_total{{upstream=\"{}\",reason=\"next_upstream\"}} {}",
+                esc(up),
+                g.next_upstream
+            );
+        }
+        header(
+            &mut o,
+            "upkeep_request_duration_seconds",
+            "histogram",
+            "Time from the first byte of a request to the end of its response.",
+        );
+        let mut cumulative = 0;
+        for (i, le) in BUCKETS.iter().enumerate() {
+            cumulative += self.duration.counts[i];
+            let _ = writeln!(
+                o,
+                "upkeep_request_duration_seconds_bucket{{le=\"{le}\"}} {cumulative}"
+            );
+        }
+        cumulative += self.duration.counts[BUCKETS.len()];
+        let _ = writeln!(
+            o,
+            "upkeep_request_duration_seconds_bucket{{le=\"+Inf\"}} {cumulative}"
+        );
+        let _ = writeln!(
+            o,
+            "upkeep_request_duration_seconds_sum {}",
+            self.duration.sum
+        );
+        let _ = writeln!(
+            o,
+            "upkeep_request_duration_seconds_count {}",
+            self.duration.count
+        );
+        o
+    }
+}
+
+/// A per-group metric: name, type, help, and how to read it.
+type GroupMetric = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&GroupSnapshot) -> u64,
+);
+
+fn header(o: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(o, "# HELP {name} {help}");
+    let _ = writeln!(o, "# TYPE {name} {kind}");
+}
+
+/// Label value escaping (backslash, quote, newline), per the text format.
+fn esc(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative_in_text() {
+        let mut s = Snapshot::default();
+        s.duration.observe(0.0005);
+        s.duration.observe(0.2);
+        s.duration.observe(100.0);
+        let text = s.prometheus();
+        assert!(text.contains("upkeep_request_duration_seconds_bucket{le=\"0.001\"} 1\n"));
+        assert!(text.contains("upkeep_request_duration_seconds_bucket{le=\"0.25\"} 2\n"));
+        assert!(text.contains("upkeep_request_duration_seconds_bucket{le=\"10\"} 2\n"));
+        assert!(text.contains("upkeep_request_duration_seconds_bucket{le=\"+Inf\"} 3\n"));
+        assert!(text.contains("upkeep_request_duration_seconds_count 3\n"));
+    }
+
+    #[test]
+    fn stub_status_is_nginx_format() {
+        let s = Snapshot {
+            accepted: 7,
+            handled: 6,
+            requests: 20,
+            activity: (1, 2, 3),
+            ..Snapshot::default()
+        };
+        assert_eq!(
+            s.stub_status(),
+            "Active connections: 6 \nserver accepts handled requests\n 7 6 20 \nReading: 1 Writing: 2 Waiting: 3 \n"
+        );
+    }
+
+    #[test]
+    fn up_is_a_conjunction_over_live_workers() {
+        let key = ("app".to_string(), "127.0.0.1:1".to_string());
+        let mut a = Snapshot::default();
+        a.servers.insert(
+            key.clone(),
+            ServerSnapshot {
+                connects: 2,
+                up: true,
+                live_reports: 1,
+                ..ServerSnapshot::default()
+            },
+        );
+        let mut b = a.clone();
+        b.servers.get_mut(&key).unwrap().up = false;
+        let mut total = Snapshot::default();
+        total.add(&a);
+        assert!(total.servers[&key].up);
+        total.add(&b);
+        assert!(!total.servers[&key].up);
+        assert_eq!(total.servers[&key].connects, 4);
+        let mut with_retired = Snapshot::default();
+        with_retired.add(&a.clone().retired());
+        with_retired.add(&a);
+        assert!(with_retired.servers[&key].up);
+    }
+}

@@ -1,0 +1,710 @@
+//! One worker: a thread with its own `mio::Poll`, its own [`Core`] and pool, its own listeners
+//! (an `SO_REUSEPORT` socket per TCP address) and a table of sockets indexed by the core's
+//! `ConnId.index` (which doubles as the mio `Token`). Nothing here is shared with other workers,
+//! so the request path takes no lock; the main thread talks to a worker only through a command
+//! channel and a `mio::Waker`.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use mio::event::Event;
+use mio::{Events, Poll, Token, Waker};
+use upkeep_core::framing::Version;
+use upkeep_core::{Config, ConnId, Core, ExchangeInfo, Input, ListenerId, Output, ServerId};
+
+use crate::access_log::{self, AccessLog};
+use crate::clock;
+use crate::metrics::{Snapshot, WorkerCounters};
+use crate::net::{Listener, Stream};
+
+/// Wakes the loop for commands.
+const WAKER: Token = Token(usize::MAX);
+/// Listener `i` has token `LISTENER_BASE - i` (connection tokens are `u32` slab indexes, far below).
+const LISTENER_BASE: usize = usize::MAX - 1;
+/// Reads per socket per loop pass, so one fast sender cannot starve the others.
+const READ_BUDGET: usize = 16;
+/// Size of the worker's read buffer (shared by all its sockets).
+const READ_BUFFER: usize = 64 * 1024;
+/// Most slices per `writev`.
+const MAX_IOV: usize = 64;
+/// How long accepting pauses when the process is out of file descriptors.
+const EMFILE_PAUSE: Duration = Duration::from_millis(100);
+
+/// What the main thread can ask of a worker.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// Stop accepting, finish in-flight exchanges, exit when drained (or at the shutdown timeout).
+    Drain,
+    /// Exit now.
+    Stop,
+    /// Send a snapshot of the counters.
+    Snapshot(Sender<Snapshot>),
+    /// Reopen the access log file.
+    ReopenLog,
+}
+
+/// The main thread's handle on a worker.
+#[derive(Debug, Clone)]
+pub(crate) struct Control {
+    /// Process-unique worker id.
+    pub(crate) id: u64,
+    tx: Sender<Command>,
+    waker: Arc<Waker>,
+}
+
+impl Control {
+    /// Sends `cmd`; false if the worker has exited.
+    pub(crate) fn send(&self, cmd: Command) -> bool {
+        self.tx.send(cmd).is_ok() && self.waker.wake().is_ok()
+    }
+}
+
+/// Live workers and the summed counters of the ones that exited, under one lock so that a
+/// metrics scrape counts every worker exactly once (see [`Worker::exit`]). Taken only by the admin
+/// thread and by a worker on its way out, never on the request path.
+#[derive(Debug, Default)]
+pub(crate) struct Board {
+    pub(crate) live: Vec<Control>,
+    pub(crate) retired: Snapshot,
+}
+
+/// Everything a worker starts with.
+#[derive(Debug)]
+pub(crate) struct Setup {
+    pub(crate) index: usize,
+    pub(crate) id: u64,
+    pub(crate) config: Config,
+    pub(crate) listeners: Vec<Listener>,
+    pub(crate) access_log: Option<String>,
+    pub(crate) shutdown_timeout: Duration,
+    pub(crate) board: Arc<Mutex<Board>>,
+}
+
+/// Starts a worker thread; it is on the board (visible to metrics) before this returns.
+pub(crate) fn spawn(setup: Setup) -> io::Result<(Control, JoinHandle<()>)> {
+    let poll = Poll::new()?;
+    let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+    let (tx, rx) = mpsc::channel();
+    let control = Control {
+        id: setup.id,
+        tx,
+        waker,
+    };
+    let mut core = Core::new(setup.config, setup.index as u64)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+    // Always on: exchanges feed the status-code counters and the duration histogram.
+    core.record_exchanges(true);
+    core.record_requests(setup.access_log.is_some());
+    let log = match &setup.access_log {
+        Some(target) => Some(AccessLog::open(target)?),
+        None => None,
+    };
+    let mut worker = Worker {
+        id: setup.id,
+        poll,
+        core,
+        listeners: setup.listeners.into_iter().map(Some).collect(),
+        paused: None,
+        socks: Vec::new(),
+        buf: vec![0; READ_BUFFER].into_boxed_slice(),
+        to_read: VecDeque::new(),
+        to_write: VecDeque::new(),
+        rx,
+        counters: WorkerCounters::default(),
+        log,
+        drain_deadline: None,
+        shutdown_timeout: setup.shutdown_timeout,
+        board: setup.board,
+    };
+    for i in 0..worker.listeners.len() {
+        if let Some(l) = worker.listeners[i].as_mut() {
+            l.register(worker.poll.registry(), Token(LISTENER_BASE - i))?;
+        }
+    }
+    worker
+        .board
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .live
+        .push(control.clone());
+    let thread = std::thread::Builder::new()
+        .name(format!("upkeep-worker-{}", setup.index))
+        .spawn(move || worker.run())?;
+    Ok((control, thread))
+}
+
+/// Why accepting is paused.
+#[derive(Debug, Clone, Copy)]
+enum Pause {
+    /// The core refused a connection (max_client_connections): resume when one closes.
+    Capacity,
+    /// Out of file descriptors: resume after a short delay instead of spinning on EMFILE.
+    Until(Instant),
+}
+
+/// A socket the core knows as `id`.
+#[derive(Debug)]
+struct Sock {
+    id: ConnId,
+    stream: Stream,
+    /// The core wants us to read (backpressure turns this off).
+    read: bool,
+    /// The peer's EOF was reported; nothing more to read.
+    eof: bool,
+    /// Upstream connect still in progress.
+    connecting: bool,
+    /// Shut down the write side once the queue is empty.
+    shutdown_wanted: bool,
+    shut: bool,
+    /// The client's address (for the access log).
+    peer: Option<std::net::SocketAddr>,
+}
+
+struct Worker {
+    id: u64,
+    poll: Poll,
+    core: Core,
+    listeners: Vec<Option<Listener>>,
+    paused: Option<Pause>,
+    socks: Vec<Option<Sock>>,
+    buf: Box<[u8]>,
+    to_read: VecDeque<ConnId>,
+    to_write: VecDeque<ConnId>,
+    rx: Receiver<Command>,
+    counters: WorkerCounters,
+    log: Option<AccessLog>,
+    drain_deadline: Option<Instant>,
+    shutdown_timeout: Duration,
+    board: Arc<Mutex<Board>>,
+}
+
+/// Whether the loop goes on.
+enum Flow {
+    Continue,
+    Exit,
+}
+
+impl Worker {
+    fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = self.poll_timeout();
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                log::error!("worker {}: poll failed: {e}", self.id);
+                break;
+            }
+            let mut commands = false;
+            for event in events.iter() {
+                match event.token() {
+                    WAKER => commands = true,
+                    Token(t) if t > LISTENER_BASE - self.listeners.len() && t <= LISTENER_BASE => {
+                        self.accept(LISTENER_BASE - t)
+                    }
+                    Token(t) => self.on_event(t, event),
+                }
+            }
+            if commands && matches!(self.commands(), Flow::Exit) {
+                break;
+            }
+            if let Some(deadline) = self.core.poll_timeout()
+                && deadline <= clock::now()
+            {
+                self.core.handle_timeout(clock::now());
+                self.after_input();
+            }
+            self.run_queues();
+            self.maybe_resume();
+            if let Some(log) = &mut self.log {
+                log.flush();
+            }
+            if self.drain_deadline.is_some() {
+                if self.core.is_drained() {
+                    break;
+                }
+                if self.drain_deadline.is_some_and(|d| Instant::now() >= d) {
+                    log::warn!(
+                        "worker {}: shutdown timeout, closing {} connections",
+                        self.id,
+                        self.core.connections()
+                    );
+                    break;
+                }
+            }
+        }
+        self.exit();
+    }
+
+    /// The poll timeout: the core's next deadline, a pending resume or drain deadline, or zero
+    /// when reads were cut short by the budget.
+    fn poll_timeout(&self) -> Option<Duration> {
+        if !self.to_read.is_empty() || !self.to_write.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let mut t = self.core.poll_timeout().map(clock::until);
+        let mut at = |i: Instant| {
+            let d = i.saturating_duration_since(Instant::now());
+            t = Some(t.map_or(d, |t: Duration| t.min(d)));
+        };
+        if let Some(Pause::Until(i)) = self.paused {
+            at(i);
+        }
+        if let Some(d) = self.drain_deadline {
+            at(d);
+        }
+        t
+    }
+
+    fn sock(&mut self, id: ConnId) -> Option<&mut Sock> {
+        self.socks
+            .get_mut(id.index as usize)
+            .and_then(Option::as_mut)
+            .filter(|s| s.id == id)
+    }
+
+    fn insert(&mut self, sock: Sock) {
+        let i = sock.id.index as usize;
+        if self.socks.len() <= i {
+            self.socks.resize_with(i + 1, || None);
+        }
+        self.socks[i] = Some(sock);
+    }
+
+    // ---- events -------------------------------------------------------------------------------
+
+    fn on_event(&mut self, slot: usize, event: &Event) {
+        let Some(sock) = self.socks.get_mut(slot).and_then(Option::as_mut) else {
+            return;
+        };
+        let id = sock.id;
+        if sock.connecting {
+            match sock.stream.finish_connect() {
+                Ok(false) => return,
+                Ok(true) => {
+                    sock.connecting = false;
+                    sock.stream.set_nodelay();
+                    self.core
+                        .handle(clock::now(), Input::Connected { conn: id });
+                    self.after_input();
+                    self.to_write.push_back(id);
+                    self.to_read.push_back(id);
+                    return;
+                }
+                Err(e) => {
+                    log::debug!("worker {}: connect failed: {e}", self.id);
+                    self.core
+                        .handle(clock::now(), Input::ConnectFailed { conn: id });
+                    self.after_input();
+                    self.forget_if_closed(id);
+                    return;
+                }
+            }
+        }
+        if event.is_readable() || event.is_read_closed() || event.is_error() {
+            self.to_read.push_back(id);
+        }
+        if event.is_writable() || event.is_error() {
+            self.to_write.push_back(id);
+        }
+    }
+
+    /// Works through sockets with something to write (all of them) and to read (those queued
+    /// when the pass began: sockets re-queued because their read budget ran out, or queued by
+    /// outputs meanwhile, wait for the next pass, which then polls without blocking).
+    fn run_queues(&mut self) {
+        let mut reads = self.to_read.len();
+        loop {
+            if let Some(id) = self.to_write.pop_front() {
+                self.flush(id);
+            } else if reads > 0
+                && let Some(id) = self.to_read.pop_front()
+            {
+                reads -= 1;
+                self.read(id);
+            } else {
+                return;
+            }
+        }
+    }
+
+    fn read(&mut self, id: ConnId) {
+        for _ in 0..READ_BUDGET {
+            let Some(sock) = self
+                .socks
+                .get_mut(id.index as usize)
+                .and_then(Option::as_mut)
+                .filter(|s| s.id == id)
+            else {
+                return;
+            };
+            if !sock.read || sock.eof || sock.connecting {
+                return;
+            }
+            match sock.stream.read(&mut self.buf) {
+                Ok(0) => {
+                    sock.eof = true;
+                    self.core
+                        .handle(clock::now(), Input::ReadClosed { conn: id });
+                    self.after_input();
+                    return;
+                }
+                Ok(n) => {
+                    self.core.handle(
+                        clock::now(),
+                        Input::Received {
+                            conn: id,
+                            data: &self.buf[..n],
+                        },
+                    );
+                    self.after_input();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.core.handle(clock::now(), Input::Errored { conn: id });
+                    self.after_input();
+                    return;
+                }
+            }
+        }
+        // Budget spent with data possibly left: edge-triggered readiness will not fire again,
+        // so come back to it next pass.
+        self.to_read.push_back(id);
+    }
+
+    fn flush(&mut self, id: ConnId) {
+        loop {
+            let Some(sock) = self
+                .socks
+                .get_mut(id.index as usize)
+                .and_then(Option::as_mut)
+                .filter(|s| s.id == id)
+            else {
+                return;
+            };
+            if sock.connecting {
+                return;
+            }
+            if self.core.pending_len(id) == 0 {
+                if sock.shutdown_wanted && !sock.shut {
+                    sock.shut = true;
+                    sock.stream.shutdown_write();
+                }
+                return;
+            }
+            let mut iov = [IoSlice::new(&[]); MAX_IOV];
+            let mut k = 0;
+            for piece in self.core.pending(id).take(MAX_IOV) {
+                iov[k] = IoSlice::new(piece);
+                k += 1;
+            }
+            let result = sock.stream.write_vectored(&iov[..k]);
+            match result {
+                Ok(0) => {
+                    self.core.handle(clock::now(), Input::Errored { conn: id });
+                    self.after_input();
+                    return;
+                }
+                Ok(n) => {
+                    self.core
+                        .handle(clock::now(), Input::Written { conn: id, n });
+                    self.after_input();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.core.handle(clock::now(), Input::Errored { conn: id });
+                    self.after_input();
+                    return;
+                }
+            }
+        }
+    }
+
+    // ---- the core's outputs ---------------------------------------------------------------------
+
+    /// Drains finished exchanges and outputs after every input. Exchanges go first so an access
+    /// log line can still see the client socket that a `Close` is about to remove.
+    fn after_input(&mut self) {
+        loop {
+            while let Some(ex) = self.core.poll_exchange() {
+                self.exchange(ex);
+            }
+            let Some(out) = self.core.poll_output() else {
+                return;
+            };
+            match out {
+                Output::Connect { conn, server } => self.connect(conn, server),
+                Output::Write { conn } => self.to_write.push_back(conn),
+                Output::Interest { conn, read } => {
+                    if let Some(s) = self.sock(conn) {
+                        s.read = read;
+                        if read {
+                            self.to_read.push_back(conn);
+                        }
+                    }
+                }
+                Output::Shutdown { conn } => {
+                    if let Some(s) = self.sock(conn) {
+                        s.shutdown_wanted = true;
+                        self.to_write.push_back(conn);
+                    }
+                }
+                Output::Close { conn, reset } => self.close(conn, reset),
+            }
+        }
+    }
+
+    fn connect(&mut self, conn: ConnId, server: ServerId) {
+        let addr = self.core.server_address(server).clone();
+        let result = Stream::connect(&addr).and_then(|mut stream| {
+            stream.register(self.poll.registry(), Token(conn.index as usize))?;
+            Ok(stream)
+        });
+        match result {
+            Ok(stream) => self.insert(Sock {
+                id: conn,
+                stream,
+                read: true,
+                eof: false,
+                connecting: true,
+                shutdown_wanted: false,
+                shut: false,
+                peer: None,
+            }),
+            Err(e) => {
+                log::debug!("worker {}: connect to {addr} failed: {e}", self.id);
+                self.core
+                    .handle(clock::now(), Input::ConnectFailed { conn });
+                // The loop in `after_input` picks up what this produced.
+            }
+        }
+    }
+
+    fn close(&mut self, conn: ConnId, reset: bool) {
+        let Some(slot) = self.socks.get_mut(conn.index as usize) else {
+            return;
+        };
+        if slot.as_ref().is_none_or(|s| s.id != conn) {
+            return;
+        }
+        if let Some(mut s) = slot.take() {
+            s.stream.deregister(self.poll.registry());
+            if reset {
+                s.stream.set_reset_on_close();
+            }
+        }
+    }
+
+    /// Frees the slot of a socket the core no longer knows (defensive: every path that ends a
+    /// connection in the core also emits `Close`).
+    fn forget_if_closed(&mut self, id: ConnId) {
+        if !self.core.is_open(id) {
+            self.close(id, false);
+        }
+    }
+
+    fn exchange(&mut self, ex: ExchangeInfo) {
+        *self.counters.codes.entry(ex.status).or_default() += 1;
+        let total = ex.finished.since(ex.started).as_secs_f64();
+        self.counters.duration.observe(total);
+        if let Some(log) = &mut self.log {
+            let peer = self
+                .socks
+                .get(ex.client.index as usize)
+                .and_then(Option::as_ref)
+                .filter(|s| s.id == ex.client)
+                .and_then(|s| s.peer);
+            log.record(&access_log::Entry {
+                client: peer,
+                request: &ex.request,
+                version: match ex.version {
+                    Version::Http10 => "HTTP/1.0",
+                    Version::Http11 => "HTTP/1.1",
+                },
+                status: ex.status,
+                bytes_sent: ex.bytes_sent,
+                upstream: ex.server.map(|s| self.core.server_address(s).to_string()),
+                reused: ex.reused,
+                response: ex
+                    .response_at
+                    .filter(|_| ex.server.is_some())
+                    .map(|t| t.since(ex.started).as_secs_f64()),
+                total,
+            });
+        }
+    }
+
+    // ---- accepting --------------------------------------------------------------------------
+
+    fn accept(&mut self, i: usize) {
+        loop {
+            if self.paused.is_some() {
+                return;
+            }
+            let Some(listener) = self.listeners.get(i).and_then(Option::as_ref) else {
+                return;
+            };
+            match listener.accept() {
+                Ok((stream, peer)) => {
+                    let now = clock::now();
+                    match self
+                        .core
+                        .accept(now, ListenerId(i as u32), peer.map(|a| a.ip()))
+                    {
+                        Ok(id) => {
+                            let mut stream = stream;
+                            stream.set_nodelay();
+                            if let Err(e) =
+                                stream.register(self.poll.registry(), Token(id.index as usize))
+                            {
+                                log::warn!("worker {}: register failed: {e}", self.id);
+                                self.core.handle(now, Input::Errored { conn: id });
+                                self.after_input();
+                                continue;
+                            }
+                            self.insert(Sock {
+                                id,
+                                stream,
+                                read: true,
+                                eof: false,
+                                connecting: false,
+                                shutdown_wanted: false,
+                                shut: false,
+                                peer,
+                            });
+                            self.after_input();
+                            // Its first bytes may already be here: read without waiting a poll.
+                            self.to_read.push_back(id);
+                        }
+                        Err(_at_capacity) => {
+                            // The new socket closes on drop; accept no more until a client
+                            // connection ends (the kernel keeps queueing meanwhile).
+                            self.pause(Pause::Capacity);
+                            return;
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if out_of_descriptors(&e) => {
+                    log::warn!("worker {}: accept: {e}; pausing accepts", self.id);
+                    self.pause(Pause::Until(Instant::now() + EMFILE_PAUSE));
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {}
+                Err(e) => {
+                    log::warn!("worker {}: accept: {e}", self.id);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn pause(&mut self, why: Pause) {
+        if self.paused.is_none() {
+            for l in self.listeners.iter_mut().flatten() {
+                l.deregister(self.poll.registry());
+            }
+        }
+        self.paused = Some(why);
+    }
+
+    fn maybe_resume(&mut self) {
+        let resume = match self.paused {
+            None => return,
+            Some(Pause::Capacity) => {
+                self.core.client_connections() < self.core.config().limits.max_client_connections
+            }
+            Some(Pause::Until(t)) => Instant::now() >= t,
+        };
+        if !resume || self.drain_deadline.is_some() {
+            return;
+        }
+        self.paused = None;
+        for i in 0..self.listeners.len() {
+            if let Some(l) = self.listeners[i].as_mut()
+                && let Err(e) = l.register(self.poll.registry(), Token(LISTENER_BASE - i))
+            {
+                log::error!("worker {}: cannot resume listener: {e}", self.id);
+            }
+        }
+        for i in 0..self.listeners.len() {
+            self.accept(i);
+        }
+    }
+
+    // ---- commands and exit ------------------------------------------------------------------
+
+    fn commands(&mut self) -> Flow {
+        loop {
+            match self.rx.try_recv() {
+                Ok(Command::Drain) => self.drain(),
+                Ok(Command::Stop) => return Flow::Exit,
+                Ok(Command::Snapshot(tx)) => {
+                    let _ = tx.send(Snapshot::of(&self.core, &self.counters, clock::now()));
+                }
+                Ok(Command::ReopenLog) => {
+                    if let Some(log) = &mut self.log {
+                        log.reopen();
+                    }
+                }
+                Err(TryRecvError::Empty) => return Flow::Continue,
+                Err(TryRecvError::Disconnected) => return Flow::Exit,
+            }
+        }
+    }
+
+    fn drain(&mut self) {
+        if self.drain_deadline.is_some() {
+            return;
+        }
+        // Take what is already queued on our listeners (closing them would reset those
+        // connections) and read what they sent, then stop listening.
+        self.paused = None;
+        for i in 0..self.listeners.len() {
+            self.accept(i);
+        }
+        self.run_queues();
+        for l in self.listeners.iter_mut() {
+            if let Some(mut l) = l.take() {
+                l.deregister(self.poll.registry());
+            }
+        }
+        self.core.begin_drain(clock::now());
+        self.after_input();
+        self.drain_deadline = Some(Instant::now() + self.shutdown_timeout);
+    }
+
+    /// Leaves the board: the final counters join the retired totals under the board's lock, and
+    /// snapshot requests that raced with the exit are answered from the same final counters, so a
+    /// scrape counts this worker exactly once.
+    fn exit(mut self) {
+        if let Some(log) = &mut self.log {
+            log.flush();
+        }
+        let last = Snapshot::of(&self.core, &self.counters, clock::now()).retired();
+        {
+            let mut board = self.board.lock().unwrap_or_else(|e| e.into_inner());
+            board.live.retain(|c| c.id != self.id);
+            board.retired.add(&last);
+        }
+        while let Ok(cmd) = self.rx.try_recv() {
+            if let Command::Snapshot(tx) = cmd {
+                let _ = tx.send(last.clone());
+            }
+        }
+        log::debug!("worker {} exited", self.id);
+    }
+}
+
+/// EMFILE / ENFILE (and the kernel's out-of-memory variants): retrying at once would spin.
+fn out_of_descriptors(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(23 | 24 | 105 | 12))
+}
