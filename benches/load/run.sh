@@ -359,6 +359,20 @@ peak_rss_kb() {
     echo "$total"
 }
 
+machine_ticks() { # → "busy idle": user+nice+system and idle+iowait over all CPUs (/proc/stat)
+    awk '/^cpu / {print $2 + $3 + $4, $5 + $6; exit}' /proc/stat
+}
+
+# CPU ticks of the shell's reaped children (wrk, through timeout), from `times`' second line,
+# into CHILD_TICKS. Call it directly (not in $(...) or a pipeline): a subshell has its own
+# children.
+children_ticks() {
+    times >"$TMP/times"
+    CHILD_TICKS=$(awk -v hz="$CLK_TCK" 'function sec(t, m) {
+        m = t; sub(/m.*/, "", m); sub(/^[0-9]+m/, "", t); sub(/s$/, "", t); return m * 60 + t
+    } NR == 2 { printf "%d\n", (sec($1) + sec($2)) * hz + 0.5 }' "$TMP/times")
+}
+
 accepts() { # status port → stub_status "accepts"
     local n
     n=$(curl -s --max-time 5 "http://127.0.0.1:$1/" | awk 'NR == 3 {print $1}')
@@ -384,7 +398,7 @@ run_wrk() { # out-file port path conns duration scenario
 rm -rf "$OUT/raw" "$OUT/runs.csv"
 mkdir -p "$OUT/raw"
 CSV=$OUT/runs.csv
-echo "round,scenario,body,target,conns,wrk_file,cpu_ticks,clk_tck,rss_kb,upstream_conns,tw_new,tw_after" >"$CSV"
+echo "round,scenario,body,target,conns,wrk_file,cpu_ticks,clk_tck,rss_kb,upstream_conns,tw_new,tw_after,duration_s,backend_ticks,wrk_ticks,machine_busy_ticks,machine_idle_ticks" >"$CSV"
 
 read -r -a TARGET_LIST <<<"$TARGETS"
 n_cases=$(wc -w <<<"$CASES")
@@ -396,6 +410,7 @@ for t in "${TARGET_LIST[@]}"; do
     run_wrk "$TMP/warmup.txt" "${PORT[$t]}" small "$CONNS" "$WARMUP" keepalive
 done
 
+read -r -a ORIGIN_PROCS <<<"$(procs_of origin1) $(procs_of origin2)"
 START=$SECONDS
 done_runs=0
 for ((round = 0; round < ROUNDS; round++)); do
@@ -412,9 +427,15 @@ for ((round = 0; round < ROUNDS; round++)); do
             reset_peak_rss "${procs[@]}"
             time_wait >"$TMP/tw.before"
             a1=$(accepts $STATUS1) a2=$(accepts $STATUS2)
-            c0=$(cpu_ticks "${procs[@]}")
+            c0=$(cpu_ticks "${procs[@]}") o0=$(cpu_ticks "${ORIGIN_PROCS[@]}")
+            children_ticks
+            w0=$CHILD_TICKS
+            read -r busy0 idle0 < <(machine_ticks)
             run_wrk "$OUT/$file" "${PORT[$t]}" "$body" "$conns" "$DURATION" "$scenario"
-            c1=$(cpu_ticks "${procs[@]}")
+            read -r busy1 idle1 < <(machine_ticks)
+            c1=$(cpu_ticks "${procs[@]}") o1=$(cpu_ticks "${ORIGIN_PROCS[@]}")
+            children_ticks
+            w1=$CHILD_TICKS
             b1=$(accepts $STATUS1) b2=$(accepts $STATUS2)
             time_wait >"$TMP/tw.after"
             # Each origin's delta includes our second status request's own connection.
@@ -426,7 +447,7 @@ for ((round = 0; round < ROUNDS; round++)); do
             else
                 cpu=$((c1 - c0)) rss=$(peak_rss_kb "${procs[@]}")
             fi
-            echo "$round,$scenario,$body,$t,$conns,$file,$cpu,$CLK_TCK,$rss,$upstream,$tw_new,$tw_after" >>"$CSV"
+            echo "$round,$scenario,$body,$t,$conns,$file,$cpu,$CLK_TCK,$rss,$upstream,$tw_new,$tw_after,$DURATION,$((o1 - o0)),$((w1 - w0)),$((busy1 - busy0)),$((idle1 - idle0))" >>"$CSV"
             done_runs=$((done_runs + 1))
             rps=$(awk '/^Requests\/sec/ {print $2}' "$OUT/$file")
             log "[$done_runs/$total_runs] round $round $scenario/$body $t: ${rps:-no result} req/s, upstream conns $upstream, cpu ticks $cpu"

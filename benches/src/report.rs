@@ -95,10 +95,23 @@ pub struct RunRow {
     pub tw_new: u64,
     /// All TIME_WAIT sockets toward the origins right after the run.
     pub tw_after: u64,
+    /// Length of the run in seconds (wrk -d).
+    pub duration_s: u64,
+    /// utime+stime of both origins during the run, clock ticks.
+    pub backend_ticks: u64,
+    /// utime+stime of wrk, clock ticks.
+    pub wrk_ticks: u64,
+    /// Machine-wide user+nice+system time during the run (all CPUs), clock ticks.
+    pub machine_busy_ticks: u64,
+    /// Machine-wide idle+iowait time during the run (all CPUs), clock ticks.
+    pub machine_idle_ticks: u64,
 }
 
 /// The CSV header `run.sh` writes; [`parse_csv`] checks it.
-pub const CSV_HEADER: &str = "round,scenario,body,target,conns,wrk_file,cpu_ticks,clk_tck,rss_kb,upstream_conns,tw_new,tw_after";
+pub const CSV_HEADER: &str = "round,scenario,body,target,conns,wrk_file,cpu_ticks,clk_tck,rss_kb,upstream_conns,tw_new,tw_after,duration_s,backend_ticks,wrk_ticks,machine_busy_ticks,machine_idle_ticks";
+
+/// Number of columns in [`CSV_HEADER`].
+const CSV_FIELDS: usize = 17;
 
 fn opt(v: &str) -> Result<Option<u64>, String> {
     if v.is_empty() || v == "-" {
@@ -119,8 +132,8 @@ pub fn parse_csv(text: &str) -> Result<Vec<RunRow>, String> {
     for (i, line) in lines.enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let f: Vec<&str> = line.split(',').map(str::trim).collect();
         let err = |e: String| format!("line {}: {e}", i + 2);
-        if f.len() != 12 {
-            return Err(err(format!("{} fields, expected 12", f.len())));
+        if f.len() != CSV_FIELDS {
+            return Err(err(format!("{} fields, expected {CSV_FIELDS}", f.len())));
         }
         let num = |v: &str| v.parse::<u64>().map_err(|e| err(format!("{v:?}: {e}")));
         rows.push(RunRow {
@@ -136,6 +149,11 @@ pub fn parse_csv(text: &str) -> Result<Vec<RunRow>, String> {
             upstream_conns: num(f[9])?,
             tw_new: num(f[10])?,
             tw_after: num(f[11])?,
+            duration_s: num(f[12])?,
+            backend_ticks: num(f[13])?,
+            wrk_ticks: num(f[14])?,
+            machine_busy_ticks: num(f[15])?,
+            machine_idle_ticks: num(f[16])?,
         });
     }
     Ok(rows)
@@ -154,6 +172,28 @@ impl Run {
         let ticks = self.row.cpu_ticks?;
         (self.wrk.requests > 0 && self.row.clk_tck > 0)
             .then(|| ticks as f64 * 1e6 / self.row.clk_tck as f64 / self.wrk.requests as f64)
+    }
+
+    /// Both origins' CPU microseconds per completed request.
+    pub fn backend_us_per_req(&self) -> Option<f64> {
+        (self.wrk.requests > 0 && self.row.clk_tck > 0).then(|| {
+            self.row.backend_ticks as f64 * 1e6 / self.row.clk_tck as f64 / self.wrk.requests as f64
+        })
+    }
+
+    /// Machine idle time during the run, in % of all CPUs.
+    pub fn idle_pct(&self) -> Option<f64> {
+        let total = self.row.machine_busy_ticks + self.row.machine_idle_ticks;
+        (total > 0).then(|| self.row.machine_idle_ticks as f64 * 100.0 / total as f64)
+    }
+
+    /// CPU used during the run by everything except the proxy, the origins and wrk (another
+    /// workload on a shared machine), in % of one CPU.
+    pub fn others_pct(&self) -> Option<f64> {
+        let ours = self.row.cpu_ticks.unwrap_or(0) + self.row.backend_ticks + self.row.wrk_ticks;
+        let span = self.row.duration_s * self.row.clk_tck;
+        (span > 0)
+            .then(|| self.row.machine_busy_ticks.saturating_sub(ours) as f64 * 100.0 / span as f64)
     }
 
     /// Upstream connections opened per 100k requests.
@@ -212,6 +252,9 @@ pub struct Summary {
     pub tw_after: f64,
     /// Errors summed over the rounds.
     pub errors: u64,
+    pub backend_us: Option<f64>,
+    pub idle_pct: Option<f64>,
+    pub others_pct: Option<f64>,
     /// Medians of the per-round ratios to [`REFERENCE`] (None without a reference run).
     pub rps_ratio: Option<f64>,
     pub p50_ratio: Option<f64>,
@@ -284,6 +327,9 @@ pub fn summarize(runs: &[Run]) -> Vec<(Case, Vec<(String, Summary)>)> {
                 tw_new: med(&|r| Some(r.row.tw_new as f64)).unwrap_or(0.0),
                 tw_after: med(&|r| Some(r.row.tw_after as f64)).unwrap_or(0.0),
                 errors: rs.iter().map(|r| r.wrk.errors).sum(),
+                backend_us: med(&|r| r.backend_us_per_req()),
+                idle_pct: med(&|r| r.idle_pct()),
+                others_pct: med(&|r| r.others_pct()),
                 rps_ratio: ratio(&rs, &refs, |r| Some(r.wrk.rps)),
                 p50_ratio: ratio(&rs, &refs, |r| Some(r.wrk.p50_ms)),
                 p99_ratio: ratio(&rs, &refs, |r| Some(r.wrk.p99_ms)),
@@ -330,14 +376,14 @@ fn cell(value: String, ratio: Option<f64>) -> String {
 pub fn markdown(summary: &[(Case, Vec<(String, Summary)>)]) -> String {
     let mut s = String::new();
     s.push_str(
-        "| scenario | body | clients | target | req/s | p50 ms | p99 ms | proxy CPU µs/req | peak RSS MiB | upstream conns opened | per 100k req | new TIME_WAIT | TIME_WAIT after | errors |\n",
+        "| scenario | body | clients | target | req/s | p50 ms | p99 ms | proxy CPU µs/req | peak RSS MiB | upstream conns opened | per 100k req | new TIME_WAIT | TIME_WAIT after | errors | backend CPU µs/req | idle % | others % |\n",
     );
-    s.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    s.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for ((scenario, body), rows) in summary {
         for (target, x) in rows {
             let _ = writeln!(
                 s,
-                "| {scenario} | {body} | {} | {target} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {scenario} | {body} | {} | {target} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 x.conns,
                 cell(thousands(x.rps), x.rps_ratio),
                 cell(format!("{:.2}", x.p50_ms), x.p50_ratio),
@@ -349,6 +395,9 @@ pub fn markdown(summary: &[(Case, Vec<(String, Summary)>)]) -> String {
                 cell(thousands(x.tw_new), x.tw_ratio),
                 thousands(x.tw_after),
                 x.errors,
+                fixed(x.backend_us, 1),
+                fixed(x.idle_pct, 0),
+                fixed(x.others_pct, 0),
             );
         }
     }
@@ -484,6 +533,11 @@ Transfer/sec:      6.05MB
             upstream_conns: conns,
             tw_new: 0,
             tw_after: 0,
+            duration_s: 5,
+            backend_ticks: 50,
+            wrk_ticks: 200,
+            machine_busy_ticks: 600,
+            machine_idle_ticks: 400,
         }
     }
 
@@ -518,6 +572,9 @@ Transfer/sec:      6.05MB
         assert_eq!(up.rps, 30_000.0);
         // 100 ticks = 1 s of CPU over 150,000 requests.
         assert!((up.cpu_us.unwrap() - 1e6 / 150_000.0).abs() < 1e-9);
+        // 600 busy ticks - (100 + 50 + 200) ours = 250 ticks over 500 ticks of one CPU.
+        assert_eq!(up.others_pct, Some(50.0));
+        assert_eq!(up.idle_pct, Some(40.0));
         let table = markdown(&s);
         assert!(
             table.contains("| keepalive | small | 64 | upkeep | 30,000 (3.00) |"),
@@ -534,7 +591,9 @@ Transfer/sec:      6.05MB
 
     #[test]
     fn csv_round_trips_with_missing_proxy_columns() {
-        let text = format!("{CSV_HEADER}\n0,keepalive,small,direct,64,wrk/x.txt,-,100,-,65,0,12\n");
+        let text = format!(
+            "{CSV_HEADER}\n0,keepalive,small,direct,64,wrk/x.txt,-,100,-,65,0,12,5,40,200,700,300\n"
+        );
         let rows = parse_csv(&text).unwrap();
         assert_eq!(rows[0].cpu_ticks, None);
         assert_eq!(rows[0].upstream_conns, 65);
