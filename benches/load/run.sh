@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Side-by-side load comparison of upkeep against nginx and HAProxy, on loopback, in one command:
 #
-#   bash benches/load/run.sh            # full: 3 interleaved rounds of 5 s runs (~11 minutes)
+#   bash benches/load/run.sh            # full: 3 interleaved rounds of 5 s runs (~13 minutes)
 #   bash benches/load/run.sh --quick    # 1 round of 2 s runs (~3 minutes)
 #
 # It installs what is missing (Debian's nginx, haproxy, wrk, curl), builds `upkeep` (release),
@@ -19,8 +19,9 @@
 # The proxies balance round-robin over both origins. Scenarios: keep-alive clients (wrk -c64),
 # closing clients (wrk -c64 -H 'Connection: close': a new client connection per request), each
 # with the small and the 64 KiB body, and fan-in (wrk -c1000, keep-alive, small body). Targets
-# run interleaved inside each round (the starting target rotates every round), with medians
-# over rounds and per-round ratios to nginx-keep.
+# run interleaved inside each round (the starting target rotates every round), each measured
+# run right after 1 s of the same load (unrecorded: pools refill after the idle time since the
+# target's previous run), with medians over rounds and per-round ratios to nginx-keep.
 #
 # Per run: requests/s, p50/p99 latency (wrk --latency), the proxy's CPU µs per request
 # (utime+stime of all its processes and threads, /proc/PID/stat), peak RSS (VmHWM summed over
@@ -34,13 +35,15 @@
 # bounded (-d, plus `timeout`).
 #
 # Knobs (environment): ROUNDS, DURATION (s), TARGETS, CASES ("scenario:body ..."), CONNS,
-# FANIN_CONNS, WRK_THREADS, PORT_BASE (default 19000: origins +1/+2, status +101/+102,
+# FANIN_CONNS, WRK_THREADS, SETTLE (s of unrecorded load right before each measured run, default
+# 1; 0 = off), PORT_BASE (default 19000: origins +1/+2, status +101/+102,
 # proxies +81/+82/+83/+90/+91), PIN=1 (proxies on CPU 0, wrk and origins on CPU 1; default: no
 # pinning), UPKEEP_BIN (skip the build), OUT (output directory), SKIP_ALLOC=1 (skip the
 # allocation count).
 set -euo pipefail
 
-usage() { sed -n '2,40p' "$0" | sed 's/^# \{0,1\}//'; }
+# The comment block above, without the marks.
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
 
 QUICK=0
 for arg in "$@"; do
@@ -66,6 +69,7 @@ WRK_THREADS=${WRK_THREADS:-1}
 PORT_BASE=${PORT_BASE:-19000}
 PIN=${PIN:-0}
 PAUSE=1
+SETTLE=${SETTLE:-1}
 
 ORIGIN1=$((PORT_BASE + 1)) ORIGIN2=$((PORT_BASE + 2))
 STATUS1=$((PORT_BASE + 101)) STATUS2=$((PORT_BASE + 102))
@@ -395,7 +399,7 @@ run_wrk() { # out-file port path conns duration scenario
 
 # --- runs ------------------------------------------------------------------------------------
 
-rm -rf "$OUT/raw" "$OUT/runs.csv"
+rm -rf "$OUT/raw" "$OUT/runs.csv" "$OUT/note.md"
 mkdir -p "$OUT/raw"
 CSV=$OUT/runs.csv
 echo "round,scenario,body,target,conns,wrk_file,cpu_ticks,clk_tck,rss_kb,upstream_conns,tw_new,tw_after,duration_s,backend_ticks,wrk_ticks,machine_busy_ticks,machine_idle_ticks" >"$CSV"
@@ -403,7 +407,7 @@ echo "round,scenario,body,target,conns,wrk_file,cpu_ticks,clk_tck,rss_kb,upstrea
 read -r -a TARGET_LIST <<<"$TARGETS"
 n_cases=$(wc -w <<<"$CASES")
 total_runs=$((ROUNDS * n_cases * ${#TARGET_LIST[@]}))
-log "$total_runs runs of ${DURATION}s (${ROUNDS} round(s)), est. $((total_runs * (DURATION + PAUSE + 1) / 60 + 1)) min"
+log "$total_runs runs of ${DURATION}s (${ROUNDS} round(s)), est. $((total_runs * (DURATION + SETTLE + PAUSE + 1) / 60 + 1)) min"
 
 log "warm-up: ${WARMUP}s per target (not recorded)"
 for t in "${TARGET_LIST[@]}"; do
@@ -424,6 +428,9 @@ for ((round = 0; round < ROUNDS; round++)); do
             procs=()
             [[ $t == direct ]] || read -r -a procs <<<"$(procs_of "$t")"
             file=raw/r$round-$scenario-$body-$t.txt
+            # A short unrecorded run first, so the measured one starts in steady state (pools
+            # filled again after the idle time since this target's previous run).
+            ((SETTLE > 0)) && run_wrk "$TMP/settle.txt" "${PORT[$t]}" "$body" "$conns" "$SETTLE" "$scenario"
             reset_peak_rss "${procs[@]}"
             time_wait >"$TMP/tw.before"
             a1=$(accepts $STATUS1) a2=$(accepts $STATUS2)
@@ -481,5 +488,6 @@ VmHWM summed over its processes; upstream conns = connections the origins accept
 new TIME_WAIT = TIME_WAIT sockets with an origin port at either end that appeared during the run \
 (TIME_WAIT after = all of them, including earlier runs'). For \`direct\` the \"upstream\" \
 connections are wrk's own."
-"$REPORT_BIN" "$CSV" "$OUT" "$NOTE"
+printf '%s\n' "$NOTE" >"$OUT/note.md"
+"$REPORT_BIN" "$CSV" "$OUT"
 log "wrote $OUT/results.md and $OUT/chart.svg"

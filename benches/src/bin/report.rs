@@ -1,9 +1,10 @@
-//! Renders the load comparison's results: `report RESULTS.csv OUT_DIR [NOTE]` reads the CSV that
+//! Renders the load comparison's results: `report RUNS.csv OUT_DIR` reads the CSV that
 //! `load/run.sh` wrote (and the wrk outputs it names), prints the markdown report to stdout, and
-//! writes it to `OUT_DIR/results.md` with the chart `OUT_DIR/chart.svg`. `NOTE` (optional,
-//! markdown) is put under the title: how the run was made.
+//! writes it to `OUT_DIR/results.md` with the chart `OUT_DIR/chart.svg`. A `note.md` next to the
+//! CSV (how the run was made, written by `run.sh`) is put under the title, so the report can be
+//! re-rendered from the committed data alone.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use upkeep_benches::report::{self, chart};
@@ -13,11 +14,12 @@ fn main() -> ExitCode {
     let (csv, out) = match args.as_slice() {
         [csv, out, ..] => (PathBuf::from(csv), PathBuf::from(out)),
         _ => {
-            eprintln!("usage: report RESULTS.csv OUT_DIR [NOTE]");
+            eprintln!("usage: report RUNS.csv OUT_DIR");
             return ExitCode::from(2);
         }
     };
-    let note = args.get(2).cloned().unwrap_or_default();
+    let note_file = csv.parent().unwrap_or(Path::new(".")).join("note.md");
+    let note = std::fs::read_to_string(note_file).unwrap_or_default();
     match run(&csv, &out, &note) {
         Ok(text) => {
             print!("{text}");
@@ -30,7 +32,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(csv: &std::path::Path, out: &std::path::Path, note: &str) -> Result<String, String> {
+fn run(csv: &Path, out: &Path, note: &str) -> Result<String, String> {
     let runs = report::load(csv)?;
     if runs.is_empty() {
         return Err(format!("{}: no runs", csv.display()));
@@ -48,7 +50,7 @@ fn run(csv: &std::path::Path, out: &std::path::Path, note: &str) -> Result<Strin
         report::REFERENCE
     ));
     text.push_str(&report::markdown(&summary));
-    let checks = report::checks(&summary);
+    let checks = report::checks(&runs);
     if !checks.is_empty() {
         text.push_str("\n## Targets (issue 6)\n\n");
         text.push_str(&report::checks_markdown(&checks));
