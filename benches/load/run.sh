@@ -479,7 +479,7 @@ $pin_note).
 Machine: $(nproc) CPUs ($(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)), Linux $(uname -r); \
 $(nginx -v 2>&1 | sed 's/.*: //'), HAProxy $(haproxy -v | awk 'NR == 1 {print $3}'), $(wrk -v 2>&1 | awk 'NR == 1 {print $1, $2}'); \
 load average before the runs: $(cut -d' ' -f1-3 /proc/loadavg). \
-upkeep: $([[ -n ${UPKEEP_BIN:-} ]] && git -C "$REPO" log -1 --format='%h %s' | cut -c1-72 || echo 'not run').
+upkeep: $([[ -n ${UPKEEP_BIN:-} ]] && echo "built from $(git -C "$REPO" rev-parse --short HEAD), last change to core/ or runtime-mio/: $(git -C "$REPO" log -1 --format='%h %s' -- core runtime-mio | cut -c1-80)" || echo 'not run').
 
 Core allocations (steady state, \`cargo bench -p upkeep-benches --bench alloc\`): $ALLOC_LINE.
 
