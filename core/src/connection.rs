@@ -48,6 +48,8 @@ pub(crate) struct Buffers {
     pub after_flush: AfterFlush,
     /// Last time a write made progress (or the queue became non-empty).
     pub write_progress: Time,
+    /// `rbuf`'s length when `Core::read_buffer` lent it out, until `Input::Appended` reports.
+    pub lent_at: Option<usize>,
 }
 
 impl Buffers {
@@ -63,15 +65,22 @@ impl Buffers {
             eof_deferred: false,
             after_flush: AfterFlush::Keep,
             write_progress: now,
+            lent_at: None,
         }
     }
 
     /// Appends received bytes to the read buffer.
     pub fn receive(&mut self, data: &[u8]) {
-        if self.rbuf.capacity() - self.rbuf.len() < data.len() {
-            self.rbuf.reserve(data.len().max(READ_CHUNK));
-        }
+        self.reserve_read(data.len());
         self.rbuf.extend_from_slice(data);
+    }
+
+    /// Ensures `want` bytes of spare read capacity (at least a [`READ_CHUNK`] when growing, so
+    /// small reads do not reallocate one by one; reclaimed in place once relayed pieces drop).
+    pub fn reserve_read(&mut self, want: usize) {
+        if self.rbuf.capacity() - self.rbuf.len() < want {
+            self.rbuf.reserve(want.max(READ_CHUNK));
+        }
     }
 
     /// Queues bytes for writing. Returns true if the queue was empty before.

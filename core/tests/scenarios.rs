@@ -1519,3 +1519,74 @@ fn a_listener_with_its_own_group_sends_unrouted_requests_there() {
     h.client_send(c1, &get("/x"));
     assert_eq!(servers(&h), [Some(h.core.servers()[0]), Some(api)]);
 }
+
+// ----- reading in place (Core::read_buffer + Input::Appended) -----
+
+/// Bytes for `conn`, delivered either as `Received` or appended in place.
+fn deliver(h: &mut Harness, conn: ConnId, data: &[u8], in_place: bool) {
+    if in_place {
+        let buf = h.core.read_buffer(conn, 1).expect("open connection");
+        buf.extend_from_slice(data);
+        h.core.handle(
+            h.now,
+            upkeep_core::Input::Appended {
+                conn,
+                n: data.len(),
+            },
+        );
+    } else {
+        h.core
+            .handle(h.now, upkeep_core::Input::Received { conn, data });
+    }
+    h.pump();
+}
+
+#[test]
+fn reading_in_place_is_the_same_as_received() {
+    let run = |in_place: bool| {
+        let mut h = harness();
+        let c = h.connect_client();
+        // A pipelined pair, split mid-head, then a chunked response split mid-chunk.
+        let reqs = b"GET /a HTTP/1.1\r\nHost: a\r\n\r\nPOST /b HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nxyz";
+        deliver(&mut h, c, &reqs[..20], in_place);
+        deliver(&mut h, c, &reqs[20..], in_place);
+        let mut upstream_saw = Vec::new();
+        let responses: [&[u8]; 2] = [
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok",
+        ];
+        for resp in responses {
+            let u = busy_upstream(&h).unwrap();
+            upstream_saw.extend(h.take_upstream(u));
+            for piece in resp.chunks(7) {
+                deliver(&mut h, u, piece, in_place);
+            }
+        }
+        (h.take_client(c), upstream_saw, h.trace.clone())
+    };
+    let copied = run(false);
+    let in_place = run(true);
+    assert!(!copied.0.is_empty() && copied.0.ends_with(b"ok"));
+    assert_eq!(copied, in_place);
+}
+
+#[test]
+fn an_appended_count_that_does_not_match_is_dropped() {
+    let mut h = harness();
+    let c = h.connect_client();
+    // The runtime claims more than it appended: nothing is trusted, nothing is forwarded.
+    let buf = h.core.read_buffer(c, 64).unwrap();
+    buf.extend_from_slice(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+    h.core
+        .handle(h.now, upkeep_core::Input::Appended { conn: c, n: 99 });
+    h.pump();
+    assert_eq!(connects(&h), 0);
+    // An `Appended` without a `read_buffer` before it is ignored too.
+    h.core
+        .handle(h.now, upkeep_core::Input::Appended { conn: c, n: 5 });
+    h.pump();
+    assert_eq!(connects(&h), 0);
+    // The connection still works.
+    deliver(&mut h, c, &get("/ok"), true);
+    assert_eq!(connects(&h), 1);
+}

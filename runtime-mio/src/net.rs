@@ -7,6 +7,7 @@ use std::os::unix::net::UnixListener as StdUnixListener;
 use std::path::Path;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use mio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use mio::{Interest, Registry, Token};
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
@@ -60,6 +61,24 @@ impl Stream {
             Stream::Tcp(s) => s.read(buf),
             Stream::Unix(s) => s.read(buf),
         }
+    }
+
+    /// Reads into the spare capacity of `buf` (the core's read buffer for this connection, see
+    /// `Core::read_buffer`) and appends what arrived: no staging buffer, no copy.
+    #[allow(unsafe_code)]
+    pub(crate) fn read_into(&self, buf: &mut BytesMut) -> io::Result<usize> {
+        let sock = match self {
+            Stream::Tcp(s) => SockRef::from(s),
+            Stream::Unix(s) => SockRef::from(s),
+        };
+        let len = buf.len();
+        let n = sock.recv(buf.spare_capacity_mut())?;
+        // SAFETY: recv(2) wrote (initialised) the first `n` bytes of the spare capacity, and
+        // socket2 returns at most the length it was given, so `len + n <= capacity`. Measured
+        // reason for not reading into an initialised staging buffer: the copy out of it was
+        // ~10 % of the proxy's CPU on 64 KiB responses (perf, benches/load).
+        unsafe { buf.set_len(len + n) };
+        Ok(n)
     }
 
     pub(crate) fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {

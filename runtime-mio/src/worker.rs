@@ -28,7 +28,13 @@ const LISTENER_BASE: usize = usize::MAX - 1;
 /// Reads per socket per loop pass, so one fast sender cannot starve the others.
 const READ_BUDGET: usize = 16;
 /// Size of the worker's read buffer (shared by all its sockets).
-const READ_BUFFER: usize = 64 * 1024;
+/// Free space ensured in a connection's read buffer before each read (the read takes whatever
+/// spare capacity the buffer has, at least this). The core's own chunk size: a connection that
+/// only ever carries small messages keeps a small buffer.
+const READ_SIZE: usize = 16 * 1024;
+/// The same once a read has filled the space it was given: large bodies then come in 64 KiB
+/// reads (one recv per 64 KiB response instead of four; measured with strace -c).
+const READ_SIZE_BULK: usize = 64 * 1024;
 /// Most slices per `writev`.
 const MAX_IOV: usize = 64;
 /// How long accepting pauses when the process is out of file descriptors.
@@ -116,7 +122,6 @@ pub(crate) fn spawn(setup: Setup) -> io::Result<(Control, JoinHandle<()>)> {
         listeners: setup.listeners.into_iter().map(Some).collect(),
         paused: None,
         socks: Vec::new(),
-        buf: vec![0; READ_BUFFER].into_boxed_slice(),
         to_read: VecDeque::new(),
         to_write: VecDeque::new(),
         rx,
@@ -169,6 +174,9 @@ struct Sock {
     /// An event reported the peer's FIN (or an error): read until EOF, not just until a short
     /// read (see `read`).
     hup: bool,
+    /// Space to ask the core for before a read: `READ_SIZE`, or `READ_SIZE_BULK` once a read
+    /// filled what it was given.
+    read_size: usize,
     /// The client's address (for the access log).
     peer: Option<std::net::SocketAddr>,
 }
@@ -180,7 +188,6 @@ struct Worker {
     listeners: Vec<Option<Listener>>,
     paused: Option<Pause>,
     socks: Vec<Option<Sock>>,
-    buf: Box<[u8]>,
     to_read: VecDeque<ConnId>,
     to_write: VecDeque<ConnId>,
     rx: Receiver<Command>,
@@ -357,11 +364,19 @@ impl Worker {
             if !sock.read || sock.eof || sock.connecting {
                 return;
             }
-            match sock.stream.read(&mut self.buf) {
+            let Some(rbuf) = self.core.read_buffer(id, sock.read_size) else {
+                return;
+            };
+            let spare = rbuf.capacity() - rbuf.len();
+            // Straight into the core's buffer for this connection (`Input::Appended`): the
+            // bytes are not copied again on their way through the proxy.
+            let result = sock.stream.read_into(rbuf);
+            let now = clock::now();
+            match result {
                 Ok(0) => {
                     sock.eof = true;
-                    self.core
-                        .handle(clock::now(), Input::ReadClosed { conn: id });
+                    self.core.handle(now, Input::Appended { conn: id, n: 0 });
+                    self.core.handle(now, Input::ReadClosed { conn: id });
                     self.after_input();
                     return;
                 }
@@ -371,14 +386,11 @@ impl Worker {
                     // only say WouldBlock can be skipped: one syscall less per message. Not
                     // when an event announced the FIN: it may already sit behind this data
                     // with no edge to come.
-                    let drained = n < self.buf.len() && !sock.hup;
-                    self.core.handle(
-                        clock::now(),
-                        Input::Received {
-                            conn: id,
-                            data: &self.buf[..n],
-                        },
-                    );
+                    let drained = n < spare && !sock.hup;
+                    if n == spare {
+                        sock.read_size = READ_SIZE_BULK;
+                    }
+                    self.core.handle(now, Input::Appended { conn: id, n });
                     self.after_input();
                     if drained {
                         return;
@@ -504,6 +516,7 @@ impl Worker {
                 shutdown_wanted: false,
                 shut: false,
                 hup: false,
+                read_size: READ_SIZE,
                 peer: None,
             }),
             Err(e) => {
@@ -608,6 +621,7 @@ impl Worker {
                                 shutdown_wanted: false,
                                 shut: false,
                                 hup: false,
+                                read_size: READ_SIZE,
                                 peer,
                             });
                             self.after_input();

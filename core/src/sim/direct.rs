@@ -70,24 +70,21 @@ impl Direct {
     /// in the given pieces.
     pub fn exchange(&mut self, request: &[u8], response: &[&[u8]]) {
         self.now = Time(self.now.0 + 1_000_000);
-        self.core.handle(
-            self.now,
-            Input::Received {
-                conn: self.client,
-                data: request,
-            },
-        );
-        self.drain();
+        self.receive(self.client, request);
         let upstream = self.upstream.expect("an upstream connection");
         for piece in response {
-            self.core.handle(
-                self.now,
-                Input::Received {
-                    conn: upstream,
-                    data: piece,
-                },
-            );
-            self.drain();
+            self.receive(upstream, piece);
         }
+    }
+
+    /// Bytes arrive on `conn` the way the mio runtime delivers them: "read" straight into the
+    /// core's buffer ([`Core::read_buffer`], [`Input::Appended`]; the extend stands for the
+    /// kernel's copy).
+    fn receive(&mut self, conn: ConnId, data: &[u8]) {
+        let buf = self.core.read_buffer(conn, data.len()).expect("open");
+        buf.extend_from_slice(data);
+        let n = data.len();
+        self.core.handle(self.now, Input::Appended { conn, n });
+        self.drain();
     }
 }
