@@ -187,6 +187,7 @@ impl Bound {
     pub(crate) fn bind(addr: &Address) -> io::Result<Bound> {
         match addr {
             Address::Tcp(sa) => {
+                refuse_taken_port(*sa)?;
                 let first = bind_reuseport(*sa)?;
                 let addr = first.local_addr()?;
                 Ok(Bound::Tcp {
@@ -283,6 +284,26 @@ fn open(socket: &Option<StdUnixListener>) -> io::Result<&StdUnixListener> {
     socket
         .as_ref()
         .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "listener closed"))
+}
+
+/// Fails with `AddrInUse` when something already listens on `addr`. Our sockets set
+/// SO_REUSEPORT so workers can share a port, which would also let a second `upkeep` (or anything
+/// else of the same user with SO_REUSEPORT) bind the port and silently take a share of the
+/// connections. A probe bound *without* SO_REUSEPORT conflicts with every listener there.
+/// (Reloads keep their own sockets, see `Bound::share`, and never probe.)
+fn refuse_taken_port(addr: SocketAddr) -> io::Result<()> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // SO_REUSEADDR still conflicts with a listener, not with TIME_WAIT leftovers of a restart.
+    probe.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        probe.set_only_v6(true)?;
+    }
+    probe
+        .bind(&addr.into())
+        .map_err(|e| io::Error::new(e.kind(), format!("bind {addr}: {e}")))
 }
 
 /// A non-blocking TCP listener with `SO_REUSEADDR` and `SO_REUSEPORT` (nginx `listen ... reuseport`).

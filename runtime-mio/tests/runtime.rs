@@ -26,6 +26,23 @@ fn proxies_a_request() {
 }
 
 #[test]
+fn a_second_proxy_on_a_taken_port_is_refused() {
+    // SO_REUSEPORT would let it bind and silently take a share of the connections.
+    let b = Backend::identify("one").unwrap();
+    let first = Proxy::start(loopback_config(vec![b.addr()], 1)).unwrap();
+    let mut cfg = loopback_config(vec![b.addr()], 1);
+    cfg.listeners[0].addr = first.listen_addrs()[0].clone();
+    let err = Proxy::start(cfg).expect_err("the port is taken");
+    assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse, "{err}");
+    // The first proxy still takes every connection.
+    for _ in 0..20 {
+        assert_eq!(get_text(&first.listen_addrs()[0], "/").0, 200);
+    }
+    assert_eq!(first.snapshot().accepted, 20);
+    first.shutdown();
+}
+
+#[test]
 fn so_reuseport_spreads_accepts_across_workers() {
     let b = Backend::identify("one").unwrap();
     let proxy = Proxy::start(loopback_config(vec![b.addr()], 2)).unwrap();
