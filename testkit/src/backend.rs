@@ -109,21 +109,28 @@ pub struct RecordedRequest {
 }
 
 impl RecordedRequest {
+    /// A request as httparse parsed it (its body, if any, is filled in later).
+    fn parsed(conn: usize, seq: usize, r: &httparse::Request<'_, '_>, complete: bool) -> Self {
+        RecordedRequest {
+            conn,
+            seq,
+            method: r.method.unwrap_or_default().to_string(),
+            target: r.path.unwrap_or_default().to_string(),
+            version: r.version.unwrap_or(1),
+            headers: crate::wire::owned_fields(r.headers),
+            body: Vec::new(),
+            complete,
+        }
+    }
+
     /// The first field named `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        crate::wire::header(&self.headers, name)
     }
 
     /// Every field named `name`, in order.
     pub fn headers_named(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-            .collect()
+        crate::wire::headers_named(&self.headers, name)
     }
 }
 
@@ -650,25 +657,7 @@ fn read_request(
     let mut headers = [httparse::EMPTY_HEADER; 128];
     let mut r = httparse::Request::new(&mut headers);
     r.parse(&head).map_err(|e| invalid(e.to_string()))?;
-    Ok(Some(RecordedRequest {
-        conn,
-        seq,
-        method: r.method.unwrap_or_default().to_string(),
-        target: r.path.unwrap_or_default().to_string(),
-        version: r.version.unwrap_or(1),
-        headers: r
-            .headers
-            .iter()
-            .map(|h| {
-                (
-                    h.name.to_string(),
-                    String::from_utf8_lossy(h.value).into_owned(),
-                )
-            })
-            .collect(),
-        body: Vec::new(),
-        complete: true,
-    }))
+    Ok(Some(RecordedRequest::parsed(conn, seq, &r, true)))
 }
 
 fn read_request_body(reader: &mut WireReader, req: &RecordedRequest) -> io::Result<Vec<u8>> {
@@ -772,25 +761,8 @@ fn reset_on_request(stream: Stream, index: usize, seq: usize, shared: &Shared) -
                 let mut r = httparse::Request::new(&mut headers);
                 if let Ok(httparse::Status::Complete(_)) = r.parse(&buf[..n]) {
                     shared.requests.fetch_add(1, Ordering::SeqCst);
-                    shared.log.lock().unwrap().push(RecordedRequest {
-                        conn: index,
-                        seq,
-                        method: r.method.unwrap_or_default().into(),
-                        target: r.path.unwrap_or_default().into(),
-                        version: r.version.unwrap_or(1),
-                        headers: r
-                            .headers
-                            .iter()
-                            .map(|h| {
-                                (
-                                    h.name.to_string(),
-                                    String::from_utf8_lossy(h.value).into_owned(),
-                                )
-                            })
-                            .collect(),
-                        body: Vec::new(),
-                        complete: false,
-                    });
+                    let recorded = RecordedRequest::parsed(index, seq, &r, false);
+                    shared.log.lock().unwrap().push(recorded);
                     drop(stream);
                     return Ok(());
                 }

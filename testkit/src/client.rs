@@ -32,19 +32,12 @@ pub struct Response {
 impl Response {
     /// The first field named `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        crate::wire::header(&self.headers, name)
     }
 
     /// Every field named `name`, in order.
     pub fn headers_named(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-            .collect()
+        crate::wire::headers_named(&self.headers, name)
     }
 
     /// Whether a `Connection` field lists `token` (case-insensitive).
@@ -135,16 +128,7 @@ impl Client {
             let mut resp = Response {
                 version: r.version.unwrap_or(1),
                 status,
-                headers: r
-                    .headers
-                    .iter()
-                    .map(|h| {
-                        (
-                            h.name.to_string(),
-                            String::from_utf8_lossy(h.value).into_owned(),
-                        )
-                    })
-                    .collect(),
+                headers: crate::wire::owned_fields(r.headers),
                 body: Vec::new(),
                 interim: Vec::new(),
                 close_delimited: false,

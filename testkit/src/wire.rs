@@ -392,3 +392,33 @@ mod tests {
         assert_eq!(chunk_encode(b"", 2), b"0\r\n\r\n");
     }
 }
+
+/// The first field named `name` (ASCII case-insensitive) of a parsed head's fields.
+pub fn header<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    fields
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+/// Every field named `name` (ASCII case-insensitive), in order.
+pub fn headers_named<'a>(fields: &'a [(String, String)], name: &str) -> Vec<&'a str> {
+    fields
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+        .collect()
+}
+
+/// httparse's fields as owned `(name, value)` pairs (values decoded lossily).
+pub fn owned_fields(fields: &[httparse::Header<'_>]) -> Vec<(String, String)> {
+    fields
+        .iter()
+        .map(|h| {
+            (
+                h.name.to_string(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
+        .collect()
+}
