@@ -369,30 +369,6 @@ impl Drop for TempDir {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pattern_is_deterministic_and_varied() {
-        assert_eq!(pattern(1000, 7), pattern(1000, 7));
-        assert_ne!(pattern(1000, 7), pattern(1000, 8));
-        let p = pattern(4096, 1);
-        assert_eq!(p.len(), 4096);
-        let distinct = p.iter().collect::<std::collections::HashSet<_>>().len();
-        assert!(distinct > 200, "{distinct} distinct byte values");
-    }
-
-    #[test]
-    fn chunk_encoding_shape() {
-        assert_eq!(
-            chunk_encode(b"hello", 2),
-            b"2\r\nhe\r\n2\r\nll\r\n1\r\no\r\n0\r\n\r\n"
-        );
-        assert_eq!(chunk_encode(b"", 2), b"0\r\n\r\n");
-    }
-}
-
 /// The first field named `name` (ASCII case-insensitive) of a parsed head's fields.
 pub fn header<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
     fields
@@ -421,4 +397,28 @@ pub fn owned_fields(fields: &[httparse::Header<'_>]) -> Vec<(String, String)> {
             )
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pattern_is_deterministic_and_varied() {
+        assert_eq!(pattern(1000, 7), pattern(1000, 7));
+        assert_ne!(pattern(1000, 7), pattern(1000, 8));
+        let p = pattern(4096, 1);
+        assert_eq!(p.len(), 4096);
+        let distinct = p.iter().collect::<std::collections::HashSet<_>>().len();
+        assert!(distinct > 200, "{distinct} distinct byte values");
+    }
+
+    #[test]
+    fn chunk_encoding_shape() {
+        assert_eq!(
+            chunk_encode(b"hello", 2),
+            b"2\r\nhe\r\n2\r\nll\r\n1\r\no\r\n0\r\n\r\n"
+        );
+        assert_eq!(chunk_encode(b"", 2), b"0\r\n\r\n");
+    }
 }
