@@ -50,6 +50,10 @@ pub struct Harness {
     pub auto_connect: bool,
     /// Largest write the fake sockets accept at once (None = everything).
     pub write_chunk: Option<usize>,
+    /// Deliveries so far: they alternate between the two ways a runtime can hand bytes to the
+    /// core, so every test drives both (`Input::Received`, and `Core::read_buffer` +
+    /// `Input::Appended`).
+    deliveries: u64,
 }
 
 impl Harness {
@@ -65,6 +69,7 @@ impl Harness {
             trace: Vec::new(),
             auto_connect: true,
             write_chunk: None,
+            deliveries: 0,
         }
     }
 
@@ -106,12 +111,24 @@ impl Harness {
             return;
         }
         if ep.reading && ep.unread.is_empty() {
-            self.core
-                .handle(self.now, Input::Received { conn: id, data });
+            self.deliver(id, data);
         } else {
             ep.unread.extend_from_slice(data);
         }
         self.pump();
+    }
+
+    /// Hands bytes the peer sent to the core, copied (`Received`) or in place (`Appended`), in
+    /// turn.
+    fn deliver(&mut self, conn: ConnId, data: &[u8]) {
+        self.deliveries += 1;
+        if self.deliveries.is_multiple_of(2) {
+            self.core.handle(self.now, Input::Received { conn, data });
+        } else if let Some(buf) = self.core.read_buffer(conn, data.len()) {
+            buf.extend_from_slice(data);
+            let n = data.len();
+            self.core.handle(self.now, Input::Appended { conn, n });
+        }
     }
 
     /// The client closes its write side (EOF).
@@ -359,8 +376,7 @@ impl Harness {
                         let data = core::mem::take(&mut ep.unread);
                         let eof = core::mem::take(&mut ep.eof_pending);
                         if !data.is_empty() {
-                            self.core
-                                .handle(self.now, Input::Received { conn, data: &data });
+                            self.deliver(conn, &data);
                         }
                         if eof {
                             self.core.handle(self.now, Input::ReadClosed { conn });
