@@ -396,18 +396,30 @@ impl Worker {
                         return;
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => {
-                    self.core.handle(clock::now(), Input::Errored { conn: id });
-                    self.after_input();
-                    return;
+                Err(e) => {
+                    if !self.io_error(id, &e) {
+                        return;
+                    }
                 }
             }
         }
         // Budget spent with data possibly left: edge-triggered readiness will not fire again,
         // so come back to it next pass.
         self.to_read.push_back(id);
+    }
+
+    /// A read or write failed: whether to try again at once (interrupted). WouldBlock waits for
+    /// the next edge; anything else is the connection's end, reported to the core.
+    fn io_error(&mut self, id: ConnId, e: &io::Error) -> bool {
+        match e.kind() {
+            io::ErrorKind::Interrupted => true,
+            io::ErrorKind::WouldBlock => false,
+            _ => {
+                self.core.handle(clock::now(), Input::Errored { conn: id });
+                self.after_input();
+                false
+            }
+        }
     }
 
     fn flush(&mut self, id: ConnId) {
@@ -455,12 +467,10 @@ impl Worker {
                         return;
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => {
-                    self.core.handle(clock::now(), Input::Errored { conn: id });
-                    self.after_input();
-                    return;
+                Err(e) => {
+                    if !self.io_error(id, &e) {
+                        return;
+                    }
                 }
             }
         }
