@@ -766,8 +766,13 @@ impl Core {
                 continue;
             };
             match cl.phase {
+                // A new connection that has not finished its first request yet: the client is
+                // about to send it, so closing now would meet it with a reset. nginx waits for
+                // it too (only connections between requests are idle to nginx); the header
+                // deadline still bounds the wait, and the answer carries `Connection: close`.
+                Phase::Idle | Phase::Head if cl.requests == 0 => {}
                 // Between requests (perhaps still flushing the last response), or with only
-                // part of a head received — not an exchange we promised to finish.
+                // part of a later head received — not an exchange we promised to finish.
                 Phase::Idle | Phase::Head => {
                     self.close_client_after_flush(now, id, AfterFlush::Close)
                 }

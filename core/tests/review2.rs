@@ -610,12 +610,36 @@ fn accept_refuses_at_the_cap_and_accepts_again_after_a_close() {
 #[test]
 fn draining_refuses_new_accepts() {
     let mut h = harness();
-    let c = h.connect_client();
+    // One client between requests, one that has not sent its first request yet.
+    let idle = h.connect_client();
+    exchange(&mut h, idle, &get("/1"), &ok("one"));
+    let fresh = h.connect_client();
     let now = h.now;
     h.core.begin_drain(now);
     h.pump();
-    assert!(h.clients[&c].closed);
+    assert!(h.clients[&idle].closed, "between requests: closed at once");
     assert!(h.core.accept(now, ListenerId(0), Some(ip(1))).is_err());
+    // The fresh connection's request is about to arrive (nginx waits for it too): closing
+    // now would answer it with a reset. It is served, with Connection: close.
+    assert!(!h.clients[&fresh].closed);
+    assert!(!h.core.is_drained());
+    let (_, rs) = exchange(&mut h, fresh, &get("/2"), &ok("two"));
+    assert_eq!(rs[0].body, b"two");
+    assert_eq!(rs[0].header("connection"), Some("close"));
+    assert!(h.clients[&fresh].closed);
+    assert!(h.core.is_drained());
+}
+
+#[test]
+fn draining_waits_for_a_silent_fresh_connection_only_until_its_header_timeout() {
+    let mut h = harness();
+    let fresh = h.connect_client();
+    let now = h.now;
+    h.core.begin_drain(now);
+    h.pump();
+    assert!(!h.core.is_drained());
+    h.advance(h.core.config().client_timeouts.header);
+    assert!(h.clients[&fresh].closed);
     assert!(h.core.is_drained());
 }
 
