@@ -181,6 +181,15 @@ struct Sock {
     peer: Option<std::net::SocketAddr>,
 }
 
+/// The socket the core knows as `id` (a slot reused by a newer connection is not it). A free
+/// function so `read` and `flush` can hold it beside a borrow of the core.
+fn sock_in(socks: &mut [Option<Sock>], id: ConnId) -> Option<&mut Sock> {
+    socks
+        .get_mut(id.index as usize)
+        .and_then(Option::as_mut)
+        .filter(|s| s.id == id)
+}
+
 struct Worker {
     id: u64,
     poll: Poll,
@@ -278,10 +287,7 @@ impl Worker {
     }
 
     fn sock(&mut self, id: ConnId) -> Option<&mut Sock> {
-        self.socks
-            .get_mut(id.index as usize)
-            .and_then(Option::as_mut)
-            .filter(|s| s.id == id)
+        sock_in(&mut self.socks, id)
     }
 
     fn insert(&mut self, sock: Sock) {
@@ -353,12 +359,7 @@ impl Worker {
 
     fn read(&mut self, id: ConnId) {
         for _ in 0..READ_BUDGET {
-            let Some(sock) = self
-                .socks
-                .get_mut(id.index as usize)
-                .and_then(Option::as_mut)
-                .filter(|s| s.id == id)
-            else {
+            let Some(sock) = sock_in(&mut self.socks, id) else {
                 return;
             };
             if !sock.read || sock.eof || sock.connecting {
@@ -424,12 +425,7 @@ impl Worker {
 
     fn flush(&mut self, id: ConnId) {
         loop {
-            let Some(sock) = self
-                .socks
-                .get_mut(id.index as usize)
-                .and_then(Option::as_mut)
-                .filter(|s| s.id == id)
-            else {
+            let Some(sock) = sock_in(&mut self.socks, id) else {
                 return;
             };
             if sock.connecting {

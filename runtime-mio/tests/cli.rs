@@ -450,6 +450,23 @@ fn access_log_lines_and_sigusr1_reopen() {
     assert_eq!(up.wait_exit(), 0);
 }
 
+/// New connections to `listen`, each with one GET, until one gets a 200 (bounded by
+/// `TIMEOUT`); `check` sees the status of every response that arrives on the way.
+fn until_served(listen: &upkeep_core::Address, check: impl Fn(u16)) {
+    let start = Instant::now();
+    loop {
+        let mut c = Client::connect(listen).unwrap();
+        if let Ok(r) = c.request(&client::get("/")) {
+            check(r.status);
+            if r.status == 200 {
+                return;
+            }
+        }
+        assert!(start.elapsed() < TIMEOUT, "never recovered");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn out_of_file_descriptors_pauses_accepting_then_recovers() {
     let b = Backend::identify("fd").unwrap();
@@ -471,16 +488,7 @@ fn out_of_file_descriptors_pauses_accepting_then_recovers() {
     up.expect("pausing accepts");
     drop(flood);
     // Once descriptors are free again, service resumes.
-    let start = Instant::now();
-    loop {
-        let mut c = Client::connect(&listen).unwrap();
-        if let Ok(r) = c.request(&client::get("/")) {
-            assert_eq!(r.status, 200);
-            break;
-        }
-        assert!(start.elapsed() < TIMEOUT, "never recovered");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    until_served(&listen, |status| assert_eq!(status, 200));
     up.signal("INT");
     assert_eq!(up.wait_exit(), 0);
 }
@@ -513,18 +521,9 @@ fn out_of_descriptors_for_an_upstream_socket_is_a_500_and_marks_no_server_down()
     drop(flood);
     // Once descriptors are free, the very servers that "failed" serve again: no 502 while
     // they sit out a fail_timeout they never earned.
-    let start = Instant::now();
-    loop {
-        let mut c = Client::connect(&listen).unwrap();
-        if let Ok(r) = c.request(&client::get("/")) {
-            assert_ne!(r.status, 502, "a server was marked down");
-            if r.status == 200 {
-                break;
-            }
-        }
-        assert!(start.elapsed() < TIMEOUT, "never recovered");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    until_served(&listen, |status| {
+        assert_ne!(status, 502, "a server was marked down")
+    });
     up.signal("INT");
     assert_eq!(up.wait_exit(), 0);
 }
