@@ -1,0 +1,7 @@
+//! upkeep-runtime: the layer both runtimes (`upkeep-mio`, `upkeep-smol`) share.
+//!
+//! A runtime only moves bytes and time between the operating system and an
+//! [`upkeep_core::Core`]; everything else it does with the OS (how a listener is bound, which
+//! socket options are set, how a read lands in the core's buffer, how a write is gathered, what
+//! the clock is, how many workers run) and everything it shows operators (the admin listener,
+//! the metrics text, the access log) lives here, once.
