@@ -1,15 +1,18 @@
-//! Helpers shared by the scenario-style integration tests (`scenarios.rs`, `review.rs`,
-//! `conformance.rs`): build a config, play clients and backends through the harness, read what
-//! they received.
+//! Helpers shared by the scenario-style integration tests (`scenarios.rs` and the subject files
+//! `backpressure.rs`, `timeouts.rs`, `retries.rs`, `balancing.rs`, `limits.rs`, `pooling.rs`,
+//! `drain.rs`, `half_close.rs`, `pipelining.rs`, `bodies.rs`, `odd_responses.rs`): build a
+//! config, play clients and backends through the harness, read what they received, check that
+//! nothing leaks.
 // Each test crate uses a different subset of these helpers.
 #![allow(dead_code)]
 
+use core::net::{IpAddr, Ipv4Addr};
 use core::time::Duration;
 
 use upkeep_core::config::{Address, Config};
 use upkeep_core::sim::Harness;
 use upkeep_core::sim::http::{Message, read_request, read_responses};
-use upkeep_core::{ConnId, Output};
+use upkeep_core::{ConnId, Input, Output};
 
 pub fn config(servers: usize) -> Config {
     let addrs = (0..servers)
@@ -145,4 +148,112 @@ pub fn open_tunnel() -> (Harness, ConnId, ConnId) {
         String::from_utf8_lossy(&head)
     );
     (h, c, u)
+}
+
+pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+pub fn ip(last: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(10, 0, 0, last))
+}
+
+/// No deadline the core asks for is already in the past.
+pub fn timers_ok(h: &Harness, what: &str) {
+    if let Some(t) = h.core.poll_timeout() {
+        assert!(
+            t >= h.now,
+            "{what}: poll_timeout {:?} is in the past (now {:?})",
+            t,
+            h.now
+        );
+    }
+}
+
+/// Chunked bytes of `body` in `size`-byte chunks, with the last chunk.
+pub fn chunked(body: &[u8], size: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    for piece in body.chunks(size) {
+        out.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        out.extend_from_slice(piece);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"0\r\n\r\n");
+    out
+}
+
+/// A runtime that read the EOF in the same go as the data before it (before it could act on
+/// an interest change): the core sees the EOF while those bytes are still held back.
+pub fn eof_now(h: &mut Harness, id: ConnId) {
+    h.core.handle(h.now, Input::ReadClosed { conn: id });
+    h.pump();
+}
+
+/// Data that arrives in one read, whatever the interest (same reasoning as `eof_now`).
+/// Delivered in 16 KiB reads, as a runtime's read buffer would.
+pub fn recv_now(h: &mut Harness, id: ConnId, data: &[u8]) {
+    for piece in data.chunks(16 * KIB) {
+        h.core.handle(
+            h.now,
+            Input::Received {
+                conn: id,
+                data: piece,
+            },
+        );
+        h.pump();
+    }
+}
+
+/// Closes whatever is still open, lets every deadline pass, and checks nothing is left.
+pub fn no_leaks(h: &mut Harness) {
+    let ids: Vec<ConnId> = h
+        .clients
+        .keys()
+        .chain(h.upstreams.keys())
+        .copied()
+        .collect();
+    for id in ids {
+        if h.core.is_open(id) {
+            h.reset(id);
+        }
+    }
+    h.advance(secs(3600));
+    let mut closes: Vec<ConnId> = h
+        .trace
+        .iter()
+        .filter_map(|o| match o {
+            Output::Close { conn, .. } => Some(*conn),
+            _ => None,
+        })
+        .collect();
+    let n = closes.len();
+    closes.sort_by_key(|c| (c.index, c.generation));
+    closes.dedup();
+    assert_eq!(closes.len(), n, "a connection was closed twice");
+    assert_eq!(h.core.connections(), 0, "connections leaked");
+    assert_eq!(h.core.poll_timeout(), None, "timer leaked");
+}
+
+/// A close-delimited response body (1 MiB) read whole, EOF included, while the client is
+/// stalled: the upstream EOF is deferred. Returns (harness, client, upstream, body).
+pub fn deferred_close_delimited(client_req: &[u8]) -> (Harness, ConnId, ConnId, Vec<u8>, Vec<u8>) {
+    let mut h = harness();
+    let c = h.connect_client();
+    h.client_send(c, client_req);
+    let u = busy_upstream(&h).unwrap();
+    requests(&mut h, u);
+    h.stall(c, true);
+    let body = body_of(1024 * KIB, 13);
+    let head = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n".to_vec();
+    recv_now(&mut h, u, &head);
+    recv_now(&mut h, u, &body);
+    eof_now(&mut h, u);
+    assert!(
+        h.core.is_open(u),
+        "EOF acted on while bytes are held back: {:?} {:?} pending {}",
+        &h.trace[h.trace.len().saturating_sub(6)..],
+        h.clients[&c].total_received,
+        h.core.pending_len(c)
+    );
+    (h, c, u, head, body)
 }
