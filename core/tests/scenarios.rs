@@ -1,5 +1,5 @@
 //! Scenario tests: the engine driven through its public API by the in-memory harness, one test
-//! per rule of `shared/docs/http-proxy-rules.md` that belongs to the core. The harness plays the
+//! per rule a keepalive proxy must get right that belongs to the core. The harness plays the
 //! runtime; each test plays the clients and the backends byte by byte.
 
 use core::net::{IpAddr, Ipv4Addr};
