@@ -1,6 +1,6 @@
 //! Counters a worker keeps (plain integers, no atomics: a worker never shares them), the
-//! snapshot it hands to the admin thread, and the two renderings: Prometheus text format 0.0.4
-//! and nginx `stub_status`.
+//! snapshot it hands to the admin listener, and the two renderings: Prometheus text format 0.0.4
+//! and nginx `stub_status`. Nothing here knows which runtime drives the core.
 //!
 //! Snapshots are keyed by names from the configuration (upstream name, server address), not by
 //! indexes, so workers of different reload generations (different configs) sum correctly.
@@ -9,24 +9,28 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use upkeep_core::pool::EvictReason;
-use upkeep_core::{Core, Time, UpstreamId};
+use upkeep_core::{Core, ExchangeInfo, Time, UpstreamId};
 
 /// Upper bounds (seconds) of the request duration histogram buckets.
-pub(crate) const BUCKETS: [f64; 12] = [
+pub const BUCKETS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
 ];
 
 /// Request durations: cumulative rendering happens at export time; here each observation lands in
 /// exactly one bucket (the last slot is +Inf).
 #[derive(Clone, Debug, Default, PartialEq)]
-pub(crate) struct Histogram {
-    pub(crate) counts: [u64; BUCKETS.len() + 1],
-    pub(crate) sum: f64,
-    pub(crate) count: u64,
+pub struct Histogram {
+    /// Observations per bucket (not cumulative); the last slot is +Inf.
+    pub counts: [u64; BUCKETS.len() + 1],
+    /// Sum of the observations, in seconds.
+    pub sum: f64,
+    /// Number of observations.
+    pub count: u64,
 }
 
 impl Histogram {
-    pub(crate) fn observe(&mut self, seconds: f64) {
+    /// Counts one observation of `seconds`.
+    pub fn observe(&mut self, seconds: f64) {
         let slot = BUCKETS
             .iter()
             .position(|&b| seconds <= b)
@@ -47,11 +51,20 @@ impl Histogram {
 
 /// What a worker counts itself (the core counts the rest).
 #[derive(Clone, Debug, Default)]
-pub(crate) struct WorkerCounters {
+pub struct WorkerCounters {
     /// Responses by status code, from recorded exchanges.
-    pub(crate) codes: BTreeMap<u16, u64>,
+    pub codes: BTreeMap<u16, u64>,
     /// Request durations.
-    pub(crate) duration: Histogram,
+    pub duration: Histogram,
+}
+
+impl WorkerCounters {
+    /// Counts a finished exchange: its status code and its duration.
+    pub fn record(&mut self, ex: &ExchangeInfo) {
+        *self.codes.entry(ex.status).or_default() += 1;
+        self.duration
+            .observe(ex.finished.since(ex.started).as_secs_f64());
+    }
 }
 
 /// Per upstream group.
@@ -103,12 +116,13 @@ pub struct Snapshot {
     pub groups: BTreeMap<String, GroupSnapshot>,
     /// Per (upstream name, server address).
     pub servers: BTreeMap<(String, String), ServerSnapshot>,
-    pub(crate) duration: Histogram,
+    /// Request durations.
+    pub duration: Histogram,
 }
 
 impl Snapshot {
-    /// A worker's snapshot.
-    pub(crate) fn of(core: &Core, counters: &WorkerCounters, now: Time) -> Snapshot {
+    /// A worker's snapshot: what its core counted plus what the worker counted itself.
+    pub fn of(core: &Core, counters: &WorkerCounters, now: Time) -> Snapshot {
         let stats = core.stats();
         let config = core.config();
         let mut s = Snapshot {
@@ -157,7 +171,7 @@ impl Snapshot {
     }
 
     /// The counters of a worker that has exited: gauges no longer apply.
-    pub(crate) fn retired(mut self) -> Snapshot {
+    pub fn retired(mut self) -> Snapshot {
         self.activity = (0, 0, 0);
         for g in self.groups.values_mut() {
             g.idle = 0;
@@ -170,7 +184,7 @@ impl Snapshot {
     }
 
     /// Adds `o` into `self`.
-    pub(crate) fn add(&mut self, o: &Snapshot) {
+    pub fn add(&mut self, o: &Snapshot) {
         self.accepted += o.accepted;
         self.handled += o.handled;
         self.requests += o.requests;
