@@ -274,65 +274,43 @@ impl Snapshot {
         );
         let _ = writeln!(o, "upkeep_connections_active {}", self.active());
 
-        header(
-            &mut o,
-            "upkeep_upstream_connects_total",
-            "counter",
-            "Upstream connections opened.",
-        );
-        for ((up, srv), s) in &self.servers {
-            let _ = writeln!(
-                o,
-                "upkeep_upstream_connects_total{{upstream=\"{}\",server=\"{}\"}} {}",
-                esc(up),
-                esc(srv),
-                s.connects
-            );
-        }
-        header(
-            &mut o,
-            "upkeep_upstream_connect_failures_total",
-            "counter",
-            "Upstream connections that failed to open.",
-        );
-        for ((up, srv), s) in &self.servers {
-            let _ = writeln!(
-                o,
-                "upkeep_upstream_connect_failures_total{{upstream=\"{}\",server=\"{}\"}} {}",
-                esc(up),
-                esc(srv),
-                s.connect_failures
-            );
-        }
-        header(
-            &mut o,
-            "upkeep_upstream_requests_total",
-            "counter",
-            "Requests sent to each server.",
-        );
-        for ((up, srv), s) in &self.servers {
-            let _ = writeln!(
-                o,
-                "upkeep_upstream_requests_total{{upstream=\"{}\",server=\"{}\"}} {}",
-                esc(up),
-                esc(srv),
-                s.requests
-            );
-        }
-        header(
-            &mut o,
-            "upkeep_upstream_up",
-            "gauge",
-            "1 when every worker considers the server up (passive health).",
-        );
-        for ((up, srv), s) in &self.servers {
-            let _ = writeln!(
-                o,
-                "upkeep_upstream_up{{upstream=\"{}\",server=\"{}\"}} {}",
-                esc(up),
-                esc(srv),
-                u8::from(s.up)
-            );
+        let servers: [ServerMetric; 4] = [
+            (
+                "upkeep_upstream_connects_total",
+                "counter",
+                "Upstream connections opened.",
+                |s| s.connects,
+            ),
+            (
+                "upkeep_upstream_connect_failures_total",
+                "counter",
+                "Upstream connections that failed to open.",
+                |s| s.connect_failures,
+            ),
+            (
+                "upkeep_upstream_requests_total",
+                "counter",
+                "Requests sent to each server.",
+                |s| s.requests,
+            ),
+            (
+                "upkeep_upstream_up",
+                "gauge",
+                "1 when every worker considers the server up (passive health).",
+                |s| u64::from(s.up),
+            ),
+        ];
+        for (name, kind, help, get) in servers {
+            header(&mut o, name, kind, help);
+            for ((up, srv), s) in &self.servers {
+                let _ = writeln!(
+                    o,
+                    "{name}{{upstream=\"{}\",server=\"{}\"}} {}",
+                    esc(up),
+                    esc(srv),
+                    get(s)
+                );
+            }
         }
         let groups: [GroupMetric; 3] = [
             (
@@ -428,6 +406,14 @@ impl Snapshot {
     }
 }
 
+/// A per-server metric: name, type, help, and how to read it.
+type ServerMetric = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&ServerSnapshot) -> u64,
+);
+
 /// A per-group metric: name, type, help, and how to read it.
 type GroupMetric = (
     &'static str,
@@ -507,4 +493,108 @@ mod tests {
         with_retired.add(&a);
         assert!(with_retired.servers[&key].up);
     }
+
+    /// One group, one server, every field non-zero, a label value that needs escaping.
+    fn sample() -> Snapshot {
+        let mut s = Snapshot {
+            accepted: 3,
+            handled: 2,
+            requests: 5,
+            activity: (1, 0, 1),
+            ..Snapshot::default()
+        };
+        s.codes.insert(200, 4);
+        s.codes.insert(502, 1);
+        let mut evictions = BTreeMap::new();
+        evictions.insert("idle_timeout", 2);
+        s.groups.insert(
+            "app\"x".into(),
+            GroupSnapshot {
+                pool_hits: 3,
+                pool_misses: 1,
+                idle: 1,
+                evictions,
+                stale_retries: 1,
+                next_upstream: 2,
+            },
+        );
+        s.servers.insert(
+            ("app\"x".into(), "127.0.0.1:1".into()),
+            ServerSnapshot {
+                connects: 2,
+                connect_failures: 1,
+                requests: 4,
+                up: true,
+                live_reports: 1,
+            },
+        );
+        s.duration.observe(0.003);
+        s
+    }
+
+    /// The whole page, byte for byte: scrapers and dashboards depend on its names and order.
+    #[test]
+    fn full_text_is_stable() {
+        assert_eq!(sample().prometheus(), EXPECTED);
+    }
+
+    const EXPECTED: &str = r#"# HELP upkeep_requests_total Responses sent to clients, by status code.
+# TYPE upkeep_requests_total counter
+upkeep_requests_total{code="200"} 4
+upkeep_requests_total{code="502"} 1
+# HELP upkeep_connections_accepted_total Client connections accepted.
+# TYPE upkeep_connections_accepted_total counter
+upkeep_connections_accepted_total 3
+# HELP upkeep_connections_handled_total Client connections handled (not refused at capacity).
+# TYPE upkeep_connections_handled_total counter
+upkeep_connections_handled_total 2
+# HELP upkeep_connections_active Open client connections.
+# TYPE upkeep_connections_active gauge
+upkeep_connections_active 2
+# HELP upkeep_upstream_connects_total Upstream connections opened.
+# TYPE upkeep_upstream_connects_total counter
+upkeep_upstream_connects_total{upstream="app\"x",server="127.0.0.1:1"} 2
+# HELP upkeep_upstream_connect_failures_total Upstream connections that failed to open.
+# TYPE upkeep_upstream_connect_failures_total counter
+upkeep_upstream_connect_failures_total{upstream="app\"x",server="127.0.0.1:1"} 1
+# HELP upkeep_upstream_requests_total Requests sent to each server.
+# TYPE upkeep_upstream_requests_total counter
+upkeep_upstream_requests_total{upstream="app\"x",server="127.0.0.1:1"} 4
+# HELP upkeep_upstream_up 1 when every worker considers the server up (passive health).
+# TYPE upkeep_upstream_up gauge
+upkeep_upstream_up{upstream="app\"x",server="127.0.0.1:1"} 1
+# HELP upkeep_pool_hits_total Requests that reused an idle pooled connection.
+# TYPE upkeep_pool_hits_total counter
+upkeep_pool_hits_total{upstream="app\"x"} 3
+# HELP upkeep_pool_misses_total Requests that had to open an upstream connection.
+# TYPE upkeep_pool_misses_total counter
+upkeep_pool_misses_total{upstream="app\"x"} 1
+# HELP upkeep_pool_idle_connections Idle pooled upstream connections.
+# TYPE upkeep_pool_idle_connections gauge
+upkeep_pool_idle_connections{upstream="app\"x"} 1
+# HELP upkeep_pool_evictions_total Idle pooled connections closed without reuse, by reason.
+# TYPE upkeep_pool_evictions_total counter
+upkeep_pool_evictions_total{upstream="app\"x",reason="idle_timeout"} 2
+# HELP upkeep_retries_total Requests sent again: after a stale pooled connection, or to the next server.
+# TYPE upkeep_retries_total counter
+upkeep_retries_total{upstream="app\"x",reason="stale_connection"} 1
+upkeep_retries_total{upstream="app\"x",reason="next_upstream"} 2
+# HELP upkeep_request_duration_seconds Time from the first byte of a request to the end of its response.
+# TYPE upkeep_request_duration_seconds histogram
+upkeep_request_duration_seconds_bucket{le="0.001"} 0
+upkeep_request_duration_seconds_bucket{le="0.0025"} 0
+upkeep_request_duration_seconds_bucket{le="0.005"} 1
+upkeep_request_duration_seconds_bucket{le="0.01"} 1
+upkeep_request_duration_seconds_bucket{le="0.025"} 1
+upkeep_request_duration_seconds_bucket{le="0.05"} 1
+upkeep_request_duration_seconds_bucket{le="0.1"} 1
+upkeep_request_duration_seconds_bucket{le="0.25"} 1
+upkeep_request_duration_seconds_bucket{le="0.5"} 1
+upkeep_request_duration_seconds_bucket{le="1"} 1
+upkeep_request_duration_seconds_bucket{le="2.5"} 1
+upkeep_request_duration_seconds_bucket{le="10"} 1
+upkeep_request_duration_seconds_bucket{le="+Inf"} 1
+upkeep_request_duration_seconds_sum 0.003
+upkeep_request_duration_seconds_count 1
+"#;
 }
