@@ -122,3 +122,30 @@ fn an_unopenable_access_log_fails_start_naming_the_file() {
         "which file? {err}"
     );
 }
+
+/// `/metrics` sums every worker: 20 short client connections spread over two workers are 20
+/// accepted connections and 20 responses, however the kernel spread them.
+#[test]
+fn metrics_sum_over_workers() {
+    let backend = Backend::identify("a").unwrap();
+    let mut cfg = config(vec![backend.addr()], 2);
+    cfg.runtime.admin = Some(Address::parse("127.0.0.1:0").unwrap());
+    let proxy = Proxy::start(cfg).unwrap();
+    let listen = proxy.listen_addrs()[0].clone();
+    for i in 0..20 {
+        let r = client::one_shot(&listen, &client::get_close(&format!("/{i}"))).unwrap();
+        assert_eq!(r.status, 200);
+    }
+    let (status, text) = admin_get(&proxy, "/metrics");
+    assert_eq!(status, 200);
+    assert_eq!(
+        client::metric(&text, "upkeep_requests_total{code=\"200\"}"),
+        20
+    );
+    assert_eq!(
+        client::metric(&text, "upkeep_connections_accepted_total"),
+        20
+    );
+    assert_eq!(proxy.snapshot().requests, 20);
+    proxy.shutdown();
+}
