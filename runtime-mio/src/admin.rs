@@ -1,26 +1,23 @@
-//! The admin listener: `GET /metrics` (Prometheus text 0.0.4), `GET /status` (nginx
-//! `stub_status`), `GET /ready` (503 while draining). Served by its own thread and its own small
-//! mio loop, one short request per connection, so it never touches the request path; counters
+//! The admin listener's I/O on mio: its own thread and its own small mio loop, serving one
+//! connection at a time, so it never touches the request path. What it answers
+//! (`/metrics`, `/status`, `/ready`) is the shared protocol, [`upkeep_runtime::admin`]; counters
 //! come from the workers as snapshots over their command channels.
 
 use std::io;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use mio::{Events, Poll, Token, Waker};
 use upkeep_core::Address;
+use upkeep_runtime::admin::{self, Head, IO_TIMEOUT, Operator};
 
 use crate::net::{Bound, Listener, Stream};
-use crate::worker::Board;
+use crate::worker::Control;
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
-/// Per-connection read and write timeout: a stuck scraper cannot hold the admin thread long.
-const IO_TIMEOUT: Duration = Duration::from_secs(2);
-/// Longest request head we read.
-const MAX_HEAD: usize = 8192;
 
 /// A running admin listener.
 #[derive(Debug)]
@@ -32,11 +29,7 @@ pub(crate) struct Admin {
 }
 
 impl Admin {
-    pub(crate) fn start(
-        addr: &Address,
-        board: Arc<Mutex<Board>>,
-        draining: Arc<AtomicBool>,
-    ) -> io::Result<Admin> {
+    pub(crate) fn start(addr: &Address, operator: Operator<Control>) -> io::Result<Admin> {
         let mut bound = Bound::bind(addr)?;
         let addr = bound.address();
         let mut listener = bound.for_worker()?;
@@ -57,7 +50,7 @@ impl Admin {
                         log::error!("admin: poll failed: {e}");
                         return;
                     }
-                    accept_all(&listener, &board, &draining);
+                    accept_all(&listener, &operator);
                 }
             })?;
         Ok(Admin {
@@ -87,11 +80,11 @@ impl Drop for Admin {
     }
 }
 
-fn accept_all(listener: &Listener, board: &Mutex<Board>, draining: &AtomicBool) {
+fn accept_all(listener: &Listener, operator: &Operator<Control>) {
     loop {
         match listener.accept() {
             Ok((stream, _)) => {
-                if let Err(e) = serve(stream, board, draining) {
+                if let Err(e) = serve(stream, operator) {
                     log::debug!("admin: {e}");
                 }
             }
@@ -105,15 +98,15 @@ fn accept_all(listener: &Listener, board: &Mutex<Board>, draining: &AtomicBool) 
     }
 }
 
-fn serve(mut stream: Stream, board: &Mutex<Board>, draining: &AtomicBool) -> io::Result<()> {
+fn serve(mut stream: Stream, operator: &Operator<Control>) -> io::Result<()> {
     stream.make_blocking(IO_TIMEOUT)?;
     // One deadline for the whole head, not a timeout per read: connections are served one at a
     // time, and a client trickling a byte just under every IO_TIMEOUT would otherwise hold the
     // admin thread (and every /ready health check behind it) for as long as it likes.
     let deadline = Instant::now() + IO_TIMEOUT;
-    let mut head = Vec::with_capacity(512);
+    let mut head = Head::new();
     let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
+    loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(io::Error::new(
@@ -125,50 +118,9 @@ fn serve(mut stream: Stream, board: &Mutex<Board>, draining: &AtomicBool) -> io:
         // reads as "no timeout at all".
         stream.set_read_timeout(left.max(Duration::from_millis(1)))?;
         let n = stream.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        head.extend_from_slice(&buf[..n]);
-        if head.len() > MAX_HEAD {
+        if n == 0 || head.push(&buf[..n]) {
             break;
         }
     }
-    let line = head.split(|&b| b == b'\n').next().unwrap_or(&[]);
-    let line = String::from_utf8_lossy(line);
-    let mut parts = line.split_whitespace();
-    let method = parts.next().unwrap_or("");
-    let target = parts.next().unwrap_or("");
-    let path = target.split('?').next().unwrap_or("");
-    let (status, ctype, body) = match (method, path) {
-        ("GET" | "HEAD", "/metrics") => (
-            "200 OK",
-            "text/plain; version=0.0.4; charset=utf-8",
-            crate::collect(board).prometheus(),
-        ),
-        ("GET" | "HEAD", "/status") => {
-            ("200 OK", "text/plain", crate::collect(board).stub_status())
-        }
-        ("GET" | "HEAD", "/ready") => {
-            if draining.load(Ordering::Acquire) {
-                ("503 Service Unavailable", "text/plain", "draining\n".into())
-            } else {
-                ("200 OK", "text/plain", "ready\n".into())
-            }
-        }
-        ("GET" | "HEAD", _) => ("404 Not Found", "text/plain", "not found\n".into()),
-        _ => (
-            "405 Method Not Allowed",
-            "text/plain",
-            "method not allowed\n".into(),
-        ),
-    };
-    let mut out = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    if method != "HEAD" {
-        out.extend_from_slice(body.as_bytes());
-    }
-    stream.write_all(&out)
+    stream.write_all(&admin::answer(head.bytes(), operator))
 }

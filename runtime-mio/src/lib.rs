@@ -25,28 +25,29 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations)]
 
-mod access_log;
 mod admin;
 mod clock;
-pub mod metrics;
 mod net;
 mod worker;
 
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use upkeep_core::{Address, Config};
+use upkeep_runtime::admin::Operator;
+use upkeep_runtime::board::SNAPSHOT_WAIT;
 
 use crate::admin::Admin;
 use crate::metrics::Snapshot;
 use crate::net::Bound;
-use crate::worker::{Board, Command, Control};
+use crate::worker::{Command, Control};
 
 pub use upkeep_core;
+/// The counters and their renderings (shared with the smol runtime).
+pub use upkeep_runtime::metrics;
 
 /// Starts proxies.
 #[derive(Debug)]
@@ -66,11 +67,7 @@ impl Proxy {
             bound.push(Bound::bind(&l.addr)?);
         }
         let admin = match &config.runtime.admin {
-            Some(addr) => Some(Admin::start(
-                addr,
-                shared.board.clone(),
-                shared.draining.clone(),
-            )?),
+            Some(addr) => Some(Admin::start(addr, shared.operator.clone())?),
             None => None,
         };
         let mut generation = Generation {
@@ -98,8 +95,8 @@ impl Proxy {
 /// What the handle, the admin thread and the workers share.
 #[derive(Debug, Default)]
 struct Shared {
-    board: Arc<Mutex<Board>>,
-    draining: Arc<AtomicBool>,
+    /// The workers' board and the draining flag.
+    operator: Operator<Control>,
     next_worker: AtomicU64,
 }
 
@@ -127,9 +124,8 @@ impl Generation {
                 id: shared.next_worker.fetch_add(1, Ordering::Relaxed),
                 config: self.config.clone(),
                 listeners,
-                access_log: access_log_target(&self.config),
                 shutdown_timeout: self.config.runtime.shutdown_timeout,
-                board: shared.board.clone(),
+                board: shared.operator.board.clone(),
             })?;
             self.workers.push(control);
             threads.push(thread);
@@ -139,15 +135,6 @@ impl Generation {
         }
         Ok(())
     }
-}
-
-/// `runtime.access_log` with "off" meaning none.
-fn access_log_target(config: &Config) -> Option<String> {
-    config
-        .runtime
-        .access_log
-        .clone()
-        .filter(|t| t != "off" && !t.is_empty())
 }
 
 #[derive(Debug)]
@@ -192,23 +179,13 @@ impl ProxyHandle {
 
     /// Counters summed over every worker, including workers retired by reloads.
     pub fn snapshot(&self) -> Snapshot {
-        collect(&self.shared.board)
+        self.shared.operator.snapshot()
     }
 
     /// Each live worker's own snapshot (current and still-draining workers), for tests and
     /// diagnostics; [`ProxyHandle::snapshot`] is their sum plus retired workers.
     pub fn worker_snapshots(&self) -> Vec<Snapshot> {
-        let live = self.live();
-        let mut out = Vec::with_capacity(live.len());
-        for w in &live {
-            let (tx, rx) = mpsc::channel();
-            if w.send(Command::Snapshot(tx))
-                && let Ok(s) = rx.recv_timeout(SNAPSHOT_WAIT)
-            {
-                out.push(s);
-            }
-        }
-        out
+        self.shared.operator.board.each()
     }
 
     /// Applies a new configuration the way nginx does: new workers start with it (fresh
@@ -219,7 +196,7 @@ impl ProxyHandle {
     pub fn reload(&self, config: Config) -> Result<(), String> {
         config.validate().map_err(|e| e.to_string())?;
         let mut state = self.state();
-        if self.shared.draining.load(Ordering::Acquire) {
+        if self.shared.operator.is_draining() {
             return Err("draining: reload refused".into());
         }
         if config.runtime.admin != state.current.config.runtime.admin {
@@ -308,7 +285,7 @@ impl ProxyHandle {
     /// in-flight exchanges and exits (at the latest after `runtime.shutdown_timeout`); `/ready`
     /// answers 503 from now on. Follow with [`ProxyHandle::wait`].
     pub fn drain(&self) {
-        self.shared.draining.store(true, Ordering::Release);
+        self.shared.operator.set_draining();
         let live = self.live();
         for w in &live {
             w.send(Command::Drain {
@@ -325,7 +302,7 @@ impl ProxyHandle {
 
     /// Whether [`ProxyHandle::drain`] was called.
     pub fn is_draining(&self) -> bool {
-        self.shared.draining.load(Ordering::Acquire)
+        self.shared.operator.is_draining()
     }
 
     /// Whether every worker has exited (after a drain).
@@ -341,12 +318,7 @@ impl ProxyHandle {
     }
 
     fn live(&self) -> Vec<Control> {
-        self.shared
-            .board
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .live
-            .clone()
+        self.shared.operator.board.live()
     }
 
     /// Stops every worker now (open connections are closed) and joins them.
@@ -368,7 +340,7 @@ impl ProxyHandle {
 /// left running without a way to reach them.
 impl Drop for ProxyHandle {
     fn drop(&mut self) {
-        self.shared.draining.store(true, Ordering::Release);
+        self.shared.operator.set_draining();
         let live = self.live();
         let mut state = self.state();
         stop_all(&live, &mut state.threads);
@@ -395,29 +367,4 @@ fn remove_unix_files(bound: &[Bound]) {
             let _ = std::fs::remove_file(path);
         }
     }
-}
-
-/// How long a scrape waits for one worker's snapshot.
-const SNAPSHOT_WAIT: Duration = Duration::from_secs(2);
-
-/// Sums every live worker's snapshot and the retired totals, counting each worker exactly once
-/// (see `Board`).
-pub(crate) fn collect(board: &Mutex<Board>) -> Snapshot {
-    let (replies, mut total) = {
-        let board = board.lock().unwrap_or_else(|e| e.into_inner());
-        let mut replies = Vec::with_capacity(board.live.len());
-        for c in &board.live {
-            let (tx, rx) = mpsc::channel();
-            if c.send(Command::Snapshot(tx)) {
-                replies.push(rx);
-            }
-        }
-        (replies, board.retired.clone())
-    };
-    for rx in replies {
-        if let Ok(s) = rx.recv_timeout(SNAPSHOT_WAIT) {
-            total.add(&s);
-        }
-    }
-    total
 }

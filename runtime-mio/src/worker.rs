@@ -6,19 +6,19 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
+use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
-use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use mio::event::Event;
 use mio::{Events, Poll, Token, Waker};
-use upkeep_core::framing::Version;
 use upkeep_core::{Config, ConnId, Core, ExchangeInfo, Input, ListenerId, Output, ServerId};
+use upkeep_runtime::board::{self, Reporter};
+use upkeep_runtime::metrics::Snapshot;
+use upkeep_runtime::recorder::Recorder;
 
-use crate::access_log::{self, AccessLog};
 use crate::clock;
-use crate::metrics::{Snapshot, WorkerCounters};
 use crate::net::{Listener, Stream};
 
 /// Wakes the loop for commands.
@@ -75,14 +75,18 @@ impl Control {
     }
 }
 
-/// Live workers and the summed counters of the ones that exited, under one lock so that a
-/// metrics scrape counts every worker exactly once (see [`Worker::exit`]). Taken only by the admin
-/// thread and by a worker on its way out, never on the request path.
-#[derive(Debug, Default)]
-pub(crate) struct Board {
-    pub(crate) live: Vec<Control>,
-    pub(crate) retired: Snapshot,
+impl Reporter for Control {
+    fn id(&self) -> u64 {
+        self.id
+    }
+
+    fn ask_snapshot(&self, reply: Sender<Snapshot>) -> bool {
+        self.send(Command::Snapshot(reply))
+    }
 }
+
+/// Live workers and the retired totals (see [`Worker::exit`]).
+pub(crate) type Board = board::Board<Control>;
 
 /// Everything a worker starts with.
 #[derive(Debug)]
@@ -91,9 +95,8 @@ pub(crate) struct Setup {
     pub(crate) id: u64,
     pub(crate) config: Config,
     pub(crate) listeners: Vec<Listener>,
-    pub(crate) access_log: Option<String>,
     pub(crate) shutdown_timeout: Duration,
-    pub(crate) board: Arc<Mutex<Board>>,
+    pub(crate) board: Arc<Board>,
 }
 
 /// Starts a worker thread; it is on the board (visible to metrics) before this returns.
@@ -106,15 +109,10 @@ pub(crate) fn spawn(setup: Setup) -> io::Result<(Control, JoinHandle<()>)> {
         tx,
         waker,
     };
+    let recorder = Recorder::open(&setup.config)?;
     let mut core = Core::new(setup.config, setup.index as u64)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-    // Always on: exchanges feed the status-code counters and the duration histogram.
-    core.record_exchanges(true);
-    core.record_requests(setup.access_log.is_some());
-    let log = match &setup.access_log {
-        Some(target) => Some(AccessLog::open(target)?),
-        None => None,
-    };
+    recorder.attach(&mut core);
     let mut worker = Worker {
         id: setup.id,
         poll,
@@ -125,8 +123,7 @@ pub(crate) fn spawn(setup: Setup) -> io::Result<(Control, JoinHandle<()>)> {
         to_read: VecDeque::new(),
         to_write: VecDeque::new(),
         rx,
-        counters: WorkerCounters::default(),
-        log,
+        recorder,
         drain_deadline: None,
         shutdown_timeout: setup.shutdown_timeout,
         board: setup.board,
@@ -136,12 +133,7 @@ pub(crate) fn spawn(setup: Setup) -> io::Result<(Control, JoinHandle<()>)> {
             l.register(worker.poll.registry(), Token(LISTENER_BASE - i))?;
         }
     }
-    worker
-        .board
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .live
-        .push(control.clone());
+    worker.board.join(control.clone());
     let thread = std::thread::Builder::new()
         .name(format!("upkeep-worker-{}", setup.index))
         .spawn(move || worker.run())?;
@@ -200,11 +192,10 @@ struct Worker {
     to_read: VecDeque<ConnId>,
     to_write: VecDeque<ConnId>,
     rx: Receiver<Command>,
-    counters: WorkerCounters,
-    log: Option<AccessLog>,
+    recorder: Recorder,
     drain_deadline: Option<Instant>,
     shutdown_timeout: Duration,
-    board: Arc<Mutex<Board>>,
+    board: Arc<Board>,
 }
 
 /// Whether the loop goes on.
@@ -246,9 +237,7 @@ impl Worker {
             }
             self.run_queues();
             self.maybe_resume();
-            if let Some(log) = &mut self.log {
-                log.flush();
-            }
+            self.recorder.flush();
             if self.drain_deadline.is_some() {
                 if self.core.is_drained() {
                     break;
@@ -560,34 +549,9 @@ impl Worker {
     }
 
     fn exchange(&mut self, ex: ExchangeInfo) {
-        *self.counters.codes.entry(ex.status).or_default() += 1;
-        let total = ex.finished.since(ex.started).as_secs_f64();
-        self.counters.duration.observe(total);
-        if let Some(log) = &mut self.log {
-            let peer = self
-                .socks
-                .get(ex.client.index as usize)
-                .and_then(Option::as_ref)
-                .filter(|s| s.id == ex.client)
-                .and_then(|s| s.peer);
-            log.record(&access_log::Entry {
-                client: peer,
-                request: &ex.request,
-                version: match ex.version {
-                    Version::Http10 => "HTTP/1.0",
-                    Version::Http11 => "HTTP/1.1",
-                },
-                status: ex.status,
-                bytes_sent: ex.bytes_sent,
-                upstream: ex.server.map(|s| self.core.server_address(s).to_string()),
-                reused: ex.reused,
-                response: ex
-                    .response_at
-                    .filter(|_| ex.server.is_some())
-                    .map(|t| t.since(ex.started).as_secs_f64()),
-                total,
-            });
-        }
+        let peer = sock_in(&mut self.socks, ex.client).and_then(|s| s.peer);
+        self.recorder
+            .exchange(&self.core, &ex, peer.map(|a| a.ip()));
     }
 
     // ---- accepting --------------------------------------------------------------------------
@@ -704,13 +668,9 @@ impl Worker {
                 }
                 Ok(Command::Stop) => return Flow::Exit,
                 Ok(Command::Snapshot(tx)) => {
-                    let _ = tx.send(Snapshot::of(&self.core, &self.counters, clock::now()));
+                    let _ = tx.send(self.recorder.snapshot(&self.core, clock::now()));
                 }
-                Ok(Command::ReopenLog) => {
-                    if let Some(log) = &mut self.log {
-                        log.reopen();
-                    }
-                }
+                Ok(Command::ReopenLog) => self.recorder.reopen(),
                 Err(TryRecvError::Empty) => return Flow::Continue,
                 Err(TryRecvError::Disconnected) => return Flow::Exit,
             }
@@ -746,15 +706,9 @@ impl Worker {
     /// snapshot requests that raced with the exit are answered from the same final counters, so a
     /// scrape counts this worker exactly once.
     fn exit(mut self) {
-        if let Some(log) = &mut self.log {
-            log.flush();
-        }
-        let last = Snapshot::of(&self.core, &self.counters, clock::now()).retired();
-        {
-            let mut board = self.board.lock().unwrap_or_else(|e| e.into_inner());
-            board.live.retain(|c| c.id != self.id);
-            board.retired.add(&last);
-        }
+        self.recorder.flush();
+        let last = self.recorder.snapshot(&self.core, clock::now()).retired();
+        self.board.retire(self.id, &last);
         while let Ok(cmd) = self.rx.try_recv() {
             if let Command::Snapshot(tx) = cmd {
                 let _ = tx.send(last.clone());

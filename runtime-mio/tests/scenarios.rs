@@ -10,6 +10,10 @@ impl RunningProxy for Running {
         self.0.listen_addrs()
     }
 
+    fn admin_addr(&self) -> Option<upkeep_core::Address> {
+        self.0.admin_addr()
+    }
+
     fn stop(self: Box<Self>) {
         self.0.shutdown()
     }

@@ -5,11 +5,13 @@
 //!     --listen 127.0.0.1:8080 --upstream 127.0.0.1:9001 --upstream unix:/run/app.sock \
 //!     [--workers N] [--keepalive N] [--keepalive-timeout DUR] [--keepalive-requests N] \
 //!     [--connect-timeout DUR] [--read-timeout DUR] [--client-header-timeout DUR] \
-//!     [--pool-key server|client]
+//!     [--pool-key server|client] [--admin ADDR] [--access-log PATH|-]
 //! ```
 //!
-//! SIGINT or SIGTERM drains gracefully (a second one stops at once).
+//! SIGINT or SIGTERM drains gracefully (a second one stops at once); SIGUSR1 reopens the access
+//! log file (after log rotation).
 
+use async_signal::Signal;
 use futures_lite::StreamExt;
 use std::process::ExitCode;
 use upkeep_core::Config;
@@ -17,7 +19,8 @@ use upkeep_core::config::QuickConfig;
 
 const USAGE: &str = "usage: proxy --listen ADDR --upstream ADDR [--upstream ADDR]... [--workers N] \
 [--keepalive N] [--keepalive-timeout DUR] [--keepalive-requests N] [--connect-timeout DUR] \
-[--read-timeout DUR] [--client-header-timeout DUR] [--pool-key server|client]";
+[--read-timeout DUR] [--client-header-timeout DUR] [--pool-key server|client] [--admin ADDR] \
+[--access-log PATH|-]";
 
 /// `upkeep run`'s quick-mode flags: their meaning lives in the core ([`QuickConfig`]), so both
 /// command lines stay the same.
@@ -43,12 +46,7 @@ fn parse_args() -> Result<Config, String> {
             other => return Err(other.unexpected().to_string()),
         }
     }
-    let config = quick.build()?;
-    if config.runtime.admin.is_some() || config.runtime.access_log.is_some() {
-        // The smol runtime has no admin listener or access log (the mio binary has both).
-        return Err("--admin and --access-log are only supported by `upkeep run`".into());
-    }
-    Ok(config)
+    quick.build()
 }
 
 fn main() -> ExitCode {
@@ -69,8 +67,10 @@ fn main() -> ExitCode {
     for a in proxy.listen_addrs() {
         eprintln!("proxy: listening on {a}");
     }
-    let signals =
-        async_signal::Signals::new([async_signal::Signal::Int, async_signal::Signal::Term]);
+    if let Some(a) = proxy.admin_addr() {
+        eprintln!("proxy: admin listening on {a}");
+    }
+    let signals = async_signal::Signals::new([Signal::Int, Signal::Term, Signal::Usr1]);
     let mut signals = match signals {
         Ok(s) => s,
         Err(e) => {
@@ -79,7 +79,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    smol::block_on(signals.next());
+    while let Some(Ok(Signal::Usr1)) = smol::block_on(signals.next()) {
+        eprintln!("proxy: reopening the access log");
+        proxy.reopen_logs();
+    }
     eprintln!("proxy: draining (signal again to stop now)");
     proxy.drain();
     let (done_tx, done_rx) = std::sync::mpsc::channel();
@@ -88,7 +91,8 @@ fn main() -> ExitCode {
         let _ = done_tx.send(());
     });
     std::thread::spawn(move || {
-        smol::block_on(signals.next());
+        // The proxy is the waiter's now: a SIGUSR1 while draining is ignored.
+        while let Some(Ok(Signal::Usr1)) = smol::block_on(signals.next()) {}
         eprintln!("proxy: stopping now");
         std::process::exit(1);
     });

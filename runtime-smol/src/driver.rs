@@ -17,8 +17,11 @@ use futures_lite::future;
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io::{self, IoSlice};
+use std::net::IpAddr;
 use std::rc::Rc;
 use upkeep_core::{Address, ConnId, Core, Input, ListenerId, Output, Time};
+use upkeep_runtime::metrics::Snapshot;
+use upkeep_runtime::recorder::Recorder;
 
 use crate::clock;
 use crate::listener::Listener;
@@ -100,6 +103,8 @@ enum Slot {
         stream: Rc<Stream>,
         signals: Rc<Signals>,
         shutdown_after_flush: bool,
+        /// The client's address (for the access log); `None` for Unix and upstream sockets.
+        peer: Option<IpAddr>,
         _tasks: [Task<()>; 2],
     },
     /// An in-process client connection (the fan-out client): its pump task takes the bytes the
@@ -131,6 +136,8 @@ pub(crate) struct Driver {
     read_buf: Box<[u8]>,
     timer: Rc<TimerState>,
     drained: Rc<Event>,
+    /// The proxy's counters and access log (the fan-out client keeps none).
+    recorder: Option<Recorder>,
     this: std::rc::Weak<RefCell<Driver>>,
 }
 
@@ -147,6 +154,7 @@ impl Driver {
                 read_buf: vec![0; READ_BUF].into_boxed_slice(),
                 timer: Rc::default(),
                 drained: Rc::default(),
+                recorder: None,
                 this: this.clone(),
             })
         });
@@ -190,7 +198,7 @@ impl Driver {
     }
 
     /// Attaches a socket to `conn` and starts its reader and writer tasks.
-    fn install_socket(&mut self, conn: ConnId, stream: Stream) {
+    fn install_socket(&mut self, conn: ConnId, stream: Stream, peer: Option<IpAddr>) {
         let stream = Rc::new(stream);
         let signals = Rc::new(Signals::default());
         signals.read.set(true);
@@ -208,6 +216,7 @@ impl Driver {
                 stream,
                 signals,
                 shutdown_after_flush: false,
+                peer,
                 _tasks: [reader, writer],
             },
         );
@@ -221,13 +230,13 @@ impl Driver {
     pub(crate) fn accept_socket(
         &mut self,
         listener: ListenerId,
-        peer: Option<std::net::IpAddr>,
+        peer: Option<IpAddr>,
         stream: Stream,
     ) {
         let now = clock::now();
         match self.core.accept(now, listener, peer) {
             Ok(conn) => {
-                self.install_socket(conn, stream);
+                self.install_socket(conn, stream, peer);
                 self.drain();
             }
             Err(_at_capacity) => {
@@ -262,10 +271,17 @@ impl Driver {
         Ok(())
     }
 
-    /// Acts on every output of the core, then re-arms the timer and reports a finished drain.
+    /// Records every finished exchange and acts on every output of the core, then writes the
+    /// access log lines, re-arms the timer and reports a finished drain.
     pub(crate) fn drain(&mut self) {
         let now = clock::now();
-        while let Some(out) = self.core.poll_output() {
+        loop {
+            // Exchanges first: a `Close` below may take the client socket whose address the
+            // access log line wants.
+            self.record_exchanges();
+            let Some(out) = self.core.poll_output() else {
+                break;
+            };
             match out {
                 Output::Connect { conn, server } => {
                     let addr = self.core.server_address(server).clone();
@@ -332,6 +348,9 @@ impl Driver {
                     Some(Slot::Connecting { .. }) | None => {}
                 },
             }
+        }
+        if let Some(r) = &mut self.recorder {
+            r.flush();
         }
         let next = self.core.poll_timeout();
         if next.is_some() && (self.timer.armed.get().is_none() || next < self.timer.armed.get()) {
@@ -436,6 +455,40 @@ impl Driver {
         true
     }
 
+    /// Records operator facts from now on: counters and, if `recorder` has one, the access log.
+    pub(crate) fn record(&mut self, recorder: Recorder) {
+        recorder.attach(&mut self.core);
+        self.recorder = Some(recorder);
+    }
+
+    fn record_exchanges(&mut self) {
+        let Some(r) = &mut self.recorder else {
+            return;
+        };
+        while let Some(ex) = self.core.poll_exchange() {
+            let peer = match self.slots.get(ex.client.index as usize) {
+                Some(Some((id, Slot::Socket { peer, .. }))) if *id == ex.client => *peer,
+                _ => None,
+            };
+            r.exchange(&self.core, &ex, peer);
+        }
+    }
+
+    /// A snapshot of this driver's counters (empty without a recorder).
+    pub(crate) fn snapshot(&self) -> Snapshot {
+        self.recorder
+            .as_ref()
+            .map(|r| r.snapshot(&self.core, clock::now()))
+            .unwrap_or_default()
+    }
+
+    /// Reopens the access log file (after log rotation).
+    pub(crate) fn reopen_log(&mut self) {
+        if let Some(r) = &mut self.recorder {
+            r.reopen();
+        }
+    }
+
     /// Graceful drain (see [`Core::begin_drain`]).
     pub(crate) fn begin_drain(&mut self) {
         self.core.begin_drain(clock::now());
@@ -531,7 +584,7 @@ async fn connect_task(d: Shared, conn: ConnId, addr: Address) {
     let now = clock::now();
     match result {
         Ok(stream) => {
-            d.install_socket(conn, stream);
+            d.install_socket(conn, stream, None);
             d.core.handle(now, Input::Connected { conn });
         }
         Err(e) => {

@@ -7,7 +7,8 @@
 //! acts on every output.
 //!
 //! - [`Proxy::start`] runs the full proxy (listeners, upstream groups, pooling, retries,
-//!   timeouts, TCP and Unix sockets) on `runtime.workers` threads.
+//!   timeouts, TCP and Unix sockets) on `runtime.workers` threads, with the same admin listener
+//!   (`/metrics`, `/status`, `/ready`) and access log as the mio binary.
 //! - [`Client`] is for an application that calls several backends per page: one core whose
 //!   per-group *virtual listeners* take requests from [`Client::send`], so the core's pool gives
 //!   warm keepalive connections with the same caps, idle timeout, request limit and
@@ -16,6 +17,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations)]
 
+mod admin;
 mod client;
 mod clock;
 mod driver;
@@ -25,3 +27,5 @@ mod stream;
 
 pub use client::{Body, Client, Error, Request, Response};
 pub use proxy::{Proxy, ProxyHandle};
+/// The counters and their renderings (shared with the mio runtime).
+pub use upkeep_runtime::metrics;

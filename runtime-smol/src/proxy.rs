@@ -1,13 +1,20 @@
-//! The reverse proxy: worker threads, each a single-threaded executor driving its own [`Core`].
+//! The reverse proxy: worker threads, each a single-threaded executor driving its own [`Core`],
+//! and the admin listener beside them.
 
 use async_channel::{Receiver, Sender};
 use futures_lite::future;
 use std::io;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 use upkeep_core::{Address, Config, Core, ListenerId};
+use upkeep_runtime::admin::Operator;
+use upkeep_runtime::board::{Board, Reporter};
+use upkeep_runtime::metrics::Snapshot;
+use upkeep_runtime::recorder::Recorder;
 
-use crate::driver::{self, Driver};
+use crate::admin::Admin;
+use crate::driver::{self, Driver, Shared};
 use crate::listener::Bound;
 
 /// The async reverse proxy: `upkeep-core` on smol's reactor and executors.
@@ -26,26 +33,52 @@ use crate::listener::Bound;
 pub struct Proxy;
 
 /// What a worker is told from outside.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 enum Control {
     /// Stop accepting, finish in-flight exchanges (up to the shutdown timeout), then exit.
     Drain,
     /// Exit now, closing every connection.
     Stop,
+    /// Send a snapshot of the counters.
+    Snapshot(std::sync::mpsc::Sender<Snapshot>),
+    /// Reopen the access log file.
+    ReopenLog,
 }
 
-/// A running proxy: its bound addresses and the controls to stop it.
+/// A worker as the admin listener's board sees it.
+#[derive(Debug, Clone)]
+pub(crate) struct WorkerControl {
+    id: u64,
+    tx: Sender<Control>,
+}
+
+impl Reporter for WorkerControl {
+    fn id(&self) -> u64 {
+        self.id
+    }
+
+    fn ask_snapshot(&self, reply: std::sync::mpsc::Sender<Snapshot>) -> bool {
+        self.tx.try_send(Control::Snapshot(reply)).is_ok()
+    }
+}
+
+/// A running proxy: its bound addresses, the controls to stop it and its admin listener.
 #[derive(Debug)]
 pub struct ProxyHandle {
     addrs: Vec<Address>,
     controls: Vec<Sender<Control>>,
     workers: Vec<JoinHandle<()>>,
+    /// The workers' board and the draining flag.
+    operator: Operator<WorkerControl>,
+    /// Declared after `workers`: dropped (stopped) once the workers are.
+    admin: Option<Admin>,
 }
 
 impl Proxy {
     /// Validates `config`, binds every listener (a TCP port 0 is resolved once and shared by
-    /// every worker's SO_REUSEPORT socket), starts `config.runtime.workers` worker threads (0 =
-    /// one per CPU) and returns once they are all serving.
+    /// every worker's SO_REUSEPORT socket), opens the access log (`runtime.access_log`), starts
+    /// `config.runtime.workers` worker threads (0 = one per CPU) and the admin listener
+    /// (`runtime.admin`), and returns once they are all serving.
     pub fn start(config: Config) -> io::Result<ProxyHandle> {
         config
             .validate()
@@ -56,6 +89,11 @@ impl Proxy {
         };
         let shutdown_timeout = config.runtime.shutdown_timeout;
 
+        // Every worker's access log before anything is bound or started: a log that cannot be
+        // opened fails `start` cleanly, naming the file.
+        let recorders = (0..workers)
+            .map(|_| Recorder::open(&config))
+            .collect::<io::Result<Vec<_>>>()?;
         // Bind everything before starting anything, so a bad address fails `start` cleanly.
         let mut per_worker: Vec<Vec<Bound>> = (0..workers).map(|_| Vec::new()).collect();
         let mut addrs = Vec::new();
@@ -72,18 +110,42 @@ impl Proxy {
             }
         }
 
+        let operator = Operator::default();
+        let admin = match &config.runtime.admin {
+            Some(addr) => Some(Admin::start(addr, operator.clone())?),
+            None => None,
+        };
         let mut controls = Vec::new();
         let mut handles = Vec::new();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<io::Result<()>>();
-        for (w, bound) in per_worker.into_iter().enumerate() {
+        for (w, (bound, recorder)) in per_worker.into_iter().zip(recorders).enumerate() {
             let core = Core::new(config.clone(), w as u64)
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
             let (tx, rx) = async_channel::unbounded();
+            // On the board before it serves, so no exchange goes uncounted.
+            operator.board.join(WorkerControl {
+                id: w as u64,
+                tx: tx.clone(),
+            });
+            let board = operator.board.clone();
             controls.push(tx);
             let ready = ready_tx.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("upkeep-smol-{w}"))
-                .spawn(move || worker(core, bound, rx, shutdown_timeout, ready))?;
+                .spawn(move || {
+                    worker(
+                        Setup {
+                            core,
+                            recorder,
+                            bound,
+                            id: w as u64,
+                            board,
+                            shutdown_timeout,
+                        },
+                        rx,
+                        ready,
+                    )
+                })?;
             handles.push(handle);
         }
         drop(ready_tx);
@@ -104,6 +166,8 @@ impl Proxy {
             addrs,
             controls,
             workers: handles,
+            operator,
+            admin,
         })
     }
 }
@@ -123,10 +187,29 @@ impl ProxyHandle {
         &self.addrs
     }
 
+    /// The admin listener's bound address, if one is configured.
+    pub fn admin_addr(&self) -> Option<Address> {
+        self.admin.as_ref().map(|a| a.addr.clone())
+    }
+
+    /// Counters summed over every worker (what the admin listener's `/metrics` renders).
+    pub fn snapshot(&self) -> Snapshot {
+        self.operator.snapshot()
+    }
+
+    /// Asks every worker to reopen its access log file (after log rotation).
+    pub fn reopen_logs(&self) {
+        for c in &self.controls {
+            let _ = c.try_send(Control::ReopenLog);
+        }
+    }
+
     /// Graceful shutdown: stop accepting, close idle connections, let in-flight exchanges finish
-    /// (bounded by `runtime.shutdown_timeout`). Returns at once; [`ProxyHandle::wait`] joins.
-    /// Calling it again changes nothing (use [`ProxyHandle::shutdown`] to stop at once).
+    /// (bounded by `runtime.shutdown_timeout`); `/ready` answers 503 from now on. Returns at
+    /// once; [`ProxyHandle::wait`] joins. Calling it again changes nothing (use
+    /// [`ProxyHandle::shutdown`] to stop at once).
     pub fn drain(&self) {
+        self.operator.set_draining();
         for c in &self.controls {
             let _ = c.try_send(Control::Drain);
         }
@@ -138,7 +221,8 @@ impl ProxyHandle {
         self.stop_now();
     }
 
-    /// Waits until the workers exit (after [`ProxyHandle::drain`], or forever).
+    /// Waits until the workers exit (after [`ProxyHandle::drain`], or forever), then stops the
+    /// admin listener.
     pub fn wait(mut self) {
         for h in std::mem::take(&mut self.workers) {
             let _ = h.join();
@@ -147,6 +231,7 @@ impl ProxyHandle {
     }
 
     fn stop_now(&mut self) {
+        self.operator.set_draining();
         if self.workers.is_empty() {
             return;
         }
@@ -169,15 +254,33 @@ fn remove_unix_sockets(addrs: &[Address]) {
     }
 }
 
-fn worker(
+/// What a worker thread starts with.
+struct Setup {
     core: Core,
+    recorder: Recorder,
     bound: Vec<Bound>,
-    control: Receiver<Control>,
+    /// This worker's id on the board.
+    id: u64,
+    board: Arc<Board<WorkerControl>>,
     shutdown_timeout: Duration,
+}
+
+fn worker(
+    setup: Setup,
+    control: Receiver<Control>,
     ready: std::sync::mpsc::Sender<io::Result<()>>,
 ) {
+    let Setup {
+        core,
+        recorder,
+        bound,
+        id,
+        board,
+        shutdown_timeout,
+    } = setup;
     driver::run(async move {
         let (d, _timer) = Driver::start(core);
+        d.borrow_mut().record(recorder);
         let mut accepts = Vec::new();
         for (i, b) in bound.into_iter().enumerate() {
             match b.into_async() {
@@ -190,21 +293,48 @@ fn worker(
         }
         let _ = ready.send(Ok(()));
         drop(ready);
-        match control.recv().await {
-            Ok(Control::Drain) => {
-                drop(accepts);
-                d.borrow_mut().begin_drain();
-                // Only an explicit stop (or the handle gone) cuts the drain short: a second
-                // `drain()` — two parts of an application shutting down — must not turn the
-                // graceful drain into an abort of the exchanges in flight.
-                let stop = async { while let Ok(Control::Drain) = control.recv().await {} };
-                let timeout = async {
-                    async_io::Timer::after(shutdown_timeout).await;
-                };
-                future::or(driver::drained(&d), future::or(stop, timeout)).await;
-            }
-            Ok(Control::Stop) | Err(_) => {}
+        if let Control::Drain = order(&control, &d).await {
+            drop(accepts);
+            d.borrow_mut().begin_drain();
+            // Only an explicit stop (or the handle gone) cuts the drain short: a second
+            // `drain()` — two parts of an application shutting down — must not turn the
+            // graceful drain into an abort of the exchanges in flight.
+            let stop = async { while let Control::Drain = order(&control, &d).await {} };
+            let timeout = async {
+                async_io::Timer::after(shutdown_timeout).await;
+            };
+            future::or(driver::drained(&d), future::or(stop, timeout)).await;
         }
         d.borrow_mut().close_all();
+        retire(&board, id, &control, &d);
     });
+}
+
+/// Serves the operator's requests (snapshots, log reopening) until a `Drain` or a `Stop`
+/// arrives, and returns it (`Stop` when the handle is gone).
+async fn order(control: &Receiver<Control>, d: &Shared) -> Control {
+    loop {
+        match control.recv().await {
+            Ok(Control::Snapshot(reply)) => {
+                let _ = reply.send(d.borrow().snapshot());
+            }
+            Ok(Control::ReopenLog) => d.borrow_mut().reopen_log(),
+            Ok(order) => return order,
+            Err(_) => return Control::Stop,
+        }
+    }
+}
+
+/// Leaves the board: the final counters join the retired totals, and snapshot requests that
+/// raced with the exit are answered from the same counters, so a scrape counts this worker
+/// exactly once.
+fn retire(board: &Board<WorkerControl>, id: u64, control: &Receiver<Control>, d: &Shared) {
+    // Access log lines are already written: every drain pass flushes them.
+    let last = d.borrow().snapshot().retired();
+    board.retire(id, &last);
+    while let Ok(c) = control.try_recv() {
+        if let Control::Snapshot(reply) = c {
+            let _ = reply.send(last.clone());
+        }
+    }
 }

@@ -11,6 +11,10 @@ impl RunningProxy for Running {
         self.0.listen_addrs().to_vec()
     }
 
+    fn admin_addr(&self) -> Option<Address> {
+        self.0.admin_addr()
+    }
+
     fn stop(self: Box<Self>) {
         self.0.shutdown()
     }

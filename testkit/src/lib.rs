@@ -11,6 +11,7 @@
 //! struct Running(upkeep_mio::ProxyHandle);
 //! impl RunningProxy for Running {
 //!     fn listen_addrs(&self) -> Vec<upkeep_core::Address> { self.0.listen_addrs().to_vec() }
+//!     fn admin_addr(&self) -> Option<upkeep_core::Address> { self.0.admin_addr() }
 //!     fn stop(self: Box<Self>) { self.0.shutdown() }
 //! }
 //! fn start(c: Config) -> Box<dyn RunningProxy> {
@@ -41,6 +42,8 @@ pub fn loopback_config(servers: Vec<upkeep_core::Address>, workers: usize) -> up
 pub trait RunningProxy {
     /// The bound listener addresses, in config order (port 0 resolved to the real port).
     fn listen_addrs(&self) -> Vec<upkeep_core::Address>;
+    /// The admin listener's bound address (port 0 resolved), when `runtime.admin` is set.
+    fn admin_addr(&self) -> Option<upkeep_core::Address>;
     /// Stops the proxy and joins its threads.
     fn stop(self: Box<Self>);
 }
@@ -82,6 +85,8 @@ macro_rules! scenario_tests {
             upstream_keepalive_timeout,
             unreusable_responses_not_pooled,
             client_keepalive_timeout,
+            metrics_after_pooled_requests,
+            access_log_line_per_request,
         );
     };
     (@each $start:expr; $($name:ident),* $(,)?) => {

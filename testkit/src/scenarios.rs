@@ -21,10 +21,12 @@ use crate::{RunningProxy, Start};
 struct Proxy {
     inner: Option<Box<dyn RunningProxy>>,
     addrs: Vec<Address>,
+    admin: Option<Address>,
 }
 
 impl Proxy {
     fn start(start: Start, config: Config) -> Proxy {
+        let config_has_admin = config.runtime.admin.is_some();
         let inner = start(config);
         let addrs = inner.listen_addrs();
         assert!(!addrs.is_empty(), "the runtime reports its bound listeners");
@@ -33,10 +35,26 @@ impl Proxy {
                 assert_ne!(sa.port(), 0, "listen_addrs() resolves port 0: {addrs:?}");
             }
         }
+        let admin = inner.admin_addr();
+        assert_eq!(
+            admin.is_some(),
+            config_has_admin,
+            "the runtime reports its admin listener exactly when runtime.admin is set"
+        );
+        if let Some(Address::Tcp(sa)) = &admin {
+            assert_ne!(sa.port(), 0, "admin_addr() resolves port 0");
+        }
         Proxy {
             inner: Some(inner),
             addrs,
+            admin,
         }
+    }
+
+    /// `GET <path>` on the admin listener: (status, body).
+    fn admin_get(&self, path: &str) -> (u16, String) {
+        let admin = self.admin.as_ref().expect("runtime.admin is set");
+        client::get_text(admin, path)
     }
 
     fn addr(&self) -> Address {
@@ -67,6 +85,35 @@ fn config(servers: Vec<Address>) -> Config {
 fn one_worker(mut config: Config) -> Config {
     config.runtime.workers = 1;
     config
+}
+
+/// `config` with the admin listener on 127.0.0.1:0.
+fn with_admin(mut config: Config) -> Config {
+    config.runtime.admin = Some(any_port());
+    config
+}
+
+/// `config` writing its access log to `access.log` in `dir`; returns the file's path too.
+fn with_access_log(mut config: Config, dir: &TempDir) -> (Config, std::path::PathBuf) {
+    let path = dir.path().join("access.log");
+    config.runtime.access_log = Some(path.to_string_lossy().into_owned());
+    (config, path)
+}
+
+/// The access log's lines once there are `n` of them (the runtime writes a line shortly after
+/// the response: once per loop pass); panics after 10 s, showing what is there.
+fn log_lines(path: &std::path::Path, n: usize) -> Vec<String> {
+    let read = || {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    let enough = crate::eventually(Duration::from_secs(10), || read().len() >= n);
+    let lines = read();
+    assert!(enough, "{n} access log lines expected, found: {lines:#?}");
+    lines
 }
 
 /// Workers the runtime runs for `config` (0 = one per CPU core).
@@ -979,5 +1026,89 @@ pub fn client_keepalive_timeout(start: Start) {
     // The upstream connection it used is still pooled for the next client.
     ok(&p.client().get("/2").unwrap(), "/2");
     assert_eq!(b.accepted(), 1);
+    p.stop();
+}
+
+/// The admin listener reports known traffic: 10 requests on one client connection through a
+/// pooled upstream are 10 `200`s, one upstream connect, one pool miss and 9 hits, one idle
+/// pooled connection; `/status` is nginx's page for one idle client connection; `/ready` is 200.
+pub fn metrics_after_pooled_requests(start: Start) {
+    let b = Backend::identify("a").unwrap();
+    let p = Proxy::start(start, with_admin(config(vec![b.addr()])));
+    let mut c = p.client();
+    for i in 0..10 {
+        ok(&c.get(&format!("/m{i}")).unwrap(), "through the pool");
+    }
+    assert_eq!(b.accepted(), 1);
+
+    let (status, text) = p.admin_get("/metrics");
+    assert_eq!(status, 200, "{text}");
+    let server = format!("upstream=\"default\",server=\"{}\"", b.addr());
+    let m = |sample: &str| client::metric(&text, sample);
+    assert_eq!(m("upkeep_requests_total{code=\"200\"}"), 10);
+    assert_eq!(m("upkeep_connections_accepted_total"), 1);
+    assert_eq!(m("upkeep_connections_handled_total"), 1);
+    assert_eq!(m("upkeep_connections_active"), 1);
+    assert_eq!(m(&format!("upkeep_upstream_connects_total{{{server}}}")), 1);
+    assert_eq!(
+        m(&format!("upkeep_upstream_requests_total{{{server}}}")),
+        10
+    );
+    assert_eq!(m(&format!("upkeep_upstream_up{{{server}}}")), 1);
+    assert_eq!(m("upkeep_pool_misses_total{upstream=\"default\"}"), 1);
+    assert_eq!(m("upkeep_pool_hits_total{upstream=\"default\"}"), 9);
+    assert_eq!(m("upkeep_pool_idle_connections{upstream=\"default\"}"), 1);
+    assert_eq!(m("upkeep_request_duration_seconds_count"), 10);
+    assert_eq!(m("upkeep_request_duration_seconds_bucket{le=\"+Inf\"}"), 10);
+
+    assert_eq!(
+        p.admin_get("/status"),
+        (
+            200,
+            "Active connections: 1 \nserver accepts handled requests\n 1 1 10 \nReading: 0 Writing: 0 Waiting: 1 \n".to_string()
+        )
+    );
+    assert_eq!(p.admin_get("/ready"), (200, "ready\n".to_string()));
+    assert_eq!(p.admin_get("/nope").0, 404);
+    p.stop();
+}
+
+/// One access log line per request, in order: the client, the request line, the status, the
+/// upstream and whether its connection was reused; an answer of the proxy's own has no upstream.
+pub fn access_log_line_per_request(start: Start) {
+    let b = Backend::identify("a").unwrap();
+    let dir = TempDir::new().unwrap();
+    let (cfg, log) = with_access_log(config(vec![b.addr()]), &dir);
+    let p = Proxy::start(start, cfg);
+    let mut c = p.client();
+    for i in 0..3 {
+        ok(&c.get(&format!("/l{i}?q={i}")).unwrap(), "logged");
+    }
+    // Two Host fields: the proxy answers 400 itself and closes.
+    let bad = c
+        .request(b"GET /bad HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+        .unwrap();
+    assert_eq!(bad.status, 400);
+
+    let lines = log_lines(&log, 4);
+    assert_eq!(lines.len(), 4, "one line per request: {lines:#?}");
+    for (i, line) in lines.iter().take(3).enumerate() {
+        assert!(line.starts_with("127.0.0.1 - - ["), "{line}");
+        assert!(
+            line.contains(&format!("] \"GET /l{i}?q={i} HTTP/1.1\" 200 ")),
+            "{line}"
+        );
+        let reused = u8::from(i > 0);
+        assert!(
+            line.contains(&format!(" upstream={} reused={reused} response=", b.addr())),
+            "{line}"
+        );
+        assert!(line.contains(" total="), "{line}");
+    }
+    assert!(
+        lines[3].contains("\" 400 ") && lines[3].contains(" upstream=- reused=0 response=- "),
+        "{}",
+        lines[3]
+    );
     p.stop();
 }

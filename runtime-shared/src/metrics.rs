@@ -1,6 +1,6 @@
 //! Counters a worker keeps (plain integers, no atomics: a worker never shares them), the
-//! snapshot it hands to the admin thread, and the two renderings: Prometheus text format 0.0.4
-//! and nginx `stub_status`.
+//! snapshot it hands to the admin listener, and the two renderings: Prometheus text format 0.0.4
+//! and nginx `stub_status`. Nothing here knows which runtime drives the core.
 //!
 //! Snapshots are keyed by names from the configuration (upstream name, server address), not by
 //! indexes, so workers of different reload generations (different configs) sum correctly.
@@ -9,24 +9,28 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use upkeep_core::pool::EvictReason;
-use upkeep_core::{Core, Time, UpstreamId};
+use upkeep_core::{Core, ExchangeInfo, Time, UpstreamId};
 
 /// Upper bounds (seconds) of the request duration histogram buckets.
-pub(crate) const BUCKETS: [f64; 12] = [
+pub const BUCKETS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
 ];
 
 /// Request durations: cumulative rendering happens at export time; here each observation lands in
 /// exactly one bucket (the last slot is +Inf).
 #[derive(Clone, Debug, Default, PartialEq)]
-pub(crate) struct Histogram {
-    pub(crate) counts: [u64; BUCKETS.len() + 1],
-    pub(crate) sum: f64,
-    pub(crate) count: u64,
+pub struct Histogram {
+    /// Observations per bucket (not cumulative); the last slot is +Inf.
+    pub counts: [u64; BUCKETS.len() + 1],
+    /// Sum of the observations, in seconds.
+    pub sum: f64,
+    /// Number of observations.
+    pub count: u64,
 }
 
 impl Histogram {
-    pub(crate) fn observe(&mut self, seconds: f64) {
+    /// Counts one observation of `seconds`.
+    pub fn observe(&mut self, seconds: f64) {
         let slot = BUCKETS
             .iter()
             .position(|&b| seconds <= b)
@@ -47,11 +51,20 @@ impl Histogram {
 
 /// What a worker counts itself (the core counts the rest).
 #[derive(Clone, Debug, Default)]
-pub(crate) struct WorkerCounters {
+pub struct WorkerCounters {
     /// Responses by status code, from recorded exchanges.
-    pub(crate) codes: BTreeMap<u16, u64>,
+    pub codes: BTreeMap<u16, u64>,
     /// Request durations.
-    pub(crate) duration: Histogram,
+    pub duration: Histogram,
+}
+
+impl WorkerCounters {
+    /// Counts a finished exchange: its status code and its duration.
+    pub fn record(&mut self, ex: &ExchangeInfo) {
+        *self.codes.entry(ex.status).or_default() += 1;
+        self.duration
+            .observe(ex.finished.since(ex.started).as_secs_f64());
+    }
 }
 
 /// Per upstream group.
@@ -103,12 +116,13 @@ pub struct Snapshot {
     pub groups: BTreeMap<String, GroupSnapshot>,
     /// Per (upstream name, server address).
     pub servers: BTreeMap<(String, String), ServerSnapshot>,
-    pub(crate) duration: Histogram,
+    /// Request durations.
+    pub duration: Histogram,
 }
 
 impl Snapshot {
-    /// A worker's snapshot.
-    pub(crate) fn of(core: &Core, counters: &WorkerCounters, now: Time) -> Snapshot {
+    /// A worker's snapshot: what its core counted plus what the worker counted itself.
+    pub fn of(core: &Core, counters: &WorkerCounters, now: Time) -> Snapshot {
         let stats = core.stats();
         let config = core.config();
         let mut s = Snapshot {
@@ -157,7 +171,7 @@ impl Snapshot {
     }
 
     /// The counters of a worker that has exited: gauges no longer apply.
-    pub(crate) fn retired(mut self) -> Snapshot {
+    pub fn retired(mut self) -> Snapshot {
         self.activity = (0, 0, 0);
         for g in self.groups.values_mut() {
             g.idle = 0;
@@ -170,7 +184,7 @@ impl Snapshot {
     }
 
     /// Adds `o` into `self`.
-    pub(crate) fn add(&mut self, o: &Snapshot) {
+    pub fn add(&mut self, o: &Snapshot) {
         self.accepted += o.accepted;
         self.handled += o.handled;
         self.requests += o.requests;
@@ -260,65 +274,43 @@ impl Snapshot {
         );
         let _ = writeln!(o, "upkeep_connections_active {}", self.active());
 
-        header(
-            &mut o,
-            "upkeep_upstream_connects_total",
-            "counter",
-            "Upstream connections opened.",
-        );
-        for ((up, srv), s) in &self.servers {
-            let _ = writeln!(
-                o,
-                "upkeep_upstream_connects_total{{upstream=\"{}\",server=\"{}\"}} {}",
-                esc(up),
-                esc(srv),
-                s.connects
-            );
-        }
-        header(
-            &mut o,
-            "upkeep_upstream_connect_failures_total",
-            "counter",
-            "Upstream connections that failed to open.",
-        );
-        for ((up, srv), s) in &self.servers {
-            let _ = writeln!(
-                o,
-                "upkeep_upstream_connect_failures_total{{upstream=\"{}\",server=\"{}\"}} {}",
-                esc(up),
-                esc(srv),
-                s.connect_failures
-            );
-        }
-        header(
-            &mut o,
-            "upkeep_upstream_requests_total",
-            "counter",
-            "Requests sent to each server.",
-        );
-        for ((up, srv), s) in &self.servers {
-            let _ = writeln!(
-                o,
-                "upkeep_upstream_requests_total{{upstream=\"{}\",server=\"{}\"}} {}",
-                esc(up),
-                esc(srv),
-                s.requests
-            );
-        }
-        header(
-            &mut o,
-            "upkeep_upstream_up",
-            "gauge",
-            "1 when every worker considers the server up (passive health).",
-        );
-        for ((up, srv), s) in &self.servers {
-            let _ = writeln!(
-                o,
-                "upkeep_upstream_up{{upstream=\"{}\",server=\"{}\"}} {}",
-                esc(up),
-                esc(srv),
-                u8::from(s.up)
-            );
+        let servers: [ServerMetric; 4] = [
+            (
+                "upkeep_upstream_connects_total",
+                "counter",
+                "Upstream connections opened.",
+                |s| s.connects,
+            ),
+            (
+                "upkeep_upstream_connect_failures_total",
+                "counter",
+                "Upstream connections that failed to open.",
+                |s| s.connect_failures,
+            ),
+            (
+                "upkeep_upstream_requests_total",
+                "counter",
+                "Requests sent to each server.",
+                |s| s.requests,
+            ),
+            (
+                "upkeep_upstream_up",
+                "gauge",
+                "1 when every worker considers the server up (passive health).",
+                |s| u64::from(s.up),
+            ),
+        ];
+        for (name, kind, help, get) in servers {
+            header(&mut o, name, kind, help);
+            for ((up, srv), s) in &self.servers {
+                let _ = writeln!(
+                    o,
+                    "{name}{{upstream=\"{}\",server=\"{}\"}} {}",
+                    esc(up),
+                    esc(srv),
+                    get(s)
+                );
+            }
         }
         let groups: [GroupMetric; 3] = [
             (
@@ -414,6 +406,14 @@ impl Snapshot {
     }
 }
 
+/// A per-server metric: name, type, help, and how to read it.
+type ServerMetric = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&ServerSnapshot) -> u64,
+);
+
 /// A per-group metric: name, type, help, and how to read it.
 type GroupMetric = (
     &'static str,
@@ -493,4 +493,108 @@ mod tests {
         with_retired.add(&a);
         assert!(with_retired.servers[&key].up);
     }
+
+    /// One group, one server, every field non-zero, a label value that needs escaping.
+    fn sample() -> Snapshot {
+        let mut s = Snapshot {
+            accepted: 3,
+            handled: 2,
+            requests: 5,
+            activity: (1, 0, 1),
+            ..Snapshot::default()
+        };
+        s.codes.insert(200, 4);
+        s.codes.insert(502, 1);
+        let mut evictions = BTreeMap::new();
+        evictions.insert("idle_timeout", 2);
+        s.groups.insert(
+            "app\"x".into(),
+            GroupSnapshot {
+                pool_hits: 3,
+                pool_misses: 1,
+                idle: 1,
+                evictions,
+                stale_retries: 1,
+                next_upstream: 2,
+            },
+        );
+        s.servers.insert(
+            ("app\"x".into(), "127.0.0.1:1".into()),
+            ServerSnapshot {
+                connects: 2,
+                connect_failures: 1,
+                requests: 4,
+                up: true,
+                live_reports: 1,
+            },
+        );
+        s.duration.observe(0.003);
+        s
+    }
+
+    /// The whole page, byte for byte: scrapers and dashboards depend on its names and order.
+    #[test]
+    fn full_text_is_stable() {
+        assert_eq!(sample().prometheus(), EXPECTED);
+    }
+
+    const EXPECTED: &str = r#"# HELP upkeep_requests_total Responses sent to clients, by status code.
+# TYPE upkeep_requests_total counter
+upkeep_requests_total{code="200"} 4
+upkeep_requests_total{code="502"} 1
+# HELP upkeep_connections_accepted_total Client connections accepted.
+# TYPE upkeep_connections_accepted_total counter
+upkeep_connections_accepted_total 3
+# HELP upkeep_connections_handled_total Client connections handled (not refused at capacity).
+# TYPE upkeep_connections_handled_total counter
+upkeep_connections_handled_total 2
+# HELP upkeep_connections_active Open client connections.
+# TYPE upkeep_connections_active gauge
+upkeep_connections_active 2
+# HELP upkeep_upstream_connects_total Upstream connections opened.
+# TYPE upkeep_upstream_connects_total counter
+upkeep_upstream_connects_total{upstream="app\"x",server="127.0.0.1:1"} 2
+# HELP upkeep_upstream_connect_failures_total Upstream connections that failed to open.
+# TYPE upkeep_upstream_connect_failures_total counter
+upkeep_upstream_connect_failures_total{upstream="app\"x",server="127.0.0.1:1"} 1
+# HELP upkeep_upstream_requests_total Requests sent to each server.
+# TYPE upkeep_upstream_requests_total counter
+upkeep_upstream_requests_total{upstream="app\"x",server="127.0.0.1:1"} 4
+# HELP upkeep_upstream_up 1 when every worker considers the server up (passive health).
+# TYPE upkeep_upstream_up gauge
+upkeep_upstream_up{upstream="app\"x",server="127.0.0.1:1"} 1
+# HELP upkeep_pool_hits_total Requests that reused an idle pooled connection.
+# TYPE upkeep_pool_hits_total counter
+upkeep_pool_hits_total{upstream="app\"x"} 3
+# HELP upkeep_pool_misses_total Requests that had to open an upstream connection.
+# TYPE upkeep_pool_misses_total counter
+upkeep_pool_misses_total{upstream="app\"x"} 1
+# HELP upkeep_pool_idle_connections Idle pooled upstream connections.
+# TYPE upkeep_pool_idle_connections gauge
+upkeep_pool_idle_connections{upstream="app\"x"} 1
+# HELP upkeep_pool_evictions_total Idle pooled connections closed without reuse, by reason.
+# TYPE upkeep_pool_evictions_total counter
+upkeep_pool_evictions_total{upstream="app\"x",reason="idle_timeout"} 2
+# HELP upkeep_retries_total Requests sent again: after a stale pooled connection, or to the next server.
+# TYPE upkeep_retries_total counter
+upkeep_retries_total{upstream="app\"x",reason="stale_connection"} 1
+upkeep_retries_total{upstream="app\"x",reason="next_upstream"} 2
+# HELP upkeep_request_duration_seconds Time from the first byte of a request to the end of its response.
+# TYPE upkeep_request_duration_seconds histogram
+upkeep_request_duration_seconds_bucket{le="0.001"} 0
+upkeep_request_duration_seconds_bucket{le="0.0025"} 0
+upkeep_request_duration_seconds_bucket{le="0.005"} 1
+upkeep_request_duration_seconds_bucket{le="0.01"} 1
+upkeep_request_duration_seconds_bucket{le="0.025"} 1
+upkeep_request_duration_seconds_bucket{le="0.05"} 1
+upkeep_request_duration_seconds_bucket{le="0.1"} 1
+upkeep_request_duration_seconds_bucket{le="0.25"} 1
+upkeep_request_duration_seconds_bucket{le="0.5"} 1
+upkeep_request_duration_seconds_bucket{le="1"} 1
+upkeep_request_duration_seconds_bucket{le="2.5"} 1
+upkeep_request_duration_seconds_bucket{le="10"} 1
+upkeep_request_duration_seconds_bucket{le="+Inf"} 1
+upkeep_request_duration_seconds_sum 0.003
+upkeep_request_duration_seconds_count 1
+"#;
 }

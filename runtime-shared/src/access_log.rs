@@ -1,6 +1,7 @@
 //! The access log: one line per exchange, nginx `combined`-like plus upstream fields, formatted
-//! by the worker into its own buffer and written once per event-loop pass (no `log` facade, no
-//! lock shared between workers; `O_APPEND` keeps lines from different workers whole).
+//! by the worker into its own buffer and written when the runtime flushes it — once per
+//! event-loop pass (no `log` facade, no lock shared between workers; `O_APPEND` keeps lines from
+//! different workers whole).
 //!
 //! ```text
 //! 127.0.0.1 - - [22/Nov/2026:10:00:00 +0000] "GET / HTTP/1.1" 200 612 upstream=127.0.0.1:9001 reused=1 response=0.001 total=0.002
@@ -8,8 +9,20 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use upkeep_core::Config;
+
+/// `runtime.access_log` of `config` as a sink name, with `"off"` (and an empty value) meaning no
+/// access log.
+pub fn target(config: &Config) -> Option<&str> {
+    config
+        .runtime
+        .access_log
+        .as_deref()
+        .filter(|t| *t != "off" && !t.is_empty())
+}
 
 /// Where lines go.
 #[derive(Debug)]
@@ -21,24 +34,30 @@ enum Sink {
 
 /// What one line says.
 #[derive(Debug)]
-pub(crate) struct Entry<'a> {
-    pub(crate) client: Option<SocketAddr>,
+pub struct Entry<'a> {
+    /// The client's address (`None` on a Unix socket: logged as `unix:`).
+    pub client: Option<IpAddr>,
     /// `METHOD target` as received (empty when the request could not be parsed).
-    pub(crate) request: &'a [u8],
-    pub(crate) version: &'a str,
-    pub(crate) status: u16,
-    pub(crate) bytes_sent: u64,
-    pub(crate) upstream: Option<String>,
-    pub(crate) reused: bool,
+    pub request: &'a [u8],
+    /// `HTTP/1.0` or `HTTP/1.1`.
+    pub version: &'a str,
+    /// Status sent to the client.
+    pub status: u16,
+    /// Bytes sent to the client (heads and body).
+    pub bytes_sent: u64,
+    /// The server that answered, if any.
+    pub upstream: Option<String>,
+    /// Whether the answer came over a reused pooled connection.
+    pub reused: bool,
     /// Seconds until the response head was ready, if one came from upstream.
-    pub(crate) response: Option<f64>,
+    pub response: Option<f64>,
     /// Seconds from the request's first byte to the end of the response.
-    pub(crate) total: f64,
+    pub total: f64,
 }
 
 /// A worker's access log.
 #[derive(Debug)]
-pub(crate) struct AccessLog {
+pub struct AccessLog {
     sink: Sink,
     buf: Vec<u8>,
     /// `[time_local]` text of the second `stamp_second`, reformatted once per second.
@@ -48,7 +67,7 @@ pub(crate) struct AccessLog {
 
 impl AccessLog {
     /// Opens `target`: `-` (stdout), `stderr`, or a file path (appended to, created if missing).
-    pub(crate) fn open(target: &str) -> io::Result<AccessLog> {
+    pub fn open(target: &str) -> io::Result<AccessLog> {
         let sink = match target {
             "-" | "stdout" => Sink::Stdout,
             "stderr" => Sink::Stderr,
@@ -66,7 +85,7 @@ impl AccessLog {
     }
 
     /// Reopens a log file (after logrotate moved it away; SIGUSR1).
-    pub(crate) fn reopen(&mut self) {
+    pub fn reopen(&mut self) {
         self.flush();
         if let Sink::File { path, file } = &mut self.sink {
             match open_append(path) {
@@ -77,7 +96,7 @@ impl AccessLog {
     }
 
     /// Formats one line into the buffer.
-    pub(crate) fn record(&mut self, e: &Entry<'_>) {
+    pub fn record(&mut self, e: &Entry<'_>) {
         let second = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -87,8 +106,8 @@ impl AccessLog {
         }
         let b = &mut self.buf;
         match e.client {
-            Some(a) => {
-                let _ = write!(b, "{}", a.ip());
+            Some(ip) => {
+                let _ = write!(b, "{ip}");
             }
             None => b.extend_from_slice(b"unix:"),
         }
@@ -125,8 +144,8 @@ impl AccessLog {
         let _ = writeln!(b, " total={:.3}", e.total);
     }
 
-    /// Writes buffered lines (once per loop pass).
-    pub(crate) fn flush(&mut self) {
+    /// Writes buffered lines (once per loop pass; nothing to do when no line is buffered).
+    pub fn flush(&mut self) {
         if self.buf.is_empty() {
             return;
         }
@@ -195,7 +214,7 @@ mod tests {
     fn line_format_escapes_the_request_line() {
         let mut log = AccessLog::open("-").unwrap();
         log.record(&Entry {
-            client: Some("10.0.0.1:5555".parse().unwrap()),
+            client: Some("10.0.0.1".parse().unwrap()),
             request: b"GET /\"x",
             version: "HTTP/1.1",
             status: 200,
