@@ -1,6 +1,12 @@
 //! A small, independent HTTP/1.1 message reader for the simulated peers (clients read
 //! responses, backends read requests). Deliberately simple and separate from `framing`, so a
 //! framing bug in the engine shows up as a disagreement instead of being mirrored.
+//!
+//! Two levels: [`read_request`] / [`read_response`] return a whole message or `None` (incomplete
+//! or malformed alike), for tests that expect well-formed traffic; [`parse_request_head`] /
+//! [`parse_response_head`], [`Message::request_body`] / [`Message::response_body`] and
+//! [`read_body`] tell "incomplete" from "malformed", for the simulated world, which reports
+//! malformed traffic from the proxy as a violation.
 
 /// A parsed message (request or response).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -40,6 +46,10 @@ impl Message {
     }
 }
 
+/// What a reader found at the start of a buffer: the message (or body) and the bytes it used,
+/// `Ok(None)` if more bytes are needed, or why the bytes are malformed.
+pub type Read<T> = Result<Option<(T, usize)>, String>;
+
 fn lower_headers(h: &[httparse::Header<'_>]) -> Vec<(String, String)> {
     h.iter()
         .map(|h| {
@@ -51,75 +61,190 @@ fn lower_headers(h: &[httparse::Header<'_>]) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Decodes a chunked body at the start of `buf`: (body, bytes used), or None if incomplete.
-fn dechunk(buf: &[u8]) -> Option<(Vec<u8>, usize)> {
+/// How a message body is delimited (RFC 9112 §6.3, as far as the simulated peers need it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyLength {
+    /// No body.
+    None,
+    /// `Content-Length`.
+    Length(usize),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+    /// Until the sender closes (responses only).
+    UntilClose,
+}
+
+impl Message {
+    fn chunked(&self) -> bool {
+        self.header("transfer-encoding")
+            .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+    }
+
+    fn content_length(&self) -> Result<Option<usize>, String> {
+        self.header("content-length")
+            .map(|v| {
+                v.trim()
+                    .parse()
+                    .map_err(|_| format!("bad content-length {v:?}"))
+            })
+            .transpose()
+    }
+
+    /// How the body of this response is delimited (`head_request`: it answers a HEAD).
+    pub fn response_body(&self, head_request: bool) -> Result<BodyLength, String> {
+        let no_body = head_request || self.status < 200 || self.status == 204 || self.status == 304;
+        Ok(if no_body {
+            BodyLength::None
+        } else if self.chunked() {
+            BodyLength::Chunked
+        } else {
+            self.content_length()?
+                .map_or(BodyLength::UntilClose, BodyLength::Length)
+        })
+    }
+
+    /// How the body of this request is delimited.
+    pub fn request_body(&self) -> Result<BodyLength, String> {
+        Ok(if self.chunked() {
+            BodyLength::Chunked
+        } else {
+            self.content_length()?
+                .map_or(BodyLength::None, BodyLength::Length)
+        })
+    }
+}
+
+/// `Ok(None)` for a head that is not complete yet, the head's length when it is.
+fn head_len(parsed: httparse::Result<usize>) -> Result<Option<usize>, String> {
+    match parsed {
+        Ok(httparse::Status::Complete(n)) => Ok(Some(n)),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Parses a response head at the start of `buf` (the body is left empty): the message and the
+/// head's length, `Ok(None)` if more bytes are needed, or why it is malformed.
+pub fn parse_response_head(buf: &[u8]) -> Read<Message> {
+    let mut hs = [httparse::EMPTY_HEADER; 128];
+    let mut r = httparse::Response::new(&mut hs);
+    let Some(n) = head_len(r.parse(buf))? else {
+        return Ok(None);
+    };
+    let m = Message {
+        status: r.code.ok_or("no status")?,
+        version: r.version.ok_or("no version")?,
+        headers: lower_headers(r.headers),
+        ..Message::default()
+    };
+    Ok(Some((m, n)))
+}
+
+/// Parses a request head at the start of `buf` (the body is left empty): the message and the
+/// head's length, `Ok(None)` if more bytes are needed, or why it is malformed.
+pub fn parse_request_head(buf: &[u8]) -> Read<Message> {
+    let mut hs = [httparse::EMPTY_HEADER; 128];
+    let mut r = httparse::Request::new(&mut hs);
+    let Some(n) = head_len(r.parse(buf))? else {
+        return Ok(None);
+    };
+    let m = Message {
+        method: r.method.ok_or("no method")?.to_string(),
+        path: r.path.ok_or("no target")?.to_string(),
+        version: r.version.ok_or("no version")?,
+        headers: lower_headers(r.headers),
+        ..Message::default()
+    };
+    Ok(Some((m, n)))
+}
+
+/// Reads a body delimited as `len` from the start of `buf` (the bytes after the head): the body
+/// and the bytes it used, `Ok(None)` if more bytes are needed, or why its framing is malformed.
+/// `eof`: the peer closed, so a close-delimited body ends at the end of `buf`.
+pub fn read_body(buf: &[u8], len: BodyLength, eof: bool) -> Read<Vec<u8>> {
+    Ok(match len {
+        BodyLength::None => Some((Vec::new(), 0)),
+        BodyLength::Chunked => return decode_chunked(buf),
+        BodyLength::Length(n) => (buf.len() >= n).then(|| (buf[..n].to_vec(), n)),
+        BodyLength::UntilClose => eof.then(|| (buf.to_vec(), buf.len())),
+    })
+}
+
+/// Decodes a complete chunked body at the start of `buf`: (body, bytes used), `Ok(None)` if
+/// incomplete.
+fn decode_chunked(buf: &[u8]) -> Read<Vec<u8>> {
     let mut pos = 0;
     let mut body = Vec::new();
+    let line = |pos: usize| -> Option<usize> {
+        buf[pos..]
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .map(|i| pos + i)
+    };
     loop {
-        let line_end = buf[pos..].windows(2).position(|w| w == b"\r\n")? + pos;
-        let line = std::str::from_utf8(&buf[pos..line_end]).ok()?;
-        let size_str = line.split(';').next()?.trim();
-        let size = usize::from_str_radix(size_str, 16).ok()?;
-        pos = line_end + 2;
+        let Some(eol) = line(pos) else {
+            return Ok(None);
+        };
+        let text = core::str::from_utf8(&buf[pos..eol]).map_err(|_| "non-utf8 size line")?;
+        let hex = text.split(';').next().unwrap_or("").trim();
+        let size =
+            usize::from_str_radix(hex, 16).map_err(|_| format!("bad chunk size {text:?}"))?;
+        pos = eol + 2;
         if size == 0 {
             // Trailers until an empty line.
             loop {
-                let end = buf[pos..].windows(2).position(|w| w == b"\r\n")? + pos;
-                let empty = end == pos;
-                pos = end + 2;
+                let Some(eol) = line(pos) else {
+                    return Ok(None);
+                };
+                let empty = eol == pos;
+                pos = eol + 2;
                 if empty {
-                    return Some((body, pos));
+                    return Ok(Some((body, pos)));
                 }
             }
         }
         if buf.len() < pos + size + 2 {
-            return None;
+            return Ok(None);
         }
         body.extend_from_slice(&buf[pos..pos + size]);
+        if &buf[pos + size..pos + size + 2] != b"\r\n" {
+            return Err("missing CRLF after chunk".into());
+        }
         pos += size + 2;
     }
 }
 
+/// A head parsed by `head`, then its body delimited as `len` says: the whole message and the
+/// bytes it used, `Ok(None)` if more bytes are needed.
+fn read_message(
+    buf: &[u8],
+    head: fn(&[u8]) -> Read<Message>,
+    len: impl FnOnce(&Message) -> Result<BodyLength, String>,
+    eof: bool,
+) -> Read<Message> {
+    let Some((mut m, n)) = head(buf)? else {
+        return Ok(None);
+    };
+    let Some((body, used)) = read_body(&buf[n..], len(&m)?, eof)? else {
+        return Ok(None);
+    };
+    m.body = body;
+    Ok(Some((m, n + used)))
+}
+
 /// Reads one response from `buf`. `head_request`: it answers a HEAD (no body). `eof`: the peer
 /// closed, so a close-delimited body ends at the end of `buf`. Returns the response and the bytes
-/// it used, or None if more bytes are needed. 1xx responses are returned like any other.
+/// it used, or None if more bytes are needed (or they are malformed). 1xx responses are returned
+/// like any other.
 pub fn read_response(buf: &[u8], head_request: bool, eof: bool) -> Option<(Message, usize)> {
-    let mut hs = [httparse::EMPTY_HEADER; 128];
-    let mut r = httparse::Response::new(&mut hs);
-    let n = match r.parse(buf).ok()? {
-        httparse::Status::Complete(n) => n,
-        httparse::Status::Partial => return None,
-    };
-    let mut m = Message {
-        status: r.code?,
-        version: r.version?,
-        headers: lower_headers(r.headers),
-        ..Message::default()
-    };
-    let no_body = head_request || m.status < 200 || m.status == 204 || m.status == 304;
-    if no_body {
-        return Some((m, n));
-    }
-    if m.header("transfer-encoding")
-        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
-    {
-        let (body, used) = dechunk(&buf[n..])?;
-        m.body = body;
-        return Some((m, n + used));
-    }
-    if let Some(cl) = m.header("content-length") {
-        let len: usize = cl.trim().parse().ok()?;
-        if buf.len() < n + len {
-            return None;
-        }
-        m.body = buf[n..n + len].to_vec();
-        return Some((m, n + len));
-    }
-    if !eof {
-        return None;
-    }
-    m.body = buf[n..].to_vec();
-    Some((m, buf.len()))
+    read_message(
+        buf,
+        parse_response_head,
+        |m| m.response_body(head_request),
+        eof,
+    )
+    .ok()
+    .flatten()
 }
 
 /// Reads every complete response from `buf` (`head_requests[i]`: the i-th answers a HEAD).
@@ -147,39 +272,24 @@ pub fn read_responses(buf: &[u8], head_requests: &[bool], eof: bool) -> (Vec<Mes
 /// Reads one request from `buf` (Content-Length or chunked body): the request and the bytes it
 /// used, or None if incomplete or unparseable.
 pub fn read_request(buf: &[u8]) -> Option<(Message, usize)> {
-    let mut hs = [httparse::EMPTY_HEADER; 128];
-    let mut r = httparse::Request::new(&mut hs);
-    let n = match r.parse(buf).ok()? {
-        httparse::Status::Complete(n) => n,
-        httparse::Status::Partial => return None,
-    };
-    let mut m = Message {
-        method: r.method?.to_string(),
-        path: r.path?.to_string(),
-        version: r.version?,
-        headers: lower_headers(r.headers),
-        ..Message::default()
-    };
-    if m.header("transfer-encoding")
-        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
-    {
-        let (body, used) = dechunk(&buf[n..])?;
-        m.body = body;
-        return Some((m, n + used));
-    }
-    let len: usize = m
-        .header("content-length")
-        .map_or(Some(0), |v| v.trim().parse().ok())?;
-    if buf.len() < n + len {
-        return None;
-    }
-    m.body = buf[n..n + len].to_vec();
-    Some((m, n + len))
+    read_message(buf, parse_request_head, Message::request_body, false)
+        .ok()
+        .flatten()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunked_decoder() {
+        let b = b"3\r\nabc\r\n1;x=y\r\nd\r\n0\r\nT: v\r\n\r\nrest";
+        let (body, used) = decode_chunked(b).unwrap().unwrap();
+        assert_eq!(body, b"abcd");
+        assert_eq!(&b[used..], b"rest");
+        assert_eq!(decode_chunked(b"3\r\nab").unwrap(), None);
+        assert!(decode_chunked(b"zz\r\n").is_err());
+    }
 
     #[test]
     fn reads_each_framing() {

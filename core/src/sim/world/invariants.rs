@@ -1,0 +1,226 @@
+//! The rules checked after every step — pool caps, clean pooled connections, dead peers
+//! forgotten, deadlines never in the past, plus what the peers recorded as violations — and the
+//! leak checks [`World::finish`] runs once every client has closed.
+
+use core::time::Duration;
+
+use super::World;
+use crate::UpstreamId;
+
+impl World {
+    pub(super) fn violation(&mut self, msg: String) {
+        self.violations
+            .push(format!("t={}ms: {msg}", self.harness.now.0 / 1_000_000));
+    }
+
+    /// Closes every client (unstalling it first), lets time run past every client timeout and
+    /// checks nothing leaks; then past the pool idle timeout, and checks nothing is left at all.
+    pub fn finish(&mut self) {
+        for c in 0..self.clients.len() {
+            let cl = &mut self.clients[c];
+            let conn = cl.conn;
+            if cl.reset || self.harness.clients[&conn].closed {
+                continue;
+            }
+            if cl.stalled {
+                cl.stalled = false;
+                self.harness.stall(conn, false);
+            }
+            let cl = &mut self.clients[c];
+            if !cl.eof_sent {
+                cl.eof_sent = true;
+                cl.no_more = true;
+                self.harness.client_eof(conn);
+            }
+            self.settle();
+        }
+        self.settle();
+        self.check_invariants();
+        let cfg = self.harness.core.config().clone();
+        let t = &cfg.client_timeouts;
+        let max_client = [t.header, t.body, t.keepalive, t.send, t.lingering]
+            .into_iter()
+            .max()
+            .unwrap_or_default();
+        let max_up = cfg
+            .upstreams
+            .iter()
+            .flat_map(|g| [g.connect_timeout, g.read_timeout, g.send_timeout])
+            .max()
+            .unwrap_or_default();
+        let max_delay = self
+            .scripts
+            .iter()
+            .map(|s| s.delay_ms + s.race_ms)
+            .max()
+            .unwrap_or(0);
+        let first = max_client.max(max_up) + Duration::from_millis(max_delay + 1000);
+        // Every outstanding exchange ends within `first` of the previous one (answered, timed
+        // out or failed), but pipelined requests are answered one after another: keep
+        // advancing while exchanges are still completing, bounded by the requests outstanding.
+        let outstanding = self.sent.len().saturating_sub(self.results.len());
+        self.advance(first);
+        for _ in 0..outstanding {
+            let open = self.harness.clients.values().any(|e| !e.closed);
+            if !open {
+                break;
+            }
+            let done = self.results.len();
+            self.advance(first);
+            if self.results.len() == done {
+                break;
+            }
+        }
+        self.check_invariants();
+        let pooled: usize = (0..cfg.upstreams.len())
+            .map(|g| self.harness.core.pool_idle(UpstreamId(g as u32)))
+            .sum();
+        let conns = self.harness.core.connections();
+        if conns != pooled {
+            let open_clients: Vec<_> = self
+                .harness
+                .clients
+                .iter()
+                .filter(|(_, e)| !e.closed)
+                .map(|(id, _)| *id)
+                .collect();
+            let open_ups: Vec<_> = self
+                .harness
+                .upstreams
+                .iter()
+                .filter(|(id, e)| !e.closed && !self.harness.core.is_pooled(**id))
+                .map(|(id, _)| *id)
+                .collect();
+            self.violation(format!(
+                "leak: after every client closed and {first:?} passed, the core holds {conns} \
+                 connections but only {pooled} are pooled (open clients {open_clients:?}, \
+                 open non-pooled upstreams {open_ups:?})"
+            ));
+        }
+        for c in 0..self.clients.len() {
+            let cl = &self.clients[c];
+            if !cl.reset && !self.harness.clients[&cl.conn].closed {
+                let num = cl.num;
+                self.violation(format!("leak: client c{num} is still open after it closed"));
+            }
+        }
+        self.check_invariants();
+        let idle = cfg
+            .upstreams
+            .iter()
+            .map(|g| g.keepalive_timeout.min(g.keepalive_time))
+            .max()
+            .unwrap_or_default();
+        self.advance(idle + Duration::from_secs(1));
+        let conns = self.harness.core.connections();
+        if conns != 0 {
+            self.violation(format!(
+                "leak: {conns} connections remain after the pool idle timeout passed"
+            ));
+        }
+        if let Some(t) = self.harness.core.poll_timeout() {
+            self.violation(format!("a deadline {t:?} remains with no connection open"));
+        }
+        self.check_invariants();
+    }
+
+    /// Panics with a report if any invariant is broken.
+    pub fn check_invariants(&self) {
+        let mut problems = self.violations.clone();
+        let core = &self.harness.core;
+        let now = self.harness.now;
+        // 5. deadlines
+        if let Some(t) = core.poll_timeout()
+            && t < now
+        {
+            problems.push(format!("poll_timeout {t:?} is in the past (now {now:?})"));
+        }
+        // 2. pool caps and clean pooled connections
+        for (g, up) in core.config().upstreams.iter().enumerate() {
+            let idle = core.pool_idle(UpstreamId(g as u32));
+            if idle > up.keepalive {
+                problems.push(format!(
+                    "pool of group {g} holds {idle} idle connections, cap {}",
+                    up.keepalive
+                ));
+            }
+        }
+        for (&u, ep) in &self.harness.upstreams {
+            if !core.is_pooled(u) {
+                continue;
+            }
+            if ep.closed {
+                problems.push(format!("{u:?} is pooled but the core closed it"));
+                continue;
+            }
+            let Some(up) = self.ups.get(&u) else {
+                problems.push(format!("{u:?} is pooled but never connected"));
+                continue;
+            };
+            let mut why = Vec::new();
+            if up.busy || !up.queue.is_empty() {
+                why.push("the backend has a request in flight");
+            }
+            if !up.inbuf.is_empty() || !ep.received.is_empty() {
+                why.push("the backend has unread request bytes");
+            }
+            if !ep.unread.is_empty() {
+                why.push("the backend sent bytes the proxy has not read");
+            }
+            if core.pending_len(u) > 0 {
+                why.push("the core has output queued on it");
+            }
+            if up.announced_close {
+                why.push("the backend announced Connection: close");
+            }
+            if up.close_delimited {
+                why.push("its last response was close-delimited");
+            }
+            if up.fin_delivered && !ep.eof_pending {
+                why.push("the backend's FIN was delivered");
+            }
+            if !why.is_empty() {
+                problems.push(format!(
+                    "pooled {u:?} is not at a clean boundary: {}",
+                    why.join(", ")
+                ));
+            }
+        }
+        // 3. dead peers are forgotten; nothing is queued for a closed peer
+        for cl in &self.clients {
+            if cl.reset && core.is_open(cl.conn) {
+                problems.push(format!(
+                    "client c{} reset but its connection is still open",
+                    cl.num
+                ));
+            }
+        }
+        for (&u, up) in &self.ups {
+            let ep = &self.harness.upstreams[&u];
+            if up.fin_delivered && !ep.eof_pending && !ep.closed && core.is_open(u) && ep.reading {
+                problems.push(format!(
+                    "{u:?}: the backend closed (FIN/RST delivered) but the core keeps the connection"
+                ));
+            }
+        }
+        for (&id, ep) in self
+            .harness
+            .clients
+            .iter()
+            .chain(self.harness.upstreams.iter())
+        {
+            if ep.closed && core.pending_len(id) > 0 {
+                problems.push(format!("output queued for closed peer {id:?}"));
+            }
+        }
+        if !problems.is_empty() {
+            panic!(
+                "simulation invariant broken (seed {}):\n  - {}\nactions ({}): {:?}",
+                self.seed,
+                problems.join("\n  - "),
+                self.log.len(),
+                self.log
+            );
+        }
+    }
+}
