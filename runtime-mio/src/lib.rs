@@ -27,7 +27,6 @@
 
 mod access_log;
 mod admin;
-mod clock;
 pub mod metrics;
 mod net;
 mod worker;
@@ -113,10 +112,7 @@ struct Generation {
 
 impl Generation {
     fn spawn(&mut self, shared: &Shared, threads: &mut Vec<JoinHandle<()>>) -> io::Result<()> {
-        let n = match self.config.runtime.workers {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n,
-        };
+        let n = upkeep_runtime::workers::count(self.config.runtime.workers);
         for index in 0..n {
             let mut listeners = Vec::with_capacity(self.bound.len());
             for b in &mut self.bound {
@@ -278,7 +274,7 @@ impl ProxyHandle {
                     .bound
                     .iter()
                     .zip(&kept)
-                    .map(|(b, &kept)| kept && (matches!(b, Bound::Unix { .. }) || k < new_workers))
+                    .map(|(b, &kept)| kept && (b.is_unix() || k < new_workers))
                     .collect();
                 w.send(Command::Drain {
                     ack: Some(ack.clone()),
@@ -292,13 +288,11 @@ impl ProxyHandle {
                 break;
             }
         }
-        // Unix socket files that the new configuration no longer listens on.
+        // Unix socket files that the new configuration no longer listens on (while still ours).
         let kept: Vec<Address> = state.current.bound.iter().map(Bound::address).collect();
         for b in &old.bound {
-            if let Bound::Unix { path, .. } = b
-                && !kept.contains(&b.address())
-            {
-                let _ = std::fs::remove_file(path);
+            if !kept.contains(&b.address()) {
+                b.remove_socket_file();
             }
         }
         Ok(())
@@ -389,11 +383,11 @@ fn stop_all(workers: &[Control], threads: &mut Vec<JoinHandle<()>>) {
     }
 }
 
+/// Removes the Unix socket files of `bound` that are still the ones this process bound (another
+/// proxy may have taken a path over since, see [`upkeep_runtime::listen::SocketFile`]).
 fn remove_unix_files(bound: &[Bound]) {
     for b in bound {
-        if let Bound::Unix { path, .. } = b {
-            let _ = std::fs::remove_file(path);
-        }
+        b.remove_socket_file();
     }
 }
 

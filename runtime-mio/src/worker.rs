@@ -15,9 +15,9 @@ use mio::event::Event;
 use mio::{Events, Poll, Token, Waker};
 use upkeep_core::framing::Version;
 use upkeep_core::{Config, ConnId, Core, ExchangeInfo, Input, ListenerId, Output, ServerId};
+use upkeep_runtime::clock;
 
 use crate::access_log::{self, AccessLog};
-use crate::clock;
 use crate::metrics::{Snapshot, WorkerCounters};
 use crate::net::{Listener, Stream};
 
@@ -310,7 +310,6 @@ impl Worker {
                 Ok(false) => return,
                 Ok(true) => {
                     sock.connecting = false;
-                    sock.stream.set_nodelay();
                     self.core
                         .handle(clock::now(), Input::Connected { conn: id });
                     self.after_input();
@@ -609,7 +608,7 @@ impl Worker {
                     {
                         Ok(id) => {
                             let mut stream = stream;
-                            stream.set_nodelay();
+                            stream.tune();
                             if let Err(e) =
                                 stream.register(self.poll.registry(), Token(id.index as usize))
                             {

@@ -5,3 +5,8 @@
 //! socket options are set, how a read lands in the core's buffer, how a write is gathered, what
 //! the clock is, how many workers run) and everything it shows operators (the admin listener,
 //! the metrics text, the access log) lives here, once.
+
+pub mod clock;
+pub mod listen;
+pub mod socket;
+pub mod workers;

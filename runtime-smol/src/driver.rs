@@ -19,8 +19,8 @@ use std::future::Future;
 use std::io::{self, IoSlice};
 use std::rc::Rc;
 use upkeep_core::{Address, ConnId, Core, Input, ListenerId, Output, Time};
+use upkeep_runtime::clock;
 
-use crate::clock;
 use crate::listener::Listener;
 use crate::stream::Stream;
 
@@ -505,10 +505,10 @@ async fn timer_loop(d: Shared) {
 async fn accept_loop(d: Shared, id: ListenerId, listener: Listener) {
     loop {
         let accepted = match &listener {
-            Listener::Tcp(l) => l.accept().await.map(|(s, peer)| {
-                let _ = s.get_ref().set_nodelay(true);
-                (Stream::Tcp(s), Some(peer.ip()))
-            }),
+            Listener::Tcp(l) => l
+                .accept()
+                .await
+                .map(|(s, peer)| (Stream::accepted_tcp(s), Some(peer.ip()))),
             Listener::Unix(l) => l.accept().await.map(|(s, _)| (Stream::Unix(s), None)),
         };
         match accepted {

@@ -17,7 +17,6 @@
 #![warn(missing_docs, missing_debug_implementations)]
 
 mod client;
-mod clock;
 mod driver;
 mod listener;
 mod proxy;

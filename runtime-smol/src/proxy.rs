@@ -7,8 +7,10 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 use upkeep_core::{Address, Config, Core, ListenerId};
 
+use upkeep_runtime::listen::{Bound, Listening};
+
 use crate::driver::{self, Driver};
-use crate::listener::Bound;
+use crate::listener::Listener;
 
 /// The async reverse proxy: `upkeep-core` on smol's reactor and executors.
 ///
@@ -38,6 +40,9 @@ enum Control {
 #[derive(Debug)]
 pub struct ProxyHandle {
     addrs: Vec<Address>,
+    /// The bound addresses, kept (their own descriptors closed) to remove Unix socket files at
+    /// exit while they are still ours.
+    bound: Vec<Bound>,
     controls: Vec<Sender<Control>>,
     workers: Vec<JoinHandle<()>>,
 }
@@ -50,40 +55,55 @@ impl Proxy {
         config
             .validate()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-        let workers = match config.runtime.workers {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n,
-        };
+        let workers = upkeep_runtime::workers::count(config.runtime.workers);
         let shutdown_timeout = config.runtime.shutdown_timeout;
 
         // Bind everything before starting anything, so a bad address fails `start` cleanly.
-        let mut per_worker: Vec<Vec<Bound>> = (0..workers).map(|_| Vec::new()).collect();
-        let mut addrs = Vec::new();
+        let mut bound = Vec::with_capacity(config.listeners.len());
         for l in &config.listeners {
-            let first = Bound::bind(&l.addr)?;
-            addrs.push(first.local_address()?);
-            let mut siblings = Vec::new();
-            for _ in 1..workers {
-                siblings.push(first.sibling()?);
+            match Bound::bind(&l.addr) {
+                Ok(b) => bound.push(b),
+                Err(e) => {
+                    remove_unix_files(&bound);
+                    return Err(e);
+                }
             }
-            per_worker[0].push(first);
-            for (w, s) in siblings.into_iter().enumerate() {
-                per_worker[w + 1].push(s);
+        }
+        let addrs: Vec<Address> = bound.iter().map(Bound::address).collect();
+        let mut per_worker: Vec<Vec<Listening>> = Vec::with_capacity(workers);
+        for _ in 0..workers {
+            match bound.iter_mut().map(Bound::for_worker).collect() {
+                Ok(sockets) => per_worker.push(sockets),
+                Err(e) => {
+                    remove_unix_files(&bound);
+                    return Err(e);
+                }
             }
+        }
+        // The workers hold every socket now; ours would keep a drained listener queueing
+        // connections nobody accepts.
+        for b in &mut bound {
+            b.close();
         }
 
         let mut controls = Vec::new();
         let mut handles = Vec::new();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<io::Result<()>>();
-        for (w, bound) in per_worker.into_iter().enumerate() {
-            let core = Core::new(config.clone(), w as u64)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        for (w, sockets) in per_worker.into_iter().enumerate() {
+            let core = match Core::new(config.clone(), w as u64) {
+                Ok(core) => core,
+                Err(e) => {
+                    stop_all(&controls, handles);
+                    remove_unix_files(&bound);
+                    return Err(io::Error::new(io::ErrorKind::InvalidInput, e.to_string()));
+                }
+            };
             let (tx, rx) = async_channel::unbounded();
             controls.push(tx);
             let ready = ready_tx.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("upkeep-smol-{w}"))
-                .spawn(move || worker(core, bound, rx, shutdown_timeout, ready))?;
+                .spawn(move || worker(core, sockets, rx, shutdown_timeout, ready))?;
             handles.push(handle);
         }
         drop(ready_tx);
@@ -92,16 +112,19 @@ impl Proxy {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
                     stop_all(&controls, handles);
+                    remove_unix_files(&bound);
                     return Err(e);
                 }
                 Err(_) => {
                     stop_all(&controls, handles);
+                    remove_unix_files(&bound);
                     return Err(io::Error::other("a worker thread died while starting"));
                 }
             }
         }
         Ok(ProxyHandle {
             addrs,
+            bound,
             controls,
             workers: handles,
         })
@@ -143,7 +166,7 @@ impl ProxyHandle {
         for h in std::mem::take(&mut self.workers) {
             let _ = h.join();
         }
-        remove_unix_sockets(&self.addrs);
+        remove_unix_files(&self.bound);
     }
 
     fn stop_now(&mut self) {
@@ -151,7 +174,7 @@ impl ProxyHandle {
             return;
         }
         stop_all(&self.controls, std::mem::take(&mut self.workers));
-        remove_unix_sockets(&self.addrs);
+        remove_unix_files(&self.bound);
     }
 }
 
@@ -161,17 +184,17 @@ impl Drop for ProxyHandle {
     }
 }
 
-fn remove_unix_sockets(addrs: &[Address]) {
-    for a in addrs {
-        if let Address::Unix(path) = a {
-            let _ = std::fs::remove_file(path);
-        }
+/// Removes the Unix socket files of `bound` that are still the ones this process bound (another
+/// proxy may have taken a path over since, see [`upkeep_runtime::listen::SocketFile`]).
+fn remove_unix_files(bound: &[Bound]) {
+    for b in bound {
+        b.remove_socket_file();
     }
 }
 
 fn worker(
     core: Core,
-    bound: Vec<Bound>,
+    sockets: Vec<Listening>,
     control: Receiver<Control>,
     shutdown_timeout: Duration,
     ready: std::sync::mpsc::Sender<io::Result<()>>,
@@ -179,8 +202,8 @@ fn worker(
     driver::run(async move {
         let (d, _timer) = Driver::start(core);
         let mut accepts = Vec::new();
-        for (i, b) in bound.into_iter().enumerate() {
-            match b.into_async() {
+        for (i, socket) in sockets.into_iter().enumerate() {
+            match Listener::register(socket) {
                 Ok(l) => accepts.push(driver::spawn_accept(d.clone(), ListenerId(i as u32), l)),
                 Err(e) => {
                     let _ = ready.send(Err(e));

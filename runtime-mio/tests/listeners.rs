@@ -1,0 +1,23 @@
+//! The shared listener scenarios (upkeep-testkit): who may bind a listen address and who may
+//! remove it, against the mio runtime.
+
+use upkeep_core::Config;
+use upkeep_testkit::RunningProxy;
+
+struct Running(upkeep_mio::ProxyHandle);
+
+impl RunningProxy for Running {
+    fn listen_addrs(&self) -> Vec<upkeep_core::Address> {
+        self.0.listen_addrs()
+    }
+
+    fn stop(self: Box<Self>) {
+        self.0.shutdown()
+    }
+}
+
+fn try_start(config: Config) -> std::io::Result<Box<dyn RunningProxy>> {
+    upkeep_mio::Proxy::start(config).map(|p| Box::new(Running(p)) as Box<dyn RunningProxy>)
+}
+
+upkeep_testkit::listener_tests!(try_start);
