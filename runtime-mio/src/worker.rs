@@ -15,6 +15,7 @@ use mio::event::Event;
 use mio::{Events, Poll, Token, Waker};
 use upkeep_core::framing::Version;
 use upkeep_core::{Config, ConnId, Core, ExchangeInfo, Input, ListenerId, Output, ServerId};
+use upkeep_runtime::accept::{Admit, AfterError, Gate};
 use upkeep_runtime::clock;
 
 use crate::access_log::{self, AccessLog};
@@ -37,8 +38,6 @@ const READ_SIZE: usize = 16 * 1024;
 const READ_SIZE_BULK: usize = 64 * 1024;
 /// Most slices per `writev`.
 const MAX_IOV: usize = 64;
-/// How long accepting pauses when the process is out of file descriptors.
-const EMFILE_PAUSE: Duration = Duration::from_millis(100);
 
 /// What the main thread can ask of a worker.
 #[derive(Debug)]
@@ -120,7 +119,7 @@ pub(crate) fn spawn(setup: Setup) -> io::Result<(Control, JoinHandle<()>)> {
         poll,
         core,
         listeners: setup.listeners.into_iter().map(Some).collect(),
-        paused: None,
+        gate: Gate::default(),
         socks: Vec::new(),
         to_read: VecDeque::new(),
         to_write: VecDeque::new(),
@@ -146,15 +145,6 @@ pub(crate) fn spawn(setup: Setup) -> io::Result<(Control, JoinHandle<()>)> {
         .name(format!("upkeep-worker-{}", setup.index))
         .spawn(move || worker.run())?;
     Ok((control, thread))
-}
-
-/// Why accepting is paused.
-#[derive(Debug, Clone, Copy)]
-enum Pause {
-    /// The core refused a connection (max_client_connections): resume when one closes.
-    Capacity,
-    /// Out of file descriptors: resume after a short delay instead of spinning on EMFILE.
-    Until(Instant),
 }
 
 /// A socket the core knows as `id`.
@@ -195,7 +185,8 @@ struct Worker {
     poll: Poll,
     core: Core,
     listeners: Vec<Option<Listener>>,
-    paused: Option<Pause>,
+    /// Whether accepting is paused (the shared accept policy).
+    gate: Gate,
     socks: Vec<Option<Sock>>,
     to_read: VecDeque<ConnId>,
     to_write: VecDeque<ConnId>,
@@ -277,7 +268,7 @@ impl Worker {
             let d = i.saturating_duration_since(Instant::now());
             t = Some(t.map_or(d, |t: Duration| t.min(d)));
         };
-        if let Some(Pause::Until(i)) = self.paused {
+        if let Some(i) = self.gate.resume_at() {
             at(i);
         }
         if let Some(d) = self.drain_deadline {
@@ -593,8 +584,13 @@ impl Worker {
 
     fn accept(&mut self, i: usize) {
         loop {
-            if self.paused.is_some() {
-                return;
+            match self.gate.admit(&self.core) {
+                Admit::Accept => {}
+                Admit::Paused => return,
+                Admit::PausedNow => {
+                    self.unwatch_listeners();
+                    return;
+                }
             }
             let Some(listener) = self.listeners.get(i).and_then(Option::as_ref) else {
                 return;
@@ -636,48 +632,40 @@ impl Worker {
                         Err(_at_capacity) => {
                             // The new socket closes on drop; accept no more until a client
                             // connection ends (the kernel keeps queueing meanwhile).
-                            self.pause(Pause::Capacity);
+                            if self.gate.at_capacity() {
+                                self.unwatch_listeners();
+                            }
                             return;
                         }
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if out_of_descriptors(&e) => {
-                    log::warn!("worker {}: accept: {e}; pausing accepts", self.id);
-                    self.pause(Pause::Until(Instant::now() + EMFILE_PAUSE));
-                    return;
-                }
-                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {}
-                Err(e) => {
-                    log::warn!("worker {}: accept: {e}", self.id);
-                    return;
-                }
+                Err(e) => match self.gate.pause_after(&e, Instant::now()) {
+                    AfterError::Next => {}
+                    AfterError::Wait => return,
+                    AfterError::Pause(_) => {
+                        self.unwatch_listeners();
+                        return;
+                    }
+                },
             }
         }
     }
 
-    fn pause(&mut self, why: Pause) {
-        if self.paused.is_none() {
-            for l in self.listeners.iter_mut().flatten() {
-                l.deregister(self.poll.registry());
-            }
+    /// Stops watching the listeners while accepting is paused (connections queue in the
+    /// kernel's backlog meanwhile).
+    fn unwatch_listeners(&mut self) {
+        for l in self.listeners.iter_mut().flatten() {
+            l.deregister(self.poll.registry());
         }
-        self.paused = Some(why);
     }
 
     fn maybe_resume(&mut self) {
-        let resume = match self.paused {
-            None => return,
-            Some(Pause::Capacity) => {
-                self.core.client_connections() < self.core.config().limits.max_client_connections
-            }
-            Some(Pause::Until(t)) => Instant::now() >= t,
-        };
-        if !resume || self.drain_deadline.is_some() {
+        if self.gate.is_open()
+            || self.drain_deadline.is_some()
+            || !self.gate.reopen(&self.core, Instant::now())
+        {
             return;
         }
-        self.paused = None;
         for i in 0..self.listeners.len() {
             if let Some(l) = self.listeners[i].as_mut()
                 && let Err(e) = l.register(self.poll.registry(), Token(LISTENER_BASE - i))
@@ -724,7 +712,7 @@ impl Worker {
         // those connections) and read what they sent, then stop listening. A socket handed
         // over to a new generation is left alone: a connection taken here now would be closed
         // as idle by the drain if its request has not arrived yet.
-        self.paused = None;
+        self.gate.open();
         for i in 0..self.listeners.len() {
             if !handed_over.get(i).copied().unwrap_or(false) {
                 self.accept(i);
@@ -761,9 +749,4 @@ impl Worker {
         }
         log::debug!("worker {} exited", self.id);
     }
-}
-
-/// EMFILE / ENFILE (and the kernel's out-of-memory variants): retrying at once would spin.
-fn out_of_descriptors(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(23 | 24 | 105 | 12))
 }

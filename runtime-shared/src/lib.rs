@@ -6,6 +6,7 @@
 //! the clock is, how many workers run) and everything it shows operators (the admin listener,
 //! the metrics text, the access log) lives here, once.
 
+pub mod accept;
 pub mod clock;
 pub mod listen;
 pub mod socket;

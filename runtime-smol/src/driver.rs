@@ -18,7 +18,9 @@ use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io::{self, IoSlice};
 use std::rc::Rc;
+use std::time::Instant;
 use upkeep_core::{Address, ConnId, Core, Input, ListenerId, Output, Time};
+use upkeep_runtime::accept::{Admit, AfterError, Gate};
 use upkeep_runtime::clock;
 
 use crate::listener::Listener;
@@ -131,6 +133,11 @@ pub(crate) struct Driver {
     read_buf: Box<[u8]>,
     timer: Rc<TimerState>,
     drained: Rc<Event>,
+    /// Whether the accept loops take connections (the shared accept policy), for every listener
+    /// of this driver.
+    gate: Gate,
+    /// Notified when a connection closes while accepting is paused: there may be room again.
+    room: Event,
     this: std::rc::Weak<RefCell<Driver>>,
 }
 
@@ -147,6 +154,8 @@ impl Driver {
                 read_buf: vec![0; READ_BUF].into_boxed_slice(),
                 timer: Rc::default(),
                 drained: Rc::default(),
+                gate: Gate::default(),
+                room: Event::new(),
                 this: this.clone(),
             })
         });
@@ -231,7 +240,10 @@ impl Driver {
                 self.drain();
             }
             Err(_at_capacity) => {
-                // Refused: the socket drops here (closed). Counted in stats().refused.
+                // Refused: the socket drops here (closed; counted in stats().refused), and the
+                // accept loops take nothing more until a client connection ends — the kernel
+                // queues the next ones in the backlog meanwhile.
+                self.gate.at_capacity();
             }
         }
     }
@@ -265,7 +277,9 @@ impl Driver {
     /// Acts on every output of the core, then re-arms the timer and reports a finished drain.
     pub(crate) fn drain(&mut self) {
         let now = clock::now();
+        let mut closed = false;
         while let Some(out) = self.core.poll_output() {
+            closed |= matches!(out, Output::Close { .. });
             match out {
                 Output::Connect { conn, server } => {
                     let addr = self.core.server_address(server).clone();
@@ -339,6 +353,9 @@ impl Driver {
         }
         if self.core.is_drained() {
             self.drained.notify(usize::MAX);
+        }
+        if closed && !self.gate.is_open() {
+            self.room.notify(usize::MAX);
         }
     }
 
@@ -501,23 +518,48 @@ async fn timer_loop(d: Shared) {
     }
 }
 
-/// Accepts connections on one listener for the life of the task.
+/// Accepts connections on one listener for the life of the task, by the shared accept policy
+/// (`upkeep_runtime::accept`): while the driver's gate is paused nothing is taken off the
+/// listener, so connections wait in the kernel's backlog instead of being accepted and closed.
 async fn accept_loop(d: Shared, id: ListenerId, listener: Listener) {
     loop {
-        let accepted = match &listener {
-            Listener::Tcp(l) => l
-                .accept()
-                .await
-                .map(|(s, peer)| (Stream::accepted_tcp(s), Some(peer.ip()))),
-            Listener::Unix(l) => l.accept().await.map(|(s, _)| (Stream::Unix(s), None)),
+        accepting(&d).await;
+        let wait = {
+            let mut guard = d.borrow_mut();
+            let driver = &mut *guard;
+            // Not `Accept`: full, or another listener's accept found the limit meanwhile.
+            driver.gate.admit(&driver.core) == Admit::Accept
+                && match listener.try_accept() {
+                    Ok((stream, peer)) => {
+                        driver.accept_socket(id, peer, stream);
+                        false
+                    }
+                    Err(e) => driver.gate.pause_after(&e, Instant::now()) == AfterError::Wait,
+                }
         };
-        match accepted {
-            Ok((stream, peer)) => d.borrow_mut().accept_socket(id, peer, stream),
-            Err(e) => {
-                // Out of descriptors or memory: back off instead of spinning on the error.
-                log::warn!("accept: {e}");
-                async_io::Timer::after(std::time::Duration::from_millis(50)).await;
+        if wait && let Err(e) = listener.readable().await {
+            d.borrow_mut().gate.pause_after(&e, Instant::now());
+        }
+    }
+}
+
+/// Waits until the driver's accept gate is open, ending a pause that is over: at its time, or
+/// once a connection closed and the core has room.
+async fn accepting(d: &Shared) {
+    loop {
+        let (room, until) = {
+            let mut driver = d.borrow_mut();
+            let driver = &mut *driver;
+            if driver.gate.reopen(&driver.core, Instant::now()) {
+                return;
             }
+            (driver.room.listen(), driver.gate.resume_at())
+        };
+        match until {
+            Some(t) => {
+                async_io::Timer::at(t).await;
+            }
+            None => room.await,
         }
     }
 }

@@ -148,6 +148,7 @@ macro_rules! listener_tests {
             a_live_unix_listener_is_not_taken_over,
             a_dead_socket_file_is_taken_over,
             stopping_a_proxy_leaves_a_path_another_took_over,
+            at_capacity_accepting_pauses_until_a_client_leaves,
         );
     };
     (@each $try_start:expr; $($name:ident),* $(,)?) => {
