@@ -25,7 +25,7 @@
 //! is two in-memory buffers: one client, one backend.
 //!
 //! ```
-//! use upkeep_core::{Address, Config, Core, Input, ListenerId, Output, Time};
+//! use upkeep_core::{Address, Config, Core, Input, ListenerId, Output, Time, WriteOutcome};
 //!
 //! let config = Config::simple(
 //!     Address::parse("127.0.0.1:8080").unwrap(),
@@ -53,14 +53,15 @@
 //!                 core.handle(now, Input::Connected { conn });
 //!             }
 //!             Output::Write { conn } => {
-//!                 // A real runtime writes `pending` with writev and reports how much went out.
+//!                 // A real runtime calls writev / sendmsg in the closure, and after a short
+//!                 // write (n < offered) waits for the socket to be writable again.
 //!                 let sink = if conn == client { &mut *to_client } else { &mut *to_backend };
-//!                 let mut n = 0;
-//!                 for piece in core.pending(conn) {
-//!                     sink.extend_from_slice(piece);
-//!                     n += piece.len();
+//!                 while let Ok(WriteOutcome::Wrote { left, .. }) = core.write_with(now, conn, |iov| {
+//!                     iov.iter().for_each(|slice| sink.extend_from_slice(slice));
+//!                     Ok(iov.iter().map(|slice| slice.len()).sum())
+//!                 }) {
+//!                     if left == 0 { break; }
 //!                 }
-//!                 core.handle(now, Input::Written { conn, n });
 //!             }
 //!             Output::Interest { .. } | Output::Shutdown { .. } | Output::Close { .. } => {}
 //!         }
@@ -68,14 +69,23 @@
 //! }
 //!
 //! // The client sends a request: the core opens an upstream connection and forwards it.
-//! core.handle(now, Input::Received { conn: client, data: b"GET /hello HTTP/1.1\r\nHost: example\r\n\r\n" });
+//! // (`read_with` lends the connection's buffer to the closure, which stands for a `recv`.)
+//! let request = b"GET /hello HTTP/1.1\r\nHost: example\r\n\r\n";
+//! core.read_with(now, client, request.len(), |buf| {
+//!     buf.extend_from_slice(request);
+//!     Ok(request.len())
+//! }).unwrap();
 //! drain(&mut core, now, client, &mut to_client, &mut to_backend, &mut backend_conn);
 //! assert!(to_backend.starts_with(b"GET /hello HTTP/1.1\r\nHost: example\r\n"));
 //!
 //! // The backend answers; the response reaches the client and the upstream connection is pooled.
 //! now = Time::from_millis(3);
 //! let upstream = backend_conn.unwrap();
-//! core.handle(now, Input::Received { conn: upstream, data: b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi" });
+//! let response = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi";
+//! core.read_with(now, upstream, response.len(), |buf| {
+//!     buf.extend_from_slice(response);
+//!     Ok(response.len())
+//! }).unwrap();
 //! drain(&mut core, now, client, &mut to_client, &mut to_backend, &mut backend_conn);
 //! assert!(to_client.starts_with(b"HTTP/1.1 200 OK\r\n"));
 //! assert!(to_client.ends_with(b"\r\n\r\nhi"));
@@ -96,6 +106,7 @@ mod connection;
 pub mod framing;
 pub mod headers;
 mod id;
+mod io;
 pub mod pool;
 mod proxy;
 pub mod route;
@@ -107,6 +118,7 @@ mod timers;
 
 pub use config::{Address, Config};
 pub use id::{ConnId, ListenerId, ServerId, UpstreamId};
+pub use io::{MAX_IOV, ReadOutcome, WriteOutcome, is_retry};
 pub use proxy::{AtCapacity, Core, ExchangeInfo, Input, Output};
 pub use stats::Stats;
 pub use time::Time;

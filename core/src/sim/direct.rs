@@ -3,7 +3,7 @@
 //! so allocation counts and timings taken around it are the core's own (the zero-allocation test,
 //! the throughput example, benchmarks).
 
-use crate::{Config, ConnId, Core, Input, ListenerId, Output, Time};
+use crate::{Config, ConnId, Core, Input, ListenerId, Output, ReadOutcome, Time, WriteOutcome};
 
 /// One keep-alive client and the upstream connection(s) the core opens for it.
 #[derive(Debug)]
@@ -48,13 +48,20 @@ impl Direct {
                     self.core.handle(self.now, Input::Connected { conn });
                 }
                 Output::Write { conn } => {
-                    let n: usize = self.core.pending(conn).map(<[u8]>::len).sum();
-                    if conn == self.client {
-                        self.to_client += n;
+                    let sink = if conn == self.client {
+                        &mut self.to_client
                     } else {
-                        self.to_upstream += n;
+                        &mut self.to_upstream
+                    };
+                    while let Ok(WriteOutcome::Wrote { n, left, .. }) =
+                        self.core
+                            .write_with(self.now, conn, |iov| Ok(iov.iter().map(|s| s.len()).sum()))
+                    {
+                        *sink += n;
+                        if left == 0 {
+                            break;
+                        }
                     }
-                    self.core.handle(self.now, Input::Written { conn, n });
                 }
                 Output::Close { conn, .. } => {
                     if Some(conn) == self.upstream {
@@ -77,14 +84,14 @@ impl Direct {
         }
     }
 
-    /// Bytes arrive on `conn` the way the mio runtime delivers them: "read" straight into the
-    /// core's buffer ([`Core::read_buffer`], [`Input::Appended`]; the extend stands for the
-    /// kernel's copy).
+    /// Bytes arrive on `conn` the way the runtimes deliver them: "read" straight into the
+    /// core's buffer ([`Core::read_with`]; the extend stands for the kernel's copy).
     fn receive(&mut self, conn: ConnId, data: &[u8]) {
-        let buf = self.core.read_buffer(conn, data.len()).expect("open");
-        buf.extend_from_slice(data);
-        let n = data.len();
-        self.core.handle(self.now, Input::Appended { conn, n });
+        let got = self.core.read_with(self.now, conn, data.len(), |buf| {
+            buf.extend_from_slice(data);
+            Ok(data.len())
+        });
+        assert!(matches!(got, Ok(ReadOutcome::Data(_))), "open");
         self.drain();
     }
 }

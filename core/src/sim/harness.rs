@@ -2,7 +2,7 @@ use core::net::{IpAddr, Ipv4Addr};
 use core::time::Duration;
 use std::collections::BTreeMap;
 
-use crate::{Config, ConnId, Core, Input, ListenerId, Output, ServerId, Time};
+use crate::{Config, ConnId, Core, Input, ListenerId, Output, ReadOutcome, ServerId, Time};
 
 /// One side of a connection as the simulated peer sees it.
 #[derive(Debug, Default, Clone)]
@@ -51,8 +51,8 @@ pub struct Harness {
     /// Largest write the fake sockets accept at once (None = everything).
     pub write_chunk: Option<usize>,
     /// Deliveries so far: they alternate between the two ways a runtime can hand bytes to the
-    /// core, so every test drives both (`Input::Received`, and `Core::read_buffer` +
-    /// `Input::Appended`).
+    /// core, so every test drives both (`Input::Received`, and `Core::read_with`, which reads
+    /// in place through `Core::read_buffer` + `Input::Appended`).
     deliveries: u64,
 }
 
@@ -122,12 +122,18 @@ impl Harness {
     /// turn.
     fn deliver(&mut self, conn: ConnId, data: &[u8]) {
         self.deliveries += 1;
-        if self.deliveries.is_multiple_of(2) {
+        // An empty read means end of stream to `read_with`; an empty delivery means nothing.
+        if self.deliveries.is_multiple_of(2) || data.is_empty() {
             self.core.handle(self.now, Input::Received { conn, data });
-        } else if let Some(buf) = self.core.read_buffer(conn, data.len()) {
-            buf.extend_from_slice(data);
-            let n = data.len();
-            self.core.handle(self.now, Input::Appended { conn, n });
+        } else {
+            let got = self.core.read_with(self.now, conn, data.len(), |buf| {
+                buf.extend_from_slice(data);
+                Ok(data.len())
+            });
+            debug_assert!(matches!(
+                got,
+                Ok(ReadOutcome::Data(_) | ReadOutcome::Unknown)
+            ));
         }
     }
 
@@ -278,23 +284,29 @@ impl Harness {
     /// reads a little, then pauses): reports them written and returns them. `stall` + unstall
     /// can only express all-or-nothing.
     pub fn partial_write(&mut self, id: ConnId, n: usize) -> Vec<u8> {
-        let mut buf = Vec::new();
-        for p in self.core.pending(id) {
-            let take = p.len().min(n - buf.len());
-            buf.extend_from_slice(&p[..take]);
-            if buf.len() == n {
-                break;
-            }
-        }
-        let written = buf.len();
-        self.core.handle(
-            self.now,
-            Input::Written {
-                conn: id,
-                n: written,
-            },
-        );
+        let buf = self.write_some(id, n);
         self.pump();
+        buf
+    }
+
+    /// Plays one socket write of at most `limit` bytes of what is queued for `id`, through
+    /// [`Core::write_with`] as the runtimes write; returns the bytes that went out.
+    fn write_some(&mut self, id: ConnId, limit: usize) -> Vec<u8> {
+        let mut buf = Vec::new();
+        let _ = self.core.write_with(self.now, id, |iov| {
+            for piece in iov {
+                let take = piece.len().min(limit - buf.len());
+                buf.extend_from_slice(&piece[..take]);
+                if buf.len() == limit {
+                    break;
+                }
+            }
+            // A write of nothing would fail the connection; "nothing fitted" is WouldBlock.
+            if buf.is_empty() {
+                return Err(std::io::ErrorKind::WouldBlock.into());
+            }
+            Ok(buf.len())
+        });
         buf
     }
 
@@ -324,24 +336,13 @@ impl Harness {
             if ep.stalled || ep.closed {
                 return;
             }
-            let mut n = 0;
-            let limit = self.write_chunk.unwrap_or(usize::MAX);
-            let mut buf = Vec::new();
-            for piece in self.core.pending(id) {
-                let take = piece.len().min(limit - n);
-                buf.extend_from_slice(&piece[..take]);
-                n += take;
-                if n == limit {
-                    break;
-                }
-            }
-            if n == 0 {
+            let buf = self.write_some(id, self.write_chunk.unwrap_or(usize::MAX));
+            if buf.is_empty() {
                 return;
             }
             let ep = self.endpoint_of(id).expect("checked");
             ep.received.extend_from_slice(&buf);
-            ep.total_received += n;
-            self.core.handle(self.now, Input::Written { conn: id, n });
+            ep.total_received += buf.len();
         }
     }
 
