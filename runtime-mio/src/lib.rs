@@ -21,8 +21,9 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 
-// One audited exception: `net::Stream::read_into` (reading into uninitialised spare capacity).
-#![deny(unsafe_code)]
+// The one audited `unsafe` (reading into uninitialised spare capacity) lives in
+// `upkeep_runtime::io::recv_into`.
+#![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations)]
 
 mod access_log;

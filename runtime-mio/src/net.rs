@@ -6,7 +6,6 @@ use std::io::{self, IoSlice, Read, Write};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::BytesMut;
 use mio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use mio::{Interest, Registry, Token};
 use socket2::SockRef;
@@ -31,7 +30,7 @@ impl Stream {
     }
 
     /// The socket, for the shared option and I/O helpers.
-    fn sock(&self) -> SockRef<'_> {
+    pub(crate) fn sock(&self) -> SockRef<'_> {
         match self {
             Stream::Tcp(s) => SockRef::from(s),
             Stream::Unix(s) => SockRef::from(s),
@@ -56,21 +55,6 @@ impl Stream {
             Stream::Tcp(s) => s.read(buf),
             Stream::Unix(s) => s.read(buf),
         }
-    }
-
-    /// Reads into the spare capacity of `buf` (the core's read buffer for this connection, see
-    /// `Core::read_buffer`) and appends what arrived: no staging buffer, no copy.
-    #[allow(unsafe_code)]
-    pub(crate) fn read_into(&self, buf: &mut BytesMut) -> io::Result<usize> {
-        let sock = self.sock();
-        let len = buf.len();
-        let n = sock.recv(buf.spare_capacity_mut())?;
-        // SAFETY: recv(2) wrote (initialised) the first `n` bytes of the spare capacity, and
-        // socket2 returns at most the length it was given, so `len + n <= capacity`. Measured
-        // reason for not reading into an initialised staging buffer: the copy out of it was
-        // ~10 % of the proxy's CPU on 64 KiB responses (perf, benches/load).
-        unsafe { buf.set_len(len + n) };
-        Ok(n)
     }
 
     pub(crate) fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {

@@ -5,7 +5,7 @@
 //! channel and a `mio::Waker`.
 
 use std::collections::VecDeque;
-use std::io::{self, IoSlice};
+use std::io;
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -17,6 +17,7 @@ use upkeep_core::framing::Version;
 use upkeep_core::{Config, ConnId, Core, ExchangeInfo, Input, ListenerId, Output, ServerId};
 use upkeep_runtime::accept::{Admit, AfterError, Gate};
 use upkeep_runtime::clock;
+use upkeep_runtime::io::{Flushed, ReadStep, Reader};
 
 use crate::access_log::{self, AccessLog};
 use crate::metrics::{Snapshot, WorkerCounters};
@@ -28,16 +29,6 @@ const WAKER: Token = Token(usize::MAX);
 const LISTENER_BASE: usize = usize::MAX - 1;
 /// Reads per socket per loop pass, so one fast sender cannot starve the others.
 const READ_BUDGET: usize = 16;
-/// Size of the worker's read buffer (shared by all its sockets).
-/// Free space ensured in a connection's read buffer before each read (the read takes whatever
-/// spare capacity the buffer has, at least this). The core's own chunk size: a connection that
-/// only ever carries small messages keeps a small buffer.
-const READ_SIZE: usize = 16 * 1024;
-/// The same once a read has filled the space it was given: large bodies then come in 64 KiB
-/// reads (one recv per 64 KiB response instead of four; measured with strace -c).
-const READ_SIZE_BULK: usize = 64 * 1024;
-/// Most slices per `writev`.
-const MAX_IOV: usize = 64;
 
 /// What the main thread can ask of a worker.
 #[derive(Debug)]
@@ -161,12 +152,8 @@ struct Sock {
     /// Shut down the write side once the queue is empty.
     shutdown_wanted: bool,
     shut: bool,
-    /// An event reported the peer's FIN (or an error): read until EOF, not just until a short
-    /// read (see `read`).
-    hup: bool,
-    /// Space to ask the core for before a read: `READ_SIZE`, or `READ_SIZE_BULK` once a read
-    /// filled what it was given.
-    read_size: usize,
+    /// Read size and announced FIN (the shared read loop's state).
+    reader: Reader,
     /// The client's address (for the access log).
     peer: Option<std::net::SocketAddr>,
 }
@@ -318,7 +305,7 @@ impl Worker {
             }
         }
         if event.is_read_closed() || event.is_error() {
-            sock.hup = true;
+            sock.reader.hang_up();
         }
         if event.is_readable() || event.is_read_closed() || event.is_error() {
             self.to_read.push_back(id);
@@ -347,6 +334,8 @@ impl Worker {
         }
     }
 
+    /// Reads `id` until the socket is drained (the shared read loop, `upkeep_runtime::io`),
+    /// at most `READ_BUDGET` times, handing every read to the core in place.
     fn read(&mut self, id: ConnId) {
         for _ in 0..READ_BUDGET {
             let Some(sock) = sock_in(&mut self.socks, id) else {
@@ -355,43 +344,13 @@ impl Worker {
             if !sock.read || sock.eof || sock.connecting {
                 return;
             }
-            let Some(rbuf) = self.core.read_buffer(id, sock.read_size) else {
+            let step = sock
+                .reader
+                .read(&mut self.core, clock::now(), id, sock.stream.sock());
+            sock.eof = step == ReadStep::Done;
+            self.after_input();
+            if step != ReadStep::Again {
                 return;
-            };
-            let spare = rbuf.capacity() - rbuf.len();
-            // Straight into the core's buffer for this connection (`Input::Appended`): the
-            // bytes are not copied again on their way through the proxy.
-            let result = sock.stream.read_into(rbuf);
-            let now = clock::now();
-            match result {
-                Ok(0) => {
-                    sock.eof = true;
-                    self.core.handle(now, Input::Appended { conn: id, n: 0 });
-                    self.core.handle(now, Input::ReadClosed { conn: id });
-                    self.after_input();
-                    return;
-                }
-                Ok(n) => {
-                    // A short read took everything the socket held. mio is edge-triggered, and
-                    // Linux raises a new edge for every later arrival, so the read that would
-                    // only say WouldBlock can be skipped: one syscall less per message. Not
-                    // when an event announced the FIN: it may already sit behind this data
-                    // with no edge to come.
-                    let drained = n < spare && !sock.hup;
-                    if n == spare {
-                        sock.read_size = READ_SIZE_BULK;
-                    }
-                    self.core.handle(now, Input::Appended { conn: id, n });
-                    self.after_input();
-                    if drained {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    if !self.io_error(id, &e) {
-                        return;
-                    }
-                }
             }
         }
         // Budget spent with data possibly left: edge-triggered readiness will not fire again,
@@ -399,67 +358,23 @@ impl Worker {
         self.to_read.push_back(id);
     }
 
-    /// A read or write failed: whether to try again at once (interrupted). WouldBlock waits for
-    /// the next edge; anything else is the connection's end, reported to the core.
-    fn io_error(&mut self, id: ConnId, e: &io::Error) -> bool {
-        match e.kind() {
-            io::ErrorKind::Interrupted => true,
-            io::ErrorKind::WouldBlock => false,
-            _ => {
-                self.core.handle(clock::now(), Input::Errored { conn: id });
-                self.after_input();
-                false
-            }
-        }
-    }
-
+    /// Writes what the core queued for `id` until a write comes up short (the shared write
+    /// loop, `upkeep_runtime::io::flush`); the writable edge brings us back. Shuts the write
+    /// side down once the queue is empty, if the core asked for it.
     fn flush(&mut self, id: ConnId) {
-        loop {
-            let Some(sock) = sock_in(&mut self.socks, id) else {
-                return;
-            };
-            if sock.connecting {
-                return;
-            }
-            if self.core.pending_len(id) == 0 {
-                if sock.shutdown_wanted && !sock.shut {
-                    sock.shut = true;
-                    sock.stream.shutdown_write();
-                }
-                return;
-            }
-            let mut iov = [IoSlice::new(&[]); MAX_IOV];
-            let mut k = 0;
-            let mut offered = 0;
-            for piece in self.core.pending(id).take(MAX_IOV) {
-                iov[k] = IoSlice::new(piece);
-                offered += piece.len();
-                k += 1;
-            }
-            let result = sock.stream.write_vectored(&iov[..k]);
-            match result {
-                Ok(0) => {
-                    self.core.handle(clock::now(), Input::Errored { conn: id });
-                    self.after_input();
-                    return;
-                }
-                Ok(n) => {
-                    self.core
-                        .handle(clock::now(), Input::Written { conn: id, n });
-                    self.after_input();
-                    if n < offered {
-                        // The send buffer is full: the next attempt would only say
-                        // WouldBlock. The writable edge comes when space frees up.
-                        return;
-                    }
-                }
-                Err(e) => {
-                    if !self.io_error(id, &e) {
-                        return;
-                    }
-                }
-            }
+        let Some(sock) = sock_in(&mut self.socks, id) else {
+            return;
+        };
+        if sock.connecting {
+            return;
         }
+        let flushed =
+            upkeep_runtime::io::flush(&mut self.core, clock::now(), id, sock.stream.sock());
+        if flushed == Flushed::Empty && sock.shutdown_wanted && !sock.shut {
+            sock.shut = true;
+            sock.stream.shutdown_write();
+        }
+        self.after_input();
     }
 
     // ---- the core's outputs ---------------------------------------------------------------------
@@ -511,8 +426,7 @@ impl Worker {
                 connecting: true,
                 shutdown_wanted: false,
                 shut: false,
-                hup: false,
-                read_size: READ_SIZE,
+                reader: Reader::default(),
                 peer: None,
             }),
             Err(e) => {
@@ -621,8 +535,7 @@ impl Worker {
                                 connecting: false,
                                 shutdown_wanted: false,
                                 shut: false,
-                                hup: false,
-                                read_size: READ_SIZE,
+                                reader: Reader::default(),
                                 peer,
                             });
                             self.after_input();

@@ -8,6 +8,7 @@
 
 pub mod accept;
 pub mod clock;
+pub mod io;
 pub mod listen;
 pub mod socket;
 pub mod workers;

@@ -1,10 +1,11 @@
 //! Sockets as the driver uses them: TCP or Unix, registered with async-io's reactor, read and
-//! written without blocking (`try_*`), awaited only for readiness. Options and the connect
+//! written without blocking (by the shared loops of `upkeep_runtime::io`), awaited only for
+//! readiness. Options and the connect
 //! itself are the shared layer's ([`upkeep_runtime::socket`]).
 
 use async_io::Async;
 use socket2::SockRef;
-use std::io::{self, IoSlice, Read, Write};
+use std::io;
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use upkeep_core::Address;
@@ -39,26 +40,10 @@ impl Stream {
     }
 
     /// The socket, for the shared option and I/O helpers.
-    fn sock(&self) -> SockRef<'_> {
+    pub(crate) fn sock(&self) -> SockRef<'_> {
         match self {
             Stream::Tcp(s) => SockRef::from(s.get_ref()),
             Stream::Unix(s) => SockRef::from(s.get_ref()),
-        }
-    }
-
-    /// One `read(2)`; `WouldBlock` when nothing is there.
-    pub(crate) fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Stream::Tcp(s) => s.get_ref().read(buf),
-            Stream::Unix(s) => s.get_ref().read(buf),
-        }
-    }
-
-    /// One `writev(2)`; `WouldBlock` when the send buffer is full.
-    pub(crate) fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        match self {
-            Stream::Tcp(s) => s.get_ref().write_vectored(bufs),
-            Stream::Unix(s) => s.get_ref().write_vectored(bufs),
         }
     }
 
