@@ -182,6 +182,7 @@ pub fn has_room(core: &Core) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::io::tests::core_with_clients;
 
     #[test]
     fn accept_errors_wait_skip_or_pause() {
@@ -205,14 +206,7 @@ mod tests {
 
     #[test]
     fn the_gate_pauses_once_and_reopens_when_the_pause_is_over() {
-        let core = Core::new(
-            upkeep_core::Config::simple(
-                upkeep_core::Address::parse("127.0.0.1:1").unwrap(),
-                vec![upkeep_core::Address::parse("127.0.0.1:2").unwrap()],
-            ),
-            0,
-        )
-        .unwrap();
+        let (roomy, _) = core_with_clients(2);
         let now = Instant::now();
         let mut gate = Gate::default();
         assert!(gate.is_open());
@@ -225,45 +219,35 @@ mod tests {
             "already paused"
         );
         assert_eq!(gate.resume_at(), Some(now + ERROR_PAUSE));
-        assert!(!gate.reopen(&core, now));
-        assert!(gate.reopen(&core, now + ERROR_PAUSE));
-        assert_eq!(gate.admit(&core), Admit::Accept);
+        assert!(!gate.reopen(&roomy, now));
+        assert!(gate.reopen(&roomy, now + ERROR_PAUSE));
+        assert_eq!(gate.admit(&roomy), Admit::Accept);
         assert!(gate.at_capacity());
-        assert_eq!(gate.admit(&core), Admit::Paused);
+        assert_eq!(gate.admit(&roomy), Admit::Paused);
         assert_eq!(gate.resume_at(), None);
-        assert!(gate.reopen(&core, now), "an empty core has room");
-        assert_eq!(gate.admit(&core), Admit::Accept);
+        assert!(gate.reopen(&roomy, now), "room for one more");
+        assert_eq!(gate.admit(&roomy), Admit::Accept);
     }
 
     #[test]
     fn after_a_capacity_pause_a_full_worker_pauses_before_accepting() {
-        let mut config = upkeep_core::Config::simple(
-            upkeep_core::Address::parse("127.0.0.1:1").unwrap(),
-            vec![upkeep_core::Address::parse("127.0.0.1:2").unwrap()],
-        );
-        config.limits.max_client_connections = 1;
-        let mut core = Core::new(config, 0).unwrap();
+        let (full, _) = core_with_clients(1);
+        let (roomy, _) = core_with_clients(2);
+        let now = Instant::now();
         let mut gate = Gate::default();
-        let t = upkeep_core::Time::ZERO;
-        core.accept(t, upkeep_core::ListenerId(0), None).unwrap();
         // Full, but not serving a backlog: the next accept finds the limit (and is refused).
-        assert_eq!(gate.admit(&core), Admit::Accept);
-        assert!(core.accept(t, upkeep_core::ListenerId(0), None).is_err());
+        assert_eq!(gate.admit(&full), Admit::Accept);
         assert!(gate.at_capacity());
-        assert!(!gate.reopen(&core, Instant::now()), "still full");
-        // Room again (a client left): serving the backlog, only while there is room.
-        let mut core = Core::new(core.config().clone(), 0).unwrap();
-        assert!(gate.reopen(&core, Instant::now()));
-        assert_eq!(gate.admit(&core), Admit::Accept);
-        core.accept(t, upkeep_core::ListenerId(0), None).unwrap();
-        assert_eq!(gate.admit(&core), Admit::PausedNow);
-        assert_eq!(gate.admit(&core), Admit::Paused);
-        // The backlog emptied: back to plain accepting.
-        let mut core = Core::new(core.config().clone(), 0).unwrap();
-        assert!(gate.reopen(&core, Instant::now()));
+        assert!(!gate.reopen(&full, now), "still full");
+        // Room again (a client left): the backlog is served only while there is room.
+        assert!(gate.reopen(&roomy, now));
+        assert_eq!(gate.admit(&roomy), Admit::Accept);
+        assert_eq!(gate.admit(&full), Admit::PausedNow);
+        assert_eq!(gate.admit(&full), Admit::Paused);
+        // The backlog emptied (an accept said EAGAIN): back to plain accepting.
+        assert!(gate.reopen(&roomy, now));
         let eagain = io::Error::from_raw_os_error(libc::EAGAIN);
-        assert_eq!(gate.pause_after(&eagain, Instant::now()), AfterError::Wait);
-        core.accept(t, upkeep_core::ListenerId(0), None).unwrap();
-        assert_eq!(gate.admit(&core), Admit::Accept);
+        assert_eq!(gate.pause_after(&eagain, now), AfterError::Wait);
+        assert_eq!(gate.admit(&full), Admit::Accept);
     }
 }

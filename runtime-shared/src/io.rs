@@ -151,20 +151,26 @@ pub fn flush(core: &mut Core, now: Time, conn: ConnId, sock: SockRef<'_>) -> Flu
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::io::{Read, Write};
+    use std::net::Ipv4Addr;
     use std::os::unix::net::UnixStream;
     use upkeep_core::{Address, Config, ListenerId, Output};
 
-    fn core_with_client() -> (Core, ConnId) {
-        let config = Config::simple(
-            Address::parse("127.0.0.1:8080").unwrap(),
-            vec![Address::parse("127.0.0.1:9001").unwrap()],
-        );
+    /// A core for at most `clients` client connections, one of them open (also for the accept
+    /// policy's tests).
+    pub(crate) fn core_with_clients(clients: usize) -> (Core, ConnId) {
+        let local = |port| Address::Tcp((Ipv4Addr::LOCALHOST, port).into());
+        let mut config = Config::simple(local(8080), vec![local(9001)]);
+        config.limits.max_client_connections = clients;
         let mut core = Core::new(config, 0).unwrap();
         let client = core.accept(Time::ZERO, ListenerId(0), None).unwrap();
         (core, client)
+    }
+
+    fn core_with_client() -> (Core, ConnId) {
+        core_with_clients(16)
     }
 
     #[test]

@@ -20,11 +20,18 @@ use crate::wire::TempDir;
 /// comes back as the runtime's error instead of a panic.
 pub type TryStart = fn(Config) -> io::Result<Box<dyn RunningProxy>>;
 
-/// One worker listening on `listen` in front of `backend`.
-fn config_on(listen: &Address, backend: &Backend) -> Config {
+/// Starts a proxy (one worker) on `listen` in front of a backend of its own that answers with
+/// `name`; the backend lives as long as the returned value.
+fn start_on(
+    start: TryStart,
+    listen: &Address,
+    name: &str,
+) -> (Backend, io::Result<Box<dyn RunningProxy>>) {
+    let backend = Backend::identify(name).unwrap();
     let mut config = crate::loopback_config(vec![backend.addr()], 1);
     config.listeners[0].addr = listen.clone();
-    config
+    let proxy = start(config);
+    (backend, proxy)
 }
 
 fn path_of(addr: &Address) -> &Path {
@@ -39,12 +46,12 @@ fn path_of(addr: &Address) -> &Path {
 pub fn a_live_unix_listener_is_not_taken_over(start: TryStart) {
     let dir = TempDir::new().unwrap();
     let listen = dir.socket("live.sock");
-    let first_backend = Backend::identify("first").unwrap();
-    let second_backend = Backend::identify("second").unwrap();
-    let first = start(config_on(&listen, &first_backend)).expect("the first proxy starts");
+    let (_first_backend, first) = start_on(start, &listen, "first");
+    let first = first.expect("the first proxy starts");
     assert_eq!(get_text(&listen, "/"), (200, "first GET /".to_string()));
 
-    let err = match start(config_on(&listen, &second_backend)) {
+    let (second_backend, second) = start_on(start, &listen, "second");
+    let err = match second {
         Ok(second) => {
             second.stop();
             panic!("a second proxy took over a path a live proxy serves");
@@ -75,8 +82,8 @@ pub fn a_dead_socket_file_is_taken_over(start: TryStart) {
         path_of(&listen).exists(),
         "the dead socket's file stays behind"
     );
-    let backend = Backend::identify("heir").unwrap();
-    let proxy = start(config_on(&listen, &backend)).expect("a dead socket file is taken over");
+    let (_backend, proxy) = start_on(start, &listen, "heir");
+    let proxy = proxy.expect("a dead socket file is taken over");
     assert_eq!(get_text(&listen, "/"), (200, "heir GET /".to_string()));
     proxy.stop();
     assert!(!path_of(&listen).exists(), "removed at exit");
@@ -87,12 +94,12 @@ pub fn a_dead_socket_file_is_taken_over(start: TryStart) {
 pub fn stopping_a_proxy_leaves_a_path_another_took_over(start: TryStart) {
     let dir = TempDir::new().unwrap();
     let listen = dir.socket("shared.sock");
-    let old_backend = Backend::identify("old").unwrap();
-    let new_backend = Backend::identify("new").unwrap();
-    let old = start(config_on(&listen, &old_backend)).expect("the first proxy starts");
+    let (_old_backend, old) = start_on(start, &listen, "old");
+    let old = old.expect("the first proxy starts");
     // The file is removed from under the running proxy, and a second proxy binds the path.
     std::fs::remove_file(path_of(&listen)).unwrap();
-    let new = start(config_on(&listen, &new_backend)).expect("the path is free");
+    let (_new_backend, new) = start_on(start, &listen, "new");
+    let new = new.expect("the path is free");
     old.stop();
     assert!(
         path_of(&listen).exists(),
@@ -103,39 +110,47 @@ pub fn stopping_a_proxy_leaves_a_path_another_took_over(start: TryStart) {
     assert!(!path_of(&listen).exists(), "its owner removes it");
 }
 
-/// At the client connection limit accepting pauses: the connection that found the limit is
-/// closed, and later ones wait in the kernel's backlog — not accepted and dropped — and are
-/// served once a client leaves.
+/// At the client connection limit accepting pauses: the connection whose accept found the limit
+/// is closed, and the ones that come after wait in the kernel's backlog — not accepted and
+/// closed — and are served one by one as clients leave.
 pub fn at_capacity_accepting_pauses_until_a_client_leaves(start: TryStart) {
-    let backend = Backend::identify("limited").unwrap();
+    let backend = Backend::identify("one at a time").unwrap();
     let mut config = crate::loopback_config(vec![backend.addr()], 1);
-    config.limits.max_client_connections = 2;
+    config.limits.max_client_connections = 1;
     let proxy = start(config).expect("the proxy starts");
     let listen = proxy.listen_addrs()[0].clone();
-    let mut first = Client::connect(&listen).unwrap();
-    let mut second = Client::connect(&listen).unwrap();
-    assert_eq!(first.get_text("/").0, 200);
-    assert_eq!(second.get_text("/").0, 200);
-    // Over the limit: accepted by the kernel, closed by the proxy, which stops accepting.
-    let mut third = Client::connect(&listen).unwrap();
-    let _ = third.send(&client::get("/"));
-    assert!(
-        matches!(third.read_some().as_deref(), Ok([]) | Err(_)),
-        "the third connection is refused"
+    let mut holder = Client::connect(&listen).unwrap();
+    assert_eq!(
+        holder.get_text("/"),
+        (200, "one at a time GET /".to_string())
     );
-    // These wait in the backlog until slots free up (a proxy that kept accepting at capacity
-    // would close them at once).
-    let mut fourth = Client::connect(&listen).unwrap();
-    fourth.send(&client::get("/")).unwrap();
-    let mut fifth = Client::connect(&listen).unwrap();
-    fifth.send(&client::get("/")).unwrap();
-    drop(first);
-    let r = fourth.read_response().unwrap();
-    assert_eq!((r.status, r.text()), (200, "limited GET /".to_string()));
-    drop(second);
-    let r = fifth.read_response().unwrap();
-    assert_eq!((r.status, r.text()), (200, "limited GET /".to_string()));
-    assert_eq!(fourth.get_text("/").0, 200);
+
+    let mut over = Client::connect(&listen).unwrap();
+    let _ = over.send(&client::get("/over"));
+    assert!(
+        matches!(over.read_some().as_deref(), Ok([]) | Err(_)),
+        "the connection over the limit is closed"
+    );
+    let queued: Vec<Client> = (0..3)
+        .map(|i| {
+            let mut c = Client::connect(&listen).unwrap();
+            c.send(&client::get(&format!("/queued/{i}"))).unwrap();
+            c
+        })
+        .collect();
+    for (i, mut next) in queued.into_iter().enumerate() {
+        // A slot frees up: the longest-waiting connection is taken and served.
+        drop(holder);
+        let r = next.read_response().unwrap();
+        assert_eq!(r.text(), format!("one at a time GET /queued/{i}"));
+        holder = next;
+    }
+    drop(holder);
+    assert_eq!(
+        backend.requests(),
+        4,
+        "the closed connection never reached the backend"
+    );
     proxy.stop();
 }
 
