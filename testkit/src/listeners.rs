@@ -14,7 +14,7 @@ use upkeep_core::{Address, Config};
 use crate::RunningProxy;
 use crate::backend::Backend;
 use crate::client::{self, Client, get_text};
-use crate::wire::TempDir;
+use crate::wire::{IO_TIMEOUT, TempDir};
 
 /// How a listener scenario starts the runtime under test: like [`crate::Start`], but a refusal
 /// comes back as the runtime's error instead of a panic.
@@ -108,6 +108,52 @@ pub fn stopping_a_proxy_leaves_a_path_another_took_over(start: TryStart) {
     assert_eq!(get_text(&listen, "/"), (200, "new GET /".to_string()));
     new.stop();
     assert!(!path_of(&listen).exists(), "its owner removes it");
+}
+
+/// A draining proxy stops answering on its Unix path, so a new proxy may take the path over
+/// while the old one still finishes its exchanges; the old one's exit then leaves the new one's
+/// socket file alone. For runtimes whose handle drains (`drain`) and waits (`wait`): the
+/// lifecycle in which stopping one proxy used to delete the other's path.
+pub fn a_draining_proxy_hands_its_unix_path_over<P>(
+    start: impl Fn(Config) -> io::Result<P>,
+    drain: impl Fn(&P),
+    wait: impl FnOnce(P) + Send + 'static,
+) where
+    P: Send + 'static,
+{
+    let dir = TempDir::new().unwrap();
+    let listen = dir.socket("handover.sock");
+    let config_for = |backend: &Backend| {
+        let mut config = crate::loopback_config(vec![backend.addr()], 1);
+        config.listeners[0].addr = listen.clone();
+        config
+    };
+    let old_backend = Backend::slow("old", std::time::Duration::from_millis(500)).unwrap();
+    let old = start(config_for(&old_backend)).expect("the first proxy starts");
+    let mut busy = client::in_flight(&listen, "/busy", &old_backend);
+    drain(&old);
+    // Refused while the old proxy still listens; taken over once it stopped answering.
+    let new_backend = Backend::identify("new").unwrap();
+    let mut new = None;
+    assert!(
+        crate::eventually(IO_TIMEOUT, || {
+            new = start(config_for(&new_backend)).ok();
+            new.is_some()
+        }),
+        "the path of a drained proxy was never taken over"
+    );
+    assert_eq!(
+        busy.read_response().unwrap().status,
+        200,
+        "the old proxy finishes"
+    );
+    crate::within("the old proxy's exit", IO_TIMEOUT, move || wait(old));
+    assert!(
+        path_of(&listen).exists(),
+        "the old proxy's exit removed the new one's socket file"
+    );
+    assert_eq!(get_text(&listen, "/"), (200, "new GET /".to_string()));
+    drop(new);
 }
 
 /// At the client connection limit accepting pauses: the connection whose accept found the limit
