@@ -267,8 +267,14 @@ pub fn bind_unix(path: &str) -> io::Result<(UnixListener, SocketFile)> {
     }
     let socket = UnixListener::bind(path)
         .map_err(|e| io::Error::new(e.kind(), format!("bind {path}: {e}")))?;
-    socket.set_nonblocking(true)?;
-    let file = SocketFile::of(path)?;
+    let file = socket
+        .set_nonblocking(true)
+        .and_then(|()| SocketFile::of(path))
+        .map_err(|e| {
+            // Not serving it after all: the file we just made must not stay behind.
+            let _ = std::fs::remove_file(path);
+            io::Error::new(e.kind(), format!("bind {path}: {e}"))
+        })?;
     Ok((socket, file))
 }
 
