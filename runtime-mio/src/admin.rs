@@ -23,6 +23,8 @@ const WAKER: Token = Token(1);
 #[derive(Debug)]
 pub(crate) struct Admin {
     pub(crate) addr: Address,
+    /// The bound address, kept to remove a Unix socket file at stop while it is still ours.
+    bound: Bound,
     waker: Arc<Waker>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
@@ -33,6 +35,8 @@ impl Admin {
         let mut bound = Bound::bind(addr)?;
         let addr = bound.address();
         let mut listener = bound.for_worker()?;
+        // The thread's copy is the one that serves; ours would keep the socket open past stop.
+        bound.close();
         let mut poll = Poll::new()?;
         listener.register(poll.registry(), LISTENER)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
@@ -41,7 +45,6 @@ impl Admin {
         let thread = std::thread::Builder::new()
             .name("upkeep-admin".into())
             .spawn(move || {
-                let _keep = bound;
                 let mut events = Events::with_capacity(16);
                 while !stop2.load(Ordering::Acquire) {
                     if let Err(e) = poll.poll(&mut events, None)
@@ -55,6 +58,7 @@ impl Admin {
             })?;
         Ok(Admin {
             addr,
+            bound,
             waker,
             stop,
             thread: Some(thread),
@@ -68,9 +72,7 @@ impl Admin {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        if let Address::Unix(path) = &self.addr {
-            let _ = std::fs::remove_file(path);
-        }
+        self.bound.remove_socket_file();
     }
 }
 

@@ -21,12 +21,12 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 
-// One audited exception: `net::Stream::read_into` (reading into uninitialised spare capacity).
-#![deny(unsafe_code)]
+// The one audited `unsafe` (reading into uninitialised spare capacity) lives in
+// `upkeep_runtime::io::recv_into`.
+#![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations)]
 
 mod admin;
-mod clock;
 mod net;
 mod worker;
 
@@ -110,10 +110,7 @@ struct Generation {
 
 impl Generation {
     fn spawn(&mut self, shared: &Shared, threads: &mut Vec<JoinHandle<()>>) -> io::Result<()> {
-        let n = match self.config.runtime.workers {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n,
-        };
+        let n = upkeep_runtime::workers::count(self.config.runtime.workers);
         for index in 0..n {
             let mut listeners = Vec::with_capacity(self.bound.len());
             for b in &mut self.bound {
@@ -255,7 +252,7 @@ impl ProxyHandle {
                     .bound
                     .iter()
                     .zip(&kept)
-                    .map(|(b, &kept)| kept && (matches!(b, Bound::Unix { .. }) || k < new_workers))
+                    .map(|(b, &kept)| kept && (b.is_unix() || k < new_workers))
                     .collect();
                 w.send(Command::Drain {
                     ack: Some(ack.clone()),
@@ -269,13 +266,11 @@ impl ProxyHandle {
                 break;
             }
         }
-        // Unix socket files that the new configuration no longer listens on.
+        // Unix socket files that the new configuration no longer listens on (while still ours).
         let kept: Vec<Address> = state.current.bound.iter().map(Bound::address).collect();
         for b in &old.bound {
-            if let Bound::Unix { path, .. } = b
-                && !kept.contains(&b.address())
-            {
-                let _ = std::fs::remove_file(path);
+            if !kept.contains(&b.address()) {
+                b.remove_socket_file();
             }
         }
         Ok(())
@@ -361,10 +356,10 @@ fn stop_all(workers: &[Control], threads: &mut Vec<JoinHandle<()>>) {
     }
 }
 
+/// Removes the Unix socket files of `bound` that are still the ones this process bound (another
+/// proxy may have taken a path over since, see [`upkeep_runtime::listen::SocketFile`]).
 fn remove_unix_files(bound: &[Bound]) {
     for b in bound {
-        if let Bound::Unix { path, .. } = b {
-            let _ = std::fs::remove_file(path);
-        }
+        b.remove_socket_file();
     }
 }

@@ -5,7 +5,7 @@
 //! channel and a `mio::Waker`.
 
 use std::collections::VecDeque;
-use std::io::{self, IoSlice};
+use std::io;
 use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::thread::JoinHandle;
@@ -14,11 +14,13 @@ use std::time::{Duration, Instant};
 use mio::event::Event;
 use mio::{Events, Poll, Token, Waker};
 use upkeep_core::{Config, ConnId, Core, ExchangeInfo, Input, ListenerId, Output, ServerId};
+use upkeep_runtime::accept::{Admit, AfterError, Gate};
 use upkeep_runtime::board::{self, Reporter};
+use upkeep_runtime::clock;
+use upkeep_runtime::io::{Flushed, ReadStep, Reader};
 use upkeep_runtime::metrics::Snapshot;
 use upkeep_runtime::recorder::Recorder;
 
-use crate::clock;
 use crate::net::{Listener, Stream};
 
 /// Wakes the loop for commands.
@@ -27,18 +29,6 @@ const WAKER: Token = Token(usize::MAX);
 const LISTENER_BASE: usize = usize::MAX - 1;
 /// Reads per socket per loop pass, so one fast sender cannot starve the others.
 const READ_BUDGET: usize = 16;
-/// Size of the worker's read buffer (shared by all its sockets).
-/// Free space ensured in a connection's read buffer before each read (the read takes whatever
-/// spare capacity the buffer has, at least this). The core's own chunk size: a connection that
-/// only ever carries small messages keeps a small buffer.
-const READ_SIZE: usize = 16 * 1024;
-/// The same once a read has filled the space it was given: large bodies then come in 64 KiB
-/// reads (one recv per 64 KiB response instead of four; measured with strace -c).
-const READ_SIZE_BULK: usize = 64 * 1024;
-/// Most slices per `writev`.
-const MAX_IOV: usize = 64;
-/// How long accepting pauses when the process is out of file descriptors.
-const EMFILE_PAUSE: Duration = Duration::from_millis(100);
 
 /// What the main thread can ask of a worker.
 #[derive(Debug)]
@@ -118,7 +108,7 @@ pub(crate) fn spawn(setup: Setup) -> io::Result<(Control, JoinHandle<()>)> {
         poll,
         core,
         listeners: setup.listeners.into_iter().map(Some).collect(),
-        paused: None,
+        gate: Gate::default(),
         socks: Vec::new(),
         to_read: VecDeque::new(),
         to_write: VecDeque::new(),
@@ -140,15 +130,6 @@ pub(crate) fn spawn(setup: Setup) -> io::Result<(Control, JoinHandle<()>)> {
     Ok((control, thread))
 }
 
-/// Why accepting is paused.
-#[derive(Debug, Clone, Copy)]
-enum Pause {
-    /// The core refused a connection (max_client_connections): resume when one closes.
-    Capacity,
-    /// Out of file descriptors: resume after a short delay instead of spinning on EMFILE.
-    Until(Instant),
-}
-
 /// A socket the core knows as `id`.
 #[derive(Debug)]
 struct Sock {
@@ -163,12 +144,8 @@ struct Sock {
     /// Shut down the write side once the queue is empty.
     shutdown_wanted: bool,
     shut: bool,
-    /// An event reported the peer's FIN (or an error): read until EOF, not just until a short
-    /// read (see `read`).
-    hup: bool,
-    /// Space to ask the core for before a read: `READ_SIZE`, or `READ_SIZE_BULK` once a read
-    /// filled what it was given.
-    read_size: usize,
+    /// Read size and announced FIN (the shared read loop's state).
+    reader: Reader,
     /// The client's address (for the access log).
     peer: Option<std::net::SocketAddr>,
 }
@@ -187,7 +164,8 @@ struct Worker {
     poll: Poll,
     core: Core,
     listeners: Vec<Option<Listener>>,
-    paused: Option<Pause>,
+    /// Whether accepting is paused (the shared accept policy).
+    gate: Gate,
     socks: Vec<Option<Sock>>,
     to_read: VecDeque<ConnId>,
     to_write: VecDeque<ConnId>,
@@ -266,7 +244,7 @@ impl Worker {
             let d = i.saturating_duration_since(Instant::now());
             t = Some(t.map_or(d, |t: Duration| t.min(d)));
         };
-        if let Some(Pause::Until(i)) = self.paused {
+        if let Some(i) = self.gate.resume_at() {
             at(i);
         }
         if let Some(d) = self.drain_deadline {
@@ -299,7 +277,6 @@ impl Worker {
                 Ok(false) => return,
                 Ok(true) => {
                     sock.connecting = false;
-                    sock.stream.set_nodelay();
                     self.core
                         .handle(clock::now(), Input::Connected { conn: id });
                     self.after_input();
@@ -317,7 +294,7 @@ impl Worker {
             }
         }
         if event.is_read_closed() || event.is_error() {
-            sock.hup = true;
+            sock.reader.hang_up();
         }
         if event.is_readable() || event.is_read_closed() || event.is_error() {
             self.to_read.push_back(id);
@@ -346,6 +323,8 @@ impl Worker {
         }
     }
 
+    /// Reads `id` until the socket is drained (the shared read loop, `upkeep_runtime::io`),
+    /// at most `READ_BUDGET` times, handing every read to the core in place.
     fn read(&mut self, id: ConnId) {
         for _ in 0..READ_BUDGET {
             let Some(sock) = sock_in(&mut self.socks, id) else {
@@ -354,43 +333,13 @@ impl Worker {
             if !sock.read || sock.eof || sock.connecting {
                 return;
             }
-            let Some(rbuf) = self.core.read_buffer(id, sock.read_size) else {
+            let step = sock
+                .reader
+                .read(&mut self.core, clock::now(), id, sock.stream.sock());
+            sock.eof = step == ReadStep::Done;
+            self.after_input();
+            if step != ReadStep::Again {
                 return;
-            };
-            let spare = rbuf.capacity() - rbuf.len();
-            // Straight into the core's buffer for this connection (`Input::Appended`): the
-            // bytes are not copied again on their way through the proxy.
-            let result = sock.stream.read_into(rbuf);
-            let now = clock::now();
-            match result {
-                Ok(0) => {
-                    sock.eof = true;
-                    self.core.handle(now, Input::Appended { conn: id, n: 0 });
-                    self.core.handle(now, Input::ReadClosed { conn: id });
-                    self.after_input();
-                    return;
-                }
-                Ok(n) => {
-                    // A short read took everything the socket held. mio is edge-triggered, and
-                    // Linux raises a new edge for every later arrival, so the read that would
-                    // only say WouldBlock can be skipped: one syscall less per message. Not
-                    // when an event announced the FIN: it may already sit behind this data
-                    // with no edge to come.
-                    let drained = n < spare && !sock.hup;
-                    if n == spare {
-                        sock.read_size = READ_SIZE_BULK;
-                    }
-                    self.core.handle(now, Input::Appended { conn: id, n });
-                    self.after_input();
-                    if drained {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    if !self.io_error(id, &e) {
-                        return;
-                    }
-                }
             }
         }
         // Budget spent with data possibly left: edge-triggered readiness will not fire again,
@@ -398,67 +347,23 @@ impl Worker {
         self.to_read.push_back(id);
     }
 
-    /// A read or write failed: whether to try again at once (interrupted). WouldBlock waits for
-    /// the next edge; anything else is the connection's end, reported to the core.
-    fn io_error(&mut self, id: ConnId, e: &io::Error) -> bool {
-        match e.kind() {
-            io::ErrorKind::Interrupted => true,
-            io::ErrorKind::WouldBlock => false,
-            _ => {
-                self.core.handle(clock::now(), Input::Errored { conn: id });
-                self.after_input();
-                false
-            }
-        }
-    }
-
+    /// Writes what the core queued for `id` until a write comes up short (the shared write
+    /// loop, `upkeep_runtime::io::flush`); the writable edge brings us back. Shuts the write
+    /// side down once the queue is empty, if the core asked for it.
     fn flush(&mut self, id: ConnId) {
-        loop {
-            let Some(sock) = sock_in(&mut self.socks, id) else {
-                return;
-            };
-            if sock.connecting {
-                return;
-            }
-            if self.core.pending_len(id) == 0 {
-                if sock.shutdown_wanted && !sock.shut {
-                    sock.shut = true;
-                    sock.stream.shutdown_write();
-                }
-                return;
-            }
-            let mut iov = [IoSlice::new(&[]); MAX_IOV];
-            let mut k = 0;
-            let mut offered = 0;
-            for piece in self.core.pending(id).take(MAX_IOV) {
-                iov[k] = IoSlice::new(piece);
-                offered += piece.len();
-                k += 1;
-            }
-            let result = sock.stream.write_vectored(&iov[..k]);
-            match result {
-                Ok(0) => {
-                    self.core.handle(clock::now(), Input::Errored { conn: id });
-                    self.after_input();
-                    return;
-                }
-                Ok(n) => {
-                    self.core
-                        .handle(clock::now(), Input::Written { conn: id, n });
-                    self.after_input();
-                    if n < offered {
-                        // The send buffer is full: the next attempt would only say
-                        // WouldBlock. The writable edge comes when space frees up.
-                        return;
-                    }
-                }
-                Err(e) => {
-                    if !self.io_error(id, &e) {
-                        return;
-                    }
-                }
-            }
+        let Some(sock) = sock_in(&mut self.socks, id) else {
+            return;
+        };
+        if sock.connecting {
+            return;
         }
+        let flushed =
+            upkeep_runtime::io::flush(&mut self.core, clock::now(), id, sock.stream.sock());
+        if flushed == Flushed::Empty && sock.shutdown_wanted && !sock.shut {
+            sock.shut = true;
+            sock.stream.shutdown_write();
+        }
+        self.after_input();
     }
 
     // ---- the core's outputs ---------------------------------------------------------------------
@@ -510,8 +415,7 @@ impl Worker {
                 connecting: true,
                 shutdown_wanted: false,
                 shut: false,
-                hup: false,
-                read_size: READ_SIZE,
+                reader: Reader::default(),
                 peer: None,
             }),
             Err(e) => {
@@ -558,8 +462,13 @@ impl Worker {
 
     fn accept(&mut self, i: usize) {
         loop {
-            if self.paused.is_some() {
-                return;
+            match self.gate.admit(&self.core) {
+                Admit::Accept => {}
+                Admit::Paused => return,
+                Admit::PausedNow => {
+                    self.unwatch_listeners();
+                    return;
+                }
             }
             let Some(listener) = self.listeners.get(i).and_then(Option::as_ref) else {
                 return;
@@ -573,7 +482,7 @@ impl Worker {
                     {
                         Ok(id) => {
                             let mut stream = stream;
-                            stream.set_nodelay();
+                            stream.tune();
                             if let Err(e) =
                                 stream.register(self.poll.registry(), Token(id.index as usize))
                             {
@@ -590,8 +499,7 @@ impl Worker {
                                 connecting: false,
                                 shutdown_wanted: false,
                                 shut: false,
-                                hup: false,
-                                read_size: READ_SIZE,
+                                reader: Reader::default(),
                                 peer,
                             });
                             self.after_input();
@@ -601,48 +509,40 @@ impl Worker {
                         Err(_at_capacity) => {
                             // The new socket closes on drop; accept no more until a client
                             // connection ends (the kernel keeps queueing meanwhile).
-                            self.pause(Pause::Capacity);
+                            if self.gate.at_capacity() {
+                                self.unwatch_listeners();
+                            }
                             return;
                         }
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if out_of_descriptors(&e) => {
-                    log::warn!("worker {}: accept: {e}; pausing accepts", self.id);
-                    self.pause(Pause::Until(Instant::now() + EMFILE_PAUSE));
-                    return;
-                }
-                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {}
-                Err(e) => {
-                    log::warn!("worker {}: accept: {e}", self.id);
-                    return;
-                }
+                Err(e) => match self.gate.pause_after(&e, Instant::now()) {
+                    AfterError::Next => {}
+                    AfterError::Wait => return,
+                    AfterError::Pause(_) => {
+                        self.unwatch_listeners();
+                        return;
+                    }
+                },
             }
         }
     }
 
-    fn pause(&mut self, why: Pause) {
-        if self.paused.is_none() {
-            for l in self.listeners.iter_mut().flatten() {
-                l.deregister(self.poll.registry());
-            }
+    /// Stops watching the listeners while accepting is paused (connections queue in the
+    /// kernel's backlog meanwhile).
+    fn unwatch_listeners(&mut self) {
+        for l in self.listeners.iter_mut().flatten() {
+            l.deregister(self.poll.registry());
         }
-        self.paused = Some(why);
     }
 
     fn maybe_resume(&mut self) {
-        let resume = match self.paused {
-            None => return,
-            Some(Pause::Capacity) => {
-                self.core.client_connections() < self.core.config().limits.max_client_connections
-            }
-            Some(Pause::Until(t)) => Instant::now() >= t,
-        };
-        if !resume || self.drain_deadline.is_some() {
+        if self.gate.is_open()
+            || self.drain_deadline.is_some()
+            || !self.gate.reopen(&self.core, Instant::now())
+        {
             return;
         }
-        self.paused = None;
         for i in 0..self.listeners.len() {
             if let Some(l) = self.listeners[i].as_mut()
                 && let Err(e) = l.register(self.poll.registry(), Token(LISTENER_BASE - i))
@@ -685,7 +585,7 @@ impl Worker {
         // those connections) and read what they sent, then stop listening. A socket handed
         // over to a new generation is left alone: a connection taken here now would be closed
         // as idle by the drain if its request has not arrived yet.
-        self.paused = None;
+        self.gate.open();
         for i in 0..self.listeners.len() {
             if !handed_over.get(i).copied().unwrap_or(false) {
                 self.accept(i);
@@ -716,9 +616,4 @@ impl Worker {
         }
         log::debug!("worker {} exited", self.id);
     }
-}
-
-/// EMFILE / ENFILE (and the kernel's out-of-memory variants): retrying at once would spin.
-fn out_of_descriptors(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(23 | 24 | 105 | 12))
 }

@@ -341,3 +341,12 @@ fn drain_gives_up_at_shutdown_timeout() {
     // The unfinished exchange's connection was closed without a response.
     assert_eq!(c.read_until_closed().unwrap(), b"");
 }
+
+#[test]
+fn a_draining_proxy_hands_its_unix_path_over() {
+    upkeep_testkit::listeners::a_draining_proxy_hands_its_unix_path_over(
+        Proxy::start,
+        ProxyHandle::drain,
+        ProxyHandle::wait,
+    );
+}

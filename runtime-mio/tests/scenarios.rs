@@ -26,3 +26,11 @@ fn start(config: Config) -> Box<dyn RunningProxy> {
 }
 
 upkeep_testkit::scenario_tests!(start);
+
+/// Like `start`, with a refusal as the error: the listener scenarios (who may bind a listen
+/// address, who may remove it) expect some.
+fn try_start(config: Config) -> std::io::Result<Box<dyn RunningProxy>> {
+    upkeep_mio::Proxy::start(config).map(|p| Box::new(Running(p)) as Box<dyn RunningProxy>)
+}
+
+upkeep_testkit::listener_tests!(try_start);

@@ -6,8 +6,14 @@
 //! the clock is, how many workers run) and everything it shows operators (the admin listener,
 //! the metrics text, the access log) lives here, once.
 
+pub mod accept;
 pub mod access_log;
 pub mod admin;
 pub mod board;
+pub mod clock;
+pub mod io;
+pub mod listen;
 pub mod metrics;
 pub mod recorder;
+pub mod socket;
+pub mod workers;

@@ -10,15 +10,19 @@ use std::io;
 use std::thread::JoinHandle;
 use std::time::Duration;
 use upkeep_core::Address;
+use upkeep_runtime::accept::{AfterError, after_error};
 use upkeep_runtime::admin::{self, Head, IO_TIMEOUT, Operator};
+use upkeep_runtime::listen::Bound;
 
-use crate::listener::{Bound, Listener};
+use crate::listener::Listener;
 use crate::proxy::WorkerControl;
 
 /// A running admin listener; dropping it stops the thread and removes a Unix socket file.
 #[derive(Debug)]
 pub(crate) struct Admin {
     pub(crate) addr: Address,
+    /// The bound address, kept to remove a Unix socket file at stop while it is still ours.
+    bound: Bound,
     /// Closed to stop the thread.
     stop: Option<async_channel::Sender<()>>,
     thread: Option<JoinHandle<()>>,
@@ -27,9 +31,17 @@ pub(crate) struct Admin {
 impl Admin {
     /// Binds `addr` and starts serving it.
     pub(crate) fn start(addr: &Address, operator: Operator<WorkerControl>) -> io::Result<Admin> {
-        let bound = Bound::bind(addr)?;
-        let addr = bound.local_address()?;
-        let listener = bound.into_async()?;
+        let mut bound = Bound::bind(addr)?;
+        let addr = bound.address();
+        let listener = match bound.for_worker().and_then(Listener::register) {
+            Ok(listener) => listener,
+            Err(e) => {
+                bound.remove_socket_file();
+                return Err(e);
+            }
+        };
+        // The thread's copy is the one that serves; ours would keep the socket open past stop.
+        bound.close();
         let (stop, stopped) = async_channel::bounded::<()>(1);
         let thread = std::thread::Builder::new()
             .name("upkeep-smol-admin".into())
@@ -43,6 +55,7 @@ impl Admin {
             })?;
         Ok(Admin {
             addr,
+            bound,
             stop: Some(stop),
             thread: Some(thread),
         })
@@ -55,9 +68,7 @@ impl Drop for Admin {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        if let Address::Unix(path) = &self.addr {
-            let _ = std::fs::remove_file(path);
-        }
+        self.bound.remove_socket_file();
     }
 }
 
@@ -74,10 +85,13 @@ async fn accept_loop(
         };
         match served {
             Ok(task) => task.detach(),
-            Err(e) => {
-                log::warn!("admin: accept: {e}");
-                async_io::Timer::after(Duration::from_millis(50)).await;
-            }
+            // The workers' accept policy: wait, skip, or pause on a shortage.
+            Err(e) => match after_error(&e) {
+                AfterError::Wait | AfterError::Next => {}
+                AfterError::Pause(pause) => {
+                    async_io::Timer::after(pause).await;
+                }
+            },
         }
     }
 }

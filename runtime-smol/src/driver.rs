@@ -16,14 +16,16 @@ use event_listener::Event;
 use futures_lite::future;
 use std::cell::{Cell, RefCell};
 use std::future::Future;
-use std::io::{self, IoSlice};
 use std::net::IpAddr;
 use std::rc::Rc;
-use upkeep_core::{Address, ConnId, Core, Input, ListenerId, Output, Time};
+use std::time::Instant;
+use upkeep_core::{Address, ConnId, Core, Input, ListenerId, Output, Time, WriteOutcome};
+use upkeep_runtime::accept::{Admit, AfterError, Gate};
+use upkeep_runtime::clock;
+use upkeep_runtime::io::{Flushed, ReadStep, Reader};
 use upkeep_runtime::metrics::Snapshot;
 use upkeep_runtime::recorder::Recorder;
 
-use crate::clock;
 use crate::listener::Listener;
 use crate::stream::Stream;
 
@@ -43,13 +45,8 @@ fn spawn(f: impl Future<Output = ()> + 'static) -> Task<()> {
     EXECUTOR.with(|ex| ex.spawn(f))
 }
 
-/// Bytes read from a socket per `read(2)`. One buffer per driver: the core copies what it is
-/// given, so the buffer is free again as soon as `handle` returns.
-const READ_BUF: usize = 64 * 1024;
 /// Reads per wake-up before yielding to other connections (fairness).
 const READS_PER_WAKE: usize = 4;
-/// Slices per `writev(2)`.
-const IOV_MAX: usize = 64;
 
 /// Flags a connection's tasks watch; `changed` is notified whenever one of them changes.
 #[derive(Debug, Default)]
@@ -133,11 +130,15 @@ struct TimerState {
 pub(crate) struct Driver {
     pub(crate) core: Core,
     slots: Vec<Option<(ConnId, Slot)>>,
-    read_buf: Box<[u8]>,
     timer: Rc<TimerState>,
     drained: Rc<Event>,
     /// The proxy's counters and access log (the fan-out client keeps none).
     recorder: Option<Recorder>,
+    /// Whether the accept loops take connections (the shared accept policy), for every listener
+    /// of this driver.
+    gate: Gate,
+    /// Notified when a connection closes while accepting is paused: there may be room again.
+    room: Event,
     this: std::rc::Weak<RefCell<Driver>>,
 }
 
@@ -151,10 +152,11 @@ impl Driver {
             RefCell::new(Driver {
                 core,
                 slots: Vec::new(),
-                read_buf: vec![0; READ_BUF].into_boxed_slice(),
                 timer: Rc::default(),
                 drained: Rc::default(),
                 recorder: None,
+                gate: Gate::default(),
+                room: Event::new(),
                 this: this.clone(),
             })
         });
@@ -240,7 +242,10 @@ impl Driver {
                 self.drain();
             }
             Err(_at_capacity) => {
-                // Refused: the socket drops here (closed). Counted in stats().refused.
+                // Refused: the socket drops here (closed; counted in stats().refused), and the
+                // accept loops take nothing more until a client connection ends — the kernel
+                // queues the next ones in the backlog meanwhile.
+                self.gate.at_capacity();
             }
         }
     }
@@ -275,6 +280,7 @@ impl Driver {
     /// access log lines, re-arms the timer and reports a finished drain.
     pub(crate) fn drain(&mut self) {
         let now = clock::now();
+        let mut closed = false;
         loop {
             // Exchanges first: a `Close` below may take the client socket whose address the
             // access log line wants.
@@ -282,6 +288,7 @@ impl Driver {
             let Some(out) = self.core.poll_output() else {
                 break;
             };
+            closed |= matches!(out, Output::Close { .. });
             match out {
                 Output::Connect { conn, server } => {
                     let addr = self.core.server_address(server).clone();
@@ -359,10 +366,14 @@ impl Driver {
         if self.core.is_drained() {
             self.drained.notify(usize::MAX);
         }
+        if closed && !self.gate.is_open() {
+            self.room.notify(usize::MAX);
+        }
     }
 
-    /// Writes what the core has queued for a socket until the queue is empty or the socket's
-    /// send buffer is full.
+    /// Writes what the core has queued for a socket until the queue is empty or a write comes up
+    /// short (the shared write loop, `upkeep_runtime::io::flush`); then the writer task waits
+    /// for writability.
     fn flush(&mut self, now: Time, conn: ConnId) {
         let Some(Slot::Socket {
             stream, signals, ..
@@ -371,50 +382,35 @@ impl Driver {
             return;
         };
         let (stream, signals) = (stream.clone(), signals.clone());
-        loop {
-            let result = {
-                let mut iov = [IoSlice::new(&[]); IOV_MAX];
-                let mut k = 0;
-                for piece in self.core.pending(conn).take(IOV_MAX) {
-                    iov[k] = IoSlice::new(piece);
-                    k += 1;
-                }
-                if k == 0 {
-                    break;
-                }
-                stream.try_write_vectored(&iov[..k])
-            };
-            match result {
-                Ok(0) => {
-                    self.core.handle(now, Input::Errored { conn });
-                    return;
-                }
-                Ok(n) => self.core.handle(now, Input::Written { conn, n }),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    signals.write.set(true);
-                    signals.notify();
-                    return;
-                }
-                Err(_) => {
-                    self.core.handle(now, Input::Errored { conn });
-                    return;
+        match upkeep_runtime::io::flush(&mut self.core, now, conn, stream.sock()) {
+            Flushed::Empty => {
+                if let Some(Slot::Socket {
+                    shutdown_after_flush: s @ true,
+                    ..
+                }) = self.slot_mut(conn)
+                {
+                    *s = false;
+                    stream.shutdown_write();
                 }
             }
-        }
-        if let Some(Slot::Socket {
-            shutdown_after_flush: s @ true,
-            ..
-        }) = self.slot_mut(conn)
-        {
-            *s = false;
-            stream.shutdown_write();
+            Flushed::Blocked => {
+                signals.write.set(true);
+                signals.notify();
+            }
+            Flushed::Done => {}
         }
     }
 
-    /// Reads what a readable socket has (a few reads at most) into the core. False once the
-    /// connection is done reading (EOF, error, or closed by the core).
-    fn read_some(&mut self, conn: ConnId, stream: &Stream, signals: &Signals) -> bool {
+    /// Reads what a readable socket has (a few reads at most) straight into the core's buffer
+    /// (the shared read loop, `upkeep_runtime::io::Reader`). False once the connection is done
+    /// reading (EOF, error, or closed by the core).
+    fn read_some(
+        &mut self,
+        conn: ConnId,
+        stream: &Stream,
+        signals: &Signals,
+        reader: &mut Reader,
+    ) -> bool {
         for _ in 0..READS_PER_WAKE {
             if signals.closed.get() {
                 return false;
@@ -422,34 +418,12 @@ impl Driver {
             if !signals.read.get() {
                 return true;
             }
-            match stream.try_read(&mut self.read_buf) {
-                Ok(0) => {
-                    self.core.handle(clock::now(), Input::ReadClosed { conn });
-                    self.drain();
-                    return false;
-                }
-                Ok(n) => {
-                    self.core.handle(
-                        clock::now(),
-                        Input::Received {
-                            conn,
-                            data: &self.read_buf[..n],
-                        },
-                    );
-                    self.drain();
-                    if n < self.read_buf.len() {
-                        // Most likely drained the socket: wait for readiness instead of a
-                        // read that would only say WouldBlock.
-                        return true;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => {
-                    self.core.handle(clock::now(), Input::Errored { conn });
-                    self.drain();
-                    return false;
-                }
+            let step = reader.read(&mut self.core, clock::now(), conn, stream.sock());
+            self.drain();
+            match step {
+                ReadStep::Again => {}
+                ReadStep::Wait => return true,
+                ReadStep::Done => return false,
             }
         }
         true
@@ -554,23 +528,48 @@ async fn timer_loop(d: Shared) {
     }
 }
 
-/// Accepts connections on one listener for the life of the task.
+/// Accepts connections on one listener for the life of the task, by the shared accept policy
+/// (`upkeep_runtime::accept`): while the driver's gate is paused nothing is taken off the
+/// listener, so connections wait in the kernel's backlog instead of being accepted and closed.
 async fn accept_loop(d: Shared, id: ListenerId, listener: Listener) {
     loop {
-        let accepted = match &listener {
-            Listener::Tcp(l) => l.accept().await.map(|(s, peer)| {
-                let _ = s.get_ref().set_nodelay(true);
-                (Stream::Tcp(s), Some(peer.ip()))
-            }),
-            Listener::Unix(l) => l.accept().await.map(|(s, _)| (Stream::Unix(s), None)),
+        accepting(&d).await;
+        let wait = {
+            let mut guard = d.borrow_mut();
+            let driver = &mut *guard;
+            // Not `Accept`: full, or another listener's accept found the limit meanwhile.
+            driver.gate.admit(&driver.core) == Admit::Accept
+                && match listener.try_accept() {
+                    Ok((stream, peer)) => {
+                        driver.accept_socket(id, peer, stream);
+                        false
+                    }
+                    Err(e) => driver.gate.pause_after(&e, Instant::now()) == AfterError::Wait,
+                }
         };
-        match accepted {
-            Ok((stream, peer)) => d.borrow_mut().accept_socket(id, peer, stream),
-            Err(e) => {
-                // Out of descriptors or memory: back off instead of spinning on the error.
-                log::warn!("accept: {e}");
-                async_io::Timer::after(std::time::Duration::from_millis(50)).await;
+        if wait && let Err(e) = listener.readable().await {
+            d.borrow_mut().gate.pause_after(&e, Instant::now());
+        }
+    }
+}
+
+/// Waits until the driver's accept gate is open, ending a pause that is over: at its time, or
+/// once a connection closed and the core has room.
+async fn accepting(d: &Shared) {
+    loop {
+        let (room, until) = {
+            let mut driver = d.borrow_mut();
+            let driver = &mut *driver;
+            if driver.gate.reopen(&driver.core, Instant::now()) {
+                return;
             }
+            (driver.room.listen(), driver.gate.resume_at())
+        };
+        match until {
+            Some(t) => {
+                async_io::Timer::at(t).await;
+            }
+            None => room.await,
         }
     }
 }
@@ -600,6 +599,7 @@ async fn connect_task(d: Shared, conn: ConnId, addr: Address) {
 }
 
 async fn reader_loop(d: Shared, conn: ConnId, stream: Rc<Stream>, signals: Rc<Signals>) {
+    let mut reader = Reader::default();
     loop {
         if !signals.wait(|s| s.read.get()).await {
             return;
@@ -610,7 +610,10 @@ async fn reader_loop(d: Shared, conn: ConnId, stream: Rc<Stream>, signals: Rc<Si
             d.drain();
             return;
         }
-        if !d.borrow_mut().read_some(conn, &stream, &signals) {
+        if !d
+            .borrow_mut()
+            .read_some(conn, &stream, &signals, &mut reader)
+        {
             return;
         }
     }
@@ -669,11 +672,16 @@ async fn pump_loop(d: Shared, conn: ConnId, signals: Rc<Signals>, sink: impl Vir
             if n == 0 {
                 None
             } else {
+                // Everything queued, taken the one way bytes leave the core (`write_with`, as
+                // many times as the queue has slices for).
                 let mut buf = bytes::BytesMut::with_capacity(n);
-                for piece in d.core.pending(conn) {
-                    buf.extend_from_slice(piece);
-                }
-                d.core.handle(clock::now(), Input::Written { conn, n });
+                let now = clock::now();
+                while let Ok(WriteOutcome::Wrote { left: 1.., .. }) =
+                    d.core.write_with(now, conn, |iov| {
+                        iov.iter().for_each(|piece| buf.extend_from_slice(piece));
+                        Ok(iov.iter().map(|piece| piece.len()).sum())
+                    })
+                {}
                 d.drain();
                 Some(buf.freeze())
             }

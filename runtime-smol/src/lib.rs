@@ -19,7 +19,6 @@
 
 mod admin;
 mod client;
-mod clock;
 mod driver;
 mod listener;
 mod proxy;

@@ -13,9 +13,11 @@ use upkeep_runtime::board::{Board, Reporter};
 use upkeep_runtime::metrics::Snapshot;
 use upkeep_runtime::recorder::Recorder;
 
+use upkeep_runtime::listen::{Bound, Listening};
+
 use crate::admin::Admin;
 use crate::driver::{self, Driver, Shared};
-use crate::listener::Bound;
+use crate::listener::Listener;
 
 /// The async reverse proxy: `upkeep-core` on smol's reactor and executors.
 ///
@@ -66,6 +68,9 @@ impl Reporter for WorkerControl {
 #[derive(Debug)]
 pub struct ProxyHandle {
     addrs: Vec<Address>,
+    /// The bound addresses, kept (their own descriptors closed) to remove Unix socket files at
+    /// exit while they are still ours.
+    bound: Vec<Bound>,
     controls: Vec<Sender<Control>>,
     workers: Vec<JoinHandle<()>>,
     /// The workers' board and the draining flag.
@@ -83,10 +88,7 @@ impl Proxy {
         config
             .validate()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-        let workers = match config.runtime.workers {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n,
-        };
+        let workers = upkeep_runtime::workers::count(config.runtime.workers);
         let shutdown_timeout = config.runtime.shutdown_timeout;
 
         // Every worker's access log before anything is bound or started: a log that cannot be
@@ -95,32 +97,54 @@ impl Proxy {
             .map(|_| Recorder::open(&config))
             .collect::<io::Result<Vec<_>>>()?;
         // Bind everything before starting anything, so a bad address fails `start` cleanly.
-        let mut per_worker: Vec<Vec<Bound>> = (0..workers).map(|_| Vec::new()).collect();
-        let mut addrs = Vec::new();
+        let mut bound = Vec::with_capacity(config.listeners.len());
         for l in &config.listeners {
-            let first = Bound::bind(&l.addr)?;
-            addrs.push(first.local_address()?);
-            let mut siblings = Vec::new();
-            for _ in 1..workers {
-                siblings.push(first.sibling()?);
+            match Bound::bind(&l.addr) {
+                Ok(b) => bound.push(b),
+                Err(e) => {
+                    remove_unix_files(&bound);
+                    return Err(e);
+                }
             }
-            per_worker[0].push(first);
-            for (w, s) in siblings.into_iter().enumerate() {
-                per_worker[w + 1].push(s);
+        }
+        let addrs: Vec<Address> = bound.iter().map(Bound::address).collect();
+        let mut per_worker: Vec<Vec<Listening>> = Vec::with_capacity(workers);
+        for _ in 0..workers {
+            match bound.iter_mut().map(Bound::for_worker).collect() {
+                Ok(sockets) => per_worker.push(sockets),
+                Err(e) => {
+                    remove_unix_files(&bound);
+                    return Err(e);
+                }
             }
+        }
+        // The workers hold every socket now; ours would keep a drained listener queueing
+        // connections nobody accepts.
+        for b in &mut bound {
+            b.close();
         }
 
         let operator = Operator::default();
-        let admin = match &config.runtime.admin {
-            Some(addr) => Some(Admin::start(addr, operator.clone())?),
-            None => None,
+        let admin = config.runtime.admin.as_ref();
+        let admin = match admin.map(|a| Admin::start(a, operator.clone())).transpose() {
+            Ok(admin) => admin,
+            Err(e) => {
+                remove_unix_files(&bound);
+                return Err(e);
+            }
         };
         let mut controls = Vec::new();
         let mut handles = Vec::new();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<io::Result<()>>();
-        for (w, (bound, recorder)) in per_worker.into_iter().zip(recorders).enumerate() {
-            let core = Core::new(config.clone(), w as u64)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        for (w, (sockets, recorder)) in per_worker.into_iter().zip(recorders).enumerate() {
+            let core = match Core::new(config.clone(), w as u64) {
+                Ok(core) => core,
+                Err(e) => {
+                    stop_all(&controls, handles);
+                    remove_unix_files(&bound);
+                    return Err(io::Error::new(io::ErrorKind::InvalidInput, e.to_string()));
+                }
+            };
             let (tx, rx) = async_channel::unbounded();
             // On the board before it serves, so no exchange goes uncounted.
             operator.board.join(WorkerControl {
@@ -137,7 +161,7 @@ impl Proxy {
                         Setup {
                             core,
                             recorder,
-                            bound,
+                            sockets,
                             id: w as u64,
                             board,
                             shutdown_timeout,
@@ -154,16 +178,19 @@ impl Proxy {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
                     stop_all(&controls, handles);
+                    remove_unix_files(&bound);
                     return Err(e);
                 }
                 Err(_) => {
                     stop_all(&controls, handles);
+                    remove_unix_files(&bound);
                     return Err(io::Error::other("a worker thread died while starting"));
                 }
             }
         }
         Ok(ProxyHandle {
             addrs,
+            bound,
             controls,
             workers: handles,
             operator,
@@ -227,7 +254,7 @@ impl ProxyHandle {
         for h in std::mem::take(&mut self.workers) {
             let _ = h.join();
         }
-        remove_unix_sockets(&self.addrs);
+        remove_unix_files(&self.bound);
     }
 
     fn stop_now(&mut self) {
@@ -236,7 +263,7 @@ impl ProxyHandle {
             return;
         }
         stop_all(&self.controls, std::mem::take(&mut self.workers));
-        remove_unix_sockets(&self.addrs);
+        remove_unix_files(&self.bound);
     }
 }
 
@@ -246,11 +273,11 @@ impl Drop for ProxyHandle {
     }
 }
 
-fn remove_unix_sockets(addrs: &[Address]) {
-    for a in addrs {
-        if let Address::Unix(path) = a {
-            let _ = std::fs::remove_file(path);
-        }
+/// Removes the Unix socket files of `bound` that are still the ones this process bound (another
+/// proxy may have taken a path over since, see [`upkeep_runtime::listen::SocketFile`]).
+fn remove_unix_files(bound: &[Bound]) {
+    for b in bound {
+        b.remove_socket_file();
     }
 }
 
@@ -258,7 +285,7 @@ fn remove_unix_sockets(addrs: &[Address]) {
 struct Setup {
     core: Core,
     recorder: Recorder,
-    bound: Vec<Bound>,
+    sockets: Vec<Listening>,
     /// This worker's id on the board.
     id: u64,
     board: Arc<Board<WorkerControl>>,
@@ -273,7 +300,7 @@ fn worker(
     let Setup {
         core,
         recorder,
-        bound,
+        sockets,
         id,
         board,
         shutdown_timeout,
@@ -282,8 +309,8 @@ fn worker(
         let (d, _timer) = Driver::start(core);
         d.borrow_mut().record(recorder);
         let mut accepts = Vec::new();
-        for (i, b) in bound.into_iter().enumerate() {
-            match b.into_async() {
+        for (i, socket) in sockets.into_iter().enumerate() {
+            match Listener::register(socket) {
                 Ok(l) => accepts.push(driver::spawn_accept(d.clone(), ListenerId(i as u32), l)),
                 Err(e) => {
                     let _ = ready.send(Err(e));

@@ -1,12 +1,15 @@
 //! Sockets as the driver uses them: TCP or Unix, registered with async-io's reactor, read and
-//! written without blocking (`try_*`), awaited only for readiness.
+//! written without blocking (by the shared loops of `upkeep_runtime::io`), awaited only for
+//! readiness. Options and the connect
+//! itself are the shared layer's ([`upkeep_runtime::socket`]).
 
 use async_io::Async;
-use std::io::{self, IoSlice, Read, Write};
-use std::net::{Shutdown, TcpStream};
+use socket2::SockRef;
+use std::io;
+use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
-use std::time::Duration;
 use upkeep_core::Address;
+use upkeep_runtime::socket::{self, Connecting};
 
 /// A connected socket of either family.
 #[derive(Debug)]
@@ -16,31 +19,31 @@ pub(crate) enum Stream {
 }
 
 impl Stream {
-    /// A non-blocking connect to `addr` (TCP with Nagle off: the core already batches writes).
+    /// A non-blocking connect to `addr` ([`upkeep_runtime::socket::connect`]), awaited.
     pub(crate) async fn connect(addr: &Address) -> io::Result<Stream> {
-        match addr {
-            Address::Tcp(sa) => {
-                let s = Async::<TcpStream>::connect(*sa).await?;
-                s.get_ref().set_nodelay(true)?;
-                Ok(Stream::Tcp(s))
+        let stream = match socket::connect(addr)? {
+            Connecting::Tcp(s) => Stream::Tcp(Async::new(s)?),
+            Connecting::Unix(s) => Stream::Unix(Async::new(s)?),
+        };
+        loop {
+            stream.writable().await?;
+            if socket::connect_finished(stream.sock())? {
+                return Ok(stream);
             }
-            Address::Unix(path) => Ok(Stream::Unix(Async::<UnixStream>::connect(path).await?)),
         }
     }
 
-    /// One `read(2)`; `WouldBlock` when nothing is there.
-    pub(crate) fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Stream::Tcp(s) => s.get_ref().read(buf),
-            Stream::Unix(s) => s.get_ref().read(buf),
-        }
+    /// An accepted TCP connection, tuned ([`upkeep_runtime::socket::tune_tcp`]).
+    pub(crate) fn accepted_tcp(s: Async<TcpStream>) -> Stream {
+        socket::tune_tcp(SockRef::from(s.get_ref()));
+        Stream::Tcp(s)
     }
 
-    /// One `writev(2)`; `WouldBlock` when the send buffer is full.
-    pub(crate) fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    /// The socket, for the shared option and I/O helpers.
+    pub(crate) fn sock(&self) -> SockRef<'_> {
         match self {
-            Stream::Tcp(s) => s.get_ref().write_vectored(bufs),
-            Stream::Unix(s) => s.get_ref().write_vectored(bufs),
+            Stream::Tcp(s) => SockRef::from(s.get_ref()),
+            Stream::Unix(s) => SockRef::from(s.get_ref()),
         }
     }
 
@@ -62,18 +65,11 @@ impl Stream {
 
     /// Half-close: send FIN, keep reading.
     pub(crate) fn shutdown_write(&self) {
-        // The peer may already be gone; the core learns that from the next read.
-        let _ = match self {
-            Stream::Tcp(s) => s.get_ref().shutdown(Shutdown::Write),
-            Stream::Unix(s) => s.get_ref().shutdown(Shutdown::Write),
-        };
+        socket::shutdown_write(self.sock());
     }
 
-    /// Makes the coming close abortive (RST instead of FIN): SO_LINGER with a zero timeout.
+    /// Makes the coming close abortive (RST instead of FIN).
     pub(crate) fn set_reset_on_close(&self) {
-        let _ = match self {
-            Stream::Tcp(s) => socket2::SockRef::from(s.get_ref()).set_linger(Some(Duration::ZERO)),
-            Stream::Unix(s) => socket2::SockRef::from(s.get_ref()).set_linger(Some(Duration::ZERO)),
-        };
+        socket::set_reset_on_close(self.sock());
     }
 }

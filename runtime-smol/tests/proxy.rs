@@ -98,3 +98,12 @@ fn unix_listener_serves_and_its_file_is_removed_on_shutdown() {
     };
     assert!(!std::path::Path::new(&path).exists());
 }
+
+#[test]
+fn a_draining_proxy_hands_its_unix_path_over() {
+    upkeep_testkit::listeners::a_draining_proxy_hands_its_unix_path_over(
+        Proxy::start,
+        upkeep_smol::ProxyHandle::drain,
+        upkeep_smol::ProxyHandle::wait,
+    );
+}

@@ -22,6 +22,7 @@
 
 pub mod backend;
 pub mod client;
+pub mod listeners;
 pub mod scenarios;
 pub mod wait;
 pub mod wire;
