@@ -507,8 +507,9 @@ impl Worker {
                             self.to_read.push_back(id);
                         }
                         Err(_at_capacity) => {
-                            // The new socket closes on drop; accept no more until a client
-                            // connection ends (the kernel keeps queueing meanwhile).
+                            // Only while draining (the gate checked for room first): the new
+                            // socket closes on drop; accept no more until a client connection
+                            // ends (the kernel keeps queueing meanwhile).
                             if self.gate.at_capacity() {
                                 self.unwatch_listeners();
                             }

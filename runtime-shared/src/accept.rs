@@ -1,12 +1,12 @@
 //! The accept policy, the same on both runtimes: what an `accept(2)` error means, and when a
 //! worker stops and resumes accepting.
 //!
-//! At the client connection limit a worker pauses: the connection whose accept found the limit
-//! ([`upkeep_core::AtCapacity`]) is closed (counted as refused), and the worker stops taking
-//! connections off its listeners — they wait in the kernel's backlog, where the kernel applies
-//! its own limit — until a client connection ends. Then it takes only as many as it has room
-//! for and pauses again, until the backlog is empty: a connection that waited through a pause
-//! is served, never accepted only to be closed. Out of descriptors or memory, it pauses for
+//! At the client connection limit a worker pauses *before* taking a connection off its
+//! listeners: the connections wait in the kernel's backlog (where the kernel applies its own
+//! limit, as HAProxy's `maxconn` does) until a client connection ends, and are then served in
+//! order — never accepted only to be closed. Should the core still refuse one (a limit reached
+//! between the check and the accept, or a drain), the worker pauses the same way. Out of
+//! descriptors or memory, it pauses for
 //! [`ERROR_PAUSE`] instead of retrying at once (which would spin on the same error).
 
 use std::io;
@@ -85,7 +85,7 @@ pub enum Admit {
     Accept,
     /// Accepting is paused: leave the listeners alone.
     Paused,
-    /// Accepting paused just now (full while serving a backlog): stop watching the listeners.
+    /// Accepting paused just now (the core is full): stop watching the listeners.
     PausedNow,
 }
 
@@ -94,17 +94,15 @@ pub enum Admit {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Gate {
     paused: Option<Pause>,
-    /// Resumed after a capacity pause, with connections that queued meanwhile possibly still in
-    /// the backlog: accept only while there is room (until an accept finds the backlog empty).
-    backlog: bool,
 }
 
 impl Gate {
-    /// Before each `accept(2)`: whether to take a connection now (see [`Admit`]).
+    /// Before each `accept(2)`: whether to take a connection now (see [`Admit`]). A full core
+    /// pauses the gate here, so the connection stays queued in the kernel.
     pub fn admit(&mut self, core: &Core) -> Admit {
         if self.paused.is_some() {
             Admit::Paused
-        } else if self.backlog && !has_room(core) {
+        } else if !has_room(core) {
             self.paused = Some(Pause::Capacity);
             Admit::PausedNow
         } else {
@@ -123,16 +121,11 @@ impl Gate {
         self.paused.replace(why).is_none()
     }
 
-    /// After an accept error: pauses when [`after_error`] says so (returned as well); an empty
-    /// backlog (`EAGAIN`) ends the careful accepting after a capacity pause.
+    /// After an accept error: pauses when [`after_error`] says so (returned as well).
     pub fn pause_after(&mut self, e: &io::Error, now: Instant) -> AfterError {
         let after = after_error(e);
-        match after {
-            AfterError::Pause(d) => {
-                self.pause(Pause::Until(now + d));
-            }
-            AfterError::Wait => self.backlog = false,
-            AfterError::Next => {}
+        if let AfterError::Pause(d) = after {
+            self.pause(Pause::Until(now + d));
         }
         after
     }
@@ -154,7 +147,6 @@ impl Gate {
     /// Opens the gate (a drain takes what is queued before the listeners close).
     pub fn open(&mut self) {
         self.paused = None;
-        self.backlog = false;
     }
 
     /// Ends the pause if it is over — `core` has room for a client again, or the pause's time
@@ -166,7 +158,6 @@ impl Gate {
             Some(Pause::Until(t)) => now >= t,
         };
         if over {
-            self.backlog |= self.paused == Some(Pause::Capacity);
             self.paused = None;
         }
         over
@@ -230,24 +221,23 @@ mod tests {
     }
 
     #[test]
-    fn after_a_capacity_pause_a_full_worker_pauses_before_accepting() {
+    fn a_full_worker_pauses_before_accepting() {
         let (full, _) = core_with_clients(1);
         let (roomy, _) = core_with_clients(2);
         let now = Instant::now();
         let mut gate = Gate::default();
-        // Full, but not serving a backlog: the next accept finds the limit (and is refused).
-        assert_eq!(gate.admit(&full), Admit::Accept);
-        assert!(gate.at_capacity());
+        // Full: the gate pauses before any accept, so the connection stays in the backlog.
+        assert_eq!(gate.admit(&full), Admit::PausedNow);
+        assert_eq!(gate.admit(&full), Admit::Paused);
         assert!(!gate.reopen(&full, now), "still full");
-        // Room again (a client left): the backlog is served only while there is room.
+        // Room again (a client left): accept, until the core is full again.
         assert!(gate.reopen(&roomy, now));
         assert_eq!(gate.admit(&roomy), Admit::Accept);
         assert_eq!(gate.admit(&full), Admit::PausedNow);
-        assert_eq!(gate.admit(&full), Admit::Paused);
-        // The backlog emptied (an accept said EAGAIN): back to plain accepting.
+        // An empty backlog (EAGAIN) changes nothing: the next full check still pauses first.
         assert!(gate.reopen(&roomy, now));
         let eagain = io::Error::from_raw_os_error(libc::EAGAIN);
         assert_eq!(gate.pause_after(&eagain, now), AfterError::Wait);
-        assert_eq!(gate.admit(&full), Admit::Accept);
+        assert_eq!(gate.admit(&full), Admit::PausedNow);
     }
 }

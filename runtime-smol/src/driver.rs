@@ -242,9 +242,9 @@ impl Driver {
                 self.drain();
             }
             Err(_at_capacity) => {
-                // Refused: the socket drops here (closed; counted in stats().refused), and the
-                // accept loops take nothing more until a client connection ends — the kernel
-                // queues the next ones in the backlog meanwhile.
+                // Only while draining (the gate checked for room first): the socket drops here
+                // (closed; counted in stats().refused), and the accept loops take nothing more
+                // until a client connection ends — the kernel queues the next ones meanwhile.
                 self.gate.at_capacity();
             }
         }
