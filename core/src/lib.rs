@@ -99,6 +99,7 @@ mod id;
 pub mod pool;
 mod proxy;
 pub mod route;
+mod rules;
 #[cfg(feature = "sim")]
 pub mod sim;
 pub mod stats;
@@ -108,5 +109,6 @@ mod timers;
 pub use config::{Address, Config};
 pub use id::{ConnId, ListenerId, ServerId, UpstreamId};
 pub use proxy::{AtCapacity, Core, ExchangeInfo, Input, Output};
+pub use rules::NotReusable;
 pub use stats::Stats;
 pub use time::Time;

@@ -16,7 +16,6 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 use core::net::IpAddr;
-use core::time::Duration;
 use slab::Slab;
 use std::collections::VecDeque;
 
@@ -29,6 +28,9 @@ use crate::framing::{
 };
 use crate::pool::{EvictReason, Pool, PoolKey};
 use crate::route::Router;
+use crate::rules::{
+    self, Attempt, ClientFacts, Failure, NotReusable, ResponseFacts, Retry, UpstreamFacts,
+};
 use crate::stats::{GroupStats, ServerStats, Stats};
 use crate::timers::Timers;
 use crate::{ConnId, ListenerId, ServerId, Time, UpstreamId};
@@ -42,9 +44,6 @@ const HEAD_GROWTH: usize = 256;
 const CHUNK_LINE: usize = 18;
 /// A response the proxy generates itself.
 const ERROR_RESPONSE: usize = 256;
-/// A backend's `Keep-Alive: timeout=N` is honoured minus this margin, so we stop using a
-/// connection before the backend closes it (the keepalive race).
-const KEEPALIVE_HINT_MARGIN: Duration = Duration::from_secs(1);
 
 /// What the runtime must do. Drain [`Core::poll_output`] after every call that changes state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -228,7 +227,8 @@ enum Resp {
 struct Exchange {
     method: Method,
     version: Version,
-    keep_alive: bool,
+    /// The request allows a persistent connection (its own say in [`rules::client_keep_alive`]).
+    persistent: bool,
     group: u32,
     req_head: Bytes,
     req_decoder: BodyDecoder,
@@ -261,18 +261,21 @@ struct Exchange {
 }
 
 impl Exchange {
-    fn new() -> Exchange {
+    /// No exchange: between requests, or a request refused before its head was understood.
+    /// `replay` is the previous exchange's queue, emptied, so its allocation is kept.
+    fn idle(mut replay: VecDeque<Bytes>) -> Exchange {
+        replay.clear();
         Exchange {
             method: Method::Get,
             version: Version::Http11,
-            keep_alive: true,
+            persistent: true,
             group: 0,
             req_head: Bytes::new(),
             req_decoder: BodyDecoder::new(BodyKind::Empty),
             req_chunked: false,
             req_done: true,
             req_bytes: 0,
-            replay: VecDeque::new(),
+            replay,
             replay_len: 0,
             replayable: true,
             upgrade: false,
@@ -294,6 +297,26 @@ impl Exchange {
             bytes_sent: 0,
         }
     }
+
+    /// The exchange of the request whose head was just parsed, begun at `started`.
+    fn start(head: &Head, started: Time, request: Bytes, replay: VecDeque<Bytes>) -> Exchange {
+        Exchange {
+            method: head.method,
+            version: head.version,
+            persistent: head.persistent(),
+            req_decoder: BodyDecoder::new(head.body),
+            req_chunked: head.body == BodyKind::Chunked,
+            req_done: matches!(head.body, BodyKind::Empty | BodyKind::Length(0)),
+            upgrade: head.version == Version::Http11
+                && head.connection.upgrade
+                && head.upgrade.is_some()
+                && head.body == BodyKind::Empty,
+            resp: Resp::Waiting,
+            request,
+            started,
+            ..Exchange::idle(replay)
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -308,6 +331,22 @@ struct Client {
     /// Last progress reading the request body.
     body_progress: Time,
     ex: Exchange,
+}
+
+impl Client {
+    /// What the connection and its current exchange say about keeping it open, as far as known
+    /// before the response is complete (callers refine the last three facts).
+    fn keep_alive_facts(&self, max_requests: u32, draining: bool) -> ClientFacts {
+        ClientFacts {
+            request_persistent: self.ex.persistent,
+            requests: self.requests,
+            max_requests,
+            draining,
+            request_abandoned: false,
+            close_delimited: self.ex.resp_out == OutBody::Close,
+            framing_broken: false,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -332,14 +371,25 @@ struct Upstream {
     /// The whole request has been written.
     sent_all: bool,
     read_progress: Time,
-    idle_expires: Time,
-    /// The response allows reuse (persistent, self-delimited).
-    reusable: bool,
+    /// What the current response's head said about reuse, and when it arrived (the start of
+    /// its `Keep-Alive: timeout`).
+    response: ResponseFacts,
+    response_at: Time,
+    /// Bytes arrived after the current response was complete.
+    extra_data: bool,
     /// Counted as an active request of its server by the balancer (least-conn, max_conns).
     acquired: bool,
     /// Some response bytes (even an interim 1xx) arrived for the current request: it can no
     /// longer be retried.
     responded: bool,
+}
+
+impl Upstream {
+    /// The current request is not the connection's first: it came out of the pool. The one
+    /// definition of "reused" (the keepalive race, a 408 as idle timeout, access logs).
+    fn reused(&self) -> bool {
+        self.requests > 1
+    }
 }
 
 // Slab slots are reused, so the size difference costs memory per slot, not allocations; boxing
@@ -362,22 +412,6 @@ struct Conn {
 struct Group {
     balancer: Balancer,
     first_server: u32,
-}
-
-/// Why an upstream attempt failed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Failure {
-    ConnectFailed,
-    ConnectTimeout,
-    /// EOF or reset before the response was complete.
-    Closed,
-    ReadTimeout,
-    SendTimeout,
-    BadResponse,
-    /// A 408 on a reused connection: the backend's idle timeout, sent as we reused it.
-    Reused408,
-    /// The runtime could not attempt the connection (a local resource shortage).
-    Local,
 }
 
 /// The sans-IO proxy engine. See the crate documentation for the drive loop.
@@ -615,7 +649,7 @@ impl Core {
                 phase: Phase::Idle,
                 since: now,
                 body_progress: now,
-                ex: Exchange::new(),
+                ex: Exchange::idle(VecDeque::new()),
             }),
         });
         touch(&mut self.touched, id);
@@ -747,10 +781,7 @@ impl Core {
         let mut idle = Vec::new();
         self.pool.drain(&mut |c| idle.push(c));
         for c in idle {
-            if let Some(g) = self.upstream_group(c) {
-                self.stats.groups[g as usize].evictions[EvictReason::Draining as usize] += 1;
-            }
-            self.close(c, false);
+            self.evict(c, false, EvictReason::Draining);
         }
         let clients: Vec<ConnId> = self
             .conns
@@ -776,8 +807,8 @@ impl Core {
                 Phase::Idle | Phase::Head => {
                     self.close_client_after_flush(now, id, AfterFlush::Close)
                 }
-                Phase::Exchange => cl.ex.keep_alive = false,
-                Phase::Closing | Phase::Lingering => {}
+                // Finished, then closed: `rules::client_keep_alive` sees the drain.
+                Phase::Exchange | Phase::Closing | Phase::Lingering => {}
             }
         }
         self.sync(now);
@@ -810,13 +841,6 @@ impl Core {
         }
     }
 
-    fn upstream_group(&self, id: ConnId) -> Option<u32> {
-        match &self.get(id)?.role {
-            Role::Upstream(u) => Some(u.group),
-            Role::Client(_) => None,
-        }
-    }
-
     /// Index within group `g` of the server with global index `global`.
     fn index_in_group(&self, g: usize, global: u32) -> usize {
         (global - self.groups[g].first_server) as usize
@@ -836,7 +860,26 @@ impl Core {
         }
     }
 
-    /// Removes a connection and tells the runtime to close it.
+    /// Closes an idle pooled connection, counting why it leaves the pool.
+    fn evict(&mut self, id: ConnId, reset: bool, why: EvictReason) {
+        if let Some(Role::Upstream(u)) = conn_mut(&mut self.conns, id).map(|c| &c.role) {
+            debug_assert_eq!(u.state, UState::Idle, "only idle connections are evicted");
+            self.stats.groups[u.group as usize].evictions[why as usize] += 1;
+        }
+        self.close(id, reset);
+    }
+
+    /// Closes an upstream connection that carried a request instead of pooling it, counting why.
+    fn close_upstream(&mut self, id: ConnId, reset: bool, why: NotReusable) {
+        if let Some(Role::Upstream(u)) = conn_mut(&mut self.conns, id).map(|c| &c.role) {
+            debug_assert_ne!(u.state, UState::Idle, "idle connections are evicted");
+            self.stats.groups[u.group as usize].not_reused[why as usize] += 1;
+        }
+        self.close(id, reset);
+    }
+
+    /// Removes a connection and tells the runtime to close it. Upstream connections leave
+    /// through [`Core::evict`] or [`Core::close_upstream`], which count why.
     fn close(&mut self, id: ConnId, reset: bool) {
         self.release_server(id);
         let Some(c) = self.get(id) else { return };
@@ -987,7 +1030,12 @@ impl Core {
                 let g = &self.config.upstreams[u.group as usize];
                 match u.state {
                     UState::Connecting => consider(u.created.plus(g.connect_timeout)),
-                    UState::Idle => consider(u.idle_expires),
+                    // The pool entry holds the idle expiry (checkout honours it too).
+                    UState::Idle => {
+                        if let Some(e) = self.pool.entry(id) {
+                            consider(e.expires);
+                        }
+                    }
                     UState::Active => {
                         if !c.buf.wq.is_empty() {
                             consider(c.buf.write_progress.plus(g.send_timeout));
@@ -1019,9 +1067,7 @@ impl Core {
                     UState::Idle => {
                         // An idle connection must have nothing to say (RFC 9112 §9.2): a stray
                         // 408 or garbage evicts it and never reaches a client.
-                        let g = u.group as usize;
-                        self.stats.groups[g].evictions[EvictReason::UnexpectedData as usize] += 1;
-                        self.close(id, true);
+                        self.evict(id, true, EvictReason::UnexpectedData);
                     }
                     UState::Connecting => {
                         // Data before we were told the connect finished: keep it buffered.
@@ -1078,11 +1124,7 @@ impl Core {
                 }
             },
             Role::Upstream(u) => match u.state {
-                UState::Idle => {
-                    let g = u.group as usize;
-                    self.stats.groups[g].evictions[EvictReason::PeerClosed as usize] += 1;
-                    self.close(id, false);
-                }
+                UState::Idle => self.evict(id, false, EvictReason::PeerClosed),
                 UState::Connecting => self.upstream_failed(now, id, Failure::ConnectFailed),
                 UState::Tunnel => {
                     if let Some(cl) = u.client {
@@ -1104,11 +1146,7 @@ impl Core {
                 self.close(id, true);
             }
             Role::Upstream(u) => match u.state {
-                UState::Idle => {
-                    let g = u.group as usize;
-                    self.stats.groups[g].evictions[EvictReason::PeerClosed as usize] += 1;
-                    self.close(id, true);
-                }
+                UState::Idle => self.evict(id, true, EvictReason::PeerClosed),
                 UState::Connecting => {
                     let srv = u.server as usize;
                     self.stats.servers[srv].connect_failures += 1;
@@ -1118,7 +1156,7 @@ impl Core {
                     if let Some(cl) = u.client {
                         self.end_tunnel(cl);
                     }
-                    self.close(id, true);
+                    self.close_upstream(id, true, NotReusable::Upgraded);
                 }
                 UState::Active => self.upstream_failed(now, id, Failure::Closed),
             },
@@ -1177,11 +1215,16 @@ impl Core {
     /// The write queue of `id` is empty and it was to close afterwards: do so.
     fn flushed(&mut self, now: Time, id: ConnId) {
         let Some(c) = self.get(id) else { return };
-        match c.buf.after_flush {
-            AfterFlush::Keep => {}
-            AfterFlush::Close => self.close(id, false),
-            AfterFlush::Reset => self.close(id, true),
-            AfterFlush::Linger => self.start_linger(now, id),
+        let reset = match c.buf.after_flush {
+            AfterFlush::Keep => return,
+            AfterFlush::Linger => return self.start_linger(now, id),
+            AfterFlush::Close => false,
+            AfterFlush::Reset => true,
+        };
+        match c.role {
+            Role::Client(_) => self.close(id, reset),
+            // Only a tunnel's upstream closes after a flush (see `end_tunnel`).
+            Role::Upstream(_) => self.close_upstream(id, reset, NotReusable::Upgraded),
         }
     }
 
@@ -1264,11 +1307,7 @@ impl Core {
                 let g = &self.config.upstreams[u.group as usize];
                 match u.state {
                     UState::Connecting => self.upstream_failed(now, id, Failure::ConnectTimeout),
-                    UState::Idle => {
-                        let grp = u.group as usize;
-                        self.stats.groups[grp].evictions[EvictReason::IdleTimeout as usize] += 1;
-                        self.close(id, false);
-                    }
+                    UState::Idle => self.evict(id, false, EvictReason::IdleTimeout),
                     UState::Active => {
                         if !c.buf.wq.is_empty() && c.buf.write_progress.plus(g.send_timeout) <= now
                         {
@@ -1281,7 +1320,7 @@ impl Core {
                         if let Some(cl) = u.client {
                             self.end_tunnel(cl);
                         }
-                        self.close(id, false);
+                        self.close_upstream(id, false, NotReusable::Upgraded);
                     }
                 }
             }
@@ -1368,9 +1407,7 @@ impl Core {
             return false;
         };
         cl.requests += 1;
-        let ex = &mut cl.ex;
-        ex.started = cl.since;
-        ex.request = if self.record_requests {
+        let request = if self.record_requests {
             let target = head.target.of(&c.buf.rbuf);
             let method = head.method_name.of(&c.buf.rbuf);
             let mut line = Vec::with_capacity(method.len() + 1 + target.len());
@@ -1381,45 +1418,16 @@ impl Core {
         } else {
             Bytes::new()
         };
-        ex.response_at = None;
-        ex.bytes_sent = 0;
-        ex.method = head.method;
-        ex.version = head.version;
-        ex.keep_alive = head.persistent()
-            && !self.draining
-            && cl.requests < self.config.limits.client_keepalive_requests;
-        ex.status = 0;
-        ex.resp = Resp::Waiting;
-        ex.resp_started = false;
-        ex.upstream = None;
-        ex.server = None;
-        ex.reused = false;
-        ex.tries = 0;
-        ex.tried = 0;
-        ex.stale_retried = false;
-        ex.replay.clear();
-        ex.replay_len = 0;
-        ex.replayable = true;
-        ex.req_bytes = 0;
-        ex.upgrade = head.version == Version::Http11
-            && head.connection.upgrade
-            && head.upgrade.is_some()
-            && head.body == BodyKind::Empty;
+        let replay = core::mem::take(&mut cl.ex.replay);
+        cl.ex = Exchange::start(head, cl.since, request, replay);
+        let ex = &mut cl.ex;
         let target = head.target.of(&c.buf.rbuf);
         let path = target.split(|&b| b == b'?').next().unwrap_or(target);
         let host = head.host.map(|h| h.of(&c.buf.rbuf));
         let route = self.router.route_from(cl.listener, host, path);
         let max_body = self.config.limits.max_body;
         let too_big = matches!(head.body, BodyKind::Length(n) if max_body > 0 && n > max_body);
-        ex.req_decoder = BodyDecoder::new(head.body);
-        ex.req_done = matches!(head.body, BodyKind::Empty | BodyKind::Length(0));
-        ex.req_chunked = head.body == BodyKind::Chunked;
-        let out_body = match head.body {
-            BodyKind::Empty => OutBody::None,
-            BodyKind::Length(n) => OutBody::Length(n),
-            BodyKind::Chunked => OutBody::Chunked,
-            BodyKind::UntilClose => OutBody::None,
-        };
+        let out_body = rules::request_framing(head.body);
         // Only worth sending while the client is actually waiting: no body bytes yet.
         let expect = head.expect_continue && !ex.req_done && c.buf.rbuf.len() == head.len;
         cl.phase = Phase::Exchange;
@@ -1582,9 +1590,7 @@ impl Core {
             _ => None,
         };
         let Some(idx) = same.or_else(|| self.groups[g].balancer.pick(now, hash, tried)) else {
-            // No usable server: 502, or the status of the last failure when moving on.
-            let status = if last_status >= 500 { last_status } else { 502 };
-            self.client_error(now, id, status);
+            self.client_error(now, id, rules::no_server_status(last_status));
             return;
         };
         let server = self.groups[g].first_server + idx as u32;
@@ -1601,8 +1607,7 @@ impl Core {
             self.pool.checkout(now, key, &mut |c| expired.push(c))
         };
         for c in expired {
-            self.stats.groups[g].evictions[EvictReason::IdleTimeout as usize] += 1;
-            self.close(c, false);
+            self.evict(c, false, EvictReason::IdleTimeout);
         }
         let Some(c) = self.conns.get_mut(id.index as usize) else {
             return;
@@ -1614,7 +1619,6 @@ impl Core {
         ex.tries += 1;
         ex.tried |= 1u64 << idx;
         ex.server = Some(server);
-        ex.reused = pooled.is_some();
         let head = ex.req_head.clone();
         let replay_ok = ex.replayable;
         let uid = match pooled {
@@ -1631,7 +1635,8 @@ impl Core {
                 up.client = Some(id);
                 up.written = 0;
                 up.sent_all = false;
-                up.reusable = false;
+                up.extra_data = false;
+                up.response = ResponseFacts::default();
                 up.read_progress = now;
                 uid
             }
@@ -1652,8 +1657,9 @@ impl Core {
                         written: 0,
                         sent_all: false,
                         read_progress: now,
-                        idle_expires: now,
-                        reusable: false,
+                        response: ResponseFacts::default(),
+                        response_at: now,
+                        extra_data: false,
                         acquired: true,
                         responded: false,
                     }),
@@ -1665,11 +1671,14 @@ impl Core {
                 uid
             }
         };
-        if let Some(Role::Client(cl)) = conn_mut(&mut self.conns, id).map(|c| &mut c.role) {
-            cl.ex.upstream = Some(uid);
-        }
+        let mut reused = false;
         if let Some(Role::Upstream(u)) = conn_mut(&mut self.conns, uid).map(|c| &mut c.role) {
             u.requests += 1;
+            reused = u.reused();
+        }
+        if let Some(Role::Client(cl)) = conn_mut(&mut self.conns, id).map(|c| &mut c.role) {
+            cl.ex.upstream = Some(uid);
+            cl.ex.reused = reused;
         }
         touch(&mut self.touched, uid);
         match queued {
@@ -1711,24 +1720,24 @@ impl Core {
         if !in_exchange {
             // No exchange started (an unparsable head, a timeout): nothing of the previous
             // exchange belongs in this one's record.
-            let since = cl.since;
-            let ex = &mut cl.ex;
-            ex.server = None;
-            ex.reused = false;
-            ex.req_head = Bytes::new();
-            ex.request = Bytes::new();
-            ex.req_bytes = 0;
-            ex.started = since;
-            ex.bytes_sent = 0;
+            let mut request = Bytes::new();
+            let mut version = cl.ex.version;
             if self.record_requests
-                && let Some((line, version)) =
+                && let Some((line, v)) =
                     request_line_of(&c.buf.rbuf, self.config.limits.max_request_line)
             {
                 // nginx logs the request line of a request it refuses (missing Host, bad
                 // header...) when the line itself was well formed.
-                ex.request = Bytes::copy_from_slice(line);
-                ex.version = version;
+                request = Bytes::copy_from_slice(line);
+                version = v;
             }
+            let replay = core::mem::take(&mut cl.ex.replay);
+            cl.ex = Exchange {
+                version,
+                request,
+                started: cl.since,
+                ..Exchange::idle(replay)
+            };
         }
         if in_exchange && cl.ex.resp_started {
             // A response is already on its way: a second one would be read as part of its body.
@@ -1739,8 +1748,12 @@ impl Core {
         // After an error in the request itself (or an unread body) the connection's framing
         // can't be trusted; after an upstream failure on a complete request it can (nginx too
         // keeps the client connection after a 502/504).
-        let keep =
-            in_exchange && cl.ex.req_done && cl.ex.keep_alive && !matches!(status, 400 | 408 | 413);
+        let keep = in_exchange
+            && rules::client_keep_alive(&ClientFacts {
+                request_abandoned: !cl.ex.req_done,
+                framing_broken: rules::breaks_framing(status),
+                ..cl.keep_alive_facts(self.config.limits.client_keepalive_requests, self.draining)
+            });
         let head_only = in_exchange && cl.ex.method == Method::Head;
         framing::write_error_response(status, !keep, head_only, c.buf.scratch(ERROR_RESPONSE));
         let b = c.buf.take_scratch();
@@ -1754,7 +1767,7 @@ impl Core {
         self.push(now, id, b);
         self.record(now, id);
         if keep {
-            self.end_exchange(now, id);
+            self.end_exchange(now, id, true);
         } else {
             self.close_client_after_flush(now, id, AfterFlush::Linger);
         }
@@ -1787,8 +1800,8 @@ impl Core {
         let Some(c) = conn_mut(&mut self.conns, id) else {
             return;
         };
+        // Only clients linger (see `close_client_after_flush`).
         let Role::Client(cl) = &mut c.role else {
-            self.close(id, false);
             return;
         };
         cl.phase = Phase::Lingering;
@@ -1822,8 +1835,9 @@ impl Core {
         self.finished.push_back(info);
     }
 
-    /// The response is fully queued and the request fully read: next request, or close.
-    fn end_exchange(&mut self, now: Time, id: ConnId) {
+    /// The response is fully queued and the request fully read: next request if `keep` (the
+    /// verdict of [`rules::client_keep_alive`]), or close.
+    fn end_exchange(&mut self, now: Time, id: ConnId, keep: bool) {
         let Some(c) = conn_mut(&mut self.conns, id) else {
             return;
         };
@@ -1833,7 +1847,7 @@ impl Core {
         cl.ex.upstream = None;
         cl.ex.replay.clear();
         cl.ex.req_head = Bytes::new();
-        if cl.ex.keep_alive && !self.draining {
+        if keep {
             cl.phase = Phase::Idle;
             cl.since = now;
             touch(&mut self.touched, id);
@@ -1866,7 +1880,7 @@ impl Core {
         let Some(u) = cl.ex.upstream.take() else {
             return;
         };
-        self.close(u, true);
+        self.close_upstream(u, true, NotReusable::ClientAborted);
     }
 
     fn end_tunnel(&mut self, client: ConnId) {
@@ -1884,7 +1898,10 @@ impl Core {
             }
             touch(&mut self.touched, id);
             if c.buf.wq.is_empty() {
-                self.close(id, false);
+                match c.role {
+                    Role::Client(_) => self.close(id, false),
+                    Role::Upstream(_) => self.close_upstream(id, false, NotReusable::Upgraded),
+                }
             }
         }
     }
@@ -1901,7 +1918,7 @@ impl Core {
             };
             let Some(cid) = u.client else {
                 // Not attached (shouldn't happen for Active): drop it.
-                self.close(id, true);
+                self.close_upstream(id, true, NotReusable::ClientAborted);
                 return;
             };
             if u.state == UState::Tunnel {
@@ -1910,7 +1927,7 @@ impl Core {
                 return;
             }
             let Some(Role::Client(cl)) = self.conns.get(cid.index as usize).map(|c| &c.role) else {
-                self.close(id, true);
+                self.close_upstream(id, true, NotReusable::ClientAborted);
                 return;
             };
             match cl.ex.resp {
@@ -1932,7 +1949,7 @@ impl Core {
                     if !c.buf.rbuf.is_empty() {
                         c.buf.rbuf.clear();
                         if let Role::Upstream(u) = &mut c.role {
-                            u.reusable = false;
+                            u.extra_data = true;
                         }
                     }
                     return;
@@ -1943,8 +1960,14 @@ impl Core {
 
     /// Parses the upstream response head. Returns whether to keep processing.
     fn response_head(&mut self, now: Time, id: ConnId, cid: ConnId) -> bool {
+        let max_requests = self.config.limits.client_keepalive_requests;
         let (method, client_version, client_ka, upgrade) = match self.client(cid) {
-            Some(cl) => (cl.ex.method, cl.ex.version, cl.ex.keep_alive, cl.ex.upgrade),
+            Some(cl) => (
+                cl.ex.method,
+                cl.ex.version,
+                cl.keep_alive_facts(max_requests, self.draining),
+                cl.ex.upgrade,
+            ),
             None => return false,
         };
         let Some(c) = self.conns.get_mut(id.index as usize) else {
@@ -1983,8 +2006,7 @@ impl Core {
             c.buf.rbuf.advance(self.head.len);
             return true;
         }
-        let reused =
-            matches!(&self.conns[id.index as usize].role, Role::Upstream(u) if u.requests > 1);
+        let reused = matches!(&self.conns[id.index as usize].role, Role::Upstream(u) if u.reused());
         if status == 408 && reused {
             // On a reused connection a 408 is the backend's idle timeout racing our request
             // (Node, HAProxy and others send one before closing), not an answer to it.
@@ -1997,24 +2019,18 @@ impl Core {
         }
         let tunnel = status == 101;
         let body = head.body;
-        // nginx's rule: only an HTTP/1.1 response leaves a reusable connection. An HTTP/1.0
-        // `Connection: keep-alive` is legal (RFC 9112 §9.3) but 1.0 servers that send it are the
-        // ones most likely to get persistence wrong, and nginx never pools them either.
-        let persistent = head.persistent() && head.version == Version::Http11 && !tunnel;
-        let ka_hint = head.keep_alive_timeout;
-        let out = match body {
-            // A HEAD response or a 304 keeps announcing the entity's length.
-            BodyKind::Empty if method == Method::Head || status == 304 => {
-                head.content_length.map_or(OutBody::None, OutBody::Length)
-            }
-            BodyKind::Empty => OutBody::None,
-            BodyKind::Length(n) => OutBody::Length(n),
-            BodyKind::Chunked | BodyKind::UntilClose if client_version == Version::Http11 => {
-                OutBody::Chunked
-            }
-            BodyKind::Chunked | BodyKind::UntilClose => OutBody::Close,
+        let facts = ResponseFacts {
+            http10: head.version == Version::Http10,
+            close: !head.persistent(),
+            close_delimited: body == BodyKind::UntilClose,
+            idle_hint: head.keep_alive_timeout.map(rules::keep_alive_hint),
         };
-        let close_client = !client_ka || out == OutBody::Close || self.draining;
+        let out =
+            rules::response_framing(body, head.content_length, method, status, client_version);
+        let close_client = !rules::client_keep_alive(&ClientFacts {
+            close_delimited: out == OutBody::Close,
+            ..client_ka
+        });
         // From here on the request can never be re-sent: let go of its replay copies, which
         // also lets the client's scratch buffer be reclaimed in place for the response head.
         if let Some(Role::Client(cl)) = conn_mut(&mut self.conns, cid).map(|c| &mut c.role) {
@@ -2045,21 +2061,12 @@ impl Core {
         let Role::Upstream(u) = &mut c.role else {
             return false;
         };
-        u.reusable = persistent && body != BodyKind::UntilClose;
-        if let Some(secs) = ka_hint {
-            let hint = Duration::from_secs(secs as u64).saturating_sub(KEEPALIVE_HINT_MARGIN);
-            u.idle_expires = now.plus(hint); // refined at checkin
-            if hint.is_zero() {
-                u.reusable = false;
-            }
-        } else {
-            u.idle_expires = Time(u64::MAX);
-        }
+        u.response = facts;
+        u.response_at = now;
         let (g, srv) = (u.group as usize, u.server);
         let idx = (srv - self.groups[g].first_server) as usize;
         if tunnel {
             u.state = UState::Tunnel;
-            u.reusable = false;
         }
         self.groups[g].balancer.success(now, idx);
         let Some(Role::Client(cl)) = conn_mut(&mut self.conns, cid).map(|c| &mut c.role) else {
@@ -2072,9 +2079,6 @@ impl Core {
         cl.ex.resp_in_chunked = body == BodyKind::Chunked;
         cl.ex.resp_out = out;
         cl.ex.resp = if tunnel { Resp::Tunnel } else { Resp::Body };
-        if close_client && !tunnel {
-            cl.ex.keep_alive = false;
-        }
         self.stats.responses[(status / 100) as usize % 6] += 1;
         self.push(now, cid, b);
         if tunnel {
@@ -2138,11 +2142,11 @@ impl Core {
             return;
         };
         let Some(cid) = u.client else {
-            self.close(id, false);
+            self.close_upstream(id, false, NotReusable::ClientAborted);
             return;
         };
         let Some(cl) = self.client(cid) else {
-            self.close(id, false);
+            self.close_upstream(id, false, NotReusable::ClientAborted);
             return;
         };
         if cl.ex.resp == Resp::Body {
@@ -2160,10 +2164,6 @@ impl Core {
                 if cl.ex.resp_out == OutBody::Chunked {
                     self.push(now, cid, Bytes::from_static(framing::LAST_CHUNK));
                 }
-                if let Some(Role::Upstream(u)) = conn_mut(&mut self.conns, id).map(|c| &mut c.role)
-                {
-                    u.reusable = false;
-                }
                 self.finish_response(now, id, cid);
                 return;
             }
@@ -2179,37 +2179,45 @@ impl Core {
         let g = u.group as usize;
         let gcfg = &self.config.upstreams[g];
         let req_done = self.client(cid).is_some_and(|cl| cl.ex.req_done);
-        let clean = u.reusable
-            && c.buf.rbuf.is_empty()
-            && c.buf.wq.is_empty()
-            && req_done
-            && u.sent_all
-            && !c.buf.read_closed
-            && !self.draining
-            && gcfg.keepalive > 0
-            && u.requests < gcfg.keepalive_requests
-            && now.since(u.created) < gcfg.keepalive_time;
+        let verdict = rules::upstream_reusable(&UpstreamFacts {
+            pooling: gcfg.keepalive > 0,
+            draining: self.draining,
+            response: u.response,
+            request_sent: req_done && u.sent_all && c.buf.wq.is_empty(),
+            extra_data: u.extra_data || !c.buf.rbuf.is_empty(),
+            peer_closed: c.buf.read_closed,
+            requests: u.requests,
+            max_requests: gcfg.keepalive_requests,
+            age: now.since(u.created),
+            max_age: gcfg.keepalive_time,
+        });
         let key = u.key;
+        // Idle until the first of: our keepalive_timeout, the backend's Keep-Alive hint, the
+        // connection's keepalive_time. The pool entry is the one record of it.
+        let hinted = match u.response.idle_hint {
+            Some(hint) => u.response_at.plus(hint),
+            None => Time(u64::MAX),
+        };
         let expires = now
             .plus(gcfg.keepalive_timeout)
-            .min(u.idle_expires)
+            .min(hinted)
             .min(u.created.plus(gcfg.keepalive_time));
         self.release_server(id);
-        if clean {
-            let Some(Role::Upstream(u)) = conn_mut(&mut self.conns, id).map(|c| &mut c.role) else {
-                return;
-            };
-            u.state = UState::Idle;
-            u.client = None;
-            u.idle_expires = expires;
-            self.stats.groups[g].pool_checkins += 1;
-            if let Some(evicted) = self.pool.checkin(now, key, g as u32, id, expires) {
-                self.stats.groups[g].evictions[EvictReason::Capacity as usize] += 1;
-                self.close(evicted, false);
+        match verdict {
+            Ok(()) => {
+                let Some(Role::Upstream(u)) = conn_mut(&mut self.conns, id).map(|c| &mut c.role)
+                else {
+                    return;
+                };
+                u.state = UState::Idle;
+                u.client = None;
+                self.stats.groups[g].pool_checkins += 1;
+                if let Some(evicted) = self.pool.checkin(now, key, g as u32, id, expires) {
+                    self.evict(evicted, false, EvictReason::Capacity);
+                }
+                touch(&mut self.touched, id);
             }
-            touch(&mut self.touched, id);
-        } else {
-            self.close(id, false);
+            Err(why) => self.close_upstream(id, false, why),
         }
         let Some(Role::Client(cl)) = conn_mut(&mut self.conns, cid).map(|c| &mut c.role) else {
             return;
@@ -2217,15 +2225,17 @@ impl Core {
         cl.ex.resp = Resp::Done;
         cl.ex.upstream = None;
         self.record(now, cid);
-        let Some(Role::Client(cl)) = conn_mut(&mut self.conns, cid).map(|c| &mut c.role) else {
+        let Some(cl) = self.client(cid) else {
             return;
         };
         if cl.ex.req_done {
-            self.end_exchange(now, cid);
+            let keep = rules::client_keep_alive(
+                &cl.keep_alive_facts(self.config.limits.client_keepalive_requests, self.draining),
+            );
+            self.end_exchange(now, cid, keep);
         } else {
             // The upstream answered before the request body was complete (e.g. 413): we will
             // not read the rest, so the connection cannot continue.
-            cl.ex.keep_alive = false;
             self.close_client_after_flush(now, cid, AfterFlush::Linger);
         }
     }
@@ -2236,21 +2246,20 @@ impl Core {
         let Some(c) = self.get(id) else { return };
         let Role::Upstream(u) = &c.role else { return };
         let (g, srv, written) = (u.group as usize, u.server, u.written);
-        let got_bytes = u.responded || !c.buf.rbuf.is_empty();
-        let was_reused = u.requests > 1;
+        let responded = u.responded || !c.buf.rbuf.is_empty();
+        let race = rules::keepalive_race(why, u.reused(), responded);
         let idx = self.index_in_group(g, srv);
-        let Some(cid) = u.client else {
-            self.close(id, true);
-            return;
-        };
+        let client = u.client;
         // Whatever was queued but never written can move to the next connection as is.
-        let unsent = if written == 0 && why != Failure::BadResponse {
+        let unsent = if client.is_some() && written == 0 && why != Failure::BadResponse {
             let c = conn_mut(&mut self.conns, id).expect("checked above");
             Some(core::mem::take(&mut c.buf.wq))
         } else {
             None
         };
-        self.close(id, why != Failure::BadResponse);
+        let reason = rules::failure_reason(why, race);
+        self.close_upstream(id, client.is_none() || why != Failure::BadResponse, reason);
+        let Some(cid) = client else { return };
         let Some(Role::Client(cl)) = conn_mut(&mut self.conns, cid).map(|c| &mut c.role) else {
             return;
         };
@@ -2263,61 +2272,44 @@ impl Core {
             self.close_client_after_flush(now, cid, AfterFlush::Reset);
             return;
         }
-        let idempotent = ex.method.is_idempotent();
-        let replayable = unsent.is_some() || ex.replayable;
-        let resend_ok = (idempotent || written == 0) && replayable;
-        // The keepalive race: the backend gave up on the idle connection as we reused it — it
-        // closed (EOF / reset before any response byte) or answered with its idle-timeout 408.
-        let race = match why {
-            Failure::Closed => was_reused && !got_bytes,
-            Failure::Reused408 => true,
-            _ => false,
-        };
-        let stale = race && !ex.stale_retried;
         let gcfg = &self.config.upstreams[g];
-        let tries_left = ex.tries < gcfg.next_upstream_tries.max(1);
-        let retry = if stale && resend_ok {
-            // The keepalive race: the backend closed an idle connection as we reused it. Not a
-            // sign of ill health; re-send once on a fresh connection to the same server.
-            ex.stale_retried = true;
-            ex.tries -= 1;
-            ex.tried &= !(1u64 << idx);
-            self.stats.groups[g].stale_retries += 1;
-            Some(true)
-        } else {
-            let counts = !race && why != Failure::Local;
-            if counts {
-                self.stats.servers[srv as usize].failures += 1;
-                self.groups[g].balancer.failure(now, idx);
-            }
-            let moves = match why {
-                Failure::ConnectFailed | Failure::ConnectTimeout => written == 0,
-                Failure::ReadTimeout => gcfg.next_upstream_on_timeout && idempotent && replayable,
-                _ => false,
-            };
-            if moves && tries_left {
-                self.stats.groups[g].next_upstream += 1;
-                Some(false)
-            } else {
-                None
-            }
-        };
-        let status = match why {
-            Failure::ConnectTimeout | Failure::ReadTimeout | Failure::SendTimeout => 504,
-            Failure::Local => 500,
-            _ => 502,
-        };
-        let Some(Role::Client(cl)) = conn_mut(&mut self.conns, cid).map(|c| &mut c.role) else {
-            return;
-        };
+        let retry = rules::retry(&Attempt {
+            why,
+            race,
+            stale_retried: ex.stale_retried,
+            written: written > 0,
+            replayable: unsent.is_some() || ex.replayable,
+            idempotent: ex.method.is_idempotent(),
+            tries: ex.tries,
+            max_tries: gcfg.next_upstream_tries,
+            next_on_timeout: gcfg.next_upstream_on_timeout,
+        });
         match retry {
-            Some(fresh) => {
-                cl.ex.status = status;
-                // Exactly the unsent bytes when nothing was written, else head + replay copy.
-                self.assign_upstream(now, cid, fresh, unsent);
+            Retry::Fresh => {
+                // Not a sign of ill health: re-send once on a fresh connection to the same
+                // server, as if this attempt had not happened.
+                ex.stale_retried = true;
+                ex.tries -= 1;
+                ex.tried &= !(1u64 << idx);
+                self.stats.groups[g].stale_retries += 1;
             }
-            None => self.client_error(now, cid, status),
+            Retry::Next => self.stats.groups[g].next_upstream += 1,
+            Retry::Answer => {}
         }
+        if retry != Retry::Fresh && rules::counts_against_server(why, race) {
+            self.stats.servers[srv as usize].failures += 1;
+            self.groups[g].balancer.failure(now, idx);
+        }
+        let status = rules::failure_status(why);
+        if retry == Retry::Answer {
+            self.client_error(now, cid, status);
+            return;
+        }
+        if let Some(Role::Client(cl)) = conn_mut(&mut self.conns, cid).map(|c| &mut c.role) {
+            cl.ex.status = status;
+        }
+        // Exactly the unsent bytes when nothing was written, else head + replay copy.
+        self.assign_upstream(now, cid, retry == Retry::Fresh, unsent);
     }
 }
 
