@@ -406,6 +406,34 @@ struct Conn {
     id: ConnId,
     buf: Buffers,
     role: Role,
+    /// What the armed timer of this connection is for (its time is in `Core::timers`).
+    deadline: Option<Deadline>,
+}
+
+/// What a connection's one armed deadline is for: chosen with it by `Core::deadline`, acted on
+/// by `Core::on_timeout`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Deadline {
+    /// The client has not read our output for `client_timeouts.send`.
+    ClientSend,
+    /// A request head (or a new connection's first byte) is late: `client_timeouts.header`.
+    ClientHeader,
+    /// Idle between requests for `client_timeouts.keepalive`.
+    ClientKeepalive,
+    /// The request body stalled for `client_timeouts.body`.
+    ClientBody,
+    /// Lingering after our last response for `client_timeouts.lingering`.
+    Lingering,
+    /// The upstream connect took `connect_timeout`.
+    Connect,
+    /// A pooled connection's idle expiry (held by its pool entry).
+    PoolIdle,
+    /// The backend has not read our request for `send_timeout`.
+    UpstreamSend,
+    /// The backend has not sent anything for `read_timeout` after the whole request went out.
+    UpstreamRead,
+    /// A tunnel saw no traffic in either direction for `read_timeout`.
+    TunnelIdle,
 }
 
 #[derive(Debug)]
@@ -641,6 +669,7 @@ impl Core {
         let id = self.insert(|id| Conn {
             id,
             buf: Buffers::new(now),
+            deadline: None,
             role: Role::Client(Client {
                 listener,
                 peer,
@@ -763,12 +792,20 @@ impl Core {
     /// Fires every deadline that is due at `now`.
     pub fn handle_timeout(&mut self, now: Time) {
         while let Some(slot) = self.timers.pop_expired(now) {
-            let Some(c) = self.conns.get(slot as usize) else {
+            let Some(c) = self.conns.get_mut(slot as usize) else {
                 continue;
             };
             let id = c.id;
+            let Some(kind) = c.deadline.take() else {
+                continue;
+            };
             touch(&mut self.touched, id);
-            self.on_timeout(now, id);
+            self.on_timeout(now, id, kind);
+            // What that changed re-arms now, so a deadline due at the same instant on another
+            // connection (its peer) fires for what that connection is doing now.
+            for i in 0..self.touched.len() {
+                self.arm(self.touched[i]);
+            }
         }
         self.sync(now);
     }
@@ -956,8 +993,7 @@ impl Core {
                     read: want,
                 });
             }
-            let deadline = self.deadline(id);
-            self.timers.set(id.index, deadline);
+            self.arm(id);
         }
         touched.clear();
         self.touched = touched;
@@ -999,58 +1035,81 @@ impl Core {
         })
     }
 
-    fn deadline(&self, id: ConnId) -> Option<Time> {
+    /// The deadline `id` is under now, with what it is for: the earliest of those its state
+    /// arms (the first considered wins a tie). The one place that decides both when a timer
+    /// fires and what firing means ([`Core::on_timeout`]).
+    fn deadline(&self, id: ConnId) -> Option<(Time, Deadline)> {
         let c = self.get(id)?;
         let t = &self.config.client_timeouts;
-        let mut d: Option<Time> = None;
-        let mut consider = |x: Time| d = Some(d.map_or(x, |y: Time| y.min(x)));
+        let mut d: Option<(Time, Deadline)> = None;
+        let mut consider = |at: Time, kind: Deadline| {
+            if d.is_none_or(|(earliest, _)| at < earliest) {
+                d = Some((at, kind));
+            }
+        };
         match &c.role {
             Role::Client(cl) => {
                 if !c.buf.wq.is_empty() {
-                    consider(c.buf.write_progress.plus(t.send));
+                    consider(c.buf.write_progress.plus(t.send), Deadline::ClientSend);
                 }
                 match cl.phase {
                     // A new connection owes us its first request within the header timeout
                     // (nginx's client_header_timeout); between requests keepalive applies.
-                    Phase::Idle if cl.requests == 0 => consider(cl.since.plus(t.header)),
+                    Phase::Idle if cl.requests == 0 => {
+                        consider(cl.since.plus(t.header), Deadline::ClientHeader)
+                    }
                     // Still writing the last response: only the send timeout applies.
                     Phase::Idle if !c.buf.wq.is_empty() => {}
-                    Phase::Idle => consider(cl.since.plus(t.keepalive)),
-                    Phase::Head => consider(cl.since.plus(t.header)),
+                    Phase::Idle => consider(cl.since.plus(t.keepalive), Deadline::ClientKeepalive),
+                    Phase::Head => consider(cl.since.plus(t.header), Deadline::ClientHeader),
                     Phase::Exchange => {
                         if !cl.ex.req_done && c.buf.reading {
-                            consider(cl.body_progress.plus(t.body));
+                            consider(cl.body_progress.plus(t.body), Deadline::ClientBody);
                         }
                     }
-                    Phase::Lingering => consider(cl.since.plus(t.lingering)),
+                    Phase::Lingering => consider(cl.since.plus(t.lingering), Deadline::Lingering),
                     Phase::Closing => {}
                 }
             }
             Role::Upstream(u) => {
                 let g = &self.config.upstreams[u.group as usize];
                 match u.state {
-                    UState::Connecting => consider(u.created.plus(g.connect_timeout)),
+                    UState::Connecting => {
+                        consider(u.created.plus(g.connect_timeout), Deadline::Connect)
+                    }
                     // The pool entry holds the idle expiry (checkout honours it too).
                     UState::Idle => {
                         if let Some(e) = self.pool.entry(id) {
-                            consider(e.expires);
+                            consider(e.expires, Deadline::PoolIdle);
                         }
                     }
                     UState::Active => {
                         if !c.buf.wq.is_empty() {
-                            consider(c.buf.write_progress.plus(g.send_timeout));
+                            let at = c.buf.write_progress.plus(g.send_timeout);
+                            consider(at, Deadline::UpstreamSend);
                         } else if u.sent_all && c.buf.reading {
-                            consider(u.read_progress.plus(g.read_timeout));
+                            let at = u.read_progress.plus(g.read_timeout);
+                            consider(at, Deadline::UpstreamRead);
                         }
                     }
                     UState::Tunnel => {
                         let last = u.read_progress.max(c.buf.write_progress);
-                        consider(last.plus(g.read_timeout));
+                        consider(last.plus(g.read_timeout), Deadline::TunnelIdle);
                     }
                 }
             }
         }
         d
+    }
+
+    /// Arms the timer of `id` for its current state, remembering what it is for.
+    fn arm(&mut self, id: ConnId) {
+        let deadline = self.deadline(id);
+        let Some(c) = conn_mut(&mut self.conns, id) else {
+            return;
+        };
+        c.deadline = deadline.map(|(_, kind)| kind);
+        self.timers.set(id.index, deadline.map(|(at, _)| at));
     }
 
     // ----- events -----
@@ -1266,63 +1325,46 @@ impl Core {
         }
     }
 
-    fn on_timeout(&mut self, now: Time, id: ConnId) {
+    /// The deadline `kind` armed for `id` passed.
+    fn on_timeout(&mut self, now: Time, id: ConnId, kind: Deadline) {
         let Some(c) = self.get(id) else { return };
-        let t = self.config.client_timeouts.clone();
-        match &c.role {
-            Role::Client(cl) => {
-                let send_expired = !c.buf.wq.is_empty() && c.buf.write_progress.plus(t.send) <= now;
-                if send_expired {
-                    // A client that stopped reading: give up on it (and on its upstream).
-                    if cl.phase == Phase::Exchange {
-                        self.abort_exchange(id);
-                    }
-                    self.close(id, true);
-                    return;
+        match (kind, &c.role) {
+            (Deadline::ClientSend, Role::Client(cl)) => {
+                // A client that stopped reading: give up on it (and on its upstream).
+                if cl.phase == Phase::Exchange {
+                    self.abort_exchange(id);
                 }
-                match cl.phase {
-                    Phase::Idle | Phase::Lingering => self.close(id, false),
-                    Phase::Head => {
-                        if c.buf.rbuf.is_empty() {
-                            self.close(id, false);
-                        } else {
-                            self.client_error(now, id, 408);
-                        }
-                    }
-                    Phase::Exchange => {
-                        if !cl.ex.req_done && cl.body_progress.plus(t.body) <= now {
-                            if cl.ex.resp_started {
-                                self.abort_exchange(id);
-                                self.close(id, true);
-                            } else {
-                                self.release_upstream_of(id);
-                                self.client_error(now, id, 408);
-                            }
-                        }
-                    }
-                    Phase::Closing => {}
+                self.close(id, true);
+            }
+            (Deadline::ClientHeader, _) => {
+                if c.buf.rbuf.is_empty() {
+                    self.close(id, false);
+                } else {
+                    self.client_error(now, id, 408);
                 }
             }
-            Role::Upstream(u) => {
-                let g = &self.config.upstreams[u.group as usize];
-                match u.state {
-                    UState::Connecting => self.upstream_failed(now, id, Failure::ConnectTimeout),
-                    UState::Idle => self.evict(id, false, EvictReason::IdleTimeout),
-                    UState::Active => {
-                        if !c.buf.wq.is_empty() && c.buf.write_progress.plus(g.send_timeout) <= now
-                        {
-                            self.upstream_failed(now, id, Failure::SendTimeout);
-                        } else if u.read_progress.plus(g.read_timeout) <= now {
-                            self.upstream_failed(now, id, Failure::ReadTimeout);
-                        }
-                    }
-                    UState::Tunnel => {
-                        if let Some(cl) = u.client {
-                            self.end_tunnel(cl);
-                        }
-                        self.close_upstream(id, false, NotReusable::Upgraded);
-                    }
+            (Deadline::ClientKeepalive | Deadline::Lingering, _) => self.close(id, false),
+            (Deadline::ClientBody, Role::Client(cl)) => {
+                if cl.ex.resp_started {
+                    self.abort_exchange(id);
+                    self.close(id, true);
+                } else {
+                    self.release_upstream_of(id);
+                    self.client_error(now, id, 408);
                 }
+            }
+            (Deadline::Connect, _) => self.upstream_failed(now, id, Failure::ConnectTimeout),
+            (Deadline::PoolIdle, _) => self.evict(id, false, EvictReason::IdleTimeout),
+            (Deadline::UpstreamSend, _) => self.upstream_failed(now, id, Failure::SendTimeout),
+            (Deadline::UpstreamRead, _) => self.upstream_failed(now, id, Failure::ReadTimeout),
+            (Deadline::TunnelIdle, Role::Upstream(u)) => {
+                if let Some(cl) = u.client {
+                    self.end_tunnel(cl);
+                }
+                self.close_upstream(id, false, NotReusable::Upgraded);
+            }
+            (Deadline::ClientSend | Deadline::ClientBody | Deadline::TunnelIdle, _) => {
+                debug_assert!(false, "{kind:?} armed for the other role");
             }
         }
     }
@@ -1646,6 +1688,7 @@ impl Core {
                 let uid = self.insert(|uid| Conn {
                     id: uid,
                     buf: Buffers::new(now),
+                    deadline: None,
                     role: Role::Upstream(Upstream {
                         server,
                         group: g as u32,
