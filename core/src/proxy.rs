@@ -401,6 +401,99 @@ enum Role {
     Upstream(Upstream),
 }
 
+/// The connections of one core: a slab of [`Conn`] whose ids carry a generation, so an id of a
+/// closed connection never reaches the connection that reuses its slot.
+#[derive(Debug, Default)]
+struct Table {
+    slab: Slab<Conn>,
+    /// Generation of the next connection in each slot.
+    generations: Vec<u32>,
+}
+
+impl Table {
+    fn insert(&mut self, make: impl FnOnce(ConnId) -> Conn) -> ConnId {
+        let entry = self.slab.vacant_entry();
+        let slot = entry.key();
+        if slot >= self.generations.len() {
+            self.generations.resize(slot + 1, 0);
+        }
+        let id = ConnId {
+            index: slot as u32,
+            generation: self.generations[slot],
+        };
+        entry.insert(make(id));
+        id
+    }
+
+    /// Forgets `id`; its slot's next connection gets a new generation.
+    fn remove(&mut self, id: ConnId) {
+        if self.get(id).is_some() {
+            self.slab.remove(id.index as usize);
+            let g = &mut self.generations[id.index as usize];
+            *g = g.wrapping_add(1);
+        }
+    }
+
+    fn get(&self, id: ConnId) -> Option<&Conn> {
+        self.slab.get(id.index as usize).filter(|c| c.id == id)
+    }
+
+    fn get_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
+        self.slab.get_mut(id.index as usize).filter(|c| c.id == id)
+    }
+
+    /// The connection in `slot`, whatever its generation (a timer names a slot).
+    fn at_slot_mut(&mut self, slot: u32) -> Option<&mut Conn> {
+        self.slab.get_mut(slot as usize)
+    }
+
+    /// Two distinct connections at once (a client and its upstream).
+    fn pair_mut(&mut self, a: ConnId, b: ConnId) -> Option<(&mut Conn, &mut Conn)> {
+        let (x, y) = self.slab.get2_mut(a.index as usize, b.index as usize)?;
+        (x.id == a && y.id == b).then_some((x, y))
+    }
+
+    fn client(&self, id: ConnId) -> Option<&Client> {
+        match &self.get(id)?.role {
+            Role::Client(c) => Some(c),
+            Role::Upstream(_) => None,
+        }
+    }
+
+    fn client_mut(&mut self, id: ConnId) -> Option<&mut Client> {
+        match &mut self.get_mut(id)?.role {
+            Role::Client(c) => Some(c),
+            Role::Upstream(_) => None,
+        }
+    }
+
+    fn upstream(&self, id: ConnId) -> Option<&Upstream> {
+        match &self.get(id)?.role {
+            Role::Upstream(u) => Some(u),
+            Role::Client(_) => None,
+        }
+    }
+
+    fn upstream_mut(&mut self, id: ConnId) -> Option<&mut Upstream> {
+        match &mut self.get_mut(id)?.role {
+            Role::Upstream(u) => Some(u),
+            Role::Client(_) => None,
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Conn> {
+        self.slab.iter().map(|(_, c)| c)
+    }
+
+    fn len(&self) -> usize {
+        self.slab.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.slab.is_empty()
+    }
+}
+
 #[derive(Debug)]
 struct Conn {
     id: ConnId,
@@ -450,8 +543,7 @@ pub struct Core {
     groups: Vec<Group>,
     servers: Vec<ServerId>,
     pool: Pool,
-    conns: Slab<Conn>,
-    generations: Vec<u32>,
+    conns: Table,
     timers: Timers,
     out: VecDeque<Output>,
     touched: Vec<ConnId>,
@@ -505,8 +597,7 @@ impl Core {
             router,
             groups,
             servers,
-            conns: Slab::new(),
-            generations: Vec::new(),
+            conns: Table::default(),
             timers: Timers::default(),
             out: VecDeque::new(),
             touched: Vec::new(),
@@ -570,7 +661,7 @@ impl Core {
     /// waiting idle) — nginx `stub_status`'s Reading / Writing / Waiting.
     pub fn client_activity(&self) -> (usize, usize, usize) {
         let (mut r, mut w, mut idle) = (0, 0, 0);
-        for (_, c) in &self.conns {
+        for c in self.conns.iter() {
             if let Role::Client(cl) = &c.role {
                 match cl.phase {
                     Phase::Idle => idle += 1,
@@ -614,7 +705,8 @@ impl Core {
 
     /// Bytes queued for `conn`, in order (empty for an unknown id).
     pub fn pending(&self, conn: ConnId) -> impl Iterator<Item = &[u8]> + '_ {
-        self.get(conn)
+        self.conns
+            .get(conn)
             .into_iter()
             .flat_map(|c| c.buf.wq.iter().map(|b| &b[..]))
     }
@@ -626,7 +718,7 @@ impl Core {
     /// [`Input::Appended`] before any other input for `conn`. `None` for an unknown
     /// connection.
     pub fn read_buffer(&mut self, conn: ConnId, want: usize) -> Option<&mut BytesMut> {
-        let c = conn_mut(&mut self.conns, conn)?;
+        let c = self.conns.get_mut(conn)?;
         c.buf.reserve_read(want);
         c.buf.lent_at = Some(c.buf.rbuf.len());
         Some(&mut c.buf.rbuf)
@@ -634,12 +726,12 @@ impl Core {
 
     /// Number of bytes queued for `conn`.
     pub fn pending_len(&self, conn: ConnId) -> usize {
-        self.get(conn).map_or(0, |c| c.buf.wq_len)
+        self.conns.get(conn).map_or(0, |c| c.buf.wq_len)
     }
 
     /// Whether `conn` is a live connection of this core.
     pub fn is_open(&self, conn: ConnId) -> bool {
-        self.get(conn).is_some()
+        self.conns.get(conn).is_some()
     }
 
     /// Whether `conn` is an idle connection in the pool.
@@ -666,7 +758,7 @@ impl Core {
         self.stats.accepted += 1;
         self.clients += 1;
         let peer_hash = hash_ip(self.seed, peer);
-        let id = self.insert(|id| Conn {
+        let id = self.conns.insert(|id| Conn {
             id,
             buf: Buffers::new(now),
             deadline: None,
@@ -690,7 +782,7 @@ impl Core {
     pub fn handle(&mut self, now: Time, input: Input<'_>) {
         match input {
             Input::Received { conn, data } => {
-                let Some(c) = conn_mut(&mut self.conns, conn) else {
+                let Some(c) = self.conns.get_mut(conn) else {
                     return;
                 };
                 if data.is_empty() {
@@ -701,7 +793,7 @@ impl Core {
                 self.on_readable(now, conn);
             }
             Input::Appended { conn, n } => {
-                let Some(c) = conn_mut(&mut self.conns, conn) else {
+                let Some(c) = self.conns.get_mut(conn) else {
                     return;
                 };
                 // Only what `read_buffer` handed out may have been appended: anything else
@@ -717,7 +809,7 @@ impl Core {
                 self.on_readable(now, conn);
             }
             Input::ReadClosed { conn } => {
-                let Some(c) = conn_mut(&mut self.conns, conn) else {
+                let Some(c) = self.conns.get_mut(conn) else {
                     return;
                 };
                 c.buf.read_closed = true;
@@ -725,13 +817,13 @@ impl Core {
                 self.on_read_closed(now, conn);
             }
             Input::Errored { conn } => {
-                if self.get(conn).is_none() {
+                if self.conns.get(conn).is_none() {
                     return;
                 }
                 self.on_error(now, conn);
             }
             Input::Written { conn, n } => {
-                let Some(c) = conn_mut(&mut self.conns, conn) else {
+                let Some(c) = self.conns.get_mut(conn) else {
                     return;
                 };
                 c.buf.advance(now, n);
@@ -742,7 +834,7 @@ impl Core {
                 self.on_written(now, conn);
             }
             Input::Connected { conn } => {
-                let Some(c) = conn_mut(&mut self.conns, conn) else {
+                let Some(c) = self.conns.get_mut(conn) else {
                     return;
                 };
                 if let Role::Upstream(u) = &mut c.role
@@ -768,7 +860,9 @@ impl Core {
                 }
             }
             Input::ConnectFailed { conn } => {
-                let Some(c) = self.get(conn) else { return };
+                let Some(c) = self.conns.get(conn) else {
+                    return;
+                };
                 if let Role::Upstream(u) = &c.role
                     && u.state == UState::Connecting
                 {
@@ -778,7 +872,9 @@ impl Core {
                 }
             }
             Input::ConnectAborted { conn } => {
-                let Some(c) = self.get(conn) else { return };
+                let Some(c) = self.conns.get(conn) else {
+                    return;
+                };
                 if let Role::Upstream(u) = &c.role
                     && u.state == UState::Connecting
                 {
@@ -792,7 +888,7 @@ impl Core {
     /// Fires every deadline that is due at `now`.
     pub fn handle_timeout(&mut self, now: Time) {
         while let Some(slot) = self.timers.pop_expired(now) {
-            let Some(c) = self.conns.get_mut(slot as usize) else {
+            let Some(c) = self.conns.at_slot_mut(slot) else {
                 continue;
             };
             let id = c.id;
@@ -823,11 +919,11 @@ impl Core {
         let clients: Vec<ConnId> = self
             .conns
             .iter()
-            .filter(|(_, c)| matches!(c.role, Role::Client(_)))
-            .map(|(_, c)| c.id)
+            .filter(|c| matches!(c.role, Role::Client(_)))
+            .map(|c| c.id)
             .collect();
         for id in clients {
-            let Some(c) = conn_mut(&mut self.conns, id) else {
+            let Some(c) = self.conns.get_mut(id) else {
                 continue;
             };
             let Role::Client(cl) = &mut c.role else {
@@ -853,31 +949,6 @@ impl Core {
 
     // ----- connection table -----
 
-    fn insert(&mut self, make: impl FnOnce(ConnId) -> Conn) -> ConnId {
-        let entry = self.conns.vacant_entry();
-        let slot = entry.key();
-        if slot >= self.generations.len() {
-            self.generations.resize(slot + 1, 0);
-        }
-        let id = ConnId {
-            index: slot as u32,
-            generation: self.generations[slot],
-        };
-        entry.insert(make(id));
-        id
-    }
-
-    fn get(&self, id: ConnId) -> Option<&Conn> {
-        self.conns.get(id.index as usize).filter(|c| c.id == id)
-    }
-
-    fn client(&self, id: ConnId) -> Option<&Client> {
-        match &self.get(id)?.role {
-            Role::Client(c) => Some(c),
-            Role::Upstream(_) => None,
-        }
-    }
-
     /// Index within group `g` of the server with global index `global`.
     fn index_in_group(&self, g: usize, global: u32) -> usize {
         (global - self.groups[g].first_server) as usize
@@ -887,7 +958,7 @@ impl Core {
     /// The one place that undoes `Balancer::acquire`: called when the response is done and by
     /// every close, so no path can leak an active count.
     fn release_server(&mut self, id: ConnId) {
-        let Some(Role::Upstream(u)) = conn_mut(&mut self.conns, id).map(|c| &mut c.role) else {
+        let Some(u) = self.conns.upstream_mut(id) else {
             return;
         };
         if core::mem::take(&mut u.acquired) {
@@ -899,7 +970,7 @@ impl Core {
 
     /// Closes an idle pooled connection, counting why it leaves the pool.
     fn evict(&mut self, id: ConnId, reset: bool, why: EvictReason) {
-        if let Some(Role::Upstream(u)) = conn_mut(&mut self.conns, id).map(|c| &c.role) {
+        if let Some(Role::Upstream(u)) = self.conns.get_mut(id).map(|c| &c.role) {
             debug_assert_eq!(u.state, UState::Idle, "only idle connections are evicted");
             self.stats.groups[u.group as usize].evictions[why as usize] += 1;
         }
@@ -908,7 +979,7 @@ impl Core {
 
     /// Closes an upstream connection that carried a request instead of pooling it, counting why.
     fn close_upstream(&mut self, id: ConnId, reset: bool, why: NotReusable) {
-        if let Some(Role::Upstream(u)) = conn_mut(&mut self.conns, id).map(|c| &c.role) {
+        if let Some(Role::Upstream(u)) = self.conns.get_mut(id).map(|c| &c.role) {
             debug_assert_ne!(u.state, UState::Idle, "idle connections are evicted");
             self.stats.groups[u.group as usize].not_reused[why as usize] += 1;
         }
@@ -919,21 +990,19 @@ impl Core {
     /// through [`Core::evict`] or [`Core::close_upstream`], which count why.
     fn close(&mut self, id: ConnId, reset: bool) {
         self.release_server(id);
-        let Some(c) = self.get(id) else { return };
+        let Some(c) = self.conns.get(id) else { return };
         if matches!(c.role, Role::Client(_)) {
             self.clients -= 1;
         }
         self.pool.remove(id);
         self.timers.set(id.index, None);
-        self.conns.remove(id.index as usize);
-        let g = &mut self.generations[id.index as usize];
-        *g = g.wrapping_add(1);
+        self.conns.remove(id);
         self.out.push_back(Output::Close { conn: id, reset });
     }
 
     /// Emits a Write for `id` if it has output, can write, and was not told already.
     fn signal_write(&mut self, id: ConnId) {
-        let Some(c) = conn_mut(&mut self.conns, id) else {
+        let Some(c) = self.conns.get_mut(id) else {
             return;
         };
         if c.buf.wq.is_empty() || c.buf.write_signalled {
@@ -949,7 +1018,7 @@ impl Core {
     }
 
     fn push(&mut self, now: Time, id: ConnId, b: Bytes) {
-        if let Some(c) = conn_mut(&mut self.conns, id) {
+        if let Some(c) = self.conns.get_mut(id) {
             if let Role::Client(cl) = &mut c.role {
                 cl.ex.bytes_sent += b.len() as u64;
             }
@@ -966,14 +1035,14 @@ impl Core {
             self.drive_client(now, id);
             // A client that already sent EOF: the request just started from its buffer may
             // be all it will ever send — relay, then finish or abandon it as an EOF would.
-            if self.get(id).is_some_and(|c| c.buf.read_closed) {
+            if self.conns.get(id).is_some_and(|c| c.buf.read_closed) {
                 self.on_read_closed(now, id);
             }
         }
         let mut touched = core::mem::take(&mut self.touched);
         for &id in &touched {
             let want = self.wants_read(id);
-            let Some(c) = conn_mut(&mut self.conns, id) else {
+            let Some(c) = self.conns.get_mut(id) else {
                 continue;
             };
             if let Some(want) = want
@@ -1000,7 +1069,7 @@ impl Core {
     }
 
     fn wants_read(&self, id: ConnId) -> Option<bool> {
-        let c = self.get(id)?;
+        let c = self.conns.get(id)?;
         if c.buf.read_closed {
             return Some(false);
         }
@@ -1013,7 +1082,7 @@ impl Core {
                     let peer_full = cl
                         .ex
                         .upstream
-                        .and_then(|u| self.get(u))
+                        .and_then(|u| self.conns.get(u))
                         .is_some_and(|u| u.buf.wq_len >= hw);
                     if cl.ex.resp == Resp::Tunnel || !cl.ex.req_done {
                         !peer_full
@@ -1029,7 +1098,7 @@ impl Core {
                 UState::Idle => true,
                 UState::Active | UState::Tunnel => u
                     .client
-                    .and_then(|cl| self.get(cl))
+                    .and_then(|cl| self.conns.get(cl))
                     .is_none_or(|cl| cl.buf.wq_len < hw),
             },
         })
@@ -1039,7 +1108,7 @@ impl Core {
     /// arms (the first considered wins a tie). The one place that decides both when a timer
     /// fires and what firing means ([`Core::on_timeout`]).
     fn deadline(&self, id: ConnId) -> Option<(Time, Deadline)> {
-        let c = self.get(id)?;
+        let c = self.conns.get(id)?;
         let t = &self.config.client_timeouts;
         let mut d: Option<(Time, Deadline)> = None;
         let mut consider = |at: Time, kind: Deadline| {
@@ -1105,7 +1174,7 @@ impl Core {
     /// Arms the timer of `id` for its current state, remembering what it is for.
     fn arm(&mut self, id: ConnId) {
         let deadline = self.deadline(id);
-        let Some(c) = conn_mut(&mut self.conns, id) else {
+        let Some(c) = self.conns.get_mut(id) else {
             return;
         };
         c.deadline = deadline.map(|(_, kind)| kind);
@@ -1115,7 +1184,7 @@ impl Core {
     // ----- events -----
 
     fn on_readable(&mut self, now: Time, id: ConnId) {
-        let Some(c) = conn_mut(&mut self.conns, id) else {
+        let Some(c) = self.conns.get_mut(id) else {
             return;
         };
         match &mut c.role {
@@ -1141,7 +1210,7 @@ impl Core {
     }
 
     fn on_read_closed(&mut self, now: Time, id: ConnId) {
-        let Some(c) = self.get(id) else { return };
+        let Some(c) = self.conns.get(id) else { return };
         match &c.role {
             Role::Client(cl) => match cl.phase {
                 // Nothing more is owed (a partial head is abandoned by the client itself), but
@@ -1161,7 +1230,7 @@ impl Core {
                         if self.defer_eof(id) {
                             return;
                         }
-                        if let Some(cl) = self.client(id)
+                        if let Some(cl) = self.conns.client(id)
                             && cl.phase == Phase::Exchange
                             && !cl.ex.req_done
                         {
@@ -1196,7 +1265,7 @@ impl Core {
     }
 
     fn on_error(&mut self, now: Time, id: ConnId) {
-        let Some(c) = self.get(id) else { return };
+        let Some(c) = self.conns.get(id) else { return };
         match &c.role {
             Role::Client(cl) => {
                 if cl.phase == Phase::Exchange {
@@ -1223,7 +1292,7 @@ impl Core {
     }
 
     fn on_written(&mut self, now: Time, id: ConnId) {
-        let Some(c) = conn_mut(&mut self.conns, id) else {
+        let Some(c) = self.conns.get_mut(id) else {
             return;
         };
         // Our output shrank: the other side may be read again (its interest is re-evaluated).
@@ -1249,7 +1318,7 @@ impl Core {
             if below {
                 // The peer may have input waiting that backpressure held back — perhaps
                 // followed by an EOF we deferred until that input was relayed.
-                let deferred = self.get(p).is_some_and(|pc| pc.buf.eof_deferred);
+                let deferred = self.conns.get(p).is_some_and(|pc| pc.buf.eof_deferred);
                 if deferred {
                     self.on_read_closed(now, p);
                 } else if is_client {
@@ -1259,7 +1328,7 @@ impl Core {
                 }
             }
         }
-        if !empty || self.get(id).is_none() {
+        if !empty || self.conns.get(id).is_none() {
             return;
         }
         if after == AfterFlush::Keep {
@@ -1273,7 +1342,7 @@ impl Core {
 
     /// The write queue of `id` is empty and it was to close afterwards: do so.
     fn flushed(&mut self, now: Time, id: ConnId) {
-        let Some(c) = self.get(id) else { return };
+        let Some(c) = self.conns.get(id) else { return };
         let reset = match c.buf.after_flush {
             AfterFlush::Keep => return,
             AfterFlush::Linger => return self.start_linger(now, id),
@@ -1292,16 +1361,18 @@ impl Core {
     /// replays it): acting on it now would cut short a message that arrived whole.
     fn defer_eof(&mut self, id: ConnId) -> bool {
         let hw = self.config.limits.write_high_water;
-        let Some(c) = self.get(id) else { return false };
+        let Some(c) = self.conns.get(id) else {
+            return false;
+        };
         let peer = match &c.role {
             Role::Client(cl) => cl.ex.upstream,
             Role::Upstream(u) => u.client,
         };
         let blocked = !c.buf.rbuf.is_empty()
             && peer
-                .and_then(|p| self.get(p))
+                .and_then(|p| self.conns.get(p))
                 .is_some_and(|p| p.buf.wq_len >= hw);
-        if let Some(c) = conn_mut(&mut self.conns, id) {
+        if let Some(c) = self.conns.get_mut(id) {
             c.buf.eof_deferred = blocked;
         }
         blocked
@@ -1309,15 +1380,15 @@ impl Core {
 
     /// Marks the request as fully written once the client's body is complete and the queue empty.
     fn request_maybe_sent(&mut self, now: Time, id: ConnId) {
-        let Some(c) = self.get(id) else { return };
+        let Some(c) = self.conns.get(id) else { return };
         let Role::Upstream(u) = &c.role else { return };
         if u.sent_all || !c.buf.wq.is_empty() || u.state != UState::Active {
             return;
         }
         let Some(cl) = u.client else { return };
-        let req_done = self.client(cl).is_some_and(|cl| cl.ex.req_done);
+        let req_done = self.conns.client(cl).is_some_and(|cl| cl.ex.req_done);
         if req_done {
-            if let Some(Role::Upstream(u)) = conn_mut(&mut self.conns, id).map(|c| &mut c.role) {
+            if let Some(u) = self.conns.upstream_mut(id) {
                 u.sent_all = true;
                 u.read_progress = now;
             }
@@ -1327,7 +1398,7 @@ impl Core {
 
     /// The deadline `kind` armed for `id` passed.
     fn on_timeout(&mut self, now: Time, id: ConnId, kind: Deadline) {
-        let Some(c) = self.get(id) else { return };
+        let Some(c) = self.conns.get(id) else { return };
         match (kind, &c.role) {
             (Deadline::ClientSend, Role::Client(cl)) => {
                 // A client that stopped reading: give up on it (and on its upstream).
@@ -1374,7 +1445,7 @@ impl Core {
     /// Processes whatever the client's read buffer holds, as far as the current state allows.
     fn drive_client(&mut self, now: Time, id: ConnId) {
         loop {
-            let Some(c) = conn_mut(&mut self.conns, id) else {
+            let Some(c) = self.conns.get_mut(id) else {
                 return;
             };
             let Role::Client(cl) = &mut c.role else {
@@ -1426,7 +1497,7 @@ impl Core {
 
     /// Parses a request head and starts its exchange. Returns whether to keep processing.
     fn start_exchange(&mut self, now: Time, id: ConnId) -> bool {
-        let Some(c) = self.conns.get_mut(id.index as usize) else {
+        let Some(c) = self.conns.get_mut(id) else {
             return false;
         };
         let parsed = self.head.parse_request(&c.buf.rbuf, &self.limits);
@@ -1516,7 +1587,7 @@ impl Core {
         let hw = self.config.limits.write_high_water;
         let max_body = self.config.limits.max_body;
         loop {
-            let Some(c) = self.conns.get_mut(id.index as usize) else {
+            let Some(c) = self.conns.get_mut(id) else {
                 return false;
             };
             let Role::Client(cl) = &mut c.role else {
@@ -1525,14 +1596,11 @@ impl Core {
             let ex = &mut cl.ex;
             let upstream = ex.upstream;
             if let Some(u) = upstream
-                && self
-                    .conns
-                    .get(u.index as usize)
-                    .is_some_and(|u| u.buf.wq_len >= hw)
+                && self.conns.get(u).is_some_and(|u| u.buf.wq_len >= hw)
             {
                 return false;
             }
-            let Some(c) = self.conns.get_mut(id.index as usize) else {
+            let Some(c) = self.conns.get_mut(id) else {
                 return false;
             };
             let Role::Client(cl) = &mut c.role else {
@@ -1617,7 +1685,7 @@ impl Core {
         force_fresh: bool,
         queued: Option<VecDeque<Bytes>>,
     ) {
-        let Some(Role::Client(cl)) = self.get(id).map(|c| &c.role) else {
+        let Some(cl) = self.conns.client(id) else {
             return;
         };
         let (g, hash, tried, last_status) = (
@@ -1651,7 +1719,7 @@ impl Core {
         for c in expired {
             self.evict(c, false, EvictReason::IdleTimeout);
         }
-        let Some(c) = self.conns.get_mut(id.index as usize) else {
+        let Some(c) = self.conns.get_mut(id) else {
             return;
         };
         let Role::Client(cl) = &mut c.role else {
@@ -1667,7 +1735,7 @@ impl Core {
             Some(uid) => {
                 self.stats.groups[g].pool_hits += 1;
                 self.stats.servers[server as usize].requests += 1;
-                let u = conn_mut(&mut self.conns, uid).expect("pooled connection is open");
+                let u = self.conns.get_mut(uid).expect("pooled connection is open");
                 let Role::Upstream(up) = &mut u.role else {
                     unreachable!("pool holds upstreams")
                 };
@@ -1685,7 +1753,7 @@ impl Core {
             None => {
                 self.stats.groups[g].pool_misses += 1;
                 self.stats.servers[server as usize].connects += 1;
-                let uid = self.insert(|uid| Conn {
+                let uid = self.conns.insert(|uid| Conn {
                     id: uid,
                     buf: Buffers::new(now),
                     deadline: None,
@@ -1715,26 +1783,25 @@ impl Core {
             }
         };
         let mut reused = false;
-        if let Some(Role::Upstream(u)) = conn_mut(&mut self.conns, uid).map(|c| &mut c.role) {
+        if let Some(u) = self.conns.upstream_mut(uid) {
             u.requests += 1;
             reused = u.reused();
         }
-        if let Some(Role::Client(cl)) = conn_mut(&mut self.conns, id).map(|c| &mut c.role) {
+        if let Some(cl) = self.conns.client_mut(id) {
             cl.ex.upstream = Some(uid);
             cl.ex.reused = reused;
         }
         touch(&mut self.touched, uid);
         match queued {
             Some(bytes) => {
-                if let Some(u) = conn_mut(&mut self.conns, uid) {
+                if let Some(u) = self.conns.get_mut(uid) {
                     for b in bytes {
                         u.buf.push(now, b);
                     }
                 }
             }
             None => {
-                let Some((c, u)) = self.conns.get2_mut(id.index as usize, uid.index as usize)
-                else {
+                let Some((c, u)) = self.conns.pair_mut(id, uid) else {
                     return;
                 };
                 let Role::Client(cl) = &c.role else { return };
@@ -1753,7 +1820,7 @@ impl Core {
     /// Queues a response the proxy generates itself and ends the exchange. The connection stays
     /// open only when the request was fully read and the client allows it.
     fn client_error(&mut self, now: Time, id: ConnId, status: u16) {
-        let Some(c) = conn_mut(&mut self.conns, id) else {
+        let Some(c) = self.conns.get_mut(id) else {
             return;
         };
         let Role::Client(cl) = &mut c.role else {
@@ -1802,7 +1869,7 @@ impl Core {
         let b = c.buf.take_scratch();
         self.stats.responses[(status / 100) as usize % 6] += 1;
         self.stats.local_responses += 1;
-        if let Some(Role::Client(cl)) = conn_mut(&mut self.conns, id).map(|c| &mut c.role) {
+        if let Some(cl) = self.conns.client_mut(id) {
             cl.ex.status = status;
             cl.ex.resp = Resp::Done;
             cl.ex.response_at = Some(now);
@@ -1819,7 +1886,7 @@ impl Core {
     /// The client gets no more from us: close once the queue is flushed, lingering if unread
     /// input may follow (so it reads our response instead of a reset).
     fn close_client_after_flush(&mut self, now: Time, id: ConnId, how: AfterFlush) {
-        let Some(c) = conn_mut(&mut self.conns, id) else {
+        let Some(c) = self.conns.get_mut(id) else {
             return;
         };
         let Role::Client(cl) = &mut c.role else {
@@ -1840,7 +1907,7 @@ impl Core {
     }
 
     fn start_linger(&mut self, now: Time, id: ConnId) {
-        let Some(c) = conn_mut(&mut self.conns, id) else {
+        let Some(c) = self.conns.get_mut(id) else {
             return;
         };
         // Only clients linger (see `close_client_after_flush`).
@@ -1858,7 +1925,9 @@ impl Core {
         if !self.record_exchanges {
             return;
         }
-        let Some(cl) = self.client(id) else { return };
+        let Some(cl) = self.conns.client(id) else {
+            return;
+        };
         let ex = &cl.ex;
         let request = ex.request.clone();
         let info = ExchangeInfo {
@@ -1881,7 +1950,7 @@ impl Core {
     /// The response is fully queued and the request fully read: next request if `keep` (the
     /// verdict of [`rules::client_keep_alive`]), or close.
     fn end_exchange(&mut self, now: Time, id: ConnId, keep: bool) {
-        let Some(c) = conn_mut(&mut self.conns, id) else {
+        let Some(c) = self.conns.get_mut(id) else {
             return;
         };
         let Role::Client(cl) = &mut c.role else {
@@ -1917,7 +1986,7 @@ impl Core {
     /// Detaches the current upstream connection from client `id` and closes it (it is mid-
     /// exchange, so never pooled).
     fn release_upstream_of(&mut self, id: ConnId) {
-        let Some(Role::Client(cl)) = conn_mut(&mut self.conns, id).map(|c| &mut c.role) else {
+        let Some(cl) = self.conns.client_mut(id) else {
             return;
         };
         let Some(u) = cl.ex.upstream.take() else {
@@ -1927,12 +1996,12 @@ impl Core {
     }
 
     fn end_tunnel(&mut self, client: ConnId) {
-        let u = match self.get(client).map(|c| &c.role) {
+        let u = match self.conns.get(client).map(|c| &c.role) {
             Some(Role::Client(cl)) => cl.ex.upstream,
             _ => None,
         };
         for id in [Some(client), u].into_iter().flatten() {
-            let Some(c) = conn_mut(&mut self.conns, id) else {
+            let Some(c) = self.conns.get_mut(id) else {
                 continue;
             };
             c.buf.after_flush = AfterFlush::Close;
@@ -1953,7 +2022,7 @@ impl Core {
 
     fn drive_upstream(&mut self, now: Time, id: ConnId) {
         loop {
-            let Some(c) = self.conns.get_mut(id.index as usize) else {
+            let Some(c) = self.conns.get_mut(id) else {
                 return;
             };
             let Role::Upstream(u) = &mut c.role else {
@@ -1969,7 +2038,7 @@ impl Core {
                 self.push(now, cid, data);
                 return;
             }
-            let Some(Role::Client(cl)) = self.conns.get(cid.index as usize).map(|c| &c.role) else {
+            let Some(Role::Client(cl)) = self.conns.get(cid).map(|c| &c.role) else {
                 self.close_upstream(id, true, NotReusable::ClientAborted);
                 return;
             };
@@ -1986,7 +2055,7 @@ impl Core {
                 }
                 Resp::Tunnel | Resp::Done => {
                     // Bytes after a complete response: the connection is not reusable.
-                    let Some(c) = conn_mut(&mut self.conns, id) else {
+                    let Some(c) = self.conns.get_mut(id) else {
                         return;
                     };
                     if !c.buf.rbuf.is_empty() {
@@ -2004,7 +2073,7 @@ impl Core {
     /// Parses the upstream response head. Returns whether to keep processing.
     fn response_head(&mut self, now: Time, id: ConnId, cid: ConnId) -> bool {
         let max_requests = self.config.limits.client_keepalive_requests;
-        let (method, client_version, client_ka, upgrade) = match self.client(cid) {
+        let (method, client_version, client_ka, upgrade) = match self.conns.client(cid) {
             Some(cl) => (
                 cl.ex.method,
                 cl.ex.version,
@@ -2013,7 +2082,7 @@ impl Core {
             ),
             None => return false,
         };
-        let Some(c) = self.conns.get_mut(id.index as usize) else {
+        let Some(c) = self.conns.get_mut(id) else {
             return false;
         };
         let parsed = self.head.parse_response(&c.buf.rbuf, method, &self.limits);
@@ -2031,8 +2100,7 @@ impl Core {
             // Interim responses: forward to HTTP/1.1 clients (103 Early Hints...), except 100,
             // which only our own Expect handling could have asked for.
             if status != 100 && client_version == Version::Http11 {
-                let Some((c, cc)) = self.conns.get2_mut(id.index as usize, cid.index as usize)
-                else {
+                let Some((c, cc)) = self.conns.pair_mut(id, cid) else {
                     return false;
                 };
                 framing::write_informational(
@@ -2043,13 +2111,13 @@ impl Core {
                 let b = cc.buf.take_scratch();
                 self.push(now, cid, b);
             }
-            let Some(c) = self.conns.get_mut(id.index as usize) else {
+            let Some(c) = self.conns.get_mut(id) else {
                 return false;
             };
             c.buf.rbuf.advance(self.head.len);
             return true;
         }
-        let reused = matches!(&self.conns[id.index as usize].role, Role::Upstream(u) if u.reused());
+        let reused = self.conns.upstream(id).is_some_and(Upstream::reused);
         if status == 408 && reused {
             // On a reused connection a 408 is the backend's idle timeout racing our request
             // (Node, HAProxy and others send one before closing), not an answer to it.
@@ -2076,7 +2144,7 @@ impl Core {
         });
         // From here on the request can never be re-sent: let go of its replay copies, which
         // also lets the client's scratch buffer be reclaimed in place for the response head.
-        if let Some(Role::Client(cl)) = conn_mut(&mut self.conns, cid).map(|c| &mut c.role) {
+        if let Some(cl) = self.conns.client_mut(cid) {
             cl.ex.req_head = Bytes::new();
             cl.ex.replay.clear();
             cl.ex.replayable = false;
@@ -2089,7 +2157,7 @@ impl Core {
             upgrade: tunnel,
             via: self.config.headers.via.as_deref(),
         };
-        let Some((c, cc)) = self.conns.get2_mut(id.index as usize, cid.index as usize) else {
+        let Some((c, cc)) = self.conns.pair_mut(id, cid) else {
             return false;
         };
         framing::write_response_head(
@@ -2112,7 +2180,7 @@ impl Core {
             u.state = UState::Tunnel;
         }
         self.groups[g].balancer.success(now, idx);
-        let Some(Role::Client(cl)) = conn_mut(&mut self.conns, cid).map(|c| &mut c.role) else {
+        let Some(cl) = self.conns.client_mut(cid) else {
             return false;
         };
         cl.ex.status = status;
@@ -2127,13 +2195,13 @@ impl Core {
         if tunnel {
             // Bytes the client sent after its upgrade request belong to the new protocol.
             touch(&mut self.touched, cid);
-            if let Some(cc) = conn_mut(&mut self.conns, cid)
+            if let Some(cc) = self.conns.get_mut(cid)
                 && !cc.buf.rbuf.is_empty()
             {
                 let data = cc.buf.rbuf.split().freeze();
                 self.push(now, id, data);
             }
-            if let Some(Role::Client(cl)) = conn_mut(&mut self.conns, cid).map(|c| &mut c.role) {
+            if let Some(cl) = self.conns.client_mut(cid) {
                 cl.ex.req_done = true;
             }
         }
@@ -2144,10 +2212,10 @@ impl Core {
     fn relay_response_body(&mut self, now: Time, id: ConnId, cid: ConnId) -> bool {
         let hw = self.config.limits.write_high_water;
         loop {
-            if self.get(cid).is_none_or(|c| c.buf.wq_len >= hw) {
+            if self.conns.get(cid).is_none_or(|c| c.buf.wq_len >= hw) {
                 return false;
             }
-            let Some((c, cc)) = self.conns.get2_mut(id.index as usize, cid.index as usize) else {
+            let Some((c, cc)) = self.conns.pair_mut(id, cid) else {
                 return false;
             };
             let Role::Client(cl) = &mut cc.role else {
@@ -2181,14 +2249,14 @@ impl Core {
     }
 
     fn upstream_eof(&mut self, now: Time, id: ConnId) {
-        let Some(Role::Upstream(u)) = self.get(id).map(|c| &c.role) else {
+        let Some(u) = self.conns.upstream(id) else {
             return;
         };
         let Some(cid) = u.client else {
             self.close_upstream(id, false, NotReusable::ClientAborted);
             return;
         };
-        let Some(cl) = self.client(cid) else {
+        let Some(cl) = self.conns.client(cid) else {
             self.close_upstream(id, false, NotReusable::ClientAborted);
             return;
         };
@@ -2198,8 +2266,10 @@ impl Core {
             if self.defer_eof(id) {
                 return;
             }
-            let Some(cl) = self.client(cid) else { return };
-            if cl.ex.resp != Resp::Body || self.get(id).is_none() {
+            let Some(cl) = self.conns.client(cid) else {
+                return;
+            };
+            if cl.ex.resp != Resp::Body || self.conns.get(id).is_none() {
                 return;
             }
             if cl.ex.resp_decoder.on_eof().is_ok() {
@@ -2217,11 +2287,11 @@ impl Core {
     /// The response is fully relayed: pool or close the upstream connection, then end the
     /// exchange if the request side is done too.
     fn finish_response(&mut self, now: Time, id: ConnId, cid: ConnId) {
-        let Some(c) = self.get(id) else { return };
+        let Some(c) = self.conns.get(id) else { return };
         let Role::Upstream(u) = &c.role else { return };
         let g = u.group as usize;
         let gcfg = &self.config.upstreams[g];
-        let req_done = self.client(cid).is_some_and(|cl| cl.ex.req_done);
+        let req_done = self.conns.client(cid).is_some_and(|cl| cl.ex.req_done);
         let verdict = rules::upstream_reusable(&UpstreamFacts {
             pooling: gcfg.keepalive > 0,
             draining: self.draining,
@@ -2248,8 +2318,7 @@ impl Core {
         self.release_server(id);
         match verdict {
             Ok(()) => {
-                let Some(Role::Upstream(u)) = conn_mut(&mut self.conns, id).map(|c| &mut c.role)
-                else {
+                let Some(u) = self.conns.upstream_mut(id) else {
                     return;
                 };
                 u.state = UState::Idle;
@@ -2262,13 +2331,13 @@ impl Core {
             }
             Err(why) => self.close_upstream(id, false, why),
         }
-        let Some(Role::Client(cl)) = conn_mut(&mut self.conns, cid).map(|c| &mut c.role) else {
+        let Some(cl) = self.conns.client_mut(cid) else {
             return;
         };
         cl.ex.resp = Resp::Done;
         cl.ex.upstream = None;
         self.record(now, cid);
-        let Some(cl) = self.client(cid) else {
+        let Some(cl) = self.conns.client(cid) else {
             return;
         };
         if cl.ex.req_done {
@@ -2286,7 +2355,7 @@ impl Core {
     /// An upstream attempt failed: retry (stale pooled connection, or next server when safe),
     /// or answer 502/504, or abort a response already under way.
     fn upstream_failed(&mut self, now: Time, id: ConnId, why: Failure) {
-        let Some(c) = self.get(id) else { return };
+        let Some(c) = self.conns.get(id) else { return };
         let Role::Upstream(u) = &c.role else { return };
         let (g, srv, written) = (u.group as usize, u.server, u.written);
         let responded = u.responded || !c.buf.rbuf.is_empty();
@@ -2295,7 +2364,7 @@ impl Core {
         let client = u.client;
         // Whatever was queued but never written can move to the next connection as is.
         let unsent = if client.is_some() && written == 0 && why != Failure::BadResponse {
-            let c = conn_mut(&mut self.conns, id).expect("checked above");
+            let c = self.conns.get_mut(id).expect("checked above");
             Some(core::mem::take(&mut c.buf.wq))
         } else {
             None
@@ -2303,7 +2372,7 @@ impl Core {
         let reason = rules::failure_reason(why, race);
         self.close_upstream(id, client.is_none() || why != Failure::BadResponse, reason);
         let Some(cid) = client else { return };
-        let Some(Role::Client(cl)) = conn_mut(&mut self.conns, cid).map(|c| &mut c.role) else {
+        let Some(cl) = self.conns.client_mut(cid) else {
             return;
         };
         let ex = &mut cl.ex;
@@ -2348,7 +2417,7 @@ impl Core {
             self.client_error(now, cid, status);
             return;
         }
-        if let Some(Role::Client(cl)) = conn_mut(&mut self.conns, cid).map(|c| &mut c.role) {
+        if let Some(cl) = self.conns.client_mut(cid) {
             cl.ex.status = status;
         }
         // Exactly the unsent bytes when nothing was written, else head + replay copy.
@@ -2374,10 +2443,6 @@ fn request_line_of(buf: &[u8], max: usize) -> Option<(&[u8], Version)> {
         && !target.is_empty()
         && target.iter().all(visible))
     .then_some((rest, version))
-}
-
-fn conn_mut(conns: &mut Slab<Conn>, id: ConnId) -> Option<&mut Conn> {
-    conns.get_mut(id.index as usize).filter(|c| c.id == id)
 }
 
 /// Notes that a connection's interest and deadline must be re-evaluated at the end of the call.
