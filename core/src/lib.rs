@@ -93,11 +93,11 @@
 pub mod balance;
 pub mod config;
 mod connection;
+mod engine;
 pub mod framing;
 pub mod headers;
 mod id;
 pub mod pool;
-mod proxy;
 pub mod route;
 mod rules;
 #[cfg(feature = "sim")]
@@ -107,8 +107,8 @@ mod time;
 mod timers;
 
 pub use config::{Address, Config};
+pub use engine::{AtCapacity, Core, ExchangeInfo, Input, Output};
 pub use id::{ConnId, ListenerId, ServerId, UpstreamId};
-pub use proxy::{AtCapacity, Core, ExchangeInfo, Input, Output};
 pub use rules::NotReusable;
 pub use stats::Stats;
 pub use time::Time;
