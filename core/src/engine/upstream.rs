@@ -380,7 +380,7 @@ impl Core {
         if tunnel {
             u.state = UState::Tunnel;
         }
-        self.groups[g].balancer.success(now, idx);
+        self.groups[g].balancer.success(idx);
         let Some(cl) = self.conns.client_mut(cid) else {
             return false;
         };
@@ -485,7 +485,7 @@ impl Core {
                 u.state = UState::Idle;
                 u.client = None;
                 self.stats.groups[g].pool_checkins += 1;
-                if let Some(evicted) = self.pool.checkin(now, key, g as u32, id, expires) {
+                if let Some(evicted) = self.pool.checkin(key, g as u32, id, expires) {
                     self.evict(evicted, false, EvictReason::Capacity);
                 }
                 touch(&mut self.touched, id);
