@@ -548,107 +548,128 @@ mod tests {
     #[test]
     fn retry_table() {
         use Failure::*;
-        let base = Attempt {
-            why: Closed,
-            race: true,
-            stale_retried: false,
-            written: true,
-            replayable: true,
-            idempotent: true,
-            tries: 1,
-            max_tries: 0,
-            next_on_timeout: false,
-        };
-        type Case = (&'static str, fn(&mut Attempt), Retry);
+        use Retry::*;
+        // One attempt (tries = 1) of a request that failed; columns: why, race, stale_retried,
+        // written, replayable, idempotent, next_upstream_tries, next_upstream_on_timeout.
+        type Case = (&'static str, Failure, [bool; 5], u32, bool, Retry);
         let cases: [Case; 12] = [
-            ("stale GET", |_| {}, Retry::Fresh),
             (
-                "stale, already retried once",
-                |a| a.stale_retried = true,
-                Retry::Answer,
+                "stale GET",
+                Closed,
+                [true, false, true, true, true],
+                0,
+                false,
+                Fresh,
+            ),
+            (
+                "stale, retried once already",
+                Closed,
+                [true, true, true, true, true],
+                0,
+                false,
+                Answer,
             ),
             (
                 "stale POST, written",
-                |a| a.idempotent = false,
-                Retry::Answer,
+                Closed,
+                [true, false, true, true, false],
+                0,
+                false,
+                Answer,
             ),
             (
                 "stale POST, nothing written",
-                |a| {
-                    a.idempotent = false;
-                    a.written = false;
-                },
-                Retry::Fresh,
+                Closed,
+                [true, false, false, true, false],
+                0,
+                false,
+                Fresh,
             ),
             (
-                "stale GET, body too big to keep",
-                |a| a.replayable = false,
-                Retry::Answer,
+                "stale GET, body not kept",
+                Closed,
+                [true, false, true, false, true],
+                0,
+                false,
+                Answer,
             ),
-            ("not a race", |a| a.race = false, Retry::Answer),
+            (
+                "closed, not a race",
+                Closed,
+                [false, false, true, true, true],
+                3,
+                false,
+                Answer,
+            ),
             (
                 "connect failed, tries left",
-                |a| {
-                    a.race = false;
-                    a.why = ConnectFailed;
-                    a.written = false;
-                    a.max_tries = 2;
-                },
-                Retry::Next,
+                ConnectFailed,
+                [false, false, false, true, true],
+                2,
+                false,
+                Next,
             ),
             (
-                "connect failed, no tries left",
-                |a| {
-                    a.race = false;
-                    a.why = ConnectTimeout;
-                    a.written = false;
-                    a.max_tries = 1;
-                },
-                Retry::Answer,
+                "connect timeout, no tries left",
+                ConnectTimeout,
+                [false, false, false, true, true],
+                1,
+                false,
+                Answer,
             ),
             (
-                "read timeout, next_upstream_on_timeout",
-                |a| {
-                    a.race = false;
-                    a.why = ReadTimeout;
-                    a.next_on_timeout = true;
-                    a.max_tries = 3;
-                },
-                Retry::Next,
+                "read timeout, on_timeout",
+                ReadTimeout,
+                [false, false, true, true, true],
+                3,
+                true,
+                Next,
             ),
             (
                 "read timeout, off",
-                |a| {
-                    a.race = false;
-                    a.why = ReadTimeout;
-                    a.max_tries = 3;
-                },
-                Retry::Answer,
+                ReadTimeout,
+                [false, false, true, true, true],
+                3,
+                false,
+                Answer,
             ),
             (
                 "read timeout, POST",
-                |a| {
-                    a.race = false;
-                    a.why = ReadTimeout;
-                    a.next_on_timeout = true;
-                    a.idempotent = false;
-                    a.max_tries = 3;
-                },
-                Retry::Answer,
+                ReadTimeout,
+                [false, false, true, true, false],
+                3,
+                true,
+                Answer,
             ),
             (
                 "bad response",
-                |a| {
-                    a.race = false;
-                    a.why = BadResponse;
-                    a.max_tries = 3;
-                },
-                Retry::Answer,
+                BadResponse,
+                [false, false, true, true, true],
+                3,
+                true,
+                Answer,
             ),
         ];
-        for (name, change, want) in cases {
-            let mut a = base;
-            change(&mut a);
+        for (
+            name,
+            why,
+            [race, stale_retried, written, replayable, idempotent],
+            max_tries,
+            next_on_timeout,
+            want,
+        ) in cases
+        {
+            let a = Attempt {
+                why,
+                race,
+                stale_retried,
+                written,
+                replayable,
+                idempotent,
+                tries: 1,
+                max_tries,
+                next_on_timeout,
+            };
             assert_eq!(retry(&a), want, "{name}");
         }
     }

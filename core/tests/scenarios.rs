@@ -421,19 +421,6 @@ fn chunked_response_to_http10_client_is_close_delimited() {
     assert!(h.core.is_pooled(u), "the upstream side was clean");
 }
 
-/// Every request that finished on an upstream connection either put it back into the pool or
-/// closed it with a reason: checkins + not-reused + connections still busy = requests assigned.
-fn assert_accounted(h: &Harness) {
-    let g = &h.core.stats().groups[0];
-    let busy = h.core.connections() - h.core.client_connections() - h.core.pool_idle(UpstreamId(0));
-    let not_reused: u64 = g.not_reused.iter().sum();
-    assert_eq!(
-        g.pool_checkins + not_reused + busy as u64,
-        g.pool_hits + g.pool_misses,
-        "{g:?}"
-    );
-}
-
 #[test]
 fn why_an_upstream_connection_was_not_reused_is_counted() {
     use upkeep_core::NotReusable;
@@ -487,7 +474,7 @@ fn why_an_upstream_connection_was_not_reused_is_counted() {
     let st = h.core.stats();
     assert_eq!(st.groups[0].not_reused_for(NotReusable::Stale), 1);
     assert_eq!(st.groups[0].pool_checkins, 2);
-    assert_accounted(&h);
+    upstreams_accounted(&h.core);
     for r in NotReusable::ALL {
         assert!(!r.as_str().is_empty());
     }
@@ -511,7 +498,7 @@ fn pooling_off_and_close_delimited_are_reasons_too() {
     h.upstream_eof(u);
     assert_eq!(responses(&mut h, c)[0].body, b"until close");
     assert_eq!(h.core.stats().not_reused(NotReusable::CloseDelimited), 1);
-    assert_accounted(&h);
+    upstreams_accounted(&h.core);
 }
 
 // ----- C. the stale-connection race -----

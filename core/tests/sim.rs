@@ -9,7 +9,10 @@ use upkeep_core::config::{PoolKeyMode, ServerConfig, UpstreamConfig};
 use upkeep_core::sim::world::{
     Action, BackendEvent, BackendScript, Framing, ReqKind, World, tight_timeouts,
 };
-use upkeep_core::{Address, Config, UpstreamId};
+use upkeep_core::{Address, Config};
+
+mod common;
+use common::upstreams_accounted;
 
 fn addr(port: u16) -> Address {
     Address::Tcp(format!("127.0.0.1:{port}").parse().unwrap())
@@ -146,31 +149,8 @@ fn run(seed: u64, cfg: Config, scripts: Vec<BackendScript>, actions: &[Action]) 
     let mut w = World::new(seed, cfg, scripts);
     w.run(actions);
     w.finish();
-    check_upstream_accounting(&w);
+    upstreams_accounted(&w.harness.core);
     w
-}
-
-/// Every request handed to an upstream connection ended in one of two ways, each counted: the
-/// connection went back to the pool, or it closed with a not-reused reason — unless it is still
-/// under way.
-fn check_upstream_accounting(w: &World) {
-    let core = &w.harness.core;
-    let groups = &core.stats().groups;
-    let idle: usize = (0..groups.len())
-        .map(|g| core.pool_idle(UpstreamId(g as u32)))
-        .sum();
-    let busy = (core.connections() - core.client_connections() - idle) as u64;
-    let assigned: u64 = groups.iter().map(|g| g.pool_hits + g.pool_misses).sum();
-    let ended: u64 = groups
-        .iter()
-        .map(|g| g.pool_checkins + g.not_reused.iter().sum::<u64>())
-        .sum();
-    assert_eq!(
-        ended + busy,
-        assigned,
-        "seed {}: pooled or not-reused + busy != requests assigned: {groups:?}",
-        w.seed
-    );
 }
 
 fn cases() -> ProptestConfig {
@@ -415,7 +395,7 @@ fn post_on_stale_connection_not_resent() {
     ]);
     assert_eq!(w.results.get(&World::req_id(0, 2)), Some(&200));
     w.finish();
-    check_upstream_accounting(&w);
+    upstreams_accounted(&w.harness.core);
 }
 
 /// The same race with a GET: retried once on a fresh connection, transparently.
@@ -444,7 +424,7 @@ fn get_on_stale_connection_retried() {
     assert_eq!(w.arrivals_of(&get), 2);
     assert_eq!(w.results.get(&get), Some(&200));
     w.finish();
-    check_upstream_accounting(&w);
+    upstreams_accounted(&w.harness.core);
 }
 
 /// A pipelined burst is answered completely and in order, whatever the framing and write sizes.
@@ -524,7 +504,7 @@ fn concurrent_clients_slow_backend() {
     assert_eq!(w.results.len(), 24);
     assert!(w.results.values().all(|&s| s == 200), "{:?}", w.results);
     w.finish();
-    check_upstream_accounting(&w);
+    upstreams_accounted(&w.harness.core);
 }
 
 /// A backend that announces nothing and closes after 2 requests: no request is lost.
@@ -548,7 +528,7 @@ fn unannounced_close_after_n_requests() {
     }
     assert!(w.results.values().all(|&s| s == 200), "{:?}", w.results);
     w.finish();
-    check_upstream_accounting(&w);
+    upstreams_accounted(&w.harness.core);
 }
 
 #[test]
@@ -566,7 +546,7 @@ fn pool_idle_timeout_closes_everything() {
     ]);
     assert_eq!(w.harness.core.pool_idle(upkeep_core::UpstreamId(0)), 1);
     w.finish();
-    check_upstream_accounting(&w);
+    upstreams_accounted(&w.harness.core);
 }
 
 /// Not a check: prints what the random scenarios exercise (`cargo test --test sim -- --ignored
@@ -649,7 +629,7 @@ fn stray_408_race_window() {
     ]);
     assert_eq!(w.results.get(&World::req_id(0, 1)), Some(&200));
     w.finish();
-    check_upstream_accounting(&w);
+    upstreams_accounted(&w.harness.core);
 }
 
 /// A backend's `Keep-Alive: timeout=2` is honoured (minus a margin): POSTs spaced just under the
@@ -675,7 +655,7 @@ fn keep_alive_hint_avoids_race() {
     }
     assert!(w.results.values().all(|&s| s == 200), "{:?}", w.results);
     w.finish();
-    check_upstream_accounting(&w);
+    upstreams_accounted(&w.harness.core);
 }
 
 static LOST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);

@@ -1,6 +1,6 @@
 //! Helpers shared by the scenario-style integration tests (`scenarios.rs`, `review.rs`,
-//! `conformance.rs`): build a config, play clients and backends through the harness, read what
-//! they received.
+//! `conformance.rs`...): build a config, play clients and backends through the harness, read
+//! what they received, check the upstream accounting (also used by `sim.rs`).
 // Each test crate uses a different subset of these helpers.
 #![allow(dead_code)]
 
@@ -9,7 +9,7 @@ use core::time::Duration;
 use upkeep_core::config::{Address, Config};
 use upkeep_core::sim::Harness;
 use upkeep_core::sim::http::{Message, read_request, read_responses};
-use upkeep_core::{ConnId, Output};
+use upkeep_core::{ConnId, Core, Output, UpstreamId};
 
 pub fn config(servers: usize) -> Config {
     let addrs = (0..servers)
@@ -145,4 +145,25 @@ pub fn open_tunnel() -> (Harness, ConnId, ConnId) {
         String::from_utf8_lossy(&head)
     );
     (h, c, u)
+}
+
+/// Every request handed to an upstream connection ended in one of two counted ways — the
+/// connection went back to the pool, or it closed with a not-reused reason — or is still under
+/// way: checkins + not-reused + busy upstream connections = requests assigned.
+pub fn upstreams_accounted(core: &Core) {
+    let groups = &core.stats().groups;
+    let idle: usize = (0..groups.len())
+        .map(|g| core.pool_idle(UpstreamId(g as u32)))
+        .sum();
+    let busy = (core.connections() - core.client_connections() - idle) as u64;
+    let assigned: u64 = groups.iter().map(|g| g.pool_hits + g.pool_misses).sum();
+    let ended: u64 = groups
+        .iter()
+        .map(|g| g.pool_checkins + g.not_reused.iter().sum::<u64>())
+        .sum();
+    assert_eq!(
+        ended + busy,
+        assigned,
+        "pooled or not reused + busy != requests assigned: {groups:?}"
+    );
 }
