@@ -21,16 +21,13 @@ impl Core {
         let hw = self.config.limits.write_high_water;
         let max_body = self.config.limits.max_body;
         loop {
-            let Some(c) = self.conns.get_mut(id) else {
+            let Some(cl) = self.conns.client(id) else {
                 return false;
             };
-            let Role::Client(cl) = &mut c.role else {
-                return false;
-            };
-            let ex = &mut cl.ex;
-            let upstream = ex.upstream;
-            if let Some(u) = upstream
-                && self.conns.get(u).is_some_and(|u| u.buf.wq_len >= hw)
+            let upstream = cl.ex.upstream;
+            if upstream
+                .and_then(|u| self.conns.get(u))
+                .is_some_and(|u| u.buf.wq_len >= hw)
             {
                 return false;
             }
@@ -72,10 +69,6 @@ impl Core {
                 Reframe::Raw
             };
             let pieces = reframe(mode, &step, data, &mut c.buf);
-            let Role::Client(cl) = &mut c.role else {
-                return false;
-            };
-            let ex = &mut cl.ex;
             if step.done {
                 ex.req_done = true;
             }

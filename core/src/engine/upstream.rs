@@ -53,6 +53,42 @@ pub(super) struct Upstream {
 }
 
 impl Upstream {
+    /// A connection being opened to `server` for `client`'s request.
+    fn connecting(server: u32, group: u32, key: PoolKey, client: ConnId, now: Time) -> Upstream {
+        Upstream {
+            server,
+            group,
+            key,
+            state: UState::Connecting,
+            client: Some(client),
+            created: now,
+            requests: 1,
+            written: 0,
+            sent_all: false,
+            read_progress: now,
+            response: ResponseFacts::default(),
+            response_at: now,
+            extra_data: false,
+            acquired: true,
+            responded: false,
+        }
+    }
+
+    /// A pooled connection takes on `client`'s request: everything about the previous request
+    /// starts over.
+    fn reuse_for(&mut self, client: ConnId, now: Time) {
+        self.state = UState::Active;
+        self.client = Some(client);
+        self.requests += 1;
+        self.written = 0;
+        self.sent_all = false;
+        self.read_progress = now;
+        self.response = ResponseFacts::default();
+        self.extra_data = false;
+        self.acquired = true;
+        self.responded = false;
+    }
+
     /// The current request is not the connection's first: it came out of the pool. The one
     /// definition of "reused" (the keepalive race, a 408 as idle timeout, access logs).
     pub(super) fn reused(&self) -> bool {
@@ -117,62 +153,34 @@ impl Core {
         ex.server = Some(server);
         let head = ex.req_head.clone();
         let replay_ok = ex.replayable;
-        let uid = match pooled {
+        let (uid, reused) = match pooled {
             Some(uid) => {
                 self.stats.groups[g].pool_hits += 1;
                 self.stats.servers[server as usize].requests += 1;
-                let u = self.conns.get_mut(uid).expect("pooled connection is open");
-                let Role::Upstream(up) = &mut u.role else {
-                    unreachable!("pool holds upstreams")
-                };
-                up.state = UState::Active;
-                up.acquired = true;
-                up.responded = false;
-                up.client = Some(id);
-                up.written = 0;
-                up.sent_all = false;
-                up.extra_data = false;
-                up.response = ResponseFacts::default();
-                up.read_progress = now;
-                uid
+                let up = self
+                    .conns
+                    .upstream_mut(uid)
+                    .expect("the pool holds open upstreams");
+                up.reuse_for(id, now);
+                (uid, up.reused())
             }
             None => {
                 self.stats.groups[g].pool_misses += 1;
                 self.stats.servers[server as usize].connects += 1;
+                let up = Upstream::connecting(server, g as u32, key, id, now);
                 let uid = self.conns.insert(|uid| Conn {
                     id: uid,
                     buf: Buffers::new(now),
                     deadline: None,
-                    role: Role::Upstream(Upstream {
-                        server,
-                        group: g as u32,
-                        key,
-                        state: UState::Connecting,
-                        client: Some(id),
-                        created: now,
-                        requests: 0,
-                        written: 0,
-                        sent_all: false,
-                        read_progress: now,
-                        response: ResponseFacts::default(),
-                        response_at: now,
-                        extra_data: false,
-                        acquired: true,
-                        responded: false,
-                    }),
+                    role: Role::Upstream(up),
                 });
                 self.out.push_back(Output::Connect {
                     conn: uid,
                     server: self.servers[server as usize],
                 });
-                uid
+                (uid, false)
             }
         };
-        let mut reused = false;
-        if let Some(u) = self.conns.upstream_mut(uid) {
-            u.requests += 1;
-            reused = u.reused();
-        }
         if let Some(cl) = self.conns.client_mut(id) {
             cl.ex.upstream = Some(uid);
             cl.ex.reused = reused;
