@@ -15,8 +15,13 @@
 //! | [`balance`] | smooth weighted round-robin, least-conn, ip-hash, passive health, backups |
 //! | [`route`] | Host + path-prefix routing to upstream groups |
 //! | [`config`] | plain-data configuration with nginx's defaults (serde behind the `serde` feature) |
-//! | [`stats`] | counters for metrics exporters |
+//! | [`stats`] | counters for metrics exporters (pool evictions and [`NotReusable`] reasons included) |
 //! | `sim` (feature `sim`) | an in-memory runtime and scripted peers for tests and fuzzing |
+//!
+//! Inside, `engine/` holds [`Core`] one concern per file (connection table, readiness and
+//! deadlines, client side, upstream side, exchange, relay), and `rules` the decisions that define
+//! the proxy — client keep-alive, upstream reusability, retries, framing, failure statuses — as
+//! table-tested pure functions.
 //!
 //! # The drive loop
 //!
