@@ -25,9 +25,10 @@ use crate::framing::{self, BodyKind, Forwarding, Method, OutBody, Version};
 use crate::rules::{self, ClientFacts, NotReusable};
 use crate::{ConnId, ListenerId, Time};
 
-/// A response the proxy generates itself.
-pub(super) const ERROR_RESPONSE: usize = 256;
+/// Room for a response the proxy generates itself.
+const ERROR_RESPONSE: usize = 256;
 
+/// Where a client connection is in its lifecycle (the diagram above).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Phase {
     /// Between requests (keep-alive idle), nothing buffered.
@@ -42,6 +43,8 @@ pub(super) enum Phase {
     Lingering,
 }
 
+/// The client side of a connection: where it came from, where it is in its lifecycle, and its
+/// current (or last) exchange.
 #[derive(Debug)]
 pub(super) struct Client {
     pub(super) listener: ListenerId,
@@ -83,11 +86,7 @@ impl Core {
                 return;
             };
             match cl.phase {
-                Phase::Closing => {
-                    c.buf.rbuf.clear();
-                    return;
-                }
-                Phase::Lingering => {
+                Phase::Closing | Phase::Lingering => {
                     c.buf.rbuf.clear();
                     return;
                 }

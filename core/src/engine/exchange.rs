@@ -48,6 +48,7 @@ pub struct ExchangeInfo {
     pub bytes_received: u64,
 }
 
+/// Where the response of an exchange is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Resp {
     /// Waiting for the (final) response head.
@@ -60,6 +61,9 @@ pub(super) enum Resp {
     Done,
 }
 
+/// One request and its response: how the request is read and forwarded (and kept for a
+/// retry), which server and connection answer it, how the response is relayed, and what is
+/// recorded of it.
 #[derive(Debug)]
 pub(super) struct Exchange {
     pub(super) method: Method,

@@ -49,12 +49,13 @@ use table::{Conn, Role, Table};
 use upstream::UState;
 
 /// Room for what a rewritten head adds to the received one (framing, X-Forwarded-*, Via...).
-pub(super) const HEAD_GROWTH: usize = 256;
+const HEAD_GROWTH: usize = 256;
 
+/// One upstream group: its balancer, and where its servers start in the global server order.
 #[derive(Debug)]
-pub(super) struct Group {
-    pub(super) balancer: Balancer,
-    pub(super) first_server: u32,
+struct Group {
+    balancer: Balancer,
+    first_server: u32,
 }
 
 /// The sans-IO proxy engine. See the crate documentation for the drive loop.
@@ -471,14 +472,14 @@ impl Core {
 }
 
 /// Notes that a connection's interest and deadline must be re-evaluated at the end of the call.
-pub(super) fn touch(touched: &mut Vec<ConnId>, id: ConnId) {
+fn touch(touched: &mut Vec<ConnId>, id: ConnId) {
     if touched.last() != Some(&id) {
         touched.push(id);
     }
 }
 
 /// Hash of a client address (seeded FNV-1a then a finaliser): deterministic for a given seed.
-pub(super) fn hash_ip(seed: u64, ip: Option<IpAddr>) -> u64 {
+fn hash_ip(seed: u64, ip: Option<IpAddr>) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ seed;
     let mut eat = |b: u8| {
         h ^= b as u64;

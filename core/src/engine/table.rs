@@ -18,6 +18,7 @@ use crate::{ConnId, Time};
 // the client side would cost one allocation per accepted connection instead.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
+/// Which side of the proxy a connection is.
 pub(super) enum Role {
     Client(Client),
     Upstream(Upstream),
@@ -116,6 +117,7 @@ impl Table {
     }
 }
 
+/// One open connection: its buffers, its side, and what its armed deadline is for.
 #[derive(Debug)]
 pub(super) struct Conn {
     pub(super) id: ConnId,

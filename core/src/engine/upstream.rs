@@ -17,22 +17,32 @@ use crate::rules::{
 };
 use crate::{ConnId, Time};
 
+/// Where an upstream connection is in its lifecycle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum UState {
+    /// Opening, for the request of its client.
     Connecting,
+    /// Carrying a request and its response.
     Active,
+    /// In the pool.
     Idle,
+    /// A byte tunnel after a 101.
     Tunnel,
 }
 
+/// The upstream side of a connection: which server, which client it serves now, and what the
+/// current request and response say about reusing it.
 #[derive(Debug)]
 pub(super) struct Upstream {
+    /// Global server index, and its group.
     pub(super) server: u32,
     pub(super) group: u32,
     pub(super) key: PoolKey,
     pub(super) state: UState,
+    /// The client whose request it carries (none while pooled).
     pub(super) client: Option<ConnId>,
     pub(super) created: Time,
+    /// Requests carried, the current one included.
     pub(super) requests: u32,
     /// Bytes of the current request written to the socket.
     pub(super) written: u64,
