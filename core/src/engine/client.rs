@@ -301,6 +301,8 @@ impl Core {
         }
     }
 
+    /// Our last response is out: half-close and discard input until the client closes or the
+    /// lingering deadline passes.
     pub(super) fn start_linger(&mut self, now: Time, id: ConnId) {
         let Some(c) = self.conns.get_mut(id) else {
             return;

@@ -12,6 +12,7 @@ use crate::rules::{Failure, NotReusable};
 use crate::{ConnId, Time};
 
 impl Core {
+    /// Bytes were appended to the read buffer of `id`.
     pub(super) fn on_readable(&mut self, now: Time, id: ConnId) {
         let Some(c) = self.conns.get_mut(id) else {
             return;
@@ -38,6 +39,7 @@ impl Core {
         }
     }
 
+    /// The peer of `id` sent EOF (or an EOF deferred by backpressure is due).
     pub(super) fn on_read_closed(&mut self, now: Time, id: ConnId) {
         let Some(c) = self.conns.get(id) else { return };
         match &c.role {
@@ -93,6 +95,7 @@ impl Core {
         }
     }
 
+    /// `id` failed (reset, broken pipe): it closes, and what it was part of ends.
     pub(super) fn on_error(&mut self, now: Time, id: ConnId) {
         let Some(c) = self.conns.get(id) else { return };
         match &c.role {
@@ -120,15 +123,14 @@ impl Core {
         }
     }
 
+    /// Bytes of `id` were written: its peer may be read again, and a flushed queue may finish
+    /// the request or close the connection.
     pub(super) fn on_written(&mut self, now: Time, id: ConnId) {
         let Some(c) = self.conns.get_mut(id) else {
             return;
         };
         // Our output shrank: the other side may be read again (its interest is re-evaluated).
-        let peer = match &c.role {
-            Role::Client(cl) => cl.ex.upstream,
-            Role::Upstream(u) => u.client,
-        };
+        let peer = c.peer();
         let is_client = matches!(c.role, Role::Client(_));
         let empty = c.buf.wq.is_empty();
         if empty {
@@ -193,10 +195,7 @@ impl Core {
         let Some(c) = self.conns.get(id) else {
             return false;
         };
-        let peer = match &c.role {
-            Role::Client(cl) => cl.ex.upstream,
-            Role::Upstream(u) => u.client,
-        };
+        let peer = c.peer();
         let blocked = !c.buf.rbuf.is_empty()
             && peer
                 .and_then(|p| self.conns.get(p))

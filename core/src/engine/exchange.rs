@@ -166,6 +166,7 @@ impl Exchange {
 }
 
 impl Core {
+    /// Queues the [`ExchangeInfo`] of the exchange of `id` that just ended, if recording.
     pub(super) fn record(&mut self, now: Time, id: ConnId) {
         if !self.record_exchanges {
             return;

@@ -78,6 +78,8 @@ impl Core {
         self.touched = touched;
     }
 
+    /// Whether the runtime should read from `id` now: backpressure holds a side back while its
+    /// peer has `write_high_water` bytes queued.
     pub(super) fn wants_read(&self, id: ConnId) -> Option<bool> {
         let c = self.conns.get(id)?;
         if c.buf.read_closed {

@@ -142,11 +142,9 @@ impl Core {
         }
     }
 
+    /// One side of a tunnel closed or timed out: both close once their queued bytes are out.
     pub(super) fn end_tunnel(&mut self, client: ConnId) {
-        let u = match self.conns.get(client).map(|c| &c.role) {
-            Some(Role::Client(cl)) => cl.ex.upstream,
-            _ => None,
-        };
+        let u = self.conns.client(client).and_then(|cl| cl.ex.upstream);
         for id in [Some(client), u].into_iter().flatten() {
             let Some(c) = self.conns.get_mut(id) else {
                 continue;

@@ -34,6 +34,7 @@ pub(super) struct Table {
 }
 
 impl Table {
+    /// Adds the connection `make` builds for its new id.
     pub(super) fn insert(&mut self, make: impl FnOnce(ConnId) -> Conn) -> ConnId {
         let entry = self.slab.vacant_entry();
         let slot = entry.key();
@@ -57,6 +58,7 @@ impl Table {
         }
     }
 
+    /// The connection `id`, if still open.
     pub(super) fn get(&self, id: ConnId) -> Option<&Conn> {
         self.slab.get(id.index as usize).filter(|c| c.id == id)
     }
@@ -76,6 +78,7 @@ impl Table {
         (x.id == a && y.id == b).then_some((x, y))
     }
 
+    /// The client side of `id`, if it is an open client connection (likewise below).
     pub(super) fn client(&self, id: ConnId) -> Option<&Client> {
         match &self.get(id)?.role {
             Role::Client(c) => Some(c),
@@ -104,6 +107,7 @@ impl Table {
         }
     }
 
+    /// Every open connection.
     pub(super) fn iter(&self) -> impl Iterator<Item = &Conn> {
         self.slab.iter().map(|(_, c)| c)
     }
@@ -125,6 +129,17 @@ pub(super) struct Conn {
     pub(super) role: Role,
     /// What the armed timer of this connection is for (its time is in `Core::timers`).
     pub(super) deadline: Option<Deadline>,
+}
+
+impl Conn {
+    /// The connection on the other side of the current exchange: a client's upstream, an
+    /// upstream's client.
+    pub(super) fn peer(&self) -> Option<ConnId> {
+        match &self.role {
+            Role::Client(cl) => cl.ex.upstream,
+            Role::Upstream(u) => u.client,
+        }
+    }
 }
 
 impl Core {
@@ -196,6 +211,7 @@ impl Core {
         self.out.push_back(Output::Write { conn: id });
     }
 
+    /// Queues `b` on `id` (counted as sent for a client's exchange) and signals the write.
     pub(super) fn push(&mut self, now: Time, id: ConnId, b: Bytes) {
         if let Some(c) = self.conns.get_mut(id) {
             if let Role::Client(cl) = &mut c.role {

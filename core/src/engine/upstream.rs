@@ -239,6 +239,7 @@ impl Core {
         }
     }
 
+    /// Processes whatever the upstream's read buffer holds: response head, body, tunnel bytes.
     pub(super) fn drive_upstream(&mut self, now: Time, id: ConnId) {
         loop {
             let Some(c) = self.conns.get_mut(id) else {
@@ -427,6 +428,7 @@ impl Core {
         true
     }
 
+    /// The backend closed: a close-delimited response is complete, anything else failed.
     pub(super) fn upstream_eof(&mut self, now: Time, id: ConnId) {
         let Some(u) = self.conns.upstream(id) else {
             return;
