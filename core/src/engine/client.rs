@@ -347,8 +347,8 @@ impl Core {
         }
     }
 
-    /// The client went away (or stopped reading) mid-exchange: drop the upstream side unless it
-    /// is already clean.
+    /// The client went away (or stopped reading) mid-exchange: close the exchange's upstream
+    /// connection (not reused: the client aborted) and reset the client.
     pub(super) fn abort_exchange(&mut self, id: ConnId) {
         self.release_upstream_of(id);
         self.close(id, true);

@@ -102,8 +102,9 @@ impl Core {
             Role::Client(cl) => {
                 if cl.phase == Phase::Exchange {
                     self.abort_exchange(id);
+                } else {
+                    self.close(id, true);
                 }
-                self.close(id, true);
             }
             Role::Upstream(u) => match u.state {
                 UState::Idle => self.evict(id, true, EvictReason::PeerClosed),

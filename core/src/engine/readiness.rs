@@ -201,8 +201,9 @@ impl Core {
                 // A client that stopped reading: give up on it (and on its upstream).
                 if cl.phase == Phase::Exchange {
                     self.abort_exchange(id);
+                } else {
+                    self.close(id, true);
                 }
-                self.close(id, true);
             }
             (Deadline::ClientHeader, _) => {
                 if c.buf.rbuf.is_empty() {
@@ -215,7 +216,6 @@ impl Core {
             (Deadline::ClientBody, Role::Client(cl)) => {
                 if cl.ex.resp_started {
                     self.abort_exchange(id);
-                    self.close(id, true);
                 } else {
                     self.release_upstream_of(id);
                     self.client_error(now, id, 408);
