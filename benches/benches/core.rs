@@ -149,7 +149,7 @@ fn pool(c: &mut Criterion) {
             index: i,
             generation: 0,
         };
-        assert_eq!(pool.checkin(Time::ZERO, key, 0, conn, expires), None);
+        assert_eq!(pool.checkin(key, 0, conn, expires), None);
     }
     let mut server = 0u32;
     let mut now = Time::ZERO;
@@ -166,7 +166,7 @@ fn pool(c: &mut Criterion) {
                     unreachable!("nothing expires")
                 })
                 .expect("an idle connection for every server");
-            let evicted = pool.checkin(now, key, 0, conn, expires);
+            let evicted = pool.checkin(key, 0, conn, expires);
             debug_assert!(evicted.is_none());
             black_box(evicted)
         })

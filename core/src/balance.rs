@@ -178,7 +178,7 @@ impl Balancer {
     }
 
     /// A request to `server` succeeded: its failure count is reset.
-    pub fn success(&mut self, _now: Time, server: usize) {
+    pub fn success(&mut self, server: usize) {
         if let Some(p) = self.peers.get_mut(server) {
             p.fails = 0;
             p.down_until = Time::ZERO;
@@ -211,12 +211,6 @@ impl Balancer {
     /// Failures currently counted against `server`.
     pub fn fails(&self, server: usize) -> u32 {
         self.peers.get(server).map_or(0, |p| p.fails)
-    }
-
-    /// Whether `server` could be picked now for a request that tried nothing (up, weight > 0,
-    /// below `max_conns`), disregarding the primary/backup order.
-    pub fn is_usable(&self, now: Time, server: usize) -> bool {
-        self.usable(now, 0, server)
     }
 
     // ----- internals -----
@@ -497,7 +491,7 @@ mod tests {
         assert!(b.is_up(at(35), 0));
         assert_eq!(b.pick(at(35), 0, 0b10), Some(0));
         // The probe succeeded: fully up, count reset.
-        b.success(at(36), 0);
+        b.success(0);
         assert_eq!(b.fails(0), 0);
         assert!(b.is_up(at(36), 0));
         assert_eq!(b.pick(at(36), 0, 0b10), Some(0));
@@ -510,7 +504,7 @@ mod tests {
         cfg.servers[0].max_fails = 2;
         let mut b = Balancer::new(&cfg);
         b.failure(Time(0), 0);
-        b.success(Time(1), 0);
+        b.success(0);
         b.failure(Time(2), 0);
         assert!(b.is_up(Time(2), 0));
         b.failure(Time(3), 0);
@@ -712,7 +706,7 @@ mod tests {
                     }
                 }
                 Op::Failure(s) => b.failure(now, s as usize % n),
-                Op::Success(s) => b.success(now, s as usize % n),
+                Op::Success(s) => b.success(s as usize % n),
                 Op::Advance(ms) => now = now.plus(Duration::from_millis(u64::from(ms))),
             }
         }

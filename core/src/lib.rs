@@ -15,8 +15,13 @@
 //! | [`balance`] | smooth weighted round-robin, least-conn, ip-hash, passive health, backups |
 //! | [`route`] | Host + path-prefix routing to upstream groups |
 //! | [`config`] | plain-data configuration with nginx's defaults (serde behind the `serde` feature) |
-//! | [`stats`] | counters for metrics exporters |
+//! | [`stats`] | counters for metrics exporters (pool evictions and [`NotReusable`] reasons included) |
 //! | `sim` (feature `sim`) | an in-memory runtime and scripted peers for tests and fuzzing |
+//!
+//! Inside, `engine/` holds [`Core`] one concern per file (connection table, readiness and
+//! deadlines, client side, upstream side, exchange, relay), and `rules` the decisions that define
+//! the proxy — client keep-alive, upstream reusability, retries, framing, failure statuses — as
+//! table-tested pure functions.
 //!
 //! # The drive loop
 //!
@@ -103,22 +108,24 @@
 pub mod balance;
 pub mod config;
 mod connection;
+mod engine;
 pub mod framing;
 pub mod headers;
 mod id;
-mod io;
 pub mod pool;
-mod proxy;
 pub mod route;
+mod rules;
 #[cfg(feature = "sim")]
 pub mod sim;
+mod socket;
 pub mod stats;
 mod time;
 mod timers;
 
 pub use config::{Address, Config};
+pub use engine::{AtCapacity, Core, ExchangeInfo, Input, Output};
 pub use id::{ConnId, ListenerId, ServerId, UpstreamId};
-pub use io::{MAX_IOV, ReadOutcome, WriteOutcome, is_retry};
-pub use proxy::{AtCapacity, Core, ExchangeInfo, Input, Output};
+pub use rules::NotReusable;
+pub use socket::{MAX_IOV, ReadOutcome, WriteOutcome, is_retry};
 pub use stats::Stats;
 pub use time::Time;

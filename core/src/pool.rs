@@ -260,7 +260,6 @@ impl Pool {
     /// any other checkin).
     pub fn checkin(
         &mut self,
-        _now: Time,
         key: PoolKey,
         group: u32,
         conn: ConnId,
@@ -660,7 +659,7 @@ mod tests {
         let mut p = Pool::new(&[2]);
         let mut evicted = Vec::new();
         for i in 0..5 {
-            if let Some(v) = p.checkin(T0, k(0), 0, c(i), FAR) {
+            if let Some(v) = p.checkin(k(0), 0, c(i), FAR) {
                 evicted.push(v);
             }
             p.check_invariants();
@@ -674,24 +673,24 @@ mod tests {
     #[test]
     fn cap_is_per_group_and_across_keys() {
         let mut p = Pool::new(&[2, 1]);
-        assert_eq!(p.checkin(T0, k(0), 0, c(0), FAR), None);
-        assert_eq!(p.checkin(T0, k(1), 0, c(1), FAR), None);
-        assert_eq!(p.checkin(T0, k(5), 1, c(5), FAR), None);
+        assert_eq!(p.checkin(k(0), 0, c(0), FAR), None);
+        assert_eq!(p.checkin(k(1), 0, c(1), FAR), None);
+        assert_eq!(p.checkin(k(5), 1, c(5), FAR), None);
         // Group 0 is full: the LRU of the group goes, even though it is of another key.
-        assert_eq!(p.checkin(T0, k(1), 0, c(2), FAR), Some(c(0)));
+        assert_eq!(p.checkin(k(1), 0, c(2), FAR), Some(c(0)));
         assert_eq!(p.idle_for_key(k(0)), 0);
         assert_eq!(p.idle_in_group(1), 1);
-        assert_eq!(p.checkin(T0, k(5), 1, c(6), FAR), Some(c(5)));
+        assert_eq!(p.checkin(k(5), 1, c(6), FAR), Some(c(5)));
         p.check_invariants();
     }
 
     #[test]
     fn cap_zero_refuses() {
         let mut p = Pool::new(&[0]);
-        assert_eq!(p.checkin(T0, k(0), 0, c(7), FAR), Some(c(7)));
+        assert_eq!(p.checkin(k(0), 0, c(7), FAR), Some(c(7)));
         assert_eq!(p.idle(), 0);
         // Unknown group: refused too.
-        assert_eq!(p.checkin(T0, k(0), 3, c(8), FAR), Some(c(8)));
+        assert_eq!(p.checkin(k(0), 3, c(8), FAR), Some(c(8)));
         assert!(!p.contains(c(8)));
         p.check_invariants();
     }
@@ -700,13 +699,13 @@ mod tests {
     #[test]
     fn reuse_is_most_recent_first() {
         let mut p = Pool::new(&[8]);
-        p.checkin(T0, k(0), 0, c(1), FAR);
-        p.checkin(T0, k(0), 0, c(2), FAR);
+        p.checkin(k(0), 0, c(1), FAR);
+        p.checkin(k(0), 0, c(2), FAR);
         assert_eq!(out(&mut p, T0, k(0)).0, Some(c(2)));
         // Sequential use keeps riding the same connection.
-        p.checkin(T0, k(0), 0, c(2), FAR);
+        p.checkin(k(0), 0, c(2), FAR);
         assert_eq!(out(&mut p, T0, k(0)).0, Some(c(2)));
-        p.checkin(T0, k(0), 0, c(2), FAR);
+        p.checkin(k(0), 0, c(2), FAR);
         assert_eq!(out(&mut p, T0, k(0)).0, Some(c(2)));
         assert_eq!(out(&mut p, T0, k(0)).0, Some(c(1)));
         assert_eq!(out(&mut p, T0, k(0)).0, None);
@@ -716,7 +715,7 @@ mod tests {
     #[test]
     fn keys_never_mix() {
         let mut p = Pool::new(&[8]);
-        p.checkin(T0, k(1), 0, c(1), FAR);
+        p.checkin(k(1), 0, c(1), FAR);
         assert_eq!(out(&mut p, T0, k(2)), (None, vec![]));
         let a = PoolKey {
             server: 1,
@@ -726,8 +725,8 @@ mod tests {
             server: 1,
             partition: 22,
         };
-        p.checkin(T0, a, 0, c(2), FAR);
-        p.checkin(T0, b, 0, c(3), FAR);
+        p.checkin(a, 0, c(2), FAR);
+        p.checkin(b, 0, c(3), FAR);
         assert_eq!(out(&mut p, T0, a).0, Some(c(2)));
         assert_eq!(out(&mut p, T0, a).0, None);
         assert_eq!(out(&mut p, T0, k(1)).0, Some(c(1)));
@@ -738,10 +737,10 @@ mod tests {
     #[test]
     fn expiry_at_checkout() {
         let mut p = Pool::new(&[8]);
-        p.checkin(T0, k(0), 0, c(1), Time(100)); // valid
-        p.checkin(T0, k(0), 0, c(2), Time(10)); // expired at 50
-        p.checkin(T0, k(0), 0, c(3), Time(50)); // expires == now: expired
-        p.checkin(T0, k(1), 0, c(4), Time(10)); // other key: untouched
+        p.checkin(k(0), 0, c(1), Time(100)); // valid
+        p.checkin(k(0), 0, c(2), Time(10)); // expired at 50
+        p.checkin(k(0), 0, c(3), Time(50)); // expires == now: expired
+        p.checkin(k(1), 0, c(4), Time(10)); // other key: untouched
         let (got, exp) = out(&mut p, Time(50), k(0));
         assert_eq!(got, Some(c(1)));
         assert_eq!(exp, [c(3), c(2)]);
@@ -750,8 +749,8 @@ mod tests {
         assert_eq!((got, exp), (None, vec![c(4)]));
         assert_eq!(p.idle(), 0);
         // Found-valid entry stops the walk: older expired entries stay for their timer.
-        p.checkin(T0, k(0), 0, c(5), Time(1));
-        p.checkin(T0, k(0), 0, c(6), Time(100));
+        p.checkin(k(0), 0, c(5), Time(1));
+        p.checkin(k(0), 0, c(6), Time(100));
         assert_eq!(out(&mut p, Time(50), k(0)), (Some(c(6)), vec![]));
         assert!(p.contains(c(5)));
     }
@@ -760,7 +759,7 @@ mod tests {
     fn remove_from_middle_and_generation() {
         let mut p = Pool::new(&[8, 8]);
         for i in 0..5 {
-            p.checkin(T0, k(0), i % 2, c(i), FAR);
+            p.checkin(k(0), i % 2, c(i), FAR);
         }
         assert!(p.remove(c(2)));
         assert!(!p.remove(c(2)));
@@ -789,10 +788,10 @@ mod tests {
     #[test]
     fn drain_empties_deterministically() {
         let mut p = Pool::new(&[4, 4]);
-        p.checkin(T0, k(0), 1, c(0), FAR);
-        p.checkin(T0, k(1), 0, c(1), FAR);
-        p.checkin(T0, k(2), 1, c(2), FAR);
-        p.checkin(T0, k(0), 0, c(3), FAR);
+        p.checkin(k(0), 1, c(0), FAR);
+        p.checkin(k(1), 0, c(1), FAR);
+        p.checkin(k(2), 1, c(2), FAR);
+        p.checkin(k(0), 0, c(3), FAR);
         let mut got = Vec::new();
         p.drain(&mut |c| got.push(c));
         assert_eq!(got, [c(1), c(3), c(0), c(2)]);
@@ -800,28 +799,28 @@ mod tests {
         assert_eq!(p.idle_keys().count(), 0);
         p.check_invariants();
         // Still usable afterwards.
-        assert_eq!(p.checkin(T0, k(0), 0, c(5), FAR), None);
+        assert_eq!(p.checkin(k(0), 0, c(5), FAR), None);
         assert_eq!(out(&mut p, T0, k(0)).0, Some(c(5)));
     }
 
     #[test]
     fn recheckin_moves_entry() {
         let mut p = Pool::new(&[2]);
-        p.checkin(T0, k(0), 0, c(0), FAR);
-        p.checkin(T0, k(0), 0, c(1), FAR);
+        p.checkin(k(0), 0, c(0), FAR);
+        p.checkin(k(0), 0, c(1), FAR);
         // c(0) checked in again becomes the most recent; no eviction since it was already counted.
-        assert_eq!(p.checkin(T0, k(1), 0, c(0), FAR), None);
+        assert_eq!(p.checkin(k(1), 0, c(0), FAR), None);
         p.check_invariants();
         assert_eq!(p.entry(c(0)).map(|e| e.key), Some(k(1)));
-        assert_eq!(p.checkin(T0, k(0), 0, c(2), FAR), Some(c(1)));
+        assert_eq!(p.checkin(k(0), 0, c(2), FAR), Some(c(1)));
     }
 
     #[test]
     fn introspection() {
         let mut p = Pool::new(&[3]);
-        p.checkin(T0, k(0), 0, c(0), Time(5));
-        p.checkin(T0, k(1), 0, c(1), FAR);
-        p.checkin(T0, k(0), 0, c(2), FAR);
+        p.checkin(k(0), 0, c(0), Time(5));
+        p.checkin(k(1), 0, c(1), FAR);
+        p.checkin(k(0), 0, c(2), FAR);
         let keys: Vec<_> = p.idle_keys().collect();
         assert_eq!(keys, [(k(0), 2), (k(1), 1)]);
         assert_eq!(p.cap(0), 3);
@@ -953,7 +952,7 @@ mod tests {
                         // moves it); others get their current generation.
                         let id = ConnId { index: conn as u32, generation: gens[conn as usize] };
                         let exp = Time(now.0 + ttl as u64);
-                        let a = p.checkin(now, key, group as u32, id, exp);
+                        let a = p.checkin(key, group as u32, id, exp);
                         let b = m.checkin(key, group as u32, id, exp);
                         prop_assert_eq!(a, b);
                         if let Some(v) = a {

@@ -3,6 +3,7 @@
 //! an exporter sums snapshots across workers.
 
 use crate::pool::EvictReason;
+pub use crate::rules::NotReusable;
 
 /// Counters for one upstream group.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -16,6 +17,10 @@ pub struct GroupStats {
     /// Idle connections that left the pool without being reused, by [`EvictReason`] (indexed as
     /// [`EvictReason::ALL`]).
     pub evictions: [u64; EvictReason::ALL.len()],
+    /// Connections that carried a request and were then closed instead of pooled, by
+    /// [`NotReusable`] reason (indexed as [`NotReusable::ALL`]). With `pool_checkins` this
+    /// accounts for every request that finished on an upstream connection.
+    pub not_reused: [u64; NotReusable::COUNT],
     /// Requests re-sent on a fresh connection after a reused one turned out stale.
     pub stale_retries: u64,
     /// Requests moved to another server after a failure (nginx `proxy_next_upstream`).
@@ -26,6 +31,11 @@ impl GroupStats {
     /// Evictions for one reason.
     pub fn evicted(&self, reason: EvictReason) -> u64 {
         self.evictions[reason as usize]
+    }
+
+    /// Connections not reused for one reason.
+    pub fn not_reused_for(&self, reason: NotReusable) -> u64 {
+        self.not_reused[reason as usize]
     }
 }
 
@@ -63,5 +73,11 @@ impl Stats {
     /// Total responses sent.
     pub fn total_responses(&self) -> u64 {
         self.responses.iter().sum()
+    }
+
+    /// Connections not reused for `reason`, over every group (for
+    /// `upkeep_upstream_not_reused_total{reason}`).
+    pub fn not_reused(&self, reason: NotReusable) -> u64 {
+        self.groups.iter().map(|g| g.not_reused_for(reason)).sum()
     }
 }

@@ -26,12 +26,6 @@ impl Time {
         Time(self.0.saturating_add(nanos))
     }
 
-    /// `self - d`, saturating at the epoch.
-    pub fn minus(self, d: Duration) -> Time {
-        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-        Time(self.0.saturating_sub(nanos))
-    }
-
     /// Time elapsed from `earlier` to `self` (zero if `earlier` is later).
     pub fn since(self, earlier: Time) -> Duration {
         Duration::from_nanos(self.0.saturating_sub(earlier.0))
@@ -48,7 +42,6 @@ mod tests {
             Time(u64::MAX - 1).plus(Duration::from_secs(1)),
             Time(u64::MAX)
         );
-        assert_eq!(Time(5).minus(Duration::from_secs(1)), Time::ZERO);
         assert_eq!(
             Time::from_millis(1500).since(Time::from_millis(500)),
             Duration::from_secs(1)

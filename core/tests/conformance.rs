@@ -175,7 +175,7 @@ fn method_of(ctx: ReqCtx) -> Method {
     if ctx.head { Method::Head } else { Method::Get }
 }
 
-/// The engine's reuse rule on top of the head (proxy.rs `response_head`): a Keep-Alive
+/// The engine's reuse rule on top of the head (engine/upstream.rs `response_head`): a Keep-Alive
 /// `timeout` hint of 1 s or less leaves no usable idle time (1 s safety margin).
 const KEEPALIVE_HINT_MARGIN_SECS: u32 = 1;
 

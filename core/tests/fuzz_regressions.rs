@@ -97,7 +97,7 @@ fn close_field_forwarded_with_connection_close() {
         .filter(|f| !f.strip)
         .map(|f| f.name.of(raw))
         .collect();
-    // What proxy.rs writes for an HTTP/1.0 client: a close-delimited body, Connection: close.
+    // What the engine writes for an HTTP/1.0 client: a close-delimited body, Connection: close.
     let opts = ResponseOptions {
         body: OutBody::Close,
         close: true,

@@ -421,6 +421,86 @@ fn chunked_response_to_http10_client_is_close_delimited() {
     assert!(h.core.is_pooled(u), "the upstream side was clean");
 }
 
+#[test]
+fn why_an_upstream_connection_was_not_reused_is_counted() {
+    use upkeep_core::NotReusable;
+    let mut cfg = config(1);
+    cfg.upstreams[0].keepalive_requests = 2;
+    let mut h = Harness::new(cfg);
+    let c = h.connect_client();
+    let reasons = |h: &Harness| -> Vec<(NotReusable, u64)> {
+        let st = h.core.stats();
+        NotReusable::ALL
+            .into_iter()
+            .map(|r| (r, st.not_reused(r)))
+            .filter(|&(_, n)| n > 0)
+            .collect()
+    };
+    // The backend says Connection: close.
+    let close = b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx";
+    exchange(&mut h, c, &get("/1"), close);
+    assert_eq!(reasons(&h), [(NotReusable::ResponseClose, 1)]);
+    // An HTTP/1.0 response.
+    exchange(
+        &mut h,
+        c,
+        &get("/2"),
+        b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\nx",
+    );
+    // keepalive_requests = 2: pooled after the first request, closed after the second.
+    let (u, _) = exchange(&mut h, c, &get("/3"), &ok("x"));
+    assert!(h.core.is_pooled(u));
+    exchange(&mut h, c, &get("/4"), &ok("x"));
+    assert!(!h.core.is_open(u));
+    // The stale race: the next pooled connection is closed by the backend as we reuse it.
+    let (u, _) = exchange(&mut h, c, &get("/5"), &ok("x"));
+    h.client_send(c, &get("/6"));
+    h.take_upstream(u);
+    h.upstream_eof(u);
+    let u2 = busy_upstream(&h).expect("retried");
+    requests(&mut h, u2);
+    // The client goes away before the retried request is answered.
+    h.reset(c);
+    assert_eq!(
+        reasons(&h),
+        [
+            (NotReusable::Http10Response, 1),
+            (NotReusable::ResponseClose, 1),
+            (NotReusable::RequestsExhausted, 1),
+            (NotReusable::ClientAborted, 1),
+            (NotReusable::Stale, 1),
+        ]
+    );
+    let st = h.core.stats();
+    assert_eq!(st.groups[0].not_reused_for(NotReusable::Stale), 1);
+    assert_eq!(st.groups[0].pool_checkins, 2);
+    upstreams_accounted(&h.core);
+    for r in NotReusable::ALL {
+        assert!(!r.as_str().is_empty());
+    }
+}
+
+#[test]
+fn pooling_off_and_close_delimited_are_reasons_too() {
+    use upkeep_core::NotReusable;
+    let mut cfg = config(1);
+    cfg.upstreams[0].keepalive = 0;
+    let mut h = Harness::new(cfg);
+    let c = h.connect_client();
+    exchange(&mut h, c, &get("/1"), &ok("x"));
+    assert_eq!(h.core.stats().not_reused(NotReusable::PoolingOff), 1);
+    let mut h = harness();
+    let c = h.connect_client();
+    h.client_send(c, &get("/1"));
+    let u = busy_upstream(&h).unwrap();
+    requests(&mut h, u);
+    h.upstream_send(u, b"HTTP/1.1 200 OK\r\n\r\nuntil close");
+    h.upstream_eof(u);
+    assert_eq!(responses(&mut h, c)[0].body, b"until close");
+    assert_eq!(h.core.stats().not_reused(NotReusable::CloseDelimited), 1);
+    upstreams_accounted(&h.core);
+}
+
 // ----- C. the stale-connection race -----
 
 #[test]

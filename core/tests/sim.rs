@@ -11,6 +11,9 @@ use upkeep_core::sim::world::{
 };
 use upkeep_core::{Address, Config};
 
+mod common;
+use common::upstreams_accounted;
+
 fn addr(port: u16) -> Address {
     Address::Tcp(format!("127.0.0.1:{port}").parse().unwrap())
 }
@@ -146,6 +149,7 @@ fn run(seed: u64, cfg: Config, scripts: Vec<BackendScript>, actions: &[Action]) 
     let mut w = World::new(seed, cfg, scripts);
     w.run(actions);
     w.finish();
+    upstreams_accounted(&w.harness.core);
     w
 }
 
@@ -391,6 +395,7 @@ fn post_on_stale_connection_not_resent() {
     ]);
     assert_eq!(w.results.get(&World::req_id(0, 2)), Some(&200));
     w.finish();
+    upstreams_accounted(&w.harness.core);
 }
 
 /// The same race with a GET: retried once on a fresh connection, transparently.
@@ -419,6 +424,7 @@ fn get_on_stale_connection_retried() {
     assert_eq!(w.arrivals_of(&get), 2);
     assert_eq!(w.results.get(&get), Some(&200));
     w.finish();
+    upstreams_accounted(&w.harness.core);
 }
 
 /// A pipelined burst is answered completely and in order, whatever the framing and write sizes.
@@ -498,6 +504,7 @@ fn concurrent_clients_slow_backend() {
     assert_eq!(w.results.len(), 24);
     assert!(w.results.values().all(|&s| s == 200), "{:?}", w.results);
     w.finish();
+    upstreams_accounted(&w.harness.core);
 }
 
 /// A backend that announces nothing and closes after 2 requests: no request is lost.
@@ -521,6 +528,7 @@ fn unannounced_close_after_n_requests() {
     }
     assert!(w.results.values().all(|&s| s == 200), "{:?}", w.results);
     w.finish();
+    upstreams_accounted(&w.harness.core);
 }
 
 #[test]
@@ -538,6 +546,7 @@ fn pool_idle_timeout_closes_everything() {
     ]);
     assert_eq!(w.harness.core.pool_idle(upkeep_core::UpstreamId(0)), 1);
     w.finish();
+    upstreams_accounted(&w.harness.core);
 }
 
 /// Not a check: prints what the random scenarios exercise (`cargo test --test sim -- --ignored
@@ -620,6 +629,7 @@ fn stray_408_race_window() {
     ]);
     assert_eq!(w.results.get(&World::req_id(0, 1)), Some(&200));
     w.finish();
+    upstreams_accounted(&w.harness.core);
 }
 
 /// A backend's `Keep-Alive: timeout=2` is honoured (minus a margin): POSTs spaced just under the
@@ -645,6 +655,7 @@ fn keep_alive_hint_avoids_race() {
     }
     assert!(w.results.values().all(|&s| s == 200), "{:?}", w.results);
     w.finish();
+    upstreams_accounted(&w.harness.core);
 }
 
 static LOST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);

@@ -2,7 +2,7 @@
 //! `backpressure.rs`, `timeouts.rs`, `retries.rs`, `balancing.rs`, `limits.rs`, `pooling.rs`,
 //! `drain.rs`, `half_close.rs`, `pipelining.rs`, `bodies.rs`, `odd_responses.rs`): build a
 //! config, play clients and backends through the harness, read what they received, check that
-//! nothing leaks.
+//! nothing leaks and the upstream accounting (also used by `sim.rs`).
 // Each test crate uses a different subset of these helpers.
 #![allow(dead_code)]
 
@@ -12,7 +12,7 @@ use core::time::Duration;
 use upkeep_core::config::{Address, Config};
 use upkeep_core::sim::Harness;
 use upkeep_core::sim::http::{Message, read_request, read_responses};
-use upkeep_core::{ConnId, Input, Output};
+use upkeep_core::{ConnId, Core, Input, Output, UpstreamId};
 
 pub fn config(servers: usize) -> Config {
     let addrs = (0..servers)
@@ -256,4 +256,25 @@ pub fn deferred_close_delimited(client_req: &[u8]) -> (Harness, ConnId, ConnId, 
         h.core.pending_len(c)
     );
     (h, c, u, head, body)
+}
+
+/// Every request handed to an upstream connection ended in one of two counted ways — the
+/// connection went back to the pool, or it closed with a not-reused reason — or is still under
+/// way: checkins + not-reused + busy upstream connections = requests assigned.
+pub fn upstreams_accounted(core: &Core) {
+    let groups = &core.stats().groups;
+    let idle: usize = (0..groups.len())
+        .map(|g| core.pool_idle(UpstreamId(g as u32)))
+        .sum();
+    let busy = (core.connections() - core.client_connections() - idle) as u64;
+    let assigned: u64 = groups.iter().map(|g| g.pool_hits + g.pool_misses).sum();
+    let ended: u64 = groups
+        .iter()
+        .map(|g| g.pool_checkins + g.not_reused.iter().sum::<u64>())
+        .sum();
+    assert_eq!(
+        ended + busy,
+        assigned,
+        "pooled or not reused + busy != requests assigned: {groups:?}"
+    );
 }

@@ -1,0 +1,195 @@
+//! The exchange: one request and its response on a client connection, from the parsed head to
+//! the last byte queued, and the record of it a runtime can take ([`ExchangeInfo`]).
+
+use bytes::Bytes;
+use std::collections::VecDeque;
+
+use super::Core;
+use crate::framing::{BodyDecoder, BodyKind, Head, Method, OutBody, Version};
+use crate::{ConnId, ListenerId, ServerId, Time};
+
+/// Request bodies up to this size are kept (as cheap `Bytes` references) so that a request whose
+/// reused upstream connection turns out stale can be re-sent on a fresh one.
+pub(super) const REPLAY_LIMIT: usize = 64 * 1024;
+
+/// What the proxy knows about a finished exchange (for access logs and latency histograms).
+///
+/// Recorded when the response's last byte is queued to the client (or the proxy's own error
+/// response is). Upgraded (tunnelled) exchanges and exchanges cut short by a client or upstream
+/// failure mid-response are not recorded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExchangeInfo {
+    /// Client connection.
+    pub client: ConnId,
+    /// Listener the client connection arrived on.
+    pub listener: ListenerId,
+    /// Status sent to the client.
+    pub status: u16,
+    /// Server that answered, if any.
+    pub server: Option<ServerId>,
+    /// Whether that answer came over a reused pooled connection.
+    pub reused: bool,
+    /// Method and target as received (`GET /x?y`), recorded only after
+    /// [`Core::record_requests`]`(true)` (one small copy per request, for access logs); empty
+    /// otherwise and when the request head could not be parsed. With `version` it gives an
+    /// access log's `"$request"`.
+    pub request: Bytes,
+    /// The client's HTTP version.
+    pub version: Version,
+    /// When the request began: its first byte (the accept, for a connection's first request).
+    pub started: Time,
+    /// When the response head was queued to the client (upstream's or our own).
+    pub response_at: Option<Time>,
+    /// When the response's last byte was queued to the client.
+    pub finished: Time,
+    /// Bytes queued to the client for this exchange (heads, interim responses and body).
+    pub bytes_sent: u64,
+    /// Request body bytes received from the client.
+    pub bytes_received: u64,
+}
+
+/// Where the response of an exchange is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Resp {
+    /// Waiting for the (final) response head.
+    Waiting,
+    /// Relaying the response body.
+    Body,
+    /// 101: both directions are a byte tunnel.
+    Tunnel,
+    /// Response fully queued to the client.
+    Done,
+}
+
+/// One request and its response: how the request is read and forwarded (and kept for a
+/// retry), which server and connection answer it, how the response is relayed, and what is
+/// recorded of it.
+#[derive(Debug)]
+pub(super) struct Exchange {
+    pub(super) method: Method,
+    pub(super) version: Version,
+    /// The request allows a persistent connection (its own say in [`rules::client_keep_alive`]).
+    pub(super) persistent: bool,
+    pub(super) group: u32,
+    pub(super) req_head: Bytes,
+    pub(super) req_decoder: BodyDecoder,
+    pub(super) req_chunked: bool,
+    pub(super) req_done: bool,
+    pub(super) req_bytes: u64,
+    pub(super) replay: VecDeque<Bytes>,
+    pub(super) replay_len: usize,
+    pub(super) replayable: bool,
+    pub(super) upgrade: bool,
+    pub(super) upstream: Option<ConnId>,
+    pub(super) server: Option<u32>,
+    pub(super) reused: bool,
+    pub(super) tries: u32,
+    pub(super) tried: u64,
+    pub(super) stale_retried: bool,
+    pub(super) resp: Resp,
+    pub(super) resp_decoder: BodyDecoder,
+    /// The upstream response body is chunked (its chunk boundaries can be kept).
+    pub(super) resp_in_chunked: bool,
+    pub(super) resp_out: OutBody,
+    pub(super) resp_started: bool,
+    pub(super) status: u16,
+    /// For [`ExchangeInfo`]: `METHOD target` (only with `record_requests`), when the request
+    /// began and its response head was queued, and the bytes queued to the client.
+    pub(super) request: Bytes,
+    pub(super) started: Time,
+    pub(super) response_at: Option<Time>,
+    pub(super) bytes_sent: u64,
+}
+
+impl Exchange {
+    /// No exchange: between requests, or a request refused before its head was understood.
+    /// `replay` is the previous exchange's queue, emptied, so its allocation is kept.
+    pub(super) fn idle(mut replay: VecDeque<Bytes>) -> Exchange {
+        replay.clear();
+        Exchange {
+            method: Method::Get,
+            version: Version::Http11,
+            persistent: true,
+            group: 0,
+            req_head: Bytes::new(),
+            req_decoder: BodyDecoder::new(BodyKind::Empty),
+            req_chunked: false,
+            req_done: true,
+            req_bytes: 0,
+            replay,
+            replay_len: 0,
+            replayable: true,
+            upgrade: false,
+            upstream: None,
+            server: None,
+            reused: false,
+            tries: 0,
+            tried: 0,
+            stale_retried: false,
+            resp: Resp::Done,
+            resp_decoder: BodyDecoder::new(BodyKind::Empty),
+            resp_in_chunked: false,
+            resp_out: OutBody::None,
+            resp_started: false,
+            status: 0,
+            request: Bytes::new(),
+            started: Time::ZERO,
+            response_at: None,
+            bytes_sent: 0,
+        }
+    }
+
+    /// The exchange of the request whose head was just parsed, begun at `started`.
+    pub(super) fn start(
+        head: &Head,
+        started: Time,
+        request: Bytes,
+        replay: VecDeque<Bytes>,
+    ) -> Exchange {
+        Exchange {
+            method: head.method,
+            version: head.version,
+            persistent: head.persistent(),
+            req_decoder: BodyDecoder::new(head.body),
+            req_chunked: head.body == BodyKind::Chunked,
+            req_done: matches!(head.body, BodyKind::Empty | BodyKind::Length(0)),
+            upgrade: head.version == Version::Http11
+                && head.connection.upgrade
+                && head.upgrade.is_some()
+                && head.body == BodyKind::Empty,
+            resp: Resp::Waiting,
+            request,
+            started,
+            ..Exchange::idle(replay)
+        }
+    }
+}
+
+impl Core {
+    /// Queues the [`ExchangeInfo`] of the exchange of `id` that just ended, if recording.
+    pub(super) fn record(&mut self, now: Time, id: ConnId) {
+        if !self.record_exchanges {
+            return;
+        }
+        let Some(cl) = self.conns.client(id) else {
+            return;
+        };
+        let ex = &cl.ex;
+        let request = ex.request.clone();
+        let info = ExchangeInfo {
+            client: id,
+            listener: cl.listener,
+            status: ex.status,
+            server: ex.server.map(|s| self.servers[s as usize]),
+            reused: ex.reused,
+            request,
+            version: ex.version,
+            started: ex.started,
+            response_at: ex.response_at,
+            finished: now,
+            bytes_sent: ex.bytes_sent,
+            bytes_received: ex.req_bytes,
+        };
+        self.finished.push_back(info);
+    }
+}

@@ -1,0 +1,122 @@
+//! What passes between a runtime and the core: the network events it reports ([`Input`]) and
+//! the actions it performs ([`Output`]).
+
+#[cfg(doc)]
+use crate::Core;
+use crate::{ConnId, ServerId};
+
+/// What the runtime must do. Drain [`Core::poll_output`] after every call that changes state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Open a connection to `server` ([`Core::server_address`]) for `conn`; report
+    /// [`Input::Connected`] or [`Input::ConnectFailed`].
+    Connect {
+        /// The new upstream connection.
+        conn: ConnId,
+        /// Where to.
+        server: ServerId,
+    },
+    /// `conn` has bytes to write ([`Core::pending`]); report progress with [`Input::Written`].
+    /// Emitted once per non-empty stretch of the queue: keep writing on writability until the
+    /// queue is empty.
+    Write {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// Start (`true`) or stop (`false`) reading from `conn`: backpressure.
+    Interest {
+        /// The connection.
+        conn: ConnId,
+        /// Whether to read.
+        read: bool,
+    },
+    /// Half-close `conn` (shut down its write side) and keep reading.
+    Shutdown {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// Close `conn` and forget it; the id is dead from now on.
+    Close {
+        /// The connection.
+        conn: ConnId,
+        /// Abortive close (RST) rather than FIN.
+        reset: bool,
+    },
+}
+
+/// What happened on the network.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Input<'a> {
+    /// Bytes arrived on `conn`.
+    Received {
+        /// The connection.
+        conn: ConnId,
+        /// The bytes (copied into the connection's buffer).
+        data: &'a [u8],
+    },
+    /// The peer closed its write side (EOF).
+    ReadClosed {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// The connection failed (reset, broken pipe...): the core closes it.
+    Errored {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// `n` bytes were appended to the connection's read buffer in place, through
+    /// [`Core::read_buffer`]. The same as [`Input::Received`] without its copy.
+    Appended {
+        /// The connection.
+        conn: ConnId,
+        /// How many bytes were appended (0 is ignored, like an empty `Received`).
+        n: usize,
+    },
+    /// `n` bytes of [`Core::pending`] were written.
+    Written {
+        /// The connection.
+        conn: ConnId,
+        /// How many.
+        n: usize,
+    },
+    /// An upstream connection requested by [`Output::Connect`] is established.
+    Connected {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// An upstream connection could not be established.
+    ConnectFailed {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// The runtime could not even attempt an upstream connection for a reason of its own — out
+    /// of file descriptors, ephemeral ports or memory. Unlike [`Input::ConnectFailed`] this says
+    /// nothing about the server: its health is not touched, no other server is tried (they
+    /// would fail the same way), and the client gets a 500, as nginx answers when `socket()`
+    /// fails. [`Input::connect_error`] picks this or `ConnectFailed` from an OS error.
+    ConnectAborted {
+        /// The connection.
+        conn: ConnId,
+    },
+}
+
+impl Input<'_> {
+    /// The input for a failed connect attempt: [`Input::ConnectAborted`] when `error` is a
+    /// local resource shortage (Linux `EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM`, `EADDRNOTAVAIL`),
+    /// else [`Input::ConnectFailed`]. Both runtimes classify through here.
+    pub fn connect_error(conn: ConnId, error: &std::io::Error) -> Input<'static> {
+        // errno values of Linux (asm-generic), the platform the runtimes target.
+        const LOCAL: [i32; 5] = [24, 23, 105, 12, 99];
+        let local = error.kind() == std::io::ErrorKind::OutOfMemory
+            || error.raw_os_error().is_some_and(|e| LOCAL.contains(&e));
+        if local {
+            Input::ConnectAborted { conn }
+        } else {
+            Input::ConnectFailed { conn }
+        }
+    }
+}
+
+/// `accept` refused: the per-core client connection limit is reached (or the core is draining).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AtCapacity;

@@ -1,0 +1,607 @@
+//! The upstream side: choosing a server and a connection (pooled or new), reading the response
+//! head, and what happens to the connection afterwards — back to the pool, closed with a reason,
+//! or, after a failure, a retry on a fresh connection or the next server.
+
+use bytes::{Buf, Bytes};
+use std::collections::VecDeque;
+
+use super::exchange::Resp;
+use super::table::{Conn, Role};
+use super::{Core, HEAD_GROWTH, Output, touch};
+use crate::config::PoolKeyMode;
+use crate::connection::{AfterFlush, Buffers};
+use crate::framing::{self, BodyDecoder, BodyKind, OutBody, ResponseOptions, Version};
+use crate::pool::{EvictReason, PoolKey};
+use crate::rules::{
+    self, Attempt, ClientFacts, Failure, NotReusable, ResponseFacts, Retry, UpstreamFacts,
+};
+use crate::{ConnId, Time};
+
+/// Where an upstream connection is in its lifecycle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum UState {
+    /// Opening, for the request of its client.
+    Connecting,
+    /// Carrying a request and its response.
+    Active,
+    /// In the pool.
+    Idle,
+    /// A byte tunnel after a 101.
+    Tunnel,
+}
+
+/// The upstream side of a connection: which server, which client it serves now, and what the
+/// current request and response say about reusing it.
+#[derive(Debug)]
+pub(super) struct Upstream {
+    /// Global server index, and its group.
+    pub(super) server: u32,
+    pub(super) group: u32,
+    pub(super) key: PoolKey,
+    pub(super) state: UState,
+    /// The client whose request it carries (none while pooled).
+    pub(super) client: Option<ConnId>,
+    pub(super) created: Time,
+    /// Requests carried, the current one included.
+    pub(super) requests: u32,
+    /// Bytes of the current request written to the socket.
+    pub(super) written: u64,
+    /// The whole request has been written.
+    pub(super) sent_all: bool,
+    pub(super) read_progress: Time,
+    /// What the current response's head said about reuse, and when it arrived (the start of
+    /// its `Keep-Alive: timeout`).
+    pub(super) response: ResponseFacts,
+    pub(super) response_at: Time,
+    /// Bytes arrived after the current response was complete.
+    pub(super) extra_data: bool,
+    /// Counted as an active request of its server by the balancer (least-conn, max_conns).
+    pub(super) acquired: bool,
+    /// Some response bytes (even an interim 1xx) arrived for the current request: it can no
+    /// longer be retried.
+    pub(super) responded: bool,
+}
+
+impl Upstream {
+    /// A connection being opened to `server` for `client`'s request.
+    fn connecting(server: u32, group: u32, key: PoolKey, client: ConnId, now: Time) -> Upstream {
+        Upstream {
+            server,
+            group,
+            key,
+            state: UState::Connecting,
+            client: Some(client),
+            created: now,
+            requests: 1,
+            written: 0,
+            sent_all: false,
+            read_progress: now,
+            response: ResponseFacts::default(),
+            response_at: now,
+            extra_data: false,
+            acquired: true,
+            responded: false,
+        }
+    }
+
+    /// A pooled connection takes on `client`'s request: everything about the previous request
+    /// starts over.
+    fn reuse_for(&mut self, client: ConnId, now: Time) {
+        self.state = UState::Active;
+        self.client = Some(client);
+        self.requests += 1;
+        self.written = 0;
+        self.sent_all = false;
+        self.read_progress = now;
+        self.response = ResponseFacts::default();
+        self.extra_data = false;
+        self.acquired = true;
+        self.responded = false;
+    }
+
+    /// The current request is not the connection's first: it came out of the pool. The one
+    /// definition of "reused" (the keepalive race, a 408 as idle timeout, access logs).
+    pub(super) fn reused(&self) -> bool {
+        self.requests > 1
+    }
+}
+
+impl Core {
+    /// Finds a server for the current request and hands it a connection (pooled or new), then
+    /// queues the request on it: `queued` when given (bytes a failed connection never wrote),
+    /// otherwise the rewritten head and the body received so far (the replay copy).
+    pub(super) fn assign_upstream(
+        &mut self,
+        now: Time,
+        id: ConnId,
+        force_fresh: bool,
+        queued: Option<VecDeque<Bytes>>,
+    ) {
+        let Some(cl) = self.conns.client(id) else {
+            return;
+        };
+        let (g, hash, tried, last_status) = (
+            cl.ex.group as usize,
+            cl.peer_hash,
+            cl.ex.tried,
+            cl.ex.status,
+        );
+        // A stale-connection retry goes back to the same (healthy) server on a fresh connection.
+        let same = match (force_fresh, cl.ex.server) {
+            (true, Some(s)) => Some(self.index_in_group(g, s)),
+            _ => None,
+        };
+        let Some(idx) = same.or_else(|| self.groups[g].balancer.pick(now, hash, tried)) else {
+            self.client_error(now, id, rules::no_server_status(last_status));
+            return;
+        };
+        let server = self.groups[g].first_server + idx as u32;
+        let partition = match self.config.upstreams[g].pool_key {
+            PoolKeyMode::Server => 0,
+            PoolKeyMode::Client => hash | 1,
+        };
+        let key = PoolKey { server, partition };
+        self.groups[g].balancer.acquire(idx);
+        let mut expired = Vec::new();
+        let pooled = if force_fresh {
+            None
+        } else {
+            self.pool.checkout(now, key, &mut |c| expired.push(c))
+        };
+        for c in expired {
+            self.evict(c, false, EvictReason::IdleTimeout);
+        }
+        let Some(c) = self.conns.get_mut(id) else {
+            return;
+        };
+        let Role::Client(cl) = &mut c.role else {
+            return;
+        };
+        let ex = &mut cl.ex;
+        ex.tries += 1;
+        ex.tried |= 1u64 << idx;
+        ex.server = Some(server);
+        let head = ex.req_head.clone();
+        let replay_ok = ex.replayable;
+        let (uid, reused) = match pooled {
+            Some(uid) => {
+                self.stats.groups[g].pool_hits += 1;
+                self.stats.servers[server as usize].requests += 1;
+                let up = self
+                    .conns
+                    .upstream_mut(uid)
+                    .expect("the pool holds open upstreams");
+                up.reuse_for(id, now);
+                (uid, up.reused())
+            }
+            None => {
+                self.stats.groups[g].pool_misses += 1;
+                self.stats.servers[server as usize].connects += 1;
+                let up = Upstream::connecting(server, g as u32, key, id, now);
+                let uid = self.conns.insert(|uid| Conn {
+                    id: uid,
+                    buf: Buffers::new(now),
+                    deadline: None,
+                    role: Role::Upstream(up),
+                });
+                self.out.push_back(Output::Connect {
+                    conn: uid,
+                    server: self.servers[server as usize],
+                });
+                (uid, false)
+            }
+        };
+        if let Some(cl) = self.conns.client_mut(id) {
+            cl.ex.upstream = Some(uid);
+            cl.ex.reused = reused;
+        }
+        touch(&mut self.touched, uid);
+        match queued {
+            Some(bytes) => {
+                if let Some(u) = self.conns.get_mut(uid) {
+                    for b in bytes {
+                        u.buf.push(now, b);
+                    }
+                }
+            }
+            None => {
+                let Some((c, u)) = self.conns.pair_mut(id, uid) else {
+                    return;
+                };
+                let Role::Client(cl) = &c.role else { return };
+                u.buf.push(now, head);
+                if replay_ok {
+                    for p in &cl.ex.replay {
+                        u.buf.push(now, p.clone());
+                    }
+                }
+            }
+        }
+        self.signal_write(uid);
+        self.request_maybe_sent(now, uid);
+    }
+
+    /// Marks the request as fully written once the client's body is complete and the queue empty.
+    pub(super) fn request_maybe_sent(&mut self, now: Time, id: ConnId) {
+        let Some(c) = self.conns.get(id) else { return };
+        let Role::Upstream(u) = &c.role else { return };
+        if u.sent_all || !c.buf.wq.is_empty() || u.state != UState::Active {
+            return;
+        }
+        let Some(cl) = u.client else { return };
+        let req_done = self.conns.client(cl).is_some_and(|cl| cl.ex.req_done);
+        if req_done {
+            if let Some(u) = self.conns.upstream_mut(id) {
+                u.sent_all = true;
+                u.read_progress = now;
+            }
+            touch(&mut self.touched, id);
+        }
+    }
+
+    /// Processes whatever the upstream's read buffer holds: response head, body, tunnel bytes.
+    pub(super) fn drive_upstream(&mut self, now: Time, id: ConnId) {
+        loop {
+            let Some(c) = self.conns.get_mut(id) else {
+                return;
+            };
+            let Role::Upstream(u) = &mut c.role else {
+                return;
+            };
+            let Some(cid) = u.client else {
+                // Not attached (shouldn't happen for Active): drop it.
+                self.close_upstream(id, true, NotReusable::ClientAborted);
+                return;
+            };
+            if u.state == UState::Tunnel {
+                let data = c.buf.rbuf.split().freeze();
+                self.push(now, cid, data);
+                return;
+            }
+            let Some(Role::Client(cl)) = self.conns.get(cid).map(|c| &c.role) else {
+                self.close_upstream(id, true, NotReusable::ClientAborted);
+                return;
+            };
+            match cl.ex.resp {
+                Resp::Waiting => {
+                    if !self.response_head(now, id, cid) {
+                        return;
+                    }
+                }
+                Resp::Body => {
+                    if !self.relay_response_body(now, id, cid) {
+                        return;
+                    }
+                }
+                Resp::Tunnel | Resp::Done => {
+                    // Bytes after a complete response: the connection is not reusable.
+                    let Some(c) = self.conns.get_mut(id) else {
+                        return;
+                    };
+                    if !c.buf.rbuf.is_empty() {
+                        c.buf.rbuf.clear();
+                        if let Role::Upstream(u) = &mut c.role {
+                            u.extra_data = true;
+                        }
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Parses the upstream response head. Returns whether to keep processing.
+    pub(super) fn response_head(&mut self, now: Time, id: ConnId, cid: ConnId) -> bool {
+        let max_requests = self.config.limits.client_keepalive_requests;
+        let (method, client_version, client_ka, upgrade) = match self.conns.client(cid) {
+            Some(cl) => (
+                cl.ex.method,
+                cl.ex.version,
+                cl.keep_alive_facts(max_requests, self.draining),
+                cl.ex.upgrade,
+            ),
+            None => return false,
+        };
+        let Some(c) = self.conns.get_mut(id) else {
+            return false;
+        };
+        let parsed = self.head.parse_response(&c.buf.rbuf, method, &self.limits);
+        match parsed {
+            Ok(false) => return false,
+            Err(_) => {
+                self.upstream_failed(now, id, Failure::BadResponse);
+                return false;
+            }
+            Ok(true) => {}
+        }
+        let head = &self.head;
+        let status = head.status;
+        if (100..200).contains(&status) && status != 101 {
+            // Interim responses: forward to HTTP/1.1 clients (103 Early Hints...), except 100,
+            // which only our own Expect handling could have asked for.
+            if status != 100 && client_version == Version::Http11 {
+                let Some((c, cc)) = self.conns.pair_mut(id, cid) else {
+                    return false;
+                };
+                framing::write_informational(
+                    head,
+                    &c.buf.rbuf,
+                    cc.buf.scratch(head.len + HEAD_GROWTH),
+                );
+                let b = cc.buf.take_scratch();
+                self.push(now, cid, b);
+            }
+            let Some(c) = self.conns.get_mut(id) else {
+                return false;
+            };
+            c.buf.rbuf.advance(self.head.len);
+            return true;
+        }
+        let reused = self.conns.upstream(id).is_some_and(Upstream::reused);
+        if status == 408 && reused {
+            // On a reused connection a 408 is the backend's idle timeout racing our request
+            // (Node, HAProxy and others send one before closing), not an answer to it.
+            self.upstream_failed(now, id, Failure::Reused408);
+            return false;
+        }
+        if status == 101 && !upgrade {
+            self.upstream_failed(now, id, Failure::BadResponse);
+            return false;
+        }
+        let tunnel = status == 101;
+        let body = head.body;
+        let facts = ResponseFacts {
+            http10: head.version == Version::Http10,
+            close: !head.persistent(),
+            close_delimited: body == BodyKind::UntilClose,
+            idle_hint: head.keep_alive_timeout.map(rules::keep_alive_hint),
+        };
+        let out =
+            rules::response_framing(body, head.content_length, method, status, client_version);
+        let close_client = !rules::client_keep_alive(&ClientFacts {
+            close_delimited: out == OutBody::Close,
+            ..client_ka
+        });
+        // From here on the request can never be re-sent: let go of its replay copies, which
+        // also lets the client's scratch buffer be reclaimed in place for the response head.
+        if let Some(cl) = self.conns.client_mut(cid) {
+            cl.ex.req_head = Bytes::new();
+            cl.ex.replay.clear();
+            cl.ex.replayable = false;
+        }
+        let head = &self.head;
+        let opts = ResponseOptions {
+            body: out,
+            close: close_client && !tunnel,
+            keep_alive_10: !close_client && client_version == Version::Http10,
+            upgrade: tunnel,
+            via: self.config.headers.via.as_deref(),
+        };
+        let Some((c, cc)) = self.conns.pair_mut(id, cid) else {
+            return false;
+        };
+        framing::write_response_head(
+            head,
+            &c.buf.rbuf,
+            &opts,
+            cc.buf.scratch(head.len + HEAD_GROWTH),
+        );
+        let b = cc.buf.take_scratch();
+        let len = head.len;
+        c.buf.rbuf.advance(len);
+        let Role::Upstream(u) = &mut c.role else {
+            return false;
+        };
+        u.response = facts;
+        u.response_at = now;
+        let (g, srv) = (u.group as usize, u.server);
+        let idx = (srv - self.groups[g].first_server) as usize;
+        if tunnel {
+            u.state = UState::Tunnel;
+        }
+        self.groups[g].balancer.success(idx);
+        let Some(cl) = self.conns.client_mut(cid) else {
+            return false;
+        };
+        cl.ex.status = status;
+        cl.ex.resp_started = true;
+        cl.ex.response_at = Some(now);
+        cl.ex.resp_decoder = BodyDecoder::new(body);
+        cl.ex.resp_in_chunked = body == BodyKind::Chunked;
+        cl.ex.resp_out = out;
+        cl.ex.resp = if tunnel { Resp::Tunnel } else { Resp::Body };
+        self.stats.responses[(status / 100) as usize % 6] += 1;
+        self.push(now, cid, b);
+        if tunnel {
+            // Bytes the client sent after its upgrade request belong to the new protocol.
+            touch(&mut self.touched, cid);
+            if let Some(cc) = self.conns.get_mut(cid)
+                && !cc.buf.rbuf.is_empty()
+            {
+                let data = cc.buf.rbuf.split().freeze();
+                self.push(now, id, data);
+            }
+            if let Some(cl) = self.conns.client_mut(cid) {
+                cl.ex.req_done = true;
+            }
+        }
+        true
+    }
+
+    /// The backend closed: a close-delimited response is complete, anything else failed.
+    pub(super) fn upstream_eof(&mut self, now: Time, id: ConnId) {
+        let Some(u) = self.conns.upstream(id) else {
+            return;
+        };
+        let Some(cid) = u.client else {
+            self.close_upstream(id, false, NotReusable::ClientAborted);
+            return;
+        };
+        let Some(cl) = self.conns.client(cid) else {
+            self.close_upstream(id, false, NotReusable::ClientAborted);
+            return;
+        };
+        if cl.ex.resp == Resp::Body {
+            // Let the decoder see everything that arrived before the EOF.
+            self.drive_upstream(now, id);
+            if self.defer_eof(id) {
+                return;
+            }
+            let Some(cl) = self.conns.client(cid) else {
+                return;
+            };
+            if cl.ex.resp != Resp::Body || self.conns.get(id).is_none() {
+                return;
+            }
+            if cl.ex.resp_decoder.on_eof().is_ok() {
+                // Close-delimited body: complete.
+                if cl.ex.resp_out == OutBody::Chunked {
+                    self.push(now, cid, Bytes::from_static(framing::LAST_CHUNK));
+                }
+                self.finish_response(now, id, cid);
+                return;
+            }
+        }
+        self.upstream_failed(now, id, Failure::Closed);
+    }
+
+    /// The response is fully relayed: pool or close the upstream connection, then end the
+    /// exchange if the request side is done too.
+    pub(super) fn finish_response(&mut self, now: Time, id: ConnId, cid: ConnId) {
+        let Some(c) = self.conns.get(id) else { return };
+        let Role::Upstream(u) = &c.role else { return };
+        let g = u.group as usize;
+        let gcfg = &self.config.upstreams[g];
+        let req_done = self.conns.client(cid).is_some_and(|cl| cl.ex.req_done);
+        let verdict = rules::upstream_reusable(&UpstreamFacts {
+            pooling: gcfg.keepalive > 0,
+            draining: self.draining,
+            response: u.response,
+            request_sent: req_done && u.sent_all && c.buf.wq.is_empty(),
+            extra_data: u.extra_data || !c.buf.rbuf.is_empty(),
+            peer_closed: c.buf.read_closed,
+            requests: u.requests,
+            max_requests: gcfg.keepalive_requests,
+            age: now.since(u.created),
+            max_age: gcfg.keepalive_time,
+        });
+        let key = u.key;
+        // Idle until the first of: our keepalive_timeout, the backend's Keep-Alive hint, the
+        // connection's keepalive_time. The pool entry is the one record of it.
+        let hinted = match u.response.idle_hint {
+            Some(hint) => u.response_at.plus(hint),
+            None => Time(u64::MAX),
+        };
+        let expires = now
+            .plus(gcfg.keepalive_timeout)
+            .min(hinted)
+            .min(u.created.plus(gcfg.keepalive_time));
+        self.release_server(id);
+        match verdict {
+            Ok(()) => {
+                let Some(u) = self.conns.upstream_mut(id) else {
+                    return;
+                };
+                u.state = UState::Idle;
+                u.client = None;
+                self.stats.groups[g].pool_checkins += 1;
+                if let Some(evicted) = self.pool.checkin(key, g as u32, id, expires) {
+                    self.evict(evicted, false, EvictReason::Capacity);
+                }
+                touch(&mut self.touched, id);
+            }
+            Err(why) => self.close_upstream(id, false, why),
+        }
+        let Some(cl) = self.conns.client_mut(cid) else {
+            return;
+        };
+        cl.ex.resp = Resp::Done;
+        cl.ex.upstream = None;
+        self.record(now, cid);
+        let Some(cl) = self.conns.client(cid) else {
+            return;
+        };
+        if cl.ex.req_done {
+            let keep = rules::client_keep_alive(
+                &cl.keep_alive_facts(self.config.limits.client_keepalive_requests, self.draining),
+            );
+            self.end_exchange(now, cid, keep);
+        } else {
+            // The upstream answered before the request body was complete (e.g. 413): we will
+            // not read the rest, so the connection cannot continue.
+            self.close_client_after_flush(now, cid, AfterFlush::Linger);
+        }
+    }
+
+    /// An upstream attempt failed: retry (stale pooled connection, or next server when safe),
+    /// or answer 502/504, or abort a response already under way.
+    pub(super) fn upstream_failed(&mut self, now: Time, id: ConnId, why: Failure) {
+        let Some(c) = self.conns.get(id) else { return };
+        let Role::Upstream(u) = &c.role else { return };
+        let (g, srv, written) = (u.group as usize, u.server, u.written);
+        let responded = u.responded || !c.buf.rbuf.is_empty();
+        let race = rules::keepalive_race(why, u.reused(), responded);
+        let idx = self.index_in_group(g, srv);
+        let client = u.client;
+        // Whatever was queued but never written can move to the next connection as is.
+        let unsent = if client.is_some() && written == 0 && why != Failure::BadResponse {
+            let c = self.conns.get_mut(id).expect("checked above");
+            Some(core::mem::take(&mut c.buf.wq))
+        } else {
+            None
+        };
+        let reason = rules::failure_reason(why, race);
+        self.close_upstream(id, client.is_none() || why != Failure::BadResponse, reason);
+        let Some(cid) = client else { return };
+        let Some(cl) = self.conns.client_mut(cid) else {
+            return;
+        };
+        let ex = &mut cl.ex;
+        ex.upstream = None;
+        if ex.resp_started {
+            // Part of the response already went out. The client must see it cut short: after
+            // what is queued, an abortive close — a FIN would make a close-delimited body look
+            // complete.
+            self.close_client_after_flush(now, cid, AfterFlush::Reset);
+            return;
+        }
+        let gcfg = &self.config.upstreams[g];
+        let retry = rules::retry(&Attempt {
+            why,
+            race,
+            stale_retried: ex.stale_retried,
+            written: written > 0,
+            replayable: unsent.is_some() || ex.replayable,
+            idempotent: ex.method.is_idempotent(),
+            tries: ex.tries,
+            max_tries: gcfg.next_upstream_tries,
+            next_on_timeout: gcfg.next_upstream_on_timeout,
+        });
+        match retry {
+            Retry::Fresh => {
+                // Not a sign of ill health: re-send once on a fresh connection to the same
+                // server, as if this attempt had not happened.
+                ex.stale_retried = true;
+                ex.tries -= 1;
+                ex.tried &= !(1u64 << idx);
+                self.stats.groups[g].stale_retries += 1;
+            }
+            Retry::Next => self.stats.groups[g].next_upstream += 1,
+            Retry::Answer => {}
+        }
+        if retry != Retry::Fresh && rules::counts_against_server(why, race) {
+            self.stats.servers[srv as usize].failures += 1;
+            self.groups[g].balancer.failure(now, idx);
+        }
+        let status = rules::failure_status(why);
+        if retry == Retry::Answer {
+            self.client_error(now, cid, status);
+            return;
+        }
+        if let Some(cl) = self.conns.client_mut(cid) {
+            cl.ex.status = status;
+        }
+        // Exactly the unsent bytes when nothing was written, else head + replay copy.
+        self.assign_upstream(now, cid, retry == Retry::Fresh, unsent);
+    }
+}
