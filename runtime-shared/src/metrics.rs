@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use upkeep_core::pool::EvictReason;
-use upkeep_core::{Core, ExchangeInfo, Time, UpstreamId};
+use upkeep_core::{Core, ExchangeInfo, NotReusable, Time, UpstreamId};
 
 /// Upper bounds (seconds) of the request duration histogram buckets.
 pub const BUCKETS: [f64; 12] = [
@@ -67,6 +67,13 @@ impl WorkerCounters {
     }
 }
 
+/// A counter family labelled by upstream and reason: name, help, the reason map of a group.
+type ReasonFamily = (
+    &'static str,
+    &'static str,
+    fn(&GroupSnapshot) -> &BTreeMap<&'static str, u64>,
+);
+
 /// Per upstream group.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct GroupSnapshot {
@@ -78,6 +85,9 @@ pub struct GroupSnapshot {
     pub idle: u64,
     /// Evictions by reason name.
     pub evictions: BTreeMap<&'static str, u64>,
+    /// Upstream connections that carried a request and then closed instead of going back to
+    /// the pool, by [`NotReusable`] reason name.
+    pub not_reused: BTreeMap<&'static str, u64>,
     /// Requests re-sent after a stale pooled connection.
     pub stale_retries: u64,
     /// Requests moved to another server.
@@ -136,10 +146,14 @@ impl Snapshot {
         let (r, w, k) = core.client_activity();
         s.activity = (r as u64, w as u64, k as u64);
         for (g, (up, gs)) in config.upstreams.iter().zip(stats.groups.iter()).enumerate() {
-            let mut evictions = BTreeMap::new();
-            for reason in EvictReason::ALL {
-                evictions.insert(reason.as_str(), gs.evicted(reason));
-            }
+            let evictions = EvictReason::ALL
+                .iter()
+                .map(|&r| (r.as_str(), gs.evicted(r)))
+                .collect();
+            let not_reused = NotReusable::ALL
+                .iter()
+                .map(|&r| (r.as_str(), gs.not_reused_for(r)))
+                .collect();
             s.groups.insert(
                 up.name.clone(),
                 GroupSnapshot {
@@ -147,6 +161,7 @@ impl Snapshot {
                     pool_misses: gs.pool_misses,
                     idle: core.pool_idle(UpstreamId(g as u32)) as u64,
                     evictions,
+                    not_reused,
                     stale_retries: gs.stale_retries,
                     next_upstream: gs.next_upstream,
                 },
@@ -203,6 +218,9 @@ impl Snapshot {
             t.next_upstream += g.next_upstream;
             for (reason, n) in &g.evictions {
                 *t.evictions.entry(reason).or_default() += n;
+            }
+            for (reason, n) in &g.not_reused {
+                *t.not_reused.entry(reason).or_default() += n;
             }
         }
         for (key, s) in &o.servers {
@@ -338,19 +356,28 @@ impl Snapshot {
                 let _ = writeln!(o, "{name}{{upstream=\"{}\"}} {}", esc(up), get(g));
             }
         }
-        header(
-            &mut o,
-            "upkeep_pool_evictions_total",
-            "counter",
-            "Idle pooled connections closed without reuse, by reason.",
-        );
-        for (up, g) in &self.groups {
-            for (reason, n) in &g.evictions {
-                let _ = writeln!(
-                    o,
-                    "upkeep_pool_evictions_total{{upstream=\"{}\",reason=\"{reason}\"}} {n}",
-                    esc(up)
-                );
+        let by_reason: [ReasonFamily; 2] = [
+            (
+                "upkeep_pool_evictions_total",
+                "Idle pooled connections closed without reuse, by reason.",
+                |g| &g.evictions,
+            ),
+            (
+                "upkeep_upstream_not_reused_total",
+                "Upstream connections that carried a request and closed instead of returning to the pool, by reason.",
+                |g| &g.not_reused,
+            ),
+        ];
+        for (name, help, get) in by_reason {
+            header(&mut o, name, "counter", help);
+            for (up, g) in &self.groups {
+                for (reason, n) in get(g) {
+                    let _ = writeln!(
+                        o,
+                        "{name}{{upstream=\"{}\",reason=\"{reason}\"}} {n}",
+                        esc(up)
+                    );
+                }
             }
         }
         header(
@@ -507,6 +534,8 @@ mod tests {
         s.codes.insert(502, 1);
         let mut evictions = BTreeMap::new();
         evictions.insert("idle_timeout", 2);
+        let mut not_reused = BTreeMap::new();
+        not_reused.insert("connection_close", 1);
         s.groups.insert(
             "app\"x".into(),
             GroupSnapshot {
@@ -514,6 +543,7 @@ mod tests {
                 pool_misses: 1,
                 idle: 1,
                 evictions,
+                not_reused,
                 stale_retries: 1,
                 next_upstream: 2,
             },
@@ -575,6 +605,9 @@ upkeep_pool_idle_connections{upstream="app\"x"} 1
 # HELP upkeep_pool_evictions_total Idle pooled connections closed without reuse, by reason.
 # TYPE upkeep_pool_evictions_total counter
 upkeep_pool_evictions_total{upstream="app\"x",reason="idle_timeout"} 2
+# HELP upkeep_upstream_not_reused_total Upstream connections that carried a request and closed instead of returning to the pool, by reason.
+# TYPE upkeep_upstream_not_reused_total counter
+upkeep_upstream_not_reused_total{upstream="app\"x",reason="connection_close"} 1
 # HELP upkeep_retries_total Requests sent again: after a stale pooled connection, or to the next server.
 # TYPE upkeep_retries_total counter
 upkeep_retries_total{upstream="app\"x",reason="stale_connection"} 1

@@ -87,6 +87,7 @@ macro_rules! scenario_tests {
             unreusable_responses_not_pooled,
             client_keepalive_timeout,
             metrics_after_pooled_requests,
+            metrics_say_why_a_connection_was_not_reused,
             access_log_line_per_request,
         );
     };

@@ -1073,6 +1073,42 @@ pub fn metrics_after_pooled_requests(start: Start) {
     p.stop();
 }
 
+/// Why upstream connections closed instead of returning to the pool, as operators read it:
+/// a backend that ends every second connection with `Connection: close` shows up as
+/// `upkeep_upstream_not_reused_total{reason="connection_close"}`, and nothing else is counted.
+pub fn metrics_say_why_a_connection_was_not_reused(start: Start) {
+    let b = Backend::builder()
+        .identify()
+        .max_requests_per_conn(2)
+        .start()
+        .unwrap();
+    let p = Proxy::start(start, with_admin(config(vec![b.addr()])));
+    let mut c = p.client();
+    for i in 0..6 {
+        ok(&c.get(&format!("/n{i}")).unwrap(), "answered");
+    }
+    assert_eq!(b.accepted(), 3, "a new connection after each close");
+
+    let (status, text) = p.admin_get("/metrics");
+    assert_eq!(status, 200, "{text}");
+    let m = |reason: &str| {
+        client::metric(
+            &text,
+            &format!(
+                "upkeep_upstream_not_reused_total{{upstream=\"default\",reason=\"{reason}\"}}"
+            ),
+        )
+    };
+    assert_eq!(m("connection_close"), 3, "{text}");
+    assert_eq!(m("keepalive_requests"), 0);
+    assert_eq!(m("stale"), 0);
+    assert_eq!(
+        client::metric(&text, "upkeep_pool_misses_total{upstream=\"default\"}"),
+        3
+    );
+    p.stop();
+}
+
 /// One access log line per request, in order: the client, the request line, the status, the
 /// upstream and whether its connection was reused; an answer of the proxy's own has no upstream.
 pub fn access_log_line_per_request(start: Start) {
