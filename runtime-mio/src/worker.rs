@@ -146,8 +146,6 @@ struct Sock {
     shut: bool,
     /// Read size and announced FIN (the shared read loop's state).
     reader: Reader,
-    /// The client's address (for the access log).
-    peer: Option<std::net::SocketAddr>,
 }
 
 /// The socket the core knows as `id` (a slot reused by a newer connection is not it). A free
@@ -416,7 +414,6 @@ impl Worker {
                 shutdown_wanted: false,
                 shut: false,
                 reader: Reader::default(),
-                peer: None,
             }),
             Err(e) => {
                 log::debug!("worker {}: connect to {addr} failed: {e}", self.id);
@@ -453,9 +450,7 @@ impl Worker {
     }
 
     fn exchange(&mut self, ex: ExchangeInfo) {
-        let peer = sock_in(&mut self.socks, ex.client).and_then(|s| s.peer);
-        self.recorder
-            .exchange(&self.core, &ex, peer.map(|a| a.ip()));
+        self.recorder.exchange(&self.core, &ex);
     }
 
     // ---- accepting --------------------------------------------------------------------------
@@ -500,7 +495,6 @@ impl Worker {
                                 shutdown_wanted: false,
                                 shut: false,
                                 reader: Reader::default(),
-                                peer,
                             });
                             self.after_input();
                             // Its first bytes may already be here: read without waiting a poll.

@@ -8,7 +8,6 @@
 //! [`Recorder::flush`] once per loop pass; [`Recorder::snapshot`] when the admin listener asks.
 
 use std::io;
-use std::net::IpAddr;
 
 use upkeep_core::framing::Version;
 use upkeep_core::{Config, Core, ExchangeInfo, Time};
@@ -46,13 +45,13 @@ impl Recorder {
 
     /// Records a finished exchange; `client` is the client connection's address (`None` on a
     /// Unix socket, or when the runtime no longer knows the connection).
-    pub fn exchange(&mut self, core: &Core, ex: &ExchangeInfo, client: Option<IpAddr>) {
+    pub fn exchange(&mut self, core: &Core, ex: &ExchangeInfo) {
         self.counters.record(ex);
         let Some(log) = &mut self.log else {
             return;
         };
         log.record(&Entry {
-            client,
+            client: ex.peer,
             request: &ex.request,
             version: match ex.version {
                 Version::Http10 => "HTTP/1.0",

@@ -100,8 +100,6 @@ enum Slot {
         stream: Rc<Stream>,
         signals: Rc<Signals>,
         shutdown_after_flush: bool,
-        /// The client's address (for the access log); `None` for Unix and upstream sockets.
-        peer: Option<IpAddr>,
         _tasks: [Task<()>; 2],
     },
     /// An in-process client connection (the fan-out client): its pump task takes the bytes the
@@ -200,7 +198,7 @@ impl Driver {
     }
 
     /// Attaches a socket to `conn` and starts its reader and writer tasks.
-    fn install_socket(&mut self, conn: ConnId, stream: Stream, peer: Option<IpAddr>) {
+    fn install_socket(&mut self, conn: ConnId, stream: Stream) {
         let stream = Rc::new(stream);
         let signals = Rc::new(Signals::default());
         signals.read.set(true);
@@ -218,7 +216,6 @@ impl Driver {
                 stream,
                 signals,
                 shutdown_after_flush: false,
-                peer,
                 _tasks: [reader, writer],
             },
         );
@@ -238,7 +235,7 @@ impl Driver {
         let now = clock::now();
         match self.core.accept(now, listener, peer) {
             Ok(conn) => {
-                self.install_socket(conn, stream, peer);
+                self.install_socket(conn, stream);
                 self.drain();
             }
             Err(_at_capacity) => {
@@ -281,13 +278,7 @@ impl Driver {
     pub(crate) fn drain(&mut self) {
         let now = clock::now();
         let mut closed = false;
-        loop {
-            // Exchanges first: a `Close` below may take the client socket whose address the
-            // access log line wants.
-            self.record_exchanges();
-            let Some(out) = self.core.poll_output() else {
-                break;
-            };
+        while let Some(out) = self.core.poll_output() {
             closed |= matches!(out, Output::Close { .. });
             match out {
                 Output::Connect { conn, server } => {
@@ -356,6 +347,7 @@ impl Driver {
                 },
             }
         }
+        self.record_exchanges();
         if let Some(r) = &mut self.recorder {
             r.flush();
         }
@@ -440,11 +432,7 @@ impl Driver {
             return;
         };
         while let Some(ex) = self.core.poll_exchange() {
-            let peer = match self.slots.get(ex.client.index as usize) {
-                Some(Some((id, Slot::Socket { peer, .. }))) if *id == ex.client => *peer,
-                _ => None,
-            };
-            r.exchange(&self.core, &ex, peer);
+            r.exchange(&self.core, &ex);
         }
     }
 
@@ -583,7 +571,7 @@ async fn connect_task(d: Shared, conn: ConnId, addr: Address) {
     let now = clock::now();
     match result {
         Ok(stream) => {
-            d.install_socket(conn, stream, None);
+            d.install_socket(conn, stream);
             d.core.handle(now, Input::Connected { conn });
         }
         Err(e) => {

@@ -2,6 +2,7 @@
 //! the last byte queued, and the record of it a runtime can take ([`ExchangeInfo`]).
 
 use bytes::Bytes;
+use core::net::IpAddr;
 use std::collections::VecDeque;
 
 use super::Core;
@@ -23,6 +24,9 @@ pub struct ExchangeInfo {
     pub client: ConnId,
     /// Listener the client connection arrived on.
     pub listener: ListenerId,
+    /// The client's address as given to [`Core::accept`] (`None` for Unix sockets), so a
+    /// runtime's access log needs no copy of its own.
+    pub peer: Option<IpAddr>,
     /// Status sent to the client.
     pub status: u16,
     /// Server that answered, if any.
@@ -179,6 +183,7 @@ impl Core {
         let info = ExchangeInfo {
             client: id,
             listener: cl.listener,
+            peer: cl.peer,
             status: ex.status,
             server: ex.server.map(|s| self.servers[s as usize]),
             reused: ex.reused,
