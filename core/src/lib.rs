@@ -10,24 +10,27 @@
 //! | module | holds |
 //! |---|---|
 //! | [`framing`] | HTTP/1.1 heads (httparse + RFC 9112 validation), body framing, chunked decoding, rewriting |
-//! | [`headers`] | Connection / hop-by-hop / Keep-Alive rules (RFC 9110 §7.6.1) |
-//! | [`pool`] | idle upstream connections: most-recently-used reuse, hard caps, least-recently-used eviction |
-//! | [`balance`] | smooth weighted round-robin, least-conn, ip-hash, passive health, backups |
-//! | [`route`] | Host + path-prefix routing to upstream groups |
 //! | [`config`] | plain-data configuration with nginx's defaults (serde behind the `serde` feature) |
 //! | [`stats`] | counters for metrics exporters (pool evictions and [`NotReusable`] reasons included) |
 //! | `sim` (feature `sim`) | an in-memory runtime and scripted peers for tests and fuzzing |
+//! | `pool`, `balance`, `route`, `headers` (public with feature `internals`) | the pool's bookkeeping (most-recently-used reuse, hard caps, least-recently-used eviction), balancing and passive health, Host + path routing, the Connection / hop-by-hop rules — the engine's parts, for tests, benches and fuzz targets |
 //!
 //! Inside, `engine/` holds [`Core`] one concern per file (connection table, readiness and
-//! deadlines, client side, upstream side, exchange, relay), and `rules` the decisions that define
+//! deadlines, client side, upstream side, exchange, relay), `rules` the decisions that define
 //! the proxy — client keep-alive, upstream reusability, retries, framing, failure statuses — as
-//! table-tested pure functions.
+//! table-tested pure functions, and `socket` the one way a runtime moves a socket's bytes
+//! ([`Core::read_with`], [`Core::write_with`]). Everything an embedder names is re-exported
+//! here, at the root.
 //!
 //! # The drive loop
 //!
 //! Every call that changes state is followed by draining [`Core::poll_output`] until it returns
-//! `None`; [`Core::poll_timeout`] says when to call [`Core::handle_timeout`]. Here the "network"
-//! is two in-memory buffers: one client, one backend.
+//! `None`; [`Core::poll_timeout`] says when to call [`Core::handle_timeout`]. Bytes go in through
+//! [`Core::read_with`] (it lends the connection's buffer to the `recv`) and out through
+//! [`Core::write_with`] (one vectored write of what is queued). Finished exchanges, for logs and
+//! histograms, come from their own queue, [`Core::poll_exchange`], whenever convenient.
+//! [`Output::Shutdown`] comes only after the last queued byte was written. Here the "network" is
+//! two in-memory buffers: one client, one backend.
 //!
 //! ```
 //! use upkeep_core::{Address, Config, Core, Input, ListenerId, Output, Time, WriteOutcome};
@@ -105,15 +108,32 @@
 #![forbid(unsafe_code)]
 #![warn(missing_debug_implementations)]
 
+// The engine's own machinery: public (for tests, benches and fuzz targets that drive it
+// directly) only with the `internals` feature, so an embedder sees the proxy's API, not its parts.
+// Without it, their introspection (snapshots, invariant checks, per-key counts) is unused.
+#[cfg(feature = "internals")]
 pub mod balance;
+#[cfg(not(feature = "internals"))]
+#[allow(dead_code)]
+mod balance;
 pub mod config;
 mod connection;
 mod engine;
 pub mod framing;
+#[cfg(feature = "internals")]
 pub mod headers;
+#[cfg(not(feature = "internals"))]
+mod headers;
 mod id;
+#[cfg(feature = "internals")]
 pub mod pool;
+#[cfg(not(feature = "internals"))]
+#[allow(dead_code)]
+mod pool;
+#[cfg(feature = "internals")]
 pub mod route;
+#[cfg(not(feature = "internals"))]
+mod route;
 mod rules;
 #[cfg(feature = "sim")]
 pub mod sim;
@@ -122,10 +142,18 @@ pub mod stats;
 mod time;
 mod timers;
 
-pub use config::{Address, Config};
+// What an embedder needs, at the root.
+#[cfg(feature = "toml")]
+pub use config::FileError;
+pub use config::{
+    Address, Balance, Config, ConfigError, Limits, ListenerConfig, PoolKeyMode, QuickConfig,
+    RouteConfig, RuntimeOptions, ServerConfig, UpstreamConfig,
+};
 pub use engine::{AtCapacity, Core, ExchangeInfo, Input, Output};
+pub use framing::{Method, Version};
 pub use id::{ConnId, ListenerId, ServerId, UpstreamId};
+pub use pool::EvictReason;
 pub use rules::NotReusable;
 pub use socket::{MAX_IOV, ReadOutcome, WriteOutcome, is_retry};
-pub use stats::Stats;
+pub use stats::{GroupStats, ServerStats, Stats};
 pub use time::Time;

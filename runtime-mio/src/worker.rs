@@ -17,7 +17,7 @@ use upkeep_core::{Config, ConnId, Core, ExchangeInfo, Input, ListenerId, Output,
 use upkeep_runtime::accept::{Admit, AfterError, Gate};
 use upkeep_runtime::board::{self, Reporter};
 use upkeep_runtime::clock;
-use upkeep_runtime::io::{Flushed, ReadStep, Reader};
+use upkeep_runtime::io::{ReadStep, Reader};
 use upkeep_runtime::metrics::Snapshot;
 use upkeep_runtime::recorder::Recorder;
 
@@ -141,9 +141,6 @@ struct Sock {
     eof: bool,
     /// Upstream connect still in progress.
     connecting: bool,
-    /// Shut down the write side once the queue is empty.
-    shutdown_wanted: bool,
-    shut: bool,
     /// Read size and announced FIN (the shared read loop's state).
     reader: Reader,
 }
@@ -346,8 +343,7 @@ impl Worker {
     }
 
     /// Writes what the core queued for `id` until a write comes up short (the shared write
-    /// loop, `upkeep_runtime::io::flush`); the writable edge brings us back. Shuts the write
-    /// side down once the queue is empty, if the core asked for it.
+    /// loop, `upkeep_runtime::io::flush`); the writable edge brings us back.
     fn flush(&mut self, id: ConnId) {
         let Some(sock) = sock_in(&mut self.socks, id) else {
             return;
@@ -355,12 +351,7 @@ impl Worker {
         if sock.connecting {
             return;
         }
-        let flushed =
-            upkeep_runtime::io::flush(&mut self.core, clock::now(), id, sock.stream.sock());
-        if flushed == Flushed::Empty && sock.shutdown_wanted && !sock.shut {
-            sock.shut = true;
-            sock.stream.shutdown_write();
-        }
+        upkeep_runtime::io::flush(&mut self.core, clock::now(), id, sock.stream.sock());
         self.after_input();
     }
 
@@ -387,10 +378,10 @@ impl Worker {
                         }
                     }
                 }
+                // Only ever after the last queued byte was written (the core's contract).
                 Output::Shutdown { conn } => {
                     if let Some(s) = self.sock(conn) {
-                        s.shutdown_wanted = true;
-                        self.to_write.push_back(conn);
+                        s.stream.shutdown_write();
                     }
                 }
                 Output::Close { conn, reset } => self.close(conn, reset),
@@ -411,8 +402,6 @@ impl Worker {
                 read: true,
                 eof: false,
                 connecting: true,
-                shutdown_wanted: false,
-                shut: false,
                 reader: Reader::default(),
             }),
             Err(e) => {
@@ -492,8 +481,6 @@ impl Worker {
                                 read: true,
                                 eof: false,
                                 connecting: false,
-                                shutdown_wanted: false,
-                                shut: false,
                                 reader: Reader::default(),
                             });
                             self.after_input();

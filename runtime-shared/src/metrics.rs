@@ -8,8 +8,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use upkeep_core::pool::EvictReason;
-use upkeep_core::{Core, ExchangeInfo, NotReusable, Time, UpstreamId};
+use upkeep_core::{Core, EvictReason, ExchangeInfo, NotReusable, Time, UpstreamId};
 
 /// Upper bounds (seconds) of the request duration histogram buckets.
 pub const BUCKETS: [f64; 12] = [

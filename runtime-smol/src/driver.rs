@@ -99,7 +99,6 @@ enum Slot {
     Socket {
         stream: Rc<Stream>,
         signals: Rc<Signals>,
-        shutdown_after_flush: bool,
         _tasks: [Task<()>; 2],
     },
     /// An in-process client connection (the fan-out client): its pump task takes the bytes the
@@ -215,7 +214,6 @@ impl Driver {
             Slot::Socket {
                 stream,
                 signals,
-                shutdown_after_flush: false,
                 _tasks: [reader, writer],
             },
         );
@@ -302,20 +300,10 @@ impl Driver {
                         signals.notify();
                     }
                 }
+                // Only ever after the last queued byte was written (the core's contract).
                 Output::Shutdown { conn } => {
-                    let pending = self.core.pending_len(conn);
                     match self.slot_mut(conn) {
-                        Some(Slot::Socket {
-                            stream,
-                            shutdown_after_flush,
-                            ..
-                        }) => {
-                            if pending == 0 {
-                                stream.shutdown_write();
-                            } else {
-                                *shutdown_after_flush = true;
-                            }
-                        }
+                        Some(Slot::Socket { stream, .. }) => stream.shutdown_write(),
                         Some(Slot::Virtual { .. }) => {
                             // The core lingers for the client's EOF after a close-after-error
                             // response; an in-process client has nothing more to send, so say
@@ -375,21 +363,11 @@ impl Driver {
         };
         let (stream, signals) = (stream.clone(), signals.clone());
         match upkeep_runtime::io::flush(&mut self.core, now, conn, stream.sock()) {
-            Flushed::Empty => {
-                if let Some(Slot::Socket {
-                    shutdown_after_flush: s @ true,
-                    ..
-                }) = self.slot_mut(conn)
-                {
-                    *s = false;
-                    stream.shutdown_write();
-                }
-            }
+            Flushed::Empty | Flushed::Done => {}
             Flushed::Blocked => {
                 signals.write.set(true);
                 signals.notify();
             }
-            Flushed::Done => {}
         }
     }
 

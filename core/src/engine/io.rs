@@ -30,7 +30,14 @@ pub enum Output {
         /// Whether to read.
         read: bool,
     },
-    /// Half-close `conn` (shut down its write side) and keep reading.
+    /// Half-close `conn`: shut down its write side (`shutdown(SHUT_WR)`) now, and keep reading
+    /// and reporting what arrives.
+    ///
+    /// The contract: it comes only once everything queued for `conn` has been reported
+    /// [`Input::Written`] ([`Core::pending_len`] is 0), so the runtime needs no flag of its own
+    /// to shut down "after the flush"; the core queues nothing more for `conn` afterwards and
+    /// ends it with [`Output::Close`] when the peer closes or a deadline passes (lingering,
+    /// RFC 9112 §9.6). Emitted at most once per connection.
     Shutdown {
         /// The connection.
         conn: ConnId,
@@ -47,7 +54,9 @@ pub enum Output {
 /// What happened on the network.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Input<'a> {
-    /// Bytes arrived on `conn`.
+    /// Bytes arrived on `conn`, copied in. A runtime reading a socket uses [`Core::read_with`]
+    /// instead (no copy, and it classifies EOF and errors); this suits tests and in-memory
+    /// peers.
     Received {
         /// The connection.
         conn: ConnId,
@@ -64,8 +73,10 @@ pub enum Input<'a> {
         /// The connection.
         conn: ConnId,
     },
-    /// `n` bytes were appended to the connection's read buffer in place, through
-    /// [`Core::read_buffer`]. The same as [`Input::Received`] without its copy.
+    /// `n` bytes were appended to the connection's read buffer in place (the commit step of
+    /// [`Core::read_with`], which sends it; ignored unless the buffer was lent out and grew by
+    /// exactly `n`). The same as [`Input::Received`] without its copy.
+    #[doc(hidden)]
     Appended {
         /// The connection.
         conn: ConnId,

@@ -212,6 +212,14 @@ impl Core {
     }
 
     /// The next finished exchange, if recording.
+    ///
+    /// Exchanges are a queue apart from [`Core::poll_output`]: they only report, never ask the
+    /// runtime to act, so the order between the two queues does not matter to correctness. An
+    /// exchange is queued when its response's last byte is *queued* to the client — before the
+    /// [`Output::Write`] that carries it is taken — and it carries everything a log line needs
+    /// (the client's address included), so it may be taken before or after the outputs of the
+    /// same call, even after the client's [`Output::Close`]. Both runtimes take them once per
+    /// drain, after acting on the outputs.
     pub fn poll_exchange(&mut self) -> Option<ExchangeInfo> {
         self.finished.pop_front()
     }
@@ -234,12 +242,15 @@ impl Core {
             .flat_map(|c| c.buf.wq.iter().map(|b| &b[..]))
     }
 
+    /// The primitive under [`Core::read_with`] — use that: it commits the count and classifies
+    /// EOF and errors, so the loan cannot be misused.
+    ///
     /// The read buffer of `conn`, with at least `want` bytes of spare capacity, for a runtime
     /// that reads from the socket straight into it — saving the copy [`Input::Received`] makes
     /// (measured: ~10 % of the CPU of a proxied 64 KiB response). Append only, into the spare
-    /// capacity (e.g. `spare_capacity_mut` + `recv` + `set_len`), then report the count with
-    /// [`Input::Appended`] before any other input for `conn`. `None` for an unknown
-    /// connection.
+    /// capacity, then report the count with [`Input::Appended`] before any other input for
+    /// `conn`. `None` for an unknown connection.
+    #[doc(hidden)]
     pub fn read_buffer(&mut self, conn: ConnId, want: usize) -> Option<&mut BytesMut> {
         let c = self.conns.get_mut(conn)?;
         c.buf.reserve_read(want);

@@ -21,7 +21,7 @@
 //!   never two. An empty Host is rejected (we never receive no-authority URIs).
 //! - `Expect: 100-continue` (HTTP/1.1) sets `expect_continue`; any other Expect value is ignored
 //!   (the field is always stripped, never forwarded); HTTP/1.0 Expect is ignored.
-//! - A Connection option never strips `Host` (see [`crate::headers::is_protected_from_connection`]);
+//! - A Connection option never strips `Host` (see `headers::is_protected_from_connection`);
 //!   framing fields named in Connection are harmless because framing is always regenerated from
 //!   [`OutBody`].
 //! - Chunked trailers are parsed, validated, size-limited ([`MAX_TRAILERS`]) and discarded.

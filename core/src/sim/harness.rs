@@ -385,6 +385,12 @@ impl Harness {
                     }
                 }
                 Output::Shutdown { conn } => {
+                    // The contract of `Output::Shutdown`: it follows the last written byte.
+                    assert_eq!(
+                        self.core.pending_len(conn),
+                        0,
+                        "Shutdown with bytes still queued for {conn:?}"
+                    );
                     if let Some(ep) = self.endpoint_of(conn) {
                         ep.shutdown = true;
                     }
