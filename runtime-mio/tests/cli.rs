@@ -527,3 +527,28 @@ fn out_of_descriptors_for_an_upstream_socket_is_a_500_and_marks_no_server_down()
     up.signal("INT");
     assert_eq!(up.wait_exit(), 0);
 }
+
+/// An access log that cannot be opened stops `upkeep run` with a message naming the file.
+#[test]
+fn unopenable_access_log_is_named_in_the_error() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_upkeep"))
+        .args([
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            "127.0.0.1:9",
+            "--workers",
+            "1",
+            "--access-log",
+            "/nonexistent-upkeep-dir/access.log",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("/nonexistent-upkeep-dir/access.log"),
+        "which file? {err}"
+    );
+}

@@ -8,11 +8,10 @@ use upkeep_testkit::backend::Backend;
 use upkeep_testkit::client::{self, Client, get_text, in_flight, metric};
 use upkeep_testkit::{TempDir, eventually, loopback_config, pattern, tcp_addr, within};
 
-const TIMEOUT: Duration = Duration::from_secs(10);
+mod common;
+use common::admin_get;
 
-fn admin_get(proxy: &ProxyHandle, path: &str) -> (u16, String) {
-    get_text(&proxy.admin_addr().expect("admin listener"), path)
-}
+const TIMEOUT: Duration = Duration::from_secs(10);
 
 #[test]
 fn proxies_a_request() {
