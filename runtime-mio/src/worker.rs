@@ -274,8 +274,9 @@ impl Worker {
                     sock.connecting = false;
                     self.core
                         .handle(clock::now(), Input::Connected { conn: id });
+                    // The core asks for the write itself (`Output::Write` on `Connected`); a
+                    // response may already be waiting to be read.
                     self.after_input();
-                    self.to_write.push_back(id);
                     self.to_read.push_back(id);
                     return;
                 }
