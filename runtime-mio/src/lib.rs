@@ -64,10 +64,23 @@ impl Proxy {
         let shared = Arc::new(Shared::default());
         let mut bound = Vec::with_capacity(config.listeners.len());
         for l in &config.listeners {
-            bound.push(Bound::bind(&l.addr)?);
+            match Bound::bind(&l.addr) {
+                Ok(b) => bound.push(b),
+                Err(e) => {
+                    // The socket files bound so far were never served: none stays behind.
+                    remove_unix_files(&bound);
+                    return Err(e);
+                }
+            }
         }
         let admin = match &config.runtime.admin {
-            Some(addr) => Some(Admin::start(addr, shared.operator.clone())?),
+            Some(addr) => match Admin::start(addr, shared.operator.clone()) {
+                Ok(admin) => Some(admin),
+                Err(e) => {
+                    remove_unix_files(&bound);
+                    return Err(e);
+                }
+            },
             None => None,
         };
         let mut generation = Generation {

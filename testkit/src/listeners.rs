@@ -156,6 +156,46 @@ pub fn a_draining_proxy_hands_its_unix_path_over<P>(
     drop(new);
 }
 
+/// A start that fails after some listeners were bound (a later listener's port, or the admin
+/// address, is taken) leaves no socket file behind at the Unix paths it had bound: the proxy
+/// never served them, and its error is all that is left of it.
+pub fn a_failed_start_leaves_no_socket_file(start: TryStart) {
+    let dir = TempDir::new().unwrap();
+    // Someone else's listener: the port stays taken for the whole test.
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = Address::Tcp(holder.local_addr().unwrap());
+    let backend = Backend::identify("never").unwrap();
+
+    // A second listener on a taken port.
+    let listen = dir.socket("first.sock");
+    let mut config = crate::loopback_config(vec![backend.addr()], 1);
+    config.listeners[0].addr = listen.clone();
+    let mut second = config.listeners[0].clone();
+    second.addr = taken.clone();
+    config.listeners.push(second);
+    let err = start(config).err().expect("a taken port fails the start");
+    assert_eq!(err.kind(), io::ErrorKind::AddrInUse, "{err}");
+    assert!(
+        !path_of(&listen).exists(),
+        "a failed start left its socket file behind"
+    );
+
+    // An admin address that is taken.
+    let listen = dir.socket("admin-taken.sock");
+    let mut config = crate::loopback_config(vec![backend.addr()], 1);
+    config.listeners[0].addr = listen.clone();
+    config.runtime.admin = Some(taken.clone());
+    let err = start(config)
+        .err()
+        .expect("a taken admin port fails the start");
+    assert_eq!(err.kind(), io::ErrorKind::AddrInUse, "{err}");
+    assert!(
+        !path_of(&listen).exists(),
+        "a failed start left its socket file behind"
+    );
+    assert_eq!(backend.requests(), 0);
+}
+
 /// At the client connection limit accepting pauses before taking a connection: the ones over
 /// the limit wait in the kernel's backlog — never accepted only to be closed — and are served
 /// one by one, in order, as clients leave (HAProxy's `maxconn`).
@@ -203,6 +243,7 @@ macro_rules! listener_tests {
             a_live_unix_listener_is_not_taken_over,
             a_dead_socket_file_is_taken_over,
             stopping_a_proxy_leaves_a_path_another_took_over,
+            a_failed_start_leaves_no_socket_file,
             at_capacity_accepting_pauses_until_a_client_leaves,
         );
     };
