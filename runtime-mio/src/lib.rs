@@ -215,6 +215,9 @@ impl ProxyHandle {
         let mut bound = Vec::with_capacity(config.listeners.len());
         // Which of the current listeners live on in the new generation.
         let mut kept = vec![false; state.current.bound.len()];
+        // Which of `bound` this reload bound afresh: should it fail, their socket files go
+        // (the shared ones are still served by the current generation).
+        let mut fresh = Vec::with_capacity(config.listeners.len());
         for l in &config.listeners {
             let old = state
                 .current
@@ -236,7 +239,16 @@ impl ProxyHandle {
                 }
                 None => Bound::bind(&l.addr),
             };
-            bound.push(b.map_err(|e| format!("listen {}: {e}", l.addr))?);
+            match b {
+                Ok(b) => {
+                    fresh.push(old.is_none());
+                    bound.push(b);
+                }
+                Err(e) => {
+                    remove_fresh_unix_files(&bound, &fresh);
+                    return Err(format!("listen {}: {e}", l.addr));
+                }
+            }
         }
         let mut next = Generation {
             config,
@@ -246,6 +258,7 @@ impl ProxyHandle {
         let mut threads = Vec::new();
         if let Err(e) = next.spawn(&self.shared, &mut threads) {
             stop_all(&next.workers, &mut threads);
+            remove_fresh_unix_files(&next.bound, &fresh);
             return Err(format!("starting workers: {e}"));
         }
         let old = std::mem::replace(&mut state.current, next);
@@ -366,6 +379,14 @@ fn stop_all(workers: &[Control], threads: &mut Vec<JoinHandle<()>>) {
     }
     for t in threads.drain(..) {
         let _ = t.join();
+    }
+}
+
+/// After a failed reload: removes the socket files of the Unix listeners it bound afresh
+/// (`fresh[i]`), never those it shares with the generation still serving.
+fn remove_fresh_unix_files(bound: &[Bound], fresh: &[bool]) {
+    for (b, _) in bound.iter().zip(fresh).filter(|(_, fresh)| **fresh) {
+        b.remove_socket_file();
     }
 }
 

@@ -149,3 +149,43 @@ fn drain_closes_unix_listeners() {
     assert_eq!(busy.read_response().unwrap().status, 200);
     proxy.wait();
 }
+
+/// A reload that fails after binding a new Unix listener (a later listener's port is taken)
+/// changes nothing — and leaves no socket file at the new path it never served, while the
+/// listener it keeps stays served.
+#[test]
+fn a_failed_reload_leaves_no_new_socket_file() {
+    let backend = Backend::identify("kept").unwrap();
+    let dir = upkeep_testkit::wire::TempDir::new().unwrap();
+    let kept = dir.socket("kept.sock");
+    let mut cfg = Config::simple(kept.clone(), vec![backend.addr()]);
+    cfg.runtime.workers = 1;
+    let proxy = Proxy::start(cfg.clone()).unwrap();
+
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = upkeep_core::Address::Tcp(holder.local_addr().unwrap());
+    let added = dir.socket("added.sock");
+    let mut next = cfg.clone();
+    for addr in [added.clone(), taken] {
+        let mut l = next.listeners[0].clone();
+        l.addr = addr;
+        next.listeners.push(l);
+    }
+    assert!(proxy.reload(next).is_err(), "a taken port fails the reload");
+    let upkeep_core::Address::Unix(added) = added else {
+        unreachable!()
+    };
+    assert!(
+        !std::path::Path::new(&added).exists(),
+        "the failed reload left the new listener's socket file behind"
+    );
+    assert_eq!(
+        upkeep_testkit::client::get_text(&kept, "/"),
+        (200, "kept GET /".to_string())
+    );
+    proxy.shutdown();
+    let upkeep_core::Address::Unix(kept) = kept else {
+        unreachable!()
+    };
+    assert!(!std::path::Path::new(&kept).exists(), "removed at exit");
+}
