@@ -267,6 +267,11 @@ impl Worker {
             return;
         };
         let id = sock.id;
+        // Before the connect check: the event that reports a connect complete may also carry
+        // the peer's FIN, behind data it sent at once, and no later edge will announce it.
+        if event.is_read_closed() || event.is_error() {
+            sock.reader.hang_up();
+        }
         if sock.connecting {
             match sock.stream.finish_connect() {
                 Ok(false) => return,
@@ -288,9 +293,6 @@ impl Worker {
                     return;
                 }
             }
-        }
-        if event.is_read_closed() || event.is_error() {
-            sock.reader.hang_up();
         }
         if event.is_readable() || event.is_read_closed() || event.is_error() {
             self.to_read.push_back(id);
