@@ -1,5 +1,5 @@
 //! Forwarding through the mio proxy at edges the shared scenarios leave out: a client that
-//! half-closes right after its request still gets the response, and upstream connections over
+//! half-closes right after its request still gets the response, upstream connections over
 //! IPv6 are pooled, and a backend that answers and half-closes at accept is relayed.
 
 use upkeep_mio::Proxy;

@@ -1,7 +1,7 @@
 //! Reloading and draining the mio proxy: a request in flight finishes on its old worker, no
 //! connection the kernel completed is lost while reloads replace the workers, every listening
-//! socket stays served when a reload changes the worker count, and a drained Unix listener
-//! refuses new connections. (Reload through the library with its counters is in `runtime.rs`,
+//! socket stays served when a reload changes the worker count, a drained Unix listener
+//! refuses new connections, and a failed reload leaves no socket file behind. (Reload through the library with its counters is in `runtime.rs`,
 //! SIGHUP in `cli.rs`.)
 
 use std::time::Duration;
