@@ -67,7 +67,7 @@ impl Core {
     /// Reads once from a socket straight into `conn`'s read buffer and hands the result to the
     /// core.
     ///
-    /// `read` gets the buffer with at least `want` bytes of spare capacity and must only
+    /// `read` gets the buffer with at least `want` bytes (never none) of spare capacity and must only
     /// *append* to it (e.g. `recv` into `spare_capacity_mut()`, then `set_len`), returning how
     /// many bytes it appended, as `io::Read::read` would. The core commits exactly those bytes
     /// (saving the copy [`Input::Received`] makes); `Ok(0)` is the peer's end of stream. A
@@ -98,7 +98,9 @@ impl Core {
         want: usize,
         read: impl FnOnce(&mut BytesMut) -> io::Result<usize>,
     ) -> io::Result<ReadOutcome> {
-        let Some(buf) = self.read_buffer(conn, want) else {
+        // A `recv` into no room returns 0, which would read as the peer's end of stream: the
+        // loan always has room for at least one byte, whatever `want` says.
+        let Some(buf) = self.read_buffer(conn, want.max(1)) else {
             return Ok(ReadOutcome::Unknown);
         };
         let before = buf.len();
@@ -291,6 +293,19 @@ mod tests {
         assert!(!core.is_open(client));
         let got = core.read_with(Time::ZERO, client, 1024, |_| Ok(1));
         assert!(matches!(got, Ok(ReadOutcome::Unknown)));
+    }
+
+    #[test]
+    fn read_with_want_zero_never_reads_as_end_of_stream() {
+        let (mut core, client) = core_with_client();
+        // A reader that, like `recv`, fills only the room it is given.
+        let got = core.read_with(Time::ZERO, client, 0, |buf| {
+            let n = REQUEST.len().min(buf.capacity() - buf.len());
+            buf.extend_from_slice(&REQUEST[..n]);
+            Ok(n)
+        });
+        assert!(matches!(got, Ok(ReadOutcome::Data(_))), "{got:?}");
+        assert!(core.is_open(client));
     }
 
     #[test]

@@ -1670,3 +1670,34 @@ fn an_appended_count_that_does_not_match_is_dropped() {
     deliver(&mut h, c, &get("/ok"), true);
     assert_eq!(connects(&h), 1);
 }
+
+#[test]
+fn a_tunnel_is_counted_upgraded_however_it_ends() {
+    use upkeep_core::NotReusable;
+    // A 101 makes the connection a tunnel: it was never going back to the pool, whichever side
+    // ends the tunnel and however (FIN, reset, a client that stops reading).
+    let upgraded = |h: &Harness| {
+        let st = h.core.stats();
+        let other: u64 = NotReusable::ALL
+            .into_iter()
+            .filter(|&r| r != NotReusable::Upgraded)
+            .map(|r| st.not_reused(r))
+            .sum();
+        (st.not_reused(NotReusable::Upgraded), other)
+    };
+    let (mut h, c, _u) = open_tunnel();
+    h.client_eof(c);
+    assert_eq!(upgraded(&h), (1, 0), "client EOF");
+    let (mut h, c, u) = open_tunnel();
+    h.reset(c);
+    assert!(!h.core.is_open(u));
+    assert_eq!(upgraded(&h), (1, 0), "client reset");
+    upstreams_accounted(&h.core);
+    let (mut h, c, u) = open_tunnel();
+    h.stall(c, true);
+    h.upstream_send(u, b"frames the client never reads");
+    h.advance(secs(3600));
+    assert!(!h.core.is_open(c) && !h.core.is_open(u));
+    assert_eq!(upgraded(&h), (1, 0), "client send timeout");
+    upstreams_accounted(&h.core);
+}

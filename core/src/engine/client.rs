@@ -19,6 +19,7 @@ use core::net::IpAddr;
 
 use super::exchange::{Exchange, Resp};
 use super::table::Role;
+use super::upstream::UState;
 use super::{Core, HEAD_GROWTH, Output, touch};
 use crate::connection::AfterFlush;
 use crate::framing::{self, BodyKind, Forwarding, Method, OutBody, Version};
@@ -363,7 +364,12 @@ impl Core {
         let Some(u) = cl.ex.upstream.take() else {
             return;
         };
-        self.close_upstream(u, true, NotReusable::ClientAborted);
+        // After a 101 the connection was a tunnel, never to be pooled, whichever side ends it.
+        let why = match self.conns.upstream(u).map(|u| u.state) {
+            Some(UState::Tunnel) => NotReusable::Upgraded,
+            _ => NotReusable::ClientAborted,
+        };
+        self.close_upstream(u, true, why);
     }
 }
 

@@ -429,11 +429,16 @@ impl Core {
             let Some(kind) = c.deadline.take() else {
                 continue;
             };
+            // What this timeout touches lands after the current last entry (`touch` does not
+            // repeat the last one, so that entry is included): only those changed.
+            let from = self.touched.len().saturating_sub(1);
             touch(&mut self.touched, id);
             self.on_timeout(now, id, kind);
             // What that changed re-arms now, so a deadline due at the same instant on another
-            // connection (its peer) fires for what that connection is doing now.
-            for i in 0..self.touched.len() {
+            // connection (its peer) fires for what that connection is doing now. Only what this
+            // timeout touched: re-arming everything touched so far made a burst of deadlines
+            // due at one instant quadratic.
+            for i in from..self.touched.len() {
                 self.arm(self.touched[i]);
             }
         }

@@ -185,6 +185,8 @@ impl Core {
 
     /// Arms the timer of `id` for its current state, remembering what it is for.
     pub(super) fn arm(&mut self, id: ConnId) {
+        #[cfg(test)]
+        tests::ARMED.with(|n| n.set(n.get() + 1));
         let deadline = self.deadline(id);
         let Some(c) = self.conns.get_mut(id) else {
             return;
@@ -235,5 +237,40 @@ impl Core {
                 debug_assert!(false, "{kind:?} armed for the other role");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use core::cell::Cell;
+
+    use crate::{Address, Config, Core, ListenerId, Time};
+
+    thread_local! {
+        /// How many times `Core::arm` ran on this thread.
+        pub(super) static ARMED: Cell<usize> = const { Cell::new(0) };
+    }
+
+    #[test]
+    fn deadlines_due_at_one_instant_are_rearmed_once_each_not_once_per_timer() {
+        // Connections accepted in the same millisecond share their header deadline; firing
+        // them must cost in proportion to their number (it once re-armed every connection
+        // touched so far after each timer: quadratic, ~0.4 s of one worker for 16k).
+        let n = 2000;
+        let mut config = Config::simple(
+            Address::parse("127.0.0.1:8080").unwrap(),
+            vec![Address::parse("127.0.0.1:9001").unwrap()],
+        );
+        config.limits.max_client_connections = n;
+        let mut core = Core::new(config, 0).unwrap();
+        for _ in 0..n {
+            core.accept(Time::ZERO, ListenerId(0), None).unwrap();
+        }
+        while core.poll_output().is_some() {}
+        ARMED.with(|a| a.set(0));
+        core.handle_timeout(Time::from_millis(3_600_000));
+        assert_eq!(core.connections(), 0);
+        let armed = ARMED.with(Cell::get);
+        assert!(armed <= 4 * n, "{armed} re-arms for {n} timers");
     }
 }
