@@ -13,7 +13,9 @@ use mio::{Events, Poll, Token, Waker};
 use upkeep_core::Address;
 use upkeep_runtime::admin::{self, Head, IO_TIMEOUT, Operator};
 
-use crate::net::{Bound, Listener, Stream};
+use upkeep_runtime::listen::Bound;
+
+use crate::net::{Listener, Stream};
 use crate::worker::Control;
 
 const LISTENER: Token = Token(0);
@@ -34,7 +36,7 @@ impl Admin {
     pub(crate) fn start(addr: &Address, operator: Operator<Control>) -> io::Result<Admin> {
         let mut bound = Bound::bind(addr)?;
         let addr = bound.address();
-        let mut listener = bound.for_worker()?;
+        let mut listener = Listener::new(bound.for_worker()?);
         // The thread's copy is the one that serves; ours would keep the socket open past stop.
         bound.close();
         let mut poll = Poll::new()?;

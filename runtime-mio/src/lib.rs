@@ -39,10 +39,11 @@ use std::thread::JoinHandle;
 use upkeep_core::{Address, Config};
 use upkeep_runtime::admin::Operator;
 use upkeep_runtime::board::SNAPSHOT_WAIT;
+use upkeep_runtime::listen::{Bound, remove_socket_files};
 
 use crate::admin::Admin;
 use crate::metrics::Snapshot;
-use crate::net::Bound;
+use crate::net::Listener;
 use crate::worker::{Command, Control};
 
 pub use upkeep_core;
@@ -68,7 +69,7 @@ impl Proxy {
                 Ok(b) => bound.push(b),
                 Err(e) => {
                     // The socket files bound so far were never served: none stays behind.
-                    remove_unix_files(&bound);
+                    remove_socket_files(&bound);
                     return Err(e);
                 }
             }
@@ -77,7 +78,7 @@ impl Proxy {
             Some(addr) => match Admin::start(addr, shared.operator.clone()) {
                 Ok(admin) => Some(admin),
                 Err(e) => {
-                    remove_unix_files(&bound);
+                    remove_socket_files(&bound);
                     return Err(e);
                 }
             },
@@ -91,7 +92,7 @@ impl Proxy {
         let mut threads = Vec::new();
         if let Err(e) = generation.spawn(&shared, &mut threads) {
             stop_all(&generation.workers, &mut threads);
-            remove_unix_files(&generation.bound);
+            remove_socket_files(&generation.bound);
             return Err(e);
         }
         Ok(ProxyHandle {
@@ -127,7 +128,7 @@ impl Generation {
         for index in 0..n {
             let mut listeners = Vec::with_capacity(self.bound.len());
             for b in &mut self.bound {
-                listeners.push(b.for_worker()?);
+                listeners.push(Listener::new(b.for_worker()?));
             }
             let (control, thread) = worker::spawn(worker::Setup {
                 index,
@@ -365,7 +366,7 @@ impl Drop for ProxyHandle {
         let live = self.live();
         let mut state = self.state();
         stop_all(&live, &mut state.threads);
-        remove_unix_files(&state.current.bound);
+        remove_socket_files(&state.current.bound);
         drop(state);
         if let Some(mut admin) = self.admin.take() {
             admin.stop();
@@ -386,14 +387,6 @@ fn stop_all(workers: &[Control], threads: &mut Vec<JoinHandle<()>>) {
 /// (`fresh[i]`), never those it shares with the generation still serving.
 fn remove_fresh_unix_files(bound: &[Bound], fresh: &[bool]) {
     for (b, _) in bound.iter().zip(fresh).filter(|(_, fresh)| **fresh) {
-        b.remove_socket_file();
-    }
-}
-
-/// Removes the Unix socket files of `bound` that are still the ones this process bound (another
-/// proxy may have taken a path over since, see [`upkeep_runtime::listen::SocketFile`]).
-fn remove_unix_files(bound: &[Bound]) {
-    for b in bound {
         b.remove_socket_file();
     }
 }

@@ -10,7 +10,7 @@ use mio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use mio::{Interest, Registry, Token};
 use socket2::SockRef;
 use upkeep_core::Address;
-use upkeep_runtime::listen::{self, Listening};
+use upkeep_runtime::listen::Listening;
 use upkeep_runtime::socket::{self, Connecting};
 
 /// A connected stream of either family.
@@ -103,6 +103,14 @@ pub(crate) enum Listener {
 pub(crate) type Accepted = (Stream, Option<SocketAddr>);
 
 impl Listener {
+    /// A worker's socket from the shared bind policy ([`upkeep_runtime::listen::Bound::for_worker`]).
+    pub(crate) fn new(socket: Listening) -> Listener {
+        match socket {
+            Listening::Tcp(l) => Listener::Tcp(TcpListener::from_std(l)),
+            Listening::Unix(l) => Listener::Unix(UnixListener::from_std(l)),
+        }
+    }
+
     pub(crate) fn accept(&self) -> io::Result<Accepted> {
         match self {
             Listener::Tcp(l) => l.accept().map(|(s, a)| (Stream::Tcp(s), Some(a))),
@@ -122,56 +130,6 @@ impl Listener {
             Listener::Tcp(l) => registry.deregister(l),
             Listener::Unix(l) => registry.deregister(l),
         };
-    }
-}
-
-/// One configured listen address, bound by the shared policy ([`listen::Bound`]), handing out
-/// mio listeners.
-#[derive(Debug)]
-pub(crate) struct Bound(listen::Bound);
-
-impl Bound {
-    /// Binds `addr` ([`listen::Bound::bind`]).
-    pub(crate) fn bind(addr: &Address) -> io::Result<Bound> {
-        listen::Bound::bind(addr).map(Bound)
-    }
-
-    /// The same sockets for a new generation of workers ([`listen::Bound::share`]).
-    pub(crate) fn share(&self) -> io::Result<Bound> {
-        self.0.share().map(Bound)
-    }
-
-    /// The actual address (with the resolved port).
-    pub(crate) fn address(&self) -> Address {
-        self.0.address()
-    }
-
-    /// A listener for the next worker ([`listen::Bound::for_worker`]).
-    pub(crate) fn for_worker(&mut self) -> io::Result<Listener> {
-        Ok(match self.0.for_worker()? {
-            Listening::Tcp(l) => Listener::Tcp(TcpListener::from_std(l)),
-            Listening::Unix(l) => Listener::Unix(UnixListener::from_std(l)),
-        })
-    }
-
-    /// Forgets sockets no worker took ([`listen::Bound::settle`]).
-    pub(crate) fn settle(&mut self) {
-        self.0.settle();
-    }
-
-    /// Drops the proxy's own descriptors ([`listen::Bound::close`]).
-    pub(crate) fn close(&mut self) {
-        self.0.close();
-    }
-
-    /// Whether this is a Unix socket (shared by every worker).
-    pub(crate) fn is_unix(&self) -> bool {
-        self.0.is_unix()
-    }
-
-    /// Removes a Unix socket file while it is still ours ([`listen::Bound::remove_socket_file`]).
-    pub(crate) fn remove_socket_file(&self) {
-        self.0.remove_socket_file();
     }
 }
 

@@ -172,6 +172,15 @@ impl Bound {
     }
 }
 
+/// Removes the Unix socket files of `bound` that are still the ones this process bound (another
+/// proxy may have taken a path over since, see [`SocketFile`]): at exit, and when a start fails
+/// after binding some of its listeners.
+pub fn remove_socket_files(bound: &[Bound]) {
+    for b in bound {
+        b.remove_socket_file();
+    }
+}
+
 fn open(socket: &Option<UnixListener>) -> io::Result<&UnixListener> {
     socket
         .as_ref()

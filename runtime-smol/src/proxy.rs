@@ -13,7 +13,7 @@ use upkeep_runtime::board::{Board, Reporter};
 use upkeep_runtime::metrics::Snapshot;
 use upkeep_runtime::recorder::Recorder;
 
-use upkeep_runtime::listen::{Bound, Listening};
+use upkeep_runtime::listen::{Bound, Listening, remove_socket_files};
 
 use crate::admin::Admin;
 use crate::driver::{self, Driver, Shared};
@@ -102,7 +102,7 @@ impl Proxy {
             match Bound::bind(&l.addr) {
                 Ok(b) => bound.push(b),
                 Err(e) => {
-                    remove_unix_files(&bound);
+                    remove_socket_files(&bound);
                     return Err(e);
                 }
             }
@@ -113,7 +113,7 @@ impl Proxy {
             match bound.iter_mut().map(Bound::for_worker).collect() {
                 Ok(sockets) => per_worker.push(sockets),
                 Err(e) => {
-                    remove_unix_files(&bound);
+                    remove_socket_files(&bound);
                     return Err(e);
                 }
             }
@@ -129,7 +129,7 @@ impl Proxy {
         let admin = match admin.map(|a| Admin::start(a, operator.clone())).transpose() {
             Ok(admin) => admin,
             Err(e) => {
-                remove_unix_files(&bound);
+                remove_socket_files(&bound);
                 return Err(e);
             }
         };
@@ -141,7 +141,7 @@ impl Proxy {
                 Ok(core) => core,
                 Err(e) => {
                     stop_all(&controls, handles);
-                    remove_unix_files(&bound);
+                    remove_socket_files(&bound);
                     return Err(io::Error::new(io::ErrorKind::InvalidInput, e.to_string()));
                 }
             };
@@ -178,12 +178,12 @@ impl Proxy {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
                     stop_all(&controls, handles);
-                    remove_unix_files(&bound);
+                    remove_socket_files(&bound);
                     return Err(e);
                 }
                 Err(_) => {
                     stop_all(&controls, handles);
-                    remove_unix_files(&bound);
+                    remove_socket_files(&bound);
                     return Err(io::Error::other("a worker thread died while starting"));
                 }
             }
@@ -254,7 +254,7 @@ impl ProxyHandle {
         for h in std::mem::take(&mut self.workers) {
             let _ = h.join();
         }
-        remove_unix_files(&self.bound);
+        remove_socket_files(&self.bound);
     }
 
     fn stop_now(&mut self) {
@@ -263,21 +263,13 @@ impl ProxyHandle {
             return;
         }
         stop_all(&self.controls, std::mem::take(&mut self.workers));
-        remove_unix_files(&self.bound);
+        remove_socket_files(&self.bound);
     }
 }
 
 impl Drop for ProxyHandle {
     fn drop(&mut self) {
         self.stop_now();
-    }
-}
-
-/// Removes the Unix socket files of `bound` that are still the ones this process bound (another
-/// proxy may have taken a path over since, see [`upkeep_runtime::listen::SocketFile`]).
-fn remove_unix_files(bound: &[Bound]) {
-    for b in bound {
-        b.remove_socket_file();
     }
 }
 
