@@ -163,9 +163,6 @@ impl Core {
         conn: ConnId,
         write: impl FnOnce(&[IoSlice<'_>]) -> io::Result<usize>,
     ) -> io::Result<WriteOutcome> {
-        if !self.is_open(conn) {
-            return Ok(WriteOutcome::Unknown);
-        }
         let mut iov = [IoSlice::new(&[]); MAX_IOV];
         let mut k = 0;
         let mut offered = 0;
@@ -174,7 +171,11 @@ impl Core {
             offered += piece.len();
             k += 1;
         }
+        // One lookup on the hot path: an unknown connection has nothing pending either.
         if offered == 0 {
+            if !self.is_open(conn) {
+                return Ok(WriteOutcome::Unknown);
+            }
             return Ok(WriteOutcome::Wrote {
                 n: 0,
                 offered: 0,

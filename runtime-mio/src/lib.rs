@@ -59,9 +59,7 @@ impl Proxy {
     /// `SO_REUSEPORT` socket), starts the workers (`config.runtime.workers`, 0 = one per core)
     /// and the admin listener, and returns once all of them are ready.
     pub fn start(config: Config) -> io::Result<ProxyHandle> {
-        config
-            .validate()
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        config.validate()?;
         let shared = Arc::new(Shared::default());
         let mut bound = Vec::with_capacity(config.listeners.len());
         for l in &config.listeners {

@@ -100,8 +100,7 @@ pub(crate) fn spawn(setup: Setup) -> io::Result<(Control, JoinHandle<()>)> {
         waker,
     };
     let recorder = Recorder::open(&setup.config)?;
-    let mut core = Core::new(setup.config, setup.index as u64)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+    let mut core = Core::new(setup.config, setup.index as u64)?;
     recorder.attach(&mut core);
     let mut worker = Worker {
         id: setup.id,

@@ -328,10 +328,7 @@ impl Client {
                 upstream: Some(u.name.clone()),
             })
             .collect();
-        let invalid = |e: upkeep_core::config::ConfigError| {
-            std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string())
-        };
-        config.validate().map_err(invalid)?;
+        config.validate()?;
         let mut groups = HashMap::new();
         for (i, u) in config.upstreams.iter().enumerate() {
             let default_host = match &u.servers[0].addr {
@@ -347,7 +344,7 @@ impl Client {
             );
         }
         let upstreams = config.upstreams.iter().map(|u| u.name.clone()).collect();
-        let core = Core::new(config, 0).map_err(invalid)?;
+        let core = Core::new(config, 0)?;
         let (tx, rx) = async_channel::unbounded();
         std::thread::Builder::new()
             .name("upkeep-smol-client".into())

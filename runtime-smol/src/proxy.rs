@@ -85,9 +85,7 @@ impl Proxy {
     /// `config.runtime.workers` worker threads (0 = one per CPU) and the admin listener
     /// (`runtime.admin`), and returns once they are all serving.
     pub fn start(config: Config) -> io::Result<ProxyHandle> {
-        config
-            .validate()
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        config.validate()?;
         let workers = upkeep_runtime::workers::count(config.runtime.workers);
         let shutdown_timeout = config.runtime.shutdown_timeout;
 
@@ -142,7 +140,7 @@ impl Proxy {
                 Err(e) => {
                     stop_all(&controls, handles);
                     remove_socket_files(&bound);
-                    return Err(io::Error::new(io::ErrorKind::InvalidInput, e.to_string()));
+                    return Err(e.into());
                 }
             };
             let (tx, rx) = async_channel::unbounded();
