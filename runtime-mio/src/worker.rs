@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use mio::event::Event;
 use mio::{Events, Poll, Token, Waker};
-use upkeep_core::{Config, ConnId, Core, ExchangeInfo, Input, ListenerId, Output, ServerId};
+use upkeep_core::{Config, ConnId, Core, Input, ListenerId, Output, ServerId};
 use upkeep_runtime::accept::{Admit, AfterError, Gate};
 use upkeep_runtime::board::{self, Reporter};
 use upkeep_runtime::clock;
@@ -359,16 +359,10 @@ impl Worker {
 
     // ---- the core's outputs ---------------------------------------------------------------------
 
-    /// Drains finished exchanges and outputs after every input. Exchanges go first so an access
-    /// log line can still see the client socket that a `Close` is about to remove.
+    /// Acts on every output after an input, then records the exchanges that finished (each
+    /// carries what its log line needs, so the order does not matter).
     fn after_input(&mut self) {
-        loop {
-            while let Some(ex) = self.core.poll_exchange() {
-                self.exchange(ex);
-            }
-            let Some(out) = self.core.poll_output() else {
-                return;
-            };
+        while let Some(out) = self.core.poll_output() {
             match out {
                 Output::Connect { conn, server } => self.connect(conn, server),
                 Output::Write { conn } => self.to_write.push_back(conn),
@@ -388,6 +382,9 @@ impl Worker {
                 }
                 Output::Close { conn, reset } => self.close(conn, reset),
             }
+        }
+        while let Some(ex) = self.core.poll_exchange() {
+            self.recorder.exchange(&self.core, &ex);
         }
     }
 
@@ -438,10 +435,6 @@ impl Worker {
         if !self.core.is_open(id) {
             self.close(id, false);
         }
-    }
-
-    fn exchange(&mut self, ex: ExchangeInfo) {
-        self.recorder.exchange(&self.core, &ex);
     }
 
     // ---- accepting --------------------------------------------------------------------------

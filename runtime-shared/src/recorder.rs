@@ -2,10 +2,10 @@
 //! `/metrics` and `/status`, and the access log line. One per worker, owned by the thread that
 //! owns the worker's [`Core`], so recording takes no lock.
 //!
-//! A runtime's part is small: [`Recorder::attach`] when the core is built; after every input,
-//! [`Recorder::exchange`] for each [`Core::poll_exchange`] *before* acting on the outputs (a
-//! `Close` among them may remove the client socket whose address the line wants);
-//! [`Recorder::flush`] once per loop pass; [`Recorder::snapshot`] when the admin listener asks.
+//! A runtime's part is small: [`Recorder::attach`] when the core is built; after acting on the
+//! outputs of an input, [`Recorder::exchange`] for each [`Core::poll_exchange`] (an exchange
+//! carries everything its line needs, the client's address included); [`Recorder::flush`] once
+//! per loop pass; [`Recorder::snapshot`] when the admin listener asks.
 
 use std::io;
 
@@ -43,8 +43,7 @@ impl Recorder {
         core.record_requests(self.log.is_some());
     }
 
-    /// Records a finished exchange; `client` is the client connection's address (`None` on a
-    /// Unix socket, or when the runtime no longer knows the connection).
+    /// Records a finished exchange: the counters, and its access log line if there is a log.
     pub fn exchange(&mut self, core: &Core, ex: &ExchangeInfo) {
         self.counters.record(ex);
         let Some(log) = &mut self.log else {
