@@ -21,7 +21,8 @@
 //!
 //! - Top-level keys for the runtimes ([`RuntimeOptions`]): `workers` (0 = one per core),
 //!   `admin` (address of the `/metrics` `/status` `/ready` listener), `access_log` (`"off"`,
-//!   `"-"` for stdout, `"stderr"`, or a path), `shutdown_timeout` (graceful drain limit, `"30s"`).
+//!   `"-"` for stdout, `"stderr"`, or a path), `shutdown_timeout` (graceful drain limit, `"30s"`),
+//!   `shutdown_delay` (`/ready` fails while still serving before the drain, `"0s"`).
 //! - `[[listen]]` tables with `addr` and an optional `upstream` (the group for requests that
 //!   match no route; a plain string per listener is also accepted:
 //!   `listen = ["127.0.0.1:8080", "unix:/run/upkeep.sock"]`). Index = [`ListenerId`](crate::ListenerId).
@@ -101,7 +102,7 @@
 //! [limits]
 //! max_request_line = "8k"
 //! max_head = 16384
-//! max_body = "1m"
+//! max_body = "100m"
 //! client_keepalive_requests = 1000
 //! max_client_connections = 10000
 //! write_high_water = "256k"
@@ -140,12 +141,19 @@ mod de;
 mod parse;
 mod quick;
 mod validate;
+mod warnings;
 
 #[cfg(feature = "toml")]
 mod file;
 #[cfg(feature = "toml")]
+mod plain;
+#[cfg(feature = "toml")]
+mod print;
+#[cfg(feature = "toml")]
 pub use file::FileError;
-pub use parse::{parse_duration, parse_size};
+pub use parse::{format_duration, parse_duration, parse_size};
+#[cfg(feature = "toml")]
+pub use plain::{plain_message, suggest};
 pub use quick::{QUICK_FLAGS, QuickConfig};
 pub use validate::{ConfigError, MAX_SERVERS_PER_UPSTREAM};
 
@@ -366,7 +374,9 @@ pub struct Limits {
     pub max_request_line: usize,
     /// Largest request or response head (→ 431 / 502).
     pub max_head: usize,
-    /// Largest request body (`client_max_body_size`, 1m; 0 = unlimited) → 413.
+    /// Largest request body → 413; 0 (the default) = unlimited. nginx's `client_max_body_size`
+    /// defaults to 1m because nginx buffers bodies (to disk); upkeep streams them with bounded
+    /// memory, as HAProxy, Envoy and Caddy do, and none of those caps bodies by default.
     pub max_body: u64,
     /// Requests per client connection (`keepalive_requests`, 1000).
     pub client_keepalive_requests: u32,
@@ -381,7 +391,7 @@ impl Default for Limits {
         Limits {
             max_request_line: 8 * 1024,
             max_head: 16 * 1024,
-            max_body: 1024 * 1024,
+            max_body: 0,
             client_keepalive_requests: 1000,
             max_client_connections: 10_000,
             write_high_water: 256 * 1024,
@@ -425,6 +435,10 @@ pub struct RuntimeOptions {
     /// Longest a graceful drain (SIGTERM/SIGQUIT, or the old workers after a reload) may take
     /// before the remaining connections are closed.
     pub shutdown_timeout: Duration,
+    /// How long after SIGTERM/SIGQUIT the proxy keeps accepting and serving while `/ready`
+    /// answers 503, before it starts draining: the time a load balancer needs to see the
+    /// failing health check and stop sending new connections. Zero (the default) drains at once.
+    pub shutdown_delay: Duration,
 }
 
 impl Default for RuntimeOptions {
@@ -434,6 +448,7 @@ impl Default for RuntimeOptions {
             admin: None,
             access_log: None,
             shutdown_timeout: Duration::from_secs(30),
+            shutdown_delay: Duration::ZERO,
         }
     }
 }

@@ -320,7 +320,14 @@ impl ProxyHandle {
         }
     }
 
-    /// Whether [`ProxyHandle::drain`] was called.
+    /// The first step of a delayed shutdown (`runtime.shutdown_delay`): `/ready` answers 503 from
+    /// now on so load balancers take this instance out, while every listener keeps accepting and
+    /// serving; call [`ProxyHandle::drain`] once the delay has passed.
+    pub fn fail_ready(&self) {
+        self.shared.operator.set_draining();
+    }
+
+    /// Whether [`ProxyHandle::drain`] (or [`ProxyHandle::fail_ready`]) was called.
     pub fn is_draining(&self) -> bool {
         self.shared.operator.is_draining()
     }

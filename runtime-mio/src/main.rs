@@ -4,7 +4,9 @@ mod cli;
 
 use std::process::ExitCode;
 
-use cli::args::{self, Command};
+use cli::args::{self, Command, Source};
+use cli::config_file::{self, Loaded};
+use cli::exit;
 
 fn main() -> ExitCode {
     cli::logger::init();
@@ -12,7 +14,7 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             eprintln!("upkeep: {e}");
-            return ExitCode::from(2);
+            return exit::code(exit::USAGE);
         }
     };
     match command {
@@ -24,23 +26,46 @@ fn main() -> ExitCode {
             println!("upkeep {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
-        Command::Check(file) => match cli::config_file::load(&file) {
-            Ok(_) => {
-                println!("configuration ok");
-                ExitCode::SUCCESS
+        Command::Check { file, print } => match config_file::load(&file) {
+            Ok(Loaded { config, warnings }) => {
+                for w in &warnings {
+                    eprintln!("{w}");
+                }
+                if print {
+                    print!("{}", config.to_toml());
+                } else {
+                    println!("configuration ok");
+                }
+                exit::code(exit::OK)
             }
             Err(e) => {
                 eprintln!("{e}");
-                ExitCode::FAILURE
+                exit::code(exit::CONFIG)
             }
         },
-        Command::Run { config, file } => match cli::run::run(*config, file.as_deref()) {
-            Ok(code) => ExitCode::from(code as u8),
-            Err(e) => {
-                eprintln!("upkeep: {e}");
-                ExitCode::FAILURE
+        Command::Run(source) => {
+            let (loaded, file) = match source {
+                Source::File(file) => (config_file::load(&file), Some(file)),
+                Source::Flags(config) => (config_file::check_flags(*config), None),
+            };
+            let Loaded { config, warnings } = match loaded {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return exit::code(exit::CONFIG);
+                }
+            };
+            for w in &warnings {
+                log::warn!("{w}");
             }
-        },
+            match cli::run::run(config, file.as_deref()) {
+                Ok(()) => exit::code(exit::OK),
+                Err(e) => {
+                    eprintln!("upkeep: {e}");
+                    exit::code(exit::CONFIG)
+                }
+            }
+        }
         Command::Demo => match cli::demo::demo() {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

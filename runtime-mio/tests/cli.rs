@@ -95,6 +95,7 @@ struct Running {
     child: Child,
     lines: mpsc::Receiver<String>,
     listen: Vec<Address>,
+    admin: Option<Address>,
 }
 
 impl Running {
@@ -136,6 +137,7 @@ impl Running {
             child,
             lines,
             listen: Vec::new(),
+            admin: None,
         };
         // "listening on ADDR" lines come before the proxy is used; the admin line (if any) last.
         loop {
@@ -145,6 +147,7 @@ impl Running {
                 .and_then(|l| l.split("listening on ").nth(1))
             {
                 if line.contains("admin listening") {
+                    r.admin = Some(Address::parse(a).unwrap());
                     break;
                 }
                 r.listen.push(Address::parse(a).unwrap());
@@ -551,4 +554,40 @@ fn unopenable_access_log_is_named_in_the_error() {
         err.contains("/nonexistent-upkeep-dir/access.log"),
         "which file? {err}"
     );
+}
+
+/// `--shutdown-delay`: after SIGTERM, `/ready` fails at once while new and kept-alive clients are
+/// still accepted and served; only then does the drain start, and the process exits 0.
+#[test]
+fn shutdown_delay_fails_ready_while_still_serving() {
+    let b = Backend::identify("delay").unwrap();
+    let mut up = Running::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &b.addr().to_string(),
+        "--workers",
+        "1",
+        "--admin",
+        "127.0.0.1:0",
+        "--shutdown-delay",
+        "6s",
+    ]);
+    let listen = up.listen[0].clone();
+    let admin = up.admin.clone().expect("admin address");
+    assert_eq!(get_text(&admin, "/ready"), (200, "ready\n".into()));
+    let mut kept = Client::connect(&listen).unwrap();
+    assert_eq!(kept.get_text("/a"), (200, "delay GET /a".into()));
+    up.signal("TERM");
+    let start = Instant::now();
+    while get_text(&admin, "/ready").0 != 503 {
+        assert!(start.elapsed() < TIMEOUT, "/ready never failed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Still serving: a new connection and the kept-alive one.
+    assert_eq!(get_text(&listen, "/b"), (200, "delay GET /b".into()));
+    assert_eq!(kept.get_text("/c"), (200, "delay GET /c".into()));
+    assert_eq!(get_text(&admin, "/ready").0, 503);
+    up.expect("draining: finishing in-flight requests");
+    assert_eq!(up.wait_exit(), 0);
 }

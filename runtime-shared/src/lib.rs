@@ -14,6 +14,7 @@ pub mod clock;
 pub mod io;
 pub mod listen;
 pub mod metrics;
+pub mod preflight;
 pub mod recorder;
 pub mod socket;
 pub mod workers;

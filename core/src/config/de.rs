@@ -408,6 +408,10 @@ fn d_shutdown_timeout() -> Duration {
     RuntimeOptions::default().shutdown_timeout
 }
 
+fn d_shutdown_delay() -> Duration {
+    RuntimeOptions::default().shutdown_delay
+}
+
 /// The whole file. Not a `mirror!`: the [`RuntimeOptions`] keys sit at the top level (nginx and
 /// ecosystem convention: `workers = 4`, `admin = "..."`), not in a table of their own.
 #[derive(Deserialize)]
@@ -421,6 +425,8 @@ struct RawConfig {
     access_log: Option<String>,
     #[serde(default = "d_shutdown_timeout", deserialize_with = "duration")]
     shutdown_timeout: Duration,
+    #[serde(default = "d_shutdown_delay", deserialize_with = "duration")]
+    shutdown_delay: Duration,
     #[serde(rename = "listen", default)]
     listeners: Vec<ListenerConfig>,
     #[serde(rename = "upstream", default, deserialize_with = "upstreams")]
@@ -443,6 +449,7 @@ impl From<RawConfig> for Config {
             admin,
             access_log,
             shutdown_timeout,
+            shutdown_delay,
             listeners,
             upstreams,
             routes,
@@ -462,6 +469,7 @@ impl From<RawConfig> for Config {
                 admin,
                 access_log,
                 shutdown_timeout,
+                shutdown_delay,
             },
         }
     }

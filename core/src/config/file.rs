@@ -11,7 +11,7 @@ use core::ops::Range;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use super::{Config, ConfigError};
+use super::{Config, ConfigError, plain_message};
 
 /// A configuration file that could not be used: where (1-based line and column, in characters)
 /// and why. Its [`Display`](fmt::Display) is `LINE:COL: message`; prefix the file name for the
@@ -47,16 +47,28 @@ impl Config {
     pub fn from_toml(text: &str) -> Result<Config, FileError> {
         let config: Config = toml::from_str(text).map_err(|e| {
             let at = e.span().map_or(0, |s| s.start);
-            at_offset(text, at, e.message().trim().replace('\n', " "))
+            at_offset(
+                text,
+                at,
+                plain_message(&e.message().trim().replace('\n', " ")),
+            )
         })?;
-        config.validate().map_err(|e| {
-            let at = DeTable::parse(text)
-                .ok()
-                .and_then(|doc| locate(doc.get_ref(), &e))
-                .map_or(0, |span| span.start);
-            at_offset(text, at, e.to_string())
-        })?;
+        config.validate().map_err(|e| FileError::locate(text, &e))?;
         Ok(config)
+    }
+}
+
+impl FileError {
+    /// `e` (a [`Config::validate`] error, a [`Config::warnings`] entry, or a runtime's own
+    /// check of the same shape) at the line and column of the item it names in `text`, the
+    /// file the configuration was read from (line 1, column 1 when the item is not in the file,
+    /// e.g. a default).
+    pub fn locate(text: &str, e: &ConfigError) -> FileError {
+        let at = DeTable::parse(text)
+            .ok()
+            .and_then(|doc| locate(doc.get_ref(), e))
+            .map_or(0, |span| span.start);
+        at_offset(text, at, e.to_string())
     }
 }
 

@@ -69,6 +69,32 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_millis(total_ms))
 }
 
+/// Writes a duration the way [`parse_duration`] reads it, in the largest unit that divides it
+/// exactly (`"1h"`, `"90s"`, `"250ms"`, `"0s"`); below a millisecond it rounds down (the file
+/// format's resolution).
+///
+/// ```
+/// use core::time::Duration;
+/// use upkeep_core::config::format_duration;
+///
+/// assert_eq!(format_duration(Duration::from_secs(3600)), "1h");
+/// assert_eq!(format_duration(Duration::from_secs(90)), "90s");
+/// assert_eq!(format_duration(Duration::from_millis(250)), "250ms");
+/// ```
+pub fn format_duration(d: Duration) -> String {
+    let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    if ms == 0 {
+        return "0s".into();
+    }
+    let (unit, len) = DURATION_UNITS
+        .iter()
+        .rev()
+        .find(|(_, len)| ms % len == 0)
+        .copied()
+        .unwrap_or(DURATION_UNITS[0]);
+    format!("{}{unit}", ms / len)
+}
+
 /// Parses a size in bytes, nginx style: `16384`, `16k`, `1m`, `1g` (binary multiples, case
 /// insensitive). Plain integers are bytes.
 pub fn parse_size(s: &str) -> Result<u64, String> {

@@ -10,7 +10,7 @@ use core::time::Duration;
 use super::{Address, Config, ListenerConfig, PoolKeyMode, parse_duration};
 
 /// Flags that take a value, in help-text order (without the leading `--`).
-pub const QUICK_FLAGS: [&str; 12] = [
+pub const QUICK_FLAGS: [&str; 13] = [
     "listen",
     "upstream",
     "workers",
@@ -23,6 +23,7 @@ pub const QUICK_FLAGS: [&str; 12] = [
     "pool-key",
     "admin",
     "access-log",
+    "shutdown-delay",
 ];
 
 /// Flags collected one by one, turned into a validated [`Config`] by [`QuickConfig::build`].
@@ -52,6 +53,7 @@ pub struct QuickConfig {
     pool_key: Option<PoolKeyMode>,
     admin: Option<Address>,
     access_log: Option<String>,
+    shutdown_delay: Option<Duration>,
 }
 
 impl QuickConfig {
@@ -74,6 +76,7 @@ impl QuickConfig {
             && self.pool_key.is_none()
             && self.admin.is_none()
             && self.access_log.is_none()
+            && self.shutdown_delay.is_none()
     }
 
     /// Records `--flag value`; an unknown flag or a bad value is an error naming both.
@@ -104,6 +107,7 @@ impl QuickConfig {
             }
             "admin" => self.admin = Some(addr()?),
             "access-log" => self.access_log = Some(value.to_owned()),
+            "shutdown-delay" => self.shutdown_delay = Some(duration()?),
             _ => return Err(format!("unknown option --{flag}")),
         }
         Ok(())
@@ -143,6 +147,9 @@ impl QuickConfig {
         if let Some(n) = self.workers {
             c.runtime.workers = n;
         }
+        if let Some(d) = self.shutdown_delay {
+            c.runtime.shutdown_delay = d;
+        }
         c.runtime.admin = self.admin;
         c.runtime.access_log = self.access_log.filter(|a| a != "off");
         c.validate().map_err(|e| e.to_string())?;
@@ -179,6 +186,7 @@ mod tests {
             ("pool-key", "client"),
             ("admin", "127.0.0.1:9901"),
             ("access-log", "-"),
+            ("shutdown-delay", "5s"),
         ])
         .unwrap();
         assert_eq!(c.listeners.len(), 2);
@@ -196,6 +204,7 @@ mod tests {
             Some(Address::parse("127.0.0.1:9901").unwrap())
         );
         assert_eq!(c.runtime.access_log.as_deref(), Some("-"));
+        assert_eq!(c.runtime.shutdown_delay, Duration::from_secs(5));
         // Nothing else differs from the defaults.
         let mut plain = Config::simple(
             Address::parse("127.0.0.1:8080").unwrap(),

@@ -3,7 +3,7 @@
 use core::fmt;
 use core::time::Duration;
 
-use super::{Address, Config};
+use super::{Address, Config, ListenerConfig};
 
 /// Most servers an upstream group may have (the balancer keeps per-server state in a `u64` mask).
 pub const MAX_SERVERS_PER_UPSTREAM: usize = 64;
@@ -93,6 +93,44 @@ fn same_socket(a: &Address, b: &Address) -> bool {
     }
 }
 
+/// A wildcard address (`0.0.0.0:P`, `[::]:P`) and a specific one of the same family on the same
+/// port: the bind-conflict probe refuses the second at start-up, so validation refuses it first
+/// (`upkeep check` then catches what `run` would reject). IPv6 listeners are `IPV6_V6ONLY`, so
+/// `0.0.0.0:P` beside `[::]:P` is fine.
+fn overlapping(a: &Address, b: &Address) -> bool {
+    match (a, b) {
+        (Address::Tcp(x), Address::Tcp(y)) => {
+            x.port() == y.port()
+                && x.port() != 0
+                && x.is_ipv4() == y.is_ipv4()
+                && x.ip() != y.ip()
+                && (x.ip().is_unspecified() || y.ip().is_unspecified())
+        }
+        _ => false,
+    }
+}
+
+/// Why `addr` collides with one of the `earlier` listeners, if it does.
+fn clash(earlier: &[ListenerConfig], addr: &Address) -> Option<String> {
+    earlier.iter().enumerate().find_map(|(j, o)| {
+        if same_socket(&o.addr, addr) {
+            Some(format!(
+                "address {addr} is already used by listen {}",
+                j + 1
+            ))
+        } else if overlapping(&o.addr, addr) {
+            Some(format!(
+                "address {addr} overlaps listen {} ({}): a wildcard address takes the port on \
+                 every interface of its family",
+                j + 1,
+                o.addr
+            ))
+        } else {
+            None
+        }
+    })
+}
+
 /// RFC 9110 `tchar`.
 fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
@@ -102,7 +140,8 @@ impl Config {
     /// Checks everything the engine relies on, returning the first problem found (in file order:
     /// listeners, upstreams, routes, client timeouts, limits, headers).
     ///
-    /// Rules: at least one listener, no duplicate listener addresses; at least one upstream
+    /// Rules: at least one listener, no duplicate or overlapping (a wildcard and a specific address
+    /// of one family on one port) listener addresses; at least one upstream
     /// group; group names non-empty and unique; each group has 1..=64 servers, not all `backup`;
     /// every server has `weight >= 1`, a positive `fail_timeout` and a connectable address
     /// (port ≠ 0); upstream and client timeouts are > 0; `keepalive_requests` and
@@ -127,14 +166,8 @@ impl Config {
         for (i, l) in self.listeners.iter().enumerate() {
             let loc = format!("listen {}", i + 1);
             check_unix_path(&loc, &l.addr)?;
-            if let Some(j) = self.listeners[..i]
-                .iter()
-                .position(|o| same_socket(&o.addr, &l.addr))
-            {
-                return err(
-                    loc,
-                    format!("address {} is already used by listen {}", l.addr, j + 1),
-                );
+            if let Some(why) = clash(&self.listeners[..i], &l.addr) {
+                return err(loc, why);
             }
             if let Some(name) = &l.upstream
                 && !self.upstreams.iter().any(|u| &u.name == name)
@@ -155,15 +188,8 @@ impl Config {
         }
         if let Some(admin) = &r.admin {
             check_unix_path("admin", admin)?;
-            if let Some(j) = self
-                .listeners
-                .iter()
-                .position(|l| same_socket(&l.addr, admin))
-            {
-                return err(
-                    "admin",
-                    format!("address {admin} is already used by listen {}", j + 1),
-                );
+            if let Some(why) = clash(&self.listeners, admin) {
+                return err("admin", why);
             }
         }
         if r.access_log.as_deref() == Some("") {
@@ -316,7 +342,7 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{RouteConfig, ServerConfig, UpstreamConfig};
+    use crate::config::{ListenerConfig, RouteConfig, ServerConfig, UpstreamConfig};
 
     fn addr(s: &str) -> Address {
         Address::parse(s).unwrap()
@@ -377,7 +403,7 @@ mod tests {
         let mut zero = base();
         zero.listeners[0].addr = addr("127.0.0.1:0");
         zero.listeners
-            .push(crate::config::ListenerConfig::new(addr("127.0.0.1:0")));
+            .push(ListenerConfig::new(addr("127.0.0.1:0")));
         zero.runtime.admin = Some(addr("127.0.0.1:0"));
         zero.validate().unwrap();
         fails(
@@ -400,6 +426,40 @@ mod tests {
             |c| c.listeners.push(c.listeners[0].clone()),
             "listen 2: address 127.0.0.1:8080 is already used by listen 1",
         );
+        for (first, second) in [
+            ("0.0.0.0:8080", "127.0.0.1:8080"),
+            ("127.0.0.1:8080", "0.0.0.0:8080"),
+            ("[::]:8080", "[::1]:8080"),
+        ] {
+            fails(
+                |c| {
+                    c.listeners[0].addr = addr(first);
+                    c.listeners.push(ListenerConfig::new(addr(second)));
+                },
+                &format!(
+                    "listen 2: address {second} overlaps listen 1 ({first}): a wildcard address \
+                     takes the port on every interface of its family"
+                ),
+            );
+        }
+        fails(
+            |c| {
+                c.listeners[0].addr = addr("0.0.0.0:9901");
+                c.runtime.admin = Some(addr("127.0.0.1:9901"));
+            },
+            "admin: address 127.0.0.1:9901 overlaps listen 1 (0.0.0.0:9901): a wildcard address \
+             takes the port on every interface of its family",
+        );
+        // Different families, or different ports, do not overlap.
+        for (first, second) in [
+            ("0.0.0.0:8080", "[::]:8080"),
+            ("0.0.0.0:8080", "127.0.0.1:8081"),
+        ] {
+            let mut c = base();
+            c.listeners[0].addr = addr(first);
+            c.listeners.push(ListenerConfig::new(addr(second)));
+            c.validate().unwrap();
+        }
         fails(
             |c| c.listeners[0].addr = Address::Unix("rel.sock".into()),
             "listen 1: unix socket path \"rel.sock\" must be absolute",

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use lexopt::prelude::*;
 use upkeep_core::Config;
-use upkeep_core::config::QuickConfig;
+use upkeep_core::config::{QUICK_FLAGS, QuickConfig, suggest};
 
 pub(crate) const MAIN_HELP: &str = "\
 upkeep: an HTTP/1.1 reverse proxy with an nginx-style upstream keepalive pool
@@ -21,9 +21,12 @@ Options:
   -h, --help       print help (also after a subcommand)
   -V, --version    print the version
 
-ADDR is HOST:PORT, [V6]:PORT or unix:/path. Signals: SIGTERM/SIGQUIT drain gracefully, SIGINT
-(or a second SIGTERM) stops at once, SIGHUP reloads the config file, SIGUSR1 reopens the access
-log. Log level: UPKEEP_LOG=error|warn|info|debug|trace.
+ADDR is HOST:PORT, [V6]:PORT or unix:/path. Signals: SIGTERM/SIGQUIT drain gracefully (after
+shutdown_delay), SIGINT (or a second SIGTERM) stops at once, SIGHUP reloads the config file,
+SIGUSR1 reopens the access log. Log level: UPKEEP_LOG=error|warn|info|debug|trace.
+
+Exit status (check and run alike): 0 ok; 1 the configuration was rejected or could not be put to
+use (FILE:LINE:COL: message, an address in use, an unopenable file); 2 bad command-line usage.
 ";
 
 pub(crate) const RUN_HELP: &str = "\
@@ -45,16 +48,26 @@ Options:
       --pool-key server|client     share idle connections across clients, or not (default server)
       --admin ADDR                 admin listener: /metrics, /status, /ready
       --access-log PATH|-          access log file, or - for stdout (default off)
+      --shutdown-delay DUR         after SIGTERM, fail /ready but keep serving this long, then
+                                   drain (default 0s)
   -h, --help                       print this help
 
 ADDR is HOST:PORT, [V6]:PORT or unix:/path; DUR is 250ms, 10s, 5m, 1h.
 ";
 
 pub(crate) const CHECK_HELP: &str = "\
-Usage: upkeep check --config FILE
+Usage: upkeep check --config FILE [--print]
 
-Parses and validates FILE. Prints `configuration ok` and exits 0, or prints
-`FILE:LINE:COL: message` and exits 1.
+Parses and validates FILE as `upkeep run` would (including that Unix socket and access log
+directories exist and are writable). Prints `configuration ok` and exits 0, or prints
+`FILE:LINE:COL: message` and exits 1. Suspicious but valid settings are printed as
+`FILE:LINE:COL: warning: message` and do not change the exit status.
+
+Options:
+  -c, --config FILE   the file to check
+  -p, --print         print the effective configuration instead, every default spelt out (valid
+                      TOML that `upkeep check` accepts again)
+  -h, --help          print this help
 ";
 
 pub(crate) const DEMO_HELP: &str = "\
@@ -70,13 +83,38 @@ opened, pool hit ratio and TIME_WAIT sockets left. Takes well under 30 seconds.
 pub(crate) enum Command {
     Help(&'static str),
     Version,
-    /// Run from a file (reloadable) or from flags.
-    Run {
-        config: Box<Config>,
-        file: Option<PathBuf>,
+    /// Run from a file (loaded by the caller: a bad file is exit 1, not a usage error) or from
+    /// flags.
+    Run(Source),
+    /// Check a file; with `print`, print the effective configuration.
+    Check {
+        file: PathBuf,
+        print: bool,
     },
-    Check(PathBuf),
     Demo,
+}
+
+/// Where `run`'s configuration comes from.
+#[derive(Debug)]
+pub(crate) enum Source {
+    /// A file, reloaded on SIGHUP.
+    File(PathBuf),
+    /// Quick-mode flags, already validated.
+    Flags(Box<Config>),
+}
+
+/// The flags each command takes (without `--`), for "did you mean".
+const CHECK_FLAGS: [&str; 3] = ["config", "print", "help"];
+const COMMANDS: [&str; 3] = ["run", "check", "demo"];
+
+/// An unexpected argument as a usage error, with the closest flag of `known` when one is close.
+fn unexpected(arg: lexopt::Arg<'_>, known: &[&str]) -> String {
+    if let Long(flag) = arg
+        && let Some(near) = suggest(flag, known.iter().copied())
+    {
+        return format!("unknown option --{flag}, did you mean --{near}?");
+    }
+    arg.unexpected().to_string()
 }
 
 /// Parses the command line; `Err` is a usage error (exit 2).
@@ -92,15 +130,16 @@ pub(crate) fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command,
     match sub.as_str() {
         "run" => parse_run(&mut p),
         "check" => {
-            let mut file = None;
+            let (mut file, mut print) = (None, false);
             while let Some(arg) = p.next().map_err(|e| e.to_string())? {
                 match arg {
                     Short('h') | Long("help") => return Ok(Command::Help(CHECK_HELP)),
                     Short('c') | Long("config") => file = Some(PathBuf::from(value(&mut p)?)),
-                    other => return Err(other.unexpected().to_string()),
+                    Short('p') | Long("print") => print = true,
+                    other => return Err(format!("check: {}", unexpected(other, &CHECK_FLAGS))),
                 }
             }
-            file.map(Command::Check)
+            file.map(|file| Command::Check { file, print })
                 .ok_or_else(|| "check: --config FILE is required".into())
         }
         "demo" => match p.next().map_err(|e| e.to_string())? {
@@ -109,9 +148,10 @@ pub(crate) fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command,
             None => Ok(Command::Demo),
         },
         "help" => Ok(Command::Help(MAIN_HELP)),
-        other => Err(format!(
-            "unknown command {other:?}: expected run, check or demo (see --help)"
-        )),
+        other => Err(match suggest(other, COMMANDS) {
+            Some(near) => format!("unknown command {other:?}, did you mean {near:?}? (see --help)"),
+            None => format!("unknown command {other:?}: expected run, check or demo (see --help)"),
+        }),
     }
 }
 
@@ -135,7 +175,13 @@ fn parse_run(p: &mut lexopt::Parser) -> Result<Command, String> {
             Short('h') | Long("help") => return Ok(Command::Help(RUN_HELP)),
             Short('c') | Long("config") => file = Some(PathBuf::from(value(p)?)),
             Long(_) if QuickConfig::takes(&flag) => quick.set(&flag, &value(p)?)?,
-            other => return Err(format!("run: {}", other.unexpected())),
+            other => {
+                let known = QUICK_FLAGS.iter().copied().chain(["config", "help"]);
+                return Err(format!(
+                    "run: {}",
+                    unexpected(other, &known.collect::<Vec<_>>())
+                ));
+            }
         }
     }
     if let Some(file) = file {
@@ -144,20 +190,13 @@ fn parse_run(p: &mut lexopt::Parser) -> Result<Command, String> {
                 "run: --config cannot be combined with other options (put them in the file)".into(),
             );
         }
-        let config = super::config_file::load(&file)?;
-        return Ok(Command::Run {
-            config: Box::new(config),
-            file: Some(file),
-        });
+        return Ok(Command::Run(Source::File(file)));
     }
     if quick.is_empty() {
         return Err("run: either --config FILE, or --listen ADDR and --upstream ADDR".into());
     }
     let config = quick.build().map_err(|e| format!("run: {e}"))?;
-    Ok(Command::Run {
-        config: Box::new(config),
-        file: None,
-    })
+    Ok(Command::Run(Source::Flags(Box::new(config))))
 }
 
 #[cfg(test)]
@@ -172,7 +211,7 @@ mod tests {
 
     #[test]
     fn quick_mode_flags_fill_the_config() {
-        let Ok(Command::Run { config, file: None }) = run(&[
+        let Ok(Command::Run(Source::Flags(config))) = run(&[
             "run",
             "--listen",
             "127.0.0.1:8080",
@@ -238,6 +277,36 @@ mod tests {
         assert!(matches!(
             run(&["check", "--help"]),
             Ok(Command::Help(CHECK_HELP))
+        ));
+        // "did you mean" for flags and commands; nothing suggested when nothing is close.
+        for (args, want) in [
+            (
+                &["run", "--keepalive-timout", "5s"][..],
+                "run: unknown option --keepalive-timout, did you mean --keepalive-timeout?",
+            ),
+            (
+                &["run", "--upsteam", "127.0.0.1:1"],
+                "run: unknown option --upsteam, did you mean --upstream?",
+            ),
+            (
+                &["check", "--confg", "x"],
+                "check: unknown option --confg, did you mean --config?",
+            ),
+            (
+                &["chekc"],
+                "unknown command \"chekc\", did you mean \"check\"? (see --help)",
+            ),
+            (&["run", "--zzz"], "run: invalid option '--zzz'"),
+        ] {
+            assert_eq!(run(args).unwrap_err(), want, "{args:?}");
+        }
+        assert!(matches!(
+            run(&["check", "-c", "f.toml", "--print"]),
+            Ok(Command::Check { print: true, .. })
+        ));
+        assert!(matches!(
+            run(&["run", "--config", "f.toml"]),
+            Ok(Command::Run(Source::File(_)))
         ));
         assert!(matches!(run(&["--version"]), Ok(Command::Version)));
     }

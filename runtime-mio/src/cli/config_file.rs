@@ -1,13 +1,53 @@
 //! Loading a config file, with errors as `FILE:LINE:COL: message` (the line and column come
-//! from [`Config::from_toml`], for syntax, schema and validation errors alike).
+//! from [`Config::from_toml`], for syntax, schema and validation errors alike, and from
+//! [`FileError::locate`] for the file-system checks and the warnings).
 
 use std::path::Path;
 
 use upkeep_core::Config;
+use upkeep_core::config::{ConfigError, FileError};
+use upkeep_runtime::preflight;
 
-/// Reads, parses and validates `path`.
-pub(crate) fn load(path: &Path) -> Result<Config, String> {
+/// A configuration ready to run, and what looked odd about it.
+#[derive(Debug)]
+pub(crate) struct Loaded {
+    pub(crate) config: Config,
+    /// `FILE:LINE:COL: warning: message` (or `warning: message` without a file), one per item.
+    pub(crate) warnings: Vec<String>,
+}
+
+/// Reads, parses and validates `path`, and checks the paths it names on this machine — exactly
+/// what `upkeep run` (and a reload) would reject.
+pub(crate) fn load(path: &Path) -> Result<Loaded, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-    Config::from_toml(&text).map_err(|e| format!("{}:{e}", path.display()))
+    let at = |e: &ConfigError| format!("{}:{}", path.display(), FileError::locate(&text, e));
+    let config = Config::from_toml(&text).map_err(|e| format!("{}:{e}", path.display()))?;
+    preflight::check_paths(&config).map_err(|e| at(&e))?;
+    let warnings = config
+        .warnings()
+        .iter()
+        .map(|w| {
+            let f = FileError::locate(&text, w);
+            format!(
+                "{}:{}:{}: warning: {}",
+                path.display(),
+                f.line,
+                f.column,
+                f.message
+            )
+        })
+        .collect();
+    Ok(Loaded { config, warnings })
+}
+
+/// The same checks for a configuration built from flags (no file to point into).
+pub(crate) fn check_flags(config: Config) -> Result<Loaded, String> {
+    preflight::check_paths(&config).map_err(|e| format!("upkeep: {e}"))?;
+    let warnings = config
+        .warnings()
+        .iter()
+        .map(|w| format!("warning: {w}"))
+        .collect();
+    Ok(Loaded { config, warnings })
 }

@@ -3,5 +3,6 @@
 pub(crate) mod args;
 pub(crate) mod config_file;
 pub(crate) mod demo;
+pub(crate) mod exit;
 pub(crate) mod logger;
 pub(crate) mod run;

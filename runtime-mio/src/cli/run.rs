@@ -4,25 +4,39 @@
 
 use std::io;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mio::{Events, Interest, Poll, Token};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1};
 use signal_hook_mio::v1_0::Signals;
 use upkeep_core::Config;
+use upkeep_core::config::format_duration;
 use upkeep_mio::{Proxy, ProxyHandle};
 
 const SIGNALS: Token = Token(0);
 /// How often a draining main thread checks whether the workers are done.
 const TICK: Duration = Duration::from_millis(50);
 
-/// Runs until drained or stopped; returns the exit code.
-pub(crate) fn run(config: Config, file: Option<&Path>) -> io::Result<i32> {
+/// Where a shutdown stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Serving and ready.
+    Serving,
+    /// SIGTERM/SIGQUIT arrived with a `shutdown_delay`: `/ready` fails while everything is still
+    /// accepted and served; the drain starts at the deadline.
+    Delaying(Instant),
+    /// Draining: no more accepts, in-flight exchanges finish.
+    Draining,
+}
+
+/// Runs until drained or stopped.
+pub(crate) fn run(config: Config, file: Option<&Path>) -> io::Result<()> {
     // Signals first: one arriving during start-up must not kill us with its default action.
     let mut signals = Signals::new([SIGTERM, SIGQUIT, SIGINT, SIGHUP, SIGUSR1])?;
     let mut poll = Poll::new()?;
     poll.registry()
         .register(&mut signals, SIGNALS, Interest::READABLE)?;
+    let delay = config.runtime.shutdown_delay;
     let proxy = Proxy::start(config)?;
     for a in proxy.listen_addrs() {
         log::info!("listening on {a}");
@@ -31,9 +45,15 @@ pub(crate) fn run(config: Config, file: Option<&Path>) -> io::Result<i32> {
         log::info!("admin listening on {a}");
     }
     let mut events = Events::with_capacity(8);
-    let mut draining = false;
+    let mut phase = Phase::Serving;
     loop {
-        let timeout = draining.then_some(TICK);
+        let timeout = match phase {
+            Phase::Serving => None,
+            Phase::Delaying(until) => {
+                Some(until.saturating_duration_since(Instant::now()).min(TICK))
+            }
+            Phase::Draining => Some(TICK),
+        };
         if let Err(e) = poll.poll(&mut events, timeout)
             && e.kind() != io::ErrorKind::Interrupted
         {
@@ -41,22 +61,28 @@ pub(crate) fn run(config: Config, file: Option<&Path>) -> io::Result<i32> {
         }
         for signal in signals.pending() {
             match signal {
-                SIGTERM if draining => {
+                SIGTERM if phase != Phase::Serving => {
                     log::info!("second SIGTERM: stopping now");
                     proxy.shutdown();
-                    return Ok(0);
+                    return Ok(());
                 }
-                SIGTERM | SIGQUIT if !draining => {
-                    log::info!("draining: finishing in-flight requests");
-                    proxy.drain();
-                    draining = true;
+                SIGTERM | SIGQUIT if phase == Phase::Serving && !delay.is_zero() => {
+                    log::info!(
+                        "shutting down: /ready fails now, still serving for shutdown_delay {}, \
+                         then draining",
+                        format_duration(delay)
+                    );
+                    proxy.fail_ready();
+                    phase = Phase::Delaying(Instant::now() + delay);
                 }
+                SIGTERM | SIGQUIT if phase == Phase::Serving => phase = start_drain(&proxy),
                 SIGINT => {
                     log::info!("SIGINT: stopping now");
                     proxy.shutdown();
-                    return Ok(0);
+                    return Ok(());
                 }
-                SIGHUP => reload(&proxy, file),
+                SIGHUP if phase == Phase::Serving => reload(&proxy, file),
+                SIGHUP => log::warn!("SIGHUP ignored: shutting down"),
                 SIGUSR1 => {
                     log::info!("reopening access logs");
                     proxy.reopen_logs();
@@ -64,12 +90,23 @@ pub(crate) fn run(config: Config, file: Option<&Path>) -> io::Result<i32> {
                 _ => {}
             }
         }
-        if draining && proxy.is_finished() {
+        if let Phase::Delaying(until) = phase
+            && Instant::now() >= until
+        {
+            phase = start_drain(&proxy);
+        }
+        if phase == Phase::Draining && proxy.is_finished() {
             proxy.wait();
             log::info!("drained; exiting");
-            return Ok(0);
+            return Ok(());
         }
     }
+}
+
+fn start_drain(proxy: &ProxyHandle) -> Phase {
+    log::info!("draining: finishing in-flight requests");
+    proxy.drain();
+    Phase::Draining
 }
 
 /// SIGHUP: re-read and validate the file; a bad one is logged and the old config keeps running.
@@ -79,10 +116,15 @@ fn reload(proxy: &ProxyHandle, file: Option<&Path>) {
         return;
     };
     match super::config_file::load(file) {
-        Ok(config) => match proxy.reload(config) {
-            Ok(()) => log::info!("reloaded {}", file.display()),
-            Err(e) => log::error!("reload failed, keeping the old configuration: {e}"),
-        },
+        Ok(loaded) => {
+            for w in &loaded.warnings {
+                log::warn!("{w}");
+            }
+            match proxy.reload(loaded.config) {
+                Ok(()) => log::info!("reloaded {}", file.display()),
+                Err(e) => log::error!("reload failed, keeping the old configuration: {e}"),
+            }
+        }
         Err(e) => log::error!("reload failed, keeping the old configuration: {e}"),
     }
 }
