@@ -291,7 +291,10 @@ pub struct UpstreamConfig {
     pub keepalive_time: Duration,
     /// Partitioning of the pool.
     pub pool_key: PoolKeyMode,
-    /// `proxy_connect_timeout` (60s).
+    /// Longest a TCP or Unix connect to a server may take before the next server is tried (or
+    /// 504): 5s. nginx's `proxy_connect_timeout` is 60s, which holds every request bound for a
+    /// server that silently drops packets for a minute before failover; Envoy defaults to 5s,
+    /// Caddy's `dial_timeout` to 3s, and HAProxy's documentation uses `timeout connect 5s`.
     pub connect_timeout: Duration,
     /// `proxy_read_timeout` (60s): between two reads of the response; before the response head
     /// it answers 504.
@@ -318,7 +321,7 @@ impl UpstreamConfig {
             keepalive_requests: DEFAULT_KEEPALIVE_REQUESTS,
             keepalive_time: Duration::from_secs(3600),
             pool_key: PoolKeyMode::Server,
-            connect_timeout: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(5),
             read_timeout: Duration::from_secs(60),
             send_timeout: Duration::from_secs(60),
             next_upstream_tries: 2,

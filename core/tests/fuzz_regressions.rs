@@ -1,4 +1,4 @@
-//! Inputs found by the fuzz targets in `fuzz/` (see the README's "Fuzzing" section), replayed
+//! Inputs found by the fuzz targets in `fuzz/` (see docs/fuzzing.md), replayed
 //! as plain tests.
 
 use upkeep_core::config::ServerConfig;

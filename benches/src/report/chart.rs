@@ -1,4 +1,4 @@
-//! The SVG chart the README embeds: requests/s and proxy CPU per request, grouped by scenario
+//! The SVG chart docs/benchmarks.md embeds: requests/s and proxy CPU per request, grouped by scenario
 //! and body, one bar per target (medians over rounds).
 
 use plotters::coord::ranged1d::SegmentValue;

@@ -42,7 +42,7 @@ Options:
       --keepalive N                idle upstream connections kept per worker (default 1024; 0 = off)
       --keepalive-timeout DUR      idle upstream connection lifetime (default 60s)
       --keepalive-requests N       requests per upstream connection (default 10000)
-      --connect-timeout DUR        upstream connect timeout (default 60s)
+      --connect-timeout DUR        upstream connect timeout (default 5s)
       --read-timeout DUR           upstream read timeout; 504 before the response head (default 60s)
       --client-header-timeout DUR  time to receive a request head (default 60s)
       --pool-key server|client     share idle connections across clients, or not (default server)

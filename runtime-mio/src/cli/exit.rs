@@ -1,5 +1,5 @@
 //! The exit statuses `upkeep check` and `upkeep run` share (documented in `upkeep --help` and the
-//! README): a script or a systemd `ExecStartPre` can tell a bad file from a typo in the unit.
+//! README and docs/install.md): a script or a systemd `ExecStartPre` can tell a bad file from a typo in the unit.
 
 use std::process::ExitCode;
 
