@@ -31,7 +31,7 @@ fn the_systemd_unit_checks_reloads_and_verifies() {
         "ExecReload=/bin/kill -HUP $MAINPID",
         "LimitNOFILE=",
         "AmbientCapabilities=CAP_NET_BIND_SERVICE",
-        "Type=exec",
+        "Type=notify",
     ] {
         assert!(unit.lines().any(|l| l.starts_with(line)), "{line} missing");
     }

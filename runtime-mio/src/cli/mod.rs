@@ -5,4 +5,5 @@ pub(crate) mod config_file;
 pub(crate) mod demo;
 pub(crate) mod exit;
 pub(crate) mod logger;
+pub(crate) mod notify;
 pub(crate) mod run;

@@ -13,6 +13,8 @@ use upkeep_core::Config;
 use upkeep_core::config::format_duration;
 use upkeep_mio::{Proxy, ProxyHandle};
 
+use super::notify::notify;
+
 const SIGNALS: Token = Token(0);
 /// How often a draining main thread checks whether the workers are done.
 const TICK: Duration = Duration::from_millis(50);
@@ -44,6 +46,7 @@ pub(crate) fn run(config: Config, file: Option<&Path>) -> io::Result<()> {
     if let Some(a) = proxy.admin_addr() {
         log::info!("admin listening on {a}");
     }
+    notify(&format!("READY=1\nMAINPID={}", std::process::id()));
     let mut events = Events::with_capacity(8);
     let mut phase = Phase::Serving;
     loop {
@@ -63,6 +66,7 @@ pub(crate) fn run(config: Config, file: Option<&Path>) -> io::Result<()> {
             match signal {
                 SIGTERM if phase != Phase::Serving => {
                     log::info!("second SIGTERM: stopping now");
+                    notify("STOPPING=1");
                     proxy.shutdown();
                     return Ok(());
                 }
@@ -72,12 +76,14 @@ pub(crate) fn run(config: Config, file: Option<&Path>) -> io::Result<()> {
                          then draining",
                         format_duration(delay)
                     );
+                    notify("STOPPING=1");
                     proxy.fail_ready();
                     phase = Phase::Delaying(Instant::now() + delay);
                 }
                 SIGTERM | SIGQUIT if phase == Phase::Serving => phase = start_drain(&proxy),
                 SIGINT => {
                     log::info!("SIGINT: stopping now");
+                    notify("STOPPING=1");
                     proxy.shutdown();
                     return Ok(());
                 }
@@ -104,6 +110,7 @@ pub(crate) fn run(config: Config, file: Option<&Path>) -> io::Result<()> {
 }
 
 fn start_drain(proxy: &ProxyHandle) -> Phase {
+    notify("STOPPING=1");
     log::info!("draining: finishing in-flight requests");
     proxy.drain();
     Phase::Draining
@@ -115,6 +122,13 @@ fn reload(proxy: &ProxyHandle, file: Option<&Path>) {
         log::warn!("SIGHUP ignored: started without --config, nothing to reload");
         return;
     };
+    notify("RELOADING=1");
+    // Whatever the outcome, the proxy is serving (the new or the old configuration) afterwards.
+    reload_file(proxy, file);
+    notify("READY=1");
+}
+
+fn reload_file(proxy: &ProxyHandle, file: &Path) {
     match super::config_file::load(file) {
         Ok(loaded) => {
             for w in &loaded.warnings {
