@@ -5,11 +5,12 @@
 //!     --listen 127.0.0.1:8080 --upstream 127.0.0.1:9001 --upstream unix:/run/app.sock \
 //!     [--workers N] [--keepalive N] [--keepalive-timeout DUR] [--keepalive-requests N] \
 //!     [--connect-timeout DUR] [--read-timeout DUR] [--client-header-timeout DUR] \
-//!     [--pool-key server|client] [--admin ADDR] [--access-log PATH|-]
+//!     [--pool-key server|client] [--admin ADDR] [--access-log PATH|-] [--shutdown-delay DUR]
 //! ```
 //!
-//! SIGINT or SIGTERM drains gracefully (a second one stops at once); SIGUSR1 reopens the access
-//! log file (after log rotation).
+//! SIGINT or SIGTERM drains gracefully (a second one stops at once), after `--shutdown-delay`
+//! during which `/ready` fails while everything is still served; SIGUSR1 reopens the access log
+//! file (after log rotation).
 
 use async_signal::Signal;
 use futures_lite::StreamExt;
@@ -20,7 +21,7 @@ use upkeep_core::config::QuickConfig;
 const USAGE: &str = "usage: proxy --listen ADDR --upstream ADDR [--upstream ADDR]... [--workers N] \
 [--keepalive N] [--keepalive-timeout DUR] [--keepalive-requests N] [--connect-timeout DUR] \
 [--read-timeout DUR] [--client-header-timeout DUR] [--pool-key server|client] [--admin ADDR] \
-[--access-log PATH|-]";
+[--access-log PATH|-] [--shutdown-delay DUR]";
 
 /// `upkeep run`'s quick-mode flags: their meaning lives in the core ([`QuickConfig`]), so both
 /// command lines stay the same.
@@ -57,6 +58,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let delay = config.runtime.shutdown_delay;
     let proxy = match upkeep_smol::Proxy::start(config) {
         Ok(p) => p,
         Err(e) => {
@@ -82,6 +84,33 @@ fn main() -> ExitCode {
     while let Some(Ok(Signal::Usr1)) = smol::block_on(signals.next()) {
         eprintln!("proxy: reopening the access log");
         proxy.reopen_logs();
+    }
+    if !delay.is_zero() {
+        // `--shutdown-delay`: /ready fails while everything is still served; a second signal
+        // (other than SIGUSR1) ends the wait and stops at once.
+        eprintln!("proxy: /ready fails now; draining in {delay:?} (signal again to stop now)");
+        proxy.fail_ready();
+        let deadline = std::time::Instant::now() + delay;
+        let stop_now = smol::block_on(async {
+            loop {
+                let signal =
+                    futures_lite::future::or(async { signals.next().await.map(Some) }, async {
+                        smol::Timer::at(deadline).await;
+                        Some(None)
+                    })
+                    .await;
+                match signal {
+                    Some(Some(Ok(Signal::Usr1))) => proxy.reopen_logs(),
+                    Some(None) => break false,
+                    _ => break true,
+                }
+            }
+        });
+        if stop_now {
+            eprintln!("proxy: stopping now");
+            proxy.shutdown();
+            return ExitCode::SUCCESS;
+        }
     }
     eprintln!("proxy: draining (signal again to stop now)");
     proxy.drain();

@@ -229,6 +229,13 @@ impl ProxyHandle {
         }
     }
 
+    /// The first step of a delayed shutdown (`runtime.shutdown_delay`), as
+    /// `upkeep_mio::ProxyHandle::fail_ready`: `/ready` answers 503 from now on while every
+    /// listener keeps accepting and serving; call [`ProxyHandle::drain`] once the delay has passed.
+    pub fn fail_ready(&self) {
+        self.operator.set_draining();
+    }
+
     /// Graceful shutdown: stop accepting, close idle connections, let in-flight exchanges finish
     /// (bounded by `runtime.shutdown_timeout`); `/ready` answers 503 from now on. Returns at
     /// once; [`ProxyHandle::wait`] joins. Calling it again changes nothing (use
