@@ -38,7 +38,6 @@ pub(crate) fn run(config: Config, file: Option<&Path>) -> io::Result<()> {
     let mut poll = Poll::new()?;
     poll.registry()
         .register(&mut signals, SIGNALS, Interest::READABLE)?;
-    let delay = config.runtime.shutdown_delay;
     let proxy = Proxy::start(config)?;
     for a in proxy.listen_addrs() {
         log::info!("listening on {a}");
@@ -70,17 +69,22 @@ pub(crate) fn run(config: Config, file: Option<&Path>) -> io::Result<()> {
                     proxy.shutdown();
                     return Ok(());
                 }
-                SIGTERM | SIGQUIT if phase == Phase::Serving && !delay.is_zero() => {
-                    log::info!(
-                        "shutting down: /ready fails now, still serving for shutdown_delay {}, \
-                         then draining",
-                        format_duration(delay)
-                    );
-                    notify("STOPPING=1");
-                    proxy.fail_ready();
-                    phase = Phase::Delaying(Instant::now() + delay);
+                SIGTERM | SIGQUIT if phase == Phase::Serving => {
+                    // The current configuration's delay: a reload may have changed it.
+                    let delay = proxy.config().runtime.shutdown_delay;
+                    phase = if delay.is_zero() {
+                        start_drain(&proxy)
+                    } else {
+                        log::info!(
+                            "shutting down: /ready fails now, still serving for shutdown_delay \
+                             {}, then draining",
+                            format_duration(delay)
+                        );
+                        notify("STOPPING=1");
+                        proxy.fail_ready();
+                        Phase::Delaying(Instant::now() + delay)
+                    };
                 }
-                SIGTERM | SIGQUIT if phase == Phase::Serving => phase = start_drain(&proxy),
                 SIGINT => {
                     log::info!("SIGINT: stopping now");
                     notify("STOPPING=1");
