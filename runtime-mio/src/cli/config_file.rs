@@ -12,7 +12,7 @@ use upkeep_runtime::preflight;
 #[derive(Debug)]
 pub(crate) struct Loaded {
     pub(crate) config: Config,
-    /// `FILE:LINE:COL: warning: message` (or `warning: message` without a file), one per item.
+    /// `FILE:LINE:COL: warning: message` (`location: message` without a file), one per item.
     pub(crate) warnings: Vec<String>,
 }
 
@@ -44,10 +44,6 @@ pub(crate) fn load(path: &Path) -> Result<Loaded, String> {
 /// The same checks for a configuration built from flags (no file to point into).
 pub(crate) fn check_flags(config: Config) -> Result<Loaded, String> {
     preflight::check_paths(&config).map_err(|e| format!("upkeep: {e}"))?;
-    let warnings = config
-        .warnings()
-        .iter()
-        .map(|w| format!("warning: {w}"))
-        .collect();
+    let warnings = config.warnings().iter().map(ToString::to_string).collect();
     Ok(Loaded { config, warnings })
 }
