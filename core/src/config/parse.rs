@@ -69,9 +69,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_millis(total_ms))
 }
 
-/// Writes a duration the way [`parse_duration`] reads it, in the largest unit that divides it
-/// exactly (`"1h"`, `"90s"`, `"250ms"`, `"0s"`); below a millisecond it rounds down (the file
-/// format's resolution).
+/// Writes a duration the way [`parse_duration`] reads it, in the largest unit up to hours that
+/// divides it exactly — except that a minute or 90 seconds stay in seconds, as nginx writes them
+/// (`"1h"`, `"5m"`, `"60s"`, `"90s"`, `"250ms"`, `"0s"`); below a millisecond it rounds down
+/// (the file format's resolution).
 ///
 /// ```
 /// use core::time::Duration;
@@ -79,6 +80,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 ///
 /// assert_eq!(format_duration(Duration::from_secs(3600)), "1h");
 /// assert_eq!(format_duration(Duration::from_secs(90)), "90s");
+/// assert_eq!(format_duration(Duration::from_secs(60)), "60s");
+/// assert_eq!(format_duration(Duration::from_secs(300)), "5m");
+/// assert_eq!(format_duration(Duration::from_secs(86_400)), "24h");
 /// assert_eq!(format_duration(Duration::from_millis(250)), "250ms");
 /// ```
 pub fn format_duration(d: Duration) -> String {
@@ -86,9 +90,10 @@ pub fn format_duration(d: Duration) -> String {
     if ms == 0 {
         return "0s".into();
     }
-    let (unit, len) = DURATION_UNITS
+    let (unit, len) = DURATION_UNITS[..4]
         .iter()
         .rev()
+        .filter(|(unit, _)| *unit != "m" || ms >= 120_000)
         .find(|(_, len)| ms % len == 0)
         .copied()
         .unwrap_or(DURATION_UNITS[0]);
