@@ -26,7 +26,7 @@ fn main() -> ExitCode {
             println!("upkeep {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
-        Command::Check { file, print } => match config_file::load(&file) {
+        Command::Check { source, print } => match config_file::from_source(&source) {
             Ok(Loaded { config, warnings }) => {
                 for w in &warnings {
                     eprintln!("{w}");
@@ -44,11 +44,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Run(source) => {
-            let (loaded, file) = match source {
-                Source::File(file) => (config_file::load(&file), Some(file)),
-                Source::Flags(config) => (config_file::check_flags(*config), None),
-            };
-            let Loaded { config, warnings } = match loaded {
+            let Loaded { config, warnings } = match config_file::from_source(&source) {
                 Ok(l) => l,
                 Err(e) => {
                     eprintln!("{e}");
@@ -58,7 +54,11 @@ fn main() -> ExitCode {
             for w in &warnings {
                 log::warn!("{w}");
             }
-            match cli::run::run(config, file.as_deref()) {
+            let file = match &source {
+                Source::File(file) => Some(file.as_path()),
+                Source::Flags(_) => None,
+            };
+            match cli::run::run(config, file) {
                 Ok(()) => exit::code(exit::OK),
                 Err(e) => {
                     eprintln!("upkeep: {e}");

@@ -294,3 +294,42 @@ fn print_shows_every_default_and_reads_back() {
         assert_eq!(String::from_utf8(out.stdout).unwrap(), printed);
     }
 }
+
+/// Quick-mode flags through `check`: the same checks as `run`, and `--print` turns them into a
+/// file `check --config` accepts.
+#[test]
+fn check_takes_quick_mode_flags_and_prints_them_as_a_file() {
+    let dir = TempDir::new().unwrap();
+    let flags = [
+        "check",
+        "--listen",
+        "127.0.0.1:18080",
+        "--upstream",
+        "127.0.0.1:9001",
+        "--keepalive",
+        "8",
+        "--shutdown-delay",
+        "5s",
+    ];
+    let out = upkeep(&flags);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "configuration ok\n");
+    let out = upkeep(&[&flags[..], &["--print"]].concat());
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let printed = String::from_utf8(out.stdout).unwrap();
+    for line in [
+        "keepalive = 8\n",
+        "shutdown_delay = \"5s\"\n",
+        "name = \"default\"\n",
+    ] {
+        assert!(printed.contains(line), "{line:?} missing:\n{printed}");
+    }
+    let path = file(&dir, "from-flags.toml", &printed);
+    let out = upkeep(&["check", "--config", &path]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // A bad path is a configuration error (1) here too.
+    let missing = dir.path().join("no-such-dir/access.log");
+    let out = upkeep(&[&flags[..], &["--access-log", &missing.to_string_lossy()]].concat());
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("does not exist"), "{}", stderr(&out));
+}

@@ -57,8 +57,10 @@ ADDR is HOST:PORT, [V6]:PORT or unix:/path; DUR is 250ms, 10s, 5m, 1h.
 
 pub(crate) const CHECK_HELP: &str = "\
 Usage: upkeep check --config FILE [--print]
+       upkeep check --listen ADDR --upstream ADDR [OPTIONS] [--print]
 
-Parses and validates FILE as `upkeep run` would (including that Unix socket and access log
+Parses and validates FILE (or `upkeep run`'s quick-mode flags, see `upkeep run --help`) as
+`upkeep run` would (including that Unix socket and access log
 directories exist and are writable). Prints `configuration ok` and exits 0, or prints
 `FILE:LINE:COL: message` and exits 1. Suspicious but valid settings are printed as
 `FILE:LINE:COL: warning: message` and do not change the exit status.
@@ -66,7 +68,7 @@ directories exist and are writable). Prints `configuration ok` and exits 0, or p
 Options:
   -c, --config FILE   the file to check
   -p, --print         print the effective configuration instead, every default spelt out (valid
-                      TOML that `upkeep check` accepts again)
+                      TOML that `upkeep check` accepts again: quick-mode flags become a file)
   -h, --help          print this help
 ";
 
@@ -86,15 +88,15 @@ pub(crate) enum Command {
     /// Run from a file (loaded by the caller: a bad file is exit 1, not a usage error) or from
     /// flags.
     Run(Source),
-    /// Check a file; with `print`, print the effective configuration.
+    /// Check a file (or quick-mode flags); with `print`, print the effective configuration.
     Check {
-        file: PathBuf,
+        source: Source,
         print: bool,
     },
     Demo,
 }
 
-/// Where `run`'s configuration comes from.
+/// Where `run`'s (or `check`'s) configuration comes from.
 #[derive(Debug)]
 pub(crate) enum Source {
     /// A file, reloaded on SIGHUP.
@@ -128,20 +130,14 @@ pub(crate) fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command,
         None => return Err("missing command: run, check or demo (see --help)".into()),
     };
     match sub.as_str() {
-        "run" => parse_run(&mut p),
-        "check" => {
-            let (mut file, mut print) = (None, false);
-            while let Some(arg) = p.next().map_err(|e| e.to_string())? {
-                match arg {
-                    Short('h') | Long("help") => return Ok(Command::Help(CHECK_HELP)),
-                    Short('c') | Long("config") => file = Some(PathBuf::from(value(&mut p)?)),
-                    Short('p') | Long("print") => print = true,
-                    other => return Err(format!("check: {}", unexpected(other, &CHECK_FLAGS))),
-                }
-            }
-            file.map(|file| Command::Check { file, print })
-                .ok_or_else(|| "check: --config FILE is required".into())
-        }
+        "run" => Ok(match parse_source(&mut p, "run")? {
+            Some((source, _)) => Command::Run(source),
+            None => Command::Help(RUN_HELP),
+        }),
+        "check" => Ok(match parse_source(&mut p, "check")? {
+            Some((source, print)) => Command::Check { source, print },
+            None => Command::Help(CHECK_HELP),
+        }),
         "demo" => match p.next().map_err(|e| e.to_string())? {
             Some(Short('h') | Long("help")) => Ok(Command::Help(DEMO_HELP)),
             Some(other) => Err(other.unexpected().to_string()),
@@ -162,8 +158,12 @@ fn value(p: &mut lexopt::Parser) -> Result<String, String> {
         .map_err(|e| format!("invalid UTF-8 in argument: {e:?}"))
 }
 
-fn parse_run(p: &mut lexopt::Parser) -> Result<Command, String> {
+/// `run`'s and `check`'s arguments: `--config FILE`, or quick-mode flags; `check` also takes
+/// `--print`. `Ok(None)` is `--help`.
+fn parse_source(p: &mut lexopt::Parser, cmd: &str) -> Result<Option<(Source, bool)>, String> {
+    let check = cmd == "check";
     let mut file = None;
+    let mut print = false;
     // What each quick-mode flag means lives in the core (shared with the smol example).
     let mut quick = QuickConfig::default();
     while let Some(arg) = p.next().map_err(|e| e.to_string())? {
@@ -172,31 +172,40 @@ fn parse_run(p: &mut lexopt::Parser) -> Result<Command, String> {
             _ => String::new(),
         };
         match arg {
-            Short('h') | Long("help") => return Ok(Command::Help(RUN_HELP)),
+            Short('h') | Long("help") => return Ok(None),
             Short('c') | Long("config") => file = Some(PathBuf::from(value(p)?)),
+            Short('p') | Long("print") if check => print = true,
             Long(_) if QuickConfig::takes(&flag) => quick.set(&flag, &value(p)?)?,
             other => {
-                let known = QUICK_FLAGS.iter().copied().chain(["config", "help"]);
-                return Err(format!(
-                    "run: {}",
-                    unexpected(other, &known.collect::<Vec<_>>())
-                ));
+                let own: &[&str] = if check {
+                    &CHECK_FLAGS
+                } else {
+                    &["config", "help"]
+                };
+                let known: Vec<&str> = QUICK_FLAGS
+                    .iter()
+                    .copied()
+                    .chain(own.iter().copied())
+                    .collect();
+                return Err(format!("{cmd}: {}", unexpected(other, &known)));
             }
         }
     }
     if let Some(file) = file {
         if !quick.is_empty() {
-            return Err(
-                "run: --config cannot be combined with other options (put them in the file)".into(),
-            );
+            return Err(format!(
+                "{cmd}: --config cannot be combined with other options (put them in the file)"
+            ));
         }
-        return Ok(Command::Run(Source::File(file)));
+        return Ok(Some((Source::File(file), print)));
     }
     if quick.is_empty() {
-        return Err("run: either --config FILE, or --listen ADDR and --upstream ADDR".into());
+        return Err(format!(
+            "{cmd}: either --config FILE, or --listen ADDR and --upstream ADDR"
+        ));
     }
-    let config = quick.build().map_err(|e| format!("run: {e}"))?;
-    Ok(Command::Run(Source::Flags(Box::new(config))))
+    let config = quick.build().map_err(|e| format!("{cmd}: {e}"))?;
+    Ok(Some((Source::Flags(Box::new(config)), print)))
 }
 
 #[cfg(test)]
@@ -302,8 +311,29 @@ mod tests {
         }
         assert!(matches!(
             run(&["check", "-c", "f.toml", "--print"]),
-            Ok(Command::Check { print: true, .. })
+            Ok(Command::Check {
+                print: true,
+                source: Source::File(_)
+            })
         ));
+        assert!(matches!(
+            run(&[
+                "check",
+                "--listen",
+                "127.0.0.1:1",
+                "--upstream",
+                "127.0.0.1:2",
+                "-p"
+            ]),
+            Ok(Command::Check {
+                print: true,
+                source: Source::Flags(_)
+            })
+        ));
+        assert_eq!(
+            run(&["run", "-c", "f.toml", "--print"]).unwrap_err(),
+            "run: invalid option '--print'"
+        );
         assert!(matches!(
             run(&["run", "--config", "f.toml"]),
             Ok(Command::Run(Source::File(_)))

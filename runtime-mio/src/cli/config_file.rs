@@ -8,6 +8,8 @@ use upkeep_core::Config;
 use upkeep_core::config::{ConfigError, FileError};
 use upkeep_runtime::preflight;
 
+use super::args::Source;
+
 /// A configuration ready to run, and what looked odd about it.
 #[derive(Debug)]
 pub(crate) struct Loaded {
@@ -41,8 +43,16 @@ pub(crate) fn load(path: &Path) -> Result<Loaded, String> {
     Ok(Loaded { config, warnings })
 }
 
+/// [`load`] for a file, [`check_flags`] for quick-mode flags.
+pub(crate) fn from_source(source: &Source) -> Result<Loaded, String> {
+    match source {
+        Source::File(file) => load(file),
+        Source::Flags(config) => check_flags(Config::clone(config)),
+    }
+}
+
 /// The same checks for a configuration built from flags (no file to point into).
-pub(crate) fn check_flags(config: Config) -> Result<Loaded, String> {
+fn check_flags(config: Config) -> Result<Loaded, String> {
     preflight::check_paths(&config).map_err(|e| format!("upkeep: {e}"))?;
     let warnings = config.warnings().iter().map(ToString::to_string).collect();
     Ok(Loaded { config, warnings })
