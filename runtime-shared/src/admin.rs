@@ -153,8 +153,14 @@ pub fn answer<R: Reporter>(head: &[u8], operator: &Operator<R>) -> Vec<u8> {
             "method not allowed\n".into(),
         ),
     };
+    // RFC 9110 §15.5.6: a 405 must say which methods the resource does allow.
+    let allow = if route == Route::MethodNotAllowed {
+        "Allow: GET, HEAD\r\n"
+    } else {
+        ""
+    };
     let mut out = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n{allow}Connection: close\r\n\r\n",
         body.len()
     )
     .into_bytes();
@@ -217,6 +223,10 @@ mod tests {
                 .starts_with("HTTP/1.1 405 Method Not Allowed\r\n")
         );
         assert!(text(b"", &op).starts_with("HTTP/1.1 405 "));
+        assert!(
+            text(b"DELETE /metrics HTTP/1.1\r\n\r\n", &op).contains("\r\nAllow: GET, HEAD\r\n")
+        );
+        assert!(!text(b"GET /nope HTTP/1.1\r\n\r\n", &op).contains("Allow:"));
         op.set_draining();
         assert!(
             text(b"GET /ready HTTP/1.1\r\n\r\n", &op)
