@@ -7,7 +7,10 @@ use std::process::ExitCode;
 use cli::args::{self, Command};
 
 fn main() -> ExitCode {
-    cli::logger::init();
+    if let Err(e) = cli::logger::init() {
+        eprintln!("upkeep: {e}");
+        return ExitCode::from(2);
+    }
     let command = match args::parse(std::env::args_os().skip(1)) {
         Ok(c) => c,
         Err(e) => {

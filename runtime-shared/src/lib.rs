@@ -11,6 +11,7 @@ pub mod access_log;
 pub mod admin;
 pub mod board;
 pub mod clock;
+pub mod config_diff;
 pub mod io;
 pub mod listen;
 pub mod metrics;

@@ -7,10 +7,10 @@
 
 use core::time::Duration;
 
-use super::{Address, Config, ListenerConfig, PoolKeyMode, parse_duration};
+use super::{AccessLogFormat, Address, Config, ListenerConfig, PoolKeyMode, parse_duration};
 
 /// Flags that take a value, in help-text order (without the leading `--`).
-pub const QUICK_FLAGS: [&str; 12] = [
+pub const QUICK_FLAGS: [&str; 13] = [
     "listen",
     "upstream",
     "workers",
@@ -23,6 +23,7 @@ pub const QUICK_FLAGS: [&str; 12] = [
     "pool-key",
     "admin",
     "access-log",
+    "access-log-format",
 ];
 
 /// Flags collected one by one, turned into a validated [`Config`] by [`QuickConfig::build`].
@@ -52,6 +53,7 @@ pub struct QuickConfig {
     pool_key: Option<PoolKeyMode>,
     admin: Option<Address>,
     access_log: Option<String>,
+    access_log_format: Option<AccessLogFormat>,
 }
 
 impl QuickConfig {
@@ -74,6 +76,7 @@ impl QuickConfig {
             && self.pool_key.is_none()
             && self.admin.is_none()
             && self.access_log.is_none()
+            && self.access_log_format.is_none()
     }
 
     /// Records `--flag value`; an unknown flag or a bad value is an error naming both.
@@ -104,6 +107,11 @@ impl QuickConfig {
             }
             "admin" => self.admin = Some(addr()?),
             "access-log" => self.access_log = Some(value.to_owned()),
+            "access-log-format" => {
+                self.access_log_format = Some(AccessLogFormat::parse(value).ok_or_else(|| {
+                    format!("--access-log-format {value:?}: expected upkeep, combined or json")
+                })?)
+            }
             _ => return Err(format!("unknown option --{flag}")),
         }
         Ok(())
@@ -145,6 +153,9 @@ impl QuickConfig {
         }
         c.runtime.admin = self.admin;
         c.runtime.access_log = self.access_log.filter(|a| a != "off");
+        if let Some(f) = self.access_log_format {
+            c.runtime.access_log_format = f;
+        }
         c.validate().map_err(|e| e.to_string())?;
         Ok(c)
     }

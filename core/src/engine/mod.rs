@@ -36,12 +36,14 @@ mod events;
 mod exchange;
 mod io;
 mod readiness;
+mod record;
 mod relay;
 mod table;
 mod upstream;
 
 pub use exchange::ExchangeInfo;
 pub use io::{AtCapacity, Input, Output};
+pub use record::{End, RequestFields, Tries, UpstreamTry};
 
 use client::{Client, Phase};
 use exchange::Exchange;
@@ -73,6 +75,9 @@ pub struct Core {
     /// Client connections with buffered requests to process (see `end_exchange`).
     ready: VecDeque<ConnId>,
     finished: VecDeque<ExchangeInfo>,
+    /// Request ids generated so far, and the runtime's prefix for them (see `record`).
+    request_ids: u64,
+    request_id_prefix: u64,
     record_exchanges: bool,
     record_requests: bool,
     stats: Stats,
@@ -126,6 +131,8 @@ impl Core {
             touched: Vec::new(),
             ready: VecDeque::new(),
             finished: VecDeque::new(),
+            request_ids: 0,
+            request_id_prefix: 0,
             record_exchanges: false,
             record_requests: false,
             stats,
@@ -209,6 +216,13 @@ impl Core {
     /// [`record_exchanges`](Core::record_exchanges) is on.
     pub fn record_requests(&mut self, on: bool) {
         self.record_requests = on;
+    }
+
+    /// The first 64 bits of the request ids this core generates (the rest counts requests), so
+    /// ids stay unique across workers and restarts: a runtime passes something unique to the
+    /// process and worker (the core itself has no clock or randomness to draw it from).
+    pub fn set_request_id_prefix(&mut self, prefix: u64) {
+        self.request_id_prefix = prefix;
     }
 
     /// The next finished exchange, if recording.
@@ -378,6 +392,7 @@ impl Core {
                     u.read_progress = now;
                     c.buf.write_progress = now;
                     let srv = u.server as usize;
+                    let client = u.client;
                     self.stats.servers[srv].requests += 1;
                     // A backend may answer before we learn the connect finished (an overload
                     // 503 on accept): what it sent is waiting in the buffer.
@@ -385,6 +400,7 @@ impl Core {
                     if early {
                         u.responded = true;
                     }
+                    self.try_connected(now, client);
                     touch(&mut self.touched, conn);
                     self.signal_write(conn);
                     self.request_maybe_sent(now, conn);

@@ -23,7 +23,8 @@ Options:
 
 ADDR is HOST:PORT, [V6]:PORT or unix:/path. Signals: SIGTERM/SIGQUIT drain gracefully, SIGINT
 (or a second SIGTERM) stops at once, SIGHUP reloads the config file, SIGUSR1 reopens the access
-log. Log level: UPKEEP_LOG=error|warn|info|debug|trace.
+log. Log level: UPKEEP_LOG=LEVEL[,TARGET=LEVEL]... (error|warn|info|debug|trace|off; default
+info), e.g. UPKEEP_LOG=info,upkeep_runtime=debug.
 ";
 
 pub(crate) const RUN_HELP: &str = "\
@@ -45,6 +46,7 @@ Options:
       --pool-key server|client     share idle connections across clients, or not (default server)
       --admin ADDR                 admin listener: /metrics, /status, /ready
       --access-log PATH|-          access log file, or - for stdout (default off)
+      --access-log-format FMT      upkeep (default), combined (nginx) or json
   -h, --help                       print this help
 
 ADDR is HOST:PORT, [V6]:PORT or unix:/path; DUR is 250ms, 10s, 5m, 1h.

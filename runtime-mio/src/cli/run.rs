@@ -23,7 +23,14 @@ pub(crate) fn run(config: Config, file: Option<&Path>) -> io::Result<i32> {
     let mut poll = Poll::new()?;
     poll.registry()
         .register(&mut signals, SIGNALS, Interest::READABLE)?;
+    let workers = upkeep_runtime::workers::count(config.runtime.workers);
     let proxy = Proxy::start(config)?;
+    log::info!(
+        "upkeep {} started: pid {}, {workers} workers, config {}",
+        env!("CARGO_PKG_VERSION"),
+        std::process::id(),
+        file.map_or_else(|| "from flags".into(), |f| f.display().to_string())
+    );
     for a in proxy.listen_addrs() {
         log::info!("listening on {a}");
     }
@@ -78,11 +85,15 @@ fn reload(proxy: &ProxyHandle, file: Option<&Path>) {
         log::warn!("SIGHUP ignored: started without --config, nothing to reload");
         return;
     };
-    match super::config_file::load(file) {
-        Ok(config) => match proxy.reload(config) {
-            Ok(()) => log::info!("reloaded {}", file.display()),
-            Err(e) => log::error!("reload failed, keeping the old configuration: {e}"),
-        },
+    let outcome = super::config_file::load(file).and_then(|config| {
+        let changes = upkeep_runtime::config_diff::changes(&proxy.config(), &config);
+        proxy.reload(config).map(|()| changes)
+    });
+    match outcome {
+        Ok(changes) if changes.is_empty() => {
+            log::info!("reloaded {}: no changes", file.display())
+        }
+        Ok(changes) => log::info!("reloaded {}: {}", file.display(), changes.join("; ")),
         Err(e) => log::error!("reload failed, keeping the old configuration: {e}"),
     }
 }
