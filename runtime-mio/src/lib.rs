@@ -203,6 +203,19 @@ impl ProxyHandle {
     /// that does not validate or cannot be bound changes nothing. The admin listener is not
     /// moved by a reload.
     pub fn reload(&self, config: Config) -> Result<(), String> {
+        let result = self.apply(config);
+        self.shared.operator.reloads.record(result.is_ok());
+        result
+    }
+
+    /// Counts a reload that failed before reaching [`ProxyHandle::reload`] (a file that does not
+    /// parse), for `upkeep_reloads_total{result="failed"}`.
+    pub fn reload_failed(&self) {
+        self.shared.operator.reloads.record(false);
+    }
+
+    /// [`ProxyHandle::reload`] itself.
+    fn apply(&self, config: Config) -> Result<(), String> {
         config.validate().map_err(|e| e.to_string())?;
         let mut state = self.state();
         if self.shared.operator.is_draining() {

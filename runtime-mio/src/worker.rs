@@ -102,6 +102,7 @@ pub(crate) fn spawn(setup: Setup) -> io::Result<(Control, JoinHandle<()>)> {
     let recorder = Recorder::open(&setup.config)?;
     let mut core = Core::new(setup.config, setup.index as u64)?;
     recorder.attach(&mut core);
+    core.set_request_id_prefix(upkeep_runtime::recorder::request_id_prefix(setup.id));
     let mut worker = Worker {
         id: setup.id,
         poll,
@@ -140,6 +141,8 @@ struct Sock {
     eof: bool,
     /// Upstream connect still in progress.
     connecting: bool,
+    /// The server an upstream connection goes to (for the operator log).
+    server: Option<ServerId>,
     /// Read size and announced FIN (the shared read loop's state).
     reader: Reader,
 }
@@ -215,8 +218,10 @@ impl Worker {
                     break;
                 }
                 if self.drain_deadline.is_some_and(|d| Instant::now() >= d) {
+                    let cut = self.core.abort_exchanges(clock::now());
+                    self.after_input();
                     log::warn!(
-                        "worker {}: shutdown timeout, closing {} connections",
+                        "worker {}: shutdown timeout, closing {} connections, aborting {cut} requests in progress",
                         self.id,
                         self.core.connections()
                     );
@@ -285,7 +290,9 @@ impl Worker {
                     return;
                 }
                 Err(e) => {
-                    log::debug!("worker {}: connect failed: {e}", self.id);
+                    if let Some(server) = sock.server {
+                        upkeep_runtime::trouble::connect_failed(&self.core, server, &e);
+                    }
                     self.core.handle(clock::now(), Input::connect_error(id, &e));
                     self.after_input();
                     self.forget_if_closed(id);
@@ -401,10 +408,12 @@ impl Worker {
                 read: true,
                 eof: false,
                 connecting: true,
+                server: Some(server),
                 reader: Reader::default(),
             }),
             Err(e) => {
                 log::debug!("worker {}: connect to {addr} failed: {e}", self.id);
+                upkeep_runtime::trouble::connect_failed(&self.core, server, &e);
                 // Out of descriptors or ports is our problem, not the server's: the core then
                 // answers 500 without marking the server down.
                 self.core
@@ -476,6 +485,7 @@ impl Worker {
                                 read: true,
                                 eof: false,
                                 connecting: false,
+                                server: None,
                                 reader: Reader::default(),
                             });
                             self.after_input();

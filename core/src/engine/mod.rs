@@ -172,6 +172,14 @@ impl Core {
             .is_up(now, server.index as usize)
     }
 
+    /// Requests in flight on `server`: connections to it that carry (or are opening for) a
+    /// request — the count least-conn balances and `max_conns` caps.
+    pub fn server_in_flight(&self, server: ServerId) -> u32 {
+        self.groups[server.upstream.0 as usize]
+            .balancer
+            .active(server.index as usize)
+    }
+
     /// Idle pooled connections of a group.
     pub fn pool_idle(&self, upstream: UpstreamId) -> usize {
         self.pool.idle_in_group(upstream.0)

@@ -85,10 +85,12 @@ fn reload(proxy: &ProxyHandle, file: Option<&Path>) {
         log::warn!("SIGHUP ignored: started without --config, nothing to reload");
         return;
     };
-    let outcome = super::config_file::load(file).and_then(|config| {
-        let changes = upkeep_runtime::config_diff::changes(&proxy.config(), &config);
-        proxy.reload(config).map(|()| changes)
-    });
+    let outcome = super::config_file::load(file)
+        .inspect_err(|_| proxy.reload_failed())
+        .and_then(|config| {
+            let changes = upkeep_runtime::config_diff::changes(&proxy.config(), &config);
+            proxy.reload(config).map(|()| changes)
+        });
     match outcome {
         Ok(changes) if changes.is_empty() => {
             log::info!("reloaded {}: no changes", file.display())
