@@ -15,6 +15,7 @@ fn recording(servers: usize) -> Harness {
     let mut h = Harness::new(config(servers));
     h.core.record_exchanges(true);
     h.core.record_requests(true);
+    h.core.record_request_fields(true);
     h.core.set_request_id_prefix(0xabc);
     h
 }

@@ -110,6 +110,8 @@ struct Shared {
     /// The workers' board and the draining flag.
     operator: Operator<Control>,
     next_worker: AtomicU64,
+    /// Requests the workers cut at `shutdown_timeout`.
+    aborted: Arc<AtomicU64>,
 }
 
 /// One configuration's listeners and workers.
@@ -135,6 +137,7 @@ impl Generation {
                 listeners,
                 shutdown_timeout: self.config.runtime.shutdown_timeout,
                 board: shared.operator.board.clone(),
+                aborted: shared.aborted.clone(),
             })?;
             self.workers.push(control);
             threads.push(thread);
@@ -336,6 +339,11 @@ impl ProxyHandle {
     /// Whether [`ProxyHandle::drain`] was called.
     pub fn is_draining(&self) -> bool {
         self.shared.operator.is_draining()
+    }
+
+    /// Requests cut at `runtime.shutdown_timeout` so far (a drain that did not finish in time).
+    pub fn aborted_requests(&self) -> u64 {
+        self.shared.aborted.load(Ordering::Relaxed)
     }
 
     /// Whether every worker has exited (after a drain).

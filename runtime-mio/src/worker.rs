@@ -7,6 +7,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -87,6 +88,8 @@ pub(crate) struct Setup {
     pub(crate) listeners: Vec<Listener>,
     pub(crate) shutdown_timeout: Duration,
     pub(crate) board: Arc<Board>,
+    /// Counts the requests cut at the shutdown timeout (the proxy's drain reports them).
+    pub(crate) aborted: Arc<AtomicU64>,
 }
 
 /// Starts a worker thread; it is on the board (visible to metrics) before this returns.
@@ -117,6 +120,7 @@ pub(crate) fn spawn(setup: Setup) -> io::Result<(Control, JoinHandle<()>)> {
         drain_deadline: None,
         shutdown_timeout: setup.shutdown_timeout,
         board: setup.board,
+        aborted: setup.aborted,
     };
     for i in 0..worker.listeners.len() {
         if let Some(l) = worker.listeners[i].as_mut() {
@@ -171,6 +175,7 @@ struct Worker {
     drain_deadline: Option<Instant>,
     shutdown_timeout: Duration,
     board: Arc<Board>,
+    aborted: Arc<AtomicU64>,
 }
 
 /// Whether the loop goes on.
@@ -219,6 +224,7 @@ impl Worker {
                 }
                 if self.drain_deadline.is_some_and(|d| Instant::now() >= d) {
                     let cut = self.core.abort_exchanges(clock::now());
+                    self.aborted.fetch_add(cut as u64, Ordering::Relaxed);
                     self.after_input();
                     log::warn!(
                         "worker {}: shutdown timeout, closing {} connections, aborting {cut} requests in progress",

@@ -43,10 +43,12 @@ impl Recorder {
     }
 
     /// Tells `core` what to record: every exchange (they feed the status-code counters and the
-    /// duration histogram), and the request line only when there is an access log to write it.
+    /// histograms), with its request line and id (the operator log names them next to upstream
+    /// trouble), and Host, Referer and User-Agent only when there is an access log to write them.
     pub fn attach(&self, core: &mut Core) {
         core.record_exchanges(true);
-        core.record_requests(self.log.is_some());
+        core.record_requests(true);
+        core.record_request_fields(self.log.is_some());
     }
 
     /// Records a finished exchange: the counters, upstream trouble in the operator log, and

@@ -167,6 +167,7 @@ impl Core {
         cl.ex = Exchange::start(head, cl.since, request, replay);
         let (fields, add_id) = record::request_fields(
             self.record_requests,
+            self.record_fields,
             &mut self.request_ids,
             self.request_id_prefix,
             head,

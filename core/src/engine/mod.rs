@@ -78,6 +78,8 @@ pub struct Core {
     /// Request ids generated so far, and the runtime's prefix for them (see `record`).
     request_ids: u64,
     request_id_prefix: u64,
+    /// Copy Host, Referer and User-Agent into records.
+    record_fields: bool,
     record_exchanges: bool,
     record_requests: bool,
     stats: Stats,
@@ -133,6 +135,7 @@ impl Core {
             finished: VecDeque::new(),
             request_ids: 0,
             request_id_prefix: 0,
+            record_fields: false,
             record_exchanges: false,
             record_requests: false,
             stats,
@@ -219,11 +222,20 @@ impl Core {
         self.record_exchanges = on;
     }
 
-    /// Also copy each request's `METHOD target` into [`ExchangeInfo::request`] (for access logs;
-    /// one small allocation per request, so off by default). Implies nothing unless
+    /// Also copy each request's `METHOD target` into [`ExchangeInfo::request`] and give it a
+    /// request id (the client's `X-Request-Id`, or one generated and forwarded upstream) — for
+    /// access logs and the runtimes' error lines; two small allocations per request, so off by
+    /// default. Implies nothing unless
     /// [`record_exchanges`](Core::record_exchanges) is on.
     pub fn record_requests(&mut self, on: bool) {
         self.record_requests = on;
+    }
+
+    /// Also copy `Host`, `Referer` and `User-Agent` into [`ExchangeInfo::fields`] (for access
+    /// logs: up to three small allocations per request, so off by default). Needs
+    /// [`record_requests`](Core::record_requests).
+    pub fn record_request_fields(&mut self, on: bool) {
+        self.record_fields = on;
     }
 
     /// The first 64 bits of the request ids this core generates (the rest counts requests), so

@@ -89,11 +89,13 @@ fn field<'a>(head: &Head, buf: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
         .map(|f| f.value.of(buf))
 }
 
-/// The request fields of `head` (received in `buf`) for the record, with the client's request
-/// id or a new one (`ids` counts those generated, after `prefix`); and whether the id is new, so
-/// it must be added to the forwarded head. Empty (and nothing to add) unless `recording`.
+/// The request fields of `head` (received in `buf`) for the record — Host, Referer and
+/// User-Agent only if `copy_fields` — with the client's request id or a new one (`ids` counts
+/// those generated, after `prefix`); and whether the id is new, so it must be added to the
+/// forwarded head. Empty (and nothing to add) unless `recording`.
 pub(super) fn request_fields(
     recording: bool,
+    copy_fields: bool,
     ids: &mut u64,
     prefix: u64,
     head: &Head,
@@ -102,7 +104,11 @@ pub(super) fn request_fields(
     if !recording {
         return (RequestFields::default(), false);
     }
-    let copy = |name: &[u8]| field(head, buf, name).map_or_else(Bytes::new, Bytes::copy_from_slice);
+    let copy = |name: &[u8]| {
+        field(head, buf, name)
+            .filter(|_| copy_fields)
+            .map_or_else(Bytes::new, Bytes::copy_from_slice)
+    };
     let own = field(head, buf, b"x-request-id").filter(|v| !v.is_empty());
     let (request_id, generated) = match own {
         Some(v) => (Bytes::copy_from_slice(v), false),

@@ -72,8 +72,13 @@ pub(crate) fn run(config: Config, file: Option<&Path>) -> io::Result<i32> {
             }
         }
         if draining && proxy.is_finished() {
+            let aborted = proxy.aborted_requests();
             proxy.wait();
-            log::info!("drained; exiting");
+            if aborted > 0 {
+                log::warn!("drain cut at shutdown_timeout: aborted {aborted} requests; exiting");
+            } else {
+                log::info!("drained; exiting");
+            }
             return Ok(0);
         }
     }

@@ -1,0 +1,351 @@
+//! The `upkeep` binary's operator log, read from the stderr of a spawned process: a timestamp,
+//! level and target on every line, a start-up line, upstream trouble with its context (group,
+//! server, errno, client, request line), servers marked down, what a reload changed, a bad
+//! `UPKEEP_LOG` refused at start, `trace` without the event loop's internals, and a drain cut
+//! by `shutdown_timeout` that says so and logs the requests it aborted. Through the library:
+//! a server removed by a reload stops reporting `upkeep_upstream_up`, and reloads are counted.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::admin_get;
+use upkeep_core::Address;
+use upkeep_testkit::backend::{Backend, closed_port};
+use upkeep_testkit::client::{self, Client, get_text};
+use upkeep_testkit::{TempDir, eventually, loopback_config};
+
+const BIN: &str = env!("CARGO_BIN_EXE_upkeep");
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `[2026-12-03T09:28:04.123Z LEVEL target] message`.
+const LINE: &str =
+    r"^\[\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (ERROR|WARN |INFO |DEBUG|TRACE) ([^\] ]+)\] (.*)$";
+
+/// A spawned `upkeep run` whose stderr lines arrive on a channel (and are kept).
+struct Upkeep {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Upkeep {
+    fn run(log: &str, args: &[&str]) -> Upkeep {
+        let mut child = Command::new(BIN)
+            .arg("run")
+            .args(args)
+            .env("UPKEEP_LOG", log)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, lines) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { return };
+                eprintln!("[upkeep] {line}");
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Upkeep {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a line containing every one of `parts`; returns it.
+    fn expect(&mut self, parts: &[&str]) -> String {
+        let start = Instant::now();
+        while start.elapsed() < TIMEOUT {
+            let Ok(line) = self.lines.recv_timeout(TIMEOUT) else {
+                break;
+            };
+            self.seen.push(line.clone());
+            if parts.iter().all(|p| line.contains(p)) {
+                return line;
+            }
+        }
+        panic!("no line with {parts:?} in {:#?}", self.seen);
+    }
+
+    /// The address after "listening on " in the first such line.
+    fn listen(&mut self) -> Address {
+        let line = self.expect(&["listening on "]);
+        Address::parse(line.split("listening on ").nth(1).unwrap()).unwrap()
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args([&format!("-{sig}"), &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+
+    fn wait_exit(&mut self) -> i32 {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                // What was printed up to the exit.
+                while let Ok(l) = self.lines.recv_timeout(Duration::from_millis(200)) {
+                    self.seen.push(l);
+                }
+                return s.code().unwrap_or(-1);
+            }
+            assert!(start.elapsed() < TIMEOUT * 3, "upkeep did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Upkeep {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+#[test]
+fn every_line_is_timestamped_and_upstream_trouble_is_logged_with_context() {
+    // Two servers, both down (a lone server is never marked down, as in nginx).
+    let dead = closed_port().to_string();
+    let dead2 = closed_port().to_string();
+    let mut up = Upkeep::run(
+        "info",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &dead,
+            "--upstream",
+            &dead2,
+            "--workers",
+            "1",
+        ],
+    );
+    let started = up.expect(&["started: pid ", "1 workers, config from flags"]);
+    assert!(
+        started.contains(&format!("pid {}", up.child.id())),
+        "{started}"
+    );
+    let listen = up.listen();
+    let r = client::one_shot(&listen, b"GET /x?y=1 HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    assert_eq!(r.status, 502);
+    let connect = up.expect(&["upstream \"default\" server ", "connect failed: "]);
+    assert!(
+        (connect.contains(&dead) || connect.contains(&dead2)) && connect.contains("os error"),
+        "{connect}"
+    );
+    let answered = up.expect(&["answered 502"]);
+    for part in [
+        "upstream \"default\"",
+        "client 127.0.0.1",
+        "\"GET /x?y=1 HTTP/1.1\"",
+        "request_id ",
+        "connect_failed after",
+        ", then ",
+    ] {
+        assert!(answered.contains(part), "{part:?} in {answered}");
+    }
+    let down = up.expect(&["marked down"]);
+    assert!(down.contains(&dead) || down.contains(&dead2), "{down}");
+    up.signal("INT");
+    assert_eq!(up.wait_exit(), 0);
+    let re = regex::Regex::new(LINE).unwrap();
+    for l in &up.seen {
+        let c = re
+            .captures(l)
+            .unwrap_or_else(|| panic!("not a log line: {l}"));
+        match &c[1] {
+            "ERROR" => assert!(l.contains("answered 502"), "{l}"),
+            "WARN " => assert!(
+                l.contains("connect failed") || l.contains("marked down"),
+                "{l}"
+            ),
+            _ => {}
+        }
+    }
+    let level = |l: &String| re.captures(l).map(|c| c[1].to_string());
+    assert_eq!(level(&connect).as_deref(), Some("WARN "));
+    assert_eq!(level(&answered).as_deref(), Some("ERROR"));
+}
+
+#[test]
+fn log_levels_are_checked_and_trace_leaves_mio_out() {
+    // A bad level is an error at start, whatever the command.
+    for bad in ["verbose", "info,upkeep_core", "upkeep=loud"] {
+        let out = Command::new(BIN)
+            .arg("--version")
+            .env("UPKEEP_LOG", bad)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("UPKEEP_LOG"), "{bad}: {err}");
+    }
+    let out = Command::new(BIN)
+        .arg("--version")
+        .env("UPKEEP_LOG", "DEBUG,upkeep_runtime=trace")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+
+    // `trace`: the proxy's own lines, none of mio's.
+    let b = Backend::identify("t").unwrap();
+    let mut up = Upkeep::run(
+        "trace",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &b.addr().to_string(),
+            "--workers",
+            "1",
+        ],
+    );
+    let listen = up.listen();
+    assert_eq!(get_text(&listen, "/").0, 200);
+    up.signal("INT");
+    assert_eq!(up.wait_exit(), 0);
+    let re = regex::Regex::new(LINE).unwrap();
+    for l in &up.seen {
+        let c = re
+            .captures(l)
+            .unwrap_or_else(|| panic!("not a log line: {l}"));
+        assert!(!c[2].starts_with("mio"), "{l}");
+    }
+    // Per-target filtering: info for everything, debug for one target.
+    let mut up = Upkeep::run(
+        "warn,upkeep=info",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &b.addr().to_string(),
+            "--workers",
+            "1",
+        ],
+    );
+    up.expect(&["INFO  upkeep", "started: pid"]);
+    up.signal("INT");
+    assert_eq!(up.wait_exit(), 0);
+}
+
+fn config_text(listen: &str, servers: &[String], log: &str) -> String {
+    let servers: Vec<String> = servers.iter().map(|s| format!("{s:?}")).collect();
+    format!(
+        "workers = 1\nshutdown_timeout = \"1s\"\naccess_log = {log:?}\naccess_log_format = \"json\"\n[[listen]]\naddr = \"{listen}\"\n[[upstream]]\nname = \"app\"\nservers = [{}]\n",
+        servers.join(", ")
+    )
+}
+
+#[test]
+fn a_reload_says_what_changed_and_a_cut_drain_says_what_it_aborted() {
+    let slow = Backend::slow("slow", Duration::from_secs(30)).unwrap();
+    let other = Backend::identify("other").unwrap();
+    let dir = TempDir::new().unwrap();
+    let file = dir.path().join("upkeep.toml");
+    let log = dir.path().join("access.log").to_string_lossy().into_owned();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    std::fs::write(
+        &file,
+        config_text(&listen, &[slow.addr().to_string()], &log),
+    )
+    .unwrap();
+    let mut up = Upkeep::run("info", &["--config", file.to_str().unwrap()]);
+    up.expect(&["started: pid", &format!("config {}", file.display())]);
+    let listen = up.listen();
+
+    let servers = [slow.addr().to_string(), other.addr().to_string()];
+    std::fs::write(&file, config_text(&listen.to_string(), &servers, &log)).unwrap();
+    up.signal("HUP");
+    let reloaded = up.expect(&["reloaded"]);
+    assert!(
+        reloaded.contains(&format!("upstream \"app\" server {} added", other.addr())),
+        "{reloaded}"
+    );
+
+    // A request that outlives `shutdown_timeout` (1 s): cut, logged, and the drain says so.
+    let mut c = Client::connect(&listen).unwrap();
+    c.send(&client::get("/stuck")).unwrap();
+    assert!(slow.wait_until(TIMEOUT, |b| b.requests() >= 1));
+    up.signal("TERM");
+    up.expect(&["draining"]);
+    let cut = up.expect(&["shutdown timeout", "aborting 1 requests"]);
+    assert!(cut.contains("WARN"), "{cut}");
+    assert_eq!(up.wait_exit(), 0);
+    assert!(
+        !up.seen.iter().any(|l| l.contains("drained; exiting")),
+        "a cut drain is not reported as drained: {:#?}",
+        up.seen
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(last["request"], "GET /stuck HTTP/1.1");
+    assert_eq!(
+        (last["status"].as_u64(), last["end"].as_str()),
+        (Some(444), Some("shutdown"))
+    );
+}
+
+#[test]
+fn a_server_removed_by_a_reload_stops_reporting_up() {
+    let a = Backend::identify("a").unwrap();
+    let b = Backend::identify("b").unwrap();
+    let mut cfg = loopback_config(vec![a.addr(), b.addr()], 1);
+    cfg.runtime.admin = Some(Address::parse("127.0.0.1:0").unwrap());
+    let proxy = upkeep_mio::Proxy::start(cfg.clone()).unwrap();
+    let up_line =
+        |addr: &Address| format!("upkeep_upstream_up{{upstream=\"default\",server=\"{addr}\"}}");
+    let (_, text) = admin_get(&proxy, "/metrics");
+    assert!(text.contains(&up_line(&b.addr())), "{text}");
+    let mut next = cfg.clone();
+    next.upstreams[0].servers.truncate(1);
+    proxy.reload(next).unwrap();
+    assert!(
+        proxy
+            .reload({
+                let mut bad = cfg.clone();
+                bad.upstreams.clear();
+                bad
+            })
+            .is_err()
+    );
+    // Once the old worker has retired, the removed server has no gauge (its counters remain).
+    assert!(eventually(TIMEOUT, || {
+        !admin_get(&proxy, "/metrics")
+            .1
+            .contains(&up_line(&b.addr()))
+    }));
+    let (_, text) = admin_get(&proxy, "/metrics");
+    assert!(
+        text.contains(&format!("{} 1\n", up_line(&a.addr()))),
+        "{text}"
+    );
+    assert!(
+        text.contains("upkeep_reloads_total{result=\"ok\"} 1\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("upkeep_reloads_total{result=\"failed\"} 1\n"),
+        "{text}"
+    );
+    proxy.shutdown();
+}
