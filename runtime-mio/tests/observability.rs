@@ -7,12 +7,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::admin_get;
+use common::{admin_get, spawned};
 use upkeep_core::Address;
 use upkeep_testkit::backend::{Backend, closed_port};
 use upkeep_testkit::client::{self, Client, get_text};
@@ -42,22 +41,21 @@ impl Upkeep {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let (tx, lines) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { return };
-                eprintln!("[upkeep] {line}");
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
+        let lines = spawned::forward_stderr(&mut child);
         Upkeep {
             child,
             lines,
             seen: Vec::new(),
         }
+    }
+
+    /// `upkeep run` in quick mode: one worker on 127.0.0.1:0 in front of `upstreams`.
+    fn quick(log: &str, upstreams: &[String]) -> Upkeep {
+        let mut args = vec!["--listen", "127.0.0.1:0", "--workers", "1"];
+        for u in upstreams {
+            args.extend(["--upstream", u.as_str()]);
+        }
+        Upkeep::run(log, &args)
     }
 
     /// Waits for a line containing every one of `parts`; returns it.
@@ -82,38 +80,41 @@ impl Upkeep {
     }
 
     fn signal(&self, sig: &str) {
-        let pid = self.child.id().to_string();
-        assert!(
-            Command::new("kill")
-                .args([&format!("-{sig}"), &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
+        spawned::signal(&self.child, sig);
     }
 
+    /// Waits for the exit, then keeps what was printed up to it.
     fn wait_exit(&mut self) -> i32 {
-        let start = Instant::now();
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                // What was printed up to the exit.
-                while let Ok(l) = self.lines.recv_timeout(Duration::from_millis(200)) {
-                    self.seen.push(l);
-                }
-                return s.code().unwrap_or(-1);
-            }
-            assert!(start.elapsed() < TIMEOUT * 3, "upkeep did not exit");
-            std::thread::sleep(Duration::from_millis(20));
+        let code = spawned::wait_exit(&mut self.child, TIMEOUT * 3);
+        while let Ok(l) = self.lines.recv_timeout(Duration::from_millis(200)) {
+            self.seen.push(l);
         }
+        code
+    }
+}
+
+impl Upkeep {
+    /// SIGINT, exit 0, then every line printed as (level, target, line); panics on a line that
+    /// is not timestamp, level, target and message.
+    fn stop_and_parse(&mut self) -> Vec<(String, String, String)> {
+        self.signal("INT");
+        assert_eq!(self.wait_exit(), 0);
+        let re = regex::Regex::new(LINE).unwrap();
+        self.seen
+            .iter()
+            .map(|l| {
+                let c = re
+                    .captures(l)
+                    .unwrap_or_else(|| panic!("not a log line: {l}"));
+                (c[1].to_string(), c[2].to_string(), l.clone())
+            })
+            .collect()
     }
 }
 
 impl Drop for Upkeep {
     fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        spawned::stop(&mut self.child);
     }
 }
 
@@ -122,19 +123,7 @@ fn every_line_is_timestamped_and_upstream_trouble_is_logged_with_context() {
     // Two servers, both down (a lone server is never marked down, as in nginx).
     let dead = closed_port().to_string();
     let dead2 = closed_port().to_string();
-    let mut up = Upkeep::run(
-        "info",
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            &dead,
-            "--upstream",
-            &dead2,
-            "--workers",
-            "1",
-        ],
-    );
+    let mut up = Upkeep::quick("info", &[dead.clone(), dead2.clone()]);
     let started = up.expect(&["started: pid ", "1 workers, config from flags"]);
     assert!(
         started.contains(&format!("pid {}", up.child.id())),
@@ -161,14 +150,8 @@ fn every_line_is_timestamped_and_upstream_trouble_is_logged_with_context() {
     }
     let down = up.expect(&["marked down"]);
     assert!(down.contains(&dead) || down.contains(&dead2), "{down}");
-    up.signal("INT");
-    assert_eq!(up.wait_exit(), 0);
-    let re = regex::Regex::new(LINE).unwrap();
-    for l in &up.seen {
-        let c = re
-            .captures(l)
-            .unwrap_or_else(|| panic!("not a log line: {l}"));
-        match &c[1] {
+    for (level, _, l) in up.stop_and_parse() {
+        match level.as_str() {
             "ERROR" => assert!(l.contains("answered 502"), "{l}"),
             "WARN " => assert!(
                 l.contains("connect failed") || l.contains("marked down"),
@@ -176,10 +159,13 @@ fn every_line_is_timestamped_and_upstream_trouble_is_logged_with_context() {
             ),
             _ => {}
         }
+        if l == connect {
+            assert_eq!(level, "WARN ");
+        }
+        if l == answered {
+            assert_eq!(level, "ERROR");
+        }
     }
-    let level = |l: &String| re.captures(l).map(|c| c[1].to_string());
-    assert_eq!(level(&connect).as_deref(), Some("WARN "));
-    assert_eq!(level(&answered).as_deref(), Some("ERROR"));
 }
 
 #[test]
@@ -204,40 +190,14 @@ fn log_levels_are_checked_and_trace_leaves_mio_out() {
 
     // `trace`: the proxy's own lines, none of mio's.
     let b = Backend::identify("t").unwrap();
-    let mut up = Upkeep::run(
-        "trace",
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            &b.addr().to_string(),
-            "--workers",
-            "1",
-        ],
-    );
+    let mut up = Upkeep::quick("trace", &[b.addr().to_string()]);
     let listen = up.listen();
     assert_eq!(get_text(&listen, "/").0, 200);
-    up.signal("INT");
-    assert_eq!(up.wait_exit(), 0);
-    let re = regex::Regex::new(LINE).unwrap();
-    for l in &up.seen {
-        let c = re
-            .captures(l)
-            .unwrap_or_else(|| panic!("not a log line: {l}"));
-        assert!(!c[2].starts_with("mio"), "{l}");
+    for (_, target, l) in up.stop_and_parse() {
+        assert!(!target.starts_with("mio"), "{l}");
     }
-    // Per-target filtering: info for everything, debug for one target.
-    let mut up = Upkeep::run(
-        "warn,upkeep=info",
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            &b.addr().to_string(),
-            "--workers",
-            "1",
-        ],
-    );
+    // Per-target filtering: warn for everything, info for the binary's own lines.
+    let mut up = Upkeep::quick("warn,upkeep=info", &[b.addr().to_string()]);
     up.expect(&["INFO  upkeep", "started: pid"]);
     up.signal("INT");
     assert_eq!(up.wait_exit(), 0);
@@ -258,12 +218,7 @@ fn a_reload_says_what_changed_and_a_cut_drain_says_what_it_aborted() {
     let dir = TempDir::new().unwrap();
     let file = dir.path().join("upkeep.toml");
     let log = dir.path().join("access.log").to_string_lossy().into_owned();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
+    let listen = common::free_local_addr();
     std::fs::write(
         &file,
         config_text(&listen, &[slow.addr().to_string()], &log),
