@@ -122,7 +122,7 @@ pub struct Health {
 
 impl Health {
     /// Logs servers marked down (`warn`) or up again (`info`) since the last look: at once
-    /// after a failure (`failed`), else at most every [`HEALTH_EVERY`].
+    /// after a failure (`failed`), else at most once a second.
     pub fn watch(&mut self, core: &Core, now: Time, failed: bool) {
         let due = self
             .checked
