@@ -304,3 +304,42 @@ fn a_server_removed_by_a_reload_stops_reporting_up() {
     );
     proxy.shutdown();
 }
+
+#[test]
+fn a_read_timeout_is_an_error_line_and_a_timeout_in_the_metrics() {
+    let slow = Backend::slow("slow", Duration::from_secs(5)).unwrap();
+    let server = slow.addr().to_string();
+    let mut up = Upkeep::run(
+        "info",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &server,
+            "--workers",
+            "1",
+            "--read-timeout",
+            "300ms",
+            "--admin",
+            "127.0.0.1:0",
+        ],
+    );
+    let listen = up.listen();
+    let admin_line = up.expect(&["admin listening on "]);
+    let admin = Address::parse(admin_line.split("listening on ").nth(1).unwrap()).unwrap();
+    let r = client::one_shot(&listen, b"GET /late HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    assert_eq!(r.status, 504);
+    let line = up.expect(&["answered 504"]);
+    assert!(line.contains("ERROR"), "{line}");
+    assert!(
+        line.contains(&format!("{server} read_timeout after 0.")),
+        "{line}"
+    );
+    assert!(line.contains("\"GET /late HTTP/1.1\""), "{line}");
+    let (_, text) = get_text(&admin, "/metrics");
+    let sample = format!(
+        "upkeep_upstream_timeouts_total{{upstream=\"default\",server=\"{server}\",kind=\"read_timeout\"}} 1\n"
+    );
+    assert!(text.contains(&sample), "{text}");
+    up.stop_and_parse();
+}
