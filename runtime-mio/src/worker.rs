@@ -223,11 +223,8 @@ impl Worker {
                     break;
                 }
                 if self.drain_deadline.is_some_and(|d| Instant::now() >= d) {
-                    let cut = self.core.abort_exchanges(clock::now());
-                    self.aborted.fetch_add(cut as u64, Ordering::Relaxed);
-                    self.after_input();
                     log::warn!(
-                        "worker {}: shutdown timeout, closing {} connections, aborting {cut} requests in progress",
+                        "worker {}: shutdown timeout, closing {} connections",
                         self.id,
                         self.core.connections()
                     );
@@ -599,6 +596,14 @@ impl Worker {
     /// snapshot requests that raced with the exit are answered from the same final counters, so a
     /// scrape counts this worker exactly once.
     fn exit(mut self) {
+        // Whatever is still in progress (a drain cut at its timeout, a stop) is cut here: logged
+        // as such before the connections close.
+        let cut = self.core.abort_exchanges(clock::now());
+        if cut > 0 {
+            self.aborted.fetch_add(cut as u64, Ordering::Relaxed);
+            self.after_input();
+            log::warn!("worker {}: aborting {cut} requests in progress", self.id);
+        }
         self.recorder.flush();
         let last = self.recorder.snapshot(&self.core, clock::now()).retired();
         self.board.retire(self.id, &last);

@@ -243,7 +243,8 @@ fn a_reload_says_what_changed_and_a_cut_drain_says_what_it_aborted() {
     assert!(slow.wait_until(TIMEOUT, |b| b.requests() >= 1));
     up.signal("TERM");
     up.expect(&["draining"]);
-    let cut = up.expect(&["shutdown timeout", "aborting 1 requests"]);
+    up.expect(&["shutdown timeout", "closing"]);
+    let cut = up.expect(&["aborting 1 requests in progress"]);
     assert!(cut.contains("WARN"), "{cut}");
     assert_eq!(up.wait_exit(), 0);
     assert!(

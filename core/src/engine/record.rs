@@ -53,7 +53,8 @@ pub enum End {
     /// The client closed or reset before its response was complete (nginx logs 499 when no
     /// response had started).
     ClientAborted,
-    /// Cut by the runtime at its shutdown timeout ([`Core::abort_exchanges`]).
+    /// Cut by the runtime as it stops: a drain past its shutdown timeout, or a stop at once
+    /// ([`Core::abort_exchanges`]).
     Shutdown,
 }
 
@@ -198,8 +199,10 @@ impl Core {
         }
     }
 
-    /// Records every exchange still in progress as cut at shutdown (the runtime is about to
-    /// close every connection at its shutdown timeout); returns how many there were.
+    /// Records every exchange still in progress as cut at shutdown, and returns how many there
+    /// were. Call it once, right before the runtime closes every connection (a drain past its
+    /// shutdown timeout, a stop at once): the exchanges stay as they are, so a second call would
+    /// record them again.
     pub fn abort_exchanges(&mut self, now: Time) -> usize {
         let ids: Vec<ConnId> = self
             .conns
