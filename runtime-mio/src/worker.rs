@@ -218,6 +218,7 @@ impl Worker {
             self.run_queues();
             self.maybe_resume();
             self.recorder.flush();
+            self.recorder.tick(&self.core, clock::now());
             if self.drain_deadline.is_some() {
                 if self.core.is_drained() {
                     break;

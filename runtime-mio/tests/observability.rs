@@ -344,3 +344,47 @@ fn a_read_timeout_is_an_error_line_and_a_timeout_in_the_metrics() {
     assert!(text.contains(&sample), "{text}");
     up.stop_and_parse();
 }
+
+/// A server marked down comes back up when its `fail_timeout` passes; the log says so even
+/// with no request to show it (here a metrics scrape is all that wakes the worker).
+#[test]
+fn a_server_marked_down_is_logged_up_again_after_fail_timeout() {
+    let alive = Backend::identify("alive").unwrap();
+    let dead = closed_port().to_string();
+    let dir = TempDir::new().unwrap();
+    let file = dir.path().join("upkeep.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "workers = 1\nadmin = \"127.0.0.1:0\"\n[[listen]]\naddr = \"127.0.0.1:0\"\n[[upstream]]\nname = \"app\"\nservers = [{{ addr = \"{dead}\", fail_timeout = \"1s\" }}, \"{}\"]\n",
+            alive.addr()
+        ),
+    )
+    .unwrap();
+    let mut up = Upkeep::run("info", &["--config", file.to_str().unwrap()]);
+    let listen = up.listen();
+    let admin_line = up.expect(&["admin listening on "]);
+    let admin = Address::parse(admin_line.split("listening on ").nth(1).unwrap()).unwrap();
+    let mut c = Client::connect(&listen).unwrap();
+    for _ in 0..2 {
+        assert_eq!(
+            c.get("/").unwrap().status,
+            200,
+            "retried on the live server"
+        );
+    }
+    up.expect(&["marked down", &dead]);
+    let start = Instant::now();
+    loop {
+        assert_eq!(get_text(&admin, "/metrics").0, 200);
+        if let Ok(l) = up.lines.recv_timeout(Duration::from_millis(300)) {
+            up.seen.push(l.clone());
+            if l.contains("marked up again") {
+                assert!(l.contains(&dead) && l.contains("INFO"), "{l}");
+                break;
+            }
+        }
+        assert!(start.elapsed() < TIMEOUT, "never marked up: {:#?}", up.seen);
+    }
+    up.stop_and_parse();
+}

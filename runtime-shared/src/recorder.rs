@@ -111,6 +111,12 @@ impl Recorder {
         }
     }
 
+    /// Once per loop pass: logs servers whose passive health changed with no exchange to show
+    /// it (one marked up again when its `fail_timeout` passed). Looks at most once a second.
+    pub fn tick(&mut self, core: &Core, now: Time) {
+        self.health.watch(core, now, false);
+    }
+
     /// Reopens the access log file (after log rotation).
     pub fn reopen(&mut self) {
         if let Some(log) = &mut self.log {

@@ -338,6 +338,7 @@ impl Driver {
         self.record_exchanges();
         if let Some(r) = &mut self.recorder {
             r.flush();
+            r.tick(&self.core, now);
         }
         let next = self.core.poll_timeout();
         if next.is_some() && (self.timer.armed.get().is_none() || next < self.timer.armed.get()) {
