@@ -388,3 +388,36 @@ fn a_server_marked_down_is_logged_up_again_after_fail_timeout() {
     }
     up.stop_and_parse();
 }
+
+#[test]
+fn a_bad_access_log_format_is_refused_with_its_place() {
+    let dir = TempDir::new().unwrap();
+    let file = dir.path().join("bad.toml");
+    std::fs::write(
+        &file,
+        "access_log = \"-\"\naccess_log_format = \"xml\"\n[[listen]]\naddr = \"127.0.0.1:0\"\n[[upstream]]\nname = \"app\"\nservers = [\"127.0.0.1:9\"]\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(err.starts_with(&format!("{}:2:", file.display())), "{err}");
+    assert!(err.contains("combined") && err.contains("json"), "{err}");
+    let out = Command::new(BIN)
+        .args([
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            "127.0.0.1:9",
+        ])
+        .args(["--access-log-format", "xml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--access-log-format \"xml\""), "{err}");
+}
