@@ -73,10 +73,20 @@ impl Upkeep {
         panic!("no line with {parts:?} in {:#?}", self.seen);
     }
 
-    /// The address after "listening on " in the first such line.
+    /// The address after `what` in the first line with it.
+    fn address_after(&mut self, what: &str) -> Address {
+        let line = self.expect(&[what]);
+        Address::parse(line.split(what).nth(1).unwrap()).unwrap()
+    }
+
+    /// The first listener's address.
     fn listen(&mut self) -> Address {
-        let line = self.expect(&["listening on "]);
-        Address::parse(line.split("listening on ").nth(1).unwrap()).unwrap()
+        self.address_after("listening on ")
+    }
+
+    /// The admin listener's address (after the listeners' lines).
+    fn admin(&mut self) -> Address {
+        self.address_after("admin listening on ")
     }
 
     fn signal(&self, sig: &str) {
@@ -326,8 +336,7 @@ fn a_read_timeout_is_an_error_line_and_a_timeout_in_the_metrics() {
         ],
     );
     let listen = up.listen();
-    let admin_line = up.expect(&["admin listening on "]);
-    let admin = Address::parse(admin_line.split("listening on ").nth(1).unwrap()).unwrap();
+    let admin = up.admin();
     let r = client::one_shot(&listen, b"GET /late HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
     assert_eq!(r.status, 504);
     let line = up.expect(&["answered 504"]);
@@ -363,8 +372,7 @@ fn a_server_marked_down_is_logged_up_again_after_fail_timeout() {
     .unwrap();
     let mut up = Upkeep::run("info", &["--config", file.to_str().unwrap()]);
     let listen = up.listen();
-    let admin_line = up.expect(&["admin listening on "]);
-    let admin = Address::parse(admin_line.split("listening on ").nth(1).unwrap()).unwrap();
+    let admin = up.admin();
     let mut c = Client::connect(&listen).unwrap();
     for _ in 0..2 {
         assert_eq!(
@@ -407,14 +415,7 @@ fn a_bad_access_log_format_is_refused_with_its_place() {
     assert!(err.starts_with(&format!("{}:2:", file.display())), "{err}");
     assert!(err.contains("combined") && err.contains("json"), "{err}");
     let out = Command::new(BIN)
-        .args([
-            "run",
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            "127.0.0.1:9",
-        ])
-        .args(["--access-log-format", "xml"])
+        .args("run --listen 127.0.0.1:0 --upstream 127.0.0.1:9 --access-log-format xml".split(' '))
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
