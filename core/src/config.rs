@@ -52,6 +52,7 @@
 //! workers = 2
 //! admin = "127.0.0.1:9901"
 //! access_log = "/var/log/upkeep/access.log"
+//! access_log_format = "json"
 //! shutdown_timeout = "20s"
 //!
 //! [[listen]]
@@ -218,6 +219,46 @@ pub enum PoolKeyMode {
     /// The key is (server, client address): one client's requests never ride an upstream
     /// connection that carried another client's requests.
     Client,
+}
+
+/// The access log's line format (`access_log_format`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Deserialize),
+    serde(rename_all = "snake_case")
+)]
+pub enum AccessLogFormat {
+    /// nginx `combined` plus upstream fields as `key=value` (every server tried, its status
+    /// and times, the request id...). The default: the format upkeep always wrote, so existing
+    /// parsers keep working; its first nine fields are nginx `combined`'s.
+    #[default]
+    Upkeep,
+    /// nginx `combined`, exactly: what log analysers expect.
+    Combined,
+    /// One JSON object per line, every field named.
+    Json,
+}
+
+impl AccessLogFormat {
+    /// From its name in the config file and on the command line.
+    pub fn parse(name: &str) -> Option<AccessLogFormat> {
+        match name {
+            "upkeep" => Some(AccessLogFormat::Upkeep),
+            "combined" => Some(AccessLogFormat::Combined),
+            "json" => Some(AccessLogFormat::Json),
+            _ => None,
+        }
+    }
+
+    /// Its name in the config file (what [`AccessLogFormat::parse`] reads back).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccessLogFormat::Upkeep => "upkeep",
+            AccessLogFormat::Combined => "combined",
+            AccessLogFormat::Json => "json",
+        }
+    }
 }
 
 /// One server of an upstream group (nginx `server` parameters).
@@ -435,6 +476,8 @@ pub struct RuntimeOptions {
     /// Access log: `None` = off, `"-"` = stdout, `"stderr"`, or a file path (appended to,
     /// reopened on SIGUSR1).
     pub access_log: Option<String>,
+    /// The access log's line format.
+    pub access_log_format: AccessLogFormat,
     /// Longest a graceful drain (SIGTERM/SIGQUIT, or the old workers after a reload) may take
     /// before the remaining connections are closed.
     pub shutdown_timeout: Duration,
@@ -450,6 +493,7 @@ impl Default for RuntimeOptions {
             workers: 0,
             admin: None,
             access_log: None,
+            access_log_format: AccessLogFormat::default(),
             shutdown_timeout: Duration::from_secs(30),
             shutdown_delay: Duration::ZERO,
         }

@@ -149,7 +149,9 @@ pub use config::{
     Address, Balance, Config, ConfigError, Limits, ListenerConfig, PoolKeyMode, QuickConfig,
     RouteConfig, RuntimeOptions, ServerConfig, UpstreamConfig,
 };
-pub use engine::{AtCapacity, Core, ExchangeInfo, Input, Output};
+pub use engine::{
+    AtCapacity, Core, End, ExchangeInfo, Input, Output, RequestFields, Tries, UpstreamTry,
+};
 pub use framing::{Method, Version};
 pub use id::{ConnId, ListenerId, ServerId, UpstreamId};
 pub use pool::EvictReason;

@@ -110,6 +110,8 @@ struct Shared {
     /// The workers' board and the draining flag.
     operator: Operator<Control>,
     next_worker: AtomicU64,
+    /// Requests the workers cut at `shutdown_timeout`.
+    aborted: Arc<AtomicU64>,
 }
 
 /// One configuration's listeners and workers.
@@ -135,6 +137,7 @@ impl Generation {
                 listeners,
                 shutdown_timeout: self.config.runtime.shutdown_timeout,
                 board: shared.operator.board.clone(),
+                aborted: shared.aborted.clone(),
             })?;
             self.workers.push(control);
             threads.push(thread);
@@ -203,6 +206,19 @@ impl ProxyHandle {
     /// that does not validate or cannot be bound changes nothing. The admin listener is not
     /// moved by a reload.
     pub fn reload(&self, config: Config) -> Result<(), String> {
+        let result = self.apply(config);
+        self.shared.operator.reloads.record(result.is_ok());
+        result
+    }
+
+    /// Counts a reload that failed before reaching [`ProxyHandle::reload`] (a file that does not
+    /// parse), for `upkeep_reloads_total{result="failed"}`.
+    pub fn reload_failed(&self) {
+        self.shared.operator.reloads.record(false);
+    }
+
+    /// [`ProxyHandle::reload`] itself.
+    fn apply(&self, config: Config) -> Result<(), String> {
         config.validate().map_err(|e| e.to_string())?;
         let mut state = self.state();
         if self.shared.operator.is_draining() {
@@ -330,6 +346,11 @@ impl ProxyHandle {
     /// Whether [`ProxyHandle::drain`] (or [`ProxyHandle::fail_ready`]) was called.
     pub fn is_draining(&self) -> bool {
         self.shared.operator.is_draining()
+    }
+
+    /// Requests cut at `runtime.shutdown_timeout` so far (a drain that did not finish in time).
+    pub fn aborted_requests(&self) -> u64 {
+        self.shared.aborted.load(Ordering::Relaxed)
     }
 
     /// Whether every worker has exited (after a drain).

@@ -9,7 +9,10 @@ use cli::config_file::{self, Loaded};
 use cli::exit;
 
 fn main() -> ExitCode {
-    cli::logger::init();
+    if let Err(e) = cli::logger::init() {
+        eprintln!("upkeep: {e}");
+        return ExitCode::from(2);
+    }
     let command = match args::parse(std::env::args_os().skip(1)) {
         Ok(c) => c,
         Err(e) => {

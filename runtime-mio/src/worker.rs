@@ -7,6 +7,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -87,6 +88,8 @@ pub(crate) struct Setup {
     pub(crate) listeners: Vec<Listener>,
     pub(crate) shutdown_timeout: Duration,
     pub(crate) board: Arc<Board>,
+    /// Counts the requests cut at the shutdown timeout (the proxy's drain reports them).
+    pub(crate) aborted: Arc<AtomicU64>,
 }
 
 /// Starts a worker thread; it is on the board (visible to metrics) before this returns.
@@ -102,6 +105,7 @@ pub(crate) fn spawn(setup: Setup) -> io::Result<(Control, JoinHandle<()>)> {
     let recorder = Recorder::open(&setup.config)?;
     let mut core = Core::new(setup.config, setup.index as u64)?;
     recorder.attach(&mut core);
+    core.set_request_id_prefix(upkeep_runtime::recorder::request_id_prefix(setup.id));
     let mut worker = Worker {
         id: setup.id,
         poll,
@@ -116,6 +120,7 @@ pub(crate) fn spawn(setup: Setup) -> io::Result<(Control, JoinHandle<()>)> {
         drain_deadline: None,
         shutdown_timeout: setup.shutdown_timeout,
         board: setup.board,
+        aborted: setup.aborted,
     };
     for i in 0..worker.listeners.len() {
         if let Some(l) = worker.listeners[i].as_mut() {
@@ -140,6 +145,8 @@ struct Sock {
     eof: bool,
     /// Upstream connect still in progress.
     connecting: bool,
+    /// The server an upstream connection goes to (for the operator log).
+    server: Option<ServerId>,
     /// Read size and announced FIN (the shared read loop's state).
     reader: Reader,
 }
@@ -168,6 +175,7 @@ struct Worker {
     drain_deadline: Option<Instant>,
     shutdown_timeout: Duration,
     board: Arc<Board>,
+    aborted: Arc<AtomicU64>,
 }
 
 /// Whether the loop goes on.
@@ -210,6 +218,7 @@ impl Worker {
             self.run_queues();
             self.maybe_resume();
             self.recorder.flush();
+            self.recorder.tick(&self.core, clock::now());
             if self.drain_deadline.is_some() {
                 if self.core.is_drained() {
                     break;
@@ -285,7 +294,9 @@ impl Worker {
                     return;
                 }
                 Err(e) => {
-                    log::debug!("worker {}: connect failed: {e}", self.id);
+                    if let Some(server) = sock.server {
+                        upkeep_runtime::trouble::connect_failed(&self.core, server, &e);
+                    }
                     self.core.handle(clock::now(), Input::connect_error(id, &e));
                     self.after_input();
                     self.forget_if_closed(id);
@@ -401,10 +412,12 @@ impl Worker {
                 read: true,
                 eof: false,
                 connecting: true,
+                server: Some(server),
                 reader: Reader::default(),
             }),
             Err(e) => {
                 log::debug!("worker {}: connect to {addr} failed: {e}", self.id);
+                upkeep_runtime::trouble::connect_failed(&self.core, server, &e);
                 // Out of descriptors or ports is our problem, not the server's: the core then
                 // answers 500 without marking the server down.
                 self.core
@@ -476,6 +489,7 @@ impl Worker {
                                 read: true,
                                 eof: false,
                                 connecting: false,
+                                server: None,
                                 reader: Reader::default(),
                             });
                             self.after_input();
@@ -583,6 +597,14 @@ impl Worker {
     /// snapshot requests that raced with the exit are answered from the same final counters, so a
     /// scrape counts this worker exactly once.
     fn exit(mut self) {
+        // Whatever is still in progress (a drain cut at its timeout, a stop) is cut here: logged
+        // as such before the connections close.
+        let cut = self.core.abort_exchanges(clock::now());
+        if cut > 0 {
+            self.aborted.fetch_add(cut as u64, Ordering::Relaxed);
+            self.after_input();
+            log::warn!("worker {}: aborting {cut} requests in progress", self.id);
+        }
         self.recorder.flush();
         let last = self.recorder.snapshot(&self.core, clock::now()).retired();
         self.board.retire(self.id, &last);

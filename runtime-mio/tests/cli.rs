@@ -1,10 +1,12 @@
 //! The `upkeep` binary end to end: `check`, `run` (quick mode and config file), signals.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::spawned;
 use upkeep_core::Address;
 use upkeep_testkit::TempDir;
 use upkeep_testkit::backend::Backend;
@@ -122,17 +124,7 @@ impl Running {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let (tx, lines) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { return };
-                eprintln!("[upkeep] {line}");
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
+        let lines = spawned::forward_stderr(&mut child);
         let mut r = Running {
             child,
             lines,
@@ -177,32 +169,17 @@ impl Running {
     }
 
     fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([&format!("-{sig}"), &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -{sig}");
+        spawned::signal(&self.child, sig);
     }
 
     fn wait_exit(&mut self) -> i32 {
-        let start = Instant::now();
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s.code().unwrap_or(-1);
-            }
-            assert!(start.elapsed() < TIMEOUT * 2, "upkeep did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        spawned::wait_exit(&mut self.child, TIMEOUT * 2)
     }
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        spawned::stop(&mut self.child);
     }
 }
 
@@ -293,12 +270,7 @@ fn sighup_reloads_and_a_broken_file_keeps_the_old_config() {
     let path = path_in(&dir, "reload.toml");
     let admin = dir.socket("admin.sock").to_string();
     // A fixed port is needed to reload onto "the same address": take one from the kernel.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
+    let listen = common::free_local_addr();
     std::fs::write(&path, config_text(&listen, &old.addr(), &admin)).unwrap();
     let mut up = Running::start(&["--config", &path]);
     let listen = up.listen[0].clone();

@@ -1,10 +1,12 @@
-//! The access log: one line per exchange, nginx `combined`-like plus upstream fields, formatted
-//! by the worker into its own buffer and written when the runtime flushes it — once per
-//! event-loop pass (no `log` facade, no lock shared between workers; `O_APPEND` keeps lines from
-//! different workers whole).
+//! The access log: one line per exchange, formatted by the worker into its own buffer and
+//! written when the runtime flushes it — once per event-loop pass (no `log` facade, no lock
+//! shared between workers; `O_APPEND` keeps lines from different workers whole). Three formats
+//! ([`AccessLogFormat`]; docs/observability.md describes every field):
 //!
 //! ```text
-//! 127.0.0.1 - - [22/Nov/2026:10:00:00 +0000] "GET / HTTP/1.1" 200 612 upstream=127.0.0.1:9001 reused=1 response=0.001 total=0.002
+//! upkeep:   127.0.0.1 - - [22/Nov/2026:10:00:00 +0000] "GET / HTTP/1.1" 200 612 upstream=127.0.0.1:9001 reused=1 response=0.001 total=0.002 body=512 host=shop request_id=0000…01 upstreams=127.0.0.1:9001/200/0.000/0.001/0.002 end=complete
+//! combined: 127.0.0.1 - - [22/Nov/2026:10:00:00 +0000] "GET / HTTP/1.1" 200 512 "http://ref/" "curl/8.5"
+//! json:     {"time":"2026-11-22T10:00:00.123Z","remote_addr":"127.0.0.1","request":"GET / HTTP/1.1",...}
 //! ```
 
 use std::fs::{File, OpenOptions};
@@ -12,7 +14,9 @@ use std::io::{self, Write};
 use std::net::IpAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use serde::Serialize;
 use upkeep_core::Config;
+use upkeep_core::config::AccessLogFormat;
 
 /// `runtime.access_log` of `config` as a sink name, with `"off"` (and an empty value) meaning no
 /// access log.
@@ -53,12 +57,47 @@ pub struct Entry<'a> {
     pub response: Option<f64>,
     /// Seconds from the request's first byte to the end of the response.
     pub total: f64,
+    /// Response body bytes sent (nginx `$body_bytes_sent`).
+    pub body_bytes_sent: u64,
+    /// `Host`, `Referer`, `User-Agent` and the request id as received / generated (empty:
+    /// absent).
+    pub host: &'a [u8],
+    /// `Referer`.
+    pub referer: &'a [u8],
+    /// `User-Agent`.
+    pub user_agent: &'a [u8],
+    /// The request id (the client's `X-Request-Id` or the one generated and forwarded).
+    pub request_id: &'a [u8],
+    /// Every upstream attempt, in order.
+    pub tries: Vec<Tried>,
+    /// How the exchange ended: `complete`, `client_aborted`, `shutdown`.
+    pub end: &'static str,
+}
+
+/// One upstream attempt as logged (nginx `$upstream_*` variables, one per server tried).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Tried {
+    /// The server's address.
+    pub addr: String,
+    /// Its response status (`None`: none arrived).
+    pub status: Option<u16>,
+    /// Seconds to a ready connection (0 for a pooled one).
+    pub connect_time: Option<f64>,
+    /// Seconds to the response head.
+    pub header_time: Option<f64>,
+    /// Seconds the attempt lasted.
+    pub response_time: Option<f64>,
+    /// Over a pooled connection.
+    pub reused: bool,
+    /// Why it failed (the next attempt, if any, is a retry for this reason).
+    pub failure: Option<&'static str>,
 }
 
 /// A worker's access log.
 #[derive(Debug)]
 pub struct AccessLog {
     sink: Sink,
+    format: AccessLogFormat,
     buf: Vec<u8>,
     /// `[time_local]` text of the second `stamp_second`, reformatted once per second.
     stamp: String,
@@ -66,8 +105,14 @@ pub struct AccessLog {
 }
 
 impl AccessLog {
-    /// Opens `target`: `-` (stdout), `stderr`, or a file path (appended to, created if missing).
+    /// Opens `target` in the default format (see [`AccessLog::open_as`]).
     pub fn open(target: &str) -> io::Result<AccessLog> {
+        AccessLog::open_as(target, AccessLogFormat::default())
+    }
+
+    /// Opens `target`, writing `format`: `-` (stdout), `stderr`, or a file path (appended to,
+    /// created if missing).
+    pub fn open_as(target: &str, format: AccessLogFormat) -> io::Result<AccessLog> {
         let sink = match target {
             "-" | "stdout" => Sink::Stdout,
             "stderr" => Sink::Stderr,
@@ -78,6 +123,7 @@ impl AccessLog {
         };
         Ok(AccessLog {
             sink,
+            format,
             buf: Vec::with_capacity(16 * 1024),
             stamp: String::new(),
             stamp_second: u64::MAX,
@@ -97,9 +143,14 @@ impl AccessLog {
 
     /// Formats one line into the buffer.
     pub fn record(&mut self, e: &Entry<'_>) {
-        let second = SystemTime::now()
+        let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+            .unwrap_or_default();
+        let second = now.as_secs();
+        if self.format == AccessLogFormat::Json {
+            json_line(&mut self.buf, e, second, now.subsec_millis());
+            return;
+        }
         if second != self.stamp_second {
             self.stamp = format_time(second);
             self.stamp_second = second;
@@ -113,19 +164,17 @@ impl AccessLog {
         }
         let _ = write!(b, " - - [{}] \"", self.stamp);
         // The request line is client data: escape what would break the line format.
-        for &c in e.request {
-            match c {
-                b'"' | b'\\' => {
-                    let _ = write!(b, "\\x{c:02X}");
-                }
-                0x20..=0x7e => b.push(c),
-                _ => {
-                    let _ = write!(b, "\\x{c:02X}");
-                }
-            }
-        }
+        escaped(b, e.request);
         if !e.request.is_empty() {
             let _ = write!(b, " {}", e.version);
+        }
+        if self.format == AccessLogFormat::Combined {
+            let _ = write!(b, "\" {} {} \"", e.status, e.body_bytes_sent);
+            or_dash(b, e.referer);
+            b.extend_from_slice(b"\" \"");
+            or_dash(b, e.user_agent);
+            b.extend_from_slice(b"\"\n");
+            return;
         }
         let _ = write!(b, "\" {} {}", e.status, e.bytes_sent);
         match &e.upstream {
@@ -141,7 +190,35 @@ impl AccessLog {
             }
             None => b.extend_from_slice(b" response=-"),
         }
-        let _ = writeln!(b, " total={:.3}", e.total);
+        let _ = write!(b, " total={:.3} body={} host=", e.total, e.body_bytes_sent);
+        or_dash(b, e.host);
+        b.extend_from_slice(b" request_id=");
+        or_dash(b, e.request_id);
+        b.extend_from_slice(b" upstreams=");
+        if e.tries.is_empty() {
+            b.push(b'-');
+        }
+        let secs = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.3}"));
+        for (i, t) in e.tries.iter().enumerate() {
+            if i > 0 {
+                b.push(b',');
+            }
+            // ADDR/STATUS/CONNECT/HEADER/RESPONSE, a failure in place of the status.
+            let status = match (t.failure, t.status) {
+                (Some(f), _) => f.to_string(),
+                (None, Some(s)) => s.to_string(),
+                (None, None) => "-".into(),
+            };
+            let _ = write!(
+                b,
+                "{}/{status}/{}/{}/{}",
+                t.addr,
+                secs(t.connect_time),
+                secs(t.header_time),
+                secs(t.response_time)
+            );
+        }
+        let _ = writeln!(b, " end={}", e.end);
     }
 
     /// Writes buffered lines (once per loop pass; nothing to do when no line is buffered).
@@ -161,6 +238,79 @@ impl AccessLog {
     }
 }
 
+/// Client bytes in a quoted field: `"`, `\\` and anything not printable ASCII as `\\xHH`
+/// (nginx's escaping), so a line cannot be broken or forged.
+fn escaped(b: &mut Vec<u8>, bytes: &[u8]) {
+    for &c in bytes {
+        match c {
+            b'"' | b'\\' => {
+                let _ = write!(b, "\\x{c:02X}");
+            }
+            0x20..=0x7e => b.push(c),
+            _ => {
+                let _ = write!(b, "\\x{c:02X}");
+            }
+        }
+    }
+}
+
+/// `bytes` escaped, or `-` when empty (nginx's empty variable).
+fn or_dash(b: &mut Vec<u8>, bytes: &[u8]) {
+    if bytes.is_empty() {
+        b.push(b'-');
+    } else {
+        escaped(b, bytes);
+    }
+}
+
+/// The JSON line: every field named; client bytes as (lossy) UTF-8 strings, escaped by
+/// serde_json.
+#[derive(Serialize)]
+struct JsonLine<'a> {
+    time: String,
+    remote_addr: String,
+    request: String,
+    status: u16,
+    body_bytes_sent: u64,
+    bytes_sent: u64,
+    request_time: f64,
+    host: std::borrow::Cow<'a, str>,
+    referer: std::borrow::Cow<'a, str>,
+    user_agent: std::borrow::Cow<'a, str>,
+    request_id: std::borrow::Cow<'a, str>,
+    upstream_reused: bool,
+    upstreams: &'a [Tried],
+    end: &'static str,
+}
+
+fn json_line(b: &mut Vec<u8>, e: &Entry<'_>, second: u64, millis: u32) {
+    let (y, mo, d, h, mi, s) = civil(second);
+    let request = if e.request.is_empty() {
+        String::new()
+    } else {
+        format!("{} {}", String::from_utf8_lossy(e.request), e.version)
+    };
+    let line = JsonLine {
+        time: format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{millis:03}Z"),
+        remote_addr: e.client.map_or_else(|| "unix:".into(), |ip| ip.to_string()),
+        request,
+        status: e.status,
+        body_bytes_sent: e.body_bytes_sent,
+        bytes_sent: e.bytes_sent,
+        request_time: (e.total * 1000.0).round() / 1000.0,
+        host: String::from_utf8_lossy(e.host),
+        referer: String::from_utf8_lossy(e.referer),
+        user_agent: String::from_utf8_lossy(e.user_agent),
+        request_id: String::from_utf8_lossy(e.request_id),
+        upstream_reused: e.reused,
+        upstreams: &e.tries,
+        end: e.end,
+    };
+    if serde_json::to_writer(&mut *b, &line).is_ok() {
+        b.push(b'\n');
+    }
+}
+
 fn open_append(path: &str) -> io::Result<File> {
     // The path goes into the error: "No such file or directory" alone does not say which file
     // (this error ends `upkeep run` at start-up).
@@ -176,6 +326,16 @@ fn format_time(secs: u64) -> String {
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];
+    let (year, month, day, h, m, s) = civil(secs);
+    format!(
+        "{day:02}/{}/{year}:{h:02}:{m:02}:{s:02} +0000",
+        MONTHS[(month - 1) as usize],
+    )
+}
+
+/// (year, month, day, hour, minute, second) in UTC of `secs` since the Unix epoch. Hand-written
+/// (Howard Hinnant's `civil_from_days`): a date crate for two formats is not worth its weight.
+fn civil(secs: u64) -> (i64, i64, i64, u64, u64, u64) {
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
     // Howard Hinnant's civil_from_days.
@@ -188,13 +348,7 @@ fn format_time(secs: u64) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{day:02}/{}/{year}:{:02}:{:02}:{:02} +0000",
-        MONTHS[(month - 1) as usize],
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    (year, month, day, rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 #[cfg(test)]
@@ -210,6 +364,84 @@ mod tests {
         assert_eq!(format_time(1_709_251_199), "29/Feb/2024:23:59:59 +0000");
     }
 
+    fn entry() -> Entry<'static> {
+        Entry {
+            client: Some("10.0.0.1".parse().unwrap()),
+            request: b"GET /a\"b",
+            version: "HTTP/1.1",
+            status: 200,
+            bytes_sent: 120,
+            upstream: Some("127.0.0.1:9001".into()),
+            reused: false,
+            response: Some(0.002),
+            total: 0.004,
+            body_bytes_sent: 12,
+            host: b"shop",
+            referer: b"",
+            user_agent: b"curl/8 \"x\"",
+            request_id: b"abc",
+            tries: vec![
+                Tried {
+                    addr: "127.0.0.1:9002".into(),
+                    failure: Some("connect_failed"),
+                    connect_time: None,
+                    response_time: Some(0.001),
+                    ..Tried::default()
+                },
+                Tried {
+                    addr: "127.0.0.1:9001".into(),
+                    status: Some(200),
+                    connect_time: Some(0.0),
+                    header_time: Some(0.002),
+                    response_time: Some(0.003),
+                    ..Tried::default()
+                },
+            ],
+            end: "complete",
+        }
+    }
+
+    fn line(format: AccessLogFormat, e: &Entry<'_>) -> String {
+        let mut log = AccessLog::open_as("-", format).unwrap();
+        log.record(e);
+        String::from_utf8(std::mem::take(&mut log.buf)).unwrap()
+    }
+
+    #[test]
+    fn combined_is_nginx_combined() {
+        let l = line(AccessLogFormat::Combined, &entry());
+        assert!(l.starts_with("10.0.0.1 - - ["), "{l}");
+        assert!(
+            l.ends_with("] \"GET /a\\x22b HTTP/1.1\" 200 12 \"-\" \"curl/8 \\x22x\\x22\"\n"),
+            "{l}"
+        );
+    }
+
+    #[test]
+    fn upkeep_format_names_every_attempt() {
+        let l = line(AccessLogFormat::Upkeep, &entry());
+        assert!(
+            l.ends_with(" total=0.004 body=12 host=shop request_id=abc upstreams=127.0.0.1:9002/connect_failed/-/-/0.001,127.0.0.1:9001/200/0.000/0.002/0.003 end=complete\n"),
+            "{l}"
+        );
+    }
+
+    #[test]
+    fn json_is_one_object_per_line() {
+        let l = line(AccessLogFormat::Json, &entry());
+        assert!(
+            l.ends_with("}\n") && !l[..l.len() - 1].contains('\n'),
+            "{l}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&l).unwrap();
+        assert_eq!(v["request"], "GET /a\"b HTTP/1.1");
+        assert_eq!(v["user_agent"], "curl/8 \"x\"");
+        assert_eq!(v["body_bytes_sent"], 12);
+        assert_eq!(v["upstreams"][0]["failure"], "connect_failed");
+        assert_eq!(v["upstreams"][1]["status"], 200);
+        assert!(v["time"].as_str().unwrap().ends_with('Z'));
+    }
+
     #[test]
     fn line_format_escapes_the_request_line() {
         let mut log = AccessLog::open("-").unwrap();
@@ -223,12 +455,14 @@ mod tests {
             reused: true,
             response: Some(0.0015),
             total: 0.25,
+            ..entry()
         });
         let line = String::from_utf8(std::mem::take(&mut log.buf)).unwrap();
         assert!(line.starts_with("10.0.0.1 - - ["), "{line}");
         assert!(
-            line.ends_with(
-                "] \"GET /\\x22x HTTP/1.1\" 200 12 upstream=127.0.0.1:9001 reused=1 response=0.002 total=0.250\n"
+            // The upstream fields the issue asked for follow `total` now (issue 13).
+            line.contains(
+                "] \"GET /\\x22x HTTP/1.1\" 200 12 upstream=127.0.0.1:9001 reused=1 response=0.002 total=0.250 "
             ),
             "{line}"
         );

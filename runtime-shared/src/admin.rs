@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use crate::board::{Board, Reporter};
 use crate::metrics::Snapshot;
+use crate::process::{self, Reloads};
 
 /// How long one admin connection may take to send its request head (and to take the answer):
 /// a stuck scraper, or one trickling a byte at a time, cannot hold the listener long. A deadline
@@ -64,6 +65,8 @@ pub struct Operator<R> {
     pub board: Arc<Board<R>>,
     /// Set once the proxy drains: `/ready` answers 503 from then on.
     pub draining: Arc<AtomicBool>,
+    /// Configuration reloads by result (`upkeep_reloads_total`).
+    pub reloads: Arc<Reloads>,
 }
 
 impl<R> Clone for Operator<R> {
@@ -71,6 +74,7 @@ impl<R> Clone for Operator<R> {
         Operator {
             board: self.board.clone(),
             draining: self.draining.clone(),
+            reloads: self.reloads.clone(),
         }
     }
 }
@@ -80,6 +84,7 @@ impl<R> Default for Operator<R> {
         Operator {
             board: Arc::default(),
             draining: Arc::default(),
+            reloads: Arc::default(),
         }
     }
 }
@@ -136,11 +141,11 @@ fn route(head: &[u8]) -> (Route, bool) {
 pub fn answer<R: Reporter>(head: &[u8], operator: &Operator<R>) -> Vec<u8> {
     let (route, head_only) = route(head);
     let (status, ctype, body) = match route {
-        Route::Metrics => (
-            "200 OK",
-            "text/plain; version=0.0.4; charset=utf-8",
-            operator.snapshot().prometheus(),
-        ),
+        Route::Metrics => {
+            let mut text = operator.snapshot().prometheus();
+            process::render(&mut text, &process::read(), &operator.reloads);
+            ("200 OK", "text/plain; version=0.0.4; charset=utf-8", text)
+        }
         Route::Status => ("200 OK", "text/plain", operator.snapshot().stub_status()),
         Route::Ready if operator.is_draining() => {
             ("503 Service Unavailable", "text/plain", "draining\n".into())
@@ -153,8 +158,14 @@ pub fn answer<R: Reporter>(head: &[u8], operator: &Operator<R>) -> Vec<u8> {
             "method not allowed\n".into(),
         ),
     };
+    // RFC 9110 §15.5.6: a 405 must say which methods the resource does allow.
+    let allow = if route == Route::MethodNotAllowed {
+        "Allow: GET, HEAD\r\n"
+    } else {
+        ""
+    };
     let mut out = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n{allow}Connection: close\r\n\r\n",
         body.len()
     )
     .into_bytes();
@@ -217,6 +228,10 @@ mod tests {
                 .starts_with("HTTP/1.1 405 Method Not Allowed\r\n")
         );
         assert!(text(b"", &op).starts_with("HTTP/1.1 405 "));
+        assert!(
+            text(b"DELETE /metrics HTTP/1.1\r\n\r\n", &op).contains("\r\nAllow: GET, HEAD\r\n")
+        );
+        assert!(!text(b"GET /nope HTTP/1.1\r\n\r\n", &op).contains("Allow:"));
         op.set_draining();
         assert!(
             text(b"GET /ready HTTP/1.1\r\n\r\n", &op)

@@ -10,6 +10,8 @@ use std::fmt::Write as _;
 
 use upkeep_core::{Core, EvictReason, ExchangeInfo, NotReusable, Time, UpstreamId};
 
+use crate::upstream_metrics::{self, ServerTraffic, TrafficCounters};
+
 /// Upper bounds (seconds) of the request duration histogram buckets.
 pub const BUCKETS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
@@ -55,6 +57,8 @@ pub struct WorkerCounters {
     pub codes: BTreeMap<u16, u64>,
     /// Request durations.
     pub duration: Histogram,
+    /// Per-server traffic (see [`upstream_metrics`]).
+    pub traffic: TrafficCounters,
 }
 
 impl WorkerCounters {
@@ -127,6 +131,8 @@ pub struct Snapshot {
     pub servers: BTreeMap<(String, String), ServerSnapshot>,
     /// Request durations.
     pub duration: Histogram,
+    /// Per (upstream name, server address) traffic.
+    pub traffic: BTreeMap<(String, String), ServerTraffic>,
 }
 
 impl Snapshot {
@@ -142,6 +148,7 @@ impl Snapshot {
             duration: counters.duration.clone(),
             ..Snapshot::default()
         };
+        s.traffic = counters.traffic.snapshot(core);
         let (r, w, k) = core.client_activity();
         s.activity = (r as u64, w as u64, k as u64);
         for (g, (up, gs)) in config.upstreams.iter().zip(stats.groups.iter()).enumerate() {
@@ -194,6 +201,9 @@ impl Snapshot {
             s.up = false;
             s.live_reports = 0;
         }
+        for t in self.traffic.values_mut() {
+            t.in_flight = 0;
+        }
         self
     }
 
@@ -236,6 +246,7 @@ impl Snapshot {
             }
         }
         self.duration.add(&o.duration);
+        upstream_metrics::add(&mut self.traffic, &o.traffic);
     }
 
     /// Open client connections.
@@ -320,6 +331,11 @@ impl Snapshot {
         for (name, kind, help, get) in servers {
             header(&mut o, name, kind, help);
             for ((up, srv), s) in &self.servers {
+                // A gauge only for servers a live worker serves: one a reload removed must not
+                // report `up 0` forever (its counters stay: they are history).
+                if kind == "gauge" && s.live_reports == 0 {
+                    continue;
+                }
                 let _ = writeln!(
                     o,
                     "{name}{{upstream=\"{}\",server=\"{}\"}} {}",
@@ -428,6 +444,11 @@ impl Snapshot {
             "upkeep_request_duration_seconds_count {}",
             self.duration.count
         );
+        if !self.traffic.is_empty() {
+            let live =
+                |k: &(String, String)| self.servers.get(k).is_some_and(|s| s.live_reports > 0);
+            upstream_metrics::render(&mut o, &self.traffic, &live);
+        }
         o
     }
 }
@@ -448,13 +469,14 @@ type GroupMetric = (
     fn(&GroupSnapshot) -> u64,
 );
 
-fn header(o: &mut String, name: &str, kind: &str, help: &str) {
+/// `# HELP` and `# TYPE` of a metric family.
+pub(crate) fn header(o: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(o, "# HELP {name} {help}");
     let _ = writeln!(o, "# TYPE {name} {kind}");
 }
 
 /// Label value escaping (backslash, quote, newline), per the text format.
-fn esc(v: &str) -> String {
+pub(crate) fn esc(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")

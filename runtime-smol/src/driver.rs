@@ -19,7 +19,7 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::rc::Rc;
 use std::time::Instant;
-use upkeep_core::{Address, ConnId, Core, Input, ListenerId, Output, Time, WriteOutcome};
+use upkeep_core::{Address, ConnId, Core, Input, ListenerId, Output, ServerId, Time, WriteOutcome};
 use upkeep_runtime::accept::{Admit, AfterError, Gate};
 use upkeep_runtime::clock;
 use upkeep_runtime::io::{Flushed, ReadStep, Reader};
@@ -281,7 +281,7 @@ impl Driver {
             match out {
                 Output::Connect { conn, server } => {
                     let addr = self.core.server_address(server).clone();
-                    let task = spawn(connect_task(self.shared(), conn, addr));
+                    let task = spawn(connect_task(self.shared(), conn, server, addr));
                     self.put(conn, Slot::Connecting { task: Some(task) });
                 }
                 Output::Write { conn } => match self.slot(conn) {
@@ -338,6 +338,7 @@ impl Driver {
         self.record_exchanges();
         if let Some(r) = &mut self.recorder {
             r.flush();
+            r.tick(&self.core, now);
         }
         let next = self.core.poll_timeout();
         if next.is_some() && (self.timer.armed.get().is_none() || next < self.timer.armed.get()) {
@@ -427,6 +428,17 @@ impl Driver {
         if let Some(r) = &mut self.recorder {
             r.reopen();
         }
+    }
+
+    /// Records the exchanges still in progress as cut at shutdown (before [`Driver::close_all`]);
+    /// returns how many there were.
+    pub(crate) fn abort_exchanges(&mut self) -> usize {
+        let cut = self.core.abort_exchanges(clock::now());
+        self.record_exchanges();
+        if let Some(r) = &mut self.recorder {
+            r.flush();
+        }
+        cut
     }
 
     /// Graceful drain (see [`Core::begin_drain`]).
@@ -540,7 +552,7 @@ async fn accepting(d: &Shared) {
     }
 }
 
-async fn connect_task(d: Shared, conn: ConnId, addr: Address) {
+async fn connect_task(d: Shared, conn: ConnId, server: ServerId, addr: Address) {
     let result = Stream::connect(&addr).await;
     let mut d = d.borrow_mut();
     if !matches!(d.slot(conn), Some(Slot::Connecting { .. })) {
@@ -553,7 +565,7 @@ async fn connect_task(d: Shared, conn: ConnId, addr: Address) {
             d.core.handle(now, Input::Connected { conn });
         }
         Err(e) => {
-            log::debug!("connect to {addr}: {e}");
+            upkeep_runtime::trouble::connect_failed(&d.core, server, &e);
             if let Some(Slot::Connecting { task: Some(t) }) = d.take(conn) {
                 t.detach();
             }

@@ -136,7 +136,12 @@ impl Proxy {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<io::Result<()>>();
         for (w, (sockets, recorder)) in per_worker.into_iter().zip(recorders).enumerate() {
             let core = match Core::new(config.clone(), w as u64) {
-                Ok(core) => core,
+                Ok(mut core) => {
+                    core.set_request_id_prefix(upkeep_runtime::recorder::request_id_prefix(
+                        w as u64,
+                    ));
+                    core
+                }
                 Err(e) => {
                     stop_all(&controls, handles);
                     remove_socket_files(&bound);
@@ -328,6 +333,10 @@ fn worker(
                 async_io::Timer::after(shutdown_timeout).await;
             };
             future::or(driver::drained(&d), future::or(stop, timeout)).await;
+        }
+        let cut = d.borrow_mut().abort_exchanges();
+        if cut > 0 {
+            log::warn!("worker {id}: stopping, aborting {cut} requests in progress");
         }
         d.borrow_mut().close_all();
         retire(&board, id, &control, &d);

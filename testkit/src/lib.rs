@@ -23,6 +23,7 @@
 pub mod backend;
 pub mod client;
 pub mod listeners;
+pub mod observability;
 pub mod scenarios;
 pub mod wait;
 pub mod wire;

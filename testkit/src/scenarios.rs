@@ -78,7 +78,7 @@ fn any_port() -> Address {
 
 /// `Config::simple` on 127.0.0.1:0 in front of `servers`, with one worker: bounds on upstream
 /// connections hold per worker, since each worker keeps its own pool.
-fn config(servers: Vec<Address>) -> Config {
+pub(crate) fn config(servers: Vec<Address>) -> Config {
     one_worker(Config::simple(any_port(), servers))
 }
 
@@ -88,13 +88,13 @@ fn one_worker(mut config: Config) -> Config {
 }
 
 /// `config` with the admin listener on 127.0.0.1:0.
-fn with_admin(mut config: Config) -> Config {
+pub(crate) fn with_admin(mut config: Config) -> Config {
     config.runtime.admin = Some(any_port());
     config
 }
 
 /// `config` writing its access log to `access.log` in `dir`; returns the file's path too.
-fn with_access_log(mut config: Config, dir: &TempDir) -> (Config, std::path::PathBuf) {
+pub(crate) fn with_access_log(mut config: Config, dir: &TempDir) -> (Config, std::path::PathBuf) {
     let path = dir.path().join("access.log");
     config.runtime.access_log = Some(path.to_string_lossy().into_owned());
     (config, path)
@@ -102,7 +102,7 @@ fn with_access_log(mut config: Config, dir: &TempDir) -> (Config, std::path::Pat
 
 /// The access log's lines once there are `n` of them (the runtime writes a line shortly after
 /// the response: once per loop pass); panics after 10 s, showing what is there.
-fn log_lines(path: &std::path::Path, n: usize) -> Vec<String> {
+pub(crate) fn log_lines(path: &std::path::Path, n: usize) -> Vec<String> {
     let read = || {
         std::fs::read_to_string(path)
             .unwrap_or_default()

@@ -15,8 +15,9 @@ use serde::de::value::MapAccessDeserializer;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use super::{
-    Address, Balance, ClientTimeouts, Config, HeaderOptions, Limits, ListenerConfig, PoolKeyMode,
-    RouteConfig, RuntimeOptions, ServerConfig, UpstreamConfig, parse_duration, parse_size,
+    AccessLogFormat, Address, Balance, ClientTimeouts, Config, HeaderOptions, Limits,
+    ListenerConfig, PoolKeyMode, RouteConfig, RuntimeOptions, ServerConfig, UpstreamConfig,
+    parse_duration, parse_size,
 };
 
 // ---- scalar helpers -------------------------------------------------------------------------
@@ -423,6 +424,8 @@ struct RawConfig {
     admin: Option<Address>,
     #[serde(default, deserialize_with = "access_log")]
     access_log: Option<String>,
+    #[serde(default)]
+    access_log_format: AccessLogFormat,
     #[serde(default = "d_shutdown_timeout", deserialize_with = "duration")]
     shutdown_timeout: Duration,
     #[serde(default = "d_shutdown_delay", deserialize_with = "duration")]
@@ -448,6 +451,7 @@ impl From<RawConfig> for Config {
             workers,
             admin,
             access_log,
+            access_log_format,
             shutdown_timeout,
             shutdown_delay,
             listeners,
@@ -468,6 +472,7 @@ impl From<RawConfig> for Config {
                 workers,
                 admin,
                 access_log,
+                access_log_format,
                 shutdown_timeout,
                 shutdown_delay,
             },

@@ -24,10 +24,11 @@ pub fn suggest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) ->
 }
 
 /// The keys that sit at the top of the file, outside any table.
-const TOP_LEVEL_KEYS: [&str; 5] = [
+const TOP_LEVEL_KEYS: [&str; 6] = [
     "workers",
     "admin",
     "access_log",
+    "access_log_format",
     "shutdown_timeout",
     "shutdown_delay",
 ];

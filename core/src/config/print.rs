@@ -71,6 +71,7 @@ fn write_runtime(out: &mut String, r: &RuntimeOptions) {
         workers,
         admin,
         access_log,
+        access_log_format,
         shutdown_timeout,
         shutdown_delay,
     } = r;
@@ -83,6 +84,7 @@ fn write_runtime(out: &mut String, r: &RuntimeOptions) {
     }
     let log = access_log.as_deref().unwrap_or("off");
     let _ = writeln!(out, "access_log = {}", q(log));
+    let _ = writeln!(out, "access_log_format = {}", q(access_log_format.as_str()));
     let _ = writeln!(out, "shutdown_timeout = {}", d(*shutdown_timeout));
     let _ = writeln!(out, "shutdown_delay = {}", d(*shutdown_delay));
 }

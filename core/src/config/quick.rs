@@ -7,10 +7,10 @@
 
 use core::time::Duration;
 
-use super::{Address, Config, ListenerConfig, PoolKeyMode, parse_duration};
+use super::{AccessLogFormat, Address, Config, ListenerConfig, PoolKeyMode, parse_duration};
 
 /// Flags that take a value, in help-text order (without the leading `--`).
-pub const QUICK_FLAGS: [&str; 13] = [
+pub const QUICK_FLAGS: [&str; 14] = [
     "listen",
     "upstream",
     "workers",
@@ -24,6 +24,7 @@ pub const QUICK_FLAGS: [&str; 13] = [
     "admin",
     "access-log",
     "shutdown-delay",
+    "access-log-format",
 ];
 
 /// Flags collected one by one, turned into a validated [`Config`] by [`QuickConfig::build`].
@@ -54,6 +55,7 @@ pub struct QuickConfig {
     admin: Option<Address>,
     access_log: Option<String>,
     shutdown_delay: Option<Duration>,
+    access_log_format: Option<AccessLogFormat>,
 }
 
 impl QuickConfig {
@@ -77,6 +79,7 @@ impl QuickConfig {
             && self.admin.is_none()
             && self.access_log.is_none()
             && self.shutdown_delay.is_none()
+            && self.access_log_format.is_none()
     }
 
     /// Records `--flag value`; an unknown flag or a bad value is an error naming both.
@@ -108,6 +111,11 @@ impl QuickConfig {
             "admin" => self.admin = Some(addr()?),
             "access-log" => self.access_log = Some(value.to_owned()),
             "shutdown-delay" => self.shutdown_delay = Some(duration()?),
+            "access-log-format" => {
+                self.access_log_format = Some(AccessLogFormat::parse(value).ok_or_else(|| {
+                    format!("--access-log-format {value:?}: expected upkeep, combined or json")
+                })?)
+            }
             _ => return Err(format!("unknown option --{flag}")),
         }
         Ok(())
@@ -152,6 +160,9 @@ impl QuickConfig {
         }
         c.runtime.admin = self.admin;
         c.runtime.access_log = self.access_log.filter(|a| a != "off");
+        if let Some(f) = self.access_log_format {
+            c.runtime.access_log_format = f;
+        }
         c.validate().map_err(|e| e.to_string())?;
         Ok(c)
     }

@@ -18,6 +18,7 @@ use bytes::{Buf, Bytes};
 use core::net::IpAddr;
 
 use super::exchange::{Exchange, Resp};
+use super::record::{self, End};
 use super::table::Role;
 use super::upstream::UState;
 use super::{Core, HEAD_GROWTH, Output, touch};
@@ -164,7 +165,17 @@ impl Core {
         };
         let replay = core::mem::take(&mut cl.ex.replay);
         cl.ex = Exchange::start(head, cl.since, request, replay);
+        let (fields, add_id) = record::request_fields(
+            self.record_requests,
+            self.record_fields,
+            &mut self.request_ids,
+            self.request_id_prefix,
+            head,
+            &c.buf.rbuf,
+        );
         let ex = &mut cl.ex;
+        let id_to_add = add_id.then(|| fields.request_id.clone());
+        ex.fields = fields;
         let target = head.target.of(&c.buf.rbuf);
         let path = target.split(|&b| b == b'?').next().unwrap_or(target);
         let host = head.host.map(|h| h.of(&c.buf.rbuf));
@@ -197,7 +208,11 @@ impl Core {
         };
         let upgrade = ex.upgrade;
         let req_head = c.buf.rewrite(head.len + HEAD_GROWTH, |buf, out| {
-            framing::write_request_head(head, buf, out_body, upgrade, &fwd, out)
+            framing::write_request_head(head, buf, out_body, upgrade, &fwd, out);
+            if let Some(rid) = &id_to_add {
+                // The id the access log shows reaches the backend's logs too.
+                record::add_request_id(out, rid);
+            }
         });
         c.buf.rbuf.advance(head.len);
         let Role::Client(cl) = &mut c.role else {
@@ -248,7 +263,7 @@ impl Core {
         if in_exchange && cl.ex.resp_started {
             // A response is already on its way: a second one would be read as part of its body.
             // The only honest signal left is an abortive close.
-            self.abort_exchange(id);
+            self.abort_exchange(now, id);
             return;
         }
         // After an error in the request itself (or an unread body) the connection's framing
@@ -265,10 +280,16 @@ impl Core {
         let b = c.buf.take_scratch();
         self.stats.responses[(status / 100) as usize % 6] += 1;
         self.stats.local_responses += 1;
+        // Our error pages are one buffer: the body follows the blank line.
+        let head_len = b
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map_or(b.len(), |p| p + 4);
         if let Some(cl) = self.conns.client_mut(id) {
             cl.ex.status = status;
             cl.ex.resp = Resp::Done;
             cl.ex.response_at = Some(now);
+            cl.ex.body_from = cl.ex.bytes_sent + head_len as u64;
         }
         self.push(now, id, b);
         self.record(now, id);
@@ -350,7 +371,8 @@ impl Core {
 
     /// The client went away (or stopped reading) mid-exchange: close the exchange's upstream
     /// connection (not reused: the client aborted) and reset the client.
-    pub(super) fn abort_exchange(&mut self, id: ConnId) {
+    pub(super) fn abort_exchange(&mut self, now: Time, id: ConnId) {
+        self.record_end(now, id, End::ClientAborted);
         self.release_upstream_of(id);
         self.close(id, true);
     }

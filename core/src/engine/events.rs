@@ -3,6 +3,7 @@
 
 use super::client::Phase;
 use super::exchange::Resp;
+use super::record::End;
 use super::table::Role;
 use super::upstream::UState;
 use super::{Core, touch};
@@ -73,6 +74,7 @@ impl Core {
                             } else {
                                 AfterFlush::Close
                             };
+                            self.record_end(now, id, End::ClientAborted);
                             self.release_upstream_of(id);
                             self.close_client_after_flush(now, id, how);
                         }
@@ -101,7 +103,7 @@ impl Core {
         match &c.role {
             Role::Client(cl) => {
                 if cl.phase == Phase::Exchange {
-                    self.abort_exchange(id);
+                    self.abort_exchange(now, id);
                 } else {
                     self.close(id, true);
                 }

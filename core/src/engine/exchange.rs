@@ -6,6 +6,7 @@ use core::net::IpAddr;
 use std::collections::VecDeque;
 
 use super::Core;
+use super::record::{self, End, RequestFields, Tries};
 use crate::framing::{BodyDecoder, BodyKind, Head, Method, OutBody, Version};
 use crate::{ConnId, ListenerId, ServerId, Time};
 
@@ -16,8 +17,10 @@ pub(super) const REPLAY_LIMIT: usize = 64 * 1024;
 /// What the proxy knows about a finished exchange (for access logs and latency histograms).
 ///
 /// Recorded when the response's last byte is queued to the client (or the proxy's own error
-/// response is). Upgraded (tunnelled) exchanges and exchanges cut short by a client or upstream
-/// failure mid-response are not recorded.
+/// response is), when the client gives up on it ([`End::ClientAborted`], status 499 if no
+/// response had started) and when the runtime cuts it at shutdown ([`End::Shutdown`], status 444
+/// if no response had started). Upgraded (tunnelled) exchanges and exchanges cut short by an
+/// upstream failure mid-response are not recorded.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExchangeInfo {
     /// Client connection.
@@ -50,6 +53,15 @@ pub struct ExchangeInfo {
     pub bytes_sent: u64,
     /// Request body bytes received from the client.
     pub bytes_received: u64,
+    /// Response body bytes queued to the client (nginx `$body_bytes_sent`): `bytes_sent`
+    /// without the heads.
+    pub body_bytes_sent: u64,
+    /// Every upstream attempt, in order (empty for our own answers that tried none).
+    pub tries: Tries,
+    /// Host, Referer, User-Agent and the request id (only with [`Core::record_requests`]).
+    pub fields: RequestFields,
+    /// How the exchange ended.
+    pub end: End,
 }
 
 /// Where the response of an exchange is.
@@ -103,6 +115,11 @@ pub(super) struct Exchange {
     pub(super) started: Time,
     pub(super) response_at: Option<Time>,
     pub(super) bytes_sent: u64,
+    /// `bytes_sent` when the final response head was queued: what follows is body.
+    pub(super) body_from: u64,
+    /// Upstream attempts and request fields, while recording (see [`record`]).
+    pub(super) tries_log: Tries,
+    pub(super) fields: RequestFields,
 }
 
 impl Exchange {
@@ -140,6 +157,9 @@ impl Exchange {
             started: Time::ZERO,
             response_at: None,
             bytes_sent: 0,
+            body_from: 0,
+            tries_log: Tries::new(),
+            fields: RequestFields::default(),
         }
     }
 
@@ -172,19 +192,37 @@ impl Exchange {
 impl Core {
     /// Queues the [`ExchangeInfo`] of the exchange of `id` that just ended, if recording.
     pub(super) fn record(&mut self, now: Time, id: ConnId) {
+        self.record_end(now, id, End::Complete);
+    }
+
+    /// Queues the [`ExchangeInfo`] of the exchange of `id`, ended as `end`, if recording.
+    pub(super) fn record_end(&mut self, now: Time, id: ConnId, end: End) {
         if !self.record_exchanges {
             return;
         }
-        let Some(cl) = self.conns.client(id) else {
+        let Some(cl) = self.conns.client_mut(id) else {
             return;
         };
-        let ex = &cl.ex;
+        // An exchange already recorded as complete (its response queued whole) is not recorded
+        // again when the client then goes away; a tunnel is never recorded.
+        if end != End::Complete && matches!(cl.ex.resp, Resp::Done | Resp::Tunnel) {
+            return;
+        }
+        let (listener, peer) = (cl.listener, cl.peer);
+        let ex = &mut cl.ex;
+        let tries = record::close_tries(ex, now);
         let request = ex.request.clone();
+        let status = match end {
+            End::Complete => ex.status,
+            _ if ex.resp_started => ex.status,
+            End::ClientAborted => 499,
+            End::Shutdown => 444,
+        };
         let info = ExchangeInfo {
             client: id,
-            listener: cl.listener,
-            peer: cl.peer,
-            status: ex.status,
+            listener,
+            peer,
+            status,
             server: ex.server.map(|s| self.servers[s as usize]),
             reused: ex.reused,
             request,
@@ -194,6 +232,10 @@ impl Core {
             finished: now,
             bytes_sent: ex.bytes_sent,
             bytes_received: ex.req_bytes,
+            body_bytes_sent: ex.bytes_sent.saturating_sub(ex.body_from),
+            tries,
+            fields: core::mem::take(&mut ex.fields),
+            end,
         };
         self.finished.push_back(info);
     }

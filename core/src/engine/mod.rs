@@ -36,12 +36,14 @@ mod events;
 mod exchange;
 mod io;
 mod readiness;
+mod record;
 mod relay;
 mod table;
 mod upstream;
 
 pub use exchange::ExchangeInfo;
 pub use io::{AtCapacity, Input, Output};
+pub use record::{End, RequestFields, Tries, UpstreamTry};
 
 use client::{Client, Phase};
 use exchange::Exchange;
@@ -73,6 +75,11 @@ pub struct Core {
     /// Client connections with buffered requests to process (see `end_exchange`).
     ready: VecDeque<ConnId>,
     finished: VecDeque<ExchangeInfo>,
+    /// Request ids generated so far, and the runtime's prefix for them (see `record`).
+    request_ids: u64,
+    request_id_prefix: u64,
+    /// Copy Host, Referer and User-Agent into records.
+    record_fields: bool,
     record_exchanges: bool,
     record_requests: bool,
     stats: Stats,
@@ -126,6 +133,9 @@ impl Core {
             touched: Vec::new(),
             ready: VecDeque::new(),
             finished: VecDeque::new(),
+            request_ids: 0,
+            request_id_prefix: 0,
+            record_fields: false,
             record_exchanges: false,
             record_requests: false,
             stats,
@@ -163,6 +173,14 @@ impl Core {
         self.groups[server.upstream.0 as usize]
             .balancer
             .is_up(now, server.index as usize)
+    }
+
+    /// Requests in flight on `server`: connections to it that carry (or are opening for) a
+    /// request — the count least-conn balances and `max_conns` caps.
+    pub fn server_in_flight(&self, server: ServerId) -> u32 {
+        self.groups[server.upstream.0 as usize]
+            .balancer
+            .active(server.index as usize)
     }
 
     /// Idle pooled connections of a group.
@@ -204,11 +222,27 @@ impl Core {
         self.record_exchanges = on;
     }
 
-    /// Also copy each request's `METHOD target` into [`ExchangeInfo::request`] (for access logs;
-    /// one small allocation per request, so off by default). Implies nothing unless
+    /// Also copy each request's `METHOD target` into [`ExchangeInfo::request`] and give it a
+    /// request id (the client's `X-Request-Id`, or one generated and forwarded upstream) — for
+    /// access logs and the runtimes' error lines; two small allocations per request, so off by
+    /// default. Implies nothing unless
     /// [`record_exchanges`](Core::record_exchanges) is on.
     pub fn record_requests(&mut self, on: bool) {
         self.record_requests = on;
+    }
+
+    /// Also copy `Host`, `Referer` and `User-Agent` into [`ExchangeInfo::fields`] (for access
+    /// logs: up to three small allocations per request, so off by default). Needs
+    /// [`record_requests`](Core::record_requests).
+    pub fn record_request_fields(&mut self, on: bool) {
+        self.record_fields = on;
+    }
+
+    /// The first 64 bits of the request ids this core generates (the rest counts requests), so
+    /// ids stay unique across workers and restarts: a runtime passes something unique to the
+    /// process and worker (the core itself has no clock or randomness to draw it from).
+    pub fn set_request_id_prefix(&mut self, prefix: u64) {
+        self.request_id_prefix = prefix;
     }
 
     /// The next finished exchange, if recording.
@@ -378,6 +412,7 @@ impl Core {
                     u.read_progress = now;
                     c.buf.write_progress = now;
                     let srv = u.server as usize;
+                    let client = u.client;
                     self.stats.servers[srv].requests += 1;
                     // A backend may answer before we learn the connect finished (an overload
                     // 503 on accept): what it sent is waiting in the buffer.
@@ -385,6 +420,7 @@ impl Core {
                     if early {
                         u.responded = true;
                     }
+                    self.try_connected(now, client);
                     touch(&mut self.touched, conn);
                     self.signal_write(conn);
                     self.request_maybe_sent(now, conn);

@@ -202,7 +202,7 @@ impl Core {
             (Deadline::ClientSend, Role::Client(cl)) => {
                 // A client that stopped reading: give up on it (and on its upstream).
                 if cl.phase == Phase::Exchange {
-                    self.abort_exchange(id);
+                    self.abort_exchange(now, id);
                 } else {
                     self.close(id, true);
                 }
@@ -217,7 +217,7 @@ impl Core {
             (Deadline::ClientKeepalive | Deadline::Lingering, _) => self.close(id, false),
             (Deadline::ClientBody, Role::Client(cl)) => {
                 if cl.ex.resp_started {
-                    self.abort_exchange(id);
+                    self.abort_exchange(now, id);
                 } else {
                     self.release_upstream_of(id);
                     self.client_error(now, id, 408);

@@ -195,6 +195,7 @@ impl Core {
             cl.ex.upstream = Some(uid);
             cl.ex.reused = reused;
         }
+        self.try_started(now, id, self.servers[server as usize], reused);
         touch(&mut self.touched, uid);
         match queued {
             Some(bytes) => {
@@ -400,11 +401,13 @@ impl Core {
             u.state = UState::Tunnel;
         }
         self.groups[g].balancer.success(idx);
+        self.try_header(now, cid, status);
         let Some(cl) = self.conns.client_mut(cid) else {
             return false;
         };
         cl.ex.status = status;
         cl.ex.resp_started = true;
+        cl.ex.body_from = cl.ex.bytes_sent + b.len() as u64;
         cl.ex.response_at = Some(now);
         cl.ex.resp_decoder = BodyDecoder::new(body);
         cl.ex.resp_in_chunked = body == BodyKind::Chunked;
@@ -551,6 +554,7 @@ impl Core {
             None
         };
         let reason = rules::failure_reason(why, race);
+        self.try_failed(now, client, why);
         self.close_upstream(id, client.is_none() || why != Failure::BadResponse, reason);
         let Some(cid) = client else { return };
         let Some(cl) = self.conns.client_mut(cid) else {

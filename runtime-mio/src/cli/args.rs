@@ -23,7 +23,8 @@ Options:
 
 ADDR is HOST:PORT, [V6]:PORT or unix:/path. Signals: SIGTERM/SIGQUIT drain gracefully (after
 shutdown_delay), SIGINT (or a second SIGTERM) stops at once, SIGHUP reloads the config file,
-SIGUSR1 reopens the access log. Log level: UPKEEP_LOG=error|warn|info|debug|trace.
+SIGUSR1 reopens the access log. Log level: UPKEEP_LOG=LEVEL[,TARGET=LEVEL]...
+(error|warn|info|debug|trace|off; default info), e.g. UPKEEP_LOG=info,upkeep_runtime=debug.
 
 Exit status (check and run alike): 0 ok; 1 the configuration was rejected or could not be put to
 use (FILE:LINE:COL: message, an address in use, an unopenable file); 2 bad command-line usage.
@@ -48,6 +49,7 @@ Options:
       --pool-key server|client     share idle connections across clients, or not (default server)
       --admin ADDR                 admin listener: /metrics, /status, /ready
       --access-log PATH|-          access log file, or - for stdout (default off)
+      --access-log-format FMT      upkeep (default), combined (nginx) or json
       --shutdown-delay DUR         after SIGTERM, fail /ready but keep serving this long, then
                                    drain (default 0s)
   -h, --help                       print this help

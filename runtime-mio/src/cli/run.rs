@@ -38,7 +38,14 @@ pub(crate) fn run(config: Config, file: Option<&Path>) -> io::Result<()> {
     let mut poll = Poll::new()?;
     poll.registry()
         .register(&mut signals, SIGNALS, Interest::READABLE)?;
+    let workers = upkeep_runtime::workers::count(config.runtime.workers);
     let proxy = Proxy::start(config)?;
+    log::info!(
+        "upkeep {} started: pid {}, {workers} workers, config {}",
+        env!("CARGO_PKG_VERSION"),
+        std::process::id(),
+        file.map_or_else(|| "from flags".into(), |f| f.display().to_string())
+    );
     for a in proxy.listen_addrs() {
         log::info!("listening on {a}");
     }
@@ -106,8 +113,13 @@ pub(crate) fn run(config: Config, file: Option<&Path>) -> io::Result<()> {
             phase = start_drain(&proxy);
         }
         if phase == Phase::Draining && proxy.is_finished() {
+            let aborted = proxy.aborted_requests();
             proxy.wait();
-            log::info!("drained; exiting");
+            if aborted > 0 {
+                log::warn!("drain cut at shutdown_timeout: aborted {aborted} requests; exiting");
+            } else {
+                log::info!("drained; exiting");
+            }
             return Ok(());
         }
     }
@@ -133,16 +145,20 @@ fn reload(proxy: &ProxyHandle, file: Option<&Path>) {
 }
 
 fn reload_file(proxy: &ProxyHandle, file: &Path) {
-    match super::config_file::load(file) {
-        Ok(loaded) => {
+    let outcome = super::config_file::load(file)
+        .inspect_err(|_| proxy.reload_failed())
+        .and_then(|loaded| {
             for w in &loaded.warnings {
                 log::warn!("{w}");
             }
-            match proxy.reload(loaded.config) {
-                Ok(()) => log::info!("reloaded {}", file.display()),
-                Err(e) => log::error!("reload failed, keeping the old configuration: {e}"),
-            }
+            let changes = upkeep_runtime::config_diff::changes(&proxy.config(), &loaded.config);
+            proxy.reload(loaded.config).map(|()| changes)
+        });
+    match outcome {
+        Ok(changes) if changes.is_empty() => {
+            log::info!("reloaded {}: no changes", file.display())
         }
+        Ok(changes) => log::info!("reloaded {}: {}", file.display(), changes.join("; ")),
         Err(e) => log::error!("reload failed, keeping the old configuration: {e}"),
     }
 }

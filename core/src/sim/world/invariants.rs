@@ -13,6 +13,53 @@ impl World {
             .push(format!("t={}ms: {msg}", self.harness.now.0 / 1_000_000));
     }
 
+    /// Takes the exchanges the core recorded and checks each: its attempts' times are in order
+    /// and within the exchange, the answering server is the last one tried, a failed attempt
+    /// has no status, a completed upstream answer's status is its last attempt's, and a
+    /// generated request id is 32 hex digits.
+    pub(super) fn check_records(&mut self) {
+        while let Some(ex) = self.harness.core.poll_exchange() {
+            let mut problems = Vec::new();
+            for t in &ex.tries {
+                let times = [Some(t.started), t.connected, t.header, t.ended];
+                let known: Vec<_> = times.iter().flatten().collect();
+                if known.windows(2).any(|w| w[0] > w[1]) || t.started < ex.started {
+                    problems.push(format!("attempt times out of order: {t:?}"));
+                }
+                if t.failure.is_some() && t.status != 0 {
+                    problems.push(format!("failed attempt with a status: {t:?}"));
+                }
+            }
+            if let Some(s) = ex.server
+                && ex.tries.last().map(|t| t.server) != Some(s)
+            {
+                problems.push(format!(
+                    "answered by {s:?}, last tried {:?}",
+                    ex.tries.last()
+                ));
+            }
+            if let Some(last) = ex.tries.last()
+                && ex.end == crate::End::Complete
+                && last.failure.is_none()
+                && last.status != ex.status
+            {
+                problems.push(format!(
+                    "status {} but the last attempt says {last:?}",
+                    ex.status
+                ));
+            }
+            let id = &ex.fields.request_id;
+            if (!ex.tries.is_empty() || !id.is_empty())
+                && (id.len() != 32 || !id.iter().all(u8::is_ascii_hexdigit))
+            {
+                problems.push(format!("request id {id:?}"));
+            }
+            for p in problems {
+                self.violation(format!("record of {:?}: {p}", ex.client));
+            }
+        }
+    }
+
     /// Closes every client (unstalling it first), lets time run past every client timeout and
     /// checks nothing leaks; then past the pool idle timeout, and checks nothing is left at all.
     pub fn finish(&mut self) {

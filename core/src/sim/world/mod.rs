@@ -122,6 +122,10 @@ impl World {
     pub fn new(seed: u64, config: Config, backends: Vec<BackendScript>) -> World {
         let mut harness = Harness::new(config);
         harness.auto_connect = false;
+        // Records are checked too (`check_records`), request ids included: a runtime with an
+        // access log drives the core this way.
+        harness.core.record_exchanges(true);
+        harness.core.record_requests(true);
         let n = harness.core.servers().len();
         assert_eq!(backends.len(), n, "one BackendScript per server");
         World {

@@ -50,6 +50,7 @@ impl World {
             progress |= self.backends_read();
             progress |= self.clients_read();
             if !progress {
+                self.check_records();
                 return;
             }
         }

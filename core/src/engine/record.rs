@@ -1,0 +1,261 @@
+//! What an exchange's record says beyond its status and times, for access logs, metrics and
+//! the operator log: every upstream attempt ([`UpstreamTry`]: server, connect / header times,
+//! status or failure), a few request fields (Host, Referer, User-Agent), the request id, and
+//! how the exchange ended ([`End`]). All of it is gathered only while recording
+//! ([`Core::record_exchanges`]; the request fields and the id with [`Core::record_requests`]),
+//! so a core that records nothing pays nothing.
+
+use bytes::{Bytes, BytesMut};
+use smallvec::SmallVec;
+
+use super::Core;
+use super::client::Phase;
+use super::exchange::Exchange;
+use super::table::Role;
+use crate::framing::Head;
+use crate::rules::Failure;
+use crate::{ConnId, ServerId, Time};
+
+/// One attempt to get the response from a server (nginx logs them as `$upstream_addr`,
+/// `$upstream_status`, `$upstream_connect_time`, `$upstream_header_time`,
+/// `$upstream_response_time`, one per server tried).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpstreamTry {
+    /// The server tried.
+    pub server: ServerId,
+    /// The attempt went over a pooled connection (no connect).
+    pub reused: bool,
+    /// When the attempt began (a connection was taken from the pool or a connect started).
+    pub started: Time,
+    /// When the connection was ready: the connect finished (`started` for a reused one).
+    pub connected: Option<Time>,
+    /// When the response head arrived.
+    pub header: Option<Time>,
+    /// When the attempt ended: it failed, or the exchange ended.
+    pub ended: Option<Time>,
+    /// The response status (0: none arrived).
+    pub status: u16,
+    /// Why the attempt failed (`connect_failed`, `connect_timeout`, `read_timeout`,
+    /// `send_timeout`, `closed`, `bad_response`, `reused_408`, `local`), if it did; the next
+    /// attempt, if any, is a retry for this reason.
+    pub failure: Option<&'static str>,
+}
+
+/// The attempts of one exchange. Inline up to two (a request and one retry), so recording stays
+/// allocation-free on the steady-state path (`tests/alloc.rs`); more spill to the heap.
+pub type Tries = SmallVec<[UpstreamTry; 2]>;
+
+/// How an exchange ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum End {
+    /// The response was queued whole (upstream's or our own).
+    Complete,
+    /// The client closed or reset before its response was complete (nginx logs 499 when no
+    /// response had started).
+    ClientAborted,
+    /// Cut by the runtime as it stops: a drain past its shutdown timeout, or a stop at once
+    /// ([`Core::abort_exchanges`]).
+    Shutdown,
+}
+
+impl End {
+    /// `complete`, `client_aborted`, `shutdown`: the access log's name for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            End::Complete => "complete",
+            End::ClientAborted => "client_aborted",
+            End::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// The request fields a record keeps (empty when absent or not recording requests).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RequestFields {
+    /// `Host`.
+    pub host: Bytes,
+    /// `Referer`.
+    pub referer: Bytes,
+    /// `User-Agent`.
+    pub user_agent: Bytes,
+    /// The client's `X-Request-Id`, or the one the core generated (and forwarded upstream).
+    pub request_id: Bytes,
+}
+
+/// The value of the first field `name` of `head`.
+fn field<'a>(head: &Head, buf: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    head.fields
+        .iter()
+        .find(|f| f.name.of(buf).eq_ignore_ascii_case(name))
+        .map(|f| f.value.of(buf))
+}
+
+/// The request fields of `head` (received in `buf`) for the record — Host, Referer and
+/// User-Agent only if `copy_fields` — with the client's request id or a new one (`ids` counts
+/// those generated, after `prefix`); and whether the id is new, so it must be added to the
+/// forwarded head. Empty (and nothing to add) unless `recording`.
+pub(super) fn request_fields(
+    recording: bool,
+    copy_fields: bool,
+    ids: &mut u64,
+    prefix: u64,
+    head: &Head,
+    buf: &[u8],
+) -> (RequestFields, bool) {
+    if !recording {
+        return (RequestFields::default(), false);
+    }
+    let copy = |name: &[u8]| {
+        field(head, buf, name)
+            .filter(|_| copy_fields)
+            .map_or_else(Bytes::new, Bytes::copy_from_slice)
+    };
+    let own = field(head, buf, b"x-request-id").filter(|v| !v.is_empty());
+    let (request_id, generated) = match own {
+        Some(v) => (Bytes::copy_from_slice(v), false),
+        None => {
+            *ids += 1;
+            (request_id(prefix, *ids), true)
+        }
+    };
+    let fields = RequestFields {
+        host: copy(b"host"),
+        referer: copy(b"referer"),
+        user_agent: copy(b"user-agent"),
+        request_id,
+    };
+    (fields, generated)
+}
+
+/// The name of a failure in logs and metrics.
+pub(crate) fn failure_name(why: Failure) -> &'static str {
+    match why {
+        Failure::ConnectFailed => "connect_failed",
+        Failure::ConnectTimeout => "connect_timeout",
+        Failure::Closed => "closed",
+        Failure::ReadTimeout => "read_timeout",
+        Failure::SendTimeout => "send_timeout",
+        Failure::BadResponse => "bad_response",
+        Failure::Reused408 => "reused_408",
+        Failure::Local => "local",
+    }
+}
+
+/// `X-Request-Id` text for request `n` of a core whose runtime gave `prefix`: 32 hex digits,
+/// like nginx's `$request_id`. Deterministic: the runtime makes `prefix` unique per process and
+/// worker.
+pub(crate) fn request_id(prefix: u64, n: u64) -> Bytes {
+    Bytes::from(format!("{prefix:016x}{n:016x}"))
+}
+
+impl Core {
+    /// Starts the record of an attempt on `server` for client `cid`.
+    pub(super) fn try_started(&mut self, now: Time, cid: ConnId, server: ServerId, reused: bool) {
+        if !self.record_exchanges {
+            return;
+        }
+        if let Some(cl) = self.conns.client_mut(cid) {
+            cl.ex.tries_log.push(UpstreamTry {
+                server,
+                reused,
+                started: now,
+                connected: reused.then_some(now),
+                header: None,
+                ended: None,
+                status: 0,
+                failure: None,
+            });
+        }
+    }
+
+    /// The current attempt of client `cid`, if recording.
+    fn current_try(&mut self, cid: Option<ConnId>) -> Option<&mut UpstreamTry> {
+        if !self.record_exchanges {
+            return None;
+        }
+        self.conns.client_mut(cid?)?.ex.tries_log.last_mut()
+    }
+
+    /// The connect of the current attempt of `cid` finished.
+    pub(super) fn try_connected(&mut self, now: Time, cid: Option<ConnId>) {
+        if let Some(t) = self.current_try(cid) {
+            t.connected = Some(now);
+        }
+    }
+
+    /// The response head of the current attempt of `cid` arrived with `status`.
+    pub(super) fn try_header(&mut self, now: Time, cid: ConnId, status: u16) {
+        if let Some(t) = self.current_try(Some(cid)) {
+            t.header = Some(now);
+            t.status = status;
+        }
+    }
+
+    /// The current attempt of `cid` failed.
+    pub(super) fn try_failed(&mut self, now: Time, cid: Option<ConnId>, why: Failure) {
+        if let Some(t) = self.current_try(cid) {
+            t.ended = Some(now);
+            t.failure = Some(failure_name(why));
+        }
+    }
+
+    /// Records every exchange still in progress as cut at shutdown, and returns how many there
+    /// were. Call it once, right before the runtime closes every connection (a drain past its
+    /// shutdown timeout, a stop at once): the exchanges stay as they are, so a second call would
+    /// record them again.
+    pub fn abort_exchanges(&mut self, now: Time) -> usize {
+        let ids: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|c| matches!(&c.role, Role::Client(cl) if cl.phase == Phase::Exchange))
+            .map(|c| c.id)
+            .collect();
+        for &id in &ids {
+            self.record_end(now, id, End::Shutdown);
+        }
+        ids.len()
+    }
+}
+
+/// Ends the record of the exchange's last attempt at `now`, if still open.
+pub(super) fn close_tries(ex: &mut Exchange, now: Time) -> Tries {
+    if let Some(t) = ex.tries_log.last_mut()
+        && t.ended.is_none()
+    {
+        t.ended = Some(now);
+    }
+    core::mem::take(&mut ex.tries_log)
+}
+
+/// `head` (a request head ending in an empty line) with `X-Request-Id: id` added before that
+/// line.
+pub(super) fn add_request_id(out: &mut BytesMut, id: &[u8]) {
+    debug_assert!(out.ends_with(b"\r\n\r\n"));
+    out.truncate(out.len() - 2);
+    out.extend_from_slice(b"X-Request-Id: ");
+    out.extend_from_slice(id);
+    out.extend_from_slice(b"\r\n\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_32_hex_digits() {
+        assert_eq!(
+            &request_id(0xab, 7)[..],
+            b"00000000000000ab0000000000000007"
+        );
+    }
+
+    #[test]
+    fn request_id_goes_before_the_blank_line() {
+        let mut b = BytesMut::from(&b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"[..]);
+        add_request_id(&mut b, b"42");
+        assert_eq!(
+            &b[..],
+            b"GET / HTTP/1.1\r\nHost: a\r\nX-Request-Id: 42\r\n\r\n"
+        );
+    }
+}
