@@ -60,6 +60,7 @@ impl Proxy {
     /// and the admin listener, and returns once all of them are ready.
     pub fn start(config: Config) -> io::Result<ProxyHandle> {
         config.validate()?;
+        upkeep_runtime::descriptors::raise_limit();
         let shared = Arc::new(Shared::default());
         let mut bound = Vec::with_capacity(config.listeners.len());
         for l in &config.listeners {
@@ -123,6 +124,9 @@ struct Generation {
 impl Generation {
     fn spawn(&mut self, shared: &Shared, threads: &mut Vec<JoinHandle<()>>) -> io::Result<()> {
         let n = upkeep_runtime::workers::count(self.config.runtime.workers);
+        // Each worker's client limit leaves descriptors for its upstream connections.
+        let mut config = self.config.clone();
+        upkeep_runtime::descriptors::fit(&mut config, n, upkeep_runtime::descriptors::limit());
         for index in 0..n {
             let mut listeners = Vec::with_capacity(self.bound.len());
             for b in &mut self.bound {
@@ -131,7 +135,7 @@ impl Generation {
             let (control, thread) = worker::spawn(worker::Setup {
                 index,
                 id: shared.next_worker.fetch_add(1, Ordering::Relaxed),
-                config: self.config.clone(),
+                config: config.clone(),
                 listeners,
                 shutdown_timeout: self.config.runtime.shutdown_timeout,
                 board: shared.operator.board.clone(),
