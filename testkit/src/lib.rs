@@ -23,6 +23,7 @@
 pub mod backend;
 pub mod client;
 pub mod listeners;
+pub mod reliability;
 pub mod scenarios;
 pub mod wait;
 pub mod wire;
@@ -96,6 +97,25 @@ macro_rules! scenario_tests {
             #[test]
             fn $name() {
                 $crate::scenarios::$name($start);
+            }
+        )*
+    };
+}
+
+/// Expands to one `#[test]` per reliability scenario ([`reliability`]), each calling
+/// `upkeep_testkit::reliability::<name>(start_fn)`.
+#[macro_export]
+macro_rules! reliability_tests {
+    ($start:expr) => {
+        $crate::reliability_tests!(@each $start;
+            trailers_end_to_end,
+        );
+    };
+    (@each $start:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                $crate::reliability::$name($start);
             }
         )*
     };

@@ -194,6 +194,7 @@ impl Core {
             proto: self.config.headers.x_forwarded_proto.then_some("http"),
             via: self.config.headers.via.as_deref(),
             default_host: &self.config.upstreams[group.0 as usize].name,
+            te_trailers: ex.trailers,
         };
         let upgrade = ex.upgrade;
         let req_head = c.buf.rewrite(head.len + HEAD_GROWTH, |buf, out| {

@@ -1,7 +1,7 @@
 //! The exchange: one request and its response on a client connection, from the parsed head to
 //! the last byte queued, and the record of it a runtime can take ([`ExchangeInfo`]).
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use core::net::IpAddr;
 use std::collections::VecDeque;
 
@@ -78,6 +78,12 @@ pub(super) struct Exchange {
     pub(super) req_head: Bytes,
     pub(super) req_decoder: BodyDecoder,
     pub(super) req_chunked: bool,
+    /// The client sent `TE: trailers`: chunked trailers are forwarded in both directions
+    /// where both sides are chunked (`req_trailers`/`resp_trailers` hold them until the last
+    /// chunk).
+    pub(super) trailers: bool,
+    pub(super) req_trailers: BytesMut,
+    pub(super) resp_trailers: BytesMut,
     pub(super) req_done: bool,
     pub(super) req_bytes: u64,
     pub(super) replay: VecDeque<Bytes>,
@@ -118,6 +124,9 @@ impl Exchange {
             req_head: Bytes::new(),
             req_decoder: BodyDecoder::new(BodyKind::Empty),
             req_chunked: false,
+            trailers: false,
+            req_trailers: BytesMut::new(),
+            resp_trailers: BytesMut::new(),
             req_done: true,
             req_bytes: 0,
             replay,
@@ -150,12 +159,18 @@ impl Exchange {
         request: Bytes,
         replay: VecDeque<Bytes>,
     ) -> Exchange {
+        let trailers = head.te_trailers && head.version == Version::Http11;
+        let mut req_decoder = BodyDecoder::new(head.body);
+        if trailers {
+            req_decoder.report_trailers();
+        }
         Exchange {
             method: head.method,
             version: head.version,
             persistent: head.persistent(),
-            req_decoder: BodyDecoder::new(head.body),
+            req_decoder,
             req_chunked: head.body == BodyKind::Chunked,
+            trailers,
             req_done: matches!(head.body, BodyKind::Empty | BodyKind::Length(0)),
             upgrade: head.version == Version::Http11
                 && head.connection.upgrade

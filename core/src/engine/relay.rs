@@ -1,7 +1,7 @@
 //! The relay: body bytes moved between the two sides without copying, reframed on the way
 //! (chunked in and out, close-delimited to chunked, or as they came), and tunnels after a 101.
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 
 use super::client::Phase;
 use super::exchange::REPLAY_LIMIT;
@@ -9,6 +9,7 @@ use super::table::Role;
 use super::{Core, touch};
 use crate::connection::{AfterFlush, Buffers};
 use crate::framing::{self, OutBody};
+use crate::headers;
 use crate::rules::{Failure, NotReusable};
 use crate::{ConnId, Time};
 
@@ -49,11 +50,12 @@ impl Core {
                     return false;
                 }
             };
-            if step.skip == 0 && step.data == 0 && !step.done {
+            if step.skip == 0 && step.trailer == 0 && step.data == 0 && !step.done {
                 return false;
             }
             cl.body_progress = now;
             c.buf.rbuf.advance(step.skip);
+            keep_trailers(&mut ex.req_trailers, c.buf.rbuf.split_to(step.trailer));
             if step.data > 0 {
                 ex.req_bytes += step.data as u64;
                 if max_body > 0 && ex.req_bytes > max_body {
@@ -68,7 +70,10 @@ impl Core {
             } else {
                 Reframe::Raw
             };
-            let pieces = reframe(mode, &step, data, &mut c.buf);
+            let mut pieces = reframe(mode, &step, data, &mut c.buf);
+            if step.done && mode == Reframe::Chunks {
+                pieces[3] = last_chunk(&mut ex.req_trailers, &mut c.buf);
+            }
             if step.done {
                 ex.req_done = true;
             }
@@ -122,7 +127,7 @@ impl Core {
                     return false;
                 }
             };
-            if step.skip == 0 && step.data == 0 && !step.done {
+            if step.skip == 0 && step.trailer == 0 && step.data == 0 && !step.done {
                 return false;
             }
             let mode = match (cl.ex.resp_out, cl.ex.resp_in_chunked) {
@@ -131,8 +136,13 @@ impl Core {
                 _ => Reframe::Raw,
             };
             c.buf.rbuf.advance(step.skip);
+            keep_trailers(&mut cl.ex.resp_trailers, c.buf.rbuf.split_to(step.trailer));
             let data = c.buf.rbuf.split_to(step.data).freeze();
-            for p in reframe(mode, &step, data, &mut cc.buf) {
+            let mut pieces = reframe(mode, &step, data, &mut cc.buf);
+            if step.done && mode == Reframe::Chunks {
+                pieces[3] = last_chunk(&mut cl.ex.resp_trailers, &mut cc.buf);
+            }
+            for p in pieces {
                 self.push(now, cid, p);
             }
             if step.done {
@@ -162,6 +172,27 @@ impl Core {
             }
         }
     }
+}
+
+/// Keeps the forwardable fields of complete trailer lines (`headers::trailer_forwardable`;
+/// hop-by-hop, framing and the like are dropped) for the last chunk.
+fn keep_trailers(kept: &mut BytesMut, lines: BytesMut) {
+    for line in lines.split_inclusive(|&b| b == b'\n') {
+        let name = line.split(|&b| b == b':').next().unwrap_or_default();
+        if headers::trailer_forwardable(name) {
+            kept.extend_from_slice(line);
+        }
+    }
+}
+
+/// The last chunk with the trailers kept for it (taken), or the plain one.
+fn last_chunk(trailers: &mut BytesMut, buf: &mut Buffers) -> Bytes {
+    if trailers.is_empty() {
+        return Bytes::from_static(framing::LAST_CHUNK);
+    }
+    framing::write_last_chunk(trailers, buf.scratch(trailers.len() + 5));
+    trailers.clear();
+    buf.take_scratch()
 }
 
 /// How body bytes are framed on the way out.

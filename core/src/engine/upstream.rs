@@ -408,6 +408,9 @@ impl Core {
         cl.ex.response_at = Some(now);
         cl.ex.resp_decoder = BodyDecoder::new(body);
         cl.ex.resp_in_chunked = body == BodyKind::Chunked;
+        if cl.ex.trailers && cl.ex.resp_in_chunked && out == OutBody::Chunked {
+            cl.ex.resp_decoder.report_trailers();
+        }
         cl.ex.resp_out = out;
         cl.ex.resp = if tunnel { Resp::Tunnel } else { Resp::Body };
         self.stats.responses[(status / 100) as usize % 6] += 1;
