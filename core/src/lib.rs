@@ -141,6 +141,7 @@ mod socket;
 pub mod stats;
 mod time;
 mod timers;
+mod uploads;
 
 // What an embedder needs, at the root.
 #[cfg(feature = "toml")]

@@ -321,7 +321,7 @@ fn client_gone_mid_response_closes_the_upstream_connection() {
 #[test]
 fn early_response_before_the_request_body_is_sent_is_not_pooled() {
     // Rule 9(f): the backend answers 413 while the client is still sending its body.
-    let mut h = harness();
+    let mut h = Harness::new(streaming(config(1)));
     let c = h.connect_client();
     h.client_send(
         c,
@@ -1149,7 +1149,7 @@ fn idle_client_keepalive_times_out() {
 
 #[test]
 fn slow_request_body_gets_408() {
-    let mut cfg = config(1);
+    let mut cfg = streaming(config(1));
     cfg.client_timeouts.body = Duration::from_secs(1);
     let mut h = Harness::new(cfg);
     let c = h.connect_client();

@@ -109,6 +109,7 @@ macro_rules! reliability_tests {
     ($start:expr) => {
         $crate::reliability_tests!(@each $start;
             trailers_end_to_end,
+            slow_uploads_cannot_pin_backends,
         );
     };
     (@each $start:expr; $($name:ident),* $(,)?) => {

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use upkeep_core::Address;
 
+use crate::backend::Backend;
 use crate::client::Client;
 use crate::wire::{IO_TIMEOUT, is_timeout};
 use crate::{Start, loopback_config};
@@ -84,5 +85,101 @@ pub fn trailers_end_to_end(start: Start) {
         request.ends_with("\r\n5\r\nhello\r\n0\r\nX-Checksum: 42\r\n\r\n"),
         "{request}"
     );
+    p.stop();
+}
+
+/// Slow uploaders cannot pin backend connections: while 20 clients trickle small bodies (under
+/// `limits.request_buffer`) the backend sees no connection at all; then every one is answered.
+/// Uploaders of bodies too large to buffer, trickling below `limits.min_upload_rate`, hold
+/// backend connections only until the rate catches them (a 408), and a large upload at a
+/// normal rate still streams through.
+pub fn slow_uploads_cannot_pin_backends(start: Start) {
+    let b = Backend::identify("up").unwrap();
+    let mut config = loopback_config(vec![b.addr()], 1);
+    config.client_timeouts.body = Duration::from_secs(2);
+    config.limits.min_upload_rate = 2000;
+    config.limits.max_body = 0;
+    let p = start(config);
+    let listen = p.listen_addrs()[0].clone();
+
+    // Small bodies, a few bytes at a time: buffered, so no backend connection is taken.
+    const BODY: usize = 100;
+    let mut small: Vec<Client> = (0..20)
+        .map(|_| {
+            let mut c = Client::connect(&listen).unwrap();
+            c.send(
+                format!("POST /s HTTP/1.1\r\nHost: a\r\nContent-Length: {BODY}\r\n\r\n").as_bytes(),
+            )
+            .unwrap();
+            c
+        })
+        .collect();
+    for _ in 0..BODY / 10 - 1 {
+        for c in &mut small {
+            c.send(&[b'x'; 10]).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(
+            b.open_connections(),
+            0,
+            "a slow uploader took a backend connection"
+        );
+    }
+    for c in &mut small {
+        c.send(&[b'x'; 10]).unwrap();
+    }
+    for c in &mut small {
+        let r = c.read_response().unwrap();
+        assert_eq!((r.status, r.text()), (200, "up POST /s".to_string()));
+    }
+
+    // Large bodies at ~1 byte per 50 ms: they stream, so each holds a backend connection —
+    // until the minimum rate cuts it off after the 2 s grace.
+    let mut large: Vec<Client> = (0..5)
+        .map(|_| {
+            let mut c = Client::connect(&listen).unwrap();
+            c.send(b"POST /l HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000\r\n\r\n")
+                .unwrap();
+            c
+        })
+        .collect();
+    let pooled = b.open_connections();
+    for c in &mut large {
+        c.stream()
+            .set_read_timeout(Some(Duration::from_millis(5)))
+            .unwrap();
+    }
+    let mut answered = [false; 5];
+    let cut = crate::eventually(IO_TIMEOUT, || {
+        for (c, answered) in large.iter_mut().zip(&mut answered) {
+            let _ = c.send(b"x");
+            *answered |= c.stream().peek(&mut [0u8; 1]).is_ok_and(|n| n > 0);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        answered.iter().all(|&a| a)
+    });
+    assert!(cut, "the slow large uploads were not cut off");
+    for c in &mut large {
+        c.stream().set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        assert_eq!(c.read_response().map(|r| r.status).ok(), Some(408));
+    }
+    // Their backend connections are let go (those taken from the pool as well).
+    assert!(
+        b.wait_until(IO_TIMEOUT, |b| b.open_connections() <= pooled),
+        "slow uploads still hold backend connections: {} open, {pooled} pooled before",
+        b.open_connections()
+    );
+
+    // A large upload at a normal rate streams through.
+    let body = crate::pattern(4 << 20, 1);
+    let mut c = Client::connect(&listen).unwrap();
+    let mut req = format!(
+        "POST /big HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(&body);
+    let r = c.request(&req).unwrap();
+    assert_eq!((r.status, r.text()), (200, "up POST /big".to_string()));
     p.stop();
 }

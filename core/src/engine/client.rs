@@ -24,7 +24,7 @@ use super::{Core, HEAD_GROWTH, Output, touch};
 use crate::connection::AfterFlush;
 use crate::framing::{self, BodyKind, Forwarding, Method, OutBody, Version};
 use crate::rules::{self, ClientFacts, NotReusable};
-use crate::{ConnId, ListenerId, Time};
+use crate::{ConnId, ListenerId, Time, uploads};
 
 /// Room for a response the proxy generates itself.
 const ERROR_RESPONSE: usize = 256;
@@ -172,6 +172,7 @@ impl Core {
         let max_body = self.config.limits.max_body;
         let too_big = matches!(head.body, BodyKind::Length(n) if max_body > 0 && n > max_body);
         let out_body = rules::request_framing(head.body);
+        let buffer_body = uploads::buffer_first(head.body, self.config.limits.request_buffer);
         // Only worth sending while the client is actually waiting: no body bytes yet.
         let expect = head.expect_continue && !ex.req_done && c.buf.rbuf.len() == head.len;
         cl.phase = Phase::Exchange;
@@ -209,6 +210,11 @@ impl Core {
             // nginx's model: we answer 100 Continue ourselves and stream the body upstream
             // without Expect, so no upstream 1xx is ours to suppress or forward.
             self.push(now, id, Bytes::from_static(framing::CONTINUE_100));
+        }
+        // A small body is read in full first: no upstream connection waits on the client.
+        if buffer_body && let Some(cl) = self.conns.client_mut(id) {
+            cl.ex.buffering = true;
+            return true;
         }
         self.assign_upstream(now, id, false, None);
         true

@@ -89,6 +89,14 @@ pub(super) struct Exchange {
     pub(super) replay: VecDeque<Bytes>,
     pub(super) replay_len: usize,
     pub(super) replayable: bool,
+    /// The body is being read in full before an upstream connection is taken
+    /// ([`uploads::buffer_first`](crate::uploads::buffer_first)); it collects in `replay`.
+    pub(super) buffering: bool,
+    /// The minimum upload rate is measured from this instant and this many body bytes: the
+    /// request's start, moved up whenever we resume reading after refusing to (backpressure is
+    /// not the client's slowness).
+    pub(super) upload_since: Time,
+    pub(super) upload_base: u64,
     pub(super) upgrade: bool,
     pub(super) upstream: Option<ConnId>,
     pub(super) server: Option<u32>,
@@ -132,6 +140,9 @@ impl Exchange {
             replay,
             replay_len: 0,
             replayable: true,
+            buffering: false,
+            upload_since: Time::ZERO,
+            upload_base: 0,
             upgrade: false,
             upstream: None,
             server: None,
@@ -179,6 +190,7 @@ impl Exchange {
             resp: Resp::Waiting,
             request,
             started,
+            upload_since: started,
             ..Exchange::idle(replay)
         }
     }

@@ -21,6 +21,8 @@ impl Core {
     pub(super) fn relay_request_body(&mut self, now: Time, id: ConnId) -> bool {
         let hw = self.config.limits.write_high_water;
         let max_body = self.config.limits.max_body;
+        let buffer = self.config.limits.request_buffer;
+        let replay_limit = replay_limit(buffer);
         loop {
             let Some(cl) = self.conns.client(id) else {
                 return false;
@@ -83,7 +85,8 @@ impl Core {
                 }
                 if ex.replayable {
                     ex.replay_len += p.len();
-                    if ex.replay_len > REPLAY_LIMIT {
+                    // While buffering, the copy is the only one: kept whatever its size.
+                    if ex.replay_len > replay_limit && !ex.buffering {
                         ex.replayable = false;
                         ex.replay.clear();
                     } else {
@@ -92,12 +95,27 @@ impl Core {
                 }
             }
             let done = ex.req_done;
+            // The body is complete, or too large to buffer: now it needs its upstream.
+            let flush = ex.buffering && (done || ex.replay_len as u64 >= buffer);
+            if flush {
+                ex.buffering = false;
+            }
             if let Some(u) = upstream {
                 for p in pieces {
                     self.push(now, u, p);
                 }
                 if done {
                     self.request_maybe_sent(now, u);
+                }
+            }
+            if flush {
+                // Sends the head and the buffered body (the replay copy).
+                self.assign_upstream(now, id, false, None);
+                if let Some(cl) = self.conns.client_mut(id)
+                    && cl.ex.replay_len > replay_limit
+                {
+                    cl.ex.replayable = false;
+                    cl.ex.replay.clear();
                 }
             }
             if done {
@@ -172,6 +190,12 @@ impl Core {
             }
         }
     }
+}
+
+/// How much of a request body is kept for a re-send: [`REPLAY_LIMIT`], or the request buffer
+/// when that is larger (a buffered body can be re-sent whole).
+fn replay_limit(request_buffer: u64) -> usize {
+    usize::try_from(request_buffer).map_or(usize::MAX, |b| b.max(REPLAY_LIMIT))
 }
 
 /// Keeps the forwardable fields of complete trailer lines (`headers::trailer_forwardable`;
