@@ -150,7 +150,7 @@ pub use config::{
     Address, Balance, Config, ConfigError, Limits, ListenerConfig, PoolKeyMode, QuickConfig,
     RouteConfig, RuntimeOptions, ServerConfig, UpstreamConfig,
 };
-pub use engine::{AtCapacity, Core, ExchangeInfo, Input, Output};
+pub use engine::{AtCapacity, Core, ExchangeInfo, Input, Output, Released};
 pub use framing::{Method, Version};
 pub use id::{ConnId, ListenerId, ServerId, UpstreamId};
 pub use pool::EvictReason;

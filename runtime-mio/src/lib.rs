@@ -44,7 +44,7 @@ use upkeep_runtime::listen::{Bound, remove_socket_files};
 use crate::admin::Admin;
 use crate::metrics::Snapshot;
 use crate::net::Listener;
-use crate::worker::{Command, Control};
+use crate::worker::{Command, Control, Handoff};
 
 pub use upkeep_core;
 /// The counters and their renderings (shared with the smol runtime).
@@ -272,6 +272,24 @@ impl ProxyHandle {
         // An old worker's listener whose socket the new generation took over is only
         // unwatched, not emptied: what is queued there goes to the new worker sharing it.
         let new_workers = state.current.workers.len();
+        // Idle client connections move to the new workers, onto the listener of the same
+        // address: no client sees its connection close.
+        let handoff = Handoff {
+            workers: state.current.workers.clone(),
+            listeners: old
+                .bound
+                .iter()
+                .map(|b| {
+                    let addr = b.address();
+                    state
+                        .current
+                        .bound
+                        .iter()
+                        .position(|n| n.address() == addr)
+                        .map(|j| j as u32)
+                })
+                .collect(),
+        };
         let asked = old
             .workers
             .iter()
@@ -286,6 +304,7 @@ impl ProxyHandle {
                 w.send(Command::Drain {
                     ack: Some(ack.clone()),
                     handed_over,
+                    handoff: Some(handoff.clone()),
                 })
             })
             .count();
@@ -315,6 +334,7 @@ impl ProxyHandle {
             w.send(Command::Drain {
                 ack: None,
                 handed_over: Vec::new(),
+                handoff: None,
             });
         }
         // The workers close their copies of the listening sockets; ours must go too, or the

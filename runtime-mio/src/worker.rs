@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use mio::event::Event;
 use mio::{Events, Poll, Token, Waker};
-use upkeep_core::{Config, ConnId, Core, Input, ListenerId, Output, ServerId};
+use upkeep_core::{Config, ConnId, Core, Input, ListenerId, Output, Released, ServerId};
 use upkeep_runtime::accept::{Admit, AfterError, Gate};
 use upkeep_runtime::board::{self, Reporter};
 use upkeep_runtime::clock;
@@ -40,6 +40,15 @@ pub(crate) enum Command {
         /// Per listener: the socket lives on in a new generation (a reload), so the queue is
         /// left to the new worker instead of being accepted here before closing.
         handed_over: Vec<bool>,
+        /// A reload: idle client connections move to these workers instead of being closed.
+        handoff: Option<Handoff>,
+    },
+    /// Take over a client connection a draining worker released (a reload).
+    Adopt {
+        stream: Stream,
+        /// The listener it arrived on, in this worker's configuration.
+        listener: u32,
+        released: Released,
     },
     /// Exit now.
     Stop,
@@ -47,6 +56,15 @@ pub(crate) enum Command {
     Snapshot(Sender<Snapshot>),
     /// Reopen the access log file.
     ReopenLog,
+}
+
+/// Where a reload's old worker sends its idle client connections (see
+/// [`Core::begin_handoff`]): the new generation's workers, and which of their listeners each
+/// old listener became (`None`: gone from the new configuration, its connections are closed).
+#[derive(Debug, Clone)]
+pub(crate) struct Handoff {
+    pub(crate) workers: Vec<Control>,
+    pub(crate) listeners: Vec<Option<u32>>,
 }
 
 /// The main thread's handle on a worker.
@@ -116,6 +134,8 @@ pub(crate) fn spawn(setup: Setup) -> io::Result<(Control, JoinHandle<()>)> {
         drain_deadline: None,
         shutdown_timeout: setup.shutdown_timeout,
         board: setup.board,
+        handoff: None,
+        handed: 0,
     };
     for i in 0..worker.listeners.len() {
         if let Some(l) = worker.listeners[i].as_mut() {
@@ -168,6 +188,10 @@ struct Worker {
     drain_deadline: Option<Instant>,
     shutdown_timeout: Duration,
     board: Arc<Board>,
+    /// Draining for a reload: where idle client connections go.
+    handoff: Option<Handoff>,
+    /// Connections handed off so far (spreads them over the new workers).
+    handed: usize,
 }
 
 /// Whether the loop goes on.
@@ -209,6 +233,9 @@ impl Worker {
             }
             self.run_queues();
             self.maybe_resume();
+            if self.handoff.is_some() {
+                self.hand_off_idle();
+            }
             self.recorder.flush();
             if self.drain_deadline.is_some() {
                 if self.core.is_drained() {
@@ -537,8 +564,12 @@ impl Worker {
     fn commands(&mut self) -> Flow {
         loop {
             match self.rx.try_recv() {
-                Ok(Command::Drain { ack, handed_over }) => {
-                    self.drain(&handed_over);
+                Ok(Command::Drain {
+                    ack,
+                    handed_over,
+                    handoff,
+                }) => {
+                    self.drain(&handed_over, handoff);
                     if let Some(ack) = ack {
                         let _ = ack.send(());
                     }
@@ -548,16 +579,23 @@ impl Worker {
                     let _ = tx.send(self.recorder.snapshot(&self.core, clock::now()));
                 }
                 Ok(Command::ReopenLog) => self.recorder.reopen(),
+                Ok(Command::Adopt {
+                    stream,
+                    listener,
+                    released,
+                }) => self.adopt(stream, listener, released),
                 Err(TryRecvError::Empty) => return Flow::Continue,
                 Err(TryRecvError::Disconnected) => return Flow::Exit,
             }
         }
     }
 
-    fn drain(&mut self, handed_over: &[bool]) {
+    fn drain(&mut self, handed_over: &[bool], handoff: Option<Handoff>) {
         if self.drain_deadline.is_some() {
             return;
         }
+        let handing_off = handoff.is_some();
+        self.handoff = handoff;
         // Take what is already queued on listeners about to close (closing them would reset
         // those connections) and read what they sent, then stop listening. A socket handed
         // over to a new generation is left alone: a connection taken here now would be closed
@@ -574,9 +612,84 @@ impl Worker {
                 l.deregister(self.poll.registry());
             }
         }
-        self.core.begin_drain(clock::now());
-        self.after_input();
+        if handing_off {
+            self.core.begin_handoff(clock::now());
+            self.after_input();
+            self.hand_off_idle();
+        } else {
+            self.core.begin_drain(clock::now());
+            self.after_input();
+        }
         self.drain_deadline = Some(Instant::now() + self.shutdown_timeout);
+    }
+
+    /// Moves every idle client connection to a new worker (a reload's drain): released by the
+    /// core with the bytes it held, the socket unwatched here and sent along — it never closes.
+    fn hand_off_idle(&mut self) {
+        for id in self.core.idle_clients() {
+            let Some(released) = self.core.release_idle(id) else {
+                continue;
+            };
+            let Some(mut sock) = self.socks.get_mut(id.index as usize).and_then(Option::take)
+            else {
+                continue;
+            };
+            sock.stream.deregister(self.poll.registry());
+            self.pass_on(sock.stream, released);
+        }
+    }
+
+    /// Sends a released connection to the next worker of the handoff; one with nowhere to go
+    /// (its listener gone from the new configuration, or every new worker gone) is closed.
+    fn pass_on(&mut self, stream: Stream, released: Released) {
+        let Some(h) = &self.handoff else { return };
+        let listener = h
+            .listeners
+            .get(released.listener.0 as usize)
+            .copied()
+            .flatten();
+        if let Some(listener) = listener
+            && !h.workers.is_empty()
+        {
+            let to = &h.workers[self.handed % h.workers.len()];
+            self.handed += 1;
+            to.send(Command::Adopt {
+                stream,
+                listener,
+                released,
+            });
+        }
+    }
+
+    /// Takes over a connection an old worker released. Should this worker already be handing
+    /// off itself (reloads in quick succession), it passes the connection on.
+    fn adopt(&mut self, mut stream: Stream, listener: u32, released: Released) {
+        let now = clock::now();
+        let Ok(id) = self.core.adopt(now, ListenerId(listener), &released) else {
+            let released = Released {
+                listener: ListenerId(listener),
+                ..released
+            };
+            self.pass_on(stream, released);
+            return;
+        };
+        if let Err(e) = stream.register(self.poll.registry(), Token(id.index as usize)) {
+            log::warn!("worker {}: register failed: {e}", self.id);
+            self.core.handle(now, Input::Errored { conn: id });
+            self.after_input();
+            return;
+        }
+        self.insert(Sock {
+            id,
+            stream,
+            read: true,
+            eof: false,
+            connecting: false,
+            reader: Reader::default(),
+        });
+        self.after_input();
+        // What the client sent meanwhile waits in the socket: read without waiting a poll.
+        self.to_read.push_back(id);
     }
 
     /// Leaves the board: the final counters join the retired totals under the board's lock, and

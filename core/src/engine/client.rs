@@ -223,6 +223,7 @@ impl Core {
     /// Queues a response the proxy generates itself and ends the exchange. The connection stays
     /// open only when the request was fully read and the client allows it.
     pub(super) fn client_error(&mut self, now: Time, id: ConnId, status: u16) {
+        let closing = self.closing_clients();
         let Some(c) = self.conns.get_mut(id) else {
             return;
         };
@@ -265,7 +266,7 @@ impl Core {
             && rules::client_keep_alive(&ClientFacts {
                 request_abandoned: !cl.ex.req_done,
                 framing_broken: rules::breaks_framing(status),
-                ..cl.keep_alive_facts(self.config.limits.client_keepalive_requests, self.draining)
+                ..cl.keep_alive_facts(self.config.limits.client_keepalive_requests, closing)
             });
         let head_only = in_exchange && cl.ex.method == Method::Head;
         framing::write_error_response(status, !keep, head_only, c.buf.scratch(ERROR_RESPONSE));

@@ -297,7 +297,7 @@ impl Core {
             Some(cl) => (
                 cl.ex.method,
                 cl.ex.version,
-                cl.keep_alive_facts(max_requests, self.draining),
+                cl.keep_alive_facts(max_requests, self.closing_clients()),
                 cl.ex.upgrade,
             ),
             None => return false,
@@ -525,9 +525,10 @@ impl Core {
             return;
         };
         if cl.ex.req_done {
-            let keep = rules::client_keep_alive(
-                &cl.keep_alive_facts(self.config.limits.client_keepalive_requests, self.draining),
-            );
+            let keep = rules::client_keep_alive(&cl.keep_alive_facts(
+                self.config.limits.client_keepalive_requests,
+                self.closing_clients(),
+            ));
             self.end_exchange(now, cid, keep);
         } else {
             // The upstream answered before the request body was complete (e.g. 413): we will

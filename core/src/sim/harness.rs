@@ -95,6 +95,24 @@ impl Harness {
         id
     }
 
+    /// A client connection another core released (a reload's handoff), adopted on listener 0:
+    /// the same peer, so what it already received stays with the `from` harness's endpoint.
+    pub fn adopt_client(&mut self, released: &crate::Released) -> ConnId {
+        let id = self
+            .core
+            .adopt(self.now, ListenerId(0), released)
+            .expect("adopt");
+        self.clients.insert(
+            id,
+            Endpoint {
+                reading: true,
+                ..Endpoint::default()
+            },
+        );
+        self.pump();
+        id
+    }
+
     /// The client sends bytes.
     pub fn client_send(&mut self, c: ConnId, data: &[u8]) {
         self.send(c, data, true);
