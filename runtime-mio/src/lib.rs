@@ -111,6 +111,9 @@ struct Shared {
     /// The workers' board and the draining flag.
     operator: Operator<Control>,
     next_worker: AtomicU64,
+    /// The newest generation's workers, where a reload's old workers hand their idle client
+    /// connections.
+    newest: Handoff,
 }
 
 /// One configuration's listeners and workers.
@@ -272,24 +275,10 @@ impl ProxyHandle {
         // An old worker's listener whose socket the new generation took over is only
         // unwatched, not emptied: what is queued there goes to the new worker sharing it.
         let new_workers = state.current.workers.len();
-        // Idle client connections move to the new workers, onto the listener of the same
+        // Idle client connections move to the newest workers, onto the listener of the same
         // address: no client sees its connection close.
-        let handoff = Handoff {
-            workers: state.current.workers.clone(),
-            listeners: old
-                .bound
-                .iter()
-                .map(|b| {
-                    let addr = b.address();
-                    state
-                        .current
-                        .bound
-                        .iter()
-                        .position(|n| n.address() == addr)
-                        .map(|j| j as u32)
-                })
-                .collect(),
-        };
+        *self.shared.newest.lock().unwrap_or_else(|e| e.into_inner()) =
+            state.current.workers.clone();
         let asked = old
             .workers
             .iter()
@@ -304,7 +293,7 @@ impl ProxyHandle {
                 w.send(Command::Drain {
                     ack: Some(ack.clone()),
                     handed_over,
-                    handoff: Some(handoff.clone()),
+                    handoff: Some(self.shared.newest.clone()),
                 })
             })
             .count();

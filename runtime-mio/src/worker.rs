@@ -6,14 +6,14 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use mio::event::Event;
 use mio::{Events, Poll, Token, Waker};
-use upkeep_core::{Config, ConnId, Core, Input, ListenerId, Output, Released, ServerId};
+use upkeep_core::{Address, Config, ConnId, Core, Input, ListenerId, Output, Released, ServerId};
 use upkeep_runtime::accept::{Admit, AfterError, Gate};
 use upkeep_runtime::board::{self, Reporter};
 use upkeep_runtime::clock;
@@ -46,8 +46,8 @@ pub(crate) enum Command {
     /// Take over a client connection a draining worker released (a reload).
     Adopt {
         stream: Stream,
-        /// The listener it arrived on, in this worker's configuration.
-        listener: u32,
+        /// The configured address of the listener it arrived on.
+        listener: Address,
         released: Released,
     },
     /// Exit now.
@@ -59,13 +59,11 @@ pub(crate) enum Command {
 }
 
 /// Where a reload's old worker sends its idle client connections (see
-/// [`Core::begin_handoff`]): the new generation's workers, and which of their listeners each
-/// old listener became (`None`: gone from the new configuration, its connections are closed).
-#[derive(Debug, Clone)]
-pub(crate) struct Handoff {
-    pub(crate) workers: Vec<Control>,
-    pub(crate) listeners: Vec<Option<u32>>,
-}
+/// [`Core::begin_handoff`]): the newest generation's workers at the time each connection
+/// becomes idle (a connection that finishes its exchange after further reloads goes to the
+/// newest workers, not to ones that may have exited since). The adopting worker finds the
+/// listener of the same address in its configuration; a connection with none is closed.
+pub(crate) type Handoff = Arc<Mutex<Vec<Control>>>;
 
 /// The main thread's handle on a worker.
 #[derive(Debug, Clone)]
@@ -643,33 +641,47 @@ impl Worker {
     /// (its listener gone from the new configuration, or every new worker gone) is closed.
     fn pass_on(&mut self, stream: Stream, released: Released) {
         let Some(h) = &self.handoff else { return };
-        let listener = h
+        let Some(l) = self
+            .core
+            .config()
             .listeners
             .get(released.listener.0 as usize)
-            .copied()
-            .flatten();
-        if let Some(listener) = listener
-            && !h.workers.is_empty()
-        {
-            let to = &h.workers[self.handed % h.workers.len()];
-            self.handed += 1;
-            to.send(Command::Adopt {
-                stream,
-                listener,
-                released,
-            });
-        }
+        else {
+            return;
+        };
+        let to = {
+            let workers = h.lock().unwrap_or_else(|e| e.into_inner());
+            if workers.is_empty() {
+                return;
+            }
+            workers[self.handed % workers.len()].clone()
+        };
+        self.handed += 1;
+        to.send(Command::Adopt {
+            stream,
+            listener: l.addr.clone(),
+            released,
+        });
     }
 
     /// Takes over a connection an old worker released. Should this worker already be handing
     /// off itself (reloads in quick succession), it passes the connection on.
-    fn adopt(&mut self, mut stream: Stream, listener: u32, released: Released) {
+    fn adopt(&mut self, mut stream: Stream, listener: Address, released: Released) {
         let now = clock::now();
-        let Ok(id) = self.core.adopt(now, ListenerId(listener), &released) else {
-            let released = Released {
-                listener: ListenerId(listener),
-                ..released
-            };
+        let Some(j) = self
+            .core
+            .config()
+            .listeners
+            .iter()
+            .position(|l| l.addr == listener)
+        else {
+            return;
+        };
+        let released = Released {
+            listener: ListenerId(j as u32),
+            ..released
+        };
+        let Ok(id) = self.core.adopt(now, released.listener, &released) else {
             self.pass_on(stream, released);
             return;
         };

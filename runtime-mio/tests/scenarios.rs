@@ -17,6 +17,10 @@ impl RunningProxy for Running {
     fn stop(self: Box<Self>) {
         self.0.shutdown()
     }
+
+    fn reload(&self, config: Config) -> Option<Result<(), String>> {
+        Some(self.0.reload(config))
+    }
 }
 
 fn start(config: Config) -> Box<dyn RunningProxy> {

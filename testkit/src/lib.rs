@@ -48,6 +48,11 @@ pub trait RunningProxy {
     fn admin_addr(&self) -> Option<upkeep_core::Address>;
     /// Stops the proxy and joins its threads.
     fn stop(self: Box<Self>);
+    /// Applies a new configuration in place (a reload), where the runtime has one: `None` when
+    /// it does not.
+    fn reload(&self, _config: upkeep_core::Config) -> Option<Result<(), String>> {
+        None
+    }
 }
 
 /// How a scenario starts the runtime under test: bind every listener of the config, then return.
@@ -110,6 +115,7 @@ macro_rules! reliability_tests {
         $crate::reliability_tests!(@each $start;
             trailers_end_to_end,
             slow_uploads_cannot_pin_backends,
+            chaos_soak,
         );
     };
     (@each $start:expr; $($name:ident),* $(,)?) => {

@@ -183,3 +183,261 @@ pub fn slow_uploads_cannot_pin_backends(start: Start) {
     assert_eq!((r.status, r.text()), (200, "up POST /big".to_string()));
     p.stop();
 }
+
+/// How long the chaos soak runs: `UPKEEP_SOAK_SECS`, 4 s by default (CI).
+fn soak_duration() -> Duration {
+    let secs = std::env::var("UPKEEP_SOAK_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4);
+    Duration::from_secs(secs)
+}
+
+/// Descriptors this process has open (Linux; `None` elsewhere).
+fn open_fds() -> Option<usize> {
+    std::fs::read_dir("/proc/self/fd").ok().map(|d| d.count())
+}
+
+/// A tiny deterministic generator per client thread (xorshift), so a failing soak can be
+/// re-read: the seed is in the failure message.
+struct Dice(u64);
+
+impl Dice {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// The chaos soak: clients that keep connections alive, pipeline, abort mid-request and read
+/// slowly, against backends that answer, reset, close without answering, stall, send garbage
+/// and send extra bytes after a response — with reloads during it where the runtime has them.
+/// Checked: every response a client gets is its own (the backend names the request it answers)
+/// or a clean error status; no POST reaches a backend twice; at the end the proxy holds no
+/// client connection, the pool only idle connections the good backend sees open, and the
+/// process as many descriptors as before.
+pub fn chaos_soak(start: Start) {
+    use crate::backend::{Behaviour, Framing};
+    use upkeep_core::config::{RouteConfig, ServerConfig, UpstreamConfig};
+    let good = Backend::builder().name("good").identify().start().unwrap();
+    let chunked = Backend::builder()
+        .name("chunked")
+        .identify()
+        .framing(Framing::Chunked(7))
+        .stray_on_idle(
+            Duration::from_millis(30),
+            b"HTTP/1.1 408 Request Timeout\r\n\r\n".to_vec(),
+        )
+        .start()
+        .unwrap();
+    let big = Backend::builder()
+        .name("big")
+        .pattern_body(256 * 1024, 3)
+        .start()
+        .unwrap();
+    let faults = [
+        ("reset", Behaviour::Reset),
+        ("close", Behaviour::CloseWithoutAnswer),
+        ("garbage", Behaviour::Garbage),
+        ("racy", Behaviour::ResetReused),
+        (
+            "extra",
+            Behaviour::Raw(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nextraSTRAY".to_vec()),
+        ),
+    ];
+    let faulty: Vec<(&str, Backend)> = faults
+        .iter()
+        .map(|(name, b)| {
+            let backend = Backend::builder()
+                .name(*name)
+                .behaviour(b.clone())
+                .start()
+                .unwrap();
+            (*name, backend)
+        })
+        .collect();
+    let stall = Backend::slow("stall", Duration::from_secs(5)).unwrap();
+
+    let mut config = loopback_config(vec![good.addr()], 2);
+    config.upstreams[0].name = "good".into();
+    config.runtime.admin = Some(Address::parse("127.0.0.1:0").unwrap());
+    let mut group = |name: &str, addr: Address| {
+        let mut g = UpstreamConfig::new(name, vec![ServerConfig::new(addr)]);
+        if name == "stall" {
+            g.read_timeout = Duration::from_millis(300);
+        }
+        config.upstreams.push(g);
+        config.routes.push(RouteConfig {
+            host: None,
+            path_prefix: format!("/{name}/"),
+            upstream: name.into(),
+        });
+    };
+    group("chunked", chunked.addr());
+    group("big", big.addr());
+    group("stall", stall.addr());
+    for (name, b) in &faulty {
+        group(name, b.addr());
+    }
+    config.routes.push(RouteConfig {
+        host: None,
+        path_prefix: "/".into(),
+        upstream: "good".into(),
+    });
+    let fds_before = open_fds();
+    let p = start(config.clone());
+    let listen = p.listen_addrs()[0].clone();
+    let admin = p.admin_addr().unwrap();
+
+    let until = Instant::now() + soak_duration();
+    let paths = [
+        "good", "chunked", "big", "stall", "reset", "close", "garbage", "racy", "extra",
+    ];
+    let clients: Vec<_> = (0..6u64)
+        .map(|t| {
+            let listen = listen.clone();
+            std::thread::spawn(move || -> Result<usize, String> {
+                let seed = 0x9e37_79b9_7f4a_7c15 ^ (t + 1);
+                let mut dice = Dice(seed);
+                let fail = |what: String| format!("client {t} (seed {seed:#x}): {what}");
+                let mut c = Client::connect(&listen).map_err(|e| fail(e.to_string()))?;
+                let mut n = 0usize;
+                while Instant::now() < until {
+                    n += 1;
+                    let path = paths[dice.below(paths.len() as u64) as usize];
+                    let target = format!("/{path}/t{t}/r{n}");
+                    let action = dice.below(10);
+                    if action == 0 {
+                        // Abort: the request goes out, the connection is dropped unread.
+                        let _ = c.send(&crate::client::post(&target, b"aborted"));
+                        c = Client::connect(&listen).map_err(|e| fail(e.to_string()))?;
+                        continue;
+                    }
+                    if action == 1 && path == "good" {
+                        // Pipeline three, answered in order.
+                        let reqs: Vec<Vec<u8>> = (0..3)
+                            .map(|k| crate::client::get(&format!("{target}/p{k}")))
+                            .collect();
+                        let rs = c
+                            .pipeline(&reqs)
+                            .map_err(|e| fail(format!("pipeline {target}: {e}")))?;
+                        for (k, r) in rs.iter().enumerate() {
+                            let want = format!("good GET {target}/p{k}");
+                            if r.status != 200 || r.text() != want {
+                                return Err(fail(format!(
+                                    "pipelined {k}: {} {:?}, want {want:?}",
+                                    r.status,
+                                    r.text()
+                                )));
+                            }
+                        }
+                        continue;
+                    }
+                    let post = action < 5;
+                    let req = if post {
+                        crate::client::post(&target, b"body")
+                    } else {
+                        crate::client::get(&target)
+                    };
+                    let method = if post { "POST" } else { "GET" };
+                    let r = if path == "big" && action >= 8 {
+                        // A slow reader: the response trickles out of the proxy's buffers.
+                        c.send(&req).map_err(|e| fail(e.to_string()))?;
+                        std::thread::sleep(Duration::from_millis(20));
+                        c.read_response()
+                    } else {
+                        c.request(&req)
+                    };
+                    let r = match r {
+                        Ok(r) => r,
+                        // The connection ended without a response: only clean if nothing of a
+                        // response arrived; the next request goes on a new connection.
+                        Err(e) => {
+                            return Err(fail(format!("{method} {target}: {e}")));
+                        }
+                    };
+                    let ok = match path {
+                        "good" | "chunked" => {
+                            r.status == 200 && r.text() == format!("{path} {method} {target}")
+                        }
+                        // Reset when a pooled connection is reused: retried (GET) or a 502
+                        // (a POST is never re-sent).
+                        "racy" => {
+                            (r.status == 200 && r.text() == format!("{path} {method} {target}"))
+                                || r.status == 502
+                        }
+                        "big" => r.status == 200 && r.body == crate::pattern(256 * 1024, 3),
+                        "stall" => r.status == 504,
+                        "extra" => (r.status == 200 && r.body == b"extra") || r.status == 502,
+                        _ => r.status == 502,
+                    };
+                    if !ok {
+                        return Err(fail(format!(
+                            "{method} {target}: {} {:?}",
+                            r.status,
+                            String::from_utf8_lossy(&r.body[..r.body.len().min(80)])
+                        )));
+                    }
+                    if r.connection_has("close") {
+                        c = Client::connect(&listen).map_err(|e| fail(e.to_string()))?;
+                    }
+                }
+                Ok(n)
+            })
+        })
+        .collect();
+
+    let mut reloads = 0;
+    while Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(250));
+        let mut next = config.clone();
+        next.upstreams[0].keepalive = 16 + reloads % 2;
+        match p.reload(next) {
+            None => break,
+            Some(r) => r.expect("reload"),
+        }
+        reloads += 1;
+    }
+    let results: Vec<Result<usize, String>> =
+        clients.into_iter().map(|c| c.join().unwrap()).collect();
+    let failures: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    let requests: usize = results.iter().filter_map(|r| r.as_ref().ok()).sum();
+    eprintln!("chaos soak: {requests} requests, {reloads} reloads, failures: {failures:?}");
+    assert!(failures.is_empty(), "{failures:?}");
+
+    // No POST twice: every backend saw each POST target at most once.
+    let mut posts = std::collections::BTreeSet::new();
+    let logs = [&good, &chunked, &big, &stall]
+        .into_iter()
+        .chain(faulty.iter().map(|(_, b)| b))
+        .flat_map(|b| b.log());
+    for r in logs.filter(|r| r.method == "POST") {
+        assert!(
+            posts.insert(r.target.clone()),
+            "POST {} reached a backend twice",
+            r.target
+        );
+    }
+
+    // Back to baseline: no client connection left, and the good backend's open connections
+    // are exactly the pool's idle ones.
+    let metrics = || crate::client::get_text(&admin, "/metrics").1;
+    let settled = crate::eventually(IO_TIMEOUT, || {
+        let m = metrics();
+        // The admin request itself is not a proxied client connection.
+        crate::client::metric(&m, "upkeep_connections_active") == 0
+            && crate::client::metric(&m, "upkeep_pool_idle_connections{upstream=\"good\"}")
+                == good.open_connections() as u64
+    });
+    assert!(settled, "not back to baseline:\n{}", metrics());
+    p.stop();
+    if let Some(before) = fds_before {
+        assert!(
+            crate::eventually(IO_TIMEOUT, || open_fds().is_some_and(|n| n <= before)),
+            "descriptors: {before} before, {:?} after",
+            open_fds()
+        );
+    }
+}
