@@ -50,6 +50,8 @@ pub(crate) enum Command {
         listener: Address,
         released: Released,
     },
+    /// Take an idle upstream connection to `server` into the pool (a reload keeps them).
+    AdoptPooled { stream: Stream, server: Address },
     /// Exit now.
     Stop,
     /// Send a snapshot of the counters.
@@ -485,27 +487,8 @@ impl Worker {
                         .accept(now, ListenerId(i as u32), peer.map(|a| a.ip()))
                     {
                         Ok(id) => {
-                            let mut stream = stream;
                             stream.tune();
-                            if let Err(e) =
-                                stream.register(self.poll.registry(), Token(id.index as usize))
-                            {
-                                log::warn!("worker {}: register failed: {e}", self.id);
-                                self.core.handle(now, Input::Errored { conn: id });
-                                self.after_input();
-                                continue;
-                            }
-                            self.insert(Sock {
-                                id,
-                                stream,
-                                read: true,
-                                eof: false,
-                                connecting: false,
-                                reader: Reader::default(),
-                            });
-                            self.after_input();
-                            // Its first bytes may already be here: read without waiting a poll.
-                            self.to_read.push_back(id);
+                            self.install(now, id, stream);
                         }
                         Err(_at_capacity) => {
                             // Only while draining (the gate checked for room first): the new
@@ -582,6 +565,7 @@ impl Worker {
                     listener,
                     released,
                 }) => self.adopt(stream, listener, released),
+                Ok(Command::AdoptPooled { stream, server }) => self.adopt_pooled(stream, &server),
                 Err(TryRecvError::Empty) => return Flow::Continue,
                 Err(TryRecvError::Disconnected) => return Flow::Exit,
             }
@@ -611,6 +595,19 @@ impl Worker {
             }
         }
         if handing_off {
+            // Warm upstream connections go first, so the new workers reuse them at once.
+            for (id, server) in self.core.release_pooled() {
+                if let Some(mut sock) = self.socks.get_mut(id.index as usize).and_then(Option::take)
+                {
+                    sock.stream.deregister(self.poll.registry());
+                    if let Some(to) = self.next_adopter() {
+                        to.send(Command::AdoptPooled {
+                            stream: sock.stream,
+                            server,
+                        });
+                    }
+                }
+            }
             self.core.begin_handoff(clock::now());
             self.after_input();
             self.hand_off_idle();
@@ -640,7 +637,6 @@ impl Worker {
     /// Sends a released connection to the next worker of the handoff; one with nowhere to go
     /// (its listener gone from the new configuration, or every new worker gone) is closed.
     fn pass_on(&mut self, stream: Stream, released: Released) {
-        let Some(h) = &self.handoff else { return };
         let Some(l) = self
             .core
             .config()
@@ -649,24 +645,43 @@ impl Worker {
         else {
             return;
         };
-        let to = {
-            let workers = h.lock().unwrap_or_else(|e| e.into_inner());
-            if workers.is_empty() {
-                return;
-            }
-            workers[self.handed % workers.len()].clone()
+        let listener = l.addr.clone();
+        let Some(to) = self.next_adopter() else {
+            return;
         };
-        self.handed += 1;
         to.send(Command::Adopt {
             stream,
-            listener: l.addr.clone(),
+            listener,
             released,
         });
     }
 
+    /// The newest worker whose turn it is to adopt a connection, if handing off.
+    fn next_adopter(&mut self) -> Option<Control> {
+        let workers = self
+            .handoff
+            .as_ref()?
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let to = workers.get(self.handed % workers.len().max(1)).cloned();
+        self.handed += 1;
+        to
+    }
+
+    /// Takes an idle upstream connection an old worker released into the pool (closed when no
+    /// group of this configuration has its server).
+    fn adopt_pooled(&mut self, stream: Stream, server: &Address) {
+        let now = clock::now();
+        // Bytes or an EOF that came while it moved evict it: it is read at once.
+        if let Some(id) = self.core.adopt_pooled(now, server) {
+            self.install(now, id, stream);
+        }
+    }
+
     /// Takes over a connection an old worker released. Should this worker already be handing
     /// off itself (reloads in quick succession), it passes the connection on.
-    fn adopt(&mut self, mut stream: Stream, listener: Address, released: Released) {
+    fn adopt(&mut self, stream: Stream, listener: Address, released: Released) {
         let now = clock::now();
         let Some(j) = self
             .core
@@ -685,6 +700,12 @@ impl Worker {
             self.pass_on(stream, released);
             return;
         };
+        self.install(now, id, stream);
+    }
+
+    /// Watches the socket of a connection the core just took in (a client accepted or adopted,
+    /// a pooled upstream adopted) and reads it at once: bytes may be waiting already.
+    fn install(&mut self, now: upkeep_core::Time, id: ConnId, mut stream: Stream) {
         if let Err(e) = stream.register(self.poll.registry(), Token(id.index as usize)) {
             log::warn!("worker {}: register failed: {e}", self.id);
             self.core.handle(now, Input::Errored { conn: id });
@@ -700,7 +721,6 @@ impl Worker {
             reader: Reader::default(),
         });
         self.after_input();
-        // What the client sent meanwhile waits in the socket: read without waiting a poll.
         self.to_read.push_back(id);
     }
 

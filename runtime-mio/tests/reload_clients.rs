@@ -118,3 +118,52 @@ fn many_reloads_under_keepalive_load_fail_no_request() {
     }
     assert_eq!(up.stop(), 0);
 }
+
+/// A reload keeps the warm upstream connections to servers the new configuration still has:
+/// the new workers reuse them instead of opening new ones (and close those to servers it
+/// dropped).
+#[test]
+fn a_reload_keeps_idle_upstream_connections_to_servers_that_remain() {
+    use upkeep_mio::Proxy;
+    let kept = Backend::identify("kept").unwrap();
+    let dropped = Backend::identify("dropped").unwrap();
+    let mut cfg = upkeep_testkit::loopback_config(vec![kept.addr()], 1);
+    let mut other = upkeep_core::config::UpstreamConfig::new(
+        "other",
+        vec![upkeep_core::config::ServerConfig::new(dropped.addr())],
+    );
+    other.keepalive = 4;
+    cfg.upstreams.push(other);
+    cfg.routes.push(upkeep_core::config::RouteConfig {
+        host: None,
+        path_prefix: "/other".into(),
+        upstream: "other".into(),
+    });
+    cfg.routes.push(upkeep_core::config::RouteConfig {
+        host: None,
+        path_prefix: "/".into(),
+        upstream: "default".into(),
+    });
+    let proxy = Proxy::start(cfg.clone()).unwrap();
+    let listen = proxy.listen_addrs()[0].clone();
+    assert_eq!(client::get_text(&listen, "/a").0, 200);
+    assert_eq!(client::get_text(&listen, "/other").0, 200);
+    assert_eq!((kept.accepted(), dropped.accepted()), (1, 1));
+    for _ in 0..3 {
+        proxy.reload(cfg.clone()).unwrap();
+        assert_eq!(client::get_text(&listen, "/a"), (200, "kept GET /a".into()));
+    }
+    assert_eq!(kept.accepted(), 1, "the pooled connection moved with every reload");
+    // A configuration without the other server: its idle connection is closed.
+    let mut fewer = cfg.clone();
+    fewer.upstreams.pop();
+    fewer.routes.remove(0);
+    proxy.reload(fewer).unwrap();
+    assert!(
+        dropped.wait_until(spawned::WAIT, |b| b.open_connections() == 0),
+        "the connection to a server no longer configured is closed"
+    );
+    assert_eq!(client::get_text(&listen, "/b"), (200, "kept GET /b".into()));
+    assert_eq!(kept.accepted(), 1);
+    proxy.shutdown();
+}

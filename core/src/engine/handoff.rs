@@ -15,9 +15,13 @@ use core::net::IpAddr;
 use std::collections::VecDeque;
 
 use super::client::Phase;
-use super::table::Role;
+use super::table::{Conn, Role};
+use super::upstream::{UState, Upstream};
 use super::{AtCapacity, Core, Input, touch};
-use crate::connection::AfterFlush;
+use crate::config::{Address, PoolKeyMode};
+use crate::connection::{AfterFlush, Buffers};
+use crate::pool::{EvictReason, PoolKey};
+use crate::rules::ResponseFacts;
 use crate::{ConnId, ListenerId, Time};
 
 /// An idle client connection a core let go of, for another core to [adopt](Core::adopt): the
@@ -35,6 +39,88 @@ pub struct Released {
 }
 
 impl Core {
+    /// Before a handoff drain: takes every idle pooled upstream connection out of the pool
+    /// without closing it, for the runtime to hand to a new core ([`Core::adopt_pooled`]) —
+    /// a reload keeps the warm connections to servers the new configuration still has. Those
+    /// of a `pool_key = "client"` group are closed (their partition is this core's).
+    pub fn release_pooled(&mut self) -> Vec<(ConnId, Address)> {
+        let mut idle = Vec::new();
+        self.pool.drain(&mut |c| idle.push(c));
+        let mut released = Vec::new();
+        for id in idle {
+            let Some(u) = self.conns.upstream(id) else {
+                continue;
+            };
+            let g = u.group as usize;
+            if self.config.upstreams[g].pool_key == PoolKeyMode::Client {
+                self.evict(id, false, EvictReason::Draining);
+                continue;
+            }
+            let addr = self.server_address(self.servers[u.server as usize]).clone();
+            self.stats.groups[g].evictions[EvictReason::Draining as usize] += 1;
+            self.timers.set(id.index, None);
+            self.conns.remove(id);
+            released.push((id, addr));
+        }
+        released
+    }
+
+    /// Takes an idle upstream connection to `server` that another core
+    /// [released](Core::release_pooled) into the pool of the first group that has a server at
+    /// that address (and pools by server); `None` if none does or this core is draining (the
+    /// runtime closes it then). Watched like any pooled connection from now on.
+    pub fn adopt_pooled(&mut self, now: Time, server: &Address) -> Option<ConnId> {
+        if self.draining {
+            return None;
+        }
+        let (g, i) = self
+            .config
+            .upstreams
+            .iter()
+            .enumerate()
+            .find_map(|(g, up)| {
+                let pooled = up.keepalive > 0 && up.pool_key == PoolKeyMode::Server;
+                let i = up.servers.iter().position(|s| s.addr == *server)?;
+                pooled.then_some((g, i))
+            })?;
+        let gcfg = &self.config.upstreams[g];
+        let expires = now.plus(gcfg.keepalive_timeout.min(gcfg.keepalive_time));
+        let global = self.groups[g].first_server + i as u32;
+        let key = PoolKey {
+            server: global,
+            partition: 0,
+        };
+        let id = self.conns.insert(|id| Conn {
+            id,
+            buf: Buffers::new(now),
+            deadline: None,
+            role: Role::Upstream(Upstream {
+                server: global,
+                group: g as u32,
+                key,
+                state: UState::Idle,
+                client: None,
+                created: now,
+                requests: 0,
+                written: 0,
+                sent_all: true,
+                read_progress: now,
+                response: ResponseFacts::default(),
+                response_at: now,
+                extra_data: false,
+                acquired: false,
+                responded: false,
+            }),
+        });
+        self.stats.groups[g].pool_checkins += 1;
+        if let Some(evicted) = self.pool.checkin(key, g as u32, id, expires) {
+            self.evict(evicted, false, EvictReason::Capacity);
+        }
+        touch(&mut self.touched, id);
+        self.sync(now);
+        self.conns.get(id).map(|_| id)
+    }
+
     /// Drains like [`Core::begin_drain`] (no more accepts, the idle pool is closed, exchanges
     /// in flight finish), except that client connections are not closed: each one becomes
     /// [idle](Core::idle_clients) once between requests, for the runtime to

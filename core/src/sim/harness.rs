@@ -84,6 +84,11 @@ impl Harness {
             .core
             .accept(self.now, ListenerId(0), Some(ip))
             .expect("accept");
+        self.track_client(id)
+    }
+
+    /// A client endpoint for the connection the core just took in.
+    fn track_client(&mut self, id: ConnId) -> ConnId {
         self.clients.insert(
             id,
             Endpoint {
@@ -102,15 +107,7 @@ impl Harness {
             .core
             .adopt(self.now, ListenerId(0), released)
             .expect("adopt");
-        self.clients.insert(
-            id,
-            Endpoint {
-                reading: true,
-                ..Endpoint::default()
-            },
-        );
-        self.pump();
-        id
+        self.track_client(id)
     }
 
     /// The client sends bytes.
