@@ -153,7 +153,11 @@ fn a_reload_keeps_idle_upstream_connections_to_servers_that_remain() {
         proxy.reload(cfg.clone()).unwrap();
         assert_eq!(client::get_text(&listen, "/a"), (200, "kept GET /a".into()));
     }
-    assert_eq!(kept.accepted(), 1, "the pooled connection moved with every reload");
+    assert_eq!(
+        kept.accepted(),
+        1,
+        "the pooled connection moved with every reload"
+    );
     // A configuration without the other server: its idle connection is closed.
     let mut fewer = cfg.clone();
     fewer.upstreams.pop();

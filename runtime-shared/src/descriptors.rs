@@ -6,9 +6,10 @@
 //!
 //! A client flood must not take the descriptors that upstream connects, the pool and the admin
 //! listener need, or every request that needs a new upstream connection fails with a 500 while
-//! accepting is paused. So each worker's client limit is capped ([`client_cap`]) to what leaves a
-//! [`reserve`] for the process and the worker, the idle pool, and one upstream connection per
-//! client (HAProxy sizes `maxconn` the same way: two descriptors per proxied connection). The
+//! accepting is paused. So each worker's client limit is capped ([`client_cap`]) to what leaves
+//! a reserve for the process and the worker ([`worker_needs`]), the idle pool, and one upstream
+//! connection per client (HAProxy sizes `maxconn` the same way: two descriptors per proxied
+//! connection). The
 //! worker's accept [`Gate`](crate::accept::Gate) then pauses at that cap, before `accept(2)`,
 //! instead of meeting `EMFILE`.
 
