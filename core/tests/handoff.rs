@@ -99,3 +99,104 @@ fn a_plain_drain_still_closes_idle_clients() {
     h.pump();
     assert!(h.clients[&c].closed);
 }
+
+/// Requests from several clients, one at a time each, with the handoff at any step and a
+/// request possibly in flight at that moment: every request gets exactly its own response,
+/// from whichever core holds the connection then; no client connection is ever closed; the old
+/// core ends drained.
+mod generated {
+    use super::*;
+    use proptest::prelude::*;
+    use upkeep_core::ConnId;
+
+    /// Where a client connection lives.
+    #[derive(Clone, Copy, Debug)]
+    enum At {
+        Old(ConnId),
+        New(ConnId),
+    }
+
+    fn run(clients: usize, rounds: usize, handoff_at: usize, in_flight: bool, posts: u8) {
+        let mut old = harness();
+        let mut new = harness();
+        let mut at: Vec<At> = (0..clients)
+            .map(|_| At::Old(old.connect_client()))
+            .collect();
+        let mut handed = false;
+        let mut step = 0;
+        for round in 0..rounds {
+            for k in 0..clients {
+                let path = format!("/c{k}/r{round}");
+                let req = if (round + k) % 4 < usize::from(posts) {
+                    let mut r = post_head(&path, 4);
+                    r.extend_from_slice(b"body");
+                    r
+                } else {
+                    get(&path)
+                };
+                let (h, c) = match at[k] {
+                    At::Old(c) => (&mut old, c),
+                    At::New(c) => (&mut new, c),
+                };
+                h.client_send(c, &req);
+                let u = busy_upstream(h).expect("forwarded");
+                let got = requests(h, u);
+                assert_eq!((got.len(), got[0].path.as_str()), (1, path.as_str()));
+                step += 1;
+                // The handoff begins with this request in flight, or right after it.
+                let handoff_now = step == handoff_at && !handed;
+                if handoff_now && in_flight {
+                    old.core.begin_handoff(old.now);
+                    old.pump();
+                    handed = true;
+                }
+                let h = match at[k] {
+                    At::Old(_) => &mut old,
+                    At::New(_) => &mut new,
+                };
+                h.upstream_send(u, &ok(&path));
+                let rs = responses(h, c);
+                assert_eq!(rs.len(), 1, "{path}");
+                assert_eq!(rs[0].body, path.as_bytes(), "its own response");
+                assert!(rs[0].header("connection").is_none(), "{path}: no close");
+                if handoff_now && !handed {
+                    old.core.begin_handoff(old.now);
+                    old.pump();
+                    handed = true;
+                }
+                // Whatever is idle on the old core moves.
+                if handed {
+                    for id in old.core.idle_clients() {
+                        let released = old.core.release_idle(id).expect("idle");
+                        let moved = new.adopt_client(&released);
+                        for slot in at.iter_mut() {
+                            if matches!(*slot, At::Old(c) if c == id) {
+                                *slot = At::New(moved);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let closed = old.trace.iter().any(
+            |o| matches!(o, upkeep_core::Output::Close { conn, .. } if old.clients.contains_key(conn)),
+        );
+        assert!(!closed, "a client connection was closed");
+        if handed {
+            assert!(old.core.is_drained(), "the old core is left with nothing");
+        }
+        no_leaks(&mut new);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn every_request_gets_its_own_response_across_a_handoff(
+            handoff_at in 1usize..12,
+            in_flight in any::<bool>(),
+            posts in 0u8..4,
+        ) {
+            run(3, 4, handoff_at, in_flight, posts);
+        }
+    }
+}
