@@ -193,9 +193,16 @@ fn soak_duration() -> Duration {
     Duration::from_secs(secs)
 }
 
-/// Descriptors this process has open (Linux; `None` elsewhere).
+/// Sockets this process has open (Linux; `None` elsewhere). Sockets only: an async runtime's
+/// process-wide reactor (epoll, eventfd, timerfd) is created on first use and stays.
 fn open_fds() -> Option<usize> {
-    std::fs::read_dir("/proc/self/fd").ok().map(|d| d.count())
+    let dir = std::fs::read_dir("/proc/self/fd").ok()?;
+    Some(
+        dir.flatten()
+            .filter_map(|e| std::fs::read_link(e.path()).ok())
+            .filter(|target| target.to_string_lossy().starts_with("socket:"))
+            .count(),
+    )
 }
 
 /// A tiny deterministic generator per client thread (xorshift), so a failing soak can be
@@ -217,7 +224,7 @@ impl Dice {
 /// Checked: every response a client gets is its own (the backend names the request it answers)
 /// or a clean error status; no POST reaches a backend twice; at the end the proxy holds no
 /// client connection, the pool only idle connections the good backend sees open, and the
-/// process as many descriptors as before.
+/// process as many sockets as before (a runtime's process-wide reactor descriptors aside).
 pub fn chaos_soak(start: Start) {
     use crate::backend::{Behaviour, Framing};
     use upkeep_core::config::{RouteConfig, ServerConfig, UpstreamConfig};
@@ -436,7 +443,7 @@ pub fn chaos_soak(start: Start) {
     if let Some(before) = fds_before {
         assert!(
             crate::eventually(IO_TIMEOUT, || open_fds().is_some_and(|n| n <= before)),
-            "descriptors: {before} before, {:?} after",
+            "sockets: {before} before, {:?} after",
             open_fds()
         );
     }
