@@ -69,6 +69,7 @@ fn head(c: &mut Criterion) {
         proto: Some("http"),
         via: None,
         default_host: "app",
+        te_trailers: false,
     };
     head_bench(c, "request", GET, |head, out| {
         let complete = head.parse_request(black_box(GET), &LIMITS).expect("valid");

@@ -37,7 +37,7 @@
 //! - `[[route]]` tables: `host` (optional), `path_prefix` (default `"/"`), `upstream` (required).
 //! - `[client_timeouts]`: `header`, `body`, `keepalive`, `send`, `lingering`.
 //! - `[limits]`: `max_request_line`, `max_head`, `max_body`, `client_keepalive_requests`,
-//!   `max_client_connections`, `write_high_water`.
+//!   `max_client_connections`, `write_high_water`, `request_buffer`, `min_upload_rate`.
 //! - `[headers]`: `x_forwarded_for`, `x_forwarded_proto`, `via` (a pseudonym string, `false` for
 //!   off, or `true` for the default `"upkeep"`).
 //!
@@ -428,6 +428,17 @@ pub struct Limits {
     pub max_client_connections: usize,
     /// Bytes queued toward one peer before the core stops reading from the other side.
     pub write_high_water: usize,
+    /// Request buffering (nginx `proxy_request_buffering`, 64k; 0 = off): a request body up to
+    /// this size (a Content-Length one, or a chunked one until it grows past it) is read in
+    /// full before an upstream connection is taken, so a slow uploader holds no backend
+    /// connection meanwhile; a stale-connection retry can re-send up to this much (at least
+    /// 64k). Larger bodies stream.
+    pub request_buffer: u64,
+    /// Slowest request body accepted, in bytes per second (0 = off; 500 by default, Apache
+    /// `mod_reqtimeout`'s `MinRate`): after `client_timeouts.body`, a body must have arrived
+    /// at this average rate since its request began, or the client gets a 408 — so a body too
+    /// large to buffer cannot pin a backend connection at 1 byte/s either.
+    pub min_upload_rate: u64,
 }
 
 impl Default for Limits {
@@ -439,6 +450,8 @@ impl Default for Limits {
             client_keepalive_requests: 1000,
             max_client_connections: 10_000,
             write_high_water: 256 * 1024,
+            request_buffer: 64 * 1024,
+            min_upload_rate: 500,
         }
     }
 }

@@ -197,6 +197,32 @@ pub fn te_has_trailers(value: &[u8]) -> bool {
     })
 }
 
+/// Whether a trailer field named `name` may be forwarded (RFC 9110 §6.5.1): not hop-by-hop
+/// ([`is_hop_by_hop`], which covers the framing fields), and none of the fields a recipient
+/// must not take from trailers — routing, authentication, response control and content
+/// processing — which a downstream peer merging trailers into the header section would misuse.
+pub fn trailer_forwardable(name: &[u8]) -> bool {
+    const NEVER: [&[u8]; 16] = [
+        b"host",
+        b"authorization",
+        b"www-authenticate",
+        b"cookie",
+        b"set-cookie",
+        b"age",
+        b"cache-control",
+        b"expires",
+        b"date",
+        b"location",
+        b"retry-after",
+        b"vary",
+        b"content-encoding",
+        b"content-type",
+        b"content-range",
+        b"content-location",
+    ];
+    !is_hop_by_hop(name) && !NEVER.iter().any(|n| eq_ic(n, name))
+}
+
 /// `timeout=N` from a `Keep-Alive` value (`timeout=5, max=100`). N saturates at u32::MAX.
 pub fn keep_alive_timeout(value: &[u8]) -> Option<u32> {
     for e in list_elements(value) {
@@ -455,6 +481,30 @@ mod tests {
         ];
         for (v, want) in cases {
             assert_eq!(parse_transfer_encoding(v), *want, "{v:?}");
+        }
+    }
+
+    #[test]
+    fn trailers_forward_end_to_end_fields_only() {
+        for (name, ok) in [
+            (&b"grpc-status"[..], true),
+            (b"Grpc-Message", true),
+            (b"Server-Timing", true),
+            (b"X-Checksum", true),
+            (b"Transfer-Encoding", false),
+            (b"content-length", false),
+            (b"Connection", false),
+            (b"Keep-Alive", false),
+            (b"TE", false),
+            (b"Trailer", false),
+            (b"Upgrade", false),
+            (b"Host", false),
+            (b"Authorization", false),
+            (b"Set-Cookie", false),
+            (b"Content-Type", false),
+            (b"Cache-Control", false),
+        ] {
+            assert_eq!(trailer_forwardable(name), ok, "{:?}", name.escape_ascii());
         }
     }
 

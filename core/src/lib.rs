@@ -141,6 +141,7 @@ mod socket;
 pub mod stats;
 mod time;
 mod timers;
+mod uploads;
 
 // What an embedder needs, at the root.
 #[cfg(feature = "toml")]
@@ -150,7 +151,7 @@ pub use config::{
     RouteConfig, RuntimeOptions, ServerConfig, UpstreamConfig,
 };
 pub use engine::{
-    AtCapacity, Core, End, ExchangeInfo, Input, Output, RequestFields, Tries, UpstreamTry,
+    AtCapacity, Core, End, ExchangeInfo, Input, Output, Released, RequestFields, Tries, UpstreamTry,
 };
 pub use framing::{Method, Version};
 pub use id::{ConnId, ListenerId, ServerId, UpstreamId};

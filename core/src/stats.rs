@@ -59,6 +59,10 @@ pub struct Stats {
     pub accepted: u64,
     /// Client connections refused at capacity.
     pub refused: u64,
+    /// Idle client connections released to another core (a reload's handoff).
+    pub handed_off: u64,
+    /// Client connections adopted from another core (a reload's handoff); not in `accepted`.
+    pub adopted: u64,
     /// Responses sent to clients, by status class: index 1..=5 for 1xx..5xx (0 unused).
     pub responses: [u64; 6],
     /// Responses the proxy generated itself (errors), included in `responses`.

@@ -76,7 +76,7 @@ fn one_byte_writes_with_large_bodies_both_ways() {
 
 #[test]
 fn upstream_answers_early_then_body_completes() {
-    let mut h = harness();
+    let mut h = Harness::new(streaming(config(1)));
     let c = h.connect_client();
     h.client_send(
         c,
@@ -100,7 +100,7 @@ fn upstream_answers_early_then_body_completes() {
 /// middle of the 200's body, which the client would read as body bytes.
 #[test]
 fn bad_request_body_after_response_started_never_injects_a_400_into_the_body() {
-    let mut h = harness();
+    let mut h = Harness::new(streaming(config(1)));
     let c = h.connect_client();
     h.client_send(
         c,
@@ -125,7 +125,7 @@ fn bad_request_body_after_response_started_never_injects_a_400_into_the_body() {
 /// exceeds `max_body`. No 413 may be appended into the 200's body.
 #[test]
 fn body_limit_after_response_started_never_injects_a_413_into_the_body() {
-    let mut cfg = config(1);
+    let mut cfg = streaming(config(1));
     cfg.limits.max_body = 10;
     let mut h = Harness::new(cfg);
     let c = h.connect_client();

@@ -16,7 +16,7 @@ use common::*;
 
 #[test]
 fn body_arriving_after_stale_retry_is_sent_once_on_the_new_connection() {
-    let mut h = harness();
+    let mut h = Harness::new(streaming(config(1)));
     let c = h.connect_client();
     let (u1, _) = exchange(&mut h, c, &get("/1"), &ok("x"));
     h.client_send(
@@ -115,7 +115,7 @@ fn stale_connection_after_the_replay_limit_is_502_never_a_partial_resend() {
 
 #[test]
 fn request_body_arriving_after_connect_failure_follows_to_the_next_server() {
-    let mut h = Harness::new(config(2));
+    let mut h = Harness::new(streaming(config(2)));
     h.auto_connect = false;
     let c = h.connect_client();
     h.client_send(
@@ -201,7 +201,7 @@ fn connect_timeout_moves_to_the_second_server_then_504_when_both_time_out() {
 
 #[test]
 fn connect_timeout_while_the_body_is_still_streaming_moves_it_whole() {
-    let mut cfg = config(2);
+    let mut cfg = streaming(config(2));
     cfg.upstreams[0].connect_timeout = secs(1);
     let mut h = Harness::new(cfg);
     h.auto_connect = false;

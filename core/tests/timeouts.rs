@@ -83,7 +83,7 @@ fn first_request_header_deadline_counts_from_accept() {
 
 #[test]
 fn client_that_pauses_mid_body_then_resumes_is_relayed() {
-    let mut cfg = config(1);
+    let mut cfg = streaming(config(1));
     cfg.client_timeouts.body = secs(5);
     let mut h = Harness::new(cfg);
     let c = h.connect_client();
@@ -200,7 +200,7 @@ fn upstream_send_timeout_answers_504() {
 
 #[test]
 fn read_timeout_starts_when_the_request_is_fully_sent() {
-    let mut cfg = config(1);
+    let mut cfg = streaming(config(1));
     cfg.upstreams[0].read_timeout = secs(5);
     cfg.client_timeouts.body = secs(30);
     let mut h = Harness::new(cfg);

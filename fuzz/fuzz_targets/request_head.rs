@@ -130,6 +130,7 @@ fn round_trip(head: &Head, buf: &[u8], v1: &HeadView, opts: u8) {
         proto: proto.then_some("http"),
         via: via.then_some("upkeep"),
         default_host: DEFAULT_HOST,
+        te_trailers: false,
     };
     // What the engine does (proxy.rs): framing from the parsed body, upgrade only when it tunnels.
     let out_body = match v1.body {
@@ -263,6 +264,7 @@ fn round_trip(head: &Head, buf: &[u8], v1: &HeadView, opts: u8) {
         proto: None,
         via: None,
         default_host: DEFAULT_HOST,
+        te_trailers: false,
     };
     write_request_head(&h2, &out, body2, upgrade, &plain, &mut out2);
     let mut h3 = Head::new();

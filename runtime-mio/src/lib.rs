@@ -44,7 +44,7 @@ use upkeep_runtime::listen::{Bound, remove_socket_files};
 use crate::admin::Admin;
 use crate::metrics::Snapshot;
 use crate::net::Listener;
-use crate::worker::{Command, Control};
+use crate::worker::{Command, Control, Handoff};
 
 pub use upkeep_core;
 /// The counters and their renderings (shared with the smol runtime).
@@ -60,6 +60,7 @@ impl Proxy {
     /// and the admin listener, and returns once all of them are ready.
     pub fn start(config: Config) -> io::Result<ProxyHandle> {
         config.validate()?;
+        upkeep_runtime::descriptors::raise_limit();
         let shared = Arc::new(Shared::default());
         let mut bound = Vec::with_capacity(config.listeners.len());
         for l in &config.listeners {
@@ -112,6 +113,9 @@ struct Shared {
     next_worker: AtomicU64,
     /// Requests the workers cut at `shutdown_timeout`.
     aborted: Arc<AtomicU64>,
+    /// The newest generation's workers, where a reload's old workers hand their idle client
+    /// connections.
+    newest: Handoff,
 }
 
 /// One configuration's listeners and workers.
@@ -125,6 +129,9 @@ struct Generation {
 impl Generation {
     fn spawn(&mut self, shared: &Shared, threads: &mut Vec<JoinHandle<()>>) -> io::Result<()> {
         let n = upkeep_runtime::workers::count(self.config.runtime.workers);
+        // Each worker's client limit leaves descriptors for its upstream connections.
+        let mut config = self.config.clone();
+        upkeep_runtime::descriptors::fit(&mut config, n, upkeep_runtime::descriptors::limit());
         for index in 0..n {
             let mut listeners = Vec::with_capacity(self.bound.len());
             for b in &mut self.bound {
@@ -133,7 +140,7 @@ impl Generation {
             let (control, thread) = worker::spawn(worker::Setup {
                 index,
                 id: shared.next_worker.fetch_add(1, Ordering::Relaxed),
-                config: self.config.clone(),
+                config: config.clone(),
                 listeners,
                 shutdown_timeout: self.config.runtime.shutdown_timeout,
                 board: shared.operator.board.clone(),
@@ -284,6 +291,10 @@ impl ProxyHandle {
         // An old worker's listener whose socket the new generation took over is only
         // unwatched, not emptied: what is queued there goes to the new worker sharing it.
         let new_workers = state.current.workers.len();
+        // Idle client connections move to the newest workers, onto the listener of the same
+        // address: no client sees its connection close.
+        *self.shared.newest.lock().unwrap_or_else(|e| e.into_inner()) =
+            state.current.workers.clone();
         let asked = old
             .workers
             .iter()
@@ -298,6 +309,7 @@ impl ProxyHandle {
                 w.send(Command::Drain {
                     ack: Some(ack.clone()),
                     handed_over,
+                    handoff: Some(self.shared.newest.clone()),
                 })
             })
             .count();
@@ -327,6 +339,7 @@ impl ProxyHandle {
             w.send(Command::Drain {
                 ack: None,
                 handed_over: Vec::new(),
+                handoff: None,
             });
         }
         // The workers close their copies of the listening sockets; ours must go too, or the

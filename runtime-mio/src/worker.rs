@@ -6,15 +6,15 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use mio::event::Event;
 use mio::{Events, Poll, Token, Waker};
-use upkeep_core::{Config, ConnId, Core, Input, ListenerId, Output, ServerId};
+use upkeep_core::{Address, Config, ConnId, Core, Input, ListenerId, Output, Released, ServerId};
 use upkeep_runtime::accept::{Admit, AfterError, Gate};
 use upkeep_runtime::board::{self, Reporter};
 use upkeep_runtime::clock;
@@ -41,7 +41,18 @@ pub(crate) enum Command {
         /// Per listener: the socket lives on in a new generation (a reload), so the queue is
         /// left to the new worker instead of being accepted here before closing.
         handed_over: Vec<bool>,
+        /// A reload: idle client connections move to these workers instead of being closed.
+        handoff: Option<Handoff>,
     },
+    /// Take over a client connection a draining worker released (a reload).
+    Adopt {
+        stream: Stream,
+        /// The configured address of the listener it arrived on.
+        listener: Address,
+        released: Released,
+    },
+    /// Take an idle upstream connection to `server` into the pool (a reload keeps them).
+    AdoptPooled { stream: Stream, server: Address },
     /// Exit now.
     Stop,
     /// Send a snapshot of the counters.
@@ -49,6 +60,13 @@ pub(crate) enum Command {
     /// Reopen the access log file.
     ReopenLog,
 }
+
+/// Where a reload's old worker sends its idle client connections (see
+/// [`Core::begin_handoff`]): the newest generation's workers at the time each connection
+/// becomes idle (a connection that finishes its exchange after further reloads goes to the
+/// newest workers, not to ones that may have exited since). The adopting worker finds the
+/// listener of the same address in its configuration; a connection with none is closed.
+pub(crate) type Handoff = Arc<Mutex<Vec<Control>>>;
 
 /// The main thread's handle on a worker.
 #[derive(Debug, Clone)]
@@ -121,6 +139,8 @@ pub(crate) fn spawn(setup: Setup) -> io::Result<(Control, JoinHandle<()>)> {
         shutdown_timeout: setup.shutdown_timeout,
         board: setup.board,
         aborted: setup.aborted,
+        handoff: None,
+        handed: 0,
     };
     for i in 0..worker.listeners.len() {
         if let Some(l) = worker.listeners[i].as_mut() {
@@ -176,6 +196,10 @@ struct Worker {
     shutdown_timeout: Duration,
     board: Arc<Board>,
     aborted: Arc<AtomicU64>,
+    /// Draining for a reload: where idle client connections go.
+    handoff: Option<Handoff>,
+    /// Connections handed off so far (spreads them over the new workers).
+    handed: usize,
 }
 
 /// Whether the loop goes on.
@@ -217,6 +241,9 @@ impl Worker {
             }
             self.run_queues();
             self.maybe_resume();
+            if self.handoff.is_some() {
+                self.hand_off_idle();
+            }
             self.recorder.flush();
             self.recorder.tick(&self.core, clock::now());
             if self.drain_deadline.is_some() {
@@ -473,28 +500,8 @@ impl Worker {
                         .accept(now, ListenerId(i as u32), peer.map(|a| a.ip()))
                     {
                         Ok(id) => {
-                            let mut stream = stream;
                             stream.tune();
-                            if let Err(e) =
-                                stream.register(self.poll.registry(), Token(id.index as usize))
-                            {
-                                log::warn!("worker {}: register failed: {e}", self.id);
-                                self.core.handle(now, Input::Errored { conn: id });
-                                self.after_input();
-                                continue;
-                            }
-                            self.insert(Sock {
-                                id,
-                                stream,
-                                read: true,
-                                eof: false,
-                                connecting: false,
-                                server: None,
-                                reader: Reader::default(),
-                            });
-                            self.after_input();
-                            // Its first bytes may already be here: read without waiting a poll.
-                            self.to_read.push_back(id);
+                            self.install(now, id, stream);
                         }
                         Err(_at_capacity) => {
                             // Only while draining (the gate checked for room first): the new
@@ -551,8 +558,12 @@ impl Worker {
     fn commands(&mut self) -> Flow {
         loop {
             match self.rx.try_recv() {
-                Ok(Command::Drain { ack, handed_over }) => {
-                    self.drain(&handed_over);
+                Ok(Command::Drain {
+                    ack,
+                    handed_over,
+                    handoff,
+                }) => {
+                    self.drain(&handed_over, handoff);
                     if let Some(ack) = ack {
                         let _ = ack.send(());
                     }
@@ -562,16 +573,24 @@ impl Worker {
                     let _ = tx.send(self.recorder.snapshot(&self.core, clock::now()));
                 }
                 Ok(Command::ReopenLog) => self.recorder.reopen(),
+                Ok(Command::Adopt {
+                    stream,
+                    listener,
+                    released,
+                }) => self.adopt(stream, listener, released),
+                Ok(Command::AdoptPooled { stream, server }) => self.adopt_pooled(stream, &server),
                 Err(TryRecvError::Empty) => return Flow::Continue,
                 Err(TryRecvError::Disconnected) => return Flow::Exit,
             }
         }
     }
 
-    fn drain(&mut self, handed_over: &[bool]) {
+    fn drain(&mut self, handed_over: &[bool], handoff: Option<Handoff>) {
         if self.drain_deadline.is_some() {
             return;
         }
+        let handing_off = handoff.is_some();
+        self.handoff = handoff;
         // Take what is already queued on listeners about to close (closing them would reset
         // those connections) and read what they sent, then stop listening. A socket handed
         // over to a new generation is left alone: a connection taken here now would be closed
@@ -588,9 +607,135 @@ impl Worker {
                 l.deregister(self.poll.registry());
             }
         }
-        self.core.begin_drain(clock::now());
-        self.after_input();
+        if handing_off {
+            // Warm upstream connections go first, so the new workers reuse them at once.
+            for (id, server) in self.core.release_pooled() {
+                if let Some(mut sock) = self.socks.get_mut(id.index as usize).and_then(Option::take)
+                {
+                    sock.stream.deregister(self.poll.registry());
+                    if let Some(to) = self.next_adopter() {
+                        to.send(Command::AdoptPooled {
+                            stream: sock.stream,
+                            server,
+                        });
+                    }
+                }
+            }
+            self.core.begin_handoff(clock::now());
+            self.after_input();
+            self.hand_off_idle();
+        } else {
+            self.core.begin_drain(clock::now());
+            self.after_input();
+        }
         self.drain_deadline = Some(Instant::now() + self.shutdown_timeout);
+    }
+
+    /// Moves every idle client connection to a new worker (a reload's drain): released by the
+    /// core with the bytes it held, the socket unwatched here and sent along — it never closes.
+    fn hand_off_idle(&mut self) {
+        for id in self.core.idle_clients() {
+            let Some(released) = self.core.release_idle(id) else {
+                continue;
+            };
+            let Some(mut sock) = self.socks.get_mut(id.index as usize).and_then(Option::take)
+            else {
+                continue;
+            };
+            sock.stream.deregister(self.poll.registry());
+            self.pass_on(sock.stream, released);
+        }
+    }
+
+    /// Sends a released connection to the next worker of the handoff; one with nowhere to go
+    /// (its listener gone from the new configuration, or every new worker gone) is closed.
+    fn pass_on(&mut self, stream: Stream, released: Released) {
+        let Some(l) = self
+            .core
+            .config()
+            .listeners
+            .get(released.listener.0 as usize)
+        else {
+            return;
+        };
+        let listener = l.addr.clone();
+        let Some(to) = self.next_adopter() else {
+            return;
+        };
+        to.send(Command::Adopt {
+            stream,
+            listener,
+            released,
+        });
+    }
+
+    /// The newest worker whose turn it is to adopt a connection, if handing off.
+    fn next_adopter(&mut self) -> Option<Control> {
+        let workers = self
+            .handoff
+            .as_ref()?
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let to = workers.get(self.handed % workers.len().max(1)).cloned();
+        self.handed += 1;
+        to
+    }
+
+    /// Takes an idle upstream connection an old worker released into the pool (closed when no
+    /// group of this configuration has its server).
+    fn adopt_pooled(&mut self, stream: Stream, server: &Address) {
+        let now = clock::now();
+        // Bytes or an EOF that came while it moved evict it: it is read at once.
+        if let Some(id) = self.core.adopt_pooled(now, server) {
+            self.install(now, id, stream);
+        }
+    }
+
+    /// Takes over a connection an old worker released. Should this worker already be handing
+    /// off itself (reloads in quick succession), it passes the connection on.
+    fn adopt(&mut self, stream: Stream, listener: Address, released: Released) {
+        let now = clock::now();
+        let Some(j) = self
+            .core
+            .config()
+            .listeners
+            .iter()
+            .position(|l| l.addr == listener)
+        else {
+            return;
+        };
+        let released = Released {
+            listener: ListenerId(j as u32),
+            ..released
+        };
+        let Ok(id) = self.core.adopt(now, released.listener, &released) else {
+            self.pass_on(stream, released);
+            return;
+        };
+        self.install(now, id, stream);
+    }
+
+    /// Watches the socket of a connection the core just took in (a client accepted or adopted,
+    /// a pooled upstream adopted) and reads it at once: bytes may be waiting already.
+    fn install(&mut self, now: upkeep_core::Time, id: ConnId, mut stream: Stream) {
+        if let Err(e) = stream.register(self.poll.registry(), Token(id.index as usize)) {
+            log::warn!("worker {}: register failed: {e}", self.id);
+            self.core.handle(now, Input::Errored { conn: id });
+            self.after_input();
+            return;
+        }
+        self.insert(Sock {
+            id,
+            stream,
+            read: true,
+            eof: false,
+            connecting: false,
+            server: None,
+            reader: Reader::default(),
+        });
+        self.after_input();
+        self.to_read.push_back(id);
     }
 
     /// Leaves the board: the final counters join the retired totals under the board's lock, and

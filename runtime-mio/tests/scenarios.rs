@@ -17,6 +17,10 @@ impl RunningProxy for Running {
     fn stop(self: Box<Self>) {
         self.0.shutdown()
     }
+
+    fn reload(&self, config: Config) -> Option<Result<(), String>> {
+        Some(self.0.reload(config))
+    }
 }
 
 fn start(config: Config) -> Box<dyn RunningProxy> {
@@ -35,3 +39,5 @@ fn try_start(config: Config) -> std::io::Result<Box<dyn RunningProxy>> {
 
 upkeep_testkit::listener_tests!(try_start);
 upkeep_testkit::observability_tests!(start);
+
+upkeep_testkit::reliability_tests!(start);

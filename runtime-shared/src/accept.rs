@@ -14,6 +14,12 @@ use std::time::{Duration, Instant};
 
 use upkeep_core::Core;
 
+use crate::throttle::{Throttle, WARN_EVERY};
+
+/// "pausing accepts" repeats every [`ERROR_PAUSE`] per worker while the shortage lasts: logged
+/// once per [`WARN_EVERY`] for the whole process.
+static PAUSE_WARNING: Throttle = Throttle::new(WARN_EVERY);
+
 /// How long accepting pauses after a resource shortage (or an unexpected error).
 pub const ERROR_PAUSE: Duration = Duration::from_millis(100);
 
@@ -41,7 +47,9 @@ pub fn after_error(e: &io::Error) -> AfterError {
     }
     match e.raw_os_error() {
         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
-            log::warn!("accept: {e}; pausing accepts for {ERROR_PAUSE:?}");
+            PAUSE_WARNING.warn(format_args!(
+                "accept: {e}; pausing accepts for {ERROR_PAUSE:?}"
+            ));
             AfterError::Pause(ERROR_PAUSE)
         }
         // accept(2), Linux notes: errors already pending on the new connection are returned by
@@ -63,7 +71,9 @@ pub fn after_error(e: &io::Error) -> AfterError {
         _ => {
             // Retrying at once could spin on a persistent error; waiting for readiness could
             // leave a queue with no new edge unserved. A short pause does neither.
-            log::warn!("accept: {e}; pausing accepts for {ERROR_PAUSE:?}");
+            PAUSE_WARNING.warn(format_args!(
+                "accept: {e}; pausing accepts for {ERROR_PAUSE:?}"
+            ));
             AfterError::Pause(ERROR_PAUSE)
         }
     }
@@ -103,6 +113,12 @@ impl Gate {
         if self.paused.is_some() {
             Admit::Paused
         } else if !has_room(core) {
+            PAUSE_WARNING.warn(format_args!(
+                "accept: {} client connections, the limit \
+                 (limits.max_client_connections, capped by RLIMIT_NOFILE); pausing accepts until \
+                 one ends",
+                core.client_connections()
+            ));
             self.paused = Some(Pause::Capacity);
             Admit::PausedNow
         } else {

@@ -77,15 +77,18 @@ mod tests {
         c
     }
 
-    fn temp_dir() -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!("upkeep-preflight-{}", std::process::id()));
+    /// A directory of the test's own: tests run in parallel in one process, and one removing a
+    /// shared directory would pull it from under another.
+    fn temp_dir(test: &str) -> std::path::PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("upkeep-preflight-{}-{test}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         dir
     }
 
     #[test]
     fn existing_writable_paths_pass() {
-        let dir = temp_dir();
+        let dir = temp_dir("existing_writable_paths_pass");
         let d = dir.display();
         for c in [
             config("127.0.0.1:0", None, None),
@@ -104,7 +107,7 @@ mod tests {
 
     #[test]
     fn missing_directories_and_odd_paths_are_named() {
-        let dir = temp_dir();
+        let dir = temp_dir("missing_directories_and_odd_paths_are_named");
         let file = dir.join("plain");
         std::fs::write(&file, "x").unwrap();
         let f = file.display();

@@ -87,6 +87,10 @@ impl Proxy {
     pub fn start(config: Config) -> io::Result<ProxyHandle> {
         config.validate()?;
         let workers = upkeep_runtime::workers::count(config.runtime.workers);
+        // Each worker's client limit leaves descriptors for its upstream connections.
+        let mut config = config;
+        let limit = upkeep_runtime::descriptors::raise_limit();
+        upkeep_runtime::descriptors::fit(&mut config, workers, limit);
         let shutdown_timeout = config.runtime.shutdown_timeout;
 
         // Every worker's access log before anything is bound or started: a log that cannot be

@@ -36,3 +36,5 @@ fn try_start(config: Config) -> std::io::Result<Box<dyn RunningProxy>> {
 
 upkeep_testkit::listener_tests!(try_start);
 upkeep_testkit::observability_tests!(start);
+
+upkeep_testkit::reliability_tests!(start);

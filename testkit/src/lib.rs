@@ -24,6 +24,7 @@ pub mod backend;
 pub mod client;
 pub mod listeners;
 pub mod observability;
+pub mod reliability;
 pub mod scenarios;
 pub mod wait;
 pub mod wire;
@@ -48,6 +49,11 @@ pub trait RunningProxy {
     fn admin_addr(&self) -> Option<upkeep_core::Address>;
     /// Stops the proxy and joins its threads.
     fn stop(self: Box<Self>);
+    /// Applies a new configuration in place (a reload), where the runtime has one: `None` when
+    /// it does not.
+    fn reload(&self, _config: upkeep_core::Config) -> Option<Result<(), String>> {
+        None
+    }
 }
 
 /// How a scenario starts the runtime under test: bind every listener of the config, then return.
@@ -97,6 +103,27 @@ macro_rules! scenario_tests {
             #[test]
             fn $name() {
                 $crate::scenarios::$name($start);
+            }
+        )*
+    };
+}
+
+/// Expands to one `#[test]` per reliability scenario ([`reliability`]), each calling
+/// `upkeep_testkit::reliability::<name>(start_fn)`.
+#[macro_export]
+macro_rules! reliability_tests {
+    ($start:expr) => {
+        $crate::reliability_tests!(@each $start;
+            trailers_end_to_end,
+            slow_uploads_cannot_pin_backends,
+            chaos_soak,
+        );
+    };
+    (@each $start:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                $crate::reliability::$name($start);
             }
         )*
     };

@@ -375,6 +375,10 @@ mirror! {
         max_client_connections: usize,
         #[serde(deserialize_with = "size_usize")]
         write_high_water: usize,
+        #[serde(deserialize_with = "size_u64")]
+        request_buffer: u64,
+        #[serde(deserialize_with = "size_u64")]
+        min_upload_rate: u64,
     }
 }
 

@@ -198,14 +198,27 @@ fn write_tables(out: &mut String, t: &ClientTimeouts, l: &Limits, h: &HeaderOpti
         client_keepalive_requests,
         max_client_connections,
         write_high_water,
+        request_buffer,
+        min_upload_rate,
     } = l;
     let _ = writeln!(
         out,
         "\n[limits]\nmax_request_line = {max_request_line}\nmax_head = {max_head}\n\
          max_body = {max_body}{}\nclient_keepalive_requests = {client_keepalive_requests}\n\
          max_client_connections = {max_client_connections}\n\
-         write_high_water = {write_high_water}",
-        if *max_body == 0 { "  # unlimited" } else { "" }
+         write_high_water = {write_high_water}\nrequest_buffer = {request_buffer}{}\n\
+         min_upload_rate = {min_upload_rate}{}",
+        if *max_body == 0 { "  # unlimited" } else { "" },
+        if *request_buffer == 0 {
+            "  # off: bodies stream at once"
+        } else {
+            ""
+        },
+        if *min_upload_rate == 0 {
+            "  # off"
+        } else {
+            "  # bytes/s"
+        },
     );
     let HeaderOptions {
         x_forwarded_for,

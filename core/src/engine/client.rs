@@ -25,7 +25,7 @@ use super::{Core, HEAD_GROWTH, Output, touch};
 use crate::connection::AfterFlush;
 use crate::framing::{self, BodyKind, Forwarding, Method, OutBody, Version};
 use crate::rules::{self, ClientFacts, NotReusable};
-use crate::{ConnId, ListenerId, Time};
+use crate::{ConnId, ListenerId, Time, uploads};
 
 /// Room for a response the proxy generates itself.
 const ERROR_RESPONSE: usize = 256;
@@ -183,6 +183,7 @@ impl Core {
         let max_body = self.config.limits.max_body;
         let too_big = matches!(head.body, BodyKind::Length(n) if max_body > 0 && n > max_body);
         let out_body = rules::request_framing(head.body);
+        let buffer_body = uploads::buffer_first(head.body, self.config.limits.request_buffer);
         // Only worth sending while the client is actually waiting: no body bytes yet.
         let expect = head.expect_continue && !ex.req_done && c.buf.rbuf.len() == head.len;
         cl.phase = Phase::Exchange;
@@ -205,6 +206,7 @@ impl Core {
             proto: self.config.headers.x_forwarded_proto.then_some("http"),
             via: self.config.headers.via.as_deref(),
             default_host: &self.config.upstreams[group.0 as usize].name,
+            te_trailers: ex.trailers,
         };
         let upgrade = ex.upgrade;
         let req_head = c.buf.rewrite(head.len + HEAD_GROWTH, |buf, out| {
@@ -224,6 +226,11 @@ impl Core {
             // without Expect, so no upstream 1xx is ours to suppress or forward.
             self.push(now, id, Bytes::from_static(framing::CONTINUE_100));
         }
+        // A small body is read in full first: no upstream connection waits on the client.
+        if buffer_body && let Some(cl) = self.conns.client_mut(id) {
+            cl.ex.buffering = true;
+            return true;
+        }
         self.assign_upstream(now, id, false, None);
         true
     }
@@ -231,6 +238,7 @@ impl Core {
     /// Queues a response the proxy generates itself and ends the exchange. The connection stays
     /// open only when the request was fully read and the client allows it.
     pub(super) fn client_error(&mut self, now: Time, id: ConnId, status: u16) {
+        let closing = self.closing_clients();
         let Some(c) = self.conns.get_mut(id) else {
             return;
         };
@@ -273,7 +281,7 @@ impl Core {
             && rules::client_keep_alive(&ClientFacts {
                 request_abandoned: !cl.ex.req_done,
                 framing_broken: rules::breaks_framing(status),
-                ..cl.keep_alive_facts(self.config.limits.client_keepalive_requests, self.draining)
+                ..cl.keep_alive_facts(self.config.limits.client_keepalive_requests, closing)
             });
         let head_only = in_exchange && cl.ex.method == Method::Head;
         framing::write_error_response(status, !keep, head_only, c.buf.scratch(ERROR_RESPONSE));

@@ -1,7 +1,7 @@
 //! The exchange: one request and its response on a client connection, from the parsed head to
 //! the last byte queued, and the record of it a runtime can take ([`ExchangeInfo`]).
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use core::net::IpAddr;
 use std::collections::VecDeque;
 
@@ -90,11 +90,25 @@ pub(super) struct Exchange {
     pub(super) req_head: Bytes,
     pub(super) req_decoder: BodyDecoder,
     pub(super) req_chunked: bool,
+    /// The client sent `TE: trailers`: chunked trailers are forwarded in both directions
+    /// where both sides are chunked (`req_trailers`/`resp_trailers` hold them until the last
+    /// chunk).
+    pub(super) trailers: bool,
+    pub(super) req_trailers: BytesMut,
+    pub(super) resp_trailers: BytesMut,
     pub(super) req_done: bool,
     pub(super) req_bytes: u64,
     pub(super) replay: VecDeque<Bytes>,
     pub(super) replay_len: usize,
     pub(super) replayable: bool,
+    /// The body is being read in full before an upstream connection is taken
+    /// ([`uploads::buffer_first`](crate::uploads::buffer_first)); it collects in `replay`.
+    pub(super) buffering: bool,
+    /// The minimum upload rate is measured from this instant and this many body bytes: the
+    /// request's start, moved up whenever we resume reading after refusing to (backpressure is
+    /// not the client's slowness).
+    pub(super) upload_since: Time,
+    pub(super) upload_base: u64,
     pub(super) upgrade: bool,
     pub(super) upstream: Option<ConnId>,
     pub(super) server: Option<u32>,
@@ -135,11 +149,17 @@ impl Exchange {
             req_head: Bytes::new(),
             req_decoder: BodyDecoder::new(BodyKind::Empty),
             req_chunked: false,
+            trailers: false,
+            req_trailers: BytesMut::new(),
+            resp_trailers: BytesMut::new(),
             req_done: true,
             req_bytes: 0,
             replay,
             replay_len: 0,
             replayable: true,
+            buffering: false,
+            upload_since: Time::ZERO,
+            upload_base: 0,
             upgrade: false,
             upstream: None,
             server: None,
@@ -170,12 +190,18 @@ impl Exchange {
         request: Bytes,
         replay: VecDeque<Bytes>,
     ) -> Exchange {
+        let trailers = head.te_trailers && head.version == Version::Http11;
+        let mut req_decoder = BodyDecoder::new(head.body);
+        if trailers {
+            req_decoder.report_trailers();
+        }
         Exchange {
             method: head.method,
             version: head.version,
             persistent: head.persistent(),
-            req_decoder: BodyDecoder::new(head.body),
+            req_decoder,
             req_chunked: head.body == BodyKind::Chunked,
+            trailers,
             req_done: matches!(head.body, BodyKind::Empty | BodyKind::Length(0)),
             upgrade: head.version == Version::Http11
                 && head.connection.upgrade
@@ -184,6 +210,7 @@ impl Exchange {
             resp: Resp::Waiting,
             request,
             started,
+            upload_since: started,
             ..Exchange::idle(replay)
         }
     }

@@ -34,6 +34,7 @@ use crate::{ConnId, ListenerId, ServerId, Time, UpstreamId};
 mod client;
 mod events;
 mod exchange;
+mod handoff;
 mod io;
 mod readiness;
 mod record;
@@ -42,6 +43,7 @@ mod table;
 mod upstream;
 
 pub use exchange::ExchangeInfo;
+pub use handoff::Released;
 pub use io::{AtCapacity, Input, Output};
 pub use record::{End, RequestFields, Tries, UpstreamTry};
 
@@ -87,6 +89,8 @@ pub struct Core {
     limits: HeadLimits,
     clients: usize,
     draining: bool,
+    /// A handoff drain ([`Core::begin_handoff`]): client connections move to another core.
+    handing_off: bool,
     seed: u64,
 }
 
@@ -143,6 +147,7 @@ impl Core {
             limits,
             clients: 0,
             draining: false,
+            handing_off: false,
             seed,
             config,
         })
@@ -319,11 +324,23 @@ impl Core {
         listener: ListenerId,
         peer: Option<IpAddr>,
     ) -> Result<ConnId, AtCapacity> {
+        let id = self.admit(now, listener, peer)?;
+        self.stats.accepted += 1;
+        Ok(id)
+    }
+
+    /// A client connection enters the core (accepted, or adopted from another core), unless the
+    /// core is draining or full.
+    fn admit(
+        &mut self,
+        now: Time,
+        listener: ListenerId,
+        peer: Option<IpAddr>,
+    ) -> Result<ConnId, AtCapacity> {
         if self.draining || self.clients >= self.config.limits.max_client_connections {
             self.stats.refused += 1;
             return Err(AtCapacity);
         }
-        self.stats.accepted += 1;
         self.clients += 1;
         let peer_hash = hash_ip(self.seed, peer);
         let id = self.conns.insert(|id| Conn {
@@ -510,6 +527,8 @@ impl Core {
                 // it too (only connections between requests are idle to nginx); the header
                 // deadline still bounds the wait, and the answer carries `Connection: close`.
                 Phase::Idle | Phase::Head if cl.requests == 0 => {}
+                // A handoff drain releases them to another core instead.
+                Phase::Idle | Phase::Head if self.handing_off => {}
                 // Between requests (perhaps still flushing the last response), or with only
                 // part of a later head received — not an exchange we promised to finish.
                 Phase::Idle | Phase::Head => {

@@ -9,7 +9,7 @@ use super::table::Role;
 use super::upstream::UState;
 use crate::pool::EvictReason;
 use crate::rules::{Failure, NotReusable};
-use crate::{ConnId, Output, Time};
+use crate::{ConnId, Output, Time, uploads};
 
 /// What a connection's one armed deadline is for: chosen with it by `Core::deadline`, acted on
 /// by `Core::on_timeout`.
@@ -64,7 +64,11 @@ impl Core {
                     // body timeouts run between two reads we were willing to make.
                     match &mut c.role {
                         Role::Upstream(u) => u.read_progress = now,
-                        Role::Client(cl) => cl.body_progress = now,
+                        Role::Client(cl) => {
+                            cl.body_progress = now;
+                            cl.ex.upload_since = now;
+                            cl.ex.upload_base = cl.ex.req_bytes;
+                        }
                     }
                 }
                 self.out.push_back(Output::Interest {
@@ -146,6 +150,15 @@ impl Core {
                     Phase::Exchange => {
                         if !cl.ex.req_done && c.buf.reading {
                             consider(cl.body_progress.plus(t.body), Deadline::ClientBody);
+                            let ex = &cl.ex;
+                            if let Some(at) = uploads::upload_deadline(
+                                ex.upload_since,
+                                t.body,
+                                ex.req_bytes - ex.upload_base,
+                                self.config.limits.min_upload_rate,
+                            ) {
+                                consider(at, Deadline::ClientBody);
+                            }
                         }
                     }
                     Phase::Lingering => consider(cl.since.plus(t.lingering), Deadline::Lingering),

@@ -1,7 +1,7 @@
 //! The relay: body bytes moved between the two sides without copying, reframed on the way
 //! (chunked in and out, close-delimited to chunked, or as they came), and tunnels after a 101.
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 
 use super::client::Phase;
 use super::exchange::REPLAY_LIMIT;
@@ -9,6 +9,7 @@ use super::table::Role;
 use super::{Core, touch};
 use crate::connection::{AfterFlush, Buffers};
 use crate::framing::{self, OutBody};
+use crate::headers;
 use crate::rules::{Failure, NotReusable};
 use crate::{ConnId, Time};
 
@@ -20,6 +21,8 @@ impl Core {
     pub(super) fn relay_request_body(&mut self, now: Time, id: ConnId) -> bool {
         let hw = self.config.limits.write_high_water;
         let max_body = self.config.limits.max_body;
+        let buffer = self.config.limits.request_buffer;
+        let replay_limit = replay_limit(buffer);
         loop {
             let Some(cl) = self.conns.client(id) else {
                 return false;
@@ -49,11 +52,12 @@ impl Core {
                     return false;
                 }
             };
-            if step.skip == 0 && step.data == 0 && !step.done {
+            if step.skip == 0 && step.trailer == 0 && step.data == 0 && !step.done {
                 return false;
             }
             cl.body_progress = now;
             c.buf.rbuf.advance(step.skip);
+            keep_trailers(&mut ex.req_trailers, c.buf.rbuf.split_to(step.trailer));
             if step.data > 0 {
                 ex.req_bytes += step.data as u64;
                 if max_body > 0 && ex.req_bytes > max_body {
@@ -68,7 +72,10 @@ impl Core {
             } else {
                 Reframe::Raw
             };
-            let pieces = reframe(mode, &step, data, &mut c.buf);
+            let mut pieces = reframe(mode, &step, data, &mut c.buf);
+            if step.done && mode == Reframe::Chunks {
+                pieces[3] = last_chunk(&mut ex.req_trailers, &mut c.buf);
+            }
             if step.done {
                 ex.req_done = true;
             }
@@ -78,7 +85,8 @@ impl Core {
                 }
                 if ex.replayable {
                     ex.replay_len += p.len();
-                    if ex.replay_len > REPLAY_LIMIT {
+                    // While buffering, the copy is the only one: kept whatever its size.
+                    if ex.replay_len > replay_limit && !ex.buffering {
                         ex.replayable = false;
                         ex.replay.clear();
                     } else {
@@ -87,12 +95,27 @@ impl Core {
                 }
             }
             let done = ex.req_done;
+            // The body is complete, or too large to buffer: now it needs its upstream.
+            let flush = ex.buffering && (done || ex.replay_len as u64 >= buffer);
+            if flush {
+                ex.buffering = false;
+            }
             if let Some(u) = upstream {
                 for p in pieces {
                     self.push(now, u, p);
                 }
                 if done {
                     self.request_maybe_sent(now, u);
+                }
+            }
+            if flush {
+                // Sends the head and the buffered body (the replay copy).
+                self.assign_upstream(now, id, false, None);
+                if let Some(cl) = self.conns.client_mut(id)
+                    && cl.ex.replay_len > replay_limit
+                {
+                    cl.ex.replayable = false;
+                    cl.ex.replay.clear();
                 }
             }
             if done {
@@ -122,7 +145,7 @@ impl Core {
                     return false;
                 }
             };
-            if step.skip == 0 && step.data == 0 && !step.done {
+            if step.skip == 0 && step.trailer == 0 && step.data == 0 && !step.done {
                 return false;
             }
             let mode = match (cl.ex.resp_out, cl.ex.resp_in_chunked) {
@@ -131,8 +154,13 @@ impl Core {
                 _ => Reframe::Raw,
             };
             c.buf.rbuf.advance(step.skip);
+            keep_trailers(&mut cl.ex.resp_trailers, c.buf.rbuf.split_to(step.trailer));
             let data = c.buf.rbuf.split_to(step.data).freeze();
-            for p in reframe(mode, &step, data, &mut cc.buf) {
+            let mut pieces = reframe(mode, &step, data, &mut cc.buf);
+            if step.done && mode == Reframe::Chunks {
+                pieces[3] = last_chunk(&mut cl.ex.resp_trailers, &mut cc.buf);
+            }
+            for p in pieces {
                 self.push(now, cid, p);
             }
             if step.done {
@@ -162,6 +190,33 @@ impl Core {
             }
         }
     }
+}
+
+/// How much of a request body is kept for a re-send: [`REPLAY_LIMIT`], or the request buffer
+/// when that is larger (a buffered body can be re-sent whole).
+fn replay_limit(request_buffer: u64) -> usize {
+    usize::try_from(request_buffer).map_or(usize::MAX, |b| b.max(REPLAY_LIMIT))
+}
+
+/// Keeps the forwardable fields of complete trailer lines (`headers::trailer_forwardable`;
+/// hop-by-hop, framing and the like are dropped) for the last chunk.
+fn keep_trailers(kept: &mut BytesMut, lines: BytesMut) {
+    for line in lines.split_inclusive(|&b| b == b'\n') {
+        let name = line.split(|&b| b == b':').next().unwrap_or_default();
+        if headers::trailer_forwardable(name) {
+            kept.extend_from_slice(line);
+        }
+    }
+}
+
+/// The last chunk with the trailers kept for it (taken), or the plain one.
+fn last_chunk(trailers: &mut BytesMut, buf: &mut Buffers) -> Bytes {
+    if trailers.is_empty() {
+        return Bytes::from_static(framing::LAST_CHUNK);
+    }
+    framing::write_last_chunk(trailers, buf.scratch(trailers.len() + 5));
+    trailers.clear();
+    buf.take_scratch()
 }
 
 /// How body bytes are framed on the way out.

@@ -298,7 +298,7 @@ impl Core {
             Some(cl) => (
                 cl.ex.method,
                 cl.ex.version,
-                cl.keep_alive_facts(max_requests, self.draining),
+                cl.keep_alive_facts(max_requests, self.closing_clients()),
                 cl.ex.upgrade,
             ),
             None => return false,
@@ -411,6 +411,9 @@ impl Core {
         cl.ex.response_at = Some(now);
         cl.ex.resp_decoder = BodyDecoder::new(body);
         cl.ex.resp_in_chunked = body == BodyKind::Chunked;
+        if cl.ex.trailers && cl.ex.resp_in_chunked && out == OutBody::Chunked {
+            cl.ex.resp_decoder.report_trailers();
+        }
         cl.ex.resp_out = out;
         cl.ex.resp = if tunnel { Resp::Tunnel } else { Resp::Body };
         self.stats.responses[(status / 100) as usize % 6] += 1;
@@ -525,9 +528,10 @@ impl Core {
             return;
         };
         if cl.ex.req_done {
-            let keep = rules::client_keep_alive(
-                &cl.keep_alive_facts(self.config.limits.client_keepalive_requests, self.draining),
-            );
+            let keep = rules::client_keep_alive(&cl.keep_alive_facts(
+                self.config.limits.client_keepalive_requests,
+                self.closing_clients(),
+            ));
             self.end_exchange(now, cid, keep);
         } else {
             // The upstream answered before the request body was complete (e.g. 413): we will

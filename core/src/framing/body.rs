@@ -34,6 +34,10 @@ pub struct Step {
     pub chunk_start: Option<u64>,
     /// Chunked: `data` completes the current chunk.
     pub chunk_end: bool,
+    /// Chunked, from a decoder that [reports trailers](BodyDecoder::report_trailers): this many
+    /// bytes of complete trailer field lines (each with its CRLF) follow `skip` (and `data` is
+    /// 0). Without reporting, trailer lines are framing, counted in `skip`.
+    pub trailer: usize,
 }
 
 impl Step {
@@ -46,6 +50,7 @@ impl Step {
             done,
             chunk_start,
             chunk_end: false,
+            trailer: 0,
         }
     }
 }
@@ -71,6 +76,8 @@ enum DecState {
 pub struct BodyDecoder {
     state: DecState,
     trailer_bytes: usize,
+    /// Trailer lines are reported in [`Step::trailer`] instead of skipped.
+    report_trailers: bool,
 }
 
 fn bad(msg: &'static str) -> BodyError {
@@ -286,15 +293,24 @@ impl BodyDecoder {
         BodyDecoder {
             state,
             trailer_bytes: 0,
+            report_trailers: false,
         }
+    }
+
+    /// Reports chunked trailer field lines in [`Step::trailer`] (for a relay that forwards
+    /// them) instead of counting them as framing in [`Step::skip`].
+    pub fn report_trailers(&mut self) {
+        self.report_trailers = true;
     }
 
     /// Decode framing at the front of `input` (see [`Step`]).
     pub fn step(&mut self, input: &[u8]) -> Result<Step, BodyError> {
         let mut skip = 0;
         let mut chunk_start = None;
+        // Reported trailer lines, right after `skip`.
+        let mut trailer = 0;
         loop {
-            let rest = &input[skip..];
+            let rest = &input[skip + trailer..];
             match self.state {
                 DecState::Done => return Ok(Step::framing(skip, chunk_start, true)),
                 DecState::UntilClose => {
@@ -304,6 +320,7 @@ impl BodyDecoder {
                         done: false,
                         chunk_start,
                         chunk_end: false,
+                        trailer: 0,
                     });
                 }
                 DecState::Length(n) | DecState::Data(n) => {
@@ -326,6 +343,7 @@ impl BodyDecoder {
                         done,
                         chunk_start,
                         chunk_end: !is_length && left == 0,
+                        trailer: 0,
                     });
                 }
                 DecState::Size => match parse_size_line(rest)? {
@@ -350,8 +368,14 @@ impl BodyDecoder {
                 },
                 DecState::Trailers => {
                     let budget = MAX_TRAILERS - self.trailer_bytes;
+                    let reported = |skip| Step {
+                        trailer,
+                        ..Step::framing(skip, chunk_start, false)
+                    };
                     match parse_trailer_line(rest, budget)? {
-                        None => return Ok(Step::framing(skip, chunk_start, false)),
+                        None => return Ok(reported(skip)),
+                        // The reported lines first: the final CRLF is the next step's.
+                        Some(TrailerLine::End) if trailer > 0 => return Ok(reported(skip)),
                         Some(TrailerLine::End) => {
                             skip += 2;
                             self.state = DecState::Done;
@@ -359,7 +383,11 @@ impl BodyDecoder {
                         }
                         Some(TrailerLine::Field(n)) => {
                             self.trailer_bytes += n;
-                            skip += n;
+                            if self.report_trailers {
+                                trailer += n;
+                            } else {
+                                skip += n;
+                            }
                         }
                     }
                 }
@@ -495,6 +523,47 @@ mod tests {
     }
 
     #[test]
+    fn reported_trailers_come_whole_at_every_split() {
+        let raw = b"5\r\nhello\r\n0\r\nX-T: 1\r\nY:2\r\n\r\nNEXT";
+        let end = raw.len() - 4;
+        for split in 1..=raw.len() {
+            let mut d = BodyDecoder::new(BodyKind::Chunked);
+            d.report_trailers();
+            let (mut payload, mut trailers) = (Vec::new(), Vec::new());
+            let (mut consumed, mut avail) = (0, 0);
+            'feed: loop {
+                avail = (avail + split).min(raw.len());
+                loop {
+                    let s = d.step(&raw[consumed..avail]).unwrap();
+                    consumed += s.skip;
+                    let t = &raw[consumed..consumed + s.trailer];
+                    assert!(t.is_empty() || t.ends_with(b"\r\n"), "whole lines: {t:?}");
+                    assert!(s.trailer == 0 || s.data == 0);
+                    trailers.extend_from_slice(t);
+                    consumed += s.trailer;
+                    payload.extend_from_slice(&raw[consumed..consumed + s.data]);
+                    consumed += s.data;
+                    if s.done {
+                        break 'feed;
+                    }
+                    if s == Step::default() {
+                        assert!(avail < raw.len(), "stuck at {consumed}");
+                        break;
+                    }
+                }
+            }
+            assert_eq!(payload, b"hello", "split {split}");
+            assert_eq!(trailers, b"X-T: 1\r\nY:2\r\n", "split {split}");
+            assert_eq!(consumed, end, "split {split}");
+        }
+        // Not reporting: the same lines are framing.
+        assert_eq!(
+            decode_all(BodyKind::Chunked, &raw[..end]),
+            Ok((b"hello".to_vec(), Some(end)))
+        );
+    }
+
+    #[test]
     fn length_empty_until_close() {
         let mut d = BodyDecoder::new(BodyKind::Length(5));
         assert_eq!(d.step(b""), Ok(Step::default()));
@@ -574,6 +643,7 @@ mod tests {
                 done: false,
                 chunk_start: Some(5),
                 chunk_end: false,
+                trailer: 0,
             })
         );
         assert_eq!(d.on_eof(), Err(BodyError::Incomplete));
@@ -585,6 +655,7 @@ mod tests {
                 done: false,
                 chunk_start: None,
                 chunk_end: true,
+                trailer: 0,
             })
         );
         assert_eq!(

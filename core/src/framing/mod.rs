@@ -24,7 +24,10 @@
 //! - A Connection option never strips `Host` (see `headers::is_protected_from_connection`);
 //!   framing fields named in Connection are harmless because framing is always regenerated from
 //!   [`OutBody`].
-//! - Chunked trailers are parsed, validated, size-limited ([`MAX_TRAILERS`]) and discarded.
+//! - Chunked trailers are parsed, validated and size-limited ([`MAX_TRAILERS`]); the engine
+//!   forwards them only when both sides are chunked and the client sent `TE: trailers` (then
+//!   without hop-by-hop, framing and other fields RFC 9110 §6.5.1 keeps out of trailers:
+//!   `headers::trailer_forwardable`), and discards them otherwise.
 //!
 //! | module | holds |
 //! |---|---|
@@ -45,8 +48,8 @@ pub use head::{BodyKind, ConnectionOptions, Field, Head, Method, Span, Version};
 pub use parse::{HeadError, HeadLimits, MAX_HEADERS};
 pub use write::{
     CONTINUE_100, CRLF, Forwarding, LAST_CHUNK, OutBody, ResponseOptions, reason_phrase,
-    write_chunk_size, write_error_response, write_informational, write_request_head,
-    write_response_head,
+    write_chunk_size, write_error_response, write_informational, write_last_chunk,
+    write_request_head, write_response_head,
 };
 
 /// Properties that span the parser, the writer and the decoder.

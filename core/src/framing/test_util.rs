@@ -32,6 +32,7 @@ pub(super) fn res(raw: &[u8], method: Method) -> Result<Head, HeadError> {
 pub(super) fn fwd(via: Option<&str>) -> Forwarding<'_> {
     Forwarding {
         default_host: "up",
+        te_trailers: false,
         client_ip: Some("10.0.0.1".parse().unwrap()),
         x_forwarded_for: true,
         proto: Some("http"),

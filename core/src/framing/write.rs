@@ -22,6 +22,9 @@ pub struct Forwarding<'a> {
     /// Host to send when the request has none (an HTTP/1.0 request): HTTP/1.1 requires one.
     /// nginx sends the upstream group's name (`$proxy_host`) the same way.
     pub default_host: &'a str,
+    /// Send `TE: trailers` (with its `Connection: te`): the client announced it accepts
+    /// trailers and they are forwarded (gRPC servers insist on it).
+    pub te_trailers: bool,
 }
 
 /// Framing of a message we write.
@@ -180,6 +183,10 @@ pub fn write_request_head(
     if upgrade {
         put_upgrade(head, buf, out);
     }
+    if fwd.te_trailers {
+        // TE is hop-by-hop: its sender lists it in Connection (RFC 9110 §10.1.4).
+        out.extend_from_slice(b"TE: trailers\r\nConnection: te\r\n");
+    }
     if let Some(ip) = xff {
         put_list_start(head, buf, b"X-Forwarded-For", b"x-forwarded-for", out);
         put_ip(ip, out);
@@ -314,6 +321,14 @@ pub fn write_chunk_size(len: u64, out: &mut BytesMut) {
     out.extend_from_slice(CRLF);
 }
 
+/// The last chunk followed by `trailers` (complete field lines, each with its CRLF; none gives
+/// [`LAST_CHUNK`]) and the final CRLF.
+pub fn write_last_chunk(trailers: &[u8], out: &mut BytesMut) {
+    out.extend_from_slice(b"0\r\n");
+    out.extend_from_slice(trailers);
+    out.extend_from_slice(CRLF);
+}
+
 /// The line terminator.
 pub const CRLF: &[u8] = b"\r\n";
 /// The last chunk of a chunked body with an empty trailer section.
@@ -355,6 +370,7 @@ mod tests {
         // Disabled: inbound values pass through untouched.
         let none = Forwarding {
             default_host: "up",
+            te_trailers: false,
             client_ip: None,
             x_forwarded_for: true,
             proto: None,
@@ -370,6 +386,7 @@ mod tests {
         let raw = b"GET / HTTP/1.0\r\n\r\n";
         let f = Forwarding {
             default_host: "up",
+            te_trailers: false,
             client_ip: Some("::1".parse().unwrap()),
             x_forwarded_for: true,
             proto: None,
@@ -389,6 +406,7 @@ mod tests {
         assert_eq!(h.body, BodyKind::Length(5));
         let none = Forwarding {
             default_host: "up",
+            te_trailers: false,
             client_ip: None,
             x_forwarded_for: false,
             proto: None,
@@ -413,6 +431,7 @@ mod tests {
         let raw = b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: k\r\n\r\n";
         let none = Forwarding {
             default_host: "up",
+            te_trailers: false,
             client_ip: None,
             x_forwarded_for: false,
             proto: None,

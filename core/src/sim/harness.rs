@@ -84,6 +84,11 @@ impl Harness {
             .core
             .accept(self.now, ListenerId(0), Some(ip))
             .expect("accept");
+        self.track_client(id)
+    }
+
+    /// A client endpoint for the connection the core just took in.
+    fn track_client(&mut self, id: ConnId) -> ConnId {
         self.clients.insert(
             id,
             Endpoint {
@@ -93,6 +98,16 @@ impl Harness {
         );
         self.pump();
         id
+    }
+
+    /// A client connection another core released (a reload's handoff), adopted on listener 0:
+    /// the same peer, so what it already received stays with the `from` harness's endpoint.
+    pub fn adopt_client(&mut self, released: &crate::Released) -> ConnId {
+        let id = self
+            .core
+            .adopt(self.now, ListenerId(0), released)
+            .expect("adopt");
+        self.track_client(id)
     }
 
     /// The client sends bytes.

@@ -162,19 +162,29 @@ pub fn parse_request_head(buf: &[u8]) -> Read<Message> {
 /// and the bytes it used, `Ok(None)` if more bytes are needed, or why its framing is malformed.
 /// `eof`: the peer closed, so a close-delimited body ends at the end of `buf`.
 pub fn read_body(buf: &[u8], len: BodyLength, eof: bool) -> Read<Vec<u8>> {
+    Ok(read_body_and_trailers(buf, len, eof)?.map(|((body, _), used)| (body, used)))
+}
+
+/// Trailer fields of a chunked body, in order, names lower-cased.
+pub type Trailers = Vec<(String, String)>;
+
+/// [`read_body`], with the trailer fields of a chunked body (none for other framings).
+pub fn read_body_and_trailers(buf: &[u8], len: BodyLength, eof: bool) -> Read<(Vec<u8>, Trailers)> {
+    let plain = |b: Option<(Vec<u8>, usize)>| b.map(|(body, used)| ((body, Vec::new()), used));
     Ok(match len {
-        BodyLength::None => Some((Vec::new(), 0)),
+        BodyLength::None => plain(Some((Vec::new(), 0))),
         BodyLength::Chunked => return decode_chunked(buf),
-        BodyLength::Length(n) => (buf.len() >= n).then(|| (buf[..n].to_vec(), n)),
-        BodyLength::UntilClose => eof.then(|| (buf.to_vec(), buf.len())),
+        BodyLength::Length(n) => plain((buf.len() >= n).then(|| (buf[..n].to_vec(), n))),
+        BodyLength::UntilClose => plain(eof.then(|| (buf.to_vec(), buf.len()))),
     })
 }
 
-/// Decodes a complete chunked body at the start of `buf`: (body, bytes used), `Ok(None)` if
-/// incomplete.
-fn decode_chunked(buf: &[u8]) -> Read<Vec<u8>> {
+/// Decodes a complete chunked body at the start of `buf`: (body and trailers, bytes used),
+/// `Ok(None)` if incomplete.
+fn decode_chunked(buf: &[u8]) -> Read<(Vec<u8>, Trailers)> {
     let mut pos = 0;
     let mut body = Vec::new();
+    let mut trailers = Vec::new();
     let line = |pos: usize| -> Option<usize> {
         buf[pos..]
             .windows(2)
@@ -197,10 +207,13 @@ fn decode_chunked(buf: &[u8]) -> Read<Vec<u8>> {
                     return Ok(None);
                 };
                 let empty = eol == pos;
+                let field = String::from_utf8_lossy(&buf[pos..eol]).into_owned();
                 pos = eol + 2;
                 if empty {
-                    return Ok(Some((body, pos)));
+                    return Ok(Some(((body, trailers), pos)));
                 }
+                let (name, value) = field.split_once(':').ok_or("trailer without a colon")?;
+                trailers.push((name.to_ascii_lowercase(), value.trim().to_string()));
             }
         }
         if buf.len() < pos + size + 2 {
@@ -284,8 +297,9 @@ mod tests {
     #[test]
     fn chunked_decoder() {
         let b = b"3\r\nabc\r\n1;x=y\r\nd\r\n0\r\nT: v\r\n\r\nrest";
-        let (body, used) = decode_chunked(b).unwrap().unwrap();
+        let ((body, trailers), used) = decode_chunked(b).unwrap().unwrap();
         assert_eq!(body, b"abcd");
+        assert_eq!(trailers, [("t".to_string(), "v".to_string())]);
         assert_eq!(&b[used..], b"rest");
         assert_eq!(decode_chunked(b"3\r\nab").unwrap(), None);
         assert!(decode_chunked(b"zz\r\n").is_err());

@@ -21,6 +21,13 @@ pub fn config(servers: usize) -> Config {
     Config::simple(Address::parse("127.0.0.1:8080").unwrap(), addrs)
 }
 
+/// `config` with request buffering off (issue 15): request bodies stream from their first byte,
+/// as bodies larger than `limits.request_buffer` do — for tests of the streaming path.
+pub fn streaming(mut config: Config) -> Config {
+    config.limits.request_buffer = 0;
+    config
+}
+
 pub fn harness() -> Harness {
     Harness::new(config(1))
 }

@@ -21,6 +21,8 @@ pub(super) struct Job {
     body: Vec<u8>,
     no_content: bool,
     close: bool,
+    /// The request announced `TE: trailers`: a chunked response carries trailers.
+    te_trailers: bool,
 }
 
 /// The backend's side of one upstream connection.
@@ -183,6 +185,20 @@ impl World {
                     parsed.id
                 ));
             }
+            // A client that announced trailers sent `X-Trailer: ID` (and a Content-Length
+            // trailer the proxy must drop); TE and the trailer arrive, or neither.
+            let announced = self.sent.get(&parsed.id).is_some_and(|s| s.trailers);
+            let want: &[(String, String)] = &if announced {
+                vec![("x-trailer".to_string(), parsed.id.clone())]
+            } else {
+                Vec::new()
+            };
+            if parsed.trailers != want || parsed.te_trailers != announced {
+                self.violation(format!(
+                    "{}: backend got trailers {:?} (TE: trailers {}), want {want:?}",
+                    parsed.id, parsed.trailers, parsed.te_trailers
+                ));
+            }
             // What the client sent, intact?
             match self.sent.get(&parsed.id).cloned() {
                 None => self.violation(format!("backend got a request nobody sent: {}", parsed.id)),
@@ -239,6 +255,7 @@ impl World {
                     body: parsed.body,
                     no_content: parsed.no_content,
                     close: parsed.close,
+                    te_trailers: parsed.te_trailers,
                 });
             }
         }
@@ -302,6 +319,9 @@ impl World {
                 )
                 .as_bytes(),
             );
+            if job.te_trailers && script.framing == Framing::Chunked {
+                body.extend_from_slice(b"tr;");
+            }
             for i in 0..script.body_size {
                 body.push(b'a' + (i % 26) as u8);
             }
@@ -355,7 +375,14 @@ impl World {
                     body_wire.extend_from_slice(b"\r\n");
                     rest = &rest[n..];
                 }
-                body_wire.extend_from_slice(b"0\r\n\r\n");
+                if job.te_trailers {
+                    // Its own field, and a hop-by-hop one the proxy must drop.
+                    body_wire.extend_from_slice(
+                        format!("0\r\nX-Echo: {}\r\nConnection: x\r\n\r\n", job.id).as_bytes(),
+                    );
+                } else {
+                    body_wire.extend_from_slice(b"0\r\n\r\n");
+                }
             }
             Framing::CloseDelimited => body_wire.extend_from_slice(&body),
         }
@@ -505,6 +532,10 @@ struct ParsedReq {
     xff: Option<String>,
     /// An Expect field reached the backend (the proxy must never forward one).
     expect: bool,
+    /// `TE: trailers` reached the backend.
+    te_trailers: bool,
+    /// The request body's trailer fields.
+    trailers: http::Trailers,
 }
 
 /// Reads one request at the start of `buf` with [`http`]'s reader: `Ok(None)` if incomplete.
@@ -512,7 +543,9 @@ fn parse_request(buf: &[u8]) -> Result<Option<ParsedReq>, String> {
     let Some((m, head_len)) = http::parse_request_head(buf)? else {
         return Ok(None);
     };
-    let Some((body, used)) = http::read_body(&buf[head_len..], m.request_body()?, false)? else {
+    let Some(((body, trailers), used)) =
+        http::read_body_and_trailers(&buf[head_len..], m.request_body()?, false)?
+    else {
         return Ok(None);
     };
     let (id, query) = m.path.split_once('?').unwrap_or((&m.path, ""));
@@ -539,6 +572,8 @@ fn parse_request(buf: &[u8]) -> Result<Option<ParsedReq>, String> {
         close,
         xff,
         expect: m.header("expect").is_some(),
+        te_trailers: m.headers_named("te").iter().any(|v| v.contains("trailers")),
+        trailers,
     }))
 }
 

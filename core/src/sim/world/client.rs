@@ -15,6 +15,8 @@ pub(super) struct SentReq {
     pub(super) client: usize,
     pub(super) method: &'static str,
     pub(super) body: Vec<u8>,
+    /// Sent with `TE: trailers` and an `X-Trailer: ID` trailer.
+    pub(super) trailers: bool,
 }
 
 /// A request waiting for its response, in the order sent.
@@ -131,6 +133,7 @@ impl World {
                     client: c,
                     method,
                     body,
+                    trailers: matches!(kind, ReqKind::PostChunked(_)),
                 },
             );
             self.clients[c].outstanding.push_back(Pending {
@@ -201,9 +204,12 @@ impl World {
             }
             ReqKind::PostChunked(n) => {
                 let body = self.body_bytes(n as usize);
-                let mut t: Vec<u8> =
-                    format!("POST {id} HTTP/1.1\r\n{host}Transfer-Encoding: chunked\r\n\r\n")
-                        .into();
+                // With trailers, announced: the proxy must forward `X-Trailer` (and drop the
+                // framing field) to the backend, and the backend's trailers back.
+                let mut t: Vec<u8> = format!(
+                    "POST {id} HTTP/1.1\r\n{host}TE: trailers\r\nTransfer-Encoding: chunked\r\n\r\n"
+                )
+                .into();
                 let mut rest = &body[..];
                 while !rest.is_empty() {
                     let k = 1 + self.rng.below(rest.len() as u64) as usize;
@@ -212,7 +218,9 @@ impl World {
                     t.extend_from_slice(b"\r\n");
                     rest = &rest[k..];
                 }
-                t.extend_from_slice(b"0\r\n\r\n");
+                t.extend_from_slice(
+                    format!("0\r\nX-Trailer: {id}\r\nContent-Length: 1\r\n\r\n").as_bytes(),
+                );
                 ("POST", body, t)
             }
         }
@@ -280,8 +288,8 @@ impl World {
             let length = head.response_body(front.head_only);
             let read = length
                 .clone()
-                .and_then(|len| http::read_body(&buf[head_len..], len, peer_done));
-            let (body, used) = match read {
+                .and_then(|len| http::read_body_and_trailers(&buf[head_len..], len, peer_done));
+            let ((body, trailers), used) = match read {
                 Ok(Some(x)) => x,
                 Ok(None) => return,
                 Err(e) => {
@@ -318,6 +326,19 @@ impl World {
                 cl.no_more = true;
                 cl.dropped_ok = cl.outstanding.len();
                 continue;
+            }
+            // A backend that sent trailers says so in the body (`tr;`): exactly its own, and
+            // never a framing field, reach the client; otherwise none do.
+            let want: &[(String, String)] = &if body.windows(4).any(|w| w == b";tr;") {
+                vec![("x-echo".to_string(), front.id.clone())]
+            } else {
+                Vec::new()
+            };
+            if trailers != want {
+                self.violation(format!(
+                    "client c{num}: trailers {trailers:?} for {}, want {want:?}",
+                    front.id
+                ));
             }
             self.check_response(c, &front, status, req_id, body);
             if closing {

@@ -1,0 +1,215 @@
+//! Handing idle client connections from one core to another: a reload without a client-visible
+//! error (issue 15).
+//!
+//! A reload starts new cores with the new configuration and drains the old ones. Closing an old
+//! core's idle keep-alive connections (what a plain drain does, and nginx) races with the
+//! client's next request, which then fails. Instead the old core, in a *handoff drain*
+//! ([`Core::begin_handoff`]), lets each client connection run until it is between requests —
+//! requests in flight finish on the old configuration, and their responses keep the connection
+//! open — and the runtime then takes it out ([`Core::release_idle`], with the bytes the core
+//! still holds for it either way) and gives it to a new core ([`Core::adopt`]). The socket never
+//! closes, so the client never notices.
+
+use bytes::Bytes;
+use core::net::IpAddr;
+use std::collections::VecDeque;
+
+use super::client::Phase;
+use super::table::{Conn, Role};
+use super::upstream::{UState, Upstream};
+use super::{AtCapacity, Core, Input, touch};
+use crate::config::{Address, PoolKeyMode};
+use crate::connection::{AfterFlush, Buffers};
+use crate::pool::{EvictReason, PoolKey};
+use crate::rules::ResponseFacts;
+use crate::{ConnId, ListenerId, Time};
+
+/// An idle client connection a core let go of, for another core to [adopt](Core::adopt): the
+/// runtime moves the socket along with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Released {
+    /// The listener it arrived on (in the releasing core's configuration).
+    pub listener: ListenerId,
+    /// The client's address as given to [`Core::accept`].
+    pub peer: Option<IpAddr>,
+    /// Bytes received and not yet processed: the start of the next request, if any.
+    pub received: Bytes,
+    /// Bytes queued for the client and not yet written: the end of the last response, if any.
+    pub unsent: VecDeque<Bytes>,
+}
+
+impl Core {
+    /// Before a handoff drain: takes every idle pooled upstream connection out of the pool
+    /// without closing it, for the runtime to hand to a new core ([`Core::adopt_pooled`]) —
+    /// a reload keeps the warm connections to servers the new configuration still has. Those
+    /// of a `pool_key = "client"` group are closed (their partition is this core's).
+    pub fn release_pooled(&mut self) -> Vec<(ConnId, Address)> {
+        let mut idle = Vec::new();
+        self.pool.drain(&mut |c| idle.push(c));
+        let mut released = Vec::new();
+        for id in idle {
+            let Some(u) = self.conns.upstream(id) else {
+                continue;
+            };
+            let g = u.group as usize;
+            if self.config.upstreams[g].pool_key == PoolKeyMode::Client {
+                self.evict(id, false, EvictReason::Draining);
+                continue;
+            }
+            let addr = self.server_address(self.servers[u.server as usize]).clone();
+            self.stats.groups[g].evictions[EvictReason::Draining as usize] += 1;
+            self.timers.set(id.index, None);
+            self.conns.remove(id);
+            released.push((id, addr));
+        }
+        released
+    }
+
+    /// Takes an idle upstream connection to `server` that another core
+    /// [released](Core::release_pooled) into the pool of the first group that has a server at
+    /// that address (and pools by server); `None` if none does or this core is draining (the
+    /// runtime closes it then). Watched like any pooled connection from now on.
+    pub fn adopt_pooled(&mut self, now: Time, server: &Address) -> Option<ConnId> {
+        if self.draining {
+            return None;
+        }
+        let (g, i) = self
+            .config
+            .upstreams
+            .iter()
+            .enumerate()
+            .find_map(|(g, up)| {
+                let pooled = up.keepalive > 0 && up.pool_key == PoolKeyMode::Server;
+                let i = up.servers.iter().position(|s| s.addr == *server)?;
+                pooled.then_some((g, i))
+            })?;
+        let gcfg = &self.config.upstreams[g];
+        let expires = now.plus(gcfg.keepalive_timeout.min(gcfg.keepalive_time));
+        let global = self.groups[g].first_server + i as u32;
+        let key = PoolKey {
+            server: global,
+            partition: 0,
+        };
+        let id = self.conns.insert(|id| Conn {
+            id,
+            buf: Buffers::new(now),
+            deadline: None,
+            role: Role::Upstream(Upstream {
+                server: global,
+                group: g as u32,
+                key,
+                state: UState::Idle,
+                client: None,
+                created: now,
+                requests: 0,
+                written: 0,
+                sent_all: true,
+                read_progress: now,
+                response: ResponseFacts::default(),
+                response_at: now,
+                extra_data: false,
+                acquired: false,
+                responded: false,
+            }),
+        });
+        self.stats.groups[g].pool_checkins += 1;
+        if let Some(evicted) = self.pool.checkin(key, g as u32, id, expires) {
+            self.evict(evicted, false, EvictReason::Capacity);
+        }
+        touch(&mut self.touched, id);
+        self.sync(now);
+        self.conns.get(id).map(|_| id)
+    }
+
+    /// Drains like [`Core::begin_drain`] (no more accepts, the idle pool is closed, exchanges
+    /// in flight finish), except that client connections are not closed: each one becomes
+    /// [idle](Core::idle_clients) once between requests, for the runtime to
+    /// [release](Core::release_idle) and hand to a new core.
+    pub fn begin_handoff(&mut self, now: Time) {
+        self.handing_off = true;
+        self.begin_drain(now);
+    }
+
+    /// Whether responses announce a close because of a drain: not in a handoff drain, where
+    /// the connection lives on in another core.
+    pub(super) fn closing_clients(&self) -> bool {
+        self.draining && !self.handing_off
+    }
+
+    /// Client connections that can be [released](Core::release_idle) now: between requests
+    /// (or with only part of the next head received), the client still sending, and the
+    /// connection not on its way to closing.
+    pub fn idle_clients(&self) -> Vec<ConnId> {
+        self.conns
+            .iter()
+            .filter(|c| match &c.role {
+                Role::Client(cl) => {
+                    matches!(cl.phase, Phase::Idle | Phase::Head)
+                        && cl.ex.upstream.is_none()
+                        && !c.buf.read_closed
+                        && c.buf.lent_at.is_none()
+                        && c.buf.after_flush == AfterFlush::Keep
+                }
+                Role::Upstream(_) => false,
+            })
+            .map(|c| c.id)
+            .collect()
+    }
+
+    /// Lets go of the idle client connection `id` (see [`Core::idle_clients`]; `None` if it is
+    /// not): the core forgets it without an [`Output::Close`](crate::Output::Close) — the
+    /// runtime keeps the socket for the core that [adopts](Core::adopt) it.
+    pub fn release_idle(&mut self, id: ConnId) -> Option<Released> {
+        if !self.idle_clients().contains(&id) {
+            return None;
+        }
+        let c = self.conns.get_mut(id)?;
+        let Role::Client(cl) = &c.role else {
+            return None;
+        };
+        let released = Released {
+            listener: cl.listener,
+            peer: cl.peer,
+            received: c.buf.rbuf.split().freeze(),
+            unsent: core::mem::take(&mut c.buf.wq),
+        };
+        self.clients -= 1;
+        self.stats.handed_off += 1;
+        self.timers.set(id.index, None);
+        self.conns.remove(id);
+        self.ready.retain(|&r| r != id);
+        Some(released)
+    }
+
+    /// Takes over a connection another core [released](Core::release_idle): accepted on
+    /// `listener` (of this core's configuration) like a new connection, with what the other
+    /// core still held queued to write and processed as received.
+    pub fn adopt(
+        &mut self,
+        now: Time,
+        listener: ListenerId,
+        released: &Released,
+    ) -> Result<ConnId, AtCapacity> {
+        let id = self.admit(now, listener, released.peer)?;
+        self.stats.adopted += 1;
+        if let Some(c) = self.conns.get_mut(id) {
+            for b in &released.unsent {
+                c.buf.push(now, b.clone());
+            }
+            touch(&mut self.touched, id);
+            self.signal_write(id);
+        }
+        if released.received.is_empty() {
+            self.sync(now);
+        } else {
+            self.handle(
+                now,
+                Input::Received {
+                    conn: id,
+                    data: &released.received,
+                },
+            );
+        }
+        Ok(id)
+    }
+}

@@ -1,0 +1,202 @@
+//! A reload's handoff (issue 15): an old core in a handoff drain lets each client connection
+//! finish what it is doing, keeps it open, and releases it once idle with whatever bytes it
+//! still holds; a new core adopts it and serves the next request — no close the client could
+//! race with.
+
+mod common;
+use common::*;
+
+#[test]
+fn an_idle_client_moves_to_the_new_core_and_is_served_there() {
+    let mut old = harness();
+    let c = old.connect_client();
+    let (_, rs) = exchange(&mut old, c, &get("/before"), &ok("old"));
+    assert_eq!(rs[0].body, b"old");
+    old.core.begin_handoff(old.now);
+    old.pump();
+    assert!(
+        !old.clients[&c].closed,
+        "a handoff drain closes no idle client"
+    );
+    assert_eq!(old.core.idle_clients(), [c]);
+    let released = old.core.release_idle(c).expect("idle");
+    assert!(released.received.is_empty() && released.unsent.is_empty());
+    assert!(old.core.is_drained(), "nothing left: the old core can exit");
+    assert!(
+        !old.trace
+            .iter()
+            .any(|o| matches!(o, upkeep_core::Output::Close { conn, .. } if *conn == c)),
+        "the socket was never closed"
+    );
+
+    let mut new = harness();
+    let moved = new.adopt_client(&released);
+    let (_, rs) = exchange(&mut new, moved, &get("/after"), &ok("new"));
+    assert_eq!(rs[0].body, b"new");
+    assert!(rs[0].header("connection").is_none(), "kept alive");
+    no_leaks(&mut new);
+}
+
+#[test]
+fn an_exchange_in_flight_finishes_on_the_old_core_then_the_connection_moves() {
+    let mut old = harness();
+    let c = old.connect_client();
+    old.client_send(c, &get("/slow"));
+    let u = busy_upstream(&old).unwrap();
+    requests(&mut old, u);
+    old.core.begin_handoff(old.now);
+    old.pump();
+    assert!(old.core.idle_clients().is_empty(), "busy: not idle");
+    old.upstream_send(u, &ok("done"));
+    let rs = responses(&mut old, c);
+    assert_eq!(rs[0].body, b"done");
+    assert!(
+        rs[0].header("connection").is_none(),
+        "no close announced: the connection lives on"
+    );
+    // Part of the next request arrived on the old core: it moves with the connection.
+    old.client_send(c, b"GET /next HTTP/1.1\r\nHo");
+    let released = old.core.release_idle(c).expect("idle again");
+    assert_eq!(&released.received[..], b"GET /next HTTP/1.1\r\nHo");
+    assert!(old.core.is_drained());
+
+    let mut new = harness();
+    let moved = new.adopt_client(&released);
+    new.client_send(moved, b"st: a\r\n\r\n");
+    let nu = busy_upstream(&new).expect("the request completed on the new core");
+    assert_eq!(requests(&mut new, nu)[0].path, "/next");
+    new.upstream_send(nu, &ok("next"));
+    assert_eq!(responses(&mut new, moved)[0].body, b"next");
+}
+
+#[test]
+fn unwritten_response_bytes_move_with_the_connection() {
+    let mut old = harness();
+    let c = old.connect_client();
+    old.client_send(c, &get("/x"));
+    let u = busy_upstream(&old).unwrap();
+    requests(&mut old, u);
+    // The client reads nothing for now: the response stays queued in the old core.
+    old.stall(c, true);
+    old.upstream_send(u, &ok("queued"));
+    old.core.begin_handoff(old.now);
+    old.pump();
+    let released = old.core.release_idle(c).expect("idle, still flushing");
+    assert!(!released.unsent.is_empty());
+
+    let mut new = harness();
+    let moved = new.adopt_client(&released);
+    let rs = responses(&mut new, moved);
+    assert_eq!(rs[0].body, b"queued", "written by the new core");
+}
+
+#[test]
+fn a_plain_drain_still_closes_idle_clients() {
+    let mut h = harness();
+    let c = h.connect_client();
+    exchange(&mut h, c, &get("/"), &ok("x"));
+    h.core.begin_drain(h.now);
+    h.pump();
+    assert!(h.clients[&c].closed);
+}
+
+/// Requests from several clients, one at a time each, with the handoff at any step and a
+/// request possibly in flight at that moment: every request gets exactly its own response,
+/// from whichever core holds the connection then; no client connection is ever closed; the old
+/// core ends drained.
+mod generated {
+    use super::*;
+    use proptest::prelude::*;
+    use upkeep_core::ConnId;
+
+    /// Where a client connection lives.
+    #[derive(Clone, Copy, Debug)]
+    enum At {
+        Old(ConnId),
+        New(ConnId),
+    }
+
+    fn run(clients: usize, rounds: usize, handoff_at: usize, in_flight: bool, posts: u8) {
+        let mut old = harness();
+        let mut new = harness();
+        let mut at: Vec<At> = (0..clients)
+            .map(|_| At::Old(old.connect_client()))
+            .collect();
+        let mut handed = false;
+        let mut step = 0;
+        for round in 0..rounds {
+            for k in 0..clients {
+                let path = format!("/c{k}/r{round}");
+                let req = if (round + k) % 4 < usize::from(posts) {
+                    let mut r = post_head(&path, 4);
+                    r.extend_from_slice(b"body");
+                    r
+                } else {
+                    get(&path)
+                };
+                let (h, c) = match at[k] {
+                    At::Old(c) => (&mut old, c),
+                    At::New(c) => (&mut new, c),
+                };
+                h.client_send(c, &req);
+                let u = busy_upstream(h).expect("forwarded");
+                let got = requests(h, u);
+                assert_eq!((got.len(), got[0].path.as_str()), (1, path.as_str()));
+                step += 1;
+                // The handoff begins with this request in flight, or right after it.
+                let handoff_now = step == handoff_at && !handed;
+                if handoff_now && in_flight {
+                    old.core.begin_handoff(old.now);
+                    old.pump();
+                    handed = true;
+                }
+                let h = match at[k] {
+                    At::Old(_) => &mut old,
+                    At::New(_) => &mut new,
+                };
+                h.upstream_send(u, &ok(&path));
+                let rs = responses(h, c);
+                assert_eq!(rs.len(), 1, "{path}");
+                assert_eq!(rs[0].body, path.as_bytes(), "its own response");
+                assert!(rs[0].header("connection").is_none(), "{path}: no close");
+                if handoff_now && !handed {
+                    old.core.begin_handoff(old.now);
+                    old.pump();
+                    handed = true;
+                }
+                // Whatever is idle on the old core moves.
+                if handed {
+                    for id in old.core.idle_clients() {
+                        let released = old.core.release_idle(id).expect("idle");
+                        let moved = new.adopt_client(&released);
+                        for slot in at.iter_mut() {
+                            if matches!(*slot, At::Old(c) if c == id) {
+                                *slot = At::New(moved);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let closed = old.trace.iter().any(
+            |o| matches!(o, upkeep_core::Output::Close { conn, .. } if old.clients.contains_key(conn)),
+        );
+        assert!(!closed, "a client connection was closed");
+        if handed {
+            assert!(old.core.is_drained(), "the old core is left with nothing");
+        }
+        no_leaks(&mut new);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn every_request_gets_its_own_response_across_a_handoff(
+            handoff_at in 1usize..12,
+            in_flight in any::<bool>(),
+            posts in 0u8..4,
+        ) {
+            run(3, 4, handoff_at, in_flight, posts);
+        }
+    }
+}

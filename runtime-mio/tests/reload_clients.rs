@@ -1,0 +1,173 @@
+//! Reloads no client notices (issue 15): a spawned `upkeep` receives many SIGHUPs while
+//! keep-alive clients send requests in a loop; every request gets its own response. Idle client
+//! connections move to the new configuration's workers instead of being closed, requests in
+//! flight finish on the old one.
+
+#[path = "common/spawned.rs"]
+mod spawned;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use spawned::Spawned;
+use upkeep_core::Address;
+use upkeep_testkit::TempDir;
+use upkeep_testkit::backend::Backend;
+use upkeep_testkit::client::{self, Client};
+
+fn config_text(listen: &str, upstream: &Address) -> String {
+    format!(
+        "workers = 2\nshutdown_timeout = \"10s\"\n[[listen]]\naddr = \"{listen}\"\n[[upstream]]\nname = \"app\"\nservers = [\"{upstream}\"]\n"
+    )
+}
+
+/// How many SIGHUPs (more with `UPKEEP_RELOADS`).
+fn reloads() -> usize {
+    std::env::var("UPKEEP_RELOADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20)
+}
+
+#[test]
+fn many_reloads_under_keepalive_load_fail_no_request() {
+    let a = Backend::identify("a").unwrap();
+    let b = Backend::identify("b").unwrap();
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("upkeep.toml");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    std::fs::write(&path, config_text(&listen, &a.addr())).unwrap();
+    let up = Spawned::start(&[], &["--config", path.to_str().unwrap()], 1);
+    let addr = up.listen[0].clone();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicUsize::new(0));
+    let reconnects = Arc::new(AtomicUsize::new(0));
+    let clients: Vec<_> = (0..8)
+        .map(|i| {
+            let (addr, stop) = (addr.clone(), stop.clone());
+            let (served, reconnects) = (served.clone(), reconnects.clone());
+            std::thread::spawn(move || -> Result<(), String> {
+                let mut c = Client::connect(&addr).map_err(|e| e.to_string())?;
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    // GETs and POSTs: a POST that failed could not be retried by the client.
+                    let target = format!("/c{i}/r{n}");
+                    let (req, method) = if n % 2 == 0 {
+                        (client::get(&target), "GET")
+                    } else {
+                        (client::post(&target, b"payload"), "POST")
+                    };
+                    let r = c
+                        .request(&req)
+                        .map_err(|e| format!("{method} {target}: {e}"))?;
+                    let body = r.text();
+                    if r.status != 200 || !body.ends_with(&format!("{method} {target}")) {
+                        return Err(format!("{method} {target}: {} {body}", r.status));
+                    }
+                    served.fetch_add(1, Ordering::Relaxed);
+                    if r.connection_has("close") {
+                        // Announced: a well-behaved client reconnects; not a failure.
+                        reconnects.fetch_add(1, Ordering::Relaxed);
+                        c = Client::connect(&addr).map_err(|e| e.to_string())?;
+                    }
+                    n += 1;
+                }
+                Ok(())
+            })
+        })
+        .collect();
+
+    let backends = [a.addr(), b.addr()];
+    for k in 0..reloads() {
+        std::fs::write(&path, config_text(&listen, &backends[(k + 1) % 2])).unwrap();
+        up.signal("HUP");
+        up.expect("reloaded");
+        let before = served.load(Ordering::Relaxed);
+        // Let traffic flow on the new configuration before the next reload.
+        assert!(
+            upkeep_testkit::eventually(spawned::WAIT, || served.load(Ordering::Relaxed)
+                >= before + 16),
+            "requests stopped being served"
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    let failures: Vec<String> = clients
+        .into_iter()
+        .filter_map(|t| t.join().unwrap().err())
+        .collect();
+    let served = served.load(Ordering::Relaxed);
+    eprintln!(
+        "{} reloads, {served} requests, {} announced reconnects, {} failures",
+        reloads(),
+        reconnects.load(Ordering::Relaxed),
+        failures.len()
+    );
+    assert!(failures.is_empty(), "failed requests: {failures:?}");
+    // No POST reached a backend twice.
+    let mut seen = std::collections::BTreeSet::new();
+    for r in a.log().into_iter().chain(b.log()) {
+        if r.method == "POST" {
+            assert!(seen.insert(r.target.clone()), "{} sent twice", r.target);
+        }
+    }
+    assert_eq!(up.stop(), 0);
+}
+
+/// A reload keeps the warm upstream connections to servers the new configuration still has:
+/// the new workers reuse them instead of opening new ones (and close those to servers it
+/// dropped).
+#[test]
+fn a_reload_keeps_idle_upstream_connections_to_servers_that_remain() {
+    use upkeep_mio::Proxy;
+    let kept = Backend::identify("kept").unwrap();
+    let dropped = Backend::identify("dropped").unwrap();
+    let mut cfg = upkeep_testkit::loopback_config(vec![kept.addr()], 1);
+    let mut other = upkeep_core::config::UpstreamConfig::new(
+        "other",
+        vec![upkeep_core::config::ServerConfig::new(dropped.addr())],
+    );
+    other.keepalive = 4;
+    cfg.upstreams.push(other);
+    cfg.routes.push(upkeep_core::config::RouteConfig {
+        host: None,
+        path_prefix: "/other".into(),
+        upstream: "other".into(),
+    });
+    cfg.routes.push(upkeep_core::config::RouteConfig {
+        host: None,
+        path_prefix: "/".into(),
+        upstream: "default".into(),
+    });
+    let proxy = Proxy::start(cfg.clone()).unwrap();
+    let listen = proxy.listen_addrs()[0].clone();
+    assert_eq!(client::get_text(&listen, "/a").0, 200);
+    assert_eq!(client::get_text(&listen, "/other").0, 200);
+    assert_eq!((kept.accepted(), dropped.accepted()), (1, 1));
+    for _ in 0..3 {
+        proxy.reload(cfg.clone()).unwrap();
+        assert_eq!(client::get_text(&listen, "/a"), (200, "kept GET /a".into()));
+    }
+    assert_eq!(
+        kept.accepted(),
+        1,
+        "the pooled connection moved with every reload"
+    );
+    // A configuration without the other server: its idle connection is closed.
+    let mut fewer = cfg.clone();
+    fewer.upstreams.pop();
+    fewer.routes.remove(0);
+    proxy.reload(fewer).unwrap();
+    assert!(
+        dropped.wait_until(spawned::WAIT, |b| b.open_connections() == 0),
+        "the connection to a server no longer configured is closed"
+    );
+    assert_eq!(client::get_text(&listen, "/b"), (200, "kept GET /b".into()));
+    assert_eq!(kept.accepted(), 1);
+    proxy.shutdown();
+}
