@@ -139,6 +139,7 @@ use core::time::Duration;
 mod de;
 mod parse;
 mod quick;
+mod tls;
 mod validate;
 
 #[cfg(feature = "toml")]
@@ -146,7 +147,8 @@ mod file;
 #[cfg(feature = "toml")]
 pub use file::FileError;
 pub use parse::{parse_duration, parse_size};
-pub use quick::{QUICK_FLAGS, QuickConfig};
+pub use quick::{QUICK_FLAGS, QUICK_SWITCHES, QuickConfig};
+pub use tls::{CertKey, ListenerTls, UpstreamTls};
 pub use validate::{ConfigError, MAX_SERVERS_PER_UPSTREAM};
 
 /// Where to listen or connect: a TCP address or a Unix domain socket path.
@@ -167,6 +169,8 @@ pub struct ListenerConfig {
     /// `location /` does `proxy_pass http://NAME`). `None`: the first group when no routes are
     /// configured, else 404. Also how a library user binds one virtual listener per group.
     pub upstream: Option<String>,
+    /// TLS on this listener (`None`: plain HTTP). See [`ListenerTls`].
+    pub tls: Option<ListenerTls>,
 }
 
 impl ListenerConfig {
@@ -175,7 +179,14 @@ impl ListenerConfig {
         ListenerConfig {
             addr,
             upstream: None,
+            tls: None,
         }
+    }
+
+    /// The scheme clients reach this listener with: `"https"` for a TLS listener, else
+    /// `"http"` (the `X-Forwarded-Proto` value).
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
     }
 }
 
@@ -296,6 +307,8 @@ pub struct UpstreamConfig {
     /// `proxy_next_upstream timeout`: also move an idempotent request to the next server when the
     /// response header times out (off by default; connect timeouts always move on).
     pub next_upstream_on_timeout: bool,
+    /// TLS toward this group's servers (`None`: plain HTTP). See [`UpstreamTls`].
+    pub tls: Option<UpstreamTls>,
 }
 
 impl UpstreamConfig {
@@ -315,6 +328,7 @@ impl UpstreamConfig {
             send_timeout: Duration::from_secs(60),
             next_upstream_tries: 2,
             next_upstream_on_timeout: false,
+            tls: None,
         }
     }
 }

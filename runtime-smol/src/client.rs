@@ -326,6 +326,7 @@ impl Client {
                 // an index and a scheme.
                 addr: Address::Unix(format!("/dev/null/upkeep-smol-client/{i}")),
                 upstream: Some(u.name.clone()),
+                tls: None,
             })
             .collect();
         config.validate()?;
