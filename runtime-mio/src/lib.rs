@@ -40,6 +40,7 @@ use upkeep_core::{Address, Config};
 use upkeep_runtime::admin::Operator;
 use upkeep_runtime::board::SNAPSHOT_WAIT;
 use upkeep_runtime::listen::{Bound, remove_socket_files};
+use upkeep_runtime::tls::{Contexts, ProcessTls, TlsStats};
 
 use crate::admin::Admin;
 use crate::metrics::Snapshot;
@@ -61,6 +62,7 @@ impl Proxy {
     pub fn start(config: Config) -> io::Result<ProxyHandle> {
         config.validate()?;
         let shared = Arc::new(Shared::default());
+        let tls = Arc::new(Contexts::load(&config, &shared.tls)?);
         let mut bound = Vec::with_capacity(config.listeners.len());
         for l in &config.listeners {
             match Bound::bind(&l.addr) {
@@ -86,6 +88,7 @@ impl Proxy {
             config,
             bound,
             workers: Vec::new(),
+            tls,
         };
         let mut threads = Vec::new();
         if let Err(e) = generation.spawn(&shared, &mut threads) {
@@ -110,6 +113,8 @@ struct Shared {
     /// The workers' board and the draining flag.
     operator: Operator<Control>,
     next_worker: AtomicU64,
+    /// The client session store and TLS counters, kept across reloads.
+    tls: ProcessTls,
 }
 
 /// One configuration's listeners and workers.
@@ -118,6 +123,8 @@ struct Generation {
     config: Config,
     bound: Vec<Bound>,
     workers: Vec<Control>,
+    /// Certificates and keys loaded from `config`'s files.
+    tls: Arc<Contexts>,
 }
 
 impl Generation {
@@ -135,6 +142,7 @@ impl Generation {
                 listeners,
                 shutdown_timeout: self.config.runtime.shutdown_timeout,
                 board: shared.operator.board.clone(),
+                tls: self.tls.clone(),
             })?;
             self.workers.push(control);
             threads.push(thread);
@@ -191,6 +199,11 @@ impl ProxyHandle {
         self.shared.operator.snapshot()
     }
 
+    /// TLS handshakes and failures of every worker so far (both sides, all generations).
+    pub fn tls_stats(&self) -> Arc<TlsStats> {
+        self.shared.tls.stats.clone()
+    }
+
     /// Each live worker's own snapshot (current and still-draining workers), for tests and
     /// diagnostics; [`ProxyHandle::snapshot`] is their sum plus retired workers.
     pub fn worker_snapshots(&self) -> Vec<Snapshot> {
@@ -204,6 +217,8 @@ impl ProxyHandle {
     /// moved by a reload.
     pub fn reload(&self, config: Config) -> Result<(), String> {
         config.validate().map_err(|e| e.to_string())?;
+        // Certificates first: a broken file refuses the reload and keeps the old generation.
+        let tls = Arc::new(Contexts::load(&config, &self.shared.tls).map_err(|e| e.to_string())?);
         let mut state = self.state();
         if self.shared.operator.is_draining() {
             return Err("draining: reload refused".into());
@@ -253,6 +268,7 @@ impl ProxyHandle {
             config,
             bound,
             workers: Vec::new(),
+            tls,
         };
         let mut threads = Vec::new();
         if let Err(e) = next.spawn(&self.shared, &mut threads) {

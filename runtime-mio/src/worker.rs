@@ -20,6 +20,7 @@ use upkeep_runtime::clock;
 use upkeep_runtime::io::{ReadStep, Reader};
 use upkeep_runtime::metrics::Snapshot;
 use upkeep_runtime::recorder::Recorder;
+use upkeep_runtime::tls::{self, Contexts, Session};
 
 use crate::net::{Listener, Stream};
 
@@ -87,6 +88,8 @@ pub(crate) struct Setup {
     pub(crate) listeners: Vec<Listener>,
     pub(crate) shutdown_timeout: Duration,
     pub(crate) board: Arc<Board>,
+    /// The TLS material of this generation's configuration.
+    pub(crate) tls: Arc<Contexts>,
 }
 
 /// Starts a worker thread; it is on the board (visible to metrics) before this returns.
@@ -116,6 +119,7 @@ pub(crate) fn spawn(setup: Setup) -> io::Result<(Control, JoinHandle<()>)> {
         drain_deadline: None,
         shutdown_timeout: setup.shutdown_timeout,
         board: setup.board,
+        tls: setup.tls,
     };
     for i in 0..worker.listeners.len() {
         if let Some(l) = worker.listeners[i].as_mut() {
@@ -142,6 +146,8 @@ struct Sock {
     connecting: bool,
     /// Read size and announced FIN (the shared read loop's state).
     reader: Reader,
+    /// TLS between the socket and the core (a TLS listener's or TLS group's connection).
+    tls: Option<Box<Session>>,
 }
 
 /// The socket the core knows as `id` (a slot reused by a newer connection is not it). A free
@@ -168,6 +174,7 @@ struct Worker {
     drain_deadline: Option<Instant>,
     shutdown_timeout: Duration,
     board: Arc<Board>,
+    tls: Arc<Contexts>,
 }
 
 /// Whether the loop goes on.
@@ -275,6 +282,20 @@ impl Worker {
             match sock.stream.finish_connect() {
                 Ok(false) => return,
                 Ok(true) => {
+                    // A TLS upstream is connected once its handshake is complete, so the
+                    // connect timeout bounds the handshake too.
+                    if let Some(session) = sock.tls.as_mut() {
+                        match session.handshake(&self.core, sock.stream.sock()) {
+                            tls::Handshake::Pending => return,
+                            tls::Handshake::Done => {}
+                            tls::Handshake::Failed(why) => {
+                                self.core.handle(clock::now(), why.input(id));
+                                self.after_input();
+                                self.forget_if_closed(id);
+                                return;
+                            }
+                        }
+                    }
                     sock.connecting = false;
                     self.core
                         .handle(clock::now(), Input::Connected { conn: id });
@@ -330,9 +351,12 @@ impl Worker {
             if !sock.read || sock.eof || sock.connecting {
                 return;
             }
-            let step = sock
-                .reader
-                .read(&mut self.core, clock::now(), id, sock.stream.sock());
+            let step = match sock.tls.as_mut() {
+                Some(session) => session.read(&mut self.core, clock::now(), id, sock.stream.sock()),
+                None => sock
+                    .reader
+                    .read(&mut self.core, clock::now(), id, sock.stream.sock()),
+            };
             sock.eof = step == ReadStep::Done;
             self.after_input();
             if step != ReadStep::Again {
@@ -353,7 +377,14 @@ impl Worker {
         if sock.connecting {
             return;
         }
-        upkeep_runtime::io::flush(&mut self.core, clock::now(), id, sock.stream.sock());
+        match sock.tls.as_mut() {
+            Some(session) => {
+                session.flush(&mut self.core, clock::now(), id, sock.stream.sock());
+            }
+            None => {
+                upkeep_runtime::io::flush(&mut self.core, clock::now(), id, sock.stream.sock());
+            }
+        }
         self.after_input();
     }
 
@@ -377,7 +408,14 @@ impl Worker {
                 // Only ever after the last queued byte was written (the core's contract).
                 Output::Shutdown { conn } => {
                     if let Some(s) = self.sock(conn) {
-                        s.stream.shutdown_write();
+                        match s.tls.as_mut() {
+                            // close_notify first; the flush shuts the socket after it.
+                            Some(session) => {
+                                session.shutdown();
+                                self.to_write.push_back(conn);
+                            }
+                            None => s.stream.shutdown_write(),
+                        }
                     }
                 }
                 Output::Close { conn, reset } => self.close(conn, reset),
@@ -390,18 +428,20 @@ impl Worker {
 
     fn connect(&mut self, conn: ConnId, server: ServerId) {
         let addr = self.core.server_address(server).clone();
-        let result = Stream::connect(&addr).and_then(|mut stream| {
+        let result = self.tls.connect(server).transpose().and_then(|tls| {
+            let mut stream = Stream::connect(&addr)?;
             stream.register(self.poll.registry(), Token(conn.index as usize))?;
-            Ok(stream)
+            Ok((stream, tls))
         });
         match result {
-            Ok(stream) => self.insert(Sock {
+            Ok((stream, tls)) => self.insert(Sock {
                 id: conn,
                 stream,
                 read: true,
                 eof: false,
                 connecting: true,
                 reader: Reader::default(),
+                tls: tls.map(Box::new),
             }),
             Err(e) => {
                 log::debug!("worker {}: connect to {addr} failed: {e}", self.id);
@@ -422,6 +462,9 @@ impl Worker {
             return;
         }
         if let Some(mut s) = slot.take() {
+            if let Some(session) = s.tls.as_mut() {
+                session.close(s.stream.sock(), reset);
+            }
             s.stream.deregister(self.poll.registry());
             if reset {
                 s.stream.set_reset_on_close();
@@ -462,14 +505,24 @@ impl Worker {
                         Ok(id) => {
                             let mut stream = stream;
                             stream.tune();
-                            if let Err(e) =
-                                stream.register(self.poll.registry(), Token(id.index as usize))
-                            {
-                                log::warn!("worker {}: register failed: {e}", self.id);
-                                self.core.handle(now, Input::Errored { conn: id });
-                                self.after_input();
-                                continue;
-                            }
+                            let registered = self
+                                .tls
+                                .accept(ListenerId(i as u32))
+                                .transpose()
+                                .and_then(|tls| {
+                                    let token = Token(id.index as usize);
+                                    stream.register(self.poll.registry(), token)?;
+                                    Ok(tls)
+                                });
+                            let tls = match registered {
+                                Ok(tls) => tls,
+                                Err(e) => {
+                                    log::warn!("worker {}: register failed: {e}", self.id);
+                                    self.core.handle(now, Input::Errored { conn: id });
+                                    self.after_input();
+                                    continue;
+                                }
+                            };
                             self.insert(Sock {
                                 id,
                                 stream,
@@ -477,6 +530,7 @@ impl Worker {
                                 eof: false,
                                 connecting: false,
                                 reader: Reader::default(),
+                                tls: tls.map(Box::new),
                             });
                             self.after_input();
                             // Its first bytes may already be here: read without waiting a poll.

@@ -330,6 +330,7 @@ impl Client {
             })
             .collect();
         config.validate()?;
+        crate::refuse_tls(&config)?;
         let mut groups = HashMap::new();
         for (i, u) in config.upstreams.iter().enumerate() {
             let default_host = match &u.servers[0].addr {

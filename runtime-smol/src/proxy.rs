@@ -86,6 +86,7 @@ impl Proxy {
     /// (`runtime.admin`), and returns once they are all serving.
     pub fn start(config: Config) -> io::Result<ProxyHandle> {
         config.validate()?;
+        crate::refuse_tls(&config)?;
         let workers = upkeep_runtime::workers::count(config.runtime.workers);
         let shutdown_timeout = config.runtime.shutdown_timeout;
 

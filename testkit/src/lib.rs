@@ -24,6 +24,7 @@ pub mod backend;
 pub mod client;
 pub mod listeners;
 pub mod scenarios;
+pub mod tls;
 pub mod wait;
 pub mod wire;
 

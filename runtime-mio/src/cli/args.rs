@@ -45,6 +45,11 @@ Options:
       --pool-key server|client     share idle connections across clients, or not (default server)
       --admin ADDR                 admin listener: /metrics, /status, /ready
       --access-log PATH|-          access log file, or - for stdout (default off)
+      --tls-cert FILE              with --tls-key: every --listen is TLS (PEM chain, leaf first)
+      --tls-key FILE               the certificate's private key (PEM)
+      --upstream-tls               TLS toward the upstream servers (system roots unless --upstream-ca)
+      --upstream-ca FILE           CA certificates (PEM) to verify upstream servers with
+      --upstream-sni NAME          server name to send and verify (default: the server's IP)
   -h, --help                       print this help
 
 ADDR is HOST:PORT, [V6]:PORT or unix:/path; DUR is 250ms, 10s, 5m, 1h.
@@ -135,6 +140,7 @@ fn parse_run(p: &mut lexopt::Parser) -> Result<Command, String> {
             Short('h') | Long("help") => return Ok(Command::Help(RUN_HELP)),
             Short('c') | Long("config") => file = Some(PathBuf::from(value(p)?)),
             Long(_) if QuickConfig::takes(&flag) => quick.set(&flag, &value(p)?)?,
+            Long(_) if QuickConfig::is_switch(&flag) => quick.switch(&flag)?,
             other => return Err(format!("run: {}", other.unexpected())),
         }
     }
