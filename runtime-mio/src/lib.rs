@@ -108,13 +108,29 @@ impl Proxy {
 }
 
 /// What the handle, the admin thread and the workers share.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Shared {
     /// The workers' board and the draining flag.
     operator: Operator<Control>,
     next_worker: AtomicU64,
     /// The client session store and TLS counters, kept across reloads.
     tls: ProcessTls,
+}
+
+impl Default for Shared {
+    fn default() -> Shared {
+        let operator = Operator::<Control>::default();
+        // The admin's `/metrics` shows the same TLS counters the workers update.
+        let tls = ProcessTls {
+            sessions: upkeep_runtime::tls::sessions(),
+            stats: operator.tls.clone(),
+        };
+        Shared {
+            operator,
+            next_worker: AtomicU64::default(),
+            tls,
+        }
+    }
 }
 
 /// One configuration's listeners and workers.

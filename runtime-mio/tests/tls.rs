@@ -173,3 +173,93 @@ fn garbage_truncated_and_stalled_handshakes_end_without_harm() {
         "nothing but the real request reached the backend"
     );
 }
+
+/// `upkeep check` loads the certificate files: an unreadable one, or a key that belongs to
+/// another certificate, is reported with its file name and exit status 1.
+#[test]
+fn check_names_an_unreadable_or_mismatched_certificate_file() {
+    let pki = Pki::new();
+    let a = pki.leaf(&["a.test"]);
+    let b = pki.leaf(&["b.test"]);
+    let file = pki.dir().join("upkeep.toml");
+    let check = |cert: &str, key: &str| {
+        let text = format!(
+            "[[listen]]\naddr = \"127.0.0.1:8443\"\ntls = {{ cert = {cert:?}, key = {key:?} }}\n\n[[upstream]]\nname = \"app\"\nservers = [\"127.0.0.1:9001\"]\n"
+        );
+        std::fs::write(&file, text).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_upkeep"))
+            .args(["check", "--config"])
+            .arg(&file)
+            .output()
+            .unwrap()
+    };
+    let out = check(&a.cert_str(), &a.key_str());
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let missing = pki.dir().join("missing.pem").display().to_string();
+    let out = check(&missing, &a.key_str());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(err.contains(&format!("{missing}: cannot read")), "{err}");
+    let out = check(&a.cert_str(), &b.key_str());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        err.contains(&format!(
+            "{}: the private key does not match the certificate in {}",
+            b.key_str(),
+            a.cert_str()
+        )),
+        "{err}"
+    );
+    // A certificate file that holds no certificate (a key, say).
+    let out = check(&a.key_str(), &a.key_str());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(err.contains(&a.key_str()), "{err}");
+}
+
+/// A reload (SIGHUP) reads the certificate files again: new connections get the new
+/// certificate. A broken file refuses the reload, naming the file, and the running
+/// configuration keeps serving with the certificate it had.
+#[test]
+fn reload_picks_up_new_certificates_and_a_broken_file_keeps_the_old_ones() {
+    let pki = Pki::new();
+    let first = pki.leaf(&["localhost"]);
+    let second = pki.leaf(&["localhost"]);
+    // The configuration names files that are rewritten between reloads.
+    let live_cert = pki.dir().join("live.pem");
+    let live_key = pki.dir().join("live.key");
+    let install = |files: &upkeep_testkit::tls::CertFiles| {
+        std::fs::copy(&files.cert, &live_cert).unwrap();
+        std::fs::copy(&files.key, &live_key).unwrap();
+    };
+    install(&first);
+    let backend = Backend::builder().name("b").identify().start().unwrap();
+    let tls = ListenerTls::single(
+        live_cert.display().to_string(),
+        live_key.display().to_string(),
+    );
+    let proxy = tls_proxy(&backend, tls, |_| {});
+    let addr = proxy.listen_addrs()[0].clone();
+    let leaf = || {
+        upkeep_testkit::tls::connect(&addr, "localhost", pki.client_config())
+            .unwrap()
+            .1
+            .leaf
+    };
+    assert_eq!(leaf(), first.leaf());
+    install(&second);
+    proxy.reload(proxy.config()).unwrap();
+    assert!(eventually(WAIT, || leaf() == second.leaf()));
+    std::fs::write(&live_cert, "not a certificate\n").unwrap();
+    let err = proxy.reload(proxy.config()).unwrap_err();
+    assert!(err.contains(&live_cert.display().to_string()), "{err}");
+    assert_eq!(leaf(), second.leaf(), "the running configuration is kept");
+    let mut c = Client::connect_tls(&addr, "localhost", pki.client_config()).unwrap();
+    assert_eq!(c.get_text("/still"), (200, "b GET /still".into()));
+}

@@ -12,7 +12,7 @@ use upkeep_core::{Address, Config};
 use upkeep_mio::{Proxy, ProxyHandle};
 use upkeep_runtime::tls::Side;
 use upkeep_testkit::backend::Backend;
-use upkeep_testkit::client::Client;
+use upkeep_testkit::client::{Client, get_text};
 use upkeep_testkit::tls::{Pki, TlsFront, server_config};
 use upkeep_testkit::{eventually, loopback_config};
 
@@ -30,6 +30,7 @@ fn verified(pki: &Pki, sni: Option<&str>) -> UpstreamTls {
 fn proxy_to(front: &TlsFront, tls: UpstreamTls, workers: usize) -> ProxyHandle {
     let mut config = loopback_config(vec![front.addr()], workers);
     config.upstreams[0].tls = Some(tls);
+    config.runtime.admin = Some(Address::parse("127.0.0.1:0").unwrap());
     Proxy::start(config).expect("proxy starts")
 }
 
@@ -53,6 +54,12 @@ fn many_requests_over_one_client_connection_make_one_upstream_handshake() {
     assert_eq!(front.handshakes(), (1, 0));
     assert_eq!(backend.accepted(), 1);
     assert_eq!(upstream_handshakes(&proxy), (1, 0));
+    let (_, metrics) = get_text(&proxy.admin_addr().unwrap(), "/metrics");
+    let line = format!(
+        "upkeep_upstream_tls_handshakes_total{{upstream=\"default\",server=\"{}\",resumed=\"false\"}} 1\n",
+        front.addr()
+    );
+    assert!(metrics.contains(&line), "{line} in\n{metrics}");
 }
 
 #[test]
@@ -157,6 +164,13 @@ fn refused(front: &TlsFront, tls: UpstreamTls, reason: &str) {
     let server = snapshot.servers.values().next().unwrap();
     assert!(server.up, "health not blamed");
     assert_eq!(server.connect_failures, 0);
+    let (status, metrics) = get_text(&proxy.admin_addr().unwrap(), "/metrics");
+    assert_eq!(status, 200);
+    let line = format!(
+        "upkeep_upstream_tls_failures_total{{upstream=\"default\",server=\"{}\",reason=\"{reason}\"}} 2\n",
+        front.addr()
+    );
+    assert!(metrics.contains(&line), "{line} in\n{metrics}");
 }
 
 #[test]

@@ -64,6 +64,8 @@ pub struct Operator<R> {
     pub board: Arc<Board<R>>,
     /// Set once the proxy drains: `/ready` answers 503 from then on.
     pub draining: Arc<AtomicBool>,
+    /// TLS handshakes and failures (appended to `/metrics`).
+    pub tls: Arc<crate::tls::TlsStats>,
 }
 
 impl<R> Clone for Operator<R> {
@@ -71,6 +73,7 @@ impl<R> Clone for Operator<R> {
         Operator {
             board: self.board.clone(),
             draining: self.draining.clone(),
+            tls: self.tls.clone(),
         }
     }
 }
@@ -80,6 +83,7 @@ impl<R> Default for Operator<R> {
         Operator {
             board: Arc::default(),
             draining: Arc::default(),
+            tls: Arc::default(),
         }
     }
 }
@@ -139,7 +143,7 @@ pub fn answer<R: Reporter>(head: &[u8], operator: &Operator<R>) -> Vec<u8> {
         Route::Metrics => (
             "200 OK",
             "text/plain; version=0.0.4; charset=utf-8",
-            operator.snapshot().prometheus(),
+            operator.snapshot().prometheus() + &operator.tls.prometheus(),
         ),
         Route::Status => ("200 OK", "text/plain", operator.snapshot().stub_status()),
         Route::Ready if operator.is_draining() => {

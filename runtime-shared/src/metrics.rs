@@ -448,13 +448,13 @@ type GroupMetric = (
     fn(&GroupSnapshot) -> u64,
 );
 
-fn header(o: &mut String, name: &str, kind: &str, help: &str) {
+pub(crate) fn header(o: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(o, "# HELP {name} {help}");
     let _ = writeln!(o, "# TYPE {name} {kind}");
 }
 
 /// Label value escaping (backslash, quote, newline), per the text format.
-fn esc(v: &str) -> String {
+pub(crate) fn esc(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
