@@ -28,17 +28,3 @@ pub use client::{Body, Client, Error, Request, Response};
 pub use proxy::{Proxy, ProxyHandle};
 /// The counters and their renderings (shared with the mio runtime).
 pub use upkeep_runtime::metrics;
-
-/// TLS is not wired into this runtime yet (the mio runtime has it): a configuration asking for
-/// it is refused rather than served in clear text.
-fn refuse_tls(config: &upkeep_core::Config) -> std::io::Result<()> {
-    let tls = config.listeners.iter().any(|l| l.tls.is_some())
-        || config.upstreams.iter().any(|g| g.tls.is_some());
-    if tls {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::Unsupported,
-            "TLS is not supported by the smol runtime yet (use the mio runtime, `upkeep`)",
-        ));
-    }
-    Ok(())
-}

@@ -125,6 +125,12 @@ impl TlsConn {
         }
     }
 
+    /// Whether records wait to be written (an async runtime then awaits writability rather
+    /// than readability while handshaking).
+    pub fn wants_write(&self) -> bool {
+        self.conn.wants_write()
+    }
+
     /// Whether the handshake is still under way.
     pub fn is_handshaking(&self) -> bool {
         self.conn.is_handshaking()
