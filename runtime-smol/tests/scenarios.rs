@@ -35,3 +35,5 @@ fn try_start(config: Config) -> std::io::Result<Box<dyn RunningProxy>> {
 }
 
 upkeep_testkit::listener_tests!(try_start);
+
+upkeep_testkit::scenario_tests_tls!(start);

@@ -327,6 +327,20 @@ fn serve(
 ) -> io::Result<()> {
     tcp.set_nonblocking(false)?;
     tcp.set_read_timeout(Some(crate::wire::IO_TIMEOUT))?;
+    // Without SNI routing the backend is known before the handshake: connect to it first, and
+    // reset the client's connection if it is down, so a proxy sees a refused connect (as it
+    // would without the front) rather than a handshake that then goes nowhere.
+    let early = if by_sni.is_empty() {
+        match connect_inner(default) {
+            Ok(inner) => Some(inner),
+            Err(e) => {
+                let _ = socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO));
+                return Err(e);
+            }
+        }
+    } else {
+        None
+    };
     let conn = ServerConnection::new(config).map_err(io::Error::other)?;
     let mut tls = StreamOwned::new(conn, tcp);
     while tls.conn.is_handshaking() {
@@ -336,10 +350,10 @@ fn serve(
     if resumed { &stats.resumed } else { &stats.full }.fetch_add(1, Ordering::Relaxed);
     let sni = tls.conn.server_name().unwrap_or("").to_owned();
     *stats.sni.lock().unwrap().entry(sni.clone()).or_default() += 1;
-    let Address::Tcp(target) = by_sni.get(&sni).unwrap_or(default) else {
-        return Err(io::Error::other("TLS fronts relay to TCP backends"));
+    let mut inner = match early {
+        Some(inner) => inner,
+        None => connect_inner(by_sni.get(&sni).unwrap_or(default))?,
     };
-    let mut inner = TcpStream::connect(target)?;
     inner.set_nonblocking(true)?;
     tls.sock.set_nonblocking(true)?;
     // One thread drives both directions with non-blocking sockets (a rustls stream cannot be
@@ -382,7 +396,11 @@ fn serve(
                     flush_tls(&mut tls)?;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(_) => inner_open = false,
+                Err(_) => {
+                    // The backend reset: so does the front.
+                    let _ = socket2::SockRef::from(&tls.sock).set_linger(Some(Duration::ZERO));
+                    return Ok(());
+                }
             }
         }
         if !inner_open && !client_open {
@@ -393,6 +411,13 @@ fn serve(
         }
     }
     Ok(())
+}
+
+fn connect_inner(target: &Address) -> io::Result<TcpStream> {
+    match target {
+        Address::Tcp(a) => TcpStream::connect(a),
+        Address::Unix(_) => Err(io::Error::other("TLS fronts relay to TCP backends")),
+    }
 }
 
 fn write_all_nonblocking(w: &mut impl Write, mut data: &[u8]) -> io::Result<()> {

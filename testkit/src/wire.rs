@@ -34,6 +34,11 @@ pub enum Stream {
 impl Stream {
     /// Connects to `addr` with [`IO_TIMEOUT`] as connect, read and write timeout.
     pub fn connect(addr: &Address) -> io::Result<Stream> {
+        if let Some(config) = crate::over_tls::client_config_for(addr) {
+            let (s, _) = crate::tls::connect(addr, crate::over_tls::SNI, config)?;
+            s.sock.set_nodelay(true)?;
+            return Ok(Stream::Tls(Box::new(s)));
+        }
         let stream = match addr {
             Address::Tcp(sa) => {
                 let s = TcpStream::connect_timeout(sa, IO_TIMEOUT)?;
