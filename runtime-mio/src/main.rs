@@ -41,7 +41,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Demo => match cli::demo::demo() {
+        Command::Demo { tls } => match cli::demo::demo(tls) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("upkeep demo: {e}");

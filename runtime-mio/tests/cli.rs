@@ -552,3 +552,39 @@ fn unopenable_access_log_is_named_in_the_error() {
         "which file? {err}"
     );
 }
+
+/// `upkeep demo --tls`: TLS origins; every unpooled request costs an upstream handshake
+/// (most of them resumed), pooling makes far fewer.
+#[test]
+fn demo_tls_counts_upstream_handshakes() {
+    let out = upkeep(&["demo", "--tls"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let row = |name: &str| -> Vec<String> {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name:?} row in:\n{text}"));
+        line[name.len()..]
+            .split_whitespace()
+            .map(String::from)
+            .collect()
+    };
+    let handshakes = row("upstream TLS handshakes");
+    let (on, off): (u64, u64) = (
+        handshakes[0].parse().unwrap(),
+        handshakes[1].parse().unwrap(),
+    );
+    let requests: u64 = row("requests ")[1].parse().unwrap();
+    assert!(requests > 0, "{text}");
+    assert_eq!(off, requests, "one handshake per unpooled request: {text}");
+    assert!(on < off, "{text}");
+    // "full / resumed" for each column.
+    assert_eq!(row("  full / resumed").len(), 6, "{text}");
+    assert_eq!(row("proxy CPU per request").len(), 2, "{text}");
+}
