@@ -326,26 +326,35 @@ fn sighup_reloads_and_a_broken_file_keeps_the_old_config() {
     assert_eq!(up.wait_exit(), 0);
 }
 
-#[test]
-fn demo_prints_its_table() {
-    let out = upkeep(&["demo"]);
-    let text = String::from_utf8_lossy(&out.stdout);
+/// Runs `upkeep` with `args` (a demo), checks it exits 0, and returns its stdout.
+fn demo(args: &[&str]) -> String {
+    let out = upkeep(args);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_eq!(
         out.status.code(),
         Some(0),
         "{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let row = |name: &str| -> Vec<String> {
-        let line = text
-            .lines()
-            .find(|l| l.starts_with(name))
-            .unwrap_or_else(|| panic!("no {name:?} row in:\n{text}"));
-        line[name.len()..]
-            .split_whitespace()
-            .map(String::from)
-            .collect()
-    };
+    text
+}
+
+/// The cells of the table row of `text` that starts with `name`.
+fn row(text: &str, name: &str) -> Vec<String> {
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(name))
+        .unwrap_or_else(|| panic!("no {name:?} row in:\n{text}"));
+    line[name.len()..]
+        .split_whitespace()
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn demo_prints_its_table() {
+    let text = demo(&["demo"]);
+    let row = |name: &str| row(&text, name);
     assert!(
         text.contains("pooling on") && text.contains("pooling off"),
         "{text}"
@@ -557,24 +566,8 @@ fn unopenable_access_log_is_named_in_the_error() {
 /// (most of them resumed), pooling makes far fewer.
 #[test]
 fn demo_tls_counts_upstream_handshakes() {
-    let out = upkeep(&["demo", "--tls"]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let row = |name: &str| -> Vec<String> {
-        let line = text
-            .lines()
-            .find(|l| l.starts_with(name))
-            .unwrap_or_else(|| panic!("no {name:?} row in:\n{text}"));
-        line[name.len()..]
-            .split_whitespace()
-            .map(String::from)
-            .collect()
-    };
+    let text = demo(&["demo", "--tls"]);
+    let row = |name: &str| row(&text, name);
     let handshakes = row("upstream TLS handshakes");
     let (on, off): (u64, u64) = (
         handshakes[0].parse().unwrap(),

@@ -44,21 +44,7 @@ fn curl_through_a_tls_listener() {
     let backend = Backend::builder().name("b").identify().start().unwrap();
     let proxy = tls_proxy(&backend, single(&pki, &["localhost"]), |_| {});
     let p = port(&proxy.listen_addrs()[0]);
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "20", "--cacert"])
-        .arg(pki.ca_file())
-        .args(["--resolve", &format!("localhost:{p}:127.0.0.1")])
-        .args(["-w", "\n%{http_code} %{http_version}"])
-        .arg(format!("https://localhost:{p}/hello"))
-        .arg(format!("https://localhost:{p}/again"))
-        .output()
-        .expect("curl runs");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = pki.curl(p, &["/hello", "/again"]);
     assert!(text.contains("b GET /hello\n200 1.1"), "{text}");
     assert!(text.contains("b GET /again\n200 1.1"), "{text}");
     // Both requests rode one client connection, and so one upstream connection.

@@ -104,10 +104,8 @@ macro_rules! scenario_tests {
 }
 
 /// The shared scenarios again with TLS on both sides ([`over_tls`]): expands to a module
-/// `over_tls` with one `#[test]` per scenario below: all of [`scenario_tests!`]'s but three that
-/// assert on what TLS changes by design — `hop_by_hop_and_forwarded_headers` expects
-/// `X-Forwarded-Proto: http`, and `metrics_after_pooled_requests` and
-/// `access_log_line_per_request` name the backend's own address where a TLS front now stands.
+/// `over_tls` running every scenario of [`scenario_tests!`] through
+/// [`over_tls::over_tls`](crate::over_tls::over_tls) and `$start`.
 #[macro_export]
 macro_rules! scenario_tests_tls {
     ($start:expr) => {
@@ -115,35 +113,7 @@ macro_rules! scenario_tests_tls {
             fn start(config: upkeep_core::Config) -> Box<dyn $crate::RunningProxy> {
                 $crate::over_tls::over_tls(config, super::start_for_tls)
             }
-            $crate::scenario_tests!(@each start;
-                pooling_one_client_connection,
-                pooling_many_short_client_connections,
-                pool_off_opens_per_request,
-                backend_max_requests_per_connection,
-                http10_client,
-                pipelining,
-                chunked_response,
-                close_delimited_response,
-                head_request,
-                large_request_and_response_bodies,
-                backend_keepalive_shorter_than_ours,
-                backend_down_failover,
-                all_backends_down_502,
-                upstream_read_timeout_504,
-                backend_misbehaviour_502,
-                smuggling_rejected,
-                slow_client_header_timeout,
-                websocket_upgrade,
-                unix_listener_and_upstream,
-                ipv6_listener,
-                stray_408_on_idle_connection,
-                stale_pooled_connection_retry,
-                idle_pool_cap_closes_surplus,
-                upstream_keepalive_timeout,
-                unreusable_responses_not_pooled,
-                client_keepalive_timeout,
-                metrics_say_why_a_connection_was_not_reused,
-            );
+            $crate::scenario_tests!(start);
         }
         fn start_for_tls(config: upkeep_core::Config) -> Box<dyn $crate::RunningProxy> {
             $start(config)

@@ -48,6 +48,30 @@ pub fn client_config_for(addr: &Address) -> Option<Arc<ClientConfig>> {
     r.contains(addr).then(|| material().client.clone())
 }
 
+/// Backends behind a running [`over_tls`] proxy's fronts: (backend, front).
+fn fronted() -> &'static Mutex<Vec<(Address, Address)>> {
+    static F: OnceLock<Mutex<Vec<(Address, Address)>>> = OnceLock::new();
+    F.get_or_init(Mutex::default)
+}
+
+/// The scheme a client reaches a proxy listener with: `https` over [`over_tls`], else `http`.
+pub fn scheme(listener: &Address) -> &'static str {
+    if client_config_for(listener).is_some() {
+        "https"
+    } else {
+        "http"
+    }
+}
+
+/// The address the proxy knows a backend by: its TLS front's over [`over_tls`], else its own
+/// (what the proxy's metrics and access log name).
+pub fn proxied_addr(backend: &Address) -> Address {
+    let f = fronted().lock().unwrap_or_else(|e| e.into_inner());
+    f.iter()
+        .find(|(b, _)| b == backend)
+        .map_or_else(|| backend.clone(), |(_, front)| front.clone())
+}
+
 /// A proxy started by [`over_tls`], with the fronts of its upstream servers.
 struct OverTls {
     inner: Option<Box<dyn RunningProxy>>,
@@ -59,6 +83,9 @@ impl OverTls {
     fn unregister(&self) {
         let mut r = registry().lock().unwrap_or_else(|e| e.into_inner());
         r.retain(|a| !self.tls_addrs.contains(a));
+        let fronts: Vec<Address> = self._fronts.iter().map(TlsFront::addr).collect();
+        let mut f = fronted().lock().unwrap_or_else(|e| e.into_inner());
+        f.retain(|(_, front)| !fronts.contains(front));
     }
 }
 
@@ -104,6 +131,10 @@ pub fn over_tls(mut config: Config, start: Start) -> Box<dyn RunningProxy> {
         }
         for s in &mut g.servers {
             let front = TlsFront::start(server.clone(), s.addr.clone()).expect("TLS front");
+            fronted()
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((s.addr.clone(), front.addr()));
             s.addr = front.addr();
             fronts.push(front);
         }

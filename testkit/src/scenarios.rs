@@ -848,7 +848,8 @@ pub fn hop_by_hop_and_forwarded_headers(start: Start) {
             req.header("via").is_some_and(|v| v.contains("1.1 ")),
             "Via added: {req:?}"
         );
-        assert_eq!(req.header("x-forwarded-proto"), Some("http"), "{req:?}");
+        let scheme = crate::over_tls::scheme(&p.addr());
+        assert_eq!(req.header("x-forwarded-proto"), Some(scheme), "{req:?}");
     }
     assert_eq!(log[0].header("x-end"), Some("2"));
     assert_eq!(log[0].header("x-forwarded-for"), Some("127.0.0.1"));
@@ -1043,7 +1044,10 @@ pub fn metrics_after_pooled_requests(start: Start) {
 
     let (status, text) = p.admin_get("/metrics");
     assert_eq!(status, 200, "{text}");
-    let server = format!("upstream=\"default\",server=\"{}\"", b.addr());
+    let server = format!(
+        "upstream=\"default\",server=\"{}\"",
+        crate::over_tls::proxied_addr(&b.addr())
+    );
     let m = |sample: &str| client::metric(&text, sample);
     assert_eq!(m("upkeep_requests_total{code=\"200\"}"), 10);
     assert_eq!(m("upkeep_connections_accepted_total"), 1);
@@ -1136,7 +1140,10 @@ pub fn access_log_line_per_request(start: Start) {
         );
         let reused = u8::from(i > 0);
         assert!(
-            line.contains(&format!(" upstream={} reused={reused} response=", b.addr())),
+            line.contains(&format!(
+                " upstream={} reused={reused} response=",
+                crate::over_tls::proxied_addr(&b.addr())
+            )),
             "{line}"
         );
         assert!(line.contains(" total="), "{line}");

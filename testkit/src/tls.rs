@@ -133,6 +133,36 @@ impl Pki {
         files
     }
 
+    /// Upstream TLS settings verifying against this CA, with `sni` (else the server's IP).
+    pub fn upstream_tls(&self, sni: Option<&str>) -> upkeep_core::config::UpstreamTls {
+        upkeep_core::config::UpstreamTls {
+            sni: sni.map(str::to_owned),
+            ca: Some(self.ca_file().display().to_string()),
+            ..upkeep_core::config::UpstreamTls::default()
+        }
+    }
+
+    /// Runs curl against `https://localhost:PORT/PATH` for each path (one curl, so one
+    /// connection when it can keep it alive), trusting this CA; returns stdout, each body
+    /// followed by a line `STATUS HTTP-VERSION`. Panics when curl fails.
+    pub fn curl(&self, port: u16, paths: &[&str]) -> String {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "20", "--cacert"])
+            .arg(self.ca_file())
+            .args(["--resolve", &format!("localhost:{port}:127.0.0.1")])
+            .args(["-w", "\n%{http_code} %{http_version}\n"])
+            .args(paths.iter().map(|p| format!("https://localhost:{port}{p}")))
+            .output()
+            .expect("curl runs");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    }
+
     /// A client configuration trusting this CA, with ALPN `http/1.1` (and a session store of
     /// its own, so resumption works within one config).
     pub fn client_config(&self) -> Arc<ClientConfig> {
@@ -392,8 +422,14 @@ fn serve(
                 }
                 Ok(n) => {
                     idle = false;
-                    tls.conn.writer().write_all(&buf[..n])?;
-                    flush_tls(&mut tls)?;
+                    // rustls takes at most its buffer limit (64 KiB, records included) at a
+                    // time: write what it takes, send it, go on.
+                    let mut rest = &buf[..n];
+                    while !rest.is_empty() {
+                        let taken = tls.conn.writer().write(rest)?;
+                        rest = &rest[taken..];
+                        flush_tls(&mut tls)?;
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(_) => {
