@@ -667,7 +667,12 @@ async fn reader_loop(d: Shared, conn: ConnId, stream: Rc<Stream>, signals: Rc<Si
         if !signals.wait(|s| s.read.get()).await {
             return;
         }
-        if stream.readable().await.is_err() {
+        // Decrypted bytes rustls kept while reading was paused are not a socket event.
+        let buffered = d
+            .borrow()
+            .session(conn)
+            .is_some_and(|s| s.borrow().conn().has_buffered());
+        if !buffered && stream.readable().await.is_err() {
             let mut d = d.borrow_mut();
             d.core.handle(clock::now(), Input::Errored { conn });
             d.drain();

@@ -131,6 +131,13 @@ impl TlsConn {
         self.conn.wants_write()
     }
 
+    /// Whether rustls holds something for the core that no socket readiness will announce:
+    /// decrypted bytes not taken yet (reading stopped for backpressure), or the peer's
+    /// close_notify. An async runtime reads again before awaiting readability.
+    pub fn has_buffered(&self) -> bool {
+        self.plaintext > 0 || self.peer_closed
+    }
+
     /// Whether the handshake is still under way.
     pub fn is_handshaking(&self) -> bool {
         self.conn.is_handshaking()
