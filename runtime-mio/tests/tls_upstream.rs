@@ -242,3 +242,31 @@ fn large_bodies_cross_tls_on_both_sides_intact() {
     }
     assert_eq!(front.handshakes(), (1, 0));
 }
+
+/// A server that accepts TCP and never answers the ClientHello: the connection only counts as
+/// connected after the handshake, so the connect timeout bounds the stalled handshake (504),
+/// and nothing is written to it.
+#[test]
+fn the_connect_timeout_bounds_a_stalled_upstream_handshake() {
+    let pki = Pki::new();
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = Address::Tcp(silent.local_addr().unwrap());
+    let mut config = loopback_config(vec![addr], 1);
+    config.upstreams[0].tls = Some(pki.upstream_tls(None));
+    config.upstreams[0].connect_timeout = Duration::from_millis(300);
+    let proxy = Proxy::start(config).unwrap();
+    let mut c = Client::connect(&proxy.listen_addrs()[0]).unwrap();
+    let started = std::time::Instant::now();
+    assert_eq!(c.get_text("/stalled").0, 504);
+    assert!(started.elapsed() < WAIT, "bounded by the connect timeout");
+    // The server saw a ClientHello and nothing else: no request bytes before the handshake.
+    let (mut conn, _) = silent.accept().unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut seen = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut conn, &mut seen);
+    assert_eq!(seen.first(), Some(&0x16), "a TLS handshake record");
+    assert!(
+        !seen.windows(8).any(|w| w == b"/stalled"),
+        "no request before the handshake"
+    );
+}

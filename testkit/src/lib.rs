@@ -67,6 +67,7 @@ macro_rules! scenario_tests {
             backend_max_requests_per_connection,
             http10_client,
             pipelining,
+            pipelined_burst_with_backpressure,
             chunked_response,
             close_delimited_response,
             head_request,
