@@ -25,6 +25,8 @@
 //! - `[[listen]]` tables with `addr` and an optional `upstream` (the group for requests that
 //!   match no route; a plain string per listener is also accepted:
 //!   `listen = ["127.0.0.1:8080", "unix:/run/upkeep.sock"]`). Index = [`ListenerId`](crate::ListenerId).
+//!   A listener's optional `tls = { cert, key }` or `tls = { certs = [{ cert, key, names }] }`
+//!   makes it a TLS listener ([`ListenerTls`]).
 //! - `[[upstream]]` tables with a `name`: an **array**, not `[upstream.NAME]`, because group order
 //!   is meaningful (index = [`UpstreamId`](crate::UpstreamId); the first group takes every request
 //!   when no routes are configured) and TOML tables are unordered. Keys: `name`, `servers`
@@ -32,7 +34,8 @@
 //!   `keepalive_timeout`, `keepalive_requests`, `keepalive_time`, `pool_key` (`"server"` |
 //!   `"client"`), `connect_timeout`, `read_timeout`, `send_timeout`, `next_upstream_tries`,
 //!   `next_upstream_on_timeout`. Each entry of `servers` is an address string or an inline
-//!   table `{ addr, weight, max_fails, fail_timeout, backup, max_conns }`.
+//!   table `{ addr, weight, max_fails, fail_timeout, backup, max_conns }`. An optional
+//!   `tls = { sni, ca, verify, cert, key }` speaks TLS to the group's servers ([`UpstreamTls`]).
 //! - `[[route]]` tables: `host` (optional), `path_prefix` (default `"/"`), `upstream` (required).
 //! - `[client_timeouts]`: `header`, `body`, `keepalive`, `send`, `lingering`.
 //! - `[limits]`: `max_request_line`, `max_head`, `max_body`, `client_keepalive_requests`,

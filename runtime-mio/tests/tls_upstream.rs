@@ -270,3 +270,31 @@ fn the_connect_timeout_bounds_a_stalled_upstream_handshake() {
         "no request before the handshake"
     );
 }
+
+/// Mutual TLS: a server that requires a client certificate accepts the group's `cert` / `key`
+/// and refuses a group without one (502).
+#[test]
+fn a_client_certificate_is_presented_when_configured() {
+    let pki = Pki::new();
+    let backend = Backend::builder().name("b").identify().start().unwrap();
+    let server =
+        upkeep_testkit::tls::server_config_requiring_client_cert(&pki.leaf(&["127.0.0.1"]), &pki);
+    let front = TlsFront::start(server, backend.addr()).unwrap();
+    let client_cert = pki.leaf(&["proxy.test"]);
+    let with_cert = UpstreamTls {
+        cert: Some(client_cert.cert_str()),
+        key: Some(client_cert.key_str()),
+        ..pki.upstream_tls(None)
+    };
+    let proxy = proxy_to(&front, with_cert, 1);
+    let mut c = Client::connect(&proxy.listen_addrs()[0]).unwrap();
+    assert_eq!(c.get_text("/mtls"), (200, "b GET /mtls".into()));
+    let without = proxy_to(&front, pki.upstream_tls(None), 1);
+    let mut c = Client::connect(&without.listen_addrs()[0]).unwrap();
+    assert_eq!(c.get_text("/no-cert").0, 502);
+    assert_eq!(
+        backend.requests(),
+        1,
+        "only the request with a certificate got through"
+    );
+}

@@ -204,6 +204,31 @@ pub fn server_config(files: &CertFiles) -> Arc<ServerConfig> {
     Arc::new(config)
 }
 
+/// [`server_config`] that also requires a client certificate signed by `pki`'s CA (mutual TLS).
+pub fn server_config_requiring_client_cert(files: &CertFiles, pki: &Pki) -> Arc<ServerConfig> {
+    let mut roots = RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(pki.ca_file()).expect("CA") {
+        roots.add(c.expect("CA cert")).expect("add CA");
+    }
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .expect("client verifier");
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
+        .expect("cert")
+        .map(|c| c.expect("cert"))
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(&files.key).expect("key");
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)
+        .expect("cert and key");
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
 /// What a raw TLS client's handshake negotiated.
 #[derive(Debug)]
 pub struct Negotiated {
