@@ -50,6 +50,15 @@ impl CertFiles {
         self.key.display().to_string()
     }
 
+    /// The chain and the key, parsed.
+    pub fn load(&self) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+        let certs = CertificateDer::pem_file_iter(&self.cert)
+            .expect("cert")
+            .map(|c| c.expect("cert"))
+            .collect();
+        (certs, PrivateKeyDer::from_pem_file(&self.key).expect("key"))
+    }
+
     /// The leaf certificate (DER), to compare with what a client was shown.
     pub fn leaf(&self) -> CertificateDer<'static> {
         CertificateDer::from_pem_file(&self.cert).expect("certificate")
@@ -189,11 +198,7 @@ impl Default for Pki {
 /// A server configuration with one certificate (TLS 1.2 and 1.3, rustls's default session
 /// cache and tickets, so clients can resume).
 pub fn server_config(files: &CertFiles) -> Arc<ServerConfig> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
-        .expect("cert")
-        .map(|c| c.expect("cert"))
-        .collect();
-    let key = PrivateKeyDer::from_pem_file(&files.key).expect("key");
+    let (certs, key) = files.load();
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .expect("versions")
@@ -214,11 +219,7 @@ pub fn server_config_requiring_client_cert(files: &CertFiles, pki: &Pki) -> Arc<
         rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
             .build()
             .expect("client verifier");
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
-        .expect("cert")
-        .map(|c| c.expect("cert"))
-        .collect();
-    let key = PrivateKeyDer::from_pem_file(&files.key).expect("key");
+    let (certs, key) = files.load();
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .expect("versions")
