@@ -26,6 +26,8 @@
 //! - `[[listen]]` tables with `addr` and an optional `upstream` (the group for requests that
 //!   match no route; a plain string per listener is also accepted:
 //!   `listen = ["127.0.0.1:8080", "unix:/run/upkeep.sock"]`). Index = [`ListenerId`](crate::ListenerId).
+//!   A listener's optional `tls = { cert, key }` or `tls = { certs = [{ cert, key, names }] }`
+//!   makes it a TLS listener ([`ListenerTls`]).
 //! - `[[upstream]]` tables with a `name`: an **array**, not `[upstream.NAME]`, because group order
 //!   is meaningful (index = [`UpstreamId`](crate::UpstreamId); the first group takes every request
 //!   when no routes are configured) and TOML tables are unordered. Keys: `name`, `servers`
@@ -33,7 +35,8 @@
 //!   `keepalive_timeout`, `keepalive_requests`, `keepalive_time`, `pool_key` (`"server"` |
 //!   `"client"`), `connect_timeout`, `read_timeout`, `send_timeout`, `next_upstream_tries`,
 //!   `next_upstream_on_timeout`. Each entry of `servers` is an address string or an inline
-//!   table `{ addr, weight, max_fails, fail_timeout, backup, max_conns }`.
+//!   table `{ addr, weight, max_fails, fail_timeout, backup, max_conns }`. An optional
+//!   `tls = { sni, ca, verify, cert, key }` speaks TLS to the group's servers ([`UpstreamTls`]).
 //! - `[[route]]` tables: `host` (optional), `path_prefix` (default `"/"`), `upstream` (required).
 //! - `[client_timeouts]`: `header`, `body`, `keepalive`, `send`, `lingering`.
 //! - `[limits]`: `max_request_line`, `max_head`, `max_body`, `client_keepalive_requests`,
@@ -141,6 +144,7 @@ use core::time::Duration;
 mod de;
 mod parse;
 mod quick;
+mod tls;
 mod validate;
 mod warnings;
 
@@ -155,7 +159,8 @@ pub use file::FileError;
 pub use parse::{format_duration, parse_duration, parse_size};
 #[cfg(feature = "toml")]
 pub use plain::{plain_message, suggest};
-pub use quick::{QUICK_FLAGS, QuickConfig};
+pub use quick::{QUICK_FLAGS, QUICK_SWITCHES, QuickConfig};
+pub use tls::{CertKey, ListenerTls, UpstreamTls};
 pub use validate::{ConfigError, MAX_SERVERS_PER_UPSTREAM};
 
 /// Where to listen or connect: a TCP address or a Unix domain socket path.
@@ -176,6 +181,8 @@ pub struct ListenerConfig {
     /// `location /` does `proxy_pass http://NAME`). `None`: the first group when no routes are
     /// configured, else 404. Also how a library user binds one virtual listener per group.
     pub upstream: Option<String>,
+    /// TLS on this listener (`None`: plain HTTP). See [`ListenerTls`].
+    pub tls: Option<ListenerTls>,
 }
 
 impl ListenerConfig {
@@ -184,7 +191,14 @@ impl ListenerConfig {
         ListenerConfig {
             addr,
             upstream: None,
+            tls: None,
         }
+    }
+
+    /// The scheme clients reach this listener with: `"https"` for a TLS listener, else
+    /// `"http"` (the `X-Forwarded-Proto` value).
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
     }
 }
 
@@ -348,6 +362,8 @@ pub struct UpstreamConfig {
     /// `proxy_next_upstream timeout`: also move an idempotent request to the next server when the
     /// response header times out (off by default; connect timeouts always move on).
     pub next_upstream_on_timeout: bool,
+    /// TLS toward this group's servers (`None`: plain HTTP). See [`UpstreamTls`].
+    pub tls: Option<UpstreamTls>,
 }
 
 impl UpstreamConfig {
@@ -367,6 +383,7 @@ impl UpstreamConfig {
             send_timeout: Duration::from_secs(60),
             next_upstream_tries: 2,
             next_upstream_on_timeout: false,
+            tls: None,
         }
     }
 }

@@ -260,6 +260,7 @@ mod tests {
         c.listeners.push(crate::config::ListenerConfig {
             addr: Address::parse("127.0.0.1:81").unwrap(),
             upstream: Some("two".into()),
+            tls: None,
         });
         c.validate().unwrap();
         let r = Router::new(&c);

@@ -252,6 +252,8 @@ pub(crate) enum Failure {
     Reused408,
     /// The runtime could not attempt the connection (a local resource shortage).
     Local,
+    /// We refused the server's identity (TLS certificate verification): not its health's fault.
+    Rejected,
 }
 
 /// The keepalive race: the backend gave up on an idle connection as we reused it — it closed
@@ -271,7 +273,7 @@ pub(crate) fn failure_reason(why: Failure, race: bool) -> NotReusable {
         return NotReusable::Stale;
     }
     match why {
-        Failure::ConnectFailed | Failure::Local => NotReusable::ConnectFailed,
+        Failure::ConnectFailed | Failure::Local | Failure::Rejected => NotReusable::ConnectFailed,
         Failure::ConnectTimeout | Failure::ReadTimeout | Failure::SendTimeout => {
             NotReusable::Timeout
         }
@@ -282,7 +284,7 @@ pub(crate) fn failure_reason(why: Failure, race: bool) -> NotReusable {
 
 /// Whether a failure counts against the server's passive health (`max_fails`).
 pub(crate) fn counts_against_server(why: Failure, race: bool) -> bool {
-    !race && why != Failure::Local
+    !race && !matches!(why, Failure::Local | Failure::Rejected)
 }
 
 /// A failed attempt, as far as retrying it is concerned.
@@ -542,6 +544,8 @@ mod tests {
         assert_eq!(failure_reason(SendTimeout, false), NotReusable::Timeout);
         assert!(!counts_against_server(Closed, true));
         assert!(!counts_against_server(Local, false));
+        assert!(!counts_against_server(Rejected, false));
+        assert_eq!(failure_reason(Rejected, false), NotReusable::ConnectFailed);
         assert!(counts_against_server(ReadTimeout, false));
     }
 
@@ -686,6 +690,7 @@ mod tests {
             (BadResponse, 502),
             (Reused408, 502),
             (Local, 500),
+            (Rejected, 502),
         ];
         for (why, status) in cases {
             assert_eq!(failure_status(why), status, "{why:?}");

@@ -34,6 +34,7 @@ fn slow_backend_long_pipeline_short_timeouts() {
         cut_every: Some(6),
         reset_every: Some(0),
         down: false,
+        rejected: false,
         delay_ms: 168,
         keep_alive_hint: None,
         early_hints: false,

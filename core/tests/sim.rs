@@ -140,6 +140,7 @@ fn script() -> impl Strategy<Value = BackendScript> {
                     delay_ms: delay,
                     early_hints: hints,
                     race_ms: race,
+                    rejected: false,
                 }
             },
         )
@@ -790,4 +791,41 @@ fn regression_pipelined_slow_backends_leave_nothing_open() {
         },
     ];
     run(0, cfg, vec![slow(62), slow(139)], &acts);
+}
+
+/// A server whose TLS certificate our verification rejects (the runtime reports
+/// `Input::ConnectRejected`): every request routed to it is answered 502, no other server is
+/// tried for it, and the server is never marked down (the invariants check that after every
+/// step), while requests to the healthy server go on working.
+#[test]
+fn rejected_certificate_is_a_502_and_never_blames_the_server() {
+    let rejected = BackendScript {
+        rejected: true,
+        ..BackendScript::default()
+    };
+    let acts: Vec<Action> = (0..12)
+        .flat_map(|i| {
+            [
+                Action::Send {
+                    client: i % 2,
+                    kind: ReqKind::Get,
+                },
+                Action::Advance { ms: 5 },
+            ]
+        })
+        .collect();
+    let w = run(
+        7,
+        config(2),
+        vec![rejected, BackendScript::default()],
+        &acts,
+    );
+    let s = &w.stats.statuses;
+    assert!(s.get(&502).copied().unwrap_or(0) > 0, "{s:?}");
+    assert!(s.get(&200).copied().unwrap_or(0) > 0, "{s:?}");
+    let stats = w.harness.core.stats();
+    assert_eq!(
+        (stats.servers[0].failures, stats.servers[0].connect_failures),
+        (0, 0)
+    );
 }

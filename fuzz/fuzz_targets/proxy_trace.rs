@@ -114,6 +114,7 @@ fn bound_script(s: &BackendScript) -> BackendScript {
         cut_every: s.cut_every.map(|v| v % 7),
         reset_every: s.reset_every.map(|v| v % 7),
         down: s.down,
+        rejected: s.rejected,
         delay_ms: s.delay_ms % 300,
         keep_alive_hint: s.keep_alive_hint.map(|v| v % 5),
         early_hints: s.early_hints,

@@ -40,6 +40,7 @@ use upkeep_core::{Address, Config};
 use upkeep_runtime::admin::Operator;
 use upkeep_runtime::board::SNAPSHOT_WAIT;
 use upkeep_runtime::listen::{Bound, remove_socket_files};
+use upkeep_runtime::tls::{Contexts, ProcessTls, TlsStats};
 
 use crate::admin::Admin;
 use crate::metrics::Snapshot;
@@ -62,6 +63,7 @@ impl Proxy {
         config.validate()?;
         upkeep_runtime::descriptors::raise_limit();
         let shared = Arc::new(Shared::default());
+        let tls = Arc::new(Contexts::load(&config, &shared.tls)?);
         let mut bound = Vec::with_capacity(config.listeners.len());
         for l in &config.listeners {
             match Bound::bind(&l.addr) {
@@ -87,6 +89,7 @@ impl Proxy {
             config,
             bound,
             workers: Vec::new(),
+            tls,
         };
         let mut threads = Vec::new();
         if let Err(e) = generation.spawn(&shared, &mut threads) {
@@ -106,7 +109,7 @@ impl Proxy {
 }
 
 /// What the handle, the admin thread and the workers share.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Shared {
     /// The workers' board and the draining flag.
     operator: Operator<Control>,
@@ -116,6 +119,26 @@ struct Shared {
     /// The newest generation's workers, where a reload's old workers hand their idle client
     /// connections.
     newest: Handoff,
+    /// The client session store and TLS counters, kept across reloads.
+    tls: ProcessTls,
+}
+
+impl Default for Shared {
+    fn default() -> Shared {
+        let operator = Operator::<Control>::default();
+        // The admin's `/metrics` shows the same TLS counters the workers update.
+        let tls = ProcessTls {
+            sessions: upkeep_runtime::tls::sessions(),
+            stats: operator.tls.clone(),
+        };
+        Shared {
+            operator,
+            next_worker: AtomicU64::default(),
+            aborted: Arc::default(),
+            newest: Handoff::default(),
+            tls,
+        }
+    }
 }
 
 /// One configuration's listeners and workers.
@@ -124,6 +147,8 @@ struct Generation {
     config: Config,
     bound: Vec<Bound>,
     workers: Vec<Control>,
+    /// Certificates and keys loaded from `config`'s files.
+    tls: Arc<Contexts>,
 }
 
 impl Generation {
@@ -145,6 +170,7 @@ impl Generation {
                 shutdown_timeout: self.config.runtime.shutdown_timeout,
                 board: shared.operator.board.clone(),
                 aborted: shared.aborted.clone(),
+                tls: self.tls.clone(),
             })?;
             self.workers.push(control);
             threads.push(thread);
@@ -201,6 +227,11 @@ impl ProxyHandle {
         self.shared.operator.snapshot()
     }
 
+    /// TLS handshakes and failures of every worker so far (both sides, all generations).
+    pub fn tls_stats(&self) -> Arc<TlsStats> {
+        self.shared.tls.stats.clone()
+    }
+
     /// Each live worker's own snapshot (current and still-draining workers), for tests and
     /// diagnostics; [`ProxyHandle::snapshot`] is their sum plus retired workers.
     pub fn worker_snapshots(&self) -> Vec<Snapshot> {
@@ -227,6 +258,8 @@ impl ProxyHandle {
     /// [`ProxyHandle::reload`] itself.
     fn apply(&self, config: Config) -> Result<(), String> {
         config.validate().map_err(|e| e.to_string())?;
+        // Certificates first: a broken file refuses the reload and keeps the old generation.
+        let tls = Arc::new(Contexts::load(&config, &self.shared.tls).map_err(|e| e.to_string())?);
         let mut state = self.state();
         if self.shared.operator.is_draining() {
             return Err("draining: reload refused".into());
@@ -276,6 +309,7 @@ impl ProxyHandle {
             config,
             bound,
             workers: Vec::new(),
+            tls,
         };
         let mut threads = Vec::new();
         if let Err(e) = next.spawn(&self.shared, &mut threads) {

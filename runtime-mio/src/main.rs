@@ -69,7 +69,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Demo => match cli::demo::demo() {
+        Command::Demo { tls } => match cli::demo::demo(tls) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("upkeep demo: {e}");

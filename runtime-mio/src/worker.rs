@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use mio::event::Event;
 use mio::{Events, Poll, Token, Waker};
+use upkeep_core::config::UpstreamTls;
 use upkeep_core::{Address, Config, ConnId, Core, Input, ListenerId, Output, Released, ServerId};
 use upkeep_runtime::accept::{Admit, AfterError, Gate};
 use upkeep_runtime::board::{self, Reporter};
@@ -21,6 +22,7 @@ use upkeep_runtime::clock;
 use upkeep_runtime::io::{ReadStep, Reader};
 use upkeep_runtime::metrics::Snapshot;
 use upkeep_runtime::recorder::Recorder;
+use upkeep_runtime::tls::{self, Contexts, Session};
 
 use crate::net::{Listener, Stream};
 
@@ -47,12 +49,20 @@ pub(crate) enum Command {
     /// Take over a client connection a draining worker released (a reload).
     Adopt {
         stream: Stream,
+        /// Its TLS session, when it arrived on a TLS listener (it moves with the socket).
+        tls: Option<Box<Session>>,
         /// The configured address of the listener it arrived on.
         listener: Address,
         released: Released,
     },
     /// Take an idle upstream connection to `server` into the pool (a reload keeps them).
-    AdoptPooled { stream: Stream, server: Address },
+    AdoptPooled {
+        stream: Stream,
+        server: Address,
+        /// The TLS settings it was opened (and verified) under, and its session: only a group
+        /// with the very same settings may take it in.
+        tls: Option<(UpstreamTls, Box<Session>)>,
+    },
     /// Exit now.
     Stop,
     /// Send a snapshot of the counters.
@@ -108,6 +118,8 @@ pub(crate) struct Setup {
     pub(crate) board: Arc<Board>,
     /// Counts the requests cut at the shutdown timeout (the proxy's drain reports them).
     pub(crate) aborted: Arc<AtomicU64>,
+    /// The TLS material of this generation's configuration.
+    pub(crate) tls: Arc<Contexts>,
 }
 
 /// Starts a worker thread; it is on the board (visible to metrics) before this returns.
@@ -141,6 +153,7 @@ pub(crate) fn spawn(setup: Setup) -> io::Result<(Control, JoinHandle<()>)> {
         aborted: setup.aborted,
         handoff: None,
         handed: 0,
+        tls: setup.tls,
     };
     for i in 0..worker.listeners.len() {
         if let Some(l) = worker.listeners[i].as_mut() {
@@ -169,6 +182,8 @@ struct Sock {
     server: Option<ServerId>,
     /// Read size and announced FIN (the shared read loop's state).
     reader: Reader,
+    /// TLS between the socket and the core (a TLS listener's or TLS group's connection).
+    tls: Option<Box<Session>>,
 }
 
 /// The socket the core knows as `id` (a slot reused by a newer connection is not it). A free
@@ -200,6 +215,7 @@ struct Worker {
     handoff: Option<Handoff>,
     /// Connections handed off so far (spreads them over the new workers).
     handed: usize,
+    tls: Arc<Contexts>,
 }
 
 /// Whether the loop goes on.
@@ -311,6 +327,20 @@ impl Worker {
             match sock.stream.finish_connect() {
                 Ok(false) => return,
                 Ok(true) => {
+                    // A TLS upstream is connected once its handshake is complete, so the
+                    // connect timeout bounds the handshake too.
+                    if let Some(session) = sock.tls.as_mut() {
+                        match session.handshake(&self.core, sock.stream.sock()) {
+                            tls::Handshake::Pending => return,
+                            tls::Handshake::Done => {}
+                            tls::Handshake::Failed(why) => {
+                                self.core.handle(clock::now(), why.input(id));
+                                self.after_input();
+                                self.forget_if_closed(id);
+                                return;
+                            }
+                        }
+                    }
                     sock.connecting = false;
                     self.core
                         .handle(clock::now(), Input::Connected { conn: id });
@@ -368,9 +398,12 @@ impl Worker {
             if !sock.read || sock.eof || sock.connecting {
                 return;
             }
-            let step = sock
-                .reader
-                .read(&mut self.core, clock::now(), id, sock.stream.sock());
+            let step = match sock.tls.as_mut() {
+                Some(session) => session.read(&mut self.core, clock::now(), id, sock.stream.sock()),
+                None => sock
+                    .reader
+                    .read(&mut self.core, clock::now(), id, sock.stream.sock()),
+            };
             sock.eof = step == ReadStep::Done;
             self.after_input();
             if step != ReadStep::Again {
@@ -391,7 +424,14 @@ impl Worker {
         if sock.connecting {
             return;
         }
-        upkeep_runtime::io::flush(&mut self.core, clock::now(), id, sock.stream.sock());
+        match sock.tls.as_mut() {
+            Some(session) => {
+                session.flush(&mut self.core, clock::now(), id, sock.stream.sock());
+            }
+            None => {
+                upkeep_runtime::io::flush(&mut self.core, clock::now(), id, sock.stream.sock());
+            }
+        }
         self.after_input();
     }
 
@@ -415,7 +455,14 @@ impl Worker {
                 // Only ever after the last queued byte was written (the core's contract).
                 Output::Shutdown { conn } => {
                     if let Some(s) = self.sock(conn) {
-                        s.stream.shutdown_write();
+                        match s.tls.as_mut() {
+                            // close_notify first; the flush shuts the socket after it.
+                            Some(session) => {
+                                session.shutdown();
+                                self.to_write.push_back(conn);
+                            }
+                            None => s.stream.shutdown_write(),
+                        }
                     }
                 }
                 Output::Close { conn, reset } => self.close(conn, reset),
@@ -428,12 +475,13 @@ impl Worker {
 
     fn connect(&mut self, conn: ConnId, server: ServerId) {
         let addr = self.core.server_address(server).clone();
-        let result = Stream::connect(&addr).and_then(|mut stream| {
+        let result = self.tls.connect(server).transpose().and_then(|tls| {
+            let mut stream = Stream::connect(&addr)?;
             stream.register(self.poll.registry(), Token(conn.index as usize))?;
-            Ok(stream)
+            Ok((stream, tls))
         });
         match result {
-            Ok(stream) => self.insert(Sock {
+            Ok((stream, tls)) => self.insert(Sock {
                 id: conn,
                 stream,
                 read: true,
@@ -441,6 +489,7 @@ impl Worker {
                 connecting: true,
                 server: Some(server),
                 reader: Reader::default(),
+                tls: tls.map(Box::new),
             }),
             Err(e) => {
                 log::debug!("worker {}: connect to {addr} failed: {e}", self.id);
@@ -462,6 +511,9 @@ impl Worker {
             return;
         }
         if let Some(mut s) = slot.take() {
+            if let Some(session) = s.tls.as_mut() {
+                session.close(s.stream.sock(), reset);
+            }
             s.stream.deregister(self.poll.registry());
             if reset {
                 s.stream.set_reset_on_close();
@@ -501,7 +553,15 @@ impl Worker {
                     {
                         Ok(id) => {
                             stream.tune();
-                            self.install(now, id, stream);
+                            let tls = self.tls.accept(ListenerId(i as u32)).transpose();
+                            match tls {
+                                Ok(tls) => self.install(now, id, stream, tls.map(Box::new)),
+                                Err(e) => {
+                                    log::warn!("worker {}: TLS setup failed: {e}", self.id);
+                                    self.core.handle(now, Input::Errored { conn: id });
+                                    self.after_input();
+                                }
+                            }
                         }
                         Err(_at_capacity) => {
                             // Only while draining (the gate checked for room first): the new
@@ -575,10 +635,15 @@ impl Worker {
                 Ok(Command::ReopenLog) => self.recorder.reopen(),
                 Ok(Command::Adopt {
                     stream,
+                    tls,
                     listener,
                     released,
-                }) => self.adopt(stream, listener, released),
-                Ok(Command::AdoptPooled { stream, server }) => self.adopt_pooled(stream, &server),
+                }) => self.adopt(stream, tls, listener, released),
+                Ok(Command::AdoptPooled {
+                    stream,
+                    server,
+                    tls,
+                }) => self.adopt_pooled(stream, &server, tls),
                 Err(TryRecvError::Empty) => return Flow::Continue,
                 Err(TryRecvError::Disconnected) => return Flow::Exit,
             }
@@ -609,14 +674,23 @@ impl Worker {
         }
         if handing_off {
             // Warm upstream connections go first, so the new workers reuse them at once.
-            for (id, server) in self.core.release_pooled() {
+            for (id, server, settings) in self.core.release_pooled() {
                 if let Some(mut sock) = self.socks.get_mut(id.index as usize).and_then(Option::take)
                 {
                     sock.stream.deregister(self.poll.registry());
+                    // A TLS connection moves with its session and the settings it was opened
+                    // under; one whose settings are gone (no TLS session, or no settings) is
+                    // dropped here rather than adopted as something it is not.
+                    let tls = match (settings, sock.tls) {
+                        (Some(settings), Some(session)) => Some((settings, session)),
+                        (None, None) => None,
+                        _ => continue,
+                    };
                     if let Some(to) = self.next_adopter() {
                         to.send(Command::AdoptPooled {
                             stream: sock.stream,
                             server,
+                            tls,
                         });
                     }
                 }
@@ -643,13 +717,13 @@ impl Worker {
                 continue;
             };
             sock.stream.deregister(self.poll.registry());
-            self.pass_on(sock.stream, released);
+            self.pass_on(sock.stream, sock.tls, released);
         }
     }
 
     /// Sends a released connection to the next worker of the handoff; one with nowhere to go
     /// (its listener gone from the new configuration, or every new worker gone) is closed.
-    fn pass_on(&mut self, stream: Stream, released: Released) {
+    fn pass_on(&mut self, stream: Stream, tls: Option<Box<Session>>, released: Released) {
         let Some(l) = self
             .core
             .config()
@@ -664,6 +738,7 @@ impl Worker {
         };
         to.send(Command::Adopt {
             stream,
+            tls,
             listener,
             released,
         });
@@ -684,17 +759,29 @@ impl Worker {
 
     /// Takes an idle upstream connection an old worker released into the pool (closed when no
     /// group of this configuration has its server).
-    fn adopt_pooled(&mut self, stream: Stream, server: &Address) {
+    fn adopt_pooled(
+        &mut self,
+        stream: Stream,
+        server: &Address,
+        tls: Option<(UpstreamTls, Box<Session>)>,
+    ) {
         let now = clock::now();
+        let (settings, session) = tls.unzip();
         // Bytes or an EOF that came while it moved evict it: it is read at once.
-        if let Some(id) = self.core.adopt_pooled(now, server) {
-            self.install(now, id, stream);
+        if let Some(id) = self.core.adopt_pooled(now, server, settings.as_ref()) {
+            self.install(now, id, stream, session);
         }
     }
 
     /// Takes over a connection an old worker released. Should this worker already be handing
     /// off itself (reloads in quick succession), it passes the connection on.
-    fn adopt(&mut self, stream: Stream, listener: Address, released: Released) {
+    fn adopt(
+        &mut self,
+        stream: Stream,
+        tls: Option<Box<Session>>,
+        listener: Address,
+        released: Released,
+    ) {
         let now = clock::now();
         let Some(j) = self
             .core
@@ -710,15 +797,21 @@ impl Worker {
             ..released
         };
         let Ok(id) = self.core.adopt(now, released.listener, &released) else {
-            self.pass_on(stream, released);
+            self.pass_on(stream, tls, released);
             return;
         };
-        self.install(now, id, stream);
+        self.install(now, id, stream, tls);
     }
 
     /// Watches the socket of a connection the core just took in (a client accepted or adopted,
     /// a pooled upstream adopted) and reads it at once: bytes may be waiting already.
-    fn install(&mut self, now: upkeep_core::Time, id: ConnId, mut stream: Stream) {
+    fn install(
+        &mut self,
+        now: upkeep_core::Time,
+        id: ConnId,
+        mut stream: Stream,
+        tls: Option<Box<Session>>,
+    ) {
         if let Err(e) = stream.register(self.poll.registry(), Token(id.index as usize)) {
             log::warn!("worker {}: register failed: {e}", self.id);
             self.core.handle(now, Input::Errored { conn: id });
@@ -733,6 +826,7 @@ impl Worker {
             connecting: false,
             server: None,
             reader: Reader::default(),
+            tls,
         });
         self.after_input();
         self.to_read.push_back(id);

@@ -301,26 +301,35 @@ fn sighup_reloads_and_a_broken_file_keeps_the_old_config() {
     assert_eq!(up.wait_exit(), 0);
 }
 
-#[test]
-fn demo_prints_its_table() {
-    let out = upkeep(&["demo"]);
-    let text = String::from_utf8_lossy(&out.stdout);
+/// Runs `upkeep` with `args` (a demo), checks it exits 0, and returns its stdout.
+fn demo(args: &[&str]) -> String {
+    let out = upkeep(args);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_eq!(
         out.status.code(),
         Some(0),
         "{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let row = |name: &str| -> Vec<String> {
-        let line = text
-            .lines()
-            .find(|l| l.starts_with(name))
-            .unwrap_or_else(|| panic!("no {name:?} row in:\n{text}"));
-        line[name.len()..]
-            .split_whitespace()
-            .map(String::from)
-            .collect()
-    };
+    text
+}
+
+/// The cells of the table row of `text` that starts with `name`.
+fn row(text: &str, name: &str) -> Vec<String> {
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(name))
+        .unwrap_or_else(|| panic!("no {name:?} row in:\n{text}"));
+    line[name.len()..]
+        .split_whitespace()
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn demo_prints_its_table() {
+    let text = demo(&["demo"]);
+    let row = |name: &str| row(&text, name);
     assert!(
         text.contains("pooling on") && text.contains("pooling off"),
         "{text}"
@@ -565,4 +574,24 @@ fn shutdown_delay_fails_ready_while_still_serving() {
     assert_eq!(get_text(&admin, "/ready").0, 503);
     up.expect("draining: finishing in-flight requests");
     assert_eq!(up.wait_exit(), 0);
+}
+
+/// `upkeep demo --tls`: TLS origins; every unpooled request costs an upstream handshake
+/// (most of them resumed), pooling makes far fewer.
+#[test]
+fn demo_tls_counts_upstream_handshakes() {
+    let text = demo(&["demo", "--tls"]);
+    let row = |name: &str| row(&text, name);
+    let handshakes = row("upstream TLS handshakes");
+    let (on, off): (u64, u64) = (
+        handshakes[0].parse().unwrap(),
+        handshakes[1].parse().unwrap(),
+    );
+    let requests: u64 = row("requests ")[1].parse().unwrap();
+    assert!(requests > 0, "{text}");
+    assert_eq!(off, requests, "one handshake per unpooled request: {text}");
+    assert!(on < off, "{text}");
+    // "full / resumed" for each column.
+    assert_eq!(row("  full / resumed").len(), 6, "{text}");
+    assert_eq!(row("proxy CPU per request").len(), 2, "{text}");
 }

@@ -67,6 +67,8 @@ pub struct Operator<R> {
     pub draining: Arc<AtomicBool>,
     /// Configuration reloads by result (`upkeep_reloads_total`).
     pub reloads: Arc<Reloads>,
+    /// TLS handshakes and failures (appended to `/metrics`).
+    pub tls: Arc<crate::tls::TlsStats>,
 }
 
 impl<R> Clone for Operator<R> {
@@ -75,6 +77,7 @@ impl<R> Clone for Operator<R> {
             board: self.board.clone(),
             draining: self.draining.clone(),
             reloads: self.reloads.clone(),
+            tls: self.tls.clone(),
         }
     }
 }
@@ -85,6 +88,7 @@ impl<R> Default for Operator<R> {
             board: Arc::default(),
             draining: Arc::default(),
             reloads: Arc::default(),
+            tls: Arc::default(),
         }
     }
 }
@@ -144,6 +148,7 @@ pub fn answer<R: Reporter>(head: &[u8], operator: &Operator<R>) -> Vec<u8> {
         Route::Metrics => {
             let mut text = operator.snapshot().prometheus();
             process::render(&mut text, &process::read(), &operator.reloads);
+            text.push_str(&operator.tls.prometheus());
             ("200 OK", "text/plain; version=0.0.4; charset=utf-8", text)
         }
         Route::Status => ("200 OK", "text/plain", operator.snapshot().stub_status()),

@@ -21,6 +21,7 @@ pub mod process;
 pub mod recorder;
 pub mod socket;
 pub mod throttle;
+pub mod tls;
 pub mod trouble;
 pub mod upstream_metrics;
 pub mod workers;

@@ -44,6 +44,7 @@ fn parse_args() -> Result<Config, String> {
                 let value = value.to_str().ok_or("value is not UTF-8")?;
                 quick.set(&flag, value)?;
             }
+            Long(_) if QuickConfig::is_switch(&flag) => quick.switch(&flag)?,
             other => return Err(other.unexpected().to_string()),
         }
     }

@@ -24,6 +24,7 @@ use std::task::{Context, Poll};
 use upkeep_core::config::{ListenerConfig, UpstreamConfig};
 use upkeep_core::framing::{BodyDecoder, Head, HeadLimits, Method, Span};
 use upkeep_core::{Address, Config, Core, ListenerId, Stats};
+use upkeep_runtime::tls::{Contexts, ProcessTls};
 
 use crate::driver::{self, Driver, VirtualSink};
 
@@ -326,9 +327,12 @@ impl Client {
                 // an index and a scheme.
                 addr: Address::Unix(format!("/dev/null/upkeep-smol-client/{i}")),
                 upstream: Some(u.name.clone()),
+                tls: None,
             })
             .collect();
         config.validate()?;
+        // One session store per client: its connections resume each other's sessions.
+        let tls = Contexts::load(&config, &ProcessTls::default())?;
         let mut groups = HashMap::new();
         for (i, u) in config.upstreams.iter().enumerate() {
             let default_host = match &u.servers[0].addr {
@@ -348,7 +352,7 @@ impl Client {
         let (tx, rx) = async_channel::unbounded();
         std::thread::Builder::new()
             .name("upkeep-smol-client".into())
-            .spawn(move || client_driver(core, rx))?;
+            .spawn(move || client_driver(core, Arc::new(tls), rx))?;
         Ok(Client {
             inner: Arc::new(Inner {
                 commands: tx,
@@ -410,9 +414,10 @@ impl Client {
     }
 }
 
-fn client_driver(core: Core, commands: Receiver<Command>) {
+fn client_driver(core: Core, tls: Arc<Contexts>, commands: Receiver<Command>) {
     driver::run(async move {
         let (d, _timer) = Driver::start(core);
+        d.borrow_mut().use_tls(tls);
         while let Ok(cmd) = commands.recv().await {
             match cmd {
                 Command::Send {

@@ -18,13 +18,15 @@ use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::net::IpAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
-use upkeep_core::{Address, ConnId, Core, Input, ListenerId, Output, ServerId, Time, WriteOutcome};
+use upkeep_core::{ConnId, Core, Input, ListenerId, Output, ServerId, Time, WriteOutcome};
 use upkeep_runtime::accept::{Admit, AfterError, Gate};
 use upkeep_runtime::clock;
 use upkeep_runtime::io::{Flushed, ReadStep, Reader};
 use upkeep_runtime::metrics::Snapshot;
 use upkeep_runtime::recorder::Recorder;
+use upkeep_runtime::tls::{Contexts, Handshake, Session};
 
 use crate::listener::Listener;
 use crate::stream::Stream;
@@ -99,6 +101,9 @@ enum Slot {
     Socket {
         stream: Rc<Stream>,
         signals: Rc<Signals>,
+        /// TLS between the socket and the core (shared with nothing: an `Rc` only so a read
+        /// or flush can hold it beside a borrow of the core).
+        tls: Option<Rc<RefCell<Session>>>,
         _tasks: [Task<()>; 2],
     },
     /// An in-process client connection (the fan-out client): its pump task takes the bytes the
@@ -136,6 +141,8 @@ pub(crate) struct Driver {
     gate: Gate,
     /// Notified when a connection closes while accepting is paused: there may be room again.
     room: Event,
+    /// The TLS material of the configuration (none by default).
+    tls: Arc<Contexts>,
     this: std::rc::Weak<RefCell<Driver>>,
 }
 
@@ -154,11 +161,25 @@ impl Driver {
                 recorder: None,
                 gate: Gate::default(),
                 room: Event::new(),
+                tls: Arc::default(),
                 this: this.clone(),
             })
         });
         let timer = spawn(timer_loop(d.clone()));
         (d, timer)
+    }
+
+    /// Uses `tls` for TLS listeners and groups from now on.
+    pub(crate) fn use_tls(&mut self, tls: Arc<Contexts>) {
+        self.tls = tls;
+    }
+
+    /// The TLS session of a socket, if it has one.
+    fn session(&self, conn: ConnId) -> Option<Rc<RefCell<Session>>> {
+        match self.slot(conn) {
+            Some(Slot::Socket { tls, .. }) => tls.clone(),
+            _ => None,
+        }
     }
 
     fn shared(&self) -> Shared {
@@ -197,7 +218,7 @@ impl Driver {
     }
 
     /// Attaches a socket to `conn` and starts its reader and writer tasks.
-    fn install_socket(&mut self, conn: ConnId, stream: Stream) {
+    fn install_socket(&mut self, conn: ConnId, stream: Stream, tls: Option<Session>) {
         let stream = Rc::new(stream);
         let signals = Rc::new(Signals::default());
         signals.read.set(true);
@@ -214,6 +235,7 @@ impl Driver {
             Slot::Socket {
                 stream,
                 signals,
+                tls: tls.map(|s| Rc::new(RefCell::new(s))),
                 _tasks: [reader, writer],
             },
         );
@@ -233,7 +255,13 @@ impl Driver {
         let now = clock::now();
         match self.core.accept(now, listener, peer) {
             Ok(conn) => {
-                self.install_socket(conn, stream);
+                match self.tls.accept(listener).transpose() {
+                    Ok(tls) => self.install_socket(conn, stream, tls),
+                    Err(e) => {
+                        log::warn!("TLS session for a client: {e}");
+                        self.core.handle(now, Input::Errored { conn });
+                    }
+                }
                 self.drain();
             }
             Err(_at_capacity) => {
@@ -280,8 +308,7 @@ impl Driver {
             closed |= matches!(out, Output::Close { .. });
             match out {
                 Output::Connect { conn, server } => {
-                    let addr = self.core.server_address(server).clone();
-                    let task = spawn(connect_task(self.shared(), conn, server, addr));
+                    let task = spawn(connect_task(self.shared(), conn, server));
                     self.put(conn, Slot::Connecting { task: Some(task) });
                 }
                 Output::Write { conn } => match self.slot(conn) {
@@ -303,6 +330,13 @@ impl Driver {
                 // Only ever after the last queued byte was written (the core's contract).
                 Output::Shutdown { conn } => {
                     match self.slot_mut(conn) {
+                        Some(Slot::Socket {
+                            tls: Some(session), ..
+                        }) => {
+                            // close_notify first; the flush shuts the socket after it.
+                            session.borrow_mut().shutdown();
+                            self.flush(now, conn);
+                        }
                         Some(Slot::Socket { stream, .. }) => stream.shutdown_write(),
                         Some(Slot::Virtual { .. }) => {
                             // The core lingers for the client's EOF after a close-after-error
@@ -316,8 +350,14 @@ impl Driver {
                 }
                 Output::Close { conn, reset } => match self.take(conn) {
                     Some(Slot::Socket {
-                        stream, signals, ..
+                        stream,
+                        signals,
+                        tls,
+                        ..
                     }) => {
+                        if let Some(session) = tls {
+                            session.borrow_mut().close(stream.sock(), reset);
+                        }
                         if reset {
                             stream.set_reset_on_close();
                         }
@@ -363,7 +403,13 @@ impl Driver {
             return;
         };
         let (stream, signals) = (stream.clone(), signals.clone());
-        match upkeep_runtime::io::flush(&mut self.core, now, conn, stream.sock()) {
+        let flushed = match self.session(conn) {
+            Some(session) => session
+                .borrow_mut()
+                .flush(&mut self.core, now, conn, stream.sock()),
+            None => upkeep_runtime::io::flush(&mut self.core, now, conn, stream.sock()),
+        };
+        match flushed {
             Flushed::Empty | Flushed::Done => {}
             Flushed::Blocked => {
                 signals.write.set(true);
@@ -389,7 +435,14 @@ impl Driver {
             if !signals.read.get() {
                 return true;
             }
-            let step = reader.read(&mut self.core, clock::now(), conn, stream.sock());
+            let step = match self.session(conn) {
+                Some(session) => {
+                    session
+                        .borrow_mut()
+                        .read(&mut self.core, clock::now(), conn, stream.sock())
+                }
+                None => reader.read(&mut self.core, clock::now(), conn, stream.sock()),
+            };
             self.drain();
             match step {
                 ReadStep::Again => {}
@@ -552,16 +605,40 @@ async fn accepting(d: &Shared) {
     }
 }
 
-async fn connect_task(d: Shared, conn: ConnId, server: ServerId, addr: Address) {
-    let result = Stream::connect(&addr).await;
-    let mut d = d.borrow_mut();
+async fn connect_task(shared: Shared, conn: ConnId, server: ServerId) {
+    let (addr, tls) = {
+        let d = shared.borrow();
+        (d.core.server_address(server).clone(), d.tls.connect(server))
+    };
+    let result = match tls.transpose() {
+        Ok(tls) => Stream::connect(&addr).await.map(|s| (s, tls)),
+        Err(e) => Err(e),
+    };
+    // A TLS upstream is connected once its handshake is complete, so the core's connect
+    // timeout bounds the handshake too (it cancels this task by closing the connection).
+    let result = match result {
+        Ok((stream, Some(mut session))) => match handshake(&shared, &stream, &mut session).await {
+            Ok(()) => Ok((stream, Some(session))),
+            Err(why) => {
+                let mut d = shared.borrow_mut();
+                if let Some(Slot::Connecting { task: Some(t) }) = d.take(conn) {
+                    t.detach();
+                }
+                d.core.handle(clock::now(), why.input(conn));
+                d.drain();
+                return;
+            }
+        },
+        other => other,
+    };
+    let mut d = shared.borrow_mut();
     if !matches!(d.slot(conn), Some(Slot::Connecting { .. })) {
         return;
     }
     let now = clock::now();
     match result {
-        Ok(stream) => {
-            d.install_socket(conn, stream);
+        Ok((stream, tls)) => {
+            d.install_socket(conn, stream, tls);
             d.core.handle(now, Input::Connected { conn });
         }
         Err(e) => {
@@ -576,13 +653,38 @@ async fn connect_task(d: Shared, conn: ConnId, server: ServerId, addr: Address) 
     d.drain();
 }
 
+/// Drives an upstream TLS handshake to its end, awaiting the socket between steps.
+async fn handshake(
+    d: &Shared,
+    stream: &Stream,
+    session: &mut Session,
+) -> Result<(), upkeep_runtime::tls::Failure> {
+    loop {
+        let step = session.handshake(&d.borrow().core, stream.sock());
+        let ready = match step {
+            Handshake::Done => return Ok(()),
+            Handshake::Failed(why) => return Err(why),
+            Handshake::Pending if session.conn().wants_write() => stream.writable().await,
+            Handshake::Pending => stream.readable().await,
+        };
+        if let Err(e) = ready {
+            return Err(upkeep_runtime::tls::Failure::Io(e.kind()));
+        }
+    }
+}
+
 async fn reader_loop(d: Shared, conn: ConnId, stream: Rc<Stream>, signals: Rc<Signals>) {
     let mut reader = Reader::default();
     loop {
         if !signals.wait(|s| s.read.get()).await {
             return;
         }
-        if stream.readable().await.is_err() {
+        // Decrypted bytes rustls kept while reading was paused are not a socket event.
+        let buffered = d
+            .borrow()
+            .session(conn)
+            .is_some_and(|s| s.borrow().conn().has_buffered());
+        if !buffered && stream.readable().await.is_err() {
             let mut d = d.borrow_mut();
             d.core.handle(clock::now(), Input::Errored { conn });
             d.drain();

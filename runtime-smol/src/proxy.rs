@@ -12,6 +12,7 @@ use upkeep_runtime::admin::Operator;
 use upkeep_runtime::board::{Board, Reporter};
 use upkeep_runtime::metrics::Snapshot;
 use upkeep_runtime::recorder::Recorder;
+use upkeep_runtime::tls::{Contexts, ProcessTls};
 
 use upkeep_runtime::listen::{Bound, Listening, remove_socket_files};
 
@@ -86,6 +87,14 @@ impl Proxy {
     /// (`runtime.admin`), and returns once they are all serving.
     pub fn start(config: Config) -> io::Result<ProxyHandle> {
         config.validate()?;
+        let operator = Operator::default();
+        // Certificates before anything is bound: a bad file fails `start`, naming it. The
+        // session store is this proxy's, shared by every worker.
+        let process = ProcessTls {
+            sessions: upkeep_runtime::tls::sessions(),
+            stats: operator.tls.clone(),
+        };
+        let tls = Arc::new(Contexts::load(&config, &process)?);
         let workers = upkeep_runtime::workers::count(config.runtime.workers);
         // Each worker's client limit leaves descriptors for its upstream connections.
         let mut config = config;
@@ -126,7 +135,6 @@ impl Proxy {
             b.close();
         }
 
-        let operator = Operator::default();
         let admin = config.runtime.admin.as_ref();
         let admin = match admin.map(|a| Admin::start(a, operator.clone())).transpose() {
             Ok(admin) => admin,
@@ -161,6 +169,7 @@ impl Proxy {
             let board = operator.board.clone();
             controls.push(tx);
             let ready = ready_tx.clone();
+            let tls = tls.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("upkeep-smol-{w}"))
                 .spawn(move || {
@@ -172,6 +181,7 @@ impl Proxy {
                             id: w as u64,
                             board,
                             shutdown_timeout,
+                            tls,
                         },
                         rx,
                         ready,
@@ -224,6 +234,11 @@ impl ProxyHandle {
     /// The admin listener's bound address, if one is configured.
     pub fn admin_addr(&self) -> Option<Address> {
         self.admin.as_ref().map(|a| a.addr.clone())
+    }
+
+    /// TLS handshakes and failures of every worker (both sides).
+    pub fn tls_stats(&self) -> Arc<upkeep_runtime::tls::TlsStats> {
+        self.operator.tls.clone()
     }
 
     /// Counters summed over every worker (what the admin listener's `/metrics` renders).
@@ -296,6 +311,7 @@ struct Setup {
     id: u64,
     board: Arc<Board<WorkerControl>>,
     shutdown_timeout: Duration,
+    tls: Arc<Contexts>,
 }
 
 fn worker(
@@ -310,9 +326,11 @@ fn worker(
         id,
         board,
         shutdown_timeout,
+        tls,
     } = setup;
     driver::run(async move {
         let (d, _timer) = Driver::start(core);
+        d.borrow_mut().use_tls(tls);
         d.borrow_mut().record(recorder);
         let mut accepts = Vec::new();
         for (i, socket) in sockets.into_iter().enumerate() {

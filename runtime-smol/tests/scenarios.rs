@@ -38,3 +38,5 @@ upkeep_testkit::listener_tests!(try_start);
 upkeep_testkit::observability_tests!(start);
 
 upkeep_testkit::reliability_tests!(start);
+
+upkeep_testkit::scenario_tests_tls!(start);

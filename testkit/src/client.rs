@@ -89,6 +89,18 @@ impl Client {
         })
     }
 
+    /// Connects to `addr` with TLS, asking for `sni` (see [`crate::tls::connect`]).
+    pub fn connect_tls(
+        addr: &Address,
+        sni: &str,
+        config: std::sync::Arc<rustls::ClientConfig>,
+    ) -> io::Result<Client> {
+        let (stream, _) = crate::tls::connect(addr, sni, config)?;
+        Ok(Client {
+            reader: WireReader::new(Stream::Tls(Box::new(stream))),
+        })
+    }
+
     /// Writes `bytes` entirely.
     pub fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.reader.stream().write_all(bytes)

@@ -24,8 +24,10 @@ pub mod backend;
 pub mod client;
 pub mod listeners;
 pub mod observability;
+pub mod over_tls;
 pub mod reliability;
 pub mod scenarios;
+pub mod tls;
 pub mod wait;
 pub mod wire;
 
@@ -72,6 +74,7 @@ macro_rules! scenario_tests {
             backend_max_requests_per_connection,
             http10_client,
             pipelining,
+            pipelined_burst_with_backpressure,
             chunked_response,
             close_delimited_response,
             head_request,
@@ -126,5 +129,23 @@ macro_rules! reliability_tests {
                 $crate::reliability::$name($start);
             }
         )*
+    };
+}
+
+/// The shared scenarios again with TLS on both sides ([`over_tls`]): expands to a module
+/// `over_tls` running every scenario of [`scenario_tests!`] through
+/// [`over_tls::over_tls`](crate::over_tls::over_tls) and `$start`.
+#[macro_export]
+macro_rules! scenario_tests_tls {
+    ($start:expr) => {
+        mod over_tls {
+            fn start(config: upkeep_core::Config) -> Box<dyn $crate::RunningProxy> {
+                $crate::over_tls::over_tls(config, super::start_for_tls)
+            }
+            $crate::scenario_tests!(start);
+        }
+        fn start_for_tls(config: upkeep_core::Config) -> Box<dyn $crate::RunningProxy> {
+            $start(config)
+        }
     };
 }

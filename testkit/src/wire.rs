@@ -27,11 +27,18 @@ pub enum Stream {
     Tcp(TcpStream),
     /// A Unix domain socket connection.
     Unix(UnixStream),
+    /// A TLS client connection over TCP ([`crate::tls::connect`]).
+    Tls(Box<crate::tls::TlsStream>),
 }
 
 impl Stream {
     /// Connects to `addr` with [`IO_TIMEOUT`] as connect, read and write timeout.
     pub fn connect(addr: &Address) -> io::Result<Stream> {
+        if let Some(config) = crate::over_tls::client_config_for(addr) {
+            let (s, _) = crate::tls::connect(addr, crate::over_tls::SNI, config)?;
+            s.sock.set_nodelay(true)?;
+            return Ok(Stream::Tls(Box::new(s)));
+        }
         let stream = match addr {
             Address::Tcp(sa) => {
                 let s = TcpStream::connect_timeout(sa, IO_TIMEOUT)?;
@@ -51,6 +58,7 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.set_read_timeout(t),
             Stream::Unix(s) => s.set_read_timeout(t),
+            Stream::Tls(s) => s.sock.set_read_timeout(t),
         }
     }
 
@@ -59,6 +67,7 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.set_write_timeout(t),
             Stream::Unix(s) => s.set_write_timeout(t),
+            Stream::Tls(s) => s.sock.set_write_timeout(t),
         }
     }
 
@@ -67,6 +76,9 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.shutdown(how),
             Stream::Unix(s) => s.shutdown(how),
+            // A TLS half-close would be close_notify, which needs `&mut`: the TCP shutdown
+            // alone is what the peer sees as EOF anyway.
+            Stream::Tls(s) => s.sock.shutdown(how),
         }
     }
 
@@ -75,6 +87,12 @@ impl Stream {
         Ok(match self {
             Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
             Stream::Unix(s) => Stream::Unix(s.try_clone()?),
+            Stream::Tls(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "a TLS stream has one owner",
+                ));
+            }
         })
     }
 
@@ -85,6 +103,7 @@ impl Stream {
             // Unix sockets have no std peek; a plain read serves the callers in this crate (who
             // only need to know that bytes arrived).
             Stream::Unix(s) => (&*s).read(buf),
+            Stream::Tls(s) => s.sock.peek(buf),
         }
     }
 }
@@ -94,6 +113,11 @@ impl Read for Stream {
         match self {
             Stream::Tcp(s) => s.read(buf),
             Stream::Unix(s) => s.read(buf),
+            // A FIN without close_notify reads as the end of the stream, as on TCP.
+            Stream::Tls(s) => match s.read(buf) {
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(0),
+                other => other,
+            },
         }
     }
 }
@@ -103,6 +127,11 @@ impl Write for Stream {
         match self {
             Stream::Tcp(s) => s.write(buf),
             Stream::Unix(s) => s.write(buf),
+            Stream::Tls(s) => {
+                let n = s.write(buf)?;
+                s.flush()?;
+                Ok(n)
+            }
         }
     }
     fn flush(&mut self) -> io::Result<()> {

@@ -237,6 +237,8 @@ mirror! {
         addr: Address,
         #[serde(default)]
         upstream: Option<String>,
+        #[serde(default)]
+        tls: Option<super::ListenerTls>,
     }
 }
 
@@ -306,6 +308,8 @@ mirror! {
         next_upstream_tries: u32,
         #[serde(default = "d_next_upstream_on_timeout")]
         next_upstream_on_timeout: bool,
+        #[serde(default)]
+        tls: Option<super::UpstreamTls>,
     }
 }
 

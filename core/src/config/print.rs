@@ -11,7 +11,7 @@ use core::fmt::Write;
 
 use super::{
     Balance, ClientTimeouts, Config, HeaderOptions, Limits, ListenerConfig, PoolKeyMode,
-    RouteConfig, RuntimeOptions, ServerConfig, UpstreamConfig, format_duration,
+    RouteConfig, RuntimeOptions, ServerConfig, UpstreamConfig, UpstreamTls, format_duration,
 };
 
 /// A TOML string literal (quoted and escaped).
@@ -90,7 +90,11 @@ fn write_runtime(out: &mut String, r: &RuntimeOptions) {
 }
 
 fn write_listener(out: &mut String, l: &ListenerConfig) {
-    let ListenerConfig { addr, upstream } = l;
+    let ListenerConfig {
+        addr,
+        upstream,
+        tls,
+    } = l;
     let _ = writeln!(out, "\n[[listen]]\naddr = {}", q(&addr.to_string()));
     match upstream {
         Some(u) => {
@@ -98,6 +102,53 @@ fn write_listener(out: &mut String, l: &ListenerConfig) {
         }
         None => out.push_str("# upstream: none (unrouted requests go by the routes)\n"),
     }
+    match tls {
+        Some(t) => {
+            let certs: Vec<String> = t
+                .certs
+                .iter()
+                .map(|c| {
+                    let names: Vec<String> = c.names.iter().map(|n| q(n)).collect();
+                    format!(
+                        "{{ cert = {}, key = {}, names = [{}] }}",
+                        q(&c.cert),
+                        q(&c.key),
+                        names.join(", ")
+                    )
+                })
+                .collect();
+            let _ = writeln!(out, "tls = {{ certs = [{}] }}", certs.join(", "));
+        }
+        None => out.push_str("# tls: off (plain HTTP)\n"),
+    }
+}
+
+/// `[[upstream]] tls` as an inline table (unset optional fields left out).
+fn write_upstream_tls(out: &mut String, tls: Option<&UpstreamTls>) {
+    let Some(UpstreamTls {
+        sni,
+        ca,
+        verify,
+        cert,
+        key,
+    }) = tls
+    else {
+        out.push_str("# tls: off (plain HTTP to the servers)\n");
+        return;
+    };
+    let mut fields = Vec::new();
+    for (name, value) in [("sni", sni), ("ca", ca)] {
+        if let Some(v) = value {
+            fields.push(format!("{name} = {}", q(v)));
+        }
+    }
+    fields.push(format!("verify = {verify}"));
+    for (name, value) in [("cert", cert), ("key", key)] {
+        if let Some(v) = value {
+            fields.push(format!("{name} = {}", q(v)));
+        }
+    }
+    let _ = writeln!(out, "tls = {{ {} }}", fields.join(", "));
 }
 
 fn write_server(out: &mut String, s: &ServerConfig) {
@@ -133,6 +184,7 @@ fn write_upstream(out: &mut String, u: &UpstreamConfig) {
         send_timeout,
         next_upstream_tries,
         next_upstream_on_timeout,
+        tls,
     } = u;
     let _ = writeln!(out, "\n[[upstream]]\nname = {}\nservers = [", q(name));
     servers.iter().for_each(|s| write_server(out, s));
@@ -151,6 +203,7 @@ fn write_upstream(out: &mut String, u: &UpstreamConfig) {
         d(*read_timeout),
         d(*send_timeout),
     );
+    write_upstream_tls(out, tls.as_ref());
 }
 
 fn write_route(out: &mut String, r: &RouteConfig) {
@@ -268,6 +321,20 @@ mod tests {
         c.listeners.push(ListenerConfig {
             addr: addr("unix:/run/u.sock"),
             upstream: Some("default".into()),
+            tls: Some(crate::config::ListenerTls {
+                certs: vec![
+                    crate::config::CertKey {
+                        cert: "/etc/a.pem".into(),
+                        key: "/etc/a.key".into(),
+                        names: vec!["a.example".into()],
+                    },
+                    crate::config::CertKey {
+                        cert: "/etc/b.pem".into(),
+                        key: "/etc/b.key".into(),
+                        names: Vec::new(),
+                    },
+                ],
+            }),
         });
         let mut s = ServerConfig::new(addr("127.0.0.1:9002"));
         (s.weight, s.max_fails, s.backup, s.max_conns) = (3, 0, true, 7);
@@ -283,6 +350,13 @@ mod tests {
         g.read_timeout = Duration::from_secs(300);
         g.send_timeout = Duration::from_secs(7);
         g.next_upstream_on_timeout = true;
+        g.tls = Some(crate::config::UpstreamTls {
+            sni: Some("app.internal".into()),
+            ca: Some("/etc/ca.pem".into()),
+            verify: false,
+            cert: Some("/etc/client.pem".into()),
+            key: Some("/etc/client.key".into()),
+        });
         c.routes.push(RouteConfig {
             host: Some("example.com".into()),
             path_prefix: "/api".into(),
@@ -298,6 +372,7 @@ mod tests {
         c.runtime.admin = Some(addr("127.0.0.1:9901"));
         c.runtime.access_log = Some("/var/log/upkeep.log".into());
         c.runtime.shutdown_delay = Duration::from_secs(5);
+        c.runtime.access_log_format = crate::config::AccessLogFormat::Json;
         let text = c.to_toml();
         assert_eq!(Config::from_toml(&text).unwrap(), c, "{text}");
     }

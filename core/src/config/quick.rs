@@ -7,10 +7,16 @@
 
 use core::time::Duration;
 
-use super::{AccessLogFormat, Address, Config, ListenerConfig, PoolKeyMode, parse_duration};
+use super::{
+    AccessLogFormat, Address, Config, ListenerConfig, ListenerTls, PoolKeyMode, UpstreamTls,
+    parse_duration,
+};
+
+/// Flags that take no value (without the leading `--`): see [`QuickConfig::switch`].
+pub const QUICK_SWITCHES: [&str; 1] = ["upstream-tls"];
 
 /// Flags that take a value, in help-text order (without the leading `--`).
-pub const QUICK_FLAGS: [&str; 14] = [
+pub const QUICK_FLAGS: [&str; 18] = [
     "listen",
     "upstream",
     "workers",
@@ -25,6 +31,10 @@ pub const QUICK_FLAGS: [&str; 14] = [
     "access-log",
     "shutdown-delay",
     "access-log-format",
+    "tls-cert",
+    "tls-key",
+    "upstream-ca",
+    "upstream-sni",
 ];
 
 /// Flags collected one by one, turned into a validated [`Config`] by [`QuickConfig::build`].
@@ -56,6 +66,11 @@ pub struct QuickConfig {
     access_log: Option<String>,
     shutdown_delay: Option<Duration>,
     access_log_format: Option<AccessLogFormat>,
+    tls_cert: Option<String>,
+    tls_key: Option<String>,
+    upstream_tls: bool,
+    upstream_ca: Option<String>,
+    upstream_sni: Option<String>,
 }
 
 impl QuickConfig {
@@ -80,6 +95,25 @@ impl QuickConfig {
             && self.access_log.is_none()
             && self.shutdown_delay.is_none()
             && self.access_log_format.is_none()
+            && self.tls_cert.is_none()
+            && self.tls_key.is_none()
+            && !self.upstream_tls
+            && self.upstream_ca.is_none()
+            && self.upstream_sni.is_none()
+    }
+
+    /// Whether `flag` (without `--`) is a quick-mode flag that takes no value.
+    pub fn is_switch(flag: &str) -> bool {
+        QUICK_SWITCHES.contains(&flag)
+    }
+
+    /// Records a flag without a value (`--upstream-tls`: TLS toward every upstream server).
+    pub fn switch(&mut self, flag: &str) -> Result<(), String> {
+        match flag {
+            "upstream-tls" => self.upstream_tls = true,
+            _ => return Err(format!("unknown option --{flag}")),
+        }
+        Ok(())
     }
 
     /// Records `--flag value`; an unknown flag or a bad value is an error naming both.
@@ -116,6 +150,10 @@ impl QuickConfig {
                     format!("--access-log-format {value:?}: expected upkeep, combined or json")
                 })?)
             }
+            "tls-cert" => self.tls_cert = Some(value.to_owned()),
+            "tls-key" => self.tls_key = Some(value.to_owned()),
+            "upstream-ca" => self.upstream_ca = Some(value.to_owned()),
+            "upstream-sni" => self.upstream_sni = Some(value.to_owned()),
             _ => return Err(format!("unknown option --{flag}")),
         }
         Ok(())
@@ -162,6 +200,23 @@ impl QuickConfig {
         c.runtime.access_log = self.access_log.filter(|a| a != "off");
         if let Some(f) = self.access_log_format {
             c.runtime.access_log_format = f;
+        }
+        match (self.tls_cert, self.tls_key) {
+            (Some(cert), Some(key)) => {
+                for l in &mut c.listeners {
+                    l.tls = Some(ListenerTls::single(&cert, &key));
+                }
+            }
+            (None, None) => {}
+            _ => return Err("--tls-cert FILE and --tls-key FILE go together".into()),
+        }
+        // `--upstream-ca` or `--upstream-sni` alone mean TLS too: neither makes sense without.
+        if self.upstream_tls || self.upstream_ca.is_some() || self.upstream_sni.is_some() {
+            c.upstreams[0].tls = Some(UpstreamTls {
+                sni: self.upstream_sni,
+                ca: self.upstream_ca,
+                ..UpstreamTls::default()
+            });
         }
         c.validate().map_err(|e| e.to_string())?;
         Ok(c)
@@ -232,6 +287,39 @@ mod tests {
             plain
         );
         assert!(QUICK_FLAGS.iter().all(|f| QuickConfig::takes(f)));
+    }
+
+    #[test]
+    fn tls_flags() {
+        let base = [("listen", "127.0.0.1:8443"), ("upstream", "127.0.0.1:9001")];
+        let mut q = QuickConfig::default();
+        for (f, v) in base.iter().chain(&[
+            ("tls-cert", "c.pem"),
+            ("tls-key", "k.pem"),
+            ("upstream-sni", "app.test"),
+        ]) {
+            q.set(f, v).unwrap();
+        }
+        let c = q.build().unwrap();
+        assert_eq!(
+            c.listeners[0].tls,
+            Some(ListenerTls::single("c.pem", "k.pem"))
+        );
+        assert_eq!(c.listeners[0].scheme(), "https");
+        let tls = c.upstreams[0].tls.clone().unwrap();
+        assert_eq!((tls.sni.as_deref(), tls.verify), (Some("app.test"), true));
+        let mut q = QuickConfig::default();
+        q.switch("upstream-tls").unwrap();
+        assert!(!q.is_empty());
+        assert!(QuickConfig::is_switch("upstream-tls"));
+        for (f, v) in base {
+            q.set(f, v).unwrap();
+        }
+        let c = q.build().unwrap();
+        assert_eq!(c.upstreams[0].tls, Some(UpstreamTls::default()));
+        assert_eq!(c.listeners[0].tls, None);
+        let e = quick(&[base[0], base[1], ("tls-cert", "c.pem")]).unwrap_err();
+        assert_eq!(e, "--tls-cert FILE and --tls-key FILE go together");
     }
 
     #[test]

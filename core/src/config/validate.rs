@@ -174,6 +174,9 @@ impl Config {
             {
                 return err(loc, format!("upstream {name:?} is not defined"));
             }
+            if let Some(Err(e)) = l.tls.as_ref().map(super::tls::check_listener) {
+                return err(loc, e);
+            }
         }
         Ok(())
     }
@@ -212,6 +215,9 @@ impl Config {
             }
             if up.servers.is_empty() {
                 return err(loc, "at least one server is required");
+            }
+            if let Some(Err(e)) = up.tls.as_ref().map(super::tls::check_upstream) {
+                return err(loc, e);
             }
             if up.servers.len() > MAX_SERVERS_PER_UPSTREAM {
                 return err(

@@ -247,6 +247,7 @@ mod tests {
             c.listeners.push(ListenerConfig {
                 addr: addr("127.0.0.1:8081"),
                 upstream: Some("app".into()),
+                tls: None,
             });
         });
         assert_eq!(got.len(), 1, "{got:?}");

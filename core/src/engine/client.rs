@@ -22,6 +22,7 @@ use super::record::{self, End};
 use super::table::Role;
 use super::upstream::UState;
 use super::{Core, HEAD_GROWTH, Output, touch};
+use crate::config::ListenerConfig;
 use crate::connection::AfterFlush;
 use crate::framing::{self, BodyKind, Forwarding, Method, OutBody, Version};
 use crate::rules::{self, ClientFacts, NotReusable};
@@ -189,6 +190,11 @@ impl Core {
         cl.phase = Phase::Exchange;
         cl.body_progress = now;
         let peer = cl.peer;
+        let scheme = self
+            .config
+            .listeners
+            .get(cl.listener.0 as usize)
+            .map_or("http", ListenerConfig::scheme);
         let Some(group) = route else {
             c.buf.rbuf.advance(head.len);
             self.client_error(now, id, 404);
@@ -203,7 +209,7 @@ impl Core {
         let fwd = Forwarding {
             client_ip: peer,
             x_forwarded_for: self.config.headers.x_forwarded_for,
-            proto: self.config.headers.x_forwarded_proto.then_some("http"),
+            proto: self.config.headers.x_forwarded_proto.then_some(scheme),
             via: self.config.headers.via.as_deref(),
             default_host: &self.config.upstreams[group.0 as usize].name,
             te_trailers: ex.trailers,

@@ -18,7 +18,7 @@ use super::client::Phase;
 use super::table::{Conn, Role};
 use super::upstream::{UState, Upstream};
 use super::{AtCapacity, Core, Input, touch};
-use crate::config::{Address, PoolKeyMode};
+use crate::config::{Address, PoolKeyMode, UpstreamTls};
 use crate::connection::{AfterFlush, Buffers};
 use crate::pool::{EvictReason, PoolKey};
 use crate::rules::ResponseFacts;
@@ -42,8 +42,10 @@ impl Core {
     /// Before a handoff drain: takes every idle pooled upstream connection out of the pool
     /// without closing it, for the runtime to hand to a new core ([`Core::adopt_pooled`]) —
     /// a reload keeps the warm connections to servers the new configuration still has. Those
-    /// of a `pool_key = "client"` group are closed (their partition is this core's).
-    pub fn release_pooled(&mut self) -> Vec<(ConnId, Address)> {
+    /// of a `pool_key = "client"` group are closed (their partition is this core's). Each comes
+    /// with its server's address and the TLS settings of its group (what it was opened and
+    /// verified under), for [`Core::adopt_pooled`].
+    pub fn release_pooled(&mut self) -> Vec<(ConnId, Address, Option<UpstreamTls>)> {
         let mut idle = Vec::new();
         self.pool.drain(&mut |c| idle.push(c));
         let mut released = Vec::new();
@@ -57,19 +59,26 @@ impl Core {
                 continue;
             }
             let addr = self.server_address(self.servers[u.server as usize]).clone();
+            let tls = self.config.upstreams[g].tls.clone();
             self.stats.groups[g].evictions[EvictReason::Draining as usize] += 1;
             self.timers.set(id.index, None);
             self.conns.remove(id);
-            released.push((id, addr));
+            released.push((id, addr, tls));
         }
         released
     }
 
     /// Takes an idle upstream connection to `server` that another core
     /// [released](Core::release_pooled) into the pool of the first group that has a server at
-    /// that address (and pools by server); `None` if none does or this core is draining (the
+    /// that address, pools by server and has the same TLS settings `tls` (or none, both); `None`
+    /// if none does or this core is draining (the
     /// runtime closes it then). Watched like any pooled connection from now on.
-    pub fn adopt_pooled(&mut self, now: Time, server: &Address) -> Option<ConnId> {
+    pub fn adopt_pooled(
+        &mut self,
+        now: Time,
+        server: &Address,
+        tls: Option<&UpstreamTls>,
+    ) -> Option<ConnId> {
         if self.draining {
             return None;
         }
@@ -79,7 +88,11 @@ impl Core {
             .iter()
             .enumerate()
             .find_map(|(g, up)| {
-                let pooled = up.keepalive > 0 && up.pool_key == PoolKeyMode::Server;
+                // The same TLS settings (SNI, verification, client certificate) or none on
+                // both sides: a connection opened for one identity is never reused for another.
+                let pooled = up.keepalive > 0
+                    && up.pool_key == PoolKeyMode::Server
+                    && up.tls.as_ref() == tls;
                 let i = up.servers.iter().position(|s| s.addr == *server)?;
                 pooled.then_some((g, i))
             })?;

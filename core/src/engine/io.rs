@@ -109,6 +109,15 @@ pub enum Input<'a> {
         /// The connection.
         conn: ConnId,
     },
+    /// The connection reached the server but *we* refused it: its TLS certificate failed our
+    /// verification (expired, another name, an unknown CA). That is a configuration mismatch
+    /// on our side as often as the server's, and every server of the group would be judged by
+    /// the same settings, so the server's health is not touched and no other server is tried;
+    /// the client gets a 502. The runtime logs and counts the reason.
+    ConnectRejected {
+        /// The connection.
+        conn: ConnId,
+    },
 }
 
 impl Input<'_> {

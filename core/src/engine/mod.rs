@@ -468,6 +468,16 @@ impl Core {
                     self.upstream_failed(now, conn, Failure::Local);
                 }
             }
+            Input::ConnectRejected { conn } => {
+                let Some(c) = self.conns.get(conn) else {
+                    return;
+                };
+                if let Role::Upstream(u) = &c.role
+                    && u.state == UState::Connecting
+                {
+                    self.upstream_failed(now, conn, Failure::Rejected);
+                }
+            }
         }
         self.sync(now);
     }

@@ -138,6 +138,7 @@ pub(crate) fn failure_name(why: Failure) -> &'static str {
         Failure::BadResponse => "bad_response",
         Failure::Reused408 => "reused_408",
         Failure::Local => "local",
+        Failure::Rejected => "tls_rejected",
     }
 }
 

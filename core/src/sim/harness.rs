@@ -212,6 +212,17 @@ impl Harness {
         Some(u)
     }
 
+    /// The runtime refused the oldest pending connect's server identity (a TLS certificate
+    /// our verification rejects): [`Input::ConnectRejected`].
+    pub fn reject_connect(&mut self) -> Option<ConnId> {
+        if self.connects.is_empty() {
+            return None;
+        }
+        let u = self.connects.remove(0);
+        self.complete_connect(u, Input::ConnectRejected { conn: u });
+        Some(u)
+    }
+
     fn complete_connect(&mut self, u: ConnId, input: Input<'_>) {
         if let Some(ep) = self.upstreams.get_mut(&u) {
             ep.connected = matches!(input, Input::Connected { .. });

@@ -26,6 +26,10 @@ pub(crate) fn load(path: &Path) -> Result<Loaded, String> {
     let at = |e: &ConfigError| format!("{}:{}", path.display(), FileError::locate(&text, e));
     let config = Config::from_toml(&text).map_err(|e| format!("{}:{e}", path.display()))?;
     preflight::check_paths(&config).map_err(|e| at(&e))?;
+    // The certificate, key and CA files it names: an unreadable file or a key that does not
+    // match its certificate is `FILE: CERTFILE: message`.
+    upkeep_runtime::tls::Contexts::load(&config, &Default::default())
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     let warnings = config
         .warnings()
         .iter()
@@ -54,6 +58,8 @@ pub(crate) fn from_source(source: &Source) -> Result<Loaded, String> {
 /// The same checks for a configuration built from flags (no file to point into).
 fn check_flags(config: Config) -> Result<Loaded, String> {
     preflight::check_paths(&config).map_err(|e| format!("upkeep: {e}"))?;
+    upkeep_runtime::tls::Contexts::load(&config, &Default::default())
+        .map_err(|e| format!("upkeep: {e}"))?;
     let warnings = config.warnings().iter().map(ToString::to_string).collect();
     Ok(Loaded { config, warnings })
 }

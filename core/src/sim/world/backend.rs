@@ -68,6 +68,8 @@ impl World {
             let server = self.server_index(u);
             if self.scripts[server].down {
                 self.harness.refuse_connect();
+            } else if self.scripts[server].rejected {
+                self.harness.reject_connect();
             } else {
                 let group = self.harness.upstreams[&u]
                     .server

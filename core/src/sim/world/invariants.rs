@@ -182,6 +182,15 @@ impl World {
         {
             problems.push(format!("poll_timeout {t:?} is in the past (now {now:?})"));
         }
+        // 6. a server whose certificate we reject is never blamed for it (its health is ours
+        // to keep: the failure is a configuration mismatch, not the server being down)
+        for (i, server) in core.servers().iter().enumerate() {
+            if self.scripts.get(i).is_some_and(|s| s.rejected) && !core.server_up(now, *server) {
+                problems.push(format!(
+                    "server {i} was marked down for a rejected certificate"
+                ));
+            }
+        }
         // 2. pool caps and clean pooled connections
         for (g, up) in core.config().upstreams.iter().enumerate() {
             let idle = core.pool_idle(UpstreamId(g as u32));

@@ -41,6 +41,9 @@ pub struct BackendScript {
     pub reset_every: Option<u32>,
     /// Refuses connects.
     pub down: bool,
+    /// Accepts connects, but its TLS certificate fails our verification: the runtime reports
+    /// every connect as [`Input::ConnectRejected`](crate::Input::ConnectRejected).
+    pub rejected: bool,
     /// Answers each request after this many ms.
     pub delay_ms: u64,
     /// Sends `Keep-Alive: timeout=N` (seconds).
@@ -64,6 +67,7 @@ impl Default for BackendScript {
             cut_every: None,
             reset_every: None,
             down: false,
+            rejected: false,
             delay_ms: 0,
             keep_alive_hint: None,
             early_hints: false,
