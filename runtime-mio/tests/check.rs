@@ -152,6 +152,34 @@ fn unwritable_directories_are_rejected() {
     );
 }
 
+/// A relative access log is opened in the working directory, so that is the directory to check
+/// (not `/`, which an unprivileged user cannot write into).
+#[test]
+fn a_relative_access_log_is_checked_in_the_working_directory() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let dir = TempDir::new().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let path = file(
+        &dir,
+        "rel.toml",
+        &format!("access_log = \"access.log\"\n{HEAD}"),
+    );
+    let mut cmd = Command::new(BIN);
+    cmd.args(["check", "--config", &path])
+        .current_dir(dir.path());
+    // root writes anywhere, `/` included: check as `nobody` so the directory checked matters.
+    let locked = dir.path().join("locked");
+    std::fs::create_dir(&locked).unwrap();
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o555)).unwrap();
+    if std::fs::write(locked.join("probe"), "").is_ok() {
+        cmd.uid(65534).gid(65534);
+    }
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "configuration ok\n");
+}
+
 #[test]
 fn plain_language_type_errors_and_did_you_mean() {
     let dir = TempDir::new().unwrap();

@@ -50,10 +50,12 @@ fn log_file(path: &str) -> Result<(), String> {
 }
 
 fn writable_dir(path: &str, what: &str) -> Result<(), String> {
-    let dir = Path::new(path)
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("/"));
+    // A bare file name (`access.log`) has the parent "": it is opened in the working directory.
+    let dir = match Path::new(path).parent() {
+        Some(d) if d.as_os_str().is_empty() => Path::new("."),
+        Some(d) => d,
+        None => Path::new("/"),
+    };
     let shown = dir.display();
     if !dir.exists() {
         return Err(format!("directory {shown} of {what} {path} does not exist"));
