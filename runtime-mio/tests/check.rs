@@ -130,6 +130,31 @@ fn paths_in_missing_directories_are_rejected_by_check_and_run_alike() {
     assert!(stderr(&out).contains("does not exist"), "{}", stderr(&out));
 }
 
+/// A Unix socket path longer than a socket address holds (`sun_path`) fails at bind: `check`
+/// must say so first, for a listener and for the admin socket.
+#[test]
+fn unix_socket_paths_too_long_to_bind_are_rejected_by_check_and_run_alike() {
+    let dir = TempDir::new().unwrap();
+    let deep = dir.path().join("d".repeat(120));
+    std::fs::create_dir(&deep).unwrap();
+    let long = format!("{}/upkeep.sock", deep.display());
+    both_reject(
+        &dir,
+        &HEAD.replace(
+            "listen = [\"127.0.0.1:18080\"]",
+            &format!("listen = [\"127.0.0.1:18080\", \"unix:{long}\"]"),
+        ),
+        (1, 30),
+        &format!("listen 2: unix socket path {long} is too long"),
+    );
+    both_reject(
+        &dir,
+        &format!("admin = \"unix:{long}\"\n{HEAD}"),
+        (1, 9),
+        &format!("admin: unix socket path {long} is too long"),
+    );
+}
+
 #[test]
 fn unwritable_directories_are_rejected() {
     let dir = TempDir::new().unwrap();

@@ -30,8 +30,19 @@ pub fn check_paths(config: &Config) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// A socket file is created in its directory: the directory must exist and be writable.
+/// A socket file is created in its directory: the directory must exist and be writable, and the
+/// path must fit in a socket address (`sun_path`), which bind refuses otherwise.
 fn socket_dir(path: &str) -> Result<(), String> {
+    if std::os::unix::net::SocketAddr::from_pathname(path).is_err() {
+        // `from_pathname` is bind's own rule (room for the path and its NUL).
+        let max = core::mem::size_of::<libc::sockaddr_un>()
+            - core::mem::offset_of!(libc::sockaddr_un, sun_path)
+            - 1;
+        return Err(format!(
+            "unix socket path {path} is too long ({} bytes; a socket address holds at most {max})",
+            path.len()
+        ));
+    }
     writable_dir(path, "unix socket")
 }
 
