@@ -155,6 +155,24 @@ fn unix_socket_paths_too_long_to_bind_are_rejected_by_check_and_run_alike() {
     );
 }
 
+/// `run` never replaces a file that is not a socket at a Unix listener's path (it may be someone's
+/// data): `check` says so first.
+#[test]
+fn a_unix_socket_path_naming_a_plain_file_is_rejected_by_check_and_run_alike() {
+    let dir = TempDir::new().unwrap();
+    let plain = file(&dir, "data.txt", "keep me");
+    both_reject(
+        &dir,
+        &HEAD.replace(
+            "listen = [\"127.0.0.1:18080\"]",
+            &format!("listen = [\"127.0.0.1:18080\", \"unix:{plain}\"]"),
+        ),
+        (1, 30),
+        &format!("listen 2: {plain} exists and is not a socket"),
+    );
+    assert_eq!(std::fs::read_to_string(&plain).unwrap(), "keep me");
+}
+
 #[test]
 fn unwritable_directories_are_rejected() {
     let dir = TempDir::new().unwrap();

@@ -6,6 +6,7 @@
 //!
 //! [`Config::validate`]: upkeep_core::Config::validate
 
+use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 
 use rustix::fs::{Access, access};
@@ -42,6 +43,12 @@ fn socket_dir(path: &str) -> Result<(), String> {
             "unix socket path {path} is too long ({} bytes; a socket address holds at most {max})",
             path.len()
         ));
+    }
+    // `listen::bind_unix` replaces only a socket file (a stale one), never other data.
+    if let Ok(meta) = std::fs::symlink_metadata(path)
+        && !meta.file_type().is_socket()
+    {
+        return Err(format!("{path} exists and is not a socket"));
     }
     writable_dir(path, "unix socket")
 }
