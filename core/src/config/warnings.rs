@@ -97,7 +97,11 @@ impl Config {
 
     fn warn_routes(&self, out: &mut Vec<ConfigError>) {
         for (i, r) in self.routes.iter().enumerate() {
-            let host = |h: &Option<String>| h.as_ref().map(|h| h.to_ascii_lowercase());
+            // The router's own comparison (case, a trailing dot).
+            let host = |h: &Option<String>| {
+                h.as_ref()
+                    .map(|h| crate::route::bare_host(h.as_bytes()).to_ascii_lowercase())
+            };
             if let Some(j) = self.routes[..i]
                 .iter()
                 .position(|o| o.path_prefix == r.path_prefix && host(&o.host) == host(&r.host))
@@ -193,7 +197,7 @@ mod tests {
     #[test]
     fn each_warning() {
         type Edit = fn(&mut Config);
-        let cases: [(Edit, &str); 6] = [
+        let cases: [(Edit, &str); 7] = [
             (
                 |c| {
                     c.routes.pop();
@@ -224,6 +228,14 @@ mod tests {
             (
                 |c| c.routes.push(route(None, "/", "static")),
                 "route 3: path_prefix: the same host and path_prefix as route 2",
+            ),
+            // Hosts compare as the router compares them: case and a trailing dot aside.
+            (
+                |c| {
+                    c.routes.push(route(Some("example.com"), "/x", "app"));
+                    c.routes.push(route(Some("Example.COM."), "/x", "static"));
+                },
+                "route 4: path_prefix: the same host and path_prefix as route 3",
             ),
         ];
         for (f, want) in cases {
