@@ -54,7 +54,7 @@ impl Config {
     }
 
     fn warn_upstreams(&self, out: &mut Vec<ConfigError>) {
-        for (i, up) in self.upstreams.iter().enumerate() {
+        for up in &self.upstreams {
             let loc = format!("upstream {:?}", up.name);
             if up.keepalive_timeout > up.keepalive_time {
                 out.push(ConfigError::new(
@@ -84,8 +84,7 @@ impl Config {
                 || self
                     .listeners
                     .iter()
-                    .any(|l| l.upstream.as_ref() == Some(&up.name))
-                || (i == 0 && !self.has_catch_all());
+                    .any(|l| l.upstream.as_ref() == Some(&up.name));
             if !self.routes.is_empty() && !used {
                 out.push(ConfigError::new(
                     &loc,
@@ -197,12 +196,18 @@ mod tests {
     #[test]
     fn each_warning() {
         type Edit = fn(&mut Config);
-        let cases: [(Edit, &str); 7] = [
+        let cases: [(Edit, &str); 8] = [
+            (
+                |c| c.routes[1].host = Some("example.com".into()),
+                "listen 1: no route matches every request",
+            ),
+            // With routes, the first group is no fallback: unnamed, it is unused like any other.
             (
                 |c| {
                     c.routes.pop();
+                    c.listeners[0].upstream = Some("static".into());
                 },
-                "listen 1: no route matches every request",
+                "upstream \"app\": name: no route and no listener sends requests to this group",
             ),
             (
                 |c| c.runtime.admin = Some(addr("0.0.0.0:9901")),
