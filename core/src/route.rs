@@ -36,7 +36,7 @@ pub struct Router {
 
 /// The host part of a Host header value: surrounding whitespace, a `:port` suffix and a
 /// trailing dot removed (`[v6]` literals keep their brackets).
-fn bare_host(host: &[u8]) -> &[u8] {
+pub(crate) fn bare_host(host: &[u8]) -> &[u8] {
     let host = host.trim_ascii();
     let host = if host.first() == Some(&b'[') {
         match host.iter().position(|&b| b == b']') {

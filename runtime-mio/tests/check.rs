@@ -130,6 +130,49 @@ fn paths_in_missing_directories_are_rejected_by_check_and_run_alike() {
     assert!(stderr(&out).contains("does not exist"), "{}", stderr(&out));
 }
 
+/// A Unix socket path longer than a socket address holds (`sun_path`) fails at bind: `check`
+/// must say so first, for a listener and for the admin socket.
+#[test]
+fn unix_socket_paths_too_long_to_bind_are_rejected_by_check_and_run_alike() {
+    let dir = TempDir::new().unwrap();
+    let deep = dir.path().join("d".repeat(120));
+    std::fs::create_dir(&deep).unwrap();
+    let long = format!("{}/upkeep.sock", deep.display());
+    both_reject(
+        &dir,
+        &HEAD.replace(
+            "listen = [\"127.0.0.1:18080\"]",
+            &format!("listen = [\"127.0.0.1:18080\", \"unix:{long}\"]"),
+        ),
+        (1, 30),
+        &format!("listen 2: unix socket path {long} is too long"),
+    );
+    both_reject(
+        &dir,
+        &format!("admin = \"unix:{long}\"\n{HEAD}"),
+        (1, 9),
+        &format!("admin: unix socket path {long} is too long"),
+    );
+}
+
+/// `run` never replaces a file that is not a socket at a Unix listener's path (it may be someone's
+/// data): `check` says so first.
+#[test]
+fn a_unix_socket_path_naming_a_plain_file_is_rejected_by_check_and_run_alike() {
+    let dir = TempDir::new().unwrap();
+    let plain = file(&dir, "data.txt", "keep me");
+    both_reject(
+        &dir,
+        &HEAD.replace(
+            "listen = [\"127.0.0.1:18080\"]",
+            &format!("listen = [\"127.0.0.1:18080\", \"unix:{plain}\"]"),
+        ),
+        (1, 30),
+        &format!("listen 2: {plain} exists and is not a socket"),
+    );
+    assert_eq!(std::fs::read_to_string(&plain).unwrap(), "keep me");
+}
+
 #[test]
 fn unwritable_directories_are_rejected() {
     let dir = TempDir::new().unwrap();
@@ -150,6 +193,34 @@ fn unwritable_directories_are_rejected() {
         (1, 14),
         &format!("access_log: directory {l} of access log {l}/access.log is not writable"),
     );
+}
+
+/// A relative access log is opened in the working directory, so that is the directory to check
+/// (not `/`, which an unprivileged user cannot write into).
+#[test]
+fn a_relative_access_log_is_checked_in_the_working_directory() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let dir = TempDir::new().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let path = file(
+        &dir,
+        "rel.toml",
+        &format!("access_log = \"access.log\"\n{HEAD}"),
+    );
+    let mut cmd = Command::new(BIN);
+    cmd.args(["check", "--config", &path])
+        .current_dir(dir.path());
+    // root writes anywhere, `/` included: check as `nobody` so the directory checked matters.
+    let locked = dir.path().join("locked");
+    std::fs::create_dir(&locked).unwrap();
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o555)).unwrap();
+    if std::fs::write(locked.join("probe"), "").is_ok() {
+        cmd.uid(65534).gid(65534);
+    }
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "configuration ok\n");
 }
 
 #[test]

@@ -6,6 +6,7 @@
 //!
 //! [`Config::validate`]: upkeep_core::Config::validate
 
+use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 
 use rustix::fs::{Access, access};
@@ -30,8 +31,25 @@ pub fn check_paths(config: &Config) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// A socket file is created in its directory: the directory must exist and be writable.
+/// A socket file is created in its directory: the directory must exist and be writable, and the
+/// path must fit in a socket address (`sun_path`), which bind refuses otherwise.
 fn socket_dir(path: &str) -> Result<(), String> {
+    if std::os::unix::net::SocketAddr::from_pathname(path).is_err() {
+        // `from_pathname` is bind's own rule (room for the path and its NUL).
+        let max = core::mem::size_of::<libc::sockaddr_un>()
+            - core::mem::offset_of!(libc::sockaddr_un, sun_path)
+            - 1;
+        return Err(format!(
+            "unix socket path {path} is too long ({} bytes; a socket address holds at most {max})",
+            path.len()
+        ));
+    }
+    // `listen::bind_unix` replaces only a socket file (a stale one), never other data.
+    if let Ok(meta) = std::fs::symlink_metadata(path)
+        && !meta.file_type().is_socket()
+    {
+        return Err(format!("{path} exists and is not a socket"));
+    }
     writable_dir(path, "unix socket")
 }
 
@@ -50,10 +68,12 @@ fn log_file(path: &str) -> Result<(), String> {
 }
 
 fn writable_dir(path: &str, what: &str) -> Result<(), String> {
-    let dir = Path::new(path)
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("/"));
+    // A bare file name (`access.log`) has the parent "": it is opened in the working directory.
+    let dir = match Path::new(path).parent() {
+        Some(d) if d.as_os_str().is_empty() => Path::new("."),
+        Some(d) => d,
+        None => Path::new("/"),
+    };
     let shown = dir.display();
     if !dir.exists() {
         return Err(format!("directory {shown} of {what} {path} does not exist"));

@@ -88,7 +88,7 @@ pub fn plain_message(message: &str) -> String {
     }
     for what in ["invalid type: ", "invalid value: "] {
         if let Some(rest) = message.strip_prefix(what)
-            && let Some((found, expected)) = rest.split_once(", expected ")
+            && let Some((found, expected)) = rest.rsplit_once(", expected ")
         {
             return format!(
                 "expected {}, found {}",
@@ -102,7 +102,7 @@ pub fn plain_message(message: &str) -> String {
 
 /// `rest` is `` `x`, expected one of `a`, `b` `` or `` `x`, expected `a` or `b` ``.
 fn did_you_mean(what: &str, rest: &str) -> Option<String> {
-    let (word, expected) = rest.trim_start().split_once(", expected ")?;
+    let (word, expected) = rest.trim_start().rsplit_once(", expected ")?;
     let word = word.trim_matches('`');
     let candidates: Vec<&str> = expected
         .split('`')
@@ -217,6 +217,15 @@ mod tests {
             (
                 "invalid type: integer `9901`, expected an address string: \"HOST:PORT\"",
                 "expected an address string: \"HOST:PORT\", found the number 9901",
+            ),
+            // The value comes first and is the operator's: its text may contain ", expected ".
+            (
+                "invalid type: string \"a, expected b\", expected usize",
+                "expected a whole number (0 or more), found the string \"a, expected b\"",
+            ),
+            (
+                "unknown field `x, expected y`, expected one of `name`, `servers`",
+                "unknown field `x, expected y`, expected one of `name`, `servers`",
             ),
             ("missing field `name`", "missing field `name`"),
             (

@@ -54,7 +54,7 @@ impl Config {
     }
 
     fn warn_upstreams(&self, out: &mut Vec<ConfigError>) {
-        for (i, up) in self.upstreams.iter().enumerate() {
+        for up in &self.upstreams {
             let loc = format!("upstream {:?}", up.name);
             if up.keepalive_timeout > up.keepalive_time {
                 out.push(ConfigError::new(
@@ -84,8 +84,7 @@ impl Config {
                 || self
                     .listeners
                     .iter()
-                    .any(|l| l.upstream.as_ref() == Some(&up.name))
-                || (i == 0 && !self.has_catch_all());
+                    .any(|l| l.upstream.as_ref() == Some(&up.name));
             if !self.routes.is_empty() && !used {
                 out.push(ConfigError::new(
                     &loc,
@@ -97,7 +96,11 @@ impl Config {
 
     fn warn_routes(&self, out: &mut Vec<ConfigError>) {
         for (i, r) in self.routes.iter().enumerate() {
-            let host = |h: &Option<String>| h.as_ref().map(|h| h.to_ascii_lowercase());
+            // The router's own comparison (case, a trailing dot).
+            let host = |h: &Option<String>| {
+                h.as_ref()
+                    .map(|h| crate::route::bare_host(h.as_bytes()).to_ascii_lowercase())
+            };
             if let Some(j) = self.routes[..i]
                 .iter()
                 .position(|o| o.path_prefix == r.path_prefix && host(&o.host) == host(&r.host))
@@ -193,12 +196,18 @@ mod tests {
     #[test]
     fn each_warning() {
         type Edit = fn(&mut Config);
-        let cases: [(Edit, &str); 6] = [
+        let cases: [(Edit, &str); 8] = [
+            (
+                |c| c.routes[1].host = Some("example.com".into()),
+                "listen 1: no route matches every request",
+            ),
+            // With routes, the first group is no fallback: unnamed, it is unused like any other.
             (
                 |c| {
                     c.routes.pop();
+                    c.listeners[0].upstream = Some("static".into());
                 },
-                "listen 1: no route matches every request",
+                "upstream \"app\": name: no route and no listener sends requests to this group",
             ),
             (
                 |c| c.runtime.admin = Some(addr("0.0.0.0:9901")),
@@ -224,6 +233,14 @@ mod tests {
             (
                 |c| c.routes.push(route(None, "/", "static")),
                 "route 3: path_prefix: the same host and path_prefix as route 2",
+            ),
+            // Hosts compare as the router compares them: case and a trailing dot aside.
+            (
+                |c| {
+                    c.routes.push(route(Some("example.com"), "/x", "app"));
+                    c.routes.push(route(Some("Example.COM."), "/x", "static"));
+                },
+                "route 4: path_prefix: the same host and path_prefix as route 3",
             ),
         ];
         for (f, want) in cases {
