@@ -31,7 +31,7 @@
 //!   (required), `balance` (`"round_robin"` | `"least_conn"` | `"ip_hash"`), `keepalive`,
 //!   `keepalive_timeout`, `keepalive_requests`, `keepalive_time`, `pool_key` (`"server"` |
 //!   `"client"`), `connect_timeout`, `read_timeout`, `send_timeout`, `next_upstream_tries`,
-//!   `next_upstream_on_timeout`. Each entry of `servers` is an address string or an inline
+//!   `next_upstream_on_timeout`, `tcp_keepalive` (`"0s"` = off). Each entry of `servers` is an address string or an inline
 //!   table `{ addr, weight, max_fails, fail_timeout, backup, max_conns }`.
 //! - `[[route]]` tables: `host` (optional), `path_prefix` (default `"/"`), `upstream` (required).
 //! - `[client_timeouts]`: `header`, `body`, `keepalive`, `send`, `lingering`.
@@ -78,6 +78,7 @@
 //! send_timeout = "1m"
 //! next_upstream_tries = 3
 //! next_upstream_on_timeout = true
+//! tcp_keepalive = "60s"
 //!
 //! [[upstream]]
 //! name = "static"
@@ -261,6 +262,15 @@ pub const DEFAULT_KEEPALIVE: usize = 1024;
 /// ~10. `keepalive_time` (1 h) still bounds a connection's life.
 pub const DEFAULT_KEEPALIVE_REQUESTS: u32 = 10_000;
 
+/// The default TCP keepalive idle time and probe interval on upstream sockets.
+///
+/// Caddy's 30 s. nginx leaves probes off, and the kernel's own default idle time is 2 h — far
+/// longer than the idle-flow timeouts of NATs and firewalls (AWS NAT gateway: 350 s), which
+/// silently drop a pooled connection so that the next request sent on it meets a reset or
+/// hangs. At 30 s a dropped flow is noticed (and the connection closed) long before it could be
+/// reused; the cost is one empty segment per idle connection every 30 s.
+pub const DEFAULT_TCP_KEEPALIVE: Duration = Duration::from_secs(30);
+
 /// A named group of servers with its pool and timeout settings (nginx `upstream {}` plus the
 /// `proxy_*` directives that apply to it).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -296,6 +306,10 @@ pub struct UpstreamConfig {
     /// `proxy_next_upstream timeout`: also move an idempotent request to the next server when the
     /// response header times out (off by default; connect timeouts always move on).
     pub next_upstream_on_timeout: bool,
+    /// TCP keepalive probes on this group's upstream sockets (nginx `proxy_socket_keepalive`):
+    /// idle time before the first probe, and the interval between probes. Default
+    /// [`DEFAULT_TCP_KEEPALIVE`]; zero turns probes off. Applied by the runtimes.
+    pub tcp_keepalive: Duration,
 }
 
 impl UpstreamConfig {
@@ -315,6 +329,7 @@ impl UpstreamConfig {
             send_timeout: Duration::from_secs(60),
             next_upstream_tries: 2,
             next_upstream_on_timeout: false,
+            tcp_keepalive: DEFAULT_TCP_KEEPALIVE,
         }
     }
 }

@@ -20,6 +20,7 @@ use upkeep_runtime::clock;
 use upkeep_runtime::io::{ReadStep, Reader};
 use upkeep_runtime::metrics::Snapshot;
 use upkeep_runtime::recorder::Recorder;
+use upkeep_runtime::socket::upstream_keepalive;
 
 use crate::net::{Listener, Stream};
 
@@ -390,7 +391,8 @@ impl Worker {
 
     fn connect(&mut self, conn: ConnId, server: ServerId) {
         let addr = self.core.server_address(server).clone();
-        let result = Stream::connect(&addr).and_then(|mut stream| {
+        let keepalive = upstream_keepalive(&self.core, server);
+        let result = Stream::connect(&addr, keepalive).and_then(|mut stream| {
             stream.register(self.poll.registry(), Token(conn.index as usize))?;
             Ok(stream)
         });

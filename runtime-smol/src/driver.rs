@@ -18,13 +18,14 @@ use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::net::IpAddr;
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use upkeep_core::{Address, ConnId, Core, Input, ListenerId, Output, Time, WriteOutcome};
 use upkeep_runtime::accept::{Admit, AfterError, Gate};
 use upkeep_runtime::clock;
 use upkeep_runtime::io::{Flushed, ReadStep, Reader};
 use upkeep_runtime::metrics::Snapshot;
 use upkeep_runtime::recorder::Recorder;
+use upkeep_runtime::socket::upstream_keepalive;
 
 use crate::listener::Listener;
 use crate::stream::Stream;
@@ -281,7 +282,8 @@ impl Driver {
             match out {
                 Output::Connect { conn, server } => {
                     let addr = self.core.server_address(server).clone();
-                    let task = spawn(connect_task(self.shared(), conn, addr));
+                    let keepalive = upstream_keepalive(&self.core, server);
+                    let task = spawn(connect_task(self.shared(), conn, addr, keepalive));
                     self.put(conn, Slot::Connecting { task: Some(task) });
                 }
                 Output::Write { conn } => match self.slot(conn) {
@@ -540,8 +542,8 @@ async fn accepting(d: &Shared) {
     }
 }
 
-async fn connect_task(d: Shared, conn: ConnId, addr: Address) {
-    let result = Stream::connect(&addr).await;
+async fn connect_task(d: Shared, conn: ConnId, addr: Address, tcp_keepalive: Duration) {
+    let result = Stream::connect(&addr, tcp_keepalive).await;
     let mut d = d.borrow_mut();
     if !matches!(d.slot(conn), Some(Slot::Connecting { .. })) {
         return;

@@ -24,6 +24,7 @@ pub mod backend;
 pub mod client;
 pub mod listeners;
 pub mod scenarios;
+pub mod sockets;
 pub mod wait;
 pub mod wire;
 
@@ -84,6 +85,7 @@ macro_rules! scenario_tests {
             stale_pooled_connection_retry,
             idle_pool_cap_closes_surplus,
             upstream_keepalive_timeout,
+            upstream_sockets_probe_idle_connections,
             unreusable_responses_not_pooled,
             client_keepalive_timeout,
             metrics_after_pooled_requests,

@@ -981,6 +981,36 @@ pub fn upstream_keepalive_timeout(start: Start) {
     p.stop();
 }
 
+/// `tcp_keepalive = 7s`: the proxy's pooled upstream socket has a keepalive timer armed by the
+/// kernel (read back through `ss`, the kernel's view of the proxy's socket; skipped where `ss`
+/// is missing — the option itself is read back with `getsockopt` in the shared socket layer's
+/// tests).
+pub fn upstream_sockets_probe_idle_connections(start: Start) {
+    let b = Backend::identify("a").unwrap();
+    let mut cfg = config(vec![b.addr()]);
+    cfg.upstreams[0].tcp_keepalive = Duration::from_secs(7);
+    let p = Proxy::start(start, cfg);
+    let mut c = p.client();
+    ok(&c.get("/1").unwrap(), "/1");
+    let mut timers = Vec::new();
+    let armed =
+        crate::eventually(
+            Duration::from_secs(10),
+            || match crate::sockets::timers_of_connections_to(&b.addr()) {
+                Some(t) => {
+                    timers = t;
+                    timers.len() == 1 && timers[0].starts_with("timer:(keepalive,")
+                }
+                None => true,
+            },
+        );
+    assert!(
+        armed,
+        "one pooled upstream socket with a keepalive timer: {timers:?}"
+    );
+    p.stop();
+}
+
 /// Responses after which the upstream connection must not be reused (rule 9): bytes beyond
 /// Content-Length, an HTTP/1.0 response (with or without `Connection: keep-alive`: nginx's rule,
 /// stricter than RFC 9112 §9.3), `Connection: close`. The client gets exactly the declared body,

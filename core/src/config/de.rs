@@ -140,6 +140,7 @@ defaults! {
     d_send_timeout: Duration = upstream_default().send_timeout;
     d_next_upstream_tries: u32 = upstream_default().next_upstream_tries;
     d_next_upstream_on_timeout: bool = upstream_default().next_upstream_on_timeout;
+    d_tcp_keepalive: Duration = upstream_default().tcp_keepalive;
     d_path_prefix: String = "/".to_owned();
 }
 
@@ -305,6 +306,8 @@ mirror! {
         next_upstream_tries: u32,
         #[serde(default = "d_next_upstream_on_timeout")]
         next_upstream_on_timeout: bool,
+        #[serde(default = "d_tcp_keepalive", deserialize_with = "duration")]
+        tcp_keepalive: Duration,
     }
 }
 
