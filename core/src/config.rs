@@ -31,8 +31,10 @@
 //!   (required), `balance` (`"round_robin"` | `"least_conn"` | `"ip_hash"`), `keepalive`,
 //!   `keepalive_timeout`, `keepalive_requests`, `keepalive_time`, `pool_key` (`"server"` |
 //!   `"client"`), `connect_timeout`, `read_timeout`, `send_timeout`, `next_upstream_tries`,
-//!   `next_upstream_on_timeout`, `tcp_keepalive` (`"0s"` = off). Each entry of `servers` is an address string or an inline
-//!   table `{ addr, weight, max_fails, fail_timeout, backup, max_conns }`.
+//!   `next_upstream_on_timeout`, `resolve_interval`, `tcp_keepalive` (`"0s"` = off). Each entry of `servers` is an address string or an inline
+//!   table `{ addr, weight, max_fails, fail_timeout, backup, max_conns }`. A server address may
+//!   be a host name (`"app.internal:8080"`, see [`ServerConfig::parse`]), resolved by the
+//!   runtime.
 //! - `[[route]]` tables: `host` (optional), `path_prefix` (default `"/"`), `upstream` (required).
 //! - `[client_timeouts]`: `header`, `body`, `keepalive`, `send`, `lingering`.
 //! - `[limits]`: `max_request_line`, `max_head`, `max_body`, `client_keepalive_requests`,
@@ -138,6 +140,7 @@ use core::time::Duration;
 
 #[cfg(feature = "serde")]
 mod de;
+mod names;
 mod parse;
 mod quick;
 mod validate;
@@ -153,7 +156,9 @@ pub use validate::{ConfigError, MAX_SERVERS_PER_UPSTREAM};
 /// Where to listen or connect: a TCP address or a Unix domain socket path.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Address {
-    /// `HOST:PORT` or `[V6]:PORT` (literal IPs; the core does no name resolution).
+    /// `HOST:PORT` or `[V6]:PORT` (literal IPs; the core does no name resolution: a server
+    /// written with a host name carries it in [`ServerConfig::host`] until the runtime resolves
+    /// it).
     Tcp(SocketAddr),
     /// `unix:/path`.
     Unix(String),
@@ -228,6 +233,10 @@ pub struct ServerConfig {
     pub backup: bool,
     /// Cap on concurrent connections to this server; 0 = unlimited (nginx default).
     pub max_conns: u32,
+    /// The host name this server was written with (`app.internal` in `"app.internal:8080"`),
+    /// still to be resolved by the runtime, which replaces the server by one per address the
+    /// name resolves to; `addr` holds the port meanwhile. `None` for a literal address.
+    pub host: Option<String>,
 }
 
 impl ServerConfig {
@@ -240,6 +249,7 @@ impl ServerConfig {
             fail_timeout: Duration::from_secs(10),
             backup: false,
             max_conns: 0,
+            host: None,
         }
     }
 }
@@ -306,6 +316,10 @@ pub struct UpstreamConfig {
     /// `proxy_next_upstream timeout`: also move an idempotent request to the next server when the
     /// response header times out (off by default; connect timeouts always move on).
     pub next_upstream_on_timeout: bool,
+    /// How often the runtime re-resolves the group's host names while running; a changed
+    /// address set is applied like a reload. Zero (the default): names are resolved at start and
+    /// on reload only.
+    pub resolve_interval: Duration,
     /// TCP keepalive probes on this group's upstream sockets (nginx `proxy_socket_keepalive`):
     /// idle time before the first probe, and the interval between probes. Default
     /// [`DEFAULT_TCP_KEEPALIVE`]; zero turns probes off. Applied by the runtimes.
@@ -329,6 +343,7 @@ impl UpstreamConfig {
             send_timeout: Duration::from_secs(60),
             next_upstream_tries: 2,
             next_upstream_on_timeout: false,
+            resolve_interval: Duration::ZERO,
             tcp_keepalive: DEFAULT_TCP_KEEPALIVE,
         }
     }

@@ -58,7 +58,10 @@ impl Proxy {
     /// Validates `config`, binds every listener (resolving port 0 once, shared by every worker's
     /// `SO_REUSEPORT` socket), starts the workers (`config.runtime.workers`, 0 = one per core)
     /// and the admin listener, and returns once all of them are ready.
+    /// Servers written with a host name are resolved first (on a helper thread, by the system
+    /// resolver; see [`upkeep_runtime::resolve`]).
     pub fn start(config: Config) -> io::Result<ProxyHandle> {
+        let config = upkeep_runtime::resolve::resolve_now(config)?;
         config.validate()?;
         let shared = Arc::new(Shared::default());
         let mut bound = Vec::with_capacity(config.listeners.len());
@@ -201,8 +204,9 @@ impl ProxyHandle {
     /// `SO_REUSEPORT` sockets on TCP addresses, the very same socket for an unchanged Unix
     /// address), then the old workers drain — established connections finish on them. A config
     /// that does not validate or cannot be bound changes nothing. The admin listener is not
-    /// moved by a reload.
+    /// moved by a reload. Host names are resolved first, as by [`Proxy::start`].
     pub fn reload(&self, config: Config) -> Result<(), String> {
+        let config = upkeep_runtime::resolve::resolve_now(config).map_err(|e| e.to_string())?;
         config.validate().map_err(|e| e.to_string())?;
         let mut state = self.state();
         if self.shared.operator.is_draining() {

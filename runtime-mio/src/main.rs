@@ -24,7 +24,12 @@ fn main() -> ExitCode {
             println!("upkeep {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
-        Command::Check(file) => match cli::config_file::load(&file) {
+        Command::Check { file, resolve } => match cli::config_file::load(&file).and_then(|c| {
+            if resolve {
+                cli::config_file::resolve(c, Some(&file))?;
+            }
+            Ok(())
+        }) {
             Ok(_) => {
                 println!("configuration ok");
                 ExitCode::SUCCESS

@@ -15,5 +15,6 @@ pub mod io;
 pub mod listen;
 pub mod metrics;
 pub mod recorder;
+pub mod resolve;
 pub mod socket;
 pub mod workers;

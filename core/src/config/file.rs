@@ -49,14 +49,20 @@ impl Config {
             let at = e.span().map_or(0, |s| s.start);
             at_offset(text, at, e.message().trim().replace('\n', " "))
         })?;
-        config.validate().map_err(|e| {
-            let at = DeTable::parse(text)
-                .ok()
-                .and_then(|doc| locate(doc.get_ref(), &e))
-                .map_or(0, |span| span.start);
-            at_offset(text, at, e.to_string())
-        })?;
+        config.validate().map_err(|e| e.in_file(text))?;
         Ok(config)
+    }
+}
+
+impl ConfigError {
+    /// This error placed on the item it names in the file `text` the configuration came from:
+    /// for errors found after loading, such as a host name that does not resolve.
+    pub fn in_file(&self, text: &str) -> FileError {
+        let at = DeTable::parse(text)
+            .ok()
+            .and_then(|doc| locate(doc.get_ref(), self))
+            .map_or(0, |span| span.start);
+        at_offset(text, at, self.to_string())
     }
 }
 

@@ -88,7 +88,7 @@ impl Core {
     /// address hashing for `ip_hash` and pool partitioning), so two cores built with the same
     /// config and seed behave identically.
     pub fn new(config: Config, seed: u64) -> Result<Core, crate::config::ConfigError> {
-        config.validate()?;
+        config.validate_resolved()?;
         let router = Router::new(&config);
         let mut groups = Vec::new();
         let mut servers = Vec::new();

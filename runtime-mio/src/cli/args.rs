@@ -14,7 +14,8 @@ Usage:
   upkeep run --config FILE             run with a TOML config file
   upkeep run --listen ADDR --upstream ADDR [OPTIONS]
                                        run without a file
-  upkeep check --config FILE           validate a config file and exit
+  upkeep check --config FILE [--resolve]
+                                       validate a config file and exit
   upkeep demo                          show pooling on loopback (about 10 s)
 
 Options:
@@ -34,7 +35,7 @@ Usage:
 Options:
   -c, --config FILE                TOML config file (see upkeep.example.toml); reloaded on SIGHUP
       --listen ADDR                listen address (repeatable)
-      --upstream ADDR              upstream server (repeatable; one group named \"default\")
+      --upstream ADDR              upstream server, or NAME:PORT (repeatable; one group \"default\")
       --workers N                  worker threads (default: one per CPU core)
       --keepalive N                idle upstream connections kept per worker (default 1024; 0 = off)
       --keepalive-timeout DUR      idle upstream connection lifetime (default 60s)
@@ -51,10 +52,12 @@ ADDR is HOST:PORT, [V6]:PORT or unix:/path; DUR is 250ms, 10s, 5m, 1h.
 ";
 
 pub(crate) const CHECK_HELP: &str = "\
-Usage: upkeep check --config FILE
+Usage: upkeep check --config FILE [--resolve]
 
 Parses and validates FILE. Prints `configuration ok` and exits 0, or prints
-`FILE:LINE:COL: message` and exits 1.
+`FILE:LINE:COL: message` and exits 1. Host names in server addresses are only
+checked for syntax, without the network, unless --resolve asks to resolve them
+too (as `upkeep run` does at start).
 ";
 
 pub(crate) const DEMO_HELP: &str = "\
@@ -75,7 +78,11 @@ pub(crate) enum Command {
         config: Box<Config>,
         file: Option<PathBuf>,
     },
-    Check(PathBuf),
+    /// Validate a file; `resolve`: also resolve its host names.
+    Check {
+        file: PathBuf,
+        resolve: bool,
+    },
     Demo,
 }
 
@@ -92,15 +99,16 @@ pub(crate) fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command,
     match sub.as_str() {
         "run" => parse_run(&mut p),
         "check" => {
-            let mut file = None;
+            let (mut file, mut resolve) = (None, false);
             while let Some(arg) = p.next().map_err(|e| e.to_string())? {
                 match arg {
                     Short('h') | Long("help") => return Ok(Command::Help(CHECK_HELP)),
                     Short('c') | Long("config") => file = Some(PathBuf::from(value(&mut p)?)),
+                    Long("resolve") => resolve = true,
                     other => return Err(other.unexpected().to_string()),
                 }
             }
-            file.map(Command::Check)
+            file.map(|file| Command::Check { file, resolve })
                 .ok_or_else(|| "check: --config FILE is required".into())
         }
         "demo" => match p.next().map_err(|e| e.to_string())? {
