@@ -31,7 +31,7 @@
 //!   (required), `balance` (`"round_robin"` | `"least_conn"` | `"ip_hash"`), `keepalive`,
 //!   `keepalive_timeout`, `keepalive_requests`, `keepalive_time`, `pool_key` (`"server"` |
 //!   `"client"`), `connect_timeout`, `read_timeout`, `send_timeout`, `next_upstream_tries`,
-//!   `next_upstream_on_timeout`, `resolve_interval`, `tcp_keepalive` (`"0s"` = off). Each entry of `servers` is an address string or an inline
+//!   `next_upstream_on_timeout`, `min_idle`, `resolve_interval`, `tcp_keepalive` (`"0s"` = off). Each entry of `servers` is an address string or an inline
 //!   table `{ addr, weight, max_fails, fail_timeout, backup, max_conns }`. A server address may
 //!   be a host name (`"app.internal:8080"`, see [`ServerConfig::parse`]), resolved by the
 //!   runtime.
@@ -316,6 +316,10 @@ pub struct UpstreamConfig {
     /// `proxy_next_upstream timeout`: also move an idempotent request to the next server when the
     /// response header times out (off by default; connect timeouts always move on).
     pub next_upstream_on_timeout: bool,
+    /// Warm connections kept ready per server per worker: opened in the background at start and
+    /// whenever one leaves the pool, so a burst after a quiet period does not pay connection
+    /// setup (0, the default: none). At most `keepalive`; needs `pool_key = "server"`.
+    pub min_idle: usize,
     /// How often the runtime re-resolves the group's host names while running; a changed
     /// address set is applied like a reload. Zero (the default): names are resolved at start and
     /// on reload only.
@@ -343,6 +347,7 @@ impl UpstreamConfig {
             send_timeout: Duration::from_secs(60),
             next_upstream_tries: 2,
             next_upstream_on_timeout: false,
+            min_idle: 0,
             resolve_interval: Duration::ZERO,
             tcp_keepalive: DEFAULT_TCP_KEEPALIVE,
         }

@@ -179,6 +179,9 @@ enum Flow {
 
 impl Worker {
     fn run(mut self) {
+        // Warm connections (`min_idle`) open now, not at the first event.
+        self.core.start(clock::now());
+        self.after_input();
         let mut events = Events::with_capacity(1024);
         loop {
             let timeout = self.poll_timeout();

@@ -100,6 +100,8 @@ pub struct ServerSnapshot {
     pub connects: u64,
     /// Connects that failed.
     pub connect_failures: u64,
+    /// Warm connections opened in the background (`min_idle`), included in `connects`.
+    pub preconnects: u64,
     /// Requests sent.
     pub requests: u64,
     /// Whether every live worker considers it up (passive health).
@@ -175,6 +177,7 @@ impl Snapshot {
                 ServerSnapshot {
                     connects: ss.connects,
                     connect_failures: ss.connect_failures,
+                    preconnects: ss.preconnects,
                     requests: ss.requests,
                     up: core.server_up(now, server),
                     live_reports: 1,
@@ -227,6 +230,7 @@ impl Snapshot {
             let t = self.servers.entry(key.clone()).or_default();
             t.connects += s.connects;
             t.connect_failures += s.connect_failures;
+            t.preconnects += s.preconnects;
             t.requests += s.requests;
             if s.live_reports > 0 {
                 t.up = (t.live_reports == 0 || t.up) && s.up;
@@ -291,7 +295,7 @@ impl Snapshot {
         );
         let _ = writeln!(o, "upkeep_connections_active {}", self.active());
 
-        let servers: [ServerMetric; 4] = [
+        let servers: [ServerMetric; 5] = [
             (
                 "upkeep_upstream_connects_total",
                 "counter",
@@ -303,6 +307,12 @@ impl Snapshot {
                 "counter",
                 "Upstream connections that failed to open.",
                 |s| s.connect_failures,
+            ),
+            (
+                "upkeep_upstream_preconnects_total",
+                "counter",
+                "Warm upstream connections opened in the background (min_idle).",
+                |s| s.preconnects,
             ),
             (
                 "upkeep_upstream_requests_total",
@@ -552,6 +562,7 @@ mod tests {
             ServerSnapshot {
                 connects: 2,
                 connect_failures: 1,
+                preconnects: 1,
                 requests: 4,
                 up: true,
                 live_reports: 1,
@@ -586,6 +597,9 @@ upkeep_upstream_connects_total{upstream="app\"x",server="127.0.0.1:1"} 2
 # HELP upkeep_upstream_connect_failures_total Upstream connections that failed to open.
 # TYPE upkeep_upstream_connect_failures_total counter
 upkeep_upstream_connect_failures_total{upstream="app\"x",server="127.0.0.1:1"} 1
+# HELP upkeep_upstream_preconnects_total Warm upstream connections opened in the background (min_idle).
+# TYPE upkeep_upstream_preconnects_total counter
+upkeep_upstream_preconnects_total{upstream="app\"x",server="127.0.0.1:1"} 1
 # HELP upkeep_upstream_requests_total Requests sent to each server.
 # TYPE upkeep_upstream_requests_total counter
 upkeep_upstream_requests_total{upstream="app\"x",server="127.0.0.1:1"} 4

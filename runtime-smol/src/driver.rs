@@ -159,6 +159,12 @@ impl Driver {
             })
         });
         let timer = spawn(timer_loop(d.clone()));
+        {
+            // Warm connections (`min_idle`) open now, not at the first event.
+            let mut driver = d.borrow_mut();
+            driver.core.start(clock::now());
+            driver.drain();
+        }
         (d, timer)
     }
 

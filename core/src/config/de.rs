@@ -141,6 +141,7 @@ defaults! {
     d_next_upstream_tries: u32 = upstream_default().next_upstream_tries;
     d_next_upstream_on_timeout: bool = upstream_default().next_upstream_on_timeout;
     d_tcp_keepalive: Duration = upstream_default().tcp_keepalive;
+    d_min_idle: usize = upstream_default().min_idle;
     d_resolve_interval: Duration = upstream_default().resolve_interval;
     d_path_prefix: String = "/".to_owned();
 }
@@ -338,6 +339,8 @@ mirror! {
         next_upstream_tries: u32,
         #[serde(default = "d_next_upstream_on_timeout")]
         next_upstream_on_timeout: bool,
+        #[serde(default = "d_min_idle")]
+        min_idle: usize,
         #[serde(default = "d_resolve_interval", deserialize_with = "duration")]
         resolve_interval: Duration,
         #[serde(default = "d_tcp_keepalive", deserialize_with = "duration")]

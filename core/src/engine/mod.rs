@@ -39,6 +39,7 @@ mod readiness;
 mod relay;
 mod table;
 mod upstream;
+mod warm;
 
 pub use exchange::ExchangeInfo;
 pub use io::{AtCapacity, Input, Output};
@@ -81,6 +82,9 @@ pub struct Core {
     clients: usize,
     draining: bool,
     seed: u64,
+    /// Warm-connection bookkeeping per server (`min_idle`), and whether any group asks for it.
+    warm: Vec<warm::WarmServer>,
+    warm_on: bool,
 }
 
 impl Core {
@@ -119,7 +123,6 @@ impl Core {
             pool: Pool::new(&caps),
             router,
             groups,
-            servers,
             conns: Table::default(),
             timers: Timers::default(),
             out: VecDeque::new(),
@@ -134,6 +137,9 @@ impl Core {
             clients: 0,
             draining: false,
             seed,
+            warm: vec![warm::WarmServer::default(); servers.len()],
+            warm_on: config.upstreams.iter().any(|u| u.min_idle > 0),
+            servers,
             config,
         })
     }
@@ -371,7 +377,12 @@ impl Core {
                 let Some(c) = self.conns.get_mut(conn) else {
                     return;
                 };
-                if let Role::Upstream(u) = &mut c.role
+                if let Role::Upstream(u) = &c.role
+                    && u.state == UState::Connecting
+                    && u.client.is_none()
+                {
+                    self.warm_connected(now, conn);
+                } else if let Role::Upstream(u) = &mut c.role
                     && u.state == UState::Connecting
                 {
                     u.state = UState::Active;

@@ -60,17 +60,32 @@ pub(super) struct Upstream {
     /// Some response bytes (even an interim 1xx) arrived for the current request: it can no
     /// longer be retried.
     pub(super) responded: bool,
+    /// A warm connection (`min_idle`) that has not carried a request yet.
+    pub(super) unused_warm: bool,
 }
 
 impl Upstream {
     /// A connection being opened to `server` for `client`'s request.
     fn connecting(server: u32, group: u32, key: PoolKey, client: ConnId, now: Time) -> Upstream {
         Upstream {
+            client: Some(client),
+            acquired: true,
+            unused_warm: false,
+            ..Upstream::warming(server, group, key, now)
+        }
+    }
+
+    /// A warm connection being opened to `server` with no request (`min_idle`). It counts as
+    /// having carried one request, so that its first real request is "reused": a backend that
+    /// dropped it meanwhile is the same keep-alive race as for any pooled connection, retried on
+    /// a fresh connection.
+    pub(super) fn warming(server: u32, group: u32, key: PoolKey, now: Time) -> Upstream {
+        Upstream {
             server,
             group,
             key,
             state: UState::Connecting,
-            client: Some(client),
+            client: None,
             created: now,
             requests: 1,
             written: 0,
@@ -79,8 +94,9 @@ impl Upstream {
             response: ResponseFacts::default(),
             response_at: now,
             extra_data: false,
-            acquired: true,
+            acquired: false,
             responded: false,
+            unused_warm: true,
         }
     }
 
@@ -97,6 +113,7 @@ impl Upstream {
         self.extra_data = false;
         self.acquired = true;
         self.responded = false;
+        self.unused_warm = false;
     }
 
     /// The current request is not the connection's first: it came out of the pool. The one
@@ -400,6 +417,8 @@ impl Core {
             u.state = UState::Tunnel;
         }
         self.groups[g].balancer.success(idx);
+        // Remembered per server: it also bounds warm connections that carried no response.
+        self.remember_hint(now, srv, facts.idle_hint);
         let Some(cl) = self.conns.client_mut(cid) else {
             return false;
         };
