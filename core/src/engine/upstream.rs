@@ -6,10 +6,10 @@ use bytes::{Buf, Bytes};
 use std::collections::VecDeque;
 
 use super::exchange::Resp;
-use super::table::{Conn, Role};
-use super::{Core, HEAD_GROWTH, Output, touch};
+use super::table::Role;
+use super::{Core, HEAD_GROWTH, touch};
 use crate::config::PoolKeyMode;
-use crate::connection::{AfterFlush, Buffers};
+use crate::connection::AfterFlush;
 use crate::framing::{self, BodyDecoder, BodyKind, OutBody, ResponseOptions, Version};
 use crate::pool::{EvictReason, PoolKey};
 use crate::rules::{
@@ -195,17 +195,7 @@ impl Core {
                 self.stats.groups[g].pool_misses += 1;
                 self.stats.servers[server as usize].connects += 1;
                 let up = Upstream::connecting(server, g as u32, key, id, now);
-                let uid = self.conns.insert(|uid| Conn {
-                    id: uid,
-                    buf: Buffers::new(now),
-                    deadline: None,
-                    role: Role::Upstream(up),
-                });
-                self.out.push_back(Output::Connect {
-                    conn: uid,
-                    server: self.servers[server as usize],
-                });
-                (uid, false)
+                (self.open_upstream(now, up), false)
             }
         };
         if let Some(cl) = self.conns.client_mut(id) {
@@ -507,14 +497,8 @@ impl Core {
         let key = u.key;
         // Idle until the first of: our keepalive_timeout, the backend's Keep-Alive hint, the
         // connection's keepalive_time. The pool entry is the one record of it.
-        let hinted = match u.response.idle_hint {
-            Some(hint) => u.response_at.plus(hint),
-            None => Time(u64::MAX),
-        };
-        let expires = now
-            .plus(gcfg.keepalive_timeout)
-            .min(hinted)
-            .min(u.created.plus(gcfg.keepalive_time));
+        let hinted = u.response.idle_hint.map(|hint| u.response_at.plus(hint));
+        let expires = super::warm::idle_until(now, gcfg, hinted, u.created);
         self.release_server(id);
         match verdict {
             Ok(()) => {

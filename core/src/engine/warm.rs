@@ -44,6 +44,20 @@ pub(super) struct WarmServer {
     pub(super) hint: Option<Duration>,
 }
 
+/// How long a connection pooled at `now` may stay idle: until the first of the group's
+/// `keepalive_timeout`, the backend's hint (`hinted`, when it sent one) and the connection's
+/// `keepalive_time` since `created`.
+pub(super) fn idle_until(
+    now: Time,
+    group: &crate::config::UpstreamConfig,
+    hinted: Option<Time>,
+    created: Time,
+) -> Time {
+    now.plus(group.keepalive_timeout)
+        .min(hinted.unwrap_or(Time(u64::MAX)))
+        .min(created.plus(group.keepalive_time))
+}
+
 /// Back-off after `failures` consecutive failed warm connects.
 pub(crate) fn backoff(failures: u32) -> Duration {
     FIRST_BACKOFF
@@ -99,18 +113,22 @@ impl Core {
         self.warm[server as usize].opening += 1;
         self.stats.servers[server as usize].connects += 1;
         self.stats.servers[server as usize].preconnects += 1;
-        let up = Upstream::warming(server, group, key, now);
+        let id = self.open_upstream(now, Upstream::warming(server, group, key, now));
+        touch(&mut self.touched, id);
+    }
+
+    /// Adds a connection being opened to the table and asks the runtime to connect it: the
+    /// one place an upstream connect starts, for a request or warm.
+    pub(super) fn open_upstream(&mut self, now: Time, up: Upstream) -> ConnId {
+        let server = self.servers[up.server as usize];
         let id = self.conns.insert(|id| Conn {
             id,
             buf: Buffers::new(now),
             deadline: None,
             role: Role::Upstream(up),
         });
-        self.out.push_back(Output::Connect {
-            conn: id,
-            server: self.servers[server as usize],
-        });
-        touch(&mut self.touched, id);
+        self.out.push_back(Output::Connect { conn: id, server });
+        id
     }
 
     /// A warm connect finished: into the pool, idle until the first of our
@@ -132,12 +150,8 @@ impl Core {
             return;
         }
         u.state = UState::Idle;
-        let gcfg = &self.config.upstreams[g];
-        let hinted = w.hint.map_or(Time(u64::MAX), |h| created.plus(h));
-        let expires = now
-            .plus(gcfg.keepalive_timeout)
-            .min(hinted)
-            .min(created.plus(gcfg.keepalive_time));
+        let hinted = w.hint.map(|h| created.plus(h));
+        let expires = idle_until(now, &self.config.upstreams[g], hinted, created);
         self.stats.groups[g].pool_checkins += 1;
         if let Some(evicted) = self.pool.checkin(key, g as u32, id, expires) {
             self.evict(evicted, false, crate::pool::EvictReason::Capacity);
