@@ -87,7 +87,9 @@ impl Core {
             for idx in 0..self.config.upstreams[g].servers.len() {
                 let server = first + idx as u32;
                 let w = &mut self.warm[server as usize];
-                if core::mem::take(&mut w.failed) {
+                // One back-off step per round of warm connects: the others of the same round
+                // failing too (they were opened together) do not double it again.
+                if core::mem::take(&mut w.failed) && now >= w.retry_at {
                     w.failures += 1;
                     w.retry_at = now.plus(backoff(w.failures));
                 }
