@@ -49,6 +49,11 @@ fn failed_warm_connects_back_off_without_marking_the_server_down() {
     h.refuse_connect();
     h.refuse_connect();
     assert!(h.connects.is_empty(), "no retry at the same instant");
+    assert_eq!(
+        h.core.poll_timeout(),
+        Some(h.now.plus(Duration::from_millis(100))),
+        "the runtime is woken for the retry"
+    );
     h.advance(Duration::from_millis(50));
     assert!(h.connects.is_empty(), "still backing off");
     h.advance(Duration::from_millis(60));

@@ -85,6 +85,9 @@ pub struct Core {
     /// Warm-connection bookkeeping per server (`min_idle`), and whether any group asks for it.
     warm: Vec<warm::WarmServer>,
     warm_on: bool,
+    /// When a warm connect backing off may be retried (earliest over the servers that lack
+    /// warm connections), so that [`Core::poll_timeout`] wakes the runtime for it.
+    warm_next: Option<Time>,
 }
 
 impl Core {
@@ -139,6 +142,7 @@ impl Core {
             seed,
             warm: vec![warm::WarmServer::default(); servers.len()],
             warm_on: config.upstreams.iter().any(|u| u.min_idle > 0),
+            warm_next: None,
             servers,
             config,
         })
@@ -237,7 +241,10 @@ impl Core {
 
     /// The earliest deadline: call [`Core::handle_timeout`] when it is reached.
     pub fn poll_timeout(&self) -> Option<Time> {
-        self.timers.next()
+        match (self.timers.next(), self.warm_next) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Bytes queued for `conn`, in order (empty for an unknown id).

@@ -11,8 +11,10 @@
 //!
 //! Bounds: never more than N per server idle-or-opening through this path; none while
 //! draining, while the balancer has the server down, or while a previous warm connect to it
-//! failed and its back-off (100 ms doubling up to 10 s) runs. The back-off is checked whenever
-//! the core runs (any input or timeout): the core has no timer of its own for it.
+//! failed and its back-off (100 ms doubling up to 10 s) runs; [`Core::poll_timeout`] includes
+//! the end of the earliest back-off, so the runtime wakes the core for the retry. (A server the
+//! balancer has down gets its warm connections again at the next input or timeout after it
+//! comes back.)
 
 use core::time::Duration;
 
@@ -75,6 +77,7 @@ impl Core {
 
     /// Opens what each server lacks of its `min_idle` warm connections.
     pub(super) fn top_up(&mut self, now: Time) {
+        self.warm_next = None;
         if self.draining {
             return;
         }
@@ -96,7 +99,8 @@ impl Core {
                 // A backend whose Keep-Alive timeout is within our margin would have a warm
                 // connection expire the instant it is pooled: nothing to keep warm.
                 let useless = w.hint.is_some_and(|h| h.is_zero());
-                if useless || now < w.retry_at || !self.groups[g].balancer.is_up(now, idx) {
+                let retry_at = w.retry_at;
+                if useless || !self.groups[g].balancer.is_up(now, idx) {
                     continue;
                 }
                 let key = PoolKey {
@@ -104,6 +108,14 @@ impl Core {
                     partition: 0,
                 };
                 let have = self.pool.idle_for_key(key) as u32 + self.warm[server as usize].opening;
+                if have >= want {
+                    continue;
+                }
+                if now < retry_at {
+                    // Backing off: wake up for it (the core has no timer of its own for it).
+                    self.warm_next = Some(self.warm_next.map_or(retry_at, |t| t.min(retry_at)));
+                    continue;
+                }
                 for _ in have..want {
                     self.open_warm(now, g as u32, server, key);
                 }
