@@ -386,7 +386,7 @@ impl Core {
                 };
                 if let Role::Upstream(u) = &c.role
                     && u.state == UState::Connecting
-                    && u.client.is_none()
+                    && u.unused_warm
                 {
                     self.warm_connected(now, conn);
                 } else if let Role::Upstream(u) = &mut c.role

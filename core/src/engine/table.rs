@@ -192,10 +192,8 @@ impl Core {
         match &c.role {
             Role::Client(_) => self.clients -= 1,
             Role::Upstream(u) => {
-                let (server, unconnected_warm) = (
-                    u.server,
-                    u.state == UState::Connecting && u.client.is_none(),
-                );
+                let (server, unconnected_warm) =
+                    (u.server, u.state == UState::Connecting && u.unused_warm);
                 if unconnected_warm {
                     self.warm_failed(server);
                 }

@@ -158,7 +158,7 @@ impl Core {
         };
         let (server, g, key, created) = (u.server as usize, u.group as usize, u.key, u.created);
         let w = &mut self.warm[server];
-        w.opening -= 1;
+        w.opening = w.opening.saturating_sub(1);
         if early {
             self.close_upstream(id, false, crate::rules::NotReusable::UnexpectedData);
             return;
@@ -177,7 +177,7 @@ impl Core {
     /// connect failed (refused, timed out, reset).
     pub(super) fn warm_failed(&mut self, server: u32) {
         let w = &mut self.warm[server as usize];
-        w.opening -= 1;
+        w.opening = w.opening.saturating_sub(1);
         w.failed = true;
     }
 
