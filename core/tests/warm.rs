@@ -2,7 +2,7 @@
 //! harness: they open at start and are topped up when a request takes one; a failed warm
 //! connect backs off (100 ms, then 200 ms) without marking the server down; and a backend's
 //! `Keep-Alive: timeout`, once seen, also shortens the warm connections pooled before it, which
-//! are then replaced.
+//! are then replaced; and a warm connection's replacement opens shortly before it expires.
 
 use core::time::Duration;
 
@@ -92,4 +92,18 @@ fn a_keep_alive_hint_shortens_the_warm_connections_pooled_before_it() {
     assert_eq!(evicted(&h), 2);
     assert_eq!(preconnects(&h), 3);
     assert_eq!(h.core.pool_idle(UpstreamId(0)), 1);
+}
+
+#[test]
+fn a_warm_connection_is_replaced_before_it_expires() {
+    // keepalive_timeout 60 s: the replacement opens 250 ms ahead of the expiry, so the server
+    // always has one warm connection ready, never zero while a replacement connects.
+    let mut h = warm(1, true);
+    h.advance(Duration::from_millis(59_700));
+    assert_eq!((preconnects(&h), h.core.pool_idle(UpstreamId(0))), (1, 1));
+    h.advance(Duration::from_millis(100));
+    assert_eq!((preconnects(&h), h.core.pool_idle(UpstreamId(0))), (2, 2));
+    h.advance(Duration::from_millis(300));
+    assert_eq!((preconnects(&h), h.core.pool_idle(UpstreamId(0))), (2, 1));
+    assert_eq!(h.core.stats().groups[0].evictions[0], 1, "the old one expired");
 }

@@ -28,6 +28,8 @@ use crate::{ConnId, Time};
 /// First back-off after a failed warm connect; doubles per failure up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// How long before a pooled connection expires its warm replacement opens (at most).
+const REPLACE_AHEAD: Duration = Duration::from_millis(250);
 
 /// Per-server warm-connection bookkeeping (indexed by global server index).
 #[derive(Clone, Debug, Default)]
@@ -58,6 +60,40 @@ pub(super) fn idle_until(
     now.plus(group.keepalive_timeout)
         .min(hinted.unwrap_or(Time(u64::MAX)))
         .min(created.plus(group.keepalive_time))
+}
+
+/// How long before an idle connection expires a warm replacement opens: 250 ms, or a quarter
+/// of the shortest idle life a connection to the server gets (our `keepalive_timeout` and
+/// `keepalive_time`, the backend's hint), so that a fresh connection is never itself due for replacement.
+pub(super) fn replace_ahead(
+    group: &crate::config::UpstreamConfig,
+    hint: Option<Duration>,
+) -> Duration {
+    let life = group.keepalive_timeout.min(group.keepalive_time);
+    REPLACE_AHEAD.min(hint.map_or(life, |h| h.min(life)) / 4)
+}
+
+/// Up to `want` idle connections of `key` that are still pooled at `horizon` (most recently
+/// pooled first: the freshest, so this usually stops after `want`), and the earliest expiry
+/// among those counted.
+fn fresh_idle(
+    pool: &crate::pool::Pool,
+    key: PoolKey,
+    horizon: Time,
+    want: u32,
+) -> (u32, Option<Time>) {
+    let mut fresh = 0;
+    let mut earliest: Option<Time> = None;
+    for e in pool.key_mru(key) {
+        if fresh == want {
+            break;
+        }
+        if e.expires > horizon {
+            fresh += 1;
+            earliest = Some(earliest.map_or(e.expires, |t| t.min(e.expires)));
+        }
+    }
+    (fresh, earliest)
 }
 
 /// Back-off after `failures` consecutive failed warm connects.
@@ -99,7 +135,7 @@ impl Core {
                 // A backend whose Keep-Alive timeout is within our margin would have a warm
                 // connection expire the instant it is pooled: nothing to keep warm.
                 let useless = w.hint.is_some_and(|h| h.is_zero());
-                let retry_at = w.retry_at;
+                let (retry_at, opening) = (w.retry_at, w.opening);
                 if useless || !self.groups[g].balancer.is_up(now, idx) {
                     continue;
                 }
@@ -107,10 +143,21 @@ impl Core {
                     server,
                     partition: 0,
                 };
-                let have = self.pool.idle_for_key(key) as u32 + self.warm[server as usize].opening;
-                if have >= want {
+                // Idle connections that will still be there `ahead` from now count; one about
+                // to expire is replaced already, so a request never finds the server without a
+                // warm connection while its replacement connects.
+                let ahead =
+                    replace_ahead(&self.config.upstreams[g], self.warm[server as usize].hint);
+                let (fresh, stale_at) = fresh_idle(&self.pool, key, now.plus(ahead), want);
+                if fresh + opening >= want {
+                    if let Some(t) = stale_at {
+                        // Wake up when the first of them is due for replacement.
+                        let t = Time(t.0.saturating_sub(ahead.as_nanos() as u64));
+                        self.warm_next = Some(self.warm_next.map_or(t, |n| n.min(t)));
+                    }
                     continue;
                 }
+                let have = fresh + opening;
                 if now < retry_at {
                     // Backing off: wake up for it (the core has no timer of its own for it).
                     self.warm_next = Some(self.warm_next.map_or(retry_at, |t| t.min(retry_at)));
