@@ -105,5 +105,9 @@ fn a_warm_connection_is_replaced_before_it_expires() {
     assert_eq!((preconnects(&h), h.core.pool_idle(UpstreamId(0))), (2, 2));
     h.advance(Duration::from_millis(300));
     assert_eq!((preconnects(&h), h.core.pool_idle(UpstreamId(0))), (2, 1));
-    assert_eq!(h.core.stats().groups[0].evictions[0], 1, "the old one expired");
+    assert_eq!(
+        h.core.stats().groups[0].evictions[0],
+        1,
+        "the old one expired"
+    );
 }
