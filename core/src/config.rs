@@ -34,8 +34,10 @@
 //!   (required), `balance` (`"round_robin"` | `"least_conn"` | `"ip_hash"`), `keepalive`,
 //!   `keepalive_timeout`, `keepalive_requests`, `keepalive_time`, `pool_key` (`"server"` |
 //!   `"client"`), `connect_timeout`, `read_timeout`, `send_timeout`, `next_upstream_tries`,
-//!   `next_upstream_on_timeout`. Each entry of `servers` is an address string or an inline
-//!   table `{ addr, weight, max_fails, fail_timeout, backup, max_conns }`. An optional
+//!   `next_upstream_on_timeout`, `min_idle`, `resolve_interval`, `tcp_keepalive` (`"0s"` =
+//!   off). Each entry of `servers` is an address string or an inline table `{ addr, weight,
+//!   max_fails, fail_timeout, backup, max_conns }`; a server address may be a host name
+//!   (`"app.internal:8080"`, see [`ServerConfig::parse`]), resolved by the runtime. An optional
 //!   `tls = { sni, ca, verify, cert, key }` speaks TLS to the group's servers ([`UpstreamTls`]).
 //! - `[[route]]` tables: `host` (optional), `path_prefix` (default `"/"`), `upstream` (required).
 //! - `[client_timeouts]`: `header`, `body`, `keepalive`, `send`, `lingering`.
@@ -83,6 +85,7 @@
 //! send_timeout = "1m"
 //! next_upstream_tries = 3
 //! next_upstream_on_timeout = true
+//! tcp_keepalive = "60s"
 //!
 //! [[upstream]]
 //! name = "static"
@@ -142,6 +145,7 @@ use core::time::Duration;
 
 #[cfg(feature = "serde")]
 mod de;
+mod names;
 mod parse;
 mod quick;
 mod tls;
@@ -166,7 +170,9 @@ pub use validate::{ConfigError, MAX_SERVERS_PER_UPSTREAM};
 /// Where to listen or connect: a TCP address or a Unix domain socket path.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Address {
-    /// `HOST:PORT` or `[V6]:PORT` (literal IPs; the core does no name resolution).
+    /// `HOST:PORT` or `[V6]:PORT` (literal IPs; the core does no name resolution: a server
+    /// written with a host name carries it in [`ServerConfig::host`] until the runtime resolves
+    /// it).
     Tcp(SocketAddr),
     /// `unix:/path`.
     Unix(String),
@@ -290,6 +296,10 @@ pub struct ServerConfig {
     pub backup: bool,
     /// Cap on concurrent connections to this server; 0 = unlimited (nginx default).
     pub max_conns: u32,
+    /// The host name this server was written with (`app.internal` in `"app.internal:8080"`),
+    /// still to be resolved by the runtime, which replaces the server by one per address the
+    /// name resolves to; `addr` holds the port meanwhile. `None` for a literal address.
+    pub host: Option<String>,
 }
 
 impl ServerConfig {
@@ -302,6 +312,7 @@ impl ServerConfig {
             fail_timeout: Duration::from_secs(10),
             backup: false,
             max_conns: 0,
+            host: None,
         }
     }
 }
@@ -323,6 +334,15 @@ pub const DEFAULT_KEEPALIVE: usize = 1024;
 /// worker behind 64 clients opens ~100 connections per 100k requests for that alone; at 10,000,
 /// ~10. `keepalive_time` (1 h) still bounds a connection's life.
 pub const DEFAULT_KEEPALIVE_REQUESTS: u32 = 10_000;
+
+/// The default TCP keepalive idle time and probe interval on upstream sockets.
+///
+/// Caddy's 30 s. nginx leaves probes off, and the kernel's own default idle time is 2 h — far
+/// longer than the idle-flow timeouts of NATs and firewalls (AWS NAT gateway: 350 s), which
+/// silently drop a pooled connection so that the next request sent on it meets a reset or
+/// hangs. At 30 s a dropped flow is noticed (and the connection closed) long before it could be
+/// reused; the cost is one empty segment per idle connection every 30 s.
+pub const DEFAULT_TCP_KEEPALIVE: Duration = Duration::from_secs(30);
 
 /// A named group of servers with its pool and timeout settings (nginx `upstream {}` plus the
 /// `proxy_*` directives that apply to it).
@@ -364,6 +384,18 @@ pub struct UpstreamConfig {
     pub next_upstream_on_timeout: bool,
     /// TLS toward this group's servers (`None`: plain HTTP). See [`UpstreamTls`].
     pub tls: Option<UpstreamTls>,
+    /// Warm connections kept ready per server per worker: opened in the background at start and
+    /// whenever one leaves the pool, so a burst after a quiet period does not pay connection
+    /// setup (0, the default: none). At most `keepalive`; needs `pool_key = "server"`.
+    pub min_idle: usize,
+    /// How often the runtime re-resolves the group's host names while running; a changed
+    /// address set is applied like a reload. Zero (the default): names are resolved at start and
+    /// on reload only.
+    pub resolve_interval: Duration,
+    /// TCP keepalive probes on this group's upstream sockets (nginx `proxy_socket_keepalive`):
+    /// idle time before the first probe, and the interval between probes. Default
+    /// [`DEFAULT_TCP_KEEPALIVE`]; zero turns probes off. Applied by the runtimes.
+    pub tcp_keepalive: Duration,
 }
 
 impl UpstreamConfig {
@@ -384,6 +416,9 @@ impl UpstreamConfig {
             next_upstream_tries: 2,
             next_upstream_on_timeout: false,
             tls: None,
+            min_idle: 0,
+            resolve_interval: Duration::ZERO,
+            tcp_keepalive: DEFAULT_TCP_KEEPALIVE,
         }
     }
 }

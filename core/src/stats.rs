@@ -50,6 +50,8 @@ pub struct ServerStats {
     pub requests: u64,
     /// Failures counted toward passive health (`max_fails`).
     pub failures: u64,
+    /// Warm connections opened in the background (`min_idle`), included in `connects`.
+    pub preconnects: u64,
 }
 
 /// All counters of one core.

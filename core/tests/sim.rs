@@ -191,6 +191,15 @@ proptest! {
         run(seed, cfg, vec![a, s.clone(), s], &acts);
     }
 
+    /// Warm connections (min_idle = 2) on two servers, one of them misbehaving: the top-ups
+    /// stay within min_idle, and pooled warm connections stay clean.
+    #[test]
+    fn warm_pool(seed: u64, a in script(), acts in actions()) {
+        let mut cfg = config(2);
+        group(&mut cfg).min_idle = 2;
+        run(seed, cfg, vec![a, BackendScript::default()], &acts);
+    }
+
     /// pool_key = client: an upstream connection never carries two clients' requests.
     #[test]
     fn pool_key_client(seed: u64, a in script(), acts in actions()) {

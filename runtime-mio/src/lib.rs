@@ -59,7 +59,10 @@ impl Proxy {
     /// Validates `config`, binds every listener (resolving port 0 once, shared by every worker's
     /// `SO_REUSEPORT` socket), starts the workers (`config.runtime.workers`, 0 = one per core)
     /// and the admin listener, and returns once all of them are ready.
+    /// Servers written with a host name are resolved first (on a helper thread, by the system
+    /// resolver; see [`upkeep_runtime::resolve`]).
     pub fn start(config: Config) -> io::Result<ProxyHandle> {
+        let config = upkeep_runtime::resolve::resolve_now(config)?;
         config.validate()?;
         upkeep_runtime::descriptors::raise_limit();
         let shared = Arc::new(Shared::default());
@@ -242,7 +245,7 @@ impl ProxyHandle {
     /// `SO_REUSEPORT` sockets on TCP addresses, the very same socket for an unchanged Unix
     /// address), then the old workers drain — established connections finish on them. A config
     /// that does not validate or cannot be bound changes nothing. The admin listener is not
-    /// moved by a reload.
+    /// moved by a reload. Host names are resolved first, as by [`Proxy::start`].
     pub fn reload(&self, config: Config) -> Result<(), String> {
         let result = self.apply(config);
         self.shared.operator.reloads.record(result.is_ok());
@@ -257,6 +260,7 @@ impl ProxyHandle {
 
     /// [`ProxyHandle::reload`] itself.
     fn apply(&self, config: Config) -> Result<(), String> {
+        let config = upkeep_runtime::resolve::resolve_now(config).map_err(|e| e.to_string())?;
         config.validate().map_err(|e| e.to_string())?;
         // Certificates first: a broken file refuses the reload and keeps the old generation.
         let tls = Arc::new(Contexts::load(&config, &self.shared.tls).map_err(|e| e.to_string())?);

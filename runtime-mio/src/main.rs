@@ -29,7 +29,20 @@ fn main() -> ExitCode {
             println!("upkeep {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
-        Command::Check { source, print } => match config_file::from_source(&source) {
+        Command::Check {
+            source,
+            print,
+            resolve,
+        } => match config_file::from_source(&source).and_then(|loaded| {
+            if resolve {
+                let file = match &source {
+                    Source::File(file) => Some(file.as_path()),
+                    Source::Flags(_) => None,
+                };
+                config_file::resolve(loaded.config.clone(), file)?;
+            }
+            Ok(loaded)
+        }) {
             Ok(Loaded { config, warnings }) => {
                 for w in &warnings {
                     eprintln!("{w}");

@@ -21,9 +21,10 @@ pub(crate) enum Stream {
 }
 
 impl Stream {
-    /// Starts a non-blocking connect to `addr` (see [`upkeep_runtime::socket::connect`]).
-    pub(crate) fn connect(addr: &Address) -> io::Result<Stream> {
-        Ok(match socket::connect(addr)? {
+    /// Starts a non-blocking connect to `addr`, with TCP keepalive probes every
+    /// `tcp_keepalive` (see [`upkeep_runtime::socket::connect`]).
+    pub(crate) fn connect(addr: &Address, tcp_keepalive: Duration) -> io::Result<Stream> {
+        Ok(match socket::connect(addr, tcp_keepalive)? {
             Connecting::Tcp(s) => Stream::Tcp(TcpStream::from_std(s)),
             Connecting::Unix(s) => Stream::Unix(UnixStream::from_std(s)),
         })

@@ -22,6 +22,7 @@ use upkeep_runtime::clock;
 use upkeep_runtime::io::{ReadStep, Reader};
 use upkeep_runtime::metrics::Snapshot;
 use upkeep_runtime::recorder::Recorder;
+use upkeep_runtime::socket::upstream_keepalive;
 use upkeep_runtime::tls::{self, Contexts, Session};
 
 use crate::net::{Listener, Stream};
@@ -226,6 +227,9 @@ enum Flow {
 
 impl Worker {
     fn run(mut self) {
+        // Warm connections (`min_idle`) open now, not at the first event.
+        self.core.start(clock::now());
+        self.after_input();
         let mut events = Events::with_capacity(1024);
         loop {
             let timeout = self.poll_timeout();
@@ -475,8 +479,9 @@ impl Worker {
 
     fn connect(&mut self, conn: ConnId, server: ServerId) {
         let addr = self.core.server_address(server).clone();
+        let keepalive = upstream_keepalive(&self.core, server);
         let result = self.tls.connect(server).transpose().and_then(|tls| {
-            let mut stream = Stream::connect(&addr)?;
+            let mut stream = Stream::connect(&addr, keepalive)?;
             stream.register(self.poll.registry(), Token(conn.index as usize))?;
             Ok((stream, tls))
         });

@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod preflight;
 pub mod process;
 pub mod recorder;
+pub mod resolve;
 pub mod socket;
 pub mod throttle;
 pub mod tls;

@@ -104,6 +104,8 @@ pub struct ServerSnapshot {
     pub connects: u64,
     /// Connects that failed.
     pub connect_failures: u64,
+    /// Warm connections opened in the background (`min_idle`), included in `connects`.
+    pub preconnects: u64,
     /// Requests sent.
     pub requests: u64,
     /// Whether every live worker considers it up (passive health).
@@ -182,6 +184,7 @@ impl Snapshot {
                 ServerSnapshot {
                     connects: ss.connects,
                     connect_failures: ss.connect_failures,
+                    preconnects: ss.preconnects,
                     requests: ss.requests,
                     up: core.server_up(now, server),
                     live_reports: 1,
@@ -237,6 +240,7 @@ impl Snapshot {
             let t = self.servers.entry(key.clone()).or_default();
             t.connects += s.connects;
             t.connect_failures += s.connect_failures;
+            t.preconnects += s.preconnects;
             t.requests += s.requests;
             if s.live_reports > 0 {
                 t.up = (t.live_reports == 0 || t.up) && s.up;
@@ -302,7 +306,7 @@ impl Snapshot {
         );
         let _ = writeln!(o, "upkeep_connections_active {}", self.active());
 
-        let servers: [ServerMetric; 4] = [
+        let servers: [ServerMetric; 5] = [
             (
                 "upkeep_upstream_connects_total",
                 "counter",
@@ -314,6 +318,12 @@ impl Snapshot {
                 "counter",
                 "Upstream connections that failed to open.",
                 |s| s.connect_failures,
+            ),
+            (
+                "upkeep_upstream_preconnects_total",
+                "counter",
+                "Warm upstream connections opened in the background (min_idle).",
+                |s| s.preconnects,
             ),
             (
                 "upkeep_upstream_requests_total",
@@ -574,6 +584,7 @@ mod tests {
             ServerSnapshot {
                 connects: 2,
                 connect_failures: 1,
+                preconnects: 1,
                 requests: 4,
                 up: true,
                 live_reports: 1,
@@ -608,6 +619,9 @@ upkeep_upstream_connects_total{upstream="app\"x",server="127.0.0.1:1"} 2
 # HELP upkeep_upstream_connect_failures_total Upstream connections that failed to open.
 # TYPE upkeep_upstream_connect_failures_total counter
 upkeep_upstream_connect_failures_total{upstream="app\"x",server="127.0.0.1:1"} 1
+# HELP upkeep_upstream_preconnects_total Warm upstream connections opened in the background (min_idle).
+# TYPE upkeep_upstream_preconnects_total counter
+upkeep_upstream_preconnects_total{upstream="app\"x",server="127.0.0.1:1"} 1
 # HELP upkeep_upstream_requests_total Requests sent to each server.
 # TYPE upkeep_upstream_requests_total counter
 upkeep_upstream_requests_total{upstream="app\"x",server="127.0.0.1:1"} 4

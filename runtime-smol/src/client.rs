@@ -335,8 +335,9 @@ impl Client {
         let tls = Contexts::load(&config, &ProcessTls::default())?;
         let mut groups = HashMap::new();
         for (i, u) in config.upstreams.iter().enumerate() {
+            // A server written as a name keeps it in the default Host header.
             let default_host = match &u.servers[0].addr {
-                Address::Tcp(sa) => sa.to_string(),
+                Address::Tcp(_) => u.servers[0].target(),
                 Address::Unix(_) => "localhost".to_string(),
             };
             groups.insert(
@@ -347,6 +348,8 @@ impl Client {
                 },
             );
         }
+        // Host names: resolved once, here, on a helper thread (upkeep_runtime::resolve).
+        let config = upkeep_runtime::resolve::resolve_now(config)?;
         let upstreams = config.upstreams.iter().map(|u| u.name.clone()).collect();
         let core = Core::new(config, 0)?;
         let (tx, rx) = async_channel::unbounded();

@@ -19,13 +19,14 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use upkeep_core::{ConnId, Core, Input, ListenerId, Output, ServerId, Time, WriteOutcome};
 use upkeep_runtime::accept::{Admit, AfterError, Gate};
 use upkeep_runtime::clock;
 use upkeep_runtime::io::{Flushed, ReadStep, Reader};
 use upkeep_runtime::metrics::Snapshot;
 use upkeep_runtime::recorder::Recorder;
+use upkeep_runtime::socket::upstream_keepalive;
 use upkeep_runtime::tls::{Contexts, Handshake, Session};
 
 use crate::listener::Listener;
@@ -166,6 +167,12 @@ impl Driver {
             })
         });
         let timer = spawn(timer_loop(d.clone()));
+        {
+            // Warm connections (`min_idle`) open now, not at the first event.
+            let mut driver = d.borrow_mut();
+            driver.core.start(clock::now());
+            driver.drain();
+        }
         (d, timer)
     }
 
@@ -308,7 +315,8 @@ impl Driver {
             closed |= matches!(out, Output::Close { .. });
             match out {
                 Output::Connect { conn, server } => {
-                    let task = spawn(connect_task(self.shared(), conn, server));
+                    let keepalive = upstream_keepalive(&self.core, server);
+                    let task = spawn(connect_task(self.shared(), conn, server, keepalive));
                     self.put(conn, Slot::Connecting { task: Some(task) });
                 }
                 Output::Write { conn } => match self.slot(conn) {
@@ -605,13 +613,15 @@ async fn accepting(d: &Shared) {
     }
 }
 
-async fn connect_task(shared: Shared, conn: ConnId, server: ServerId) {
+async fn connect_task(shared: Shared, conn: ConnId, server: ServerId, tcp_keepalive: Duration) {
     let (addr, tls) = {
         let d = shared.borrow();
         (d.core.server_address(server).clone(), d.tls.connect(server))
     };
     let result = match tls.transpose() {
-        Ok(tls) => Stream::connect(&addr).await.map(|s| (s, tls)),
+        Ok(tls) => Stream::connect(&addr, tcp_keepalive)
+            .await
+            .map(|s| (s, tls)),
         Err(e) => Err(e),
     };
     // A TLS upstream is connected once its handshake is complete, so the core's connect

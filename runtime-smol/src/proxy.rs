@@ -84,8 +84,10 @@ impl Proxy {
     /// Validates `config`, binds every listener (a TCP port 0 is resolved once and shared by
     /// every worker's SO_REUSEPORT socket), opens the access log (`runtime.access_log`), starts
     /// `config.runtime.workers` worker threads (0 = one per CPU) and the admin listener
-    /// (`runtime.admin`), and returns once they are all serving.
+    /// (`runtime.admin`), and returns once they are all serving. Servers written with a host
+    /// name are resolved first (on a helper thread; see [`upkeep_runtime::resolve`]).
     pub fn start(config: Config) -> io::Result<ProxyHandle> {
+        let config = upkeep_runtime::resolve::resolve_now(config)?;
         config.validate()?;
         let operator = Operator::default();
         // Certificates before anything is bound: a bad file fails `start`, naming it. The

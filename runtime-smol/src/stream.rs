@@ -8,6 +8,7 @@ use socket2::SockRef;
 use std::io;
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
+use std::time::Duration;
 use upkeep_core::Address;
 use upkeep_runtime::socket::{self, Connecting};
 
@@ -19,9 +20,10 @@ pub(crate) enum Stream {
 }
 
 impl Stream {
-    /// A non-blocking connect to `addr` ([`upkeep_runtime::socket::connect`]), awaited.
-    pub(crate) async fn connect(addr: &Address) -> io::Result<Stream> {
-        let stream = match socket::connect(addr)? {
+    /// A non-blocking connect to `addr` with TCP keepalive probes every `tcp_keepalive`
+    /// ([`upkeep_runtime::socket::connect`]), awaited.
+    pub(crate) async fn connect(addr: &Address, tcp_keepalive: Duration) -> io::Result<Stream> {
+        let stream = match socket::connect(addr, tcp_keepalive)? {
             Connecting::Tcp(s) => Stream::Tcp(Async::new(s)?),
             Connecting::Unix(s) => Stream::Unix(Async::new(s)?),
         };

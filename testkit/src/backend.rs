@@ -291,6 +291,7 @@ impl BackendBuilder {
             accepted: AtomicUsize::new(0),
             requests: AtomicUsize::new(0),
             open: AtomicUsize::new(0),
+            idle_closed: AtomicUsize::new(0),
             written: AtomicUsize::new(0),
             log: Mutex::new(Vec::new()),
             threads: Mutex::new(Vec::new()),
@@ -324,6 +325,8 @@ struct Shared {
     accepted: AtomicUsize,
     requests: AtomicUsize,
     open: AtomicUsize,
+    /// Connections this backend closed because they sat idle past `idle_timeout`.
+    idle_closed: AtomicUsize,
     written: AtomicUsize,
     log: Mutex<Vec<RecordedRequest>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -364,6 +367,12 @@ impl Backend {
     /// Connections currently open (accepted and not yet closed by either side).
     pub fn open_connections(&self) -> usize {
         self.shared.open.load(Ordering::SeqCst)
+    }
+
+    /// Connections this backend closed itself because they sat idle past its `idle_timeout`
+    /// (a proxy that honours `Keep-Alive: timeout` closes them first: this stays 0).
+    pub fn idle_closed(&self) -> usize {
+        self.shared.idle_closed.load(Ordering::SeqCst)
     }
 
     /// Response bytes (heads and bodies) the kernel has taken so far. A large body is written
@@ -512,7 +521,11 @@ fn serve(stream: Stream, index: usize, shared: &Shared) -> io::Result<()> {
         // Idle: wait for the first byte of the next request.
         let idle_since = Instant::now();
         while reader.buffered().is_empty() {
-            if shared.stop.load(Ordering::SeqCst) || idle_since.elapsed() >= idle_limit {
+            if shared.stop.load(Ordering::SeqCst) {
+                return close(reader);
+            }
+            if idle_since.elapsed() >= idle_limit {
+                shared.idle_closed.fetch_add(1, Ordering::SeqCst);
                 return close(reader);
             }
             if let Some((after, bytes)) = &cfg.stray

@@ -27,6 +27,7 @@ pub mod observability;
 pub mod over_tls;
 pub mod reliability;
 pub mod scenarios;
+pub mod sockets;
 pub mod tls;
 pub mod wait;
 pub mod wire;
@@ -94,6 +95,9 @@ macro_rules! scenario_tests {
             stale_pooled_connection_retry,
             idle_pool_cap_closes_surplus,
             upstream_keepalive_timeout,
+            upstream_sockets_probe_idle_connections,
+            warm_connections_before_the_first_request,
+            warm_connections_replaced_ahead_of_keep_alive_timeout,
             unreusable_responses_not_pooled,
             client_keepalive_timeout,
             metrics_after_pooled_requests,

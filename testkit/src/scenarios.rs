@@ -1018,6 +1018,109 @@ pub fn upstream_keepalive_timeout(start: Start) {
     p.stop();
 }
 
+/// `tcp_keepalive = 7s`: the proxy's pooled upstream socket has a keepalive timer armed by the
+/// kernel (read back through `ss`, the kernel's view of the proxy's socket; skipped where `ss`
+/// is missing — the option itself is read back with `getsockopt` in the shared socket layer's
+/// tests).
+pub fn upstream_sockets_probe_idle_connections(start: Start) {
+    let b = Backend::identify("a").unwrap();
+    let mut cfg = config(vec![b.addr()]);
+    cfg.upstreams[0].tcp_keepalive = Duration::from_secs(7);
+    let p = Proxy::start(start, cfg);
+    let mut c = p.client();
+    ok(&c.get("/1").unwrap(), "/1");
+    // Over TLS the proxy's upstream socket goes to the backend's TLS front.
+    let upstream = crate::over_tls::proxied_addr(&b.addr());
+    let mut timers = Vec::new();
+    let armed =
+        crate::eventually(
+            Duration::from_secs(10),
+            || match crate::sockets::timers_of_connections_to(&upstream) {
+                Some(t) => {
+                    timers = t;
+                    timers.len() == 1 && timers[0].starts_with("timer:(keepalive,")
+                }
+                None => true,
+            },
+        );
+    assert!(
+        armed,
+        "one pooled upstream socket with a keepalive timer: {timers:?}"
+    );
+    p.stop();
+}
+
+/// `min_idle = 3`: three warm connections are open at the backend before the first request;
+/// sequential requests ride them (at most one more is opened, to keep three idle while one is
+/// busy).
+pub fn warm_connections_before_the_first_request(start: Start) {
+    let b = Backend::identify("a").unwrap();
+    let mut cfg = config(vec![b.addr()]);
+    cfg.upstreams[0].min_idle = 3;
+    let p = Proxy::start(start, cfg);
+    assert!(
+        b.wait_until(Duration::from_secs(10), |b| b.open_connections() == 3),
+        "3 warm connections before any request: {} accepted, {} open",
+        b.accepted(),
+        b.open_connections()
+    );
+    assert_eq!((b.accepted(), b.requests()), (3, 0));
+    let mut c = p.client();
+    for i in 0..5 {
+        let target = format!("/w{i}");
+        ok(&c.get(&target).unwrap(), &target);
+    }
+    assert!(
+        b.accepted() <= 4,
+        "5 requests opened {} connections",
+        b.accepted()
+    );
+    p.stop();
+}
+
+/// A backend that announces `Keep-Alive: timeout=2` and closes idle connections after 2 s,
+/// behind `min_idle = 2`: once the first response taught the pool the hint, warm connections
+/// are replaced ahead of it — through more than two of the backend's timeouts of quiet, the
+/// backend never has to close one the pool still holds, and the requests after it meet no
+/// stale connection.
+pub fn warm_connections_replaced_ahead_of_keep_alive_timeout(start: Start) {
+    let b = Backend::builder()
+        .name("a")
+        .identify()
+        .response_header("Keep-Alive", "timeout=2")
+        .idle_timeout(Duration::from_secs(2))
+        .start()
+        .unwrap();
+    let mut cfg = config(vec![b.addr()]);
+    cfg.upstreams[0].min_idle = 2;
+    let p = Proxy::start(start, cfg);
+    assert!(b.wait_until(Duration::from_secs(10), |b| b.accepted() >= 2));
+    let mut c = p.client();
+    ok(&c.get("/first").unwrap(), "/first");
+    // Quiet: the pool replaces its warm connections about every second.
+    let before = b.accepted();
+    assert!(
+        b.wait_until(Duration::from_secs(15), |b| b.accepted() >= before + 6),
+        "warm connections replaced: {} accepted",
+        b.accepted()
+    );
+    assert_eq!(
+        b.idle_closed(),
+        0,
+        "the backend closed an idle connection first"
+    );
+    for i in 0..4 {
+        let target = format!("/after{i}");
+        ok(&c.get(&target).unwrap(), &target);
+    }
+    assert_eq!(
+        b.idle_closed(),
+        0,
+        "the backend closed an idle connection first"
+    );
+    p.stop();
+}
+
 /// Responses after which the upstream connection must not be reused (rule 9): bytes beyond
 /// Content-Length, an HTTP/1.0 response (with or without `Connection: keep-alive`: nginx's rule,
 /// stricter than RFC 9112 §9.3), `Connection: close`. The client gets exactly the declared body,

@@ -141,6 +141,9 @@ defaults! {
     d_send_timeout: Duration = upstream_default().send_timeout;
     d_next_upstream_tries: u32 = upstream_default().next_upstream_tries;
     d_next_upstream_on_timeout: bool = upstream_default().next_upstream_on_timeout;
+    d_tcp_keepalive: Duration = upstream_default().tcp_keepalive;
+    d_min_idle: usize = upstream_default().min_idle;
+    d_resolve_interval: Duration = upstream_default().resolve_interval;
     d_path_prefix: String = "/".to_owned();
 }
 
@@ -202,7 +205,7 @@ macro_rules! default_via {
 /// A visitor for the types written as `"ADDR"` or as a table (`$raw`, whose `addr` is required).
 struct AddrOrTable<R, T> {
     expecting: &'static str,
-    from_addr: fn(Address) -> T,
+    parse: fn(&str) -> Result<T, String>,
     raw: PhantomData<R>,
 }
 
@@ -212,7 +215,7 @@ impl<'de, R: Deserialize<'de> + Into<T>, T> Visitor<'de> for AddrOrTable<R, T> {
         f.write_str(self.expecting)
     }
     fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
-        Ok((self.from_addr)(Address::parse(v).map_err(E::custom)?))
+        (self.parse)(v).map_err(E::custom)
     }
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
         R::deserialize(MapAccessDeserializer::new(map)).map(Into::into)
@@ -222,13 +225,20 @@ impl<'de, R: Deserialize<'de> + Into<T>, T> Visitor<'de> for AddrOrTable<R, T> {
 fn addr_or_table<'de, R: Deserialize<'de> + Into<T>, T, D: Deserializer<'de>>(
     d: D,
     expecting: &'static str,
-    from_addr: fn(Address) -> T,
+    parse: fn(&str) -> Result<T, String>,
 ) -> Result<T, D::Error> {
     d.deserialize_any(AddrOrTable::<R, T> {
         expecting,
-        from_addr,
+        parse,
         raw: PhantomData,
     })
+}
+
+/// A server's `addr`: an address or `NAME:PORT` ([`ServerConfig::parse`]), as the server it
+/// names with every other key at its default.
+fn server_target<'de, D: Deserializer<'de>>(d: D) -> Result<ServerConfig, D::Error> {
+    let s = String::deserialize(d)?;
+    ServerConfig::parse(&s).map_err(de::Error::custom)
 }
 
 mirror! {
@@ -248,25 +258,49 @@ impl<'de> Deserialize<'de> for ListenerConfig {
         addr_or_table::<RawListener, _, _>(
             d,
             "a listener: an address string or a table with `addr`",
-            ListenerConfig::new,
+            |s| Address::parse(s).map(ListenerConfig::new),
         )
     }
 }
 
-mirror! {
-    #[serde(deny_unknown_fields)]
-    struct RawServer for ServerConfig {
-        addr: Address,
-        #[serde(default = "d_weight")]
-        weight: u32,
-        #[serde(default = "d_max_fails")]
-        max_fails: u32,
-        #[serde(default = "d_fail_timeout", deserialize_with = "duration")]
-        fail_timeout: Duration,
-        #[serde(default)]
-        backup: bool,
-        #[serde(default = "d_max_conns")]
-        max_conns: u32,
+/// Not a `mirror!`: `addr` may carry a host name, which lands in [`ServerConfig::host`].
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    #[serde(deserialize_with = "server_target")]
+    addr: ServerConfig,
+    #[serde(default = "d_weight")]
+    weight: u32,
+    #[serde(default = "d_max_fails")]
+    max_fails: u32,
+    #[serde(default = "d_fail_timeout", deserialize_with = "duration")]
+    fail_timeout: Duration,
+    #[serde(default)]
+    backup: bool,
+    #[serde(default = "d_max_conns")]
+    max_conns: u32,
+}
+
+impl From<RawServer> for ServerConfig {
+    fn from(r: RawServer) -> ServerConfig {
+        let RawServer {
+            addr,
+            weight,
+            max_fails,
+            fail_timeout,
+            backup,
+            max_conns,
+        } = r;
+        // Every field named, so a field added to `ServerConfig` is a compile error here.
+        ServerConfig {
+            addr: addr.addr,
+            host: addr.host,
+            weight,
+            max_fails,
+            fail_timeout,
+            backup,
+            max_conns,
+        }
     }
 }
 
@@ -276,7 +310,7 @@ impl<'de> Deserialize<'de> for ServerConfig {
         addr_or_table::<RawServer, _, _>(
             d,
             "a server: an address string or a table with `addr`",
-            ServerConfig::new,
+            ServerConfig::parse,
         )
     }
 }
@@ -310,6 +344,12 @@ mirror! {
         next_upstream_on_timeout: bool,
         #[serde(default)]
         tls: Option<super::UpstreamTls>,
+        #[serde(default = "d_min_idle")]
+        min_idle: usize,
+        #[serde(default = "d_resolve_interval", deserialize_with = "duration")]
+        resolve_interval: Duration,
+        #[serde(default = "d_tcp_keepalive", deserialize_with = "duration")]
+        tcp_keepalive: Duration,
     }
 }
 
@@ -599,10 +639,24 @@ mod tests {
             let span = err.span().expect("span");
             assert_eq!(line_of(&text, span.start), 6, "{line:?}: {err}");
         }
+        // Issue 16: a server may be a host name now (resolved by the runtime); a listener may not.
         let text = MINIMAL.replace("127.0.0.1:9001", "example.com:9001");
+        let named = parse(&text).unwrap();
+        assert_eq!(named.upstreams[0].servers[0].target(), "example.com:9001");
+        let text = MINIMAL.replace("127.0.0.1:9001", "exa mple.com:9001");
+        let err = parse(&text).unwrap_err();
+        assert!(err.message().contains("nor a host name"), "{err}");
+        assert_eq!(line_of(&text, err.span().unwrap().start), 5);
+        let text = MINIMAL.replace("127.0.0.1:8080", "example.com:8080");
         let err = parse(&text).unwrap_err();
         assert!(err.message().contains("not an IP literal"), "{err}");
-        assert_eq!(line_of(&text, err.span().unwrap().start), 5);
+        assert_eq!(line_of(&text, err.span().unwrap().start), 1);
+        let text = MINIMAL.replace(
+            "\"127.0.0.1:9001\"",
+            "{ addr = \"app.internal:9001\", weight = 3 }",
+        );
+        let s = &parse(&text).unwrap().upstreams[0].servers[0];
+        assert_eq!((s.host.as_deref(), s.weight), (Some("app.internal"), 3));
         let text = format!("{MINIMAL}[limits]\nmax_body = \"1t\"\n");
         assert!(
             parse(&text)

@@ -153,18 +153,20 @@ fn write_upstream_tls(out: &mut String, tls: Option<&UpstreamTls>) {
 
 fn write_server(out: &mut String, s: &ServerConfig) {
     let ServerConfig {
-        addr,
+        addr: _,
         weight,
         max_fails,
         fail_timeout,
         backup,
         max_conns,
+        host: _,
     } = s;
+    // `target`: a host name is printed as written (`app.internal:8080`), not resolved.
     let _ = writeln!(
         out,
         "    {{ addr = {}, weight = {weight}, max_fails = {max_fails}, fail_timeout = {}, \
          backup = {backup}, max_conns = {max_conns} }},",
-        q(&addr.to_string()),
+        q(&s.target()),
         d(*fail_timeout)
     );
 }
@@ -185,6 +187,9 @@ fn write_upstream(out: &mut String, u: &UpstreamConfig) {
         next_upstream_tries,
         next_upstream_on_timeout,
         tls,
+        min_idle,
+        resolve_interval,
+        tcp_keepalive,
     } = u;
     let _ = writeln!(out, "\n[[upstream]]\nname = {}\nservers = [", q(name));
     servers.iter().for_each(|s| write_server(out, s));
@@ -194,7 +199,8 @@ fn write_upstream(out: &mut String, u: &UpstreamConfig) {
          keepalive_requests = {keepalive_requests}\nkeepalive_time = {}\npool_key = {}\n\
          connect_timeout = {}\nread_timeout = {}\nsend_timeout = {}\n\
          next_upstream_tries = {next_upstream_tries}\n\
-         next_upstream_on_timeout = {next_upstream_on_timeout}",
+         next_upstream_on_timeout = {next_upstream_on_timeout}\nmin_idle = {min_idle}\n\
+         resolve_interval = {}{}\ntcp_keepalive = {}{}",
         balance(*b),
         d(*keepalive_timeout),
         d(*keepalive_time),
@@ -202,6 +208,18 @@ fn write_upstream(out: &mut String, u: &UpstreamConfig) {
         d(*connect_timeout),
         d(*read_timeout),
         d(*send_timeout),
+        d(*resolve_interval),
+        if resolve_interval.is_zero() {
+            "  # off: at start and on reload only"
+        } else {
+            ""
+        },
+        d(*tcp_keepalive),
+        if tcp_keepalive.is_zero() {
+            "  # off"
+        } else {
+            ""
+        },
     );
     write_upstream_tls(out, tls.as_ref());
 }

@@ -8,8 +8,8 @@
 use core::time::Duration;
 
 use super::{
-    AccessLogFormat, Address, Config, ListenerConfig, ListenerTls, PoolKeyMode, UpstreamTls,
-    parse_duration,
+    AccessLogFormat, Address, Config, ListenerConfig, ListenerTls, PoolKeyMode, ServerConfig,
+    UpstreamTls, parse_duration,
 };
 
 /// Flags that take no value (without the leading `--`): see [`QuickConfig::switch`].
@@ -53,7 +53,7 @@ pub const QUICK_FLAGS: [&str; 18] = [
 #[derive(Clone, Debug, Default)]
 pub struct QuickConfig {
     listen: Vec<Address>,
-    upstream: Vec<Address>,
+    upstream: Vec<ServerConfig>,
     workers: Option<usize>,
     keepalive: Option<usize>,
     keepalive_timeout: Option<Duration>,
@@ -127,7 +127,9 @@ impl QuickConfig {
         }
         match flag {
             "listen" => self.listen.push(addr()?),
-            "upstream" => self.upstream.push(addr()?),
+            "upstream" => self
+                .upstream
+                .push(ServerConfig::parse(value).map_err(|e| format!("--{flag} {value:?}: {e}"))?),
             "workers" => self.workers = Some(number(flag, value)?),
             "keepalive" => self.keepalive = Some(number(flag, value)?),
             "keepalive-timeout" => self.keepalive_timeout = Some(duration()?),
@@ -166,7 +168,8 @@ impl QuickConfig {
         let (Some(first), false) = (listen.next(), self.upstream.is_empty()) else {
             return Err("--listen ADDR and --upstream ADDR are both required".into());
         };
-        let mut c = Config::simple(first, self.upstream);
+        let mut c = Config::simple(first, Vec::new());
+        c.upstreams[0].servers = self.upstream;
         c.listeners.extend(listen.map(ListenerConfig::new));
         let g = &mut c.upstreams[0];
         if let Some(n) = self.keepalive {
@@ -353,5 +356,17 @@ mod tests {
         ])
         .unwrap_err();
         assert!(e.contains("already used by listen 1"), "{e}");
+    }
+
+    #[test]
+    fn an_upstream_may_be_a_host_name() {
+        let c = quick(&[
+            ("listen", "127.0.0.1:8080"),
+            ("upstream", "app.internal:9001"),
+        ])
+        .unwrap();
+        assert_eq!(c.upstreams[0].servers[0].target(), "app.internal:9001");
+        let e = quick(&[("listen", "127.0.0.1:8080"), ("upstream", "app internal:1")]).unwrap_err();
+        assert!(e.starts_with("--upstream \"app internal:1\": "), "{e}");
     }
 }

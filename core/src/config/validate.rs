@@ -3,7 +3,7 @@
 use core::fmt;
 use core::time::Duration;
 
-use super::{Address, Config, ListenerConfig};
+use super::{Address, Config, ListenerConfig, PoolKeyMode};
 
 /// Most servers an upstream group may have (the balancer keeps per-server state in a `u64` mask).
 pub const MAX_SERVERS_PER_UPSTREAM: usize = 64;
@@ -254,6 +254,18 @@ impl Config {
             positive(&loc, "send_timeout", up.send_timeout)?;
             if up.keepalive_requests == 0 {
                 return err(loc, "keepalive_requests must be >= 1");
+            }
+            if up.min_idle > up.keepalive {
+                return err(
+                    loc,
+                    format!("min_idle must be <= keepalive ({})", up.keepalive),
+                );
+            }
+            if up.min_idle > 0 && up.pool_key != PoolKeyMode::Server {
+                return err(
+                    loc,
+                    "min_idle needs pool_key = \"server\" (a warm connection serves any client)",
+                );
             }
         }
         Ok(())
@@ -670,6 +682,27 @@ mod tests {
         );
         let mut c = base();
         c.headers.via = None;
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn warm_connections() {
+        fails(
+            |c| {
+                c.upstreams[0].keepalive = 2;
+                c.upstreams[0].min_idle = 3;
+            },
+            "upstream \"app\": min_idle must be <= keepalive (2)",
+        );
+        fails(
+            |c| {
+                c.upstreams[0].min_idle = 1;
+                c.upstreams[0].pool_key = PoolKeyMode::Client;
+            },
+            "upstream \"app\": min_idle needs pool_key = \"server\" (a warm connection serves any client)",
+        );
+        let mut c = base();
+        c.upstreams[0].min_idle = 4;
         c.validate().unwrap();
     }
 }

@@ -123,6 +123,7 @@ impl Core {
                 extra_data: false,
                 acquired: false,
                 responded: false,
+                unused_warm: false,
             }),
         });
         self.stats.groups[g].pool_checkins += 1;

@@ -41,6 +41,7 @@ mod record;
 mod relay;
 mod table;
 mod upstream;
+mod warm;
 
 pub use exchange::ExchangeInfo;
 pub use handoff::Released;
@@ -92,6 +93,12 @@ pub struct Core {
     /// A handoff drain ([`Core::begin_handoff`]): client connections move to another core.
     handing_off: bool,
     seed: u64,
+    /// Warm-connection bookkeeping per server (`min_idle`), and whether any group asks for it.
+    warm: Vec<warm::WarmServer>,
+    warm_on: bool,
+    /// When a warm connect backing off may be retried (earliest over the servers that lack
+    /// warm connections), so that [`Core::poll_timeout`] wakes the runtime for it.
+    warm_next: Option<Time>,
 }
 
 impl Core {
@@ -99,7 +106,7 @@ impl Core {
     /// address hashing for `ip_hash` and pool partitioning), so two cores built with the same
     /// config and seed behave identically.
     pub fn new(config: Config, seed: u64) -> Result<Core, crate::config::ConfigError> {
-        config.validate()?;
+        config.validate_resolved()?;
         let router = Router::new(&config);
         let mut groups = Vec::new();
         let mut servers = Vec::new();
@@ -130,7 +137,6 @@ impl Core {
             pool: Pool::new(&caps),
             router,
             groups,
-            servers,
             conns: Table::default(),
             timers: Timers::default(),
             out: VecDeque::new(),
@@ -149,6 +155,10 @@ impl Core {
             draining: false,
             handing_off: false,
             seed,
+            warm: vec![warm::WarmServer::default(); servers.len()],
+            warm_on: config.upstreams.iter().any(|u| u.min_idle > 0),
+            warm_next: None,
+            servers,
             config,
         })
     }
@@ -270,7 +280,10 @@ impl Core {
 
     /// The earliest deadline: call [`Core::handle_timeout`] when it is reached.
     pub fn poll_timeout(&self) -> Option<Time> {
-        self.timers.next()
+        match (self.timers.next(), self.warm_next) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Bytes queued for `conn`, in order (empty for an unknown id).
@@ -422,7 +435,12 @@ impl Core {
                 let Some(c) = self.conns.get_mut(conn) else {
                     return;
                 };
-                if let Role::Upstream(u) = &mut c.role
+                if let Role::Upstream(u) = &c.role
+                    && u.state == UState::Connecting
+                    && u.unused_warm
+                {
+                    self.warm_connected(now, conn);
+                } else if let Role::Upstream(u) = &mut c.role
                     && u.state == UState::Connecting
                 {
                     u.state = UState::Active;

@@ -49,6 +49,9 @@ impl Core {
                 self.on_read_closed(now, id);
             }
         }
+        if self.warm_on {
+            self.top_up(now);
+        }
         let mut touched = core::mem::take(&mut self.touched);
         for &id in &touched {
             let want = self.wants_read(id);

@@ -167,6 +167,10 @@ impl Core {
         if let Some(Role::Upstream(u)) = self.conns.get_mut(id).map(|c| &c.role) {
             debug_assert_eq!(u.state, UState::Idle, "only idle connections are evicted");
             self.stats.groups[u.group as usize].evictions[why as usize] += 1;
+            if u.unused_warm {
+                let server = u.server;
+                self.warm_evicted(server, why);
+            }
         }
         self.close(id, reset);
     }
@@ -185,8 +189,15 @@ impl Core {
     pub(super) fn close(&mut self, id: ConnId, reset: bool) {
         self.release_server(id);
         let Some(c) = self.conns.get(id) else { return };
-        if matches!(c.role, Role::Client(_)) {
-            self.clients -= 1;
+        match &c.role {
+            Role::Client(_) => self.clients -= 1,
+            Role::Upstream(u) => {
+                let (server, unconnected_warm) =
+                    (u.server, u.state == UState::Connecting && u.unused_warm);
+                if unconnected_warm {
+                    self.warm_failed(server);
+                }
+            }
         }
         self.pool.remove(id);
         self.timers.set(id.index, None);

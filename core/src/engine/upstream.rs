@@ -6,10 +6,10 @@ use bytes::{Buf, Bytes};
 use std::collections::VecDeque;
 
 use super::exchange::Resp;
-use super::table::{Conn, Role};
-use super::{Core, HEAD_GROWTH, Output, touch};
+use super::table::Role;
+use super::{Core, HEAD_GROWTH, touch};
 use crate::config::PoolKeyMode;
-use crate::connection::{AfterFlush, Buffers};
+use crate::connection::AfterFlush;
 use crate::framing::{self, BodyDecoder, BodyKind, OutBody, ResponseOptions, Version};
 use crate::pool::{EvictReason, PoolKey};
 use crate::rules::{
@@ -60,17 +60,32 @@ pub(super) struct Upstream {
     /// Some response bytes (even an interim 1xx) arrived for the current request: it can no
     /// longer be retried.
     pub(super) responded: bool,
+    /// A warm connection (`min_idle`) that has not carried a request yet.
+    pub(super) unused_warm: bool,
 }
 
 impl Upstream {
     /// A connection being opened to `server` for `client`'s request.
     fn connecting(server: u32, group: u32, key: PoolKey, client: ConnId, now: Time) -> Upstream {
         Upstream {
+            client: Some(client),
+            acquired: true,
+            unused_warm: false,
+            ..Upstream::warming(server, group, key, now)
+        }
+    }
+
+    /// A warm connection being opened to `server` with no request (`min_idle`). It counts as
+    /// having carried one request, so that its first real request is "reused": a backend that
+    /// dropped it meanwhile is the same keep-alive race as for any pooled connection, retried on
+    /// a fresh connection.
+    pub(super) fn warming(server: u32, group: u32, key: PoolKey, now: Time) -> Upstream {
+        Upstream {
             server,
             group,
             key,
             state: UState::Connecting,
-            client: Some(client),
+            client: None,
             created: now,
             requests: 1,
             written: 0,
@@ -79,8 +94,9 @@ impl Upstream {
             response: ResponseFacts::default(),
             response_at: now,
             extra_data: false,
-            acquired: true,
+            acquired: false,
             responded: false,
+            unused_warm: true,
         }
     }
 
@@ -97,6 +113,7 @@ impl Upstream {
         self.extra_data = false;
         self.acquired = true;
         self.responded = false;
+        self.unused_warm = false;
     }
 
     /// The current request is not the connection's first: it came out of the pool. The one
@@ -178,17 +195,7 @@ impl Core {
                 self.stats.groups[g].pool_misses += 1;
                 self.stats.servers[server as usize].connects += 1;
                 let up = Upstream::connecting(server, g as u32, key, id, now);
-                let uid = self.conns.insert(|uid| Conn {
-                    id: uid,
-                    buf: Buffers::new(now),
-                    deadline: None,
-                    role: Role::Upstream(up),
-                });
-                self.out.push_back(Output::Connect {
-                    conn: uid,
-                    server: self.servers[server as usize],
-                });
-                (uid, false)
+                (self.open_upstream(now, up), false)
             }
         };
         if let Some(cl) = self.conns.client_mut(id) {
@@ -402,6 +409,8 @@ impl Core {
         }
         self.groups[g].balancer.success(idx);
         self.try_header(now, cid, status);
+        // Remembered per server: it also bounds warm connections that carried no response.
+        self.remember_hint(now, srv, facts.idle_hint);
         let Some(cl) = self.conns.client_mut(cid) else {
             return false;
         };
@@ -494,14 +503,8 @@ impl Core {
         let key = u.key;
         // Idle until the first of: our keepalive_timeout, the backend's Keep-Alive hint, the
         // connection's keepalive_time. The pool entry is the one record of it.
-        let hinted = match u.response.idle_hint {
-            Some(hint) => u.response_at.plus(hint),
-            None => Time(u64::MAX),
-        };
-        let expires = now
-            .plus(gcfg.keepalive_timeout)
-            .min(hinted)
-            .min(u.created.plus(gcfg.keepalive_time));
+        let hinted = u.response.idle_hint.map(|hint| u.response_at.plus(hint));
+        let expires = super::warm::idle_until(now, gcfg, hinted, u.created);
         self.release_server(id);
         match verdict {
             Ok(()) => {

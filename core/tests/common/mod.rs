@@ -267,14 +267,21 @@ pub fn deferred_close_delimited(client_req: &[u8]) -> (Harness, ConnId, ConnId, 
 
 /// Every request handed to an upstream connection ended in one of two counted ways — the
 /// connection went back to the pool, or it closed with a not-reused reason — or is still under
-/// way: checkins + not-reused + busy upstream connections = requests assigned.
+/// way: checkins + not-reused + busy upstream connections = requests assigned. A warm
+/// connection (`min_idle`) is assigned no request but ends the same ways, so the connections
+/// opened that way count as assigned too.
 pub fn upstreams_accounted(core: &Core) {
     let groups = &core.stats().groups;
     let idle: usize = (0..groups.len())
         .map(|g| core.pool_idle(UpstreamId(g as u32)))
         .sum();
     let busy = (core.connections() - core.client_connections() - idle) as u64;
-    let assigned: u64 = groups.iter().map(|g| g.pool_hits + g.pool_misses).sum();
+    let warm: u64 = core.stats().servers.iter().map(|s| s.preconnects).sum();
+    let assigned: u64 = groups
+        .iter()
+        .map(|g| g.pool_hits + g.pool_misses)
+        .sum::<u64>()
+        + warm;
     let ended: u64 = groups
         .iter()
         .map(|g| g.pool_checkins + g.not_reused.iter().sum::<u64>())

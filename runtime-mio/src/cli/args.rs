@@ -14,7 +14,8 @@ Usage:
   upkeep run --config FILE             run with a TOML config file
   upkeep run --listen ADDR --upstream ADDR [OPTIONS]
                                        run without a file
-  upkeep check --config FILE           validate a config file and exit
+  upkeep check --config FILE [--print] [--resolve]
+                                       validate a config file and exit
   upkeep demo [--tls]                  show pooling on loopback (about 10 s; --tls: TLS origins)
 
 Options:
@@ -38,7 +39,7 @@ Usage:
 Options:
   -c, --config FILE                TOML config file (see upkeep.example.toml); reloaded on SIGHUP
       --listen ADDR                listen address (repeatable)
-      --upstream ADDR              upstream server (repeatable; one group named \"default\")
+      --upstream ADDR              upstream server, or NAME:PORT (repeatable; one group \"default\")
       --workers N                  worker threads (default: one per CPU core)
       --keepalive N                idle upstream connections kept per worker (default 1024; 0 = off)
       --keepalive-timeout DUR      idle upstream connection lifetime (default 60s)
@@ -63,19 +64,22 @@ ADDR is HOST:PORT, [V6]:PORT or unix:/path; DUR is 250ms, 10s, 5m, 1h.
 ";
 
 pub(crate) const CHECK_HELP: &str = "\
-Usage: upkeep check --config FILE [--print]
-       upkeep check --listen ADDR --upstream ADDR [OPTIONS] [--print]
+Usage: upkeep check --config FILE [--print] [--resolve]
+       upkeep check --listen ADDR --upstream ADDR [OPTIONS] [--print] [--resolve]
 
 Parses and validates FILE (or `upkeep run`'s quick-mode flags, see `upkeep run --help`) as
 `upkeep run` would (including that Unix socket and access log
 directories exist and are writable). Prints `configuration ok` and exits 0, or prints
 `FILE:LINE:COL: message` and exits 1. Suspicious but valid settings are printed as
-`FILE:LINE:COL: warning: message` and do not change the exit status.
+`FILE:LINE:COL: warning: message` and do not change the exit status. Host names in server
+addresses are only checked for syntax, without the network, unless --resolve asks to resolve
+them too (as `upkeep run` does at start).
 
 Options:
   -c, --config FILE   the file to check
   -p, --print         print the effective configuration instead, every default spelt out (valid
                       TOML that `upkeep check` accepts again: quick-mode flags become a file)
+      --resolve       also resolve the host names of server addresses
   -h, --help          print this help
 ";
 
@@ -101,6 +105,8 @@ pub(crate) enum Command {
     Check {
         source: Source,
         print: bool,
+        /// `--resolve`: also resolve the host names of server addresses.
+        resolve: bool,
     },
     /// `--tls`: TLS origins (the upstream handshakes are what pooling saves).
     Demo {
@@ -118,7 +124,7 @@ pub(crate) enum Source {
 }
 
 /// The flags each command takes (without `--`), for "did you mean".
-const CHECK_FLAGS: [&str; 3] = ["config", "print", "help"];
+const CHECK_FLAGS: [&str; 4] = ["config", "print", "resolve", "help"];
 const COMMANDS: [&str; 3] = ["run", "check", "demo"];
 
 /// An unexpected argument as a usage error, with the closest flag of `known` when one is close.
@@ -143,11 +149,15 @@ pub(crate) fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command,
     };
     match sub.as_str() {
         "run" => Ok(match parse_source(&mut p, "run")? {
-            Some((source, _)) => Command::Run(source),
+            Some((source, ..)) => Command::Run(source),
             None => Command::Help(RUN_HELP),
         }),
         "check" => Ok(match parse_source(&mut p, "check")? {
-            Some((source, print)) => Command::Check { source, print },
+            Some((source, print, resolve)) => Command::Check {
+                source,
+                print,
+                resolve,
+            },
             None => Command::Help(CHECK_HELP),
         }),
         "demo" => {
@@ -178,10 +188,12 @@ fn value(p: &mut lexopt::Parser) -> Result<String, String> {
 
 /// `run`'s and `check`'s arguments: `--config FILE`, or quick-mode flags; `check` also takes
 /// `--print`. `Ok(None)` is `--help`.
-fn parse_source(p: &mut lexopt::Parser, cmd: &str) -> Result<Option<(Source, bool)>, String> {
+/// `check` also takes `--print` and `--resolve` (the two booleans, in that order).
+fn parse_source(p: &mut lexopt::Parser, cmd: &str) -> Result<Option<(Source, bool, bool)>, String> {
     let check = cmd == "check";
     let mut file = None;
     let mut print = false;
+    let mut resolve = false;
     // What each quick-mode flag means lives in the core (shared with the smol example).
     let mut quick = QuickConfig::default();
     while let Some(arg) = p.next().map_err(|e| e.to_string())? {
@@ -193,6 +205,7 @@ fn parse_source(p: &mut lexopt::Parser, cmd: &str) -> Result<Option<(Source, boo
             Short('h') | Long("help") => return Ok(None),
             Short('c') | Long("config") => file = Some(PathBuf::from(value(p)?)),
             Short('p') | Long("print") if check => print = true,
+            Long("resolve") if check => resolve = true,
             Long(_) if QuickConfig::takes(&flag) => quick.set(&flag, &value(p)?)?,
             Long(_) if QuickConfig::is_switch(&flag) => quick.switch(&flag)?,
             other => {
@@ -217,7 +230,7 @@ fn parse_source(p: &mut lexopt::Parser, cmd: &str) -> Result<Option<(Source, boo
                 "{cmd}: --config cannot be combined with other options (put them in the file)"
             ));
         }
-        return Ok(Some((Source::File(file), print)));
+        return Ok(Some((Source::File(file), print, resolve)));
     }
     if quick.is_empty() {
         return Err(format!(
@@ -225,7 +238,7 @@ fn parse_source(p: &mut lexopt::Parser, cmd: &str) -> Result<Option<(Source, boo
         ));
     }
     let config = quick.build().map_err(|e| format!("{cmd}: {e}"))?;
-    Ok(Some((Source::Flags(Box::new(config)), print)))
+    Ok(Some((Source::Flags(Box::new(config)), print, resolve)))
 }
 
 #[cfg(test)]
@@ -333,7 +346,8 @@ mod tests {
             run(&["check", "-c", "f.toml", "--print"]),
             Ok(Command::Check {
                 print: true,
-                source: Source::File(_)
+                source: Source::File(_),
+                resolve: false,
             })
         ));
         assert!(matches!(
@@ -347,7 +361,8 @@ mod tests {
             ]),
             Ok(Command::Check {
                 print: true,
-                source: Source::Flags(_)
+                source: Source::Flags(_),
+                resolve: false,
             })
         ));
         assert_eq!(

@@ -3,10 +3,12 @@
 //! [`FileError::locate`] for the file-system checks and the warnings).
 
 use std::path::Path;
+use std::sync::Arc;
 
 use upkeep_core::Config;
 use upkeep_core::config::{ConfigError, FileError};
 use upkeep_runtime::preflight;
+use upkeep_runtime::resolve::{Names, SystemResolver};
 
 use super::args::Source;
 
@@ -21,8 +23,7 @@ pub(crate) struct Loaded {
 /// Reads, parses and validates `path`, and checks the paths it names on this machine — exactly
 /// what `upkeep run` (and a reload) would reject.
 pub(crate) fn load(path: &Path) -> Result<Loaded, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    let text = read(path)?;
     let at = |e: &ConfigError| format!("{}:{}", path.display(), FileError::locate(&text, e));
     let config = Config::from_toml(&text).map_err(|e| format!("{}:{e}", path.display()))?;
     preflight::check_paths(&config).map_err(|e| at(&e))?;
@@ -62,4 +63,20 @@ fn check_flags(config: Config) -> Result<Loaded, String> {
         .map_err(|e| format!("upkeep: {e}"))?;
     let warnings = config.warnings().iter().map(ToString::to_string).collect();
     Ok(Loaded { config, warnings })
+}
+
+fn read(path: &Path) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))
+}
+
+/// Resolves the host names of `config` (loaded from `file`, if any) with the system resolver;
+/// a name that does not resolve is an error pointing at its server in the file.
+pub(crate) fn resolve(config: Config, file: Option<&Path>) -> Result<(Names, Config), String> {
+    Names::resolve(config, Arc::new(SystemResolver)).map_err(|e| match file {
+        Some(path) => match read(path) {
+            Ok(text) => format!("{}:{}", path.display(), FileError::locate(&text, &e)),
+            Err(_) => format!("{}: {e}", path.display()),
+        },
+        None => e.to_string(),
+    })
 }

@@ -4,18 +4,23 @@
 
 use std::io;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::time::{Duration, Instant};
 
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Interest, Poll, Token, Waker};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1};
 use signal_hook_mio::v1_0::Signals;
 use upkeep_core::Config;
 use upkeep_core::config::format_duration;
 use upkeep_mio::{Proxy, ProxyHandle};
+use upkeep_runtime::resolve::{Names, Watcher};
 
 use super::notify::notify;
 
 const SIGNALS: Token = Token(0);
+/// The resolver thread has a re-resolved configuration (`resolve_interval`).
+const RESOLVED: Token = Token(1);
 /// How often a draining main thread checks whether the workers are done.
 const TICK: Duration = Duration::from_millis(50);
 
@@ -39,7 +44,11 @@ pub(crate) fn run(config: Config, file: Option<&Path>) -> io::Result<()> {
     poll.registry()
         .register(&mut signals, SIGNALS, Interest::READABLE)?;
     let workers = upkeep_runtime::workers::count(config.runtime.workers);
+    // Host names: resolved on a helper thread; one that does not resolve stops the start.
+    let (names, config) = super::config_file::resolve(config, file).map_err(io::Error::other)?;
     let proxy = Proxy::start(config)?;
+    let resolved = Resolved::new(&poll)?;
+    let mut watcher = resolved.watch(names)?;
     log::info!(
         "upkeep {} started: pid {}, {workers} workers, config {}",
         env!("CARGO_PKG_VERSION"),
@@ -98,13 +107,21 @@ pub(crate) fn run(config: Config, file: Option<&Path>) -> io::Result<()> {
                     proxy.shutdown();
                     return Ok(());
                 }
-                SIGHUP if phase == Phase::Serving => reload(&proxy, file),
+                SIGHUP if phase == Phase::Serving => reload(&proxy, file, &resolved, &mut watcher),
                 SIGHUP => log::warn!("SIGHUP ignored: shutting down"),
                 SIGUSR1 => {
                     log::info!("reopening access logs");
                     proxy.reopen_logs();
                 }
                 _ => {}
+            }
+        }
+        if phase == Phase::Serving {
+            for config in resolved.changes.try_iter() {
+                match proxy.reload(config) {
+                    Ok(()) => log::info!("applied the re-resolved upstream addresses"),
+                    Err(e) => log::error!("re-resolved addresses not applied: {e}"),
+                }
             }
         }
         if let Phase::Delaying(until) = phase
@@ -132,33 +149,87 @@ fn start_drain(proxy: &ProxyHandle) -> Phase {
     Phase::Draining
 }
 
-/// SIGHUP: re-read and validate the file; a bad one is logged and the old config keeps running.
-fn reload(proxy: &ProxyHandle, file: Option<&Path>) {
+/// SIGHUP: re-read and validate the file and resolve its names; a bad one is logged and the old
+/// config keeps running (and its names keep being watched).
+fn reload(
+    proxy: &ProxyHandle,
+    file: Option<&Path>,
+    resolved: &Resolved,
+    watcher: &mut Option<Watcher>,
+) {
     let Some(file) = file else {
         log::warn!("SIGHUP ignored: started without --config, nothing to reload");
         return;
     };
     notify("RELOADING=1");
     // Whatever the outcome, the proxy is serving (the new or the old configuration) afterwards.
-    reload_file(proxy, file);
+    if let Some(names) = reload_file(proxy, file) {
+        // The old file's names are watched no more; what their watcher found meanwhile is stale.
+        drop(watcher.take());
+        resolved.changes.try_iter().for_each(drop);
+        match resolved.watch(names) {
+            Ok(w) => *watcher = w,
+            Err(e) => log::error!("cannot start re-resolving host names: {e}"),
+        }
+    }
     notify("READY=1");
 }
 
-fn reload_file(proxy: &ProxyHandle, file: &Path) {
+/// Loads, resolves and applies `file`; the names it resolved when it was applied.
+fn reload_file(proxy: &ProxyHandle, file: &Path) -> Option<Names> {
     let outcome = super::config_file::load(file)
-        .inspect_err(|_| proxy.reload_failed())
         .and_then(|loaded| {
             for w in &loaded.warnings {
                 log::warn!("{w}");
             }
-            let changes = upkeep_runtime::config_diff::changes(&proxy.config(), &loaded.config);
-            proxy.reload(loaded.config).map(|()| changes)
+            super::config_file::resolve(loaded.config, Some(file))
+        })
+        .inspect_err(|_| proxy.reload_failed())
+        .and_then(|(names, config)| {
+            let changes = upkeep_runtime::config_diff::changes(&proxy.config(), &config);
+            proxy.reload(config).map(|()| (names, changes))
         });
     match outcome {
-        Ok(changes) if changes.is_empty() => {
-            log::info!("reloaded {}: no changes", file.display())
+        Ok((names, changes)) => {
+            if changes.is_empty() {
+                log::info!("reloaded {}: no changes", file.display());
+            } else {
+                log::info!("reloaded {}: {}", file.display(), changes.join("; "));
+            }
+            Some(names)
         }
-        Ok(changes) => log::info!("reloaded {}: {}", file.display(), changes.join("; ")),
-        Err(e) => log::error!("reload failed, keeping the old configuration: {e}"),
+        Err(e) => {
+            log::error!("reload failed, keeping the old configuration: {e}");
+            None
+        }
+    }
+}
+
+/// Re-resolved configurations from the resolver thread, and the waker that tells the signal
+/// loop about them (it applies them with a reload: the resolver thread never touches workers).
+struct Resolved {
+    waker: Arc<Waker>,
+    send: Sender<Config>,
+    changes: Receiver<Config>,
+}
+
+impl Resolved {
+    fn new(poll: &Poll) -> io::Result<Resolved> {
+        let (send, changes) = mpsc::channel();
+        Ok(Resolved {
+            waker: Arc::new(Waker::new(poll.registry(), RESOLVED)?),
+            send,
+            changes,
+        })
+    }
+
+    /// A watcher re-resolving `names`; `None` when no group sets `resolve_interval`.
+    fn watch(&self, names: Names) -> io::Result<Option<Watcher>> {
+        let (send, waker) = (self.send.clone(), self.waker.clone());
+        Watcher::start(names, move |config| {
+            if send.send(config).is_ok() {
+                let _ = waker.wake();
+            }
+        })
     }
 }

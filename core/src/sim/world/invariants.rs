@@ -152,6 +152,13 @@ impl World {
             }
         }
         self.check_invariants();
+        // Warm connections (`min_idle`) are replaced as they expire, by design: a drain, which
+        // closes the pool and stops the top-ups, comes before checking that nothing is left.
+        if cfg.upstreams.iter().any(|g| g.min_idle > 0) {
+            let now = self.harness.now;
+            self.harness.core.begin_drain(now);
+            self.settle();
+        }
         let idle = cfg
             .upstreams
             .iter()
@@ -191,7 +198,20 @@ impl World {
                 ));
             }
         }
-        // 2. pool caps and clean pooled connections
+        // 2. pool caps and clean pooled connections; warm connects within min_idle per server
+        let mut server = 0;
+        for up in &core.config().upstreams {
+            for _ in &up.servers {
+                let opening = core.warm_opening(server) as usize;
+                if opening > up.min_idle {
+                    problems.push(format!(
+                        "{opening} warm connects in progress to server {server}, min_idle {}",
+                        up.min_idle
+                    ));
+                }
+                server += 1;
+            }
+        }
         for (g, up) in core.config().upstreams.iter().enumerate() {
             let idle = core.pool_idle(UpstreamId(g as u32));
             if idle > up.keepalive {
