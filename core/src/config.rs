@@ -225,8 +225,49 @@ pub struct ServerConfig {
     pub fail_timeout: Duration,
     /// Used only when every primary server is down.
     pub backup: bool,
-    /// Cap on concurrent connections to this server; 0 = unlimited (nginx default).
+    /// Cap on concurrent requests to this server across the whole process (every worker
+    /// together: HAProxy's `maxconn`); 0 = unlimited (nginx default). Requests beyond it wait in
+    /// the group's queue (see [`UpstreamConfig::queue`]).
     pub max_conns: u32,
+    /// Administrative state at start (`up`, `drain` or `down`); changeable at run time through
+    /// the admin API.
+    pub state: ServerState,
+}
+
+/// A server's administrative state (HAProxy's `ready` / `drain` / `maint`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Deserialize),
+    serde(rename_all = "snake_case")
+)]
+pub enum ServerState {
+    /// Takes requests.
+    #[default]
+    Up,
+    /// Takes no new requests; requests in flight finish and their connections close instead of
+    /// returning to the pool; idle pooled connections are closed at once.
+    Drain,
+    /// Maintenance: takes no requests at all; idle pooled connections are closed at once.
+    Down,
+}
+
+impl ServerState {
+    /// The state's name as configured and reported (`up`, `drain`, `down`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServerState::Up => "up",
+            ServerState::Drain => "drain",
+            ServerState::Down => "down",
+        }
+    }
+
+    /// The state named `name`, if any.
+    pub fn parse(name: &str) -> Option<ServerState> {
+        [ServerState::Up, ServerState::Drain, ServerState::Down]
+            .into_iter()
+            .find(|s| s.as_str() == name)
+    }
 }
 
 impl ServerConfig {
@@ -239,6 +280,7 @@ impl ServerConfig {
             fail_timeout: Duration::from_secs(10),
             backup: false,
             max_conns: 0,
+            state: ServerState::Up,
         }
     }
 }
@@ -296,7 +338,20 @@ pub struct UpstreamConfig {
     /// `proxy_next_upstream timeout`: also move an idempotent request to the next server when the
     /// response header times out (off by default; connect timeouts always move on).
     pub next_upstream_on_timeout: bool,
+    /// Requests that may wait, process-wide, for a server of this group to free a slot when
+    /// every candidate is at its `max_conns` (HAProxy's backend queue, nginx Plus `queue`);
+    /// beyond it a request is answered `503` with `Retry-After`. 0 = no queue: a request that
+    /// finds every server full is answered 502 at once (nginx open source). Default
+    /// [`DEFAULT_QUEUE`]; only matters when some server has a `max_conns`.
+    pub queue: usize,
+    /// Longest a request waits in the queue before a `503` with `Retry-After` (nginx Plus
+    /// `queue timeout=`, 60s; HAProxy's `timeout queue` falls back to `timeout connect`, also
+    /// 60s here).
+    pub queue_timeout: Duration,
 }
+
+/// The default queue length per group (see `docs/queue.md` for why).
+pub const DEFAULT_QUEUE: usize = 1024;
 
 impl UpstreamConfig {
     /// A group with nginx's defaults (and upkeep's non-churning keepalive default).
@@ -315,6 +370,8 @@ impl UpstreamConfig {
             send_timeout: Duration::from_secs(60),
             next_upstream_tries: 2,
             next_upstream_on_timeout: false,
+            queue: DEFAULT_QUEUE,
+            queue_timeout: Duration::from_secs(60),
         }
     }
 }

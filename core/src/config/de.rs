@@ -16,7 +16,8 @@ use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use super::{
     Address, Balance, ClientTimeouts, Config, HeaderOptions, Limits, ListenerConfig, PoolKeyMode,
-    RouteConfig, RuntimeOptions, ServerConfig, UpstreamConfig, parse_duration, parse_size,
+    RouteConfig, RuntimeOptions, ServerConfig, ServerState, UpstreamConfig, parse_duration,
+    parse_size,
 };
 
 // ---- scalar helpers -------------------------------------------------------------------------
@@ -129,6 +130,9 @@ defaults! {
     d_max_fails: u32 = server_default().max_fails;
     d_fail_timeout: Duration = server_default().fail_timeout;
     d_max_conns: u32 = server_default().max_conns;
+    d_state: ServerState = server_default().state;
+    d_queue: usize = upstream_default().queue;
+    d_queue_timeout: Duration = upstream_default().queue_timeout;
     d_balance: Balance = upstream_default().balance;
     d_keepalive: usize = upstream_default().keepalive;
     d_keepalive_timeout: Duration = upstream_default().keepalive_timeout;
@@ -264,6 +268,8 @@ mirror! {
         backup: bool,
         #[serde(default = "d_max_conns")]
         max_conns: u32,
+        #[serde(default = "d_state")]
+        state: ServerState,
     }
 }
 
@@ -305,6 +311,10 @@ mirror! {
         next_upstream_tries: u32,
         #[serde(default = "d_next_upstream_on_timeout")]
         next_upstream_on_timeout: bool,
+        #[serde(default = "d_queue")]
+        queue: usize,
+        #[serde(default = "d_queue_timeout", deserialize_with = "duration")]
+        queue_timeout: Duration,
     }
 }
 

@@ -10,7 +10,7 @@ use core::time::Duration;
 use super::{Address, Config, ListenerConfig, PoolKeyMode, parse_duration};
 
 /// Flags that take a value, in help-text order (without the leading `--`).
-pub const QUICK_FLAGS: [&str; 12] = [
+pub const QUICK_FLAGS: [&str; 15] = [
     "listen",
     "upstream",
     "workers",
@@ -23,6 +23,9 @@ pub const QUICK_FLAGS: [&str; 12] = [
     "pool-key",
     "admin",
     "access-log",
+    "max-conns",
+    "queue",
+    "queue-timeout",
 ];
 
 /// Flags collected one by one, turned into a validated [`Config`] by [`QuickConfig::build`].
@@ -52,6 +55,9 @@ pub struct QuickConfig {
     pool_key: Option<PoolKeyMode>,
     admin: Option<Address>,
     access_log: Option<String>,
+    max_conns: Option<u32>,
+    queue: Option<usize>,
+    queue_timeout: Option<Duration>,
 }
 
 impl QuickConfig {
@@ -74,6 +80,9 @@ impl QuickConfig {
             && self.pool_key.is_none()
             && self.admin.is_none()
             && self.access_log.is_none()
+            && self.max_conns.is_none()
+            && self.queue.is_none()
+            && self.queue_timeout.is_none()
     }
 
     /// Records `--flag value`; an unknown flag or a bad value is an error naming both.
@@ -104,6 +113,9 @@ impl QuickConfig {
             }
             "admin" => self.admin = Some(addr()?),
             "access-log" => self.access_log = Some(value.to_owned()),
+            "max-conns" => self.max_conns = Some(number(flag, value)?),
+            "queue" => self.queue = Some(number(flag, value)?),
+            "queue-timeout" => self.queue_timeout = Some(duration()?),
             _ => return Err(format!("unknown option --{flag}")),
         }
         Ok(())
@@ -136,6 +148,15 @@ impl QuickConfig {
         }
         if let Some(k) = self.pool_key {
             g.pool_key = k;
+        }
+        if let Some(n) = self.max_conns {
+            g.servers.iter_mut().for_each(|s| s.max_conns = n);
+        }
+        if let Some(n) = self.queue {
+            g.queue = n;
+        }
+        if let Some(d) = self.queue_timeout {
+            g.queue_timeout = d;
         }
         if let Some(d) = self.client_header_timeout {
             c.client_timeouts.header = d;
@@ -179,6 +200,9 @@ mod tests {
             ("pool-key", "client"),
             ("admin", "127.0.0.1:9901"),
             ("access-log", "-"),
+            ("max-conns", "1"),
+            ("queue", "7"),
+            ("queue-timeout", "3s"),
         ])
         .unwrap();
         assert_eq!(c.listeners.len(), 2);
@@ -189,6 +213,8 @@ mod tests {
         assert_eq!(g.connect_timeout, Duration::from_millis(250));
         assert_eq!(g.read_timeout, Duration::from_secs(120));
         assert_eq!(g.pool_key, PoolKeyMode::Client);
+        assert!(g.servers.iter().all(|s| s.max_conns == 1));
+        assert_eq!((g.queue, g.queue_timeout), (7, Duration::from_secs(3)));
         assert_eq!(c.client_timeouts.header, Duration::from_secs(7));
         assert_eq!(c.runtime.workers, 3);
         assert_eq!(
@@ -202,6 +228,10 @@ mod tests {
             vec![Address::parse("127.0.0.1:9001").unwrap()],
         );
         plain.upstreams[0].servers = g.servers.clone();
+        plain.upstreams[0]
+            .servers
+            .iter_mut()
+            .for_each(|s| s.max_conns = 0);
         assert_eq!(
             quick(&[
                 ("listen", "127.0.0.1:8080"),

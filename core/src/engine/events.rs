@@ -54,6 +54,9 @@ impl Core {
                 Phase::Exchange => {
                     if cl.ex.resp == Resp::Tunnel {
                         self.end_tunnel(id);
+                    } else if cl.ex.queued_at.is_some() {
+                        // Waiting for a slot with its body unread: decided once dispatched
+                        // (`dispatch` drives it again), when what was sent is relayed.
                     } else if !cl.ex.req_done {
                         // The rest of the request may already be buffered (a client that
                         // half-closes after sending): relay it before deciding.

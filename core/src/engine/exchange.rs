@@ -103,6 +103,8 @@ pub(super) struct Exchange {
     pub(super) started: Time,
     pub(super) response_at: Option<Time>,
     pub(super) bytes_sent: u64,
+    /// Waiting in its group's queue since then (see `engine::queue`).
+    pub(super) queued_at: Option<Time>,
 }
 
 impl Exchange {
@@ -140,6 +142,7 @@ impl Exchange {
             started: Time::ZERO,
             response_at: None,
             bytes_sent: 0,
+            queued_at: None,
         }
     }
 

@@ -12,6 +12,7 @@
 //! | [`exchange`] | one request and its response, and its record ([`ExchangeInfo`]) |
 //! | [`upstream`] | the upstream side: server and connection choice, response heads, pooling, retries |
 //! | [`relay`] | body bytes moved and reframed between the sides; tunnels |
+//! | [`queue`] | requests waiting for a server slot (`max_conns`), FIFO across workers |
 //!
 //! The decisions themselves (keep-alive, reusability, retries, framing, statuses) are pure
 //! functions in [`crate::rules`]; the engine gathers their facts and acts on their verdicts.
@@ -27,6 +28,7 @@ use crate::framing::{Head, HeadLimits};
 use crate::pool::{EvictReason, Pool};
 use crate::route::Router;
 use crate::rules::Failure;
+use crate::shared::Shared;
 use crate::stats::{GroupStats, ServerStats, Stats};
 use crate::timers::Timers;
 use crate::{ConnId, ListenerId, ServerId, Time, UpstreamId};
@@ -35,6 +37,7 @@ mod client;
 mod events;
 mod exchange;
 mod io;
+mod queue;
 mod readiness;
 mod relay;
 mod table;
@@ -51,11 +54,13 @@ use upstream::UState;
 /// Room for what a rewritten head adds to the received one (framing, X-Forwarded-*, Via...).
 const HEAD_GROWTH: usize = 256;
 
-/// One upstream group: its balancer, and where its servers start in the global server order.
+/// One upstream group: its balancer, where its servers start in the global server order, and
+/// this worker's requests waiting for a slot.
 #[derive(Debug)]
 struct Group {
     balancer: Balancer,
     first_server: u32,
+    queue: VecDeque<queue::Waiter>,
 }
 
 /// The sans-IO proxy engine. See the crate documentation for the drive loop.
@@ -81,6 +86,14 @@ pub struct Core {
     clients: usize,
     draining: bool,
     seed: u64,
+    /// The process-wide ledger of servers, and this core's worker index in it.
+    shared: Shared,
+    worker: usize,
+    /// Groups in which a slot freed (or the queue's head changed) while requests wait: their
+    /// queues are dispatched at the end of the call.
+    freed: Vec<u32>,
+    /// Per group: the ledger's usability epoch last acted on (see `close_unusable_idle`).
+    epochs: Vec<u64>,
 }
 
 impl Core {
@@ -88,15 +101,31 @@ impl Core {
     /// address hashing for `ip_hash` and pool partitioning), so two cores built with the same
     /// config and seed behave identically.
     pub fn new(config: Config, seed: u64) -> Result<Core, crate::config::ConfigError> {
+        let shared = Shared::new(&config, 1);
+        Core::with_shared(config, seed, shared, 0)
+    }
+
+    /// A core that is worker `worker` of a process whose workers share `shared` — made with
+    /// [`Shared::new`] from the same `config` — so `max_conns`, the queue bound and order, server
+    /// states and health hold for the process, not per worker. The runtime registers a waker
+    /// per worker ([`Shared::set_waker`]) and calls [`Core::handle_shared`] when woken.
+    pub fn with_shared(
+        config: Config,
+        seed: u64,
+        shared: Shared,
+        worker: usize,
+    ) -> Result<Core, crate::config::ConfigError> {
         config.validate()?;
+        shared.fits(&config, worker)?;
         let router = Router::new(&config);
         let mut groups = Vec::new();
         let mut servers = Vec::new();
         let mut caps = Vec::new();
         for (g, up) in config.upstreams.iter().enumerate() {
             groups.push(Group {
-                balancer: Balancer::new(up),
+                balancer: Balancer::with_ledger(up, shared.group(g).clone()),
                 first_server: servers.len() as u32,
+                queue: VecDeque::new(),
             });
             for i in 0..up.servers.len() {
                 servers.push(ServerId {
@@ -106,6 +135,7 @@ impl Core {
             }
             caps.push(up.keepalive);
         }
+        let groups_len = groups.len();
         let stats = Stats {
             groups: vec![GroupStats::default(); groups.len()],
             servers: vec![ServerStats::default(); servers.len()],
@@ -134,8 +164,38 @@ impl Core {
             clients: 0,
             draining: false,
             seed,
+            shared,
+            worker,
+            freed: Vec::new(),
+            epochs: vec![0; groups_len],
             config,
         })
+    }
+
+    /// The process-wide ledger this core shares with the other workers.
+    pub fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    /// Something the workers share changed (a slot freed for a request waiting here, a
+    /// server's state changed): dispatch waiting requests, close idle pooled connections to
+    /// servers that are no longer usable. Call it when the waker registered with
+    /// [`Shared::set_waker`] fires; spurious calls are harmless.
+    pub fn handle_shared(&mut self, now: Time) {
+        for g in 0..self.groups.len() {
+            if self.waiting(g) > 0 {
+                self.freed.push(g as u32);
+            }
+        }
+        self.close_unusable_idle(now);
+        self.sync(now);
+    }
+
+    /// Requests of group `upstream` waiting in this core's queue.
+    pub fn queued(&self, upstream: UpstreamId) -> usize {
+        self.groups
+            .get(upstream.0 as usize)
+            .map_or(0, |g| g.queue.len())
     }
 
     /// The configuration in force.

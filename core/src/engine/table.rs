@@ -159,6 +159,44 @@ impl Core {
             let g = u.group as usize;
             let idx = (u.server - self.groups[g].first_server) as usize;
             self.groups[g].balancer.release(idx);
+            // Someone (here or in another worker) waits for a slot: dispatch at the end of the
+            // call, which wakes the worker first in line if that is not this one.
+            if self.shared.group(g).queued() > 0 {
+                self.freed.push(g as u32);
+            }
+        }
+    }
+
+    /// Closes the idle pooled connections to servers that stopped being usable (drained, set
+    /// down, failed by passive or active health) since the last look, so nothing from before
+    /// an outage is reused after it. Cheap when nothing changed: one atomic load per group.
+    pub(super) fn close_unusable_idle(&mut self, now: Time) {
+        for g in 0..self.groups.len() {
+            let epoch = self.shared.group(g).epoch();
+            if epoch == self.epochs[g] {
+                continue;
+            }
+            self.epochs[g] = epoch;
+            let first = self.groups[g].first_server;
+            let out: Vec<ConnId> = self
+                .conns
+                .iter()
+                .filter_map(|c| match &c.role {
+                    Role::Upstream(u)
+                        if u.group as usize == g
+                            && u.state == UState::Idle
+                            && !self.groups[g]
+                                .balancer
+                                .is_up(now, (u.server - first) as usize) =>
+                    {
+                        Some(c.id)
+                    }
+                    _ => None,
+                })
+                .collect();
+            for id in out {
+                self.evict(id, false, EvictReason::Draining);
+            }
         }
     }
 
@@ -184,6 +222,7 @@ impl Core {
     /// through [`Core::evict`] or [`Core::close_upstream`], which count why.
     pub(super) fn close(&mut self, id: ConnId, reset: bool) {
         self.release_server(id);
+        self.abandon_queue(Time(0), id);
         let Some(c) = self.conns.get(id) else { return };
         if matches!(c.role, Role::Client(_)) {
             self.clients -= 1;

@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use super::exchange::Resp;
 use super::table::{Conn, Role};
 use super::{Core, HEAD_GROWTH, Output, touch};
-use crate::config::PoolKeyMode;
+use crate::config::{PoolKeyMode, ServerState};
 use crate::connection::{AfterFlush, Buffers};
 use crate::framing::{self, BodyDecoder, BodyKind, OutBody, ResponseOptions, Version};
 use crate::pool::{EvictReason, PoolKey};
@@ -120,28 +120,48 @@ impl Core {
         let Some(cl) = self.conns.client(id) else {
             return;
         };
-        let (g, hash, tried, last_status) = (
-            cl.ex.group as usize,
-            cl.peer_hash,
-            cl.ex.tried,
-            cl.ex.status,
-        );
+        let (g, hash, tried) = (cl.ex.group as usize, cl.peer_hash, cl.ex.tried);
+        // Requests already waiting go first (FIFO over the process): a newcomer joins them.
+        let others_wait = self.shared.group(g).queued() > 0;
         // A stale-connection retry goes back to the same (healthy) server on a fresh connection.
-        let same = match (force_fresh, cl.ex.server) {
-            (true, Some(s)) => Some(self.index_in_group(g, s)),
-            _ => None,
+        let idx = match (force_fresh, cl.ex.server) {
+            _ if others_wait => None,
+            (true, Some(s)) => {
+                let idx = self.index_in_group(g, s);
+                self.groups[g].balancer.try_acquire(idx).then_some(idx)
+            }
+            _ => self.take_slot(now, g, hash, tried),
         };
-        let Some(idx) = same.or_else(|| self.groups[g].balancer.pick(now, hash, tried)) else {
-            self.client_error(now, id, rules::no_server_status(last_status));
+        match idx {
+            Some(idx) => self.bind_server(now, id, g, idx, force_fresh, queued),
+            None => self.no_server(now, id, force_fresh, queued),
+        }
+    }
+
+    /// Hands client `id`'s request to server `idx` of group `g` (its slot already taken) on a
+    /// pooled connection or a new one, then queues the request on it: `queued` when given
+    /// (bytes a failed connection never wrote), otherwise the rewritten head and the body
+    /// received so far (the replay copy).
+    pub(super) fn bind_server(
+        &mut self,
+        now: Time,
+        id: ConnId,
+        g: usize,
+        idx: usize,
+        force_fresh: bool,
+        queued: Option<VecDeque<Bytes>>,
+    ) {
+        let Some(cl) = self.conns.client(id) else {
+            self.groups[g].balancer.release(idx);
             return;
         };
+        let hash = cl.peer_hash;
         let server = self.groups[g].first_server + idx as u32;
         let partition = match self.config.upstreams[g].pool_key {
             PoolKeyMode::Server => 0,
             PoolKeyMode::Client => hash | 1,
         };
         let key = PoolKey { server, partition };
-        self.groups[g].balancer.acquire(idx);
         let mut expired = Vec::new();
         let pooled = if force_fresh {
             None
@@ -473,9 +493,13 @@ impl Core {
         let g = u.group as usize;
         let gcfg = &self.config.upstreams[g];
         let req_done = self.conns.client(cid).is_some_and(|cl| cl.ex.req_done);
+        // A server drained (or set down) while the request was in flight: its connections
+        // close after their response instead of going back to the pool.
+        let idx = (u.server - self.groups[g].first_server) as usize;
+        let server_out = self.shared.group(g).servers[idx].state() != ServerState::Up;
         let verdict = rules::upstream_reusable(&UpstreamFacts {
             pooling: gcfg.keepalive > 0,
-            draining: self.draining,
+            draining: self.draining || server_out,
             response: u.response,
             request_sent: req_done && u.sent_all && c.buf.wq.is_empty(),
             extra_data: u.extra_data || !c.buf.rbuf.is_empty(),
@@ -592,6 +616,11 @@ impl Core {
         if retry != Retry::Fresh && rules::counts_against_server(why, race) {
             self.stats.servers[srv as usize].failures += 1;
             self.groups[g].balancer.failure(now, idx);
+            if !self.groups[g].balancer.is_up(now, idx) {
+                // Down for every worker: each closes its idle connections to it.
+                self.shared.group(g).bump();
+                self.shared.wake_others(self.worker);
+            }
         }
         let status = rules::failure_status(why);
         if retry == Retry::Answer {

@@ -1,0 +1,197 @@
+//! The queue: a request that finds every server of its group at `max_conns` waits here, in
+//! arrival order, until a slot frees — then it goes to that server, on a pooled connection when
+//! one is idle — or until `queue_timeout` (then `503` with `Retry-After`). A full queue answers
+//! `503` with `Retry-After` at once; a client that leaves gives its place up at once.
+//!
+//! Each worker queues the requests of its own clients; the order across workers and the
+//! process-wide bound live in the shared ledger ([`crate::shared`]): every waiting request holds
+//! a ticket, and only the worker whose queue head holds the smallest ticket dispatches. A slot
+//! freed by another worker reaches this one through the runtime's wake-up call and
+//! [`Core::handle_shared`].
+//!
+//! While a request waits its client is not read (its body stays in the kernel's buffers and the
+//! client's), so nothing is buffered beyond what arrived with the head.
+
+use bytes::Bytes;
+use std::collections::VecDeque;
+
+use super::{Core, touch};
+use crate::rules::{self, NoServer, NoServerFacts};
+use crate::{ConnId, Time};
+
+/// A request waiting in its group's queue.
+#[derive(Debug)]
+pub(super) struct Waiter {
+    pub(super) client: ConnId,
+    ticket: u64,
+    /// Dispatch on a fresh connection (a stale pooled connection's retry).
+    force_fresh: bool,
+    /// Bytes a failed connection never wrote, to send as they are.
+    bytes: Option<VecDeque<Bytes>>,
+}
+
+impl Core {
+    /// Chooses a server for a request of group `g` and takes one of its slots (counted over the
+    /// whole process): the server's index in the group, or `None` when none may take it now.
+    pub(super) fn take_slot(
+        &mut self,
+        now: Time,
+        g: usize,
+        hash: u64,
+        tried: u64,
+    ) -> Option<usize> {
+        // A pick can lose the last slot to another worker between looking and taking: pick
+        // again (the balancer then sees the server full), at most once per server.
+        for _ in 0..=self.groups[g].balancer.len() {
+            let idx = self.groups[g].balancer.pick(now, hash, tried)?;
+            if self.groups[g].balancer.try_acquire(idx) {
+                return Some(idx);
+            }
+        }
+        None
+    }
+
+    /// Client `id`'s request found no server that may take it now: it waits in the queue, or
+    /// is answered (queue full: 503; waiting would not help: the usual no-server status).
+    pub(super) fn no_server(
+        &mut self,
+        now: Time,
+        id: ConnId,
+        force_fresh: bool,
+        bytes: Option<VecDeque<Bytes>>,
+    ) {
+        let Some(cl) = self.conns.client(id) else {
+            return;
+        };
+        let (g, tried, last) = (cl.ex.group as usize, cl.ex.tried, cl.ex.status);
+        let ledger = self.shared.group(g).clone();
+        let cap = self.config.upstreams[g].queue;
+        let queued = ledger.queued();
+        let verdict = rules::no_server(&NoServerFacts {
+            queue: cap,
+            queued: queued as usize,
+            waitable: queued > 0 || self.groups[g].balancer.could_wait(now, tried),
+        });
+        let ticket = match verdict {
+            NoServer::Answer => {
+                self.client_error(now, id, rules::no_server_status(last));
+                return;
+            }
+            NoServer::QueueFull => None,
+            NoServer::Wait => ledger.try_enqueue(cap),
+        };
+        let Some(ticket) = ticket else {
+            self.stats.groups[g].queue_full += 1;
+            self.client_error(now, id, 503);
+            return;
+        };
+        self.stats.groups[g].queued += 1;
+        if let Some(cl) = self.conns.client_mut(id) {
+            cl.ex.queued_at = Some(now);
+        }
+        let q = &mut self.groups[g].queue;
+        q.push_back(Waiter {
+            client: id,
+            ticket,
+            force_fresh,
+            bytes,
+        });
+        if q.len() == 1 {
+            ledger.set_head(self.worker, Some(ticket));
+        }
+        touch(&mut self.touched, id);
+        // A slot may have freed between the failed pick and the ticket being published (the
+        // worker that freed it saw no one waiting): look again before sleeping.
+        self.freed.push(g as u32);
+    }
+
+    /// Takes client `id` out of its group's queue, if it waits there (its wait is counted).
+    pub(super) fn leave_queue(&mut self, now: Time, id: ConnId) -> Option<Waiter> {
+        let cl = self.conns.client_mut(id)?;
+        let since = cl.ex.queued_at.take()?;
+        let g = cl.ex.group as usize;
+        let q = &mut self.groups[g].queue;
+        let pos = q.iter().position(|w| w.client == id)?;
+        let w = q.remove(pos)?;
+        let head = q.front().map(|w| w.ticket);
+        let ledger = self.shared.group(g);
+        ledger.dequeued();
+        if pos == 0 {
+            ledger.set_head(self.worker, head);
+            // The next in line may be another worker's request, and a slot may be free for it.
+            self.freed.push(g as u32);
+        }
+        let waited = u64::try_from(now.since(since).as_nanos()).unwrap_or(u64::MAX);
+        let st = &mut self.stats.groups[g];
+        st.queue_wait_nanos = st.queue_wait_nanos.saturating_add(waited);
+        touch(&mut self.touched, id);
+        Some(w)
+    }
+
+    /// A client that waited left (closed, reset, gave up): its place is free at once.
+    pub(super) fn abandon_queue(&mut self, now: Time, id: ConnId) {
+        if let Some(w) = self.leave_queue(now, id) {
+            let g = self
+                .conns
+                .client(w.client)
+                .map_or(0, |cl| cl.ex.group as usize);
+            self.stats.groups[g].queue_abandoned += 1;
+        }
+    }
+
+    /// The wait of client `id` reached `queue_timeout`: 503 with `Retry-After`.
+    pub(super) fn queue_expired(&mut self, now: Time, id: ConnId) {
+        let Some(g) = self.conns.client(id).map(|cl| cl.ex.group as usize) else {
+            return;
+        };
+        if self.leave_queue(now, id).is_some() {
+            self.stats.groups[g].queue_timeouts += 1;
+            self.client_error(now, id, 503);
+        }
+    }
+
+    /// Dispatches this worker's waiting requests of group `g` while it is first in line and a
+    /// server has a free slot; wakes the worker that is first in line when it is not this one.
+    pub(super) fn dispatch(&mut self, now: Time, g: usize) {
+        loop {
+            let ledger = self.shared.group(g).clone();
+            match ledger.first_in_line() {
+                None => return,
+                Some(w) if w != self.worker => {
+                    self.shared.wake(w);
+                    return;
+                }
+                Some(_) => {}
+            }
+            let Some(front) = self.groups[g].queue.front() else {
+                return;
+            };
+            let id = front.client;
+            let Some(cl) = self.conns.client(id) else {
+                // Every close leaves the queue first; never here, but never stuck either.
+                self.groups[g].queue.pop_front();
+                ledger.dequeued();
+                ledger.set_head(self.worker, self.groups[g].queue.front().map(|w| w.ticket));
+                continue;
+            };
+            let (hash, tried) = (cl.peer_hash, cl.ex.tried);
+            let Some(idx) = self.take_slot(now, g, hash, tried) else {
+                return;
+            };
+            let w = self.leave_queue(now, id).expect("the head waits");
+            self.stats.groups[g].dequeued += 1;
+            self.bind_server(now, id, g, idx, w.force_fresh, w.bytes);
+            // What arrived with the head (body bytes, an EOF) was left alone while it waited.
+            if let Some(c) = self.conns.get(id)
+                && (!c.buf.rbuf.is_empty() || c.buf.read_closed)
+            {
+                self.ready.push_back(id);
+            }
+        }
+    }
+
+    /// Requests waiting in this worker's queue for group `g`.
+    pub(super) fn waiting(&self, g: usize) -> usize {
+        self.groups[g].queue.len()
+    }
+}
