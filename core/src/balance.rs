@@ -68,6 +68,8 @@ pub struct Balancer {
     peers: Vec<Peer>,
     /// In-flight counts, state and health: shared by every worker's balancer of this group.
     ledger: Arc<GroupLedger>,
+    /// During a pick: servers with an idle connection this request may reuse.
+    spare: u64,
     balance: Balance,
     /// Sum of the primaries' configured weights (for ip_hash).
     primary_weight: u64,
@@ -114,6 +116,7 @@ impl Balancer {
         Balancer {
             peers,
             ledger,
+            spare: 0,
             balance: cfg.balance,
             primary_weight,
         }
@@ -127,6 +130,20 @@ impl Balancer {
     /// Picking does not count the request as active: call [`acquire`](Balancer::acquire) when
     /// the request is bound to the server.
     pub fn pick(&mut self, now: Time, hash: u64, tried: u64) -> Option<usize> {
+        self.pick_with(now, hash, tried, 0)
+    }
+
+    /// [`pick`](Balancer::pick), where the servers in the `spare` mask (bit i = server i) are
+    /// usable even at `max_conns`: this worker holds an idle connection to them the request may
+    /// reuse, so no new connection is needed.
+    pub fn pick_with(&mut self, now: Time, hash: u64, tried: u64, spare: u64) -> Option<usize> {
+        self.spare = spare;
+        let chosen = self.pick_inner(now, hash, tried);
+        self.spare = 0;
+        chosen
+    }
+
+    fn pick_inner(&mut self, now: Time, hash: u64, tried: u64) -> Option<usize> {
         let chosen = match self.balance {
             Balance::RoundRobin => self.pick_tiered(now, tried, Self::pick_rr),
             Balance::LeastConn => self.pick_tiered(now, tried, Self::pick_least_conn),
@@ -138,31 +155,55 @@ impl Balancer {
         Some(chosen)
     }
 
-    /// One more active request on `server`, whatever its `max_conns` (for tests; the engine
-    /// uses [`try_acquire`](Balancer::try_acquire)).
+    /// One more active request on `server` on a connection of its own, whatever its
+    /// `max_conns` (the unit tests' shorthand for [`begin_request`](Balancer::begin_request) +
+    /// [`try_open`](Balancer::try_open)).
     pub fn acquire(&mut self, server: usize) {
         if let Some(l) = self.ledger.servers.get(server) {
-            l.acquire();
+            l.begin_request();
+            l.force_open();
         }
     }
 
-    /// One more active request on `server` if its `max_conns` (counted over every worker)
-    /// allows: false when another worker took the last slot since the pick.
-    pub fn try_acquire(&mut self, server: usize) -> bool {
-        self.ledger
-            .servers
-            .get(server)
-            .is_some_and(ServerLedger::try_acquire)
-    }
-
-    /// One request fewer on `server`.
+    /// Undoes [`acquire`](Balancer::acquire).
     pub fn release(&mut self, server: usize) {
         if let Some(l) = self.ledger.servers.get(server) {
             debug_assert!(
                 l.inflight() > 0,
                 "release without acquire on server {server}"
             );
-            l.release();
+            l.end_request();
+            l.closed();
+        }
+    }
+
+    /// One more request in flight on `server` (least-conn's load).
+    pub fn begin_request(&mut self, server: usize) {
+        if let Some(l) = self.ledger.servers.get(server) {
+            l.begin_request();
+        }
+    }
+
+    /// One request fewer in flight on `server`.
+    pub fn end_request(&mut self, server: usize) {
+        if let Some(l) = self.ledger.servers.get(server) {
+            l.end_request();
+        }
+    }
+
+    /// Counts a new connection to `server` if its `max_conns` (connections open, busy or idle,
+    /// over every worker) allows: false when another worker took the last slot since the pick.
+    pub fn try_open(&mut self, server: usize) -> bool {
+        self.ledger
+            .servers
+            .get(server)
+            .is_some_and(ServerLedger::try_open)
+    }
+
+    /// A connection to `server` counted by [`try_open`](Balancer::try_open) closed.
+    pub fn closed(&mut self, server: usize) {
+        if let Some(l) = self.ledger.servers.get(server) {
+            l.closed();
         }
     }
 
@@ -224,7 +265,7 @@ impl Balancer {
     }
 
     /// Whether a request that found no usable server could wait for one: some server not in
-    /// `tried`, with weight, up, is only held back by its `max_conns`.
+    /// `tried`, with weight, up, is only held back by its `max_conns` (connections open).
     pub fn could_wait(&self, now: Time, tried: u64) -> bool {
         (0..self.peers.len()).any(|i| {
             i < 64
@@ -261,7 +302,8 @@ impl Balancer {
         let (Some(p), Some(l)) = (self.peers.get(i), self.ledger.servers.get(i)) else {
             return false;
         };
-        i < 64 && tried & (1u64 << i) == 0 && p.weight > 0 && l.has_room() && up(p, l, now)
+        let room = l.has_room() || self.spare & (1u64 << i) != 0;
+        i < 64 && tried & (1u64 << i) == 0 && p.weight > 0 && room && up(p, l, now)
     }
 
     fn in_tier(&self, now: Time, tried: u64, tier: Tier, i: usize) -> bool {

@@ -68,7 +68,11 @@ pub(crate) struct GroupLedger {
 #[derive(Debug)]
 pub(crate) struct ServerLedger {
     pub(crate) max_conns: u32,
+    /// Requests in flight (least-conn's load, operators' view).
     inflight: AtomicU32,
+    /// Connections open, busy or idle: what `max_conns` caps. Idle connections count because a
+    /// backend that serves one connection at a time (seed 000) blocks on an idle one.
+    conns: AtomicU32,
     state: AtomicU8,
     /// Passive health (see `balance`): failures in the current window, its start, and while
     /// the count is at `max_fails`, the end of the down period (nanoseconds of [`Time`]).
@@ -105,6 +109,7 @@ impl ServerLedger {
         ServerLedger {
             max_conns,
             inflight: AtomicU32::new(0),
+            conns: AtomicU32::new(0),
             state: AtomicU8::new(state_code(state)),
             fails: AtomicU32::new(0),
             window_start: AtomicU64::new(0),
@@ -121,27 +126,44 @@ impl ServerLedger {
         self.inflight.load(SeqCst)
     }
 
-    /// Whether a new request may be counted: below `max_conns` (or no cap).
-    pub(crate) fn has_room(&self) -> bool {
-        self.max_conns == 0 || self.inflight() < self.max_conns
+    /// Connections open to this server (opening, busy or idle in a pool), every worker together.
+    pub(crate) fn conns(&self) -> u32 {
+        self.conns.load(SeqCst)
     }
 
-    /// Counts a request in flight if the cap allows; false when the server is full (another
-    /// worker may have taken the last slot since the pick looked).
-    pub(crate) fn try_acquire(&self) -> bool {
+    /// Whether a new connection may be opened: below `max_conns` (or no cap).
+    pub(crate) fn has_room(&self) -> bool {
+        self.max_conns == 0 || self.conns() < self.max_conns
+    }
+
+    /// Counts a new connection if the cap allows; false when the server is full (another worker
+    /// may have taken the last slot since the pick looked).
+    pub(crate) fn try_open(&self) -> bool {
         let cap = self.max_conns;
-        self.inflight
+        self.conns
             .fetch_update(SeqCst, SeqCst, |n| (cap == 0 || n < cap).then_some(n + 1))
             .is_ok()
     }
 
-    /// Counts a request in flight whatever the cap (tests of the balancer).
-    pub(crate) fn acquire(&self) {
+    /// Counts a connection whatever the cap (the balancer's unit tests).
+    pub(crate) fn force_open(&self) {
+        self.conns.fetch_add(1, SeqCst);
+    }
+
+    /// A connection counted by [`try_open`](ServerLedger::try_open) closed (or moved away).
+    pub(crate) fn closed(&self) {
+        let _ = self
+            .conns
+            .fetch_update(SeqCst, SeqCst, |n| Some(n.saturating_sub(1)));
+    }
+
+    /// One more request in flight.
+    pub(crate) fn begin_request(&self) {
         self.inflight.fetch_add(1, SeqCst);
     }
 
     /// One request fewer in flight.
-    pub(crate) fn release(&self) {
+    pub(crate) fn end_request(&self) {
         let _ = self
             .inflight
             .fetch_update(SeqCst, SeqCst, |n| Some(n.saturating_sub(1)));
@@ -370,6 +392,7 @@ impl Shared {
             state: s.state(),
             healthy: !passive_down && !s.check_failed(),
             inflight: s.inflight(),
+            conns: s.conns(),
             idle: s.idle.load(SeqCst),
             checks: s.checks.load(SeqCst),
             checks_failed: s.checks_failed.load(SeqCst),
@@ -391,6 +414,8 @@ pub struct ServerView {
     pub healthy: bool,
     /// Requests in flight, every worker together.
     pub inflight: u32,
+    /// Connections open (busy or idle), every worker together.
+    pub conns: u32,
     /// Idle pooled connections, every worker together.
     pub idle: u32,
     /// Active checks run, and how many failed.
@@ -422,12 +447,12 @@ mod tests {
     fn slots_never_exceed_the_cap() {
         let g = GroupLedger::new(&cfg(2), 1);
         let s = &g.servers[0];
-        assert!(s.try_acquire() && s.try_acquire());
-        assert!(!s.try_acquire());
-        s.release();
-        assert!(s.try_acquire());
+        assert!(s.try_open() && s.try_open());
+        assert!(!s.try_open());
+        s.closed();
+        assert!(s.try_open());
         let g = GroupLedger::new(&cfg(0), 1);
-        assert!((0..100).all(|_| g.servers[0].try_acquire()));
+        assert!((0..100).all(|_| g.servers[0].try_open()));
     }
 
     #[test]

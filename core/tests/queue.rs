@@ -229,6 +229,14 @@ impl Process {
     fn busy(&self) -> usize {
         self.workers.iter().map(busy).sum()
     }
+
+    /// Upstream connections open in the whole process, idle ones included.
+    fn open(&self) -> usize {
+        self.workers
+            .iter()
+            .map(|h| h.upstreams.values().filter(|e| !e.closed).count())
+            .sum()
+    }
 }
 
 #[test]
@@ -258,6 +266,10 @@ fn two_workers_share_max_conns_and_the_queue_order() {
         order.push(path);
         p.settle();
         assert!(p.busy() <= 1, "max_conns = 1 across workers");
+        assert!(
+            p.open() <= 1,
+            "never a second open connection, idle ones included"
+        );
     }
     assert_eq!(
         order,
@@ -267,9 +279,43 @@ fn two_workers_share_max_conns_and_the_queue_order() {
     for (w, c) in clients {
         assert_eq!(responses(&mut p.workers[w], c)[0].status, 200);
     }
-    // Each worker opened one connection and reused it (pools are per worker).
+    // Pools are per worker: each time the next in line is the other worker's request, the
+    // idle connection is closed to give it the slot (here every time: they alternate).
     let opened: usize = p.workers.iter().map(connects).sum();
-    assert_eq!(opened, 2);
+    assert_eq!(opened, 6);
+    let yielded: u64 = p
+        .workers
+        .iter()
+        .map(|h| h.core.stats().groups[0].evicted(upkeep_core::EvictReason::Yielded))
+        .sum();
+    assert_eq!(yielded, 5);
+}
+
+#[test]
+fn requests_of_one_worker_reuse_its_connection_while_the_other_waits_for_nothing() {
+    // Three requests on worker 0, then three on worker 1: one connection each, handed over
+    // once (closed by worker 0 when worker 1's request became first in line).
+    let mut p = Process::new(one_slot(16), 2);
+    let mut clients = Vec::new();
+    for i in 0..6 {
+        let w = i / 3;
+        let h = &mut p.workers[w];
+        let c = h.connect_client();
+        h.client_send(c, &get(&format!("/{i}")));
+        clients.push((w, c));
+        p.settle();
+    }
+    let mut order = Vec::new();
+    loop {
+        let answered = (0..2).find_map(|w| answer_next(&mut p.workers[w]));
+        let Some(path) = answered else { break };
+        order.push(path);
+        p.settle();
+        assert!(p.open() <= 1);
+    }
+    assert_eq!(order, ["/0", "/1", "/2", "/3", "/4", "/5"]);
+    let opened: Vec<usize> = p.workers.iter().map(connects).collect();
+    assert_eq!(opened, [1, 1]);
 }
 
 #[test]

@@ -8,7 +8,7 @@
 //! and a `mio::Waker` (drain, stop, counter snapshots, log reopening).
 //!
 //! ```no_run
-//! use upkeep_core::{Address, Config};
+//! use upkeep_core::{Address, Config, Shared as Ledger};
 //!
 //! let config = Config::simple(
 //!     Address::parse("127.0.0.1:8080").unwrap(),
@@ -36,7 +36,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use upkeep_core::{Address, Config};
+use upkeep_core::{Address, Config, Shared as Ledger};
 use upkeep_runtime::admin::Operator;
 use upkeep_runtime::board::SNAPSHOT_WAIT;
 use upkeep_runtime::listen::{Bound, remove_socket_files};
@@ -82,7 +82,9 @@ impl Proxy {
             },
             None => None,
         };
+        let n = upkeep_runtime::workers::count(config.runtime.workers);
         let mut generation = Generation {
+            ledger: Ledger::new(&config, n),
             config,
             bound,
             workers: Vec::new(),
@@ -112,9 +114,11 @@ struct Shared {
     next_worker: AtomicU64,
 }
 
-/// One configuration's listeners and workers.
+/// One configuration's listeners and workers, and the ledger its workers share (`max_conns`
+/// slots, the queue, server states and health hold across its workers).
 #[derive(Debug)]
 struct Generation {
+    ledger: Ledger,
     config: Config,
     bound: Vec<Bound>,
     workers: Vec<Control>,
@@ -122,7 +126,7 @@ struct Generation {
 
 impl Generation {
     fn spawn(&mut self, shared: &Shared, threads: &mut Vec<JoinHandle<()>>) -> io::Result<()> {
-        let n = upkeep_runtime::workers::count(self.config.runtime.workers);
+        let n = self.ledger.workers();
         for index in 0..n {
             let mut listeners = Vec::with_capacity(self.bound.len());
             for b in &mut self.bound {
@@ -132,6 +136,7 @@ impl Generation {
                 index,
                 id: shared.next_worker.fetch_add(1, Ordering::Relaxed),
                 config: self.config.clone(),
+                ledger: self.ledger.clone(),
                 listeners,
                 shutdown_timeout: self.config.runtime.shutdown_timeout,
                 board: shared.operator.board.clone(),
@@ -249,7 +254,11 @@ impl ProxyHandle {
                 }
             }
         }
+        // Server states set at run time (admin API) survive the reload.
+        let n = upkeep_runtime::workers::count(config.runtime.workers);
+        let ledger = Ledger::carried_over(&config, n, &state.current.ledger, &state.current.config);
         let mut next = Generation {
+            ledger,
             config,
             bound,
             workers: Vec::new(),

@@ -91,7 +91,12 @@ pub struct Core {
     worker: usize,
     /// Groups in which a slot freed (or the queue's head changed) while requests wait: their
     /// queues are dispatched at the end of the call.
-    freed: Vec<u32>,
+    freed: Vec<(u32, bool)>,
+    /// Per group: some server has a `max_conns` (only then do idle connections matter to the
+    /// queue).
+    capped: Vec<bool>,
+    /// Workers to wake once the runtime has acted on this call's outputs.
+    wakes: Vec<usize>,
     /// Per group: the ledger's usability epoch last acted on (see `close_unusable_idle`).
     epochs: Vec<u64>,
 }
@@ -167,6 +172,12 @@ impl Core {
             shared,
             worker,
             freed: Vec::new(),
+            capped: config
+                .upstreams
+                .iter()
+                .map(|u| u.servers.iter().any(|s| s.max_conns > 0))
+                .collect(),
+            wakes: Vec::new(),
             epochs: vec![0; groups_len],
             config,
         })
@@ -183,8 +194,8 @@ impl Core {
     /// [`Shared::set_waker`] fires; spurious calls are harmless.
     pub fn handle_shared(&mut self, now: Time) {
         for g in 0..self.groups.len() {
-            if self.waiting(g) > 0 {
-                self.freed.push(g as u32);
+            if self.shared.group(g).queued() > 0 {
+                self.freed.push((g as u32, false));
             }
         }
         self.close_unusable_idle(now);
@@ -285,8 +296,18 @@ impl Core {
     }
 
     /// The next thing to do, or `None` once everything has been said.
+    ///
+    /// Returning `None` also means the runtime has acted on every output before it: that is
+    /// when other workers are woken through the shared ledger (a slot this worker freed by
+    /// closing a connection is free on the wire too before another worker opens one).
     pub fn poll_output(&mut self) -> Option<Output> {
-        self.out.pop_front()
+        let out = self.out.pop_front();
+        if out.is_none() {
+            for w in self.wakes.drain(..) {
+                self.shared.wake(w);
+            }
+        }
+        out
     }
 
     /// The earliest deadline: call [`Core::handle_timeout`] when it is reached.

@@ -15,7 +15,11 @@
 use bytes::Bytes;
 use std::collections::VecDeque;
 
+use super::table::Role;
+use super::upstream::UState;
 use super::{Core, touch};
+use crate::config::PoolKeyMode;
+use crate::pool::{EvictReason, PoolKey};
 use crate::rules::{self, NoServer, NoServerFacts};
 use crate::{ConnId, Time};
 
@@ -31,24 +35,87 @@ pub(super) struct Waiter {
 }
 
 impl Core {
-    /// Chooses a server for a request of group `g` and takes one of its slots (counted over the
-    /// whole process): the server's index in the group, or `None` when none may take it now.
+    /// Chooses a server for a request of group `g` and secures a connection for it: the
+    /// server's index in the group, and whether a new connection slot was counted (`false`:
+    /// this worker holds an idle connection to it the request may reuse). `None` when no server
+    /// may take it now (every candidate at `max_conns` connections, over the whole process).
     pub(super) fn take_slot(
         &mut self,
         now: Time,
         g: usize,
         hash: u64,
         tried: u64,
-    ) -> Option<usize> {
+    ) -> Option<(usize, bool)> {
+        let spare = self.spare_mask(g, hash);
         // A pick can lose the last slot to another worker between looking and taking: pick
         // again (the balancer then sees the server full), at most once per server.
         for _ in 0..=self.groups[g].balancer.len() {
-            let idx = self.groups[g].balancer.pick(now, hash, tried)?;
-            if self.groups[g].balancer.try_acquire(idx) {
-                return Some(idx);
+            let idx = self.groups[g].balancer.pick_with(now, hash, tried, spare)?;
+            if spare & (1u64 << idx) != 0 {
+                return Some((idx, false));
+            }
+            if self.groups[g].balancer.try_open(idx) {
+                return Some((idx, true));
             }
         }
         None
+    }
+
+    /// Servers of group `g` at `max_conns` to which this worker holds an idle connection a
+    /// request from a client with `hash` may reuse (bit i = server i). Zero when no server of
+    /// the group has a cap (nothing to spare).
+    fn spare_mask(&self, g: usize, hash: u64) -> u64 {
+        if !self.capped[g] {
+            return 0;
+        }
+        let partition = match self.config.upstreams[g].pool_key {
+            PoolKeyMode::Server => 0,
+            PoolKeyMode::Client => hash | 1,
+        };
+        let first = self.groups[g].first_server;
+        (0..self.groups[g].balancer.len().min(64))
+            .filter(|&i| {
+                let key = PoolKey {
+                    server: first + i as u32,
+                    partition,
+                };
+                self.pool.idle_for_key(key) > 0
+            })
+            .fold(0, |m, i| m | (1u64 << i))
+    }
+
+    /// Closes this worker's idle connections in group `g` to servers at `max_conns`: another
+    /// worker's waiting request is first in line for their slots. Returns how many.
+    fn yield_idle(&mut self, g: usize) -> usize {
+        if !self.capped[g] {
+            return 0;
+        }
+        let ledger = self.shared.group(g).clone();
+        let first = self.groups[g].first_server;
+        let full: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter_map(|c| match &c.role {
+                Role::Upstream(u) if u.group as usize == g && u.state == UState::Idle => {
+                    let s = &ledger.servers[(u.server - first) as usize];
+                    (s.max_conns > 0 && !s.has_room()).then_some(c.id)
+                }
+                _ => None,
+            })
+            .collect();
+        let n = full.len();
+        for id in full {
+            self.evict(id, false, EvictReason::Yielded);
+        }
+        n
+    }
+
+    /// Wakes `worker` once this call's outputs have been acted on (see [`Core::poll_output`]):
+    /// a connection this worker closed to free a slot is closed before the other opens one.
+    pub(super) fn wake_later(&mut self, worker: usize) {
+        if worker != self.worker && !self.wakes.contains(&worker) {
+            self.wakes.push(worker);
+        }
     }
 
     /// Client `id`'s request found no server that may take it now: it waits in the queue, or
@@ -102,7 +169,7 @@ impl Core {
         touch(&mut self.touched, id);
         // A slot may have freed between the failed pick and the ticket being published (the
         // worker that freed it saw no one waiting): look again before sleeping.
-        self.freed.push(g as u32);
+        self.freed.push((g as u32, false));
     }
 
     /// Takes client `id` out of its group's queue, if it waits there (its wait is counted).
@@ -119,7 +186,7 @@ impl Core {
         if pos == 0 {
             ledger.set_head(self.worker, head);
             // The next in line may be another worker's request, and a slot may be free for it.
-            self.freed.push(g as u32);
+            self.freed.push((g as u32, false));
         }
         let waited = u64::try_from(now.since(since).as_nanos()).unwrap_or(u64::MAX);
         let st = &mut self.stats.groups[g];
@@ -151,14 +218,19 @@ impl Core {
     }
 
     /// Dispatches this worker's waiting requests of group `g` while it is first in line and a
-    /// server has a free slot; wakes the worker that is first in line when it is not this one.
-    pub(super) fn dispatch(&mut self, now: Time, g: usize) {
+    /// server has room. When another worker is first in line, gives up this worker's idle
+    /// connections to full servers and wakes it; when this worker is first but finds no room,
+    /// wakes the others, whose idle connections may hold the slots. `slot_freed`: a connection
+    /// slot (or a pooled connection) was just freed here.
+    pub(super) fn dispatch(&mut self, now: Time, g: usize, slot_freed: bool) {
         loop {
             let ledger = self.shared.group(g).clone();
             match ledger.first_in_line() {
                 None => return,
                 Some(w) if w != self.worker => {
-                    self.shared.wake(w);
+                    if self.yield_idle(g) > 0 || slot_freed {
+                        self.wake_later(w);
+                    }
                     return;
                 }
                 Some(_) => {}
@@ -175,12 +247,17 @@ impl Core {
                 continue;
             };
             let (hash, tried) = (cl.peer_hash, cl.ex.tried);
-            let Some(idx) = self.take_slot(now, g, hash, tried) else {
+            let Some((idx, slot)) = self.take_slot(now, g, hash, tried) else {
+                if !slot_freed {
+                    for w in 0..self.shared.workers() {
+                        self.wake_later(w);
+                    }
+                }
                 return;
             };
             let w = self.leave_queue(now, id).expect("the head waits");
             self.stats.groups[g].dequeued += 1;
-            self.bind_server(now, id, g, idx, w.force_fresh, w.bytes);
+            self.bind_server(now, id, g, idx, slot, w.force_fresh, w.bytes);
             // What arrived with the head (body bytes, an EOF) was left alone while it waited.
             if let Some(c) = self.conns.get(id)
                 && (!c.buf.rbuf.is_empty() || c.buf.read_closed)
@@ -188,10 +265,5 @@ impl Core {
                 self.ready.push_back(id);
             }
         }
-    }
-
-    /// Requests waiting in this worker's queue for group `g`.
-    pub(super) fn waiting(&self, g: usize) -> usize {
-        self.groups[g].queue.len()
     }
 }

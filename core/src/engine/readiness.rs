@@ -46,9 +46,13 @@ impl Core {
         self.close_unusable_idle(now);
         loop {
             // Freed slots first: a waiting request was there before any buffered one.
-            if let Some(g) = self.freed.pop() {
-                self.freed.retain(|&x| x != g);
-                self.dispatch(now, g as usize);
+            if let Some((g, slot)) = self.freed.pop() {
+                let mut slot_freed = slot;
+                self.freed.retain(|&(x, s)| {
+                    slot_freed |= x == g && s;
+                    x != g
+                });
+                self.dispatch(now, g as usize, slot_freed);
                 continue;
             }
             let Some(id) = self.ready.pop_front() else {

@@ -158,11 +158,11 @@ impl Core {
         if core::mem::take(&mut u.acquired) {
             let g = u.group as usize;
             let idx = (u.server - self.groups[g].first_server) as usize;
-            self.groups[g].balancer.release(idx);
-            // Someone (here or in another worker) waits for a slot: dispatch at the end of the
-            // call, which wakes the worker first in line if that is not this one.
+            self.groups[g].balancer.end_request(idx);
+            // Someone (here or in another worker) waits: the connection may go to them (pooled
+            // here, or closed to free its slot). Dispatched at the end of the call.
             if self.shared.group(g).queued() > 0 {
-                self.freed.push(g as u32);
+                self.freed.push((g as u32, true));
             }
         }
     }
@@ -195,7 +195,7 @@ impl Core {
                 })
                 .collect();
             for id in out {
-                self.evict(id, false, EvictReason::Draining);
+                self.evict(id, false, EvictReason::ServerUnusable);
             }
         }
     }
@@ -224,6 +224,15 @@ impl Core {
         self.release_server(id);
         self.abandon_queue(Time(0), id);
         let Some(c) = self.conns.get(id) else { return };
+        // Every upstream connection holds one of its server's connection slots (`max_conns`).
+        if let Role::Upstream(u) = &c.role {
+            let g = u.group as usize;
+            let idx = (u.server - self.groups[g].first_server) as usize;
+            self.groups[g].balancer.closed(idx);
+            if self.shared.group(g).queued() > 0 {
+                self.freed.push((g as u32, true));
+            }
+        }
         if matches!(c.role, Role::Client(_)) {
             self.clients -= 1;
         }

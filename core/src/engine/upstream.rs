@@ -124,35 +124,40 @@ impl Core {
         // Requests already waiting go first (FIFO over the process): a newcomer joins them.
         let others_wait = self.shared.group(g).queued() > 0;
         // A stale-connection retry goes back to the same (healthy) server on a fresh connection.
-        let idx = match (force_fresh, cl.ex.server) {
+        let chosen = match (force_fresh, cl.ex.server) {
             _ if others_wait => None,
             (true, Some(s)) => {
                 let idx = self.index_in_group(g, s);
-                self.groups[g].balancer.try_acquire(idx).then_some(idx)
+                self.groups[g].balancer.try_open(idx).then_some((idx, true))
             }
             _ => self.take_slot(now, g, hash, tried),
         };
-        match idx {
-            Some(idx) => self.bind_server(now, id, g, idx, force_fresh, queued),
+        match chosen {
+            Some((idx, slot)) => self.bind_server(now, id, g, idx, slot, force_fresh, queued),
             None => self.no_server(now, id, force_fresh, queued),
         }
     }
 
-    /// Hands client `id`'s request to server `idx` of group `g` (its slot already taken) on a
-    /// pooled connection or a new one, then queues the request on it: `queued` when given
-    /// (bytes a failed connection never wrote), otherwise the rewritten head and the body
-    /// received so far (the replay copy).
+    /// Hands client `id`'s request to server `idx` of group `g` on a pooled connection or a
+    /// new one, then queues the request on it: `queued` when given (bytes a failed connection
+    /// never wrote), otherwise the rewritten head and the body received so far (the replay
+    /// copy). `slot`: a connection slot of the server is already counted for this request (see
+    /// [`Core::take_slot`]); a pooled connection brings its own.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn bind_server(
         &mut self,
         now: Time,
         id: ConnId,
         g: usize,
         idx: usize,
+        slot: bool,
         force_fresh: bool,
         queued: Option<VecDeque<Bytes>>,
     ) {
         let Some(cl) = self.conns.client(id) else {
-            self.groups[g].balancer.release(idx);
+            if slot {
+                self.groups[g].balancer.closed(idx);
+            }
             return;
         };
         let hash = cl.peer_hash;
@@ -171,6 +176,17 @@ impl Core {
         for c in expired {
             self.evict(c, false, EvictReason::IdleTimeout);
         }
+        match (pooled, slot) {
+            // The pooled connection holds a slot of its own.
+            (Some(_), true) => self.groups[g].balancer.closed(idx),
+            // The idle connection the pick counted on had expired: a new one needs a slot.
+            (None, false) if !self.groups[g].balancer.try_open(idx) => {
+                self.no_server(now, id, force_fresh, queued);
+                return;
+            }
+            _ => {}
+        }
+        self.groups[g].balancer.begin_request(idx);
         let Some(c) = self.conns.get_mut(id) else {
             return;
         };
@@ -619,7 +635,9 @@ impl Core {
             if !self.groups[g].balancer.is_up(now, idx) {
                 // Down for every worker: each closes its idle connections to it.
                 self.shared.group(g).bump();
-                self.shared.wake_others(self.worker);
+                for w in 0..self.shared.workers() {
+                    self.wake_later(w);
+                }
             }
         }
         let status = rules::failure_status(why);
