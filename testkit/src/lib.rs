@@ -24,6 +24,8 @@ pub mod backend;
 pub mod client;
 pub mod listeners;
 pub mod scenarios;
+pub mod serial;
+pub mod upstreams;
 pub mod wait;
 pub mod wire;
 
