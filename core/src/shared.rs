@@ -145,6 +145,17 @@ impl ServerLedger {
             .is_ok()
     }
 
+    /// An idle pooled connection appeared (`true`) or left the pool (`false`).
+    pub(crate) fn idle_changed(&self, appeared: bool) {
+        if appeared {
+            self.idle.fetch_add(1, SeqCst);
+        } else {
+            let _ = self
+                .idle
+                .fetch_update(SeqCst, SeqCst, |n| Some(n.saturating_sub(1)));
+        }
+    }
+
     /// Counts a connection whatever the cap (the balancer's unit tests).
     pub(crate) fn force_open(&self) {
         self.conns.fetch_add(1, SeqCst);

@@ -95,6 +95,7 @@ impl Proxy {
             remove_socket_files(&generation.bound);
             return Err(e);
         }
+        shared.operator.upstreams.set(generation.upstreams());
         Ok(ProxyHandle {
             shared,
             state: Mutex::new(State {
@@ -125,6 +126,14 @@ struct Generation {
 }
 
 impl Generation {
+    /// What the admin API reports on and changes.
+    fn upstreams(&self) -> upkeep_runtime::upstreams::Generation {
+        upkeep_runtime::upstreams::Generation {
+            config: self.config.clone(),
+            ledger: self.ledger.clone(),
+        }
+    }
+
     fn spawn(&mut self, shared: &Shared, threads: &mut Vec<JoinHandle<()>>) -> io::Result<()> {
         let n = self.ledger.workers();
         for index in 0..n {
@@ -269,6 +278,7 @@ impl ProxyHandle {
             remove_fresh_unix_files(&next.bound, &fresh);
             return Err(format!("starting workers: {e}"));
         }
+        self.shared.operator.upstreams.set(next.upstreams());
         let old = std::mem::replace(&mut state.current, next);
         state.threads.extend(threads);
         // Wait until the old workers have closed their listeners, so that every connection

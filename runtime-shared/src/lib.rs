@@ -16,4 +16,5 @@ pub mod listen;
 pub mod metrics;
 pub mod recorder;
 pub mod socket;
+pub mod upstreams;
 pub mod workers;

@@ -127,6 +127,14 @@ impl Proxy {
         }
 
         let operator = Operator::default();
+        // What the workers share: max_conns slots, the queue's order, server states, health.
+        let ledger = Ledger::new(&config, workers);
+        operator
+            .upstreams
+            .set(upkeep_runtime::upstreams::Generation {
+                config: config.clone(),
+                ledger: ledger.clone(),
+            });
         let admin = config.runtime.admin.as_ref();
         let admin = match admin.map(|a| Admin::start(a, operator.clone())).transpose() {
             Ok(admin) => admin,
@@ -138,8 +146,6 @@ impl Proxy {
         let mut controls = Vec::new();
         let mut handles = Vec::new();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<io::Result<()>>();
-        // What the workers share: max_conns slots, the queue's order, server states, health.
-        let ledger = Ledger::new(&config, workers);
         for (w, (sockets, recorder)) in per_worker.into_iter().zip(recorders).enumerate() {
             let core = match Core::with_shared(config.clone(), w as u64, ledger.clone(), w) {
                 Ok(core) => core,

@@ -24,6 +24,7 @@ macro_rules! upstream_scenario_tests {
             single_request_backend_two_workers,
             queue_full_and_expired_answer_503_with_retry_after,
             a_client_leaving_the_queue_frees_its_place,
+            admin_api_drain_down_and_up,
         );
     };
     (@each $start:expr; $($name:ident),* $(,)?) => {
@@ -223,5 +224,85 @@ pub fn a_client_leaving_the_queue_frees_its_place(start: Start) {
         !backend.log().iter().any(|r| r.target == "/left"),
         "the request of a client that left never reaches the backend"
     );
+    proxy.stop();
+}
+
+/// `method path` on the admin listener: the response.
+fn admin(addr: &Address, method: &str, path: &str) -> crate::client::Response {
+    let mut c = Client::connect(addr).unwrap();
+    c.request(format!("{method} {path} HTTP/1.1\r\nHost: admin\r\n\r\n").as_bytes())
+        .unwrap()
+}
+
+/// The admin API's answers and errors, and what a drain does with a request in flight (it
+/// finishes, its connection closes instead of returning to the pool, no new request arrives),
+/// `down` closing an idle pooled connection at once, and `up` again.
+pub fn admin_api_drain_down_and_up(start: Start) {
+    let backend = Backend::slow("a", Duration::from_millis(300)).unwrap();
+    let mut config = loopback_config(vec![backend.addr()], 1);
+    config.runtime.admin = Some(Address::Tcp((std::net::Ipv4Addr::LOCALHOST, 0).into()));
+    let proxy = start(config);
+    let addr = proxy.listen_addrs()[0].clone();
+    let admin_addr = proxy.admin_addr().unwrap();
+    // The listing.
+    let r = admin(&admin_addr, "GET", "/upstreams");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    let text = r.text();
+    for field in [
+        "\"name\":\"default\"",
+        "\"index\":0",
+        "\"state\":\"up\"",
+        "\"health\":\"up\"",
+        "\"queue\":0",
+        "\"idle\":0",
+        "\"requests\":0",
+    ] {
+        assert!(text.contains(field), "{field} in {text}");
+    }
+    // Errors.
+    let r = admin(&admin_addr, "POST", "/upstreams");
+    assert_eq!((r.status, r.header("allow")), (405, Some("GET, HEAD")));
+    let r = admin(&admin_addr, "GET", "/upstreams/default/servers/0/drain");
+    assert_eq!((r.status, r.header("allow")), (405, Some("POST")));
+    assert_eq!(
+        admin(&admin_addr, "POST", "/upstreams/nope/servers/0/drain").status,
+        404
+    );
+    assert_eq!(
+        admin(&admin_addr, "POST", "/upstreams/default/servers/1/drain").status,
+        404
+    );
+    // A request in flight when the server is drained finishes; its connection then closes.
+    let mut warm = Client::connect(&addr).unwrap();
+    assert_eq!(warm.get("/warm").unwrap().status, 200);
+    let mut inflight = send(&addr, "/inflight");
+    arrived(&backend, 2);
+    let r = admin(&admin_addr, "POST", "/upstreams/default/servers/0/drain");
+    assert_eq!(r.status, 200);
+    assert!(r.text().contains("\"state\":\"drain\""), "{}", r.text());
+    assert_eq!(inflight.read_response().unwrap().status, 200);
+    assert!(
+        backend.wait_until(Duration::from_secs(10), |b| b.open_connections() == 0),
+        "the drained server's connection closed instead of being pooled"
+    );
+    // No new request reaches it.
+    assert_eq!(warm.get("/refused").unwrap().status, 502);
+    assert_eq!(backend.requests(), 2);
+    // Up again: traffic and pooling resume.
+    let r = admin(&admin_addr, "POST", "/upstreams/default/servers/0/up");
+    assert!(r.text().contains("\"state\":\"up\""), "{}", r.text());
+    assert_eq!(warm.get("/back").unwrap().status, 200);
+    assert!(backend.wait_until(Duration::from_secs(10), |b| b.open_connections() == 1));
+    let listed = admin(&admin_addr, "GET", "/upstreams").text();
+    assert!(listed.contains("\"idle\":1"), "{listed}");
+    // Down: the idle pooled connection closes at once.
+    let r = admin(&admin_addr, "POST", "/upstreams/default/servers/0/down");
+    assert!(r.text().contains("\"state\":\"down\""), "{}", r.text());
+    assert!(
+        backend.wait_until(Duration::from_secs(10), |b| b.open_connections() == 0),
+        "the idle connection to a server set down is closed at once"
+    );
+    assert_eq!(warm.get("/down").unwrap().status, 502);
     proxy.stop();
 }

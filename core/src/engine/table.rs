@@ -228,6 +228,9 @@ impl Core {
         if let Role::Upstream(u) = &c.role {
             let g = u.group as usize;
             let idx = (u.server - self.groups[g].first_server) as usize;
+            if u.state == UState::Idle {
+                self.shared.group(g).servers[idx].idle_changed(false);
+            }
             self.groups[g].balancer.closed(idx);
             if self.shared.group(g).queued() > 0 {
                 self.freed.push((g as u32, true));

@@ -208,6 +208,7 @@ impl Core {
                     .upstream_mut(uid)
                     .expect("the pool holds open upstreams");
                 up.reuse_for(id, now);
+                self.shared.group(g).servers[idx].idle_changed(false);
                 (uid, up.reused())
             }
             None => {
@@ -544,6 +545,7 @@ impl Core {
                 };
                 u.state = UState::Idle;
                 u.client = None;
+                self.shared.group(g).servers[idx].idle_changed(true);
                 self.stats.groups[g].pool_checkins += 1;
                 if let Some(evicted) = self.pool.checkin(key, g as u32, id, expires) {
                     self.evict(evicted, false, EvictReason::Capacity);

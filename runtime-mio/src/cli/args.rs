@@ -45,6 +45,9 @@ Options:
       --pool-key server|client     share idle connections across clients, or not (default server)
       --admin ADDR                 admin listener: /metrics, /status, /ready
       --access-log PATH|-          access log file, or - for stdout (default off)
+      --max-conns N                connections per server, all workers together (default 0 = no cap)
+      --queue N                    requests that may wait for a server at --max-conns (default 1024)
+      --queue-timeout DUR          longest wait in the queue before a 503 (default 60s)
   -h, --help                       print this help
 
 ADDR is HOST:PORT, [V6]:PORT or unix:/path; DUR is 250ms, 10s, 5m, 1h.
