@@ -350,3 +350,49 @@ fn a_drained_server_closes_idle_connections_in_every_worker() {
         }
     }
 }
+
+#[test]
+fn passive_health_is_shared_by_every_worker() {
+    // Worker 1 has an idle connection to server 0; worker 0's connect to server 0 fails
+    // (max_fails = 1): server 0 is down for both, and worker 1's idle connection to it closes.
+    let mut p = Process::new(config(2), 2);
+    {
+        let h = &mut p.workers[1];
+        let c = h.connect_client();
+        let (u, r) = exchange(h, c, &get("/warm"), &ok("x"));
+        assert_eq!(r[0].status, 200);
+        assert_eq!(h.upstreams[&u].server.map(|s| s.index), Some(0));
+    }
+    {
+        let h = &mut p.workers[0];
+        h.auto_connect = false;
+        let c = h.connect_client();
+        h.client_send(c, &get("/a"));
+        let first = h.connects[0];
+        assert_eq!(h.upstreams[&first].server.map(|s| s.index), Some(0));
+        h.refuse_connect();
+        // Retried on server 1.
+        let u = h.accept_connect().unwrap();
+        assert_eq!(h.upstreams[&u].server.map(|s| s.index), Some(1));
+    }
+    p.settle();
+    let now = p.workers[1].now;
+    let s0 = p.workers[1].core.servers()[0];
+    assert!(
+        !p.workers[1].core.server_up(now, s0),
+        "down for the other worker too"
+    );
+    assert_eq!(
+        p.workers[1].core.pool_idle(UpstreamId(0)),
+        0,
+        "its idle connection to the failed server closed"
+    );
+    // Worker 1's next requests avoid server 0.
+    let h = &mut p.workers[1];
+    let c = h.connect_client();
+    for i in 0..3 {
+        let (u, r) = exchange(h, c, &get(&format!("/{i}")), &ok("y"));
+        assert_eq!(r[0].status, 200);
+        assert_eq!(h.upstreams[&u].server.map(|s| s.index), Some(1));
+    }
+}
