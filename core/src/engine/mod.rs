@@ -236,6 +236,13 @@ impl Core {
             .is_up(now, server.index as usize)
     }
 
+    /// The administrative state of `server` (shared by every worker).
+    pub fn server_state(&self, server: ServerId) -> crate::config::ServerState {
+        self.shared
+            .state(server.upstream.0 as usize, server.index as usize)
+            .unwrap_or_default()
+    }
+
     /// Idle pooled connections of a group.
     pub fn pool_idle(&self, upstream: UpstreamId) -> usize {
         self.pool.idle_in_group(upstream.0)
