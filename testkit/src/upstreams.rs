@@ -129,6 +129,7 @@ pub fn single_request_backend_two_workers(start: Start) {
 
 fn one_slot(backend: &Backend, queue: usize, queue_timeout: Duration) -> Config {
     let mut config = loopback_config(vec![backend.addr()], 1);
+    config.runtime.admin = Some(Address::Tcp((std::net::Ipv4Addr::LOCALHOST, 0).into()));
     let g = &mut config.upstreams[0];
     g.servers[0].max_conns = 1;
     g.queue = queue;
@@ -171,20 +172,23 @@ pub fn queue_full_and_expired_answer_503_with_retry_after(start: Start) {
         began.elapsed() >= Duration::from_millis(300),
         "answered only at queue_timeout"
     );
-    // Queue of one: one waits (w2), the next (full) is answered at once while `held` is held.
+    // Queue of one: once w2 waits (the admin API shows it), the next is answered at once.
     let mut w2 = send(&addr, "/w2");
-    let mut full = None;
-    let found = eventually(Duration::from_secs(5), || {
-        let mut c = send(&addr, "/full");
-        let r = c.read_response().unwrap();
-        if r.status == 503 && r.header("retry-after") == Some("1") {
-            full = Some(r);
-            true
-        } else {
-            false
-        }
-    });
-    assert!(found, "a full queue answers 503 at once");
+    let admin_addr = proxy.admin_addr().unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || admin(
+            &admin_addr,
+            "GET",
+            "/upstreams"
+        )
+        .text()
+        .contains("\"queue\":1")),
+        "w2 waits in the queue"
+    );
+    let mut full = send(&addr, "/full");
+    let r = full.read_response().unwrap();
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("retry-after"), Some("1"));
     assert_eq!(held.read_response().unwrap().status, 200);
     // w2 either got the slot after `held` or timed out waiting: never lost, never 502.
     let s = w2.read_response().unwrap().status;
