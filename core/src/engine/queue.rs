@@ -18,8 +18,7 @@ use std::collections::VecDeque;
 use super::table::Role;
 use super::upstream::UState;
 use super::{Core, touch};
-use crate::config::PoolKeyMode;
-use crate::pool::{EvictReason, PoolKey};
+use crate::pool::EvictReason;
 use crate::rules::{self, NoServer, NoServerFacts};
 use crate::{ConnId, Time};
 
@@ -68,17 +67,10 @@ impl Core {
         if !self.capped[g] {
             return 0;
         }
-        let partition = match self.config.upstreams[g].pool_key {
-            PoolKeyMode::Server => 0,
-            PoolKeyMode::Client => hash | 1,
-        };
         let first = self.groups[g].first_server;
         (0..self.groups[g].balancer.len().min(64))
             .filter(|&i| {
-                let key = PoolKey {
-                    server: first + i as u32,
-                    partition,
-                };
+                let key = self.pool_key(g, first + i as u32, hash);
                 self.pool.idle_for_key(key) > 0
             })
             .fold(0, |m, i| m | (1u64 << i))

@@ -162,11 +162,7 @@ impl Core {
         };
         let hash = cl.peer_hash;
         let server = self.groups[g].first_server + idx as u32;
-        let partition = match self.config.upstreams[g].pool_key {
-            PoolKeyMode::Server => 0,
-            PoolKeyMode::Client => hash | 1,
-        };
-        let key = PoolKey { server, partition };
+        let key = self.pool_key(g, server, hash);
         let mut expired = Vec::new();
         let pooled = if force_fresh {
             None
@@ -256,6 +252,15 @@ impl Core {
         }
         self.signal_write(uid);
         self.request_maybe_sent(now, uid);
+    }
+
+    /// The pool key of server `server` (global index) of group `g` for a client with `hash`.
+    pub(super) fn pool_key(&self, g: usize, server: u32, hash: u64) -> PoolKey {
+        let partition = match self.config.upstreams[g].pool_key {
+            PoolKeyMode::Server => 0,
+            PoolKeyMode::Client => hash | 1,
+        };
+        PoolKey { server, partition }
     }
 
     /// Marks the request as fully written once the client's body is complete and the queue empty.
