@@ -4,7 +4,7 @@
 //! turns the list into `#[test]`s, like [`scenario_tests!`](crate::scenario_tests).
 //!
 //! Bounded in time: socket timeouts of at most 10 s, every thread joined through
-//! [`within`](crate::within), no sleep used as an assertion.
+//! [`within`], no sleep used as an assertion.
 
 use std::time::{Duration, Instant};
 
