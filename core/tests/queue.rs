@@ -396,3 +396,58 @@ fn passive_health_is_shared_by_every_worker() {
         assert_eq!(h.upstreams[&u].server.map(|s| s.index), Some(1));
     }
 }
+
+#[test]
+fn a_stale_retry_waiting_behind_others_gets_a_fresh_connection() {
+    // max_conns = 2, both connections pooled. c1 and c2 reuse them, c3 waits. c1's turns out
+    // stale: its retry must go on a fresh connection, and queues behind c3. Once c2's
+    // connection is idle again the retry may not reuse it: it is closed to make room (it once
+    // looped forever here, re-queueing the retry on every pass).
+    let mut cfg = config(1);
+    cfg.upstreams[0].servers[0].max_conns = 2;
+    let mut h = Harness::new(cfg);
+    let warm: Vec<ConnId> = (0..2).map(|_| h.connect_client()).collect();
+    for &c in &warm {
+        h.client_send(c, &get("/warm"));
+    }
+    let ups = h.open_upstreams();
+    assert_eq!(ups.len(), 2);
+    for &u in &ups {
+        requests(&mut h, u);
+        h.upstream_send(u, &ok("w"));
+    }
+    assert_eq!(h.core.pool_idle(UpstreamId(0)), 2);
+    let c1 = warm[0];
+    let c2 = warm[1];
+    h.client_send(c1, &get("/one"));
+    h.client_send(c2, &get("/two"));
+    let c3 = h.connect_client();
+    h.client_send(c3, &get("/three"));
+    assert_eq!(h.core.queued(UpstreamId(0)), 1);
+    // c1's connection: the backend had closed it (stale).
+    let u1 = ups
+        .iter()
+        .copied()
+        .find(|&u| {
+            requests(&mut h, u)
+                .first()
+                .is_some_and(|r| r.path == "/one")
+        })
+        .expect("c1's request on a pooled connection");
+    let u2 = ups.iter().copied().find(|&u| u != u1).unwrap();
+    h.upstream_eof(u1);
+    // c3 got the freed slot; c1's retry waits.
+    let u3 = busy_upstream(&h).expect("c3 dispatched");
+    assert_eq!(requests(&mut h, u3)[0].path, "/three");
+    assert_eq!(h.core.queued(UpstreamId(0)), 1);
+    // c2's answer: its connection goes idle, and is closed for c1's fresh retry.
+    h.upstream_send(u2, &ok("two"));
+    assert!(h.upstreams[&u2].closed, "yielded to the fresh retry");
+    let u4 = busy_upstream(&h).expect("c1's retry dispatched");
+    assert_eq!(requests(&mut h, u4)[0].path, "/one");
+    h.upstream_send(u4, &ok("one"));
+    h.upstream_send(u3, &ok("three"));
+    for c in [c1, c2, c3] {
+        assert_eq!(responses(&mut h, c)[0].status, 200);
+    }
+}

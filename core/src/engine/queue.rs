@@ -44,8 +44,10 @@ impl Core {
         g: usize,
         hash: u64,
         tried: u64,
+        fresh: bool,
     ) -> Option<(usize, bool)> {
-        let spare = self.spare_mask(g, hash);
+        // A request that must go on a fresh connection (a stale one's retry) spares nothing.
+        let spare = if fresh { 0 } else { self.spare_mask(g, hash) };
         // A pick can lose the last slot to another worker between looking and taking: pick
         // again (the balancer then sees the server full), at most once per server.
         for _ in 0..=self.groups[g].balancer.len() {
@@ -215,7 +217,14 @@ impl Core {
     /// wakes the others, whose idle connections may hold the slots. `slot_freed`: a connection
     /// slot (or a pooled connection) was just freed here.
     pub(super) fn dispatch(&mut self, now: Time, g: usize, slot_freed: bool) {
+        // Each pass dispatches (or drops) the head, or returns; a head that loses its slot on
+        // the way goes back to the queue, so the passes are bounded by the queue's length.
+        let mut passes = 2 * (self.groups[g].queue.len() + 1);
         loop {
+            if passes == 0 {
+                return;
+            }
+            passes -= 1;
             let ledger = self.shared.group(g).clone();
             match ledger.first_in_line() {
                 None => return,
@@ -238,8 +247,13 @@ impl Core {
                 ledger.set_head(self.worker, self.groups[g].queue.front().map(|w| w.ticket));
                 continue;
             };
-            let (hash, tried) = (cl.peer_hash, cl.ex.tried);
-            let Some((idx, slot)) = self.take_slot(now, g, hash, tried) else {
+            let (hash, tried, fresh) = (cl.peer_hash, cl.ex.tried, front.force_fresh);
+            let Some((idx, slot)) = self.take_slot(now, g, hash, tried, fresh) else {
+                // A retry that needs a fresh connection would wait forever behind this worker's
+                // own idle connections (suspect anyway: one of their era just went stale).
+                if fresh && self.yield_idle(g) > 0 {
+                    continue;
+                }
                 if !slot_freed {
                     for w in 0..self.shared.workers() {
                         self.wake_later(w);

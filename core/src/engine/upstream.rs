@@ -130,7 +130,7 @@ impl Core {
                 let idx = self.index_in_group(g, s);
                 self.groups[g].balancer.try_open(idx).then_some((idx, true))
             }
-            _ => self.take_slot(now, g, hash, tried),
+            _ => self.take_slot(now, g, hash, tried, force_fresh),
         };
         match chosen {
             Some((idx, slot)) => self.bind_server(now, id, g, idx, slot, force_fresh, queued),
