@@ -79,13 +79,11 @@ pub(crate) struct ServerLedger {
     pub(crate) fails: AtomicU32,
     pub(crate) window_start: AtomicU64,
     pub(crate) down_until: AtomicU64,
-    /// Active health: the last checks failed (`fall` in a row) and have not recovered yet.
+    /// Active health: the checks hold the server out (not run yet: see docs/queue.md; the
+    /// verdict is consulted everywhere usability is, so checks only have to set it).
     check_failed: AtomicBool,
     /// Idle pooled connections to this server, every worker together.
     pub(crate) idle: AtomicU32,
-    /// Checks run and failed, for metrics.
-    pub(crate) checks: AtomicU64,
-    pub(crate) checks_failed: AtomicU64,
 }
 
 fn state_code(s: ServerState) -> u8 {
@@ -116,8 +114,6 @@ impl ServerLedger {
             down_until: AtomicU64::new(0),
             check_failed: AtomicBool::new(false),
             idle: AtomicU32::new(0),
-            checks: AtomicU64::new(0),
-            checks_failed: AtomicU64::new(0),
         }
     }
 
@@ -405,8 +401,6 @@ impl Shared {
             inflight: s.inflight(),
             conns: s.conns(),
             idle: s.idle.load(SeqCst),
-            checks: s.checks.load(SeqCst),
-            checks_failed: s.checks_failed.load(SeqCst),
         })
     }
 
@@ -429,10 +423,6 @@ pub struct ServerView {
     pub conns: u32,
     /// Idle pooled connections, every worker together.
     pub idle: u32,
-    /// Active checks run, and how many failed.
-    pub checks: u64,
-    /// Active checks that failed.
-    pub checks_failed: u64,
 }
 
 impl fmt::Debug for Shared {
