@@ -25,12 +25,20 @@
 //!   (the server is fully up); a failure of the probe marks it down again for `fail_timeout`.
 //!   `max_fails == 0` disables all of this.
 //!
+//! - **Shared**: in-flight counts (`max_conns`, least-conn), passive health, the server's
+//!   administrative state and its active-check verdict live in the process's ledger
+//!   ([`crate::shared`]), so every worker's balancer sees the same; only the round-robin weights
+//!   are per worker.
+//!
 //! Nothing here allocates after [`Balancer::new`].
 
 use core::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::SeqCst;
 
 use crate::Time;
-use crate::config::{Balance, UpstreamConfig};
+use crate::config::{Balance, ServerState, UpstreamConfig};
+use crate::shared::{GroupLedger, ServerLedger};
 
 /// nginx `ip_hash` gives up re-hashing after 20 tries and falls back to round-robin.
 const IP_HASH_TRIES: u32 = 20;
@@ -39,35 +47,29 @@ const IP_HASH_TRIES: u32 = 20;
 struct Peer {
     weight: u32,
     backup: bool,
-    max_conns: u32,
     max_fails: u32,
     fail_timeout: Duration,
-    // --- dynamic state ---
+    // --- this worker's round-robin state ---
     effective_weight: i64,
     current_weight: i64,
-    active: u32,
-    /// Failures counted in the current window.
-    fails: u32,
-    /// Start of the current failure window.
-    window_start: Time,
-    /// While `fails >= max_fails`: unusable while `now < down_until`.
-    down_until: Time,
 }
 
-impl Peer {
-    /// Whether passive health lets a request through at `now`.
-    fn up(&self, now: Time) -> bool {
-        self.max_fails == 0 || self.fails < self.max_fails || now >= self.down_until
-    }
-    fn has_room(&self) -> bool {
-        self.max_conns == 0 || self.active < self.max_conns
-    }
+/// Whether passive health and the server's state let a request through at `now`.
+fn up(p: &Peer, l: &ServerLedger, now: Time) -> bool {
+    let health = p.max_fails == 0
+        || l.fails.load(SeqCst) < p.max_fails
+        || now.0 >= l.down_until.load(SeqCst);
+    health && l.state() == ServerState::Up && !l.check_failed()
 }
 
 /// Server choice and passive health for one upstream group.
 #[derive(Debug)]
 pub struct Balancer {
     peers: Vec<Peer>,
+    /// In-flight counts, state and health: shared by every worker's balancer of this group.
+    ledger: Arc<GroupLedger>,
+    /// During a pick: servers with an idle connection this request may reuse.
+    spare: u64,
     balance: Balance,
     /// Sum of the primaries' configured weights (for ip_hash).
     primary_weight: u64,
@@ -84,6 +86,12 @@ impl Balancer {
     /// Builds the balancer of one group. Servers beyond index 63 cannot be marked in a `tried`
     /// mask and are never picked (the configuration allows at most 64).
     pub fn new(cfg: &UpstreamConfig) -> Balancer {
+        Balancer::with_ledger(cfg, Arc::new(GroupLedger::new(cfg, 1)))
+    }
+
+    /// The balancer of one group whose counts, state and health live in `ledger` (shared by
+    /// every worker of the process).
+    pub(crate) fn with_ledger(cfg: &UpstreamConfig, ledger: Arc<GroupLedger>) -> Balancer {
         // nginx: with a single server, max_fails and fail_timeout are ignored — marking the only
         // server down would turn one failure into fail_timeout seconds of instant 502s.
         let single = cfg.servers.len() == 1;
@@ -94,15 +102,10 @@ impl Balancer {
             .map(|s| Peer {
                 weight: s.weight,
                 backup: s.backup,
-                max_conns: s.max_conns,
                 max_fails: if single { 0 } else { s.max_fails },
                 fail_timeout: s.fail_timeout,
                 effective_weight: i64::from(s.weight),
                 current_weight: 0,
-                active: 0,
-                fails: 0,
-                window_start: Time::ZERO,
-                down_until: Time::ZERO,
             })
             .collect();
         let primary_weight = peers
@@ -112,6 +115,8 @@ impl Balancer {
             .sum();
         Balancer {
             peers,
+            ledger,
+            spare: 0,
             balance: cfg.balance,
             primary_weight,
         }
@@ -125,6 +130,20 @@ impl Balancer {
     /// Picking does not count the request as active: call [`acquire`](Balancer::acquire) when
     /// the request is bound to the server.
     pub fn pick(&mut self, now: Time, hash: u64, tried: u64) -> Option<usize> {
+        self.pick_with(now, hash, tried, 0)
+    }
+
+    /// [`pick`](Balancer::pick), where the servers in the `spare` mask (bit i = server i) are
+    /// usable even at `max_conns`: this worker holds an idle connection to them the request may
+    /// reuse, so no new connection is needed.
+    pub fn pick_with(&mut self, now: Time, hash: u64, tried: u64, spare: u64) -> Option<usize> {
+        self.spare = spare;
+        let chosen = self.pick_inner(now, hash, tried);
+        self.spare = 0;
+        chosen
+    }
+
+    fn pick_inner(&mut self, now: Time, hash: u64, tried: u64) -> Option<usize> {
         let chosen = match self.balance {
             Balance::RoundRobin => self.pick_tiered(now, tried, Self::pick_rr),
             Balance::LeastConn => self.pick_tiered(now, tried, Self::pick_least_conn),
@@ -136,64 +155,125 @@ impl Balancer {
         Some(chosen)
     }
 
-    /// One more active request on `server`.
+    /// One more active request on `server` on a connection of its own, whatever its
+    /// `max_conns` (the unit tests' shorthand for [`begin_request`](Balancer::begin_request) +
+    /// [`try_open`](Balancer::try_open)).
     pub fn acquire(&mut self, server: usize) {
-        if let Some(p) = self.peers.get_mut(server) {
-            p.active = p.active.saturating_add(1);
+        if let Some(l) = self.ledger.servers.get(server) {
+            l.begin_request();
+            l.force_open();
         }
     }
 
-    /// One request fewer on `server`.
+    /// Undoes [`acquire`](Balancer::acquire).
     pub fn release(&mut self, server: usize) {
-        if let Some(p) = self.peers.get_mut(server) {
-            debug_assert!(p.active > 0, "release without acquire on server {server}");
-            p.active = p.active.saturating_sub(1);
+        if let Some(l) = self.ledger.servers.get(server) {
+            debug_assert!(
+                l.inflight() > 0,
+                "release without acquire on server {server}"
+            );
+            l.end_request();
+            l.closed();
+        }
+    }
+
+    /// One more request in flight on `server` (least-conn's load).
+    pub fn begin_request(&mut self, server: usize) {
+        if let Some(l) = self.ledger.servers.get(server) {
+            l.begin_request();
+        }
+    }
+
+    /// One request fewer in flight on `server`.
+    pub fn end_request(&mut self, server: usize) {
+        if let Some(l) = self.ledger.servers.get(server) {
+            l.end_request();
+        }
+    }
+
+    /// Counts a new connection to `server` if its `max_conns` (connections open, busy or idle,
+    /// over every worker) allows: false when another worker took the last slot since the pick.
+    pub fn try_open(&mut self, server: usize) -> bool {
+        self.ledger
+            .servers
+            .get(server)
+            .is_some_and(ServerLedger::try_open)
+    }
+
+    /// A connection to `server` counted by [`try_open`](Balancer::try_open) closed.
+    pub fn closed(&mut self, server: usize) {
+        if let Some(l) = self.ledger.servers.get(server) {
+            l.closed();
         }
     }
 
     /// A request to `server` failed in a way that counts against its health (connect error,
-    /// timeout...).
+    /// timeout...). Shared: the server is down for every worker.
     pub fn failure(&mut self, now: Time, server: usize) {
-        let Some(p) = self.peers.get_mut(server) else {
+        let (Some(p), Some(l)) = (self.peers.get_mut(server), self.ledger.servers.get(server))
+        else {
             return;
         };
         if p.max_fails == 0 {
             return;
         }
-        if p.fails >= p.max_fails {
+        let mut fails = l.fails.load(SeqCst);
+        let window_start = Time(l.window_start.load(SeqCst));
+        if fails >= p.max_fails {
             // The server was down and this is its probe (or a late failure): down again.
-            p.fails = p.max_fails;
-            p.window_start = now;
+            fails = p.max_fails;
+            l.window_start.store(now.0, SeqCst);
         } else {
-            if p.fails == 0 || now.since(p.window_start) >= p.fail_timeout {
-                p.fails = 0;
-                p.window_start = now;
+            if fails == 0 || now.since(window_start) >= p.fail_timeout {
+                fails = 0;
+                l.window_start.store(now.0, SeqCst);
             }
-            p.fails += 1;
+            fails += 1;
         }
-        if p.fails >= p.max_fails {
-            p.down_until = now.plus(p.fail_timeout);
+        l.fails.store(fails, SeqCst);
+        if fails >= p.max_fails {
+            l.down_until.store(now.plus(p.fail_timeout).0, SeqCst);
         }
         p.effective_weight = (p.effective_weight - i64::from(p.weight / p.max_fails)).max(0);
     }
 
     /// A request to `server` succeeded: its failure count is reset.
     pub fn success(&mut self, server: usize) {
-        if let Some(p) = self.peers.get_mut(server) {
-            p.fails = 0;
-            p.down_until = Time::ZERO;
+        if let Some(l) = self.ledger.servers.get(server)
+            && l.fails.load(SeqCst) != 0
+        {
+            l.fails.store(0, SeqCst);
+            l.down_until.store(0, SeqCst);
         }
     }
 
-    /// Whether passive health lets a request through to `server` at `now` (ignores `max_conns`
-    /// and weight; false for an unknown server).
+    /// Whether passive health, the active checks and the server's state let a request through
+    /// to `server` at `now` (ignores `max_conns` and weight; false for an unknown server).
     pub fn is_up(&self, now: Time, server: usize) -> bool {
-        self.peers.get(server).is_some_and(|p| p.up(now))
+        match (self.peers.get(server), self.ledger.servers.get(server)) {
+            (Some(p), Some(l)) => up(p, l, now),
+            _ => false,
+        }
     }
 
-    /// Active requests on `server`.
+    /// Active requests on `server` (every worker together).
     pub fn active(&self, server: usize) -> u32 {
-        self.peers.get(server).map_or(0, |p| p.active)
+        self.ledger
+            .servers
+            .get(server)
+            .map_or(0, ServerLedger::inflight)
+    }
+
+    /// Whether a request that found no usable server could wait for one: some server not in
+    /// `tried`, with weight, up, is only held back by its `max_conns` (connections open).
+    pub fn could_wait(&self, now: Time, tried: u64) -> bool {
+        (0..self.peers.len()).any(|i| {
+            i < 64
+                && tried & (1u64 << i) == 0
+                && self.peers[i].weight > 0
+                && self.is_up(now, i)
+                && !self.ledger.servers[i].has_room()
+        })
     }
 
     // ----- introspection -----
@@ -210,16 +290,20 @@ impl Balancer {
 
     /// Failures currently counted against `server`.
     pub fn fails(&self, server: usize) -> u32 {
-        self.peers.get(server).map_or(0, |p| p.fails)
+        self.ledger
+            .servers
+            .get(server)
+            .map_or(0, |l| l.fails.load(SeqCst))
     }
 
     // ----- internals -----
 
     fn usable(&self, now: Time, tried: u64, i: usize) -> bool {
-        let Some(p) = self.peers.get(i) else {
+        let (Some(p), Some(l)) = (self.peers.get(i), self.ledger.servers.get(i)) else {
             return false;
         };
-        i < 64 && tried & (1u64 << i) == 0 && p.weight > 0 && p.has_room() && p.up(now)
+        let room = l.has_room() || self.spare & (1u64 << i) != 0;
+        i < 64 && tried & (1u64 << i) == 0 && p.weight > 0 && room && up(p, l, now)
     }
 
     fn in_tier(&self, now: Time, tried: u64, tier: Tier, i: usize) -> bool {
@@ -304,8 +388,8 @@ impl Balancer {
     /// Compares `active / weight` of two servers (weights > 0).
     fn load_cmp(&self, a: usize, b: usize) -> core::cmp::Ordering {
         let (pa, pb) = (&self.peers[a], &self.peers[b]);
-        (u64::from(pa.active) * u64::from(pb.weight))
-            .cmp(&(u64::from(pb.active) * u64::from(pa.weight)))
+        (u64::from(self.active(a)) * u64::from(pb.weight))
+            .cmp(&(u64::from(self.active(b)) * u64::from(pa.weight)))
     }
 
     fn pick_ip_hash(&mut self, now: Time, hash: u64, tried: u64) -> Option<usize> {
@@ -341,9 +425,9 @@ impl Balancer {
     /// and its `fail_timeout` passed) gets one probe; it stays unusable for another
     /// `fail_timeout` unless a success comes back first.
     fn picked(&mut self, now: Time, i: usize) {
-        let p = &mut self.peers[i];
-        if p.max_fails != 0 && p.fails >= p.max_fails {
-            p.down_until = now.plus(p.fail_timeout);
+        let (p, l) = (&self.peers[i], &self.ledger.servers[i]);
+        if p.max_fails != 0 && l.fails.load(SeqCst) >= p.max_fails {
+            l.down_until.store(now.plus(p.fail_timeout).0, SeqCst);
         }
     }
 }

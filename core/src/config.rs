@@ -294,12 +294,53 @@ pub struct ServerConfig {
     pub fail_timeout: Duration,
     /// Used only when every primary server is down.
     pub backup: bool,
-    /// Cap on concurrent connections to this server; 0 = unlimited (nginx default).
+    /// Cap on concurrent requests to this server across the whole process (every worker
+    /// together: HAProxy's `maxconn`); 0 = unlimited (nginx default). Requests beyond it wait in
+    /// the group's queue (see [`UpstreamConfig::queue`]).
     pub max_conns: u32,
     /// The host name this server was written with (`app.internal` in `"app.internal:8080"`),
     /// still to be resolved by the runtime, which replaces the server by one per address the
     /// name resolves to; `addr` holds the port meanwhile. `None` for a literal address.
     pub host: Option<String>,
+    /// Administrative state at start (`up`, `drain` or `down`); changeable at run time through
+    /// the admin API.
+    pub state: ServerState,
+}
+
+/// A server's administrative state (HAProxy's `ready` / `drain` / `maint`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Deserialize),
+    serde(rename_all = "snake_case")
+)]
+pub enum ServerState {
+    /// Takes requests.
+    #[default]
+    Up,
+    /// Takes no new requests; requests in flight finish and their connections close instead of
+    /// returning to the pool; idle pooled connections are closed at once.
+    Drain,
+    /// Maintenance: takes no requests at all; idle pooled connections are closed at once.
+    Down,
+}
+
+impl ServerState {
+    /// The state's name as configured and reported (`up`, `drain`, `down`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServerState::Up => "up",
+            ServerState::Drain => "drain",
+            ServerState::Down => "down",
+        }
+    }
+
+    /// The state named `name`, if any.
+    pub fn parse(name: &str) -> Option<ServerState> {
+        [ServerState::Up, ServerState::Drain, ServerState::Down]
+            .into_iter()
+            .find(|s| s.as_str() == name)
+    }
 }
 
 impl ServerConfig {
@@ -313,6 +354,7 @@ impl ServerConfig {
             backup: false,
             max_conns: 0,
             host: None,
+            state: ServerState::Up,
         }
     }
 }
@@ -396,7 +438,20 @@ pub struct UpstreamConfig {
     /// idle time before the first probe, and the interval between probes. Default
     /// [`DEFAULT_TCP_KEEPALIVE`]; zero turns probes off. Applied by the runtimes.
     pub tcp_keepalive: Duration,
+    /// Requests that may wait, process-wide, for a server of this group to free a slot when
+    /// every candidate is at its `max_conns` (HAProxy's backend queue, nginx Plus `queue`);
+    /// beyond it a request is answered `503` with `Retry-After`. 0 = no queue: a request that
+    /// finds every server full is answered 502 at once (nginx open source). Default
+    /// [`DEFAULT_QUEUE`]; only matters when some server has a `max_conns`.
+    pub queue: usize,
+    /// Longest a request waits in the queue before a `503` with `Retry-After` (nginx Plus
+    /// `queue timeout=`, 60s; HAProxy's `timeout queue` falls back to `timeout connect`, also
+    /// 60s here).
+    pub queue_timeout: Duration,
 }
+
+/// The default queue length per group (see `docs/queue.md` for why).
+pub const DEFAULT_QUEUE: usize = 1024;
 
 impl UpstreamConfig {
     /// A group with nginx's defaults (and upkeep's non-churning keepalive default).
@@ -419,6 +474,8 @@ impl UpstreamConfig {
             min_idle: 0,
             resolve_interval: Duration::ZERO,
             tcp_keepalive: DEFAULT_TCP_KEEPALIVE,
+            queue: DEFAULT_QUEUE,
+            queue_timeout: Duration::from_secs(60),
         }
     }
 }

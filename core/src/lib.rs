@@ -12,6 +12,7 @@
 //! | [`framing`] | HTTP/1.1 heads (httparse + RFC 9112 validation), body framing, chunked decoding, rewriting |
 //! | [`config`] | plain-data configuration with nginx's defaults (serde behind the `serde` feature) |
 //! | [`stats`] | counters for metrics exporters (pool evictions and [`NotReusable`] reasons included) |
+//! | [`shared`] | the process-wide ledger of servers every worker's core shares: `max_conns` slots, the queue's order, state, health |
 //! | `sim` (feature `sim`) | an in-memory runtime and scripted peers for tests and fuzzing |
 //! | `pool`, `balance`, `route`, `headers` (public with feature `internals`) | the pool's bookkeeping (most-recently-used reuse, hard caps, least-recently-used eviction), balancing and passive health, Host + path routing, the Connection / hop-by-hop rules — the engine's parts, for tests, benches and fuzz targets |
 //!
@@ -135,6 +136,7 @@ pub mod route;
 #[cfg(not(feature = "internals"))]
 mod route;
 mod rules;
+pub mod shared;
 #[cfg(feature = "sim")]
 pub mod sim;
 mod socket;
@@ -148,7 +150,7 @@ mod uploads;
 pub use config::FileError;
 pub use config::{
     Address, Balance, Config, ConfigError, Limits, ListenerConfig, PoolKeyMode, QuickConfig,
-    RouteConfig, RuntimeOptions, ServerConfig, UpstreamConfig,
+    RouteConfig, RuntimeOptions, ServerConfig, ServerState, UpstreamConfig,
 };
 pub use engine::{
     AtCapacity, Core, End, ExchangeInfo, Input, Output, Released, RequestFields, Tries, UpstreamTry,
@@ -157,6 +159,7 @@ pub use framing::{Method, Version};
 pub use id::{ConnId, ListenerId, ServerId, UpstreamId};
 pub use pool::EvictReason;
 pub use rules::NotReusable;
+pub use shared::{ServerView, Shared};
 pub use socket::{MAX_IOV, ReadOutcome, WriteOutcome, is_retry};
 pub use stats::{GroupStats, ServerStats, Stats};
 pub use time::Time;

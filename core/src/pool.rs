@@ -45,15 +45,22 @@ pub enum EvictReason {
     PeerClosed,
     UnexpectedData,
     Draining,
+    /// Its server stopped being usable (drained, set down, failed health): nothing from before
+    /// an outage is reused after it.
+    ServerUnusable,
+    /// Closed to give its `max_conns` slot to a request another worker has waiting.
+    Yielded,
 }
 
 impl EvictReason {
-    pub const ALL: [EvictReason; 5] = [
+    pub const ALL: [EvictReason; 7] = [
         EvictReason::IdleTimeout,
         EvictReason::Capacity,
         EvictReason::PeerClosed,
         EvictReason::UnexpectedData,
         EvictReason::Draining,
+        EvictReason::ServerUnusable,
+        EvictReason::Yielded,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -62,6 +69,8 @@ impl EvictReason {
             EvictReason::PeerClosed => "peer_closed",
             EvictReason::UnexpectedData => "unexpected_data",
             EvictReason::Draining => "draining",
+            EvictReason::ServerUnusable => "server_unusable",
+            EvictReason::Yielded => "yielded",
         }
     }
 }
@@ -647,7 +656,9 @@ mod tests {
                 "capacity",
                 "peer_closed",
                 "unexpected_data",
-                "draining"
+                "draining",
+                "server_unusable",
+                "yielded"
             ]
         );
     }

@@ -9,6 +9,7 @@
 //! | [`keepalive_race`], [`retry`] | whether a failed attempt is re-sent: on a fresh connection (stale pooled one) or on the next server |
 //! | [`request_framing`], [`response_framing`] | the body framing we send |
 //! | [`failure_status`], [`no_server_status`] | the status a failure is answered with |
+//! | [`no_server`] | whether a request that finds every server full waits in the queue |
 
 use core::time::Duration;
 
@@ -351,6 +352,49 @@ pub(crate) fn failure_status(why: Failure) -> u16 {
 pub(crate) fn no_server_status(last: u16) -> u16 {
     if last >= 500 { last } else { 502 }
 }
+
+// ----- the queue -----
+
+/// What is known when a request finds no server that may take it now.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct NoServerFacts {
+    /// The group's `queue` (0: no queue).
+    pub queue: usize,
+    /// Requests already waiting, every worker together.
+    pub queued: usize,
+    /// Some server it may still use is only held back by `max_conns` (or requests already wait,
+    /// which means slots are contended): a slot will free.
+    pub waitable: bool,
+}
+
+/// Where a request that found no server goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum NoServer {
+    /// Into the queue, until a slot frees or `queue_timeout`.
+    Wait,
+    /// 503 with `Retry-After`: the queue is full.
+    QueueFull,
+    /// Answered as before queues existed: no server can take it, waiting would not help
+    /// ([`no_server_status`]; nginx open source's 502 when every server is at `max_conns` and
+    /// there is no queue).
+    Answer,
+}
+
+/// The queue's admission rule (HAProxy's: a request waits only for servers that are full, not
+/// for servers that are down or excluded — those answer at once).
+pub(crate) fn no_server(f: &NoServerFacts) -> NoServer {
+    if f.queue == 0 || !f.waitable {
+        NoServer::Answer
+    } else if f.queued >= f.queue {
+        NoServer::QueueFull
+    } else {
+        NoServer::Wait
+    }
+}
+
+/// `Retry-After` (seconds) on our own 503s (queue full or wait expired): a short pause, so
+/// well-behaved clients back off without a long outage of their own.
+pub(crate) const RETRY_AFTER_SECS: u32 = 1;
 
 // ----- framing we send -----
 
@@ -734,5 +778,31 @@ mod tests {
         assert_eq!(request_framing(Length(3)), OutBody::Length(3));
         assert_eq!(request_framing(Chunked), OutBody::Chunked);
         assert_eq!(request_framing(UntilClose), OutBody::None);
+    }
+
+    #[test]
+    fn no_server_table() {
+        use NoServer::*;
+        // (queue, queued, waitable) -> verdict
+        let cases: &[((usize, usize, bool), NoServer)] = &[
+            ((0, 0, true), Answer),
+            ((0, 0, false), Answer),
+            ((4, 0, false), Answer),
+            ((4, 0, true), Wait),
+            ((4, 3, true), Wait),
+            ((4, 4, true), QueueFull),
+            ((4, 9, true), QueueFull),
+        ];
+        for &((queue, queued, waitable), want) in cases {
+            let got = no_server(&NoServerFacts {
+                queue,
+                queued,
+                waitable,
+            });
+            assert_eq!(
+                got, want,
+                "queue={queue} queued={queued} waitable={waitable}"
+            );
+        }
     }
 }

@@ -25,6 +25,18 @@ pub struct GroupStats {
     pub stale_retries: u64,
     /// Requests moved to another server after a failure (nginx `proxy_next_upstream`).
     pub next_upstream: u64,
+    /// Requests that waited in the group's queue (dispatched, timed out or abandoned).
+    pub queued: u64,
+    /// Requests dispatched from the queue to a server.
+    pub dequeued: u64,
+    /// Total time requests spent waiting in the queue, in nanoseconds (with `queued`: the mean).
+    pub queue_wait_nanos: u64,
+    /// Requests answered `503` because the queue was full.
+    pub queue_full: u64,
+    /// Requests answered `503` because they waited `queue_timeout`.
+    pub queue_timeouts: u64,
+    /// Requests whose client left while they waited.
+    pub queue_abandoned: u64,
 }
 
 impl GroupStats {

@@ -41,6 +41,8 @@ fn accept_refuses_at_the_cap_and_accepts_again_after_a_close() {
 fn max_conns_with_concurrency_answers_502_beyond_the_cap() {
     let mut cfg = config(1);
     cfg.upstreams[0].servers[0].max_conns = 2;
+    // Without a queue (nginx open source's semantics); with one, see tests/queue.rs.
+    cfg.upstreams[0].queue = 0;
     let mut h = Harness::new(cfg);
     let cs: Vec<ConnId> = (0..3).map(|_| h.connect_client()).collect();
     for &c in &cs {

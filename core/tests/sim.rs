@@ -243,6 +243,27 @@ proptest! {
         run(seed, config(1), vec![a], &all);
     }
 
+    /// max_conns = 1 on both servers, a queue of 3 that times out after 300 ms: requests wait,
+    /// are dispatched FIFO or answered 503, and no server ever carries two at once (invariant 6).
+    #[test]
+    fn queued_behind_max_conns(
+        seed: u64,
+        a in script(),
+        b in script(),
+        slow in 0u64..200,
+        acts in actions(),
+    ) {
+        let mut cfg = config(2);
+        let g = group(&mut cfg);
+        g.queue = 3;
+        g.queue_timeout = Duration::from_millis(300);
+        for s in &mut g.servers {
+            s.max_conns = 1;
+        }
+        let a = BackendScript { delay_ms: a.delay_ms.max(slow), ..a };
+        run(seed, cfg, vec![a, b], &acts);
+    }
+
     /// The same seed and actions give the same trace.
     #[test]
     fn deterministic(seed: u64, a in script(), acts in actions()) {

@@ -8,7 +8,7 @@
 //! and a `mio::Waker` (drain, stop, counter snapshots, log reopening).
 //!
 //! ```no_run
-//! use upkeep_core::{Address, Config};
+//! use upkeep_core::{Address, Config, Shared as Ledger};
 //!
 //! let config = Config::simple(
 //!     Address::parse("127.0.0.1:8080").unwrap(),
@@ -36,7 +36,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use upkeep_core::{Address, Config};
+use upkeep_core::{Address, Config, Shared as Ledger};
 use upkeep_runtime::admin::Operator;
 use upkeep_runtime::board::SNAPSHOT_WAIT;
 use upkeep_runtime::listen::{Bound, remove_socket_files};
@@ -88,7 +88,9 @@ impl Proxy {
             },
             None => None,
         };
+        let n = upkeep_runtime::workers::count(config.runtime.workers);
         let mut generation = Generation {
+            ledger: Ledger::new(&config, n),
             config,
             bound,
             workers: Vec::new(),
@@ -100,6 +102,7 @@ impl Proxy {
             remove_socket_files(&generation.bound);
             return Err(e);
         }
+        shared.operator.upstreams.set(generation.upstreams());
         Ok(ProxyHandle {
             shared,
             state: Mutex::new(State {
@@ -144,9 +147,11 @@ impl Default for Shared {
     }
 }
 
-/// One configuration's listeners and workers.
+/// One configuration's listeners and workers, and the ledger its workers share (`max_conns`
+/// slots, the queue, server states and health hold across its workers).
 #[derive(Debug)]
 struct Generation {
+    ledger: Ledger,
     config: Config,
     bound: Vec<Bound>,
     workers: Vec<Control>,
@@ -155,8 +160,16 @@ struct Generation {
 }
 
 impl Generation {
+    /// What the admin API reports on and changes.
+    fn upstreams(&self) -> upkeep_runtime::upstreams::Generation {
+        upkeep_runtime::upstreams::Generation {
+            config: self.config.clone(),
+            ledger: self.ledger.clone(),
+        }
+    }
+
     fn spawn(&mut self, shared: &Shared, threads: &mut Vec<JoinHandle<()>>) -> io::Result<()> {
-        let n = upkeep_runtime::workers::count(self.config.runtime.workers);
+        let n = self.ledger.workers();
         // Each worker's client limit leaves descriptors for its upstream connections.
         let mut config = self.config.clone();
         upkeep_runtime::descriptors::fit(&mut config, n, upkeep_runtime::descriptors::limit());
@@ -169,6 +182,7 @@ impl Generation {
                 index,
                 id: shared.next_worker.fetch_add(1, Ordering::Relaxed),
                 config: config.clone(),
+                ledger: self.ledger.clone(),
                 listeners,
                 shutdown_timeout: self.config.runtime.shutdown_timeout,
                 board: shared.operator.board.clone(),
@@ -309,7 +323,11 @@ impl ProxyHandle {
                 }
             }
         }
+        // Server states set at run time (admin API) survive the reload.
+        let n = upkeep_runtime::workers::count(config.runtime.workers);
+        let ledger = Ledger::carried_over(&config, n, &state.current.ledger, &state.current.config);
         let mut next = Generation {
+            ledger,
             config,
             bound,
             workers: Vec::new(),
@@ -321,6 +339,7 @@ impl ProxyHandle {
             remove_fresh_unix_files(&next.bound, &fresh);
             return Err(format!("starting workers: {e}"));
         }
+        self.shared.operator.upstreams.set(next.upstreams());
         let old = std::mem::replace(&mut state.current, next);
         state.threads.extend(threads);
         // Wait until the old workers have closed their listeners, so that every connection

@@ -1,8 +1,9 @@
 //! One worker: a thread with its own `mio::Poll`, its own [`Core`] and pool, its own listeners
 //! (an `SO_REUSEPORT` socket per TCP address) and a table of sockets indexed by the core's
-//! `ConnId.index` (which doubles as the mio `Token`). Nothing here is shared with other workers,
-//! so the request path takes no lock; the main thread talks to a worker only through a command
-//! channel and a `mio::Waker`.
+//! `ConnId.index` (which doubles as the mio `Token`). What workers share is the core's ledger
+//! of servers (atomics: `max_conns` slots, the queue, states, health), so the request path takes
+//! no lock; the main thread talks to a worker only through a command channel and a
+//! `mio::Waker`, which other workers also use when a slot this worker waits for frees.
 
 use std::collections::VecDeque;
 use std::io;
@@ -15,7 +16,9 @@ use std::time::{Duration, Instant};
 use mio::event::Event;
 use mio::{Events, Poll, Token, Waker};
 use upkeep_core::config::UpstreamTls;
-use upkeep_core::{Address, Config, ConnId, Core, Input, ListenerId, Output, Released, ServerId};
+use upkeep_core::{
+    Address, Config, ConnId, Core, Input, ListenerId, Output, Released, ServerId, Shared,
+};
 use upkeep_runtime::accept::{Admit, AfterError, Gate};
 use upkeep_runtime::board::{self, Reporter};
 use upkeep_runtime::clock;
@@ -114,6 +117,8 @@ pub(crate) struct Setup {
     pub(crate) index: usize,
     pub(crate) id: u64,
     pub(crate) config: Config,
+    /// The ledger this worker's generation shares.
+    pub(crate) ledger: Shared,
     pub(crate) listeners: Vec<Listener>,
     pub(crate) shutdown_timeout: Duration,
     pub(crate) board: Arc<Board>,
@@ -134,7 +139,16 @@ pub(crate) fn spawn(setup: Setup) -> io::Result<(Control, JoinHandle<()>)> {
         waker,
     };
     let recorder = Recorder::open(&setup.config)?;
-    let mut core = Core::new(setup.config, setup.index as u64)?;
+    // Another worker frees a slot this worker's queue waits for, or a server's state changes:
+    // the same waker as commands, and the loop calls `handle_shared` on every wake.
+    let wake = control.waker.clone();
+    setup.ledger.set_waker(
+        setup.index,
+        Box::new(move || {
+            let _ = wake.wake();
+        }),
+    );
+    let mut core = Core::with_shared(setup.config, setup.index as u64, setup.ledger, setup.index)?;
     recorder.attach(&mut core);
     core.set_request_id_prefix(upkeep_runtime::recorder::request_id_prefix(setup.id));
     let mut worker = Worker {
@@ -250,8 +264,13 @@ impl Worker {
                     Token(t) => self.on_event(t, event),
                 }
             }
-            if commands && matches!(self.commands(), Flow::Exit) {
-                break;
+            if commands {
+                if matches!(self.commands(), Flow::Exit) {
+                    break;
+                }
+                // A wake may also come from another worker through the shared ledger.
+                self.core.handle_shared(clock::now());
+                self.after_input();
             }
             if let Some(deadline) = self.core.poll_timeout()
                 && deadline <= clock::now()

@@ -1,5 +1,6 @@
 //! The admin listener's protocol, without I/O: `GET /metrics` (Prometheus text 0.0.4),
-//! `GET /status` (nginx `stub_status`), `GET /ready` (503 while draining); `HEAD` of each; 404
+//! `GET /status` (nginx `stub_status`), `GET /ready` (503 while draining), the upstream API
+//! (`/upstreams`, JSON: see [`crate::upstreams`]); `HEAD` of each; 404
 //! for another path, 405 for another method. One short request per connection, answered with
 //! `Connection: close`.
 //!
@@ -16,6 +17,7 @@ use std::time::Duration;
 use crate::board::{Board, Reporter};
 use crate::metrics::Snapshot;
 use crate::process::{self, Reloads};
+use crate::upstreams::{self, Upstreams};
 
 /// How long one admin connection may take to send its request head (and to take the answer):
 /// a stuck scraper, or one trickling a byte at a time, cannot hold the listener long. A deadline
@@ -69,6 +71,8 @@ pub struct Operator<R> {
     pub reloads: Arc<Reloads>,
     /// TLS handshakes and failures (appended to `/metrics`).
     pub tls: Arc<crate::tls::TlsStats>,
+    /// The generation in force, for `/upstreams` (see [`crate::upstreams`]).
+    pub upstreams: Upstreams,
 }
 
 impl<R> Clone for Operator<R> {
@@ -78,6 +82,7 @@ impl<R> Clone for Operator<R> {
             draining: self.draining.clone(),
             reloads: self.reloads.clone(),
             tls: self.tls.clone(),
+            upstreams: self.upstreams.clone(),
         }
     }
 }
@@ -89,6 +94,7 @@ impl<R> Default for Operator<R> {
             draining: Arc::default(),
             reloads: Arc::default(),
             tls: Arc::default(),
+            upstreams: Upstreams::default(),
         }
     }
 }
@@ -143,6 +149,9 @@ fn route(head: &[u8]) -> (Route, bool) {
 /// [`SNAPSHOT_WAIT`](crate::board::SNAPSHOT_WAIT) each), so an async runtime calls this off its
 /// executor.
 pub fn answer<R: Reporter>(head: &[u8], operator: &Operator<R>) -> Vec<u8> {
+    if let Some(out) = answer_upstreams(head, operator) {
+        return out;
+    }
     let (route, head_only) = route(head);
     let (status, ctype, body) = match route {
         Route::Metrics => {
@@ -178,6 +187,30 @@ pub fn answer<R: Reporter>(head: &[u8], operator: &Operator<R>) -> Vec<u8> {
         out.extend_from_slice(body.as_bytes());
     }
     out
+}
+
+/// `/upstreams` and below ([`crate::upstreams`]), JSON; `None` for another path.
+fn answer_upstreams<R>(head: &[u8], operator: &Operator<R>) -> Option<Vec<u8>> {
+    let line = head.split(|&b| b == b'\n').next().unwrap_or(&[]);
+    let line = String::from_utf8_lossy(line);
+    let mut parts = line.split_whitespace();
+    let method = parts.next().unwrap_or("");
+    let path = parts.next().unwrap_or("").split('?').next().unwrap_or("");
+    let r = upstreams::answer(method, path, &operator.upstreams)?;
+    let allow = r
+        .allow
+        .map(|a| format!("Allow: {a}\r\n"))
+        .unwrap_or_default();
+    let mut out = format!(
+        "HTTP/1.1 {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{allow}Connection: close\r\n\r\n",
+        r.status,
+        r.body.len()
+    )
+    .into_bytes();
+    if method != "HEAD" {
+        out.extend_from_slice(r.body.as_bytes());
+    }
+    Some(out)
 }
 
 #[cfg(test)]

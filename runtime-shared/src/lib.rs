@@ -25,4 +25,5 @@ pub mod throttle;
 pub mod tls;
 pub mod trouble;
 pub mod upstream_metrics;
+pub mod upstreams;
 pub mod workers;

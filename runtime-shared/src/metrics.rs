@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use upkeep_core::{Core, EvictReason, ExchangeInfo, NotReusable, Time, UpstreamId};
+use upkeep_core::{Core, EvictReason, ExchangeInfo, NotReusable, ServerState, Time, UpstreamId};
 
 use crate::upstream_metrics::{self, ServerTraffic, TrafficCounters};
 
@@ -95,6 +95,16 @@ pub struct GroupSnapshot {
     pub stale_retries: u64,
     /// Requests moved to another server.
     pub next_upstream: u64,
+    /// Requests waiting in the queue now (a gauge; zero for retired workers).
+    pub queued: u64,
+    /// Requests that waited in the queue, and their total wait in nanoseconds.
+    pub queue_waits: u64,
+    /// Total queue wait, nanoseconds.
+    pub queue_wait_nanos: u64,
+    /// 503s because the queue was full.
+    pub queue_full: u64,
+    /// 503s because a wait reached `queue_timeout`.
+    pub queue_timeouts: u64,
 }
 
 /// Per server.
@@ -112,6 +122,9 @@ pub struct ServerSnapshot {
     pub up: bool,
     /// How many live workers reported on it (for the `up` conjunction).
     live_reports: u64,
+    /// Administrative state as the live workers report it (`None` once only retired workers
+    /// report on the server: no stale state series after a reload removes it).
+    pub state: Option<ServerState>,
 }
 
 /// Counters and gauges of one or more workers.
@@ -172,6 +185,11 @@ impl Snapshot {
                     not_reused,
                     stale_retries: gs.stale_retries,
                     next_upstream: gs.next_upstream,
+                    queued: core.queued(UpstreamId(g as u32)) as u64,
+                    queue_waits: gs.queued,
+                    queue_wait_nanos: gs.queue_wait_nanos,
+                    queue_full: gs.queue_full,
+                    queue_timeouts: gs.queue_timeouts,
                 },
             );
         }
@@ -188,6 +206,7 @@ impl Snapshot {
                     requests: ss.requests,
                     up: core.server_up(now, server),
                     live_reports: 1,
+                    state: Some(core.server_state(server)),
                 },
             );
         }
@@ -199,10 +218,12 @@ impl Snapshot {
         self.activity = (0, 0, 0);
         for g in self.groups.values_mut() {
             g.idle = 0;
+            g.queued = 0;
         }
         for s in self.servers.values_mut() {
             s.up = false;
             s.live_reports = 0;
+            s.state = None;
         }
         for t in self.traffic.values_mut() {
             t.in_flight = 0;
@@ -228,6 +249,11 @@ impl Snapshot {
             t.idle += g.idle;
             t.stale_retries += g.stale_retries;
             t.next_upstream += g.next_upstream;
+            t.queued += g.queued;
+            t.queue_waits += g.queue_waits;
+            t.queue_wait_nanos += g.queue_wait_nanos;
+            t.queue_full += g.queue_full;
+            t.queue_timeouts += g.queue_timeouts;
             for (reason, n) in &g.evictions {
                 *t.evictions.entry(reason).or_default() += n;
             }
@@ -243,6 +269,7 @@ impl Snapshot {
             t.preconnects += s.preconnects;
             t.requests += s.requests;
             if s.live_reports > 0 {
+                t.state = s.state.or(t.state);
                 t.up = (t.live_reports == 0 || t.up) && s.up;
                 t.live_reports += s.live_reports;
             } else if fresh {
@@ -425,6 +452,7 @@ impl Snapshot {
                 g.next_upstream
             );
         }
+        self.queue_and_states(&mut o);
         header(
             &mut o,
             "upkeep_request_duration_seconds",
@@ -460,6 +488,83 @@ impl Snapshot {
             upstream_metrics::render(&mut o, &self.traffic, &live);
         }
         o
+    }
+}
+
+impl Snapshot {
+    /// The queue per group (length, waits, 503s by cause) and each server's state (one series
+    /// per state, only for servers a live worker reports on).
+    fn queue_and_states(&self, o: &mut String) {
+        header(
+            o,
+            "upkeep_upstream_queue_length",
+            "gauge",
+            "Requests waiting for a server slot (max_conns), every worker together.",
+        );
+        for (up, g) in &self.groups {
+            let _ = writeln!(
+                o,
+                "upkeep_upstream_queue_length{{upstream=\"{}\"}} {}",
+                esc(up),
+                g.queued
+            );
+        }
+        header(
+            o,
+            "upkeep_upstream_queue_wait_seconds",
+            "summary",
+            "Time requests waited in the queue (dispatched, timed out or abandoned).",
+        );
+        for (up, g) in &self.groups {
+            let up = esc(up);
+            let secs = g.queue_wait_nanos as f64 / 1e9;
+            let _ = writeln!(
+                o,
+                "upkeep_upstream_queue_wait_seconds_sum{{upstream=\"{up}\"}} {secs}"
+            );
+            let _ = writeln!(
+                o,
+                "upkeep_upstream_queue_wait_seconds_count{{upstream=\"{up}\"}} {}",
+                g.queue_waits
+            );
+        }
+        header(
+            o,
+            "upkeep_upstream_rejected_total",
+            "counter",
+            "Requests answered 503 by the queue, by cause.",
+        );
+        for (up, g) in &self.groups {
+            let up = esc(up);
+            for (reason, n) in [
+                ("queue_full", g.queue_full),
+                ("queue_timeout", g.queue_timeouts),
+            ] {
+                let _ = writeln!(
+                    o,
+                    "upkeep_upstream_rejected_total{{upstream=\"{up}\",reason=\"{reason}\"}} {n}"
+                );
+            }
+        }
+        header(
+            o,
+            "upkeep_upstream_server_state",
+            "gauge",
+            "A server's administrative state: 1 for the state it is in, 0 for the others.",
+        );
+        for ((up, addr), s) in &self.servers {
+            let Some(state) = s.state else { continue };
+            for st in [ServerState::Up, ServerState::Drain, ServerState::Down] {
+                let _ = writeln!(
+                    o,
+                    "upkeep_upstream_server_state{{upstream=\"{}\",server=\"{}\",state=\"{}\"}} {}",
+                    esc(up),
+                    esc(addr),
+                    st.as_str(),
+                    u8::from(st == state)
+                );
+            }
+        }
     }
 }
 
@@ -577,6 +682,11 @@ mod tests {
                 not_reused,
                 stale_retries: 1,
                 next_upstream: 2,
+                queued: 2,
+                queue_waits: 5,
+                queue_wait_nanos: 1_500_000_000,
+                queue_full: 1,
+                queue_timeouts: 3,
             },
         );
         s.servers.insert(
@@ -588,10 +698,24 @@ mod tests {
                 requests: 4,
                 up: true,
                 live_reports: 1,
+                state: Some(ServerState::Drain),
             },
         );
         s.duration.observe(0.003);
         s
+    }
+
+    #[test]
+    fn no_state_series_for_a_server_only_retired_workers_report() {
+        // A reload removed the server: the old generation's totals still carry its counters,
+        // but no live worker reports a state for it.
+        let mut total = Snapshot::default();
+        total.add(&sample().retired());
+        let text = total.prometheus();
+        assert!(!text.contains("upkeep_upstream_server_state{"), "{text}");
+        assert!(text.contains("upkeep_upstream_requests_total{upstream=\"app\\\"x\""));
+        total.add(&sample());
+        assert!(total.prometheus().contains("state=\"drain\"} 1"));
     }
 
     /// The whole page, byte for byte: scrapers and dashboards depend on its names and order.
@@ -647,6 +771,22 @@ upkeep_upstream_not_reused_total{upstream="app\"x",reason="connection_close"} 1
 # TYPE upkeep_retries_total counter
 upkeep_retries_total{upstream="app\"x",reason="stale_connection"} 1
 upkeep_retries_total{upstream="app\"x",reason="next_upstream"} 2
+# HELP upkeep_upstream_queue_length Requests waiting for a server slot (max_conns), every worker together.
+# TYPE upkeep_upstream_queue_length gauge
+upkeep_upstream_queue_length{upstream="app\"x"} 2
+# HELP upkeep_upstream_queue_wait_seconds Time requests waited in the queue (dispatched, timed out or abandoned).
+# TYPE upkeep_upstream_queue_wait_seconds summary
+upkeep_upstream_queue_wait_seconds_sum{upstream="app\"x"} 1.5
+upkeep_upstream_queue_wait_seconds_count{upstream="app\"x"} 5
+# HELP upkeep_upstream_rejected_total Requests answered 503 by the queue, by cause.
+# TYPE upkeep_upstream_rejected_total counter
+upkeep_upstream_rejected_total{upstream="app\"x",reason="queue_full"} 1
+upkeep_upstream_rejected_total{upstream="app\"x",reason="queue_timeout"} 3
+# HELP upkeep_upstream_server_state A server's administrative state: 1 for the state it is in, 0 for the others.
+# TYPE upkeep_upstream_server_state gauge
+upkeep_upstream_server_state{upstream="app\"x",server="127.0.0.1:1",state="up"} 0
+upkeep_upstream_server_state{upstream="app\"x",server="127.0.0.1:1",state="drain"} 1
+upkeep_upstream_server_state{upstream="app\"x",server="127.0.0.1:1",state="down"} 0
 # HELP upkeep_request_duration_seconds Time from the first byte of a request to the end of its response.
 # TYPE upkeep_request_duration_seconds histogram
 upkeep_request_duration_seconds_bucket{le="0.001"} 0

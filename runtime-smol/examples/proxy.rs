@@ -18,10 +18,12 @@ use std::process::ExitCode;
 use upkeep_core::Config;
 use upkeep_core::config::QuickConfig;
 
-const USAGE: &str = "usage: proxy --listen ADDR --upstream ADDR [--upstream ADDR]... [--workers N] \
+const USAGE: &str =
+    "usage: proxy --listen ADDR --upstream ADDR [--upstream ADDR]... [--workers N] \
 [--keepalive N] [--keepalive-timeout DUR] [--keepalive-requests N] [--connect-timeout DUR] \
 [--read-timeout DUR] [--client-header-timeout DUR] [--pool-key server|client] [--admin ADDR] \
-[--access-log PATH|-] [--shutdown-delay DUR]";
+[--access-log PATH|-] [--shutdown-delay DUR] [--max-conns N] [--queue N]
+[--queue-timeout DUR]";
 
 /// `upkeep run`'s quick-mode flags: their meaning lives in the core ([`QuickConfig`]), so both
 /// command lines stay the same.

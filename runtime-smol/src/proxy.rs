@@ -7,9 +7,10 @@ use std::io;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
-use upkeep_core::{Address, Config, Core, ListenerId};
+use upkeep_core::{Address, Config, Core, ListenerId, Shared as Ledger};
 use upkeep_runtime::admin::Operator;
 use upkeep_runtime::board::{Board, Reporter};
+use upkeep_runtime::clock;
 use upkeep_runtime::metrics::Snapshot;
 use upkeep_runtime::recorder::Recorder;
 use upkeep_runtime::tls::{Contexts, ProcessTls};
@@ -46,6 +47,9 @@ enum Control {
     Snapshot(std::sync::mpsc::Sender<Snapshot>),
     /// Reopen the access log file.
     ReopenLog,
+    /// Something the workers share changed (a slot freed for a waiting request, a server's
+    /// state): see `Core::handle_shared`.
+    Shared,
 }
 
 /// A worker as the admin listener's board sees it.
@@ -137,6 +141,14 @@ impl Proxy {
             b.close();
         }
 
+        // What the workers share: max_conns slots, the queue's order, server states, health.
+        let ledger = Ledger::new(&config, workers);
+        operator
+            .upstreams
+            .set(upkeep_runtime::upstreams::Generation {
+                config: config.clone(),
+                ledger: ledger.clone(),
+            });
         let admin = config.runtime.admin.as_ref();
         let admin = match admin.map(|a| Admin::start(a, operator.clone())).transpose() {
             Ok(admin) => admin,
@@ -149,7 +161,7 @@ impl Proxy {
         let mut handles = Vec::new();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<io::Result<()>>();
         for (w, (sockets, recorder)) in per_worker.into_iter().zip(recorders).enumerate() {
-            let core = match Core::new(config.clone(), w as u64) {
+            let core = match Core::with_shared(config.clone(), w as u64, ledger.clone(), w) {
                 Ok(mut core) => {
                     core.set_request_id_prefix(upkeep_runtime::recorder::request_id_prefix(
                         w as u64,
@@ -163,6 +175,13 @@ impl Proxy {
                 }
             };
             let (tx, rx) = async_channel::unbounded();
+            let wake = tx.clone();
+            ledger.set_waker(
+                w,
+                Box::new(move || {
+                    let _ = wake.try_send(Control::Shared);
+                }),
+            );
             // On the board before it serves, so no exchange goes uncounted.
             operator.board.join(WorkerControl {
                 id: w as u64,
@@ -376,6 +395,11 @@ async fn order(control: &Receiver<Control>, d: &Shared) -> Control {
                 let _ = reply.send(d.borrow().snapshot());
             }
             Ok(Control::ReopenLog) => d.borrow_mut().reopen_log(),
+            Ok(Control::Shared) => {
+                let mut d = d.borrow_mut();
+                d.core.handle_shared(clock::now());
+                d.drain();
+            }
             Ok(order) => return order,
             Err(_) => return Control::Stop,
         }

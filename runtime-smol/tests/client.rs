@@ -709,3 +709,29 @@ fn client_missing_unix_socket_is_a_502() {
         assert!(stats.servers[0].connect_failures >= 1);
     });
 }
+
+#[test]
+fn max_conns_and_the_queue_hold_for_a_single_request_backend() {
+    // Seed 000 from an app server fanning out: 16 concurrent sends to a backend that serves one
+    // connection at a time, behind max_conns = 1. They wait in the core's queue and are all
+    // answered over one connection; the backend never finds a second one open.
+    let backend = upkeep_testkit::serial::SerialBackend::start(Duration::from_millis(5)).unwrap();
+    let mut g = group("one", backend.addr());
+    g.servers[0].max_conns = 1;
+    let client = client_for(vec![g]);
+    let ex = LocalExecutor::new();
+    run(ex.run(async {
+        let tasks: Vec<_> = (0..16)
+            .map(|i| {
+                let c = client.clone();
+                ex.spawn(async move { get_text(&c, "one", &format!("/{i}")).await })
+            })
+            .collect();
+        for (i, task) in tasks.into_iter().enumerate() {
+            assert_eq!(task.await, (200, format!("/{i}")));
+        }
+    }));
+    assert_eq!(backend.requests(), 16);
+    assert_eq!(backend.accepted(), 1, "one connection, reused");
+    assert_eq!(backend.overlaps(), 0, "never a second connection open");
+}

@@ -27,8 +27,10 @@ pub mod observability;
 pub mod over_tls;
 pub mod reliability;
 pub mod scenarios;
+pub mod serial;
 pub mod sockets;
 pub mod tls;
+pub mod upstreams;
 pub mod wait;
 pub mod wire;
 

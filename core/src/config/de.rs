@@ -16,8 +16,8 @@ use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use super::{
     AccessLogFormat, Address, Balance, ClientTimeouts, Config, HeaderOptions, Limits,
-    ListenerConfig, PoolKeyMode, RouteConfig, RuntimeOptions, ServerConfig, UpstreamConfig,
-    parse_duration, parse_size,
+    ListenerConfig, PoolKeyMode, RouteConfig, RuntimeOptions, ServerConfig, ServerState,
+    UpstreamConfig, parse_duration, parse_size,
 };
 
 // ---- scalar helpers -------------------------------------------------------------------------
@@ -130,6 +130,9 @@ defaults! {
     d_max_fails: u32 = server_default().max_fails;
     d_fail_timeout: Duration = server_default().fail_timeout;
     d_max_conns: u32 = server_default().max_conns;
+    d_state: ServerState = server_default().state;
+    d_queue: usize = upstream_default().queue;
+    d_queue_timeout: Duration = upstream_default().queue_timeout;
     d_balance: Balance = upstream_default().balance;
     d_keepalive: usize = upstream_default().keepalive;
     d_keepalive_timeout: Duration = upstream_default().keepalive_timeout;
@@ -279,6 +282,8 @@ struct RawServer {
     backup: bool,
     #[serde(default = "d_max_conns")]
     max_conns: u32,
+    #[serde(default = "d_state")]
+    state: ServerState,
 }
 
 impl From<RawServer> for ServerConfig {
@@ -290,6 +295,7 @@ impl From<RawServer> for ServerConfig {
             fail_timeout,
             backup,
             max_conns,
+            state,
         } = r;
         // Every field named, so a field added to `ServerConfig` is a compile error here.
         ServerConfig {
@@ -300,6 +306,7 @@ impl From<RawServer> for ServerConfig {
             fail_timeout,
             backup,
             max_conns,
+            state,
         }
     }
 }
@@ -350,6 +357,10 @@ mirror! {
         resolve_interval: Duration,
         #[serde(default = "d_tcp_keepalive", deserialize_with = "duration")]
         tcp_keepalive: Duration,
+        #[serde(default = "d_queue")]
+        queue: usize,
+        #[serde(default = "d_queue_timeout", deserialize_with = "duration")]
+        queue_timeout: Duration,
     }
 }
 

@@ -160,14 +160,16 @@ fn write_server(out: &mut String, s: &ServerConfig) {
         backup,
         max_conns,
         host: _,
+        state,
     } = s;
     // `target`: a host name is printed as written (`app.internal:8080`), not resolved.
     let _ = writeln!(
         out,
         "    {{ addr = {}, weight = {weight}, max_fails = {max_fails}, fail_timeout = {}, \
-         backup = {backup}, max_conns = {max_conns} }},",
+         backup = {backup}, max_conns = {max_conns}, state = {} }},",
         q(&s.target()),
-        d(*fail_timeout)
+        d(*fail_timeout),
+        q(state.as_str())
     );
 }
 
@@ -190,6 +192,8 @@ fn write_upstream(out: &mut String, u: &UpstreamConfig) {
         min_idle,
         resolve_interval,
         tcp_keepalive,
+        queue,
+        queue_timeout,
     } = u;
     let _ = writeln!(out, "\n[[upstream]]\nname = {}\nservers = [", q(name));
     servers.iter().for_each(|s| write_server(out, s));
@@ -200,7 +204,8 @@ fn write_upstream(out: &mut String, u: &UpstreamConfig) {
          connect_timeout = {}\nread_timeout = {}\nsend_timeout = {}\n\
          next_upstream_tries = {next_upstream_tries}\n\
          next_upstream_on_timeout = {next_upstream_on_timeout}\nmin_idle = {min_idle}\n\
-         resolve_interval = {}{}\ntcp_keepalive = {}{}",
+         resolve_interval = {}{}\ntcp_keepalive = {}{}\nqueue = {queue}{}\n\
+         queue_timeout = {}",
         balance(*b),
         d(*keepalive_timeout),
         d(*keepalive_time),
@@ -220,6 +225,12 @@ fn write_upstream(out: &mut String, u: &UpstreamConfig) {
         } else {
             ""
         },
+        if *queue == 0 {
+            "  # off: 502 at once when every server is at max_conns"
+        } else {
+            ""
+        },
+        d(*queue_timeout),
     );
     write_upstream_tls(out, tls.as_ref());
 }

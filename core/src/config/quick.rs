@@ -16,7 +16,7 @@ use super::{
 pub const QUICK_SWITCHES: [&str; 1] = ["upstream-tls"];
 
 /// Flags that take a value, in help-text order (without the leading `--`).
-pub const QUICK_FLAGS: [&str; 18] = [
+pub const QUICK_FLAGS: [&str; 21] = [
     "listen",
     "upstream",
     "workers",
@@ -35,6 +35,9 @@ pub const QUICK_FLAGS: [&str; 18] = [
     "tls-key",
     "upstream-ca",
     "upstream-sni",
+    "max-conns",
+    "queue",
+    "queue-timeout",
 ];
 
 /// Flags collected one by one, turned into a validated [`Config`] by [`QuickConfig::build`].
@@ -71,6 +74,9 @@ pub struct QuickConfig {
     upstream_tls: bool,
     upstream_ca: Option<String>,
     upstream_sni: Option<String>,
+    max_conns: Option<u32>,
+    queue: Option<usize>,
+    queue_timeout: Option<Duration>,
 }
 
 impl QuickConfig {
@@ -100,6 +106,9 @@ impl QuickConfig {
             && !self.upstream_tls
             && self.upstream_ca.is_none()
             && self.upstream_sni.is_none()
+            && self.max_conns.is_none()
+            && self.queue.is_none()
+            && self.queue_timeout.is_none()
     }
 
     /// Whether `flag` (without `--`) is a quick-mode flag that takes no value.
@@ -156,6 +165,9 @@ impl QuickConfig {
             "tls-key" => self.tls_key = Some(value.to_owned()),
             "upstream-ca" => self.upstream_ca = Some(value.to_owned()),
             "upstream-sni" => self.upstream_sni = Some(value.to_owned()),
+            "max-conns" => self.max_conns = Some(number(flag, value)?),
+            "queue" => self.queue = Some(number(flag, value)?),
+            "queue-timeout" => self.queue_timeout = Some(duration()?),
             _ => return Err(format!("unknown option --{flag}")),
         }
         Ok(())
@@ -189,6 +201,15 @@ impl QuickConfig {
         }
         if let Some(k) = self.pool_key {
             g.pool_key = k;
+        }
+        if let Some(n) = self.max_conns {
+            g.servers.iter_mut().for_each(|s| s.max_conns = n);
+        }
+        if let Some(n) = self.queue {
+            g.queue = n;
+        }
+        if let Some(d) = self.queue_timeout {
+            g.queue_timeout = d;
         }
         if let Some(d) = self.client_header_timeout {
             c.client_timeouts.header = d;
@@ -256,6 +277,9 @@ mod tests {
             ("admin", "127.0.0.1:9901"),
             ("access-log", "-"),
             ("shutdown-delay", "5s"),
+            ("max-conns", "1"),
+            ("queue", "7"),
+            ("queue-timeout", "3s"),
         ])
         .unwrap();
         assert_eq!(c.listeners.len(), 2);
@@ -266,6 +290,8 @@ mod tests {
         assert_eq!(g.connect_timeout, Duration::from_millis(250));
         assert_eq!(g.read_timeout, Duration::from_secs(120));
         assert_eq!(g.pool_key, PoolKeyMode::Client);
+        assert!(g.servers.iter().all(|s| s.max_conns == 1));
+        assert_eq!((g.queue, g.queue_timeout), (7, Duration::from_secs(3)));
         assert_eq!(c.client_timeouts.header, Duration::from_secs(7));
         assert_eq!(c.runtime.workers, 3);
         assert_eq!(
@@ -280,6 +306,10 @@ mod tests {
             vec![Address::parse("127.0.0.1:9001").unwrap()],
         );
         plain.upstreams[0].servers = g.servers.clone();
+        plain.upstreams[0]
+            .servers
+            .iter_mut()
+            .for_each(|s| s.max_conns = 0);
         assert_eq!(
             quick(&[
                 ("listen", "127.0.0.1:8080"),

@@ -252,6 +252,7 @@ impl Config {
             positive(&loc, "connect_timeout", up.connect_timeout)?;
             positive(&loc, "read_timeout", up.read_timeout)?;
             positive(&loc, "send_timeout", up.send_timeout)?;
+            positive(&loc, "queue_timeout", up.queue_timeout)?;
             if up.keepalive_requests == 0 {
                 return err(loc, "keepalive_requests must be >= 1");
             }

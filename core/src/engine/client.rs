@@ -117,7 +117,8 @@ impl Core {
                         }
                         return;
                     }
-                    if cl.ex.req_done {
+                    // A waiting request's body is relayed once it has a connection.
+                    if cl.ex.req_done || cl.ex.queued_at.is_some() {
                         return;
                     }
                     if !self.relay_request_body(now, id) {
@@ -244,6 +245,7 @@ impl Core {
     /// Queues a response the proxy generates itself and ends the exchange. The connection stays
     /// open only when the request was fully read and the client allows it.
     pub(super) fn client_error(&mut self, now: Time, id: ConnId, status: u16) {
+        self.abandon_queue(now, id);
         let closing = self.closing_clients();
         let Some(c) = self.conns.get_mut(id) else {
             return;
@@ -290,7 +292,15 @@ impl Core {
                 ..cl.keep_alive_facts(self.config.limits.client_keepalive_requests, closing)
             });
         let head_only = in_exchange && cl.ex.method == Method::Head;
-        framing::write_error_response(status, !keep, head_only, c.buf.scratch(ERROR_RESPONSE));
+        // Our 503s (queue full, wait expired) say when to come back.
+        let retry_after = (status == 503).then_some(rules::RETRY_AFTER_SECS);
+        framing::write_error_response_with(
+            status,
+            !keep,
+            head_only,
+            retry_after,
+            c.buf.scratch(ERROR_RESPONSE),
+        );
         let b = c.buf.take_scratch();
         self.stats.responses[(status / 100) as usize % 6] += 1;
         self.stats.local_responses += 1;
@@ -317,6 +327,7 @@ impl Core {
     /// The client gets no more from us: close once the queue is flushed, lingering if unread
     /// input may follow (so it reads our response instead of a reset).
     pub(super) fn close_client_after_flush(&mut self, now: Time, id: ConnId, how: AfterFlush) {
+        self.abandon_queue(now, id);
         let Some(c) = self.conns.get_mut(id) else {
             return;
         };

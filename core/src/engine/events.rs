@@ -55,6 +55,13 @@ impl Core {
                 Phase::Exchange => {
                     if cl.ex.resp == Resp::Tunnel {
                         self.end_tunnel(id);
+                    } else if cl.ex.queued_at.is_some() {
+                        // The client left while its request waited for a slot: its place goes
+                        // to the next at once, and the backend never sees the request (nginx
+                        // too gives up on a client that closes while waiting: its 499). A
+                        // half-closing client that still wanted the answer is rare, a slot of
+                        // a one-request-at-a-time backend is precious.
+                        self.close_client_after_flush(now, id, AfterFlush::Close);
                     } else if !cl.ex.req_done {
                         // The rest of the request may already be buffered (a client that
                         // half-closes after sending): relay it before deciding.

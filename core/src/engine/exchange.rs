@@ -134,6 +134,8 @@ pub(super) struct Exchange {
     /// Upstream attempts and request fields, while recording (see [`record`]).
     pub(super) tries_log: Tries,
     pub(super) fields: RequestFields,
+    /// Waiting in its group's queue since then (see `engine::queue`).
+    pub(super) queued_at: Option<Time>,
 }
 
 impl Exchange {
@@ -180,6 +182,7 @@ impl Exchange {
             body_from: 0,
             tries_log: Tries::new(),
             fields: RequestFields::default(),
+            queued_at: None,
         }
     }
 

@@ -60,6 +60,11 @@ impl Core {
             }
             let addr = self.server_address(self.servers[u.server as usize]).clone();
             let tls = self.config.upstreams[g].tls.clone();
+            // It leaves this core: its `max_conns` slot and its place among the idle go with it
+            // (the adopting core takes a slot of its own).
+            let idx = (u.server - self.groups[g].first_server) as usize;
+            self.shared.group(g).servers[idx].idle_changed(false);
+            self.groups[g].balancer.closed(idx);
             self.stats.groups[g].evictions[EvictReason::Draining as usize] += 1;
             self.timers.set(id.index, None);
             self.conns.remove(id);
@@ -96,6 +101,11 @@ impl Core {
                 let i = up.servers.iter().position(|s| s.addr == *server)?;
                 pooled.then_some((g, i))
             })?;
+        // A server this core may not use gets nothing from before; one at its `max_conns`
+        // (process-wide) has no slot for the connection either.
+        if !self.groups[g].balancer.is_up(now, i) || !self.open_slot(g, i) {
+            return None;
+        }
         let gcfg = &self.config.upstreams[g];
         let expires = now.plus(gcfg.keepalive_timeout.min(gcfg.keepalive_time));
         let global = self.groups[g].first_server + i as u32;
@@ -114,7 +124,9 @@ impl Core {
                 state: UState::Idle,
                 client: None,
                 created: now,
-                requests: 0,
+                // It carried requests before: its next one is "reused", so a backend that
+                // dropped it meanwhile is the keep-alive race, retried on a fresh connection.
+                requests: 1,
                 written: 0,
                 sent_all: true,
                 read_progress: now,
@@ -126,6 +138,7 @@ impl Core {
                 unused_warm: false,
             }),
         });
+        self.shared.group(g).servers[i].idle_changed(true);
         self.stats.groups[g].pool_checkins += 1;
         if let Some(evicted) = self.pool.checkin(key, g as u32, id, expires) {
             self.evict(evicted, false, EvictReason::Capacity);

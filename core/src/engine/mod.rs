@@ -12,6 +12,7 @@
 //! | [`exchange`] | one request and its response, and its record ([`ExchangeInfo`]) |
 //! | [`upstream`] | the upstream side: server and connection choice, response heads, pooling, retries |
 //! | [`relay`] | body bytes moved and reframed between the sides; tunnels |
+//! | [`queue`] | requests waiting for a server slot (`max_conns`), FIFO across workers |
 //!
 //! The decisions themselves (keep-alive, reusability, retries, framing, statuses) are pure
 //! functions in [`crate::rules`]; the engine gathers their facts and acts on their verdicts.
@@ -27,6 +28,7 @@ use crate::framing::{Head, HeadLimits};
 use crate::pool::{EvictReason, Pool};
 use crate::route::Router;
 use crate::rules::Failure;
+use crate::shared::Shared;
 use crate::stats::{GroupStats, ServerStats, Stats};
 use crate::timers::Timers;
 use crate::{ConnId, ListenerId, ServerId, Time, UpstreamId};
@@ -36,6 +38,7 @@ mod events;
 mod exchange;
 mod handoff;
 mod io;
+mod queue;
 mod readiness;
 mod record;
 mod relay;
@@ -56,11 +59,13 @@ use upstream::UState;
 /// Room for what a rewritten head adds to the received one (framing, X-Forwarded-*, Via...).
 const HEAD_GROWTH: usize = 256;
 
-/// One upstream group: its balancer, and where its servers start in the global server order.
+/// One upstream group: its balancer, where its servers start in the global server order, and
+/// this worker's requests waiting for a slot.
 #[derive(Debug)]
 struct Group {
     balancer: Balancer,
     first_server: u32,
+    queue: VecDeque<queue::Waiter>,
 }
 
 /// The sans-IO proxy engine. See the crate documentation for the drive loop.
@@ -99,6 +104,26 @@ pub struct Core {
     /// When a warm connect backing off may be retried (earliest over the servers that lack
     /// warm connections), so that [`Core::poll_timeout`] wakes the runtime for it.
     warm_next: Option<Time>,
+    /// The process-wide ledger of servers, and this core's worker index in it.
+    shared: Shared,
+    worker: usize,
+    /// Groups in which a slot freed (or the queue's head changed) while requests wait: their
+    /// queues are dispatched at the end of the call.
+    freed: Vec<(u32, bool)>,
+    /// Per group: some server has a `max_conns` (only then do idle connections matter to the
+    /// queue).
+    capped: Vec<bool>,
+    /// Workers to wake once the runtime has acted on this call's outputs.
+    wakes: Vec<usize>,
+    /// Per group: the ledger's usability epoch last acted on (see `close_unusable_idle`).
+    epochs: Vec<u64>,
+    /// `max_conns` slots of upstream connections closed in this call whose [`Output::Close`]
+    /// the runtime has not taken yet: (connection, group, server index). A slot is given back
+    /// to the ledger only when its Close leaves [`Core::poll_output`] (the runtime closes the
+    /// socket right then), so another worker cannot open a connection to a one-at-a-time
+    /// backend before this one's FIN is on its way; a request of this core takes such a slot
+    /// over directly (its Connect follows the Close in the output order).
+    closing_slots: Vec<(ConnId, u32, u32)>,
 }
 
 impl Core {
@@ -106,15 +131,31 @@ impl Core {
     /// address hashing for `ip_hash` and pool partitioning), so two cores built with the same
     /// config and seed behave identically.
     pub fn new(config: Config, seed: u64) -> Result<Core, crate::config::ConfigError> {
+        let shared = Shared::new(&config, 1);
+        Core::with_shared(config, seed, shared, 0)
+    }
+
+    /// A core that is worker `worker` of a process whose workers share `shared` — made with
+    /// [`Shared::new`] from the same `config` — so `max_conns`, the queue bound and order, server
+    /// states and health hold for the process, not per worker. The runtime registers a waker
+    /// per worker ([`Shared::set_waker`]) and calls [`Core::handle_shared`] when woken.
+    pub fn with_shared(
+        config: Config,
+        seed: u64,
+        shared: Shared,
+        worker: usize,
+    ) -> Result<Core, crate::config::ConfigError> {
         config.validate_resolved()?;
+        shared.fits(&config, worker)?;
         let router = Router::new(&config);
         let mut groups = Vec::new();
         let mut servers = Vec::new();
         let mut caps = Vec::new();
         for (g, up) in config.upstreams.iter().enumerate() {
             groups.push(Group {
-                balancer: Balancer::new(up),
+                balancer: Balancer::with_ledger(up, shared.group(g).clone()),
                 first_server: servers.len() as u32,
+                queue: VecDeque::new(),
             });
             for i in 0..up.servers.len() {
                 servers.push(ServerId {
@@ -124,6 +165,7 @@ impl Core {
             }
             caps.push(up.keepalive);
         }
+        let groups_len = groups.len();
         let stats = Stats {
             groups: vec![GroupStats::default(); groups.len()],
             servers: vec![ServerStats::default(); servers.len()],
@@ -159,8 +201,45 @@ impl Core {
             warm_on: config.upstreams.iter().any(|u| u.min_idle > 0),
             warm_next: None,
             servers,
+            shared,
+            worker,
+            freed: Vec::new(),
+            capped: config
+                .upstreams
+                .iter()
+                .map(|u| u.servers.iter().any(|s| s.max_conns > 0))
+                .collect(),
+            wakes: Vec::new(),
+            epochs: vec![0; groups_len],
+            closing_slots: Vec::new(),
             config,
         })
+    }
+
+    /// The process-wide ledger this core shares with the other workers.
+    pub fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    /// Something the workers share changed (a slot freed for a request waiting here, a
+    /// server's state changed): dispatch waiting requests, close idle pooled connections to
+    /// servers that are no longer usable. Call it when the waker registered with
+    /// [`Shared::set_waker`] fires; spurious calls are harmless.
+    pub fn handle_shared(&mut self, now: Time) {
+        for g in 0..self.groups.len() {
+            if self.shared.group(g).queued() > 0 {
+                self.freed.push((g as u32, false));
+            }
+        }
+        self.close_unusable_idle(now);
+        self.sync(now);
+    }
+
+    /// Requests of group `upstream` waiting in this core's queue.
+    pub fn queued(&self, upstream: UpstreamId) -> usize {
+        self.groups
+            .get(upstream.0 as usize)
+            .map_or(0, |g| g.queue.len())
     }
 
     /// The configuration in force.
@@ -196,6 +275,13 @@ impl Core {
         self.groups[server.upstream.0 as usize]
             .balancer
             .active(server.index as usize)
+    }
+
+    /// The administrative state of `server` (shared by every worker).
+    pub fn server_state(&self, server: ServerId) -> crate::config::ServerState {
+        self.shared
+            .state(server.upstream.0 as usize, server.index as usize)
+            .unwrap_or_default()
     }
 
     /// Idle pooled connections of a group.
@@ -274,8 +360,23 @@ impl Core {
     }
 
     /// The next thing to do, or `None` once everything has been said.
+    ///
+    /// Returning `None` also means the runtime has acted on every output before it: that is
+    /// when other workers are woken through the shared ledger (a slot this worker freed by
+    /// closing a connection is free on the wire too before another worker opens one).
     pub fn poll_output(&mut self) -> Option<Output> {
-        self.out.pop_front()
+        let out = self.out.pop_front();
+        if let Some(Output::Close { conn, .. }) = out
+            && !self.closing_slots.is_empty()
+        {
+            self.slot_closed(conn);
+        }
+        if out.is_none() {
+            for w in self.wakes.drain(..) {
+                self.shared.wake(w);
+            }
+        }
+        out
     }
 
     /// The earliest deadline: call [`Core::handle_timeout`] when it is reached.

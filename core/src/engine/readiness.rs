@@ -35,13 +35,29 @@ pub(super) enum Deadline {
     UpstreamRead,
     /// A tunnel saw no traffic in either direction for `read_timeout`.
     TunnelIdle,
+    /// The request waited `queue_timeout` in its group's queue.
+    Queue,
 }
 
 impl Core {
     /// After a batch of changes: buffered pipelined requests, then read interest and deadlines
     /// of every touched connection.
     pub(super) fn sync(&mut self, now: Time) {
-        while let Some(id) = self.ready.pop_front() {
+        self.close_unusable_idle(now);
+        loop {
+            // Freed slots first: a waiting request was there before any buffered one.
+            if let Some((g, slot)) = self.freed.pop() {
+                let mut slot_freed = slot;
+                self.freed.retain(|&(x, s)| {
+                    slot_freed |= x == g && s;
+                    x != g
+                });
+                self.dispatch(now, g as usize, slot_freed);
+                continue;
+            }
+            let Some(id) = self.ready.pop_front() else {
+                break;
+            };
             self.drive_client(now, id);
             // A client that already sent EOF: the request just started from its buffer may
             // be all it will ever send — relay, then finish or abandon it as an EOF would.
@@ -97,6 +113,8 @@ impl Core {
             Role::Client(cl) => match cl.phase {
                 Phase::Idle | Phase::Head | Phase::Lingering => true,
                 Phase::Closing => false,
+                // Waiting for a slot: its body stays with the client until it is dispatched.
+                Phase::Exchange if cl.ex.queued_at.is_some() && !cl.ex.req_done => false,
                 Phase::Exchange => {
                     let peer_full = cl
                         .ex
@@ -151,6 +169,10 @@ impl Core {
                     Phase::Idle => consider(cl.since.plus(t.keepalive), Deadline::ClientKeepalive),
                     Phase::Head => consider(cl.since.plus(t.header), Deadline::ClientHeader),
                     Phase::Exchange => {
+                        if let Some(since) = cl.ex.queued_at {
+                            let g = &self.config.upstreams[cl.ex.group as usize];
+                            consider(since.plus(g.queue_timeout), Deadline::Queue);
+                        }
                         if !cl.ex.req_done && c.buf.reading {
                             consider(cl.body_progress.plus(t.body), Deadline::ClientBody);
                             let ex = &cl.ex;
@@ -249,6 +271,7 @@ impl Core {
                 }
                 self.close_upstream(id, false, NotReusable::Upgraded);
             }
+            (Deadline::Queue, _) => self.queue_expired(now, id),
             (Deadline::ClientSend | Deadline::ClientBody | Deadline::TunnelIdle, _) => {
                 debug_assert!(false, "{kind:?} armed for the other role");
             }

@@ -158,7 +158,45 @@ impl Core {
         if core::mem::take(&mut u.acquired) {
             let g = u.group as usize;
             let idx = (u.server - self.groups[g].first_server) as usize;
-            self.groups[g].balancer.release(idx);
+            self.groups[g].balancer.end_request(idx);
+            // Someone (here or in another worker) waits: the connection may go to them (pooled
+            // here, or closed to free its slot). Dispatched at the end of the call.
+            if self.shared.group(g).queued() > 0 {
+                self.freed.push((g as u32, true));
+            }
+        }
+    }
+
+    /// Closes the idle pooled connections to servers that stopped being usable (drained, set
+    /// down, failed by passive or active health) since the last look, so nothing from before
+    /// an outage is reused after it. Cheap when nothing changed: one atomic load per group.
+    pub(super) fn close_unusable_idle(&mut self, now: Time) {
+        for g in 0..self.groups.len() {
+            let epoch = self.shared.group(g).epoch();
+            if epoch == self.epochs[g] {
+                continue;
+            }
+            self.epochs[g] = epoch;
+            let first = self.groups[g].first_server;
+            let out: Vec<ConnId> = self
+                .conns
+                .iter()
+                .filter_map(|c| match &c.role {
+                    Role::Upstream(u)
+                        if u.group as usize == g
+                            && u.state == UState::Idle
+                            && !self.groups[g]
+                                .balancer
+                                .is_up(now, (u.server - first) as usize) =>
+                    {
+                        Some(c.id)
+                    }
+                    _ => None,
+                })
+                .collect();
+            for id in out {
+                self.evict(id, false, EvictReason::ServerUnusable);
+            }
         }
     }
 
@@ -184,16 +222,56 @@ impl Core {
         self.close(id, reset);
     }
 
+    /// A connection to server `idx` of group `g` may open (`max_conns`, process-wide): takes
+    /// over the slot of a connection to it this core is closing, else asks the ledger.
+    pub(super) fn open_slot(&mut self, g: usize, idx: usize) -> bool {
+        let closing = self
+            .closing_slots
+            .iter()
+            .position(|&(_, cg, ci)| cg as usize == g && ci as usize == idx);
+        match closing {
+            Some(i) => {
+                self.closing_slots.swap_remove(i);
+                true
+            }
+            None => self.groups[g].balancer.try_open(idx),
+        }
+    }
+
+    /// The runtime took the Close of `conn`: its slot, unless taken over, goes back to the
+    /// ledger. (A worker waiting for it was chosen at the end of the call that closed it, and
+    /// is woken once the outputs are drained — after this.)
+    pub(super) fn slot_closed(&mut self, conn: ConnId) {
+        let Some(i) = self.closing_slots.iter().position(|&(c, ..)| c == conn) else {
+            return;
+        };
+        let (_, g, idx) = self.closing_slots.swap_remove(i);
+        self.groups[g as usize].balancer.closed(idx as usize);
+    }
+
     /// Removes a connection and tells the runtime to close it. Upstream connections leave
     /// through [`Core::evict`] or [`Core::close_upstream`], which count why.
     pub(super) fn close(&mut self, id: ConnId, reset: bool) {
         self.release_server(id);
+        self.abandon_queue(Time(0), id);
         let Some(c) = self.conns.get(id) else { return };
         match &c.role {
             Role::Client(_) => self.clients -= 1,
             Role::Upstream(u) => {
+                // Every upstream connection holds one of its server's connection slots
+                // (`max_conns`), warm ones included.
+                let g = u.group as usize;
+                let idx = (u.server - self.groups[g].first_server) as usize;
                 let (server, unconnected_warm) =
                     (u.server, u.state == UState::Connecting && u.unused_warm);
+                if u.state == UState::Idle {
+                    self.shared.group(g).servers[idx].idle_changed(false);
+                }
+                // Given back when the runtime takes the Close (see `closing_slots`).
+                self.closing_slots.push((id, g as u32, idx as u32));
+                if self.shared.group(g).queued() > 0 {
+                    self.freed.push((g as u32, true));
+                }
                 if unconnected_warm {
                     self.warm_failed(server);
                 }

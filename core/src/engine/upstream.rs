@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use super::exchange::Resp;
 use super::table::Role;
 use super::{Core, HEAD_GROWTH, touch};
-use crate::config::PoolKeyMode;
+use crate::config::{PoolKeyMode, ServerState};
 use crate::connection::AfterFlush;
 use crate::framing::{self, BodyDecoder, BodyKind, OutBody, ResponseOptions, Version};
 use crate::pool::{EvictReason, PoolKey};
@@ -137,28 +137,49 @@ impl Core {
         let Some(cl) = self.conns.client(id) else {
             return;
         };
-        let (g, hash, tried, last_status) = (
-            cl.ex.group as usize,
-            cl.peer_hash,
-            cl.ex.tried,
-            cl.ex.status,
-        );
+        let (g, hash, tried) = (cl.ex.group as usize, cl.peer_hash, cl.ex.tried);
+        // Requests already waiting go first (FIFO over the process): a newcomer joins them.
+        let others_wait = self.shared.group(g).queued() > 0;
         // A stale-connection retry goes back to the same (healthy) server on a fresh connection.
-        let same = match (force_fresh, cl.ex.server) {
-            (true, Some(s)) => Some(self.index_in_group(g, s)),
-            _ => None,
+        let chosen = match (force_fresh, cl.ex.server) {
+            _ if others_wait => None,
+            (true, Some(s)) => {
+                let idx = self.index_in_group(g, s);
+                self.open_slot(g, idx).then_some((idx, true))
+            }
+            _ => self.take_slot(now, g, hash, tried, force_fresh),
         };
-        let Some(idx) = same.or_else(|| self.groups[g].balancer.pick(now, hash, tried)) else {
-            self.client_error(now, id, rules::no_server_status(last_status));
+        match chosen {
+            Some((idx, slot)) => self.bind_server(now, id, g, idx, slot, force_fresh, queued),
+            None => self.no_server(now, id, force_fresh, queued),
+        }
+    }
+
+    /// Hands client `id`'s request to server `idx` of group `g` on a pooled connection or a
+    /// new one, then queues the request on it: `queued` when given (bytes a failed connection
+    /// never wrote), otherwise the rewritten head and the body received so far (the replay
+    /// copy). `slot`: a connection slot of the server is already counted for this request (see
+    /// [`Core::take_slot`]); a pooled connection brings its own.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn bind_server(
+        &mut self,
+        now: Time,
+        id: ConnId,
+        g: usize,
+        idx: usize,
+        slot: bool,
+        force_fresh: bool,
+        queued: Option<VecDeque<Bytes>>,
+    ) {
+        let Some(cl) = self.conns.client(id) else {
+            if slot {
+                self.groups[g].balancer.closed(idx);
+            }
             return;
         };
+        let hash = cl.peer_hash;
         let server = self.groups[g].first_server + idx as u32;
-        let partition = match self.config.upstreams[g].pool_key {
-            PoolKeyMode::Server => 0,
-            PoolKeyMode::Client => hash | 1,
-        };
-        let key = PoolKey { server, partition };
-        self.groups[g].balancer.acquire(idx);
+        let key = self.pool_key(g, server, hash);
         let mut expired = Vec::new();
         let pooled = if force_fresh {
             None
@@ -168,6 +189,17 @@ impl Core {
         for c in expired {
             self.evict(c, false, EvictReason::IdleTimeout);
         }
+        match (pooled, slot) {
+            // The pooled connection holds a slot of its own.
+            (Some(_), true) => self.groups[g].balancer.closed(idx),
+            // The idle connection the pick counted on had expired: a new one needs a slot.
+            (None, false) if !self.open_slot(g, idx) => {
+                self.no_server(now, id, force_fresh, queued);
+                return;
+            }
+            _ => {}
+        }
+        self.groups[g].balancer.begin_request(idx);
         let Some(c) = self.conns.get_mut(id) else {
             return;
         };
@@ -189,6 +221,7 @@ impl Core {
                     .upstream_mut(uid)
                     .expect("the pool holds open upstreams");
                 up.reuse_for(id, now);
+                self.shared.group(g).servers[idx].idle_changed(false);
                 (uid, up.reused())
             }
             None => {
@@ -227,6 +260,15 @@ impl Core {
         }
         self.signal_write(uid);
         self.request_maybe_sent(now, uid);
+    }
+
+    /// The pool key of server `server` (global index) of group `g` for a client with `hash`.
+    pub(super) fn pool_key(&self, g: usize, server: u32, hash: u64) -> PoolKey {
+        let partition = match self.config.upstreams[g].pool_key {
+            PoolKeyMode::Server => 0,
+            PoolKeyMode::Client => hash | 1,
+        };
+        PoolKey { server, partition }
     }
 
     /// Marks the request as fully written once the client's body is complete and the queue empty.
@@ -488,9 +530,13 @@ impl Core {
         let g = u.group as usize;
         let gcfg = &self.config.upstreams[g];
         let req_done = self.conns.client(cid).is_some_and(|cl| cl.ex.req_done);
+        // A server drained (or set down) while the request was in flight: its connections
+        // close after their response instead of going back to the pool.
+        let idx = (u.server - self.groups[g].first_server) as usize;
+        let server_out = self.shared.group(g).servers[idx].state() != ServerState::Up;
         let verdict = rules::upstream_reusable(&UpstreamFacts {
             pooling: gcfg.keepalive > 0,
-            draining: self.draining,
+            draining: self.draining || server_out,
             response: u.response,
             request_sent: req_done && u.sent_all && c.buf.wq.is_empty(),
             extra_data: u.extra_data || !c.buf.rbuf.is_empty(),
@@ -513,6 +559,7 @@ impl Core {
                 };
                 u.state = UState::Idle;
                 u.client = None;
+                self.shared.group(g).servers[idx].idle_changed(true);
                 self.stats.groups[g].pool_checkins += 1;
                 if let Some(evicted) = self.pool.checkin(key, g as u32, id, expires) {
                     self.evict(evicted, false, EvictReason::Capacity);
@@ -603,6 +650,13 @@ impl Core {
         if retry != Retry::Fresh && rules::counts_against_server(why, race) {
             self.stats.servers[srv as usize].failures += 1;
             self.groups[g].balancer.failure(now, idx);
+            if !self.groups[g].balancer.is_up(now, idx) {
+                // Down for every worker: each closes its idle connections to it.
+                self.shared.group(g).bump();
+                for w in 0..self.shared.workers() {
+                    self.wake_later(w);
+                }
+            }
         }
         let status = rules::failure_status(why);
         if retry == Retry::Answer {

@@ -164,6 +164,11 @@ impl Core {
                     continue;
                 }
                 for _ in have..want {
+                    // A warm connection holds one of the server's `max_conns` slots like any
+                    // other (process-wide): none is opened beyond the cap.
+                    if !self.open_slot(g, idx) {
+                        break;
+                    }
                     self.open_warm(now, g as u32, server, key);
                 }
             }
@@ -213,6 +218,12 @@ impl Core {
         u.state = UState::Idle;
         let hinted = w.hint.map(|h| created.plus(h));
         let expires = idle_until(now, &self.config.upstreams[g], hinted, created);
+        let idx = server - self.groups[g].first_server as usize;
+        self.shared.group(g).servers[idx].idle_changed(true);
+        // Someone may be waiting for a connection to this server (`max_conns` + queue).
+        if self.shared.group(g).queued() > 0 {
+            self.freed.push((g as u32, true));
+        }
         self.stats.groups[g].pool_checkins += 1;
         if let Some(evicted) = self.pool.checkin(key, g as u32, id, expires) {
             self.evict(evicted, false, crate::pool::EvictReason::Capacity);
@@ -236,7 +247,9 @@ impl Core {
         use crate::pool::EvictReason::*;
         let w = &mut self.warm[server as usize];
         match why {
-            IdleTimeout | Capacity | Draining => w.failures = 0,
+            // Yielded: its slot went to a request waiting elsewhere; ServerUnusable: the server
+            // left rotation (no warm connections until it is back).
+            IdleTimeout | Capacity | Draining | Yielded | ServerUnusable => w.failures = 0,
             PeerClosed | UnexpectedData => w.failed = true,
         }
     }

@@ -48,8 +48,8 @@ pub use head::{BodyKind, ConnectionOptions, Field, Head, Method, Span, Version};
 pub use parse::{HeadError, HeadLimits, MAX_HEADERS};
 pub use write::{
     CONTINUE_100, CRLF, Forwarding, LAST_CHUNK, OutBody, ResponseOptions, reason_phrase,
-    write_chunk_size, write_error_response, write_informational, write_last_chunk,
-    write_request_head, write_response_head,
+    write_chunk_size, write_error_response, write_error_response_with, write_informational,
+    write_last_chunk, write_request_head, write_response_head,
 };
 
 /// Properties that span the parser, the writer and the decoder.

@@ -296,6 +296,17 @@ pub fn reason_phrase(status: u16) -> &'static str {
 /// `Content-Length`, `Connection: close` if `close`, and the body `"<status> <reason>\n"` unless
 /// `head_only` (Content-Length still announces the body's length).
 pub fn write_error_response(status: u16, close: bool, head_only: bool, out: &mut BytesMut) {
+    write_error_response_with(status, close, head_only, None, out);
+}
+
+/// [`write_error_response`] with a `Retry-After: SECONDS` header when `retry_after` is given.
+pub fn write_error_response_with(
+    status: u16,
+    close: bool,
+    head_only: bool,
+    retry_after: Option<u32>,
+    out: &mut BytesMut,
+) {
     let reason = reason_phrase(status).as_bytes();
     put_status_line(status, reason, out);
     out.extend_from_slice(b"Content-Type: text/plain\r\nContent-Length: ");
@@ -303,6 +314,11 @@ pub fn write_error_response(status: u16, close: bool, head_only: bool, out: &mut
     let body_len = 3 + 1 + reason.len() + 1;
     put_u64(body_len as u64, out);
     out.extend_from_slice(CRLF);
+    if let Some(secs) = retry_after {
+        out.extend_from_slice(b"Retry-After: ");
+        put_u64(u64::from(secs), out);
+        out.extend_from_slice(CRLF);
+    }
     if close {
         out.extend_from_slice(b"Connection: close\r\n");
     }

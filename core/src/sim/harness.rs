@@ -59,7 +59,12 @@ pub struct Harness {
 impl Harness {
     /// A harness around `Core::new(config, 1)`, at time zero, accepting connects automatically.
     pub fn new(config: Config) -> Harness {
-        let core = Core::new(config, 1).expect("valid config");
+        Harness::with_core(Core::new(config, 1).expect("valid config"))
+    }
+
+    /// A harness around `core` (one worker of several sharing a ledger, say), at time zero,
+    /// accepting connects automatically.
+    pub fn with_core(core: Core) -> Harness {
         Harness {
             core,
             now: Time::from_millis(1),

@@ -58,6 +58,9 @@ Options:
       --upstream-tls               TLS toward the upstream servers (system roots unless --upstream-ca)
       --upstream-ca FILE           CA certificates (PEM) to verify upstream servers with
       --upstream-sni NAME          server name to send and verify (default: the server's IP)
+      --max-conns N                connections per server, all workers together (default 0 = no cap)
+      --queue N                    requests that may wait for a server at --max-conns (default 1024)
+      --queue-timeout DUR          longest wait in the queue before a 503 (default 60s)
   -h, --help                       print this help
 
 ADDR is HOST:PORT, [V6]:PORT or unix:/path; DUR is 250ms, 10s, 5m, 1h.

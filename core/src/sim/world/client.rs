@@ -412,7 +412,10 @@ impl World {
             return;
         }
         let front = cl.outstanding.front().expect("non-empty").id.clone();
-        let explained = self.cut.contains(&front) || cl.ever_stalled;
+        // A client that closes (EOF) while its request waits in the queue for a slot has left:
+        // the request is dropped before it reaches any backend.
+        let left_queue = cl.eof_sent && self.arrivals_of(&front) == 0;
+        let explained = self.cut.contains(&front) || cl.ever_stalled || left_queue;
         self.stats.truncated += 1;
         if !explained {
             let partial = String::from_utf8_lossy(&cl.inbuf).into_owned();

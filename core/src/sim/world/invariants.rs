@@ -1,5 +1,5 @@
 //! The rules checked after every step — pool caps, clean pooled connections, dead peers
-//! forgotten, deadlines never in the past, plus what the peers recorded as violations — and the
+//! forgotten, deadlines never in the past, busy connections per server within `max_conns`, plus what the peers recorded as violations — and the
 //! leak checks [`World::finish`] runs once every client has closed.
 
 use core::time::Duration;
@@ -259,6 +259,29 @@ impl World {
                 problems.push(format!(
                     "pooled {u:?} is not at a clean boundary: {}",
                     why.join(", ")
+                ));
+            }
+        }
+        // 6. max_conns: never more connections carrying a request (or opening for one) to a
+        //    server than its cap — the queue holds the rest.
+        let mut busy = vec![0u32; core.servers().len()];
+        for (&u, ep) in &self.harness.upstreams {
+            if ep.closed || core.is_pooled(u) {
+                continue;
+            }
+            if let Some(s) = ep.server
+                && let Some(i) = core.servers().iter().position(|&x| x == s)
+            {
+                busy[i] += 1;
+            }
+        }
+        for (i, &s) in core.servers().iter().enumerate() {
+            let cap =
+                core.config().upstreams[s.upstream.0 as usize].servers[s.index as usize].max_conns;
+            if cap > 0 && busy[i] > cap {
+                problems.push(format!(
+                    "server {i} has {} busy connections, max_conns {cap}",
+                    busy[i]
                 ));
             }
         }

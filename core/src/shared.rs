@@ -1,0 +1,505 @@
+//! What the workers of one process share about their upstream servers: the ledger.
+//!
+//! Each worker runs its own [`Core`](crate::Core), but a server's limits and health belong to the
+//! process: `max_conns = 1` means one request in flight to that server across every worker
+//! (HAProxy's `maxconn`), a server drained, set down or failed by health checks is out for every
+//! worker, and a group's queue bound counts every worker's waiting requests. A [`Shared`] is made
+//! once per process (per reload generation) and handed to every worker's core with
+//! [`Core::with_shared`](crate::Core::with_shared).
+//!
+//! Everything here is counters and flags in atomics, read and written by the cores only; no
+//! clock, no I/O, no thread. Driven by one thread (the simulation, a test) it is as
+//! deterministic as the rest of the core. The one way out is [`Shared::set_waker`]: the runtime
+//! registers, per worker, a callback that makes that worker call
+//! [`Core::handle_shared`](crate::Core::handle_shared) soon — when a slot another worker's queue
+//! waits for was freed, or a server's state changed.
+//!
+//! # Queue order across workers
+//!
+//! Each worker queues its own clients' requests (they live on its connections), in FIFO order.
+//! Across workers the order is kept by tickets: every queued request takes the next ticket of its
+//! group, each worker publishes the ticket of its queue's head, and only the worker whose head
+//! holds the smallest ticket may dispatch; a worker that frees a slot it may not use wakes that
+//! one. That is exact FIFO over the whole process, except that a head which can use none of the
+//! free servers (a retry that already tried them) holds back the requests behind it until a slot
+//! it may use frees or its wait times out.
+
+use core::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+
+use crate::Time;
+use crate::config::{Config, ConfigError, ServerState, UpstreamConfig};
+
+/// A worker's wake-up call (see [`Shared::set_waker`]).
+pub type Waker = Box<dyn Fn() + Send + Sync>;
+
+/// No ticket: the worker's queue for the group is empty.
+const NO_TICKET: u64 = u64::MAX;
+
+/// The process-wide ledger of upstream servers, shared by every worker's core (cheap to clone:
+/// one reference count).
+#[derive(Clone)]
+pub struct Shared {
+    inner: Arc<Ledger>,
+}
+
+struct Ledger {
+    groups: Vec<Arc<GroupLedger>>,
+    wakers: Mutex<Vec<Option<Waker>>>,
+}
+
+/// One group's shared part: its servers, and its queue's length and order.
+#[derive(Debug)]
+pub(crate) struct GroupLedger {
+    pub(crate) servers: Vec<ServerLedger>,
+    /// Requests waiting in every worker's queue for this group.
+    queued: AtomicU32,
+    next_ticket: AtomicU64,
+    /// Per worker: the ticket at the head of its queue ([`NO_TICKET`] when empty).
+    heads: Vec<AtomicU64>,
+    /// Bumped whenever a server of the group may have stopped being usable (state, health):
+    /// each core compares it with the value it last saw and closes idle pooled connections to
+    /// servers that are out.
+    epoch: AtomicU64,
+}
+
+/// One server's shared part: requests in flight, administrative state, health.
+#[derive(Debug)]
+pub(crate) struct ServerLedger {
+    pub(crate) max_conns: u32,
+    /// Requests in flight (least-conn's load, operators' view).
+    inflight: AtomicU32,
+    /// Connections open, busy or idle: what `max_conns` caps. Idle connections count because a
+    /// backend that serves one connection at a time (seed 000) blocks on an idle one.
+    conns: AtomicU32,
+    state: AtomicU8,
+    /// Passive health (see `balance`): failures in the current window, its start, and while
+    /// the count is at `max_fails`, the end of the down period (nanoseconds of [`Time`]).
+    pub(crate) fails: AtomicU32,
+    pub(crate) window_start: AtomicU64,
+    pub(crate) down_until: AtomicU64,
+    /// Active health: the checks hold the server out (not run yet: see docs/queue.md; the
+    /// verdict is consulted everywhere usability is, so checks only have to set it).
+    check_failed: AtomicBool,
+    /// Idle pooled connections to this server, every worker together.
+    pub(crate) idle: AtomicU32,
+}
+
+fn state_code(s: ServerState) -> u8 {
+    match s {
+        ServerState::Up => 0,
+        ServerState::Drain => 1,
+        ServerState::Down => 2,
+    }
+}
+
+fn state_of(code: u8) -> ServerState {
+    match code {
+        0 => ServerState::Up,
+        1 => ServerState::Drain,
+        _ => ServerState::Down,
+    }
+}
+
+impl ServerLedger {
+    fn new(max_conns: u32, state: ServerState) -> ServerLedger {
+        ServerLedger {
+            max_conns,
+            inflight: AtomicU32::new(0),
+            conns: AtomicU32::new(0),
+            state: AtomicU8::new(state_code(state)),
+            fails: AtomicU32::new(0),
+            window_start: AtomicU64::new(0),
+            down_until: AtomicU64::new(0),
+            check_failed: AtomicBool::new(false),
+            idle: AtomicU32::new(0),
+        }
+    }
+
+    /// Requests in flight to this server, every worker together.
+    pub(crate) fn inflight(&self) -> u32 {
+        self.inflight.load(SeqCst)
+    }
+
+    /// Connections open to this server (opening, busy or idle in a pool), every worker together.
+    pub(crate) fn conns(&self) -> u32 {
+        self.conns.load(SeqCst)
+    }
+
+    /// Whether a new connection may be opened: below `max_conns` (or no cap).
+    pub(crate) fn has_room(&self) -> bool {
+        self.max_conns == 0 || self.conns() < self.max_conns
+    }
+
+    /// Counts a new connection if the cap allows; false when the server is full (another worker
+    /// may have taken the last slot since the pick looked).
+    pub(crate) fn try_open(&self) -> bool {
+        let cap = self.max_conns;
+        self.conns
+            .fetch_update(SeqCst, SeqCst, |n| (cap == 0 || n < cap).then_some(n + 1))
+            .is_ok()
+    }
+
+    /// An idle pooled connection appeared (`true`) or left the pool (`false`).
+    pub(crate) fn idle_changed(&self, appeared: bool) {
+        if appeared {
+            self.idle.fetch_add(1, SeqCst);
+        } else {
+            let _ = self
+                .idle
+                .fetch_update(SeqCst, SeqCst, |n| Some(n.saturating_sub(1)));
+        }
+    }
+
+    /// Counts a connection whatever the cap (the balancer's unit tests).
+    pub(crate) fn force_open(&self) {
+        self.conns.fetch_add(1, SeqCst);
+    }
+
+    /// A connection counted by [`try_open`](ServerLedger::try_open) closed (or moved away).
+    pub(crate) fn closed(&self) {
+        let _ = self
+            .conns
+            .fetch_update(SeqCst, SeqCst, |n| Some(n.saturating_sub(1)));
+    }
+
+    /// One more request in flight.
+    pub(crate) fn begin_request(&self) {
+        self.inflight.fetch_add(1, SeqCst);
+    }
+
+    /// One request fewer in flight.
+    pub(crate) fn end_request(&self) {
+        let _ = self
+            .inflight
+            .fetch_update(SeqCst, SeqCst, |n| Some(n.saturating_sub(1)));
+    }
+
+    /// The administrative state.
+    pub(crate) fn state(&self) -> ServerState {
+        state_of(self.state.load(SeqCst))
+    }
+
+    /// Whether the last active checks left the server failed.
+    pub(crate) fn check_failed(&self) -> bool {
+        self.check_failed.load(SeqCst)
+    }
+}
+
+impl GroupLedger {
+    /// A group's ledger for `workers` workers.
+    pub(crate) fn new(cfg: &UpstreamConfig, workers: usize) -> GroupLedger {
+        GroupLedger {
+            servers: cfg
+                .servers
+                .iter()
+                .map(|s| ServerLedger::new(s.max_conns, s.state))
+                .collect(),
+            queued: AtomicU32::new(0),
+            next_ticket: AtomicU64::new(0),
+            heads: (0..workers.max(1))
+                .map(|_| AtomicU64::new(NO_TICKET))
+                .collect(),
+            epoch: AtomicU64::new(0),
+        }
+    }
+
+    /// The group's usability epoch (see the field).
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(SeqCst)
+    }
+
+    /// Some server of the group may have stopped (or started) being usable.
+    pub(crate) fn bump(&self) {
+        self.epoch.fetch_add(1, SeqCst);
+    }
+
+    /// Requests waiting in every worker's queue.
+    pub(crate) fn queued(&self) -> u32 {
+        self.queued.load(SeqCst)
+    }
+
+    /// Takes a place in the queue if fewer than `cap` wait: the request's ticket.
+    pub(crate) fn try_enqueue(&self, cap: usize) -> Option<u64> {
+        let cap = u32::try_from(cap).unwrap_or(u32::MAX);
+        self.queued
+            .fetch_update(SeqCst, SeqCst, |n| (n < cap).then_some(n + 1))
+            .ok()?;
+        Some(self.next_ticket.fetch_add(1, SeqCst))
+    }
+
+    /// A place in the queue is given up (dispatched, timed out, or its client left).
+    pub(crate) fn dequeued(&self) {
+        let _ = self
+            .queued
+            .fetch_update(SeqCst, SeqCst, |n| Some(n.saturating_sub(1)));
+    }
+
+    /// Publishes the ticket at the head of `worker`'s queue (`None`: empty).
+    pub(crate) fn set_head(&self, worker: usize, ticket: Option<u64>) {
+        if let Some(h) = self.heads.get(worker) {
+            h.store(ticket.unwrap_or(NO_TICKET), SeqCst);
+        }
+    }
+
+    /// The worker whose queue head holds the smallest ticket, if any queue is non-empty.
+    pub(crate) fn first_in_line(&self) -> Option<usize> {
+        let (w, t) = self
+            .heads
+            .iter()
+            .map(|h| h.load(SeqCst))
+            .enumerate()
+            .min_by_key(|&(_, t)| t)?;
+        (t != NO_TICKET).then_some(w)
+    }
+}
+
+impl Shared {
+    /// The ledger for `config`'s groups and servers, for `workers` workers (each core gets an
+    /// index below it). Servers start in their configured `state`.
+    pub fn new(config: &Config, workers: usize) -> Shared {
+        Shared {
+            inner: Arc::new(Ledger {
+                groups: config
+                    .upstreams
+                    .iter()
+                    .map(|u| Arc::new(GroupLedger::new(u, workers)))
+                    .collect(),
+                wakers: Mutex::new((0..workers.max(1)).map(|_| None).collect()),
+            }),
+        }
+    }
+
+    /// The ledger of a new generation (a reload): like [`Shared::new`], but a server that keeps
+    /// its group name and address keeps a state set at run time (one that differs from what the
+    /// old configuration said): the operator's last word survives a reload. Otherwise the new
+    /// configuration's `state` applies.
+    pub fn carried_over(
+        config: &Config,
+        workers: usize,
+        previous: &Shared,
+        old: &Config,
+    ) -> Shared {
+        let next = Shared::new(config, workers);
+        for (g, up) in config.upstreams.iter().enumerate() {
+            let Some(og) = old.upstreams.iter().position(|o| o.name == up.name) else {
+                continue;
+            };
+            let Some(prev) = previous.inner.groups.get(og) else {
+                continue;
+            };
+            for (i, s) in up.servers.iter().enumerate() {
+                let Some(oi) = old.upstreams[og]
+                    .servers
+                    .iter()
+                    .position(|o| o.addr == s.addr)
+                else {
+                    continue;
+                };
+                let Some(was) = prev.servers.get(oi).map(ServerLedger::state) else {
+                    continue;
+                };
+                if was != old.upstreams[og].servers[oi].state {
+                    next.inner.groups[g].servers[i]
+                        .state
+                        .store(state_code(was), SeqCst);
+                }
+            }
+        }
+        next
+    }
+
+    /// Registers the wake-up call of `worker`: called (from any worker's thread) when that
+    /// worker should call [`Core::handle_shared`](crate::Core::handle_shared). Keep it short
+    /// and non-blocking (a `mio::Waker::wake`, an event notification).
+    pub fn set_waker(&self, worker: usize, waker: Waker) {
+        let mut w = self.inner.wakers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(slot) = w.get_mut(worker) {
+            *slot = Some(waker);
+        }
+    }
+
+    /// Wakes `worker` (nothing if it registered no waker).
+    pub(crate) fn wake(&self, worker: usize) {
+        let w = self.inner.wakers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(Some(f)) = w.get(worker) {
+            f();
+        }
+    }
+
+    /// Wakes every worker but `except`.
+    pub(crate) fn wake_others(&self, except: usize) {
+        let w = self.inner.wakers.lock().unwrap_or_else(|e| e.into_inner());
+        for (i, f) in w.iter().enumerate() {
+            if i != except
+                && let Some(f) = f
+            {
+                f();
+            }
+        }
+    }
+
+    /// Whether this ledger was made for `config` (same groups, same number of servers each) and
+    /// has room for worker `worker`.
+    pub fn fits(&self, config: &Config, worker: usize) -> Result<(), ConfigError> {
+        let shape = |c: &Config| {
+            c.upstreams
+                .iter()
+                .map(|u| u.servers.len())
+                .collect::<Vec<_>>()
+        };
+        let mine: Vec<usize> = self.inner.groups.iter().map(|g| g.servers.len()).collect();
+        if mine != shape(config) {
+            return Err(ConfigError::new(
+                "upstream",
+                "the shared ledger was made for another configuration's groups",
+            ));
+        }
+        if worker >= self.workers() {
+            return Err(ConfigError::new(
+                "workers",
+                format!("worker {worker} of a ledger made for {}", self.workers()),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Number of workers the ledger was made for.
+    pub fn workers(&self) -> usize {
+        self.inner.wakers.lock().map_or(1, |w| w.len())
+    }
+
+    pub(crate) fn group(&self, g: usize) -> &Arc<GroupLedger> {
+        &self.inner.groups[g]
+    }
+
+    /// The administrative state of server `index` of group `group` (None: no such server).
+    pub fn state(&self, group: usize, index: usize) -> Option<ServerState> {
+        let s = self.inner.groups.get(group)?.servers.get(index)?;
+        Some(s.state())
+    }
+
+    /// Sets the administrative state of a server for every worker and wakes them all, so each
+    /// closes its idle pooled connections to a server that stopped being usable and dispatches
+    /// waiting requests to one that came back. Returns the new state (None: no such server).
+    pub fn set_state(&self, group: usize, index: usize, state: ServerState) -> Option<ServerState> {
+        let g = self.inner.groups.get(group)?;
+        g.servers.get(index)?.state.store(state_code(state), SeqCst);
+        g.bump();
+        self.wake_others(usize::MAX);
+        Some(state)
+    }
+
+    /// A view of one server for operators.
+    pub fn server(&self, group: usize, index: usize, now: Time) -> Option<ServerView> {
+        let s = self.inner.groups.get(group)?.servers.get(index)?;
+        let passive_down = s.fails.load(SeqCst) > 0 && now.0 < s.down_until.load(SeqCst);
+        Some(ServerView {
+            state: s.state(),
+            healthy: !passive_down && !s.check_failed(),
+            inflight: s.inflight(),
+            conns: s.conns(),
+            idle: s.idle.load(SeqCst),
+        })
+    }
+
+    /// Requests waiting in group `group`'s queue, every worker together.
+    pub fn queued(&self, group: usize) -> u32 {
+        self.inner.groups.get(group).map_or(0, |g| g.queued())
+    }
+}
+
+/// What an operator sees of one server ([`Shared::server`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServerView {
+    /// Administrative state.
+    pub state: ServerState,
+    /// Neither passive health nor the active checks hold it out right now.
+    pub healthy: bool,
+    /// Requests in flight, every worker together.
+    pub inflight: u32,
+    /// Connections open (busy or idle), every worker together.
+    pub conns: u32,
+    /// Idle pooled connections, every worker together.
+    pub idle: u32,
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shared")
+            .field("groups", &self.inner.groups)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Address, ServerConfig};
+
+    fn cfg(max_conns: u32) -> UpstreamConfig {
+        let mut s = ServerConfig::new(Address::parse("127.0.0.1:9").unwrap());
+        s.max_conns = max_conns;
+        UpstreamConfig::new("g", vec![s])
+    }
+
+    #[test]
+    fn slots_never_exceed_the_cap() {
+        let g = GroupLedger::new(&cfg(2), 1);
+        let s = &g.servers[0];
+        assert!(s.try_open() && s.try_open());
+        assert!(!s.try_open());
+        s.closed();
+        assert!(s.try_open());
+        let g = GroupLedger::new(&cfg(0), 1);
+        assert!((0..100).all(|_| g.servers[0].try_open()));
+    }
+
+    #[test]
+    fn queue_bound_and_first_in_line() {
+        let g = GroupLedger::new(&cfg(1), 3);
+        assert_eq!(g.first_in_line(), None);
+        let a = g.try_enqueue(2).unwrap();
+        let b = g.try_enqueue(2).unwrap();
+        assert!(a < b);
+        assert_eq!(g.try_enqueue(2), None, "full");
+        g.set_head(2, Some(b));
+        g.set_head(1, Some(a));
+        assert_eq!(g.first_in_line(), Some(1));
+        g.set_head(1, None);
+        g.dequeued();
+        assert_eq!(g.first_in_line(), Some(2));
+        assert!(g.try_enqueue(2).is_some());
+    }
+
+    #[test]
+    fn run_time_state_survives_a_reload() {
+        let mut a = Config::simple(
+            Address::parse("127.0.0.1:8080").unwrap(),
+            vec![
+                Address::parse("127.0.0.1:9001").unwrap(),
+                Address::parse("127.0.0.1:9002").unwrap(),
+            ],
+        );
+        let shared = Shared::new(&a, 2);
+        shared.set_state(0, 1, ServerState::Drain).unwrap();
+        // The new file swaps the servers' order and sets the first one down.
+        let mut b = a.clone();
+        b.upstreams[0].servers.reverse();
+        b.upstreams[0].servers[1].state = ServerState::Down;
+        let next = Shared::carried_over(&b, 2, &shared, &a);
+        assert_eq!(
+            next.state(0, 0),
+            Some(ServerState::Drain),
+            "run-time drain kept"
+        );
+        assert_eq!(
+            next.state(0, 1),
+            Some(ServerState::Down),
+            "the file's new state"
+        );
+        a.upstreams.clear();
+        assert_eq!(next.state(1, 0), None);
+    }
+}
