@@ -166,7 +166,7 @@ impl Core {
         };
         let replay = core::mem::take(&mut cl.ex.replay);
         cl.ex = Exchange::start(head, cl.since, request, replay);
-        let (fields, add_id) = record::request_fields(
+        let (fields, id_action) = record::request_fields(
             self.record_requests,
             self.record_fields,
             &mut self.request_ids,
@@ -175,7 +175,7 @@ impl Core {
             &c.buf.rbuf,
         );
         let ex = &mut cl.ex;
-        let id_to_add = add_id.then(|| fields.request_id.clone());
+        let id_to_add = (id_action != record::IdAction::Keep).then(|| fields.request_id.clone());
         ex.fields = fields;
         let target = head.target.of(&c.buf.rbuf);
         let path = target.split(|&b| b == b'?').next().unwrap_or(target);
@@ -219,7 +219,7 @@ impl Core {
             framing::write_request_head(head, buf, out_body, upgrade, &fwd, out);
             if let Some(rid) = &id_to_add {
                 // The id the access log shows reaches the backend's logs too.
-                record::add_request_id(out, rid);
+                record::add_request_id(out, rid, id_action == record::IdAction::Replace);
             }
         });
         c.buf.rbuf.advance(head.len);

@@ -6,6 +6,7 @@ use bytes::{Buf, Bytes};
 use std::collections::VecDeque;
 
 use super::exchange::Resp;
+use super::record::End;
 use super::table::{Conn, Role};
 use super::{Core, HEAD_GROWTH, Output, touch};
 use crate::config::PoolKeyMode;
@@ -569,7 +570,9 @@ impl Core {
         if ex.resp_started {
             // Part of the response already went out. The client must see it cut short: after
             // what is queued, an abortive close — a FIN would make a close-delimited body look
-            // complete.
+            // complete. The record says so (the access log, the operator log and the timeout
+            // counters would otherwise never hear of it).
+            self.record_end(now, cid, End::UpstreamFailed);
             self.close_client_after_flush(now, cid, AfterFlush::Reset);
             return;
         }
