@@ -422,3 +422,32 @@ fn a_bad_access_log_format_is_refused_with_its_place() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--access-log-format \"xml\""), "{err}");
 }
+
+/// Requests a reload's old workers cut at their `shutdown_timeout` are theirs: a later drain
+/// that finishes in time is still "drained", not "cut at shutdown_timeout".
+#[test]
+fn a_clean_drain_after_a_reload_that_cut_requests_says_drained() {
+    let slow = Backend::slow("slow", Duration::from_secs(30)).unwrap();
+    let dir = TempDir::new().unwrap();
+    let file = dir.path().join("upkeep.toml");
+    let log = dir.path().join("access.log").to_string_lossy().into_owned();
+    let listen = common::free_local_addr();
+    let text = config_text(&listen, &[slow.addr().to_string()], &log);
+    std::fs::write(&file, &text).unwrap();
+    let mut up = Upkeep::run("info", &["--config", file.to_str().unwrap()]);
+    let listen = up.listen();
+    let mut c = Client::connect(&listen).unwrap();
+    c.send(&client::get("/stuck")).unwrap();
+    assert!(slow.wait_until(TIMEOUT, |b| b.requests() >= 1));
+    // The same file again: a new generation; the old worker drains and is cut after 1 s.
+    up.signal("HUP");
+    up.expect(&["reloaded"]);
+    up.expect(&["aborting 1 requests in progress"]);
+    up.signal("TERM");
+    assert_eq!(up.wait_exit(), 0);
+    assert!(
+        up.seen.iter().any(|l| l.contains("drained; exiting")),
+        "nothing was in flight at the drain: {:#?}",
+        up.seen
+    );
+}
