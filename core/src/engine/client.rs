@@ -175,7 +175,6 @@ impl Core {
             &c.buf.rbuf,
         );
         let ex = &mut cl.ex;
-        let id_to_add = (id_action != record::IdAction::Keep).then(|| fields.request_id.clone());
         ex.fields = fields;
         let target = head.target.of(&c.buf.rbuf);
         let path = target.split(|&b| b == b'?').next().unwrap_or(target);
@@ -215,9 +214,12 @@ impl Core {
             te_trailers: ex.trailers,
         };
         let upgrade = ex.upgrade;
+        // Borrowed, not cloned: a clone of a fresh `Bytes` allocates (its first clone promotes
+        // it to shared), on every request.
+        let rid = &ex.fields.request_id;
         let req_head = c.buf.rewrite(head.len + HEAD_GROWTH, |buf, out| {
             framing::write_request_head(head, buf, out_body, upgrade, &fwd, out);
-            if let Some(rid) = &id_to_add {
+            if id_action != record::IdAction::Keep {
                 // The id the access log shows reaches the backend's logs too.
                 record::add_request_id(out, rid, id_action == record::IdAction::Replace);
             }

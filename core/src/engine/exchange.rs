@@ -238,7 +238,8 @@ impl Core {
         let (listener, peer) = (cl.listener, cl.peer);
         let ex = &mut cl.ex;
         let tries = record::close_tries(ex, now);
-        let request = ex.request.clone();
+        // Taken, not cloned (an exchange is recorded once): cloning a fresh `Bytes` allocates.
+        let request = core::mem::take(&mut ex.request);
         let status = match end {
             End::Complete => ex.status,
             _ if ex.resp_started => ex.status,

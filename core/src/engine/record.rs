@@ -192,7 +192,16 @@ pub(crate) fn failure_name(why: Failure) -> &'static str {
 /// like nginx's `$request_id`. Deterministic: the runtime makes `prefix` unique per process and
 /// worker.
 pub(crate) fn request_id(prefix: u64, n: u64) -> Bytes {
-    Bytes::from(format!("{prefix:016x}{n:016x}"))
+    // Into a stack buffer, then one exact allocation: `format!` grows a String (reallocating)
+    // and converting it to `Bytes` may reallocate again — on every request.
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut text = [0u8; 32];
+    for (half, v) in text.chunks_exact_mut(16).zip([prefix, n]) {
+        for (i, digit) in half.iter_mut().enumerate() {
+            *digit = HEX[(v >> (60 - 4 * i) & 0xf) as usize];
+        }
+    }
+    Bytes::copy_from_slice(&text)
 }
 
 impl Core {
@@ -319,6 +328,10 @@ mod tests {
         assert_eq!(
             &request_id(0xab, 7)[..],
             b"00000000000000ab0000000000000007"
+        );
+        assert_eq!(
+            &request_id(u64::MAX, 0x0123_4567_89ab_cdef)[..],
+            b"ffffffffffffffff0123456789abcdef"
         );
     }
 
