@@ -451,3 +451,22 @@ fn a_clean_drain_after_a_reload_that_cut_requests_says_drained() {
         up.seen
     );
 }
+
+/// A pooled connection the server closed just as it was reused (the keepalive race) is
+/// re-sent on a fresh one: routine, "not a sign of ill health" — no warning for it.
+#[test]
+fn a_keepalive_race_retried_fresh_is_not_a_warning() {
+    let b = upkeep_testkit::backend::Backend::builder()
+        .behaviour(upkeep_testkit::backend::Behaviour::CloseReused)
+        .start()
+        .unwrap();
+    let mut up = Upkeep::quick("info", &[b.addr().to_string()]);
+    let listen = up.listen();
+    let mut c = Client::connect(&listen).unwrap();
+    for _ in 0..3 {
+        assert_eq!(c.get("/r").unwrap().status, 200);
+    }
+    let lines = up.stop_and_parse();
+    let warnings: Vec<_> = lines.iter().filter(|(l, _, _)| l != "INFO ").collect();
+    assert!(warnings.is_empty(), "{warnings:#?}");
+}

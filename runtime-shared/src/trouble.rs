@@ -67,11 +67,14 @@ pub fn answered_by_us_after_failure(ex: &ExchangeInfo) -> bool {
     }
 }
 
-/// Logs `ex` if one of its upstream attempts failed or none could be made.
+/// Logs `ex` if one of its upstream attempts failed or none could be made. A stale pooled
+/// connection re-sent on a fresh one (the keepalive race) is routine: `debug`, unless something
+/// else went wrong too.
 pub fn exchange(core: &Core, ex: &ExchangeInfo) {
-    let failed = ex.tries.iter().any(|t| t.failure.is_some());
+    let failed = ex.tries.iter().any(|t| t.failure.is_some() && !t.stale());
     let ours = answered_by_us_after_failure(ex);
-    if !failed && !ours {
+    let stale = ex.tries.iter().any(|t| t.stale()) && log::log_enabled!(log::Level::Debug);
+    if !(failed || ours || stale) {
         return;
     }
     let mut attempts = String::new();
@@ -114,8 +117,13 @@ pub fn exchange(core: &Core, ex: &ExchangeInfo) {
             ex.status,
             context(ex)
         );
-    } else {
+    } else if failed {
         log::warn!("{group}retried ({}): {attempts}", context(ex));
+    } else {
+        log::debug!(
+            "{group}retried a stale pooled connection ({}): {attempts}",
+            context(ex)
+        );
     }
 }
 

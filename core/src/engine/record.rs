@@ -36,9 +36,18 @@ pub struct UpstreamTry {
     /// The response status (0: none arrived).
     pub status: u16,
     /// Why the attempt failed (`connect_failed`, `connect_timeout`, `read_timeout`,
-    /// `send_timeout`, `closed`, `bad_response`, `reused_408`, `local`), if it did; the next
-    /// attempt, if any, is a retry for this reason.
+    /// `send_timeout`, `closed`, `bad_response`, `reused_408`, `local`, or `stale`: see [`UpstreamTry::stale`]), if it
+    /// did; the next attempt, if any, is a retry for this reason.
     pub failure: Option<&'static str>,
+}
+
+impl UpstreamTry {
+    /// Whether the attempt went over a pooled connection the server had closed as it was reused
+    /// (the keepalive race, failure `stale`): re-sent on a fresh connection to the same server —
+    /// routine, not held against the server.
+    pub fn stale(&self) -> bool {
+        self.failure == Some(STALE)
+    }
 }
 
 /// The attempts of one exchange. Inline up to two (a request and one retry), so recording stays
@@ -172,6 +181,11 @@ pub(super) fn request_fields(
     };
     (fields, action)
 }
+
+/// The failure of an attempt on a pooled connection the server had closed as it was reused (the
+/// keepalive race): re-sent once on a fresh connection to the same server, routine — not held
+/// against the server, and not a warning in the operator log.
+pub(crate) const STALE: &str = "stale";
 
 /// The name of a failure in logs and metrics.
 pub(crate) fn failure_name(why: Failure) -> &'static str {

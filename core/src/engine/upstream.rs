@@ -6,7 +6,7 @@ use bytes::{Buf, Bytes};
 use std::collections::VecDeque;
 
 use super::exchange::Resp;
-use super::record::End;
+use super::record::{self, End};
 use super::table::{Conn, Role};
 use super::{Core, HEAD_GROWTH, Output, touch};
 use crate::config::PoolKeyMode;
@@ -593,6 +593,10 @@ impl Core {
                 // Not a sign of ill health: re-send once on a fresh connection to the same
                 // server, as if this attempt had not happened.
                 ex.stale_retried = true;
+                // The record says so: routine (the keepalive race), not trouble to warn about.
+                if let Some(t) = ex.tries_log.last_mut() {
+                    t.failure = Some(record::STALE);
+                }
                 ex.tries -= 1;
                 ex.tried &= !(1u64 << idx);
                 self.stats.groups[g].stale_retries += 1;
