@@ -145,3 +145,108 @@ fn our_own_answers_count_only_their_body_as_body_bytes() {
     assert_eq!(ex.body_bytes_sent, (raw.len() - body) as u64);
     assert!(ex.tries.is_empty());
 }
+
+/// A server that fails after its response started (closes, times out) cuts the client's
+/// response: recorded as such with the failure — not as a client abort, and not dropped (the
+/// access log, the operator log and the timeout counters need it).
+#[test]
+fn a_server_failing_mid_response_is_recorded_as_upstream_failed() {
+    let mut h = recording(1);
+    let c = h.connect_client();
+    h.client_send(c, &get("/big"));
+    let u = busy_upstream(&h).unwrap();
+    h.upstream_send(
+        u,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789",
+    );
+    h.reset(u);
+    let ex = one(&mut h);
+    assert_eq!((ex.status, ex.end), (200, End::UpstreamFailed));
+    assert_eq!(ex.tries.len(), 1);
+    assert_eq!(
+        (ex.tries[0].status, ex.tries[0].failure),
+        (200, Some("closed"))
+    );
+    assert_eq!(ex.body_bytes_sent, 10);
+    // Timed out mid-body: the read timeout is named.
+    let mut h = recording(1);
+    let c = h.connect_client();
+    h.client_send(c, &get("/stalls"));
+    let u = busy_upstream(&h).unwrap();
+    h.upstream_send(
+        u,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789",
+    );
+    h.advance(Duration::from_secs(3600));
+    let ex = one(&mut h);
+    assert_eq!(ex.end, End::UpstreamFailed);
+    assert_eq!(ex.tries[0].failure, Some("read_timeout"));
+}
+
+/// The X-Request-Id fields the backend received, and the id the record shows.
+fn forwarded_ids(request: &[u8]) -> (Vec<String>, String) {
+    let mut h = recording(1);
+    let c = h.connect_client();
+    h.client_send(c, request);
+    let u = busy_upstream(&h).unwrap();
+    let sent = requests(&mut h, u);
+    let ids = sent[0]
+        .headers_named("x-request-id")
+        .into_iter()
+        .map(String::from)
+        .collect();
+    h.upstream_send(u, &ok(""));
+    let ex = one(&mut h);
+    (
+        ids,
+        String::from_utf8_lossy(&ex.fields.request_id).into_owned(),
+    )
+}
+
+#[test]
+fn the_backend_sees_exactly_the_logged_request_id() {
+    let generated = |id: &str| id.len() == 32 && id.chars().all(|c| c.is_ascii_hexdigit());
+    let huge = format!(
+        "GET / HTTP/1.1\r\nHost: a\r\nX-Request-Id: {}\r\n\r\n",
+        "x".repeat(4000)
+    );
+    let cases: [&[u8]; 5] = [
+        // Empty: a generated id, not the empty field next to it.
+        b"GET / HTTP/1.1\r\nHost: a\r\nX-Request-Id: \r\n\r\n",
+        // Spaces and quotes would forge fields of the key=value access log.
+        b"GET / HTTP/1.1\r\nHost: a\r\nX-Request-Id: x end=shutdown \"q\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nx-request-id: caf\xc3\xa9\r\n\r\n",
+        huge.as_bytes(),
+        b"GET / HTTP/1.1\r\nX-Request-Id:\r\nHost: a\r\nX-REQUEST-ID: \\\r\n\r\n",
+    ];
+    for req in cases {
+        let (ids, logged) = forwarded_ids(req);
+        assert!(
+            generated(&logged),
+            "{logged:?} for {:?}",
+            String::from_utf8_lossy(req)
+        );
+        assert_eq!(ids, [logged.as_str()], "{:?}", String::from_utf8_lossy(req));
+    }
+    // Duplicates: the first usable one is the id, and the only one forwarded.
+    let (ids, logged) = forwarded_ids(
+        b"GET / HTTP/1.1\r\nHost: a\r\nX-Request-Id: one\r\nX-Request-Id: two\r\n\r\n",
+    );
+    assert_eq!((ids, logged.as_str()), (vec!["one".to_string()], "one"));
+    // A usable one alone passes as sent.
+    let (ids, logged) = forwarded_ids(b"GET / HTTP/1.1\r\nHost: a\r\nX-Request-Id: abc-1\r\n\r\n");
+    assert_eq!((ids, logged.as_str()), (vec!["abc-1".to_string()], "abc-1"));
+}
+
+/// A FIN after a complete request is a half-close, not a client giving up: 200, complete.
+#[test]
+fn a_half_close_after_a_complete_request_is_no_abort() {
+    let mut h = recording(1);
+    let c = h.connect_client();
+    h.client_send(c, &get("/x"));
+    h.client_eof(c);
+    let u = busy_upstream(&h).unwrap();
+    h.upstream_send(u, &ok("hi"));
+    let ex = one(&mut h);
+    assert_eq!((ex.status, ex.end), (200, End::Complete));
+}

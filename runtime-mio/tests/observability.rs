@@ -422,3 +422,51 @@ fn a_bad_access_log_format_is_refused_with_its_place() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--access-log-format \"xml\""), "{err}");
 }
+
+/// Requests a reload's old workers cut at their `shutdown_timeout` are theirs: a later drain
+/// that finishes in time is still "drained", not "cut at shutdown_timeout".
+#[test]
+fn a_clean_drain_after_a_reload_that_cut_requests_says_drained() {
+    let slow = Backend::slow("slow", Duration::from_secs(30)).unwrap();
+    let dir = TempDir::new().unwrap();
+    let file = dir.path().join("upkeep.toml");
+    let log = dir.path().join("access.log").to_string_lossy().into_owned();
+    let listen = common::free_local_addr();
+    let text = config_text(&listen, &[slow.addr().to_string()], &log);
+    std::fs::write(&file, &text).unwrap();
+    let mut up = Upkeep::run("info", &["--config", file.to_str().unwrap()]);
+    let listen = up.listen();
+    let mut c = Client::connect(&listen).unwrap();
+    c.send(&client::get("/stuck")).unwrap();
+    assert!(slow.wait_until(TIMEOUT, |b| b.requests() >= 1));
+    // The same file again: a new generation; the old worker drains and is cut after 1 s.
+    up.signal("HUP");
+    up.expect(&["reloaded"]);
+    up.expect(&["aborting 1 requests in progress"]);
+    up.signal("TERM");
+    assert_eq!(up.wait_exit(), 0);
+    assert!(
+        up.seen.iter().any(|l| l.contains("drained; exiting")),
+        "nothing was in flight at the drain: {:#?}",
+        up.seen
+    );
+}
+
+/// A pooled connection the server closed just as it was reused (the keepalive race) is
+/// re-sent on a fresh one: routine, "not a sign of ill health" — no warning for it.
+#[test]
+fn a_keepalive_race_retried_fresh_is_not_a_warning() {
+    let b = upkeep_testkit::backend::Backend::builder()
+        .behaviour(upkeep_testkit::backend::Behaviour::CloseReused)
+        .start()
+        .unwrap();
+    let mut up = Upkeep::quick("info", &[b.addr().to_string()]);
+    let listen = up.listen();
+    let mut c = Client::connect(&listen).unwrap();
+    for _ in 0..3 {
+        assert_eq!(c.get("/r").unwrap().status, 200);
+    }
+    let lines = up.stop_and_parse();
+    let warnings: Vec<_> = lines.iter().filter(|(l, _, _)| l != "INFO ").collect();
+    assert!(warnings.is_empty(), "{warnings:#?}");
+}

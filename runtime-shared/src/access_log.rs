@@ -70,7 +70,7 @@ pub struct Entry<'a> {
     pub request_id: &'a [u8],
     /// Every upstream attempt, in order.
     pub tries: Vec<Tried>,
-    /// How the exchange ended: `complete`, `client_aborted`, `shutdown`.
+    /// How the exchange ended: `complete`, `client_aborted`, `shutdown`, `upstream_failed`.
     pub end: &'static str,
 }
 

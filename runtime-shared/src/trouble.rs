@@ -1,7 +1,7 @@
 //! The operator log's account of upstream trouble, from what the core reports (the core itself
 //! never logs): a failed connect with its errno ([`connect_failed`]), each exchange whose
 //! upstream attempts failed ([`exchange`]: `warn` when a retry saved it, `error` when the
-//! client got our own 502/503/504), and servers marked down or up by passive health
+//! client got our own 502/503/504 or a response the server cut short), and servers marked down or up by passive health
 //! ([`Health`]). Every line names the group, the server, the client, the request line and the
 //! request id, so one grep finds an incident.
 
@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use upkeep_core::framing::Version;
-use upkeep_core::{Core, ExchangeInfo, ServerId, Time};
+use upkeep_core::{Core, End, ExchangeInfo, ServerId, Time};
 
 /// How often [`Health::watch`] looks at every server when nothing failed meanwhile (a server
 /// comes back up when its `fail_timeout` passes, with no event to announce it).
@@ -67,11 +67,14 @@ pub fn answered_by_us_after_failure(ex: &ExchangeInfo) -> bool {
     }
 }
 
-/// Logs `ex` if one of its upstream attempts failed or none could be made.
+/// Logs `ex` if one of its upstream attempts failed or none could be made. A stale pooled
+/// connection re-sent on a fresh one (the keepalive race) is routine: `debug`, unless something
+/// else went wrong too.
 pub fn exchange(core: &Core, ex: &ExchangeInfo) {
-    let failed = ex.tries.iter().any(|t| t.failure.is_some());
+    let failed = ex.tries.iter().any(|t| t.failure.is_some() && !t.stale());
     let ours = answered_by_us_after_failure(ex);
-    if !failed && !ours {
+    let stale = ex.tries.iter().any(|t| t.stale()) && log::log_enabled!(log::Level::Debug);
+    if !(failed || ours || stale) {
         return;
     }
     let mut attempts = String::new();
@@ -99,7 +102,13 @@ pub fn exchange(core: &Core, ex: &ExchangeInfo) {
             .as_str()
     });
     let group = group.map_or_else(String::new, |g| format!("upstream {g:?}: "));
-    if ours {
+    if ex.end == End::UpstreamFailed {
+        log::error!(
+            "{group}response cut short ({} {}): {attempts}",
+            context(ex),
+            ex.status
+        );
+    } else if ours {
         if attempts.is_empty() {
             attempts.push_str("no server available");
         }
@@ -108,8 +117,13 @@ pub fn exchange(core: &Core, ex: &ExchangeInfo) {
             ex.status,
             context(ex)
         );
-    } else {
+    } else if failed {
         log::warn!("{group}retried ({}): {attempts}", context(ex));
+    } else {
+        log::debug!(
+            "{group}retried a stale pooled connection ({}): {attempts}",
+            context(ex)
+        );
     }
 }
 

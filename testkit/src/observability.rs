@@ -11,7 +11,7 @@ use upkeep_core::config::AccessLogFormat;
 use upkeep_core::{Address, Config};
 
 use crate::Start;
-use crate::backend::{Backend, closed_port};
+use crate::backend::{Backend, Behaviour, closed_port};
 use crate::client::{self, Client};
 use crate::scenarios::{config, log_lines, with_access_log, with_admin};
 use crate::wire::TempDir;
@@ -28,6 +28,7 @@ macro_rules! observability_tests {
             access_log_json_names_every_attempt,
             access_log_combined_is_nginx_combined,
             a_client_that_gives_up_is_logged_499,
+            a_response_the_server_cuts_is_logged_with_its_failure,
             metrics_parse_per_server,
         );
     };
@@ -172,6 +173,33 @@ pub fn a_client_that_gives_up_is_logged_499(start: Start) {
     assert_eq!(line["status"], 499, "{line}");
     assert_eq!(line["end"], "client_aborted");
     assert_eq!(line["request"], "GET /gone HTTP/1.1");
+    p.stop();
+}
+
+/// A server that stalls after its response head: the client's response is cut at the read
+/// timeout, and the access log says so — the server's status, the body bytes that went out,
+/// `end` `upstream_failed` and the attempt's `read_timeout` (not a client abort, not missing).
+pub fn a_response_the_server_cuts_is_logged_with_its_failure(start: Start) {
+    let b = Backend::builder()
+        .behaviour(Behaviour::Raw(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789".to_vec(),
+        ))
+        .start()
+        .unwrap();
+    let dir = TempDir::new().unwrap();
+    let (mut cfg, path) = with_access_log(config(vec![b.addr()]), &dir);
+    cfg.runtime.access_log_format = AccessLogFormat::Json;
+    cfg.upstreams[0].read_timeout = Duration::from_millis(300);
+    let (p, addr) = started(start, cfg);
+    let mut c = Client::connect(&addr).unwrap();
+    c.send(&client::get("/cut")).unwrap();
+    let line = &json_lines(&path, 1)[0];
+    assert_eq!(line["status"], 200, "{line}");
+    assert_eq!(line["end"], "upstream_failed", "{line}");
+    assert_eq!(line["body_bytes_sent"], 10, "{line}");
+    assert_eq!(line["upstreams"][0]["failure"], "read_timeout", "{line}");
+    assert_eq!(line["upstreams"][0]["status"], 200, "{line}");
+    drop(c);
     p.stop();
 }
 

@@ -167,7 +167,7 @@ impl Core {
         };
         let replay = core::mem::take(&mut cl.ex.replay);
         cl.ex = Exchange::start(head, cl.since, request, replay);
-        let (fields, add_id) = record::request_fields(
+        let (fields, id_action) = record::request_fields(
             self.record_requests,
             self.record_fields,
             &mut self.request_ids,
@@ -176,7 +176,6 @@ impl Core {
             &c.buf.rbuf,
         );
         let ex = &mut cl.ex;
-        let id_to_add = add_id.then(|| fields.request_id.clone());
         ex.fields = fields;
         let target = head.target.of(&c.buf.rbuf);
         let path = target.split(|&b| b == b'?').next().unwrap_or(target);
@@ -216,11 +215,14 @@ impl Core {
             te_trailers: ex.trailers,
         };
         let upgrade = ex.upgrade;
+        // Borrowed, not cloned: a clone of a fresh `Bytes` allocates (its first clone promotes
+        // it to shared), on every request.
+        let rid = &ex.fields.request_id;
         let req_head = c.buf.rewrite(head.len + HEAD_GROWTH, |buf, out| {
             framing::write_request_head(head, buf, out_body, upgrade, &fwd, out);
-            if let Some(rid) = &id_to_add {
+            if id_action != record::IdAction::Keep {
                 // The id the access log shows reaches the backend's logs too.
-                record::add_request_id(out, rid);
+                record::add_request_id(out, rid, id_action == record::IdAction::Replace);
             }
         });
         c.buf.rbuf.advance(head.len);

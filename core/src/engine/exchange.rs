@@ -19,8 +19,8 @@ pub(super) const REPLAY_LIMIT: usize = 64 * 1024;
 /// Recorded when the response's last byte is queued to the client (or the proxy's own error
 /// response is), when the client gives up on it ([`End::ClientAborted`], status 499 if no
 /// response had started) and when the runtime cuts it at shutdown ([`End::Shutdown`], status 444
-/// if no response had started). Upgraded (tunnelled) exchanges and exchanges cut short by an
-/// upstream failure mid-response are not recorded.
+/// if no response had started) and when the server fails after its response started
+/// ([`End::UpstreamFailed`]). Upgraded (tunnelled) exchanges are not recorded.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExchangeInfo {
     /// Client connection.
@@ -241,12 +241,15 @@ impl Core {
         let (listener, peer) = (cl.listener, cl.peer);
         let ex = &mut cl.ex;
         let tries = record::close_tries(ex, now);
-        let request = ex.request.clone();
+        // Taken, not cloned (an exchange is recorded once): cloning a fresh `Bytes` allocates.
+        let request = core::mem::take(&mut ex.request);
         let status = match end {
             End::Complete => ex.status,
             _ if ex.resp_started => ex.status,
             End::ClientAborted => 499,
             End::Shutdown => 444,
+            // Only recorded once a response started; what the client got otherwise.
+            End::UpstreamFailed => 502,
         };
         let info = ExchangeInfo {
             client: id,

@@ -36,9 +36,18 @@ pub struct UpstreamTry {
     /// The response status (0: none arrived).
     pub status: u16,
     /// Why the attempt failed (`connect_failed`, `connect_timeout`, `read_timeout`,
-    /// `send_timeout`, `closed`, `bad_response`, `reused_408`, `local`), if it did; the next
-    /// attempt, if any, is a retry for this reason.
+    /// `send_timeout`, `closed`, `bad_response`, `reused_408`, `local`, or `stale`: see [`UpstreamTry::stale`]), if it
+    /// did; the next attempt, if any, is a retry for this reason.
     pub failure: Option<&'static str>,
+}
+
+impl UpstreamTry {
+    /// Whether the attempt went over a pooled connection the server had closed as it was reused
+    /// (the keepalive race, failure `stale`): re-sent on a fresh connection to the same server —
+    /// routine, not held against the server.
+    pub fn stale(&self) -> bool {
+        self.failure == Some(STALE)
+    }
 }
 
 /// The attempts of one exchange. Inline up to two (a request and one retry), so recording stays
@@ -56,6 +65,9 @@ pub enum End {
     /// Cut by the runtime as it stops: a drain past its shutdown timeout, or a stop at once
     /// ([`Core::abort_exchanges`]).
     Shutdown,
+    /// The server failed (closed, reset, timed out) after its response had started: the client
+    /// got the response cut short (its last attempt names the failure).
+    UpstreamFailed,
 }
 
 impl End {
@@ -65,6 +77,7 @@ impl End {
             End::Complete => "complete",
             End::ClientAborted => "client_aborted",
             End::Shutdown => "shutdown",
+            End::UpstreamFailed => "upstream_failed",
         }
     }
 }
@@ -90,10 +103,35 @@ fn field<'a>(head: &Head, buf: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
         .map(|f| f.value.of(buf))
 }
 
+/// Longest client `X-Request-Id` taken as the request's id (a UUID is 36, nginx's 32).
+pub(crate) const MAX_CLIENT_REQUEST_ID: usize = 128;
+
+/// Whether a client's `X-Request-Id` value is taken as the request's id: 1 to
+/// [`MAX_CLIENT_REQUEST_ID`] visible ASCII bytes, no `"` or `\`. Anything else (empty, spaces,
+/// non-ASCII, kilobytes) would break or bloat the access log's unquoted `request_id=` field and
+/// the operator log, so it is replaced by a generated id.
+pub(crate) fn usable_request_id(v: &[u8]) -> bool {
+    (1..=MAX_CLIENT_REQUEST_ID).contains(&v.len())
+        && v.iter()
+            .all(|&b| (0x21..=0x7e).contains(&b) && b != b'"' && b != b'\\')
+}
+
+/// What the forwarded head needs for the request id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum IdAction {
+    /// Nothing: the client's one `X-Request-Id` is the id and goes through as sent.
+    Keep,
+    /// Add the id (the client sent none).
+    Add,
+    /// Drop the client's `X-Request-Id` fields and add the id: the backend sees exactly the one
+    /// the access log shows (the client sent an unusable one, or several).
+    Replace,
+}
+
 /// The request fields of `head` (received in `buf`) for the record — Host, Referer and
 /// User-Agent only if `copy_fields` — with the client's request id or a new one (`ids` counts
-/// those generated, after `prefix`); and whether the id is new, so it must be added to the
-/// forwarded head. Empty (and nothing to add) unless `recording`.
+/// those generated, after `prefix`); and what the forwarded head needs for it. Empty (and
+/// nothing to add) unless `recording`.
 pub(super) fn request_fields(
     recording: bool,
     copy_fields: bool,
@@ -101,21 +139,38 @@ pub(super) fn request_fields(
     prefix: u64,
     head: &Head,
     buf: &[u8],
-) -> (RequestFields, bool) {
+) -> (RequestFields, IdAction) {
     if !recording {
-        return (RequestFields::default(), false);
+        return (RequestFields::default(), IdAction::Keep);
     }
     let copy = |name: &[u8]| {
         field(head, buf, name)
             .filter(|_| copy_fields)
             .map_or_else(Bytes::new, Bytes::copy_from_slice)
     };
-    let own = field(head, buf, b"x-request-id").filter(|v| !v.is_empty());
-    let (request_id, generated) = match own {
-        Some(v) => (Bytes::copy_from_slice(v), false),
-        None => {
+    let mut sent = head
+        .fields
+        .iter()
+        .filter(|f| f.name.of(buf).eq_ignore_ascii_case(b"x-request-id"))
+        .map(|f| f.value.of(buf));
+    let (first, more) = (sent.next(), sent.next().is_some());
+    let (request_id, action) = match first {
+        Some(v) if usable_request_id(v) => (
+            Bytes::copy_from_slice(v),
+            if more {
+                IdAction::Replace
+            } else {
+                IdAction::Keep
+            },
+        ),
+        _ => {
             *ids += 1;
-            (request_id(prefix, *ids), true)
+            let action = if first.is_some() {
+                IdAction::Replace
+            } else {
+                IdAction::Add
+            };
+            (request_id(prefix, *ids), action)
         }
     };
     let fields = RequestFields {
@@ -124,8 +179,13 @@ pub(super) fn request_fields(
         user_agent: copy(b"user-agent"),
         request_id,
     };
-    (fields, generated)
+    (fields, action)
 }
+
+/// The failure of an attempt on a pooled connection the server had closed as it was reused (the
+/// keepalive race): re-sent once on a fresh connection to the same server, routine — not held
+/// against the server, and not a warning in the operator log.
+pub(crate) const STALE: &str = "stale";
 
 /// The name of a failure in logs and metrics.
 pub(crate) fn failure_name(why: Failure) -> &'static str {
@@ -146,7 +206,16 @@ pub(crate) fn failure_name(why: Failure) -> &'static str {
 /// like nginx's `$request_id`. Deterministic: the runtime makes `prefix` unique per process and
 /// worker.
 pub(crate) fn request_id(prefix: u64, n: u64) -> Bytes {
-    Bytes::from(format!("{prefix:016x}{n:016x}"))
+    // Into a stack buffer, then one exact allocation: `format!` grows a String (reallocating)
+    // and converting it to `Bytes` may reallocate again — on every request.
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut text = [0u8; 32];
+    for (half, v) in text.chunks_exact_mut(16).zip([prefix, n]) {
+        for (i, digit) in half.iter_mut().enumerate() {
+            *digit = HEX[(v >> (60 - 4 * i) & 0xf) as usize];
+        }
+    }
+    Bytes::copy_from_slice(&text)
 }
 
 impl Core {
@@ -229,13 +298,39 @@ pub(super) fn close_tries(ex: &mut Exchange, now: Time) -> Tries {
 }
 
 /// `head` (a request head ending in an empty line) with `X-Request-Id: id` added before that
-/// line.
-pub(super) fn add_request_id(out: &mut BytesMut, id: &[u8]) {
+/// line — and, with `replace`, its `X-Request-Id` fields dropped first.
+pub(super) fn add_request_id(out: &mut BytesMut, id: &[u8], replace: bool) {
     debug_assert!(out.ends_with(b"\r\n\r\n"));
+    if replace {
+        drop_fields(out, b"x-request-id");
+    }
     out.truncate(out.len() - 2);
     out.extend_from_slice(b"X-Request-Id: ");
     out.extend_from_slice(id);
     out.extend_from_slice(b"\r\n\r\n");
+}
+
+/// Removes the field lines named `name` (any case) from the head in `out`, in place.
+fn drop_fields(out: &mut BytesMut, name: &[u8]) {
+    let (mut read, mut kept) = (0, 0);
+    while read < out.len() {
+        let end = out[read..]
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .map_or(out.len(), |p| read + p + 2);
+        let line = &out[read..end];
+        // Never the request line (the first): its method could look like a field name.
+        let named = read > 0
+            && line.len() > name.len()
+            && line[name.len()] == b':'
+            && line[..name.len()].eq_ignore_ascii_case(name);
+        if !named {
+            out.copy_within(read..end, kept);
+            kept += end - read;
+        }
+        read = end;
+    }
+    out.truncate(kept);
 }
 
 #[cfg(test)]
@@ -248,15 +343,45 @@ mod tests {
             &request_id(0xab, 7)[..],
             b"00000000000000ab0000000000000007"
         );
+        assert_eq!(
+            &request_id(u64::MAX, 0x0123_4567_89ab_cdef)[..],
+            b"ffffffffffffffff0123456789abcdef"
+        );
     }
 
     #[test]
     fn request_id_goes_before_the_blank_line() {
         let mut b = BytesMut::from(&b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"[..]);
-        add_request_id(&mut b, b"42");
+        add_request_id(&mut b, b"42", false);
         assert_eq!(
             &b[..],
             b"GET / HTTP/1.1\r\nHost: a\r\nX-Request-Id: 42\r\n\r\n"
         );
+        let mut b = BytesMut::from(
+            &b"GET / HTTP/1.1\r\nx-request-id: a b\r\nHost: a\r\nX-Request-ID:\r\n\r\n"[..],
+        );
+        add_request_id(&mut b, b"42", true);
+        assert_eq!(
+            &b[..],
+            b"GET / HTTP/1.1\r\nHost: a\r\nX-Request-Id: 42\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn usable_client_request_ids() {
+        let long = [b'a'; MAX_CLIENT_REQUEST_ID + 1];
+        let table: [(&[u8], bool); 8] = [
+            (b"abc-1", true),
+            (b"0f8fad5b-d9cb-469f-a165-70867728950e", true),
+            (&long[1..], true),
+            (&long, false),
+            (b"", false),
+            (b"a b", false),
+            (b"a\"b", false),
+            (b"caf\xc3\xa9", false),
+        ];
+        for (v, ok) in table {
+            assert_eq!(usable_request_id(v), ok, "{:?}", String::from_utf8_lossy(v));
+        }
     }
 }

@@ -6,6 +6,7 @@ use bytes::{Buf, Bytes};
 use std::collections::VecDeque;
 
 use super::exchange::Resp;
+use super::record::{self, End};
 use super::table::Role;
 use super::{Core, HEAD_GROWTH, touch};
 use crate::config::{PoolKeyMode, ServerState};
@@ -619,7 +620,9 @@ impl Core {
         if ex.resp_started {
             // Part of the response already went out. The client must see it cut short: after
             // what is queued, an abortive close — a FIN would make a close-delimited body look
-            // complete.
+            // complete. The record says so (the access log, the operator log and the timeout
+            // counters would otherwise never hear of it).
+            self.record_end(now, cid, End::UpstreamFailed);
             self.close_client_after_flush(now, cid, AfterFlush::Reset);
             return;
         }
@@ -640,6 +643,10 @@ impl Core {
                 // Not a sign of ill health: re-send once on a fresh connection to the same
                 // server, as if this attempt had not happened.
                 ex.stale_retried = true;
+                // The record says so: routine (the keepalive race), not trouble to warn about.
+                if let Some(t) = ex.tries_log.last_mut() {
+                    t.failure = Some(record::STALE);
+                }
                 ex.tries -= 1;
                 ex.tried &= !(1u64 << idx);
                 self.stats.groups[g].stale_retries += 1;

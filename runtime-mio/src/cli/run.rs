@@ -64,6 +64,8 @@ pub(crate) fn run(config: Config, file: Option<&Path>) -> io::Result<()> {
     notify(&format!("READY=1\nMAINPID={}", std::process::id()));
     let mut events = Events::with_capacity(8);
     let mut phase = Phase::Serving;
+    // Requests cut before the drain began (by reloads' old workers) are not the drain's.
+    let mut aborted_before = 0;
     loop {
         let timeout = match phase {
             Phase::Serving => None,
@@ -89,7 +91,7 @@ pub(crate) fn run(config: Config, file: Option<&Path>) -> io::Result<()> {
                     // The current configuration's delay: a reload may have changed it.
                     let delay = proxy.config().runtime.shutdown_delay;
                     phase = if delay.is_zero() {
-                        start_drain(&proxy)
+                        start_drain(&proxy, &mut aborted_before)
                     } else {
                         log::info!(
                             "shutting down: /ready fails now, still serving for shutdown_delay \
@@ -127,10 +129,10 @@ pub(crate) fn run(config: Config, file: Option<&Path>) -> io::Result<()> {
         if let Phase::Delaying(until) = phase
             && Instant::now() >= until
         {
-            phase = start_drain(&proxy);
+            phase = start_drain(&proxy, &mut aborted_before);
         }
         if phase == Phase::Draining && proxy.is_finished() {
-            let aborted = proxy.aborted_requests();
+            let aborted = proxy.aborted_requests() - aborted_before;
             proxy.wait();
             if aborted > 0 {
                 log::warn!("drain cut at shutdown_timeout: aborted {aborted} requests; exiting");
@@ -142,7 +144,9 @@ pub(crate) fn run(config: Config, file: Option<&Path>) -> io::Result<()> {
     }
 }
 
-fn start_drain(proxy: &ProxyHandle) -> Phase {
+/// Begins the drain; `aborted_before` takes the requests cut so far (not the drain's).
+fn start_drain(proxy: &ProxyHandle, aborted_before: &mut u64) -> Phase {
+    *aborted_before = proxy.aborted_requests();
     notify("STOPPING=1");
     log::info!("draining: finishing in-flight requests");
     proxy.drain();
