@@ -200,3 +200,24 @@ mod generated {
         }
     }
 }
+
+/// A connection adopted between requests is a kept-alive one, not a new one: a later plain
+/// drain (a stop after the reload) closes it at once like any idle keep-alive connection,
+/// instead of waiting for a first request that may never come (holding the stop up to the
+/// header timeout or `shutdown_timeout`).
+#[test]
+fn an_adopted_idle_client_is_closed_by_a_later_plain_drain() {
+    let mut old = harness();
+    let c = old.connect_client();
+    exchange(&mut old, c, &get("/before"), &ok("old"));
+    old.core.begin_handoff(old.now);
+    old.pump();
+    let released = old.core.release_idle(c).expect("idle");
+
+    let mut new = harness();
+    let moved = new.adopt_client(&released);
+    new.core.begin_drain(new.now);
+    new.pump();
+    assert!(new.clients[&moved].closed, "idle keep-alive: closed");
+    assert!(new.core.is_drained());
+}

@@ -36,6 +36,10 @@ pub struct Released {
     pub received: Bytes,
     /// Bytes queued for the client and not yet written: the end of the last response, if any.
     pub unsent: VecDeque<Bytes>,
+    /// Requests the connection carried so far: the adopting core counts on from there
+    /// (`keepalive_requests`), and treats it as kept alive rather than new (an idle timeout,
+    /// not a header timeout; closed at once by a later plain drain).
+    pub requests: u32,
 }
 
 impl Core {
@@ -185,6 +189,7 @@ impl Core {
             peer: cl.peer,
             received: c.buf.rbuf.split().freeze(),
             unsent: core::mem::take(&mut c.buf.wq),
+            requests: cl.requests,
         };
         self.clients -= 1;
         self.stats.handed_off += 1;
@@ -206,6 +211,9 @@ impl Core {
         let id = self.admit(now, listener, released.peer)?;
         self.stats.adopted += 1;
         if let Some(c) = self.conns.get_mut(id) {
+            if let Role::Client(cl) = &mut c.role {
+                cl.requests = released.requests;
+            }
             for b in &released.unsent {
                 c.buf.push(now, b.clone());
             }
