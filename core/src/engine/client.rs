@@ -189,6 +189,9 @@ impl Core {
         let expect = head.expect_continue && !ex.req_done && c.buf.rbuf.len() == head.len;
         cl.phase = Phase::Exchange;
         cl.body_progress = now;
+        // The minimum upload rate runs from the request's head, not from `since` (for a first
+        // request, the accept: a preconnected client would lose its grace).
+        ex.upload_since = now;
         let peer = cl.peer;
         let scheme = self
             .config
