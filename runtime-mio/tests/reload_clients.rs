@@ -171,3 +171,34 @@ fn a_reload_keeps_idle_upstream_connections_to_servers_that_remain() {
     assert_eq!(kept.accepted(), 1);
     proxy.shutdown();
 }
+
+/// A connection handed over at a reload is taken by the new worker even when that worker is
+/// at `limits.max_client_connections`: it is already open (refusing it frees no descriptor), and
+/// closing it would fail the client's next request — the one thing a handoff must not do.
+#[test]
+fn a_handed_over_connection_is_kept_when_the_new_worker_is_full() {
+    use std::time::Duration;
+    use upkeep_mio::Proxy;
+    let slow = Backend::slow("slow", Duration::from_secs(3)).unwrap();
+    let fast = Backend::identify("fast").unwrap();
+    let mut cfg = upkeep_testkit::loopback_config(vec![slow.addr()], 1);
+    cfg.limits.max_client_connections = 1;
+    let proxy = Proxy::start(cfg.clone()).unwrap();
+    let listen = proxy.listen_addrs()[0].clone();
+    // A request in flight on the old worker during the reload.
+    let mut a = client::in_flight(&listen, "/a", &slow);
+    let mut next = cfg.clone();
+    next.upstreams[0].servers[0] = upkeep_core::config::ServerConfig::new(fast.addr());
+    proxy.reload(next).unwrap();
+    // A new client fills the new worker (served there, and kept alive).
+    let mut b = Client::connect(&listen).unwrap();
+    let rb = b.get("/b").unwrap();
+    assert_eq!((rb.status, rb.text()), (200, "fast GET /b".into()));
+    // The old request finishes on the old configuration, then its connection moves.
+    let ra = a.read_response().unwrap();
+    assert_eq!(ra.status, 200);
+    assert!(!ra.connection_has("close"), "no close announced");
+    let ra = a.get("/a2").expect("the kept-alive connection still works");
+    assert_eq!((ra.status, ra.text()), (200, "fast GET /a2".into()));
+    proxy.shutdown();
+}

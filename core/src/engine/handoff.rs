@@ -201,14 +201,20 @@ impl Core {
 
     /// Takes over a connection another core [released](Core::release_idle): accepted on
     /// `listener` (of this core's configuration) like a new connection, with what the other
-    /// core still held queued to write and processed as received.
+    /// core still held queued to write and processed as received. Refused only while this core
+    /// drains; `max_client_connections` does not apply — the connection is open already
+    /// (refusing it frees no descriptor), and closing it would fail the client's next request;
+    /// accepting stays paused until the count is under the limit again.
     pub fn adopt(
         &mut self,
         now: Time,
         listener: ListenerId,
         released: &Released,
     ) -> Result<ConnId, AtCapacity> {
-        let id = self.admit(now, listener, released.peer)?;
+        if self.draining {
+            return Err(AtCapacity);
+        }
+        let id = self.admit(now, listener, released.peer);
         self.stats.adopted += 1;
         if let Some(c) = self.conns.get_mut(id) {
             if let Role::Client(cl) = &mut c.role {
