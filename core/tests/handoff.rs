@@ -221,3 +221,49 @@ fn an_adopted_idle_client_is_closed_by_a_later_plain_drain() {
     assert!(new.clients[&moved].closed, "idle keep-alive: closed");
     assert!(new.core.is_drained());
 }
+
+/// A pooled connection a reload moved to a new core is a reused one there: should the backend
+/// have closed it meanwhile (its own keep-alive timeout racing the first request), the request
+/// is re-sent once on a fresh connection — the keepalive race — not answered with a 502 that
+/// also counts against the server's health.
+#[test]
+fn a_stale_adopted_pooled_connection_is_retried_on_a_fresh_one() {
+    let mut old = harness();
+    let c = old.connect_client();
+    let (u, _) = exchange(&mut old, c, &get("/warm"), &ok("w"));
+    assert!(old.core.is_pooled(u));
+    let released = old.core.release_pooled();
+    assert_eq!(released.len(), 1);
+
+    let mut new = harness();
+    let nu = new
+        .core
+        .adopt_pooled(new.now, &released[0].1, None)
+        .expect("adopted");
+    new.upstreams.insert(
+        nu,
+        upkeep_core::sim::Endpoint {
+            reading: true,
+            connected: true,
+            ..Default::default()
+        },
+    );
+    new.pump();
+    let c2 = new.connect_client();
+    new.client_send(c2, &get("/first"));
+    assert_eq!(
+        busy_upstream(&new),
+        Some(nu),
+        "the adopted connection is used"
+    );
+    new.take_upstream(nu);
+    // The backend had closed it meanwhile: EOF before any response byte.
+    new.upstream_eof(nu);
+    let fresh = busy_upstream(&new).expect("re-sent on a fresh connection");
+    assert_ne!(fresh, nu);
+    assert_eq!(requests(&mut new, fresh)[0].path, "/first");
+    new.upstream_send(fresh, &ok("again"));
+    let rs = responses(&mut new, c2);
+    assert_eq!((rs[0].status, &rs[0].body[..]), (200, &b"again"[..]));
+    assert_eq!(new.core.stats().groups[0].stale_retries, 1);
+}

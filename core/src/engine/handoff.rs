@@ -118,7 +118,9 @@ impl Core {
                 state: UState::Idle,
                 client: None,
                 created: now,
-                requests: 0,
+                // It carried a request before it was pooled: its next one is a reuse (the
+                // keepalive race is retried on a fresh connection, a 408 read as idle timeout).
+                requests: 1,
                 written: 0,
                 sent_all: true,
                 read_progress: now,
