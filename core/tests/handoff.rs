@@ -267,3 +267,25 @@ fn a_stale_adopted_pooled_connection_is_retried_on_a_fresh_one() {
     assert_eq!((rs[0].status, &rs[0].body[..]), (200, &b"again"[..]));
     assert_eq!(new.core.stats().groups[0].stale_retries, 1);
 }
+
+/// An idle connection whose listener the new configuration dropped has nowhere to move: it
+/// closes once the end of its last response is written, never before.
+#[test]
+fn an_idle_client_on_a_dropped_listener_closes_after_its_last_bytes() {
+    let mut old = harness();
+    let c = old.connect_client();
+    old.client_send(c, &get("/x"));
+    let u = busy_upstream(&old).unwrap();
+    requests(&mut old, u);
+    old.stall(c, true);
+    old.upstream_send(u, &ok("queued"));
+    old.core.begin_handoff(old.now);
+    old.core.close_idle_on(old.now, upkeep_core::ListenerId(0));
+    old.pump();
+    assert!(old.core.idle_clients().is_empty(), "not released");
+    assert!(!old.clients[&c].closed, "its response is still queued");
+    old.stall(c, false);
+    assert_eq!(responses(&mut old, c)[0].body, b"queued");
+    assert!(old.clients[&c].closed);
+    assert!(old.core.is_drained());
+}

@@ -45,6 +45,9 @@ pub(crate) enum Command {
         handed_over: Vec<bool>,
         /// A reload: idle client connections move to these workers instead of being closed.
         handoff: Option<Handoff>,
+        /// Per listener: the new configuration has it. Idle connections on one it dropped have
+        /// nowhere to move: they close once their last response is written.
+        kept: Vec<bool>,
     },
     /// Take over a client connection a draining worker released (a reload).
     Adopt {
@@ -153,6 +156,7 @@ pub(crate) fn spawn(setup: Setup) -> io::Result<(Control, JoinHandle<()>)> {
         aborted: setup.aborted,
         handoff: None,
         handed: 0,
+        gone: Vec::new(),
         tls: setup.tls,
     };
     for i in 0..worker.listeners.len() {
@@ -215,6 +219,8 @@ struct Worker {
     handoff: Option<Handoff>,
     /// Connections handed off so far (spreads them over the new workers).
     handed: usize,
+    /// Draining for a reload: the listeners the new configuration dropped.
+    gone: Vec<ListenerId>,
     tls: Arc<Contexts>,
 }
 
@@ -622,8 +628,9 @@ impl Worker {
                     ack,
                     handed_over,
                     handoff,
+                    kept,
                 }) => {
-                    self.drain(&handed_over, handoff);
+                    self.drain(&handed_over, handoff, &kept);
                     if let Some(ack) = ack {
                         let _ = ack.send(());
                     }
@@ -650,12 +657,16 @@ impl Worker {
         }
     }
 
-    fn drain(&mut self, handed_over: &[bool], handoff: Option<Handoff>) {
+    fn drain(&mut self, handed_over: &[bool], handoff: Option<Handoff>, kept: &[bool]) {
         if self.drain_deadline.is_some() {
             return;
         }
         let handing_off = handoff.is_some();
         self.handoff = handoff;
+        self.gone = (0..self.listeners.len())
+            .filter(|&i| !kept.get(i).copied().unwrap_or(false))
+            .map(|i| ListenerId(i as u32))
+            .collect();
         // Take what is already queued on listeners about to close (closing them would reset
         // those connections) and read what they sent, then stop listening. A socket handed
         // over to a new generation is left alone: a connection taken here now would be closed
@@ -708,6 +719,13 @@ impl Worker {
     /// Moves every idle client connection to a new worker (a reload's drain): released by the
     /// core with the bytes it held, the socket unwatched here and sent along — it never closes.
     fn hand_off_idle(&mut self) {
+        if !self.gone.is_empty() {
+            let now = clock::now();
+            for &l in &self.gone {
+                self.core.close_idle_on(now, l);
+            }
+            self.after_input();
+        }
         for id in self.core.idle_clients() {
             let Some(released) = self.core.release_idle(id) else {
                 continue;

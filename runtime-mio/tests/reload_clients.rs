@@ -202,3 +202,42 @@ fn a_handed_over_connection_is_kept_when_the_new_worker_is_full() {
     assert_eq!((ra.status, ra.text()), (200, "fast GET /a2".into()));
     proxy.shutdown();
 }
+
+/// A reload that removes a listener: a connection on it whose response is still being written
+/// when it turns idle has nowhere to move, and must still get the rest of that response (then
+/// a close), not a cut-off body.
+#[test]
+fn a_response_still_written_on_a_removed_listener_arrives_whole() {
+    use upkeep_core::config::ListenerConfig;
+    use upkeep_mio::Proxy;
+    const LEN: usize = 4 << 20;
+    let backend = Backend::builder().pattern_body(LEN, 7).start().unwrap();
+    let free = || {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        Address::Tcp(l.local_addr().unwrap())
+    };
+    let (kept, removed) = (free(), free());
+    let mut cfg = upkeep_testkit::loopback_config(vec![backend.addr()], 1);
+    cfg.listeners = vec![
+        ListenerConfig::new(kept.clone()),
+        ListenerConfig::new(removed.clone()),
+    ];
+    // The whole response fits in the proxy's queue: it is complete (the exchange over, the
+    // connection idle) while the client has not read it yet.
+    cfg.limits.write_high_water = 4 * LEN;
+    let proxy = Proxy::start(cfg.clone()).unwrap();
+    let mut c = client::in_flight(&removed, "/big", &backend);
+    assert!(backend.wait_until(spawned::WAIT, |b| b.bytes_written() >= LEN));
+    let mut next = cfg.clone();
+    next.listeners.pop();
+    proxy.reload(next).unwrap();
+    let r = c.read_response().expect("the whole response");
+    assert_eq!(r.status, 200);
+    assert!(
+        r.body == upkeep_testkit::wire::pattern(LEN, 7),
+        "every byte ({} of {LEN})",
+        r.body.len()
+    );
+    assert_eq!(client::get_text(&kept, "/k").0, 200);
+    proxy.shutdown();
+}

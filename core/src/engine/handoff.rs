@@ -175,6 +175,23 @@ impl Core {
             .collect()
     }
 
+    /// Closes the [idle](Core::idle_clients) client connections that arrived on `listener`
+    /// once what is queued for each is written: in a handoff drain whose new configuration has
+    /// no such listener, they have nowhere to move, and releasing them would lose the end of a
+    /// response still being written.
+    pub fn close_idle_on(&mut self, now: Time, listener: ListenerId) {
+        for id in self.idle_clients() {
+            if self
+                .conns
+                .client(id)
+                .is_some_and(|cl| cl.listener == listener)
+            {
+                self.close_client_after_flush(now, id, AfterFlush::Close);
+            }
+        }
+        self.sync(now);
+    }
+
     /// Lets go of the idle client connection `id` (see [`Core::idle_clients`]; `None` if it is
     /// not): the core forgets it without an [`Output::Close`](crate::Output::Close) — the
     /// runtime keeps the socket for the core that [adopts](Core::adopt) it.
