@@ -177,16 +177,42 @@ fn a_reload_keeps_idle_upstream_connections_to_servers_that_remain() {
 /// closing it would fail the client's next request — the one thing a handoff must not do.
 #[test]
 fn a_handed_over_connection_is_kept_when_the_new_worker_is_full() {
-    use std::time::Duration;
+    use std::io::{Read, Write};
+    use std::sync::mpsc;
     use upkeep_mio::Proxy;
-    let slow = Backend::slow("slow", Duration::from_secs(3)).unwrap();
+    // A backend that answers its one request only when told: the old request stays in flight
+    // until the new worker is full, whatever the machine's load.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let held_addr = Address::Tcp(held.local_addr().unwrap());
+    let (got, got_rx) = mpsc::channel();
+    let (answer, answer_rx) = mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        let (mut s, _) = held.accept().unwrap();
+        let mut buf = Vec::new();
+        let mut piece = [0u8; 1024];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut piece) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&piece[..n]),
+            }
+        }
+        got.send(()).unwrap();
+        let _ = answer_rx.recv();
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nheld");
+        // Keep the connection until the proxy closes it.
+        let _ = s.read(&mut piece);
+    });
     let fast = Backend::identify("fast").unwrap();
-    let mut cfg = upkeep_testkit::loopback_config(vec![slow.addr()], 1);
+    let mut cfg = upkeep_testkit::loopback_config(vec![held_addr], 1);
     cfg.limits.max_client_connections = 1;
     let proxy = Proxy::start(cfg.clone()).unwrap();
     let listen = proxy.listen_addrs()[0].clone();
     // A request in flight on the old worker during the reload.
-    let mut a = client::in_flight(&listen, "/a", &slow);
+    let mut a = Client::connect(&listen).unwrap();
+    a.send(&client::get("/a")).unwrap();
+    got_rx
+        .recv_timeout(spawned::WAIT)
+        .expect("the request reached the backend");
     let mut next = cfg.clone();
     next.upstreams[0].servers[0] = upkeep_core::config::ServerConfig::new(fast.addr());
     proxy.reload(next).unwrap();
@@ -195,8 +221,9 @@ fn a_handed_over_connection_is_kept_when_the_new_worker_is_full() {
     let rb = b.get("/b").unwrap();
     assert_eq!((rb.status, rb.text()), (200, "fast GET /b".into()));
     // The old request finishes on the old configuration, then its connection moves.
+    answer.send(()).unwrap();
     let ra = a.read_response().unwrap();
-    assert_eq!(ra.status, 200);
+    assert_eq!((ra.status, ra.text()), (200, "held".into()));
     assert!(!ra.connection_has("close"), "no close announced");
     let ra = a.get("/a2").expect("the kept-alive connection still works");
     assert_eq!((ra.status, ra.text()), (200, "fast GET /a2".into()));
