@@ -238,7 +238,7 @@ fn a_stale_adopted_pooled_connection_is_retried_on_a_fresh_one() {
     let mut new = harness();
     let nu = new
         .core
-        .adopt_pooled(new.now, &released[0].1, None)
+        .adopt_pooled(new.now, &released[0].1, None, released[0].3)
         .expect("adopted");
     new.upstreams.insert(
         nu,
@@ -288,4 +288,44 @@ fn an_idle_client_on_a_dropped_listener_closes_after_its_last_bytes() {
     assert_eq!(responses(&mut old, c)[0].body, b"queued");
     assert!(old.clients[&c].closed);
     assert!(old.core.is_drained());
+}
+
+/// A pooled connection keeps its idle deadline across a reload: the backend announced
+/// `Keep-Alive: timeout=5`, so the new core lets go of it within those 5 s as the old one
+/// would have — not after a fresh `keepalive_timeout`, when the backend has closed it long
+/// since and a POST sent on it would fail.
+#[test]
+fn an_adopted_pooled_connection_keeps_its_idle_deadline() {
+    let mut old = harness();
+    let c = old.connect_client();
+    let (u, _) = exchange(
+        &mut old,
+        c,
+        &get("/warm"),
+        b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=5\r\nContent-Length: 1\r\n\r\nw",
+    );
+    assert!(old.core.is_pooled(u));
+    old.advance(secs(3));
+    let released = old.core.release_pooled();
+    let (_, addr, tls, expires) = released[0].clone();
+
+    let mut new = harness();
+    new.now = old.now;
+    let nu = new
+        .core
+        .adopt_pooled(new.now, &addr, tls.as_ref(), expires)
+        .expect("adopted");
+    new.upstreams.insert(
+        nu,
+        upkeep_core::sim::Endpoint {
+            reading: true,
+            connected: true,
+            ..Default::default()
+        },
+    );
+    new.pump();
+    assert!(new.core.is_pooled(nu));
+    // 5 s after the response: gone, as the backend's hint asked.
+    new.advance(secs(3));
+    assert!(!new.core.is_pooled(nu), "expired with the backend's hint");
 }

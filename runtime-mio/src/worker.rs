@@ -62,6 +62,8 @@ pub(crate) enum Command {
     AdoptPooled {
         stream: Stream,
         server: Address,
+        /// Idle until then at the latest (see [`Core::release_pooled`]).
+        expires: upkeep_core::Time,
         /// The TLS settings it was opened (and verified) under, and its session: only a group
         /// with the very same settings may take it in.
         tls: Option<(UpstreamTls, Box<Session>)>,
@@ -649,8 +651,9 @@ impl Worker {
                 Ok(Command::AdoptPooled {
                     stream,
                     server,
+                    expires,
                     tls,
-                }) => self.adopt_pooled(stream, &server, tls),
+                }) => self.adopt_pooled(stream, &server, expires, tls),
                 Err(TryRecvError::Empty) => return Flow::Continue,
                 Err(TryRecvError::Disconnected) => return Flow::Exit,
             }
@@ -685,7 +688,7 @@ impl Worker {
         }
         if handing_off {
             // Warm upstream connections go first, so the new workers reuse them at once.
-            for (id, server, settings) in self.core.release_pooled() {
+            for (id, server, settings, expires) in self.core.release_pooled() {
                 if let Some(mut sock) = self.socks.get_mut(id.index as usize).and_then(Option::take)
                 {
                     sock.stream.deregister(self.poll.registry());
@@ -701,6 +704,7 @@ impl Worker {
                         to.send(Command::AdoptPooled {
                             stream: sock.stream,
                             server,
+                            expires,
                             tls,
                         });
                     }
@@ -781,12 +785,16 @@ impl Worker {
         &mut self,
         stream: Stream,
         server: &Address,
+        expires: upkeep_core::Time,
         tls: Option<(UpstreamTls, Box<Session>)>,
     ) {
         let now = clock::now();
         let (settings, session) = tls.unzip();
         // Bytes or an EOF that came while it moved evict it: it is read at once.
-        if let Some(id) = self.core.adopt_pooled(now, server, settings.as_ref()) {
+        if let Some(id) = self
+            .core
+            .adopt_pooled(now, server, settings.as_ref(), expires)
+        {
             self.install(now, id, stream, session);
         }
     }

@@ -48,12 +48,17 @@ impl Core {
     /// a reload keeps the warm connections to servers the new configuration still has. Those
     /// of a `pool_key = "client"` group are closed (their partition is this core's). Each comes
     /// with its server's address and the TLS settings of its group (what it was opened and
-    /// verified under), for [`Core::adopt_pooled`].
-    pub fn release_pooled(&mut self) -> Vec<(ConnId, Address, Option<UpstreamTls>)> {
+    /// verified under), and the instant it stops being idle-worthy (its pool entry's expiry:
+    /// our `keepalive_timeout`, the backend's `Keep-Alive` hint, `keepalive_time`), for
+    /// [`Core::adopt_pooled`].
+    pub fn release_pooled(&mut self) -> Vec<(ConnId, Address, Option<UpstreamTls>, Time)> {
         let mut idle = Vec::new();
-        self.pool.drain(&mut |c| idle.push(c));
+        for g in 0..self.pool.groups() {
+            idle.extend(self.pool.group_lru(g as u32).map(|e| (e.conn, e.expires)));
+        }
+        self.pool.drain(&mut |_| {});
         let mut released = Vec::new();
-        for id in idle {
+        for (id, expires) in idle {
             let Some(u) = self.conns.upstream(id) else {
                 continue;
             };
@@ -67,7 +72,7 @@ impl Core {
             self.stats.groups[g].evictions[EvictReason::Draining as usize] += 1;
             self.timers.set(id.index, None);
             self.conns.remove(id);
-            released.push((id, addr, tls));
+            released.push((id, addr, tls, expires));
         }
         released
     }
@@ -76,12 +81,14 @@ impl Core {
     /// [released](Core::release_pooled) into the pool of the first group that has a server at
     /// that address, pools by server and has the same TLS settings `tls` (or none, both); `None`
     /// if none does or this core is draining (the
-    /// runtime closes it then). Watched like any pooled connection from now on.
+    /// runtime closes it then). Idle until `expires` (as released) at the latest. Watched like
+    /// any pooled connection from now on.
     pub fn adopt_pooled(
         &mut self,
         now: Time,
         server: &Address,
         tls: Option<&UpstreamTls>,
+        expires: Time,
     ) -> Option<ConnId> {
         if self.draining {
             return None;
@@ -101,7 +108,9 @@ impl Core {
                 pooled.then_some((g, i))
             })?;
         let gcfg = &self.config.upstreams[g];
-        let expires = now.plus(gcfg.keepalive_timeout.min(gcfg.keepalive_time));
+        // Never idle longer than the releasing core would have kept it (the backend may have
+        // asked for less), nor than this configuration allows.
+        let expires = expires.min(now.plus(gcfg.keepalive_timeout.min(gcfg.keepalive_time)));
         let global = self.groups[g].first_server + i as u32;
         let key = PoolKey {
             server: global,
