@@ -329,3 +329,35 @@ fn an_adopted_pooled_connection_keeps_its_idle_deadline() {
     new.advance(secs(3));
     assert!(!new.core.is_pooled(nu), "expired with the backend's hint");
 }
+
+/// A client that pipelines keeps its next request buffered whenever a response completes; in a
+/// handoff drain that request moves with the connection instead of starting on the old core —
+/// otherwise a client that always has one more request queued would never be idle, stay on the
+/// old configuration, and have its exchange cut at `shutdown_timeout`.
+#[test]
+fn a_pipelined_request_moves_with_the_connection() {
+    let mut old = harness();
+    let c = old.connect_client();
+    let mut both = get("/one");
+    both.extend_from_slice(&get("/two"));
+    old.client_send(c, &both);
+    let u = busy_upstream(&old).unwrap();
+    assert_eq!(requests(&mut old, u)[0].path, "/one");
+    old.core.begin_handoff(old.now);
+    old.pump();
+    old.upstream_send(u, &ok("one"));
+    assert_eq!(responses(&mut old, c)[0].body, b"one");
+    let released = old
+        .core
+        .release_idle(c)
+        .expect("idle, its next request buffered");
+    assert_eq!(&released.received[..], &get("/two")[..]);
+    assert!(old.core.is_drained());
+
+    let mut new = harness();
+    let moved = new.adopt_client(&released);
+    let nu = busy_upstream(&new).expect("the request started on the new core");
+    assert_eq!(requests(&mut new, nu)[0].path, "/two");
+    new.upstream_send(nu, &ok("two"));
+    assert_eq!(responses(&mut new, moved)[0].body, b"two");
+}

@@ -376,8 +376,13 @@ impl Core {
             // Pipelined requests already buffered start next, in order. Queued rather than
             // driven from here: this may run inside `drive_client` itself, and a burst of
             // requests answered locally (404s, 502s) must not recurse once per request.
+            // In a handoff drain they move with the connection instead (released with it):
+            // a client that always has one more request queued would otherwise never be idle
+            // and stay on the old configuration until `shutdown_timeout` cuts it.
             if !c.buf.rbuf.is_empty() {
-                self.ready.push_back(id);
+                if !self.handing_off || c.buf.read_closed {
+                    self.ready.push_back(id);
+                }
             } else if c.buf.read_closed {
                 self.close_client_after_flush(now, id, AfterFlush::Close);
             }

@@ -187,15 +187,20 @@ impl Core {
     /// Closes the [idle](Core::idle_clients) client connections that arrived on `listener`
     /// once what is queued for each is written: in a handoff drain whose new configuration has
     /// no such listener, they have nowhere to move, and releasing them would lose the end of a
-    /// response still being written.
+    /// response still being written. A pipelined request already buffered is answered here
+    /// first.
     pub fn close_idle_on(&mut self, now: Time, listener: ListenerId) {
         for id in self.idle_clients() {
-            if self
-                .conns
-                .client(id)
-                .is_some_and(|cl| cl.listener == listener)
-            {
+            let Some(c) = self.conns.get(id) else {
+                continue;
+            };
+            if !matches!(&c.role, Role::Client(cl) if cl.listener == listener) {
+                continue;
+            }
+            if c.buf.rbuf.is_empty() {
                 self.close_client_after_flush(now, id, AfterFlush::Close);
+            } else {
+                self.ready.push_back(id);
             }
         }
         self.sync(now);
