@@ -236,19 +236,7 @@ fn a_stale_adopted_pooled_connection_is_retried_on_a_fresh_one() {
     assert_eq!(released.len(), 1);
 
     let mut new = harness();
-    let nu = new
-        .core
-        .adopt_pooled(new.now, &released[0].1, None, released[0].3)
-        .expect("adopted");
-    new.upstreams.insert(
-        nu,
-        upkeep_core::sim::Endpoint {
-            reading: true,
-            connected: true,
-            ..Default::default()
-        },
-    );
-    new.pump();
+    let nu = adopt_pooled(&mut new, &released[0].1, released[0].3);
     let c2 = new.connect_client();
     new.client_send(c2, &get("/first"));
     assert_eq!(
@@ -311,19 +299,8 @@ fn an_adopted_pooled_connection_keeps_its_idle_deadline() {
 
     let mut new = harness();
     new.now = old.now;
-    let nu = new
-        .core
-        .adopt_pooled(new.now, &addr, tls.as_ref(), expires)
-        .expect("adopted");
-    new.upstreams.insert(
-        nu,
-        upkeep_core::sim::Endpoint {
-            reading: true,
-            connected: true,
-            ..Default::default()
-        },
-    );
-    new.pump();
+    assert!(tls.is_none());
+    let nu = adopt_pooled(&mut new, &addr, expires);
     assert!(new.core.is_pooled(nu));
     // 5 s after the response: gone, as the backend's hint asked.
     new.advance(secs(3));
@@ -360,4 +337,27 @@ fn a_pipelined_request_moves_with_the_connection() {
     assert_eq!(requests(&mut new, nu)[0].path, "/two");
     new.upstream_send(nu, &ok("two"));
     assert_eq!(responses(&mut new, moved)[0].body, b"two");
+}
+
+/// A pooled connection another core released, adopted by `h` (plain TCP) and connected as the
+/// harness sees it.
+fn adopt_pooled(
+    h: &mut upkeep_core::sim::Harness,
+    server: &upkeep_core::Address,
+    expires: upkeep_core::Time,
+) -> upkeep_core::ConnId {
+    let id = h
+        .core
+        .adopt_pooled(h.now, server, None, expires)
+        .expect("adopted");
+    h.upstreams.insert(
+        id,
+        upkeep_core::sim::Endpoint {
+            reading: true,
+            connected: true,
+            ..Default::default()
+        },
+    );
+    h.pump();
+    id
 }
