@@ -200,3 +200,164 @@ mod generated {
         }
     }
 }
+
+/// A connection adopted between requests is a kept-alive one, not a new one: a later plain
+/// drain (a stop after the reload) closes it at once like any idle keep-alive connection,
+/// instead of waiting for a first request that may never come (holding the stop up to the
+/// header timeout or `shutdown_timeout`).
+#[test]
+fn an_adopted_idle_client_is_closed_by_a_later_plain_drain() {
+    let mut old = harness();
+    let c = old.connect_client();
+    exchange(&mut old, c, &get("/before"), &ok("old"));
+    old.core.begin_handoff(old.now);
+    old.pump();
+    let released = old.core.release_idle(c).expect("idle");
+
+    let mut new = harness();
+    let moved = new.adopt_client(&released);
+    new.core.begin_drain(new.now);
+    new.pump();
+    assert!(new.clients[&moved].closed, "idle keep-alive: closed");
+    assert!(new.core.is_drained());
+}
+
+/// A pooled connection a reload moved to a new core is a reused one there: should the backend
+/// have closed it meanwhile (its own keep-alive timeout racing the first request), the request
+/// is re-sent once on a fresh connection — the keepalive race — not answered with a 502 that
+/// also counts against the server's health.
+#[test]
+fn a_stale_adopted_pooled_connection_is_retried_on_a_fresh_one() {
+    let mut old = harness();
+    let c = old.connect_client();
+    let (u, _) = exchange(&mut old, c, &get("/warm"), &ok("w"));
+    assert!(old.core.is_pooled(u));
+    let released = old.core.release_pooled();
+    assert_eq!(released.len(), 1);
+
+    let mut new = harness();
+    let nu = adopt_pooled(&mut new, &released[0].1, released[0].3);
+    let c2 = new.connect_client();
+    new.client_send(c2, &get("/first"));
+    assert_eq!(
+        busy_upstream(&new),
+        Some(nu),
+        "the adopted connection is used"
+    );
+    new.take_upstream(nu);
+    // The backend had closed it meanwhile: EOF before any response byte.
+    new.upstream_eof(nu);
+    let fresh = busy_upstream(&new).expect("re-sent on a fresh connection");
+    assert_ne!(fresh, nu);
+    assert_eq!(requests(&mut new, fresh)[0].path, "/first");
+    new.upstream_send(fresh, &ok("again"));
+    let rs = responses(&mut new, c2);
+    assert_eq!((rs[0].status, &rs[0].body[..]), (200, &b"again"[..]));
+    assert_eq!(new.core.stats().groups[0].stale_retries, 1);
+}
+
+/// An idle connection whose listener the new configuration dropped has nowhere to move: it
+/// closes once the end of its last response is written, never before.
+#[test]
+fn an_idle_client_on_a_dropped_listener_closes_after_its_last_bytes() {
+    let mut old = harness();
+    let c = old.connect_client();
+    old.client_send(c, &get("/x"));
+    let u = busy_upstream(&old).unwrap();
+    requests(&mut old, u);
+    old.stall(c, true);
+    old.upstream_send(u, &ok("queued"));
+    old.core.begin_handoff(old.now);
+    old.core.close_idle_on(old.now, upkeep_core::ListenerId(0));
+    old.pump();
+    assert!(old.core.idle_clients().is_empty(), "not released");
+    assert!(!old.clients[&c].closed, "its response is still queued");
+    old.stall(c, false);
+    assert_eq!(responses(&mut old, c)[0].body, b"queued");
+    assert!(old.clients[&c].closed);
+    assert!(old.core.is_drained());
+}
+
+/// A pooled connection keeps its idle deadline across a reload: the backend announced
+/// `Keep-Alive: timeout=5`, so the new core lets go of it within those 5 s as the old one
+/// would have — not after a fresh `keepalive_timeout`, when the backend has closed it long
+/// since and a POST sent on it would fail.
+#[test]
+fn an_adopted_pooled_connection_keeps_its_idle_deadline() {
+    let mut old = harness();
+    let c = old.connect_client();
+    let (u, _) = exchange(
+        &mut old,
+        c,
+        &get("/warm"),
+        b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=5\r\nContent-Length: 1\r\n\r\nw",
+    );
+    assert!(old.core.is_pooled(u));
+    old.advance(secs(3));
+    let released = old.core.release_pooled();
+    let (_, addr, tls, expires) = released[0].clone();
+
+    let mut new = harness();
+    new.now = old.now;
+    assert!(tls.is_none());
+    let nu = adopt_pooled(&mut new, &addr, expires);
+    assert!(new.core.is_pooled(nu));
+    // 5 s after the response: gone, as the backend's hint asked.
+    new.advance(secs(3));
+    assert!(!new.core.is_pooled(nu), "expired with the backend's hint");
+}
+
+/// A client that pipelines keeps its next request buffered whenever a response completes; in a
+/// handoff drain that request moves with the connection instead of starting on the old core —
+/// otherwise a client that always has one more request queued would never be idle, stay on the
+/// old configuration, and have its exchange cut at `shutdown_timeout`.
+#[test]
+fn a_pipelined_request_moves_with_the_connection() {
+    let mut old = harness();
+    let c = old.connect_client();
+    let mut both = get("/one");
+    both.extend_from_slice(&get("/two"));
+    old.client_send(c, &both);
+    let u = busy_upstream(&old).unwrap();
+    assert_eq!(requests(&mut old, u)[0].path, "/one");
+    old.core.begin_handoff(old.now);
+    old.pump();
+    old.upstream_send(u, &ok("one"));
+    assert_eq!(responses(&mut old, c)[0].body, b"one");
+    let released = old
+        .core
+        .release_idle(c)
+        .expect("idle, its next request buffered");
+    assert_eq!(&released.received[..], &get("/two")[..]);
+    assert!(old.core.is_drained());
+
+    let mut new = harness();
+    let moved = new.adopt_client(&released);
+    let nu = busy_upstream(&new).expect("the request started on the new core");
+    assert_eq!(requests(&mut new, nu)[0].path, "/two");
+    new.upstream_send(nu, &ok("two"));
+    assert_eq!(responses(&mut new, moved)[0].body, b"two");
+}
+
+/// A pooled connection another core released, adopted by `h` (plain TCP) and connected as the
+/// harness sees it.
+fn adopt_pooled(
+    h: &mut upkeep_core::sim::Harness,
+    server: &upkeep_core::Address,
+    expires: upkeep_core::Time,
+) -> upkeep_core::ConnId {
+    let id = h
+        .core
+        .adopt_pooled(h.now, server, None, expires)
+        .expect("adopted");
+    h.upstreams.insert(
+        id,
+        upkeep_core::sim::Endpoint {
+            reading: true,
+            connected: true,
+            ..Default::default()
+        },
+    );
+    h.pump();
+    id
+}

@@ -153,3 +153,25 @@ fn a_body_above_the_minimum_rate_is_never_cut() {
     h.upstream_send(u, &ok("ok"));
     assert_eq!(responses(&mut h, c)[0].status, 200);
 }
+
+/// The minimum rate runs from the request, not from the connection: a client that opened its
+/// connection early (a browser's preconnect) and sends its first request well within the header
+/// timeout gets the whole body grace for its body.
+#[test]
+fn the_upload_grace_runs_from_the_request_not_from_the_accept() {
+    let mut h = harness();
+    let c = h.connect_client();
+    // 50 s after the accept (the header timeout is 60 s), a POST of 1000 bytes.
+    h.advance(Duration::from_secs(50));
+    h.client_send(c, &post(1000));
+    let body = body_of(1000, 4);
+    h.advance(Duration::from_secs(5));
+    h.client_send(c, &body[..500]);
+    // 15 s into the request: inside the 60 s grace.
+    h.advance(Duration::from_secs(10));
+    h.client_send(c, &body[500..]);
+    let u = h.last_upstream().expect("forwarded");
+    assert!(requests(&mut h, u)[0].body == body);
+    h.upstream_send(u, &ok("ok"));
+    assert_eq!(responses(&mut h, c)[0].status, 200);
+}

@@ -367,6 +367,7 @@ impl ProxyHandle {
                     ack: Some(ack.clone()),
                     handed_over,
                     handoff: Some(self.shared.newest.clone()),
+                    kept: kept.clone(),
                 })
             })
             .count();
@@ -397,6 +398,7 @@ impl ProxyHandle {
                 ack: None,
                 handed_over: Vec::new(),
                 handoff: None,
+                kept: Vec::new(),
             });
         }
         // The workers close their copies of the listening sockets; ours must go too, or the

@@ -49,6 +49,9 @@ pub(crate) enum Command {
         handed_over: Vec<bool>,
         /// A reload: idle client connections move to these workers instead of being closed.
         handoff: Option<Handoff>,
+        /// Per listener: the new configuration has it. Idle connections on one it dropped have
+        /// nowhere to move: they close once their last response is written.
+        kept: Vec<bool>,
     },
     /// Take over a client connection a draining worker released (a reload).
     Adopt {
@@ -63,6 +66,8 @@ pub(crate) enum Command {
     AdoptPooled {
         stream: Stream,
         server: Address,
+        /// Idle until then at the latest (see [`Core::release_pooled`]).
+        expires: upkeep_core::Time,
         /// The TLS settings it was opened (and verified) under, and its session: only a group
         /// with the very same settings may take it in.
         tls: Option<(UpstreamTls, Box<Session>)>,
@@ -168,6 +173,7 @@ pub(crate) fn spawn(setup: Setup) -> io::Result<(Control, JoinHandle<()>)> {
         aborted: setup.aborted,
         handoff: None,
         handed: 0,
+        gone: Vec::new(),
         tls: setup.tls,
     };
     for i in 0..worker.listeners.len() {
@@ -230,6 +236,8 @@ struct Worker {
     handoff: Option<Handoff>,
     /// Connections handed off so far (spreads them over the new workers).
     handed: usize,
+    /// Draining for a reload: the listeners the new configuration dropped.
+    gone: Vec<ListenerId>,
     tls: Arc<Contexts>,
 }
 
@@ -646,8 +654,9 @@ impl Worker {
                     ack,
                     handed_over,
                     handoff,
+                    kept,
                 }) => {
-                    self.drain(&handed_over, handoff);
+                    self.drain(&handed_over, handoff, &kept);
                     if let Some(ack) = ack {
                         let _ = ack.send(());
                     }
@@ -666,20 +675,25 @@ impl Worker {
                 Ok(Command::AdoptPooled {
                     stream,
                     server,
+                    expires,
                     tls,
-                }) => self.adopt_pooled(stream, &server, tls),
+                }) => self.adopt_pooled(stream, &server, expires, tls),
                 Err(TryRecvError::Empty) => return Flow::Continue,
                 Err(TryRecvError::Disconnected) => return Flow::Exit,
             }
         }
     }
 
-    fn drain(&mut self, handed_over: &[bool], handoff: Option<Handoff>) {
+    fn drain(&mut self, handed_over: &[bool], handoff: Option<Handoff>, kept: &[bool]) {
         if self.drain_deadline.is_some() {
             return;
         }
         let handing_off = handoff.is_some();
         self.handoff = handoff;
+        self.gone = (0..self.listeners.len())
+            .filter(|&i| !kept.get(i).copied().unwrap_or(false))
+            .map(|i| ListenerId(i as u32))
+            .collect();
         // Take what is already queued on listeners about to close (closing them would reset
         // those connections) and read what they sent, then stop listening. A socket handed
         // over to a new generation is left alone: a connection taken here now would be closed
@@ -698,7 +712,7 @@ impl Worker {
         }
         if handing_off {
             // Warm upstream connections go first, so the new workers reuse them at once.
-            for (id, server, settings) in self.core.release_pooled() {
+            for (id, server, settings, expires) in self.core.release_pooled() {
                 if let Some(mut sock) = self.socks.get_mut(id.index as usize).and_then(Option::take)
                 {
                     sock.stream.deregister(self.poll.registry());
@@ -714,6 +728,7 @@ impl Worker {
                         to.send(Command::AdoptPooled {
                             stream: sock.stream,
                             server,
+                            expires,
                             tls,
                         });
                     }
@@ -732,6 +747,13 @@ impl Worker {
     /// Moves every idle client connection to a new worker (a reload's drain): released by the
     /// core with the bytes it held, the socket unwatched here and sent along — it never closes.
     fn hand_off_idle(&mut self) {
+        if !self.gone.is_empty() {
+            let now = clock::now();
+            for &l in &self.gone {
+                self.core.close_idle_on(now, l);
+            }
+            self.after_input();
+        }
         for id in self.core.idle_clients() {
             let Some(released) = self.core.release_idle(id) else {
                 continue;
@@ -787,12 +809,16 @@ impl Worker {
         &mut self,
         stream: Stream,
         server: &Address,
+        expires: upkeep_core::Time,
         tls: Option<(UpstreamTls, Box<Session>)>,
     ) {
         let now = clock::now();
         let (settings, session) = tls.unzip();
         // Bytes or an EOF that came while it moved evict it: it is read at once.
-        if let Some(id) = self.core.adopt_pooled(now, server, settings.as_ref()) {
+        if let Some(id) = self
+            .core
+            .adopt_pooled(now, server, settings.as_ref(), expires)
+        {
             self.install(now, id, stream, session);
         }
     }

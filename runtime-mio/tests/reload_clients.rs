@@ -171,3 +171,100 @@ fn a_reload_keeps_idle_upstream_connections_to_servers_that_remain() {
     assert_eq!(kept.accepted(), 1);
     proxy.shutdown();
 }
+
+/// A connection handed over at a reload is taken by the new worker even when that worker is
+/// at `limits.max_client_connections`: it is already open (refusing it frees no descriptor), and
+/// closing it would fail the client's next request — the one thing a handoff must not do.
+#[test]
+fn a_handed_over_connection_is_kept_when_the_new_worker_is_full() {
+    use std::io::{Read, Write};
+    use std::sync::mpsc;
+    use upkeep_mio::Proxy;
+    // A backend that answers its one request only when told: the old request stays in flight
+    // until the new worker is full, whatever the machine's load.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let held_addr = Address::Tcp(held.local_addr().unwrap());
+    let (got, got_rx) = mpsc::channel();
+    let (answer, answer_rx) = mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        let (mut s, _) = held.accept().unwrap();
+        let mut buf = Vec::new();
+        let mut piece = [0u8; 1024];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut piece) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&piece[..n]),
+            }
+        }
+        got.send(()).unwrap();
+        let _ = answer_rx.recv();
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nheld");
+        // Keep the connection until the proxy closes it.
+        let _ = s.read(&mut piece);
+    });
+    let fast = Backend::identify("fast").unwrap();
+    let mut cfg = upkeep_testkit::loopback_config(vec![held_addr], 1);
+    cfg.limits.max_client_connections = 1;
+    let proxy = Proxy::start(cfg.clone()).unwrap();
+    let listen = proxy.listen_addrs()[0].clone();
+    // A request in flight on the old worker during the reload.
+    let mut a = Client::connect(&listen).unwrap();
+    a.send(&client::get("/a")).unwrap();
+    got_rx
+        .recv_timeout(spawned::WAIT)
+        .expect("the request reached the backend");
+    let mut next = cfg.clone();
+    next.upstreams[0].servers[0] = upkeep_core::config::ServerConfig::new(fast.addr());
+    proxy.reload(next).unwrap();
+    // A new client fills the new worker (served there, and kept alive).
+    let mut b = Client::connect(&listen).unwrap();
+    let rb = b.get("/b").unwrap();
+    assert_eq!((rb.status, rb.text()), (200, "fast GET /b".into()));
+    // The old request finishes on the old configuration, then its connection moves.
+    answer.send(()).unwrap();
+    let ra = a.read_response().unwrap();
+    assert_eq!((ra.status, ra.text()), (200, "held".into()));
+    assert!(!ra.connection_has("close"), "no close announced");
+    let ra = a.get("/a2").expect("the kept-alive connection still works");
+    assert_eq!((ra.status, ra.text()), (200, "fast GET /a2".into()));
+    proxy.shutdown();
+}
+
+/// A reload that removes a listener: a connection on it whose response is still being written
+/// when it turns idle has nowhere to move, and must still get the rest of that response (then
+/// a close), not a cut-off body.
+#[test]
+fn a_response_still_written_on_a_removed_listener_arrives_whole() {
+    use upkeep_core::config::ListenerConfig;
+    use upkeep_mio::Proxy;
+    const LEN: usize = 4 << 20;
+    let backend = Backend::builder().pattern_body(LEN, 7).start().unwrap();
+    let free = || {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        Address::Tcp(l.local_addr().unwrap())
+    };
+    let (kept, removed) = (free(), free());
+    let mut cfg = upkeep_testkit::loopback_config(vec![backend.addr()], 1);
+    cfg.listeners = vec![
+        ListenerConfig::new(kept.clone()),
+        ListenerConfig::new(removed.clone()),
+    ];
+    // The whole response fits in the proxy's queue: it is complete (the exchange over, the
+    // connection idle) while the client has not read it yet.
+    cfg.limits.write_high_water = 4 * LEN;
+    let proxy = Proxy::start(cfg.clone()).unwrap();
+    let mut c = client::in_flight(&removed, "/big", &backend);
+    assert!(backend.wait_until(spawned::WAIT, |b| b.bytes_written() >= LEN));
+    let mut next = cfg.clone();
+    next.listeners.pop();
+    proxy.reload(next).unwrap();
+    let r = c.read_response().expect("the whole response");
+    assert_eq!(r.status, 200);
+    assert!(
+        r.body == upkeep_testkit::wire::pattern(LEN, 7),
+        "every byte ({} of {LEN})",
+        r.body.len()
+    );
+    assert_eq!(client::get_text(&kept, "/k").0, 200);
+    proxy.shutdown();
+}

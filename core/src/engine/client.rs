@@ -189,6 +189,9 @@ impl Core {
         let expect = head.expect_continue && !ex.req_done && c.buf.rbuf.len() == head.len;
         cl.phase = Phase::Exchange;
         cl.body_progress = now;
+        // The minimum upload rate runs from the request's head, not from `since` (for a first
+        // request, the accept: a preconnected client would lose its grace).
+        ex.upload_since = now;
         let peer = cl.peer;
         let scheme = self
             .config
@@ -386,8 +389,13 @@ impl Core {
             // Pipelined requests already buffered start next, in order. Queued rather than
             // driven from here: this may run inside `drive_client` itself, and a burst of
             // requests answered locally (404s, 502s) must not recurse once per request.
+            // In a handoff drain they move with the connection instead (released with it):
+            // a client that always has one more request queued would otherwise never be idle
+            // and stay on the old configuration until `shutdown_timeout` cuts it.
             if !c.buf.rbuf.is_empty() {
-                self.ready.push_back(id);
+                if !self.handing_off || c.buf.read_closed {
+                    self.ready.push_back(id);
+                }
             } else if c.buf.read_closed {
                 self.close_client_after_flush(now, id, AfterFlush::Close);
             }

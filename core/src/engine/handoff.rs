@@ -36,6 +36,10 @@ pub struct Released {
     pub received: Bytes,
     /// Bytes queued for the client and not yet written: the end of the last response, if any.
     pub unsent: VecDeque<Bytes>,
+    /// Requests the connection carried so far: the adopting core counts on from there
+    /// (`keepalive_requests`), and treats it as kept alive rather than new (an idle timeout,
+    /// not a header timeout; closed at once by a later plain drain).
+    pub requests: u32,
 }
 
 impl Core {
@@ -44,12 +48,17 @@ impl Core {
     /// a reload keeps the warm connections to servers the new configuration still has. Those
     /// of a `pool_key = "client"` group are closed (their partition is this core's). Each comes
     /// with its server's address and the TLS settings of its group (what it was opened and
-    /// verified under), for [`Core::adopt_pooled`].
-    pub fn release_pooled(&mut self) -> Vec<(ConnId, Address, Option<UpstreamTls>)> {
+    /// verified under), and the instant it stops being idle-worthy (its pool entry's expiry:
+    /// our `keepalive_timeout`, the backend's `Keep-Alive` hint, `keepalive_time`), for
+    /// [`Core::adopt_pooled`].
+    pub fn release_pooled(&mut self) -> Vec<(ConnId, Address, Option<UpstreamTls>, Time)> {
         let mut idle = Vec::new();
-        self.pool.drain(&mut |c| idle.push(c));
+        for g in 0..self.pool.groups() {
+            idle.extend(self.pool.group_lru(g as u32).map(|e| (e.conn, e.expires)));
+        }
+        self.pool.drain(&mut |_| {});
         let mut released = Vec::new();
-        for id in idle {
+        for (id, expires) in idle {
             let Some(u) = self.conns.upstream(id) else {
                 continue;
             };
@@ -68,7 +77,7 @@ impl Core {
             self.stats.groups[g].evictions[EvictReason::Draining as usize] += 1;
             self.timers.set(id.index, None);
             self.conns.remove(id);
-            released.push((id, addr, tls));
+            released.push((id, addr, tls, expires));
         }
         released
     }
@@ -77,12 +86,14 @@ impl Core {
     /// [released](Core::release_pooled) into the pool of the first group that has a server at
     /// that address, pools by server and has the same TLS settings `tls` (or none, both); `None`
     /// if none does or this core is draining (the
-    /// runtime closes it then). Watched like any pooled connection from now on.
+    /// runtime closes it then). Idle until `expires` (as released) at the latest. Watched like
+    /// any pooled connection from now on.
     pub fn adopt_pooled(
         &mut self,
         now: Time,
         server: &Address,
         tls: Option<&UpstreamTls>,
+        expires: Time,
     ) -> Option<ConnId> {
         if self.draining {
             return None;
@@ -107,7 +118,9 @@ impl Core {
             return None;
         }
         let gcfg = &self.config.upstreams[g];
-        let expires = now.plus(gcfg.keepalive_timeout.min(gcfg.keepalive_time));
+        // Never idle longer than the releasing core would have kept it (the backend may have
+        // asked for less), nor than this configuration allows.
+        let expires = expires.min(now.plus(gcfg.keepalive_timeout.min(gcfg.keepalive_time)));
         let global = self.groups[g].first_server + i as u32;
         let key = PoolKey {
             server: global,
@@ -124,8 +137,8 @@ impl Core {
                 state: UState::Idle,
                 client: None,
                 created: now,
-                // It carried requests before: its next one is "reused", so a backend that
-                // dropped it meanwhile is the keep-alive race, retried on a fresh connection.
+                // It carried a request before it was pooled: its next one is a reuse (the
+                // keepalive race is retried on a fresh connection, a 408 read as idle timeout).
                 requests: 1,
                 written: 0,
                 sent_all: true,
@@ -183,6 +196,28 @@ impl Core {
             .collect()
     }
 
+    /// Closes the [idle](Core::idle_clients) client connections that arrived on `listener`
+    /// once what is queued for each is written: in a handoff drain whose new configuration has
+    /// no such listener, they have nowhere to move, and releasing them would lose the end of a
+    /// response still being written. A pipelined request already buffered is answered here
+    /// first.
+    pub fn close_idle_on(&mut self, now: Time, listener: ListenerId) {
+        for id in self.idle_clients() {
+            let Some(c) = self.conns.get(id) else {
+                continue;
+            };
+            if !matches!(&c.role, Role::Client(cl) if cl.listener == listener) {
+                continue;
+            }
+            if c.buf.rbuf.is_empty() {
+                self.close_client_after_flush(now, id, AfterFlush::Close);
+            } else {
+                self.ready.push_back(id);
+            }
+        }
+        self.sync(now);
+    }
+
     /// Lets go of the idle client connection `id` (see [`Core::idle_clients`]; `None` if it is
     /// not): the core forgets it without an [`Output::Close`](crate::Output::Close) — the
     /// runtime keeps the socket for the core that [adopts](Core::adopt) it.
@@ -199,6 +234,7 @@ impl Core {
             peer: cl.peer,
             received: c.buf.rbuf.split().freeze(),
             unsent: core::mem::take(&mut c.buf.wq),
+            requests: cl.requests,
         };
         self.clients -= 1;
         self.stats.handed_off += 1;
@@ -210,16 +246,25 @@ impl Core {
 
     /// Takes over a connection another core [released](Core::release_idle): accepted on
     /// `listener` (of this core's configuration) like a new connection, with what the other
-    /// core still held queued to write and processed as received.
+    /// core still held queued to write and processed as received. Refused only while this core
+    /// drains; `max_client_connections` does not apply — the connection is open already
+    /// (refusing it frees no descriptor), and closing it would fail the client's next request;
+    /// accepting stays paused until the count is under the limit again.
     pub fn adopt(
         &mut self,
         now: Time,
         listener: ListenerId,
         released: &Released,
     ) -> Result<ConnId, AtCapacity> {
-        let id = self.admit(now, listener, released.peer)?;
+        if self.draining {
+            return Err(AtCapacity);
+        }
+        let id = self.admit(now, listener, released.peer);
         self.stats.adopted += 1;
         if let Some(c) = self.conns.get_mut(id) {
+            if let Role::Client(cl) = &mut c.role {
+                cl.requests = released.requests;
+            }
             for b in &released.unsent {
                 c.buf.push(now, b.clone());
             }

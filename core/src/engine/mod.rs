@@ -438,23 +438,16 @@ impl Core {
         listener: ListenerId,
         peer: Option<IpAddr>,
     ) -> Result<ConnId, AtCapacity> {
-        let id = self.admit(now, listener, peer)?;
-        self.stats.accepted += 1;
-        Ok(id)
-    }
-
-    /// A client connection enters the core (accepted, or adopted from another core), unless the
-    /// core is draining or full.
-    fn admit(
-        &mut self,
-        now: Time,
-        listener: ListenerId,
-        peer: Option<IpAddr>,
-    ) -> Result<ConnId, AtCapacity> {
         if self.draining || self.clients >= self.config.limits.max_client_connections {
             self.stats.refused += 1;
             return Err(AtCapacity);
         }
+        self.stats.accepted += 1;
+        Ok(self.admit(now, listener, peer))
+    }
+
+    /// A client connection enters the core (accepted, or adopted from another core).
+    fn admit(&mut self, now: Time, listener: ListenerId, peer: Option<IpAddr>) -> ConnId {
         self.clients += 1;
         let peer_hash = hash_ip(self.seed, peer);
         let id = self.conns.insert(|id| Conn {
@@ -474,7 +467,7 @@ impl Core {
         });
         touch(&mut self.touched, id);
         self.sync(now);
-        Ok(id)
+        id
     }
 
     /// Applies one network event.
