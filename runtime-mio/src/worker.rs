@@ -769,6 +769,13 @@ impl Worker {
         let (settings, session) = tls.unzip();
         // Bytes or an EOF that came while it moved evict it: it is read at once.
         if let Some(id) = self.core.adopt_pooled(now, server, settings.as_ref()) {
+            // Its session was counted under the old configuration's numbering.
+            let session = session.map(|mut s| {
+                if let Some(server) = self.core.upstream_server(id) {
+                    s.adopted(tls::Origin::Server(server));
+                }
+                s
+            });
             self.install(now, id, stream, session);
         }
     }
@@ -800,6 +807,10 @@ impl Worker {
             self.pass_on(stream, tls, released);
             return;
         };
+        let tls = tls.map(|mut s| {
+            s.adopted(tls::Origin::Listener(released.listener));
+            s
+        });
         self.install(now, id, stream, tls);
     }
 
