@@ -709,6 +709,10 @@ impl Worker {
     /// core with the bytes it held, the socket unwatched here and sent along — it never closes.
     fn hand_off_idle(&mut self) {
         for id in self.core.idle_clients() {
+            // Bytes rustls already encrypted leave with the session, not as unsent bytes.
+            if let Some(session) = sock_in(&mut self.socks, id).and_then(|s| s.tls.as_mut()) {
+                session.settle(&mut self.core, clock::now(), id);
+            }
             let Some(released) = self.core.release_idle(id) else {
                 continue;
             };

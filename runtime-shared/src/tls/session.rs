@@ -87,6 +87,11 @@ impl Session {
         h
     }
 
+    /// [`TlsConn::settle`].
+    pub fn settle(&mut self, core: &mut Core, now: Time, conn: ConnId) {
+        self.tls.settle(core, now, conn);
+    }
+
     /// [`TlsConn::shutdown`].
     pub fn shutdown(&mut self) {
         self.tls.shutdown();
