@@ -815,7 +815,16 @@ impl Worker {
             s.adopted(tls::Origin::Listener(released.listener));
             s
         });
+        // The reload made the listener TLS or plain: this connection is still what it was, but
+        // the core would forward its next request with the listener's scheme
+        // (`X-Forwarded-Proto`). It gets what it is owed, then closes: as if the client had
+        // half-closed, so no further request is read from it.
+        let changed = self.core.config().listeners[j].tls.is_some() != tls.is_some();
         self.install(now, id, stream, tls);
+        if changed {
+            self.core.handle(now, Input::ReadClosed { conn: id });
+            self.after_input();
+        }
     }
 
     /// Watches the socket of a connection the core just took in (a client accepted or adopted,

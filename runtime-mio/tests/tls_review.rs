@@ -126,3 +126,69 @@ fn a_close_after_the_response_loses_no_tls_record() {
         proxy.shutdown();
     }
 }
+
+/// A kept-alive TLS client survives a reload: its connection moves to a new worker with its
+/// TLS session, and its next request is answered on the same connection.
+#[test]
+fn a_reload_keeps_a_kept_alive_tls_client() {
+    let pki = Pki::new();
+    let leaf = pki.leaf(&["localhost"]);
+    let backend = Backend::identify("b").unwrap();
+    let mut config = loopback_config(vec![backend.addr()], 1);
+    config.listeners[0].tls = Some(upkeep_core::config::ListenerTls::single(
+        leaf.cert_str(),
+        leaf.key_str(),
+    ));
+    let proxy = Proxy::start(config.clone()).unwrap();
+    let mut c = upkeep_testkit::client::Client::connect_tls(
+        &proxy.listen_addrs()[0],
+        "localhost",
+        pki.client_config(),
+    )
+    .unwrap();
+    assert_eq!(c.get_text("/one"), (200, "b GET /one".into()));
+    for i in 0..3 {
+        proxy.reload(config.clone()).unwrap();
+        let path = format!("/after{i}");
+        assert_eq!(c.get_text(&path), (200, format!("b GET {path}")));
+    }
+    let listener = proxy
+        .tls_stats()
+        .handshake_counts(|s| matches!(s, upkeep_runtime::tls::Side::Listener(_)));
+    assert_eq!(listener, (1, 0), "one handshake: the connection lived on");
+    proxy.shutdown();
+}
+
+/// A reload that turns a plain listener into a TLS one (same address): a plain connection
+/// accepted before it is not TLS, so its requests must not be forwarded with
+/// `X-Forwarded-Proto: https` (a backend trusts that for secure cookies and redirects).
+#[test]
+fn a_plain_connection_is_never_forwarded_as_https_after_a_reload() {
+    let pki = Pki::new();
+    let leaf = pki.leaf(&["localhost"]);
+    let backend = Backend::identify("b").unwrap();
+    let config = loopback_config(vec![backend.addr()], 1);
+    let proxy = Proxy::start(config.clone()).unwrap();
+    let listen = proxy.listen_addrs()[0].clone();
+    let mut c = upkeep_testkit::client::Client::connect(&listen).unwrap();
+    assert_eq!(c.get_text("/one"), (200, "b GET /one".into()));
+    let mut tls = config;
+    tls.listeners[0].tls = Some(upkeep_core::config::ListenerTls::single(
+        leaf.cert_str(),
+        leaf.key_str(),
+    ));
+    proxy.reload(tls).unwrap();
+    // Either the plain connection goes on as plain HTTP, or it is closed; never "https".
+    if let Ok(r) = c.request(&upkeep_testkit::client::get("/two")) {
+        assert_eq!(r.status, 200);
+    }
+    for r in backend.log() {
+        assert_eq!(
+            r.header("x-forwarded-proto"),
+            Some("http"),
+            "{} arrived over plain TCP",
+            r.target
+        );
+    }
+    proxy.shutdown();
+}
