@@ -132,7 +132,12 @@ impl Session {
             self.stats.handshake(self.side(core), resumed);
         }
         if let Some(why) = self.tls.take_failure() {
-            self.failed(core, why);
+            // After the handshake, a socket error is a connection ending the ordinary way (a
+            // client that resets, a server dropping a pooled connection), as on plain TCP:
+            // not a TLS failure to count and warn about.
+            if self.tls.is_handshaking() || !matches!(why, Failure::Io(_)) {
+                self.failed(core, why);
+            }
         }
     }
 
