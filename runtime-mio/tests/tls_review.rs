@@ -222,3 +222,33 @@ fn a_reset_after_the_handshake_is_not_a_tls_failure() {
     assert!(failures.is_empty(), "{failures:?}");
     proxy.shutdown();
 }
+
+/// A reload that changes a group's `sni`: the warm connection opened (and verified) for the
+/// old name is not adopted, so the next request goes out under the new name.
+#[test]
+fn a_reload_changing_the_sni_never_reuses_a_connection_opened_for_the_old_name() {
+    use std::collections::BTreeMap;
+    let pki = Pki::new();
+    let a = Backend::identify("a").unwrap();
+    let b = Backend::identify("b").unwrap();
+    let by_sni = BTreeMap::from([
+        ("a.test".to_owned(), a.addr()),
+        ("b.test".to_owned(), b.addr()),
+    ]);
+    let cert = server_config(&pki.leaf(&["a.test", "b.test"]));
+    let front = TlsFront::start_routed(cert, a.addr(), by_sni).unwrap();
+    let mut config = loopback_config(vec![front.addr()], 1);
+    config.upstreams[0].tls = Some(pki.upstream_tls(Some("a.test")));
+    let proxy = Proxy::start(config.clone()).unwrap();
+    let listen = proxy.listen_addrs()[0].clone();
+    assert_eq!(get_text(&listen, "/one"), (200, "a GET /one".into()));
+    config.upstreams[0].tls = Some(pki.upstream_tls(Some("b.test")));
+    proxy.reload(config).unwrap();
+    assert_eq!(get_text(&listen, "/two"), (200, "b GET /two".into()));
+    assert_eq!(get_text(&listen, "/three"), (200, "b GET /three".into()));
+    assert!(
+        a.wait_until(Duration::from_secs(20), |a| a.open_connections() == 0),
+        "the connection for the old name is closed"
+    );
+    proxy.shutdown();
+}
