@@ -252,3 +252,60 @@ fn a_reload_changing_the_sni_never_reuses_a_connection_opened_for_the_old_name()
     );
     proxy.shutdown();
 }
+
+/// Two groups with the very same TLS settings toward one server (say one for slow routes):
+/// sessions either obtains resume the other's connections. (Each group had a `ClientConfig` of
+/// its own, and rustls resumes a session only under the configuration that obtained it — so
+/// alternating groups took each other's tickets from the shared store, threw them away, and
+/// every connection was a full handshake.)
+#[test]
+fn groups_with_the_same_tls_settings_resume_each_others_sessions() {
+    same_server_two_groups(false, (1, 9));
+}
+
+/// Two groups toward one server with different TLS settings (here one does not verify): each
+/// resumes its own sessions, without taking the other's tickets out of the store.
+#[test]
+fn groups_with_other_tls_settings_do_not_take_each_others_tickets() {
+    same_server_two_groups(true, (2, 8));
+}
+
+fn same_server_two_groups(differ: bool, want: (usize, usize)) {
+    let pki = Pki::new();
+    let backend = Backend::identify("b").unwrap();
+    let front = TlsFront::start(server_config(&pki.leaf(&["127.0.0.1"])), backend.addr()).unwrap();
+    let mut config = loopback_config(vec![front.addr()], 1);
+    let group = |name: &str| UpstreamConfig {
+        tls: Some(upkeep_core::config::UpstreamTls {
+            verify: !(differ && name == "slow"),
+            ..pki.upstream_tls(None)
+        }),
+        // No pool: every request opens (and resumes) a connection.
+        keepalive: 0,
+        ..UpstreamConfig::new(name, vec![ServerConfig::new(front.addr())])
+    };
+    config.upstreams = vec![group("fast"), group("slow")];
+    config.routes = ["fast", "slow"]
+        .iter()
+        .map(|g| RouteConfig {
+            host: None,
+            path_prefix: format!("/{g}"),
+            upstream: (*g).into(),
+        })
+        .collect();
+    let proxy = Proxy::start(config).unwrap();
+    let listen = proxy.listen_addrs()[0].clone();
+    for i in 0..5 {
+        for g in ["fast", "slow"] {
+            let path = format!("/{g}/{i}");
+            assert_eq!(get_text(&listen, &path), (200, format!("b GET {path}")));
+        }
+    }
+    let (full, resumed) = front.handshakes();
+    assert_eq!(
+        (full, resumed),
+        want,
+        "one full handshake per configuration, then resumed"
+    );
+    proxy.shutdown();
+}

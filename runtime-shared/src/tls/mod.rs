@@ -23,6 +23,7 @@ use std::sync::Arc;
 use rustls::client::ClientSessionMemoryCache;
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ServerConfig};
+use upkeep_core::config::UpstreamTls;
 use upkeep_core::{Address, Config, ConnId, Input, ListenerId, ServerId};
 
 pub use conn::{Handshake, PLAIN_HTTP_RESPONSE, TlsConn};
@@ -185,24 +186,41 @@ impl Contexts {
             .iter()
             .map(|l| l.tls.as_ref().map(load::server_config).transpose())
             .collect::<Result<_, _>>()?;
-        let upstreams = config
-            .upstreams
-            .iter()
-            .map(|g| {
-                let Some(tls) = &g.tls else {
-                    return Ok(None);
-                };
-                let names = g
-                    .servers
-                    .iter()
-                    .map(|s| server_name(tls.sni.as_deref(), &s.addr))
-                    .collect::<Result<_, _>>()?;
-                Ok(Some(UpstreamSide {
-                    config: load::client_config(tls, sessions)?,
-                    names,
-                }))
-            })
-            .collect::<Result<_, TlsError>>()?;
+        // One `ClientConfig` per distinct settings, shared by the groups that have them:
+        // rustls resumes a session only under the configuration (verifier, client
+        // certificate) that obtained it, and takes a ticket out of the shared store before it
+        // checks — groups with equal settings but configurations of their own would take and
+        // throw away each other's tickets, and never resume.
+        let mut built: Vec<(&UpstreamTls, Arc<ClientConfig>)> = Vec::new();
+        let mut upstreams = Vec::with_capacity(config.upstreams.len());
+        for g in &config.upstreams {
+            let Some(tls) = &g.tls else {
+                upstreams.push(None);
+                continue;
+            };
+            let names = g
+                .servers
+                .iter()
+                .map(|s| server_name(tls.sni.as_deref(), &s.addr))
+                .collect::<Result<_, _>>()?;
+            let config = match built.iter().find(|(t, _)| *t == tls) {
+                Some((_, c)) => c.clone(),
+                None => {
+                    // Other settings get a store of their own (for this configuration: a
+                    // reload's new configurations cannot resume the old ones anyway), so that
+                    // they do not take each other's tickets for the same server name either.
+                    let store = if built.is_empty() {
+                        sessions.clone()
+                    } else {
+                        self::sessions()
+                    };
+                    let c = load::client_config(tls, &store)?;
+                    built.push((tls, c.clone()));
+                    c
+                }
+            };
+            upstreams.push(Some(UpstreamSide { config, names }));
+        }
         Ok(Contexts {
             listeners,
             upstreams,
