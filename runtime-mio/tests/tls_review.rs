@@ -309,3 +309,41 @@ fn same_server_two_groups(differ: bool, want: (usize, usize)) {
     );
     proxy.shutdown();
 }
+
+/// A server that requires a client certificate we do not have refuses us with an alert — in
+/// TLS 1.3 only after our side of the handshake is complete. That is our configuration, like
+/// a certificate we refuse: a 502, counted as `cert_refused`, and the server's health is not
+/// blamed (it was marked down, and the group's other server took all the traffic).
+#[test]
+fn a_server_refusing_our_client_certificate_is_not_blamed() {
+    let pki = Pki::new();
+    let backend = Backend::identify("b").unwrap();
+    let leaf = pki.leaf(&["127.0.0.1"]);
+    let strict = upkeep_testkit::tls::server_config_requiring_client_cert(&leaf, &pki);
+    let strict = TlsFront::start(strict, backend.addr()).unwrap();
+    let open = TlsFront::start(server_config(&leaf), backend.addr()).unwrap();
+    let mut config = loopback_config(vec![strict.addr(), open.addr()], 1);
+    config.upstreams[0].tls = Some(pki.upstream_tls(None));
+    let proxy = Proxy::start(config).unwrap();
+    let listen = proxy.listen_addrs()[0].clone();
+    let mut codes = Vec::new();
+    for i in 0..4 {
+        codes.push(get_text(&listen, &format!("/r{i}")).0);
+    }
+    assert_eq!(
+        codes,
+        [502, 200, 502, 200],
+        "round robin goes on to the strict server"
+    );
+    let snapshot = proxy.snapshot();
+    let server = &snapshot.servers[&("default".to_owned(), strict.addr().to_string())];
+    assert!(server.up, "health not blamed: {server:?}");
+    let failures = proxy.tls_stats().failures();
+    assert!(
+        failures
+            .iter()
+            .any(|(_, why, n)| *why == "cert_refused" && *n == 2),
+        "{failures:?}"
+    );
+    proxy.shutdown();
+}

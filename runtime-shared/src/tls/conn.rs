@@ -301,7 +301,14 @@ impl TlsConn {
                 } else if self.failure.is_none() {
                     self.failure = Some(Failure::Io(e.kind()));
                 }
-                core.handle(now, Input::Errored { conn });
+                // A server refusing our client certificate says so in TLS 1.3 only after our
+                // side of the handshake completed: the core hears it as what it is (see
+                // `Failure::input`), not as the server failing.
+                let input = match (&self.conn, self.failure) {
+                    (Connection::Client(_), Some(why)) if why.is_certificate() => why.input(conn),
+                    _ => Input::Errored { conn },
+                };
+                core.handle(now, input);
                 ReadStep::Done
             }
         }

@@ -78,6 +78,10 @@ pub enum Failure {
     CertIssuer,
     /// Any other certificate problem (revoked, bad encoding, wrong usage...).
     CertOther,
+    /// The peer refused *our* certificate, or our lack of one (an alert such as
+    /// `certificate_required` or `unknown_ca`): toward an upstream, our client certificate
+    /// settings do not match what the server demands.
+    CertRefused,
     /// The peer sent a fatal alert.
     Alert,
     /// No common application protocol (ALPN) or protocol version / cipher suite.
@@ -100,6 +104,7 @@ impl Failure {
                 C::UnknownIssuer => Failure::CertIssuer,
                 _ => Failure::CertOther,
             },
+            E::AlertReceived(a) if refuses_certificate(*a) => Failure::CertRefused,
             E::AlertReceived(_) => Failure::Alert,
             E::NoApplicationProtocol | E::PeerIncompatible(_) => Failure::Incompatible,
             _ => Failure::BadRecord,
@@ -116,6 +121,7 @@ impl Failure {
             Failure::CertName => "the certificate is not valid for the server name",
             Failure::CertIssuer => "the certificate is not signed by a trusted CA",
             Failure::CertOther => "the certificate was refused",
+            Failure::CertRefused => "the peer refused our certificate (or its absence)",
             Failure::Alert => "the peer sent a fatal alert",
             Failure::Incompatible => "no common protocol version, cipher suite or ALPN protocol",
             Failure::BadRecord => "bytes that are not valid TLS (garbage or a broken record)",
@@ -132,19 +138,25 @@ impl Failure {
             Failure::CertName => "cert_name",
             Failure::CertIssuer => "cert_issuer",
             Failure::CertOther => "cert_invalid",
+            Failure::CertRefused => "cert_refused",
             Failure::Alert => "alert",
             Failure::Incompatible => "incompatible",
             Failure::BadRecord => "bad_record",
         }
     }
 
-    /// Whether *our* verification refused the peer's certificate: on an upstream connection
-    /// a configuration matter (our CA file, our SNI, or a server that needs a new
-    /// certificate), not a sign that the server is down.
+    /// Whether *our* verification refused the peer's certificate, or the peer refused ours:
+    /// on an upstream connection a configuration matter (our CA file, our SNI, our client
+    /// certificate, or a server that needs a new certificate), not a sign that the server is
+    /// down.
     pub fn is_certificate(self) -> bool {
         matches!(
             self,
-            Failure::CertExpired | Failure::CertName | Failure::CertIssuer | Failure::CertOther
+            Failure::CertExpired
+                | Failure::CertName
+                | Failure::CertIssuer
+                | Failure::CertOther
+                | Failure::CertRefused
         )
     }
 
@@ -159,6 +171,22 @@ impl Failure {
             Input::ConnectFailed { conn }
         }
     }
+}
+
+/// Whether a fatal alert says the peer refused our certificate (or that we sent none).
+fn refuses_certificate(alert: rustls::AlertDescription) -> bool {
+    use rustls::AlertDescription as A;
+    matches!(
+        alert,
+        A::CertificateRequired
+            | A::BadCertificate
+            | A::UnsupportedCertificate
+            | A::CertificateRevoked
+            | A::CertificateExpired
+            | A::CertificateUnknown
+            | A::UnknownCA
+            | A::AccessDenied
+    )
 }
 
 /// The TLS toward one group: its client configuration and each server's name.
