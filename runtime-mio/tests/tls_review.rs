@@ -10,6 +10,16 @@ use upkeep_testkit::client::get_text;
 use upkeep_testkit::loopback_config;
 use upkeep_testkit::tls::{Pki, TlsFront, server_config};
 
+/// A backend `b` that resets a connection when a second request arrives on it.
+fn reset_reused() -> Backend {
+    Backend::builder()
+        .name("b")
+        .identify()
+        .behaviour(Behaviour::ResetReused)
+        .start()
+        .unwrap()
+}
+
 /// A warm TLS connection adopted by a reload that renumbers the groups (the first group is
 /// removed) belongs to the new configuration's group: when it then fails (the server resets it
 /// as it is reused), the worker does not look its server up in the old numbering (it
@@ -17,12 +27,7 @@ use upkeep_testkit::tls::{Pki, TlsFront, server_config};
 #[test]
 fn an_adopted_tls_connection_fails_under_its_new_group() {
     let pki = Pki::new();
-    let backend = Backend::builder()
-        .name("b")
-        .identify()
-        .behaviour(Behaviour::ResetReused)
-        .start()
-        .unwrap();
+    let backend = reset_reused();
     let front = TlsFront::start(server_config(&pki.leaf(&["127.0.0.1"])), backend.addr()).unwrap();
     let pad = Backend::identify("pad").unwrap();
     let mut config = loopback_config(vec![pad.addr()], 1);
@@ -55,12 +60,7 @@ fn an_adopted_tls_connection_fails_under_its_new_group() {
 /// re-sent on a fresh connection), not a 502.
 #[test]
 fn an_adopted_connection_reset_on_reuse_is_the_keepalive_race() {
-    let backend = Backend::builder()
-        .name("b")
-        .identify()
-        .behaviour(Behaviour::ResetReused)
-        .start()
-        .unwrap();
+    let backend = reset_reused();
     let config = loopback_config(vec![backend.addr()], 1);
     let proxy = Proxy::start(config.clone()).unwrap();
     let listen = proxy.listen_addrs()[0].clone();
@@ -121,10 +121,9 @@ fn a_close_after_the_response_loses_no_tls_record() {
     }
 }
 
-/// A kept-alive TLS client survives a reload: its connection moves to a new worker with its
-/// TLS session, and its next request is answered on the same connection.
-#[test]
-fn a_reload_keeps_a_kept_alive_tls_client() {
+/// A CA, an identifying backend `b`, and a one-worker configuration whose listener is TLS
+/// with a certificate for `localhost`.
+fn tls_listener() -> (Pki, Backend, upkeep_core::Config) {
     let pki = Pki::new();
     let leaf = pki.leaf(&["localhost"]);
     let backend = Backend::identify("b").unwrap();
@@ -133,6 +132,14 @@ fn a_reload_keeps_a_kept_alive_tls_client() {
         leaf.cert_str(),
         leaf.key_str(),
     ));
+    (pki, backend, config)
+}
+
+/// A kept-alive TLS client survives a reload: its connection moves to a new worker with its
+/// TLS session, and its next request is answered on the same connection.
+#[test]
+fn a_reload_keeps_a_kept_alive_tls_client() {
+    let (pki, _backend, config) = tls_listener();
     let proxy = Proxy::start(config.clone()).unwrap();
     let mut c = upkeep_testkit::client::Client::connect_tls(
         &proxy.listen_addrs()[0],
@@ -192,14 +199,7 @@ fn a_plain_connection_is_never_forwarded_as_https_after_a_reload() {
 /// failed TLS connection (nor is an upstream that resets a pooled one).
 #[test]
 fn a_reset_after_the_handshake_is_not_a_tls_failure() {
-    let pki = Pki::new();
-    let leaf = pki.leaf(&["localhost"]);
-    let backend = Backend::identify("b").unwrap();
-    let mut config = loopback_config(vec![backend.addr()], 1);
-    config.listeners[0].tls = Some(upkeep_core::config::ListenerTls::single(
-        leaf.cert_str(),
-        leaf.key_str(),
-    ));
+    let (pki, _backend, config) = tls_listener();
     let proxy = Proxy::start(config).unwrap();
     let (mut tls, _) =
         upkeep_testkit::tls::connect(&proxy.listen_addrs()[0], "localhost", pki.client_config())
