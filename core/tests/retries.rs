@@ -281,3 +281,41 @@ fn read_timeout_with_next_upstream_on_timeout_never_moves_a_post() {
     h.upstream_send(u, &ok("g"));
     assert_eq!(responses(&mut h, c)[0].status, 200);
 }
+
+/// A server that refuses our client certificate tells us (in TLS 1.3) only after the handshake,
+/// once the request is written: the runtime reports `ConnectRejected` on that fresh, unanswered
+/// connection. A 502, no other server tried, the server's health untouched. On a connection
+/// that already served a request, the same input is a plain failure of that connection.
+#[test]
+fn rejected_after_the_handshake_is_a_502_that_never_blames_the_server() {
+    let mut h = Harness::new(config(2));
+    let c = h.connect_client();
+    h.client_send(c, &get("/a"));
+    let u = busy_upstream(&h).expect("connected");
+    assert_eq!(requests(&mut h, u).len(), 1, "the request went out");
+    h.core
+        .handle(h.now, upkeep_core::Input::ConnectRejected { conn: u });
+    h.pump();
+    assert_eq!(responses(&mut h, c)[0].status, 502);
+    assert_eq!(connects(&h), 1, "no other server tried");
+    let stats = h.core.stats();
+    assert_eq!(
+        (stats.servers[0].failures, stats.servers[1].failures),
+        (0, 0)
+    );
+    // A pooled connection that served a request: not a rejection, a failure (the keepalive
+    // race here: re-sent on a fresh connection).
+    let mut h = Harness::new(config(1));
+    let c = h.connect_client();
+    let (u1, _) = exchange(&mut h, c, &get("/1"), &ok("x"));
+    h.client_send(c, &get("/2"));
+    assert_eq!(busy_upstream(&h), Some(u1));
+    h.take_upstream(u1);
+    h.core
+        .handle(h.now, upkeep_core::Input::ConnectRejected { conn: u1 });
+    h.pump();
+    let u2 = busy_upstream(&h).expect("re-sent on a fresh connection");
+    assert_ne!(u2, u1);
+    h.upstream_send(u2, &ok("y"));
+    assert_eq!(responses(&mut h, c)[0].status, 200);
+}

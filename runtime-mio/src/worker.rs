@@ -755,6 +755,10 @@ impl Worker {
             self.after_input();
         }
         for id in self.core.idle_clients() {
+            // Bytes rustls already encrypted leave with the session, not as unsent bytes.
+            if let Some(session) = sock_in(&mut self.socks, id).and_then(|s| s.tls.as_mut()) {
+                session.settle(&mut self.core, clock::now(), id);
+            }
             let Some(released) = self.core.release_idle(id) else {
                 continue;
             };
@@ -819,6 +823,13 @@ impl Worker {
             .core
             .adopt_pooled(now, server, settings.as_ref(), expires)
         {
+            // Its session was counted under the old configuration's numbering.
+            let session = session.map(|mut s| {
+                if let Some(server) = self.core.upstream_server(id) {
+                    s.adopted(tls::Origin::Server(server));
+                }
+                s
+            });
             self.install(now, id, stream, session);
         }
     }
@@ -850,7 +861,20 @@ impl Worker {
             self.pass_on(stream, tls, released);
             return;
         };
+        let tls = tls.map(|mut s| {
+            s.adopted(tls::Origin::Listener(released.listener));
+            s
+        });
+        // The reload made the listener TLS or plain: this connection is still what it was, but
+        // the core would forward its next request with the listener's scheme
+        // (`X-Forwarded-Proto`). It gets what it is owed, then closes: as if the client had
+        // half-closed, so no further request is read from it.
+        let changed = self.core.config().listeners[j].tls.is_some() != tls.is_some();
         self.install(now, id, stream, tls);
+        if changed {
+            self.core.handle(now, Input::ReadClosed { conn: id });
+            self.after_input();
+        }
     }
 
     /// Watches the socket of a connection the core just took in (a client accepted or adopted,

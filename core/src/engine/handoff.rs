@@ -22,7 +22,7 @@ use crate::config::{Address, PoolKeyMode, UpstreamTls};
 use crate::connection::{AfterFlush, Buffers};
 use crate::pool::{EvictReason, PoolKey};
 use crate::rules::ResponseFacts;
-use crate::{ConnId, ListenerId, Time};
+use crate::{ConnId, ListenerId, ServerId, Time};
 
 /// An idle client connection a core let go of, for another core to [adopt](Core::adopt): the
 /// runtime moves the socket along with it.
@@ -159,6 +159,16 @@ impl Core {
         touch(&mut self.touched, id);
         self.sync(now);
         self.conns.get(id).map(|_| id)
+    }
+
+    /// The server an upstream connection belongs to in *this* configuration (`None` for a
+    /// client or unknown connection): what a runtime labels an [adopted](Core::adopt_pooled)
+    /// connection with, since the releasing core may have numbered its groups differently.
+    pub fn upstream_server(&self, conn: ConnId) -> Option<ServerId> {
+        match &self.conns.get(conn)?.role {
+            Role::Upstream(u) => self.servers.get(u.server as usize).copied(),
+            Role::Client(_) => None,
+        }
     }
 
     /// Drains like [`Core::begin_drain`] (no more accepts, the idle pool is closed, exchanges

@@ -113,7 +113,10 @@ pub enum Input<'a> {
     /// verification (expired, another name, an unknown CA). That is a configuration mismatch
     /// on our side as often as the server's, and every server of the group would be judged by
     /// the same settings, so the server's health is not touched and no other server is tried;
-    /// the client gets a 502. The runtime logs and counts the reason.
+    /// the client gets a 502. The runtime logs and counts the reason. Also valid on a fresh
+    /// connection the server has not answered on yet: a server refusing *our* client
+    /// certificate says so in TLS 1.3 only after the handshake. On any other connection it is
+    /// [`Input::Errored`].
     ConnectRejected {
         /// The connection.
         conn: ConnId,

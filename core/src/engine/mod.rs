@@ -584,10 +584,20 @@ impl Core {
                 let Some(c) = self.conns.get(conn) else {
                     return;
                 };
-                if let Role::Upstream(u) = &c.role
-                    && u.state == UState::Connecting
-                {
-                    self.upstream_failed(now, conn, Failure::Rejected);
+                match &c.role {
+                    // Connecting, or a fresh connection the server has not answered on (TLS
+                    // 1.3 refuses a client certificate only after the handshake).
+                    Role::Upstream(u)
+                        if u.state == UState::Connecting
+                            || (u.state == UState::Active
+                                && !u.reused()
+                                && !u.responded
+                                && c.buf.rbuf.is_empty()) =>
+                    {
+                        self.upstream_failed(now, conn, Failure::Rejected);
+                    }
+                    // Anything else is a failed connection like any other.
+                    _ => self.on_error(now, conn),
                 }
             }
         }

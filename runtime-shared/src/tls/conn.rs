@@ -12,7 +12,7 @@ use rustls::ServerConnection;
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, Connection, HandshakeKind, ServerConfig};
 use socket2::SockRef;
-use upkeep_core::{ConnId, Core, Input, ReadOutcome, Time, WriteOutcome};
+use upkeep_core::{ConnId, Core, Input, MAX_IOV, ReadOutcome, Time, WriteOutcome};
 
 use super::Failure;
 use crate::io::{Flushed, READ_SIZE_BULK, ReadStep};
@@ -97,6 +97,11 @@ pub struct TlsConn {
     shut: bool,
     /// Why the connection failed, for the runtime to log and count ([`TlsConn::take_failure`]).
     failure: Option<Failure>,
+    /// The core's bytes rustls encrypted whose records are not all on the socket yet: the core
+    /// learns they are written only once they are ([`TlsConn::flush`]), so it never closes a
+    /// connection with records still in rustls, and its queue and send timeout keep covering
+    /// them.
+    sealed: usize,
 }
 
 impl TlsConn {
@@ -122,6 +127,7 @@ impl TlsConn {
             shutdown: false,
             shut: false,
             failure: None,
+            sealed: 0,
         }
     }
 
@@ -295,7 +301,14 @@ impl TlsConn {
                 } else if self.failure.is_none() {
                     self.failure = Some(Failure::Io(e.kind()));
                 }
-                core.handle(now, Input::Errored { conn });
+                // A server refusing our client certificate says so in TLS 1.3 only after our
+                // side of the handshake completed: the core hears it as what it is (see
+                // `Failure::input`), not as the server failing.
+                let input = match (&self.conn, self.failure) {
+                    (Connection::Client(_), Some(why)) if why.is_certificate() => why.input(conn),
+                    _ => Input::Errored { conn },
+                };
+                core.handle(now, input);
                 ReadStep::Done
             }
         }
@@ -339,7 +352,10 @@ impl TlsConn {
 
     /// Writes what the core queued for `conn`, encrypted, until the queue is empty or the
     /// socket is full. Records already encrypted go out first, so rustls holds at most one
-    /// batch of the core's bytes (the core's own queue stays the backpressure signal).
+    /// batch of the core's bytes (the core's own queue stays the backpressure signal), and a
+    /// batch counts as written for the core only once all its records are on the socket: the
+    /// core closes a connection once its queue is empty, and records still in rustls would then
+    /// be lost (the tail of a `Connection: close` response to a slow reader).
     pub fn flush(
         &mut self,
         core: &mut Core,
@@ -358,6 +374,9 @@ impl TlsConn {
                     return Flushed::Done;
                 }
             }
+            if let Some(done) = self.commit(core, now, conn) {
+                return done;
+            }
             if self.shutdown {
                 if !self.shut {
                     self.shut = true;
@@ -366,14 +385,65 @@ impl TlsConn {
                 return Flushed::Empty;
             }
             let conn_tls = &mut self.conn;
-            let result = core.write_with(now, conn, |iov| conn_tls.writer().write_vectored(iov));
-            match result {
-                Ok(WriteOutcome::Wrote { n: 0, .. }) => return Flushed::Empty,
-                Ok(WriteOutcome::Wrote { .. }) => {}
-                Ok(WriteOutcome::Failed(_) | WriteOutcome::Unknown) => return Flushed::Done,
-                Err(_) => return Flushed::Blocked,
+            if conn_tls.is_handshaking() {
+                // No records yet (a server's early answer, e.g. a 408 to a stalled
+                // ClientHello): rustls keeps the plaintext until the handshake completes, and
+                // the core may consider it written — it cannot go out sooner anyway.
+                let result =
+                    core.write_with(now, conn, |iov| conn_tls.writer().write_vectored(iov));
+                match result {
+                    Ok(WriteOutcome::Wrote { n: 0, .. }) => return Flushed::Empty,
+                    Ok(WriteOutcome::Wrote { .. }) => continue,
+                    Ok(WriteOutcome::Failed(_) | WriteOutcome::Unknown) => return Flushed::Done,
+                    Err(_) => return Flushed::Blocked,
+                }
+            }
+            // Encrypt the next batch without committing it (see `sealed`).
+            let mut iov = [IoSlice::new(&[]); MAX_IOV];
+            let mut k = 0;
+            for piece in core.pending(conn).take(MAX_IOV) {
+                iov[k] = IoSlice::new(piece);
+                k += 1;
+            }
+            if k == 0 {
+                return if core.is_open(conn) {
+                    Flushed::Empty
+                } else {
+                    Flushed::Done
+                };
+            }
+            match conn_tls.writer().write_vectored(&iov[..k]) {
+                // rustls's buffer is empty here (every record went out), so it takes some.
+                Ok(0) => return Flushed::Blocked,
+                Ok(n) => self.sealed = n,
+                Err(e) => {
+                    self.failure.get_or_insert(Failure::Io(e.kind()));
+                    core.handle(now, Input::Errored { conn });
+                    return Flushed::Done;
+                }
             }
         }
+    }
+
+    /// Every record is on the socket: the bytes they carried are written, as far as the core
+    /// knows. `Some` when the connection is gone meanwhile.
+    fn commit(&mut self, core: &mut Core, now: Time, conn: ConnId) -> Option<Flushed> {
+        if self.sealed == 0 {
+            return None;
+        }
+        let n = std::mem::take(&mut self.sealed);
+        match core.write_with(now, conn, |_| Ok(n)) {
+            Ok(WriteOutcome::Wrote { .. }) => None,
+            Ok(WriteOutcome::Failed(_) | WriteOutcome::Unknown) => Some(Flushed::Done),
+            Err(_) => Some(Flushed::Blocked),
+        }
+    }
+
+    /// Before a reload hands the connection to another core: the bytes rustls encrypted count
+    /// as written (their records move along with this session and go out from there), so the
+    /// core does not hand them over a second time as unsent.
+    pub fn settle(&mut self, core: &mut Core, now: Time, conn: ConnId) {
+        let _ = self.commit(core, now, conn);
     }
 
     /// The core's [`Output::Shutdown`](upkeep_core::Output::Shutdown): queues close_notify;

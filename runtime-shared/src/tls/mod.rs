@@ -23,6 +23,7 @@ use std::sync::Arc;
 use rustls::client::ClientSessionMemoryCache;
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ServerConfig};
+use upkeep_core::config::UpstreamTls;
 use upkeep_core::{Address, Config, ConnId, Input, ListenerId, ServerId};
 
 pub use conn::{Handshake, PLAIN_HTTP_RESPONSE, TlsConn};
@@ -77,6 +78,10 @@ pub enum Failure {
     CertIssuer,
     /// Any other certificate problem (revoked, bad encoding, wrong usage...).
     CertOther,
+    /// The peer refused *our* certificate, or our lack of one (an alert such as
+    /// `certificate_required` or `unknown_ca`): toward an upstream, our client certificate
+    /// settings do not match what the server demands.
+    CertRefused,
     /// The peer sent a fatal alert.
     Alert,
     /// No common application protocol (ALPN) or protocol version / cipher suite.
@@ -99,6 +104,7 @@ impl Failure {
                 C::UnknownIssuer => Failure::CertIssuer,
                 _ => Failure::CertOther,
             },
+            E::AlertReceived(a) if refuses_certificate(*a) => Failure::CertRefused,
             E::AlertReceived(_) => Failure::Alert,
             E::NoApplicationProtocol | E::PeerIncompatible(_) => Failure::Incompatible,
             _ => Failure::BadRecord,
@@ -115,6 +121,7 @@ impl Failure {
             Failure::CertName => "the certificate is not valid for the server name",
             Failure::CertIssuer => "the certificate is not signed by a trusted CA",
             Failure::CertOther => "the certificate was refused",
+            Failure::CertRefused => "the peer refused our certificate (or its absence)",
             Failure::Alert => "the peer sent a fatal alert",
             Failure::Incompatible => "no common protocol version, cipher suite or ALPN protocol",
             Failure::BadRecord => "bytes that are not valid TLS (garbage or a broken record)",
@@ -131,19 +138,25 @@ impl Failure {
             Failure::CertName => "cert_name",
             Failure::CertIssuer => "cert_issuer",
             Failure::CertOther => "cert_invalid",
+            Failure::CertRefused => "cert_refused",
             Failure::Alert => "alert",
             Failure::Incompatible => "incompatible",
             Failure::BadRecord => "bad_record",
         }
     }
 
-    /// Whether *our* verification refused the peer's certificate: on an upstream connection
-    /// a configuration matter (our CA file, our SNI, or a server that needs a new
-    /// certificate), not a sign that the server is down.
+    /// Whether *our* verification refused the peer's certificate, or the peer refused ours:
+    /// on an upstream connection a configuration matter (our CA file, our SNI, our client
+    /// certificate, or a server that needs a new certificate), not a sign that the server is
+    /// down.
     pub fn is_certificate(self) -> bool {
         matches!(
             self,
-            Failure::CertExpired | Failure::CertName | Failure::CertIssuer | Failure::CertOther
+            Failure::CertExpired
+                | Failure::CertName
+                | Failure::CertIssuer
+                | Failure::CertOther
+                | Failure::CertRefused
         )
     }
 
@@ -158,6 +171,22 @@ impl Failure {
             Input::ConnectFailed { conn }
         }
     }
+}
+
+/// Whether a fatal alert says the peer refused our certificate (or that we sent none).
+fn refuses_certificate(alert: rustls::AlertDescription) -> bool {
+    use rustls::AlertDescription as A;
+    matches!(
+        alert,
+        A::CertificateRequired
+            | A::BadCertificate
+            | A::UnsupportedCertificate
+            | A::CertificateRevoked
+            | A::CertificateExpired
+            | A::CertificateUnknown
+            | A::UnknownCA
+            | A::AccessDenied
+    )
 }
 
 /// The TLS toward one group: its client configuration and each server's name.
@@ -185,24 +214,41 @@ impl Contexts {
             .iter()
             .map(|l| l.tls.as_ref().map(load::server_config).transpose())
             .collect::<Result<_, _>>()?;
-        let upstreams = config
-            .upstreams
-            .iter()
-            .map(|g| {
-                let Some(tls) = &g.tls else {
-                    return Ok(None);
-                };
-                let names = g
-                    .servers
-                    .iter()
-                    .map(|s| server_name(tls.sni.as_deref(), &s.addr))
-                    .collect::<Result<_, _>>()?;
-                Ok(Some(UpstreamSide {
-                    config: load::client_config(tls, sessions)?,
-                    names,
-                }))
-            })
-            .collect::<Result<_, TlsError>>()?;
+        // One `ClientConfig` per distinct settings, shared by the groups that have them:
+        // rustls resumes a session only under the configuration (verifier, client
+        // certificate) that obtained it, and takes a ticket out of the shared store before it
+        // checks — groups with equal settings but configurations of their own would take and
+        // throw away each other's tickets, and never resume.
+        let mut built: Vec<(&UpstreamTls, Arc<ClientConfig>)> = Vec::new();
+        let mut upstreams = Vec::with_capacity(config.upstreams.len());
+        for g in &config.upstreams {
+            let Some(tls) = &g.tls else {
+                upstreams.push(None);
+                continue;
+            };
+            let names = g
+                .servers
+                .iter()
+                .map(|s| server_name(tls.sni.as_deref(), &s.addr))
+                .collect::<Result<_, _>>()?;
+            let config = match built.iter().find(|(t, _)| *t == tls) {
+                Some((_, c)) => c.clone(),
+                None => {
+                    // Other settings get a store of their own (for this configuration: a
+                    // reload's new configurations cannot resume the old ones anyway), so that
+                    // they do not take each other's tickets for the same server name either.
+                    let store = if built.is_empty() {
+                        sessions.clone()
+                    } else {
+                        self::sessions()
+                    };
+                    let c = load::client_config(tls, &store)?;
+                    built.push((tls, c.clone()));
+                    c
+                }
+            };
+            upstreams.push(Some(UpstreamSide { config, names }));
+        }
         Ok(Contexts {
             listeners,
             upstreams,

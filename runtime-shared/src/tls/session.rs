@@ -43,6 +43,12 @@ impl Session {
         &self.tls
     }
 
+    /// The connection moved to a core whose configuration numbers listeners and groups its
+    /// own way (a reload's hand-over): count and log it as `origin` of that configuration.
+    pub fn adopted(&mut self, origin: Origin) {
+        self.origin = origin;
+    }
+
     /// [`TlsConn::read`], then counts what it completed or why it failed.
     pub fn read(
         &mut self,
@@ -81,6 +87,11 @@ impl Session {
         h
     }
 
+    /// [`TlsConn::settle`].
+    pub fn settle(&mut self, core: &mut Core, now: Time, conn: ConnId) {
+        self.tls.settle(core, now, conn);
+    }
+
     /// [`TlsConn::shutdown`].
     pub fn shutdown(&mut self) {
         self.tls.shutdown();
@@ -100,13 +111,16 @@ impl Session {
                     .get(l.0 as usize)
                     .map_or_else(String::new, |l| l.addr.to_string()),
             ),
-            Origin::Server(s) => Side::Upstream {
-                upstream: config
-                    .upstreams
-                    .get(s.upstream.0 as usize)
-                    .map_or_else(String::new, |g| g.name.clone()),
-                server: core.server_address(s).to_string(),
-            },
+            Origin::Server(s) => {
+                // Looked up without indexing: a label is never worth a panic.
+                let group = config.upstreams.get(s.upstream.0 as usize);
+                Side::Upstream {
+                    upstream: group.map_or_else(String::new, |g| g.name.clone()),
+                    server: group
+                        .and_then(|g| g.servers.get(s.index as usize))
+                        .map_or_else(String::new, |s| s.addr.to_string()),
+                }
+            }
         }
     }
 
@@ -118,7 +132,12 @@ impl Session {
             self.stats.handshake(self.side(core), resumed);
         }
         if let Some(why) = self.tls.take_failure() {
-            self.failed(core, why);
+            // After the handshake, a socket error is a connection ending the ordinary way (a
+            // client that resets, a server dropping a pooled connection), as on plain TCP:
+            // not a TLS failure to count and warn about.
+            if self.tls.is_handshaking() || !matches!(why, Failure::Io(_)) {
+                self.failed(core, why);
+            }
         }
     }
 
