@@ -396,8 +396,9 @@ EOF
 want nginx-nokeep && nginx_proxy nginx-nokeep 0
 want nginx-keep && nginx_proxy nginx-keep 1
 
-if want haproxy-safe; then
-    cat >"$TMP/haproxy.cfg" <<EOF
+# haproxy_cfg BIND SERVER1 SERVER2: the HAProxy configuration, one thread, http-reuse safe.
+haproxy_cfg() {
+    cat <<EOF
 global
   nbthread 1
   maxconn 8192
@@ -409,13 +410,17 @@ defaults
   timeout http-keep-alive 60s
   http-reuse safe
 frontend fe
-  bind 127.0.0.1:${PORT[haproxy-safe]}
+  $1
   default_backend be
 backend be
   balance roundrobin
-  server s1 127.0.0.1:$ORIGIN1
-  server s2 127.0.0.1:$ORIGIN2
+  $2
+  $3
 EOF
+}
+
+if want haproxy-safe; then
+    haproxy_cfg "bind 127.0.0.1:${PORT[haproxy-safe]}" "server s1 127.0.0.1:$ORIGIN1" "server s2 127.0.0.1:$ORIGIN2" >"$TMP/haproxy.cfg"
     start haproxy-safe "${PROXY_CPU[@]}" haproxy -db -f "$TMP/haproxy.cfg"
 fi
 
@@ -492,25 +497,7 @@ haproxy_tls_proxy() { # mode
         bind="bind 127.0.0.1:$((PORT[haproxy-safe] + 200))"
         server1="server s1 127.0.0.1:$ORIGIN1_TLS $tls" server2="server s2 127.0.0.1:$ORIGIN2_TLS $tls"
     fi
-    cat >"$TMP/$name.cfg" <<EOF
-global
-  nbthread 1
-  maxconn 8192
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
-  timeout http-keep-alive 60s
-  http-reuse safe
-frontend fe
-  $bind
-  default_backend be
-backend be
-  balance roundrobin
-  $server1
-  $server2
-EOF
+    haproxy_cfg "$bind" "$server1" "$server2" >"$TMP/$name.cfg"
     start "$name" "${PROXY_CPU[@]}" haproxy -db -f "$TMP/$name.cfg"
 }
 
