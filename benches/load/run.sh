@@ -18,7 +18,28 @@
 #
 # The proxies balance round-robin over both origins. Scenarios: keep-alive clients (wrk -c64),
 # closing clients (wrk -c64 -H 'Connection: close': a new client connection per request), each
-# with the small and the 64 KiB body, and fan-in (wrk -c1000, keep-alive, small body). Targets
+# with the small and the 64 KiB body, and fan-in (wrk -c1000, keep-alive, small body). TLS
+# scenarios (issue 12; not in the default CASES, select them with CASES, e.g.
+# CASES="tls-keepalive:small tls-close:small tls-upstream:small"):
+#
+#   tls-keepalive  wrk over https (keep-alive) to each proxy's TLS listener (nginx `listen ssl`,
+#                  HAProxy `bind ssl crt`, upkeep `[[listen]] tls`); plain HTTP to the origins
+#   tls-close      the same with closing clients: a TLS handshake per request on the client side
+#   tls-upstream   plain wrk clients; the proxies talk TLS to the origins' TLS listeners and
+#                  verify them against the run's CA (nginx `proxy_pass https://` +
+#                  proxy_ssl_session_reuse + the target's keepalive, HAProxy `server ssl verify
+#                  required` + http-reuse safe, upkeep `[[upstream]] tls = { ca, sni }`)
+#
+# Each TLS scenario runs its own proxy processes (NAME-tls, NAME-tlsup) on ports +100 / +200 of
+# the target's port; `direct` is wrk over https to origin 1's TLS port (tls-keepalive/close) or
+# plain to origin 1 (tls-upstream: the no-proxy, no-TLS limit). A self-signed CA and an ECDSA
+# P-256 leaf for localhost/127.0.0.1 are made once per run with openssl in the temp dir. Upstream
+# TLS handshakes are counted at the origins (their TLS server logs `$ssl_session_reused` for the
+# first request of each connection: full vs resumed), the same way for every proxy, and for
+# upkeep also from its admin /metrics (upkeep_upstream_tls_handshakes_total), as a cross-check.
+# With TLS cases the run also writes tls.md (req/s and CPU per request as ratios to nginx-keep
+# and haproxy-safe, handshakes per 100k requests) and tls-handshakes.csv; a run of TLS cases
+# only writes to results/tls/ (--quick: results/quick/tls/) unless OUT says otherwise. Targets
 # run interleaved inside each round (the starting target rotates every round), each measured
 # run right after 1 s of the same load (unrecorded: pools refill after the idle time since the
 # target's previous run), with medians over rounds and per-round ratios to nginx-keep.
@@ -37,7 +58,8 @@
 # Knobs (environment): ROUNDS, DURATION (s), TARGETS, CASES ("scenario:body ..."), CONNS,
 # FANIN_CONNS, WRK_THREADS, SETTLE (s of unrecorded load right before each measured run, default
 # 1; 0 = off), PORT_BASE (default 19000: origins +1/+2, status +101/+102,
-# proxies +81/+82/+83/+90/+91), PIN=1 (proxies on CPU 0, wrk and origins on CPU 1; default: no
+# proxies +81/+82/+83/+90/+91; TLS: origins +3/+4, proxies' TLS variants +100/+200, upkeep admin
+# +150/+250), PIN=1 (proxies on CPU 0, wrk and origins on CPU 1; default: no
 # pinning), UPKEEP_BIN (skip the build), OUT (output directory), SKIP_ALLOC=1 (skip the
 # allocation count).
 set -euo pipefail
@@ -56,13 +78,26 @@ done
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
+CASES=${CASES:-keepalive:small keepalive:64k close:small close:64k fanin:small}
+# Which kinds of TLS scenario were asked for (each needs its own proxy processes).
+TLS_TERM=0 TLS_UP=0 TLS_ONLY=1
+for case in $CASES; do
+    case ${case%%:*} in
+        tls-keepalive | tls-close) TLS_TERM=1 ;;
+        tls-upstream) TLS_UP=1 ;;
+        *) TLS_ONLY=0 ;;
+    esac
+done
+TLS_ANY=$((TLS_TERM || TLS_UP))
+# A TLS-only run does not overwrite the plain-HTTP results.
+SUB=""
+((TLS_ANY && TLS_ONLY)) && SUB=/tls
 if ((QUICK)); then
-    ROUNDS=${ROUNDS:-1} DURATION=${DURATION:-2} WARMUP=1 OUT=${OUT:-$HERE/results/quick}
+    ROUNDS=${ROUNDS:-1} DURATION=${DURATION:-2} WARMUP=1 OUT=${OUT:-$HERE/results/quick$SUB}
 else
-    ROUNDS=${ROUNDS:-3} DURATION=${DURATION:-5} WARMUP=2 OUT=${OUT:-$HERE/results}
+    ROUNDS=${ROUNDS:-3} DURATION=${DURATION:-5} WARMUP=2 OUT=${OUT:-$HERE/results$SUB}
 fi
 TARGETS=${TARGETS:-direct nginx-nokeep nginx-keep haproxy-safe upkeep upkeep-nokeep}
-CASES=${CASES:-keepalive:small keepalive:64k close:small close:64k fanin:small}
 CONNS=${CONNS:-64}
 FANIN_CONNS=${FANIN_CONNS:-1000}
 WRK_THREADS=${WRK_THREADS:-1}
@@ -84,6 +119,29 @@ declare -A PORT=(
 for t in $TARGETS; do
     [[ -n ${PORT[$t]:-} ]] || { echo "run.sh: unknown target $t" >&2; exit 2; }
 done
+ORIGIN1_TLS=$((PORT_BASE + 3)) ORIGIN2_TLS=$((PORT_BASE + 4))
+
+# proc_of TARGET SCENARIO: the name of the process(es) serving that scenario (TLS scenarios run
+# their own proxy processes, so the plain configurations stay exactly as they were).
+proc_of() {
+    if [[ $1 == direct ]]; then echo direct; return; fi
+    case $2 in
+        tls-keepalive | tls-close) echo "$1-tls" ;;
+        tls-upstream) echo "$1-tlsup" ;;
+        *) echo "$1" ;;
+    esac
+}
+
+# url_of TARGET SCENARIO: where wrk goes.
+url_of() {
+    case $2 in
+        tls-keepalive | tls-close)
+            if [[ $1 == direct ]]; then echo "https://127.0.0.1:$ORIGIN1_TLS"; else echo "https://127.0.0.1:$((PORT[$1] + 100))"; fi ;;
+        tls-upstream)
+            if [[ $1 == direct ]]; then echo "http://127.0.0.1:$ORIGIN1"; else echo "http://127.0.0.1:$((PORT[$1] + 200))"; fi ;;
+        *) echo "http://127.0.0.1:${PORT[$1]}" ;;
+    esac
+}
 
 log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 
@@ -95,6 +153,7 @@ install_missing() {
     command -v haproxy >/dev/null || need+=(haproxy)
     command -v wrk >/dev/null || need+=(wrk)
     command -v curl >/dev/null || need+=(curl)
+    ((TLS_ANY)) && ! command -v openssl >/dev/null && need+=(openssl)
     ((${#need[@]})) || return 0
     ((EUID == 0)) || sudo=sudo
     log "installing ${need[*]} (apt-get)"
@@ -124,7 +183,14 @@ for cmd in nginx haproxy wrk curl ss taskset; do
 done
 
 # Ports must be free (other services or a previous run still going).
-for p in $ORIGIN1 $ORIGIN2 $STATUS1 $STATUS2 "${PORT[@]}"; do
+TLS_PORTS=()
+if ((TLS_ANY)); then
+    TLS_PORTS=($ORIGIN1_TLS $ORIGIN2_TLS)
+    for t in "${!PORT[@]}"; do
+        [[ $t == direct ]] || TLS_PORTS+=($((PORT[$t] + 100)) $((PORT[$t] + 200)) $((PORT[$t] + 150)) $((PORT[$t] + 250)))
+    done
+fi
+for p in $ORIGIN1 $ORIGIN2 $STATUS1 $STATUS2 "${PORT[@]}" "${TLS_PORTS[@]}"; do
     if [[ -n $(ss -Hltn "sport = :$p") ]]; then
         echo "run.sh: port $p is in use; pick another PORT_BASE" >&2
         exit 1
@@ -227,6 +293,45 @@ nginx_temp_paths() { # prefix
 EOF
 }
 
+# TLS material, once per run: a self-signed CA and an ECDSA P-256 leaf for localhost and
+# 127.0.0.1 (what every proxy's TLS listener serves, the origins' TLS listeners too).
+CERTS=$TMP/tls
+if ((TLS_ANY)); then
+    mkdir -p "$CERTS"
+    (
+        cd "$CERTS"
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+            -subj /CN=upkeep-bench-ca -keyout ca.key -out ca.pem
+        openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+            -subj /CN=localhost -keyout leaf.key -out leaf.csr
+        printf '%s\n' 'basicConstraints=CA:FALSE' 'keyUsage=digitalSignature' \
+            'extendedKeyUsage=serverAuth' 'subjectAltName=DNS:localhost,IP:127.0.0.1' >leaf.ext
+        openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+            -extfile leaf.ext -out leaf.pem
+        cat leaf.pem leaf.key >leaf-with-key.pem # HAProxy's `crt` wants both in one file
+    ) >"$TMP/openssl.log" 2>&1 || { cat "$TMP/openssl.log" >&2; exit 1; }
+    chmod -R a+rX "$CERTS"
+fi
+
+# origin_tls_server DIR PORT I: the origin's TLS listener (TLS cases only). The first request of
+# each connection is logged with `$ssl_session_reused` ("r" resumed, "." full handshake): the
+# upstream handshakes every proxy makes, counted the same way for all of them.
+origin_tls_server() {
+    ((TLS_ANY)) || return 0
+    cat <<EOF
+  map \$connection_requests \$first_request { 1 1; default 0; }
+  log_format handshake '\$ssl_session_reused';
+  ssl_session_cache shared:origin$3:10m;
+  server {
+    listen 127.0.0.1:$2 ssl backlog=4096;
+    ssl_certificate $CERTS/leaf.pem; ssl_certificate_key $CERTS/leaf.key;
+    access_log $1/handshakes.log handshake if=\$first_request;
+    location = /small { default_type text/plain; return 200 "$SMALL_BODY"; }
+    location = /64k   { root $TMP/www; default_type application/octet-stream; }
+  }
+EOF
+}
+
 # Origins.
 mkdir -p "$TMP/www"
 head -c 65536 /dev/zero | tr '\0' 'x' >"$TMP/www/64k"
@@ -247,12 +352,17 @@ $(nginx_temp_paths "$dir")
     location = /64k   { root $TMP/www; default_type application/octet-stream; }
   }
   server { listen 127.0.0.1:$status; location / { stub_status; } }
+$(origin_tls_server "$dir" $((PORT_BASE + 2 + i)) "$i")
 }
 EOF
     start "origin$i" "${OTHER_CPU[@]}" nginx -q -e "$dir/error.log" -p "$dir" -c "$dir/nginx.conf"
 done
 wait_listening origin1 $ORIGIN1
 wait_listening origin2 $ORIGIN2
+if ((TLS_ANY)); then
+    wait_listening origin1 $ORIGIN1_TLS
+    wait_listening origin2 $ORIGIN2_TLS
+fi
 
 want() { [[ " $TARGETS " == *" $1 "* ]]; }
 
@@ -286,8 +396,9 @@ EOF
 want nginx-nokeep && nginx_proxy nginx-nokeep 0
 want nginx-keep && nginx_proxy nginx-keep 1
 
-if want haproxy-safe; then
-    cat >"$TMP/haproxy.cfg" <<EOF
+# haproxy_cfg BIND SERVER1 SERVER2: the HAProxy configuration, one thread, http-reuse safe.
+haproxy_cfg() {
+    cat <<EOF
 global
   nbthread 1
   maxconn 8192
@@ -299,13 +410,17 @@ defaults
   timeout http-keep-alive 60s
   http-reuse safe
 frontend fe
-  bind 127.0.0.1:${PORT[haproxy-safe]}
+  $1
   default_backend be
 backend be
   balance roundrobin
-  server s1 127.0.0.1:$ORIGIN1
-  server s2 127.0.0.1:$ORIGIN2
+  $2
+  $3
 EOF
+}
+
+if want haproxy-safe; then
+    haproxy_cfg "bind 127.0.0.1:${PORT[haproxy-safe]}" "server s1 127.0.0.1:$ORIGIN1" "server s2 127.0.0.1:$ORIGIN2" >"$TMP/haproxy.cfg"
     start haproxy-safe "${PROXY_CPU[@]}" haproxy -db -f "$TMP/haproxy.cfg"
 fi
 
@@ -331,8 +446,108 @@ EOF
 want upkeep && upkeep_proxy upkeep ""
 want upkeep-nokeep && upkeep_proxy upkeep-nokeep "keepalive = 0   # pooling off"
 
+# --- TLS variants (TLS cases only) ------------------------------------------------------------
+# Each proxy again, one worker, in its own process: MODE "tls" = a TLS listener on port +100
+# with plain origins, "tlsup" = a plain listener on port +200 with the origins' TLS listeners,
+# verified against the run's CA as localhost.
+
+nginx_tls_proxy() { # target keepalive(0/1) mode
+    local name=$1-$3 keep=$2 dir=$TMP/$1-$3 port servers listen proxy extra="" upstream_keep=""
+    if [[ $3 == tls ]]; then
+        port=$((PORT[$1] + 100)) servers="server 127.0.0.1:$ORIGIN1; server 127.0.0.1:$ORIGIN2;"
+        listen="listen 127.0.0.1:$port ssl backlog=4096;
+    ssl_certificate $CERTS/leaf.pem; ssl_certificate_key $CERTS/leaf.key;"
+        proxy="proxy_pass http://up;"
+    else
+        port=$((PORT[$1] + 200)) servers="server 127.0.0.1:$ORIGIN1_TLS; server 127.0.0.1:$ORIGIN2_TLS;"
+        listen="listen 127.0.0.1:$port backlog=4096;"
+        proxy="proxy_pass https://up;"
+        extra="proxy_ssl_session_reuse on; proxy_ssl_verify on; proxy_ssl_name localhost;
+      proxy_ssl_server_name on; proxy_ssl_trusted_certificate $CERTS/ca.pem;"
+    fi
+    if ((keep)); then
+        upstream_keep="keepalive 16;"
+        proxy="$proxy proxy_http_version 1.1; proxy_set_header Connection \"\";"
+    fi
+    mkdir -p "$dir" && chmod 777 "$dir"
+    cat >"$dir/nginx.conf" <<EOF
+$(nginx_common "$dir")
+http {
+$(nginx_temp_paths "$dir")
+  access_log off;
+  keepalive_requests 1000000; keepalive_timeout 75s;
+  ssl_session_cache shared:SSL:10m;
+  upstream up { $servers $upstream_keep }
+  server {
+    $listen
+    location / { $proxy $extra }
+  }
+}
+EOF
+    start "$name" "${PROXY_CPU[@]}" nginx -q -e "$dir/error.log" -p "$dir" -c "$dir/nginx.conf"
+}
+
+haproxy_tls_proxy() { # mode
+    local name=haproxy-safe-$1 bind server1 server2
+    if [[ $1 == tls ]]; then
+        bind="bind 127.0.0.1:$((PORT[haproxy-safe] + 100)) ssl crt $CERTS/leaf-with-key.pem alpn http/1.1"
+        server1="server s1 127.0.0.1:$ORIGIN1" server2="server s2 127.0.0.1:$ORIGIN2"
+    else
+        local tls="ssl verify required ca-file $CERTS/ca.pem sni str(localhost) verifyhost localhost"
+        bind="bind 127.0.0.1:$((PORT[haproxy-safe] + 200))"
+        server1="server s1 127.0.0.1:$ORIGIN1_TLS $tls" server2="server s2 127.0.0.1:$ORIGIN2_TLS $tls"
+    fi
+    haproxy_cfg "$bind" "$server1" "$server2" >"$TMP/$name.cfg"
+    start "$name" "${PROXY_CPU[@]}" haproxy -db -f "$TMP/$name.cfg"
+}
+
+upkeep_tls_proxy() { # target keepalive-line mode
+    local name=$1-$3 listen_tls="" upstream_tls="" servers port admin
+    if [[ $3 == tls ]]; then
+        port=$((PORT[$1] + 100)) admin=$((PORT[$1] + 150))
+        listen_tls="tls = { cert = \"$CERTS/leaf.pem\", key = \"$CERTS/leaf.key\" }"
+        servers="\"127.0.0.1:$ORIGIN1\", \"127.0.0.1:$ORIGIN2\""
+    else
+        port=$((PORT[$1] + 200)) admin=$((PORT[$1] + 250))
+        upstream_tls="tls = { ca = \"$CERTS/ca.pem\", sni = \"localhost\" }"
+        servers="\"127.0.0.1:$ORIGIN1_TLS\", \"127.0.0.1:$ORIGIN2_TLS\""
+    fi
+    cat >"$TMP/$name.toml" <<EOF
+workers = 1
+admin = "127.0.0.1:$admin"
+
+[[listen]]
+addr = "127.0.0.1:$port"
+$listen_tls
+
+[[upstream]]
+name = "origins"
+servers = [$servers]
+$upstream_tls
+$2
+
+[limits]
+client_keepalive_requests = 1000000
+EOF
+    start "$name" "${PROXY_CPU[@]}" "$UPKEEP_BIN" run --config "$TMP/$name.toml"
+}
+
+TLS_MODES=()
+((TLS_TERM)) && TLS_MODES+=(tls)
+((TLS_UP)) && TLS_MODES+=(tlsup)
+for mode in "${TLS_MODES[@]}"; do
+    want nginx-nokeep && nginx_tls_proxy nginx-nokeep 0 "$mode"
+    want nginx-keep && nginx_tls_proxy nginx-keep 1 "$mode"
+    want haproxy-safe && haproxy_tls_proxy "$mode"
+    want upkeep && upkeep_tls_proxy upkeep "" "$mode"
+    want upkeep-nokeep && upkeep_tls_proxy upkeep-nokeep "keepalive = 0   # pooling off" "$mode"
+done
+
 for t in $TARGETS; do
-    [[ $t == direct ]] || wait_listening "$t" "${PORT[$t]}"
+    [[ $t == direct ]] && continue
+    wait_listening "$t" "${PORT[$t]}"
+    ((TLS_TERM)) && wait_listening "$t-tls" $((PORT[$t] + 100))
+    ((TLS_UP)) && wait_listening "$t-tlsup" $((PORT[$t] + 200))
 done
 
 # --- accounting ------------------------------------------------------------------------------
@@ -391,16 +606,36 @@ time_wait() { # TIME_WAIT 4-tuples with an origin port at either end, sorted
         }' | sort
 }
 
-run_wrk() { # out-file port path conns duration scenario
+run_wrk() { # out-file base-url path conns duration scenario
     local args=(-t"$WRK_THREADS" -c"$4" -d"$5s" --latency --timeout 5s)
-    [[ $6 == close ]] && args+=(-H 'Connection: close')
-    timeout -k 5 $(($5 + 30)) "${OTHER_CPU[@]}" wrk "${args[@]}" "http://127.0.0.1:$2/$3" >"$1" 2>&1 || true
+    [[ $6 == close || $6 == tls-close ]] && args+=(-H 'Connection: close')
+    timeout -k 5 $(($5 + 30)) "${OTHER_CPU[@]}" wrk "${args[@]}" "$2/$3" >"$1" 2>&1 || true
+}
+
+# Upstream TLS handshakes so far, "full resumed", summed over both origins' TLS logs.
+origin_handshakes() {
+    cat "$TMP"/origin[12]/handshakes.log 2>/dev/null | awk '{ if ($1 == "r") r++; else f++ } END { print f + 0, r + 0 }'
+}
+
+# upkeep's own count of its upstream TLS handshakes, "full resumed" (admin /metrics), or "- -".
+upkeep_handshakes() { # process name
+    local port
+    case $1 in
+        upkeep*-tlsup) port=$((PORT[${1%-tlsup}] + 250)) ;;
+        upkeep*-tls) port=$((PORT[${1%-tls}] + 150)) ;;
+        *) echo "- -"; return ;;
+    esac
+    curl -s --max-time 5 "http://127.0.0.1:$port/metrics" | awk '
+        /^upkeep_upstream_tls_handshakes_total/ { if ($1 ~ /resumed="true"/) r += $2; else f += $2 }
+        END { print f + 0, r + 0 }'
 }
 
 # --- runs ------------------------------------------------------------------------------------
 
-rm -rf "$OUT/raw" "$OUT/runs.csv" "$OUT/note.md"
+rm -rf "$OUT/raw" "$OUT/runs.csv" "$OUT/note.md" "$OUT/tls-handshakes.csv" "$OUT/tls.md"
 mkdir -p "$OUT/raw"
+HS_CSV=$OUT/tls-handshakes.csv
+((TLS_ANY)) && echo "round,scenario,body,target,origin_full,origin_resumed,upkeep_full,upkeep_resumed" >"$HS_CSV"
 CSV=$OUT/runs.csv
 echo "round,scenario,body,target,conns,wrk_file,cpu_ticks,clk_tck,rss_kb,upstream_conns,tw_new,tw_after,duration_s,backend_ticks,wrk_ticks,machine_busy_ticks,machine_idle_ticks" >"$CSV"
 
@@ -411,7 +646,14 @@ log "$total_runs runs of ${DURATION}s (${ROUNDS} round(s)), est. $((total_runs *
 
 log "warm-up: ${WARMUP}s per target (not recorded)"
 for t in "${TARGET_LIST[@]}"; do
-    run_wrk "$TMP/warmup.txt" "${PORT[$t]}" small "$CONNS" "$WARMUP" keepalive
+    declare -A warmed=()
+    for case in $CASES; do
+        url=$(url_of "$t" "${case%%:*}")
+        [[ -n ${warmed[$url]:-} ]] && continue
+        warmed[$url]=1
+        run_wrk "$TMP/warmup.txt" "$url" small "$CONNS" "$WARMUP" keepalive
+    done
+    unset warmed
 done
 
 read -r -a ORIGIN_PROCS <<<"$(procs_of origin1) $(procs_of origin2)"
@@ -425,21 +667,34 @@ for ((round = 0; round < ROUNDS; round++)); do
         n=${#TARGET_LIST[@]}
         for ((i = 0; i < n; i++)); do
             t=${TARGET_LIST[(i + round) % n]}
-            procs=()
-            [[ $t == direct ]] || read -r -a procs <<<"$(procs_of "$t")"
+            procs=() url=$(url_of "$t" "$scenario") proc=$(proc_of "$t" "$scenario")
+            [[ $t == direct ]] || read -r -a procs <<<"$(procs_of "$proc")"
             file=raw/r$round-$scenario-$body-$t.txt
             # A short unrecorded run first, so the measured one starts in steady state (pools
             # filled again after the idle time since this target's previous run).
-            ((SETTLE > 0)) && run_wrk "$TMP/settle.txt" "${PORT[$t]}" "$body" "$conns" "$SETTLE" "$scenario"
+            ((SETTLE > 0)) && run_wrk "$TMP/settle.txt" "$url" "$body" "$conns" "$SETTLE" "$scenario"
             reset_peak_rss "${procs[@]}"
             time_wait >"$TMP/tw.before"
             a1=$(accepts $STATUS1) a2=$(accepts $STATUS2)
             c0=$(cpu_ticks "${procs[@]}") o0=$(cpu_ticks "${ORIGIN_PROCS[@]}")
             children_ticks
             w0=$CHILD_TICKS
+            if [[ $scenario == tls-* ]]; then
+                read -r hf0 hr0 < <(origin_handshakes)
+                read -r uf0 ur0 < <(upkeep_handshakes "$proc")
+            fi
             read -r busy0 idle0 < <(machine_ticks)
-            run_wrk "$OUT/$file" "${PORT[$t]}" "$body" "$conns" "$DURATION" "$scenario"
+            run_wrk "$OUT/$file" "$url" "$body" "$conns" "$DURATION" "$scenario"
             read -r busy1 idle1 < <(machine_ticks)
+            hs_note=""
+            if [[ $scenario == tls-* ]]; then
+                read -r hf1 hr1 < <(origin_handshakes)
+                read -r uf1 ur1 < <(upkeep_handshakes "$proc")
+                uf=- ur=-
+                [[ $uf0 == - ]] || uf=$((uf1 - uf0)) ur=$((ur1 - ur0))
+                echo "$round,$scenario,$body,$t,$((hf1 - hf0)),$((hr1 - hr0)),$uf,$ur" >>"$HS_CSV"
+                hs_note=", upstream TLS handshakes $((hf1 - hf0)) full + $((hr1 - hr0)) resumed"
+            fi
             c1=$(cpu_ticks "${procs[@]}") o1=$(cpu_ticks "${ORIGIN_PROCS[@]}")
             children_ticks
             w1=$CHILD_TICKS
@@ -457,7 +712,7 @@ for ((round = 0; round < ROUNDS; round++)); do
             echo "$round,$scenario,$body,$t,$conns,$file,$cpu,$CLK_TCK,$rss,$upstream,$tw_new,$tw_after,$DURATION,$((o1 - o0)),$((w1 - w0)),$((busy1 - busy0)),$((idle1 - idle0))" >>"$CSV"
             done_runs=$((done_runs + 1))
             rps=$(awk '/^Requests\/sec/ {print $2}' "$OUT/$file")
-            log "[$done_runs/$total_runs] round $round $scenario/$body $t: ${rps:-no result} req/s, upstream conns $upstream, cpu ticks $cpu"
+            log "[$done_runs/$total_runs] round $round $scenario/$body $t: ${rps:-no result} req/s, upstream conns $upstream$hs_note, cpu ticks $cpu"
             if [[ -z $rps ]]; then sed 's/^/    wrk: /' "$OUT/$file" >&2; fi
             for p in "${procs[@]}"; do
                 kill -0 "$p" 2>/dev/null || { echo "run.sh: $t (pid $p) died" >&2; exit 1; }
@@ -470,9 +725,70 @@ log "runs done in $((SECONDS - START)) s"
 
 # --- report ----------------------------------------------------------------------------------
 
+# tls_summary: the TLS scenarios' table (markdown on stdout) from runs.csv, the wrk outputs and
+# tls-handshakes.csv. Medians over rounds per scenario and target; ratios are ratios of those
+# medians to nginx-keep's and haproxy-safe's in the same scenario.
+tls_summary() {
+    awk -F, -v out="$OUT" '
+    function med(key, n, i, j, t, a) {
+        n = cnt[key]; if (n == 0) return ""
+        for (i = 1; i <= n; i++) a[i] = val[key, i]
+        for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j - 1] > a[j]; j--) { t = a[j]; a[j] = a[j - 1]; a[j - 1] = t }
+        return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+    }
+    function add(key, v) { if (v == "") return; cnt[key]++; val[key, cnt[key]] = v }
+    function ratio(a, b) { return (a == "" || b == "" || b == 0) ? "-" : sprintf("%.2f", a / b) }
+    function num(v, places) { return v == "" ? "-" : sprintf("%." places "f", v) }
+    FNR == 1 { file++; next }
+    file == 1 && $2 ~ /^tls-/ {
+        c = $2 ":" $3; t = $4
+        if (!(c in seen_case)) { seen_case[c] = 1; cases[++ncases] = c }
+        if (!((c, t) in seen)) { seen[c, t] = 1; targets[c, ++nt[c]] = t }
+        reqs = 0; rps = ""; errs = 0; wrk = out "/" $6
+        while ((getline line < wrk) > 0) {
+            split(line, w, " ")
+            if (line ~ /requests in/) reqs = w[1]
+            if (line ~ /^Requests\/sec/) rps = w[2]
+            if (line ~ /Non-2xx/) errs += w[5]
+            if (line ~ /Socket errors/) { gsub(/[^0-9 ]/, "", line); split(line, e, " "); errs += e[1] + e[2] + e[3] + e[4] }
+        }
+        close(wrk)
+        req[$1, c, t] = reqs
+        add("rps" SUBSEP c SUBSEP t, rps)
+        add("err" SUBSEP c SUBSEP t, errs)
+        if ($7 != "-" && reqs > 0) add("cpu" SUBSEP c SUBSEP t, $7 / $8 * 1e6 / reqs)
+        next
+    }
+    file == 2 {
+        c = $2 ":" $3; t = $4; reqs = req[$1, c, t]
+        if (reqs > 0) {
+            add("hf" SUBSEP c SUBSEP t, $5 * 1e5 / reqs); add("hr" SUBSEP c SUBSEP t, $6 * 1e5 / reqs)
+            if ($7 != "-") { add("uf" SUBSEP c SUBSEP t, $7 * 1e5 / reqs); add("ur" SUBSEP c SUBSEP t, $8 * 1e5 / reqs) }
+        }
+    }
+    END {
+        print "| scenario | target | req/s | ÷ nginx-keep | ÷ haproxy-safe | proxy CPU µs/req | ÷ nginx-keep | ÷ haproxy-safe | upstream TLS handshakes per 100k req, full + resumed (origins) | upkeep'"'"'s own count per 100k | errors |"
+        print "|---|---|---|---|---|---|---|---|---|---|---|"
+        for (i = 1; i <= ncases; i++) {
+            c = cases[i]
+            nr = med("rps" SUBSEP c SUBSEP "nginx-keep"); hr = med("rps" SUBSEP c SUBSEP "haproxy-safe")
+            nc = med("cpu" SUBSEP c SUBSEP "nginx-keep"); hc = med("cpu" SUBSEP c SUBSEP "haproxy-safe")
+            for (j = 1; j <= nt[c]; j++) {
+                t = targets[c, j]
+                r = med("rps" SUBSEP c SUBSEP t); u = med("cpu" SUBSEP c SUBSEP t)
+                hf = med("hf" SUBSEP c SUBSEP t); hs = med("hr" SUBSEP c SUBSEP t)
+                uf = med("uf" SUBSEP c SUBSEP t); us = med("ur" SUBSEP c SUBSEP t)
+                own = (uf == "") ? "-" : num(uf, 0) " + " num(us, 0)
+                printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s + %s | %s | %s |\n", c, t, num(r, 0), ratio(r, nr), ratio(r, hr), num(u, 1), ratio(u, nc), ratio(u, hc), num(hf, 0), num(hs, 0), own, num(med("err" SUBSEP c SUBSEP t), 0)
+            }
+        }
+    }' "$CSV" "$HS_CSV"
+}
+
+
 pin_note="nothing pinned (the scheduler spreads wrk, the origins and the proxy over the cores)"
 ((PIN)) && pin_note="proxies pinned to CPU 0, wrk and the origins to CPU 1 (taskset)"
-NOTE="Command: \`bash benches/load/run.sh$( ((QUICK)) && echo ' --quick')\` ($(date -u +%Y-%m-%d), \
+NOTE="Command: \`$( ((TLS_ANY)) && echo "ROUNDS=$ROUNDS DURATION=$DURATION CASES=\"$CASES\" TARGETS=\"$TARGETS\" ")bash benches/load/run.sh$( ((QUICK)) && echo ' --quick')\` ($(date -u +%Y-%m-%d), \
 $ROUNDS round(s) of ${DURATION} s per run, wrk -t$WRK_THREADS, $CONNS clients, fan-in $FANIN_CONNS clients, \
 $pin_note).
 
@@ -490,4 +806,12 @@ new TIME_WAIT = TIME_WAIT sockets with an origin port at either end that appeare
 connections are wrk's own."
 printf '%s\n' "$NOTE" >"$OUT/note.md"
 "$REPORT_BIN" "$CSV" "$OUT"
+if ((TLS_ANY)); then
+    {
+        printf '# Load comparison over TLS: upkeep, nginx, HAProxy\n\n%s\n\n' "$NOTE"
+        printf 'TLS: ECDSA P-256 leaf signed by a per-run CA; wrk (OpenSSL) as the TLS client; the proxies verify the origins against the CA as `localhost`. `direct` = wrk to origin 1 over https (tls-keepalive/close) or plain (tls-upstream). Upstream handshakes are counted at the origins (first request of each TLS connection, `$ssl_session_reused`); for tls-keepalive/close the proxies talk plain HTTP upstream, so only `direct` (wrk'"'"'s own handshakes) shows any. Medians over %s round(s); ratios are ratios of the medians. All runs, including the plain-HTTP columns (upstream conns, TIME_WAIT, latency), are in results.md next to this file; raw data in runs.csv, tls-handshakes.csv and raw/.\n\n' "$ROUNDS"
+        tls_summary
+    } >"$OUT/tls.md"
+    log "wrote $OUT/tls.md"
+fi
 log "wrote $OUT/results.md and $OUT/chart.svg"
