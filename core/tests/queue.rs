@@ -451,3 +451,63 @@ fn a_stale_retry_waiting_behind_others_gets_a_fresh_connection() {
         assert_eq!(responses(&mut h, c)[0].status, 200);
     }
 }
+
+impl Process {
+    /// Delivers wake-ups for at most `rounds` rounds; false if they never stopped (a livelock).
+    fn settle_within(&mut self, rounds: usize) -> bool {
+        for _ in 0..rounds {
+            let mut any = false;
+            for (w, flag) in self.woken.iter().enumerate() {
+                if flag.swap(false, Ordering::SeqCst) {
+                    any = true;
+                    let h = &mut self.workers[w];
+                    let now = h.now;
+                    h.core.handle_shared(now);
+                    h.pump();
+                }
+            }
+            if !any {
+                return true;
+            }
+        }
+        false
+    }
+}
+
+#[test]
+fn a_warm_connection_yielded_to_another_workers_request_is_not_reopened_in_its_place() {
+    // max_conns = 1, min_idle = 1, two workers: worker 0 holds the one slot with a warm
+    // connection. A request on worker 1 waits; worker 0 yields its idle warm connection — and
+    // must not warm a new one with the slot it just gave up (it did: the two workers then woke
+    // each other forever, connections churning, and the request waited for its timeout).
+    let mut cfg = one_slot(16);
+    cfg.upstreams[0].min_idle = 1;
+    let mut p = Process::new(cfg, 2);
+    for h in &mut p.workers {
+        let now = h.now;
+        h.core.start(now);
+        h.pump();
+    }
+    assert!(p.settle_within(10));
+    assert_eq!(p.open(), 1, "one warm connection for the process");
+    // Connects are answered by hand from here on (a churning worker would loop within a call).
+    for h in &mut p.workers {
+        h.auto_connect = false;
+    }
+    let w1 = &mut p.workers[1];
+    let c = w1.connect_client();
+    w1.client_send(c, &get("/w1"));
+    assert!(p.settle_within(50), "the workers keep waking each other");
+    assert!(
+        p.workers[0].connects.is_empty(),
+        "worker 0 re-warmed the slot it yielded"
+    );
+    assert!(p.open() <= 1, "never two connections");
+    p.workers[1]
+        .accept_connect()
+        .expect("worker 1's request dispatched");
+    let u = busy_upstream(&p.workers[1]).expect("worker 1's request dispatched");
+    assert_eq!(requests(&mut p.workers[1], u)[0].path, "/w1");
+    p.workers[1].upstream_send(u, &ok("x"));
+    assert_eq!(responses(&mut p.workers[1], c)[0].status, 200);
+}
