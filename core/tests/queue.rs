@@ -511,3 +511,33 @@ fn a_warm_connection_yielded_to_another_workers_request_is_not_reopened_in_its_p
     p.workers[1].upstream_send(u, &ok("x"));
     assert_eq!(responses(&mut p.workers[1], c)[0].status, 200);
 }
+
+#[test]
+fn when_the_head_leaves_the_next_worker_in_line_is_woken_for_the_free_slot() {
+    // Worker 1's connection closes and wakes worker 0, first in line; before worker 0 acts
+    // on the wake its waiting client leaves. Worker 1's request is now first and the slot is
+    // free: it must be woken (it was not, and waited for its queue_timeout).
+    let mut p = Process::new(one_slot(16), 2);
+    let x = p.workers[1].connect_client();
+    p.workers[1].client_send(x, &get("/x"));
+    let a = p.workers[0].connect_client();
+    p.workers[0].client_send(a, &get("/a"));
+    p.settle();
+    let b = p.workers[1].connect_client();
+    p.workers[1].client_send(b, &get("/b"));
+    p.settle();
+    let u = busy_upstream(&p.workers[1]).expect("/x in flight");
+    assert_eq!(requests(&mut p.workers[1], u)[0].path, "/x");
+    p.workers[1].upstream_send(
+        u,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx",
+    );
+    assert_eq!(responses(&mut p.workers[1], x)[0].status, 200);
+    // Worker 0's client leaves before worker 0 handles its wake-up.
+    p.workers[0].reset(a);
+    p.settle();
+    let u = busy_upstream(&p.workers[1]).expect("worker 1's /b dispatched");
+    assert_eq!(requests(&mut p.workers[1], u)[0].path, "/b");
+    p.workers[1].upstream_send(u, &ok("b"));
+    assert_eq!(responses(&mut p.workers[1], b)[0].status, 200);
+}

@@ -188,7 +188,11 @@ impl Core {
         ledger.dequeued();
         if pos == 0 {
             ledger.set_head(self.worker, head);
-            // The next in line may be another worker's request, and a slot may be free for it.
+            // The next in line may be another worker's request, and a slot may be free for it
+            // (one this head was woken for, or one it could not use): wake that worker once.
+            if let Some(w) = ledger.first_in_line() {
+                self.wake_later(w);
+            }
             self.freed.push((g as u32, false));
         }
         let waited = u64::try_from(now.since(since).as_nanos()).unwrap_or(u64::MAX);
