@@ -541,3 +541,26 @@ fn when_the_head_leaves_the_next_worker_in_line_is_woken_for_the_free_slot() {
     p.workers[1].upstream_send(u, &ok("b"));
     assert_eq!(responses(&mut p.workers[1], b)[0].status, 200);
 }
+
+#[test]
+fn requests_waiting_for_a_server_set_down_are_answered_at_once() {
+    // A request waits behind max_conns; the server is set down. Nothing will free a slot it may
+    // use: it is answered now (502, as a newcomer would be), not at its queue_timeout.
+    let mut h = Harness::new(one_slot(16));
+    let a = h.connect_client();
+    let b = h.connect_client();
+    h.client_send(a, &get("/a"));
+    h.client_send(b, &get("/b"));
+    assert_eq!(h.core.queued(UpstreamId(0)), 1);
+    h.core.shared().set_state(0, 0, ServerState::Down).unwrap();
+    let now = h.now;
+    h.core.handle_shared(now);
+    h.pump();
+    let r = responses(&mut h, b);
+    assert_eq!(r.len(), 1, "answered at once, not after queue_timeout");
+    assert_eq!(r[0].status, 502);
+    assert_eq!(h.core.queued(UpstreamId(0)), 0);
+    // The request in flight still finishes.
+    assert_eq!(answer_next(&mut h).as_deref(), Some("/a"));
+    assert_eq!(responses(&mut h, a)[0].status, 200);
+}

@@ -261,10 +261,19 @@ impl Core {
                 continue;
             };
             let (hash, tried, fresh) = (cl.peer_hash, cl.ex.tried, front.force_fresh);
+            let last = cl.ex.status;
             let Some((idx, slot)) = self.take_slot(now, g, hash, tried, fresh) else {
                 // A retry that needs a fresh connection would wait forever behind this worker's
                 // own idle connections (suspect anyway: one of their era just went stale).
                 if fresh && self.yield_idle(g) > 0 {
+                    continue;
+                }
+                // No server it may use will free a slot (they went down, were drained, failed
+                // health since it queued): waiting would turn an outage into a slower one.
+                // Answered now, as a newcomer would be (see `rules::no_server`).
+                if !self.groups[g].balancer.could_wait(now, tried) {
+                    self.leave_queue(now, id);
+                    self.client_error(now, id, rules::no_server_status(last));
                     continue;
                 }
                 if !slot_freed {
