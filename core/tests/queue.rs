@@ -564,3 +564,37 @@ fn requests_waiting_for_a_server_set_down_are_answered_at_once() {
     assert_eq!(answer_next(&mut h).as_deref(), Some("/a"));
     assert_eq!(responses(&mut h, a)[0].status, 200);
 }
+
+#[test]
+fn a_slot_given_back_after_another_worker_queued_wakes_that_worker() {
+    // Worker 0's connection closes while nobody waits; before worker 0's runtime takes the
+    // Close (which gives the slot back), worker 1 finds the server full and queues. The slot
+    // that frees then must reach worker 1 (it did not: nobody was woken, the request waited
+    // for its queue_timeout).
+    let mut p = Process::new(one_slot(16), 2);
+    let x = p.workers[0].connect_client();
+    p.workers[0].client_send(x, &get("/x"));
+    let u = busy_upstream(&p.workers[0]).expect("/x in flight");
+    assert_eq!(requests(&mut p.workers[0], u)[0].path, "/x");
+    // The response (connection: close) reaches worker 0's core; its outputs are not taken yet.
+    let now = p.workers[0].now;
+    p.workers[0].core.handle(
+        now,
+        upkeep_core::Input::Received {
+            conn: u,
+            data: b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx",
+        },
+    );
+    let b = p.workers[1].connect_client();
+    p.workers[1].client_send(b, &get("/b"));
+    assert_eq!(
+        p.workers[1].core.queued(UpstreamId(0)),
+        1,
+        "the server is full"
+    );
+    p.workers[0].pump();
+    p.settle();
+    assert_eq!(responses(&mut p.workers[0], x)[0].status, 200);
+    let u = busy_upstream(&p.workers[1]).expect("worker 1's /b dispatched");
+    assert_eq!(requests(&mut p.workers[1], u)[0].path, "/b");
+}
