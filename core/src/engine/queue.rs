@@ -176,7 +176,13 @@ impl Core {
     }
 
     /// Takes client `id` out of its group's queue, if it waits there (its wait is counted).
-    pub(super) fn leave_queue(&mut self, now: Time, id: ConnId) -> Option<Waiter> {
+    /// `dispatched`: it leaves with a slot (nothing freed for the next in line).
+    pub(super) fn leave_queue(
+        &mut self,
+        now: Time,
+        id: ConnId,
+        dispatched: bool,
+    ) -> Option<Waiter> {
         let cl = self.conns.client_mut(id)?;
         let since = cl.ex.queued_at.take()?;
         let g = cl.ex.group as usize;
@@ -190,7 +196,7 @@ impl Core {
             ledger.set_head(self.worker, head);
             // The next in line may be another worker's request, and a slot may be free for it
             // (one this head was woken for, or one it could not use): wake that worker once.
-            if let Some(w) = ledger.first_in_line() {
+            if !dispatched && let Some(w) = ledger.first_in_line() {
                 self.wake_later(w);
             }
             self.freed.push((g as u32, false));
@@ -204,7 +210,7 @@ impl Core {
 
     /// A client that waited left (closed, reset, gave up): its place is free at once.
     pub(super) fn abandon_queue(&mut self, now: Time, id: ConnId) {
-        if let Some(w) = self.leave_queue(now, id) {
+        if let Some(w) = self.leave_queue(now, id, false) {
             let g = self
                 .conns
                 .client(w.client)
@@ -218,7 +224,7 @@ impl Core {
         let Some(g) = self.conns.client(id).map(|cl| cl.ex.group as usize) else {
             return;
         };
-        if self.leave_queue(now, id).is_some() {
+        if self.leave_queue(now, id, false).is_some() {
             self.stats.groups[g].queue_timeouts += 1;
             self.client_error(now, id, 503);
         }
@@ -272,7 +278,7 @@ impl Core {
                 // health since it queued): waiting would turn an outage into a slower one.
                 // Answered now, as a newcomer would be (see `rules::no_server`).
                 if !self.groups[g].balancer.could_wait(now, tried) {
-                    self.leave_queue(now, id);
+                    self.leave_queue(now, id, false);
                     self.client_error(now, id, rules::no_server_status(last));
                     continue;
                 }
@@ -283,7 +289,7 @@ impl Core {
                 }
                 return;
             };
-            let w = self.leave_queue(now, id).expect("the head waits");
+            let w = self.leave_queue(now, id, true).expect("the head waits");
             self.stats.groups[g].dequeued += 1;
             self.bind_server(now, id, g, idx, slot, w.force_fresh, w.bytes);
             // What arrived with the head (body bytes, an EOF) was left alone while it waited.
