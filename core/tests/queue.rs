@@ -587,3 +587,19 @@ fn a_slot_given_back_after_another_worker_queued_wakes_that_worker() {
     let u = busy_upstream(&p.workers[1]).expect("worker 1's /b dispatched");
     assert_eq!(requests(&mut p.workers[1], u)[0].path, "/b");
 }
+
+#[test]
+fn a_reset_client_left_the_queue_after_its_wait() {
+    // upkeep_upstream_queue_wait_seconds counts the wait of a client that resets too (it was
+    // counted as 0: the close path had no clock).
+    let mut h = Harness::new(one_slot(4));
+    let a = h.connect_client();
+    let b = h.connect_client();
+    h.client_send(a, &get("/a"));
+    h.client_send(b, &get("/b"));
+    h.advance(Duration::from_millis(500));
+    h.reset(b);
+    let st = &h.core.stats().groups[0];
+    assert_eq!(st.queue_abandoned, 1);
+    assert_eq!(st.queue_wait_nanos, 500_000_000);
+}
