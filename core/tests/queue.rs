@@ -211,21 +211,10 @@ impl Process {
 
     /// Delivers wake-ups until none is pending.
     fn settle(&mut self) {
-        loop {
-            let mut any = false;
-            for (w, flag) in self.woken.iter().enumerate() {
-                if flag.swap(false, Ordering::SeqCst) {
-                    any = true;
-                    let h = &mut self.workers[w];
-                    let now = h.now;
-                    h.core.handle_shared(now);
-                    h.pump();
-                }
-            }
-            if !any {
-                return;
-            }
-        }
+        assert!(
+            self.settle_within(10_000),
+            "the workers wake each other forever"
+        );
     }
 
     fn busy(&self) -> usize {
@@ -450,4 +439,167 @@ fn a_stale_retry_waiting_behind_others_gets_a_fresh_connection() {
     for c in [c1, c2, c3] {
         assert_eq!(responses(&mut h, c)[0].status, 200);
     }
+}
+
+impl Process {
+    /// Delivers wake-ups for at most `rounds` rounds; false if they never stopped (a livelock).
+    fn settle_within(&mut self, rounds: usize) -> bool {
+        for _ in 0..rounds {
+            let mut any = false;
+            for (w, flag) in self.woken.iter().enumerate() {
+                if flag.swap(false, Ordering::SeqCst) {
+                    any = true;
+                    let h = &mut self.workers[w];
+                    let now = h.now;
+                    h.core.handle_shared(now);
+                    h.pump();
+                }
+            }
+            if !any {
+                return true;
+            }
+        }
+        false
+    }
+}
+
+#[test]
+fn a_warm_connection_yielded_to_another_workers_request_is_not_reopened_in_its_place() {
+    // max_conns = 1, min_idle = 1, two workers: worker 0 holds the one slot with a warm
+    // connection. A request on worker 1 waits; worker 0 yields its idle warm connection — and
+    // must not warm a new one with the slot it just gave up (it did: the two workers then woke
+    // each other forever, connections churning, and the request waited for its timeout).
+    let mut cfg = one_slot(16);
+    cfg.upstreams[0].min_idle = 1;
+    let mut p = Process::new(cfg, 2);
+    for h in &mut p.workers {
+        let now = h.now;
+        h.core.start(now);
+        h.pump();
+    }
+    assert!(p.settle_within(10));
+    assert_eq!(p.open(), 1, "one warm connection for the process");
+    // Connects are answered by hand from here on (a churning worker would loop within a call).
+    for h in &mut p.workers {
+        h.auto_connect = false;
+    }
+    let w1 = &mut p.workers[1];
+    let c = w1.connect_client();
+    w1.client_send(c, &get("/w1"));
+    assert!(p.settle_within(50), "the workers keep waking each other");
+    assert!(
+        p.workers[0].connects.is_empty(),
+        "worker 0 re-warmed the slot it yielded"
+    );
+    assert!(p.open() <= 1, "never two connections");
+    p.workers[1]
+        .accept_connect()
+        .expect("worker 1's request dispatched");
+    let u = busy_upstream(&p.workers[1]).expect("worker 1's request dispatched");
+    assert_eq!(requests(&mut p.workers[1], u)[0].path, "/w1");
+    p.workers[1].upstream_send(u, &ok("x"));
+    assert_eq!(responses(&mut p.workers[1], c)[0].status, 200);
+}
+
+#[test]
+fn when_the_head_leaves_the_next_worker_in_line_is_woken_for_the_free_slot() {
+    // Worker 1's connection closes and wakes worker 0, first in line; before worker 0 acts
+    // on the wake its waiting client leaves. Worker 1's request is now first and the slot is
+    // free: it must be woken (it was not, and waited for its queue_timeout).
+    let mut p = Process::new(one_slot(16), 2);
+    let x = p.workers[1].connect_client();
+    p.workers[1].client_send(x, &get("/x"));
+    let a = p.workers[0].connect_client();
+    p.workers[0].client_send(a, &get("/a"));
+    p.settle();
+    let b = p.workers[1].connect_client();
+    p.workers[1].client_send(b, &get("/b"));
+    p.settle();
+    let u = busy_upstream(&p.workers[1]).expect("/x in flight");
+    assert_eq!(requests(&mut p.workers[1], u)[0].path, "/x");
+    p.workers[1].upstream_send(
+        u,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx",
+    );
+    assert_eq!(responses(&mut p.workers[1], x)[0].status, 200);
+    // Worker 0's client leaves before worker 0 handles its wake-up.
+    p.workers[0].reset(a);
+    p.settle();
+    let u = busy_upstream(&p.workers[1]).expect("worker 1's /b dispatched");
+    assert_eq!(requests(&mut p.workers[1], u)[0].path, "/b");
+    p.workers[1].upstream_send(u, &ok("b"));
+    assert_eq!(responses(&mut p.workers[1], b)[0].status, 200);
+}
+
+#[test]
+fn requests_waiting_for_a_server_set_down_are_answered_at_once() {
+    // A request waits behind max_conns; the server is set down. Nothing will free a slot it may
+    // use: it is answered now (502, as a newcomer would be), not at its queue_timeout.
+    let mut h = Harness::new(one_slot(16));
+    let a = h.connect_client();
+    let b = h.connect_client();
+    h.client_send(a, &get("/a"));
+    h.client_send(b, &get("/b"));
+    assert_eq!(h.core.queued(UpstreamId(0)), 1);
+    h.core.shared().set_state(0, 0, ServerState::Down).unwrap();
+    let now = h.now;
+    h.core.handle_shared(now);
+    h.pump();
+    let r = responses(&mut h, b);
+    assert_eq!(r.len(), 1, "answered at once, not after queue_timeout");
+    assert_eq!(r[0].status, 502);
+    assert_eq!(h.core.queued(UpstreamId(0)), 0);
+    // The request in flight still finishes.
+    assert_eq!(answer_next(&mut h).as_deref(), Some("/a"));
+    assert_eq!(responses(&mut h, a)[0].status, 200);
+}
+
+#[test]
+fn a_slot_given_back_after_another_worker_queued_wakes_that_worker() {
+    // Worker 0's connection closes while nobody waits; before worker 0's runtime takes the
+    // Close (which gives the slot back), worker 1 finds the server full and queues. The slot
+    // that frees then must reach worker 1 (it did not: nobody was woken, the request waited
+    // for its queue_timeout).
+    let mut p = Process::new(one_slot(16), 2);
+    let x = p.workers[0].connect_client();
+    p.workers[0].client_send(x, &get("/x"));
+    let u = busy_upstream(&p.workers[0]).expect("/x in flight");
+    assert_eq!(requests(&mut p.workers[0], u)[0].path, "/x");
+    // The response (connection: close) reaches worker 0's core; its outputs are not taken yet.
+    let now = p.workers[0].now;
+    p.workers[0].core.handle(
+        now,
+        upkeep_core::Input::Received {
+            conn: u,
+            data: b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx",
+        },
+    );
+    let b = p.workers[1].connect_client();
+    p.workers[1].client_send(b, &get("/b"));
+    assert_eq!(
+        p.workers[1].core.queued(UpstreamId(0)),
+        1,
+        "the server is full"
+    );
+    p.workers[0].pump();
+    p.settle();
+    assert_eq!(responses(&mut p.workers[0], x)[0].status, 200);
+    let u = busy_upstream(&p.workers[1]).expect("worker 1's /b dispatched");
+    assert_eq!(requests(&mut p.workers[1], u)[0].path, "/b");
+}
+
+#[test]
+fn a_reset_client_left_the_queue_after_its_wait() {
+    // upkeep_upstream_queue_wait_seconds counts the wait of a client that resets too (it was
+    // counted as 0: the close path had no clock).
+    let mut h = Harness::new(one_slot(4));
+    let a = h.connect_client();
+    let b = h.connect_client();
+    h.client_send(a, &get("/a"));
+    h.client_send(b, &get("/b"));
+    h.advance(Duration::from_millis(500));
+    h.reset(b);
+    let st = &h.core.stats().groups[0];
+    assert_eq!(st.queue_abandoned, 1);
+    assert_eq!(st.queue_wait_nanos, 500_000_000);
 }

@@ -120,11 +120,32 @@ pub fn answer(method: &str, path: &str, upstreams: &Upstreams) -> Option<Reply> 
     })
 }
 
-/// Group `name` and server `index` (from 0) of `config`.
+/// Group `name` (as it appears in the path: percent-encoded where the name has a space, a `/`,
+/// non-ASCII...) and server `index` (from 0) of `config`.
 fn locate(config: &Config, name: &str, index: &str) -> Option<(usize, usize)> {
+    let name = percent_decode(name)?;
     let g = config.upstreams.iter().position(|u| u.name == name)?;
     let i: usize = index.parse().ok()?;
     (i < config.upstreams[g].servers.len()).then_some((g, i))
+}
+
+/// `%XX` escapes of a path segment decoded (UTF-8); `None` for a malformed escape or bytes that
+/// are not UTF-8. Hand-written: a dozen lines, not worth a dependency for one segment.
+fn percent_decode(segment: &str) -> Option<String> {
+    let b = segment.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = core::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 fn server(generation: &Generation, g: usize, i: usize) -> Value {
@@ -223,6 +244,21 @@ mod tests {
             assert_eq!(r.status, "200 OK");
             assert_eq!(json(&r)["state"], action);
             assert_eq!(ledger.state(0, 1), Some(want));
+        }
+    }
+
+    #[test]
+    fn group_names_are_percent_decoded() {
+        let (u, ledger) = upstreams();
+        let mut generation = u.get().unwrap();
+        generation.config.upstreams[0].name = "my app/é".into();
+        u.set(generation);
+        let r = answer("POST", "/upstreams/my%20app%2F%C3%A9/servers/1/drain", &u).unwrap();
+        assert_eq!(r.status, "200 OK", "{}", r.body);
+        assert_eq!(ledger.state(0, 1), Some(ServerState::Drain));
+        for bad in ["my%2", "my%zzapp", "%FF"] {
+            let r = answer("POST", &format!("/upstreams/{bad}/servers/1/up"), &u).unwrap();
+            assert_eq!(r.status, "404 Not Found", "{bad}");
         }
     }
 

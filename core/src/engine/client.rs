@@ -408,6 +408,8 @@ impl Core {
     /// connection (not reused: the client aborted) and reset the client.
     pub(super) fn abort_exchange(&mut self, now: Time, id: ConnId) {
         self.record_end(now, id, End::ClientAborted);
+        // Before `close` (which has no clock): its wait in the queue, if any, is counted.
+        self.abandon_queue(now, id);
         self.release_upstream_of(id);
         self.close(id, true);
     }

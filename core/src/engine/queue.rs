@@ -176,7 +176,13 @@ impl Core {
     }
 
     /// Takes client `id` out of its group's queue, if it waits there (its wait is counted).
-    pub(super) fn leave_queue(&mut self, now: Time, id: ConnId) -> Option<Waiter> {
+    /// `dispatched`: it leaves with a slot (nothing freed for the next in line).
+    pub(super) fn leave_queue(
+        &mut self,
+        now: Time,
+        id: ConnId,
+        dispatched: bool,
+    ) -> Option<Waiter> {
         let cl = self.conns.client_mut(id)?;
         let since = cl.ex.queued_at.take()?;
         let g = cl.ex.group as usize;
@@ -188,7 +194,11 @@ impl Core {
         ledger.dequeued();
         if pos == 0 {
             ledger.set_head(self.worker, head);
-            // The next in line may be another worker's request, and a slot may be free for it.
+            // The next in line may be another worker's request, and a slot may be free for it
+            // (one this head was woken for, or one it could not use): wake that worker once.
+            if !dispatched && let Some(w) = ledger.first_in_line() {
+                self.wake_later(w);
+            }
             self.freed.push((g as u32, false));
         }
         let waited = u64::try_from(now.since(since).as_nanos()).unwrap_or(u64::MAX);
@@ -200,7 +210,7 @@ impl Core {
 
     /// A client that waited left (closed, reset, gave up): its place is free at once.
     pub(super) fn abandon_queue(&mut self, now: Time, id: ConnId) {
-        if let Some(w) = self.leave_queue(now, id) {
+        if let Some(w) = self.leave_queue(now, id, false) {
             let g = self
                 .conns
                 .client(w.client)
@@ -214,7 +224,7 @@ impl Core {
         let Some(g) = self.conns.client(id).map(|cl| cl.ex.group as usize) else {
             return;
         };
-        if self.leave_queue(now, id).is_some() {
+        if self.leave_queue(now, id, false).is_some() {
             self.stats.groups[g].queue_timeouts += 1;
             self.client_error(now, id, 503);
         }
@@ -257,10 +267,19 @@ impl Core {
                 continue;
             };
             let (hash, tried, fresh) = (cl.peer_hash, cl.ex.tried, front.force_fresh);
+            let last = cl.ex.status;
             let Some((idx, slot)) = self.take_slot(now, g, hash, tried, fresh) else {
                 // A retry that needs a fresh connection would wait forever behind this worker's
                 // own idle connections (suspect anyway: one of their era just went stale).
                 if fresh && self.yield_idle(g) > 0 {
+                    continue;
+                }
+                // No server it may use will free a slot (they went down, were drained, failed
+                // health since it queued): waiting would turn an outage into a slower one.
+                // Answered now, as a newcomer would be (see `rules::no_server`).
+                if !self.groups[g].balancer.could_wait(now, tried) {
+                    self.leave_queue(now, id, false);
+                    self.client_error(now, id, rules::no_server_status(last));
                     continue;
                 }
                 if !slot_freed {
@@ -270,7 +289,7 @@ impl Core {
                 }
                 return;
             };
-            let w = self.leave_queue(now, id).expect("the head waits");
+            let w = self.leave_queue(now, id, true).expect("the head waits");
             self.stats.groups[g].dequeued += 1;
             self.bind_server(now, id, g, idx, slot, w.force_fresh, w.bytes);
             // What arrived with the head (body bytes, an EOF) was left alone while it waited.

@@ -247,6 +247,14 @@ impl Core {
         };
         let (_, g, idx) = self.closing_slots.swap_remove(i);
         self.groups[g as usize].balancer.closed(idx as usize);
+        // A request may have queued since the close (in another worker, which found the
+        // server full while this Close was on its way): the worker first in line gets the slot.
+        let ledger = self.shared.group(g as usize);
+        if ledger.queued() > 0
+            && let Some(w) = ledger.first_in_line()
+        {
+            self.wake_later(w);
+        }
     }
 
     /// Removes a connection and tells the runtime to close it. Upstream connections leave

@@ -119,7 +119,9 @@ impl Core {
         }
         for g in 0..self.groups.len() {
             let want = self.config.upstreams[g].min_idle as u32;
-            if want == 0 {
+            // Requests waiting for a slot (`max_conns` + queue, any worker) come before warm
+            // connections: a slot just yielded to one must not be taken back for a warm one.
+            if want == 0 || self.shared.group(g).queued() > 0 {
                 continue;
             }
             let first = self.groups[g].first_server;
