@@ -193,7 +193,9 @@ impl World {
         // 6. a server whose certificate we reject is never blamed for it (its health is ours
         // to keep: the failure is a configuration mismatch, not the server being down)
         for (i, server) in core.servers().iter().enumerate() {
-            if self.scripts.get(i).is_some_and(|s| s.rejected) && !core.server_up(now, *server) {
+            // (A server that is also `down` refuses the connection first: that one is its own.)
+            let rejected_only = self.scripts.get(i).is_some_and(|s| s.rejected && !s.down);
+            if rejected_only && !core.server_up(now, *server) {
                 problems.push(format!(
                     "server {i} was marked down for a rejected certificate"
                 ));
