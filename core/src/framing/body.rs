@@ -142,13 +142,9 @@ fn parse_size_line(input: &[u8]) -> Result<Option<(usize, u64)>, BodyError> {
             }
             b';' => {
                 i += 1;
-                while line.get(i).is_some_and(|&b| headers::is_ows(b)) {
-                    i += 1;
-                }
+                i = skip(line, i, headers::is_ows);
                 let start = i;
-                while line.get(i).is_some_and(|&b| headers::is_tchar(b)) {
-                    i += 1;
-                }
+                i = skip(line, i, headers::is_tchar);
                 if i == line.len() {
                     return need_more();
                 }
@@ -160,9 +156,7 @@ fn parse_size_line(input: &[u8]) -> Result<Option<(usize, u64)>, BodyError> {
             b'=' if after_name => {
                 after_name = false;
                 i += 1;
-                while line.get(i).is_some_and(|&b| headers::is_ows(b)) {
-                    i += 1;
-                }
+                i = skip(line, i, headers::is_ows);
                 match line.get(i) {
                     None => return need_more(),
                     Some(b'"') => {
@@ -203,9 +197,7 @@ fn parse_size_line(input: &[u8]) -> Result<Option<(usize, u64)>, BodyError> {
                     }
                     Some(_) => {
                         let start = i;
-                        while line.get(i).is_some_and(|&b| headers::is_tchar(b)) {
-                            i += 1;
-                        }
+                        i = skip(line, i, headers::is_tchar);
                         if i == line.len() {
                             return need_more();
                         }
@@ -407,6 +399,15 @@ impl BodyDecoder {
             _ => Err(BodyError::Incomplete),
         }
     }
+}
+
+/// The index of the first byte at or after `i` that `keep` rejects (`line.len()` if none): the
+/// one scan the chunk-size line's whitespace, extension names and token values share.
+fn skip(line: &[u8], mut i: usize, keep: impl Fn(u8) -> bool) -> usize {
+    while line.get(i).is_some_and(|&b| keep(b)) {
+        i += 1;
+    }
+    i
 }
 
 #[cfg(test)]
