@@ -145,6 +145,7 @@ use core::time::Duration;
 
 #[cfg(feature = "serde")]
 mod de;
+mod health;
 mod names;
 mod parse;
 mod quick;
@@ -160,6 +161,7 @@ mod plain;
 mod print;
 #[cfg(feature = "toml")]
 pub use file::FileError;
+pub use health::{ExpectStatus, HealthCheck};
 pub use parse::{format_duration, parse_duration, parse_size};
 #[cfg(feature = "toml")]
 pub use plain::{plain_message, suggest};
@@ -448,6 +450,9 @@ pub struct UpstreamConfig {
     /// `queue timeout=`, 60s; HAProxy's `timeout queue` falls back to `timeout connect`, also
     /// 60s here).
     pub queue_timeout: Duration,
+    /// Active health checks of the servers (`None`, the default: passive health only). See
+    /// [`HealthCheck`] and `docs/health.md`.
+    pub health_check: Option<HealthCheck>,
 }
 
 /// The default queue length per group (see `docs/queue.md` for why).
@@ -476,6 +481,7 @@ impl UpstreamConfig {
             tcp_keepalive: DEFAULT_TCP_KEEPALIVE,
             queue: DEFAULT_QUEUE,
             queue_timeout: Duration::from_secs(60),
+            health_check: None,
         }
     }
 }

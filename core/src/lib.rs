@@ -125,6 +125,7 @@ pub mod framing;
 pub mod headers;
 #[cfg(not(feature = "internals"))]
 mod headers;
+pub mod health;
 mod id;
 #[cfg(feature = "internals")]
 pub mod pool;
@@ -159,7 +160,7 @@ pub use framing::{Method, Version};
 pub use id::{ConnId, ListenerId, ServerId, UpstreamId};
 pub use pool::EvictReason;
 pub use rules::NotReusable;
-pub use shared::{ServerView, Shared};
+pub use shared::{CheckView, ServerView, Shared};
 pub use socket::{MAX_IOV, ReadOutcome, WriteOutcome, is_retry};
 pub use stats::{GroupStats, ServerStats, Stats};
 pub use time::Time;

@@ -30,6 +30,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::Time;
 use crate::config::{Config, ConfigError, ServerState, UpstreamConfig};
+use crate::health::{CheckResult, Streak};
 
 /// A worker's wake-up call (see [`Shared::set_waker`]).
 pub type Waker = Box<dyn Fn() + Send + Sync>;
@@ -79,9 +80,17 @@ pub(crate) struct ServerLedger {
     pub(crate) fails: AtomicU32,
     pub(crate) window_start: AtomicU64,
     pub(crate) down_until: AtomicU64,
-    /// Active health: the checks hold the server out (not run yet: see docs/queue.md; the
-    /// verdict is consulted everywhere usability is, so checks only have to set it).
+    /// Active health (`health_check`, see `engine::health`): the checks hold the server out.
+    /// The verdict is consulted everywhere usability is, so checks only have to set it.
     check_failed: AtomicBool,
+    /// When the next check of this server is due, for the whole process (nanoseconds of
+    /// [`Time`]; 0: at once). The core that reaches it first claims the round.
+    next_check: AtomicU64,
+    /// The current run of check results (see [`crate::health::next_streak`]).
+    check_passes: AtomicU32,
+    check_fails: AtomicU32,
+    /// Checks run, by result ([`CheckResult`] index), every worker together.
+    check_results: [AtomicU64; CheckResult::COUNT],
     /// Idle pooled connections to this server, every worker together.
     pub(crate) idle: AtomicU32,
 }
@@ -113,6 +122,10 @@ impl ServerLedger {
             window_start: AtomicU64::new(0),
             down_until: AtomicU64::new(0),
             check_failed: AtomicBool::new(false),
+            next_check: AtomicU64::new(0),
+            check_passes: AtomicU32::new(0),
+            check_fails: AtomicU32::new(0),
+            check_results: Default::default(),
             idle: AtomicU32::new(0),
         }
     }
@@ -184,6 +197,56 @@ impl ServerLedger {
     /// Whether the last active checks left the server failed.
     pub(crate) fn check_failed(&self) -> bool {
         self.check_failed.load(SeqCst)
+    }
+
+    /// When the next check of the server is due (process-wide).
+    pub(crate) fn next_check(&self) -> Time {
+        Time(self.next_check.load(SeqCst))
+    }
+
+    /// Claims the check round due at or before `now` for the caller: true for exactly one
+    /// caller per round, and the next round is due `interval` from `now` (a compare-exchange, so
+    /// two workers reaching the same instant cannot both check).
+    pub(crate) fn claim_check(&self, now: Time, interval: core::time::Duration) -> bool {
+        let due = self.next_check.load(SeqCst);
+        now.0 >= due
+            && self
+                .next_check
+                .compare_exchange(due, now.plus(interval).0, SeqCst, SeqCst)
+                .is_ok()
+    }
+
+    /// Counts a check's result and moves the streak on: `Some(failed)` when the verdict
+    /// changed. (One check of a server runs at a time, so the streak's loads and stores do not
+    /// race in practice; a lost update would only delay a flip by one check.)
+    pub(crate) fn check_done(&self, result: CheckResult, fall: u32, rise: u32) -> Option<bool> {
+        self.check_results[result as usize].fetch_add(1, SeqCst);
+        let was = self.streak();
+        let now = crate::health::next_streak(was, result, fall, rise);
+        self.check_passes.store(now.passes, SeqCst);
+        self.check_fails.store(now.fails, SeqCst);
+        self.check_failed.store(now.failed, SeqCst);
+        (now.failed != was.failed).then_some(now.failed)
+    }
+
+    fn streak(&self) -> Streak {
+        Streak {
+            passes: self.check_passes.load(SeqCst),
+            fails: self.check_fails.load(SeqCst),
+            failed: self.check_failed(),
+        }
+    }
+
+    /// Takes over the checks' schedule, streak and counts of `old` (a reload keeps them).
+    fn carry_checks(&self, old: &ServerLedger) {
+        self.next_check.store(old.next_check.load(SeqCst), SeqCst);
+        self.check_passes
+            .store(old.check_passes.load(SeqCst), SeqCst);
+        self.check_fails.store(old.check_fails.load(SeqCst), SeqCst);
+        self.check_failed.store(old.check_failed(), SeqCst);
+        for (n, o) in self.check_results.iter().zip(&old.check_results) {
+            n.store(o.load(SeqCst), SeqCst);
+        }
     }
 }
 
@@ -297,9 +360,12 @@ impl Shared {
                 else {
                     continue;
                 };
-                let Some(was) = prev.servers.get(oi).map(ServerLedger::state) else {
+                let Some(old_ledger) = prev.servers.get(oi) else {
                     continue;
                 };
+                // The checks' verdict and counts belong to the server, not the generation.
+                next.inner.groups[g].servers[i].carry_checks(old_ledger);
+                let was = old_ledger.state();
                 if was != old.upstreams[og].servers[oi].state {
                     next.inner.groups[g].servers[i]
                         .state
@@ -404,6 +470,16 @@ impl Shared {
         })
     }
 
+    /// The active health checks of one server: results so far and the verdict (None: no such
+    /// server). All zero for a group without `health_check`.
+    pub fn checks(&self, group: usize, index: usize) -> Option<CheckView> {
+        let s = self.inner.groups.get(group)?.servers.get(index)?;
+        Some(CheckView {
+            results: core::array::from_fn(|i| s.check_results[i].load(SeqCst)),
+            streak: s.streak(),
+        })
+    }
+
     /// Requests waiting in group `group`'s queue, every worker together.
     pub fn queued(&self, group: usize) -> u32 {
         self.inner.groups.get(group).map_or(0, |g| g.queued())
@@ -423,6 +499,22 @@ pub struct ServerView {
     pub conns: u32,
     /// Idle pooled connections, every worker together.
     pub idle: u32,
+}
+
+/// What the active health checks say of one server ([`Shared::checks`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CheckView {
+    /// Checks run, by result (index: [`CheckResult`] as usize), every worker together.
+    pub results: [u64; CheckResult::COUNT],
+    /// The current run of results and the verdict.
+    pub streak: Streak,
+}
+
+impl CheckView {
+    /// Checks that ended with `result`.
+    pub fn count(&self, result: CheckResult) -> u64 {
+        self.results[result as usize]
+    }
 }
 
 impl fmt::Debug for Shared {

@@ -64,6 +64,10 @@ pub struct ServerStats {
     pub failures: u64,
     /// Warm connections opened in the background (`min_idle`), included in `connects`.
     pub preconnects: u64,
+    /// Active health checks this core sent to the server, each on a pooled or a new
+    /// connection (not in `requests`; results are counted process-wide, see
+    /// [`Shared::checks`](crate::Shared::checks)).
+    pub checks: u64,
 }
 
 /// All counters of one core.

@@ -45,7 +45,7 @@ impl Visitor<'_> for DurationVisitor {
     }
 }
 
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+pub(super) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     d.deserialize_any(DurationVisitor)
 }
 
@@ -361,6 +361,8 @@ mirror! {
         queue: usize,
         #[serde(default = "d_queue_timeout", deserialize_with = "duration")]
         queue_timeout: Duration,
+        #[serde(default)]
+        health_check: Option<super::HealthCheck>,
     }
 }
 

@@ -194,6 +194,7 @@ fn write_upstream(out: &mut String, u: &UpstreamConfig) {
         tcp_keepalive,
         queue,
         queue_timeout,
+        health_check,
     } = u;
     let _ = writeln!(out, "\n[[upstream]]\nname = {}\nservers = [", q(name));
     servers.iter().for_each(|s| write_server(out, s));
@@ -233,6 +234,25 @@ fn write_upstream(out: &mut String, u: &UpstreamConfig) {
         d(*queue_timeout),
     );
     write_upstream_tls(out, tls.as_ref());
+    write_health_check(out, health_check.as_ref());
+}
+
+fn write_health_check(out: &mut String, h: Option<&crate::config::HealthCheck>) {
+    let Some(h) = h else {
+        out.push_str("# health_check: off (passive health only)\n");
+        return;
+    };
+    let _ = writeln!(
+        out,
+        "health_check = {{ path = {}, interval = {}, timeout = {}, fall = {}, rise = {}, \
+         expect = {} }}",
+        q(&h.path),
+        d(h.interval),
+        d(h.timeout),
+        h.fall,
+        h.rise,
+        q(&h.expect.to_string())
+    );
 }
 
 fn write_route(out: &mut String, r: &RouteConfig) {
@@ -385,6 +405,14 @@ mod tests {
             verify: false,
             cert: Some("/etc/client.pem".into()),
             key: Some("/etc/client.key".into()),
+        });
+        g.health_check = Some(crate::config::HealthCheck {
+            path: "/health?full=1".into(),
+            interval: Duration::from_secs(3),
+            timeout: Duration::from_millis(1500),
+            fall: 4,
+            rise: 5,
+            expect: crate::config::ExpectStatus::parse("200-204").unwrap(),
         });
         c.routes.push(RouteConfig {
             host: Some("example.com".into()),

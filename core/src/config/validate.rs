@@ -253,6 +253,9 @@ impl Config {
             positive(&loc, "read_timeout", up.read_timeout)?;
             positive(&loc, "send_timeout", up.send_timeout)?;
             positive(&loc, "queue_timeout", up.queue_timeout)?;
+            if let Some(h) = &up.health_check {
+                h.validate(&loc)?;
+            }
             if up.keepalive_requests == 0 {
                 return err(loc, "keepalive_requests must be >= 1");
             }

@@ -35,6 +35,7 @@ impl Core {
                         u.responded = true;
                         self.drive_upstream(now, id)
                     }
+                    UState::Check => self.drive_check(now, id),
                 }
             }
         }
@@ -100,6 +101,7 @@ impl Core {
                     }
                 }
                 UState::Active => self.upstream_eof(now, id),
+                UState::Check => self.check_eof(now, id),
             },
         }
     }
@@ -128,7 +130,7 @@ impl Core {
                     }
                     self.close_upstream(id, true, NotReusable::Upgraded);
                 }
-                UState::Active => self.upstream_failed(now, id, Failure::Closed),
+                UState::Active | UState::Check => self.upstream_failed(now, id, Failure::Closed),
             },
         }
     }

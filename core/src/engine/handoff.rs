@@ -149,6 +149,7 @@ impl Core {
                 acquired: false,
                 responded: false,
                 unused_warm: false,
+                check: None,
             }),
         });
         self.shared.group(g).servers[i].idle_changed(true);

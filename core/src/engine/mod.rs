@@ -37,6 +37,7 @@ mod client;
 mod events;
 mod exchange;
 mod handoff;
+mod health;
 mod io;
 mod queue;
 mod readiness;
@@ -101,6 +102,8 @@ pub struct Core {
     /// Warm-connection bookkeeping per server (`min_idle`), and whether any group asks for it.
     warm: Vec<warm::WarmServer>,
     warm_on: bool,
+    /// Some group has `health_check` (see `health`).
+    checks_on: bool,
     /// When a warm connect backing off may be retried (earliest over the servers that lack
     /// warm connections), so that [`Core::poll_timeout`] wakes the runtime for it.
     warm_next: Option<Time>,
@@ -200,6 +203,7 @@ impl Core {
             warm: vec![warm::WarmServer::default(); servers.len()],
             warm_on: config.upstreams.iter().any(|u| u.min_idle > 0),
             warm_next: None,
+            checks_on: config.upstreams.iter().any(|u| u.health_check.is_some()),
             servers,
             shared,
             worker,
@@ -381,10 +385,10 @@ impl Core {
 
     /// The earliest deadline: call [`Core::handle_timeout`] when it is reached.
     pub fn poll_timeout(&self) -> Option<Time> {
-        match (self.timers.next(), self.warm_next) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [self.timers.next(), self.warm_next, self.next_check()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Bytes queued for `conn`, in order (empty for an unknown id).
@@ -530,6 +534,11 @@ impl Core {
                     return;
                 };
                 if let Role::Upstream(u) = &c.role
+                    && u.state == UState::Connecting
+                    && u.check.is_some()
+                {
+                    self.check_connected(now, conn);
+                } else if let Role::Upstream(u) = &c.role
                     && u.state == UState::Connecting
                     && u.unused_warm
                 {

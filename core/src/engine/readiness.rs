@@ -37,6 +37,8 @@ pub(super) enum Deadline {
     TunnelIdle,
     /// The request waited `queue_timeout` in its group's queue.
     Queue,
+    /// A health check's `timeout` passed (connect included).
+    Check,
 }
 
 impl Core {
@@ -64,6 +66,9 @@ impl Core {
             if self.conns.get(id).is_some_and(|c| c.buf.read_closed) {
                 self.on_read_closed(now, id);
             }
+        }
+        if self.checks_on {
+            self.run_checks(now);
         }
         if self.warm_on {
             self.top_up(now);
@@ -131,8 +136,7 @@ impl Core {
                 }
             },
             Role::Upstream(u) => match u.state {
-                UState::Connecting => true,
-                UState::Idle => true,
+                UState::Connecting | UState::Idle | UState::Check => true,
                 UState::Active | UState::Tunnel => u
                     .client
                     .and_then(|cl| self.conns.get(cl))
@@ -192,6 +196,9 @@ impl Core {
             }
             Role::Upstream(u) => {
                 let g = &self.config.upstreams[u.group as usize];
+                if let (Some(check), Some(h)) = (&u.check, &g.health_check) {
+                    consider(check.started.plus(h.timeout), Deadline::Check);
+                }
                 match u.state {
                     UState::Connecting => {
                         consider(u.created.plus(g.connect_timeout), Deadline::Connect)
@@ -215,6 +222,8 @@ impl Core {
                         let last = u.read_progress.max(c.buf.write_progress);
                         consider(last.plus(g.read_timeout), Deadline::TunnelIdle);
                     }
+                    // Bounded by the check's own timeout (above).
+                    UState::Check => {}
                 }
             }
         }
@@ -272,6 +281,7 @@ impl Core {
                 self.close_upstream(id, false, NotReusable::Upgraded);
             }
             (Deadline::Queue, _) => self.queue_expired(now, id),
+            (Deadline::Check, _) => self.check_timed_out(now, id),
             (Deadline::ClientSend | Deadline::ClientBody | Deadline::TunnelIdle, _) => {
                 debug_assert!(false, "{kind:?} armed for the other role");
             }

@@ -29,6 +29,8 @@ pub(super) enum UState {
     Idle,
     /// A byte tunnel after a 101.
     Tunnel,
+    /// Carrying an active health check, no client (see `engine::health`).
+    Check,
 }
 
 /// The upstream side of a connection: which server, which client it serves now, and what the
@@ -63,6 +65,9 @@ pub(super) struct Upstream {
     pub(super) responded: bool,
     /// A warm connection (`min_idle`) that has not carried a request yet.
     pub(super) unused_warm: bool,
+    /// The health check it carries or is opening for (boxed: rare, and the table's slots stay
+    /// small).
+    pub(super) check: Option<Box<super::health::Check>>,
 }
 
 impl Upstream {
@@ -98,6 +103,7 @@ impl Upstream {
             acquired: false,
             responded: false,
             unused_warm: true,
+            check: None,
         }
     }
 
@@ -596,6 +602,9 @@ impl Core {
     pub(super) fn upstream_failed(&mut self, now: Time, id: ConnId, why: Failure) {
         let Some(c) = self.conns.get(id) else { return };
         let Role::Upstream(u) = &c.role else { return };
+        if u.check.is_some() {
+            return self.check_failed_conn(now, id, why);
+        }
         let (g, srv, written) = (u.group as usize, u.server, u.written);
         let responded = u.responded || !c.buf.rbuf.is_empty();
         let race = rules::keepalive_race(why, u.reused(), responded);

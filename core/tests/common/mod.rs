@@ -276,7 +276,13 @@ pub fn upstreams_accounted(core: &Core) {
         .map(|g| core.pool_idle(UpstreamId(g as u32)))
         .sum();
     let busy = (core.connections() - core.client_connections() - idle) as u64;
-    let warm: u64 = core.stats().servers.iter().map(|s| s.preconnects).sum();
+    // So do the connections that carried a health check (pooled or new).
+    let warm: u64 = core
+        .stats()
+        .servers
+        .iter()
+        .map(|s| s.preconnects + s.checks)
+        .sum();
     let assigned: u64 = groups
         .iter()
         .map(|g| g.pool_hits + g.pool_misses)

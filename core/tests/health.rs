@@ -1,0 +1,237 @@
+//! Active health checks (`health_check`), driven through the core's public API by the in-memory
+//! harness: a check is a `GET path` the core sends by itself, once per interval per server for
+//! the whole process (two cores sharing a ledger check once between them), on an idle pooled
+//! connection when there is one; `fall` failures in a row take the server out for new requests,
+//! `rise` passes bring it back; a check never counts as a client request and never breaks
+//! `max_conns`.
+
+use core::time::Duration;
+
+use upkeep_core::config::{Config, HealthCheck};
+use upkeep_core::health::CheckResult;
+use upkeep_core::sim::Harness;
+use upkeep_core::{ConnId, Core, Shared, UpstreamId};
+
+mod common;
+use common::*;
+
+const INTERVAL: Duration = Duration::from_secs(1);
+
+fn checked(servers: usize, fall: u32, rise: u32) -> Config {
+    let mut cfg = config(servers);
+    cfg.upstreams[0].health_check = Some(HealthCheck {
+        path: "/healthz".into(),
+        interval: INTERVAL,
+        timeout: Duration::from_millis(500),
+        fall,
+        rise,
+        ..HealthCheck::default()
+    });
+    cfg
+}
+
+fn started(cfg: Config) -> Harness {
+    let mut h = Harness::new(cfg);
+    h.core.start(h.now);
+    h.pump();
+    h
+}
+
+/// The upstream connections that received a check request since the last look, and the server
+/// each goes to (consumed).
+fn checks_sent(h: &mut Harness) -> Vec<(ConnId, usize)> {
+    let ids: Vec<ConnId> = h
+        .upstreams
+        .iter()
+        .filter(|(_, e)| !e.received.is_empty() && !e.closed)
+        .map(|(&id, _)| id)
+        .collect();
+    let mut out = Vec::new();
+    for u in ids {
+        let server = h.upstreams[&u]
+            .server
+            .map_or(usize::MAX, |s| s.index as usize);
+        for r in requests(h, u) {
+            assert_eq!((r.method.as_str(), r.path.as_str()), ("GET", "/healthz"));
+            let ua = r.headers.iter().find(|(n, _)| n == "user-agent");
+            assert_eq!(ua.map(|(_, v)| v.as_str()), Some("upkeep-health-check"));
+            out.push((u, server));
+        }
+    }
+    out
+}
+
+fn status(code: u16) -> Vec<u8> {
+    format!("HTTP/1.1 {code} X\r\nContent-Length: 2\r\n\r\nok").into_bytes()
+}
+
+fn up(h: &Harness, server: usize) -> bool {
+    h.core.server_up(h.now, h.core.servers()[server])
+}
+
+fn results(h: &Harness, server: usize) -> [u64; 4] {
+    h.core.shared().checks(0, server).unwrap().results
+}
+
+#[test]
+fn a_check_rides_the_pooled_connection_and_is_not_a_request() {
+    let mut h = started(checked(1, 3, 2));
+    let sent = checks_sent(&mut h);
+    assert_eq!(sent.len(), 1, "the first check runs at start");
+    let (u, _) = sent[0];
+    h.upstream_send(u, &status(200));
+    assert_eq!(
+        h.core.pool_idle(UpstreamId(0)),
+        1,
+        "the check's connection is pooled"
+    );
+    assert_eq!(results(&h, 0), [1, 0, 0, 0]);
+    // A client request reuses it.
+    let c = h.connect_client();
+    let (u2, rs) = exchange(&mut h, c, &get("/"), &ok("x"));
+    assert_eq!((u2, rs[0].status), (u, 200));
+    // The next check rides the same connection, one interval after the first.
+    h.advance(INTERVAL - Duration::from_millis(10));
+    assert!(checks_sent(&mut h).is_empty());
+    h.advance(Duration::from_millis(20));
+    let sent = checks_sent(&mut h);
+    assert_eq!(sent, [(u, 0)], "same connection: no new connect");
+    h.upstream_send(u, &status(204));
+    assert_eq!(connects(&h), 1);
+    assert_eq!(results(&h, 0), [2, 0, 0, 0]);
+    let s = &h.core.stats().servers[0];
+    assert_eq!((s.requests, s.checks), (1, 2), "checks are not requests");
+    upstreams_accounted(&h.core);
+}
+
+#[test]
+fn fall_failures_take_a_server_out_and_rise_passes_bring_it_back() {
+    let mut h = started(checked(2, 2, 2));
+    let answer = |h: &mut Harness, bad: u16| {
+        for (u, server) in checks_sent(h) {
+            h.upstream_send(u, &status(if server == 0 { bad } else { 200 }));
+        }
+    };
+    answer(&mut h, 500);
+    assert!(up(&h, 0), "one failure is not `fall`");
+    h.advance(INTERVAL);
+    answer(&mut h, 500);
+    assert!(!up(&h, 0), "two failures in a row: out");
+    assert_eq!(results(&h, 0)[CheckResult::Fail as usize], 2);
+    // Its idle connection was closed; every new request goes to server 1.
+    for _ in 0..4 {
+        let c = h.connect_client();
+        h.client_send(c, &get("/"));
+        let u = busy_upstream(&h).unwrap();
+        assert_eq!(h.upstreams[&u].server.unwrap().index, 1);
+        requests(&mut h, u);
+        h.upstream_send(u, &ok("x"));
+    }
+    // Recovery: `rise` = 2 passes.
+    h.advance(INTERVAL);
+    answer(&mut h, 200);
+    assert!(!up(&h, 0), "one pass is not `rise`");
+    h.advance(INTERVAL);
+    answer(&mut h, 200);
+    assert!(up(&h, 0), "back after two passes");
+    let c = h.connect_client();
+    let mut servers = Vec::new();
+    for _ in 0..2 {
+        h.client_send(c, &get("/"));
+        let u = busy_upstream(&h).unwrap();
+        servers.push(h.upstreams[&u].server.unwrap().index);
+        requests(&mut h, u);
+        h.upstream_send(u, &ok("x"));
+    }
+    servers.sort();
+    assert_eq!(servers, [0, 1], "traffic reaches server 0 again");
+    upstreams_accounted(&h.core);
+    // A drain stops the checks: nothing is left open, no timer is left.
+    for id in h.open_upstreams() {
+        h.reset(id);
+    }
+    h.core.begin_drain(h.now);
+    h.pump();
+    h.advance(secs(3600));
+    assert_eq!(h.core.connections(), 0);
+    assert_eq!(h.core.poll_timeout(), None);
+}
+
+#[test]
+fn a_check_that_gets_no_answer_times_out() {
+    let mut h = started(checked(1, 1, 1));
+    assert_eq!(checks_sent(&mut h).len(), 1);
+    h.advance(Duration::from_millis(499));
+    assert!(up(&h, 0));
+    h.advance(Duration::from_millis(2));
+    assert!(!up(&h, 0), "timed out with fall = 1");
+    assert_eq!(results(&h, 0), [0, 0, 1, 0]);
+    assert!(h.open_upstreams().is_empty(), "its connection closed");
+    // A refused connect is an error.
+    h.auto_connect = false;
+    h.advance(Duration::from_millis(500));
+    h.refuse_connect().expect("the next check connects");
+    assert_eq!(results(&h, 0), [0, 0, 1, 1]);
+    // A close before the answer is an error too; an answer brings it back (rise = 1).
+    h.advance(INTERVAL);
+    h.accept_connect().unwrap();
+    let (u, _) = checks_sent(&mut h)[0];
+    h.upstream_eof(u);
+    assert_eq!(results(&h, 0), [0, 0, 1, 2]);
+    h.advance(INTERVAL);
+    h.accept_connect().unwrap();
+    let (u, _) = checks_sent(&mut h)[0];
+    h.upstream_send(u, b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nbye");
+    h.upstream_eof(u);
+    assert!(up(&h, 0));
+    assert_eq!(results(&h, 0), [1, 0, 1, 2]);
+    upstreams_accounted(&h.core);
+}
+
+#[test]
+fn two_workers_check_once_per_interval_between_them() {
+    let cfg = checked(1, 3, 2);
+    let shared = Shared::new(&cfg, 2);
+    let core = |w| Core::with_shared(cfg.clone(), 1, shared.clone(), w).unwrap();
+    let (mut a, mut b) = (Harness::with_core(core(0)), Harness::with_core(core(1)));
+    a.core.start(a.now);
+    a.pump();
+    b.core.start(b.now);
+    b.pump();
+    let mut total = 0;
+    for round in 0..5 {
+        for h in [&mut a, &mut b] {
+            for (u, _) in checks_sent(h) {
+                total += 1;
+                h.upstream_send(u, &status(200));
+            }
+        }
+        assert_eq!(total, round + 1, "one check per interval for the process");
+        // Both workers' clocks move together, each woken by its own poll_timeout.
+        a.advance(INTERVAL);
+        b.advance(INTERVAL);
+    }
+    assert_eq!(results(&a, 0)[0], 5);
+}
+
+#[test]
+fn a_check_never_breaks_max_conns() {
+    let mut cfg = checked(1, 1, 1);
+    cfg.upstreams[0].servers[0].max_conns = 1;
+    let mut h = started(cfg);
+    let (u, _) = checks_sent(&mut h)[0];
+    h.upstream_send(u, &status(200));
+    // A request holds the one connection across the next round: the round is skipped.
+    let c = h.connect_client();
+    h.client_send(c, &get("/slow"));
+    assert_eq!(requests(&mut h, u).len(), 1);
+    h.advance(INTERVAL + Duration::from_millis(10));
+    assert!(checks_sent(&mut h).is_empty());
+    assert_eq!(connects(&h), 1, "no second connection");
+    h.upstream_send(u, &ok("done"));
+    assert_eq!(responses(&mut h, c)[0].status, 200);
+    // The round after rides the pooled connection again.
+    h.advance(INTERVAL);
+    assert_eq!(checks_sent(&mut h), [(u, 0)]);
+    assert_eq!(connects(&h), 1);
+}
