@@ -31,6 +31,7 @@ fn start(config: Config) -> Box<dyn RunningProxy> {
 
 upkeep_testkit::scenario_tests!(start);
 upkeep_testkit::upstream_scenario_tests!(start);
+upkeep_testkit::health_scenario_tests!(start);
 
 /// Like `start`, with a refusal as the error: the listener scenarios (who may bind a listen
 /// address, who may remove it) expect some.

@@ -12,6 +12,8 @@ use upkeep_core::{Core, EvictReason, ExchangeInfo, NotReusable, ServerState, Tim
 
 use crate::upstream_metrics::{self, ServerTraffic, TrafficCounters};
 
+mod health;
+
 /// Upper bounds (seconds) of the request duration histogram buckets.
 pub const BUCKETS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
@@ -125,6 +127,9 @@ pub struct ServerSnapshot {
     /// Administrative state as the live workers report it (`None` once only retired workers
     /// report on the server: no stale state series after a reload removes it).
     pub state: Option<ServerState>,
+    /// Active health checks, process-wide (from the ledger, so taken from one live worker,
+    /// not summed); `None` for a group without `health_check` and for retired workers.
+    pub checks: Option<upkeep_core::CheckView>,
 }
 
 /// Counters and gauges of one or more workers.
@@ -207,6 +212,7 @@ impl Snapshot {
                     up: core.server_up(now, server),
                     live_reports: 1,
                     state: Some(core.server_state(server)),
+                    checks: health::view(core, server),
                 },
             );
         }
@@ -224,6 +230,7 @@ impl Snapshot {
             s.up = false;
             s.live_reports = 0;
             s.state = None;
+            s.checks = None;
         }
         for t in self.traffic.values_mut() {
             t.in_flight = 0;
@@ -270,6 +277,7 @@ impl Snapshot {
             t.requests += s.requests;
             if s.live_reports > 0 {
                 t.state = s.state.or(t.state);
+                t.checks = s.checks.or(t.checks);
                 t.up = (t.live_reports == 0 || t.up) && s.up;
                 t.live_reports += s.live_reports;
             } else if fresh {
@@ -453,6 +461,7 @@ impl Snapshot {
             );
         }
         self.queue_and_states(&mut o);
+        self.health_checks(&mut o);
         header(
             &mut o,
             "upkeep_request_duration_seconds",
@@ -699,6 +708,7 @@ mod tests {
                 up: true,
                 live_reports: 1,
                 state: Some(ServerState::Drain),
+                checks: None,
             },
         );
         s.duration.observe(0.003);

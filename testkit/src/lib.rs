@@ -22,6 +22,7 @@
 
 pub mod backend;
 pub mod client;
+pub mod health;
 pub mod listeners;
 pub mod observability;
 pub mod over_tls;
