@@ -89,6 +89,8 @@ pub(crate) struct ServerLedger {
     /// The current run of check results (see [`crate::health::next_streak`]).
     check_passes: AtomicU32,
     check_fails: AtomicU32,
+    /// Times the verdict changed (the simulation tells "failed all along" from "failed again").
+    check_changes: AtomicU64,
     /// Checks run, by result ([`CheckResult`] index), every worker together.
     check_results: [AtomicU64; CheckResult::COUNT],
     /// Idle pooled connections to this server, every worker together.
@@ -125,6 +127,7 @@ impl ServerLedger {
             next_check: AtomicU64::new(0),
             check_passes: AtomicU32::new(0),
             check_fails: AtomicU32::new(0),
+            check_changes: AtomicU64::new(0),
             check_results: Default::default(),
             idle: AtomicU32::new(0),
         }
@@ -226,7 +229,11 @@ impl ServerLedger {
         self.check_passes.store(now.passes, SeqCst);
         self.check_fails.store(now.fails, SeqCst);
         self.check_failed.store(now.failed, SeqCst);
-        (now.failed != was.failed).then_some(now.failed)
+        let changed = now.failed != was.failed;
+        if changed {
+            self.check_changes.fetch_add(1, SeqCst);
+        }
+        changed.then_some(now.failed)
     }
 
     fn streak(&self) -> Streak {
@@ -244,6 +251,8 @@ impl ServerLedger {
             .store(old.check_passes.load(SeqCst), SeqCst);
         self.check_fails.store(old.check_fails.load(SeqCst), SeqCst);
         self.check_failed.store(old.check_failed(), SeqCst);
+        self.check_changes
+            .store(old.check_changes.load(SeqCst), SeqCst);
         for (n, o) in self.check_results.iter().zip(&old.check_results) {
             n.store(o.load(SeqCst), SeqCst);
         }
@@ -477,6 +486,7 @@ impl Shared {
         Some(CheckView {
             results: core::array::from_fn(|i| s.check_results[i].load(SeqCst)),
             streak: s.streak(),
+            changes: s.check_changes.load(SeqCst),
         })
     }
 
@@ -508,6 +518,8 @@ pub struct CheckView {
     pub results: [u64; CheckResult::COUNT],
     /// The current run of results and the verdict.
     pub streak: Streak,
+    /// Times the verdict changed.
+    pub changes: u64,
 }
 
 impl CheckView {

@@ -39,6 +39,7 @@ fn slow_backend_long_pipeline_short_timeouts() {
         keep_alive_hint: None,
         early_hints: false,
         race_ms: 0,
+        check_fails: 0,
     };
     let mut w = World::new(117_440_512, cfg, vec![script]);
     let send = |kind| Action::Send { client: 0, kind };

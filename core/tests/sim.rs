@@ -141,6 +141,7 @@ fn script() -> impl Strategy<Value = BackendScript> {
                     early_hints: hints,
                     race_ms: race,
                     rejected: false,
+                    check_fails: 0,
                 }
             },
         )
@@ -241,6 +242,42 @@ proptest! {
             a => a,
         }));
         run(seed, config(1), vec![a], &all);
+    }
+
+    /// Active health checks every 100 ms on two servers whose check answers follow a random
+    /// pattern (one server also misbehaving otherwise): a request sent while its server's
+    /// checks hold it out never reaches it, at most one check result per server per interval,
+    /// no check answer reaches a client, and the checks' connections are accounted like any.
+    #[test]
+    fn health_checked(
+        seed: u64,
+        a in script(),
+        fa: u32,
+        fb: u32,
+        fall in 1u32..4,
+        rise in 1u32..4,
+        capped: bool,
+        acts in actions(),
+    ) {
+        let mut cfg = config(2);
+        tight_timeouts(&mut cfg);
+        let g = group(&mut cfg);
+        g.health_check = Some(upkeep_core::config::HealthCheck {
+            path: "/hc".into(),
+            interval: Duration::from_millis(100),
+            timeout: Duration::from_millis(60),
+            fall,
+            rise,
+            ..Default::default()
+        });
+        if capped {
+            for s in &mut g.servers {
+                s.max_conns = 1;
+            }
+        }
+        let a = BackendScript { check_fails: fa, ..a };
+        let b = BackendScript { check_fails: fb, ..BackendScript::default() };
+        run(seed, cfg, vec![a, b], &acts);
     }
 
     /// max_conns = 1 on both servers, a queue of 3 that times out after 300 ms: requests wait,

@@ -119,6 +119,7 @@ fn bound_script(s: &BackendScript) -> BackendScript {
         keep_alive_hint: s.keep_alive_hint.map(|v| v % 5),
         early_hints: s.early_hints,
         race_ms: s.race_ms % 30,
+        check_fails: s.check_fails,
     }
 }
 

@@ -113,7 +113,6 @@ impl Core {
             status: None,
             body: BodyDecoder::new(BodyKind::Empty),
         });
-        self.stats.servers[server as usize].checks += 1;
         let id = match pooled {
             Some(id) => {
                 self.shared.group(g).servers[idx].idle_changed(false);
@@ -134,6 +133,7 @@ impl Core {
                 self.open_upstream(now, up)
             }
         };
+        self.stats.servers[server as usize].checks += 1;
         let request = self.config.upstreams[g]
             .health_check
             .as_ref()

@@ -85,6 +85,7 @@ mod tests {
                 fails: 3,
                 failed: true,
             },
+            changes: 1,
         };
         a.servers.get_mut(&key).unwrap().checks = Some(view);
         a.servers.get_mut(&key).unwrap().live_reports = 1;

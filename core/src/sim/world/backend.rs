@@ -23,6 +23,8 @@ pub(super) struct Job {
     close: bool,
     /// The request announced `TE: trailers`: a chunked response carries trailers.
     te_trailers: bool,
+    /// An active health check (answered by `answer_check`).
+    check: bool,
 }
 
 /// The backend's side of one upstream connection.
@@ -46,6 +48,13 @@ pub(super) struct UpConn {
     pub(super) gone: bool,
     pub(super) ids: Vec<String>,
     pub(super) xff: BTreeSet<String>,
+}
+
+impl UpConn {
+    /// The backend holds a health check it has not answered yet.
+    pub(super) fn checking(&self) -> bool {
+        self.queue.front().is_some_and(|j| j.check)
+    }
 }
 
 impl World {
@@ -103,7 +112,7 @@ impl World {
         progress
     }
 
-    fn schedule_idle(&mut self, u: ConnId) {
+    pub(super) fn schedule_idle(&mut self, u: ConnId) {
         let up = &self.ups[&u];
         let s = &self.scripts[up.server];
         let t = up.last_active;
@@ -161,17 +170,43 @@ impl World {
                 }
             };
             up.inbuf.drain(..parsed.used);
-            let lost = up.closed;
+            let (server, group, lost) = (up.server, up.group, up.closed);
+            if self.is_check(group, &parsed.id) {
+                self.arrivals.push(Arrival {
+                    id: parsed.id.clone(),
+                    method: parsed.method.clone(),
+                    server,
+                    conn: u,
+                    lost,
+                    at: self.harness.now,
+                });
+                if parsed.method != "GET" || !parsed.body.is_empty() {
+                    self.violation(format!("a health check {} with a body", parsed.method));
+                }
+                let up = self.ups.get_mut(&u).expect("known");
+                up.lost_data |= lost;
+                if !lost {
+                    up.queue.push_back(Job {
+                        id: parsed.id,
+                        method: parsed.method,
+                        body: Vec::new(),
+                        no_content: false,
+                        close: parsed.close,
+                        te_trailers: false,
+                        check: true,
+                    });
+                }
+                continue;
+            }
+            let up = self.ups.get_mut(&u).expect("known");
             if lost {
                 up.lost_data = true;
                 self.stats.lost += 1;
             }
-            let server = up.server;
             up.ids.push(parsed.id.clone());
             if let Some(x) = &parsed.xff {
                 up.xff.insert(x.clone());
             }
-            let group = up.group;
             let xff_n = up.xff.len();
             self.arrivals.push(Arrival {
                 id: parsed.id.clone(),
@@ -225,6 +260,9 @@ impl World {
                     }
                 }
             }
+            if !lost {
+                self.check_assignment(&parsed.id, server);
+            }
             if self.harness.core.config().upstreams[group].pool_key == PoolKeyMode::Client
                 && xff_n > 1
             {
@@ -258,6 +296,7 @@ impl World {
                     no_content: parsed.no_content,
                     close: parsed.close,
                     te_trailers: parsed.te_trailers,
+                    check: false,
                 });
             }
         }
@@ -292,6 +331,9 @@ impl World {
         let Some(job) = up.queue.pop_front() else {
             return;
         };
+        if job.check {
+            return self.answer_check(u, &job.id);
+        }
         let server = up.server;
         let script = self.scripts[server].clone();
         self.server_count[server] += 1;

@@ -17,6 +17,9 @@ pub(super) struct SentReq {
     pub(super) body: Vec<u8>,
     /// Sent with `TE: trailers` and an `X-Trailer: ID` trailer.
     pub(super) trailers: bool,
+    /// Per server (global order): its active checks' verdict when the request was sent —
+    /// failed, and how many times the verdict had changed.
+    pub(super) verdicts: Vec<(bool, u64)>,
 }
 
 /// A request waiting for its response, in the order sent.
@@ -134,6 +137,7 @@ impl World {
                     method,
                     body,
                     trailers: matches!(kind, ReqKind::PostChunked(_)),
+                    verdicts: self.verdicts(),
                 },
             );
             self.clients[c].outstanding.push_back(Pending {

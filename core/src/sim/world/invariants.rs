@@ -123,8 +123,14 @@ impl World {
         let pooled: usize = (0..cfg.upstreams.len())
             .map(|g| self.harness.core.pool_idle(UpstreamId(g as u32)))
             .sum();
+        // A health check under way holds its connection too.
+        let checking = self
+            .ups
+            .iter()
+            .filter(|(id, up)| !self.harness.upstreams[id].closed && up.checking())
+            .count();
         let conns = self.harness.core.connections();
-        if conns != pooled {
+        if conns != pooled + checking {
             let open_clients: Vec<_> = self
                 .harness
                 .clients
@@ -153,9 +159,14 @@ impl World {
             }
         }
         self.check_invariants();
-        // Warm connections (`min_idle`) are replaced as they expire, by design: a drain, which
-        // closes the pool and stops the top-ups, comes before checking that nothing is left.
-        if cfg.upstreams.iter().any(|g| g.min_idle > 0) {
+        // Warm connections (`min_idle`) are replaced as they expire, and health checks run
+        // forever, by design: a drain, which closes the pool and stops the top-ups and checks,
+        // comes before checking that nothing is left.
+        if cfg
+            .upstreams
+            .iter()
+            .any(|g| g.min_idle > 0 || g.health_check.is_some())
+        {
             let now = self.harness.now;
             self.harness.core.begin_drain(now);
             self.settle();
@@ -182,6 +193,8 @@ impl World {
     /// Panics with a report if any invariant is broken.
     pub fn check_invariants(&self) {
         let mut problems = self.violations.clone();
+        // 7. active health checks: at most one result per server per interval
+        problems.extend(self.check_rounds());
         let core = &self.harness.core;
         let now = self.harness.now;
         // 5. deadlines

@@ -30,6 +30,7 @@ use crate::{Config, ConnId, Time};
 
 mod backend;
 mod client;
+mod health;
 mod invariants;
 mod rng;
 mod schedule;
@@ -86,6 +87,8 @@ pub struct World {
     scripts: Vec<BackendScript>,
     /// Per server: requests received (drives `cut_every` / `reset_every`).
     server_count: Vec<u32>,
+    /// Per server: health checks answered (drives `check_fails`).
+    check_count: Vec<u32>,
     clients: Vec<SimClient>,
     ups: BTreeMap<ConnId, UpConn>,
     events: BTreeMap<(Time, u64), Ev>,
@@ -126,6 +129,9 @@ impl World {
         // access log drives the core this way.
         harness.core.record_exchanges(true);
         harness.core.record_requests(true);
+        // As the runtimes do: warm connections and the first health checks start now.
+        let now = harness.now;
+        harness.core.start(now);
         let n = harness.core.servers().len();
         assert_eq!(backends.len(), n, "one BackendScript per server");
         World {
@@ -134,6 +140,7 @@ impl World {
             rng: Rng::new(seed),
             scripts: backends,
             server_count: vec![0; n],
+            check_count: vec![0; n],
             clients: Vec::new(),
             ups: BTreeMap::new(),
             events: BTreeMap::new(),

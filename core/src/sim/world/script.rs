@@ -53,6 +53,9 @@ pub struct BackendScript {
     /// Network delay of what the backend sends when it closes on its own (idle close, stray 408):
     /// the window of the keepalive race, during which the proxy can still reuse the connection.
     pub race_ms: u64,
+    /// Active health checks (`health_check`) this server fails, as a bit pattern: check `k`
+    /// (counted from 0) is answered `500` when bit `k % 32` is set, else `200`.
+    pub check_fails: u32,
 }
 
 impl Default for BackendScript {
@@ -72,6 +75,7 @@ impl Default for BackendScript {
             keep_alive_hint: None,
             early_hints: false,
             race_ms: 0,
+            check_fails: 0,
         }
     }
 }
