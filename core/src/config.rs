@@ -39,6 +39,8 @@
 //!   max_fails, fail_timeout, backup, max_conns }`; a server address may be a host name
 //!   (`"app.internal:8080"`, see [`ServerConfig::parse`]), resolved by the runtime. An optional
 //!   `tls = { sni, ca, verify, cert, key }` speaks TLS to the group's servers ([`UpstreamTls`]).
+//!   An optional `health_check = { path, interval, timeout, fall, rise, expect }` (or an
+//!   `[upstream.health_check]` table) turns on active health checks ([`HealthCheck`]).
 //! - `[[route]]` tables: `host` (optional), `path_prefix` (default `"/"`), `upstream` (required).
 //! - `[client_timeouts]`: `header`, `body`, `keepalive`, `send`, `lingering`.
 //! - `[limits]`: `max_request_line`, `max_head`, `max_body`, `client_keepalive_requests`,
