@@ -99,15 +99,7 @@ impl Core {
             server,
             partition: 0,
         };
-        let mut expired = Vec::new();
-        let pooled = if fresh {
-            None
-        } else {
-            self.pool.checkout(now, key, &mut |c| expired.push(c))
-        };
-        for c in expired {
-            self.evict(c, false, EvictReason::IdleTimeout);
-        }
+        let pooled = self.checkout(now, key, fresh);
         let check = Box::new(Check {
             started,
             status: None,

@@ -187,15 +187,7 @@ impl Core {
         let hash = cl.peer_hash;
         let server = self.groups[g].first_server + idx as u32;
         let key = self.pool_key(g, server, hash);
-        let mut expired = Vec::new();
-        let pooled = if force_fresh {
-            None
-        } else {
-            self.pool.checkout(now, key, &mut |c| expired.push(c))
-        };
-        for c in expired {
-            self.evict(c, false, EvictReason::IdleTimeout);
-        }
+        let pooled = self.checkout(now, key, force_fresh);
         match (pooled, slot) {
             // The pooled connection holds a slot of its own.
             (Some(_), true) => self.groups[g].balancer.closed(idx),
@@ -267,6 +259,21 @@ impl Core {
         }
         self.signal_write(uid);
         self.request_maybe_sent(now, uid);
+    }
+
+    /// The most recently pooled idle connection of `key` still within its idle time (none when
+    /// `fresh`); those found expired on the way are closed.
+    pub(super) fn checkout(&mut self, now: Time, key: PoolKey, fresh: bool) -> Option<ConnId> {
+        let mut expired = Vec::new();
+        let pooled = if fresh {
+            None
+        } else {
+            self.pool.checkout(now, key, &mut |c| expired.push(c))
+        };
+        for c in expired {
+            self.evict(c, false, EvictReason::IdleTimeout);
+        }
+        pooled
     }
 
     /// The pool key of server `server` (global index) of group `g` for a client with `hash`.

@@ -171,20 +171,23 @@ impl World {
             };
             up.inbuf.drain(..parsed.used);
             let (server, group, lost) = (up.server, up.group, up.closed);
+            if lost {
+                up.lost_data = true;
+                self.stats.lost += 1;
+            }
+            self.arrivals.push(Arrival {
+                id: parsed.id.clone(),
+                method: parsed.method.clone(),
+                server,
+                conn: u,
+                lost,
+                at: self.harness.now,
+            });
             if self.is_check(group, &parsed.id) {
-                self.arrivals.push(Arrival {
-                    id: parsed.id.clone(),
-                    method: parsed.method.clone(),
-                    server,
-                    conn: u,
-                    lost,
-                    at: self.harness.now,
-                });
                 if parsed.method != "GET" || !parsed.body.is_empty() {
                     self.violation(format!("a health check {} with a body", parsed.method));
                 }
                 let up = self.ups.get_mut(&u).expect("known");
-                up.lost_data |= lost;
                 if !lost {
                     up.queue.push_back(Job {
                         id: parsed.id,
@@ -199,23 +202,11 @@ impl World {
                 continue;
             }
             let up = self.ups.get_mut(&u).expect("known");
-            if lost {
-                up.lost_data = true;
-                self.stats.lost += 1;
-            }
             up.ids.push(parsed.id.clone());
             if let Some(x) = &parsed.xff {
                 up.xff.insert(x.clone());
             }
             let xff_n = up.xff.len();
-            self.arrivals.push(Arrival {
-                id: parsed.id.clone(),
-                method: parsed.method.clone(),
-                server,
-                conn: u,
-                lost,
-                at: self.harness.now,
-            });
             if parsed.expect {
                 self.violation(format!(
                     "{}: Expect was forwarded to the backend",
