@@ -349,15 +349,7 @@ impl Core {
 impl Upstream {
     /// A pooled connection carries a check: everything about the previous request starts over.
     pub(super) fn begin_check(&mut self, now: Time, check: Box<Check>) {
-        self.state = UState::Check;
-        self.requests += 1;
-        self.written = 0;
-        self.sent_all = false;
-        self.read_progress = now;
-        self.response = ResponseFacts::default();
-        self.extra_data = false;
-        self.responded = false;
-        self.unused_warm = false;
+        self.next_request(UState::Check, now);
         self.check = Some(check);
     }
 }

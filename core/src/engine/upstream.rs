@@ -110,15 +110,21 @@ impl Upstream {
     /// A pooled connection takes on `client`'s request: everything about the previous request
     /// starts over.
     fn reuse_for(&mut self, client: ConnId, now: Time) {
-        self.state = UState::Active;
+        self.next_request(UState::Active, now);
         self.client = Some(client);
+        self.acquired = true;
+    }
+
+    /// A pooled connection carries one more request (a client's, or a health check) and goes
+    /// to `state`: everything about the previous request starts over.
+    pub(super) fn next_request(&mut self, state: UState, now: Time) {
+        self.state = state;
         self.requests += 1;
         self.written = 0;
         self.sent_all = false;
         self.read_progress = now;
         self.response = ResponseFacts::default();
         self.extra_data = false;
-        self.acquired = true;
         self.responded = false;
         self.unused_warm = false;
     }
