@@ -372,8 +372,12 @@ impl Shared {
                 let Some(old_ledger) = prev.servers.get(oi) else {
                     continue;
                 };
-                // The checks' verdict and counts belong to the server, not the generation.
-                next.inner.groups[g].servers[i].carry_checks(old_ledger);
+                // The checks' verdict and counts belong to the server, not the generation —
+                // while the group is still checked: a verdict nothing would clear again is not
+                // kept.
+                if up.health_check.is_some() {
+                    next.inner.groups[g].servers[i].carry_checks(old_ledger);
+                }
                 let was = old_ledger.state();
                 if was != old.upstreams[og].servers[oi].state {
                     next.inner.groups[g].servers[i]
@@ -575,6 +579,47 @@ mod tests {
         g.dequeued();
         assert_eq!(g.first_in_line(), Some(2));
         assert!(g.try_enqueue(2).is_some());
+    }
+
+    #[test]
+    fn one_claim_per_check_round_and_the_verdict_survives_a_reload() {
+        let a = Config::simple(
+            Address::parse("127.0.0.1:8080").unwrap(),
+            vec![Address::parse("127.0.0.1:9001").unwrap()],
+        );
+        let mut checked = a.clone();
+        checked.upstreams[0].health_check = Some(crate::config::HealthCheck::default());
+        let shared = Shared::new(&checked, 2);
+        let s = &shared.group(0).servers[0];
+        let second = core::time::Duration::from_secs(1);
+        assert!(s.claim_check(Time::from_millis(5), second), "due at once");
+        assert!(
+            !s.claim_check(Time::from_millis(5), second),
+            "claimed already"
+        );
+        assert!(
+            !s.claim_check(Time::from_millis(1004), second),
+            "not due yet"
+        );
+        assert!(s.claim_check(Time::from_millis(1005), second));
+        assert_eq!(s.next_check(), Time::from_millis(2005));
+        assert_eq!(s.check_done(CheckResult::Timeout, 1, 1), Some(true));
+        assert_eq!(
+            shared.server(0, 0, Time::ZERO).map(|v| v.healthy),
+            Some(false)
+        );
+        let next = Shared::carried_over(&checked, 2, &shared, &checked);
+        let v = next.checks(0, 0).unwrap();
+        assert!(v.streak.failed);
+        assert_eq!((v.count(CheckResult::Timeout), v.changes), (1, 1));
+        assert_eq!(
+            next.group(0).servers[0].next_check(),
+            Time::from_millis(2005)
+        );
+        // Checks turned off by the new file: nothing would clear the verdict, so it is not kept.
+        let off = Shared::carried_over(&a, 2, &shared, &checked);
+        assert_eq!(off.checks(0, 0).unwrap(), CheckView::default());
+        assert_eq!(off.server(0, 0, Time::ZERO).map(|v| v.healthy), Some(true));
     }
 
     #[test]

@@ -404,3 +404,27 @@ fn check_takes_quick_mode_flags_and_prints_them_as_a_file() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("does not exist"), "{}", stderr(&out));
 }
+
+/// `health_check` through the binary: `check` and `run` reject a bad one at its item, and
+/// `--print` writes the effective check (defaults filled in) back, which reads back the same.
+#[test]
+fn health_check_is_checked_and_printed_back() {
+    let dir = TempDir::new().unwrap();
+    both_reject(
+        &dir,
+        &format!("{HEAD}health_check = {{ interval = \"1s\", timeout = \"3s\" }}\n"),
+        (6, 16),
+        "upstream \"app\": health_check timeout must be > 0 and <= interval (1s)",
+    );
+    let text = format!("{HEAD}\n[upstream.health_check]\npath = \"/healthz\"\nfall = 2\n");
+    let source = file(&dir, "checked.toml", &text);
+    let out = upkeep(&["check", "--config", &source, "--print"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let printed = String::from_utf8(out.stdout).unwrap();
+    let want = "health_check = { path = \"/healthz\", interval = \"5s\", timeout = \"5s\", \
+                fall = 2, rise = 2, expect = \"200-399\" }";
+    assert!(printed.contains(want), "{want} missing:\n{printed}");
+    let again = file(&dir, "printed.toml", &printed);
+    let out = upkeep(&["check", "--config", &again, "--print"]);
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), printed);
+}
