@@ -55,6 +55,16 @@ fn checks_sent(h: &mut Harness) -> Vec<(ConnId, usize)> {
             assert_eq!((r.method.as_str(), r.path.as_str()), ("GET", "/healthz"));
             let ua = r.headers.iter().find(|(n, _)| n == "user-agent");
             assert_eq!(ua.map(|(_, v)| v.as_str()), Some("upkeep-health-check"));
+            let host = r
+                .headers
+                .iter()
+                .find(|(n, _)| n == "host")
+                .map(|(_, v)| v.clone());
+            assert_eq!(
+                host,
+                Some(format!("127.0.0.1:{}", 9001 + server)),
+                "the server as written"
+            );
             out.push((u, server));
         }
     }

@@ -126,10 +126,16 @@ impl Core {
             }
         };
         self.stats.servers[server as usize].checks += 1;
+        let s = &self.config.upstreams[g].servers[idx];
+        // A Unix socket path is no host name: `localhost`, as curl sends with --unix-socket.
+        let host = match s.addr {
+            crate::config::Address::Unix(_) => "localhost".to_owned(),
+            _ => s.target(),
+        };
         let request = self.config.upstreams[g]
             .health_check
             .as_ref()
-            .map(|h| h.request(&self.config.upstreams[g].servers[idx].target()))
+            .map(|h| h.request(&host))
             .unwrap_or_default();
         if let Some(c) = self.conns.get_mut(id) {
             c.buf.push(now, Bytes::from(request));
