@@ -20,14 +20,15 @@ use std::net::IpAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use upkeep_core::{ConnId, Core, Input, ListenerId, Output, ServerId, Time, WriteOutcome};
+use upkeep_core::config::UpstreamTls;
+use upkeep_core::{Address, ConnId, Core, Input, ListenerId, Output, ServerId, Time, WriteOutcome};
 use upkeep_runtime::accept::{Admit, AfterError, Gate};
 use upkeep_runtime::clock;
 use upkeep_runtime::io::{Flushed, ReadStep, Reader};
 use upkeep_runtime::metrics::Snapshot;
 use upkeep_runtime::recorder::Recorder;
 use upkeep_runtime::socket::upstream_keepalive;
-use upkeep_runtime::tls::{Contexts, Handshake, Session};
+use upkeep_runtime::tls::{Contexts, Handshake, Origin, Session};
 
 use crate::listener::Listener;
 use crate::stream::Stream;
@@ -44,7 +45,8 @@ pub(crate) fn run<T>(main: impl Future<Output = T>) -> T {
     EXECUTOR.with(|ex| async_io::block_on(ex.run(main)))
 }
 
-fn spawn(f: impl Future<Output = ()> + 'static) -> Task<()> {
+/// Runs `f` on this thread's executor.
+pub(crate) fn spawn(f: impl Future<Output = ()> + 'static) -> Task<()> {
     EXECUTOR.with(|ex| ex.spawn(f))
 }
 
@@ -144,6 +146,9 @@ pub(crate) struct Driver {
     room: Event,
     /// The TLS material of the configuration (none by default).
     tls: Arc<Contexts>,
+    /// Notified whenever a drain pass saw a connection close: a `max_conns` slot another
+    /// generation sharing a server's ledger entry waits for may have freed.
+    closes: Rc<Event>,
     this: std::rc::Weak<RefCell<Driver>>,
 }
 
@@ -153,6 +158,15 @@ pub(crate) type Shared = Rc<RefCell<Driver>>;
 impl Driver {
     /// A driver for `core`, with its timer task running on this thread's executor.
     pub(crate) fn start(core: Core) -> (Shared, Task<()>) {
+        let (d, timer) = Driver::new(core);
+        d.borrow_mut().warm();
+        (d, timer)
+    }
+
+    /// [`Driver::start`] without opening warm connections yet: a new generation adopts the
+    /// old one's idle connections first ([`Driver::adopt_pooled`]), then calls
+    /// [`Driver::warm`], so that `min_idle` counts them.
+    pub(crate) fn new(core: Core) -> (Shared, Task<()>) {
         let d = Rc::new_cyclic(|this| {
             RefCell::new(Driver {
                 core,
@@ -163,17 +177,18 @@ impl Driver {
                 gate: Gate::default(),
                 room: Event::new(),
                 tls: Arc::default(),
+                closes: Rc::default(),
                 this: this.clone(),
             })
         });
         let timer = spawn(timer_loop(d.clone()));
-        {
-            // Warm connections (`min_idle`) open now, not at the first event.
-            let mut driver = d.borrow_mut();
-            driver.core.start(clock::now());
-            driver.drain();
-        }
         (d, timer)
+    }
+
+    /// Opens the warm connections (`min_idle`) now, not at the first event.
+    pub(crate) fn warm(&mut self) {
+        self.core.start(clock::now());
+        self.drain();
     }
 
     /// Uses `tls` for TLS listeners and groups from now on.
@@ -226,7 +241,18 @@ impl Driver {
 
     /// Attaches a socket to `conn` and starts its reader and writer tasks.
     fn install_socket(&mut self, conn: ConnId, stream: Stream, tls: Option<Session>) {
-        let stream = Rc::new(stream);
+        let tls = tls.map(|s| Rc::new(RefCell::new(s)));
+        self.install_shared(conn, Rc::new(stream), tls);
+    }
+
+    /// [`Driver::install_socket`] for a socket (and session) already shared: one another
+    /// driver let go of, whose cancelled tasks may still hold a reference.
+    fn install_shared(
+        &mut self,
+        conn: ConnId,
+        stream: Rc<Stream>,
+        tls: Option<Rc<RefCell<Session>>>,
+    ) {
         let signals = Rc::new(Signals::default());
         signals.read.set(true);
         let d = self.shared();
@@ -242,7 +268,7 @@ impl Driver {
             Slot::Socket {
                 stream,
                 signals,
-                tls: tls.map(|s| Rc::new(RefCell::new(s))),
+                tls,
                 _tasks: [reader, writer],
             },
         );
@@ -395,6 +421,9 @@ impl Driver {
         if self.core.is_drained() {
             self.drained.notify(usize::MAX);
         }
+        if closed {
+            self.closes.notify(usize::MAX);
+        }
         if closed && !self.gate.is_open() {
             self.room.notify(usize::MAX);
         }
@@ -513,6 +542,79 @@ impl Driver {
         self.drained.clone()
     }
 
+    /// An event notified whenever a drain pass saw a connection close.
+    pub(crate) fn closes_event(&self) -> Rc<Event> {
+        self.closes.clone()
+    }
+
+    /// Takes every idle pooled upstream connection out of this driver's core
+    /// ([`Core::release_pooled`]) with its socket, for a new generation's driver to
+    /// [adopt](Driver::adopt_pooled). Their tasks here are cancelled.
+    pub(crate) fn release_pooled(&mut self) -> Vec<Pooled> {
+        let mut out = Vec::new();
+        for (id, server, settings, expires) in self.core.release_pooled() {
+            let Some(Slot::Socket {
+                stream,
+                signals,
+                tls,
+                ..
+            }) = self.take(id)
+            else {
+                continue;
+            };
+            signals.closed.set(true);
+            signals.notify();
+            // A TLS connection moves with its session and the settings it was opened under;
+            // one whose settings and session disagree is dropped (closed) rather than adopted
+            // as something it is not.
+            let tls = match (settings, tls) {
+                (Some(settings), Some(session)) => Some((settings, session)),
+                (None, None) => None,
+                _ => continue,
+            };
+            out.push(Pooled {
+                stream,
+                server,
+                expires,
+                tls,
+            });
+        }
+        out
+    }
+
+    /// Takes an idle upstream connection another driver [released](Driver::release_pooled)
+    /// into this core's pool ([`Core::adopt_pooled`]); closed when no group of this
+    /// configuration has its server (or the server has no room).
+    pub(crate) fn adopt_pooled(&mut self, pooled: Pooled) {
+        let now = clock::now();
+        let (settings, session) = pooled.tls.unzip();
+        if let Some(id) =
+            self.core
+                .adopt_pooled(now, &pooled.server, settings.as_ref(), pooled.expires)
+        {
+            if let (Some(session), Some(server)) = (&session, self.core.upstream_server(id)) {
+                // Its session was counted under the old configuration's numbering.
+                session.borrow_mut().adopted(Origin::Server(server));
+            }
+            self.install_shared(id, pooled.stream, session);
+            // Bytes or an EOF that came while it moved evict it: it is read at once.
+            self.drain();
+        }
+    }
+
+    /// Cuts every connection through the core (each as if its socket failed), so that the core
+    /// lets go of what it counts in the ledger — slots a generation sharing it needs — and
+    /// its in-process clients see their responses cut; then drops what is left.
+    pub(crate) fn abort_all(&mut self) {
+        let now = clock::now();
+        let conns: Vec<ConnId> = self.slots.iter().flatten().map(|(id, _)| *id).collect();
+        for conn in conns {
+            self.core.handle(now, Input::Errored { conn });
+        }
+        self.drain();
+        self.close_all();
+    }
+
     /// Drops every connection now (stop without draining).
     pub(crate) fn close_all(&mut self) {
         for (_, slot) in self.slots.drain(..).flatten() {
@@ -526,6 +628,15 @@ impl Driver {
             }
         }
     }
+}
+
+/// An idle upstream connection on its way from one driver to another (see
+/// [`Driver::release_pooled`]).
+pub(crate) struct Pooled {
+    stream: Rc<Stream>,
+    server: Address,
+    expires: Time,
+    tls: Option<(UpstreamTls, Rc<RefCell<Session>>)>,
 }
 
 /// Waits for `d` to report a finished drain.

@@ -1,0 +1,214 @@
+//! `resolve_interval` in the fan-out client (issue 16, item 4): an injected resolver answers
+//! two backends for a name, then one — the removed backend stops getting requests, its pooled
+//! (warm) connections close (the backend sees them go), and a request in flight on it during
+//! the change completes; then a new one joins (warm at once, and it gets requests); then the
+//! name stops resolving and the last addresses stay. Requests sent all along, across every
+//! change, each get exactly their own answer.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use upkeep_core::Address;
+use upkeep_core::config::{ServerConfig, UpstreamConfig};
+use upkeep_runtime::resolve::Resolver;
+use upkeep_smol::{Client, Request};
+use upkeep_testkit::backend::Backend;
+
+/// Generous: two cores shared by several builds.
+const WITHIN: Duration = Duration::from_secs(20);
+
+/// Answers the test controls: host → the addresses of some backends (whatever port was asked,
+/// so that backends on ephemeral ports stand behind one name); counts the lookups.
+#[derive(Default)]
+struct Fake {
+    answers: Mutex<BTreeMap<String, Vec<SocketAddr>>>,
+    lookups: AtomicUsize,
+}
+
+impl Fake {
+    fn set(&self, host: &str, backends: &[&Backend]) {
+        let addrs = backends.iter().map(|b| tcp(b)).collect();
+        self.answers.lock().unwrap().insert(host.into(), addrs);
+    }
+
+    fn forget(&self, host: &str) {
+        self.answers.lock().unwrap().remove(host);
+    }
+}
+
+impl Resolver for Fake {
+    fn resolve(&self, host: &str, _port: u16) -> io::Result<Vec<SocketAddr>> {
+        self.lookups.fetch_add(1, SeqCst);
+        self.answers
+            .lock()
+            .unwrap()
+            .get(host)
+            .cloned()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no such host"))
+    }
+}
+
+fn tcp(b: &Backend) -> SocketAddr {
+    match b.addr() {
+        Address::Tcp(sa) => sa,
+        Address::Unix(_) => unreachable!("TCP backends"),
+    }
+}
+
+/// Polls `cond` until it holds or `WITHIN` passes.
+fn eventually(mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + WITHIN;
+    while Instant::now() < end {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    cond()
+}
+
+fn get(client: &Client, target: &str) -> (u16, String) {
+    smol::block_on(async {
+        let r = client.send("app", Request::get(target)).await.unwrap();
+        let status = r.status();
+        let body = r.bytes().await.unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    })
+}
+
+fn servers(client: &Client) -> usize {
+    smol::block_on(client.stats()).unwrap().servers.len()
+}
+
+#[test]
+fn re_resolution_drains_a_vanished_address_and_adds_a_new_one() {
+    let a = Backend::identify("a").unwrap();
+    let b = Backend::slow("b", Duration::from_millis(1500)).unwrap();
+    let c = Backend::identify("c").unwrap();
+    let fake = Arc::new(Fake::default());
+    fake.set("app.test", &[&a, &b]);
+    let mut g = UpstreamConfig::new("app", vec![ServerConfig::named("app.test", 80)]);
+    g.resolve_interval = Duration::from_millis(50);
+    g.min_idle = 1;
+    let mut config = upkeep_core::Config::simple(Address::Unix(String::new()), Vec::new());
+    config.upstreams = vec![g];
+    let client = Client::with_resolver(config, fake.clone()).unwrap();
+    assert_eq!(servers(&client), 2, "one server per address");
+    assert!(
+        b.wait_until(WITHIN, |b| b.open_connections() == 1),
+        "b's warm connection"
+    );
+
+    // A request in flight on b while the name loses it.
+    let before = b.requests();
+    let in_flight = {
+        let client = client.clone();
+        std::thread::spawn(move || {
+            // Round robin: some request among a few lands on b.
+            (0..8)
+                .map(|i| get(&client, &format!("/slow{i}")))
+                .find(|(_, body)| body.starts_with("b "))
+        })
+    };
+    assert!(
+        b.wait_until(WITHIN, |b| b.requests() > before),
+        "a request reached b"
+    );
+    // b keeps a warm idle connection beside the busy one.
+    assert!(
+        b.wait_until(WITHIN, |b| b.open_connections() == 2),
+        "b: one busy, one warm ({} open)",
+        b.open_connections()
+    );
+    fake.set("app.test", &[&a]);
+    assert!(eventually(|| servers(&client) == 1), "the change applied");
+    // The warm connection closes now, while the request is still in flight.
+    assert!(
+        b.wait_until(WITHIN, |b| b.open_connections() == 1),
+        "b's idle connection closed: {} open",
+        b.open_connections()
+    );
+    let (status, body) = in_flight
+        .join()
+        .unwrap()
+        .expect("a request went to b and completed");
+    assert_eq!(status, 200);
+    assert!(body.starts_with("b GET /slow"), "{body}");
+    assert!(
+        b.wait_until(WITHIN, |b| b.open_connections() == 0),
+        "b's last connection closed after its request: {} open",
+        b.open_connections()
+    );
+    let after = b.requests();
+    for i in 0..6 {
+        let (status, body) = get(&client, &format!("/after{i}"));
+        assert_eq!((status, body), (200, format!("a GET /after{i}")));
+    }
+    assert_eq!(b.requests(), after, "no request reaches b any more");
+
+    // From here on, requests all along from another thread, across the next changes: each
+    // gets its own answer.
+    let stop = Arc::new(AtomicBool::new(false));
+    let background = {
+        let (client, stop) = (client.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut sent = 0;
+            while !stop.load(SeqCst) {
+                let target = format!("/bg{sent}");
+                let (status, body) = get(&client, &target);
+                if status != 200 {
+                    eprintln!("DEBUG {:#?}", smol::block_on(client.stats()).unwrap());
+                }
+                assert_eq!(status, 200, "{target}: {body}");
+                assert!(
+                    body == format!("a GET {target}") || body == format!("c GET {target}"),
+                    "{target}: {body}"
+                );
+                sent += 1;
+            }
+            sent
+        })
+    };
+
+    // c joins: warm at once, then it serves.
+    fake.set("app.test", &[&a, &c]);
+    assert!(eventually(|| servers(&client) == 2), "c joined");
+    assert!(
+        c.wait_until(WITHIN, |c| c.open_connections() >= 1),
+        "c's warm connection"
+    );
+    // (Counted at the backend: the other thread's requests interleave with these.)
+    assert!(
+        (0..8).any(|i| {
+            get(&client, &format!("/c{i}"));
+            c.requests() > 0
+        }),
+        "c serves"
+    );
+
+    // The name stops resolving: a and c stay.
+    fake.forget("app.test");
+    let asked = fake.lookups.load(SeqCst);
+    assert!(
+        eventually(|| fake.lookups.load(SeqCst) >= asked + 3),
+        "re-resolved while failing"
+    );
+    assert_eq!(servers(&client), 2, "the last addresses kept");
+    let (at_a, at_c) = (a.requests(), c.requests());
+    assert!(
+        (0..8).any(|i| {
+            get(&client, &format!("/kept{i}"));
+            a.requests() > at_a && c.requests() > at_c
+        }),
+        "both a and c still serve"
+    );
+    assert_eq!(b.requests(), after);
+
+    stop.store(true, SeqCst);
+    let sent = background.join().unwrap();
+    assert!(sent > 0);
+}
