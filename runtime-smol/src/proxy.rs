@@ -90,7 +90,18 @@ impl Proxy {
     /// `config.runtime.workers` worker threads (0 = one per CPU) and the admin listener
     /// (`runtime.admin`), and returns once they are all serving. Servers written with a host
     /// name are resolved first (on a helper thread; see [`upkeep_runtime::resolve`]).
+    /// `resolve_interval` is not applied here (this proxy has no reload to apply a changed
+    /// address set with; see docs/upstream-pool.md): a warning says so.
     pub fn start(config: Config) -> io::Result<ProxyHandle> {
+        for u in &config.upstreams {
+            if !u.resolve_interval.is_zero() && u.servers.iter().any(|s| s.host.is_some()) {
+                log::warn!(
+                    "upstream {:?}: resolve_interval is not applied by the smol proxy (names are \
+                     resolved at start only)",
+                    u.name
+                );
+            }
+        }
         let config = upkeep_runtime::resolve::resolve_now(config)?;
         config.validate()?;
         let operator = Operator::default();

@@ -161,9 +161,9 @@ fn re_resolution_drains_a_vanished_address_and_adds_a_new_one() {
                 let target = format!("/bg{sent}");
                 let (status, body) = get(&client, &target);
                 if status != 200 {
-                    eprintln!("DEBUG {:#?}", smol::block_on(client.stats()).unwrap());
+                    let stats = smol::block_on(client.stats()).unwrap();
+                    panic!("{target}: {status} {body}; {:?}", stats.servers);
                 }
-                assert_eq!(status, 200, "{target}: {body}");
                 assert!(
                     body == format!("a GET {target}") || body == format!("c GET {target}"),
                     "{target}: {body}"
@@ -211,4 +211,45 @@ fn re_resolution_drains_a_vanished_address_and_adds_a_new_one() {
     stop.store(true, SeqCst);
     let sent = background.join().unwrap();
     assert!(sent > 0);
+}
+
+#[test]
+fn max_conns_holds_across_a_change() {
+    let a = Backend::slow("a", Duration::from_millis(3000)).unwrap();
+    let c = Backend::identify("c").unwrap();
+    let fake = Arc::new(Fake::default());
+    fake.set("app.test", &[&a]);
+    let mut named = ServerConfig::named("app.test", 80);
+    named.max_conns = 1;
+    let mut g = UpstreamConfig::new("app", vec![named]);
+    g.resolve_interval = Duration::from_millis(50);
+    let mut config = upkeep_core::Config::simple(Address::Unix(String::new()), Vec::new());
+    config.upstreams = vec![g];
+    let client = Client::with_resolver(config, fake.clone()).unwrap();
+
+    // a's one slot is taken by a request of the first server set...
+    let slow = {
+        let client = client.clone();
+        std::thread::spawn(move || get(&client, "/slow"))
+    };
+    assert!(
+        a.wait_until(WITHIN, |a| a.requests() == 1),
+        "in flight on a"
+    );
+    // ...and stays taken in the next one: its requests all go to c meanwhile.
+    fake.set("app.test", &[&a, &c]);
+    assert!(eventually(|| servers(&client) == 2), "c joined");
+    for i in 0..4 {
+        assert_eq!(
+            get(&client, &format!("/n{i}")),
+            (200, format!("c GET /n{i}"))
+        );
+    }
+    assert_eq!(a.accepted(), 1, "no second connection to a");
+    assert_eq!(slow.join().unwrap(), (200, "a GET /slow".to_string()));
+    // The slot is free again, for the new set.
+    assert!(
+        (0..8).any(|i| get(&client, &format!("/m{i}")).1.starts_with("a ")),
+        "a serves again"
+    );
 }
