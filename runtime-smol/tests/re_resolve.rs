@@ -80,6 +80,20 @@ fn get(client: &Client, target: &str) -> (u16, String) {
     })
 }
 
+/// A client that counts the requests it sends.
+#[derive(Clone)]
+struct Counted {
+    client: Client,
+    sent: Arc<AtomicUsize>,
+}
+
+impl Counted {
+    fn get(&self, target: &str) -> (u16, String) {
+        self.sent.fetch_add(1, SeqCst);
+        get(&self.client, target)
+    }
+}
+
 fn servers(client: &Client) -> usize {
     smol::block_on(client.stats()).unwrap().servers.len()
 }
@@ -96,8 +110,11 @@ fn re_resolution_drains_a_vanished_address_and_adds_a_new_one() {
     g.min_idle = 1;
     let mut config = upkeep_core::Config::simple(Address::Unix(String::new()), Vec::new());
     config.upstreams = vec![g];
-    let client = Client::with_resolver(config, fake.clone()).unwrap();
-    assert_eq!(servers(&client), 2, "one server per address");
+    let client = Counted {
+        client: Client::with_resolver(config, fake.clone()).unwrap(),
+        sent: Arc::default(),
+    };
+    assert_eq!(servers(&client.client), 2, "one server per address");
     assert!(
         b.wait_until(WITHIN, |b| b.open_connections() == 1),
         "b's warm connection"
@@ -110,7 +127,7 @@ fn re_resolution_drains_a_vanished_address_and_adds_a_new_one() {
         std::thread::spawn(move || {
             // Round robin: some request among a few lands on b.
             (0..8)
-                .map(|i| get(&client, &format!("/slow{i}")))
+                .map(|i| client.get(&format!("/slow{i}")))
                 .find(|(_, body)| body.starts_with("b "))
         })
     };
@@ -125,7 +142,10 @@ fn re_resolution_drains_a_vanished_address_and_adds_a_new_one() {
         b.open_connections()
     );
     fake.set("app.test", &[&a]);
-    assert!(eventually(|| servers(&client) == 1), "the change applied");
+    assert!(
+        eventually(|| servers(&client.client) == 1),
+        "the change applied"
+    );
     // The warm connection closes now, while the request is still in flight.
     assert!(
         b.wait_until(WITHIN, |b| b.open_connections() == 1),
@@ -145,7 +165,7 @@ fn re_resolution_drains_a_vanished_address_and_adds_a_new_one() {
     );
     let after = b.requests();
     for i in 0..6 {
-        let (status, body) = get(&client, &format!("/after{i}"));
+        let (status, body) = client.get(&format!("/after{i}"));
         assert_eq!((status, body), (200, format!("a GET /after{i}")));
     }
     assert_eq!(b.requests(), after, "no request reaches b any more");
@@ -159,9 +179,9 @@ fn re_resolution_drains_a_vanished_address_and_adds_a_new_one() {
             let mut sent = 0;
             while !stop.load(SeqCst) {
                 let target = format!("/bg{sent}");
-                let (status, body) = get(&client, &target);
+                let (status, body) = client.get(&target);
                 if status != 200 {
-                    let stats = smol::block_on(client.stats()).unwrap();
+                    let stats = smol::block_on(client.client.stats()).unwrap();
                     panic!("{target}: {status} {body}; {:?}", stats.servers);
                 }
                 assert!(
@@ -176,7 +196,7 @@ fn re_resolution_drains_a_vanished_address_and_adds_a_new_one() {
 
     // c joins: warm at once, then it serves.
     fake.set("app.test", &[&a, &c]);
-    assert!(eventually(|| servers(&client) == 2), "c joined");
+    assert!(eventually(|| servers(&client.client) == 2), "c joined");
     assert!(
         c.wait_until(WITHIN, |c| c.open_connections() >= 1),
         "c's warm connection"
@@ -184,7 +204,7 @@ fn re_resolution_drains_a_vanished_address_and_adds_a_new_one() {
     // (Counted at the backend: the other thread's requests interleave with these.)
     assert!(
         (0..8).any(|i| {
-            get(&client, &format!("/c{i}"));
+            client.get(&format!("/c{i}"));
             c.requests() > 0
         }),
         "c serves"
@@ -197,11 +217,11 @@ fn re_resolution_drains_a_vanished_address_and_adds_a_new_one() {
         eventually(|| fake.lookups.load(SeqCst) >= asked + 3),
         "re-resolved while failing"
     );
-    assert_eq!(servers(&client), 2, "the last addresses kept");
+    assert_eq!(servers(&client.client), 2, "the last addresses kept");
     let (at_a, at_c) = (a.requests(), c.requests());
     assert!(
         (0..8).any(|i| {
-            get(&client, &format!("/kept{i}"));
+            client.get(&format!("/kept{i}"));
             a.requests() > at_a && c.requests() > at_c
         }),
         "both a and c still serve"
@@ -211,6 +231,12 @@ fn re_resolution_drains_a_vanished_address_and_adds_a_new_one() {
     stop.store(true, SeqCst);
     let sent = background.join().unwrap();
     assert!(sent > 0);
+    // Every request reached exactly one backend exactly once: none lost, none sent twice.
+    assert_eq!(
+        a.requests() + b.requests() + c.requests(),
+        client.sent.load(SeqCst),
+        "requests at the backends = requests sent"
+    );
 }
 
 #[test]
