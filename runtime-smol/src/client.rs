@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use upkeep_core::config::{ListenerConfig, UpstreamConfig};
 use upkeep_core::framing::{BodyDecoder, Head, HeadLimits, Method, Span};
-use upkeep_core::{Address, Config, Core, ListenerId, Stats};
+use upkeep_core::{Address, Config, Core, ListenerId, Shared as Ledger, Stats};
 use upkeep_runtime::resolve::{Names, Resolver, SystemResolver, Watcher};
 use upkeep_runtime::tls::{Contexts, ProcessTls};
 
@@ -461,7 +461,7 @@ impl Client {
 
 fn client_driver(core: Core, tls: Arc<Contexts>, commands: Receiver<Command>) {
     driver::run(async move {
-        let mut generations = Generations::start(core, tls);
+        let mut generations = Generations::start(core, |d| d.use_tls(tls));
         while let Ok(cmd) = commands.recv().await {
             let d = generations.current();
             match cmd {
@@ -483,7 +483,22 @@ fn client_driver(core: Core, tls: Arc<Contexts>, commands: Receiver<Command>) {
                 Command::Stats(reply) => {
                     let _ = reply.try_send(d.borrow().core.stats().clone());
                 }
-                Command::Servers(config, tls) => generations.swap(*config, tls),
+                Command::Servers(config, tls) => {
+                    // The kept servers keep their ledger entries: max_conns holds over both
+                    // generations (`Shared::continued`).
+                    let core = {
+                        let d = d.borrow();
+                        let ledger =
+                            Ledger::continued(&config, 1, d.core.shared(), d.core.config());
+                        Core::with_shared(*config, 0, ledger, 0)
+                    };
+                    match core {
+                        Ok(core) => {
+                            generations.swap(core, false, |d| d.use_tls(tls), |_| {});
+                        }
+                        Err(e) => log::warn!("re-resolved addresses not applied: {e}"),
+                    }
+                }
             }
         }
         generations.current().borrow_mut().close_all();

@@ -149,6 +149,9 @@ pub(crate) struct Driver {
     /// Notified whenever a drain pass saw a connection close: a `max_conns` slot another
     /// generation sharing a server's ledger entry waits for may have freed.
     closes: Rc<Event>,
+    /// In a handoff drain: the driver of the generation that takes this one's client
+    /// connections once each is between requests (see [`Driver::begin_handoff`]).
+    successor: Option<std::rc::Weak<RefCell<Driver>>>,
     this: std::rc::Weak<RefCell<Driver>>,
 }
 
@@ -156,16 +159,9 @@ pub(crate) struct Driver {
 pub(crate) type Shared = Rc<RefCell<Driver>>;
 
 impl Driver {
-    /// A driver for `core`, with its timer task running on this thread's executor.
-    pub(crate) fn start(core: Core) -> (Shared, Task<()>) {
-        let (d, timer) = Driver::new(core);
-        d.borrow_mut().warm();
-        (d, timer)
-    }
-
-    /// [`Driver::start`] without opening warm connections yet: a new generation adopts the
-    /// old one's idle connections first ([`Driver::adopt_pooled`]), then calls
-    /// [`Driver::warm`], so that `min_idle` counts them.
+    /// A driver for `core`, with its timer task running on this thread's executor. Warm
+    /// connections open at [`Driver::warm`]: a new generation adopts the old one's idle
+    /// connections first ([`Driver::adopt_pooled`]), so that `min_idle` counts them.
     pub(crate) fn new(core: Core) -> (Shared, Task<()>) {
         let d = Rc::new_cyclic(|this| {
             RefCell::new(Driver {
@@ -178,6 +174,7 @@ impl Driver {
                 room: Event::new(),
                 tls: Arc::default(),
                 closes: Rc::default(),
+                successor: None,
                 this: this.clone(),
             })
         });
@@ -414,6 +411,7 @@ impl Driver {
             r.flush();
             r.tick(&self.core, now);
         }
+        self.hand_off_idle();
         let next = self.core.poll_timeout();
         if next.is_some() && (self.timer.armed.get().is_none() || next < self.timer.armed.get()) {
             self.timer.changed.notify(1);
@@ -540,6 +538,75 @@ impl Driver {
     /// An event notified whenever a drain pass finds the core drained.
     pub(crate) fn drained_event(&self) -> Rc<Event> {
         self.drained.clone()
+    }
+
+    /// Drains handing over (a new server set, see the `generation` module): idle pooled
+    /// upstream connections move to `to`'s pool now, and each client connection moves to `to`
+    /// as soon as it is between requests (requests in flight finish here first), its socket
+    /// never closing; no more accepts here (the caller moves the listeners).
+    pub(crate) fn begin_handoff(&mut self, to: &Shared) {
+        for pooled in self.release_pooled() {
+            to.borrow_mut().adopt_pooled(pooled);
+        }
+        self.successor = Some(Rc::downgrade(to));
+        self.core.begin_handoff(clock::now());
+        self.drain();
+    }
+
+    /// In a handoff drain, moves every client connection that is between requests to the
+    /// successor: released by the core with the bytes it held, its socket and session along.
+    fn hand_off_idle(&mut self) {
+        let Some(mut to) = self.successor.as_ref().and_then(std::rc::Weak::upgrade) else {
+            return;
+        };
+        // The newest generation: a successor replaced in turn drains and would refuse.
+        loop {
+            let next = match to.try_borrow() {
+                Ok(d) => d.successor.as_ref().and_then(std::rc::Weak::upgrade),
+                Err(_) => None,
+            };
+            match next {
+                Some(n) => to = n,
+                None => break,
+            }
+        }
+        let now = clock::now();
+        for id in self.core.idle_clients() {
+            // Bytes rustls already encrypted leave with the session, not as unsent bytes.
+            if let Some(session) = self.session(id) {
+                session.borrow_mut().settle(&mut self.core, now, id);
+            }
+            let Some(released) = self.core.release_idle(id) else {
+                continue;
+            };
+            let Some(Slot::Socket {
+                stream,
+                signals,
+                tls,
+                ..
+            }) = self.take(id)
+            else {
+                continue;
+            };
+            signals.closed.set(true);
+            signals.notify();
+            // Refused only when the successor drains too (a shutdown): the socket closes.
+            to.borrow_mut().adopt_client(stream, tls, &released);
+        }
+    }
+
+    /// Takes over a client connection a previous generation released ([`Core::adopt`]).
+    fn adopt_client(
+        &mut self,
+        stream: Rc<Stream>,
+        tls: Option<Rc<RefCell<Session>>>,
+        released: &upkeep_core::Released,
+    ) {
+        let now = clock::now();
+        if let Ok(conn) = self.core.adopt(now, released.listener, released) {
+            self.install_shared(conn, stream, tls);
+            self.drain();
+        }
     }
 
     /// An event notified whenever a drain pass saw a connection close.
@@ -681,7 +748,7 @@ async fn timer_loop(d: Shared) {
 /// Accepts connections on one listener for the life of the task, by the shared accept policy
 /// (`upkeep_runtime::accept`): while the driver's gate is paused nothing is taken off the
 /// listener, so connections wait in the kernel's backlog instead of being accepted and closed.
-async fn accept_loop(d: Shared, id: ListenerId, listener: Listener) {
+async fn accept_loop(d: Shared, id: ListenerId, listener: Rc<Listener>) {
     loop {
         accepting(&d).await;
         let wait = {
@@ -903,7 +970,8 @@ async fn pump_loop(d: Shared, conn: ConnId, signals: Rc<Signals>, sink: impl Vir
     }
 }
 
-/// Starts accepting on `listener` (the task stops when dropped).
-pub(crate) fn spawn_accept(d: Shared, id: ListenerId, listener: Listener) -> Task<()> {
+/// Starts accepting on `listener` (the task stops when dropped, between two accepts: a new
+/// generation's driver takes the same listener over without losing a connection).
+pub(crate) fn spawn_accept(d: Shared, id: ListenerId, listener: Rc<Listener>) -> Task<()> {
     spawn(accept_loop(d, id, listener))
 }

@@ -24,35 +24,34 @@ use async_executor::Task;
 use futures_lite::future;
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-use upkeep_core::{Config, Core, Shared as Ledger};
+use upkeep_core::Core;
 use upkeep_runtime::clock;
-use upkeep_runtime::tls::Contexts;
 
 use crate::driver::{self, Driver, Shared};
 
-/// The client's current core and, through their watch tasks, the retiring ones.
+/// A driver thread's current core and the retiring ones.
 pub(crate) struct Generations {
     current: Rc<RefCell<Shared>>,
     timer: Task<()>,
-    /// Generations started so far: each core's seed, so that two differ.
-    started: u64,
+    /// The generations still draining, each watched by a task of its own.
+    retiring: Rc<RefCell<Vec<Shared>>>,
 }
 
 impl Generations {
-    /// The first generation: `core` with `tls`, its warm connections opening.
-    pub(crate) fn start(core: Core, tls: Arc<Contexts>) -> Generations {
+    /// The first generation: `core`, set up by `setup` (TLS, recorder), its warm connections
+    /// opening.
+    pub(crate) fn start(core: Core, setup: impl FnOnce(&mut Driver)) -> Generations {
         let (d, timer) = Driver::new(core);
         {
             let mut driver = d.borrow_mut();
-            driver.use_tls(tls);
+            setup(&mut driver);
             driver.warm();
         }
         Generations {
             current: Rc::new(RefCell::new(d)),
             timer,
-            started: 1,
+            retiring: Rc::default(),
         }
     }
 
@@ -61,45 +60,59 @@ impl Generations {
         self.current.borrow().clone()
     }
 
-    /// Replaces the current generation by one running `config` (the same groups and virtual
-    /// listeners, another server set) with `tls` (loaded for `config`); the old one drains.
-    /// Keeps the current one when `config` does not make a core (logged).
-    pub(crate) fn swap(&mut self, config: Config, tls: Arc<Contexts>) {
+    /// The generations still draining.
+    pub(crate) fn retiring(&self) -> Vec<Shared> {
+        self.retiring.borrow().clone()
+    }
+
+    /// Replaces the current generation by `core` (the same groups and listeners, another
+    /// server set), set up by `setup`: the old generation's idle pooled connections move to
+    /// it, it opens its warm connections, and the old one drains — with `handoff`, handing each
+    /// client connection over once it is between requests (real sockets: the proxy), else
+    /// finishing them (the client's one-request virtual connections). `on_retired` gets the
+    /// old generation once it is done, before it is dropped. Returns the new current driver.
+    pub(crate) fn swap(
+        &mut self,
+        core: Core,
+        handoff: bool,
+        setup: impl FnOnce(&mut Driver),
+        on_retired: impl FnOnce(&Shared) + 'static,
+    ) -> Shared {
         let old = self.current();
-        let core = {
-            let o = old.borrow();
-            let ledger = Ledger::continued(&config, 1, o.core.shared(), o.core.config());
-            Core::with_shared(config, self.started, ledger, 0)
-        };
-        let core = match core {
-            Ok(core) => core,
-            Err(e) => {
-                log::warn!("re-resolved addresses not applied: {e}");
-                return;
-            }
-        };
-        self.started += 1;
         let limit = old.borrow().core.config().runtime.shutdown_timeout;
         let (d, timer) = Driver::new(core);
         {
             let mut driver = d.borrow_mut();
-            driver.use_tls(tls);
+            setup(&mut driver);
             for pooled in old.borrow_mut().release_pooled() {
                 driver.adopt_pooled(pooled);
             }
             driver.warm();
         }
-        old.borrow_mut().begin_drain();
-        *self.current.borrow_mut() = d;
+        if handoff {
+            old.borrow_mut().begin_handoff(&d);
+        } else {
+            old.borrow_mut().begin_drain();
+        }
+        *self.current.borrow_mut() = d.clone();
         let old_timer = std::mem::replace(&mut self.timer, timer);
-        driver::spawn(retire(old, old_timer, self.current.clone(), limit)).detach();
+        self.retiring.borrow_mut().push(old.clone());
+        let (current, retiring) = (self.current.clone(), self.retiring.clone());
+        driver::spawn(async move {
+            retire(&old, current, limit).await;
+            on_retired(&old);
+            retiring.borrow_mut().retain(|r| !Rc::ptr_eq(r, &old));
+            drop(old_timer);
+        })
+        .detach();
+        d
     }
 }
 
 /// Watches a retiring generation until it is drained (or `limit` has passed: then what it
 /// still carries is cut), telling both it and the current generation whenever either closes a
-/// connection (see the module documentation). Dropping its timer task and driver then frees it.
-async fn retire(old: Shared, timer: Task<()>, current: Rc<RefCell<Shared>>, limit: Duration) {
+/// connection (see the module documentation).
+async fn retire(old: &Shared, current: Rc<RefCell<Shared>>, limit: Duration) {
     let deadline = Instant::now() + limit;
     let closes_old = old.borrow().closes_event();
     loop {
@@ -110,7 +123,7 @@ async fn retire(old: Shared, timer: Task<()>, current: Rc<RefCell<Shared>>, limi
         if old.borrow().core.is_drained() {
             break;
         }
-        for d in [&old, &now_current] {
+        for d in [old, &now_current] {
             let mut d = d.borrow_mut();
             d.core.handle_shared(clock::now());
             d.drain();
@@ -136,5 +149,4 @@ async fn retire(old: Shared, timer: Task<()>, current: Rc<RefCell<Shared>>, limi
             break;
         }
     }
-    drop(timer);
 }
