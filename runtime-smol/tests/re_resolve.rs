@@ -13,10 +13,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use upkeep_core::Address;
-use upkeep_core::config::{ServerConfig, UpstreamConfig};
+use upkeep_core::config::{ServerConfig, ServerState, UpstreamConfig};
 use upkeep_runtime::resolve::Resolver;
 use upkeep_smol::{Client, Request};
 use upkeep_testkit::backend::Backend;
+use upkeep_testkit::client::{Client as TestClient, get as http_get};
+use upkeep_testkit::loopback_config;
 
 /// Generous: two cores shared by several builds.
 const WITHIN: Duration = Duration::from_secs(20);
@@ -278,4 +280,113 @@ fn max_conns_holds_across_a_change() {
         (0..8).any(|i| get(&client, &format!("/m{i}")).1.starts_with("a ")),
         "a serves again"
     );
+}
+
+/// The snapshot's view of `backend` in group "default": its state while a live core has it.
+fn state_in(proxy: &upkeep_smol::ProxyHandle, backend: &Backend) -> Option<ServerState> {
+    let key = ("default".to_string(), backend.addr().to_string());
+    proxy.snapshot().servers.get(&key).and_then(|s| s.state)
+}
+
+/// A request on a fresh connection that is in flight at `backend` (a slow one) when this
+/// returns; the others, answered by other backends, are dropped.
+fn in_flight_at(listen: &Address, backend: &Backend) -> TestClient {
+    for i in 0..16 {
+        let before = backend.requests();
+        let mut c = TestClient::connect(listen).unwrap();
+        c.send(&http_get(&format!("/inflight{i}"))).unwrap();
+        if backend.wait_until(Duration::from_millis(500), |b| b.requests() > before) {
+            return c;
+        }
+        c.read_response().unwrap();
+    }
+    panic!("no request reached the slow backend");
+}
+
+#[test]
+fn the_smol_proxy_applies_re_resolution_in_every_worker() {
+    let a = Backend::identify("a").unwrap();
+    let b = Backend::slow("b", Duration::from_millis(2000)).unwrap();
+    let c = Backend::identify("c").unwrap();
+    let fake = Arc::new(Fake::default());
+    fake.set("app.test", &[&a, &b]);
+    let mut config = loopback_config(Vec::new(), 2);
+    config.upstreams[0].servers = vec![ServerConfig::named("app.test", 80)];
+    config.upstreams[0].resolve_interval = Duration::from_millis(50);
+    config.upstreams[0].min_idle = 1;
+    let proxy = upkeep_smol::Proxy::start_with_resolver(config, fake.clone()).unwrap();
+    let listen = proxy.listen_addrs()[0].clone();
+    assert_eq!(state_in(&proxy, &b), Some(ServerState::Up));
+    // Each worker keeps a warm connection to b.
+    assert!(
+        b.wait_until(WITHIN, |b| b.open_connections() == 2),
+        "{} open",
+        b.open_connections()
+    );
+    // A keep-alive client, idle when the change comes.
+    let mut kept = TestClient::connect(&listen).unwrap();
+    assert_eq!(kept.request(&http_get("/k0")).unwrap().status, 200);
+
+    let mut slow = in_flight_at(&listen, &b);
+    fake.set("app.test", &[&a]);
+    assert!(
+        eventually(|| state_in(&proxy, &b).is_none()),
+        "every worker applied the change"
+    );
+    // The warm connections close while the request is still in flight...
+    assert!(
+        b.wait_until(WITHIN, |b| b.open_connections() == 1),
+        "b's idle connections closed: {} open",
+        b.open_connections()
+    );
+    // ...which completes.
+    let r = slow.read_response().unwrap();
+    assert_eq!(r.status, 200);
+    assert!(r.text().starts_with("b GET /inflight"), "{}", r.text());
+    assert!(
+        b.wait_until(WITHIN, |b| b.open_connections() == 0),
+        "{} open",
+        b.open_connections()
+    );
+    // The idle client connection lives on, on the new server set; new ones too.
+    let after = b.requests();
+    for i in 0..4 {
+        let r = kept.request(&http_get(&format!("/k{}", i + 1))).unwrap();
+        assert_eq!((r.status, r.text()), (200, format!("a GET /k{}", i + 1)));
+        let r = TestClient::connect(&listen)
+            .unwrap()
+            .request(&http_get(&format!("/n{i}")))
+            .unwrap();
+        assert_eq!((r.status, r.text()), (200, format!("a GET /n{i}")));
+    }
+    assert_eq!(b.requests(), after, "no request reaches b any more");
+
+    // c joins, warm at once, and serves.
+    fake.set("app.test", &[&a, &c]);
+    assert!(eventually(|| state_in(&proxy, &c).is_some()), "c joined");
+    assert!(
+        c.wait_until(WITHIN, |c| c.open_connections() >= 2),
+        "c's warm connections"
+    );
+    assert!(
+        (0..8).any(|i| {
+            kept.request(&http_get(&format!("/c{i}"))).unwrap();
+            c.requests() > 0
+        }),
+        "c serves"
+    );
+
+    // The name stops resolving: a and c stay.
+    fake.forget("app.test");
+    let asked = fake.lookups.load(SeqCst);
+    assert!(
+        eventually(|| fake.lookups.load(SeqCst) >= asked + 3),
+        "re-resolved while failing"
+    );
+    assert_eq!(state_in(&proxy, &c), Some(ServerState::Up));
+    assert_eq!(state_in(&proxy, &a), Some(ServerState::Up));
+    let r = kept.request(&http_get("/last")).unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(b.requests(), after);
+    proxy.shutdown();
 }
