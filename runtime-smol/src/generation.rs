@@ -1,5 +1,5 @@
-//! The fan-out client's core across re-resolutions (`resolve_interval`): one *generation* per
-//! server set.
+//! A driver thread's core across re-resolutions (`resolve_interval`): one *generation* per
+//! server set, for the fan-out client and for each proxy worker.
 //!
 //! The core's server set is fixed for its life, so a changed set (a name now resolving to other
 //! addresses) is a new [`Core`] — the same design as the mio binary's reload, on one thread:
@@ -13,7 +13,9 @@
 //!   which counts the adopted ones;
 //! - the old core drains: requests in flight finish on it (and their upstream connections close
 //!   after them), nothing new reaches it. A request is handed to exactly one core — the current
-//!   one when its command is taken from the channel — so none is lost or answered twice.
+//!   one when it arrives — so none is lost or answered twice. In the proxy the old core drains
+//!   *handing off* ([`Driver::begin_handoff`]): each client connection moves to the new core
+//!   once it is between requests, and the caller moves the listeners.
 //!
 //! A retiring generation is watched by a task of its own until it is drained (at the latest
 //! after `runtime.shutdown_timeout`, when what is left is cut). Since both generations count the
