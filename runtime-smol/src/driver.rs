@@ -131,6 +131,9 @@ struct TimerState {
     changed: Event,
 }
 
+/// A socket's TLS session, as its tasks share it.
+type SharedSession = Rc<RefCell<Session>>;
+
 /// A core and the I/O state of its connections.
 pub(crate) struct Driver {
     pub(crate) core: Core,
@@ -579,20 +582,29 @@ impl Driver {
             let Some(released) = self.core.release_idle(id) else {
                 continue;
             };
-            let Some(Slot::Socket {
-                stream,
-                signals,
-                tls,
-                ..
-            }) = self.take(id)
-            else {
+            let Some((stream, tls)) = self.detach_socket(id) else {
                 continue;
             };
-            signals.closed.set(true);
-            signals.notify();
             // Refused only when the successor drains too (a shutdown): the socket closes.
             to.borrow_mut().adopt_client(stream, tls, &released);
         }
+    }
+
+    /// Takes the socket (and TLS session) of a connection the core let go of, for another
+    /// driver: its tasks here are cancelled, the socket stays open.
+    fn detach_socket(&mut self, id: ConnId) -> Option<(Rc<Stream>, Option<SharedSession>)> {
+        let Some(Slot::Socket {
+            stream,
+            signals,
+            tls,
+            ..
+        }) = self.take(id)
+        else {
+            return None;
+        };
+        signals.closed.set(true);
+        signals.notify();
+        Some((stream, tls))
     }
 
     /// Takes over a client connection a previous generation released ([`Core::adopt`]).
@@ -620,17 +632,9 @@ impl Driver {
     pub(crate) fn release_pooled(&mut self) -> Vec<Pooled> {
         let mut out = Vec::new();
         for (id, server, settings, expires) in self.core.release_pooled() {
-            let Some(Slot::Socket {
-                stream,
-                signals,
-                tls,
-                ..
-            }) = self.take(id)
-            else {
+            let Some((stream, tls)) = self.detach_socket(id) else {
                 continue;
             };
-            signals.closed.set(true);
-            signals.notify();
             // A TLS connection moves with its session and the settings it was opened under;
             // one whose settings and session disagree is dropped (closed) rather than adopted
             // as something it is not.

@@ -73,6 +73,27 @@ fn eventually(mut cond: impl FnMut() -> bool) -> bool {
     cond()
 }
 
+/// Sends (with `send`) until `backend` has had a request, at most 8 times.
+fn serves(backend: &Backend, mut send: impl FnMut(usize)) {
+    assert!(
+        (0..8).any(|i| {
+            send(i);
+            backend.requests() > 0
+        }),
+        "the new backend serves"
+    );
+}
+
+/// Makes the test's name stop resolving and waits until it was asked a few times since.
+fn stop_resolving(fake: &Fake) {
+    fake.forget("app.test");
+    let asked = fake.lookups.load(SeqCst);
+    assert!(
+        eventually(|| fake.lookups.load(SeqCst) >= asked + 3),
+        "re-resolved while failing"
+    );
+}
+
 fn get(client: &Client, target: &str) -> (u16, String) {
     smol::block_on(async {
         let r = client.send("app", Request::get(target)).await.unwrap();
@@ -204,21 +225,12 @@ fn re_resolution_drains_a_vanished_address_and_adds_a_new_one() {
         "c's warm connection"
     );
     // (Counted at the backend: the other thread's requests interleave with these.)
-    assert!(
-        (0..8).any(|i| {
-            client.get(&format!("/c{i}"));
-            c.requests() > 0
-        }),
-        "c serves"
-    );
+    serves(&c, |i| {
+        client.get(&format!("/c{i}"));
+    });
 
     // The name stops resolving: a and c stay.
-    fake.forget("app.test");
-    let asked = fake.lookups.load(SeqCst);
-    assert!(
-        eventually(|| fake.lookups.load(SeqCst) >= asked + 3),
-        "re-resolved while failing"
-    );
+    stop_resolving(&fake);
     assert_eq!(servers(&client.client), 2, "the last addresses kept");
     let (at_a, at_c) = (a.requests(), c.requests());
     assert!(
@@ -368,21 +380,12 @@ fn the_smol_proxy_applies_re_resolution_in_every_worker() {
         c.wait_until(WITHIN, |c| c.open_connections() >= 2),
         "c's warm connections"
     );
-    assert!(
-        (0..8).any(|i| {
-            kept.request(&http_get(&format!("/c{i}"))).unwrap();
-            c.requests() > 0
-        }),
-        "c serves"
-    );
+    serves(&c, |i| {
+        kept.request(&http_get(&format!("/c{i}"))).unwrap();
+    });
 
     // The name stops resolving: a and c stay.
-    fake.forget("app.test");
-    let asked = fake.lookups.load(SeqCst);
-    assert!(
-        eventually(|| fake.lookups.load(SeqCst) >= asked + 3),
-        "re-resolved while failing"
-    );
+    stop_resolving(&fake);
     assert_eq!(state_in(&proxy, &c), Some(ServerState::Up));
     assert_eq!(state_in(&proxy, &a), Some(ServerState::Up));
     let r = kept.request(&http_get("/last")).unwrap();
