@@ -155,6 +155,8 @@ pub(crate) struct Driver {
     /// In a handoff drain: the driver of the generation that takes this one's client
     /// connections once each is between requests (see [`Driver::begin_handoff`]).
     successor: Option<std::rc::Weak<RefCell<Driver>>>,
+    /// Draining (plain or handing off): takes no connection from a predecessor.
+    draining: bool,
     this: std::rc::Weak<RefCell<Driver>>,
 }
 
@@ -178,6 +180,7 @@ impl Driver {
                 tls: Arc::default(),
                 closes: Rc::default(),
                 successor: None,
+                draining: false,
                 this: this.clone(),
             })
         });
@@ -534,6 +537,7 @@ impl Driver {
 
     /// Graceful drain (see [`Core::begin_drain`]).
     pub(crate) fn begin_drain(&mut self) {
+        self.draining = true;
         self.core.begin_drain(clock::now());
         self.drain();
     }
@@ -552,6 +556,7 @@ impl Driver {
             to.borrow_mut().adopt_pooled(pooled);
         }
         self.successor = Some(Rc::downgrade(to));
+        self.draining = true;
         self.core.begin_handoff(clock::now());
         self.drain();
     }
@@ -574,6 +579,18 @@ impl Driver {
             }
         }
         let now = clock::now();
+        if to.try_borrow().map_or(true, |d| d.draining) {
+            // The newest generation drains too (a shutdown): it would refuse them. Idle client
+            // connections close here instead, once what is queued for each is written (they
+            // are then no longer idle: the pass this causes finds none).
+            if !self.core.idle_clients().is_empty() {
+                for l in 0..self.core.config().listeners.len() {
+                    self.core.close_idle_on(now, ListenerId(l as u32));
+                }
+                self.drain();
+            }
+            return;
+        }
         for id in self.core.idle_clients() {
             // Bytes rustls already encrypted leave with the session, not as unsent bytes.
             if let Some(session) = self.session(id) {

@@ -490,6 +490,11 @@ fn worker(
             w.accepts.borrow_mut().clear();
             let d = w.current();
             d.borrow_mut().begin_drain();
+            // Generations still handing over close their idle client connections now: the
+            // newest one drains too and takes none.
+            for old in w.generations.borrow().retiring() {
+                old.borrow_mut().drain();
+            }
             // Only an explicit stop (or the handle gone) cuts the drain short: a second
             // `drain()` — two parts of an application shutting down — must not turn the
             // graceful drain into an abort of the exchanges in flight.

@@ -393,3 +393,52 @@ fn the_smol_proxy_applies_re_resolution_in_every_worker() {
     assert_eq!(b.requests(), after);
     proxy.shutdown();
 }
+
+#[test]
+fn a_client_busy_during_the_change_moves_over_after_its_response_and_a_drain_ends_both() {
+    let a = Backend::identify("a").unwrap();
+    let b = Backend::slow("b", Duration::from_millis(1500)).unwrap();
+    let fake = Arc::new(Fake::default());
+    fake.set("app.test", &[&a, &b]);
+    let mut config = loopback_config(Vec::new(), 1);
+    config.upstreams[0].servers = vec![ServerConfig::named("app.test", 80)];
+    config.upstreams[0].resolve_interval = Duration::from_millis(50);
+    let proxy = upkeep_smol::Proxy::start_with_resolver(config, fake.clone()).unwrap();
+    let listen = proxy.listen_addrs()[0].clone();
+
+    // Busy on the old server set when the change comes: answered there, then the connection
+    // moves to the new set and its next request goes to a.
+    let mut busy = in_flight_at(&listen, &b);
+    fake.set("app.test", &[&a]);
+    assert!(eventually(|| state_in(&proxy, &b).is_none()), "applied");
+    let r = busy.read_response().unwrap();
+    assert_eq!(r.status, 200);
+    assert!(!r.connection_has("close"), "kept alive across the change");
+    // (On the old set, round robin would send some of these to b.)
+    for i in 0..4 {
+        let r = busy.request(&http_get(&format!("/next{i}"))).unwrap();
+        assert_eq!((r.status, r.text()), (200, format!("a GET /next{i}")));
+    }
+
+    // A drain while a request is still in flight on the previous set: it finishes, its
+    // connection then closes, and the worker exits.
+    fake.set("app.test", &[&a, &b]);
+    assert!(eventually(|| state_in(&proxy, &b).is_some()), "b is back");
+    let mut last = in_flight_at(&listen, &b);
+    fake.set("app.test", &[&a]);
+    assert!(eventually(|| state_in(&proxy, &b).is_none()), "applied");
+    proxy.drain();
+    let r = last.read_response().unwrap();
+    assert_eq!(r.status, 200);
+    assert!(last.closed_within(WITHIN), "closed after its response");
+    assert!(
+        busy.closed_within(WITHIN),
+        "the idle connection closed by the drain"
+    );
+    let (done, exited) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        proxy.wait();
+        let _ = done.send(());
+    });
+    exited.recv_timeout(WITHIN).expect("the worker exits");
+}
