@@ -13,12 +13,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use upkeep_core::Address;
-use upkeep_core::config::{ServerConfig, ServerState, UpstreamConfig};
+use upkeep_core::config::{ListenerTls, ServerConfig, ServerState, UpstreamConfig};
 use upkeep_runtime::resolve::Resolver;
 use upkeep_smol::{Client, Request};
 use upkeep_testkit::backend::Backend;
 use upkeep_testkit::client::{Client as TestClient, get as http_get};
 use upkeep_testkit::loopback_config;
+use upkeep_testkit::tls::{Pki, TlsFront, server_config};
 
 /// Generous: two cores shared by several builds.
 const WITHIN: Duration = Duration::from_secs(20);
@@ -33,7 +34,12 @@ struct Fake {
 
 impl Fake {
     fn set(&self, host: &str, backends: &[&Backend]) {
-        let addrs = backends.iter().map(|b| tcp(b)).collect();
+        let addrs: Vec<Address> = backends.iter().map(|b| b.addr()).collect();
+        self.set_addrs(host, &addrs);
+    }
+
+    fn set_addrs(&self, host: &str, addrs: &[Address]) {
+        let addrs = addrs.iter().map(tcp).collect();
         self.answers.lock().unwrap().insert(host.into(), addrs);
     }
 
@@ -54,9 +60,9 @@ impl Resolver for Fake {
     }
 }
 
-fn tcp(b: &Backend) -> SocketAddr {
-    match b.addr() {
-        Address::Tcp(sa) => sa,
+fn tcp(a: &Address) -> SocketAddr {
+    match a {
+        Address::Tcp(sa) => *sa,
         Address::Unix(_) => unreachable!("TCP backends"),
     }
 }
@@ -296,7 +302,12 @@ fn max_conns_holds_across_a_change() {
 
 /// The snapshot's view of `backend` in group "default": its state while a live core has it.
 fn state_in(proxy: &upkeep_smol::ProxyHandle, backend: &Backend) -> Option<ServerState> {
-    let key = ("default".to_string(), backend.addr().to_string());
+    state_of(proxy, &backend.addr())
+}
+
+/// [`state_in`] by address.
+fn state_of(proxy: &upkeep_smol::ProxyHandle, addr: &Address) -> Option<ServerState> {
+    let key = ("default".to_string(), addr.to_string());
     proxy.snapshot().servers.get(&key).and_then(|s| s.state)
 }
 
@@ -441,4 +452,43 @@ fn a_client_busy_during_the_change_moves_over_after_its_response_and_a_drain_end
         let _ = done.send(());
     });
     exited.recv_timeout(WITHIN).expect("the worker exits");
+}
+
+#[test]
+fn tls_connections_move_across_a_change_on_both_sides() {
+    let pki = Pki::new();
+    let a = Backend::identify("a").unwrap();
+    let c = Backend::identify("c").unwrap();
+    let front =
+        |b: &Backend| TlsFront::start(server_config(&pki.leaf(&["app.test"])), b.addr()).unwrap();
+    let (front_a, front_c) = (front(&a), front(&c));
+    let fake = Arc::new(Fake::default());
+    fake.set_addrs("app.test", &[front_a.addr()]);
+    let leaf = pki.leaf(&["localhost"]);
+    let mut config = loopback_config(Vec::new(), 1);
+    config.listeners[0].tls = Some(ListenerTls::single(leaf.cert_str(), leaf.key_str()));
+    config.upstreams[0].servers = vec![ServerConfig::named("app.test", 80)];
+    config.upstreams[0].tls = Some(pki.upstream_tls(Some("app.test")));
+    config.upstreams[0].resolve_interval = Duration::from_millis(50);
+    let proxy = upkeep_smol::Proxy::start_with_resolver(config, fake.clone()).unwrap();
+    let listen = proxy.listen_addrs()[0].clone();
+    let mut kept = TestClient::connect_tls(&listen, "localhost", pki.client_config()).unwrap();
+    let r = kept.request(&http_get("/k0")).unwrap();
+    assert_eq!((r.status, r.text()), (200, "a GET /k0".to_string()));
+    assert_eq!(front_a.handshakes(), (1, 0));
+
+    fake.set_addrs("app.test", &[front_a.addr(), front_c.addr()]);
+    assert!(
+        eventually(|| state_of(&proxy, &front_c.addr()).is_some()),
+        "c joined"
+    );
+    // The client's TLS connection moved to the new core, and so did the pooled TLS
+    // connection to a: no new handshake with a.
+    for i in 1..=6 {
+        let r = kept.request(&http_get(&format!("/k{i}"))).unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    assert!(c.requests() > 0 && a.requests() > 1, "both serve");
+    assert_eq!(front_a.handshakes(), (1, 0), "a's connection reused");
+    proxy.shutdown();
 }
