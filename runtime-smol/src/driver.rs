@@ -547,14 +547,11 @@ impl Driver {
         self.drained.clone()
     }
 
-    /// Drains handing over (a new server set, see the `generation` module): idle pooled
-    /// upstream connections move to `to`'s pool now, and each client connection moves to `to`
-    /// as soon as it is between requests (requests in flight finish here first), its socket
-    /// never closing; no more accepts here (the caller moves the listeners).
+    /// Drains handing over (a new server set, see the `generation` module, which has moved
+    /// the idle pooled connections first): each client connection moves to `to` as soon as it
+    /// is between requests (requests in flight finish here first), its socket never closing;
+    /// no more accepts here (the caller moves the listeners).
     pub(crate) fn begin_handoff(&mut self, to: &Shared) {
-        for pooled in self.release_pooled() {
-            to.borrow_mut().adopt_pooled(pooled);
-        }
         self.successor = Some(Rc::downgrade(to));
         self.draining = true;
         self.core.begin_handoff(clock::now());
