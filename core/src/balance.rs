@@ -197,7 +197,7 @@ impl Balancer {
         self.ledger
             .servers
             .get(server)
-            .is_some_and(ServerLedger::try_open)
+            .is_some_and(|l| l.try_open())
     }
 
     /// A connection to `server` counted by [`try_open`](Balancer::try_open) closed.
@@ -258,10 +258,7 @@ impl Balancer {
 
     /// Active requests on `server` (every worker together).
     pub fn active(&self, server: usize) -> u32 {
-        self.ledger
-            .servers
-            .get(server)
-            .map_or(0, ServerLedger::inflight)
+        self.ledger.servers.get(server).map_or(0, |l| l.inflight())
     }
 
     /// Whether a request that found no usable server could wait for one: some server not in

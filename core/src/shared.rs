@@ -53,7 +53,9 @@ struct Ledger {
 /// One group's shared part: its servers, and its queue's length and order.
 #[derive(Debug)]
 pub(crate) struct GroupLedger {
-    pub(crate) servers: Vec<ServerLedger>,
+    /// Shared (`Arc`) so that a generation [continued](Shared::continued) from this one keeps
+    /// counting a server it keeps in the same entry.
+    pub(crate) servers: Vec<Arc<ServerLedger>>,
     /// Requests waiting in every worker's queue for this group.
     queued: AtomicU32,
     next_ticket: AtomicU64,
@@ -245,6 +247,14 @@ impl ServerLedger {
     }
 
     /// Takes over the checks' schedule, streak and counts of `old` (a reload keeps them).
+    /// The checks' verdict and streaks start afresh (the group is no longer checked).
+    fn forget_checks(&self) {
+        self.check_failed.store(false, SeqCst);
+        self.check_passes.store(0, SeqCst);
+        self.check_fails.store(0, SeqCst);
+        self.next_check.store(0, SeqCst);
+    }
+
     fn carry_checks(&self, old: &ServerLedger) {
         self.next_check.store(old.next_check.load(SeqCst), SeqCst);
         self.check_passes
@@ -266,7 +276,7 @@ impl GroupLedger {
             servers: cfg
                 .servers
                 .iter()
-                .map(|s| ServerLedger::new(s.max_conns, s.state))
+                .map(|s| Arc::new(ServerLedger::new(s.max_conns, s.state)))
                 .collect(),
             queued: AtomicU32::new(0),
             next_ticket: AtomicU64::new(0),
@@ -354,39 +364,65 @@ impl Shared {
         old: &Config,
     ) -> Shared {
         let next = Shared::new(config, workers);
-        for (g, up) in config.upstreams.iter().enumerate() {
-            let Some(og) = old.upstreams.iter().position(|o| o.name == up.name) else {
+        for k in kept_servers(config, old) {
+            let Some(old_ledger) = previous.server_ledger(k.old) else {
                 continue;
             };
-            let Some(prev) = previous.inner.groups.get(og) else {
-                continue;
-            };
-            for (i, s) in up.servers.iter().enumerate() {
-                let Some(oi) = old.upstreams[og]
-                    .servers
-                    .iter()
-                    .position(|o| o.addr == s.addr)
-                else {
-                    continue;
-                };
-                let Some(old_ledger) = prev.servers.get(oi) else {
-                    continue;
-                };
-                // The checks' verdict and counts belong to the server, not the generation —
-                // while the group is still checked: a verdict nothing would clear again is not
-                // kept.
-                if up.health_check.is_some() {
-                    next.inner.groups[g].servers[i].carry_checks(old_ledger);
-                }
-                let was = old_ledger.state();
-                if was != old.upstreams[og].servers[oi].state {
-                    next.inner.groups[g].servers[i]
-                        .state
-                        .store(state_code(was), SeqCst);
-                }
+            let was = old_ledger.state();
+            // The checks' verdict and counts belong to the server, not the generation — while
+            // the group is still checked: a verdict nothing would clear again is not kept.
+            if config.upstreams[k.new.0].health_check.is_some() {
+                next.inner.groups[k.new.0].servers[k.new.1].carry_checks(old_ledger);
+            }
+            if was != old.upstreams[k.old.0].servers[k.old.1].state {
+                next.inner.groups[k.new.0].servers[k.new.1]
+                    .state
+                    .store(state_code(was), SeqCst);
             }
         }
         next
+    }
+
+    /// The ledger of a new generation that runs *beside* `previous` while the old one drains
+    /// (the smol `Client` re-resolving its names): a server that keeps its group name, address
+    /// and `max_conns` keeps its very entry — connections open, requests in flight, passive
+    /// health and run-time state — so `max_conns` holds over both generations together (the
+    /// old generation's in-flight requests count against the new one's slots) and a slot either
+    /// frees is seen by both. Its state follows [`Shared::carried_over`]'s rule: a state set at
+    /// run time stays, otherwise the new configuration's `state` applies. Every other server
+    /// (and every group's queue) starts afresh.
+    pub fn continued(config: &Config, workers: usize, previous: &Shared, old: &Config) -> Shared {
+        let mut next = Shared::new(config, workers);
+        let ledger = Arc::get_mut(&mut next.inner).expect("a ledger just made is ours alone");
+        for k in kept_servers(config, old) {
+            let Some(entry) = previous.server_ledger(k.old) else {
+                continue;
+            };
+            let (then, now) = (
+                &old.upstreams[k.old.0].servers[k.old.1],
+                &config.upstreams[k.new.0].servers[k.new.1],
+            );
+            if entry.max_conns != now.max_conns {
+                continue;
+            }
+            if entry.state() == then.state && now.state != then.state {
+                entry.state.store(state_code(now.state), SeqCst);
+            }
+            // A group no longer checked: nothing would clear a failed verdict again (the old
+            // generation drains, and a draining core runs no checks).
+            if config.upstreams[k.new.0].health_check.is_none() {
+                entry.forget_checks();
+            }
+            let group = Arc::get_mut(&mut ledger.groups[k.new.0])
+                .expect("a ledger just made is ours alone");
+            group.servers[k.new.1] = entry.clone();
+        }
+        next
+    }
+
+    /// Server `index` of group `group`'s entry.
+    fn server_ledger(&self, (group, index): (usize, usize)) -> Option<&Arc<ServerLedger>> {
+        self.inner.groups.get(group)?.servers.get(index)
     }
 
     /// Registers the wake-up call of `worker`: called (from any worker's thread) when that
@@ -498,6 +534,35 @@ impl Shared {
     pub fn queued(&self, group: usize) -> u32 {
         self.inner.groups.get(group).map_or(0, |g| g.queued())
     }
+}
+
+/// A server both configurations have: same group name, same address (group, index in each).
+struct Kept {
+    new: (usize, usize),
+    old: (usize, usize),
+}
+
+/// Every server of `config` that `old` has too (see [`Kept`]).
+fn kept_servers(config: &Config, old: &Config) -> Vec<Kept> {
+    let mut kept = Vec::new();
+    for (g, up) in config.upstreams.iter().enumerate() {
+        let Some(og) = old.upstreams.iter().position(|o| o.name == up.name) else {
+            continue;
+        };
+        for (i, s) in up.servers.iter().enumerate() {
+            if let Some(oi) = old.upstreams[og]
+                .servers
+                .iter()
+                .position(|o| o.addr == s.addr)
+            {
+                kept.push(Kept {
+                    new: (g, i),
+                    old: (og, oi),
+                });
+            }
+        }
+    }
+    kept
 }
 
 /// What an operator sees of one server ([`Shared::server`]).
@@ -650,5 +715,38 @@ mod tests {
         );
         a.upstreams.clear();
         assert_eq!(next.state(1, 0), None);
+    }
+
+    #[test]
+    fn a_continued_generation_counts_kept_servers_in_the_same_entry() {
+        let a = |s: &str| Address::parse(s).unwrap();
+        let mut old = Config::simple(a("127.0.0.1:8080"), vec![a("127.0.0.1:9001")]);
+        old.upstreams[0].servers[0].max_conns = 1;
+        old.upstreams[0]
+            .servers
+            .push(ServerConfig::new(a("127.0.0.2:9001")));
+        let previous = Shared::new(&old, 1);
+        assert!(previous.group(0).servers[0].try_open(), "one in flight");
+        // Re-resolution: 127.0.0.2 gone, 127.0.0.3 new, 127.0.0.1 kept (now listed second).
+        let mut new = old.clone();
+        new.upstreams[0].servers[1].addr = a("127.0.0.1:9001");
+        new.upstreams[0].servers[1].max_conns = 1;
+        new.upstreams[0].servers[0] = ServerConfig::new(a("127.0.0.3:9001"));
+        let next = Shared::continued(&new, 1, &previous, &old);
+        let kept = &next.group(0).servers[1];
+        assert!(
+            !kept.try_open(),
+            "the old generation's connection holds the only slot"
+        );
+        previous.group(0).servers[0].closed();
+        assert!(kept.try_open(), "the slot it freed is the new generation's");
+        assert!(
+            next.group(0).servers[0].try_open(),
+            "a new server starts empty"
+        );
+        // A different cap is a new entry.
+        new.upstreams[0].servers[1].max_conns = 2;
+        let other = Shared::continued(&new, 1, &previous, &old);
+        assert_eq!(other.group(0).servers[1].conns(), 0);
     }
 }

@@ -9,6 +9,11 @@
 //! whose reused connection turned out stale, connect and read timeouts — is the core's, exactly
 //! as in the proxy.
 //!
+//! Host names among the servers are resolved when the client is made; a group with a
+//! `resolve_interval` is re-resolved while the client runs, on a helper thread
+//! ([`upkeep_runtime::resolve::Watcher`]), and a changed address set becomes a new generation of
+//! the core (see the `generation` module): addresses that disappeared drain, new ones join.
+//!
 //! The core lives on its own driver thread (a single-threaded executor, like a proxy worker);
 //! `send` talks to it over channels, so any number of tasks — on any executor — can send at
 //! once, and a page that needs several backends asks them all concurrently.
@@ -23,10 +28,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use upkeep_core::config::{ListenerConfig, UpstreamConfig};
 use upkeep_core::framing::{BodyDecoder, Head, HeadLimits, Method, Span};
-use upkeep_core::{Address, Config, Core, ListenerId, Stats};
+use upkeep_core::{Address, Config, Core, ListenerId, Shared as Ledger, Stats};
+use upkeep_runtime::resolve::{Names, Resolver, SystemResolver, Watcher};
 use upkeep_runtime::tls::{Contexts, ProcessTls};
 
-use crate::driver::{self, Driver, VirtualSink};
+use crate::driver::{self, VirtualSink};
+use crate::generation::Generations;
 
 /// Chunks of a response in flight between the driver thread and the receiver. Few: each is a
 /// whole queue-full of the core's output, and the core's own queue absorbs the rest (and
@@ -245,6 +252,9 @@ enum Command {
         reply: Sender<Chunk>,
     },
     Stats(Sender<Stats>),
+    /// Re-resolution changed an address set: the configuration to run from now on, with its
+    /// TLS material.
+    Servers(Box<Config>, Arc<Contexts>),
 }
 
 struct Group {
@@ -256,6 +266,9 @@ struct Inner {
     commands: Sender<Command>,
     groups: HashMap<String, Group>,
     upstreams: Vec<String>,
+    /// Re-resolves the groups with a `resolve_interval` (none without): dropped with the last
+    /// clone, which stops its thread.
+    _watcher: Option<Watcher>,
 }
 
 /// A pooled HTTP/1.1 client for a fixed set of named upstream groups.
@@ -315,8 +328,25 @@ impl Client {
 
     /// A client from a full core configuration: its `listeners` are replaced by one virtual
     /// listener per upstream group, `routes` are cleared; everything else (limits, client
-    /// timeouts, headers) is used as given.
-    pub fn with_config(mut config: Config) -> std::io::Result<Client> {
+    /// timeouts, headers) is used as given. Host names among the servers are resolved by the
+    /// system resolver (see [`Client::with_resolver`]).
+    pub fn with_config(config: Config) -> std::io::Result<Client> {
+        Client::with_resolver(config, Arc::new(SystemResolver))
+    }
+
+    /// [`Client::with_config`] with host names resolved by `resolver` (service discovery of
+    /// your own, or a test's answers) — at once, and for a group with a `resolve_interval`
+    /// again at that interval while the client runs, on a thread of its own. Every address a
+    /// name resolves to is a server with the name's weight; when the set changes, requests go
+    /// to the new set at once, those in flight on an address that disappeared finish there and
+    /// its pooled connections close; a name that stops resolving keeps its last addresses (a
+    /// warning is logged). A name that does not resolve now is an error.
+    ///
+    /// [`Client::stats`] counts from the latest change on.
+    pub fn with_resolver(
+        mut config: Config,
+        resolver: Arc<dyn Resolver>,
+    ) -> std::io::Result<Client> {
         config.routes.clear();
         config.listeners = config
             .upstreams
@@ -331,8 +361,6 @@ impl Client {
             })
             .collect();
         config.validate()?;
-        // One session store per client: its connections resume each other's sessions.
-        let tls = Contexts::load(&config, &ProcessTls::default())?;
         let mut groups = HashMap::new();
         for (i, u) in config.upstreams.iter().enumerate() {
             // A server written as a name keeps it in the default Host header.
@@ -348,11 +376,24 @@ impl Client {
                 },
             );
         }
-        // Host names: resolved once, here, on a helper thread (upkeep_runtime::resolve).
-        let config = upkeep_runtime::resolve::resolve_now(config)?;
+        // Host names: resolved here, on a helper thread (upkeep_runtime::resolve).
+        let (names, config) = Names::resolve(config, resolver)?;
+        // One session store per client, kept across server sets: its connections resume each
+        // other's sessions. Loaded for the resolved servers (one name each).
+        let process = ProcessTls::default();
+        let tls = Contexts::load(&config, &process)?;
         let upstreams = config.upstreams.iter().map(|u| u.name.clone()).collect();
         let core = Core::new(config, 0)?;
         let (tx, rx) = async_channel::unbounded();
+        let changes = tx.clone();
+        let watcher = Watcher::start(names, move |config| {
+            match Contexts::load(&config, &process) {
+                Ok(tls) => {
+                    let _ = changes.try_send(Command::Servers(Box::new(config), Arc::new(tls)));
+                }
+                Err(e) => log::warn!("re-resolved addresses not applied: {e}"),
+            }
+        })?;
         std::thread::Builder::new()
             .name("upkeep-smol-client".into())
             .spawn(move || client_driver(core, Arc::new(tls), rx))?;
@@ -361,6 +402,7 @@ impl Client {
                 commands: tx,
                 groups,
                 upstreams,
+                _watcher: watcher,
             }),
         })
     }
@@ -419,9 +461,9 @@ impl Client {
 
 fn client_driver(core: Core, tls: Arc<Contexts>, commands: Receiver<Command>) {
     driver::run(async move {
-        let (d, _timer) = Driver::start(core);
-        d.borrow_mut().use_tls(tls);
+        let mut generations = Generations::start(core, |d| d.use_tls(tls));
         while let Ok(cmd) = commands.recv().await {
+            let d = generations.current();
             match cmd {
                 Command::Send {
                     listener,
@@ -441,9 +483,25 @@ fn client_driver(core: Core, tls: Arc<Contexts>, commands: Receiver<Command>) {
                 Command::Stats(reply) => {
                     let _ = reply.try_send(d.borrow().core.stats().clone());
                 }
+                Command::Servers(config, tls) => {
+                    // The kept servers keep their ledger entries: max_conns holds over both
+                    // generations (`Shared::continued`).
+                    let core = {
+                        let d = d.borrow();
+                        let ledger =
+                            Ledger::continued(&config, 1, d.core.shared(), d.core.config());
+                        Core::with_shared(*config, 0, ledger, 0)
+                    };
+                    match core {
+                        Ok(core) => {
+                            generations.swap(core, false, |d| d.use_tls(tls), |_| {});
+                        }
+                        Err(e) => log::warn!("re-resolved addresses not applied: {e}"),
+                    }
+                }
             }
         }
-        d.borrow_mut().close_all();
+        generations.current().borrow_mut().close_all();
     });
 }
 

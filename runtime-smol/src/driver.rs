@@ -20,14 +20,15 @@ use std::net::IpAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use upkeep_core::{ConnId, Core, Input, ListenerId, Output, ServerId, Time, WriteOutcome};
+use upkeep_core::config::UpstreamTls;
+use upkeep_core::{Address, ConnId, Core, Input, ListenerId, Output, ServerId, Time, WriteOutcome};
 use upkeep_runtime::accept::{Admit, AfterError, Gate};
 use upkeep_runtime::clock;
 use upkeep_runtime::io::{Flushed, ReadStep, Reader};
 use upkeep_runtime::metrics::Snapshot;
 use upkeep_runtime::recorder::Recorder;
 use upkeep_runtime::socket::upstream_keepalive;
-use upkeep_runtime::tls::{Contexts, Handshake, Session};
+use upkeep_runtime::tls::{Contexts, Handshake, Origin, Session};
 
 use crate::listener::Listener;
 use crate::stream::Stream;
@@ -44,7 +45,8 @@ pub(crate) fn run<T>(main: impl Future<Output = T>) -> T {
     EXECUTOR.with(|ex| async_io::block_on(ex.run(main)))
 }
 
-fn spawn(f: impl Future<Output = ()> + 'static) -> Task<()> {
+/// Runs `f` on this thread's executor.
+pub(crate) fn spawn(f: impl Future<Output = ()> + 'static) -> Task<()> {
     EXECUTOR.with(|ex| ex.spawn(f))
 }
 
@@ -129,6 +131,9 @@ struct TimerState {
     changed: Event,
 }
 
+/// A socket's TLS session, as its tasks share it.
+type SharedSession = Rc<RefCell<Session>>;
+
 /// A core and the I/O state of its connections.
 pub(crate) struct Driver {
     pub(crate) core: Core,
@@ -144,6 +149,14 @@ pub(crate) struct Driver {
     room: Event,
     /// The TLS material of the configuration (none by default).
     tls: Arc<Contexts>,
+    /// Notified whenever a drain pass saw a connection close: a `max_conns` slot another
+    /// generation sharing a server's ledger entry waits for may have freed.
+    closes: Rc<Event>,
+    /// In a handoff drain: the driver of the generation that takes this one's client
+    /// connections once each is between requests (see [`Driver::begin_handoff`]).
+    successor: Option<std::rc::Weak<RefCell<Driver>>>,
+    /// Draining (plain or handing off): takes no connection from a predecessor.
+    draining: bool,
     this: std::rc::Weak<RefCell<Driver>>,
 }
 
@@ -151,8 +164,10 @@ pub(crate) struct Driver {
 pub(crate) type Shared = Rc<RefCell<Driver>>;
 
 impl Driver {
-    /// A driver for `core`, with its timer task running on this thread's executor.
-    pub(crate) fn start(core: Core) -> (Shared, Task<()>) {
+    /// A driver for `core`, with its timer task running on this thread's executor. Warm
+    /// connections open at [`Driver::warm`]: a new generation adopts the old one's idle
+    /// connections first ([`Driver::adopt_pooled`]), so that `min_idle` counts them.
+    pub(crate) fn new(core: Core) -> (Shared, Task<()>) {
         let d = Rc::new_cyclic(|this| {
             RefCell::new(Driver {
                 core,
@@ -163,17 +178,20 @@ impl Driver {
                 gate: Gate::default(),
                 room: Event::new(),
                 tls: Arc::default(),
+                closes: Rc::default(),
+                successor: None,
+                draining: false,
                 this: this.clone(),
             })
         });
         let timer = spawn(timer_loop(d.clone()));
-        {
-            // Warm connections (`min_idle`) open now, not at the first event.
-            let mut driver = d.borrow_mut();
-            driver.core.start(clock::now());
-            driver.drain();
-        }
         (d, timer)
+    }
+
+    /// Opens the warm connections (`min_idle`) now, not at the first event.
+    pub(crate) fn warm(&mut self) {
+        self.core.start(clock::now());
+        self.drain();
     }
 
     /// Uses `tls` for TLS listeners and groups from now on.
@@ -226,7 +244,18 @@ impl Driver {
 
     /// Attaches a socket to `conn` and starts its reader and writer tasks.
     fn install_socket(&mut self, conn: ConnId, stream: Stream, tls: Option<Session>) {
-        let stream = Rc::new(stream);
+        let tls = tls.map(|s| Rc::new(RefCell::new(s)));
+        self.install_shared(conn, Rc::new(stream), tls);
+    }
+
+    /// [`Driver::install_socket`] for a socket (and session) already shared: one another
+    /// driver let go of, whose cancelled tasks may still hold a reference.
+    fn install_shared(
+        &mut self,
+        conn: ConnId,
+        stream: Rc<Stream>,
+        tls: Option<Rc<RefCell<Session>>>,
+    ) {
         let signals = Rc::new(Signals::default());
         signals.read.set(true);
         let d = self.shared();
@@ -242,7 +271,7 @@ impl Driver {
             Slot::Socket {
                 stream,
                 signals,
-                tls: tls.map(|s| Rc::new(RefCell::new(s))),
+                tls,
                 _tasks: [reader, writer],
             },
         );
@@ -388,12 +417,16 @@ impl Driver {
             r.flush();
             r.tick(&self.core, now);
         }
+        self.hand_off_idle();
         let next = self.core.poll_timeout();
         if next.is_some() && (self.timer.armed.get().is_none() || next < self.timer.armed.get()) {
             self.timer.changed.notify(1);
         }
         if self.core.is_drained() {
             self.drained.notify(usize::MAX);
+        }
+        if closed {
+            self.closes.notify(usize::MAX);
         }
         if closed && !self.gate.is_open() {
             self.room.notify(usize::MAX);
@@ -504,6 +537,7 @@ impl Driver {
 
     /// Graceful drain (see [`Core::begin_drain`]).
     pub(crate) fn begin_drain(&mut self) {
+        self.draining = true;
         self.core.begin_drain(clock::now());
         self.drain();
     }
@@ -511,6 +545,159 @@ impl Driver {
     /// An event notified whenever a drain pass finds the core drained.
     pub(crate) fn drained_event(&self) -> Rc<Event> {
         self.drained.clone()
+    }
+
+    /// Drains handing over (a new server set, see the `generation` module, which has moved
+    /// the idle pooled connections first): each client connection moves to `to` as soon as it
+    /// is between requests (requests in flight finish here first), its socket never closing;
+    /// no more accepts here (the caller moves the listeners).
+    pub(crate) fn begin_handoff(&mut self, to: &Shared) {
+        self.successor = Some(Rc::downgrade(to));
+        self.draining = true;
+        self.core.begin_handoff(clock::now());
+        self.drain();
+    }
+
+    /// In a handoff drain, moves every client connection that is between requests to the
+    /// successor: released by the core with the bytes it held, its socket and session along.
+    fn hand_off_idle(&mut self) {
+        let Some(mut to) = self.successor.as_ref().and_then(std::rc::Weak::upgrade) else {
+            return;
+        };
+        // The newest generation: a successor replaced in turn drains and would refuse.
+        loop {
+            let next = match to.try_borrow() {
+                Ok(d) => d.successor.as_ref().and_then(std::rc::Weak::upgrade),
+                Err(_) => None,
+            };
+            match next {
+                Some(n) => to = n,
+                None => break,
+            }
+        }
+        let now = clock::now();
+        if to.try_borrow().map_or(true, |d| d.draining) {
+            // The newest generation drains too (a shutdown): it would refuse them. Idle client
+            // connections close here instead, once what is queued for each is written (they
+            // are then no longer idle: the pass this causes finds none).
+            if !self.core.idle_clients().is_empty() {
+                for l in 0..self.core.config().listeners.len() {
+                    self.core.close_idle_on(now, ListenerId(l as u32));
+                }
+                self.drain();
+            }
+            return;
+        }
+        for id in self.core.idle_clients() {
+            // Bytes rustls already encrypted leave with the session, not as unsent bytes.
+            if let Some(session) = self.session(id) {
+                session.borrow_mut().settle(&mut self.core, now, id);
+            }
+            let Some(released) = self.core.release_idle(id) else {
+                continue;
+            };
+            let Some((stream, tls)) = self.detach_socket(id) else {
+                continue;
+            };
+            // Refused only when the successor drains too (a shutdown): the socket closes.
+            to.borrow_mut().adopt_client(stream, tls, &released);
+        }
+    }
+
+    /// Takes the socket (and TLS session) of a connection the core let go of, for another
+    /// driver: its tasks here are cancelled, the socket stays open.
+    fn detach_socket(&mut self, id: ConnId) -> Option<(Rc<Stream>, Option<SharedSession>)> {
+        let Some(Slot::Socket {
+            stream,
+            signals,
+            tls,
+            ..
+        }) = self.take(id)
+        else {
+            return None;
+        };
+        signals.closed.set(true);
+        signals.notify();
+        Some((stream, tls))
+    }
+
+    /// Takes over a client connection a previous generation released ([`Core::adopt`]).
+    fn adopt_client(
+        &mut self,
+        stream: Rc<Stream>,
+        tls: Option<Rc<RefCell<Session>>>,
+        released: &upkeep_core::Released,
+    ) {
+        let now = clock::now();
+        if let Ok(conn) = self.core.adopt(now, released.listener, released) {
+            self.install_shared(conn, stream, tls);
+            self.drain();
+        }
+    }
+
+    /// An event notified whenever a drain pass saw a connection close.
+    pub(crate) fn closes_event(&self) -> Rc<Event> {
+        self.closes.clone()
+    }
+
+    /// Takes every idle pooled upstream connection out of this driver's core
+    /// ([`Core::release_pooled`]) with its socket, for a new generation's driver to
+    /// [adopt](Driver::adopt_pooled). Their tasks here are cancelled.
+    pub(crate) fn release_pooled(&mut self) -> Vec<Pooled> {
+        let mut out = Vec::new();
+        for (id, server, settings, expires) in self.core.release_pooled() {
+            let Some((stream, tls)) = self.detach_socket(id) else {
+                continue;
+            };
+            // A TLS connection moves with its session and the settings it was opened under;
+            // one whose settings and session disagree is dropped (closed) rather than adopted
+            // as something it is not.
+            let tls = match (settings, tls) {
+                (Some(settings), Some(session)) => Some((settings, session)),
+                (None, None) => None,
+                _ => continue,
+            };
+            out.push(Pooled {
+                stream,
+                server,
+                expires,
+                tls,
+            });
+        }
+        out
+    }
+
+    /// Takes an idle upstream connection another driver [released](Driver::release_pooled)
+    /// into this core's pool ([`Core::adopt_pooled`]); closed when no group of this
+    /// configuration has its server (or the server has no room).
+    pub(crate) fn adopt_pooled(&mut self, pooled: Pooled) {
+        let now = clock::now();
+        let (settings, session) = pooled.tls.unzip();
+        if let Some(id) =
+            self.core
+                .adopt_pooled(now, &pooled.server, settings.as_ref(), pooled.expires)
+        {
+            if let (Some(session), Some(server)) = (&session, self.core.upstream_server(id)) {
+                // Its session was counted under the old configuration's numbering.
+                session.borrow_mut().adopted(Origin::Server(server));
+            }
+            self.install_shared(id, pooled.stream, session);
+            // Bytes or an EOF that came while it moved evict it: it is read at once.
+            self.drain();
+        }
+    }
+
+    /// Cuts every connection through the core (each as if its socket failed), so that the core
+    /// lets go of what it counts in the ledger — slots a generation sharing it needs — and
+    /// its in-process clients see their responses cut; then drops what is left.
+    pub(crate) fn abort_all(&mut self) {
+        let now = clock::now();
+        let conns: Vec<ConnId> = self.slots.iter().flatten().map(|(id, _)| *id).collect();
+        for conn in conns {
+            self.core.handle(now, Input::Errored { conn });
+        }
+        self.drain();
+        self.close_all();
     }
 
     /// Drops every connection now (stop without draining).
@@ -526,6 +713,15 @@ impl Driver {
             }
         }
     }
+}
+
+/// An idle upstream connection on its way from one driver to another (see
+/// [`Driver::release_pooled`]).
+pub(crate) struct Pooled {
+    stream: Rc<Stream>,
+    server: Address,
+    expires: Time,
+    tls: Option<(UpstreamTls, Rc<RefCell<Session>>)>,
 }
 
 /// Waits for `d` to report a finished drain.
@@ -570,7 +766,7 @@ async fn timer_loop(d: Shared) {
 /// Accepts connections on one listener for the life of the task, by the shared accept policy
 /// (`upkeep_runtime::accept`): while the driver's gate is paused nothing is taken off the
 /// listener, so connections wait in the kernel's backlog instead of being accepted and closed.
-async fn accept_loop(d: Shared, id: ListenerId, listener: Listener) {
+async fn accept_loop(d: Shared, id: ListenerId, listener: Rc<Listener>) {
     loop {
         accepting(&d).await;
         let wait = {
@@ -792,7 +988,8 @@ async fn pump_loop(d: Shared, conn: ConnId, signals: Rc<Signals>, sink: impl Vir
     }
 }
 
-/// Starts accepting on `listener` (the task stops when dropped).
-pub(crate) fn spawn_accept(d: Shared, id: ListenerId, listener: Listener) -> Task<()> {
+/// Starts accepting on `listener` (the task stops when dropped, between two accepts: a new
+/// generation's driver takes the same listener over without losing a connection).
+pub(crate) fn spawn_accept(d: Shared, id: ListenerId, listener: Rc<Listener>) -> Task<()> {
     spawn(accept_loop(d, id, listener))
 }

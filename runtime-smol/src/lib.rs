@@ -20,6 +20,7 @@
 mod admin;
 mod client;
 mod driver;
+mod generation;
 mod listener;
 mod proxy;
 mod stream;

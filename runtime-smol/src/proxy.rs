@@ -2,8 +2,11 @@
 //! and the admin listener beside them.
 
 use async_channel::{Receiver, Sender};
+use async_executor::Task;
 use futures_lite::future;
+use std::cell::RefCell;
 use std::io;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -13,12 +16,14 @@ use upkeep_runtime::board::{Board, Reporter};
 use upkeep_runtime::clock;
 use upkeep_runtime::metrics::Snapshot;
 use upkeep_runtime::recorder::Recorder;
+use upkeep_runtime::resolve::{Names, Resolver, SystemResolver, Watcher};
 use upkeep_runtime::tls::{Contexts, ProcessTls};
 
 use upkeep_runtime::listen::{Bound, Listening, remove_socket_files};
 
 use crate::admin::Admin;
-use crate::driver::{self, Driver, Shared};
+use crate::driver::{self, Shared};
+use crate::generation::Generations;
 use crate::listener::Listener;
 
 /// The async reverse proxy: `upkeep-core` on smol's reactor and executors.
@@ -50,6 +55,19 @@ enum Control {
     /// Something the workers share changed (a slot freed for a waiting request, a server's
     /// state): see `Core::handle_shared`.
     Shared,
+    /// Re-resolution changed an address set: serve it from now on (a new generation of this
+    /// worker's core; see the `generation` module).
+    Servers(Box<NextServers>),
+}
+
+/// A new server set for one worker: the configuration, the ledger every worker's new core
+/// shares, the TLS material and the worker's recorder for it.
+#[derive(Debug)]
+struct NextServers {
+    config: Config,
+    ledger: Ledger,
+    tls: Arc<Contexts>,
+    recorder: Recorder,
 }
 
 /// A worker as the admin listener's board sees it.
@@ -82,6 +100,8 @@ pub struct ProxyHandle {
     operator: Operator<WorkerControl>,
     /// Declared after `workers`: dropped (stopped) once the workers are.
     admin: Option<Admin>,
+    /// Re-resolves the groups with a `resolve_interval` (none without).
+    _watcher: Option<Watcher>,
 }
 
 impl Proxy {
@@ -90,8 +110,25 @@ impl Proxy {
     /// `config.runtime.workers` worker threads (0 = one per CPU) and the admin listener
     /// (`runtime.admin`), and returns once they are all serving. Servers written with a host
     /// name are resolved first (on a helper thread; see [`upkeep_runtime::resolve`]).
+    /// A group with a `resolve_interval` is re-resolved while running (see
+    /// [`Proxy::start_with_resolver`]).
     pub fn start(config: Config) -> io::Result<ProxyHandle> {
-        let config = upkeep_runtime::resolve::resolve_now(config)?;
+        Proxy::start_with_resolver(config, Arc::new(SystemResolver))
+    }
+
+    /// [`Proxy::start`] with host names resolved by `resolver` (service discovery of your own,
+    /// or a test's answers): at start, and for a group with a `resolve_interval` again at that
+    /// interval on a thread of its own. A changed address set is applied in every worker
+    /// without closing a client connection: the worker starts a new core with the new servers
+    /// and takes its listeners over, the old core's idle pooled connections to servers that
+    /// remain move to the new one (those to a vanished address close), each client connection
+    /// moves over once it is between requests, and requests in flight finish on the old core.
+    /// A name that stops resolving keeps its last addresses (a warning is logged).
+    pub fn start_with_resolver(
+        config: Config,
+        resolver: Arc<dyn Resolver>,
+    ) -> io::Result<ProxyHandle> {
+        let (names, config) = Names::resolve(config, resolver)?;
         config.validate()?;
         let operator = Operator::default();
         // Certificates before anything is bound: a bad file fails `start`, naming it. The
@@ -175,13 +212,7 @@ impl Proxy {
                 }
             };
             let (tx, rx) = async_channel::unbounded();
-            let wake = tx.clone();
-            ledger.set_waker(
-                w,
-                Box::new(move || {
-                    let _ = wake.try_send(Control::Shared);
-                }),
-            );
+            set_waker(&ledger, w, &tx);
             // On the board before it serves, so no exchange goes uncounted.
             operator.board.join(WorkerControl {
                 id: w as u64,
@@ -226,6 +257,23 @@ impl Proxy {
                 }
             }
         }
+        let mut next = Renewal {
+            workers,
+            limit,
+            process,
+            config,
+            ledger,
+            controls: controls.clone(),
+            upstreams: operator.upstreams.clone(),
+        };
+        let watcher = match Watcher::start(names, move |config| next.apply(config)) {
+            Ok(w) => w,
+            Err(e) => {
+                stop_all(&controls, handles);
+                remove_socket_files(&bound);
+                return Err(e);
+            }
+        };
         Ok(ProxyHandle {
             addrs,
             bound,
@@ -233,8 +281,71 @@ impl Proxy {
             workers: handles,
             operator,
             admin,
+            _watcher: watcher,
         })
     }
+}
+
+/// What re-resolution needs to give every worker a new server set: the shape of the process
+/// and the generation in force.
+struct Renewal {
+    workers: usize,
+    /// The descriptor limit each worker's client limit is fitted to.
+    limit: Option<u64>,
+    process: ProcessTls,
+    config: Config,
+    ledger: Ledger,
+    controls: Vec<Sender<Control>>,
+    upstreams: upkeep_runtime::upstreams::Upstreams,
+}
+
+impl Renewal {
+    /// Sends every worker the re-resolved `config` (on the resolver's thread: certificate and
+    /// log files are opened here, never on a worker). Kept servers keep their ledger entries,
+    /// so `max_conns` holds over the old and new cores together.
+    fn apply(&mut self, mut config: Config) {
+        upkeep_runtime::descriptors::fit(&mut config, self.workers, self.limit);
+        let tls = match Contexts::load(&config, &self.process) {
+            Ok(tls) => Arc::new(tls),
+            Err(e) => return log::warn!("re-resolved addresses not applied: {e}"),
+        };
+        let recorders = match (0..self.workers)
+            .map(|_| Recorder::open(&config))
+            .collect::<io::Result<Vec<_>>>()
+        {
+            Ok(r) => r,
+            Err(e) => return log::warn!("re-resolved addresses not applied: {e}"),
+        };
+        let ledger = Ledger::continued(&config, self.workers, &self.ledger, &self.config);
+        for (w, c) in self.controls.iter().enumerate() {
+            set_waker(&ledger, w, c);
+        }
+        self.upstreams.set(upkeep_runtime::upstreams::Generation {
+            config: config.clone(),
+            ledger: ledger.clone(),
+        });
+        for (c, recorder) in self.controls.iter().zip(recorders) {
+            let _ = c.try_send(Control::Servers(Box::new(NextServers {
+                config: config.clone(),
+                ledger: ledger.clone(),
+                tls: tls.clone(),
+                recorder,
+            })));
+        }
+        self.config = config;
+        self.ledger = ledger;
+    }
+}
+
+/// Worker `w` is told through `control` when the ledger has news for it.
+fn set_waker(ledger: &Ledger, w: usize, control: &Sender<Control>) {
+    let wake = control.clone();
+    ledger.set_waker(
+        w,
+        Box::new(move || {
+            let _ = wake.try_send(Control::Shared);
+        }),
+    );
 }
 
 fn stop_all(controls: &[Sender<Control>], handles: Vec<JoinHandle<()>>) {
@@ -350,55 +461,175 @@ fn worker(
         tls,
     } = setup;
     driver::run(async move {
-        let (d, _timer) = Driver::start(core);
-        d.borrow_mut().use_tls(tls);
-        d.borrow_mut().record(recorder);
-        let mut accepts = Vec::new();
-        for (i, socket) in sockets.into_iter().enumerate() {
+        let generations = Generations::start(core, |d| {
+            d.use_tls(tls);
+            d.record(recorder);
+        });
+        let mut listeners = Vec::new();
+        for socket in sockets {
             match Listener::register(socket) {
-                Ok(l) => accepts.push(driver::spawn_accept(d.clone(), ListenerId(i as u32), l)),
+                Ok(l) => listeners.push(Rc::new(l)),
                 Err(e) => {
                     let _ = ready.send(Err(e));
                     return;
                 }
             }
         }
+        let w = Worker {
+            accepts: RefCell::new(accept_all(&generations.current(), &listeners)),
+            generations: RefCell::new(generations),
+            listeners,
+            retired: Rc::default(),
+            id,
+            draining: Default::default(),
+        };
         let _ = ready.send(Ok(()));
         drop(ready);
-        if let Control::Drain = order(&control, &d).await {
-            drop(accepts);
+        if let Control::Drain = order(&control, &w).await {
+            w.draining.set(true);
+            w.accepts.borrow_mut().clear();
+            let d = w.current();
             d.borrow_mut().begin_drain();
+            // Generations still handing over close their idle client connections now: the
+            // newest one drains too and takes none.
+            for old in w.generations.borrow().retiring() {
+                old.borrow_mut().drain();
+            }
             // Only an explicit stop (or the handle gone) cuts the drain short: a second
             // `drain()` — two parts of an application shutting down — must not turn the
             // graceful drain into an abort of the exchanges in flight.
-            let stop = async { while let Control::Drain = order(&control, &d).await {} };
+            let stop = async { while let Control::Drain = order(&control, &w).await {} };
             let timeout = async {
                 async_io::Timer::after(shutdown_timeout).await;
             };
-            future::or(driver::drained(&d), future::or(stop, timeout)).await;
+            let all_drained = async {
+                driver::drained(&d).await;
+                let retiring = w.generations.borrow().retiring();
+                for old in retiring {
+                    driver::drained(&old).await;
+                }
+            };
+            future::or(all_drained, future::or(stop, timeout)).await;
         }
-        let cut = d.borrow_mut().abort_exchanges();
+        let mut cut = 0;
+        for d in w.all() {
+            cut += d.borrow_mut().abort_exchanges();
+        }
         if cut > 0 {
             log::warn!("worker {id}: stopping, aborting {cut} requests in progress");
         }
-        d.borrow_mut().close_all();
-        retire(&board, id, &control, &d);
+        let last = w.snapshot().retired();
+        for d in w.all() {
+            d.borrow_mut().close_all();
+        }
+        retire(&board, id, &control, last);
     });
 }
 
-/// Serves the operator's requests (snapshots, log reopening) until a `Drain` or a `Stop`
-/// arrives, and returns it (`Stop` when the handle is gone).
-async fn order(control: &Receiver<Control>, d: &Shared) -> Control {
+/// A worker's state on its thread: its core's generations (one, unless a re-resolution is
+/// being applied), the listeners the current one accepts on, and the counters of generations
+/// that are gone.
+struct Worker {
+    generations: RefCell<Generations>,
+    listeners: Vec<Rc<Listener>>,
+    accepts: RefCell<Vec<Task<()>>>,
+    /// Final counters of the generations that drained, gauges cleared.
+    retired: Rc<RefCell<Snapshot>>,
+    id: u64,
+    /// Told to drain: new server sets are ignored.
+    draining: std::cell::Cell<bool>,
+}
+
+impl Worker {
+    fn current(&self) -> Shared {
+        self.generations.borrow().current()
+    }
+
+    /// The current generation and those still draining.
+    fn all(&self) -> Vec<Shared> {
+        let g = self.generations.borrow();
+        let mut all = vec![g.current()];
+        all.extend(g.retiring());
+        all
+    }
+
+    /// This worker's counters: the current generation's snapshot plus the counters (not the
+    /// gauges) of the older ones, so that a re-resolution sets no counter back.
+    fn snapshot(&self) -> Snapshot {
+        let all = self.all();
+        let mut s = all[0].borrow().snapshot();
+        for old in &all[1..] {
+            s.add(&old.borrow().snapshot().retired());
+        }
+        s.add(&self.retired.borrow());
+        s
+    }
+
+    /// Serves `next` from now on (see [`Proxy::start_with_resolver`]).
+    fn renew(&self, next: NextServers) {
+        let NextServers {
+            config,
+            ledger,
+            tls,
+            recorder,
+        } = next;
+        let w = self.id as usize;
+        let core = match Core::with_shared(config, self.id, ledger, w) {
+            Ok(mut core) => {
+                core.set_request_id_prefix(upkeep_runtime::recorder::request_id_prefix(self.id));
+                core
+            }
+            Err(e) => return log::warn!("re-resolved addresses not applied: {e}"),
+        };
+        let retired = self.retired.clone();
+        let d = self.generations.borrow_mut().swap(
+            core,
+            true,
+            |d| {
+                d.use_tls(tls);
+                d.record(recorder);
+            },
+            move |old| retired.borrow_mut().add(&old.borrow().snapshot().retired()),
+        );
+        // The old accept loops stop between two accepts: no connection is lost.
+        *self.accepts.borrow_mut() = accept_all(&d, &self.listeners);
+    }
+}
+
+/// Accepts on every listener into `d`.
+fn accept_all(d: &Shared, listeners: &[Rc<Listener>]) -> Vec<Task<()>> {
+    listeners
+        .iter()
+        .enumerate()
+        .map(|(i, l)| driver::spawn_accept(d.clone(), ListenerId(i as u32), l.clone()))
+        .collect()
+}
+
+/// Serves the operator's requests (snapshots, log reopening) and re-resolutions until a
+/// `Drain` or a `Stop` arrives, and returns it (`Stop` when the handle is gone). A new server
+/// set that arrives while draining is ignored.
+async fn order(control: &Receiver<Control>, w: &Worker) -> Control {
     loop {
         match control.recv().await {
             Ok(Control::Snapshot(reply)) => {
-                let _ = reply.send(d.borrow().snapshot());
+                let _ = reply.send(w.snapshot());
             }
-            Ok(Control::ReopenLog) => d.borrow_mut().reopen_log(),
+            Ok(Control::ReopenLog) => {
+                for d in w.all() {
+                    d.borrow_mut().reopen_log();
+                }
+            }
             Ok(Control::Shared) => {
-                let mut d = d.borrow_mut();
-                d.core.handle_shared(clock::now());
-                d.drain();
+                for d in w.all() {
+                    let mut d = d.borrow_mut();
+                    d.core.handle_shared(clock::now());
+                    d.drain();
+                }
+            }
+            Ok(Control::Servers(next)) => {
+                if !w.draining.get() {
+                    w.renew(*next);
+                }
             }
             Ok(order) => return order,
             Err(_) => return Control::Stop,
@@ -409,9 +640,8 @@ async fn order(control: &Receiver<Control>, d: &Shared) -> Control {
 /// Leaves the board: the final counters join the retired totals, and snapshot requests that
 /// raced with the exit are answered from the same counters, so a scrape counts this worker
 /// exactly once.
-fn retire(board: &Board<WorkerControl>, id: u64, control: &Receiver<Control>, d: &Shared) {
+fn retire(board: &Board<WorkerControl>, id: u64, control: &Receiver<Control>, last: Snapshot) {
     // Access log lines are already written: every drain pass flushes them.
-    let last = d.borrow().snapshot().retired();
     board.retire(id, &last);
     while let Ok(c) = control.try_recv() {
         if let Control::Snapshot(reply) = c {

@@ -1,0 +1,83 @@
+//! A generation running beside the one it follows (the smol runtime's re-resolution): built on
+//! a ledger [continued](upkeep_core::Shared::continued) from the old one, a new core counts a
+//! server both configurations have in the same entry — its request waits while the old core's
+//! request holds the server's only `max_conns` slot, and is dispatched once that one finished
+//! and the new core is told ([`Core::handle_shared`]). A server only the new configuration has
+//! starts with free slots. Driven by the in-memory harness.
+
+use core::time::Duration;
+
+use upkeep_core::sim::Harness;
+use upkeep_core::{Address, Core, Shared, UpstreamId};
+
+mod common;
+use common::*;
+
+/// `servers` servers (127.0.0.1:9001...), each with `max_conns = 1`, and a queue.
+fn capped(servers: usize) -> upkeep_core::Config {
+    let mut cfg = config(servers);
+    for s in &mut cfg.upstreams[0].servers {
+        s.max_conns = 1;
+    }
+    cfg.upstreams[0].queue = 8;
+    cfg.upstreams[0].queue_timeout = Duration::from_secs(5);
+    cfg
+}
+
+#[test]
+fn a_kept_server_s_slot_held_by_the_old_core_is_the_new_one_s_after_it() {
+    let old_cfg = capped(1);
+    let mut old = Harness::with_core(
+        Core::with_shared(old_cfg.clone(), 1, Shared::new(&old_cfg, 1), 0).unwrap(),
+    );
+    let c1 = old.connect_client();
+    old.client_send(c1, &get("/old"));
+    let u1 = busy_upstream(&old).expect("in flight on the old core");
+
+    // Re-resolution: the name now also resolves to 127.0.0.1:9009 (after the kept server).
+    let mut new_cfg = old_cfg.clone();
+    let mut added = new_cfg.upstreams[0].servers[0].clone();
+    added.addr = Address::parse("127.0.0.1:9009").unwrap();
+    new_cfg.upstreams[0].servers.push(added);
+    let ledger = Shared::continued(&new_cfg, 1, old.core.shared(), old.core.config());
+    let mut new = Harness::with_core(Core::with_shared(new_cfg, 1, ledger, 0).unwrap());
+    old.core.begin_drain(old.now);
+    old.pump();
+
+    // Two requests on the new core: the added server takes one, the kept one is full.
+    let (c2, c3) = (new.connect_client(), new.connect_client());
+    new.client_send(c2, &get("/a"));
+    new.client_send(c3, &get("/b"));
+    assert_eq!(connects(&new), 1, "no second connection to the kept server");
+    assert_eq!(new.core.queued(UpstreamId(0)), 1, "one waits for a slot");
+    let u2 = busy_upstream(&new).unwrap();
+    assert_eq!(new.core.upstream_server(u2).map(|s| s.index), Some(1));
+
+    // The old core's request finishes; its connection closes (draining): the slot is free.
+    old.upstream_send(u1, &ok("old"));
+    assert_eq!(responses(&mut old, c1)[0].body, b"old");
+    assert!(old.core.is_drained() || old.upstreams[&u1].closed);
+    new.core.handle_shared(new.now);
+    new.pump();
+    assert_eq!(new.core.queued(UpstreamId(0)), 0, "dispatched");
+    assert_eq!(connects(&new), 2);
+    for u in [u2, busy_upstream_to(&new, 0)] {
+        let path = requests(&mut new, u)[0].path.clone();
+        new.upstream_send(u, &ok(&path));
+    }
+    assert_eq!(responses(&mut new, c2)[0].status, 200);
+    assert_eq!(responses(&mut new, c3)[0].status, 200);
+}
+
+/// The busy upstream connection of `h` to server `index` of the first group.
+fn busy_upstream_to(h: &Harness, index: u32) -> upkeep_core::ConnId {
+    *h.upstreams
+        .iter()
+        .find(|(id, e)| {
+            !e.closed
+                && !h.core.is_pooled(**id)
+                && h.core.upstream_server(**id).map(|s| s.index) == Some(index)
+        })
+        .expect("a busy connection to that server")
+        .0
+}
