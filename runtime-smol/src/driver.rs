@@ -20,7 +20,7 @@ use std::net::IpAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use upkeep_core::{ConnId, Core, Input, ListenerId, Output, ServerId, Time, WriteOutcome};
+use upkeep_core::{ConnId, Core, Handed, Input, ListenerId, Output, ServerId, Time, WriteOutcome};
 use upkeep_runtime::accept::{Admit, AfterError, Gate};
 use upkeep_runtime::clock;
 use upkeep_runtime::io::{Flushed, ReadStep, Reader};
@@ -381,6 +381,11 @@ impl Driver {
                     }
                     Some(Slot::Connecting { .. }) | None => {}
                 },
+                Output::HandOver {
+                    conn,
+                    to_worker,
+                    handed,
+                } => self.hand_over(now, conn, to_worker, handed),
             }
         }
         self.record_exchanges();
@@ -398,6 +403,16 @@ impl Driver {
         if closed && !self.gate.is_open() {
             self.room.notify(usize::MAX);
         }
+    }
+
+    /// The core hands the idle upstream connection `conn` to worker `_to`: not delivered yet
+    /// (closed here, and the core gives its slot back).
+    fn hand_over(&mut self, now: Time, conn: ConnId, _to: usize, handed: Handed) {
+        if let Some(Slot::Socket { signals, .. }) = self.take(conn) {
+            signals.closed.set(true);
+            signals.notify();
+        }
+        self.core.hand_over_failed(now, handed);
     }
 
     /// Writes what the core has queued for a socket until the queue is empty or a write comes up

@@ -12,4 +12,4 @@ pub mod http;
 pub mod load;
 pub mod world;
 
-pub use harness::{Endpoint, Harness};
+pub use harness::{Endpoint, Harness, InFlight};
