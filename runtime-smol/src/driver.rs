@@ -30,7 +30,7 @@ use upkeep_runtime::socket::upstream_keepalive;
 use upkeep_runtime::tls::{Contexts, Handshake, Session};
 
 use crate::listener::Listener;
-use crate::stream::Stream;
+use crate::stream::{Detached, Stream};
 
 thread_local! {
     /// The executor of the current driver thread. Thread-local so the driver can spawn without
@@ -122,6 +122,19 @@ pub(crate) trait VirtualSink: 'static {
     fn gone(&self) -> impl Future<Output = ()>;
 }
 
+/// An idle upstream connection on its way to a sibling worker (see [`Core::adopt_handed`]):
+/// its socket, its TLS session, and what the receiving core needs.
+#[derive(Debug)]
+pub(crate) struct Moved {
+    pub(crate) stream: Detached,
+    pub(crate) tls: Option<Session>,
+    pub(crate) handed: Handed,
+}
+
+/// Sends a [`Moved`] connection to worker `to` of the same proxy; false when that worker is
+/// gone (the connection dropped: closed).
+pub(crate) type HandOverTo = Box<dyn Fn(usize, Moved) -> bool>;
+
 /// Timer-task state: the deadline it sleeps until, and a nudge when an earlier one appears.
 #[derive(Debug, Default)]
 struct TimerState {
@@ -144,6 +157,9 @@ pub(crate) struct Driver {
     room: Event,
     /// The TLS material of the configuration (none by default).
     tls: Arc<Contexts>,
+    /// Where idle connections handed to a sibling worker go (the proxy's workers; none for
+    /// a lone core, which never hands any).
+    hand_over_to: Option<HandOverTo>,
     this: std::rc::Weak<RefCell<Driver>>,
 }
 
@@ -163,6 +179,7 @@ impl Driver {
                 gate: Gate::default(),
                 room: Event::new(),
                 tls: Arc::default(),
+                hand_over_to: None,
                 this: this.clone(),
             })
         });
@@ -179,6 +196,27 @@ impl Driver {
     /// Uses `tls` for TLS listeners and groups from now on.
     pub(crate) fn use_tls(&mut self, tls: Arc<Contexts>) {
         self.tls = tls;
+    }
+
+    /// Sends connections the core hands to a sibling worker through `to`.
+    pub(crate) fn hand_over_with(&mut self, to: HandOverTo) {
+        self.hand_over_to = Some(to);
+    }
+
+    /// Takes in a connection a sibling worker handed over: pooled by the core, watched here.
+    pub(crate) fn adopt_handed(&mut self, moved: Moved) {
+        let now = clock::now();
+        // None: not a server of this configuration (never within one proxy): it drops, closed.
+        if let Some(conn) = self.core.adopt_handed(now, moved.handed) {
+            match Stream::attach(moved.stream) {
+                Ok(stream) => self.install_socket(conn, stream, moved.tls),
+                Err(e) => {
+                    log::warn!("adopting a connection: {e}");
+                    self.core.handle(now, Input::Errored { conn });
+                }
+            }
+        }
+        self.drain();
     }
 
     /// The TLS session of a socket, if it has one.
@@ -405,14 +443,46 @@ impl Driver {
         }
     }
 
-    /// The core hands the idle upstream connection `conn` to worker `_to`: not delivered yet
-    /// (closed here, and the core gives its slot back).
-    fn hand_over(&mut self, now: Time, conn: ConnId, _to: usize, handed: Handed) {
-        if let Some(Slot::Socket { signals, .. }) = self.take(conn) {
-            signals.closed.set(true);
-            signals.notify();
+    /// Moves the idle upstream connection `conn` to worker `to`: its socket (a duplicate
+    /// descriptor, see [`Stream::detach`]) and TLS session go through the channel first; the
+    /// core wakes that worker once the outputs are drained. What cannot move (no sibling, the
+    /// worker gone, the session still borrowed) closes here, and the core gives its slot back.
+    fn hand_over(&mut self, now: Time, conn: ConnId, to: usize, handed: Handed) {
+        let Some(Slot::Socket {
+            stream,
+            signals,
+            tls,
+            ..
+        }) = self.take(conn)
+        else {
+            self.core.hand_over_failed(now, handed);
+            return;
+        };
+        // Its reader and writer tasks end; this thread's handle on the socket drops with them.
+        signals.closed.set(true);
+        signals.notify();
+        let tls = match tls.map(Rc::try_unwrap) {
+            None => Ok(None),
+            Some(Ok(session)) => Ok(Some(session.into_inner())),
+            Some(Err(_)) => Err(()),
+        };
+        let moved = match (tls, stream.detach()) {
+            (Ok(tls), Ok(stream)) => Some(Moved {
+                stream,
+                tls,
+                handed,
+            }),
+            _ => None,
+        };
+        let sent = match (moved, &self.hand_over_to) {
+            (Some(m), Some(send)) => send(to, m),
+            _ => false,
+        };
+        if !sent {
+            // Dropped above (the duplicate too): closed before the slot is given back.
+            drop(stream);
+            self.core.hand_over_failed(now, handed);
         }
-        self.core.hand_over_failed(now, handed);
     }
 
     /// Writes what the core has queued for a socket until the queue is empty or a write comes up

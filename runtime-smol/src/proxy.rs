@@ -4,7 +4,7 @@
 use async_channel::{Receiver, Sender};
 use futures_lite::future;
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 use upkeep_core::{Address, Config, Core, ListenerId, Shared as Ledger};
@@ -50,6 +50,9 @@ enum Control {
     /// Something the workers share changed (a slot freed for a waiting request, a server's
     /// state): see `Core::handle_shared`.
     Shared,
+    /// Take in an idle upstream connection a sibling worker handed over: the request first in
+    /// line for its server's `max_conns` slot waits here (see `Core::adopt_handed`).
+    Adopt(Box<driver::Moved>),
 }
 
 /// A worker as the admin listener's board sees it.
@@ -159,6 +162,9 @@ impl Proxy {
         };
         let mut controls = Vec::new();
         let mut handles = Vec::new();
+        // Every worker's channel by index, once all are made: where a worker hands an idle
+        // connection for another's waiting request (until then it closes it instead).
+        let siblings: Arc<OnceLock<Vec<Sender<Control>>>> = Arc::default();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<io::Result<()>>();
         for (w, (sockets, recorder)) in per_worker.into_iter().zip(recorders).enumerate() {
             let core = match Core::with_shared(config.clone(), w as u64, ledger.clone(), w) {
@@ -191,6 +197,7 @@ impl Proxy {
             controls.push(tx);
             let ready = ready_tx.clone();
             let tls = tls.clone();
+            let siblings = siblings.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("upkeep-smol-{w}"))
                 .spawn(move || {
@@ -203,6 +210,7 @@ impl Proxy {
                             board,
                             shutdown_timeout,
                             tls,
+                            siblings,
                         },
                         rx,
                         ready,
@@ -211,6 +219,7 @@ impl Proxy {
             handles.push(handle);
         }
         drop(ready_tx);
+        let _ = siblings.set(controls.clone());
         for _ in 0..handles.len() {
             match ready_rx.recv() {
                 Ok(Ok(())) => {}
@@ -333,6 +342,7 @@ struct Setup {
     board: Arc<Board<WorkerControl>>,
     shutdown_timeout: Duration,
     tls: Arc<Contexts>,
+    siblings: Arc<OnceLock<Vec<Sender<Control>>>>,
 }
 
 fn worker(
@@ -348,10 +358,17 @@ fn worker(
         board,
         shutdown_timeout,
         tls,
+        siblings,
     } = setup;
     driver::run(async move {
         let (d, _timer) = Driver::start(core);
         d.borrow_mut().use_tls(tls);
+        d.borrow_mut().hand_over_with(Box::new(move |to, moved| {
+            siblings
+                .get()
+                .and_then(|s| s.get(to))
+                .is_some_and(|tx| tx.try_send(Control::Adopt(Box::new(moved))).is_ok())
+        }));
         d.borrow_mut().record(recorder);
         let mut accepts = Vec::new();
         for (i, socket) in sockets.into_iter().enumerate() {
@@ -395,6 +412,7 @@ async fn order(control: &Receiver<Control>, d: &Shared) -> Control {
                 let _ = reply.send(d.borrow().snapshot());
             }
             Ok(Control::ReopenLog) => d.borrow_mut().reopen_log(),
+            Ok(Control::Adopt(moved)) => d.borrow_mut().adopt_handed(*moved),
             Ok(Control::Shared) => {
                 let mut d = d.borrow_mut();
                 d.core.handle_shared(clock::now());
