@@ -1027,3 +1027,41 @@ fn random_processes_hand_connections_without_leaking_or_exceeding_slots() {
         random_process(seed);
     }
 }
+
+#[test]
+fn only_as_many_connections_move_as_requests_wait() {
+    // max_conns = 2, both connections idle in worker 0; one request waits in worker 1: one
+    // connection moves, the other stays for worker 0's next request.
+    let mut cfg = one_slot(16);
+    cfg.upstreams[0].servers[0].max_conns = 2;
+    let mut p = Process::new(cfg, 2);
+    let a = p.request(0, "/a");
+    let b = p.request(0, "/b");
+    p.settle();
+    for path in ["/a", "/b"] {
+        let h = &mut p.workers[0];
+        let u = h
+            .open_upstreams()
+            .into_iter()
+            .find(|&u| {
+                h.upstreams[&u]
+                    .received
+                    .windows(path.len())
+                    .any(|w| w == path.as_bytes())
+            })
+            .expect("in flight");
+        requests(h, u);
+        h.upstream_send(u, &ok(path));
+    }
+    assert_eq!((p.status(0, a), p.status(0, b)), (200, 200));
+    assert_eq!(p.workers[0].core.pool_idle(UpstreamId(0)), 2);
+    let c = p.request(1, "/c");
+    p.settle();
+    assert_eq!(p.handovers(), (1, 1));
+    assert_eq!(p.workers[0].core.pool_idle(UpstreamId(0)), 1, "one kept");
+    p.answer(1, "/c");
+    assert_eq!(p.status(1, c), 200);
+    let opened: usize = p.workers.iter().map(connects).sum();
+    assert_eq!(opened, 2);
+    assert_eq!((p.open(), p.counted(0)), (2, 2));
+}

@@ -98,7 +98,7 @@ impl Core {
         }
         let ledger = self.shared.group(g).clone();
         let first = self.groups[g].first_server;
-        let full: Vec<ConnId> = self
+        let mut full: Vec<ConnId> = self
             .conns
             .iter()
             .filter_map(|c| match &c.role {
@@ -109,6 +109,11 @@ impl Core {
                 _ => None,
             })
             .collect();
+        if to.is_some() {
+            // No more than there are requests waiting (any worker's): the rest stay here for
+            // this worker's next requests instead of moving for nothing.
+            full.truncate(ledger.queued() as usize);
+        }
         let n = full.len();
         for id in full {
             if !to.is_some_and(|w| self.hand_over(id, w)) {
