@@ -4,11 +4,9 @@
 //! process-wide `max_conns` and FIFO order across workers). Driven by the in-memory harness.
 
 use core::time::Duration;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
-use upkeep_core::sim::Harness;
-use upkeep_core::{ConnId, Core, ServerState, Shared, UpstreamId};
+use upkeep_core::sim::{Harness, Process};
+use upkeep_core::{ConnId, ServerState, UpstreamId};
 
 mod common;
 use common::*;
@@ -186,74 +184,59 @@ fn no_queue_for_a_server_that_is_down_or_drained() {
     assert_eq!(h.core.stats().groups[0].queued, 0);
 }
 
-/// Two workers' cores sharing one ledger, each in its own harness, with wake-up flags standing
-/// in for the runtime's wakers.
-struct Process {
-    workers: Vec<Harness>,
-    woken: Vec<Arc<AtomicBool>>,
+/// What these tests do with a process of workers sharing one ledger
+/// ([`upkeep_core::sim::Process`]).
+trait Workers {
+    /// Delivers handed connections and wake-ups until none is pending, then checks the
+    /// ledger's invariants.
+    fn settle(&mut self);
+    /// Upstream connections carrying (or opening for) a request, every worker together.
+    fn busy(&self) -> usize;
+    /// Connections the ledger counts for server `i` of group 0 (what `max_conns` caps).
+    fn counted(&self, i: usize) -> u32;
+    /// Worker `w`'s client sends `path`; returns the client.
+    fn request(&mut self, w: usize, path: &str) -> ConnId;
+    /// Answers the request on worker `w`'s busy connection (its path must be `path`), leaving
+    /// what that produces (a handover in flight) undelivered.
+    fn answer(&mut self, w: usize, path: &str);
+    /// The status of the one response client `c` of worker `w` got.
+    fn status(&mut self, w: usize, c: ConnId) -> u16;
 }
 
-impl Process {
-    fn new(cfg: upkeep_core::Config, n: usize) -> Process {
-        let shared = Shared::new(&cfg, n);
-        let mut workers = Vec::new();
-        let mut woken = Vec::new();
-        for w in 0..n {
-            let flag = Arc::new(AtomicBool::new(false));
-            let f = flag.clone();
-            shared.set_waker(w, Box::new(move || f.store(true, Ordering::SeqCst)));
-            woken.push(flag);
-            let core = Core::with_shared(cfg.clone(), w as u64, shared.clone(), w).unwrap();
-            workers.push(Harness::with_core(core));
-        }
-        Process { workers, woken }
-    }
-
-    /// Delivers wake-ups until none is pending.
+impl Workers for Process {
     fn settle(&mut self) {
         assert!(
             self.settle_within(10_000),
             "the workers wake each other forever"
         );
+        self.check_invariants();
     }
 
     fn busy(&self) -> usize {
         self.workers.iter().map(busy).sum()
     }
 
-    /// Upstream connections open in the whole process, idle ones and those on their way to
-    /// another worker included.
-    fn open(&self) -> usize {
-        self.workers
-            .iter()
-            .map(|h| h.upstreams.values().filter(|e| !e.closed).count() + h.handed_out.len())
-            .sum()
+    fn counted(&self, i: usize) -> u32 {
+        let h = &self.workers[0];
+        h.core.shared().server(0, i, h.now).unwrap().conns
     }
 
-    /// Delivers the connections handed between workers (what the runtime's command channel
-    /// does); true if there were any.
-    fn deliver_handed(&mut self) -> bool {
-        let moving: Vec<_> = self
-            .workers
-            .iter_mut()
-            .flat_map(|h| core::mem::take(&mut h.handed_out))
-            .collect();
-        let any = !moving.is_empty();
-        for m in moving {
-            let to = m.to_worker;
-            self.workers[to]
-                .adopt_handed(m)
-                .expect("a server of the same configuration");
-        }
-        any
+    fn request(&mut self, w: usize, path: &str) -> ConnId {
+        let h = &mut self.workers[w];
+        let c = h.connect_client();
+        h.client_send(c, &get(path));
+        c
     }
 
-    /// Handovers and adoptions counted by every worker together.
-    fn handovers(&self) -> (u64, u64) {
-        self.workers.iter().fold((0, 0), |(h, a), w| {
-            let g = &w.core.stats().groups[0];
-            (h + g.handovers, a + g.handovers_adopted)
-        })
+    fn answer(&mut self, w: usize, path: &str) {
+        let h = &mut self.workers[w];
+        let u = busy_upstream(h).expect("a request in flight");
+        assert_eq!(requests(h, u)[0].path, path);
+        h.upstream_send(u, &ok(path));
+    }
+
+    fn status(&mut self, w: usize, c: ConnId) -> u16 {
+        responses(&mut self.workers[w], c)[0].status
     }
 }
 
@@ -471,29 +454,6 @@ fn a_stale_retry_waiting_behind_others_gets_a_fresh_connection() {
     }
 }
 
-impl Process {
-    /// Delivers wake-ups for at most `rounds` rounds; false if they never stopped (a livelock).
-    fn settle_within(&mut self, rounds: usize) -> bool {
-        for _ in 0..rounds {
-            // The runtime sends a handed connection before it wakes the receiver.
-            let mut any = self.deliver_handed();
-            for (w, flag) in self.woken.iter().enumerate() {
-                if flag.swap(false, Ordering::SeqCst) {
-                    any = true;
-                    let h = &mut self.workers[w];
-                    let now = h.now;
-                    h.core.handle_shared(now);
-                    h.pump();
-                }
-            }
-            if !any {
-                return true;
-            }
-        }
-        false
-    }
-}
-
 #[test]
 fn a_warm_connection_yielded_to_another_workers_request_is_not_reopened_in_its_place() {
     // max_conns = 1, min_idle = 1, two workers: worker 0 holds the one slot with a warm
@@ -639,35 +599,6 @@ fn a_reset_client_left_the_queue_after_its_wait() {
 }
 
 // ---- handing an idle connection to the worker first in line (issue 11, item 2) ----------
-
-impl Process {
-    /// Connections the ledger counts for server `i` of group 0 (what `max_conns` caps).
-    fn counted(&self, i: usize) -> u32 {
-        let h = &self.workers[0];
-        h.core.shared().server(0, i, h.now).unwrap().conns
-    }
-
-    /// Worker `w`'s client sends `path`; returns the client.
-    fn request(&mut self, w: usize, path: &str) -> ConnId {
-        let h = &mut self.workers[w];
-        let c = h.connect_client();
-        h.client_send(c, &get(path));
-        c
-    }
-
-    /// Answers the request on worker `w`'s busy connection (its path must be `path`), leaving
-    /// what that produces (a handover in flight) undelivered.
-    fn answer(&mut self, w: usize, path: &str) {
-        let h = &mut self.workers[w];
-        let u = busy_upstream(h).expect("a request in flight");
-        assert_eq!(requests(h, u)[0].path, path);
-        h.upstream_send(u, &ok(path));
-    }
-
-    fn status(&mut self, w: usize, c: ConnId) -> u16 {
-        responses(&mut self.workers[w], c)[0].status
-    }
-}
 
 #[test]
 fn a_handed_connection_carries_the_next_request_and_its_slot_stays_counted() {
@@ -957,20 +888,11 @@ fn random_process(seed: u64) {
                     .filter(|&w| !p.workers[w].handed_out.is_empty())
                     .collect();
                 if !from.is_empty() {
-                    let w = from[rng.below(from.len() as u64) as usize];
-                    let m = p.workers[w].handed_out.remove(0);
-                    let to = m.to_worker;
-                    p.workers[to].adopt_handed(m).expect("same configuration");
+                    p.deliver_one(from[rng.below(from.len() as u64) as usize]);
                 }
             }
             9 => {
-                let w = rng.below(workers as u64) as usize;
-                if p.woken[w].swap(false, Ordering::SeqCst) {
-                    let h = &mut p.workers[w];
-                    let now = h.now;
-                    h.core.handle_shared(now);
-                    h.pump();
-                }
+                p.wake(rng.below(workers as u64) as usize);
             }
             10 if rng.below(8) == 0 => {
                 outages = true;
