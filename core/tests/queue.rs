@@ -196,6 +196,8 @@ trait Workers {
     fn counted(&self, i: usize) -> u32;
     /// Worker `w`'s client sends `path`; returns the client.
     fn request(&mut self, w: usize, path: &str) -> ConnId;
+    /// Each (worker, path) in turn: sent, then settled (so they queue in this order).
+    fn in_order(&mut self, list: &[(usize, &str)]) -> Vec<ConnId>;
     /// Answers the request on worker `w`'s busy connection (its path must be `path`), leaving
     /// what that produces (a handover in flight) undelivered.
     fn answer(&mut self, w: usize, path: &str);
@@ -226,6 +228,16 @@ impl Workers for Process {
         let c = h.connect_client();
         h.client_send(c, &get(path));
         c
+    }
+
+    fn in_order(&mut self, list: &[(usize, &str)]) -> Vec<ConnId> {
+        list.iter()
+            .map(|&(w, path)| {
+                let c = self.request(w, path);
+                self.settle();
+                c
+            })
+            .collect()
     }
 
     fn answer(&mut self, w: usize, path: &str) {
@@ -629,12 +641,9 @@ fn a_connection_handed_to_a_worker_whose_request_left_goes_to_the_next_in_line()
     // is handed to worker 1 — whose client leaves while it is on its way. Worker 1 pools it
     // and hands it on to worker 0, now first: no connection closes, none opens.
     let mut p = Process::new(one_slot(16), 2);
-    let a = p.request(0, "/a");
-    p.settle();
-    let b = p.request(1, "/b");
-    p.settle();
-    let c = p.request(0, "/c");
-    p.settle();
+    let [a, b, c] = p.in_order(&[(0, "/a"), (1, "/b"), (0, "/c")])[..] else {
+        unreachable!()
+    };
     p.answer(0, "/a");
     assert_eq!(p.workers[0].handed_out.len(), 1);
     assert_eq!(p.workers[0].handed_out[0].to_worker, 1);
@@ -746,12 +755,9 @@ fn a_connection_handed_to_a_draining_worker_is_closed_and_the_next_in_line_gets_
     // Worker 1 (first in line) starts draining while the connection is on its way: it closes
     // the connection, whose slot goes to whoever is first in line then.
     let mut p = Process::new(one_slot(16), 3);
-    let a = p.request(0, "/a");
-    p.settle();
-    let b = p.request(1, "/b");
-    p.settle();
-    let c = p.request(2, "/c");
-    p.settle();
+    let [a, b, c] = p.in_order(&[(0, "/a"), (1, "/b"), (2, "/c")])[..] else {
+        unreachable!()
+    };
     p.answer(0, "/a");
     let now = p.workers[1].now;
     p.workers[1].core.begin_drain(now);
