@@ -95,8 +95,8 @@ impl Core {
     }
 
     /// Takes in an idle upstream connection another worker of this process
-    /// [handed over](crate::Output::HandOver): pooled without taking a new `max_conns` slot — it brings its own — and
-    /// the queue is dispatched on it. The runtime watches its socket under the returned id,
+    /// [handed over](crate::Output::HandOver): pooled without taking a new `max_conns` slot —
+    /// it brings its own — and the queue is dispatched on it. The runtime watches its socket under the returned id,
     /// then takes the outputs: when this core may not keep it (draining, the server is out,
     /// its idle time is over) they close it, which gives its slot back and wakes the next in
     /// line. `None` for a server this configuration does not have (never within one
