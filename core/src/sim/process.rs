@@ -114,8 +114,12 @@ impl Process {
         t
     }
 
-    /// The ledger's rules across workers ([`ledger_problems`]); panics with what broke. Call
-    /// with every worker's outputs taken (the harnesses pump after every input).
+    /// The ledger's rules across workers; panics with what broke. Call with every worker's
+    /// outputs taken (the harnesses pump after every input). Per server, the ledger counts
+    /// exactly the connections open to it in the whole process — those on their way between
+    /// workers included — and never more than `max_conns`, and counts as idle exactly the
+    /// connections idle in the workers' pools; per group, its queue length is the workers'
+    /// queues together.
     pub fn check_invariants(&self) {
         let problems = ledger_problems(&self.workers);
         assert!(
@@ -127,10 +131,8 @@ impl Process {
 }
 
 /// What is wrong with the ledger shared by the cores of `workers` (the workers of one process,
-/// every output taken): per server, the ledger counts exactly the connections open to it in the
-/// whole process — those on their way between workers included — and never more than
-/// `max_conns`, and counts as idle exactly the connections idle in the workers' pools; per
-/// group, its queue length is the workers' queues together.
+/// every output taken): the rules of [`Process::check_invariants`], one line per break (also
+/// checked for the single core of a `World`).
 pub(crate) fn ledger_problems(workers: &[Harness]) -> Vec<String> {
     let mut problems = Vec::new();
     let Some(first) = workers.first() else {
