@@ -73,6 +73,8 @@
 //!                 }
 //!             }
 //!             Output::Interest { .. } | Output::Shutdown { .. } | Output::Close { .. } => {}
+//!             // Only a core sharing its ledger with other workers hands connections over.
+//!             Output::HandOver { .. } => unreachable!(),
 //!         }
 //!     }
 //! }
@@ -154,7 +156,8 @@ pub use config::{
     RouteConfig, RuntimeOptions, ServerConfig, ServerState, UpstreamConfig,
 };
 pub use engine::{
-    AtCapacity, Core, End, ExchangeInfo, Input, Output, Released, RequestFields, Tries, UpstreamTry,
+    AtCapacity, Core, End, ExchangeInfo, Handed, Input, Output, Released, RequestFields, Tries,
+    UpstreamTry,
 };
 pub use framing::{Method, Version};
 pub use id::{ConnId, ListenerId, ServerId, UpstreamId};

@@ -48,7 +48,9 @@ pub enum EvictReason {
     /// Its server stopped being usable (drained, set down, failed health): nothing from before
     /// an outage is reused after it.
     ServerUnusable,
-    /// Closed to give its `max_conns` slot to a request another worker has waiting.
+    /// Closed to give its `max_conns` slot to a waiting request that could not take it over:
+    /// another worker's, when the connection may not move (a `pool_key = "client"` group, or
+    /// its worker gone; others are handed over instead), or a fresh-connection retry's.
     Yielded,
 }
 

@@ -425,6 +425,31 @@ impl Shared {
         self.inner.groups.get(group)?.servers.get(index)
     }
 
+    /// Whether `self` and `other` are the same ledger (one generation of the process).
+    pub fn same(&self, other: &Shared) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
+    /// A connection [handed over](crate::Output::HandOver) under this ledger found no core of
+    /// it to adopt it (the receiving worker's generation finished meanwhile): the runtime has
+    /// closed its socket. Its `max_conns` slot goes back and the worker first in line is woken
+    /// — what [`Core::hand_over_failed`](crate::Core::hand_over_failed) does when the sender
+    /// learns it at once.
+    pub fn hand_over_lost(&self, handed: &crate::Handed) {
+        let Some(g) = self.inner.groups.get(handed.server.upstream.0 as usize) else {
+            return;
+        };
+        let Some(s) = g.servers.get(handed.server.index as usize) else {
+            return;
+        };
+        s.closed();
+        if g.queued() > 0
+            && let Some(w) = g.first_in_line()
+        {
+            self.wake(w);
+        }
+    }
+
     /// Registers the wake-up call of `worker`: called (from any worker's thread) when that
     /// worker should call [`Core::handle_shared`](crate::Core::handle_shared). Keep it short
     /// and non-blocking (a `mio::Waker::wake`, an event notification).

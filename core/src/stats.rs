@@ -37,6 +37,11 @@ pub struct GroupStats {
     pub queue_timeouts: u64,
     /// Requests whose client left while they waited.
     pub queue_abandoned: u64,
+    /// Idle pooled connections handed to another worker whose request was first in line for
+    /// their server's `max_conns` slot (the connection moved instead of closing).
+    pub handovers: u64,
+    /// Idle pooled connections taken in from another worker (see `handovers`).
+    pub handovers_adopted: u64,
 }
 
 impl GroupStats {

@@ -4,11 +4,9 @@
 //! process-wide `max_conns` and FIFO order across workers). Driven by the in-memory harness.
 
 use core::time::Duration;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
-use upkeep_core::sim::Harness;
-use upkeep_core::{ConnId, Core, ServerState, Shared, UpstreamId};
+use upkeep_core::sim::{Harness, Process};
+use upkeep_core::{ConnId, ServerState, UpstreamId};
 
 mod common;
 use common::*;
@@ -186,47 +184,71 @@ fn no_queue_for_a_server_that_is_down_or_drained() {
     assert_eq!(h.core.stats().groups[0].queued, 0);
 }
 
-/// Two workers' cores sharing one ledger, each in its own harness, with wake-up flags standing
-/// in for the runtime's wakers.
-struct Process {
-    workers: Vec<Harness>,
-    woken: Vec<Arc<AtomicBool>>,
+/// What these tests do with a process of workers sharing one ledger
+/// ([`upkeep_core::sim::Process`]).
+trait Workers {
+    /// Delivers handed connections and wake-ups until none is pending, then checks the
+    /// ledger's invariants.
+    fn settle(&mut self);
+    /// Upstream connections carrying (or opening for) a request, every worker together.
+    fn busy(&self) -> usize;
+    /// Connections the ledger counts for server `i` of group 0 (what `max_conns` caps).
+    fn counted(&self, i: usize) -> u32;
+    /// Worker `w`'s client sends `path`; returns the client.
+    fn request(&mut self, w: usize, path: &str) -> ConnId;
+    /// Each (worker, path) in turn: sent, then settled (so they queue in this order).
+    fn in_order(&mut self, list: &[(usize, &str)]) -> Vec<ConnId>;
+    /// Answers the request on worker `w`'s busy connection (its path must be `path`), leaving
+    /// what that produces (a handover in flight) undelivered.
+    fn answer(&mut self, w: usize, path: &str);
+    /// The status of the one response client `c` of worker `w` got.
+    fn status(&mut self, w: usize, c: ConnId) -> u16;
 }
 
-impl Process {
-    fn new(cfg: upkeep_core::Config, n: usize) -> Process {
-        let shared = Shared::new(&cfg, n);
-        let mut workers = Vec::new();
-        let mut woken = Vec::new();
-        for w in 0..n {
-            let flag = Arc::new(AtomicBool::new(false));
-            let f = flag.clone();
-            shared.set_waker(w, Box::new(move || f.store(true, Ordering::SeqCst)));
-            woken.push(flag);
-            let core = Core::with_shared(cfg.clone(), w as u64, shared.clone(), w).unwrap();
-            workers.push(Harness::with_core(core));
-        }
-        Process { workers, woken }
-    }
-
-    /// Delivers wake-ups until none is pending.
+impl Workers for Process {
     fn settle(&mut self) {
         assert!(
             self.settle_within(10_000),
             "the workers wake each other forever"
         );
+        self.check_invariants();
     }
 
     fn busy(&self) -> usize {
         self.workers.iter().map(busy).sum()
     }
 
-    /// Upstream connections open in the whole process, idle ones included.
-    fn open(&self) -> usize {
-        self.workers
-            .iter()
-            .map(|h| h.upstreams.values().filter(|e| !e.closed).count())
-            .sum()
+    fn counted(&self, i: usize) -> u32 {
+        let h = &self.workers[0];
+        h.core.shared().server(0, i, h.now).unwrap().conns
+    }
+
+    fn request(&mut self, w: usize, path: &str) -> ConnId {
+        let h = &mut self.workers[w];
+        let c = h.connect_client();
+        h.client_send(c, &get(path));
+        c
+    }
+
+    fn in_order(&mut self, list: &[(usize, &str)]) -> Vec<ConnId> {
+        list.iter()
+            .map(|&(w, path)| {
+                let c = self.request(w, path);
+                self.settle();
+                c
+            })
+            .collect()
+    }
+
+    fn answer(&mut self, w: usize, path: &str) {
+        let h = &mut self.workers[w];
+        let u = busy_upstream(h).expect("a request in flight");
+        assert_eq!(requests(h, u)[0].path, path);
+        h.upstream_send(u, &ok(path));
+    }
+
+    fn status(&mut self, w: usize, c: ConnId) -> u16 {
+        responses(&mut self.workers[w], c)[0].status
     }
 }
 
@@ -271,21 +293,23 @@ fn two_workers_share_max_conns_and_the_queue_order() {
         assert_eq!(responses(&mut p.workers[w], c)[0].status, 200);
     }
     // Pools are per worker: each time the next in line is the other worker's request, the
-    // idle connection is closed to give it the slot (here every time: they alternate).
+    // idle connection is handed over to it (here every time: they alternate) — one connection
+    // serves all six, none is closed to make room.
     let opened: usize = p.workers.iter().map(connects).sum();
-    assert_eq!(opened, 6);
+    assert_eq!(opened, 1);
     let yielded: u64 = p
         .workers
         .iter()
         .map(|h| h.core.stats().groups[0].evicted(upkeep_core::EvictReason::Yielded))
         .sum();
-    assert_eq!(yielded, 5);
+    assert_eq!(yielded, 0);
+    assert_eq!(p.handovers(), (5, 5));
 }
 
 #[test]
 fn requests_of_one_worker_reuse_its_connection_while_the_other_waits_for_nothing() {
-    // Three requests on worker 0, then three on worker 1: one connection each, handed over
-    // once (closed by worker 0 when worker 1's request became first in line).
+    // Three requests on worker 0, then three on worker 1: one connection for all, handed over
+    // once (by worker 0 when worker 1's request became first in line).
     let mut p = Process::new(one_slot(16), 2);
     let mut clients = Vec::new();
     for i in 0..6 {
@@ -306,7 +330,8 @@ fn requests_of_one_worker_reuse_its_connection_while_the_other_waits_for_nothing
     }
     assert_eq!(order, ["/0", "/1", "/2", "/3", "/4", "/5"]);
     let opened: Vec<usize> = p.workers.iter().map(connects).collect();
-    assert_eq!(opened, [1, 1]);
+    assert_eq!(opened, [1, 0]);
+    assert_eq!(p.handovers(), (1, 1));
 }
 
 #[test]
@@ -441,34 +466,13 @@ fn a_stale_retry_waiting_behind_others_gets_a_fresh_connection() {
     }
 }
 
-impl Process {
-    /// Delivers wake-ups for at most `rounds` rounds; false if they never stopped (a livelock).
-    fn settle_within(&mut self, rounds: usize) -> bool {
-        for _ in 0..rounds {
-            let mut any = false;
-            for (w, flag) in self.woken.iter().enumerate() {
-                if flag.swap(false, Ordering::SeqCst) {
-                    any = true;
-                    let h = &mut self.workers[w];
-                    let now = h.now;
-                    h.core.handle_shared(now);
-                    h.pump();
-                }
-            }
-            if !any {
-                return true;
-            }
-        }
-        false
-    }
-}
-
 #[test]
 fn a_warm_connection_yielded_to_another_workers_request_is_not_reopened_in_its_place() {
     // max_conns = 1, min_idle = 1, two workers: worker 0 holds the one slot with a warm
-    // connection. A request on worker 1 waits; worker 0 yields its idle warm connection — and
-    // must not warm a new one with the slot it just gave up (it did: the two workers then woke
-    // each other forever, connections churning, and the request waited for its timeout).
+    // connection. A request on worker 1 waits; worker 0 hands its idle warm connection over —
+    // and must not warm a new one with the slot it just gave up (it did, when the connection
+    // was closed for worker 1 instead: the two workers then woke each other forever,
+    // connections churning, and the request waited for its timeout).
     let mut cfg = one_slot(16);
     cfg.upstreams[0].min_idle = 1;
     let mut p = Process::new(cfg, 2);
@@ -492,9 +496,11 @@ fn a_warm_connection_yielded_to_another_workers_request_is_not_reopened_in_its_p
         "worker 0 re-warmed the slot it yielded"
     );
     assert!(p.open() <= 1, "never two connections");
-    p.workers[1]
-        .accept_connect()
-        .expect("worker 1's request dispatched");
+    assert!(
+        p.workers[1].connects.is_empty(),
+        "worker 1's request rides the warm connection handed over"
+    );
+    assert_eq!(p.handovers(), (1, 1));
     let u = busy_upstream(&p.workers[1]).expect("worker 1's request dispatched");
     assert_eq!(requests(&mut p.workers[1], u)[0].path, "/w1");
     p.workers[1].upstream_send(u, &ok("x"));
@@ -602,4 +608,388 @@ fn a_reset_client_left_the_queue_after_its_wait() {
     let st = &h.core.stats().groups[0];
     assert_eq!(st.queue_abandoned, 1);
     assert_eq!(st.queue_wait_nanos, 500_000_000);
+}
+
+// ---- handing an idle connection to the worker first in line (issue 11, item 2) ----------
+
+#[test]
+fn a_handed_connection_carries_the_next_request_and_its_slot_stays_counted() {
+    let mut p = Process::new(one_slot(16), 2);
+    let a = p.request(0, "/a");
+    let b = p.request(1, "/b");
+    p.settle();
+    assert_eq!(p.workers[1].core.queued(UpstreamId(0)), 1);
+    p.answer(0, "/a");
+    // On its way: out of worker 0, not yet in worker 1 — and still counted.
+    assert_eq!(p.workers[0].handed_out.len(), 1);
+    assert_eq!(p.counted(0), 1, "the slot moves with the connection");
+    assert_eq!(p.workers[0].core.pool_idle(UpstreamId(0)), 0);
+    p.settle();
+    p.answer(1, "/b");
+    assert_eq!((p.status(0, a), p.status(1, b)), (200, 200));
+    assert_eq!(connects(&p.workers[0]) + connects(&p.workers[1]), 1);
+    assert_eq!(p.handovers(), (1, 1));
+    // The backend saw both requests on the one connection.
+    assert_eq!(p.open(), 1);
+    assert_eq!(p.counted(0), 1);
+    assert_eq!(p.workers[1].core.pool_idle(UpstreamId(0)), 1);
+}
+
+#[test]
+fn a_connection_handed_to_a_worker_whose_request_left_goes_to_the_next_in_line() {
+    // Worker 1's request is first in line; worker 0's next one is behind it. The connection
+    // is handed to worker 1 — whose client leaves while it is on its way. Worker 1 pools it
+    // and hands it on to worker 0, now first: no connection closes, none opens.
+    let mut p = Process::new(one_slot(16), 2);
+    let [a, b, c] = p.in_order(&[(0, "/a"), (1, "/b"), (0, "/c")])[..] else {
+        unreachable!()
+    };
+    p.answer(0, "/a");
+    assert_eq!(p.workers[0].handed_out.len(), 1);
+    assert_eq!(p.workers[0].handed_out[0].to_worker, 1);
+    p.workers[1].reset(b);
+    p.settle();
+    p.answer(0, "/c");
+    assert_eq!((p.status(0, a), p.status(0, c)), (200, 200));
+    assert_eq!(connects(&p.workers[0]) + connects(&p.workers[1]), 1);
+    assert_eq!(p.handovers(), (2, 2));
+    assert_eq!((p.open(), p.counted(0)), (1, 1));
+}
+
+#[test]
+fn a_connection_handed_to_a_worker_whose_request_left_stays_pooled_there() {
+    let mut p = Process::new(one_slot(16), 2);
+    let a = p.request(0, "/a");
+    let b = p.request(1, "/b");
+    p.settle();
+    p.answer(0, "/a");
+    p.workers[1].reset(b);
+    p.settle();
+    assert_eq!(p.status(0, a), 200);
+    assert_eq!(
+        p.workers[1].core.pool_idle(UpstreamId(0)),
+        1,
+        "kept for later"
+    );
+    assert_eq!((p.open(), p.counted(0)), (1, 1));
+    // The next request anywhere gets it (worker 0's from worker 1 again).
+    let d = p.request(0, "/d");
+    p.settle();
+    p.answer(0, "/d");
+    assert_eq!(p.status(0, d), 200);
+    assert_eq!(connects(&p.workers[0]) + connects(&p.workers[1]), 1);
+}
+
+#[test]
+fn two_workers_handing_at_once_both_reach_the_one_first_in_line() {
+    // max_conns = 2: workers 0 and 1 each carry a request; worker 2's two requests wait. Both
+    // connections finish before either reaches worker 2: both are handed to it, and carry its
+    // two requests. Then once more with one request waiting: the spare one stays idle there.
+    let mut cfg = one_slot(16);
+    cfg.upstreams[0].servers[0].max_conns = 2;
+    let mut p = Process::new(cfg, 3);
+    let a = p.request(0, "/a");
+    let b = p.request(1, "/b");
+    p.settle();
+    let c = p.request(2, "/c");
+    p.settle();
+    let d = p.request(2, "/d");
+    p.settle();
+    assert_eq!(p.workers[2].core.queued(UpstreamId(0)), 2);
+    p.answer(0, "/a");
+    p.answer(1, "/b");
+    assert_eq!(
+        (p.workers[0].handed_out.len(), p.workers[1].handed_out.len()),
+        (1, 1)
+    );
+    assert_eq!(p.counted(0), 2);
+    p.settle();
+    let h = &mut p.workers[2];
+    let mut paths: Vec<String> = h
+        .open_upstreams()
+        .into_iter()
+        .flat_map(|u| requests(h, u))
+        .map(|r| r.path)
+        .collect();
+    paths.sort();
+    assert_eq!(paths, ["/c", "/d"]);
+    for u in h.open_upstreams() {
+        h.upstream_send(u, &ok("x"));
+    }
+    for (w, cl) in [(0, a), (1, b), (2, c), (2, d)] {
+        assert_eq!(p.status(w, cl), 200);
+    }
+    let opened: usize = p.workers.iter().map(connects).sum();
+    assert_eq!(opened, 2);
+    assert_eq!(p.handovers(), (2, 2));
+    assert_eq!((p.open(), p.counted(0)), (2, 2));
+}
+
+#[test]
+fn a_connection_handed_then_its_server_set_down_is_closed_and_its_slot_given_back() {
+    let mut p = Process::new(one_slot(16), 2);
+    let a = p.request(0, "/a");
+    let b = p.request(1, "/b");
+    p.settle();
+    p.answer(0, "/a");
+    assert_eq!(p.workers[0].handed_out.len(), 1);
+    p.workers[0]
+        .core
+        .shared()
+        .set_state(0, 0, ServerState::Down)
+        .unwrap();
+    p.settle();
+    assert_eq!(p.status(0, a), 200);
+    assert_eq!(p.status(1, b), 502, "nothing left to wait for");
+    let h = &p.workers[1];
+    assert!(h.upstreams.values().all(|e| e.closed), "closed on arrival");
+    assert_eq!(
+        h.core.stats().groups[0].evicted(upkeep_core::EvictReason::ServerUnusable),
+        1
+    );
+    assert_eq!((p.open(), p.counted(0)), (0, 0), "the slot given back once");
+}
+
+#[test]
+fn a_connection_handed_to_a_draining_worker_is_closed_and_the_next_in_line_gets_the_slot() {
+    // Worker 1 (first in line) starts draining while the connection is on its way: it closes
+    // the connection, whose slot goes to whoever is first in line then.
+    let mut p = Process::new(one_slot(16), 3);
+    let [a, b, c] = p.in_order(&[(0, "/a"), (1, "/b"), (2, "/c")])[..] else {
+        unreachable!()
+    };
+    p.answer(0, "/a");
+    let now = p.workers[1].now;
+    p.workers[1].core.begin_drain(now);
+    p.workers[1].pump();
+    p.settle();
+    assert_eq!(p.status(0, a), 200);
+    assert!(p.counted(0) <= 1 && p.open() <= 1, "the cap holds");
+    // Whoever holds the slot now serves its request; the other waits for it.
+    for _ in 0..2 {
+        let Some(w) = (1..3).find(|&w| busy_upstream(&p.workers[w]).is_some()) else {
+            break;
+        };
+        let path = if w == 1 { "/b" } else { "/c" };
+        p.answer(w, path);
+        p.settle();
+    }
+    assert_eq!((p.status(1, b), p.status(2, c)), (200, 200));
+    assert_eq!(p.counted(0), p.open() as u32, "no slot leaked");
+}
+
+#[test]
+fn a_connection_that_cannot_be_delivered_gives_its_slot_back_once() {
+    // The receiving worker has exited: the runtime closes the socket and tells the sender,
+    // which gives the slot back — and the slot is not given back twice.
+    let mut p = Process::new(one_slot(16), 2);
+    let a = p.request(0, "/a");
+    let _b = p.request(1, "/b");
+    p.settle();
+    p.answer(0, "/a");
+    let lost = p.workers[0].handed_out.pop().expect("handed over");
+    assert_eq!(p.counted(0), 1);
+    let now = p.workers[0].now;
+    p.workers[0].core.hand_over_failed(now, lost.handed);
+    p.workers[0].pump();
+    assert_eq!(p.counted(0), 0, "given back");
+    assert_eq!(p.status(0, a), 200);
+    // Worker 1 (still alive here) is woken and opens a connection of its own.
+    p.settle();
+    assert_eq!(p.counted(0), 1);
+    assert_eq!(connects(&p.workers[1]), 1);
+    p.answer(1, "/b");
+    p.settle();
+    assert_eq!((p.open(), p.counted(0)), (1, 1));
+}
+
+/// A seeded random run of a process of `workers` workers sharing one server with `max_conns`:
+/// requests arrive on random workers, the backend answers (sometimes closing), clients leave,
+/// the server is sometimes set down and up again, and handed connections and wake-ups are
+/// delivered in random order — interleavings a real process can produce. After every step:
+/// the ledger counts exactly the connections open in the process (those on their way between
+/// workers included), never more than `max_conns`; nothing is closed to make room for another
+/// worker (it is handed over). At the end every request still wanted was answered exactly once,
+/// and without outages in the order it was sent.
+fn random_process(seed: u64) {
+    use upkeep_core::sim::world::Rng;
+    let mut rng = Rng::new(seed);
+    let workers = 2 + rng.below(2) as usize;
+    let max_conns = 1 + rng.below(2) as u32;
+    let mut cfg = one_slot(1024);
+    cfg.upstreams[0].servers[0].max_conns = max_conns;
+    cfg.upstreams[0].queue_timeout = Duration::from_secs(3600);
+    let mut p = Process::new(cfg, workers);
+    let mut clients: Vec<(usize, ConnId, String, bool)> = Vec::new();
+    // Requests the backend holds, by (worker, upstream connection); and every arrival in order.
+    let mut held: Vec<(usize, ConnId, String)> = Vec::new();
+    let mut arrivals: Vec<String> = Vec::new();
+    let mut outages = false;
+    let check =
+        |p: &mut Process, held: &mut Vec<(usize, ConnId, String)>, arr: &mut Vec<String>| {
+            // Arrivals of one step are seen worker by worker, not in the order they happened: put
+            // each step's in sending order (FIFO is then checked across steps).
+            let from = arr.len();
+            for w in 0..p.workers.len() {
+                let h = &mut p.workers[w];
+                for u in h.open_upstreams() {
+                    for r in requests(h, u) {
+                        assert!(
+                            !held.iter().any(|&(hw, hu, _)| (hw, hu) == (w, u)),
+                            "seed {seed}: two requests at once on one connection"
+                        );
+                        held.push((w, u, r.path.clone()));
+                        arr.push(r.path);
+                    }
+                }
+                held.retain(|&(hw, hu, _)| hw != w || !p.workers[w].upstreams[&hu].closed);
+            }
+            arr[from..].sort_by_key(|path| path[1..].parse::<u32>().unwrap_or(u32::MAX));
+            let counted = p.counted(0);
+            assert_eq!(
+                counted as usize,
+                p.open(),
+                "seed {seed}: the ledger counts exactly the open connections"
+            );
+            assert!(counted <= max_conns, "seed {seed}: max_conns exceeded");
+            for h in &p.workers {
+                let g = &h.core.stats().groups[0];
+                assert_eq!(
+                    g.evicted(upkeep_core::EvictReason::Yielded),
+                    0,
+                    "seed {seed}: a connection closed for another worker instead of handed"
+                );
+            }
+        };
+    for n in 0..300 {
+        match rng.below(12) {
+            0..=3 => {
+                let w = rng.below(workers as u64) as usize;
+                let path = format!("/{n}");
+                let c = p.request(w, &path);
+                clients.push((w, c, path, false));
+            }
+            4..=6 if !held.is_empty() => {
+                let (w, u, path) = held.remove(rng.below(held.len() as u64) as usize);
+                let close = rng.below(5) == 0;
+                let resp = if close {
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx".to_vec()
+                } else {
+                    ok(&path)
+                };
+                p.workers[w].upstream_send(u, &resp);
+            }
+            7 => {
+                let open: Vec<usize> = (0..clients.len()).filter(|&i| !clients[i].3).collect();
+                if !open.is_empty() {
+                    let i = open[rng.below(open.len() as u64) as usize];
+                    let (w, c, ..) = clients[i];
+                    clients[i].3 = true;
+                    p.workers[w].reset(c);
+                }
+            }
+            8 => {
+                // One handed connection delivered, perhaps before its receiver's wake-up.
+                let from: Vec<usize> = (0..workers)
+                    .filter(|&w| !p.workers[w].handed_out.is_empty())
+                    .collect();
+                if !from.is_empty() {
+                    p.deliver_one(from[rng.below(from.len() as u64) as usize]);
+                }
+            }
+            9 => {
+                p.wake(rng.below(workers as u64) as usize);
+            }
+            10 if rng.below(8) == 0 => {
+                outages = true;
+                let shared = p.workers[0].core.shared().clone();
+                shared.set_state(0, 0, ServerState::Down).unwrap();
+                assert!(p.settle_within(10_000), "seed {seed}: livelock");
+                shared.set_state(0, 0, ServerState::Up).unwrap();
+            }
+            _ => assert!(p.settle_within(10_000), "seed {seed}: livelock"),
+        }
+        check(&mut p, &mut held, &mut arrivals);
+    }
+    // Everything still waiting is served.
+    for _ in 0..10_000 {
+        assert!(p.settle_within(10_000), "seed {seed}: livelock");
+        check(&mut p, &mut held, &mut arrivals);
+        let Some((w, u, path)) = held.pop() else {
+            break;
+        };
+        p.workers[w].upstream_send(u, &ok(&path));
+    }
+    check(&mut p, &mut held, &mut arrivals);
+    assert!(held.is_empty());
+    let mut sent = Vec::new();
+    for (w, c, path, reset) in clients {
+        if reset {
+            continue;
+        }
+        let r = responses(&mut p.workers[w], c);
+        assert_eq!(r.len(), 1, "seed {seed}: {path} answered once");
+        assert!(
+            r[0].status == 200 || (outages && r[0].status == 502),
+            "seed {seed}: {path}: {}",
+            r[0].status
+        );
+        if r[0].status == 200 {
+            sent.push(path);
+        }
+    }
+    for h in &p.workers {
+        assert_eq!(h.core.queued(UpstreamId(0)), 0, "seed {seed}: left waiting");
+    }
+    if !outages {
+        // FIFO over the process: the backend saw the wanted requests in the order they were sent.
+        let wanted: Vec<&String> = arrivals.iter().filter(|a| sent.contains(a)).collect();
+        let order: Vec<&String> = sent.iter().collect();
+        assert_eq!(wanted, order, "seed {seed}: FIFO");
+    }
+}
+
+#[test]
+fn random_processes_hand_connections_without_leaking_or_exceeding_slots() {
+    for seed in 0..200 {
+        random_process(seed);
+    }
+}
+
+#[test]
+fn only_as_many_connections_move_as_requests_wait() {
+    // max_conns = 2, both connections idle in worker 0; one request waits in worker 1: one
+    // connection moves, the other stays for worker 0's next request.
+    let mut cfg = one_slot(16);
+    cfg.upstreams[0].servers[0].max_conns = 2;
+    let mut p = Process::new(cfg, 2);
+    let a = p.request(0, "/a");
+    let b = p.request(0, "/b");
+    p.settle();
+    for path in ["/a", "/b"] {
+        let h = &mut p.workers[0];
+        let u = h
+            .open_upstreams()
+            .into_iter()
+            .find(|&u| {
+                h.upstreams[&u]
+                    .received
+                    .windows(path.len())
+                    .any(|w| w == path.as_bytes())
+            })
+            .expect("in flight");
+        requests(h, u);
+        h.upstream_send(u, &ok(path));
+    }
+    assert_eq!((p.status(0, a), p.status(0, b)), (200, 200));
+    assert_eq!(p.workers[0].core.pool_idle(UpstreamId(0)), 2);
+    let c = p.request(1, "/c");
+    p.settle();
+    assert_eq!(p.handovers(), (1, 1));
+    assert_eq!(p.workers[0].core.pool_idle(UpstreamId(0)), 1, "one kept");
+    p.answer(1, "/c");
+    assert_eq!(p.status(1, c), 200);
+    let opened: usize = p.workers.iter().map(connects).sum();
+    assert_eq!(opened, 2);
+    assert_eq!((p.open(), p.counted(0)), (2, 2));
 }

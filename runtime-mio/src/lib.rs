@@ -173,6 +173,7 @@ impl Generation {
         // Each worker's client limit leaves descriptors for its upstream connections.
         let mut config = self.config.clone();
         upkeep_runtime::descriptors::fit(&mut config, n, upkeep_runtime::descriptors::limit());
+        let siblings = worker::Siblings::default();
         for index in 0..n {
             let mut listeners = Vec::with_capacity(self.bound.len());
             for b in &mut self.bound {
@@ -188,10 +189,13 @@ impl Generation {
                 board: shared.operator.board.clone(),
                 aborted: shared.aborted.clone(),
                 tls: self.tls.clone(),
+                siblings: siblings.clone(),
             })?;
             self.workers.push(control);
             threads.push(thread);
         }
+        // Until now a handover finds no sibling and closes the connection instead.
+        *siblings.lock().unwrap_or_else(|e| e.into_inner()) = self.workers.clone();
         for b in &mut self.bound {
             b.settle();
         }

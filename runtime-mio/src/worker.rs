@@ -17,7 +17,7 @@ use mio::event::Event;
 use mio::{Events, Poll, Token, Waker};
 use upkeep_core::config::UpstreamTls;
 use upkeep_core::{
-    Address, Config, ConnId, Core, Input, ListenerId, Output, Released, ServerId, Shared,
+    Address, Config, ConnId, Core, Handed, Input, ListenerId, Output, Released, ServerId, Shared,
 };
 use upkeep_runtime::accept::{Admit, AfterError, Gate};
 use upkeep_runtime::board::{self, Reporter};
@@ -71,6 +71,15 @@ pub(crate) enum Command {
         /// The TLS settings it was opened (and verified) under, and its session: only a group
         /// with the very same settings may take it in.
         tls: Option<(UpstreamTls, Box<Session>)>,
+    },
+    /// Take an idle upstream connection a sibling worker of the same generation handed over:
+    /// the request first in line for its server's `max_conns` slot waits here (see
+    /// [`Core::adopt_handed`]).
+    AdoptHanded {
+        stream: Stream,
+        /// Its TLS session, when its group is TLS (it moves with the socket).
+        tls: Option<Box<Session>>,
+        handed: Handed,
     },
     /// Exit now.
     Stop,
@@ -131,7 +140,13 @@ pub(crate) struct Setup {
     pub(crate) aborted: Arc<AtomicU64>,
     /// The TLS material of this generation's configuration.
     pub(crate) tls: Arc<Contexts>,
+    /// Every worker of this generation by index (filled once all are spawned): where an idle
+    /// upstream connection is handed for the request first in line.
+    pub(crate) siblings: Siblings,
 }
+
+/// The workers of one generation, by their index in its ledger.
+pub(crate) type Siblings = Arc<Mutex<Vec<Control>>>;
 
 /// Starts a worker thread; it is on the board (visible to metrics) before this returns.
 pub(crate) fn spawn(setup: Setup) -> io::Result<(Control, JoinHandle<()>)> {
@@ -175,6 +190,7 @@ pub(crate) fn spawn(setup: Setup) -> io::Result<(Control, JoinHandle<()>)> {
         handed: 0,
         gone: Vec::new(),
         tls: setup.tls,
+        siblings: setup.siblings,
     };
     for i in 0..worker.listeners.len() {
         if let Some(l) = worker.listeners[i].as_mut() {
@@ -239,6 +255,8 @@ struct Worker {
     /// Draining for a reload: the listeners the new configuration dropped.
     gone: Vec<ListenerId>,
     tls: Arc<Contexts>,
+    /// This generation's workers (see [`Setup::siblings`]).
+    siblings: Siblings,
 }
 
 /// Whether the loop goes on.
@@ -497,6 +515,11 @@ impl Worker {
                     }
                 }
                 Output::Close { conn, reset } => self.close(conn, reset),
+                Output::HandOver {
+                    conn,
+                    to_worker,
+                    handed,
+                } => self.hand_over(conn, to_worker, handed),
             }
         }
         while let Some(ex) = self.core.poll_exchange() {
@@ -550,6 +573,46 @@ impl Worker {
             if reset {
                 s.stream.set_reset_on_close();
             }
+        }
+    }
+
+    /// Moves the idle upstream connection `conn` to sibling worker `to` (socket and TLS
+    /// session), whose core adopts it; the core wakes that worker once the outputs are drained,
+    /// after this send. A sibling that has exited cannot take it: the socket closes here and
+    /// the core gives its slot back.
+    fn hand_over(&mut self, conn: ConnId, to: usize, handed: Handed) {
+        let Some(mut sock) = self
+            .socks
+            .get_mut(conn.index as usize)
+            .and_then(|s| s.take_if(|s| s.id == conn))
+        else {
+            return;
+        };
+        sock.stream.deregister(self.poll.registry());
+        let sibling = self
+            .siblings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(to)
+            .cloned();
+        let delivered = sibling.is_some_and(|w| {
+            w.send(Command::AdoptHanded {
+                stream: sock.stream,
+                tls: sock.tls,
+                handed,
+            })
+        });
+        if !delivered {
+            log::debug!("worker {}: worker {to} cannot take a connection", self.id);
+            self.core.hand_over_failed(clock::now(), handed);
+        }
+    }
+
+    /// Takes in an idle upstream connection a sibling worker handed over.
+    fn adopt_handed(&mut self, stream: Stream, tls: Option<Box<Session>>, handed: Handed) {
+        let now = clock::now();
+        if let Some(id) = self.core.adopt_handed(now, handed) {
+            self.install(now, id, stream, tls);
         }
     }
 
@@ -678,6 +741,11 @@ impl Worker {
                     expires,
                     tls,
                 }) => self.adopt_pooled(stream, &server, expires, tls),
+                Ok(Command::AdoptHanded {
+                    stream,
+                    tls,
+                    handed,
+                }) => self.adopt_handed(stream, tls, handed),
                 Err(TryRecvError::Empty) => return Flow::Continue,
                 Err(TryRecvError::Disconnected) => return Flow::Exit,
             }
@@ -918,6 +986,12 @@ impl Worker {
             self.after_input();
             log::warn!("worker {}: aborting {cut} requests in progress", self.id);
         }
+        // The generation is ending (its workers drain or stop together): no more handovers
+        // (they close instead), and the workers' channels are no longer held by each other.
+        self.siblings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         self.recorder.flush();
         let last = self.recorder.snapshot(&self.core, clock::now()).retired();
         self.board.retire(self.id, &last);

@@ -107,6 +107,8 @@ pub struct GroupSnapshot {
     pub queue_full: u64,
     /// 503s because a wait reached `queue_timeout`.
     pub queue_timeouts: u64,
+    /// Idle connections handed to another worker whose request was first in line.
+    pub handovers: u64,
 }
 
 /// Per server.
@@ -195,6 +197,7 @@ impl Snapshot {
                     queue_wait_nanos: gs.queue_wait_nanos,
                     queue_full: gs.queue_full,
                     queue_timeouts: gs.queue_timeouts,
+                    handovers: gs.handovers,
                 },
             );
         }
@@ -261,6 +264,7 @@ impl Snapshot {
             t.queue_wait_nanos += g.queue_wait_nanos;
             t.queue_full += g.queue_full;
             t.queue_timeouts += g.queue_timeouts;
+            t.handovers += g.handovers;
             for (reason, n) in &g.evictions {
                 *t.evictions.entry(reason).or_default() += n;
             }
@@ -390,7 +394,7 @@ impl Snapshot {
                 );
             }
         }
-        let groups: [GroupMetric; 3] = [
+        let groups: [GroupMetric; 4] = [
             (
                 "upkeep_pool_hits_total",
                 "counter",
@@ -408,6 +412,12 @@ impl Snapshot {
                 "gauge",
                 "Idle pooled upstream connections.",
                 |g| g.idle,
+            ),
+            (
+                "upkeep_upstream_handovers_total",
+                "counter",
+                "Idle pooled connections handed to another worker whose request was first in line for the server's max_conns slot (moved, not closed).",
+                |g| g.handovers,
             ),
         ];
         for (name, kind, help, get) in groups {
@@ -696,6 +706,7 @@ mod tests {
                 queue_wait_nanos: 1_500_000_000,
                 queue_full: 1,
                 queue_timeouts: 3,
+                handovers: 4,
             },
         );
         s.servers.insert(
@@ -771,6 +782,9 @@ upkeep_pool_misses_total{upstream="app\"x"} 1
 # HELP upkeep_pool_idle_connections Idle pooled upstream connections.
 # TYPE upkeep_pool_idle_connections gauge
 upkeep_pool_idle_connections{upstream="app\"x"} 1
+# HELP upkeep_upstream_handovers_total Idle pooled connections handed to another worker whose request was first in line for the server's max_conns slot (moved, not closed).
+# TYPE upkeep_upstream_handovers_total counter
+upkeep_upstream_handovers_total{upstream="app\"x"} 4
 # HELP upkeep_pool_evictions_total Idle pooled connections closed without reuse, by reason.
 # TYPE upkeep_pool_evictions_total counter
 upkeep_pool_evictions_total{upstream="app\"x",reason="idle_timeout"} 2

@@ -21,7 +21,9 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use upkeep_core::config::UpstreamTls;
-use upkeep_core::{Address, ConnId, Core, Input, ListenerId, Output, ServerId, Time, WriteOutcome};
+use upkeep_core::{
+    Address, ConnId, Core, Handed, Input, ListenerId, Output, ServerId, Time, WriteOutcome,
+};
 use upkeep_runtime::accept::{Admit, AfterError, Gate};
 use upkeep_runtime::clock;
 use upkeep_runtime::io::{Flushed, ReadStep, Reader};
@@ -31,7 +33,7 @@ use upkeep_runtime::socket::upstream_keepalive;
 use upkeep_runtime::tls::{Contexts, Handshake, Origin, Session};
 
 use crate::listener::Listener;
-use crate::stream::Stream;
+use crate::stream::{Detached, Stream};
 
 thread_local! {
     /// The executor of the current driver thread. Thread-local so the driver can spawn without
@@ -124,6 +126,21 @@ pub(crate) trait VirtualSink: 'static {
     fn gone(&self) -> impl Future<Output = ()>;
 }
 
+/// An idle upstream connection on its way to a sibling worker (see [`Core::adopt_handed`]):
+/// its socket, its TLS session, and what the receiving core needs.
+#[derive(Debug)]
+pub(crate) struct Moved {
+    pub(crate) stream: Detached,
+    pub(crate) tls: Option<Session>,
+    pub(crate) handed: Handed,
+    /// The ledger it was handed under: adopted by the receiver's core of that generation.
+    pub(crate) ledger: upkeep_core::Shared,
+}
+
+/// Sends a [`Moved`] connection to worker `to` of the same proxy; false when that worker is
+/// gone (the connection dropped: closed).
+pub(crate) type HandOverTo = Box<dyn Fn(usize, Moved) -> bool>;
+
 /// Timer-task state: the deadline it sleeps until, and a nudge when an earlier one appears.
 #[derive(Debug, Default)]
 struct TimerState {
@@ -157,6 +174,9 @@ pub(crate) struct Driver {
     successor: Option<std::rc::Weak<RefCell<Driver>>>,
     /// Draining (plain or handing off): takes no connection from a predecessor.
     draining: bool,
+    /// Where idle connections handed to a sibling worker go (the proxy's workers; none for
+    /// a lone core, which never hands any).
+    hand_over_to: Option<HandOverTo>,
     this: std::rc::Weak<RefCell<Driver>>,
 }
 
@@ -181,6 +201,7 @@ impl Driver {
                 closes: Rc::default(),
                 successor: None,
                 draining: false,
+                hand_over_to: None,
                 this: this.clone(),
             })
         });
@@ -197,6 +218,27 @@ impl Driver {
     /// Uses `tls` for TLS listeners and groups from now on.
     pub(crate) fn use_tls(&mut self, tls: Arc<Contexts>) {
         self.tls = tls;
+    }
+
+    /// Sends connections the core hands to a sibling worker through `to`.
+    pub(crate) fn hand_over_with(&mut self, to: HandOverTo) {
+        self.hand_over_to = Some(to);
+    }
+
+    /// Takes in a connection a sibling worker handed over: pooled by the core, watched here.
+    pub(crate) fn adopt_handed(&mut self, moved: Moved) {
+        let now = clock::now();
+        // None: not a server of this configuration (never within one proxy): it drops, closed.
+        if let Some(conn) = self.core.adopt_handed(now, moved.handed) {
+            match Stream::attach(moved.stream) {
+                Ok(stream) => self.install_socket(conn, stream, moved.tls),
+                Err(e) => {
+                    log::warn!("adopting a connection: {e}");
+                    self.core.handle(now, Input::Errored { conn });
+                }
+            }
+        }
+        self.drain();
     }
 
     /// The TLS session of a socket, if it has one.
@@ -410,6 +452,11 @@ impl Driver {
                     }
                     Some(Slot::Connecting { .. }) | None => {}
                 },
+                Output::HandOver {
+                    conn,
+                    to_worker,
+                    handed,
+                } => self.hand_over(now, conn, to_worker, handed),
             }
         }
         self.record_exchanges();
@@ -430,6 +477,49 @@ impl Driver {
         }
         if closed && !self.gate.is_open() {
             self.room.notify(usize::MAX);
+        }
+    }
+
+    /// Moves the idle upstream connection `conn` to worker `to`: its socket (a duplicate
+    /// descriptor, see [`Stream::detach`]) and TLS session go through the channel first; the
+    /// core wakes that worker once the outputs are drained. What cannot move (no sibling, the
+    /// worker gone, the session still borrowed) closes here, and the core gives its slot back.
+    fn hand_over(&mut self, now: Time, conn: ConnId, to: usize, handed: Handed) {
+        let Some(Slot::Socket {
+            stream,
+            signals,
+            tls,
+            ..
+        }) = self.take(conn)
+        else {
+            self.core.hand_over_failed(now, handed);
+            return;
+        };
+        // Its reader and writer tasks end; this thread's handle on the socket drops with them.
+        signals.closed.set(true);
+        signals.notify();
+        let tls = match tls.map(Rc::try_unwrap) {
+            None => Ok(None),
+            Some(Ok(session)) => Ok(Some(session.into_inner())),
+            Some(Err(_)) => Err(()),
+        };
+        let moved = match (tls, stream.detach()) {
+            (Ok(tls), Ok(stream)) => Some(Moved {
+                stream,
+                tls,
+                handed,
+                ledger: self.core.shared().clone(),
+            }),
+            _ => None,
+        };
+        let sent = match (moved, &self.hand_over_to) {
+            (Some(m), Some(send)) => send(to, m),
+            _ => false,
+        };
+        if !sent {
+            // Dropped above (the duplicate too): closed before the slot is given back.
+            drop(stream);
+            self.core.hand_over_failed(now, handed);
         }
     }
 

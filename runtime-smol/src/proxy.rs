@@ -7,7 +7,7 @@ use futures_lite::future;
 use std::cell::RefCell;
 use std::io;
 use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 use upkeep_core::{Address, Config, Core, ListenerId, Shared as Ledger};
@@ -58,6 +58,9 @@ enum Control {
     /// Re-resolution changed an address set: serve it from now on (a new generation of this
     /// worker's core; see the `generation` module).
     Servers(Box<NextServers>),
+    /// Take in an idle upstream connection a sibling worker handed over: the request first in
+    /// line for its server's `max_conns` slot waits here (see `Core::adopt_handed`).
+    Adopt(Box<driver::Moved>),
 }
 
 /// A new server set for one worker: the configuration, the ledger every worker's new core
@@ -196,6 +199,9 @@ impl Proxy {
         };
         let mut controls = Vec::new();
         let mut handles = Vec::new();
+        // Every worker's channel by index, once all are made: where a worker hands an idle
+        // connection for another's waiting request (until then it closes it instead).
+        let siblings: Arc<OnceLock<Vec<Sender<Control>>>> = Arc::default();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<io::Result<()>>();
         for (w, (sockets, recorder)) in per_worker.into_iter().zip(recorders).enumerate() {
             let core = match Core::with_shared(config.clone(), w as u64, ledger.clone(), w) {
@@ -222,6 +228,7 @@ impl Proxy {
             controls.push(tx);
             let ready = ready_tx.clone();
             let tls = tls.clone();
+            let siblings = siblings.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("upkeep-smol-{w}"))
                 .spawn(move || {
@@ -234,6 +241,7 @@ impl Proxy {
                             board,
                             shutdown_timeout,
                             tls,
+                            siblings,
                         },
                         rx,
                         ready,
@@ -242,6 +250,7 @@ impl Proxy {
             handles.push(handle);
         }
         drop(ready_tx);
+        let _ = siblings.set(controls.clone());
         for _ in 0..handles.len() {
             match ready_rx.recv() {
                 Ok(Ok(())) => {}
@@ -444,6 +453,7 @@ struct Setup {
     board: Arc<Board<WorkerControl>>,
     shutdown_timeout: Duration,
     tls: Arc<Contexts>,
+    siblings: Arc<OnceLock<Vec<Sender<Control>>>>,
 }
 
 fn worker(
@@ -459,11 +469,22 @@ fn worker(
         board,
         shutdown_timeout,
         tls,
+        siblings,
     } = setup;
     driver::run(async move {
+        // Idle connections handed to a sibling worker go through its control channel, from
+        // every generation of this worker's core.
+        let hand_over: HandOver = Rc::new(move |to: usize, moved: driver::Moved| {
+            siblings
+                .get()
+                .and_then(|s| s.get(to))
+                .is_some_and(|tx| tx.try_send(Control::Adopt(Box::new(moved))).is_ok())
+        });
         let generations = Generations::start(core, |d| {
             d.use_tls(tls);
             d.record(recorder);
+            let h = hand_over.clone();
+            d.hand_over_with(Box::new(move |to, moved| h(to, moved)));
         });
         let mut listeners = Vec::new();
         for socket in sockets {
@@ -482,6 +503,7 @@ fn worker(
             retired: Rc::default(),
             id,
             draining: Default::default(),
+            hand_over,
         };
         let _ = ready.send(Ok(()));
         drop(ready);
@@ -538,7 +560,12 @@ struct Worker {
     id: u64,
     /// Told to drain: new server sets are ignored.
     draining: std::cell::Cell<bool>,
+    /// Sends an idle connection to a sibling worker (installed in every generation's driver).
+    hand_over: HandOver,
 }
+
+/// See [`Worker::hand_over`].
+type HandOver = Rc<dyn Fn(usize, driver::Moved) -> bool>;
 
 impl Worker {
     fn current(&self) -> Shared {
@@ -565,6 +592,25 @@ impl Worker {
         s
     }
 
+    /// Takes in a connection a sibling worker handed over, into this worker's core of the
+    /// generation it was handed under (the ledger that counts its slot). When that generation
+    /// is gone here (it finished while the connection moved), the socket closes and its slot
+    /// goes back to that ledger.
+    fn adopt_handed(&self, moved: driver::Moved) {
+        let target = self
+            .all()
+            .into_iter()
+            .find(|d| d.borrow().core.shared().same(&moved.ledger));
+        match target {
+            Some(d) => d.borrow_mut().adopt_handed(moved),
+            None => {
+                let (ledger, handed) = (moved.ledger.clone(), moved.handed);
+                drop(moved);
+                ledger.hand_over_lost(&handed);
+            }
+        }
+    }
+
     /// Serves `next` from now on (see [`Proxy::start_with_resolver`]).
     fn renew(&self, next: NextServers) {
         let NextServers {
@@ -588,6 +634,8 @@ impl Worker {
             |d| {
                 d.use_tls(tls);
                 d.record(recorder);
+                let h = self.hand_over.clone();
+                d.hand_over_with(Box::new(move |to, moved| h(to, moved)));
             },
             move |old| retired.borrow_mut().add(&old.borrow().snapshot().retired()),
         );
@@ -619,6 +667,7 @@ async fn order(control: &Receiver<Control>, w: &Worker) -> Control {
                     d.borrow_mut().reopen_log();
                 }
             }
+            Ok(Control::Adopt(moved)) => w.adopt_handed(*moved),
             Ok(Control::Shared) => {
                 for d in w.all() {
                     let mut d = d.borrow_mut();

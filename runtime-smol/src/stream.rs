@@ -19,6 +19,13 @@ pub(crate) enum Stream {
     Unix(Async<UnixStream>),
 }
 
+/// A connected socket on its way to another thread (see [`Stream::detach`]).
+#[derive(Debug)]
+pub(crate) enum Detached {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
 impl Stream {
     /// A non-blocking connect to `addr` with TCP keepalive probes every `tcp_keepalive`
     /// ([`upkeep_runtime::socket::connect`]), awaited.
@@ -68,6 +75,26 @@ impl Stream {
     /// Half-close: send FIN, keep reading.
     pub(crate) fn shutdown_write(&self) {
         socket::shutdown_write(self.sock());
+    }
+
+    /// The socket as a plain (blocking-API, still non-blocking) stream another thread can take
+    /// over with [`Stream::attach`]: a duplicate of the descriptor, so this `Stream` — shared
+    /// with its reader and writer tasks, which end on their own — may drop whenever they do
+    /// (deregistering from this thread's reactor) without closing the connection.
+    pub(crate) fn detach(&self) -> io::Result<Detached> {
+        let sock = self.sock().try_clone()?;
+        Ok(match self {
+            Stream::Tcp(_) => Detached::Tcp(sock.into()),
+            Stream::Unix(_) => Detached::Unix(sock.into()),
+        })
+    }
+
+    /// Registers a [detached](Stream::detach) socket with this thread's reactor.
+    pub(crate) fn attach(d: Detached) -> io::Result<Stream> {
+        Ok(match d {
+            Detached::Tcp(s) => Stream::Tcp(Async::new(s)?),
+            Detached::Unix(s) => Stream::Unix(Async::new(s)?),
+        })
     }
 
     /// Makes the coming close abortive (RST instead of FIN).

@@ -150,6 +150,11 @@ macro_rules! scenario_tests_tls {
                 $crate::over_tls::over_tls(config, super::start_for_tls)
             }
             $crate::scenario_tests!(start);
+            /// The idle connection handed between workers moves with its TLS session.
+            #[test]
+            fn single_request_backend_two_workers() {
+                $crate::upstreams::single_request_backend_two_workers(start);
+            }
         }
         fn start_for_tls(config: upkeep_core::Config) -> Box<dyn $crate::RunningProxy> {
             $start(config)

@@ -15,13 +15,12 @@ use core::net::IpAddr;
 use std::collections::VecDeque;
 
 use super::client::Phase;
-use super::table::{Conn, Role};
-use super::upstream::{UState, Upstream};
+use super::handover::Handed;
+use super::table::Role;
 use super::{AtCapacity, Core, Input, touch};
 use crate::config::{Address, PoolKeyMode, UpstreamTls};
-use crate::connection::{AfterFlush, Buffers};
-use crate::pool::{EvictReason, PoolKey};
-use crate::rules::ResponseFacts;
+use crate::connection::AfterFlush;
+use crate::pool::EvictReason;
 use crate::{ConnId, ListenerId, ServerId, Time};
 
 /// An idle client connection a core let go of, for another core to [adopt](Core::adopt): the
@@ -117,47 +116,21 @@ impl Core {
         if !self.groups[g].balancer.is_up(now, i) || !self.open_slot(g, i) {
             return None;
         }
-        let gcfg = &self.config.upstreams[g];
-        // Never idle longer than the releasing core would have kept it (the backend may have
-        // asked for less), nor than this configuration allows.
-        let expires = expires.min(now.plus(gcfg.keepalive_timeout.min(gcfg.keepalive_time)));
-        let global = self.groups[g].first_server + i as u32;
-        let key = PoolKey {
-            server: global,
-            partition: 0,
-        };
-        let id = self.conns.insert(|id| Conn {
-            id,
-            buf: Buffers::new(now),
-            deadline: None,
-            role: Role::Upstream(Upstream {
-                server: global,
-                group: g as u32,
-                key,
-                state: UState::Idle,
-                client: None,
+        let global = self.groups[g].first_server as usize + i;
+        let id = self.pool_moved_in(
+            now,
+            g,
+            i,
+            &Handed {
+                server: self.servers[global],
+                expires,
                 created: now,
                 // It carried a request before it was pooled: its next one is a reuse (the
                 // keepalive race is retried on a fresh connection, a 408 read as idle timeout).
                 requests: 1,
-                written: 0,
-                sent_all: true,
-                read_progress: now,
-                response: ResponseFacts::default(),
-                response_at: now,
-                extra_data: false,
-                acquired: false,
-                responded: false,
-                unused_warm: false,
-                check: None,
-            }),
-        });
-        self.shared.group(g).servers[i].idle_changed(true);
-        self.stats.groups[g].pool_checkins += 1;
-        if let Some(evicted) = self.pool.checkin(key, g as u32, id, expires) {
-            self.evict(evicted, false, EvictReason::Capacity);
-        }
-        touch(&mut self.touched, id);
+                warm: false,
+            },
+        );
         self.sync(now);
         self.conns.get(id).map(|_| id)
     }

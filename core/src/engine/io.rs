@@ -3,7 +3,7 @@
 
 #[cfg(doc)]
 use crate::Core;
-use crate::{ConnId, ServerId};
+use crate::{ConnId, Handed, ServerId};
 
 /// What the runtime must do. Drain [`Core::poll_output`] after every call that changes state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,6 +41,22 @@ pub enum Output {
     Shutdown {
         /// The connection.
         conn: ConnId,
+    },
+    /// Move the idle pooled upstream connection `conn` (socket and TLS session) to worker
+    /// `to_worker` of the same process and generation, whose core takes it in with
+    /// [`Core::adopt_handed`]; the id is dead here from now on, and the socket must not be
+    /// closed — its `max_conns` slot stays counted while it moves. Send it first, then the
+    /// core wakes that worker (once the outputs are drained). If that worker is gone, close
+    /// the socket and call [`Core::hand_over_failed`].
+    /// Only emitted by a core that shares its ledger with other workers
+    /// ([`Core::with_shared`]).
+    HandOver {
+        /// The connection.
+        conn: ConnId,
+        /// The worker index (as given to [`Core::with_shared`]) to move it to.
+        to_worker: usize,
+        /// What the receiving core needs to pool it.
+        handed: Handed,
     },
     /// Close `conn` and forget it; the id is dead from now on.
     Close {

@@ -13,6 +13,7 @@
 //! | [`upstream`] | the upstream side: server and connection choice, response heads, pooling, retries |
 //! | [`relay`] | body bytes moved and reframed between the sides; tunnels |
 //! | [`queue`] | requests waiting for a server slot (`max_conns`), FIFO across workers |
+//! | [`handover`] | an idle pooled connection moved to the worker whose request is next |
 //!
 //! The decisions themselves (keep-alive, reusability, retries, framing, statuses) are pure
 //! functions in [`crate::rules`]; the engine gathers their facts and acts on their verdicts.
@@ -37,6 +38,7 @@ mod client;
 mod events;
 mod exchange;
 mod handoff;
+mod handover;
 mod health;
 mod io;
 mod queue;
@@ -49,6 +51,7 @@ mod warm;
 
 pub use exchange::ExchangeInfo;
 pub use handoff::Released;
+pub use handover::Handed;
 pub use io::{AtCapacity, Input, Output};
 pub use record::{End, RequestFields, Tries, UpstreamTry};
 

@@ -87,15 +87,18 @@ impl Core {
             .fold(0, |m, i| m | (1u64 << i))
     }
 
-    /// Closes this worker's idle connections in group `g` to servers at `max_conns`: another
-    /// worker's waiting request is first in line for their slots. Returns how many.
-    fn yield_idle(&mut self, g: usize) -> usize {
+    /// Gives up this worker's idle connections in group `g` to servers at `max_conns`: another
+    /// worker's waiting request is first in line for their slots. With `to`, each is handed to
+    /// that worker (see [`handover`](super::handover)) — one that cannot move is closed —
+    /// without, closed (a fresh-connection retry of this worker needs the slot). Returns how
+    /// many.
+    fn yield_idle(&mut self, g: usize, to: Option<usize>) -> usize {
         if !self.capped[g] {
             return 0;
         }
         let ledger = self.shared.group(g).clone();
         let first = self.groups[g].first_server;
-        let full: Vec<ConnId> = self
+        let mut full: Vec<ConnId> = self
             .conns
             .iter()
             .filter_map(|c| match &c.role {
@@ -106,9 +109,16 @@ impl Core {
                 _ => None,
             })
             .collect();
+        if to.is_some() {
+            // No more than there are requests waiting (any worker's): the rest stay here for
+            // this worker's next requests instead of moving for nothing.
+            full.truncate(ledger.queued() as usize);
+        }
         let n = full.len();
         for id in full {
-            self.evict(id, false, EvictReason::Yielded);
+            if !to.is_some_and(|w| self.hand_over(id, w)) {
+                self.evict(id, false, EvictReason::Yielded);
+            }
         }
         n
     }
@@ -231,7 +241,7 @@ impl Core {
     }
 
     /// Dispatches this worker's waiting requests of group `g` while it is first in line and a
-    /// server has room. When another worker is first in line, gives up this worker's idle
+    /// server has room. When another worker is first in line, hands it this worker's idle
     /// connections to full servers and wakes it; when this worker is first but finds no room,
     /// wakes the others, whose idle connections may hold the slots. `slot_freed`: a connection
     /// slot (or a pooled connection) was just freed here.
@@ -248,7 +258,7 @@ impl Core {
             match ledger.first_in_line() {
                 None => return,
                 Some(w) if w != self.worker => {
-                    if self.yield_idle(g) > 0 || slot_freed {
+                    if self.yield_idle(g, Some(w)) > 0 || slot_freed {
                         self.wake_later(w);
                     }
                     return;
@@ -271,7 +281,7 @@ impl Core {
             let Some((idx, slot)) = self.take_slot(now, g, hash, tried, fresh) else {
                 // A retry that needs a fresh connection would wait forever behind this worker's
                 // own idle connections (suspect anyway: one of their era just went stale).
-                if fresh && self.yield_idle(g) > 0 {
+                if fresh && self.yield_idle(g, None) > 0 {
                     continue;
                 }
                 // No server it may use will free a slot (they went down, were drained, failed

@@ -69,6 +69,7 @@ impl Direct {
                     }
                 }
                 Output::Interest { .. } | Output::Shutdown { .. } => {}
+                Output::HandOver { .. } => unreachable!("one worker hands nothing over"),
             }
         }
     }

@@ -2,7 +2,7 @@ use core::net::{IpAddr, Ipv4Addr};
 use core::time::Duration;
 use std::collections::BTreeMap;
 
-use crate::{Config, ConnId, Core, Input, ListenerId, Output, ReadOutcome, ServerId, Time};
+use crate::{Config, ConnId, Core, Handed, Input, ListenerId, Output, ReadOutcome, ServerId, Time};
 
 /// One side of a connection as the simulated peer sees it.
 #[derive(Debug, Default, Clone)]
@@ -31,6 +31,20 @@ pub struct Endpoint {
     pub stalled: bool,
 }
 
+/// An idle upstream connection this harness's core handed to another worker
+/// ([`Output::HandOver`]), on its way: the peer (its endpoint) moves with it.
+#[derive(Debug, Clone)]
+pub struct InFlight {
+    /// Its id in the sending core (dead there now).
+    pub conn: ConnId,
+    /// The worker to deliver it to.
+    pub to_worker: usize,
+    /// What the receiving core needs.
+    pub handed: Handed,
+    /// The backend's side of it, as the sender's endpoint left it.
+    pub endpoint: Endpoint,
+}
+
 /// The runtime's part, played in memory with a virtual clock.
 #[derive(Debug)]
 pub struct Harness {
@@ -46,6 +60,9 @@ pub struct Harness {
     pub connects: Vec<ConnId>,
     /// Every output, in order (a trace: equal for equal inputs).
     pub trace: Vec<Output>,
+    /// Connections handed to another worker and not delivered yet (see
+    /// [`Harness::adopt_handed`]): out of `upstreams`, still open.
+    pub handed_out: Vec<InFlight>,
     /// Accept connects automatically.
     pub auto_connect: bool,
     /// Largest write the fake sockets accept at once (None = everything).
@@ -72,6 +89,7 @@ impl Harness {
             upstreams: BTreeMap::new(),
             connects: Vec::new(),
             trace: Vec::new(),
+            handed_out: Vec::new(),
             auto_connect: true,
             write_chunk: None,
             deliveries: 0,
@@ -113,6 +131,22 @@ impl Harness {
             .adopt(self.now, ListenerId(0), released)
             .expect("adopt");
         self.track_client(id)
+    }
+
+    /// Delivers a connection another harness's core handed over to this one's
+    /// ([`Core::adopt_handed`]): its endpoint joins `upstreams` under the new id (`None`: the
+    /// core did not know its server; the connection is closed).
+    pub fn adopt_handed(&mut self, moved: InFlight) -> Option<ConnId> {
+        let id = self.core.adopt_handed(self.now, moved.handed)?;
+        self.upstreams.insert(
+            id,
+            Endpoint {
+                closed: false,
+                ..moved.endpoint
+            },
+        );
+        self.pump();
+        Some(id)
     }
 
     /// The client sends bytes.
@@ -425,6 +459,23 @@ impl Harness {
                     if let Some(ep) = self.endpoint_of(conn) {
                         ep.shutdown = true;
                     }
+                }
+                Output::HandOver {
+                    conn,
+                    to_worker,
+                    handed,
+                } => {
+                    let endpoint = self
+                        .upstreams
+                        .remove(&conn)
+                        .expect("only a known upstream connection is handed over");
+                    assert!(!endpoint.closed, "a closed connection handed over");
+                    self.handed_out.push(InFlight {
+                        conn,
+                        to_worker,
+                        handed,
+                        endpoint,
+                    });
                 }
                 Output::Close { conn, reset } => {
                     if let Some(ep) = self.endpoint_of(conn) {

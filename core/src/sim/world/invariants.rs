@@ -301,6 +301,11 @@ impl World {
                 ));
             }
         }
+        // 7. the shared ledger counts exactly the open and the idle connections (one worker
+        //    here: see `sim::Process` for several)
+        problems.extend(crate::sim::process::ledger_problems(std::slice::from_ref(
+            &self.harness,
+        )));
         // 3. dead peers are forgotten; nothing is queued for a closed peer
         for cl in &self.clients {
             if cl.reset && core.is_open(cl.conn) {
