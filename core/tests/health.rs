@@ -245,3 +245,29 @@ fn a_check_never_breaks_max_conns() {
     assert_eq!(checks_sent(&mut h), [(u, 0)]);
     assert_eq!(connects(&h), 1);
 }
+
+#[test]
+fn a_drain_closes_a_check_in_flight_at_once() {
+    // fall = 1: a check the drain cut short must not count (nor fail the server).
+    let mut h = started(checked(1, 1, 1));
+    assert_eq!(
+        checks_sent(&mut h).len(),
+        1,
+        "a check in flight, no answer yet"
+    );
+    h.core.begin_drain(h.now);
+    h.pump();
+    assert_eq!(
+        h.core.connections(),
+        0,
+        "no client waits on a check: the drain does not wait for its answer"
+    );
+    assert!(h.core.is_drained());
+    h.advance(secs(1));
+    assert_eq!(
+        results(&h, 0),
+        [0, 0, 0, 0],
+        "a cut-short check is no result"
+    );
+    assert!(up(&h, 0));
+}

@@ -77,6 +77,21 @@ impl Core {
         }
     }
 
+    /// A drain (or a handoff) closes the checks in flight: no client waits on one, so the
+    /// drain would otherwise wait up to `timeout` for an answer nobody needs, and the result
+    /// of a check cut short says nothing about the server (not counted).
+    pub(super) fn drop_checks(&mut self) {
+        let checks: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|c| matches!(&c.role, Role::Upstream(u) if u.check.is_some()))
+            .map(|c| c.id)
+            .collect();
+        for id in checks {
+            self.close_upstream(id, false, rules::NotReusable::Draining);
+        }
+    }
+
     /// The earliest check round due, over the checked servers (every worker's `poll_timeout`
     /// includes it, so some worker wakes for it).
     pub(super) fn next_check(&self) -> Option<Time> {
