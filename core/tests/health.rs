@@ -271,3 +271,108 @@ fn a_drain_closes_a_check_in_flight_at_once() {
     );
     assert!(up(&h, 0));
 }
+
+#[test]
+fn check_answers_of_every_shape_are_judged_and_framed() {
+    // (what the backend sends, in pieces; then EOF?; the result; the connection pooled after?)
+    type Case = (&'static [&'static [u8]], bool, CheckResult, bool);
+    let cases: &[Case] = &[
+        (
+            &[
+                b"HTTP/1.1 100 Continue\r\n\r\n",
+                b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+            ],
+            false,
+            CheckResult::Pass,
+            true,
+        ),
+        (
+            &[
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nab",
+                b"c\r\n0\r\n\r\n",
+            ],
+            false,
+            CheckResult::Pass,
+            true,
+        ),
+        (
+            &[b"HTTP/1.1 200 OK\r\n\r\npartial body until close"],
+            true,
+            CheckResult::Pass,
+            false,
+        ),
+        (
+            &[b"HTTP/1.1 503 Busy\r\nContent-Length: 4\r\n\r\n", b"busy"],
+            false,
+            CheckResult::Fail,
+            true,
+        ),
+        (
+            &[b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n"],
+            false,
+            CheckResult::Error,
+            false,
+        ),
+        (&[b"garbage\r\n\r\n"], false, CheckResult::Error, false),
+        (
+            &[b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort"],
+            true,
+            CheckResult::Error,
+            false,
+        ),
+        (
+            &[b"HTTP/1.1 204 No Content\r\n\r\n"],
+            false,
+            CheckResult::Pass,
+            true,
+        ),
+    ];
+    for (i, &(pieces, eof, want, pooled)) in cases.iter().enumerate() {
+        let mut h = started(checked(1, 3, 2));
+        let (u, _) = checks_sent(&mut h)[0];
+        for p in pieces {
+            h.upstream_send(u, p);
+        }
+        if eof {
+            h.upstream_eof(u);
+        }
+        let mut expected = [0; 4];
+        expected[want as usize] = 1;
+        assert_eq!(results(&h, 0), expected, "case {i}");
+        assert_eq!(
+            h.core.pool_idle(UpstreamId(0)),
+            usize::from(pooled),
+            "case {i}: pooled"
+        );
+        assert_eq!(
+            h.open_upstreams().len(),
+            usize::from(pooled),
+            "case {i}: open"
+        );
+        upstreams_accounted(&h.core);
+    }
+}
+
+#[test]
+fn an_idle_timeout_408_on_the_pooled_connection_is_the_keepalive_race_not_a_failure() {
+    // The backend's idle timeout answers 408 as the check reuses its pooled connection (as a
+    // client request would, the check goes again on a fresh connection): with fall = 1 a 408
+    // counted as a failed check took a healthy server out.
+    let mut h = started(checked(1, 1, 1));
+    let (u, _) = checks_sent(&mut h)[0];
+    h.upstream_send(u, &status(200));
+    h.advance(INTERVAL);
+    assert_eq!(checks_sent(&mut h), [(u, 0)], "rides the pooled connection");
+    h.upstream_send(
+        u,
+        b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+    );
+    h.upstream_eof(u);
+    let again = checks_sent(&mut h);
+    assert_eq!(again.len(), 1, "sent again at once");
+    assert_ne!(again[0].0, u, "on a fresh connection");
+    h.upstream_send(again[0].0, &status(200));
+    assert!(up(&h, 0));
+    assert_eq!(results(&h, 0), [2, 0, 0, 0]);
+    upstreams_accounted(&h.core);
+}

@@ -188,6 +188,7 @@ impl Core {
             let Role::Upstream(u) = &mut c.role else {
                 return;
             };
+            let reused = u.reused();
             let Some(check) = u.check.as_mut() else {
                 return;
             };
@@ -209,6 +210,11 @@ impl Core {
                     }
                     // Interim: the final head follows.
                     continue;
+                }
+                if status == 408 && reused {
+                    // The backend's idle timeout racing the check on a pooled connection, as
+                    // for a client request (`rules::keepalive_race`): no verdict, sent again.
+                    return self.check_failed_conn(now, id, Failure::Reused408);
                 }
                 u.response = ResponseFacts {
                     http10: head.version == Version::Http10,
