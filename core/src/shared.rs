@@ -244,9 +244,13 @@ impl ServerLedger {
         }
     }
 
-    /// Takes over the checks' schedule, streak and counts of `old` (a reload keeps them).
-    fn carry_checks(&self, old: &ServerLedger) {
-        self.next_check.store(old.next_check.load(SeqCst), SeqCst);
+    /// Takes over the checks' streak and counts of `old` (a reload keeps them), and its
+    /// schedule when the interval stays the same (a new interval starts with a check at once:
+    /// the old schedule could hold the first check back for a whole old, longer interval).
+    fn carry_checks(&self, old: &ServerLedger, same_interval: bool) {
+        if same_interval {
+            self.next_check.store(old.next_check.load(SeqCst), SeqCst);
+        }
         self.check_passes
             .store(old.check_passes.load(SeqCst), SeqCst);
         self.check_fails.store(old.check_fails.load(SeqCst), SeqCst);
@@ -375,8 +379,10 @@ impl Shared {
                 // The checks' verdict and counts belong to the server, not the generation —
                 // while the group is still checked: a verdict nothing would clear again is not
                 // kept.
-                if up.health_check.is_some() {
-                    next.inner.groups[g].servers[i].carry_checks(old_ledger);
+                if let Some(h) = &up.health_check {
+                    let was = old.upstreams[og].health_check.as_ref();
+                    let same_interval = was.is_some_and(|o| o.interval == h.interval);
+                    next.inner.groups[g].servers[i].carry_checks(old_ledger, same_interval);
                 }
                 let was = old_ledger.state();
                 if was != old.upstreams[og].servers[oi].state {
@@ -616,6 +622,16 @@ mod tests {
             next.group(0).servers[0].next_check(),
             Time::from_millis(2005)
         );
+        // A new interval: the verdict stays, the first round is due at once (not at the end
+        // of the old, longer interval).
+        let mut faster = checked.clone();
+        faster.upstreams[0].health_check.as_mut().unwrap().interval =
+            core::time::Duration::from_millis(100);
+        faster.upstreams[0].health_check.as_mut().unwrap().timeout =
+            core::time::Duration::from_millis(100);
+        let next = Shared::carried_over(&faster, 2, &shared, &checked);
+        assert!(next.checks(0, 0).unwrap().streak.failed);
+        assert_eq!(next.group(0).servers[0].next_check(), Time::ZERO);
         // Checks turned off by the new file: nothing would clear the verdict, so it is not kept.
         let off = Shared::carried_over(&a, 2, &shared, &checked);
         assert_eq!(off.checks(0, 0).unwrap(), CheckView::default());
