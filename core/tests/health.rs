@@ -376,3 +376,63 @@ fn an_idle_timeout_408_on_the_pooled_connection_is_the_keepalive_race_not_a_fail
     assert_eq!(results(&h, 0), [2, 0, 0, 0]);
     upstreams_accounted(&h.core);
 }
+
+#[test]
+fn a_check_does_not_jump_ahead_of_a_request_waiting_for_the_server() {
+    // max_conns = 1, two workers: worker 0 holds the one slot with its idle pooled connection,
+    // a request waits in worker 1's queue, and the round falls due in worker 0 before it acts
+    // on its wake-up. The idle connection belongs to the waiting request (FIFO): the check
+    // rode it instead and the request waited for the check's answer.
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mut cfg = checked(1, 3, 2);
+    cfg.upstreams[0].servers[0].max_conns = 1;
+    cfg.upstreams[0].queue = 16;
+    cfg.upstreams[0].queue_timeout = secs(30);
+    let shared = Shared::new(&cfg, 2);
+    let mut woken = Vec::new();
+    let mut ws = Vec::new();
+    for w in 0..2 {
+        let flag = Arc::new(AtomicBool::new(false));
+        let f = flag.clone();
+        shared.set_waker(w, Box::new(move || f.store(true, Ordering::SeqCst)));
+        woken.push(flag);
+        let core = Core::with_shared(cfg.clone(), w as u64, shared.clone(), w).unwrap();
+        let mut h = Harness::with_core(core);
+        h.core.start(h.now);
+        h.pump();
+        ws.push(h);
+    }
+    let (u, _) = checks_sent(&mut ws[0])[0];
+    ws[0].upstream_send(u, &status(200));
+    assert!(ws[0].core.is_pooled(u), "worker 0 holds the slot, idle");
+    for h in &mut ws {
+        h.advance(INTERVAL - Duration::from_millis(1));
+    }
+    let b = ws[1].connect_client();
+    ws[1].client_send(b, &get("/b"));
+    assert_eq!(ws[1].core.queued(UpstreamId(0)), 1, "the server is full");
+    // The round falls due in worker 0 first, then the wake-ups are delivered.
+    ws[0].advance(Duration::from_millis(1));
+    ws[1].advance(Duration::from_millis(1));
+    for _ in 0..100 {
+        let mut any = false;
+        for (w, flag) in woken.iter().enumerate() {
+            if flag.swap(false, Ordering::SeqCst) {
+                any = true;
+                let now = ws[w].now;
+                ws[w].core.handle_shared(now);
+                ws[w].pump();
+            }
+        }
+        if !any {
+            break;
+        }
+    }
+    assert!(checks_sent(&mut ws[0]).is_empty(), "no check ahead of /b");
+    ws[1].accept_connect();
+    let ub = busy_upstream(&ws[1]).expect("/b dispatched at once");
+    assert_eq!(requests(&mut ws[1], ub)[0].path, "/b");
+    ws[1].upstream_send(ub, &ok("b"));
+    assert_eq!(responses(&mut ws[1], b)[0].status, 200);
+}

@@ -109,6 +109,13 @@ impl Core {
     /// connection (unless `fresh`), else on a new one if the server's `max_conns` has room; else
     /// the round is skipped.
     fn start_check(&mut self, now: Time, started: Time, g: usize, idx: usize, fresh: bool) {
+        // Requests wait in the group's queue and the server would take them: its slots and
+        // idle connections are theirs first (FIFO), so it is busy serving requests and the
+        // round is skipped. (Not for a server held out: the waiters are not waiting for it,
+        // and its checks are what brings it back.)
+        if self.shared.group(g).queued() > 0 && self.groups[g].balancer.is_up(now, idx) {
+            return;
+        }
         let server = self.groups[g].first_server + idx as u32;
         let key = PoolKey {
             server,
