@@ -436,3 +436,24 @@ fn a_check_does_not_jump_ahead_of_a_request_waiting_for_the_server() {
     ws[1].upstream_send(ub, &ok("b"));
     assert_eq!(responses(&mut ws[1], b)[0].status, 200);
 }
+
+#[test]
+fn with_pool_key_client_the_checks_connection_does_not_hold_the_only_slot() {
+    // pool_key = "client", max_conns = 1: the check's pooled connection serves no client (its
+    // partition is the checks'), so it must not keep the server's one slot from them.
+    let mut cfg = checked(1, 3, 2);
+    cfg.upstreams[0].pool_key = upkeep_core::config::PoolKeyMode::Client;
+    cfg.upstreams[0].servers[0].max_conns = 1;
+    cfg.upstreams[0].queue = 16;
+    cfg.upstreams[0].queue_timeout = secs(2);
+    let mut h = started(cfg);
+    let (u, _) = checks_sent(&mut h)[0];
+    h.upstream_send(u, &status(200));
+    let c = h.connect_client();
+    h.client_send(c, &get("/a"));
+    let ua = busy_upstream(&h).expect("/a dispatched at once, not after its queue_timeout");
+    assert_eq!(requests(&mut h, ua)[0].path, "/a");
+    h.upstream_send(ua, &ok("a"));
+    assert_eq!(responses(&mut h, c)[0].status, 200);
+    upstreams_accounted(&h.core);
+}

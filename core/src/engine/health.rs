@@ -30,7 +30,7 @@ use bytes::{Buf, Bytes};
 use super::table::Role;
 use super::upstream::{UState, Upstream};
 use super::{Core, touch};
-use crate::config::ServerState;
+use crate::config::{PoolKeyMode, ServerState};
 use crate::framing::{BodyDecoder, BodyKind, Method, Version};
 use crate::health::CheckResult;
 use crate::pool::{EvictReason, PoolKey};
@@ -294,7 +294,9 @@ impl Core {
         };
         let server_out = self.shared.group(g).servers[idx].state() != ServerState::Up;
         let verdict = rules::upstream_reusable(&UpstreamFacts {
-            pooling: gcfg.keepalive > 0,
+            // With `pool_key = "client"` no client may reuse a check's connection, yet pooled
+            // it would hold one of the server's `max_conns` slots (and a pool place) from them.
+            pooling: gcfg.keepalive > 0 && gcfg.pool_key == PoolKeyMode::Server,
             draining: self.draining || server_out,
             response: u.response,
             request_sent: c.buf.wq.is_empty(),
