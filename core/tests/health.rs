@@ -383,26 +383,11 @@ fn a_check_does_not_jump_ahead_of_a_request_waiting_for_the_server() {
     // a request waits in worker 1's queue, and the round falls due in worker 0 before it acts
     // on its wake-up. The idle connection belongs to the waiting request (FIFO): the check
     // rode it instead and the request waited for the check's answer.
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
     let mut cfg = checked(1, 3, 2);
     cfg.upstreams[0].servers[0].max_conns = 1;
     cfg.upstreams[0].queue = 16;
     cfg.upstreams[0].queue_timeout = secs(30);
-    let shared = Shared::new(&cfg, 2);
-    let mut woken = Vec::new();
-    let mut ws = Vec::new();
-    for w in 0..2 {
-        let flag = Arc::new(AtomicBool::new(false));
-        let f = flag.clone();
-        shared.set_waker(w, Box::new(move || f.store(true, Ordering::SeqCst)));
-        woken.push(flag);
-        let core = Core::with_shared(cfg.clone(), w as u64, shared.clone(), w).unwrap();
-        let mut h = Harness::with_core(core);
-        h.core.start(h.now);
-        h.pump();
-        ws.push(h);
-    }
+    let (mut ws, woken) = workers(&cfg, 2);
     let (u, _) = checks_sent(&mut ws[0])[0];
     ws[0].upstream_send(u, &status(200));
     assert!(ws[0].core.is_pooled(u), "worker 0 holds the slot, idle");
@@ -415,20 +400,7 @@ fn a_check_does_not_jump_ahead_of_a_request_waiting_for_the_server() {
     // The round falls due in worker 0 first, then the wake-ups are delivered.
     ws[0].advance(Duration::from_millis(1));
     ws[1].advance(Duration::from_millis(1));
-    for _ in 0..100 {
-        let mut any = false;
-        for (w, flag) in woken.iter().enumerate() {
-            if flag.swap(false, Ordering::SeqCst) {
-                any = true;
-                let now = ws[w].now;
-                ws[w].core.handle_shared(now);
-                ws[w].pump();
-            }
-        }
-        if !any {
-            break;
-        }
-    }
+    settle(&mut ws, &woken);
     assert!(checks_sent(&mut ws[0]).is_empty(), "no check ahead of /b");
     ws[1].accept_connect();
     let ub = busy_upstream(&ws[1]).expect("/b dispatched at once");
@@ -456,4 +428,103 @@ fn with_pool_key_client_the_checks_connection_does_not_hold_the_only_slot() {
     h.upstream_send(ua, &ok("a"));
     assert_eq!(responses(&mut h, c)[0].status, 200);
     upstreams_accounted(&h.core);
+}
+
+type Woken = Vec<std::sync::Arc<std::sync::atomic::AtomicBool>>;
+
+/// `n` started cores sharing one ledger, each with a wake-up flag standing in for the
+/// runtime's waker.
+fn workers(cfg: &Config, n: usize) -> (Vec<Harness>, Woken) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let shared = Shared::new(cfg, n);
+    let mut woken = Vec::new();
+    let mut ws = Vec::new();
+    for w in 0..n {
+        let flag = Arc::new(AtomicBool::new(false));
+        let f = flag.clone();
+        shared.set_waker(w, Box::new(move || f.store(true, Ordering::SeqCst)));
+        woken.push(flag);
+        let core = Core::with_shared(cfg.clone(), w as u64, shared.clone(), w).unwrap();
+        let mut h = Harness::with_core(core);
+        h.core.start(h.now);
+        h.pump();
+        ws.push(h);
+    }
+    (ws, woken)
+}
+
+/// Delivers wake-ups (`Core::handle_shared`) until none is pending.
+fn settle(ws: &mut [Harness], woken: &Woken) {
+    for _ in 0..1000 {
+        let mut any = false;
+        for (w, flag) in woken.iter().enumerate() {
+            if flag.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                any = true;
+                let now = ws[w].now;
+                ws[w].core.handle_shared(now);
+                ws[w].pump();
+            }
+        }
+        if !any {
+            return;
+        }
+    }
+    panic!("the workers wake each other forever");
+}
+
+#[test]
+fn a_server_the_checks_bring_back_takes_the_waiting_requests_of_every_worker() {
+    // Server 0 has max_conns = 1, server 1 failed its check (fall = 1). Requests wait: /b in
+    // worker 0, then /c in worker 1. Server 1 passes its next check, run by worker 1 (rise = 1):
+    // both must go to it — /c stayed queued (worker 0 dispatched /b, the head, and woke nobody
+    // for the next in line) until its queue_timeout.
+    let mut cfg = checked(2, 1, 1);
+    cfg.upstreams[0].servers[0].max_conns = 1;
+    cfg.upstreams[0].queue = 16;
+    cfg.upstreams[0].queue_timeout = secs(30);
+    let (mut ws, woken) = workers(&cfg, 2);
+    for (u, server) in checks_sent(&mut ws[0]) {
+        ws[0].upstream_send(u, &status(if server == 0 { 200 } else { 500 }));
+    }
+    assert!(up(&ws[0], 0) && !up(&ws[0], 1));
+    settle(&mut ws, &woken);
+    let a = ws[0].connect_client();
+    ws[0].client_send(a, &get("/a"));
+    let b = ws[0].connect_client();
+    ws[0].client_send(b, &get("/b"));
+    settle(&mut ws, &woken);
+    let c = ws[1].connect_client();
+    ws[1].client_send(c, &get("/c"));
+    settle(&mut ws, &woken);
+    assert_eq!(
+        (
+            ws[0].core.queued(UpstreamId(0)),
+            ws[1].core.queued(UpstreamId(0))
+        ),
+        (1, 1),
+        "/b and /c wait for server 0"
+    );
+    // Worker 1 reaches the next round first.
+    ws[1].advance(INTERVAL);
+    let sent = checks_sent(&mut ws[1]);
+    assert_eq!(sent.iter().map(|s| s.1).collect::<Vec<_>>(), [1]);
+    ws[1].upstream_send(sent[0].0, &status(200));
+    ws[0].advance(INTERVAL);
+    settle(&mut ws, &woken);
+    assert!(up(&ws[0], 1));
+    assert_eq!(
+        (
+            ws[0].core.queued(UpstreamId(0)),
+            ws[1].core.queued(UpstreamId(0))
+        ),
+        (0, 0),
+        "every waiting request went to server 1"
+    );
+    ws[1].accept_connect();
+    let uc = busy_upstream(&ws[1]).expect("/c sent");
+    assert_eq!(ws[1].upstreams[&uc].server.unwrap().index, 1);
+    assert_eq!(requests(&mut ws[1], uc)[0].path, "/c");
+    ws[1].upstream_send(uc, &ok("c"));
+    assert_eq!(responses(&mut ws[1], c)[0].status, 200);
 }
