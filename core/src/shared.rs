@@ -93,6 +93,9 @@ pub(crate) struct ServerLedger {
     check_changes: AtomicU64,
     /// Checks run, by result ([`CheckResult`] index), every worker together.
     check_results: [AtomicU64; CheckResult::COUNT],
+    /// The round claimed last found no connection slot: the check it should have run is owed,
+    /// and runs when the check in flight (another worker's, holding the slot) ends.
+    check_owed: AtomicBool,
     /// Idle pooled connections to this server, every worker together.
     pub(crate) idle: AtomicU32,
 }
@@ -128,6 +131,7 @@ impl ServerLedger {
             check_passes: AtomicU32::new(0),
             check_fails: AtomicU32::new(0),
             check_changes: AtomicU64::new(0),
+            check_owed: AtomicBool::new(false),
             check_results: Default::default(),
             idle: AtomicU32::new(0),
         }
@@ -217,6 +221,17 @@ impl ServerLedger {
                 .next_check
                 .compare_exchange(due, now.plus(interval).0, SeqCst, SeqCst)
                 .is_ok()
+    }
+
+    /// The round just claimed found the server's slots taken (perhaps by the previous round's
+    /// check, still finishing in another worker): its check is owed.
+    pub(crate) fn owe_check(&self, owed: bool) {
+        self.check_owed.store(owed, SeqCst);
+    }
+
+    /// Whether a check is owed, and no longer (the caller runs it).
+    pub(crate) fn take_owed_check(&self) -> bool {
+        self.check_owed.swap(false, SeqCst)
     }
 
     /// Counts a check's result and moves the streak on: `Some(failed)` when the verdict

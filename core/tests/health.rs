@@ -528,3 +528,39 @@ fn a_server_the_checks_bring_back_takes_the_waiting_requests_of_every_worker() {
     ws[1].upstream_send(uc, &ok("c"));
     assert_eq!(responses(&mut ws[1], c)[0].status, 200);
 }
+
+#[test]
+fn a_round_due_as_the_previous_check_times_out_in_another_worker_is_not_skipped() {
+    // max_conns = 1, timeout = interval (the default), two workers, a silent backend. Worker
+    // 0's check times out at the very instant the next round is due; worker 1 reaches that
+    // round first and finds the one slot still held by the check timing out. The round must
+    // not be lost: a silent server is out within interval × fall + timeout.
+    let mut cfg = checked(1, 3, 1);
+    cfg.upstreams[0].health_check.as_mut().unwrap().timeout = INTERVAL;
+    cfg.upstreams[0].servers[0].max_conns = 1;
+    let (mut ws, woken) = workers(&cfg, 2);
+    assert_eq!(
+        checks_sent(&mut ws[0]).len(),
+        1,
+        "worker 0 runs the first round"
+    );
+    let mut last = 0;
+    for _ in 0..4 {
+        // The worker that did not run the last check wakes first at each instant.
+        let (first, second) = (1 - last, last);
+        ws[first].advance(INTERVAL);
+        ws[second].advance(INTERVAL);
+        settle(&mut ws, &woken);
+        for (w, h) in ws.iter_mut().enumerate() {
+            if !checks_sent(h).is_empty() {
+                last = w;
+            }
+        }
+    }
+    // Rounds at 0, 1, 2, 3 intervals: by 4 intervals the first three timed out (fall = 3).
+    assert!(
+        !up(&ws[0], 0),
+        "out within interval × fall + timeout: {:?}",
+        results(&ws[0], 0)
+    );
+}

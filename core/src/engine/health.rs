@@ -67,6 +67,8 @@ impl Core {
                 if now < ledger.next_check() || !ledger.claim_check(now, interval) {
                     continue;
                 }
+                // An owed check of the round before is overtaken by this one.
+                ledger.owe_check(false);
                 // A server set down (maintenance) is not checked: the round passes. (Drained
                 // servers neither: they take no new requests whatever the checks say.)
                 if ledger.state() != ServerState::Up {
@@ -138,6 +140,11 @@ impl Core {
             }
             None => {
                 if !self.open_slot(g, idx) {
+                    // Owed to the round: if the slot is held by the previous round's check,
+                    // still finishing in another worker as this round fell due, that worker
+                    // runs it as its check ends (else the round would be lost, and a silent
+                    // server's timeouts come only every other interval).
+                    self.shared.group(g).servers[idx].owe_check(true);
                     return;
                 }
                 self.stats.servers[server as usize].connects += 1;
@@ -327,7 +334,7 @@ impl Core {
             Err(why) => self.close_upstream(id, false, why),
         }
         self.remember_hint(now, server, hint);
-        self.check_result(g, idx, result);
+        self.check_result(now, g, idx, result);
     }
 
     /// A check's connection failed (connect error or timeout, reset, EOF, unparsable answer,
@@ -356,17 +363,17 @@ impl Core {
             }
             _ => CheckResult::Error,
         };
-        self.check_result(g, idx, result);
+        self.check_result(now, g, idx, result);
     }
 
     /// Counts a check's result in the ledger; when the verdict flips, every worker hears of it
     /// (the epoch makes each close its idle connections to a failed server; the wake-up lets
     /// queued requests dispatch to a recovered one).
-    fn check_result(&mut self, g: usize, idx: usize, result: CheckResult) {
+    fn check_result(&mut self, now: Time, g: usize, idx: usize, result: CheckResult) {
         let Some(h) = self.config.upstreams[g].health_check.as_ref() else {
             return;
         };
-        let ledger = self.shared.group(g);
+        let ledger = self.shared.group(g).clone();
         if ledger.servers[idx]
             .check_done(result, h.fall, h.rise)
             .is_some()
@@ -378,6 +385,14 @@ impl Core {
             for w in 0..self.shared.workers() {
                 self.wake_later(w);
             }
+        }
+        // A round fell due while this check held the server's slot: its check runs now, on the
+        // slot (or pooled connection) this one just gave back.
+        if ledger.servers[idx].take_owed_check()
+            && !self.draining
+            && ledger.servers[idx].state() == ServerState::Up
+        {
+            self.start_check(now, now, g, idx, false);
         }
     }
 }
