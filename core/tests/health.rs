@@ -387,26 +387,36 @@ fn a_check_does_not_jump_ahead_of_a_request_waiting_for_the_server() {
     cfg.upstreams[0].servers[0].max_conns = 1;
     cfg.upstreams[0].queue = 16;
     cfg.upstreams[0].queue_timeout = secs(30);
-    let (mut ws, woken) = workers(&cfg, 2);
-    let (u, _) = checks_sent(&mut ws[0])[0];
-    ws[0].upstream_send(u, &status(200));
-    assert!(ws[0].core.is_pooled(u), "worker 0 holds the slot, idle");
-    for h in &mut ws {
+    let mut p = workers(&cfg, 2);
+    let (u, _) = checks_sent(&mut p.workers[0])[0];
+    p.workers[0].upstream_send(u, &status(200));
+    assert!(
+        p.workers[0].core.is_pooled(u),
+        "worker 0 holds the slot, idle"
+    );
+    for h in &mut p.workers {
         h.advance(INTERVAL - Duration::from_millis(1));
     }
-    let b = ws[1].connect_client();
-    ws[1].client_send(b, &get("/b"));
-    assert_eq!(ws[1].core.queued(UpstreamId(0)), 1, "the server is full");
+    let b = p.workers[1].connect_client();
+    p.workers[1].client_send(b, &get("/b"));
+    assert_eq!(
+        p.workers[1].core.queued(UpstreamId(0)),
+        1,
+        "the server is full"
+    );
     // The round falls due in worker 0 first, then the wake-ups are delivered.
-    ws[0].advance(Duration::from_millis(1));
-    ws[1].advance(Duration::from_millis(1));
-    settle(&mut ws, &woken);
-    assert!(checks_sent(&mut ws[0]).is_empty(), "no check ahead of /b");
-    ws[1].accept_connect();
-    let ub = busy_upstream(&ws[1]).expect("/b dispatched at once");
-    assert_eq!(requests(&mut ws[1], ub)[0].path, "/b");
-    ws[1].upstream_send(ub, &ok("b"));
-    assert_eq!(responses(&mut ws[1], b)[0].status, 200);
+    p.workers[0].advance(Duration::from_millis(1));
+    p.workers[1].advance(Duration::from_millis(1));
+    p.settle();
+    assert!(
+        checks_sent(&mut p.workers[0]).is_empty(),
+        "no check ahead of /b"
+    );
+    p.workers[1].accept_connect();
+    let ub = busy_upstream(&p.workers[1]).expect("/b dispatched at once");
+    assert_eq!(requests(&mut p.workers[1], ub)[0].path, "/b");
+    p.workers[1].upstream_send(ub, &ok("b"));
+    assert_eq!(responses(&mut p.workers[1], b)[0].status, 200);
 }
 
 #[test]
@@ -430,47 +440,14 @@ fn with_pool_key_client_the_checks_connection_does_not_hold_the_only_slot() {
     upstreams_accounted(&h.core);
 }
 
-type Woken = Vec<std::sync::Arc<std::sync::atomic::AtomicBool>>;
-
-/// `n` started cores sharing one ledger, each with a wake-up flag standing in for the
-/// runtime's waker.
-fn workers(cfg: &Config, n: usize) -> (Vec<Harness>, Woken) {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    let shared = Shared::new(cfg, n);
-    let mut woken = Vec::new();
-    let mut ws = Vec::new();
-    for w in 0..n {
-        let flag = Arc::new(AtomicBool::new(false));
-        let f = flag.clone();
-        shared.set_waker(w, Box::new(move || f.store(true, Ordering::SeqCst)));
-        woken.push(flag);
-        let core = Core::with_shared(cfg.clone(), w as u64, shared.clone(), w).unwrap();
-        let mut h = Harness::with_core(core);
+/// `n` started workers of one process.
+fn workers(cfg: &Config, n: usize) -> Process {
+    let mut p = Process::new(cfg.clone(), n);
+    for h in &mut p.workers {
         h.core.start(h.now);
         h.pump();
-        ws.push(h);
     }
-    (ws, woken)
-}
-
-/// Delivers wake-ups (`Core::handle_shared`) until none is pending.
-fn settle(ws: &mut [Harness], woken: &Woken) {
-    for _ in 0..1000 {
-        let mut any = false;
-        for (w, flag) in woken.iter().enumerate() {
-            if flag.swap(false, std::sync::atomic::Ordering::SeqCst) {
-                any = true;
-                let now = ws[w].now;
-                ws[w].core.handle_shared(now);
-                ws[w].pump();
-            }
-        }
-        if !any {
-            return;
-        }
-    }
-    panic!("the workers wake each other forever");
+    p
 }
 
 #[test]
@@ -483,50 +460,50 @@ fn a_server_the_checks_bring_back_takes_the_waiting_requests_of_every_worker() {
     cfg.upstreams[0].servers[0].max_conns = 1;
     cfg.upstreams[0].queue = 16;
     cfg.upstreams[0].queue_timeout = secs(30);
-    let (mut ws, woken) = workers(&cfg, 2);
-    for (u, server) in checks_sent(&mut ws[0]) {
-        ws[0].upstream_send(u, &status(if server == 0 { 200 } else { 500 }));
+    let mut p = workers(&cfg, 2);
+    for (u, server) in checks_sent(&mut p.workers[0]) {
+        p.workers[0].upstream_send(u, &status(if server == 0 { 200 } else { 500 }));
     }
-    assert!(up(&ws[0], 0) && !up(&ws[0], 1));
-    settle(&mut ws, &woken);
-    let a = ws[0].connect_client();
-    ws[0].client_send(a, &get("/a"));
-    let b = ws[0].connect_client();
-    ws[0].client_send(b, &get("/b"));
-    settle(&mut ws, &woken);
-    let c = ws[1].connect_client();
-    ws[1].client_send(c, &get("/c"));
-    settle(&mut ws, &woken);
+    assert!(up(&p.workers[0], 0) && !up(&p.workers[0], 1));
+    p.settle();
+    let a = p.workers[0].connect_client();
+    p.workers[0].client_send(a, &get("/a"));
+    let b = p.workers[0].connect_client();
+    p.workers[0].client_send(b, &get("/b"));
+    p.settle();
+    let c = p.workers[1].connect_client();
+    p.workers[1].client_send(c, &get("/c"));
+    p.settle();
     assert_eq!(
         (
-            ws[0].core.queued(UpstreamId(0)),
-            ws[1].core.queued(UpstreamId(0))
+            p.workers[0].core.queued(UpstreamId(0)),
+            p.workers[1].core.queued(UpstreamId(0))
         ),
         (1, 1),
         "/b and /c wait for server 0"
     );
     // Worker 1 reaches the next round first.
-    ws[1].advance(INTERVAL);
-    let sent = checks_sent(&mut ws[1]);
+    p.workers[1].advance(INTERVAL);
+    let sent = checks_sent(&mut p.workers[1]);
     assert_eq!(sent.iter().map(|s| s.1).collect::<Vec<_>>(), [1]);
-    ws[1].upstream_send(sent[0].0, &status(200));
-    ws[0].advance(INTERVAL);
-    settle(&mut ws, &woken);
-    assert!(up(&ws[0], 1));
+    p.workers[1].upstream_send(sent[0].0, &status(200));
+    p.workers[0].advance(INTERVAL);
+    p.settle();
+    assert!(up(&p.workers[0], 1));
     assert_eq!(
         (
-            ws[0].core.queued(UpstreamId(0)),
-            ws[1].core.queued(UpstreamId(0))
+            p.workers[0].core.queued(UpstreamId(0)),
+            p.workers[1].core.queued(UpstreamId(0))
         ),
         (0, 0),
         "every waiting request went to server 1"
     );
-    ws[1].accept_connect();
-    let uc = busy_upstream(&ws[1]).expect("/c sent");
-    assert_eq!(ws[1].upstreams[&uc].server.unwrap().index, 1);
-    assert_eq!(requests(&mut ws[1], uc)[0].path, "/c");
-    ws[1].upstream_send(uc, &ok("c"));
-    assert_eq!(responses(&mut ws[1], c)[0].status, 200);
+    p.workers[1].accept_connect();
+    let uc = busy_upstream(&p.workers[1]).expect("/c sent");
+    assert_eq!(p.workers[1].upstreams[&uc].server.unwrap().index, 1);
+    assert_eq!(requests(&mut p.workers[1], uc)[0].path, "/c");
+    p.workers[1].upstream_send(uc, &ok("c"));
+    assert_eq!(responses(&mut p.workers[1], c)[0].status, 200);
 }
 
 #[test]
@@ -538,9 +515,9 @@ fn a_round_due_as_the_previous_check_times_out_in_another_worker_is_not_skipped(
     let mut cfg = checked(1, 3, 1);
     cfg.upstreams[0].health_check.as_mut().unwrap().timeout = INTERVAL;
     cfg.upstreams[0].servers[0].max_conns = 1;
-    let (mut ws, woken) = workers(&cfg, 2);
+    let mut p = workers(&cfg, 2);
     assert_eq!(
-        checks_sent(&mut ws[0]).len(),
+        checks_sent(&mut p.workers[0]).len(),
         1,
         "worker 0 runs the first round"
     );
@@ -548,10 +525,10 @@ fn a_round_due_as_the_previous_check_times_out_in_another_worker_is_not_skipped(
     for _ in 0..4 {
         // The worker that did not run the last check wakes first at each instant.
         let (first, second) = (1 - last, last);
-        ws[first].advance(INTERVAL);
-        ws[second].advance(INTERVAL);
-        settle(&mut ws, &woken);
-        for (w, h) in ws.iter_mut().enumerate() {
+        p.workers[first].advance(INTERVAL);
+        p.workers[second].advance(INTERVAL);
+        p.settle();
+        for (w, h) in p.workers.iter_mut().enumerate() {
             if !checks_sent(h).is_empty() {
                 last = w;
             }
@@ -559,8 +536,8 @@ fn a_round_due_as_the_previous_check_times_out_in_another_worker_is_not_skipped(
     }
     // Rounds at 0, 1, 2, 3 intervals: by 4 intervals the first three timed out (fall = 3).
     assert!(
-        !up(&ws[0], 0),
+        !up(&p.workers[0], 0),
         "out within interval × fall + timeout: {:?}",
-        results(&ws[0], 0)
+        results(&p.workers[0], 0)
     );
 }
