@@ -541,3 +541,18 @@ fn a_round_due_as_the_previous_check_times_out_in_another_worker_is_not_skipped(
         results(&p.workers[0], 0)
     );
 }
+
+#[test]
+fn a_check_the_proxy_could_not_even_attempt_is_no_result() {
+    // The runtime could not attempt the check's connect (out of file descriptors): that says
+    // nothing about the server, as passive health already holds (`Failure::Local`). Counted as
+    // an error it took every server out (fall = 1) and turned a local shortage into 502s.
+    let mut h = Harness::new(checked(1, 1, 1));
+    h.auto_connect = false;
+    h.core.start(h.now);
+    h.pump();
+    h.abort_connect().expect("the first check connects");
+    assert!(up(&h, 0), "a local failure is not the server's");
+    assert_eq!(results(&h, 0), [0, 0, 0, 0]);
+    upstreams_accounted(&h.core);
+}

@@ -357,6 +357,12 @@ impl Core {
             self.start_check(now, started, g, idx, true);
             return;
         }
+        if matches!(why, Failure::Local) {
+            // The runtime could not even attempt the connect (a local shortage, e.g. of file
+            // descriptors): nothing learned of the server, as for passive health. The round
+            // passes without a result rather than taking every server out.
+            return;
+        }
         let result = match why {
             Failure::ConnectTimeout | Failure::ReadTimeout | Failure::SendTimeout => {
                 CheckResult::Timeout
