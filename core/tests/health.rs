@@ -556,3 +556,22 @@ fn a_check_the_proxy_could_not_even_attempt_is_no_result() {
     assert_eq!(results(&h, 0), [0, 0, 0, 0]);
     upstreams_accounted(&h.core);
 }
+
+#[test]
+fn a_connect_that_hangs_times_out_by_the_shorter_of_the_two_timeouts() {
+    // The check's timeout includes the connect; a shorter connect_timeout ends it first.
+    for (connect_ms, want_ms) in [(10_000, 500), (200, 200)] {
+        let mut cfg = checked(1, 1, 1);
+        cfg.upstreams[0].connect_timeout = Duration::from_millis(connect_ms);
+        let mut h = Harness::new(cfg);
+        h.auto_connect = false;
+        h.core.start(h.now);
+        h.pump();
+        h.advance(Duration::from_millis(want_ms - 1));
+        assert!(up(&h, 0), "connect {connect_ms} ms: not yet");
+        h.advance(Duration::from_millis(2));
+        assert_eq!(results(&h, 0), [0, 0, 1, 0], "connect {connect_ms} ms");
+        assert!(!up(&h, 0));
+        upstreams_accounted(&h.core);
+    }
+}
