@@ -223,10 +223,16 @@ impl ServerLedger {
                 .is_ok()
     }
 
-    /// The round just claimed found the server's slots taken (perhaps by the previous round's
-    /// check, still finishing in another worker): its check is owed.
+    /// The round just claimed found the server's slots taken by no request (the previous
+    /// round's check still finishing, or idle connections, in other workers): its check is
+    /// owed, to be run by the worker that holds them.
     pub(crate) fn owe_check(&self, owed: bool) {
         self.check_owed.store(owed, SeqCst);
+    }
+
+    /// Whether a check is owed (see [`ServerLedger::owe_check`]).
+    pub(crate) fn check_owed(&self) -> bool {
+        self.check_owed.load(SeqCst)
     }
 
     /// Whether a check is owed, and no longer (the caller runs it).

@@ -575,3 +575,30 @@ fn a_connect_that_hangs_times_out_by_the_shorter_of_the_two_timeouts() {
         upstreams_accounted(&h.core);
     }
 }
+
+#[test]
+fn a_round_due_in_a_worker_without_the_servers_one_connection_is_run_by_the_worker_with_it() {
+    // max_conns = 1, two workers, no traffic: worker 0's idle pooled connection (from the
+    // first check) holds the one slot. Worker 1 reaching a round first has neither a slot nor
+    // an idle connection: the round was lost, and with worker 1 always first no check ran
+    // again — a server failing its checks stayed in rotation.
+    let mut cfg = checked(1, 2, 1);
+    cfg.upstreams[0].servers[0].max_conns = 1;
+    let mut p = workers(&cfg, 2);
+    let (u, _) = checks_sent(&mut p.workers[0])[0];
+    p.workers[0].upstream_send(u, &status(200));
+    assert!(p.workers[0].core.is_pooled(u));
+    for _ in 0..2 {
+        p.workers[1].advance(INTERVAL);
+        p.workers[0].advance(INTERVAL);
+        p.settle();
+        for w in 0..2 {
+            for (u, _) in checks_sent(&mut p.workers[w]) {
+                p.workers[w].upstream_send(u, &status(500));
+            }
+        }
+    }
+    assert_eq!(results(&p.workers[0], 0), [1, 2, 0, 0], "every round ran");
+    assert!(!up(&p.workers[0], 0), "out after fall = 2 failures");
+    assert_eq!(connects(&p.workers[1]), 0, "never beyond max_conns");
+}

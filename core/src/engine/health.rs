@@ -64,17 +64,30 @@ impl Core {
             };
             for idx in 0..self.config.upstreams[g].servers.len() {
                 let ledger = &self.shared.group(g).servers[idx];
-                if now < ledger.next_check() || !ledger.claim_check(now, interval) {
-                    continue;
-                }
-                // An owed check of the round before is overtaken by this one.
-                ledger.owe_check(false);
-                // A server set down (maintenance) is not checked: the round passes. (Drained
+                // A server set down (maintenance) is not checked: its rounds pass. (Drained
                 // servers neither: they take no new requests whatever the checks say.)
-                if ledger.state() != ServerState::Up {
+                let up = ledger.state() == ServerState::Up;
+                if now >= ledger.next_check() && ledger.claim_check(now, interval) {
+                    // An owed check of the round before is overtaken by this one.
+                    ledger.owe_check(false);
+                    if up {
+                        self.start_check(now, now, g, idx, false);
+                    }
                     continue;
                 }
-                self.start_check(now, now, g, idx, false);
+                // The round another worker claimed but could not run, for lack of a slot this
+                // core's idle connection to the server holds: it runs here, on that connection.
+                let key = PoolKey {
+                    server: self.groups[g].first_server + idx as u32,
+                    partition: 0,
+                };
+                if up
+                    && ledger.check_owed()
+                    && self.pool.idle_for_key(key) > 0
+                    && ledger.take_owed_check()
+                {
+                    self.start_check(now, now, g, idx, false);
+                }
             }
         }
     }
@@ -140,11 +153,19 @@ impl Core {
             }
             None => {
                 if !self.open_slot(g, idx) {
-                    // Owed to the round: if the slot is held by the previous round's check,
-                    // still finishing in another worker as this round fell due, that worker
-                    // runs it as its check ends (else the round would be lost, and a silent
-                    // server's timeouts come only every other interval).
-                    self.shared.group(g).servers[idx].owe_check(true);
+                    // No request holds the slots, so other workers do, with the previous
+                    // round's check (still finishing as this round fell due) or an idle
+                    // connection: the check is owed to the round, run by the worker that ends
+                    // its check or, woken, has the idle connection. (Else the round was lost —
+                    // every one of them, when the worker without the connection wakes first.)
+                    // A server busy serving requests just skips the round.
+                    let ledger = self.shared.group(g).clone();
+                    if ledger.servers[idx].inflight() == 0 {
+                        ledger.servers[idx].owe_check(true);
+                        for w in 0..self.shared.workers() {
+                            self.wake_later(w);
+                        }
+                    }
                     return;
                 }
                 self.stats.servers[server as usize].connects += 1;
