@@ -31,6 +31,7 @@ macro_rules! health_scenario_tests {
             health_checks_flip_a_server_both_ways,
             health_checks_run_once_per_interval_for_the_process,
             a_health_check_rides_a_pooled_connection,
+            health_checks_run_every_round_behind_max_conns_1_with_two_workers,
         );
     };
     (@each $start:expr; $($name:ident),* $(,)?) => {
@@ -398,5 +399,40 @@ pub fn a_health_check_rides_a_pooled_connection(start: Start) {
         "the check rode the request's pooled connection"
     );
     assert_eq!(a.accepted(), 1, "one connection for checks and traffic");
+    proxy.stop();
+}
+
+/// Seed 000's setup: `max_conns = 1`, two workers, no traffic. The worker holding the one
+/// (idle, pooled) connection is not always the one that wakes first for a round; the other
+/// finds no slot and no connection of its own. Every round still runs (the first worker runs
+/// it on its connection) — it used to be lost, about every other one — and on that one
+/// connection: the backend never sees a second.
+pub fn health_checks_run_every_round_behind_max_conns_1_with_two_workers(start: Start) {
+    let a = CheckedBackend::start("a").unwrap();
+    let interval = Duration::from_millis(200);
+    let mut config = checked_config(vec![a.addr()], 2, interval);
+    config.upstreams[0].servers[0].max_conns = 1;
+    let proxy = start(config);
+    assert!(eventually(Duration::from_secs(10), || !a
+        .checks()
+        .is_empty()));
+    let first = a.checks()[0].at;
+    std::thread::sleep(Duration::from_secs(2));
+    let checks = a.checks();
+    let span = checks.last().unwrap().at.duration_since(first);
+    let rounds = (span.as_millis() / interval.as_millis()) as usize + 1;
+    eprintln!(
+        "{} checks in {span:?} at one per {interval:?} ({rounds} rounds), over {} connections",
+        checks.len(),
+        a.accepted()
+    );
+    // Counted against the time the checks actually spanned, so a slow machine only stretches
+    // the window; losing a round to the worker without the connection is what this catches.
+    assert!(
+        checks.len() * 4 >= rounds * 3,
+        "{} checks for {rounds} rounds: rounds were lost",
+        checks.len()
+    );
+    assert_eq!(a.accepted(), 1, "one connection, max_conns = 1");
     proxy.stop();
 }
