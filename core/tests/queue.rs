@@ -4,9 +4,11 @@
 //! process-wide `max_conns` and FIFO order across workers). Driven by the in-memory harness.
 
 use core::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use upkeep_core::sim::Harness;
-use upkeep_core::{ConnId, ServerState, UpstreamId};
+use upkeep_core::{ConnId, Core, ServerState, Shared, UpstreamId};
 
 mod common;
 use common::*;
@@ -184,7 +186,37 @@ fn no_queue_for_a_server_that_is_down_or_drained() {
     assert_eq!(h.core.stats().groups[0].queued, 0);
 }
 
+/// Two workers' cores sharing one ledger, each in its own harness, with wake-up flags standing
+/// in for the runtime's wakers.
+struct Process {
+    workers: Vec<Harness>,
+    woken: Vec<Arc<AtomicBool>>,
+}
+
 impl Process {
+    fn new(cfg: upkeep_core::Config, n: usize) -> Process {
+        let shared = Shared::new(&cfg, n);
+        let mut workers = Vec::new();
+        let mut woken = Vec::new();
+        for w in 0..n {
+            let flag = Arc::new(AtomicBool::new(false));
+            let f = flag.clone();
+            shared.set_waker(w, Box::new(move || f.store(true, Ordering::SeqCst)));
+            woken.push(flag);
+            let core = Core::with_shared(cfg.clone(), w as u64, shared.clone(), w).unwrap();
+            workers.push(Harness::with_core(core));
+        }
+        Process { workers, woken }
+    }
+
+    /// Delivers wake-ups until none is pending.
+    fn settle(&mut self) {
+        assert!(
+            self.settle_within(10_000),
+            "the workers wake each other forever"
+        );
+    }
+
     fn busy(&self) -> usize {
         self.workers.iter().map(busy).sum()
     }
@@ -406,6 +438,28 @@ fn a_stale_retry_waiting_behind_others_gets_a_fresh_connection() {
     h.upstream_send(u3, &ok("three"));
     for c in [c1, c2, c3] {
         assert_eq!(responses(&mut h, c)[0].status, 200);
+    }
+}
+
+impl Process {
+    /// Delivers wake-ups for at most `rounds` rounds; false if they never stopped (a livelock).
+    fn settle_within(&mut self, rounds: usize) -> bool {
+        for _ in 0..rounds {
+            let mut any = false;
+            for (w, flag) in self.woken.iter().enumerate() {
+                if flag.swap(false, Ordering::SeqCst) {
+                    any = true;
+                    let h = &mut self.workers[w];
+                    let now = h.now;
+                    h.core.handle_shared(now);
+                    h.pump();
+                }
+            }
+            if !any {
+                return true;
+            }
+        }
+        false
     }
 }
 
