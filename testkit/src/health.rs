@@ -332,19 +332,14 @@ pub fn health_checks_flip_a_server_both_ways(start: Start) {
     proxy.stop();
 }
 
-/// Two workers, checks every 250 ms: over a ~2 s window the backend sees about 8 checks, one
-/// per interval for the process — never one per worker per interval (16) — and they come on at
-/// most one connection per worker (each check rides its worker's pooled connection).
-pub fn health_checks_run_once_per_interval_for_the_process(start: Start) {
-    let a = CheckedBackend::start("a").unwrap();
-    let interval = Duration::from_millis(250);
-    let proxy = start(checked_config(vec![a.addr()], 2, interval));
+/// The checks `a` saw over a window of ~2 s from its first one, and the rounds of `interval`
+/// that window spanned (counted against the time it actually spanned: a busy machine only
+/// stretches it).
+fn check_window(a: &CheckedBackend, interval: Duration) -> (Vec<Seen>, usize) {
     assert!(eventually(Duration::from_secs(10), || !a
         .checks()
         .is_empty()));
     let first = a.checks()[0].at;
-    // The window: from the first check, ~2 s (longer on a busy machine is fine: counted below
-    // against the time it actually spanned).
     std::thread::sleep(Duration::from_secs(2));
     let checks = a.checks();
     let span = checks.last().unwrap().at.duration_since(first);
@@ -354,6 +349,17 @@ pub fn health_checks_run_once_per_interval_for_the_process(start: Start) {
         checks.len(),
         a.accepted()
     );
+    (checks, rounds)
+}
+
+/// Two workers, checks every 250 ms: over a ~2 s window the backend sees about 8 checks, one
+/// per interval for the process — never one per worker per interval (16) — and they come on at
+/// most one connection per worker (each check rides its worker's pooled connection).
+pub fn health_checks_run_once_per_interval_for_the_process(start: Start) {
+    let a = CheckedBackend::start("a").unwrap();
+    let interval = Duration::from_millis(250);
+    let proxy = start(checked_config(vec![a.addr()], 2, interval));
+    let (checks, rounds) = check_window(&a, interval);
     // Rounds are claimed at least an interval apart; their arrival here jitters (a check that
     // opens a connection arrives later than one riding a pooled one): two extra for that and
     // the window's ends. One check per worker per interval would be twice as many.
@@ -413,19 +419,7 @@ pub fn health_checks_run_every_round_behind_max_conns_1_with_two_workers(start: 
     let mut config = checked_config(vec![a.addr()], 2, interval);
     config.upstreams[0].servers[0].max_conns = 1;
     let proxy = start(config);
-    assert!(eventually(Duration::from_secs(10), || !a
-        .checks()
-        .is_empty()));
-    let first = a.checks()[0].at;
-    std::thread::sleep(Duration::from_secs(2));
-    let checks = a.checks();
-    let span = checks.last().unwrap().at.duration_since(first);
-    let rounds = (span.as_millis() / interval.as_millis()) as usize + 1;
-    eprintln!(
-        "{} checks in {span:?} at one per {interval:?} ({rounds} rounds), over {} connections",
-        checks.len(),
-        a.accepted()
-    );
+    let (checks, rounds) = check_window(&a, interval);
     // Counted against the time the checks actually spanned, so a slow machine only stretches
     // the window; losing a round to the worker without the connection is what this catches.
     assert!(
