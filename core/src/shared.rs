@@ -95,6 +95,9 @@ pub(crate) struct ServerLedger {
     check_changes: AtomicU64,
     /// Checks run, by result ([`CheckResult`] index), every worker together.
     check_results: [AtomicU64; CheckResult::COUNT],
+    /// The round claimed last found no connection slot: the check it should have run is owed,
+    /// and runs when the check in flight (another worker's, holding the slot) ends.
+    check_owed: AtomicBool,
     /// Idle pooled connections to this server, every worker together.
     pub(crate) idle: AtomicU32,
 }
@@ -130,6 +133,7 @@ impl ServerLedger {
             check_passes: AtomicU32::new(0),
             check_fails: AtomicU32::new(0),
             check_changes: AtomicU64::new(0),
+            check_owed: AtomicBool::new(false),
             check_results: Default::default(),
             idle: AtomicU32::new(0),
         }
@@ -221,6 +225,23 @@ impl ServerLedger {
                 .is_ok()
     }
 
+    /// The round just claimed found the server's slots taken by no request (the previous
+    /// round's check still finishing, or idle connections, in other workers): its check is
+    /// owed, to be run by the worker that holds them.
+    pub(crate) fn owe_check(&self, owed: bool) {
+        self.check_owed.store(owed, SeqCst);
+    }
+
+    /// Whether a check is owed (see [`ServerLedger::owe_check`]).
+    pub(crate) fn check_owed(&self) -> bool {
+        self.check_owed.load(SeqCst)
+    }
+
+    /// Whether a check is owed, and no longer (the caller runs it).
+    pub(crate) fn take_owed_check(&self) -> bool {
+        self.check_owed.swap(false, SeqCst)
+    }
+
     /// Counts a check's result and moves the streak on: `Some(failed)` when the verdict
     /// changed. (One check of a server runs at a time, so the streak's loads and stores do not
     /// race in practice; a lost update would only delay a flip by one check.)
@@ -246,7 +267,6 @@ impl ServerLedger {
         }
     }
 
-    /// Takes over the checks' schedule, streak and counts of `old` (a reload keeps them).
     /// The checks' verdict and streaks start afresh (the group is no longer checked).
     fn forget_checks(&self) {
         self.check_failed.store(false, SeqCst);
@@ -255,8 +275,13 @@ impl ServerLedger {
         self.next_check.store(0, SeqCst);
     }
 
-    fn carry_checks(&self, old: &ServerLedger) {
-        self.next_check.store(old.next_check.load(SeqCst), SeqCst);
+    /// Takes over the checks' streak and counts of `old` (a reload keeps them), and its
+    /// schedule when the interval stays the same (a new interval starts with a check at once:
+    /// the old schedule could hold the first check back for a whole old, longer interval).
+    fn carry_checks(&self, old: &ServerLedger, same_interval: bool) {
+        if same_interval {
+            self.next_check.store(old.next_check.load(SeqCst), SeqCst);
+        }
         self.check_passes
             .store(old.check_passes.load(SeqCst), SeqCst);
         self.check_fails.store(old.check_fails.load(SeqCst), SeqCst);
@@ -371,8 +396,10 @@ impl Shared {
             let was = old_ledger.state();
             // The checks' verdict and counts belong to the server, not the generation — while
             // the group is still checked: a verdict nothing would clear again is not kept.
-            if config.upstreams[k.new.0].health_check.is_some() {
-                next.inner.groups[k.new.0].servers[k.new.1].carry_checks(old_ledger);
+            if let Some(h) = &config.upstreams[k.new.0].health_check {
+                let then = old.upstreams[k.old.0].health_check.as_ref();
+                let same_interval = then.is_some_and(|o| o.interval == h.interval);
+                next.inner.groups[k.new.0].servers[k.new.1].carry_checks(old_ledger, same_interval);
             }
             if was != old.upstreams[k.old.0].servers[k.old.1].state {
                 next.inner.groups[k.new.0].servers[k.new.1]
@@ -706,6 +733,16 @@ mod tests {
             next.group(0).servers[0].next_check(),
             Time::from_millis(2005)
         );
+        // A new interval: the verdict stays, the first round is due at once (not at the end
+        // of the old, longer interval).
+        let mut faster = checked.clone();
+        faster.upstreams[0].health_check.as_mut().unwrap().interval =
+            core::time::Duration::from_millis(100);
+        faster.upstreams[0].health_check.as_mut().unwrap().timeout =
+            core::time::Duration::from_millis(100);
+        let next = Shared::carried_over(&faster, 2, &shared, &checked);
+        assert!(next.checks(0, 0).unwrap().streak.failed);
+        assert_eq!(next.group(0).servers[0].next_check(), Time::ZERO);
         // Checks turned off by the new file: nothing would clear the verdict, so it is not kept.
         let off = Shared::carried_over(&a, 2, &shared, &checked);
         assert_eq!(off.checks(0, 0).unwrap(), CheckView::default());

@@ -31,6 +31,7 @@ macro_rules! health_scenario_tests {
             health_checks_flip_a_server_both_ways,
             health_checks_run_once_per_interval_for_the_process,
             a_health_check_rides_a_pooled_connection,
+            health_checks_run_every_round_behind_max_conns_1_with_two_workers,
         );
     };
     (@each $start:expr; $($name:ident),* $(,)?) => {
@@ -331,19 +332,14 @@ pub fn health_checks_flip_a_server_both_ways(start: Start) {
     proxy.stop();
 }
 
-/// Two workers, checks every 250 ms: over a ~2 s window the backend sees about 8 checks, one
-/// per interval for the process — never one per worker per interval (16) — and they come on at
-/// most one connection per worker (each check rides its worker's pooled connection).
-pub fn health_checks_run_once_per_interval_for_the_process(start: Start) {
-    let a = CheckedBackend::start("a").unwrap();
-    let interval = Duration::from_millis(250);
-    let proxy = start(checked_config(vec![a.addr()], 2, interval));
+/// The checks `a` saw over a window of ~2 s from its first one, and the rounds of `interval`
+/// that window spanned (counted against the time it actually spanned: a busy machine only
+/// stretches it).
+fn check_window(a: &CheckedBackend, interval: Duration) -> (Vec<Seen>, usize) {
     assert!(eventually(Duration::from_secs(10), || !a
         .checks()
         .is_empty()));
     let first = a.checks()[0].at;
-    // The window: from the first check, ~2 s (longer on a busy machine is fine: counted below
-    // against the time it actually spanned).
     std::thread::sleep(Duration::from_secs(2));
     let checks = a.checks();
     let span = checks.last().unwrap().at.duration_since(first);
@@ -353,6 +349,17 @@ pub fn health_checks_run_once_per_interval_for_the_process(start: Start) {
         checks.len(),
         a.accepted()
     );
+    (checks, rounds)
+}
+
+/// Two workers, checks every 250 ms: over a ~2 s window the backend sees about 8 checks, one
+/// per interval for the process — never one per worker per interval (16) — and they come on at
+/// most one connection per worker (each check rides its worker's pooled connection).
+pub fn health_checks_run_once_per_interval_for_the_process(start: Start) {
+    let a = CheckedBackend::start("a").unwrap();
+    let interval = Duration::from_millis(250);
+    let proxy = start(checked_config(vec![a.addr()], 2, interval));
+    let (checks, rounds) = check_window(&a, interval);
     // Rounds are claimed at least an interval apart; their arrival here jitters (a check that
     // opens a connection arrives later than one riding a pooled one): two extra for that and
     // the window's ends. One check per worker per interval would be twice as many.
@@ -398,5 +405,28 @@ pub fn a_health_check_rides_a_pooled_connection(start: Start) {
         "the check rode the request's pooled connection"
     );
     assert_eq!(a.accepted(), 1, "one connection for checks and traffic");
+    proxy.stop();
+}
+
+/// Seed 000's setup: `max_conns = 1`, two workers, no traffic. The worker holding the one
+/// (idle, pooled) connection is not always the one that wakes first for a round; the other
+/// finds no slot and no connection of its own. Every round still runs (the first worker runs
+/// it on its connection) — it used to be lost, about every other one — and on that one
+/// connection: the backend never sees a second.
+pub fn health_checks_run_every_round_behind_max_conns_1_with_two_workers(start: Start) {
+    let a = CheckedBackend::start("a").unwrap();
+    let interval = Duration::from_millis(200);
+    let mut config = checked_config(vec![a.addr()], 2, interval);
+    config.upstreams[0].servers[0].max_conns = 1;
+    let proxy = start(config);
+    let (checks, rounds) = check_window(&a, interval);
+    // Counted against the time the checks actually spanned, so a slow machine only stretches
+    // the window; losing a round to the worker without the connection is what this catches.
+    assert!(
+        checks.len() * 4 >= rounds * 3,
+        "{} checks for {rounds} rounds: rounds were lost",
+        checks.len()
+    );
+    assert_eq!(a.accepted(), 1, "one connection, max_conns = 1");
     proxy.stop();
 }

@@ -40,10 +40,10 @@ impl ExpectStatus {
             )
         };
         let status = |t: &str| {
-            t.trim()
-                .parse::<u16>()
-                .ok()
-                .filter(|n| (100..=599).contains(n))
+            let t = t.trim();
+            // Digits only: `u16::from_str` would take a sign ("+200").
+            t.bytes().all(|b| b.is_ascii_digit()).then_some(())?;
+            t.parse::<u16>().ok().filter(|n| (100..=599).contains(n))
         };
         let (low, high) = match s.split_once('-') {
             Some((a, b)) => (status(a).ok_or_else(bad)?, status(b).ok_or_else(bad)?),
@@ -127,9 +127,12 @@ impl HealthCheck {
         if self.fall == 0 || self.rise == 0 {
             return fail("fall and rise must be >= 1".into());
         }
-        if !self.path.starts_with('/') || !self.path.bytes().all(|b| b.is_ascii_graphic()) {
+        // No '#': a fragment is never sent (the backend would answer 400 and fail the server).
+        if !self.path.starts_with('/')
+            || !self.path.bytes().all(|b| b.is_ascii_graphic() && b != b'#')
+        {
             return fail(format!(
-                "path {:?} must start with '/' and hold no spaces or control characters",
+                "path {:?} must start with '/' and hold no spaces, '#' or control characters",
                 self.path
             ));
         }
@@ -168,12 +171,30 @@ mod de {
         expect: Option<Expect>,
     }
 
-    /// `expect = "200-399"` or `expect = 200`.
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Expect {
-        Number(u16),
-        Text(String),
+    /// `expect = "200-399"` or `expect = 200`, as written (any integer, so one out of range
+    /// gets `ExpectStatus::parse`'s message rather than serde's "no variant matched").
+    struct Expect(String);
+
+    impl<'de> Deserialize<'de> for Expect {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Expect, D::Error> {
+            struct V;
+            impl de::Visitor<'_> for V {
+                type Value = Expect;
+                fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                    f.write_str("a status (200) or a range of statuses (\"200-399\")")
+                }
+                fn visit_str<E: de::Error>(self, v: &str) -> Result<Expect, E> {
+                    Ok(Expect(v.to_owned()))
+                }
+                fn visit_i64<E: de::Error>(self, v: i64) -> Result<Expect, E> {
+                    Ok(Expect(v.to_string()))
+                }
+                fn visit_u64<E: de::Error>(self, v: u64) -> Result<Expect, E> {
+                    Ok(Expect(v.to_string()))
+                }
+            }
+            d.deserialize_any(V)
+        }
     }
 
     fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
@@ -187,10 +208,7 @@ mod de {
             let interval = r.interval.unwrap_or(base.interval);
             let expect = match r.expect {
                 None => base.expect,
-                Some(Expect::Number(n)) => {
-                    ExpectStatus::parse(&n.to_string()).map_err(de::Error::custom)?
-                }
-                Some(Expect::Text(s)) => ExpectStatus::parse(&s).map_err(de::Error::custom)?,
+                Some(Expect(s)) => ExpectStatus::parse(&s).map_err(de::Error::custom)?,
             };
             Ok(HealthCheck {
                 path: r.path.unwrap_or(base.path),
@@ -302,6 +320,22 @@ mod toml_tests {
         let e = Config::from_toml(&bad).unwrap_err();
         assert!(e.message.contains("expect \"2xx\""), "{e}");
         assert_eq!(e.line, 5, "{e}");
+        // A number out of range or signed: the same clear message, not serde's "did not match
+        // any variant of untagged enum".
+        for (expect, shown) in [("70000", "70000"), ("-5", "-5"), ("\"+200\"", "+200")] {
+            let bad = format!("{BASE}health_check = {{ expect = {expect} }}\n");
+            let e = Config::from_toml(&bad).unwrap_err();
+            assert!(
+                e.message
+                    .contains(&format!("expect \"{shown}\": write one status")),
+                "{expect}: {e}"
+            );
+            assert_eq!(e.line, 5, "{e}");
+        }
+        // A fragment is never sent: the backend would answer 400 and fail the server.
+        let bad = format!("{BASE}health_check = {{ path = \"/up#x\" }}\n");
+        let e = Config::from_toml(&bad).unwrap_err();
+        assert!(e.message.contains("path \"/up#x\""), "{e}");
         let bad = format!("{BASE}health_check = {{ intervl = \"1s\" }}\n");
         let e = Config::from_toml(&bad).unwrap_err();
         assert!(e.message.contains("intervl"), "{e}");

@@ -30,7 +30,7 @@ use bytes::{Buf, Bytes};
 use super::table::Role;
 use super::upstream::{UState, Upstream};
 use super::{Core, touch};
-use crate::config::ServerState;
+use crate::config::{PoolKeyMode, ServerState};
 use crate::framing::{BodyDecoder, BodyKind, Method, Version};
 use crate::health::CheckResult;
 use crate::pool::{EvictReason, PoolKey};
@@ -64,16 +64,46 @@ impl Core {
             };
             for idx in 0..self.config.upstreams[g].servers.len() {
                 let ledger = &self.shared.group(g).servers[idx];
-                if now < ledger.next_check() || !ledger.claim_check(now, interval) {
-                    continue;
-                }
-                // A server set down (maintenance) is not checked: the round passes. (Drained
+                // A server set down (maintenance) is not checked: its rounds pass. (Drained
                 // servers neither: they take no new requests whatever the checks say.)
-                if ledger.state() != ServerState::Up {
+                let up = ledger.state() == ServerState::Up;
+                if now >= ledger.next_check() && ledger.claim_check(now, interval) {
+                    // An owed check of the round before is overtaken by this one.
+                    ledger.owe_check(false);
+                    if up {
+                        self.start_check(now, now, g, idx, false);
+                    }
                     continue;
                 }
-                self.start_check(now, now, g, idx, false);
+                // The round another worker claimed but could not run, for lack of a slot this
+                // core's idle connection to the server holds: it runs here, on that connection.
+                let key = PoolKey {
+                    server: self.groups[g].first_server + idx as u32,
+                    partition: 0,
+                };
+                if up
+                    && ledger.check_owed()
+                    && self.pool.idle_for_key(key) > 0
+                    && ledger.take_owed_check()
+                {
+                    self.start_check(now, now, g, idx, false);
+                }
             }
+        }
+    }
+
+    /// A drain (or a handoff) closes the checks in flight: no client waits on one, so the
+    /// drain would otherwise wait up to `timeout` for an answer nobody needs, and the result
+    /// of a check cut short says nothing about the server (not counted).
+    pub(super) fn drop_checks(&mut self) {
+        let checks: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|c| matches!(&c.role, Role::Upstream(u) if u.check.is_some()))
+            .map(|c| c.id)
+            .collect();
+        for id in checks {
+            self.close_upstream(id, false, rules::NotReusable::Draining);
         }
     }
 
@@ -94,6 +124,13 @@ impl Core {
     /// connection (unless `fresh`), else on a new one if the server's `max_conns` has room; else
     /// the round is skipped.
     fn start_check(&mut self, now: Time, started: Time, g: usize, idx: usize, fresh: bool) {
+        // Requests wait in the group's queue and the server would take them: its slots and
+        // idle connections are theirs first (FIFO), so it is busy serving requests and the
+        // round is skipped. (Not for a server held out: the waiters are not waiting for it,
+        // and its checks are what brings it back.)
+        if self.shared.group(g).queued() > 0 && self.groups[g].balancer.is_up(now, idx) {
+            return;
+        }
         let server = self.groups[g].first_server + idx as u32;
         let key = PoolKey {
             server,
@@ -116,6 +153,19 @@ impl Core {
             }
             None => {
                 if !self.open_slot(g, idx) {
+                    // No request holds the slots, so other workers do, with the previous
+                    // round's check (still finishing as this round fell due) or an idle
+                    // connection: the check is owed to the round, run by the worker that ends
+                    // its check or, woken, has the idle connection. (Else the round was lost —
+                    // every one of them, when the worker without the connection wakes first.)
+                    // A server busy serving requests just skips the round.
+                    let ledger = self.shared.group(g).clone();
+                    if ledger.servers[idx].inflight() == 0 {
+                        ledger.servers[idx].owe_check(true);
+                        for w in 0..self.shared.workers() {
+                            self.wake_later(w);
+                        }
+                    }
                     return;
                 }
                 self.stats.servers[server as usize].connects += 1;
@@ -173,6 +223,7 @@ impl Core {
             let Role::Upstream(u) = &mut c.role else {
                 return;
             };
+            let reused = u.reused();
             let Some(check) = u.check.as_mut() else {
                 return;
             };
@@ -194,6 +245,11 @@ impl Core {
                     }
                     // Interim: the final head follows.
                     continue;
+                }
+                if status == 408 && reused {
+                    // The backend's idle timeout racing the check on a pooled connection, as
+                    // for a client request (`rules::keepalive_race`): no verdict, sent again.
+                    return self.check_failed_conn(now, id, Failure::Reused408);
                 }
                 u.response = ResponseFacts {
                     http10: head.version == Version::Http10,
@@ -266,7 +322,9 @@ impl Core {
         };
         let server_out = self.shared.group(g).servers[idx].state() != ServerState::Up;
         let verdict = rules::upstream_reusable(&UpstreamFacts {
-            pooling: gcfg.keepalive > 0,
+            // With `pool_key = "client"` no client may reuse a check's connection, yet pooled
+            // it would hold one of the server's `max_conns` slots (and a pool place) from them.
+            pooling: gcfg.keepalive > 0 && gcfg.pool_key == PoolKeyMode::Server,
             draining: self.draining || server_out,
             response: u.response,
             request_sent: c.buf.wq.is_empty(),
@@ -297,7 +355,7 @@ impl Core {
             Err(why) => self.close_upstream(id, false, why),
         }
         self.remember_hint(now, server, hint);
-        self.check_result(g, idx, result);
+        self.check_result(now, g, idx, result);
     }
 
     /// A check's connection failed (connect error or timeout, reset, EOF, unparsable answer,
@@ -320,23 +378,29 @@ impl Core {
             self.start_check(now, started, g, idx, true);
             return;
         }
+        if matches!(why, Failure::Local) {
+            // The runtime could not even attempt the connect (a local shortage, e.g. of file
+            // descriptors): nothing learned of the server, as for passive health. The round
+            // passes without a result rather than taking every server out.
+            return;
+        }
         let result = match why {
             Failure::ConnectTimeout | Failure::ReadTimeout | Failure::SendTimeout => {
                 CheckResult::Timeout
             }
             _ => CheckResult::Error,
         };
-        self.check_result(g, idx, result);
+        self.check_result(now, g, idx, result);
     }
 
     /// Counts a check's result in the ledger; when the verdict flips, every worker hears of it
     /// (the epoch makes each close its idle connections to a failed server; the wake-up lets
     /// queued requests dispatch to a recovered one).
-    fn check_result(&mut self, g: usize, idx: usize, result: CheckResult) {
+    fn check_result(&mut self, now: Time, g: usize, idx: usize, result: CheckResult) {
         let Some(h) = self.config.upstreams[g].health_check.as_ref() else {
             return;
         };
-        let ledger = self.shared.group(g);
+        let ledger = self.shared.group(g).clone();
         if ledger.servers[idx]
             .check_done(result, h.fall, h.rise)
             .is_some()
@@ -348,6 +412,14 @@ impl Core {
             for w in 0..self.shared.workers() {
                 self.wake_later(w);
             }
+        }
+        // A round fell due while this check held the server's slot: its check runs now, on the
+        // slot (or pooled connection) this one just gave back.
+        if ledger.servers[idx].take_owed_check()
+            && !self.draining
+            && ledger.servers[idx].state() == ServerState::Up
+        {
+            self.start_check(now, now, g, idx, false);
         }
     }
 }

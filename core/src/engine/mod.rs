@@ -652,6 +652,7 @@ impl Core {
         for c in idle {
             self.evict(c, false, EvictReason::Draining);
         }
+        self.drop_checks();
         let clients: Vec<ConnId> = self
             .conns
             .iter()

@@ -87,6 +87,13 @@ impl Core {
             .fold(0, |m, i| m | (1u64 << i))
     }
 
+    /// Whether some server of group `g` a request may use has a free connection slot.
+    fn room_for_waiters(&self, now: Time, g: usize) -> bool {
+        let ledger = self.shared.group(g);
+        (0..self.groups[g].balancer.len())
+            .any(|i| self.groups[g].balancer.is_up(now, i) && ledger.servers[i].has_room())
+    }
+
     /// Gives up this worker's idle connections in group `g` to servers at `max_conns`: another
     /// worker's waiting request is first in line for their slots. With `to`, each is handed to
     /// that worker (see [`handover`](super::handover)) — one that cannot move is closed —
@@ -249,6 +256,7 @@ impl Core {
         // Each pass dispatches (or drops) the head, or returns; a head that loses its slot on
         // the way goes back to the queue, so the passes are bounded by the queue's length.
         let mut passes = 2 * (self.groups[g].queue.len() + 1);
+        let mut dispatched = false;
         loop {
             if passes == 0 {
                 return;
@@ -258,7 +266,12 @@ impl Core {
             match ledger.first_in_line() {
                 None => return,
                 Some(w) if w != self.worker => {
-                    if self.yield_idle(g, Some(w)) > 0 || slot_freed {
+                    // After this worker's own waiters went, a server may still have room for
+                    // the next in line (one that came back — checks, `up` — frees many slots
+                    // at once): that worker may have looked before this one and gone back to
+                    // sleep behind our head.
+                    let room = dispatched && self.room_for_waiters(now, g);
+                    if self.yield_idle(g, Some(w)) > 0 || slot_freed || room {
                         self.wake_later(w);
                     }
                     return;
@@ -300,6 +313,7 @@ impl Core {
                 return;
             };
             let w = self.leave_queue(now, id, true).expect("the head waits");
+            dispatched = true;
             self.stats.groups[g].dequeued += 1;
             self.bind_server(now, id, g, idx, slot, w.force_fresh, w.bytes);
             // What arrived with the head (body bytes, an EOF) was left alone while it waited.

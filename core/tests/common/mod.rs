@@ -298,3 +298,57 @@ pub fn upstreams_accounted(core: &Core) {
         "pooled or not reused + busy != requests assigned: {groups:?}"
     );
 }
+
+/// Cores sharing one ledger (the workers of one process), each in its own harness, with
+/// wake-up flags standing in for the runtime's wakers.
+pub struct Process {
+    pub workers: Vec<Harness>,
+    pub woken: Vec<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+}
+
+impl Process {
+    pub fn new(cfg: Config, n: usize) -> Process {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let shared = upkeep_core::Shared::new(&cfg, n);
+        let mut workers = Vec::new();
+        let mut woken = Vec::new();
+        for w in 0..n {
+            let flag = Arc::new(AtomicBool::new(false));
+            let f = flag.clone();
+            shared.set_waker(w, Box::new(move || f.store(true, Ordering::SeqCst)));
+            woken.push(flag);
+            let core = Core::with_shared(cfg.clone(), w as u64, shared.clone(), w).unwrap();
+            workers.push(Harness::with_core(core));
+        }
+        Process { workers, woken }
+    }
+
+    /// Delivers wake-ups until none is pending.
+    pub fn settle(&mut self) {
+        assert!(
+            self.settle_within(10_000),
+            "the workers wake each other forever"
+        );
+    }
+
+    /// Delivers wake-ups for at most `rounds` rounds; false if they never stopped (a livelock).
+    pub fn settle_within(&mut self, rounds: usize) -> bool {
+        for _ in 0..rounds {
+            let mut any = false;
+            for (w, flag) in self.woken.iter().enumerate() {
+                if flag.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                    any = true;
+                    let h = &mut self.workers[w];
+                    let now = h.now;
+                    h.core.handle_shared(now);
+                    h.pump();
+                }
+            }
+            if !any {
+                return true;
+            }
+        }
+        false
+    }
+}
