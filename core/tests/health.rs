@@ -9,7 +9,7 @@ use core::time::Duration;
 
 use upkeep_core::config::{Config, HealthCheck};
 use upkeep_core::health::CheckResult;
-use upkeep_core::sim::Harness;
+use upkeep_core::sim::{Harness, Process};
 use upkeep_core::{ConnId, Core, Shared, UpstreamId};
 
 mod common;
@@ -438,6 +438,21 @@ fn with_pool_key_client_the_checks_connection_does_not_hold_the_only_slot() {
     h.upstream_send(ua, &ok("a"));
     assert_eq!(responses(&mut h, c)[0].status, 200);
     upstreams_accounted(&h.core);
+}
+
+/// Delivering handed connections and wake-ups until the workers rest.
+trait Settle {
+    fn settle(&mut self);
+}
+
+impl Settle for Process {
+    fn settle(&mut self) {
+        assert!(
+            self.settle_within(10_000),
+            "the workers wake each other forever"
+        );
+        self.check_invariants();
+    }
 }
 
 /// `n` started workers of one process.
