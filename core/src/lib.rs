@@ -140,6 +140,7 @@ pub mod shared;
 #[cfg(feature = "sim")]
 pub mod sim;
 mod socket;
+mod spare;
 pub mod stats;
 mod time;
 mod timers;

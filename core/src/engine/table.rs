@@ -287,6 +287,14 @@ impl Core {
         }
         self.pool.remove(id);
         self.timers.set(id.index, None);
+        if let Some(c) = self.conns.get_mut(id) {
+            // Its buffers serve the next connection (the bytes left in them are dropped).
+            c.buf.rbuf.clear();
+            c.buf.wq.clear();
+            c.buf.wq_len = 0;
+            c.buf.lent_at = None;
+            self.spares.shed(&mut c.buf);
+        }
         self.conns.remove(id);
         self.out.push_back(Output::Close { conn: id, reset });
     }
