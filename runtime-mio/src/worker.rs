@@ -27,6 +27,7 @@ use upkeep_runtime::metrics::Snapshot;
 use upkeep_runtime::recorder::Recorder;
 use upkeep_runtime::socket::upstream_keepalive;
 use upkeep_runtime::tls::{self, Contexts, Session};
+use upkeep_runtime::trim::Trim;
 
 use crate::net::{Listener, Stream};
 
@@ -175,6 +176,7 @@ pub(crate) fn spawn(setup: Setup) -> io::Result<(Control, JoinHandle<()>)> {
         handed: 0,
         gone: Vec::new(),
         tls: setup.tls,
+        trim: Trim::default(),
     };
     for i in 0..worker.listeners.len() {
         if let Some(l) = worker.listeners[i].as_mut() {
@@ -239,6 +241,8 @@ struct Worker {
     /// Draining for a reload: the listeners the new configuration dropped.
     gone: Vec<ListenerId>,
     tls: Arc<Contexts>,
+    /// Returns freed memory to the system after bursts of closes.
+    trim: Trim,
 }
 
 /// Whether the loop goes on.
@@ -293,6 +297,7 @@ impl Worker {
             }
             self.recorder.flush();
             self.recorder.tick(&self.core, clock::now());
+            self.trim.tick(Instant::now());
             if self.drain_deadline.is_some() {
                 if self.core.is_drained() {
                     break;
@@ -326,6 +331,9 @@ impl Worker {
         }
         if let Some(d) = self.drain_deadline {
             at(d);
+        }
+        if let Some(d) = self.trim.due_in(Instant::now()) {
+            t = Some(t.map_or(d, |t| t.min(d)));
         }
         t
     }
@@ -543,6 +551,7 @@ impl Worker {
             return;
         }
         if let Some(mut s) = slot.take() {
+            self.trim.closed();
             if let Some(session) = s.tls.as_mut() {
                 session.close(s.stream.sock(), reset);
             }
