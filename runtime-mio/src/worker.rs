@@ -560,6 +560,13 @@ impl Worker {
                 s.stream.set_reset_on_close();
             }
         }
+        // After a spike the socket table gives its memory back, as the core's table does.
+        while self.socks.last().is_some_and(Option::is_none) {
+            self.socks.pop();
+        }
+        if self.socks.capacity() >= 1024 && self.socks.len() * 4 < self.socks.capacity() {
+            self.socks.shrink_to_fit();
+        }
     }
 
     /// Frees the slot of a socket the core no longer knows (defensive: every path that ends a

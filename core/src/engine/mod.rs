@@ -501,6 +501,9 @@ impl Core {
                     if let Some(at) = before {
                         c.buf.rbuf.truncate(at);
                     }
+                    // A read that found nothing (the runtime's first read of a new connection,
+                    // a spurious wake-up) leaves an idle connection without buffers again.
+                    self.shed_if_idle(conn);
                     return;
                 }
                 touch(&mut self.touched, conn);

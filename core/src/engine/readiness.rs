@@ -105,7 +105,7 @@ impl Core {
     /// Gives the buffers of `id` back to the free list if it is idle — a client between
     /// requests, an upstream connection in the pool — and holds no bytes; its next read takes
     /// them back (`Spares::lend`).
-    fn shed_if_idle(&mut self, id: ConnId) {
+    pub(super) fn shed_if_idle(&mut self, id: ConnId) {
         let pooled = self.pool.contains(id);
         let Some(c) = self.conns.get_mut(id) else {
             return;
