@@ -3,6 +3,7 @@
 #
 #   bash benches/load/run.sh            # full: 3 interleaved rounds of 5 s runs (~13 minutes)
 #   bash benches/load/run.sh --quick    # 1 round of 2 s runs (~3 minutes)
+#   bash benches/load/run.sh --memory   # RSS per idle client / pooled connection (memory.sh)
 #
 # It installs what is missing (Debian's nginx, haproxy, wrk, curl), builds `upkeep` (release),
 # starts two nginx origins (one worker each; /small = 100 bytes, /64k = a 65,536-byte file;
@@ -71,6 +72,7 @@ QUICK=0
 for arg in "$@"; do
     case $arg in
         --quick) QUICK=1 ;;
+        --memory) exec bash "$(dirname "${BASH_SOURCE[0]}")/memory.sh" ;;
         -h | --help) usage; exit 0 ;;
         *) echo "run.sh: unknown argument $arg (try --help)" >&2; exit 2 ;;
     esac
