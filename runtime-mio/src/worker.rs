@@ -555,7 +555,10 @@ impl Worker {
             if let Some(session) = s.tls.as_mut() {
                 session.close(s.stream.sock(), reset);
             }
-            s.stream.deregister(self.poll.registry());
+            // No deregister: closing the descriptor (the drop below) takes it out of the epoll
+            // set — no other descriptor shares its file — and saves an epoll_ctl per closed
+            // connection (strace -c, closing clients: 2.0 → 1.0 epoll_ctl per request). Events
+            // already fetched for it are filtered by the connection id's generation.
             if reset {
                 s.stream.set_reset_on_close();
             }
