@@ -297,7 +297,9 @@ impl Worker {
             }
             self.recorder.flush();
             self.recorder.tick(&self.core, clock::now());
-            self.trim.tick(Instant::now());
+            if self.trim.pending() {
+                self.trim.tick(Instant::now());
+            }
             if self.drain_deadline.is_some() {
                 if self.core.is_drained() {
                     break;
@@ -332,7 +334,9 @@ impl Worker {
         if let Some(d) = self.drain_deadline {
             at(d);
         }
-        if let Some(d) = self.trim.due_in(Instant::now()) {
+        if self.trim.pending()
+            && let Some(d) = self.trim.due_in(Instant::now())
+        {
             t = Some(t.map_or(d, |t| t.min(d)));
         }
         t

@@ -44,10 +44,16 @@ impl Trim {
         self.closed += 1;
     }
 
+    /// Whether enough connections closed for a trim (cheap: check it before reading the clock
+    /// for [`Trim::tick`]).
+    pub fn pending(&self) -> bool {
+        self.closed >= TRIM_AFTER
+    }
+
     /// How long the worker may sleep before the next trim is due at `now` (`None`: nothing to
     /// trim), so that a burst of closes followed by silence is trimmed too.
     pub fn due_in(&self, now: Instant) -> Option<Duration> {
-        if self.closed < TRIM_AFTER {
+        if !self.pending() {
             return None;
         }
         Some(self.last.map_or(Duration::ZERO, |t| {

@@ -28,6 +28,7 @@ use upkeep_runtime::metrics::Snapshot;
 use upkeep_runtime::recorder::Recorder;
 use upkeep_runtime::socket::upstream_keepalive;
 use upkeep_runtime::tls::{Contexts, Handshake, Session};
+use upkeep_runtime::trim::Trim;
 
 use crate::listener::Listener;
 use crate::stream::Stream;
@@ -145,6 +146,9 @@ pub(crate) struct Driver {
     /// The TLS material of the configuration (none by default).
     tls: Arc<Contexts>,
     this: std::rc::Weak<RefCell<Driver>>,
+    /// Returns freed memory to the system after bursts of closes (checked on the next
+    /// activity after the burst: this runtime has no trim timer).
+    trim: Trim,
 }
 
 /// The shared handle every task holds.
@@ -164,6 +168,7 @@ impl Driver {
                 room: Event::new(),
                 tls: Arc::default(),
                 this: this.clone(),
+                trim: Trim::default(),
             })
         });
         let timer = spawn(timer_loop(d.clone()));
@@ -363,6 +368,7 @@ impl Driver {
                         tls,
                         ..
                     }) => {
+                        self.trim.closed();
                         if let Some(session) = tls {
                             session.borrow_mut().close(stream.sock(), reset);
                         }
@@ -387,6 +393,9 @@ impl Driver {
         if let Some(r) = &mut self.recorder {
             r.flush();
             r.tick(&self.core, now);
+        }
+        if self.trim.pending() {
+            self.trim.tick(std::time::Instant::now());
         }
         let next = self.core.poll_timeout();
         if next.is_some() && (self.timer.armed.get().is_none() || next < self.timer.armed.get()) {
