@@ -3,6 +3,9 @@
 #
 #   bash benches/load/run.sh            # full: 3 interleaved rounds of 5 s runs (~13 minutes)
 #   bash benches/load/run.sh --quick    # 1 round of 2 s runs (~3 minutes)
+#   bash benches/load/run.sh --memory   # RSS per idle client / pooled connection (memory.sh)
+#   bash benches/load/run.sh --open-loop  # fixed-rate latency at 50/80/95 % of direct's peak
+#                                         # (open_loop.sh; oha; direct, upkeep, HAProxy, nginx)
 #
 # It installs what is missing (Debian's nginx, haproxy, wrk, curl), builds `upkeep` (release),
 # starts two nginx origins (one worker each; /small = 100 bytes, /64k = a 65,536-byte file;
@@ -67,10 +70,12 @@ set -euo pipefail
 # The comment block above, without the marks.
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
 
-QUICK=0
+QUICK=0 OPEN_LOOP=0
 for arg in "$@"; do
     case $arg in
         --quick) QUICK=1 ;;
+        --memory) exec bash "$(dirname "${BASH_SOURCE[0]}")/memory.sh" ;;
+        --open-loop) OPEN_LOOP=1 ;;
         -h | --help) usage; exit 0 ;;
         *) echo "run.sh: unknown argument $arg (try --help)" >&2; exit 2 ;;
     esac
@@ -78,6 +83,7 @@ done
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
+((OPEN_LOOP)) && CASES=${CASES:-keepalive:small} SKIP_ALLOC=${SKIP_ALLOC:-1}
 CASES=${CASES:-keepalive:small keepalive:64k close:small close:64k fanin:small}
 # Which kinds of TLS scenario were asked for (each needs its own proxy processes).
 TLS_TERM=0 TLS_UP=0 TLS_ONLY=1
@@ -96,6 +102,9 @@ if ((QUICK)); then
     ROUNDS=${ROUNDS:-1} DURATION=${DURATION:-2} WARMUP=1 OUT=${OUT:-$HERE/results/quick$SUB}
 else
     ROUNDS=${ROUNDS:-3} DURATION=${DURATION:-5} WARMUP=2 OUT=${OUT:-$HERE/results$SUB}
+fi
+if ((OPEN_LOOP)); then
+    TARGETS=${TARGETS:-direct upkeep haproxy-safe nginx-keep}
 fi
 TARGETS=${TARGETS:-direct nginx-nokeep nginx-keep haproxy-safe upkeep upkeep-nokeep}
 CONNS=${CONNS:-64}
@@ -629,6 +638,11 @@ upkeep_handshakes() { # process name
         /^upkeep_upstream_tls_handshakes_total/ { if ($1 ~ /resumed="true"/) r += $2; else f += $2 }
         END { print f + 0, r + 0 }'
 }
+
+if ((OPEN_LOOP)); then
+    source "$HERE/open_loop.sh"
+    exit 0
+fi
 
 # --- runs ------------------------------------------------------------------------------------
 

@@ -143,6 +143,7 @@ pub mod shared;
 #[cfg(feature = "sim")]
 pub mod sim;
 mod socket;
+mod spare;
 pub mod stats;
 mod time;
 mod timers;

@@ -27,6 +27,7 @@ use upkeep_runtime::metrics::Snapshot;
 use upkeep_runtime::recorder::Recorder;
 use upkeep_runtime::socket::upstream_keepalive;
 use upkeep_runtime::tls::{self, Contexts, Session};
+use upkeep_runtime::trim::Trim;
 
 use crate::net::{Listener, Stream};
 
@@ -191,6 +192,7 @@ pub(crate) fn spawn(setup: Setup) -> io::Result<(Control, JoinHandle<()>)> {
         gone: Vec::new(),
         tls: setup.tls,
         siblings: setup.siblings,
+        trim: Trim::default(),
     };
     for i in 0..worker.listeners.len() {
         if let Some(l) = worker.listeners[i].as_mut() {
@@ -257,6 +259,8 @@ struct Worker {
     tls: Arc<Contexts>,
     /// This generation's workers (see [`Setup::siblings`]).
     siblings: Siblings,
+    /// Returns freed memory to the system after bursts of closes.
+    trim: Trim,
 }
 
 /// Whether the loop goes on.
@@ -311,6 +315,9 @@ impl Worker {
             }
             self.recorder.flush();
             self.recorder.tick(&self.core, clock::now());
+            if self.trim.pending() {
+                self.trim.tick(Instant::now());
+            }
             if self.drain_deadline.is_some() {
                 if self.core.is_drained() {
                     break;
@@ -344,6 +351,11 @@ impl Worker {
         }
         if let Some(d) = self.drain_deadline {
             at(d);
+        }
+        if self.trim.pending()
+            && let Some(d) = self.trim.due_in(Instant::now())
+        {
+            t = Some(t.map_or(d, |t| t.min(d)));
         }
         t
     }
@@ -566,13 +578,24 @@ impl Worker {
             return;
         }
         if let Some(mut s) = slot.take() {
+            self.trim.closed();
             if let Some(session) = s.tls.as_mut() {
                 session.close(s.stream.sock(), reset);
             }
-            s.stream.deregister(self.poll.registry());
+            // No deregister: closing the descriptor (the drop below) takes it out of the epoll
+            // set — no other descriptor shares its file — and saves an epoll_ctl per closed
+            // connection (strace -c, closing clients: 2.0 → 1.0 epoll_ctl per request). Events
+            // already fetched for it are filtered by the connection id's generation.
             if reset {
                 s.stream.set_reset_on_close();
             }
+        }
+        // After a spike the socket table gives its memory back, as the core's table does.
+        while self.socks.last().is_some_and(Option::is_none) {
+            self.socks.pop();
+        }
+        if self.socks.capacity() >= 1024 && self.socks.len() * 4 < self.socks.capacity() {
+            self.socks.shrink_to_fit();
         }
     }
 

@@ -23,6 +23,7 @@ pub mod resolve;
 pub mod socket;
 pub mod throttle;
 pub mod tls;
+pub mod trim;
 pub mod trouble;
 pub mod upstream_metrics;
 pub mod upstreams;

@@ -31,6 +31,7 @@ use upkeep_runtime::metrics::Snapshot;
 use upkeep_runtime::recorder::Recorder;
 use upkeep_runtime::socket::upstream_keepalive;
 use upkeep_runtime::tls::{Contexts, Handshake, Origin, Session};
+use upkeep_runtime::trim::Trim;
 
 use crate::listener::Listener;
 use crate::stream::{Detached, Stream};
@@ -178,6 +179,9 @@ pub(crate) struct Driver {
     /// a lone core, which never hands any).
     hand_over_to: Option<HandOverTo>,
     this: std::rc::Weak<RefCell<Driver>>,
+    /// Returns freed memory to the system after bursts of closes (checked on the next
+    /// activity after the burst: this runtime has no trim timer).
+    trim: Trim,
 }
 
 /// The shared handle every task holds.
@@ -203,6 +207,7 @@ impl Driver {
                 draining: false,
                 hand_over_to: None,
                 this: this.clone(),
+                trim: Trim::default(),
             })
         });
         let timer = spawn(timer_loop(d.clone()));
@@ -434,6 +439,7 @@ impl Driver {
                         tls,
                         ..
                     }) => {
+                        self.trim.closed();
                         if let Some(session) = tls {
                             session.borrow_mut().close(stream.sock(), reset);
                         }
@@ -465,6 +471,9 @@ impl Driver {
             r.tick(&self.core, now);
         }
         self.hand_off_idle();
+        if self.trim.pending() {
+            self.trim.tick(std::time::Instant::now());
+        }
         let next = self.core.poll_timeout();
         if next.is_some() && (self.timer.armed.get().is_none() || next < self.timer.armed.get()) {
             self.timer.changed.notify(1);

@@ -65,7 +65,7 @@ impl SerialBackend {
         self.counters.accepted.load(Ordering::SeqCst)
     }
 
-    /// Requests answered so far.
+    /// Requests answered (or being answered) so far.
     pub fn requests(&self) -> usize {
         self.counters.requests.load(Ordering::SeqCst)
     }
@@ -144,8 +144,10 @@ fn serve_one(
                     "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{target}",
                     target.len()
                 );
-                s.write_all(resp.as_bytes())?;
+                // Counted before the answer leaves: a client that has read it may check the
+                // count at once (counting after the write raced with it).
                 c.requests.fetch_add(1, Ordering::SeqCst);
+                s.write_all(resp.as_bytes())?;
                 continue;
             }
         }

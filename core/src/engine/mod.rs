@@ -30,6 +30,7 @@ use crate::pool::{EvictReason, Pool};
 use crate::route::Router;
 use crate::rules::Failure;
 use crate::shared::Shared;
+use crate::spare::Spares;
 use crate::stats::{GroupStats, ServerStats, Stats};
 use crate::timers::Timers;
 use crate::{ConnId, ListenerId, ServerId, Time, UpstreamId};
@@ -130,6 +131,8 @@ pub struct Core {
     /// backend before this one's FIN is on its way; a request of this core takes such a slot
     /// over directly (its Connect follows the Close in the output order).
     closing_slots: Vec<(ConnId, u32, u32)>,
+    /// Read and scratch buffers idle and closed connections gave back (see `spare`).
+    spares: Spares,
 }
 
 impl Core {
@@ -219,6 +222,7 @@ impl Core {
             wakes: Vec::new(),
             epochs: vec![0; groups_len],
             closing_slots: Vec::new(),
+            spares: Spares::default(),
             config,
         })
     }
@@ -413,6 +417,7 @@ impl Core {
     #[doc(hidden)]
     pub fn read_buffer(&mut self, conn: ConnId, want: usize) -> Option<&mut BytesMut> {
         let c = self.conns.get_mut(conn)?;
+        self.spares.lend(&mut c.buf, want);
         c.buf.reserve_read(want);
         c.buf.lent_at = Some(c.buf.rbuf.len());
         Some(&mut c.buf.rbuf)
@@ -487,6 +492,7 @@ impl Core {
                 if data.is_empty() {
                     return;
                 }
+                self.spares.lend(&mut c.buf, data.len());
                 c.buf.receive(data);
                 touch(&mut self.touched, conn);
                 self.on_readable(now, conn);
@@ -502,6 +508,9 @@ impl Core {
                     if let Some(at) = before {
                         c.buf.rbuf.truncate(at);
                     }
+                    // A read that found nothing (the runtime's first read of a new connection,
+                    // a spurious wake-up) leaves an idle connection without buffers again.
+                    self.shed_if_idle(conn);
                     return;
                 }
                 touch(&mut self.touched, conn);

@@ -101,9 +101,38 @@ impl Core {
                 });
             }
             self.arm(id);
+            self.shed_if_idle(id);
         }
         touched.clear();
         self.touched = touched;
+    }
+
+    /// Gives the buffers of `id` back to the free list if it is idle — a client between
+    /// requests, an upstream connection in the pool — and holds no bytes; its next read takes
+    /// them back (`Spares::lend`).
+    pub(super) fn shed_if_idle(&mut self, id: ConnId) {
+        let pooled = self.pool.contains(id);
+        let Some(c) = self.conns.get_mut(id) else {
+            return;
+        };
+        let idle = match &c.role {
+            Role::Client(cl) => cl.phase == Phase::Idle,
+            Role::Upstream(_) => pooled,
+        };
+        if idle {
+            self.spares.shed(&mut c.buf);
+        }
+    }
+
+    /// Buffer capacity `id` holds (read + scratch) and the free list's size, for the
+    /// simulation's invariants.
+    #[cfg(feature = "sim")]
+    pub(crate) fn buffers_held(&self, id: ConnId) -> (usize, (usize, usize)) {
+        let held = self
+            .conns
+            .get(id)
+            .map_or(0, |c| c.buf.rbuf.capacity() + c.buf.scratch.capacity());
+        (held, self.spares.held())
     }
 
     /// Whether the runtime should read from `id` now: backpressure holds a side back while its

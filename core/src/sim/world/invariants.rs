@@ -241,6 +241,14 @@ impl World {
             if !core.is_pooled(u) {
                 continue;
             }
+            // 2b. an idle pooled connection gave its buffers back (memory per idle connection)
+            let (held, spares) = core.buffers_held(u);
+            if held > 0 {
+                problems.push(format!("{u:?} is pooled but holds {held} bytes of buffers"));
+            }
+            if spares.0.max(spares.1) > crate::spare::KEEP {
+                problems.push(format!("the free list holds {spares:?} buffers"));
+            }
             if ep.closed {
                 problems.push(format!("{u:?} is pooled but the core closed it"));
                 continue;
