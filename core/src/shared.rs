@@ -26,7 +26,7 @@
 
 use core::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering::SeqCst};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use crate::Time;
 use crate::config::{Config, ConfigError, ServerState, UpstreamConfig};
@@ -48,6 +48,9 @@ pub struct Shared {
 struct Ledger {
     groups: Vec<Arc<GroupLedger>>,
     wakers: Mutex<Vec<Option<Waker>>>,
+    /// The ledgers [continued](Shared::continued) from this one and the one it continues:
+    /// they share server entries, so a slot freed here may be what their queues wait for.
+    linked: Mutex<Vec<Weak<Ledger>>>,
 }
 
 /// One group's shared part: its servers, and its queue's length and order.
@@ -349,6 +352,7 @@ impl Shared {
                     .map(|u| Arc::new(GroupLedger::new(u, workers)))
                     .collect(),
                 wakers: Mutex::new((0..workers.max(1)).map(|_| None).collect()),
+                linked: Mutex::default(),
             }),
         }
     }
@@ -417,7 +421,44 @@ impl Shared {
                 .expect("a ledger just made is ours alone");
             group.servers[k.new.1] = entry.clone();
         }
+        // Both ways: a slot either generation frees in a kept entry wakes the other's queue.
+        for (from, to) in [(previous, &next), (&next, previous)] {
+            let mut linked = from.inner.linked.lock().unwrap_or_else(|e| e.into_inner());
+            linked.retain(|l| l.strong_count() > 0);
+            linked.push(Arc::downgrade(&to.inner));
+        }
         next
+    }
+
+    /// A `max_conns` slot of this ledger was given back: the worker first in line of every
+    /// group of the ledgers linked to it ([`Shared::continued`], transitively) is woken too —
+    /// they count the kept servers in the same entries, and their own ledgers' wakers never
+    /// hear of a slot freed here (a request of the new server set waiting in another worker
+    /// while the old set's connection closes). Cheap when nothing is linked.
+    pub(crate) fn wake_linked(&self) {
+        let mut seen: Vec<*const Ledger> = vec![Arc::as_ptr(&self.inner)];
+        let mut todo: Vec<Arc<Ledger>> = Vec::new();
+        let push_linked = |l: &Ledger, seen: &mut Vec<*const Ledger>, todo: &mut Vec<_>| {
+            let linked = l.linked.lock().unwrap_or_else(|e| e.into_inner());
+            for next in linked.iter().filter_map(Weak::upgrade) {
+                if !seen.contains(&Arc::as_ptr(&next)) {
+                    seen.push(Arc::as_ptr(&next));
+                    todo.push(next);
+                }
+            }
+        };
+        push_linked(&self.inner, &mut seen, &mut todo);
+        while let Some(l) = todo.pop() {
+            push_linked(&l, &mut seen, &mut todo);
+            let other = Shared { inner: l };
+            for g in &other.inner.groups {
+                if g.queued() > 0
+                    && let Some(w) = g.first_in_line()
+                {
+                    other.wake(w);
+                }
+            }
+        }
     }
 
     /// Server `index` of group `group`'s entry.
@@ -448,6 +489,7 @@ impl Shared {
         {
             self.wake(w);
         }
+        self.wake_linked();
     }
 
     /// Registers the wake-up call of `worker`: called (from any worker's thread) when that

@@ -81,3 +81,53 @@ fn busy_upstream_to(h: &Harness, index: u32) -> upkeep_core::ConnId {
         .expect("a busy connection to that server")
         .0
 }
+
+/// Two workers: the kept server's one slot is held by worker 0's *old* core when worker 1's new
+/// core queues a request for it. When the old core's connection closes (it drains), worker 1
+/// is woken through the new ledger — the old ledger's queue is empty, and no worker of it would
+/// otherwise tell the new one — and its request is dispatched.
+#[test]
+fn a_slot_the_old_core_frees_wakes_the_new_ledger_s_first_in_line_in_another_worker() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    let old_cfg = capped(1);
+    let old_ledger = Shared::new(&old_cfg, 2);
+    let mut old = Harness::with_core(Core::with_shared(old_cfg.clone(), 0, old_ledger, 0).unwrap());
+    let c1 = old.connect_client();
+    old.client_send(c1, &get("/old"));
+    let u1 = busy_upstream(&old).expect("in flight on the old core");
+
+    let mut new_cfg = old_cfg.clone();
+    let mut added = new_cfg.upstreams[0].servers[0].clone();
+    added.addr = Address::parse("127.0.0.1:9009").unwrap();
+    added.max_conns = 0;
+    added.state = upkeep_core::ServerState::Down;
+    new_cfg.upstreams[0].servers.push(added);
+    let ledger = Shared::continued(&new_cfg, 2, old.core.shared(), old.core.config());
+    let woken = Arc::new(AtomicBool::new(false));
+    let flag = woken.clone();
+    ledger.set_waker(1, Box::new(move || flag.store(true, SeqCst)));
+    let mut w1 = Harness::with_core(Core::with_shared(new_cfg, 1, ledger, 1).unwrap());
+    old.core.begin_drain(old.now);
+    old.pump();
+
+    let c2 = w1.connect_client();
+    w1.client_send(c2, &get("/new"));
+    assert_eq!(
+        w1.core.queued(UpstreamId(0)),
+        1,
+        "waits for the kept server's slot"
+    );
+    woken.store(false, SeqCst);
+
+    old.upstream_send(u1, &ok("old"));
+    assert_eq!(responses(&mut old, c1)[0].body, b"old");
+    assert!(old.upstreams[&u1].closed, "closed: the old core drains");
+    assert!(woken.load(SeqCst), "worker 1 woken through the new ledger");
+    w1.core.handle_shared(w1.now);
+    w1.pump();
+    assert_eq!(w1.core.queued(UpstreamId(0)), 0, "dispatched");
+    let u2 = busy_upstream(&w1).unwrap();
+    w1.upstream_send(u2, &ok("new"));
+    assert_eq!(responses(&mut w1, c2)[0].status, 200);
+}
