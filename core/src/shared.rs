@@ -430,26 +430,51 @@ impl Shared {
         next
     }
 
+    /// Whether a request waits, in a ledger linked to this one ([`Shared::continued`],
+    /// transitively), in a group that counts server `index` of `group` in the very same entry:
+    /// an idle connection of this ledger holding that server's slot keeps it from that request.
+    pub(crate) fn wanted_by_linked(&self, group: usize, index: usize) -> bool {
+        let Some(entry) = self.server_ledger((group, index)) else {
+            return false;
+        };
+        self.linked_ledgers().iter().any(|l| {
+            l.groups
+                .iter()
+                .any(|g| g.queued() > 0 && g.servers.iter().any(|s| Arc::ptr_eq(s, entry)))
+        })
+    }
+
+    /// The ledgers linked to this one, transitively (not itself); none but rarely.
+    fn linked_ledgers(&self) -> Vec<Arc<Ledger>> {
+        let mut seen: Vec<*const Ledger> = vec![Arc::as_ptr(&self.inner)];
+        let mut out: Vec<Arc<Ledger>> = Vec::new();
+        let mut i = 0;
+        let mut from: Arc<Ledger> = self.inner.clone();
+        loop {
+            {
+                let linked = from.linked.lock().unwrap_or_else(|e| e.into_inner());
+                for next in linked.iter().filter_map(Weak::upgrade) {
+                    if !seen.contains(&Arc::as_ptr(&next)) {
+                        seen.push(Arc::as_ptr(&next));
+                        out.push(next);
+                    }
+                }
+            }
+            let Some(next) = out.get(i) else {
+                return out;
+            };
+            from = next.clone();
+            i += 1;
+        }
+    }
+
     /// A `max_conns` slot of this ledger was given back: the worker first in line of every
     /// group of the ledgers linked to it ([`Shared::continued`], transitively) is woken too —
     /// they count the kept servers in the same entries, and their own ledgers' wakers never
     /// hear of a slot freed here (a request of the new server set waiting in another worker
     /// while the old set's connection closes). Cheap when nothing is linked.
     pub(crate) fn wake_linked(&self) {
-        let mut seen: Vec<*const Ledger> = vec![Arc::as_ptr(&self.inner)];
-        let mut todo: Vec<Arc<Ledger>> = Vec::new();
-        let push_linked = |l: &Ledger, seen: &mut Vec<*const Ledger>, todo: &mut Vec<_>| {
-            let linked = l.linked.lock().unwrap_or_else(|e| e.into_inner());
-            for next in linked.iter().filter_map(Weak::upgrade) {
-                if !seen.contains(&Arc::as_ptr(&next)) {
-                    seen.push(Arc::as_ptr(&next));
-                    todo.push(next);
-                }
-            }
-        };
-        push_linked(&self.inner, &mut seen, &mut todo);
-        while let Some(l) = todo.pop() {
-            push_linked(&l, &mut seen, &mut todo);
+        for l in self.linked_ledgers() {
             let other = Shared { inner: l };
             for g in &other.inner.groups {
                 if g.queued() > 0

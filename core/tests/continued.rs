@@ -131,3 +131,77 @@ fn a_slot_the_old_core_frees_wakes_the_new_ledger_s_first_in_line_in_another_wor
     w1.upstream_send(u2, &ok("new"));
     assert_eq!(responses(&mut w1, c2)[0].status, 200);
 }
+
+/// Two workers between their re-resolutions: worker 0 already runs the new server set (its idle
+/// connection to the kept server moved into its new core's pool), worker 1 still the old one,
+/// where a request waits for that server's one slot. The idle connection holds the slot in the
+/// entry both sets share; nobody waits for it in the new ledger. Once worker 0 is told (worker
+/// 1, first in line but finding no room, wakes the old ledger's workers), it gives the slot up
+/// — closes the idle connection — and worker 1's request is dispatched: not left to wait out
+/// its `queue_timeout` behind a connection nobody uses.
+#[test]
+fn an_idle_connection_of_the_new_set_yields_a_kept_slot_to_the_old_set_s_waiting_request() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    let old_cfg = capped(1);
+    let l1 = Shared::new(&old_cfg, 2);
+    let woken: Vec<Arc<AtomicBool>> = (0..2).map(|_| Arc::default()).collect();
+    for (w, flag) in woken.iter().enumerate() {
+        let f = flag.clone();
+        l1.set_waker(w, Box::new(move || f.store(true, SeqCst)));
+    }
+    let mut w0_old =
+        Harness::with_core(Core::with_shared(old_cfg.clone(), 0, l1.clone(), 0).unwrap());
+    let mut w1_old = Harness::with_core(Core::with_shared(old_cfg.clone(), 1, l1, 1).unwrap());
+    let c0 = w0_old.connect_client();
+    let (u0, _) = exchange(&mut w0_old, c0, &get("/a"), &ok("a"));
+    assert!(w0_old.core.is_pooled(u0));
+
+    // Worker 0 applies the change: its idle connection moves into its new core.
+    let mut new_cfg = old_cfg.clone();
+    let mut added = new_cfg.upstreams[0].servers[0].clone();
+    added.addr = Address::parse("127.0.0.1:9009").unwrap();
+    added.state = upkeep_core::ServerState::Down;
+    new_cfg.upstreams[0].servers.push(added);
+    let l2 = Shared::continued(&new_cfg, 2, w0_old.core.shared(), w0_old.core.config());
+    let mut w0_new = Harness::with_core(Core::with_shared(new_cfg, 0, l2, 0).unwrap());
+    let released = w0_old.core.release_pooled();
+    assert_eq!(released.len(), 1);
+    let moved = w0_new
+        .core
+        .adopt_pooled(w0_new.now, &released[0].1, None, released[0].3)
+        .expect("adopted");
+    w0_new.upstreams.insert(
+        moved,
+        upkeep_core::sim::Endpoint {
+            reading: true,
+            connected: true,
+            ..Default::default()
+        },
+    );
+    w0_new.pump();
+    w0_old.core.begin_drain(w0_old.now);
+    w0_old.pump();
+
+    // A request reaches worker 1, still on the old set: the kept server is full.
+    let c1 = w1_old.connect_client();
+    w1_old.client_send(c1, &get("/b"));
+    assert_eq!(w1_old.core.queued(UpstreamId(0)), 1);
+    // Worker 0 acts on its wake-up, on both its cores (what the runtimes do).
+    assert!(woken[0].swap(false, SeqCst), "worker 0 told");
+    for h in [&mut w0_old, &mut w0_new] {
+        h.core.handle_shared(h.now);
+        h.pump();
+    }
+    assert!(
+        w0_new.upstreams[&moved].closed,
+        "the idle connection gives the slot up"
+    );
+    assert!(woken[1].swap(false, SeqCst), "worker 1 told");
+    w1_old.core.handle_shared(w1_old.now);
+    w1_old.pump();
+    assert_eq!(w1_old.core.queued(UpstreamId(0)), 0, "dispatched");
+    let u1 = busy_upstream(&w1_old).expect("on its way to the kept server");
+    w1_old.upstream_send(u1, &ok("b"));
+    assert_eq!(responses(&mut w1_old, c1)[0].status, 200);
+}

@@ -243,6 +243,7 @@ impl Core {
             }
         }
         self.close_unusable_idle(now);
+        self.yield_to_linked();
         self.sync(now);
     }
 

@@ -123,6 +123,37 @@ impl Core {
         n
     }
 
+    /// Closes this core's idle connections to full servers whose slot a request waits for in
+    /// a linked ledger ([`Shared::continued`](crate::Shared::continued): another generation
+    /// counting the server in the same entry, whose queue this core's never sees) while nobody
+    /// waits for them in this one: a worker already on the new server set would otherwise keep
+    /// the slot idle while a worker still on the old one waits it out. The close wakes it.
+    pub(super) fn yield_to_linked(&mut self) {
+        for g in 0..self.groups.len() {
+            let ledger = self.shared.group(g).clone();
+            if !self.capped[g] || ledger.queued() > 0 {
+                continue;
+            }
+            let first = self.groups[g].first_server;
+            let out: Vec<ConnId> = self
+                .conns
+                .iter()
+                .filter_map(|c| match &c.role {
+                    Role::Upstream(u) if u.group as usize == g && u.state == UState::Idle => {
+                        let idx = (u.server - first) as usize;
+                        let s = &ledger.servers[idx];
+                        (s.max_conns > 0 && !s.has_room() && self.shared.wanted_by_linked(g, idx))
+                            .then_some(c.id)
+                    }
+                    _ => None,
+                })
+                .collect();
+            for id in out {
+                self.evict(id, false, EvictReason::Yielded);
+            }
+        }
+    }
+
     /// Wakes `worker` once this call's outputs have been acted on (see [`Core::poll_output`]):
     /// a connection this worker closed to free a slot is closed before the other opens one.
     pub(super) fn wake_later(&mut self, worker: usize) {
