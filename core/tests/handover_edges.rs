@@ -177,3 +177,27 @@ fn a_client_keyed_connection_is_closed_for_the_other_worker_not_handed() {
     assert_eq!(p.handovers(), (0, 0));
     assert_eq!((p.open(), counted(&p)), (1, 1));
 }
+
+#[test]
+fn a_client_keyed_idle_connection_of_another_client_yields_its_slot_to_the_waiting_request() {
+    // One worker, pool_key = "client", max_conns = 1: client A's idle connection holds the one
+    // slot, which client B's request may not reuse. B's request must not wait behind a
+    // connection it can never get (until A's connection's idle time or B's queue_timeout
+    // ends): the idle connection is closed for it, as another worker's would be.
+    let mut cfg = one_slot();
+    cfg.upstreams[0].pool_key = PoolKeyMode::Client;
+    let mut h = upkeep_core::sim::Harness::new(cfg);
+    let a = h.connect_client_from(ip(1));
+    let (ua, _) = exchange(&mut h, a, &get("/a"), &ok("a"));
+    assert!(h.core.is_pooled(ua));
+    let b = h.connect_client_from(ip(2));
+    h.client_send(b, &get("/b"));
+    let ub = busy_upstream(&h).expect("B's request is sent at once, on a new connection");
+    assert!(
+        h.upstreams[&ua].closed,
+        "A's idle connection gave up its slot"
+    );
+    assert_eq!(requests(&mut h, ub)[0].path, "/b");
+    h.upstream_send(ub, &ok("b"));
+    assert_eq!(responses(&mut h, b)[0].status, 200);
+}

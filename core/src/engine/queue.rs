@@ -18,6 +18,7 @@ use std::collections::VecDeque;
 use super::table::Role;
 use super::upstream::UState;
 use super::{Core, touch};
+use crate::config::PoolKeyMode;
 use crate::pool::EvictReason;
 use crate::rules::{self, NoServer, NoServerFacts};
 use crate::{ConnId, Time};
@@ -109,7 +110,7 @@ impl Core {
                 _ => None,
             })
             .collect();
-        if to.is_some() {
+        if to.is_some() || self.config.upstreams[g].pool_key == PoolKeyMode::Client {
             // No more than there are requests waiting (any worker's): the rest stay here for
             // this worker's next requests instead of moving for nothing.
             full.truncate(ledger.queued() as usize);
@@ -311,8 +312,11 @@ impl Core {
             let last = cl.ex.status;
             let Some((idx, slot)) = self.take_slot(now, g, hash, tried, fresh) else {
                 // A retry that needs a fresh connection would wait forever behind this worker's
-                // own idle connections (suspect anyway: one of their era just went stale).
-                if fresh && self.yield_idle(g, None) > 0 {
+                // own idle connections (suspect anyway: one of their era just went stale); so
+                // would any request of a `pool_key = "client"` group behind other clients'
+                // (or the health checks') idle connections, which it may never reuse.
+                let client_keyed = self.config.upstreams[g].pool_key == PoolKeyMode::Client;
+                if (fresh || client_keyed) && self.yield_idle(g, None) > 0 {
                     continue;
                 }
                 // No server it may use will free a slot (they went down, were drained, failed
