@@ -51,6 +51,8 @@ struct Ledger {
     /// The ledgers [continued](Shared::continued) from this one and the one it continues:
     /// they share server entries, so a slot freed here may be what their queues wait for.
     linked: Mutex<Vec<Weak<Ledger>>>,
+    /// Some ledger was ever linked to this one: the hot paths skip the lock otherwise.
+    has_links: AtomicBool,
 }
 
 /// One group's shared part: its servers, and its queue's length and order.
@@ -353,6 +355,7 @@ impl Shared {
                     .collect(),
                 wakers: Mutex::new((0..workers.max(1)).map(|_| None).collect()),
                 linked: Mutex::default(),
+                has_links: AtomicBool::new(false),
             }),
         }
     }
@@ -426,6 +429,7 @@ impl Shared {
             let mut linked = from.inner.linked.lock().unwrap_or_else(|e| e.into_inner());
             linked.retain(|l| l.strong_count() > 0);
             linked.push(Arc::downgrade(&to.inner));
+            from.inner.has_links.store(true, SeqCst);
         }
         next
     }
@@ -444,8 +448,17 @@ impl Shared {
         })
     }
 
+    /// Whether a ledger was ever [continued](Shared::continued) from this one or this one from
+    /// another (one atomic load).
+    pub(crate) fn has_links(&self) -> bool {
+        self.inner.has_links.load(SeqCst)
+    }
+
     /// The ledgers linked to this one, transitively (not itself); none but rarely.
     fn linked_ledgers(&self) -> Vec<Arc<Ledger>> {
+        if !self.has_links() {
+            return Vec::new();
+        }
         let mut seen: Vec<*const Ledger> = vec![Arc::as_ptr(&self.inner)];
         let mut out: Vec<Arc<Ledger>> = Vec::new();
         let mut i = 0;

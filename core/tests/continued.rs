@@ -205,3 +205,52 @@ fn an_idle_connection_of_the_new_set_yields_a_kept_slot_to_the_old_set_s_waiting
     w1_old.upstream_send(u1, &ok("b"));
     assert_eq!(responses(&mut w1_old, c1)[0].status, 200);
 }
+
+/// [`an_idle_connection_of_the_new_set_yields_a_kept_slot_to_the_old_set_s_waiting_request`],
+/// but the new set's connection is carrying a request of its own when the old set's request
+/// queues (nothing idle to give up then): it gives the slot up once that response is in.
+#[test]
+fn a_connection_of_the_new_set_busy_when_the_old_set_queued_yields_once_idle() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    let old_cfg = capped(1);
+    let l1 = Shared::new(&old_cfg, 2);
+    let woken: Vec<Arc<AtomicBool>> = (0..2).map(|_| Arc::default()).collect();
+    for (w, flag) in woken.iter().enumerate() {
+        let f = flag.clone();
+        l1.set_waker(w, Box::new(move || f.store(true, SeqCst)));
+    }
+    let mut w1_old =
+        Harness::with_core(Core::with_shared(old_cfg.clone(), 1, l1.clone(), 1).unwrap());
+    let mut new_cfg = old_cfg.clone();
+    let mut added = new_cfg.upstreams[0].servers[0].clone();
+    added.addr = Address::parse("127.0.0.1:9009").unwrap();
+    added.state = upkeep_core::ServerState::Down;
+    new_cfg.upstreams[0].servers.push(added);
+    let l2 = Shared::continued(&new_cfg, 2, &l1, &old_cfg);
+    let mut w0_new = Harness::with_core(Core::with_shared(new_cfg, 0, l2, 0).unwrap());
+
+    // Worker 0 (new set) carries a request on the kept server's one slot...
+    let c0 = w0_new.connect_client();
+    w0_new.client_send(c0, &get("/a"));
+    let u0 = busy_upstream(&w0_new).expect("in flight");
+    // ...when worker 1 (still the old set) queues one.
+    let c1 = w1_old.connect_client();
+    w1_old.client_send(c1, &get("/b"));
+    assert_eq!(w1_old.core.queued(UpstreamId(0)), 1);
+    woken[1].store(false, SeqCst);
+    requests(&mut w0_new, u0);
+    w0_new.upstream_send(u0, &ok("a"));
+    assert_eq!(responses(&mut w0_new, c0)[0].status, 200);
+    assert!(
+        w0_new.upstreams[&u0].closed,
+        "pooled, then given up for the old set's request"
+    );
+    assert!(woken[1].swap(false, SeqCst), "worker 1 told");
+    w1_old.core.handle_shared(w1_old.now);
+    w1_old.pump();
+    assert_eq!(w1_old.core.queued(UpstreamId(0)), 0, "dispatched");
+    let u1 = busy_upstream(&w1_old).expect("on its way");
+    w1_old.upstream_send(u1, &ok("b"));
+    assert_eq!(responses(&mut w1_old, c1)[0].status, 200);
+}

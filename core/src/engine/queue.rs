@@ -130,6 +130,9 @@ impl Core {
     /// waits for them in this one: a worker already on the new server set would otherwise keep
     /// the slot idle while a worker still on the old one waits it out. The close wakes it.
     pub(super) fn yield_to_linked(&mut self) {
+        if !self.shared.has_links() {
+            return;
+        }
         for g in 0..self.groups.len() {
             let ledger = self.shared.group(g).clone();
             if !self.capped[g] || ledger.queued() > 0 {
