@@ -201,3 +201,41 @@ fn a_client_keyed_idle_connection_of_another_client_yields_its_slot_to_the_waiti
     h.upstream_send(ub, &ok("b"));
     assert_eq!(responses(&mut h, b)[0].status, 200);
 }
+
+#[test]
+fn a_connection_released_for_a_reload_wakes_the_worker_first_in_line() {
+    // Worker 0's idle connection holds the one slot; worker 1's request has just queued (its
+    // wake-up for worker 0 not yet acted on) when worker 0 starts a reload's handoff drain and
+    // releases its idle connections to the new generation: the slot is free in this
+    // generation's ledger, and worker 1 must hear of it — its request does not wait out its
+    // queue_timeout.
+    let mut p = Process::new(one_slot(), 2);
+    let a = request(&mut p, 0, "/a");
+    settle(&mut p);
+    answer(&mut p, 0, "/a");
+    settle(&mut p);
+    assert_eq!(responses(&mut p.workers[0], a)[0].status, 200);
+    assert_eq!(p.workers[0].core.pool_idle(UpstreamId(0)), 1);
+    let b = request(&mut p, 1, "/b");
+    assert_eq!(p.workers[1].core.queued(UpstreamId(0)), 1);
+    // Worker 0 drains before it acts on that wake-up.
+    p.woken[0].store(false, std::sync::atomic::Ordering::SeqCst);
+    let h = &mut p.workers[0];
+    let released = h.core.release_pooled();
+    assert_eq!(released.len(), 1);
+    for (id, ..) in &released {
+        h.upstreams.remove(id);
+    }
+    let now = h.now;
+    h.core.begin_handoff(now);
+    h.pump();
+    assert_eq!(counted(&p), 0, "the slot left with the connection");
+    settle(&mut p);
+    assert_eq!(
+        p.workers[1].core.queued(UpstreamId(0)),
+        0,
+        "worker 1 was woken for the free slot"
+    );
+    answer(&mut p, 1, "/b");
+    assert_eq!(responses(&mut p.workers[1], b)[0].status, 200);
+}
