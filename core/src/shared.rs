@@ -465,7 +465,13 @@ impl Shared {
         let mut from: Arc<Ledger> = self.inner.clone();
         loop {
             {
-                let linked = from.linked.lock().unwrap_or_else(|e| e.into_inner());
+                let mut linked = from.linked.lock().unwrap_or_else(|e| e.into_inner());
+                // Generations that are gone: forgotten, and once none is left the hot paths
+                // are back to one atomic load (a link is only ever added under this lock).
+                linked.retain(|l| l.strong_count() > 0);
+                if linked.is_empty() {
+                    from.has_links.store(false, SeqCst);
+                }
                 for next in linked.iter().filter_map(Weak::upgrade) {
                     if !seen.contains(&Arc::as_ptr(&next)) {
                         seen.push(Arc::as_ptr(&next));
@@ -479,6 +485,15 @@ impl Shared {
             from = next.clone();
             i += 1;
         }
+    }
+
+    /// Whether a request waits in any ledger linked to this one (cheap when none is).
+    pub(crate) fn linked_waiting(&self) -> bool {
+        self.has_links()
+            && self
+                .linked_ledgers()
+                .iter()
+                .any(|l| l.groups.iter().any(|g| g.queued() > 0))
     }
 
     /// A `max_conns` slot of this ledger was given back: the worker first in line of every
@@ -853,5 +868,21 @@ mod tests {
         new.upstreams[0].servers[1].max_conns = 2;
         let other = Shared::continued(&new, 1, &previous, &old);
         assert_eq!(other.group(0).servers[1].conns(), 0);
+    }
+
+    #[test]
+    fn linked_generations_are_forgotten_once_gone() {
+        let a = |s: &str| Address::parse(s).unwrap();
+        let cfg = Config::simple(a("127.0.0.1:8080"), vec![a("127.0.0.1:9001")]);
+        let previous = Shared::new(&cfg, 1);
+        assert!(!previous.has_links());
+        let next = Shared::continued(&cfg, 1, &previous, &cfg);
+        assert!(previous.has_links() && next.has_links());
+        assert!(!next.linked_waiting());
+        assert!(previous.group(0).try_enqueue(4).is_some());
+        assert!(next.linked_waiting(), "the old generation's queue is seen");
+        drop(previous);
+        assert!(!next.linked_waiting());
+        assert!(!next.has_links(), "back to the one atomic load");
     }
 }

@@ -130,7 +130,7 @@ impl Core {
     /// waits for them in this one: a worker already on the new server set would otherwise keep
     /// the slot idle while a worker still on the old one waits it out. The close wakes it.
     pub(super) fn yield_to_linked(&mut self) {
-        if !self.shared.has_links() {
+        if !self.shared.linked_waiting() {
             return;
         }
         for g in 0..self.groups.len() {
