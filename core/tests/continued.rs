@@ -6,6 +6,8 @@
 //! starts with free slots. Driven by the in-memory harness.
 
 use core::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 
 use upkeep_core::sim::Harness;
 use upkeep_core::{Address, Core, Shared, UpstreamId};
@@ -88,8 +90,6 @@ fn busy_upstream_to(h: &Harness, index: u32) -> upkeep_core::ConnId {
 /// otherwise tell the new one — and its request is dispatched.
 #[test]
 fn a_slot_the_old_core_frees_wakes_the_new_ledger_s_first_in_line_in_another_worker() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
     let old_cfg = capped(1);
     let old_ledger = Shared::new(&old_cfg, 2);
     let mut old = Harness::with_core(Core::with_shared(old_cfg.clone(), 0, old_ledger, 0).unwrap());
@@ -123,13 +123,7 @@ fn a_slot_the_old_core_frees_wakes_the_new_ledger_s_first_in_line_in_another_wor
     old.upstream_send(u1, &ok("old"));
     assert_eq!(responses(&mut old, c1)[0].body, b"old");
     assert!(old.upstreams[&u1].closed, "closed: the old core drains");
-    assert!(woken.load(SeqCst), "worker 1 woken through the new ledger");
-    w1.core.handle_shared(w1.now);
-    w1.pump();
-    assert_eq!(w1.core.queued(UpstreamId(0)), 0, "dispatched");
-    let u2 = busy_upstream(&w1).unwrap();
-    w1.upstream_send(u2, &ok("new"));
-    assert_eq!(responses(&mut w1, c2)[0].status, 200);
+    served_once_woken(&mut w1, &woken, c2);
 }
 
 /// Two workers between their re-resolutions: worker 0 already runs the new server set (its idle
@@ -141,15 +135,8 @@ fn a_slot_the_old_core_frees_wakes_the_new_ledger_s_first_in_line_in_another_wor
 /// its `queue_timeout` behind a connection nobody uses.
 #[test]
 fn an_idle_connection_of_the_new_set_yields_a_kept_slot_to_the_old_set_s_waiting_request() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
     let old_cfg = capped(1);
-    let l1 = Shared::new(&old_cfg, 2);
-    let woken: Vec<Arc<AtomicBool>> = (0..2).map(|_| Arc::default()).collect();
-    for (w, flag) in woken.iter().enumerate() {
-        let f = flag.clone();
-        l1.set_waker(w, Box::new(move || f.store(true, SeqCst)));
-    }
+    let (l1, woken) = flagged(&old_cfg);
     let mut w0_old =
         Harness::with_core(Core::with_shared(old_cfg.clone(), 0, l1.clone(), 0).unwrap());
     let mut w1_old = Harness::with_core(Core::with_shared(old_cfg.clone(), 1, l1, 1).unwrap());
@@ -158,11 +145,7 @@ fn an_idle_connection_of_the_new_set_yields_a_kept_slot_to_the_old_set_s_waiting
     assert!(w0_old.core.is_pooled(u0));
 
     // Worker 0 applies the change: its idle connection moves into its new core.
-    let mut new_cfg = old_cfg.clone();
-    let mut added = new_cfg.upstreams[0].servers[0].clone();
-    added.addr = Address::parse("127.0.0.1:9009").unwrap();
-    added.state = upkeep_core::ServerState::Down;
-    new_cfg.upstreams[0].servers.push(added);
+    let new_cfg = with_a_down_server(&old_cfg);
     let l2 = Shared::continued(&new_cfg, 2, w0_old.core.shared(), w0_old.core.config());
     let mut w0_new = Harness::with_core(Core::with_shared(new_cfg, 0, l2, 0).unwrap());
     let released = w0_old.core.release_pooled();
@@ -197,13 +180,7 @@ fn an_idle_connection_of_the_new_set_yields_a_kept_slot_to_the_old_set_s_waiting
         w0_new.upstreams[&moved].closed,
         "the idle connection gives the slot up"
     );
-    assert!(woken[1].swap(false, SeqCst), "worker 1 told");
-    w1_old.core.handle_shared(w1_old.now);
-    w1_old.pump();
-    assert_eq!(w1_old.core.queued(UpstreamId(0)), 0, "dispatched");
-    let u1 = busy_upstream(&w1_old).expect("on its way to the kept server");
-    w1_old.upstream_send(u1, &ok("b"));
-    assert_eq!(responses(&mut w1_old, c1)[0].status, 200);
+    served_once_woken(&mut w1_old, &woken[1], c1);
 }
 
 /// [`an_idle_connection_of_the_new_set_yields_a_kept_slot_to_the_old_set_s_waiting_request`],
@@ -211,22 +188,11 @@ fn an_idle_connection_of_the_new_set_yields_a_kept_slot_to_the_old_set_s_waiting
 /// queues (nothing idle to give up then): it gives the slot up once that response is in.
 #[test]
 fn a_connection_of_the_new_set_busy_when_the_old_set_queued_yields_once_idle() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
     let old_cfg = capped(1);
-    let l1 = Shared::new(&old_cfg, 2);
-    let woken: Vec<Arc<AtomicBool>> = (0..2).map(|_| Arc::default()).collect();
-    for (w, flag) in woken.iter().enumerate() {
-        let f = flag.clone();
-        l1.set_waker(w, Box::new(move || f.store(true, SeqCst)));
-    }
+    let (l1, woken) = flagged(&old_cfg);
     let mut w1_old =
         Harness::with_core(Core::with_shared(old_cfg.clone(), 1, l1.clone(), 1).unwrap());
-    let mut new_cfg = old_cfg.clone();
-    let mut added = new_cfg.upstreams[0].servers[0].clone();
-    added.addr = Address::parse("127.0.0.1:9009").unwrap();
-    added.state = upkeep_core::ServerState::Down;
-    new_cfg.upstreams[0].servers.push(added);
+    let new_cfg = with_a_down_server(&old_cfg);
     let l2 = Shared::continued(&new_cfg, 2, &l1, &old_cfg);
     let mut w0_new = Harness::with_core(Core::with_shared(new_cfg, 0, l2, 0).unwrap());
 
@@ -246,11 +212,39 @@ fn a_connection_of_the_new_set_busy_when_the_old_set_queued_yields_once_idle() {
         w0_new.upstreams[&u0].closed,
         "pooled, then given up for the old set's request"
     );
-    assert!(woken[1].swap(false, SeqCst), "worker 1 told");
-    w1_old.core.handle_shared(w1_old.now);
-    w1_old.pump();
-    assert_eq!(w1_old.core.queued(UpstreamId(0)), 0, "dispatched");
-    let u1 = busy_upstream(&w1_old).expect("on its way");
-    w1_old.upstream_send(u1, &ok("b"));
-    assert_eq!(responses(&mut w1_old, c1)[0].status, 200);
+    served_once_woken(&mut w1_old, &woken[1], c1);
+}
+
+/// A two-worker ledger for `cfg` whose wakers raise a flag per worker.
+fn flagged(cfg: &upkeep_core::Config) -> (Shared, Vec<Arc<AtomicBool>>) {
+    let ledger = Shared::new(cfg, 2);
+    let woken: Vec<Arc<AtomicBool>> = (0..2).map(|_| Arc::default()).collect();
+    for (w, flag) in woken.iter().enumerate() {
+        let f = flag.clone();
+        ledger.set_waker(w, Box::new(move || f.store(true, SeqCst)));
+    }
+    (ledger, woken)
+}
+
+/// `cfg` re-resolved: its server kept, a new one (down: never a way around the kept one's slot)
+/// added after it.
+fn with_a_down_server(cfg: &upkeep_core::Config) -> upkeep_core::Config {
+    let mut next = cfg.clone();
+    let mut added = next.upstreams[0].servers[0].clone();
+    added.addr = Address::parse("127.0.0.1:9009").unwrap();
+    added.state = upkeep_core::ServerState::Down;
+    next.upstreams[0].servers.push(added);
+    next
+}
+
+/// Worker `h` was woken (`woken`, cleared here); acting on it dispatches client `c`'s waiting
+/// request, which is answered.
+fn served_once_woken(h: &mut Harness, woken: &AtomicBool, c: upkeep_core::ConnId) {
+    assert!(woken.swap(false, SeqCst), "woken for the free slot");
+    h.core.handle_shared(h.now);
+    h.pump();
+    assert_eq!(h.core.queued(UpstreamId(0)), 0, "dispatched");
+    let u = busy_upstream(h).expect("on its way to the kept server");
+    h.upstream_send(u, &ok("w"));
+    assert_eq!(responses(h, c)[0].status, 200);
 }

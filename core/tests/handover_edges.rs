@@ -40,6 +40,17 @@ fn answer(p: &mut Process, w: usize, path: &str) {
     h.upstream_send(u, &ok(path));
 }
 
+/// Worker 0's `/a` (client `a`) is answered, its connection moves to worker 1, whose `/b`
+/// (client `b`) it carries: both answered 200.
+fn a_then_b_over_the_handed_connection(p: &mut Process, a: ConnId, b: ConnId) {
+    answer(p, 0, "/a");
+    settle(p);
+    answer(p, 1, "/b");
+    settle(p);
+    assert_eq!(responses(&mut p.workers[0], a)[0].status, 200);
+    assert_eq!(responses(&mut p.workers[1], b)[0].status, 200);
+}
+
 fn counted(p: &Process) -> u32 {
     let h = &p.workers[0];
     h.core.shared().server(0, 0, h.now).unwrap().conns
@@ -82,12 +93,7 @@ fn keepalive_requests_counts_on_after_the_move() {
     let a = request(&mut p, 0, "/a");
     let b = request(&mut p, 1, "/b");
     settle(&mut p);
-    answer(&mut p, 0, "/a");
-    settle(&mut p);
-    answer(&mut p, 1, "/b");
-    settle(&mut p);
-    assert_eq!(responses(&mut p.workers[0], a)[0].status, 200);
-    assert_eq!(responses(&mut p.workers[1], b)[0].status, 200);
+    a_then_b_over_the_handed_connection(&mut p, a, b);
     // Its second request: closed, not pooled.
     assert_eq!(p.workers[1].core.pool_idle(UpstreamId(0)), 0);
     assert_eq!((p.open(), counted(&p)), (0, 0));
@@ -108,12 +114,7 @@ fn keepalive_time_counts_from_the_open_not_the_move() {
     }
     let b = request(&mut p, 1, "/b");
     settle(&mut p);
-    answer(&mut p, 0, "/a");
-    settle(&mut p);
-    answer(&mut p, 1, "/b");
-    settle(&mut p);
-    assert_eq!(responses(&mut p.workers[0], a)[0].status, 200);
-    assert_eq!(responses(&mut p.workers[1], b)[0].status, 200);
+    a_then_b_over_the_handed_connection(&mut p, a, b);
     assert_eq!(p.workers[1].core.pool_idle(UpstreamId(0)), 1);
     // 3 s later the connection is 11 s old: gone from the pool.
     for h in &mut p.workers {
