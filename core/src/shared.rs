@@ -26,7 +26,7 @@
 
 use core::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering::SeqCst};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use crate::Time;
 use crate::config::{Config, ConfigError, ServerState, UpstreamConfig};
@@ -48,6 +48,11 @@ pub struct Shared {
 struct Ledger {
     groups: Vec<Arc<GroupLedger>>,
     wakers: Mutex<Vec<Option<Waker>>>,
+    /// The ledgers [continued](Shared::continued) from this one and the one it continues:
+    /// they share server entries, so a slot freed here may be what their queues wait for.
+    linked: Mutex<Vec<Weak<Ledger>>>,
+    /// Some ledger was ever linked to this one: the hot paths skip the lock otherwise.
+    has_links: AtomicBool,
 }
 
 /// One group's shared part: its servers, and its queue's length and order.
@@ -374,6 +379,8 @@ impl Shared {
                     .map(|u| Arc::new(GroupLedger::new(u, workers)))
                     .collect(),
                 wakers: Mutex::new((0..workers.max(1)).map(|_| None).collect()),
+                linked: Mutex::default(),
+                has_links: AtomicBool::new(false),
             }),
         }
     }
@@ -444,7 +451,94 @@ impl Shared {
                 .expect("a ledger just made is ours alone");
             group.servers[k.new.1] = entry.clone();
         }
+        // Both ways: a slot either generation frees in a kept entry wakes the other's queue.
+        for (from, to) in [(previous, &next), (&next, previous)] {
+            let mut linked = from.inner.linked.lock().unwrap_or_else(|e| e.into_inner());
+            linked.retain(|l| l.strong_count() > 0);
+            linked.push(Arc::downgrade(&to.inner));
+            from.inner.has_links.store(true, SeqCst);
+        }
         next
+    }
+
+    /// Whether a request waits, in a ledger linked to this one ([`Shared::continued`],
+    /// transitively), in a group that counts server `index` of `group` in the very same entry:
+    /// an idle connection of this ledger holding that server's slot keeps it from that request.
+    pub(crate) fn wanted_by_linked(&self, group: usize, index: usize) -> bool {
+        let Some(entry) = self.server_ledger((group, index)) else {
+            return false;
+        };
+        self.linked_ledgers().iter().any(|l| {
+            l.groups
+                .iter()
+                .any(|g| g.queued() > 0 && g.servers.iter().any(|s| Arc::ptr_eq(s, entry)))
+        })
+    }
+
+    /// Whether a ledger was ever [continued](Shared::continued) from this one or this one from
+    /// another (one atomic load).
+    pub(crate) fn has_links(&self) -> bool {
+        self.inner.has_links.load(SeqCst)
+    }
+
+    /// The ledgers linked to this one, transitively (not itself); none but rarely.
+    fn linked_ledgers(&self) -> Vec<Arc<Ledger>> {
+        if !self.has_links() {
+            return Vec::new();
+        }
+        let mut seen: Vec<*const Ledger> = vec![Arc::as_ptr(&self.inner)];
+        let mut out: Vec<Arc<Ledger>> = Vec::new();
+        let mut i = 0;
+        let mut from: Arc<Ledger> = self.inner.clone();
+        loop {
+            {
+                let mut linked = from.linked.lock().unwrap_or_else(|e| e.into_inner());
+                // Generations that are gone: forgotten, and once none is left the hot paths
+                // are back to one atomic load (a link is only ever added under this lock).
+                linked.retain(|l| l.strong_count() > 0);
+                if linked.is_empty() {
+                    from.has_links.store(false, SeqCst);
+                }
+                for next in linked.iter().filter_map(Weak::upgrade) {
+                    if !seen.contains(&Arc::as_ptr(&next)) {
+                        seen.push(Arc::as_ptr(&next));
+                        out.push(next);
+                    }
+                }
+            }
+            let Some(next) = out.get(i) else {
+                return out;
+            };
+            from = next.clone();
+            i += 1;
+        }
+    }
+
+    /// Whether a request waits in any ledger linked to this one (cheap when none is).
+    pub(crate) fn linked_waiting(&self) -> bool {
+        self.has_links()
+            && self
+                .linked_ledgers()
+                .iter()
+                .any(|l| l.groups.iter().any(|g| g.queued() > 0))
+    }
+
+    /// A `max_conns` slot of this ledger was given back: the worker first in line of every
+    /// group of the ledgers linked to it ([`Shared::continued`], transitively) is woken too —
+    /// they count the kept servers in the same entries, and their own ledgers' wakers never
+    /// hear of a slot freed here (a request of the new server set waiting in another worker
+    /// while the old set's connection closes). Cheap when nothing is linked.
+    pub(crate) fn wake_linked(&self) {
+        for l in self.linked_ledgers() {
+            let other = Shared { inner: l };
+            for g in &other.inner.groups {
+                if g.queued() > 0
+                    && let Some(w) = g.first_in_line()
+                {
+                    other.wake(w);
+                }
+            }
+        }
     }
 
     /// Server `index` of group `group`'s entry.
@@ -475,6 +569,7 @@ impl Shared {
         {
             self.wake(w);
         }
+        self.wake_linked();
     }
 
     /// Registers the wake-up call of `worker`: called (from any worker's thread) when that
@@ -810,5 +905,21 @@ mod tests {
         new.upstreams[0].servers[1].max_conns = 2;
         let other = Shared::continued(&new, 1, &previous, &old);
         assert_eq!(other.group(0).servers[1].conns(), 0);
+    }
+
+    #[test]
+    fn linked_generations_are_forgotten_once_gone() {
+        let a = |s: &str| Address::parse(s).unwrap();
+        let cfg = Config::simple(a("127.0.0.1:8080"), vec![a("127.0.0.1:9001")]);
+        let previous = Shared::new(&cfg, 1);
+        assert!(!previous.has_links());
+        let next = Shared::continued(&cfg, 1, &previous, &cfg);
+        assert!(previous.has_links() && next.has_links());
+        assert!(!next.linked_waiting());
+        assert!(previous.group(0).try_enqueue(4).is_some());
+        assert!(next.linked_waiting(), "the old generation's queue is seen");
+        drop(previous);
+        assert!(!next.linked_waiting());
+        assert!(!next.has_links(), "back to the one atomic load");
     }
 }

@@ -6,6 +6,8 @@
 //! starts with free slots. Driven by the in-memory harness.
 
 use core::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 
 use upkeep_core::sim::Harness;
 use upkeep_core::{Address, Core, Shared, UpstreamId};
@@ -80,4 +82,169 @@ fn busy_upstream_to(h: &Harness, index: u32) -> upkeep_core::ConnId {
         })
         .expect("a busy connection to that server")
         .0
+}
+
+/// Two workers: the kept server's one slot is held by worker 0's *old* core when worker 1's new
+/// core queues a request for it. When the old core's connection closes (it drains), worker 1
+/// is woken through the new ledger — the old ledger's queue is empty, and no worker of it would
+/// otherwise tell the new one — and its request is dispatched.
+#[test]
+fn a_slot_the_old_core_frees_wakes_the_new_ledger_s_first_in_line_in_another_worker() {
+    let old_cfg = capped(1);
+    let old_ledger = Shared::new(&old_cfg, 2);
+    let mut old = Harness::with_core(Core::with_shared(old_cfg.clone(), 0, old_ledger, 0).unwrap());
+    let c1 = old.connect_client();
+    old.client_send(c1, &get("/old"));
+    let u1 = busy_upstream(&old).expect("in flight on the old core");
+
+    let mut new_cfg = old_cfg.clone();
+    let mut added = new_cfg.upstreams[0].servers[0].clone();
+    added.addr = Address::parse("127.0.0.1:9009").unwrap();
+    added.max_conns = 0;
+    added.state = upkeep_core::ServerState::Down;
+    new_cfg.upstreams[0].servers.push(added);
+    let ledger = Shared::continued(&new_cfg, 2, old.core.shared(), old.core.config());
+    let woken = Arc::new(AtomicBool::new(false));
+    let flag = woken.clone();
+    ledger.set_waker(1, Box::new(move || flag.store(true, SeqCst)));
+    let mut w1 = Harness::with_core(Core::with_shared(new_cfg, 1, ledger, 1).unwrap());
+    old.core.begin_drain(old.now);
+    old.pump();
+
+    let c2 = w1.connect_client();
+    w1.client_send(c2, &get("/new"));
+    assert_eq!(
+        w1.core.queued(UpstreamId(0)),
+        1,
+        "waits for the kept server's slot"
+    );
+    woken.store(false, SeqCst);
+
+    old.upstream_send(u1, &ok("old"));
+    assert_eq!(responses(&mut old, c1)[0].body, b"old");
+    assert!(old.upstreams[&u1].closed, "closed: the old core drains");
+    served_once_woken(&mut w1, &woken, c2);
+}
+
+/// Two workers between their re-resolutions: worker 0 already runs the new server set (its idle
+/// connection to the kept server moved into its new core's pool), worker 1 still the old one,
+/// where a request waits for that server's one slot. The idle connection holds the slot in the
+/// entry both sets share; nobody waits for it in the new ledger. Once worker 0 is told (worker
+/// 1, first in line but finding no room, wakes the old ledger's workers), it gives the slot up
+/// — closes the idle connection — and worker 1's request is dispatched: not left to wait out
+/// its `queue_timeout` behind a connection nobody uses.
+#[test]
+fn an_idle_connection_of_the_new_set_yields_a_kept_slot_to_the_old_set_s_waiting_request() {
+    let old_cfg = capped(1);
+    let (l1, woken) = flagged(&old_cfg);
+    let mut w0_old =
+        Harness::with_core(Core::with_shared(old_cfg.clone(), 0, l1.clone(), 0).unwrap());
+    let mut w1_old = Harness::with_core(Core::with_shared(old_cfg.clone(), 1, l1, 1).unwrap());
+    let c0 = w0_old.connect_client();
+    let (u0, _) = exchange(&mut w0_old, c0, &get("/a"), &ok("a"));
+    assert!(w0_old.core.is_pooled(u0));
+
+    // Worker 0 applies the change: its idle connection moves into its new core.
+    let new_cfg = with_a_down_server(&old_cfg);
+    let l2 = Shared::continued(&new_cfg, 2, w0_old.core.shared(), w0_old.core.config());
+    let mut w0_new = Harness::with_core(Core::with_shared(new_cfg, 0, l2, 0).unwrap());
+    let released = w0_old.core.release_pooled();
+    assert_eq!(released.len(), 1);
+    let moved = w0_new
+        .core
+        .adopt_pooled(w0_new.now, &released[0].1, None, released[0].3)
+        .expect("adopted");
+    w0_new.upstreams.insert(
+        moved,
+        upkeep_core::sim::Endpoint {
+            reading: true,
+            connected: true,
+            ..Default::default()
+        },
+    );
+    w0_new.pump();
+    w0_old.core.begin_drain(w0_old.now);
+    w0_old.pump();
+
+    // A request reaches worker 1, still on the old set: the kept server is full.
+    let c1 = w1_old.connect_client();
+    w1_old.client_send(c1, &get("/b"));
+    assert_eq!(w1_old.core.queued(UpstreamId(0)), 1);
+    // Worker 0 acts on its wake-up, on both its cores (what the runtimes do).
+    assert!(woken[0].swap(false, SeqCst), "worker 0 told");
+    for h in [&mut w0_old, &mut w0_new] {
+        h.core.handle_shared(h.now);
+        h.pump();
+    }
+    assert!(
+        w0_new.upstreams[&moved].closed,
+        "the idle connection gives the slot up"
+    );
+    served_once_woken(&mut w1_old, &woken[1], c1);
+}
+
+/// [`an_idle_connection_of_the_new_set_yields_a_kept_slot_to_the_old_set_s_waiting_request`],
+/// but the new set's connection is carrying a request of its own when the old set's request
+/// queues (nothing idle to give up then): it gives the slot up once that response is in.
+#[test]
+fn a_connection_of_the_new_set_busy_when_the_old_set_queued_yields_once_idle() {
+    let old_cfg = capped(1);
+    let (l1, woken) = flagged(&old_cfg);
+    let mut w1_old =
+        Harness::with_core(Core::with_shared(old_cfg.clone(), 1, l1.clone(), 1).unwrap());
+    let new_cfg = with_a_down_server(&old_cfg);
+    let l2 = Shared::continued(&new_cfg, 2, &l1, &old_cfg);
+    let mut w0_new = Harness::with_core(Core::with_shared(new_cfg, 0, l2, 0).unwrap());
+
+    // Worker 0 (new set) carries a request on the kept server's one slot...
+    let c0 = w0_new.connect_client();
+    w0_new.client_send(c0, &get("/a"));
+    let u0 = busy_upstream(&w0_new).expect("in flight");
+    // ...when worker 1 (still the old set) queues one.
+    let c1 = w1_old.connect_client();
+    w1_old.client_send(c1, &get("/b"));
+    assert_eq!(w1_old.core.queued(UpstreamId(0)), 1);
+    woken[1].store(false, SeqCst);
+    requests(&mut w0_new, u0);
+    w0_new.upstream_send(u0, &ok("a"));
+    assert_eq!(responses(&mut w0_new, c0)[0].status, 200);
+    assert!(
+        w0_new.upstreams[&u0].closed,
+        "pooled, then given up for the old set's request"
+    );
+    served_once_woken(&mut w1_old, &woken[1], c1);
+}
+
+/// A two-worker ledger for `cfg` whose wakers raise a flag per worker.
+fn flagged(cfg: &upkeep_core::Config) -> (Shared, Vec<Arc<AtomicBool>>) {
+    let ledger = Shared::new(cfg, 2);
+    let woken: Vec<Arc<AtomicBool>> = (0..2).map(|_| Arc::default()).collect();
+    for (w, flag) in woken.iter().enumerate() {
+        let f = flag.clone();
+        ledger.set_waker(w, Box::new(move || f.store(true, SeqCst)));
+    }
+    (ledger, woken)
+}
+
+/// `cfg` re-resolved: its server kept, a new one (down: never a way around the kept one's slot)
+/// added after it.
+fn with_a_down_server(cfg: &upkeep_core::Config) -> upkeep_core::Config {
+    let mut next = cfg.clone();
+    let mut added = next.upstreams[0].servers[0].clone();
+    added.addr = Address::parse("127.0.0.1:9009").unwrap();
+    added.state = upkeep_core::ServerState::Down;
+    next.upstreams[0].servers.push(added);
+    next
+}
+
+/// Worker `h` was woken (`woken`, cleared here); acting on it dispatches client `c`'s waiting
+/// request, which is answered.
+fn served_once_woken(h: &mut Harness, woken: &AtomicBool, c: upkeep_core::ConnId) {
+    assert!(woken.swap(false, SeqCst), "woken for the free slot");
+    h.core.handle_shared(h.now);
+    h.pump();
+    assert_eq!(h.core.queued(UpstreamId(0)), 0, "dispatched");
+    let u = busy_upstream(h).expect("on its way to the kept server");
+    h.upstream_send(u, &ok("w"));
+    assert_eq!(responses(h, c)[0].status, 200);
 }

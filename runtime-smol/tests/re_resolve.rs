@@ -492,3 +492,61 @@ fn tls_connections_move_across_a_change_on_both_sides() {
     assert_eq!(front_a.handshakes(), (1, 0), "a's connection reused");
     proxy.shutdown();
 }
+
+/// Two workers, a kept server with `max_conns = 1` whose one slot a request of the previous
+/// server set holds (in flight on one worker's old core) when requests of the new set queue for
+/// it — some on the *other* worker. Once the old request finishes its connection closes (the
+/// old core drains) and frees the slot in the entry both sets share: every waiting request,
+/// whichever worker it waits in, is served in turn, none waits out its `queue_timeout`.
+#[test]
+fn a_slot_the_old_set_frees_reaches_requests_waiting_in_every_worker() {
+    let s = Backend::slow("s", Duration::from_millis(400)).unwrap();
+    let z = Backend::identify("z").unwrap();
+    let fake = Arc::new(Fake::default());
+    fake.set("app.test", &[&s, &z]);
+    let mut config = loopback_config(Vec::new(), 2);
+    let mut named = ServerConfig::named("app.test", 80);
+    named.max_conns = 1;
+    config.upstreams[0].servers = vec![named];
+    config.upstreams[0].resolve_interval = Duration::from_millis(50);
+    config.upstreams[0].queue = 64;
+    config.upstreams[0].queue_timeout = Duration::from_secs(15);
+    config.upstreams[0].read_timeout = Duration::from_secs(30);
+    let proxy = upkeep_smol::Proxy::start_with_resolver(config, fake.clone()).unwrap();
+    let listen = proxy.listen_addrs()[0].clone();
+    // s's one slot, held by a request of the first set.
+    let mut held = in_flight_at(&listen, &s);
+    fake.set("app.test", &[&s]);
+    assert!(
+        eventually(|| state_in(&proxy, &z).is_none()),
+        "every worker applied the change"
+    );
+    // Requests of the new set, on connections the kernel spreads over both workers.
+    let began = Instant::now();
+    let waiting: Vec<_> = (0..6)
+        .map(|i| {
+            let mut c = TestClient::connect(&listen).unwrap();
+            c.send(&http_get(&format!("/w{i}"))).unwrap();
+            c
+        })
+        .collect();
+    assert_eq!(held.read_response().unwrap().status, 200);
+    for (i, mut c) in waiting.into_iter().enumerate() {
+        c.stream()
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let r = c.read_response().unwrap();
+        assert_eq!(
+            (r.status, r.text()),
+            (200, format!("s GET /w{i}")),
+            "after {:?}",
+            began.elapsed()
+        );
+    }
+    assert!(
+        began.elapsed() < Duration::from_secs(12),
+        "served in turn, not after a queue timeout: {:?}",
+        began.elapsed()
+    );
+    proxy.shutdown();
+}

@@ -73,6 +73,14 @@ impl Core {
             let idx = (u.server - self.groups[g].first_server) as usize;
             self.shared.group(g).servers[idx].idle_changed(false);
             self.groups[g].balancer.closed(idx);
+            // A request of another worker may wait for that slot (its wake-up for this worker
+            // not acted on yet): told once the outputs are taken, like after a close.
+            let ledger = self.shared.group(g);
+            if ledger.queued() > 0
+                && let Some(w) = ledger.first_in_line()
+            {
+                self.wake_later(w);
+            }
             self.stats.groups[g].evictions[EvictReason::Draining as usize] += 1;
             self.timers.set(id.index, None);
             self.conns.remove(id);

@@ -147,6 +147,7 @@ impl Core {
         }
         self.groups[g].balancer.closed(i);
         self.stats.groups[g].evictions[EvictReason::Yielded as usize] += 1;
+        self.wake_linked = true;
         let ledger = self.shared.group(g);
         if ledger.queued() > 0 {
             if let Some(w) = ledger.first_in_line() {

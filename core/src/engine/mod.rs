@@ -122,6 +122,9 @@ pub struct Core {
     capped: Vec<bool>,
     /// Workers to wake once the runtime has acted on this call's outputs.
     wakes: Vec<usize>,
+    /// A slot was given back in this call: wake the first in line of the linked ledgers
+    /// ([`Shared::continued`]) too once the outputs are acted on.
+    wake_linked: bool,
     /// Per group: the ledger's usability epoch last acted on (see `close_unusable_idle`).
     epochs: Vec<u64>,
     /// `max_conns` slots of upstream connections closed in this call whose [`Output::Close`]
@@ -220,6 +223,7 @@ impl Core {
                 .map(|u| u.servers.iter().any(|s| s.max_conns > 0))
                 .collect(),
             wakes: Vec::new(),
+            wake_linked: false,
             epochs: vec![0; groups_len],
             closing_slots: Vec::new(),
             spares: Spares::default(),
@@ -243,6 +247,7 @@ impl Core {
             }
         }
         self.close_unusable_idle(now);
+        self.yield_to_linked();
         self.sync(now);
     }
 
@@ -385,6 +390,9 @@ impl Core {
         if out.is_none() {
             for w in self.wakes.drain(..) {
                 self.shared.wake(w);
+            }
+            if core::mem::take(&mut self.wake_linked) {
+                self.shared.wake_linked();
             }
         }
         out

@@ -18,6 +18,7 @@ use std::collections::VecDeque;
 use super::table::Role;
 use super::upstream::UState;
 use super::{Core, touch};
+use crate::config::PoolKeyMode;
 use crate::pool::EvictReason;
 use crate::rules::{self, NoServer, NoServerFacts};
 use crate::{ConnId, Time};
@@ -116,7 +117,7 @@ impl Core {
                 _ => None,
             })
             .collect();
-        if to.is_some() {
+        if to.is_some() || self.config.upstreams[g].pool_key == PoolKeyMode::Client {
             // No more than there are requests waiting (any worker's): the rest stay here for
             // this worker's next requests instead of moving for nothing.
             full.truncate(ledger.queued() as usize);
@@ -128,6 +129,40 @@ impl Core {
             }
         }
         n
+    }
+
+    /// Closes this core's idle connections to full servers whose slot a request waits for in
+    /// a linked ledger ([`Shared::continued`](crate::Shared::continued): another generation
+    /// counting the server in the same entry, whose queue this core's never sees) while nobody
+    /// waits for them in this one: a worker already on the new server set would otherwise keep
+    /// the slot idle while a worker still on the old one waits it out. The close wakes it.
+    pub(super) fn yield_to_linked(&mut self) {
+        if !self.shared.linked_waiting() {
+            return;
+        }
+        for g in 0..self.groups.len() {
+            let ledger = self.shared.group(g).clone();
+            if !self.capped[g] || ledger.queued() > 0 {
+                continue;
+            }
+            let first = self.groups[g].first_server;
+            let out: Vec<ConnId> = self
+                .conns
+                .iter()
+                .filter_map(|c| match &c.role {
+                    Role::Upstream(u) if u.group as usize == g && u.state == UState::Idle => {
+                        let idx = (u.server - first) as usize;
+                        let s = &ledger.servers[idx];
+                        (s.max_conns > 0 && !s.has_room() && self.shared.wanted_by_linked(g, idx))
+                            .then_some(c.id)
+                    }
+                    _ => None,
+                })
+                .collect();
+            for id in out {
+                self.evict(id, false, EvictReason::Yielded);
+            }
+        }
     }
 
     /// Wakes `worker` once this call's outputs have been acted on (see [`Core::poll_output`]):
@@ -293,8 +328,11 @@ impl Core {
             let last = cl.ex.status;
             let Some((idx, slot)) = self.take_slot(now, g, hash, tried, fresh) else {
                 // A retry that needs a fresh connection would wait forever behind this worker's
-                // own idle connections (suspect anyway: one of their era just went stale).
-                if fresh && self.yield_idle(g, None) > 0 {
+                // own idle connections (suspect anyway: one of their era just went stale); so
+                // would any request of a `pool_key = "client"` group behind other clients'
+                // (or the health checks') idle connections, which it may never reuse.
+                let client_keyed = self.config.upstreams[g].pool_key == PoolKeyMode::Client;
+                if (fresh || client_keyed) && self.yield_idle(g, None) > 0 {
                     continue;
                 }
                 // No server it may use will free a slot (they went down, were drained, failed

@@ -256,6 +256,7 @@ impl Core {
         };
         let (_, g, idx) = self.closing_slots.swap_remove(i);
         self.groups[g as usize].balancer.closed(idx as usize);
+        self.wake_linked = true;
         // A request may have queued since the close (in another worker, which found the
         // server full while this Close was on its way): the worker first in line gets the slot.
         let ledger = self.shared.group(g as usize);

@@ -585,6 +585,8 @@ impl Core {
                     self.evict(evicted, false, EvictReason::Capacity);
                 }
                 touch(&mut self.touched, id);
+                // Another generation's request may wait for its slot (a re-resolution).
+                self.yield_to_linked();
             }
             Err(why) => self.close_upstream(id, false, why),
         }
