@@ -1019,8 +1019,22 @@ impl Worker {
         let last = self.recorder.snapshot(&self.core, clock::now()).retired();
         self.board.retire(self.id, &last);
         while let Ok(cmd) = self.rx.try_recv() {
-            if let Command::Snapshot(tx) = cmd {
-                let _ = tx.send(last.clone());
+            match cmd {
+                Command::Snapshot(tx) => {
+                    let _ = tx.send(last.clone());
+                }
+                // A connection a sibling handed over while this worker was leaving: its socket
+                // closes (dropped with the command), its slot goes back to the generation's
+                // ledger, and whoever is first in line now is woken for it.
+                Command::AdoptHanded {
+                    stream,
+                    tls,
+                    handed,
+                } => {
+                    drop((stream, tls));
+                    self.core.shared().hand_over_lost(&handed);
+                }
+                _ => {}
             }
         }
         log::debug!("worker {} exited", self.id);

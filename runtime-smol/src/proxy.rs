@@ -693,8 +693,18 @@ fn retire(board: &Board<WorkerControl>, id: u64, control: &Receiver<Control>, la
     // Access log lines are already written: every drain pass flushes them.
     board.retire(id, &last);
     while let Ok(c) = control.try_recv() {
-        if let Control::Snapshot(reply) = c {
-            let _ = reply.send(last.clone());
+        match c {
+            Control::Snapshot(reply) => {
+                let _ = reply.send(last.clone());
+            }
+            // A connection a sibling handed over while this worker was leaving: closed, its
+            // slot back to the ledger it was handed under (the next in line is woken).
+            Control::Adopt(moved) => {
+                let (ledger, handed) = (moved.ledger.clone(), moved.handed);
+                drop(moved);
+                ledger.hand_over_lost(&handed);
+            }
+            _ => {}
         }
     }
 }
