@@ -323,7 +323,11 @@ pub(crate) enum Retry {
 /// Whether and where a failed attempt is re-sent.
 pub(crate) fn retry(a: &Attempt) -> Retry {
     // A request the backend may have started acting on is re-sent only if repeating it is safe.
-    let resend_ok = (a.idempotent || !a.written) && a.replayable;
+    // An idle-timeout 408 on a reused connection says the backend did not take the request in
+    // (RFC 9110 §15.5.9: it was not received in time): whatever the method, nothing was acted
+    // on (Chromium re-sends on it for the same reason).
+    let unreceived = a.why == Failure::Reused408;
+    let resend_ok = (a.idempotent || !a.written || unreceived) && a.replayable;
     if a.race && !a.stale_retried && resend_ok {
         return Retry::Fresh;
     }
@@ -600,7 +604,23 @@ mod tests {
         // One attempt (tries = 1) of a request that failed; columns: why, race, stale_retried,
         // written, replayable, idempotent, next_upstream_tries, next_upstream_on_timeout.
         type Case = (&'static str, Failure, [bool; 5], u32, bool, Retry);
-        let cases: [Case; 12] = [
+        let cases: [Case; 14] = [
+            (
+                "idle-timeout 408 on a reused connection, POST written",
+                Reused408,
+                [true, false, true, true, false],
+                0,
+                false,
+                Fresh,
+            ),
+            (
+                "idle-timeout 408, POST written, body not kept",
+                Reused408,
+                [true, false, true, false, false],
+                0,
+                false,
+                Answer,
+            ),
             (
                 "stale GET",
                 Closed,
