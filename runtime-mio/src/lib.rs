@@ -329,7 +329,7 @@ impl ProxyHandle {
         }
         // Server states set at run time (admin API) survive the reload.
         let n = upkeep_runtime::workers::count(config.runtime.workers);
-        let ledger = Ledger::carried_over(&config, n, &state.current.ledger, &state.current.config);
+        let ledger = Ledger::continued(&config, n, &state.current.ledger, &state.current.config);
         let mut next = Generation {
             ledger,
             config,
