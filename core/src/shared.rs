@@ -452,11 +452,18 @@ impl Shared {
             group.servers[k.new.1] = entry.clone();
         }
         // Both ways: a slot either generation frees in a kept entry wakes the other's queue.
-        for (from, to) in [(previous, &next), (&next, previous)] {
-            let mut linked = from.inner.linked.lock().unwrap_or_else(|e| e.into_inner());
-            linked.retain(|l| l.strong_count() > 0);
-            linked.push(Arc::downgrade(&to.inner));
-            from.inner.has_links.store(true, SeqCst);
+        // Linked directly to every generation still alive, not only to `previous`: after quick
+        // reloads a generation in between may be gone (its workers exited) while an older one
+        // still drains and shares the entry — a chain through it would be cut there.
+        let mut alive = previous.linked_ledgers();
+        alive.push(previous.inner.clone());
+        for other in &alive {
+            for (from, to) in [(other, &next.inner), (&next.inner, other)] {
+                let mut linked = from.linked.lock().unwrap_or_else(|e| e.into_inner());
+                linked.retain(|l| l.strong_count() > 0);
+                linked.push(Arc::downgrade(to));
+                from.has_links.store(true, SeqCst);
+            }
         }
         next
     }
@@ -538,6 +545,17 @@ impl Shared {
                     other.wake(w);
                 }
             }
+        }
+    }
+
+    /// Every worker of every ledger linked to this one ([`Shared::continued`], transitively):
+    /// a request here found no room, and an idle connection of another generation may hold
+    /// the slot it waits for — that generation's workers (other threads than this ledger's,
+    /// in the mio runtime) only give it up ([`Core::handle_shared`](crate::Core::handle_shared))
+    /// once told. Cheap when nothing is linked.
+    pub(crate) fn wake_linked_workers(&self) {
+        for l in self.linked_ledgers() {
+            Shared { inner: l }.wake_others(usize::MAX);
         }
     }
 

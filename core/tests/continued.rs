@@ -248,3 +248,92 @@ fn served_once_woken(h: &mut Harness, woken: &AtomicBool, c: upkeep_core::ConnId
     h.upstream_send(u, &ok("w"));
     assert_eq!(responses(h, c)[0].status, 200);
 }
+
+/// One waker flag per worker of `ledger`.
+fn flags(ledger: &Shared, workers: usize) -> Vec<Arc<AtomicBool>> {
+    let woken: Vec<Arc<AtomicBool>> = (0..workers).map(|_| Arc::default()).collect();
+    for (w, flag) in woken.iter().enumerate() {
+        let f = flag.clone();
+        ledger.set_waker(w, Box::new(move || f.store(true, SeqCst)));
+    }
+    woken
+}
+
+/// The mio reload: each generation has workers of its own (other threads, other wakers). The
+/// new generation's worker holds the kept server's one slot with an idle connection when a
+/// request of the old generation's (draining) worker queues for it. The old worker, first in
+/// line but finding no room, must tell the new generation's workers — its own ledger's wakers
+/// never reach them — so the idle connection is given up and the request dispatched (it waited
+/// out its `queue_timeout`: the handover_reload 503).
+#[test]
+fn a_request_queued_in_the_old_generation_wakes_the_new_generation_s_workers() {
+    let old_cfg = capped(1);
+    let l1 = Shared::new(&old_cfg, 1);
+    let old_woken = flags(&l1, 1);
+    let mut old = Harness::with_core(Core::with_shared(old_cfg.clone(), 1, l1, 0).unwrap());
+    let l2 = Shared::continued(&old_cfg, 1, old.core.shared(), &old_cfg);
+    let new_woken = flags(&l2, 1);
+    let mut new = Harness::with_core(Core::with_shared(old_cfg, 1, l2, 0).unwrap());
+    // A client of the old generation, its request on the way when the reload came.
+    let c1 = old.connect_client();
+    old.client_send(c1, b"GET /b HTTP/1.1\r\n");
+    old.core.begin_handoff(old.now);
+    old.pump();
+
+    let c0 = new.connect_client();
+    let (u0, _) = exchange(&mut new, c0, &get("/a"), &ok("a"));
+    assert!(new.core.is_pooled(u0), "idle on the kept server's slot");
+    new_woken[0].store(false, SeqCst);
+
+    // The rest of its head comes: it queues.
+    old.client_send(c1, b"Host: x\r\n\r\n");
+    assert_eq!(old.core.queued(UpstreamId(0)), 1);
+    assert!(
+        new_woken[0].swap(false, SeqCst),
+        "the new generation is told"
+    );
+    new.core.handle_shared(new.now);
+    new.pump();
+    assert!(
+        new.upstreams[&u0].closed,
+        "the idle connection gives the slot up"
+    );
+    served_once_woken(&mut old, &old_woken[0], c1);
+}
+
+/// Five quick reloads: a generation in between may be gone (its workers exited) while an older
+/// one still drains. The oldest and the newest share the kept server's entry, so they must
+/// still reach each other: a request queued in the oldest wakes the newest's workers, whose
+/// idle connection holds the slot.
+#[test]
+fn generations_stay_linked_when_one_in_between_is_gone() {
+    let cfg = capped(1);
+    let l1 = Shared::new(&cfg, 1);
+    let oldest_woken = flags(&l1, 1);
+    let mut oldest = Harness::with_core(Core::with_shared(cfg.clone(), 1, l1.clone(), 0).unwrap());
+    let l2 = Shared::continued(&cfg, 1, &l1, &cfg);
+    let l3 = Shared::continued(&cfg, 1, &l2, &cfg);
+    drop(l2);
+    let newest_woken = flags(&l3, 1);
+    let mut newest = Harness::with_core(Core::with_shared(cfg, 1, l3, 0).unwrap());
+    let c1 = oldest.connect_client();
+    oldest.client_send(c1, b"GET /b HTTP/1.1\r\n");
+    oldest.core.begin_handoff(oldest.now);
+    oldest.pump();
+
+    let c0 = newest.connect_client();
+    let (u0, _) = exchange(&mut newest, c0, &get("/a"), &ok("a"));
+    assert!(newest.core.is_pooled(u0));
+    newest_woken[0].store(false, SeqCst);
+
+    oldest.client_send(c1, b"Host: x\r\n\r\n");
+    assert_eq!(oldest.core.queued(UpstreamId(0)), 1);
+    assert!(newest_woken[0].swap(false, SeqCst), "the newest is told");
+    newest.core.handle_shared(newest.now);
+    newest.pump();
+    assert!(
+        newest.upstreams[&u0].closed,
+        "the idle connection gives the slot up"
+    );
+    served_once_woken(&mut oldest, &oldest_woken[0], c1);
+}

@@ -139,6 +139,9 @@ impl Core {
                 warm: false,
             },
         );
+        // The releasing core's own request may wait for that very slot (it is first in line
+        // of its ledger, so nobody woke it): the slot goes back rather than sit idle here.
+        self.yield_to_linked();
         self.sync(now);
         self.conns.get(id).map(|_| id)
     }

@@ -347,6 +347,9 @@ impl Core {
                     for w in 0..self.shared.workers() {
                         self.wake_later(w);
                     }
+                    // Another generation's idle connection may hold the slot, and its workers
+                    // never see this ledger's queue unless told (they then yield it).
+                    self.shared.wake_linked_workers();
                 }
                 return;
             };
