@@ -9,7 +9,7 @@ use core::time::Duration;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 
-use upkeep_core::sim::Harness;
+use upkeep_core::sim::{Harness, Process};
 use upkeep_core::{Address, Core, Shared, UpstreamId};
 
 mod common;
@@ -336,4 +336,60 @@ fn generations_stay_linked_when_one_in_between_is_gone() {
         "the idle connection gives the slot up"
     );
     served_once_woken(&mut oldest, &oldest_woken[0], c1);
+}
+
+/// The mio reload's race: a request of the new generation (worker 1) queued while the old
+/// generation's idle connection held the kept server's one slot, and worker 0 of the new
+/// generation handled its wake-up before the old worker released that connection into its pool
+/// (the drain). Adopting it, worker 0 takes the slot nobody else is told of: it must look again
+/// (its own wake-up) and hand the connection to worker 1, first in line — not keep it idle
+/// while worker 1's request waits out its `queue_timeout`.
+#[test]
+fn an_adopted_connection_goes_to_the_request_that_waited_for_its_slot() {
+    let cfg = capped(1);
+    let l1 = Shared::new(&cfg, 1);
+    let mut old = Harness::with_core(Core::with_shared(cfg.clone(), 1, l1.clone(), 0).unwrap());
+    let c0 = old.connect_client();
+    let (u0, _) = exchange(&mut old, c0, &get("/a"), &ok("a"));
+    assert!(old.core.is_pooled(u0));
+
+    let l2 = Shared::continued(&cfg, 2, &l1, &cfg);
+    let woken = flags(&l2, 2);
+    let workers = (0..2)
+        .map(|w| {
+            Harness::with_core(Core::with_shared(cfg.clone(), w as u64, l2.clone(), w).unwrap())
+        })
+        .collect();
+    let mut p = Process { workers, woken };
+    let c1 = p.workers[1].connect_client();
+    p.workers[1].client_send(c1, &get("/b"));
+    assert_eq!(p.workers[1].core.queued(UpstreamId(0)), 1);
+    assert!(p.settle_within(100), "livelock");
+    assert_eq!(p.workers[1].core.queued(UpstreamId(0)), 1, "still full");
+
+    // The old worker drains before acting on any wake-up: its idle connection moves.
+    let released = old.core.release_pooled();
+    assert_eq!(released.len(), 1);
+    let h = &mut p.workers[0];
+    let moved = h
+        .core
+        .adopt_pooled(h.now, &released[0].1, None, released[0].3)
+        .expect("adopted");
+    h.upstreams.insert(
+        moved,
+        upkeep_core::sim::Endpoint {
+            reading: true,
+            connected: true,
+            ..Default::default()
+        },
+    );
+    h.pump();
+    assert!(p.settle_within(100), "livelock");
+    assert_eq!(p.workers[1].core.queued(UpstreamId(0)), 0, "dispatched");
+    let h = &mut p.workers[1];
+    let u = busy_upstream(h).expect("on its way to the kept server");
+    assert_eq!(requests(h, u)[0].path, "/b");
+    h.upstream_send(u, &ok("b"));
+    assert_eq!(responses(h, c1)[0].status, 200);
+    assert_eq!(connects(&p.workers[1]), 0, "over the adopted connection");
 }

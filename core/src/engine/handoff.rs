@@ -139,9 +139,12 @@ impl Core {
                 warm: false,
             },
         );
-        // The releasing core's own request may wait for that very slot (it is first in line
-        // of its ledger, so nobody woke it): the slot goes back rather than sit idle here.
-        self.yield_to_linked();
+        // A request may wait for the slot it took: another worker's of this generation (it
+        // found the server full before the move and was not told since), or one of a linked
+        // generation (the releasing core's own, first in line there, so nobody woke it). This
+        // worker looks again once the runtime has taken the connection in — handing it on or
+        // giving it up there ([`Core::handle_shared`]); not here, before it has a socket.
+        self.shared.wake(self.worker);
         self.sync(now);
         self.conns.get(id).map(|_| id)
     }
