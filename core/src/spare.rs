@@ -7,10 +7,10 @@
 //! connection's buffers back ([`Spares::shed`]) and lends it one again when its next bytes arrive
 //! ([`Spares::lend`], called by the read path). Closing connections give theirs back too.
 //!
-//! The free list keeps what it is given; a sweep once per [`SWEEP`] frees the buffers beyond
+//! The free list keeps what it is given; a sweep every [`SWEEP`] frees the buffers beyond
 //! [`KEEP`] that stayed unused for a whole interval (the list's low-water mark since the last
-//! sweep), so the memory of thousands of idle connections goes back to the allocator within a
-//! few seconds, while connections active at once — however many: 64 keep-alive clients going
+//! sweep), so the memory of thousands of idle connections goes back to the allocator within
+//! about a second, while connections active at once — however many: 64 keep-alive clients going
 //! idle together in one pass and busy again in the next — take and give back the same buffers:
 //! the steady state still allocates nothing (`core/tests/alloc.rs`,
 //! `core/tests/alloc_concurrent.rs`). Freeing beyond a fixed bound at once instead made every
@@ -28,7 +28,7 @@ use crate::connection::{Buffers, READ_CHUNK};
 pub(crate) const KEEP: usize = 32;
 
 /// How often the surplus beyond [`KEEP`] is looked at: buffers unused for a whole interval go.
-pub(crate) const SWEEP: Duration = Duration::from_secs(1);
+pub(crate) const SWEEP: Duration = Duration::from_millis(500);
 
 /// The free lists. Buffers given back may still be shared with pieces of them queued on another
 /// connection; they are reclaimed in place once those are written (`BytesMut::try_reclaim`).
