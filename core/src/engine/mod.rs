@@ -400,10 +400,15 @@ impl Core {
 
     /// The earliest deadline: call [`Core::handle_timeout`] when it is reached.
     pub fn poll_timeout(&self) -> Option<Time> {
-        [self.timers.next(), self.warm_next, self.next_check()]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.timers.next(),
+            self.warm_next,
+            self.next_check(),
+            self.spares.due(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Bytes queued for `conn`, in order (empty for an unknown id).
@@ -519,6 +524,7 @@ impl Core {
                     // A read that found nothing (the runtime's first read of a new connection,
                     // a spurious wake-up) leaves an idle connection without buffers again.
                     self.shed_if_idle(conn);
+                    self.spares.schedule(now);
                     return;
                 }
                 touch(&mut self.touched, conn);
@@ -635,6 +641,7 @@ impl Core {
 
     /// Fires every deadline that is due at `now`.
     pub fn handle_timeout(&mut self, now: Time) {
+        self.spares.sweep(now);
         while let Some(slot) = self.timers.pop_expired(now) {
             let Some(c) = self.conns.at_slot_mut(slot) else {
                 continue;

@@ -105,6 +105,8 @@ impl Core {
         }
         touched.clear();
         self.touched = touched;
+        // Buffers beyond what the free list keeps go once they stayed unused for a while.
+        self.spares.schedule(now);
     }
 
     /// Gives the buffers of `id` back to the free list if it is idle — a client between
