@@ -154,6 +154,12 @@ impl ServerLedger {
         self.conns.load(SeqCst)
     }
 
+    /// Whether an idle pooled connection (some worker's, of some generation) holds one of this
+    /// full server's slots: a waiting request gets it only once its holder yields it.
+    pub(crate) fn idle_holds_slot(&self) -> bool {
+        self.max_conns > 0 && !self.has_room() && self.idle.load(SeqCst) > 0
+    }
+
     /// Whether a new connection may be opened: below `max_conns` (or no cap).
     pub(crate) fn has_room(&self) -> bool {
         self.max_conns == 0 || self.conns() < self.max_conns
@@ -325,6 +331,11 @@ impl GroupLedger {
     /// Some server of the group may have stopped (or started) being usable.
     pub(crate) fn bump(&self) {
         self.epoch.fetch_add(1, SeqCst);
+    }
+
+    /// Whether an idle pooled connection holds the slot of a full server of this group.
+    pub(crate) fn idle_holds_slot(&self) -> bool {
+        self.servers.iter().any(|s| s.idle_holds_slot())
     }
 
     /// Requests waiting in every worker's queue.

@@ -393,3 +393,46 @@ fn an_adopted_connection_goes_to_the_request_that_waited_for_its_slot() {
     assert_eq!(responses(h, c1)[0].status, 200);
     assert_eq!(connects(&p.workers[1]), 0, "over the adopted connection");
 }
+
+/// The slot a request of the new generation waits for is held by the old generation's request
+/// *in flight* (not by an idle connection): nothing there can be yielded, so the old
+/// generation's workers are not woken. In the smol runtime both generations share each
+/// worker's thread, and such a wake-up ran the new core's dispatch again, which woke the old
+/// one again: the two spun at full CPU and starved the old request (re_resolve's
+/// `a_slot_the_old_set_frees...`). Once the old request finishes, the new one is served.
+#[test]
+fn a_slot_held_in_flight_by_another_generation_wakes_nobody_until_it_frees() {
+    let cfg = capped(1);
+    let l1 = Shared::new(&cfg, 1);
+    let old_woken = flags(&l1, 1);
+    let mut old = Harness::with_core(Core::with_shared(cfg.clone(), 1, l1, 0).unwrap());
+    let c1 = old.connect_client();
+    old.client_send(c1, &get("/old"));
+    let u1 = busy_upstream(&old).expect("in flight on the old core");
+    let l2 = Shared::continued(&cfg, 1, old.core.shared(), &cfg);
+    let new_woken = flags(&l2, 1);
+    let mut new = Harness::with_core(Core::with_shared(cfg, 1, l2, 0).unwrap());
+    old.core.begin_drain(old.now);
+    old.pump();
+    old_woken[0].store(false, SeqCst);
+
+    let c2 = new.connect_client();
+    new.client_send(c2, &get("/new"));
+    assert_eq!(new.core.queued(UpstreamId(0)), 1, "waits for the slot");
+    assert!(
+        !old_woken[0].load(SeqCst),
+        "the old generation has nothing to yield: not woken"
+    );
+    // Even told anyway (a stray wake-up), the old core wakes nobody back.
+    new_woken[0].store(false, SeqCst);
+    old.core.handle_shared(old.now);
+    old.pump();
+    new.core.handle_shared(new.now);
+    new.pump();
+    assert!(!old_woken[0].load(SeqCst), "no ping-pong");
+    assert_eq!(new.core.queued(UpstreamId(0)), 1, "still waits");
+
+    old.upstream_send(u1, &ok("old"));
+    assert_eq!(responses(&mut old, c1)[0].body, b"old");
+    served_once_woken(&mut new, &new_woken[0], c2);
+}

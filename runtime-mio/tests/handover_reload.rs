@@ -15,7 +15,6 @@ use upkeep_testkit::loopback_config as config;
 use upkeep_testkit::serial::SerialBackend;
 
 #[test]
-#[ignore = "about 1 run in 3, one request waits out queue_timeout (503): a wake-up lost between generations"]
 fn reloads_while_connections_are_handed_between_workers_answer_every_request() {
     let backend = SerialBackend::start(Duration::from_millis(5)).unwrap();
     let mut cfg = config(vec![backend.addr()], 2);

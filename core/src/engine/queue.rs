@@ -348,8 +348,13 @@ impl Core {
                         self.wake_later(w);
                     }
                     // Another generation's idle connection may hold the slot, and its workers
-                    // never see this ledger's queue unless told (they then yield it).
-                    self.shared.wake_linked_workers();
+                    // never see this ledger's queue unless told (they then yield it). Only
+                    // then: a wake-up that cannot free anything would come back here at once
+                    // (in the smol runtime both generations share the worker's thread) and
+                    // the two would spin.
+                    if ledger.idle_holds_slot() {
+                        self.shared.wake_linked_workers();
+                    }
                 }
                 return;
             };
