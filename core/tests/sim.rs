@@ -700,6 +700,45 @@ fn stray_408_race_window() {
     upstreams_accounted(&w.harness.core);
 }
 
+/// The stray 408 race with a POST (`short_timeouts` shrank to it): the backend closed an idle
+/// connection with a 408 just as the proxy reused it for a POST. The POST arrived after the
+/// close (lost: nothing acted on it) and the 408 said so, so it is sent again on a fresh
+/// connection and answered 200 — it reaches a backend twice, once lost. The sim's "reached
+/// backends twice" invariant allows exactly that and nothing else.
+#[test]
+fn a_post_met_by_a_stray_408_is_sent_again() {
+    let script = BackendScript {
+        stray_408_ms: Some(100),
+        race_ms: 2,
+        ..BackendScript::default()
+    };
+    let mut w = World::new(0, config(1), vec![script]);
+    w.run(&[
+        Action::Connect { ip: 0 },
+        Action::Send {
+            client: 0,
+            kind: ReqKind::Get,
+        },
+        Action::Advance { ms: 100 },
+        Action::Send {
+            client: 0,
+            kind: ReqKind::Post(0),
+        },
+        Action::Advance { ms: 10 },
+    ]);
+    let post = World::req_id(0, 1);
+    assert_eq!(w.results.get(&post), Some(&200), "{:?}", w.results);
+    let lost: Vec<bool> = w
+        .arrivals
+        .iter()
+        .filter(|a| a.id == post)
+        .map(|a| a.lost)
+        .collect();
+    assert_eq!(lost, [true, false], "lost once, then served");
+    w.finish();
+    upstreams_accounted(&w.harness.core);
+}
+
 /// A backend's `Keep-Alive: timeout=2` is honoured (minus a margin): POSTs spaced just under the
 /// backend's real 2 s idle close never ride a connection the backend is closing.
 #[test]

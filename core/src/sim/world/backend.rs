@@ -39,6 +39,8 @@ pub(super) struct UpConn {
     pub(super) last_active: Time,
     /// The backend closed (or reset) its side.
     pub(super) closed: bool,
+    /// It closed with a stray `408` (idle), which tells the proxy nothing sent after was taken in.
+    pub(super) sent_408: bool,
     pub(super) fin_delivered: bool,
     /// Data arrived after the backend closed: deliver a reset rather than a FIN.
     pub(super) lost_data: bool,
@@ -96,6 +98,7 @@ impl World {
                         served: 0,
                         last_active: self.harness.now,
                         closed: false,
+                        sent_408: false,
                         fin_delivered: false,
                         lost_data: false,
                         announced_close: false,
@@ -262,10 +265,19 @@ impl World {
                     "pool_key=client but upstream connection {u:?} carried requests of clients {seen:?}"
                 ));
             }
+            // A second arrival is a re-send the backend may act on twice, unless every earlier
+            // one was lost on a connection the backend had closed with a stray 408: nothing
+            // acted on it, and the 408 told the proxy so (`rules::retry`'s `Reused408` re-sends
+            // any method). Lost after a plain close, the proxy could not know: no re-send.
+            let arrived: Vec<&Arrival> =
+                self.arrivals.iter().filter(|a| a.id == parsed.id).collect();
+            let taken_before = arrived[..arrived.len() - 1]
+                .iter()
+                .any(|a| !a.lost || !self.ups.get(&a.conn).is_some_and(|up| up.sent_408));
             if parsed.method != "GET"
                 && parsed.method != "HEAD"
                 && parsed.method != "PUT"
-                && self.arrivals.iter().filter(|a| a.id == parsed.id).count() > 1
+                && taken_before
             {
                 let where_: Vec<_> = self
                     .arrivals
@@ -489,7 +501,9 @@ impl World {
         let race = Duration::from_millis(s.race_ms);
         let at = self.harness.now.plus(race);
         if due(s.stray_408_ms) {
-            self.ups.get_mut(&u).expect("known").closed = true;
+            let up = self.ups.get_mut(&u).expect("known");
+            up.closed = true;
+            up.sent_408 = true;
             let b = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n\r\n".to_vec();
             if race.is_zero() {
                 self.write_split(u, &b, false);
