@@ -274,31 +274,7 @@ fn a_request_queued_in_the_old_generation_wakes_the_new_generation_s_workers() {
     let l2 = Shared::continued(&old_cfg, 1, old.core.shared(), &old_cfg);
     let new_woken = flags(&l2, 1);
     let mut new = Harness::with_core(Core::with_shared(old_cfg, 1, l2, 0).unwrap());
-    // A client of the old generation, its request on the way when the reload came.
-    let c1 = old.connect_client();
-    old.client_send(c1, b"GET /b HTTP/1.1\r\n");
-    old.core.begin_handoff(old.now);
-    old.pump();
-
-    let c0 = new.connect_client();
-    let (u0, _) = exchange(&mut new, c0, &get("/a"), &ok("a"));
-    assert!(new.core.is_pooled(u0), "idle on the kept server's slot");
-    new_woken[0].store(false, SeqCst);
-
-    // The rest of its head comes: it queues.
-    old.client_send(c1, b"Host: x\r\n\r\n");
-    assert_eq!(old.core.queued(UpstreamId(0)), 1);
-    assert!(
-        new_woken[0].swap(false, SeqCst),
-        "the new generation is told"
-    );
-    new.core.handle_shared(new.now);
-    new.pump();
-    assert!(
-        new.upstreams[&u0].closed,
-        "the idle connection gives the slot up"
-    );
-    served_once_woken(&mut old, &old_woken[0], c1);
+    idle_there_yields_to_a_request_queued_here(&mut old, &old_woken[0], &mut new, &new_woken[0]);
 }
 
 /// Five quick reloads: a generation in between may be gone (its workers exited) while an older
@@ -316,26 +292,49 @@ fn generations_stay_linked_when_one_in_between_is_gone() {
     drop(l2);
     let newest_woken = flags(&l3, 1);
     let mut newest = Harness::with_core(Core::with_shared(cfg, 1, l3, 0).unwrap());
-    let c1 = oldest.connect_client();
-    oldest.client_send(c1, b"GET /b HTTP/1.1\r\n");
-    oldest.core.begin_handoff(oldest.now);
-    oldest.pump();
+    idle_there_yields_to_a_request_queued_here(
+        &mut oldest,
+        &oldest_woken[0],
+        &mut newest,
+        &newest_woken[0],
+    );
+}
 
-    let c0 = newest.connect_client();
-    let (u0, _) = exchange(&mut newest, c0, &get("/a"), &ok("a"));
-    assert!(newest.core.is_pooled(u0));
-    newest_woken[0].store(false, SeqCst);
+/// `here` (draining) has a request whose head is still arriving; `there` then pools an idle
+/// connection on the kept server's one slot. Once the head is complete the request queues,
+/// `there` is told (its own ledger's wakers never reach it), gives the idle connection up,
+/// and the request is served.
+fn idle_there_yields_to_a_request_queued_here(
+    here: &mut Harness,
+    here_woken: &AtomicBool,
+    there: &mut Harness,
+    there_woken: &AtomicBool,
+) {
+    // A client of `here`, its request on the way when the reload came.
+    let c1 = here.connect_client();
+    here.client_send(c1, b"GET /b HTTP/1.1\r\n");
+    here.core.begin_handoff(here.now);
+    here.pump();
 
-    oldest.client_send(c1, b"Host: x\r\n\r\n");
-    assert_eq!(oldest.core.queued(UpstreamId(0)), 1);
-    assert!(newest_woken[0].swap(false, SeqCst), "the newest is told");
-    newest.core.handle_shared(newest.now);
-    newest.pump();
+    let c0 = there.connect_client();
+    let (u0, _) = exchange(there, c0, &get("/a"), &ok("a"));
+    assert!(there.core.is_pooled(u0), "idle on the kept server's slot");
+    there_woken.store(false, SeqCst);
+
+    // The rest of its head comes: it queues.
+    here.client_send(c1, b"Host: x\r\n\r\n");
+    assert_eq!(here.core.queued(UpstreamId(0)), 1);
     assert!(
-        newest.upstreams[&u0].closed,
+        there_woken.swap(false, SeqCst),
+        "the other generation is told"
+    );
+    there.core.handle_shared(there.now);
+    there.pump();
+    assert!(
+        there.upstreams[&u0].closed,
         "the idle connection gives the slot up"
     );
-    served_once_woken(&mut oldest, &oldest_woken[0], c1);
+    served_once_woken(here, here_woken, c1);
 }
 
 /// The mio reload's race: a request of the new generation (worker 1) queued while the old

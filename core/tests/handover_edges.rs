@@ -134,11 +134,7 @@ fn a_warm_connection_handed_carries_the_request_and_none_reopens_past_the_cap() 
     let mut cfg = one_slot();
     cfg.upstreams[0].min_idle = 1;
     let mut p = Process::new(cfg, 2);
-    for h in &mut p.workers {
-        let now = h.now;
-        h.core.start(now);
-        h.pump();
-    }
+    p.start();
     settle(&mut p);
     assert_eq!(opened(&p), 1, "one warm connection for the process");
     let warm_in = (0..2)

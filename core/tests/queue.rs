@@ -476,11 +476,7 @@ fn a_warm_connection_yielded_to_another_workers_request_is_not_reopened_in_its_p
     let mut cfg = one_slot(16);
     cfg.upstreams[0].min_idle = 1;
     let mut p = Process::new(cfg, 2);
-    for h in &mut p.workers {
-        let now = h.now;
-        h.core.start(now);
-        h.pump();
-    }
+    p.start();
     assert!(p.settle_within(10));
     assert_eq!(p.open(), 1, "one warm connection for the process");
     // Connects are answered by hand from here on (a churning worker would loop within a call).

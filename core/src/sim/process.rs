@@ -40,6 +40,15 @@ impl Process {
         Process { workers, woken }
     }
 
+    /// Starts every worker's core (warm connections, check rounds) and acts on the outputs.
+    pub fn start(&mut self) {
+        for h in &mut self.workers {
+            let now = h.now;
+            h.core.start(now);
+            h.pump();
+        }
+    }
+
     /// Delivers one connection worker `from` handed over (its oldest), to the worker it was
     /// handed to; false if none is on its way from there.
     pub fn deliver_one(&mut self, from: usize) -> bool {
