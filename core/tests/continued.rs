@@ -148,21 +148,7 @@ fn an_idle_connection_of_the_new_set_yields_a_kept_slot_to_the_old_set_s_waiting
     let new_cfg = with_a_down_server(&old_cfg);
     let l2 = Shared::continued(&new_cfg, 2, w0_old.core.shared(), w0_old.core.config());
     let mut w0_new = Harness::with_core(Core::with_shared(new_cfg, 0, l2, 0).unwrap());
-    let released = w0_old.core.release_pooled();
-    assert_eq!(released.len(), 1);
-    let moved = w0_new
-        .core
-        .adopt_pooled(w0_new.now, &released[0].1, None, released[0].3)
-        .expect("adopted");
-    w0_new.upstreams.insert(
-        moved,
-        upkeep_core::sim::Endpoint {
-            reading: true,
-            connected: true,
-            ..Default::default()
-        },
-    );
-    w0_new.pump();
+    let moved = move_the_idle_connection(&mut w0_old, &mut w0_new);
     w0_old.core.begin_drain(w0_old.now);
     w0_old.pump();
 
@@ -367,22 +353,7 @@ fn an_adopted_connection_goes_to_the_request_that_waited_for_its_slot() {
     assert_eq!(p.workers[1].core.queued(UpstreamId(0)), 1, "still full");
 
     // The old worker drains before acting on any wake-up: its idle connection moves.
-    let released = old.core.release_pooled();
-    assert_eq!(released.len(), 1);
-    let h = &mut p.workers[0];
-    let moved = h
-        .core
-        .adopt_pooled(h.now, &released[0].1, None, released[0].3)
-        .expect("adopted");
-    h.upstreams.insert(
-        moved,
-        upkeep_core::sim::Endpoint {
-            reading: true,
-            connected: true,
-            ..Default::default()
-        },
-    );
-    h.pump();
+    move_the_idle_connection(&mut old, &mut p.workers[0]);
     assert!(p.settle_within(100), "livelock");
     assert_eq!(p.workers[1].core.queued(UpstreamId(0)), 0, "dispatched");
     let h = &mut p.workers[1];
@@ -434,4 +405,26 @@ fn a_slot_held_in_flight_by_another_generation_wakes_nobody_until_it_frees() {
     old.upstream_send(u1, &ok("old"));
     assert_eq!(responses(&mut old, c1)[0].body, b"old");
     served_once_woken(&mut new, &new_woken[0], c2);
+}
+
+/// A reload's handoff of `from`'s one idle pooled connection to `to` (the runtime moves the
+/// socket; here its endpoint): released by one core, adopted by the other, which acts on it.
+/// Its id in `to`.
+fn move_the_idle_connection(from: &mut Harness, to: &mut Harness) -> upkeep_core::ConnId {
+    let released = from.core.release_pooled();
+    assert_eq!(released.len(), 1);
+    let moved = to
+        .core
+        .adopt_pooled(to.now, &released[0].1, None, released[0].3)
+        .expect("adopted");
+    to.upstreams.insert(
+        moved,
+        upkeep_core::sim::Endpoint {
+            reading: true,
+            connected: true,
+            ..Default::default()
+        },
+    );
+    to.pump();
+    moved
 }
