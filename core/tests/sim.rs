@@ -9,7 +9,7 @@ use upkeep_core::config::{PoolKeyMode, ServerConfig, UpstreamConfig};
 use upkeep_core::sim::world::{
     Action, BackendEvent, BackendScript, Framing, ReqKind, World, tight_timeouts,
 };
-use upkeep_core::{Address, Config};
+use upkeep_core::{Address, Config, UpstreamId};
 
 mod common;
 use common::upstreams_accounted;
@@ -934,4 +934,93 @@ fn rejected_certificate_is_a_502_and_never_blames_the_server() {
         (stats.servers[0].failures, stats.servers[0].connect_failures),
         (0, 0)
     );
+}
+
+/// A re-send that waits in the queue is given up when its client closes, like any waiting
+/// request (`queued_behind_max_conns` shrank to it). Both servers are at `max_conns = 1`; c5's
+/// GET reuses server 1's idle connection just as the backend closes it with a stray 408, so it
+/// arrives lost; c7 and c8 queue behind it. The 408 makes the proxy re-send c5's GET on a fresh
+/// connection, but c7 and c8 were waiting first: the re-send joins the queue behind them and c7
+/// takes the freed slot. The client's EOF (at `finish`) then ends c5's wait with its request
+/// unanswered — the proxy's rule for a client that leaves the queue — which the sim must accept
+/// although the request reached a backend once (lost: nothing acted on it).
+#[test]
+fn a_resend_waiting_in_the_queue_is_given_up_when_its_client_closes() {
+    let mut cfg = config(2);
+    let g = group(&mut cfg);
+    g.queue = 3;
+    g.queue_timeout = Duration::from_millis(300);
+    for s in &mut g.servers {
+        s.max_conns = 1;
+    }
+    let a = BackendScript {
+        reset_every: Some(2),
+        delay_ms: 126,
+        ..BackendScript::default()
+    };
+    let b = BackendScript {
+        stray_408_ms: Some(50),
+        delay_ms: 58,
+        race_ms: 1,
+        ..BackendScript::default()
+    };
+    let mut w = World::new(0, cfg, vec![a, b]);
+    w.run(&[
+        Action::Pipeline {
+            client: 0,
+            kinds: vec![ReqKind::Get, ReqKind::Http10],
+        },
+        Action::Send {
+            client: 0,
+            kind: ReqKind::Http10,
+        },
+        Action::Advance { ms: 126 },
+        Action::Reset { client: 126 },
+        Action::Send {
+            client: 0,
+            kind: ReqKind::Get,
+        },
+        Action::Send {
+            client: 27,
+            kind: ReqKind::Get,
+        },
+        Action::Send {
+            client: 31,
+            kind: ReqKind::Get,
+        },
+        Action::Connect { ip: 0 },
+        Action::Advance { ms: 166 },
+        Action::Send {
+            client: 0,
+            kind: ReqKind::Close,
+        },
+        Action::Connect { ip: 0 },
+        Action::Send {
+            client: 47,
+            kind: ReqKind::Get,
+        },
+        Action::Send {
+            client: 248,
+            kind: ReqKind::Get,
+        },
+        Action::Advance { ms: 1 },
+    ]);
+    // The scenario still is the one described: c5's GET was lost once, then waits again.
+    let resent = World::req_id(5, 0);
+    let lost: Vec<bool> = w
+        .arrivals
+        .iter()
+        .filter(|a| a.id == resent)
+        .map(|a| a.lost)
+        .collect();
+    assert_eq!(lost, [true], "{:?}", w.arrivals);
+    assert_eq!(
+        w.harness.core.queued(UpstreamId(0)),
+        2,
+        "c8 and c5's re-send wait"
+    );
+    assert_eq!(w.results.get(&resent), None);
+    w.finish();
+    upstreams_accounted(&w.harness.core);
+    assert_eq!(w.results.get(&resent), None, "given up, not answered");
 }

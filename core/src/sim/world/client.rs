@@ -417,8 +417,13 @@ impl World {
         }
         let front = cl.outstanding.front().expect("non-empty").id.clone();
         // A client that closes (EOF) while its request waits in the queue for a slot has left:
-        // the request is dropped before it reaches any backend.
-        let left_queue = cl.eof_sent && self.arrivals_of(&front) == 0;
+        // the request is dropped before any backend takes it in. It may have reached one
+        // already, lost (the backend had closed the connection, as with a stray 408 on a reused
+        // one): the proxy then re-sends it, and a re-send that finds every slot taken waits in
+        // the queue behind the requests already there, like a newcomer. So only arrivals the
+        // backend took in count against it (a request taken in and then re-sent was cut: see
+        // `cut`; none of the queue's configurations here time a backend out).
+        let left_queue = cl.eof_sent && self.taken_in(&front) == 0;
         let explained = self.cut.contains(&front) || cl.ever_stalled || left_queue;
         self.stats.truncated += 1;
         if !explained {

@@ -277,6 +277,15 @@ impl World {
         self.arrivals.iter().filter(|a| a.id == id).count()
     }
 
+    /// Requests of `id` a backend took in: its arrivals not lost on a connection the backend
+    /// had already closed.
+    pub fn taken_in(&self, id: &str) -> usize {
+        self.arrivals
+            .iter()
+            .filter(|a| a.id == id && !a.lost)
+            .count()
+    }
+
     /// The id of request `n` of client `c` (`/c{c}/r{n}`).
     pub fn req_id(c: usize, n: u32) -> String {
         format!("/c{c}/r{n}")
