@@ -428,3 +428,48 @@ fn move_the_idle_connection(from: &mut Harness, to: &mut Harness) -> upkeep_core
     to.pump();
     moved
 }
+
+/// The new generation's idle connection holds the kept server's one slot, but is busy with a
+/// health check when a request of the old generation queues for that slot: nothing idle then,
+/// so nobody is woken (0544176). When the check ends and the connection is pooled again, it
+/// must be given up to the waiting request (as a request's connection going idle is) — not
+/// kept idle while that request waits out its `queue_timeout`.
+#[test]
+fn a_health_check_s_connection_pooled_again_yields_to_a_linked_generation_s_request() {
+    let mut cfg = capped(1);
+    cfg.upstreams[0].health_check = Some(upkeep_core::config::HealthCheck {
+        path: "/healthz".into(),
+        interval: Duration::from_secs(1),
+        timeout: Duration::from_millis(500),
+        ..upkeep_core::config::HealthCheck::default()
+    });
+    let l1 = Shared::new(&cfg, 1);
+    let old_woken = flags(&l1, 1);
+    let mut old = Harness::with_core(Core::with_shared(cfg.clone(), 1, l1.clone(), 0).unwrap());
+    let l2 = Shared::continued(&cfg, 1, &l1, &cfg);
+    let _new_woken = flags(&l2, 1);
+    let mut new = Harness::with_core(Core::with_shared(cfg, 1, l2, 0).unwrap());
+    new.core.start(new.now);
+    new.pump();
+    let u = busy_upstream(&new).expect("the first check");
+    let _ = requests(&mut new, u);
+    let check_ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    new.upstream_send(u, check_ok);
+    assert!(new.core.is_pooled(u), "the check's connection is pooled");
+    // The next round rides it: busy, not idle, when the old generation's request queues.
+    new.advance(Duration::from_secs(1));
+    assert!(!new.core.is_pooled(u), "checking");
+    let _ = requests(&mut new, u);
+
+    let c1 = old.connect_client();
+    old.client_send(c1, &get("/old"));
+    assert_eq!(old.core.queued(UpstreamId(0)), 1, "the slot is the check's");
+    old_woken[0].store(false, SeqCst);
+
+    new.upstream_send(u, check_ok);
+    assert!(
+        !new.core.is_pooled(u),
+        "the slot goes to the old generation's waiting request"
+    );
+    served_once_woken(&mut old, &old_woken[0], c1);
+}

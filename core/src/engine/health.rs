@@ -356,6 +356,9 @@ impl Core {
         }
         self.remember_hint(now, server, hint);
         self.check_result(now, g, idx, result);
+        // Pooled again, it may hold the slot another generation's request waits for: that
+        // request queued while the check held the connection (nothing idle to wake anyone for).
+        self.yield_to_linked();
     }
 
     /// A check's connection failed (connect error or timeout, reset, EOF, unparsable answer,
