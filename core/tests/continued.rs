@@ -473,3 +473,75 @@ fn a_health_check_s_connection_pooled_again_yields_to_a_linked_generation_s_requ
     );
     served_once_woken(&mut old, &old_woken[0], c1);
 }
+
+/// The same with a warm connection (`min_idle`): connecting when the old generation's request
+/// queues for the kept server's one slot (nothing idle then), it must yield that slot once it
+/// is pooled.
+#[test]
+fn a_warm_connection_pooled_yields_to_a_linked_generation_s_request() {
+    let mut cfg = capped(1);
+    cfg.upstreams[0].min_idle = 1;
+    let l1 = Shared::new(&cfg, 1);
+    let old_woken = flags(&l1, 1);
+    let mut old = Harness::with_core(Core::with_shared(cfg.clone(), 1, l1.clone(), 0).unwrap());
+    let l2 = Shared::continued(&cfg, 1, &l1, &cfg);
+    let _new_woken = flags(&l2, 1);
+    let mut new = Harness::with_core(Core::with_shared(cfg, 1, l2, 0).unwrap());
+    new.auto_connect = false;
+    new.core.start(new.now);
+    new.pump();
+    assert_eq!(new.connects.len(), 1, "a warm connect");
+
+    let c1 = old.connect_client();
+    old.client_send(c1, &get("/old"));
+    assert_eq!(
+        old.core.queued(UpstreamId(0)),
+        1,
+        "the slot is the warm connect's"
+    );
+    old_woken[0].store(false, SeqCst);
+
+    let u = new.accept_connect().expect("the warm connect");
+    assert!(
+        !new.core.is_pooled(u),
+        "the slot goes to the old generation's waiting request"
+    );
+    served_once_woken(&mut old, &old_woken[0], c1);
+}
+
+/// A warm connection (`min_idle`) of the new generation holds the kept server's one slot when
+/// the old generation's request queues for it. Told, the new core gives it up — and must not
+/// open a warm replacement that takes the slot straight back (the old request waited out its
+/// `queue_timeout` while the new core connected again and again).
+#[test]
+fn a_warm_connection_given_up_to_a_linked_generation_is_not_replaced_at_once() {
+    let mut cfg = capped(1);
+    cfg.upstreams[0].min_idle = 1;
+    let l1 = Shared::new(&cfg, 1);
+    let old_woken = flags(&l1, 1);
+    let mut old = Harness::with_core(Core::with_shared(cfg.clone(), 1, l1.clone(), 0).unwrap());
+    let l2 = Shared::continued(&cfg, 1, &l1, &cfg);
+    let new_woken = flags(&l2, 1);
+    let mut new = Harness::with_core(Core::with_shared(cfg, 1, l2, 0).unwrap());
+    new.core.start(new.now);
+    new.pump();
+    assert_eq!(new.core.pool_idle(UpstreamId(0)), 1, "warm");
+
+    let c1 = old.connect_client();
+    old.client_send(c1, &get("/old"));
+    assert_eq!(
+        old.core.queued(UpstreamId(0)),
+        1,
+        "the slot is the warm connection's"
+    );
+    old_woken[0].store(false, SeqCst);
+    assert!(new_woken[0].swap(false, SeqCst), "told");
+    new.core.handle_shared(new.now);
+    new.pump();
+    assert_eq!(
+        connects(&new),
+        1,
+        "no warm replacement while the request waits"
+    );
+    served_once_woken(&mut old, &old_woken[0], c1);
+}

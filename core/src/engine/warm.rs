@@ -124,8 +124,14 @@ impl Core {
             if want == 0 || self.shared.group(g).queued() > 0 {
                 continue;
             }
+            // So do another generation's requests waiting for a kept server's slot (see
+            // `yield_to_linked`): a warm connection would take a slot yielded to them back.
+            let linked = self.shared.linked_waiting();
             let first = self.groups[g].first_server;
             for idx in 0..self.config.upstreams[g].servers.len() {
+                if linked && self.shared.wanted_by_linked(g, idx) {
+                    continue;
+                }
                 let server = first + idx as u32;
                 let w = &mut self.warm[server as usize];
                 // One back-off step per round of warm connects: the others of the same round
@@ -231,6 +237,9 @@ impl Core {
             self.evict(evicted, false, crate::pool::EvictReason::Capacity);
         }
         touch(&mut self.touched, id);
+        // Another generation's request may have queued for its slot while it connected
+        // (nothing idle then to wake anyone for).
+        self.yield_to_linked();
     }
 
     /// Called by the one close path for a warm connection closed before it connected: the
