@@ -545,3 +545,52 @@ fn a_warm_connection_given_up_to_a_linked_generation_is_not_replaced_at_once() {
     );
     served_once_woken(&mut old, &old_woken[0], c1);
 }
+
+/// An idle connection of the new generation on its way between two of its workers (handed to
+/// worker 1's waiting request, whose client then left) holds the kept server's one slot when
+/// the old generation's request queues for it: nothing idle anywhere, nobody is woken. The
+/// worker that takes it in, with nobody of its own generation waiting, must give the slot to
+/// the old generation's request rather than keep it idle while that one waits out its
+/// `queue_timeout`.
+#[test]
+fn a_handed_connection_taken_in_yields_to_a_linked_generation_s_request() {
+    let cfg = capped(1);
+    let l1 = Shared::new(&cfg, 1);
+    let old_woken = flags(&l1, 1);
+    let mut old = Harness::with_core(Core::with_shared(cfg.clone(), 1, l1.clone(), 0).unwrap());
+    let l2 = Shared::continued(&cfg, 2, &l1, &cfg);
+    let woken = flags(&l2, 2);
+    let workers = (0..2)
+        .map(|w| {
+            Harness::with_core(Core::with_shared(cfg.clone(), w as u64, l2.clone(), w).unwrap())
+        })
+        .collect();
+    let mut p = Process { workers, woken };
+    let a = p.workers[0].connect_client();
+    p.workers[0].client_send(a, &get("/a"));
+    let u = busy_upstream(&p.workers[0]).expect("in flight");
+    let b = p.workers[1].connect_client();
+    p.workers[1].client_send(b, &get("/b"));
+    assert_eq!(p.workers[1].core.queued(UpstreamId(0)), 1);
+    p.workers[0].upstream_send(u, &ok("a"));
+    assert_eq!(p.workers[0].handed_out.len(), 1, "on its way to worker 1");
+    p.workers[1].reset(b);
+    assert_eq!(p.workers[1].core.queued(UpstreamId(0)), 0, "b left");
+
+    let c = old.connect_client();
+    old.client_send(c, &get("/old"));
+    assert_eq!(
+        old.core.queued(UpstreamId(0)),
+        1,
+        "the slot moves with the connection"
+    );
+    old_woken[0].store(false, SeqCst);
+
+    let moved = p.workers[0].handed_out.remove(0);
+    let id = p.workers[1].adopt_handed(moved).expect("taken in");
+    assert!(
+        !p.workers[1].core.is_pooled(id),
+        "the slot goes to the old generation's waiting request"
+    );
+    served_once_woken(&mut old, &old_woken[0], c);
+}

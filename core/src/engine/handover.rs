@@ -123,7 +123,13 @@ impl Core {
             // and the worker first in line is woken for it.
             Some(why) => self.evict(id, false, why),
             // The request it was handed for (or whoever is first in line now) gets it.
-            None => self.freed.push((g as u32, true)),
+            // With nobody of this generation waiting any more (the request it was handed for
+            // left while it moved), another generation's request may wait for its slot: it
+            // queued while the connection was on its way (nothing idle, so nobody was woken).
+            None => {
+                self.freed.push((g as u32, true));
+                self.yield_to_linked();
+            }
         }
         self.sync(now);
         Some(id)
