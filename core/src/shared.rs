@@ -160,6 +160,11 @@ impl ServerLedger {
         self.max_conns > 0 && !self.has_room() && self.idle.load(SeqCst) > 0
     }
 
+    /// Idle pooled connections to this server, every worker (and generation) together.
+    pub(crate) fn idle(&self) -> u32 {
+        self.idle.load(SeqCst)
+    }
+
     /// Whether a new connection may be opened: below `max_conns` (or no cap).
     pub(crate) fn has_room(&self) -> bool {
         self.max_conns == 0 || self.conns() < self.max_conns

@@ -594,3 +594,72 @@ fn a_handed_connection_taken_in_yields_to_a_linked_generation_s_request() {
     );
     served_once_woken(&mut old, &old_woken[0], c);
 }
+
+/// The idle connection that holds a full server's slot is the waiting head's own core's, to a
+/// server the head may not use (it failed there: a health check's connection pooled since),
+/// while the head waits for the other server's slot, held in flight. No other generation can
+/// yield anything, so none is woken: in the smol runtime every generation's wake-up reaches
+/// the same thread, whose `handle_shared` dispatched again and woke it again — a spin at full
+/// CPU until the other server's request ended.
+#[test]
+fn a_head_s_own_idle_connection_it_may_not_use_wakes_no_other_generation() {
+    let mut cfg = capped(2);
+    cfg.upstreams[0].health_check = Some(upkeep_core::config::HealthCheck {
+        path: "/healthz".into(),
+        interval: Duration::from_secs(1),
+        timeout: Duration::from_millis(500),
+        ..upkeep_core::config::HealthCheck::default()
+    });
+    let l1 = Shared::new(&cfg, 1);
+    let old_woken = flags(&l1, 1);
+    let _old = Harness::with_core(Core::with_shared(cfg.clone(), 1, l1.clone(), 0).unwrap());
+    let l2 = Shared::continued(&cfg, 1, &l1, &cfg);
+    let _new_woken = flags(&l2, 1);
+    let mut new = Harness::with_core(Core::with_shared(cfg, 1, l2, 0).unwrap());
+    new.auto_connect = false;
+    new.core.start(new.now);
+    new.pump();
+    // The first checks pass and close their connections.
+    let close_ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok";
+    while let Some(u) = new.accept_connect() {
+        let _ = requests(&mut new, u);
+        new.upstream_send(u, close_ok);
+    }
+    assert_eq!(new.core.pool_idle(UpstreamId(0)), 0);
+    // /1 goes to server 0 (its connect refused later), /2 to server 1 (held in flight).
+    let c1 = new.connect_client();
+    new.client_send(c1, &get("/1"));
+    let c2 = new.connect_client();
+    new.client_send(c2, &get("/2"));
+    assert_eq!(new.connects.len(), 2);
+    let u1 = new.connects[1];
+    assert_eq!(new.core.upstream_server(u1).map(|s| s.index), Some(1));
+    new.connects.swap(0, 1);
+    new.accept_connect();
+    let _ = requests(&mut new, u1);
+    new.refuse_connect();
+    assert_eq!(new.core.queued(UpstreamId(0)), 1, "/1 waits for server 1");
+    // Server 0, out after the failure, is checked again: the check's connection is pooled
+    // and holds its one slot.
+    new.advance(Duration::from_secs(1));
+    let u = new.accept_connect().expect("the check of server 0");
+    let _ = requests(&mut new, u);
+    new.upstream_send(u, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    assert!(new.core.is_pooled(u));
+    assert_eq!(
+        new.core.queued(UpstreamId(0)),
+        1,
+        "still waits for server 1"
+    );
+
+    old_woken[0].store(false, SeqCst);
+    new.core.handle_shared(new.now);
+    new.pump();
+    assert!(
+        !old_woken[0].load(SeqCst),
+        "nothing for another generation to yield: not woken"
+    );
+    new.upstream_send(u1, &ok("2"));
+    assert_eq!(responses(&mut new, c2)[0].status, 200);
+    assert_eq!(new.core.queued(UpstreamId(0)), 0, "/1 dispatched");
+}

@@ -165,6 +165,32 @@ impl Core {
         }
     }
 
+    /// Whether an idle connection of another core (of any generation) holds the slot of a full
+    /// server of group `g`: more are idle process-wide than in this core. This core's own
+    /// were offered to its head already ([`Core::take_slot`], [`Core::yield_idle`]); one the
+    /// head may not use (a server it failed on) is nothing another generation could yield,
+    /// and waking it for that spun (in the smol runtime the wake-up comes back to this very
+    /// thread, whose [`Core::handle_shared`] dispatches again).
+    fn idle_held_elsewhere(&self, g: usize) -> bool {
+        let ledger = self.shared.group(g);
+        let first = self.groups[g].first_server;
+        let mut own = vec![0u32; ledger.servers.len()];
+        for c in self.conns.iter() {
+            if let Role::Upstream(u) = &c.role
+                && u.group as usize == g
+                && u.state == UState::Idle
+                && let Some(n) = own.get_mut((u.server - first) as usize)
+            {
+                *n += 1;
+            }
+        }
+        ledger
+            .servers
+            .iter()
+            .zip(own)
+            .any(|(s, own)| s.idle_holds_slot() && s.idle() > own)
+    }
+
     /// Wakes `worker` once this call's outputs have been acted on (see [`Core::poll_output`]):
     /// a connection this worker closed to free a slot is closed before the other opens one.
     pub(super) fn wake_later(&mut self, worker: usize) {
@@ -352,7 +378,7 @@ impl Core {
                     // then: a wake-up that cannot free anything would come back here at once
                     // (in the smol runtime both generations share the worker's thread) and
                     // the two would spin.
-                    if ledger.idle_holds_slot() {
+                    if ledger.idle_holds_slot() && self.idle_held_elsewhere(g) {
                         self.shared.wake_linked_workers();
                     }
                 }
