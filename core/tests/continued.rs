@@ -612,9 +612,9 @@ fn a_head_s_own_idle_connection_it_may_not_use_wakes_no_other_generation() {
     });
     let l1 = Shared::new(&cfg, 1);
     let old_woken = flags(&l1, 1);
-    let _old = Harness::with_core(Core::with_shared(cfg.clone(), 1, l1.clone(), 0).unwrap());
+    let mut old = Harness::with_core(Core::with_shared(cfg.clone(), 1, l1.clone(), 0).unwrap());
     let l2 = Shared::continued(&cfg, 1, &l1, &cfg);
-    let _new_woken = flags(&l2, 1);
+    let new_woken = flags(&l2, 1);
     let mut new = Harness::with_core(Core::with_shared(cfg, 1, l2, 0).unwrap());
     new.auto_connect = false;
     new.core.start(new.now);
@@ -658,6 +658,18 @@ fn a_head_s_own_idle_connection_it_may_not_use_wakes_no_other_generation() {
     assert!(
         !old_woken[0].load(SeqCst),
         "nothing for another generation to yield: not woken"
+    );
+    // Nor does a request of the old generation waiting for server 1 (server 0 is out for it
+    // too) wake the new one for that idle connection: yielding it would help nobody.
+    let c3 = old.connect_client();
+    old.client_send(c3, &get("/3"));
+    assert_eq!(old.core.queued(UpstreamId(0)), 1);
+    new_woken[0].store(false, SeqCst);
+    old.core.handle_shared(old.now);
+    old.pump();
+    assert!(
+        !new_woken[0].load(SeqCst),
+        "an idle connection to a server the head may not use: nobody woken"
     );
     new.upstream_send(u1, &ok("2"));
     assert_eq!(responses(&mut new, c2)[0].status, 200);

@@ -166,12 +166,13 @@ impl Core {
     }
 
     /// Whether an idle connection of another core (of any generation) holds the slot of a full
-    /// server of group `g`: more are idle process-wide than in this core. This core's own
-    /// were offered to its head already ([`Core::take_slot`], [`Core::yield_idle`]); one the
-    /// head may not use (a server it failed on) is nothing another generation could yield,
-    /// and waking it for that spun (in the smol runtime the wake-up comes back to this very
-    /// thread, whose [`Core::handle_shared`] dispatches again).
-    fn idle_held_elsewhere(&self, g: usize) -> bool {
+    /// server of group `g` the head (which `tried` those servers) may use: more are idle
+    /// process-wide than in this core. This core's own were offered to its head already
+    /// ([`Core::take_slot`], [`Core::yield_idle`]), and one to a server the head may not use
+    /// (out, or one it failed on) frees nothing for it: waking another generation for those
+    /// spun (in the smol runtime the wake-up comes back to this very thread, whose
+    /// [`Core::handle_shared`] dispatches again).
+    fn idle_held_elsewhere(&self, now: Time, g: usize, tried: u64) -> bool {
         let ledger = self.shared.group(g);
         let first = self.groups[g].first_server;
         let mut own = vec![0u32; ledger.servers.len()];
@@ -184,11 +185,10 @@ impl Core {
                 *n += 1;
             }
         }
-        ledger
-            .servers
-            .iter()
-            .zip(own)
-            .any(|(s, own)| s.idle_holds_slot() && s.idle() > own)
+        let balancer = &self.groups[g].balancer;
+        let usable = |i: usize| i < 64 && tried & (1u64 << i) == 0 && balancer.is_up(now, i);
+        (ledger.servers.iter().zip(own).enumerate())
+            .any(|(i, (s, own))| usable(i) && s.idle_holds_slot() && s.idle() > own)
     }
 
     /// Wakes `worker` once this call's outputs have been acted on (see [`Core::poll_output`]):
@@ -378,7 +378,7 @@ impl Core {
                     // then: a wake-up that cannot free anything would come back here at once
                     // (in the smol runtime both generations share the worker's thread) and
                     // the two would spin.
-                    if ledger.idle_holds_slot() && self.idle_held_elsewhere(g) {
+                    if ledger.idle_holds_slot() && self.idle_held_elsewhere(now, g, tried) {
                         self.shared.wake_linked_workers();
                     }
                 }
