@@ -443,12 +443,7 @@ fn a_health_check_s_connection_pooled_again_yields_to_a_linked_generation_s_requ
         timeout: Duration::from_millis(500),
         ..upkeep_core::config::HealthCheck::default()
     });
-    let l1 = Shared::new(&cfg, 1);
-    let old_woken = flags(&l1, 1);
-    let mut old = Harness::with_core(Core::with_shared(cfg.clone(), 1, l1.clone(), 0).unwrap());
-    let l2 = Shared::continued(&cfg, 1, &l1, &cfg);
-    let _new_woken = flags(&l2, 1);
-    let mut new = Harness::with_core(Core::with_shared(cfg, 1, l2, 0).unwrap());
+    let (mut old, old_woken, mut new, _new_woken) = two_generations(&cfg);
     new.core.start(new.now);
     new.pump();
     let u = busy_upstream(&new).expect("the first check");
@@ -481,12 +476,7 @@ fn a_health_check_s_connection_pooled_again_yields_to_a_linked_generation_s_requ
 fn a_warm_connection_pooled_yields_to_a_linked_generation_s_request() {
     let mut cfg = capped(1);
     cfg.upstreams[0].min_idle = 1;
-    let l1 = Shared::new(&cfg, 1);
-    let old_woken = flags(&l1, 1);
-    let mut old = Harness::with_core(Core::with_shared(cfg.clone(), 1, l1.clone(), 0).unwrap());
-    let l2 = Shared::continued(&cfg, 1, &l1, &cfg);
-    let _new_woken = flags(&l2, 1);
-    let mut new = Harness::with_core(Core::with_shared(cfg, 1, l2, 0).unwrap());
+    let (mut old, old_woken, mut new, _new_woken) = two_generations(&cfg);
     new.auto_connect = false;
     new.core.start(new.now);
     new.pump();
@@ -517,12 +507,7 @@ fn a_warm_connection_pooled_yields_to_a_linked_generation_s_request() {
 fn a_warm_connection_given_up_to_a_linked_generation_is_not_replaced_at_once() {
     let mut cfg = capped(1);
     cfg.upstreams[0].min_idle = 1;
-    let l1 = Shared::new(&cfg, 1);
-    let old_woken = flags(&l1, 1);
-    let mut old = Harness::with_core(Core::with_shared(cfg.clone(), 1, l1.clone(), 0).unwrap());
-    let l2 = Shared::continued(&cfg, 1, &l1, &cfg);
-    let new_woken = flags(&l2, 1);
-    let mut new = Harness::with_core(Core::with_shared(cfg, 1, l2, 0).unwrap());
+    let (mut old, old_woken, mut new, new_woken) = two_generations(&cfg);
     new.core.start(new.now);
     new.pump();
     assert_eq!(new.core.pool_idle(UpstreamId(0)), 1, "warm");
@@ -610,12 +595,7 @@ fn a_head_s_own_idle_connection_it_may_not_use_wakes_no_other_generation() {
         timeout: Duration::from_millis(500),
         ..upkeep_core::config::HealthCheck::default()
     });
-    let l1 = Shared::new(&cfg, 1);
-    let old_woken = flags(&l1, 1);
-    let mut old = Harness::with_core(Core::with_shared(cfg.clone(), 1, l1.clone(), 0).unwrap());
-    let l2 = Shared::continued(&cfg, 1, &l1, &cfg);
-    let new_woken = flags(&l2, 1);
-    let mut new = Harness::with_core(Core::with_shared(cfg, 1, l2, 0).unwrap());
+    let (mut old, old_woken, mut new, new_woken) = two_generations(&cfg);
     new.auto_connect = false;
     new.core.start(new.now);
     new.pump();
@@ -674,4 +654,18 @@ fn a_head_s_own_idle_connection_it_may_not_use_wakes_no_other_generation() {
     new.upstream_send(u1, &ok("2"));
     assert_eq!(responses(&mut new, c2)[0].status, 200);
     assert_eq!(new.core.queued(UpstreamId(0)), 0, "/1 dispatched");
+}
+
+/// A draining generation (`old`) and the one continued from it (`new`), one worker each, with
+/// their wakers' flags.
+fn two_generations(
+    cfg: &upkeep_core::Config,
+) -> (Harness, Vec<Arc<AtomicBool>>, Harness, Vec<Arc<AtomicBool>>) {
+    let l1 = Shared::new(cfg, 1);
+    let old_woken = flags(&l1, 1);
+    let old = Harness::with_core(Core::with_shared(cfg.clone(), 1, l1.clone(), 0).unwrap());
+    let l2 = Shared::continued(cfg, 1, &l1, cfg);
+    let new_woken = flags(&l2, 1);
+    let new = Harness::with_core(Core::with_shared(cfg.clone(), 1, l2, 0).unwrap());
+    (old, old_woken, new, new_woken)
 }
