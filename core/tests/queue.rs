@@ -411,14 +411,16 @@ fn passive_health_is_shared_by_every_worker() {
     }
 }
 
+/// `max_conns = 2`, both connections pooled: c1 and c2 reuse them, c3 waits. c1's turns out
+/// stale: its retry takes over that connection's slot on a fresh connection at once — it was
+/// admitted before c3, and the failed attempt counts as not having happened — rather than
+/// waiting behind c3 (and, with the queue full, being answered 503). c3 then gets c2's
+/// connection once it is idle.
 #[test]
-fn a_stale_retry_waiting_behind_others_gets_a_fresh_connection() {
-    // max_conns = 2, both connections pooled. c1 and c2 reuse them, c3 waits. c1's turns out
-    // stale: its retry must go on a fresh connection, and queues behind c3. Once c2's
-    // connection is idle again the retry may not reuse it: it is closed to make room (it once
-    // looped forever here, re-queueing the retry on every pass).
+fn a_stale_retry_keeps_its_place_ahead_of_requests_waiting() {
     let mut cfg = config(1);
     cfg.upstreams[0].servers[0].max_conns = 2;
+    cfg.upstreams[0].queue = 1;
     let mut h = Harness::new(cfg);
     let warm: Vec<ConnId> = (0..2).map(|_| h.connect_client()).collect();
     for &c in &warm {
@@ -431,13 +433,16 @@ fn a_stale_retry_waiting_behind_others_gets_a_fresh_connection() {
         h.upstream_send(u, &ok("w"));
     }
     assert_eq!(h.core.pool_idle(UpstreamId(0)), 2);
-    let c1 = warm[0];
-    let c2 = warm[1];
+    let (c1, c2) = (warm[0], warm[1]);
     h.client_send(c1, &get("/one"));
     h.client_send(c2, &get("/two"));
     let c3 = h.connect_client();
     h.client_send(c3, &get("/three"));
-    assert_eq!(h.core.queued(UpstreamId(0)), 1);
+    assert_eq!(
+        h.core.queued(UpstreamId(0)),
+        1,
+        "c3 waits; the queue (1) is full"
+    );
     // c1's connection: the backend had closed it (stale).
     let u1 = ups
         .iter()
@@ -450,17 +455,21 @@ fn a_stale_retry_waiting_behind_others_gets_a_fresh_connection() {
         .expect("c1's request on a pooled connection");
     let u2 = ups.iter().copied().find(|&u| u != u1).unwrap();
     h.upstream_eof(u1);
-    // c3 got the freed slot; c1's retry waits.
-    let u3 = busy_upstream(&h).expect("c3 dispatched");
-    assert_eq!(requests(&mut h, u3)[0].path, "/three");
-    assert_eq!(h.core.queued(UpstreamId(0)), 1);
-    // c2's answer: its connection goes idle, and is closed for c1's fresh retry.
-    h.upstream_send(u2, &ok("two"));
-    assert!(h.upstreams[&u2].closed, "yielded to the fresh retry");
-    let u4 = busy_upstream(&h).expect("c1's retry dispatched");
+    let u4 = busy_upstream(&h).expect("c1's retry on a fresh connection");
+    assert_ne!(u4, u1);
     assert_eq!(requests(&mut h, u4)[0].path, "/one");
+    assert_eq!(h.core.queued(UpstreamId(0)), 1, "c3 still waits");
+    assert_eq!(
+        connects(&h),
+        3,
+        "two warm, one fresh for the retry: never over the cap"
+    );
+    // c2's answer: its connection goes idle and carries c3's request.
+    h.upstream_send(u2, &ok("two"));
+    assert_eq!(h.core.queued(UpstreamId(0)), 0);
+    assert_eq!(requests(&mut h, u2)[0].path, "/three");
     h.upstream_send(u4, &ok("one"));
-    h.upstream_send(u3, &ok("three"));
+    h.upstream_send(u2, &ok("three"));
     for c in [c1, c2, c3] {
         assert_eq!(responses(&mut h, c)[0].status, 200);
     }

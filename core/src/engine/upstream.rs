@@ -153,13 +153,17 @@ impl Core {
         let (g, hash, tried) = (cl.ex.group as usize, cl.peer_hash, cl.ex.tried);
         // Requests already waiting go first (FIFO over the process): a newcomer joins them.
         let others_wait = self.shared.group(g).queued() > 0;
-        // A stale-connection retry goes back to the same (healthy) server on a fresh connection.
         let chosen = match (force_fresh, cl.ex.server) {
-            _ if others_wait => None,
+            // A stale-connection retry goes back to the same (healthy) server on a fresh
+            // connection, taking over the failed connection's slot (still held while it
+            // closes) — even when others wait: it was admitted before them, and this attempt
+            // counts as not having happened. Behind them it would wait a second time, and
+            // with the queue full be answered 503.
             (true, Some(s)) => {
                 let idx = self.index_in_group(g, s);
                 self.open_slot(g, idx).then_some((idx, true))
             }
+            _ if others_wait => None,
             _ => self.take_slot(now, g, hash, tried, force_fresh),
         };
         match chosen {
