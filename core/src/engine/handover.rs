@@ -24,7 +24,7 @@
 
 use super::table::{Conn, Role};
 use super::upstream::{UState, Upstream};
-use super::{Core, Output, touch};
+use super::{Core, Output};
 use crate::config::PoolKeyMode;
 use crate::connection::Buffers;
 use crate::pool::{EvictReason, PoolKey};
@@ -193,12 +193,7 @@ impl Core {
                 ..Upstream::warming(global, g as u32, key, now)
             }),
         });
-        self.shared.group(g).servers[i].idle_changed(true);
-        self.stats.groups[g].pool_checkins += 1;
-        if let Some(evicted) = self.pool.checkin(key, g as u32, id, expires) {
-            self.evict(evicted, false, EvictReason::Capacity);
-        }
-        touch(&mut self.touched, id);
+        self.checkin(g, i, id, key, expires);
         id
     }
 }

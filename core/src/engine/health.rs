@@ -33,7 +33,7 @@ use super::{Core, touch};
 use crate::config::{PoolKeyMode, ServerState};
 use crate::framing::{BodyDecoder, BodyKind, Method, Version};
 use crate::health::CheckResult;
-use crate::pool::{EvictReason, PoolKey};
+use crate::pool::PoolKey;
 use crate::rules::{self, Failure, ResponseFacts, UpstreamFacts};
 use crate::{ConnId, Time};
 
@@ -341,16 +341,11 @@ impl Core {
         match verdict {
             Ok(()) => {
                 u.state = UState::Idle;
-                self.shared.group(g).servers[idx].idle_changed(true);
-                self.stats.groups[g].pool_checkins += 1;
-                if let Some(evicted) = self.pool.checkin(key, g as u32, id, expires) {
-                    self.evict(evicted, false, EvictReason::Capacity);
-                }
+                self.checkin(g, idx, id, key, expires);
                 // Someone may be waiting for a connection to this server (`max_conns` + queue).
                 if self.shared.group(g).queued() > 0 {
                     self.freed.push((g as u32, true));
                 }
-                touch(&mut self.touched, id);
             }
             Err(why) => self.close_upstream(id, false, why),
         }

@@ -286,6 +286,26 @@ impl Core {
         pooled
     }
 
+    /// Pools idle connection `id` (server `idx` of group `g`, pool key `key`) until `expires`:
+    /// counted idle in the shared ledger (what wake-ups across workers and generations go by)
+    /// and as a check-in; a pool over its cap evicts its least recently used connection. The
+    /// one way into the pool, for requests, checks, warm connections and moved-in ones.
+    pub(super) fn checkin(
+        &mut self,
+        g: usize,
+        idx: usize,
+        id: ConnId,
+        key: PoolKey,
+        expires: Time,
+    ) {
+        self.shared.group(g).servers[idx].idle_changed(true);
+        self.stats.groups[g].pool_checkins += 1;
+        if let Some(evicted) = self.pool.checkin(key, g as u32, id, expires) {
+            self.evict(evicted, false, EvictReason::Capacity);
+        }
+        touch(&mut self.touched, id);
+    }
+
     /// The pool key of server `server` (global index) of group `g` for a client with `hash`.
     pub(super) fn pool_key(&self, g: usize, server: u32, hash: u64) -> PoolKey {
         let partition = match self.config.upstreams[g].pool_key {
@@ -583,12 +603,7 @@ impl Core {
                 };
                 u.state = UState::Idle;
                 u.client = None;
-                self.shared.group(g).servers[idx].idle_changed(true);
-                self.stats.groups[g].pool_checkins += 1;
-                if let Some(evicted) = self.pool.checkin(key, g as u32, id, expires) {
-                    self.evict(evicted, false, EvictReason::Capacity);
-                }
-                touch(&mut self.touched, id);
+                self.checkin(g, idx, id, key, expires);
                 // Another generation's request may wait for its slot (a re-resolution).
                 self.yield_to_linked();
             }

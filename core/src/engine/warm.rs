@@ -227,16 +227,11 @@ impl Core {
         let hinted = w.hint.map(|h| created.plus(h));
         let expires = idle_until(now, &self.config.upstreams[g], hinted, created);
         let idx = server - self.groups[g].first_server as usize;
-        self.shared.group(g).servers[idx].idle_changed(true);
         // Someone may be waiting for a connection to this server (`max_conns` + queue).
         if self.shared.group(g).queued() > 0 {
             self.freed.push((g as u32, true));
         }
-        self.stats.groups[g].pool_checkins += 1;
-        if let Some(evicted) = self.pool.checkin(key, g as u32, id, expires) {
-            self.evict(evicted, false, crate::pool::EvictReason::Capacity);
-        }
-        touch(&mut self.touched, id);
+        self.checkin(g, idx, id, key, expires);
         // Another generation's request may have queued for its slot while it connected
         // (nothing idle then to wake anyone for).
         self.yield_to_linked();
