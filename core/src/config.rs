@@ -556,6 +556,12 @@ pub struct Limits {
     /// at this average rate since its request began, or the client gets a 408 — so a body too
     /// large to buffer cannot pin a backend connection at 1 byte/s either.
     pub min_upload_rate: u64,
+    /// Zero-copy bodies (HAProxy's `option splice-auto`; 0 = off): on a runtime that can
+    /// (`upkeep-mio` on Linux) and a plain (not TLS) connection on both sides, body payload
+    /// known to run on for at least this many bytes — the rest of a Content-Length body, or of
+    /// a chunk — moves socket → pipe → socket with `splice(2)`, never entering the process.
+    /// Framing, limits, backpressure and timeouts are the same as on the copying path.
+    pub splice_min: u64,
 }
 
 impl Default for Limits {
@@ -569,6 +575,7 @@ impl Default for Limits {
             write_high_water: 256 * 1024,
             request_buffer: 64 * 1024,
             min_upload_rate: 500,
+            splice_min: 64 * 1024,
         }
     }
 }

@@ -35,7 +35,12 @@ pub(crate) enum AfterFlush {
 pub(crate) struct Buffers {
     pub rbuf: BytesMut,
     pub wq: VecDeque<Bytes>,
+    /// Bytes queued, [`Buffers::piped`] included.
     pub wq_len: usize,
+    /// Bytes at the front of the queue that are not in `wq` but in the runtime's pipe toward
+    /// this connection (spliced from its peer's socket, `Input::Spliced`): they go out before
+    /// anything in `wq`, and a runtime writes them with `splice(2)`, never with `write_with`.
+    pub piped: usize,
     pub scratch: BytesMut,
     /// The runtime has been told to write and has not yet drained the queue.
     pub write_signalled: bool,
@@ -58,6 +63,7 @@ impl Buffers {
             rbuf: BytesMut::new(),
             wq: VecDeque::new(),
             wq_len: 0,
+            piped: 0,
             scratch: BytesMut::new(),
             write_signalled: false,
             reading: true,
@@ -88,13 +94,42 @@ impl Buffers {
         if b.is_empty() {
             return false;
         }
-        let was_empty = self.wq.is_empty();
+        let was_empty = self.is_flushed();
         if was_empty {
             self.write_progress = now;
         }
         self.wq_len += b.len();
         self.wq.push_back(b);
         was_empty
+    }
+
+    /// Queues `n` bytes the runtime moved into its pipe toward this connection. Only while
+    /// nothing else is queued behind earlier piped bytes (`wq` empty), so the piped bytes stay
+    /// at the front. Returns true if the queue was empty before.
+    pub fn push_piped(&mut self, now: Time, n: usize) -> bool {
+        debug_assert!(
+            self.wq.is_empty(),
+            "piped bytes go to the front of the queue"
+        );
+        let was_empty = self.is_flushed();
+        if was_empty {
+            self.write_progress = now;
+        }
+        self.piped += n;
+        self.wq_len += n;
+        was_empty
+    }
+
+    /// Nothing is queued: every byte pushed (piped ones included) was reported written.
+    pub fn is_flushed(&self) -> bool {
+        self.wq_len == 0
+    }
+
+    /// Forgets whatever is queued (the connection closes).
+    pub fn drop_queue(&mut self) {
+        self.wq.clear();
+        self.wq_len = 0;
+        self.piped = 0;
     }
 
     /// Scratch space for writing at least `need` bytes (a head, a chunk-size line); freeze what
@@ -125,13 +160,16 @@ impl Buffers {
         self.scratch.split().freeze()
     }
 
-    /// Drops `n` written bytes from the front of the queue.
+    /// Drops `n` written bytes from the front of the queue (piped ones first).
     pub fn advance(&mut self, now: Time, mut n: usize) {
         n = n.min(self.wq_len);
         if n > 0 {
             self.write_progress = now;
         }
         self.wq_len -= n;
+        let piped = n.min(self.piped);
+        self.piped -= piped;
+        n -= piped;
         while n > 0 {
             let front = self.wq.front_mut().expect("queue holds wq_len bytes");
             if front.len() <= n {
@@ -161,5 +199,19 @@ mod tests {
         b.advance(Time(6), 10);
         assert!(b.wq.is_empty());
         assert_eq!(b.wq_len, 0);
+    }
+
+    #[test]
+    fn piped_bytes_go_out_before_the_pieces_queued_behind_them() {
+        let mut b = Buffers::new(Time::ZERO);
+        assert!(b.push_piped(Time::ZERO, 10));
+        assert!(!b.push(Time::ZERO, Bytes::from_static(b"\r\n")));
+        assert_eq!(b.wq_len, 12);
+        b.advance(Time(1), 7);
+        assert_eq!((b.piped, b.wq_len, &b.wq[0][..]), (3, 5, &b"\r\n"[..]));
+        b.advance(Time(2), 4);
+        assert_eq!((b.piped, b.wq_len, &b.wq[0][..]), (0, 1, &b"\n"[..]));
+        b.advance(Time(3), 1);
+        assert!(b.is_flushed());
     }
 }

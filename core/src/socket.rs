@@ -136,6 +136,95 @@ impl Core {
         }
     }
 
+    /// Moves the next body bytes of `from` without reading them, when the core allows it
+    /// ([`Core::splice_source`]; `None` otherwise: read with [`Core::read_with`]).
+    ///
+    /// `splice` gets the destination connection and the most it may move, moves bytes from
+    /// `from`'s socket into the runtime's pipe toward that connection (`splice(2)`), and returns
+    /// the count; `Ok(0)` is `from`'s end of stream. The core commits them
+    /// ([`Input::Spliced`]) as it would a read. A hint that says `flush_first` is not called:
+    /// flush the destination and ask again.
+    ///
+    /// Returns `Some(Err)` only for `WouldBlock` / `Interrupted` (nothing handed to the core):
+    /// the socket is drained, or the pipe full.
+    pub fn splice_with(
+        &mut self,
+        now: Time,
+        from: ConnId,
+        splice: impl FnOnce(ConnId, usize) -> io::Result<usize>,
+    ) -> Option<io::Result<ReadOutcome>> {
+        let hint = self.splice_source(from)?;
+        if hint.flush_first {
+            return None;
+        }
+        Some(match splice(hint.to, hint.max) {
+            Ok(0) => {
+                self.handle(now, Input::ReadClosed { conn: from });
+                Ok(ReadOutcome::Closed)
+            }
+            Ok(n) if n > hint.max => {
+                self.handle(now, Input::Errored { conn: from });
+                Ok(ReadOutcome::Failed(io::Error::other(format!(
+                    "splice_with: {n} bytes moved, {} allowed",
+                    hint.max
+                ))))
+            }
+            Ok(n) => {
+                self.handle(now, Input::Spliced { conn: from, n });
+                Ok(ReadOutcome::Data(n))
+            }
+            Err(e) if is_retry(&e) => Err(e),
+            Err(e) => {
+                self.handle(now, Input::Errored { conn: from });
+                Ok(ReadOutcome::Failed(e))
+            }
+        })
+    }
+
+    /// Writes once from the runtime's pipe toward `conn`: `write` gets the number of piped
+    /// bytes ([`Core::piped`]) and moves up to that many from the pipe to the socket
+    /// (`splice(2)`), returning the count, which is committed ([`Input::Written`]). Nothing
+    /// piped: `n = offered = 0` without calling the writer. Errors as [`Core::write_with`].
+    pub fn write_piped_with(
+        &mut self,
+        now: Time,
+        conn: ConnId,
+        write: impl FnOnce(usize) -> io::Result<usize>,
+    ) -> io::Result<WriteOutcome> {
+        let offered = self.piped(conn);
+        if offered == 0 {
+            if !self.is_open(conn) {
+                return Ok(WriteOutcome::Unknown);
+            }
+            let left = self.pending_len(conn);
+            return Ok(WriteOutcome::Wrote {
+                n: 0,
+                offered,
+                left,
+            });
+        }
+        match write(offered) {
+            Ok(0) => {
+                self.handle(now, Input::Errored { conn });
+                Ok(WriteOutcome::Failed(io::ErrorKind::WriteZero.into()))
+            }
+            Ok(n) => {
+                let n = n.min(offered);
+                self.handle(now, Input::Written { conn, n });
+                Ok(WriteOutcome::Wrote {
+                    n,
+                    offered,
+                    left: self.pending_len(conn),
+                })
+            }
+            Err(e) if is_retry(&e) => Err(e),
+            Err(e) => {
+                self.handle(now, Input::Errored { conn });
+                Ok(WriteOutcome::Failed(e))
+            }
+        }
+    }
+
     /// Writes once: gathers up to [`MAX_IOV`] slices of what is queued for `conn`
     /// ([`Core::pending`]), calls `write` with them (a `writev` / `sendmsg`), and commits what
     /// went out ([`Input::Written`]).
@@ -176,10 +265,11 @@ impl Core {
             if !self.is_open(conn) {
                 return Ok(WriteOutcome::Unknown);
             }
+            // What is left, if anything, is piped: `write_piped_with` writes it.
             return Ok(WriteOutcome::Wrote {
                 n: 0,
                 offered: 0,
-                left: 0,
+                left: self.pending_len(conn),
             });
         }
         let result = write(&iov[..k]);

@@ -48,7 +48,7 @@ impl Spares {
     /// nothing queued, no read buffer lent out); returns whether it did. Buffers beyond [`KEEP`]
     /// are freed by a later [`Spares::sweep`] if they stay unused.
     pub fn shed(&mut self, buf: &mut Buffers) -> bool {
-        if !buf.rbuf.is_empty() || !buf.wq.is_empty() || buf.lent_at.is_some() {
+        if !buf.rbuf.is_empty() || !buf.is_flushed() || buf.lent_at.is_some() {
             return false;
         }
         if !buf.scratch.is_empty() {

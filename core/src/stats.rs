@@ -90,6 +90,8 @@ pub struct Stats {
     pub responses: [u64; 6],
     /// Responses the proxy generated itself (errors), included in `responses`.
     pub local_responses: u64,
+    /// Body bytes moved with `splice(2)` (`limits.splice_min`), never copied into the process.
+    pub spliced_bytes: u64,
     /// Per upstream group, indexed by [`UpstreamId`](crate::UpstreamId).
     pub groups: Vec<GroupStats>,
     /// Per server, indexed like [`Core::servers`](crate::Core::servers).

@@ -22,10 +22,11 @@ use upkeep_core::{
 use upkeep_runtime::accept::{Admit, AfterError, Gate};
 use upkeep_runtime::board::{self, Reporter};
 use upkeep_runtime::clock;
-use upkeep_runtime::io::{ReadStep, Reader};
+use upkeep_runtime::io::{Flushed, ReadStep, Reader};
 use upkeep_runtime::metrics::Snapshot;
 use upkeep_runtime::recorder::Recorder;
 use upkeep_runtime::socket::upstream_keepalive;
+use upkeep_runtime::splice::{Pipe, Pipes};
 use upkeep_runtime::tls::{self, Contexts, Session};
 use upkeep_runtime::trim::Trim;
 
@@ -172,6 +173,8 @@ pub(crate) fn spawn(setup: Setup) -> io::Result<(Control, JoinHandle<()>)> {
     let mut core = Core::with_shared(setup.config, setup.index as u64, setup.ledger, setup.index)?;
     recorder.attach(&mut core);
     core.set_request_id_prefix(upkeep_runtime::recorder::request_id_prefix(setup.id));
+    // Large plain bodies move with splice(2) (`limits.splice_min`).
+    core.enable_splice(true);
     let mut worker = Worker {
         id: setup.id,
         poll,
@@ -193,6 +196,7 @@ pub(crate) fn spawn(setup: Setup) -> io::Result<(Control, JoinHandle<()>)> {
         tls: setup.tls,
         siblings: setup.siblings,
         trim: Trim::default(),
+        pipes: Pipes::default(),
     };
     for i in 0..worker.listeners.len() {
         if let Some(l) = worker.listeners[i].as_mut() {
@@ -223,6 +227,12 @@ struct Sock {
     reader: Reader,
     /// TLS between the socket and the core (a TLS listener's or TLS group's connection).
     tls: Option<Box<Session>>,
+    /// Body bytes spliced toward this connection, not yet written (`upkeep_runtime::splice`;
+    /// as many as the core's `piped` count).
+    pipe: Option<Pipe>,
+    /// A connection whose splice into `pipe` stopped (the pipe may have been full): read again
+    /// once some of the pipe is written out.
+    stalled: Option<ConnId>,
 }
 
 /// The socket the core knows as `id` (a slot reused by a newer connection is not it). A free
@@ -261,6 +271,8 @@ struct Worker {
     siblings: Siblings,
     /// Returns freed memory to the system after bursts of closes.
     trim: Trim,
+    /// Empty pipes for zero-copy bodies.
+    pipes: Pipes,
 }
 
 /// Whether the loop goes on.
@@ -459,6 +471,22 @@ impl Worker {
             if !sock.read || sock.eof || sock.connecting {
                 return;
             }
+            if sock.tls.is_none()
+                && let Some(step) = self.splice(id)
+            {
+                let Some(sock) = sock_in(&mut self.socks, id) else {
+                    return;
+                };
+                sock.eof = step == ReadStep::Done;
+                self.after_input();
+                if step != ReadStep::Again {
+                    return;
+                }
+                continue;
+            }
+            let Some(sock) = sock_in(&mut self.socks, id) else {
+                return;
+            };
             let step = match sock.tls.as_mut() {
                 Some(session) => session.read(&mut self.core, clock::now(), id, sock.stream.sock()),
                 None => sock
@@ -476,8 +504,56 @@ impl Worker {
         self.to_read.push_back(id);
     }
 
+    /// Moves the next body bytes of `id` into the pipe toward its peer when the core allows it
+    /// (`upkeep_runtime::splice::fill`); `None`: read them as usual.
+    fn splice(&mut self, id: ConnId) -> Option<ReadStep> {
+        let hint = self.core.splice_source(id)?;
+        if hint.flush_first {
+            // Piped bytes may only follow what is queued: write that first.
+            self.flush(hint.to);
+            if self.core.splice_source(id).is_none_or(|h| h.flush_first) {
+                return None;
+            }
+        }
+        let to = sock_in(&mut self.socks, hint.to)?;
+        if to.tls.is_some() || to.connecting {
+            return None;
+        }
+        let mut pipe = match to.pipe.take() {
+            Some(pipe) => pipe,
+            None => match self.pipes.take() {
+                Ok(pipe) => pipe,
+                Err(e) => {
+                    // Out of descriptors, say: this body is copied instead.
+                    log::debug!("worker {}: no pipe for a zero-copy body: {e}", self.id);
+                    return None;
+                }
+            },
+        };
+        let from = sock_in(&mut self.socks, id)?;
+        let step = upkeep_runtime::splice::fill(
+            &mut self.core,
+            clock::now(),
+            id,
+            &*from.stream.sock(),
+            hint.to,
+            &mut pipe,
+        );
+        match sock_in(&mut self.socks, hint.to) {
+            Some(to) if !pipe.is_empty() => {
+                to.pipe = Some(pipe);
+                if step == Some(ReadStep::Wait) {
+                    to.stalled = Some(id);
+                }
+            }
+            _ => self.pipes.give(pipe),
+        }
+        step
+    }
+
     /// Writes what the core queued for `id` until a write comes up short (the shared write
-    /// loop, `upkeep_runtime::io::flush`); the writable edge brings us back.
+    /// loops: piped bytes first, `upkeep_runtime::splice::flush`, then the queue,
+    /// `upkeep_runtime::io::flush`); the writable edge brings us back.
     fn flush(&mut self, id: ConnId) {
         let Some(sock) = sock_in(&mut self.socks, id) else {
             return;
@@ -485,6 +561,31 @@ impl Worker {
         if sock.connecting {
             return;
         }
+        if let Some(mut pipe) = sock.pipe.take() {
+            let flushed = upkeep_runtime::splice::flush(
+                &mut self.core,
+                clock::now(),
+                id,
+                &*sock.stream.sock(),
+                &mut pipe,
+            );
+            let stalled = sock.stalled.take();
+            match sock_in(&mut self.socks, id) {
+                Some(sock) if !pipe.is_empty() => sock.pipe = Some(pipe),
+                _ => self.pipes.give(pipe),
+            }
+            // Room in the pipe: the source that stopped at a full one reads again.
+            if let Some(from) = stalled {
+                self.to_read.push_back(from);
+            }
+            if flushed != Flushed::Empty {
+                self.after_input();
+                return;
+            }
+        }
+        let Some(sock) = sock_in(&mut self.socks, id) else {
+            return;
+        };
         match sock.tls.as_mut() {
             Some(session) => {
                 session.flush(&mut self.core, clock::now(), id, sock.stream.sock());
@@ -557,6 +658,8 @@ impl Worker {
                 server: Some(server),
                 reader: Reader::default(),
                 tls: tls.map(Box::new),
+                pipe: None,
+                stalled: None,
             }),
             Err(e) => {
                 log::debug!("worker {}: connect to {addr} failed: {e}", self.id);
@@ -749,7 +852,10 @@ impl Worker {
                 }
                 Ok(Command::Stop) => return Flow::Exit,
                 Ok(Command::Snapshot(tx)) => {
-                    let _ = tx.send(self.recorder.snapshot(&self.core, clock::now()));
+                    let mut snapshot = self.recorder.snapshot(&self.core, clock::now());
+                    let used = self.socks.iter().flatten().filter(|s| s.pipe.is_some());
+                    snapshot.pipes = (used.count() as u64, self.pipes.kept() as u64);
+                    let _ = tx.send(snapshot);
                 }
                 Ok(Command::ReopenLog) => self.recorder.reopen(),
                 Ok(Command::Adopt {
@@ -992,6 +1098,8 @@ impl Worker {
             server: None,
             reader: Reader::default(),
             tls,
+            pipe: None,
+            stalled: None,
         });
         self.after_input();
         self.to_read.push_back(id);

@@ -135,7 +135,8 @@ pub fn flush(core: &mut Core, now: Time, conn: ConnId, sock: SockRef<'_>) -> Flu
         });
         match result {
             Ok(WriteOutcome::Wrote { n, offered, left }) => {
-                if n < offered {
+                // (Nothing offered with bytes left: they are piped, for `splice::flush`.)
+                if n < offered || offered == 0 && left > 0 {
                     return Flushed::Blocked;
                 }
                 if left == 0 {

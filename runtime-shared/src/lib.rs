@@ -21,6 +21,7 @@ pub mod process;
 pub mod recorder;
 pub mod resolve;
 pub mod socket;
+pub mod splice;
 pub mod throttle;
 pub mod tls;
 pub mod trim;

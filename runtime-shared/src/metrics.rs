@@ -143,6 +143,11 @@ pub struct Snapshot {
     pub handled: u64,
     /// Responses sent.
     pub requests: u64,
+    /// Body bytes moved with splice(2).
+    pub spliced_bytes: u64,
+    /// Pipes of zero-copy bodies: holding bytes of a connection, and empty ones kept for reuse
+    /// (HAProxy's `PipesUsed` / `PipesFree`); set by a runtime that splices.
+    pub pipes: (u64, u64),
     /// Responses by status code.
     pub codes: BTreeMap<u16, u64>,
     /// Open client connections: (reading, writing, waiting).
@@ -166,6 +171,7 @@ impl Snapshot {
             accepted: stats.accepted + stats.refused,
             handled: stats.accepted,
             requests: stats.total_responses(),
+            spliced_bytes: stats.spliced_bytes,
             codes: counters.codes.clone(),
             duration: counters.duration.clone(),
             ..Snapshot::default()
@@ -225,6 +231,7 @@ impl Snapshot {
     /// The counters of a worker that has exited: gauges no longer apply.
     pub fn retired(mut self) -> Snapshot {
         self.activity = (0, 0, 0);
+        self.pipes = (0, 0);
         for g in self.groups.values_mut() {
             g.idle = 0;
             g.queued = 0;
@@ -246,6 +253,9 @@ impl Snapshot {
         self.accepted += o.accepted;
         self.handled += o.handled;
         self.requests += o.requests;
+        self.spliced_bytes += o.spliced_bytes;
+        self.pipes.0 += o.pipes.0;
+        self.pipes.1 += o.pipes.1;
         for (code, n) in &o.codes {
             *self.codes.entry(*code).or_default() += n;
         }
@@ -337,6 +347,21 @@ impl Snapshot {
             "Client connections handled (not refused at capacity).",
         );
         let _ = writeln!(o, "upkeep_connections_handled_total {}", self.handled);
+        header(
+            &mut o,
+            "upkeep_spliced_bytes_total",
+            "counter",
+            "Body bytes moved socket to socket with splice(2), never copied (limits.splice_min).",
+        );
+        let _ = writeln!(o, "upkeep_spliced_bytes_total {}", self.spliced_bytes);
+        header(
+            &mut o,
+            "upkeep_pipes",
+            "gauge",
+            "Pipes of zero-copy bodies: used (holding a connection's bytes) and free (kept empty).",
+        );
+        let _ = writeln!(o, "upkeep_pipes{{state=\"used\"}} {}", self.pipes.0);
+        let _ = writeln!(o, "upkeep_pipes{{state=\"free\"}} {}", self.pipes.1);
         header(
             &mut o,
             "upkeep_connections_active",

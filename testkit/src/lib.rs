@@ -83,6 +83,7 @@ macro_rules! scenario_tests {
             close_delimited_response,
             head_request,
             large_request_and_response_bodies,
+            zero_copy_bodies,
             backend_keepalive_shorter_than_ours,
             backend_down_failover,
             all_backends_down_502,

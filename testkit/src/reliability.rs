@@ -381,9 +381,12 @@ pub fn chaos_soak(start: Start) {
                         _ => r.status == 502,
                     };
                     if !ok {
+                        let want = crate::pattern(256 * 1024, 3);
+                        let at = r.body.iter().zip(&want).position(|(a, b)| a != b);
                         return Err(fail(format!(
-                            "{method} {target}: {} {:?}",
+                            "{method} {target}: {} {} bytes, first difference from /big's at {at:?} {:?}",
                             r.status,
+                            r.body.len(),
                             String::from_utf8_lossy(&r.body[..r.body.len().min(80)])
                         )));
                     }

@@ -436,6 +436,8 @@ mirror! {
         request_buffer: u64,
         #[serde(deserialize_with = "size_u64")]
         min_upload_rate: u64,
+        #[serde(deserialize_with = "size_u64")]
+        splice_min: u64,
     }
 }
 

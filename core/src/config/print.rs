@@ -302,6 +302,7 @@ fn write_tables(out: &mut String, t: &ClientTimeouts, l: &Limits, h: &HeaderOpti
         write_high_water,
         request_buffer,
         min_upload_rate,
+        splice_min,
     } = l;
     let _ = writeln!(
         out,
@@ -309,7 +310,7 @@ fn write_tables(out: &mut String, t: &ClientTimeouts, l: &Limits, h: &HeaderOpti
          max_body = {max_body}{}\nclient_keepalive_requests = {client_keepalive_requests}\n\
          max_client_connections = {max_client_connections}\n\
          write_high_water = {write_high_water}\nrequest_buffer = {request_buffer}{}\n\
-         min_upload_rate = {min_upload_rate}{}",
+         min_upload_rate = {min_upload_rate}{}\nsplice_min = {splice_min}{}",
         if *max_body == 0 { "  # unlimited" } else { "" },
         if *request_buffer == 0 {
             "  # off: bodies stream at once"
@@ -320,6 +321,11 @@ fn write_tables(out: &mut String, t: &ClientTimeouts, l: &Limits, h: &HeaderOpti
             "  # off"
         } else {
             "  # bytes/s"
+        },
+        if *splice_min == 0 {
+            "  # off: bodies are copied"
+        } else {
+            ""
         },
     );
     let HeaderOptions {

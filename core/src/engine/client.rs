@@ -348,7 +348,7 @@ impl Core {
             other => other,
         };
         touch(&mut self.touched, id);
-        if c.buf.wq.is_empty() {
+        if c.buf.is_flushed() {
             self.flushed(now, id);
         }
     }

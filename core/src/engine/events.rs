@@ -144,7 +144,7 @@ impl Core {
         // Our output shrank: the other side may be read again (its interest is re-evaluated).
         let peer = c.peer();
         let is_client = matches!(c.role, Role::Client(_));
-        let empty = c.buf.wq.is_empty();
+        let empty = c.buf.is_flushed();
         if empty {
             c.buf.write_signalled = false;
             // Keep-alive idleness starts when the last response byte is out, not when queued.

@@ -186,6 +186,8 @@ impl Core {
                         && cl.ex.upstream.is_none()
                         && !c.buf.read_closed
                         && c.buf.lent_at.is_none()
+                        // Bytes still in this runtime's pipe cannot move with the socket.
+                        && c.buf.piped == 0
                         && c.buf.after_flush == AfterFlush::Keep
                 }
                 Role::Upstream(_) => false,

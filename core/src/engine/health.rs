@@ -327,7 +327,7 @@ impl Core {
             pooling: gcfg.keepalive > 0 && gcfg.pool_key == PoolKeyMode::Server,
             draining: self.draining || server_out,
             response: u.response,
-            request_sent: c.buf.wq.is_empty(),
+            request_sent: c.buf.is_flushed(),
             extra_data: !c.buf.rbuf.is_empty(),
             peer_closed: c.buf.read_closed,
             requests: u.requests,

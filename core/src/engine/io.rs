@@ -99,7 +99,18 @@ pub enum Input<'a> {
         /// How many bytes were appended (0 is ignored, like an empty `Received`).
         n: usize,
     },
-    /// `n` bytes of [`Core::pending`] were written.
+    /// `n` body bytes of `conn` went straight into the runtime's pipe toward the connection
+    /// [`Core::splice_source`] named, at most its `max`; they join that connection's queue
+    /// ahead of everything else ([`Core::piped`]), to be written from the pipe and reported
+    /// [`Input::Written`]. The end of stream and failures of a splice are reported as for a
+    /// read ([`Input::ReadClosed`], [`Input::Errored`]).
+    Spliced {
+        /// The connection the bytes came from.
+        conn: ConnId,
+        /// How many.
+        n: usize,
+    },
+    /// `n` bytes of [`Core::pending`] (piped ones first, [`Core::piped`]) were written.
     Written {
         /// The connection.
         conn: ConnId,

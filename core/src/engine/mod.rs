@@ -14,6 +14,7 @@
 //! | [`relay`] | body bytes moved and reframed between the sides; tunnels |
 //! | [`queue`] | requests waiting for a server slot (`max_conns`), FIFO across workers |
 //! | [`handover`] | an idle pooled connection moved to the worker whose request is next |
+//! | [`splice`] | body payload the runtime moves with `splice(2)`, counted but never seen |
 //!
 //! The decisions themselves (keep-alive, reusability, retries, framing, statuses) are pure
 //! functions in [`crate::rules`]; the engine gathers their facts and acts on their verdicts.
@@ -46,6 +47,7 @@ mod queue;
 mod readiness;
 mod record;
 mod relay;
+mod splice;
 mod table;
 mod upstream;
 mod warm;
@@ -55,6 +57,7 @@ pub use handoff::Released;
 pub use handover::Handed;
 pub use io::{AtCapacity, Input, Output};
 pub use record::{End, RequestFields, Tries, UpstreamTry};
+pub use splice::SpliceTo;
 
 use client::{Client, Phase};
 use exchange::Exchange;
@@ -136,6 +139,8 @@ pub struct Core {
     closing_slots: Vec<(ConnId, u32, u32)>,
     /// Read and scratch buffers idle and closed connections gave back (see `spare`).
     spares: Spares,
+    /// The runtime splices body bytes ([`Core::enable_splice`]).
+    splice: bool,
 }
 
 impl Core {
@@ -227,6 +232,7 @@ impl Core {
             epochs: vec![0; groups_len],
             closing_slots: Vec::new(),
             spares: Spares::default(),
+            splice: false,
             config,
         })
     }
@@ -411,10 +417,12 @@ impl Core {
         .min()
     }
 
-    /// Bytes queued for `conn`, in order (empty for an unknown id).
+    /// Bytes queued for `conn`, in order (empty for an unknown id) — none while piped bytes
+    /// ([`Core::piped`]) go first: those leave through [`Core::write_piped_with`].
     pub fn pending(&self, conn: ConnId) -> impl Iterator<Item = &[u8]> + '_ {
         self.conns
             .get(conn)
+            .filter(|c| c.buf.piped == 0)
             .into_iter()
             .flat_map(|c| c.buf.wq.iter().map(|b| &b[..]))
     }
@@ -543,6 +551,11 @@ impl Core {
                     return;
                 }
                 self.on_error(now, conn);
+            }
+            Input::Spliced { conn, n } => {
+                if n > 0 && self.conns.get(conn).is_some() {
+                    self.on_spliced(now, conn, n);
+                }
             }
             Input::Written { conn, n } => {
                 let Some(c) = self.conns.get_mut(conn) else {

@@ -190,7 +190,7 @@ impl Core {
         };
         match &c.role {
             Role::Client(cl) => {
-                if !c.buf.wq.is_empty() {
+                if !c.buf.is_flushed() {
                     consider(c.buf.write_progress.plus(t.send), Deadline::ClientSend);
                 }
                 match cl.phase {
@@ -200,7 +200,7 @@ impl Core {
                         consider(cl.since.plus(t.header), Deadline::ClientHeader)
                     }
                     // Still writing the last response: only the send timeout applies.
-                    Phase::Idle if !c.buf.wq.is_empty() => {}
+                    Phase::Idle if !c.buf.is_flushed() => {}
                     Phase::Idle => consider(cl.since.plus(t.keepalive), Deadline::ClientKeepalive),
                     Phase::Head => consider(cl.since.plus(t.header), Deadline::ClientHeader),
                     Phase::Exchange => {
@@ -241,7 +241,7 @@ impl Core {
                         }
                     }
                     UState::Active => {
-                        if !c.buf.wq.is_empty() {
+                        if !c.buf.is_flushed() {
                             let at = c.buf.write_progress.plus(g.send_timeout);
                             consider(at, Deadline::UpstreamSend);
                         } else if u.sent_all && c.buf.reading {

@@ -182,7 +182,7 @@ impl Core {
                 cl.phase = Phase::Closing;
             }
             touch(&mut self.touched, id);
-            if c.buf.wq.is_empty() {
+            if c.buf.is_flushed() {
                 match c.role {
                     Role::Client(_) => self.close(id, false),
                     Role::Upstream(_) => self.close_upstream(id, false, NotReusable::Upgraded),

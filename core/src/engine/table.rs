@@ -300,8 +300,7 @@ impl Core {
         if let Some(c) = self.conns.get_mut(id) {
             // Its buffers serve the next connection (the bytes left in them are dropped).
             c.buf.rbuf.clear();
-            c.buf.wq.clear();
-            c.buf.wq_len = 0;
+            c.buf.drop_queue();
             c.buf.lent_at = None;
             self.spares.shed(&mut c.buf);
         }
@@ -314,7 +313,7 @@ impl Core {
         let Some(c) = self.conns.get_mut(id) else {
             return;
         };
-        if c.buf.wq.is_empty() || c.buf.write_signalled {
+        if c.buf.is_flushed() || c.buf.write_signalled {
             return;
         }
         if let Role::Upstream(u) = &c.role

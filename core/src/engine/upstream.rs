@@ -319,7 +319,7 @@ impl Core {
     pub(super) fn request_maybe_sent(&mut self, now: Time, id: ConnId) {
         let Some(c) = self.conns.get(id) else { return };
         let Role::Upstream(u) = &c.role else { return };
-        if u.sent_all || !c.buf.wq.is_empty() || u.state != UState::Active {
+        if u.sent_all || !c.buf.is_flushed() || u.state != UState::Active {
             return;
         }
         let Some(cl) = u.client else { return };
@@ -582,7 +582,7 @@ impl Core {
             pooling: gcfg.keepalive > 0,
             draining: self.draining || server_out,
             response: u.response,
-            request_sent: req_done && u.sent_all && c.buf.wq.is_empty(),
+            request_sent: req_done && u.sent_all && c.buf.is_flushed(),
             extra_data: u.extra_data || !c.buf.rbuf.is_empty(),
             peer_closed: c.buf.read_closed,
             requests: u.requests,
@@ -645,7 +645,12 @@ impl Core {
         let idx = self.index_in_group(g, srv);
         let client = u.client;
         // Whatever was queued but never written can move to the next connection as is.
-        let unsent = if client.is_some() && written == 0 && why != Failure::BadResponse {
+        // (Not bytes in the runtime's pipe: they are bound to this socket.)
+        let unsent = if client.is_some()
+            && written == 0
+            && c.buf.piped == 0
+            && why != Failure::BadResponse
+        {
             let c = self.conns.get_mut(id).expect("checked above");
             Some(core::mem::take(&mut c.buf.wq))
         } else {

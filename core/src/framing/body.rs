@@ -315,27 +315,14 @@ impl BodyDecoder {
                         trailer: 0,
                     });
                 }
-                DecState::Length(n) | DecState::Data(n) => {
+                DecState::Length(_) | DecState::Data(_) => {
                     if rest.is_empty() {
                         return Ok(Step::framing(skip, chunk_start, false));
                     }
-                    let data = (rest.len() as u64).min(n);
-                    let left = n - data;
-                    let is_length = matches!(self.state, DecState::Length(_));
-                    let done = is_length && left == 0;
-                    self.state = match (is_length, left) {
-                        (true, 0) => DecState::Done,
-                        (true, l) => DecState::Length(l),
-                        (false, 0) => DecState::DataCrlf,
-                        (false, l) => DecState::Data(l),
-                    };
                     return Ok(Step {
                         skip,
-                        data: data as usize,
-                        done,
                         chunk_start,
-                        chunk_end: !is_length && left == 0,
-                        trailer: 0,
+                        ..self.take_payload(rest.len() as u64)
                     });
                 }
                 DecState::Size => match parse_size_line(rest)? {
@@ -384,6 +371,54 @@ impl BodyDecoder {
                     }
                 }
             }
+        }
+    }
+
+    /// Payload bytes that come next with no framing among them: the rest of a Content-Length
+    /// body or of the current chunk's data (0 anywhere else — framing to parse, a
+    /// close-delimited body, the end). A relay may move that many without looking at them
+    /// (`splice(2)`) and report them with [`BodyDecoder::pass`].
+    pub fn opaque(&self) -> u64 {
+        match self.state {
+            DecState::Length(n) | DecState::Data(n) => n,
+            _ => 0,
+        }
+    }
+
+    /// `n` payload bytes (at most [`BodyDecoder::opaque`]) went past unseen: the step they
+    /// make, as [`BodyDecoder::step`] would have given for them.
+    pub fn pass(&mut self, n: u64) -> Step {
+        debug_assert!(
+            n <= self.opaque(),
+            "{n} bytes passed, {} opaque",
+            self.opaque()
+        );
+        if self.opaque() == 0 {
+            return Step::default();
+        }
+        self.take_payload(n)
+    }
+
+    /// Takes up to `available` bytes of the current Length or Data state's payload.
+    fn take_payload(&mut self, available: u64) -> Step {
+        let (is_length, n) = match self.state {
+            DecState::Length(n) => (true, n),
+            DecState::Data(n) => (false, n),
+            _ => return Step::default(),
+        };
+        let data = available.min(n);
+        let left = n - data;
+        self.state = match (is_length, left) {
+            (true, 0) => DecState::Done,
+            (true, l) => DecState::Length(l),
+            (false, 0) => DecState::DataCrlf,
+            (false, l) => DecState::Data(l),
+        };
+        Step {
+            data: data as usize,
+            done: is_length && left == 0,
+            chunk_end: !is_length && left == 0,
+            ..Step::default()
         }
     }
 
@@ -562,6 +597,36 @@ mod tests {
             decode_all(BodyKind::Chunked, &raw[..end]),
             Ok((b"hello".to_vec(), Some(end)))
         );
+    }
+
+    #[test]
+    fn passed_payload_steps_like_read_payload() {
+        // Bytes that went past unseen (spliced) leave the decoder where reading them would.
+        let wire = b"5\r\nhello\r\n3\r\nabc\r\n0\r\n\r\n";
+        let mut seen = BodyDecoder::new(BodyKind::Chunked);
+        let mut passed = BodyDecoder::new(BodyKind::Chunked);
+        let head = passed.step(&wire[..3]).unwrap();
+        assert_eq!(
+            (head.skip, head.chunk_start, passed.opaque()),
+            (3, Some(5), 5)
+        );
+        let a = passed.pass(2);
+        let b = passed.pass(3);
+        assert_eq!(
+            (a.data, a.chunk_end, b.data, b.chunk_end),
+            (2, false, 3, true)
+        );
+        assert_eq!(passed.opaque(), 0, "the CRLF after the data is framing");
+        let rest = passed.step(&wire[8..]).unwrap();
+        assert_eq!(rest.chunk_start, Some(3));
+        let whole = seen.step(wire).unwrap();
+        assert_eq!(whole.data, 5);
+        let mut length = BodyDecoder::new(BodyKind::Length(10));
+        assert_eq!(length.opaque(), 10);
+        assert!(!length.pass(9).done);
+        let last = length.pass(1);
+        assert!(last.done && length.is_done() && length.opaque() == 0);
+        assert_eq!(BodyDecoder::new(BodyKind::UntilClose).opaque(), 0);
     }
 
     #[test]

@@ -1,0 +1,245 @@
+//! Zero-copy bodies (`limits.splice_min`): large plain bodies move socket → pipe → socket with
+//! splice(2) in this runtime. The shared scenarios (`zero_copy_bodies`, `chaos_soak` and the
+//! rest) check that the bytes are right; these check that splicing really happens, and that
+//! the ways a body can end badly end as on the copying path: an upstream or a client cutting a
+//! spliced body short, a client that stops reading, and no pipe left behind.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use upkeep_core::{Address, Config};
+use upkeep_mio::{Proxy, ProxyHandle};
+use upkeep_testkit::backend::Backend;
+use upkeep_testkit::client::{self, Client};
+use upkeep_testkit::{loopback_config, pattern};
+
+const MIB: usize = 1 << 20;
+
+fn config(servers: Vec<Address>) -> Config {
+    let mut c = loopback_config(servers, 1);
+    c.runtime.admin = Some(Address::parse("127.0.0.1:0").unwrap());
+    c.limits.splice_min = 16 * 1024;
+    c
+}
+
+fn metric(proxy: &ProxyHandle, sample: &str) -> u64 {
+    let (status, text) = client::get_text(&proxy.admin_addr().unwrap(), "/metrics");
+    assert_eq!(status, 200);
+    client::metric(&text, sample)
+}
+
+fn spliced(proxy: &ProxyHandle) -> u64 {
+    metric(proxy, "upkeep_spliced_bytes_total")
+}
+
+#[test]
+fn bodies_over_splice_min_are_spliced_and_arrive_whole() {
+    for splice_min in [16 * 1024, 0] {
+        let b = Backend::builder().pattern_body(MIB, 31).start().unwrap();
+        let mut cfg = config(vec![b.addr()]);
+        cfg.limits.splice_min = splice_min;
+        let proxy = Proxy::start(cfg).unwrap();
+        let mut c = Client::connect(&proxy.listen_addrs()[0]).unwrap();
+        let up = pattern(2 * MIB, 32);
+        for _ in 0..2 {
+            let r = c.request(&client::post("/up", &up)).unwrap();
+            assert_eq!(r.status, 200);
+            assert!(r.body == pattern(MIB, 31), "{} bytes", r.body.len());
+        }
+        for req in b.log() {
+            assert!(req.complete && req.body == up, "{} bytes", req.body.len());
+        }
+        assert_eq!(b.accepted(), 1, "the backend connection is reused");
+        let n = spliced(&proxy);
+        if splice_min == 0 {
+            assert_eq!(n, 0, "splice_min = 0 copies");
+        } else {
+            // Most of each body: what arrives with a head, the first 64 KiB of an upload (kept
+            // for a re-send), and what is read while earlier bytes still wait to be written are
+            // copied.
+            assert!(n >= (3 * MIB) as u64, "{n} of 6 MiB spliced");
+        }
+        proxy.shutdown();
+    }
+}
+
+/// A backend that answers its first connection with a head promising 1 MiB, sends 300 KiB
+/// and closes; later connections get the whole body.
+fn truncating_backend() -> (Address, std::thread::JoinHandle<()>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = Address::Tcp(l.local_addr().unwrap());
+    let t = std::thread::spawn(move || {
+        for (i, s) in l.incoming().take(2).enumerate() {
+            let mut s = s.unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).unwrap_or(0) == 1 {
+                head.push(byte[0]);
+            }
+            let body = pattern(MIB, 33);
+            let n = if i == 0 { 300 * 1024 } else { MIB };
+            let _ =
+                s.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {MIB}\r\n\r\n").as_bytes());
+            let _ = s.write_all(&body[..n]);
+            if i == 0 {
+                let _ = s.shutdown(Shutdown::Both);
+            } else {
+                // Until the proxy is done with it.
+                let _ = s.read(&mut byte);
+            }
+        }
+    });
+    (addr, t)
+}
+
+#[test]
+fn an_upstream_cutting_a_spliced_body_short_cuts_the_client_short() {
+    let (addr, backend) = truncating_backend();
+    let proxy = Proxy::start(config(vec![addr])).unwrap();
+    let listen = proxy.listen_addrs()[0].clone();
+    let mut c = Client::connect(&listen).unwrap();
+    let got = c.request(&client::get("/cut"));
+    assert!(
+        got.is_err(),
+        "a response cut short never looks complete: {got:?}"
+    );
+    assert!(spliced(&proxy) > 0, "the body was spliced");
+    let mut c = Client::connect(&listen).unwrap();
+    let r = c.request(&client::get("/whole")).unwrap();
+    assert_eq!(r.status, 200);
+    assert!(r.body == pattern(MIB, 33), "{} bytes", r.body.len());
+    proxy.shutdown();
+    backend.join().unwrap();
+}
+
+/// Clients that read part of a spliced body and go away: the pipes holding the rest are
+/// closed with their connections (never reused with stale bytes in them), the backend
+/// connections too (a body cut short is not reusable), and later responses are whole.
+#[test]
+fn clients_gone_mid_body_leave_no_pipe_and_no_stale_bytes_behind() {
+    let len = 4 * MIB;
+    let b = Backend::builder().pattern_body(len, 34).start().unwrap();
+    let mut cfg = config(vec![b.addr()]);
+    cfg.limits.write_high_water = 64 * 1024;
+    let proxy = Proxy::start(cfg).unwrap();
+    let listen = proxy.listen_addrs()[0].clone();
+    let Address::Tcp(sa) = listen else {
+        unreachable!()
+    };
+    let want = pattern(len, 34);
+    for i in 0..10 {
+        let mut s = TcpStream::connect(sa).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(&client::get(&format!("/gone/{i}"))).unwrap();
+        let mut part = vec![0u8; 200 * 1024];
+        s.read_exact(&mut part).unwrap();
+        let start = part.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        assert!(
+            part[start..] == want[..part.len() - start],
+            "the first bytes of body {i} are its own"
+        );
+        drop(s);
+    }
+    let mut c = Client::connect(&listen).unwrap();
+    for i in 0..3 {
+        let r = c.get(&format!("/after/{i}")).unwrap();
+        assert_eq!(r.status, 200);
+        assert!(
+            r.body == want,
+            "response {i} after the aborted ones: {} bytes",
+            r.body.len()
+        );
+    }
+    assert!(spliced(&proxy) > 0);
+    // The pipes of the clients that left were closed with their connections, not kept.
+    assert_eq!(metric(&proxy, "upkeep_pipes{state=\"used\"}"), 0);
+    assert!(metric(&proxy, "upkeep_pipes{state=\"free\"}") <= 1);
+    proxy.shutdown();
+}
+
+/// A client that stops reading a spliced body: the pipe fills, the upstream is no longer read
+/// (backpressure), and the client is dropped after `client_timeouts.send` as on the copying
+/// path — having received less than the whole body.
+#[test]
+fn a_client_that_stops_reading_a_spliced_body_is_dropped_after_the_send_timeout() {
+    let len = 32 * MIB;
+    let b = Backend::builder().pattern_body(len, 35).start().unwrap();
+    let mut cfg = config(vec![b.addr()]);
+    cfg.client_timeouts.send = Duration::from_secs(1);
+    let proxy = Proxy::start(cfg).unwrap();
+    let Address::Tcp(sa) = proxy.listen_addrs()[0].clone() else {
+        unreachable!()
+    };
+    let mut s = TcpStream::connect(sa).unwrap();
+    s.write_all(&client::get("/stall")).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(spliced(&proxy) > 0, "the body was being spliced");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let started = Instant::now();
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the connection was never closed"
+        );
+    }
+    assert!(got > 0 && got < len, "{got} bytes before the close");
+    // The proxy goes on serving.
+    let mut c = Client::connect(&proxy.listen_addrs()[0]).unwrap();
+    let r = c.get("/after").unwrap();
+    assert_eq!((r.status, r.body.len()), (200, len));
+    proxy.shutdown();
+}
+
+/// An upload cut short while its body is being spliced: the backend sees an incomplete
+/// request and the connection is not reused; the next upload arrives whole.
+#[test]
+fn an_upload_cut_short_mid_splice_never_looks_complete() {
+    let b = Backend::builder().start().unwrap();
+    let proxy = Proxy::start(config(vec![b.addr()])).unwrap();
+    let Address::Tcp(sa) = proxy.listen_addrs()[0].clone() else {
+        unreachable!()
+    };
+    let up = pattern(4 * MIB, 36);
+    let mut s = TcpStream::connect(sa).unwrap();
+    s.write_all(
+        format!(
+            "POST /cut HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+            up.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    s.write_all(&up[..MIB]).unwrap();
+    assert!(
+        b.wait_until(Duration::from_secs(10), |b| b.requests() >= 1),
+        "the upload reached the backend"
+    );
+    drop(s);
+    let mut c = Client::connect(&proxy.listen_addrs()[0]).unwrap();
+    let r = c.request(&client::post("/whole", &up)).unwrap();
+    assert_eq!(r.status, 200);
+    let log = b.log();
+    let cut = log.iter().find(|r| r.target == "/cut").unwrap();
+    assert!(
+        !cut.complete && cut.body.len() < up.len(),
+        "{} bytes, complete: {}",
+        cut.body.len(),
+        cut.complete
+    );
+    let whole = log.iter().find(|r| r.target == "/whole").unwrap();
+    assert!(
+        whole.complete && whole.body == up,
+        "{} bytes",
+        whole.body.len()
+    );
+    assert!(spliced(&proxy) > 0);
+    proxy.shutdown();
+}
