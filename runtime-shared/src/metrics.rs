@@ -708,6 +708,8 @@ mod tests {
             handled: 2,
             requests: 5,
             activity: (1, 0, 1),
+            spliced_bytes: 65536,
+            pipes: (1, 2),
             ..Snapshot::default()
         };
         s.codes.insert(200, 4);
@@ -780,6 +782,13 @@ upkeep_connections_accepted_total 3
 # HELP upkeep_connections_handled_total Client connections handled (not refused at capacity).
 # TYPE upkeep_connections_handled_total counter
 upkeep_connections_handled_total 2
+# HELP upkeep_spliced_bytes_total Body bytes moved socket to socket with splice(2), never copied (limits.splice_min).
+# TYPE upkeep_spliced_bytes_total counter
+upkeep_spliced_bytes_total 65536
+# HELP upkeep_pipes Pipes of zero-copy bodies: used (holding a connection's bytes) and free (kept empty).
+# TYPE upkeep_pipes gauge
+upkeep_pipes{state="used"} 1
+upkeep_pipes{state="free"} 2
 # HELP upkeep_connections_active Open client connections.
 # TYPE upkeep_connections_active gauge
 upkeep_connections_active 2
