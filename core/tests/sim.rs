@@ -177,6 +177,29 @@ proptest! {
         run(seed, config(1), vec![s], &acts);
     }
 
+    /// Zero-copy bodies: a runtime that splices (an in-memory pipe) with a tiny `splice_min`,
+    /// misbehaving backends of any framing and any body size, clients that stall, reset and
+    /// pipeline: every invariant holds as on the copying path, and the pipe always holds what
+    /// the core counts as piped.
+    #[test]
+    fn spliced_bodies(
+        seed: u64,
+        a in script(),
+        b in script(),
+        body in 0usize..3000,
+        min in 1u64..200,
+        acts in actions(),
+    ) {
+        let mut cfg = config(2);
+        cfg.limits.splice_min = min;
+        let a = BackendScript { body_size: body, ..a };
+        let mut w = World::new(seed, cfg, vec![a, b]);
+        w.harness.enable_splice();
+        w.run(&acts);
+        w.finish();
+        upstreams_accounted(&w.harness.core);
+    }
+
     /// Misbehaving backends (cuts, resets, caps, slowness, idle closes) behind two servers.
     #[test]
     fn chaotic_backends(seed: u64, a in script(), b in script(), acts in actions()) {

@@ -4,6 +4,10 @@ use std::collections::BTreeMap;
 
 use crate::{Config, ConnId, Core, Handed, Input, ListenerId, Output, ReadOutcome, ServerId, Time};
 
+/// Largest piece a splicing harness hands to the core the copying way at once (see
+/// [`Harness::enable_splice`]).
+pub const SPLICE_PIECE: usize = 64;
+
 /// One side of a connection as the simulated peer sees it.
 #[derive(Debug, Default, Clone)]
 pub struct Endpoint {
@@ -29,6 +33,9 @@ pub struct Endpoint {
     pub connected: bool,
     /// Stop writing to this peer (a client that does not read): output stays queued in the core.
     pub stalled: bool,
+    /// Bytes spliced toward this peer that are not written yet: the runtime's pipe
+    /// ([`Harness::enable_splice`]). As many as [`Core::piped`] says, always.
+    pub piped: Vec<u8>,
 }
 
 /// An idle upstream connection this harness's core handed to another worker
@@ -67,6 +74,8 @@ pub struct Harness {
     pub auto_connect: bool,
     /// Largest write the fake sockets accept at once (None = everything).
     pub write_chunk: Option<usize>,
+    /// Body bytes are spliced where the core allows it ([`Harness::enable_splice`]).
+    splice: bool,
     /// Deliveries so far: they alternate between the two ways a runtime can hand bytes to the
     /// core, so every test drives both (`Input::Received`, and `Core::read_with`, which reads
     /// in place through `Core::read_buffer` + `Input::Appended`).
@@ -92,8 +101,19 @@ impl Harness {
             handed_out: Vec::new(),
             auto_connect: true,
             write_chunk: None,
+            splice: false,
             deliveries: 0,
         }
+    }
+
+    /// Plays a runtime that splices body bytes ([`Core::enable_splice`]): a peer's bytes the
+    /// core lets pass go straight into an in-memory pipe toward the other peer
+    /// ([`Endpoint::piped`]) and are written from there first. Deliveries are cut into pieces
+    /// of at most [`SPLICE_PIECE`] bytes so that a body sent in one write still meets the
+    /// splice offer after its head.
+    pub fn enable_splice(&mut self) {
+        self.splice = true;
+        self.core.enable_splice(true);
     }
 
     /// A new client connection from 127.0.0.1.
@@ -172,9 +192,56 @@ impl Harness {
         self.pump();
     }
 
+    /// Hands bytes the peer sent to the core: spliced where it allows that
+    /// ([`Harness::enable_splice`]), else copied (`Received`) or in place (`Appended`), in turn.
+    fn deliver(&mut self, conn: ConnId, data: &[u8]) {
+        if !self.splice {
+            return self.deliver_copied(conn, data);
+        }
+        let mut rest = data;
+        while !rest.is_empty() {
+            // As a runtime: no reading while the core holds it back (bytes wait in the socket).
+            let Some(ep) = self.endpoint_of(conn) else {
+                return;
+            };
+            if ep.closed {
+                return;
+            }
+            if !ep.reading {
+                ep.unread.extend_from_slice(rest);
+                return;
+            }
+            if let Some(hint) = self.core.splice_source(conn)
+                && hint.flush_first
+            {
+                self.flush(hint.to);
+            }
+            let (clients, upstreams) = (&mut self.clients, &mut self.upstreams);
+            let moved = self.core.splice_with(self.now, conn, |to, max| {
+                let n = max.min(rest.len());
+                let ep = match clients.get_mut(&to) {
+                    Some(ep) => ep,
+                    None => upstreams.get_mut(&to).expect("a known peer"),
+                };
+                ep.piped.extend_from_slice(&rest[..n]);
+                Ok(n)
+            });
+            match moved {
+                Some(Ok(ReadOutcome::Data(n))) => rest = &rest[n..],
+                Some(other) => panic!("an in-memory splice cannot fail: {other:?}"),
+                None => {
+                    let n = rest.len().min(SPLICE_PIECE);
+                    self.deliver_copied(conn, &rest[..n]);
+                    rest = &rest[n..];
+                }
+            }
+            self.pump();
+        }
+    }
+
     /// Hands bytes the peer sent to the core, copied (`Received`) or in place (`Appended`), in
     /// turn.
-    fn deliver(&mut self, conn: ConnId, data: &[u8]) {
+    fn deliver_copied(&mut self, conn: ConnId, data: &[u8]) {
         self.deliveries += 1;
         // An empty read means end of stream to `read_with`; an empty delivery means nothing.
         if self.deliveries.is_multiple_of(2) || data.is_empty() {
@@ -401,7 +468,29 @@ impl Harness {
             if ep.stalled || ep.closed {
                 return;
             }
-            let buf = self.write_some(id, self.write_chunk.unwrap_or(usize::MAX));
+            let limit = self.write_chunk.unwrap_or(usize::MAX);
+            if self.core.piped(id) > 0 {
+                let ep = self.endpoint_of(id).expect("checked");
+                // The pipe first, as the runtime's splice out of it.
+                let mut piped = core::mem::take(&mut ep.piped);
+                let mut out = Vec::new();
+                let _ = self.core.write_piped_with(self.now, id, |n| {
+                    let k = n.min(limit).min(piped.len());
+                    out.extend(piped.drain(..k));
+                    Ok(k)
+                });
+                if let Some(ep) = self.endpoint_of(id) {
+                    ep.piped = piped;
+                }
+                let ep = self.endpoint_of(id).expect("checked");
+                ep.total_received += out.len();
+                ep.received.extend_from_slice(&out);
+                if out.is_empty() {
+                    return;
+                }
+                continue;
+            }
+            let buf = self.write_some(id, limit);
             if buf.is_empty() {
                 return;
             }
@@ -481,6 +570,8 @@ impl Harness {
                     if let Some(ep) = self.endpoint_of(conn) {
                         ep.closed = true;
                         ep.reset = reset;
+                        // Its pipe closes with it, bytes and all.
+                        ep.piped.clear();
                     }
                     self.connects.retain(|&c| c != conn);
                 }

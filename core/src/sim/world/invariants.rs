@@ -197,6 +197,17 @@ impl World {
         problems.extend(self.check_rounds());
         let core = &self.harness.core;
         let now = self.harness.now;
+        // 8. zero-copy bodies: the bytes in a peer's pipe are the ones the core counts as piped
+        // toward it (they go out first, and its queue's length includes them)
+        for (id, ep) in self.harness.clients.iter().chain(&self.harness.upstreams) {
+            if !ep.closed && core.piped(*id) != ep.piped.len() {
+                problems.push(format!(
+                    "{id:?}: {} bytes in its pipe, the core counts {}",
+                    ep.piped.len(),
+                    core.piped(*id)
+                ));
+            }
+        }
         // 5. deadlines
         if let Some(t) = core.poll_timeout()
             && t < now
