@@ -8,8 +8,9 @@
 #                                         # (open_loop.sh; oha; direct, upkeep, HAProxy, nginx)
 #
 # It installs what is missing (Debian's nginx, haproxy, wrk, curl), builds `upkeep` (release),
-# starts two nginx origins (one worker each; /small = 100 bytes, /64k = a 65,536-byte file;
-# stub_status to count the connections they accept) and the proxies, one worker each:
+# starts two nginx origins (one worker each; /small = 100 bytes, /64k = a 65,536-byte file,
+# /1m = a 1,048,576-byte file; stub_status to count the connections they accept) and the
+# proxies, one worker each:
 #
 #   direct         wrk straight to origin 1 (the limit: no proxy hop)
 #   nginx-nokeep   nginx, no upstream keepalive (HTTP/1.0 upstream, Connection: close)
@@ -18,12 +19,31 @@
 #   haproxy-safe   HAProxy, http-reuse safe
 #   upkeep         upkeep with its default settings (pooling on)
 #   upkeep-nokeep  upkeep with pooling off (keepalive = 0)
+#   upkeep-copy    upkeep with splice_min = 0 ([limits]: every body copied, no splice(2))
+#   haproxy-splice haproxy-safe plus `option splice-auto` (defaults section; maxpipes 1024;
+#                  HAPROXY_SPLICE replaces the option line, e.g. "option splice-response")
+#
+# upkeep-copy and haproxy-splice are not in the default TARGETS: they are the splice comparison
+# (upkeep splices plain bodies of >= splice_min bytes, default 64k, socket -> pipe -> socket;
+# HAProxy only with a splice option), best seen with the 1 MiB body, e.g.
+#
+#   TARGETS="direct upkeep upkeep-copy haproxy-safe haproxy-splice" \
+#       CASES="keepalive:64k keepalive:1m close:1m" bash benches/load/run.sh
+#
+# (a 64k body is mostly not spliced by upkeep's default splice_min: the head's read takes part of
+# it, so less than 64 KiB remains; the spliced KiB/req column shows it). HAProxy's splice-auto
+# splices only when its heuristics (fast-streaming connections) say so: with HAProxy 2.6.12 on
+# loopback it opened no pipe and made no splice(2) call in keepalive:1m check runs (its CPU per
+# request stayed haproxy-safe's), while HAPROXY_SPLICE="option splice-response" (splice every
+# response body) did splice. nginx has no
+# splice for proxied bodies; its proxies buffer a 1 MiB response partly through temp files
+# (proxy_buffering on, the default), which is part of what a 1m case measures for them.
 #
 # The proxies balance round-robin over both origins. Scenarios: keep-alive clients (wrk -c64),
 # closing clients (wrk -c64 -H 'Connection: close': a new client connection per request), each
-# with the small and the 64 KiB body, and fan-in (wrk -c1000, keep-alive, small body). TLS
-# scenarios (issue 12; not in the default CASES, select them with CASES, e.g.
-# CASES="tls-keepalive:small tls-close:small tls-upstream:small"):
+# with the small and the 64 KiB body (CASES may also name 1m), and fan-in (wrk -c1000,
+# keep-alive, small body). TLS scenarios (issue 12; not in the default CASES, select them with
+# CASES, e.g. CASES="tls-keepalive:small tls-close:small tls-upstream:small"):
 #
 #   tls-keepalive  wrk over https (keep-alive) to each proxy's TLS listener (nginx `listen ssl`,
 #                  HAProxy `bind ssl crt`, upkeep `[[listen]] tls`); plain HTTP to the origins
@@ -48,11 +68,13 @@
 # target's previous run), with medians over rounds and per-round ratios to nginx-keep.
 #
 # Per run: requests/s, p50/p99 latency (wrk --latency), the proxy's CPU µs per request
-# (utime+stime of all its processes and threads, /proc/PID/stat), peak RSS (VmHWM summed over
-# its processes, reset through /proc/PID/clear_refs before each run), upstream connections
-# opened (the origins' stub_status "accepts" delta, minus our own status requests), and TIME_WAIT
-# sockets with an origin port at either end (new during the run: a 4-tuple set difference; and
-# all of them right after the run).
+# (utime+stime of all its processes and threads, /proc/PID/stat fields 14 and 15; also each
+# alone: user and system µs per request), peak RSS (VmHWM summed over its processes, reset
+# through /proc/PID/clear_refs before each run), upstream connections opened (the origins'
+# stub_status "accepts" delta, minus our own status requests), TIME_WAIT sockets with an origin
+# port at either end (new during the run: a 4-tuple set difference; and all of them right after
+# the run), and for upkeep targets the bytes it spliced (the delta of
+# upkeep_spliced_bytes_total on its admin listener, scraped right before and after the run).
 #
 # Output: benches/load/results/{results.md,chart.svg,runs.csv,raw/} (--quick: results/quick/).
 # Everything it starts it stops by PID (trap); all traffic stays on 127.0.0.1; every wrk run is
@@ -60,11 +82,13 @@
 #
 # Knobs (environment): ROUNDS, DURATION (s), TARGETS, CASES ("scenario:body ..."), CONNS,
 # FANIN_CONNS, WRK_THREADS, SETTLE (s of unrecorded load right before each measured run, default
-# 1; 0 = off), PORT_BASE (default 19000: origins +1/+2, status +101/+102,
-# proxies +81/+82/+83/+90/+91; TLS: origins +3/+4, proxies' TLS variants +100/+200, upkeep admin
-# +150/+250), PIN=1 (proxies on CPU 0, wrk and origins on CPU 1; default: no
-# pinning), UPKEEP_BIN (skip the build), OUT (output directory), SKIP_ALLOC=1 (skip the
-# allocation count).
+# 1; 0 = off), PORT_BASE (default 19000: origins +1/+2, status +101/+102, proxies
+# nginx-nokeep +81, nginx-keep +82, haproxy-safe +83, haproxy-splice +84, upkeep +90,
+# upkeep-nokeep +91, upkeep-copy +92, upkeep admin = the proxy's port +50; TLS: origins +3/+4,
+# proxies' TLS variants +100/+200, upkeep admin +150/+250), PIN=1 (proxies on CPU 0, wrk and
+# origins on CPU 1; default: no pinning), HAPROXY_SPLICE (haproxy-splice's option line, default
+# "option splice-auto"), UPKEEP_BIN (skip the build), OUT (output directory), SKIP_ALLOC=1 (skip
+# the allocation count).
 set -euo pipefail
 
 # The comment block above, without the marks.
@@ -84,7 +108,8 @@ done
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 ((OPEN_LOOP)) && CASES=${CASES:-keepalive:small} SKIP_ALLOC=${SKIP_ALLOC:-1}
-CASES=${CASES:-keepalive:small keepalive:64k close:small close:64k fanin:small}
+DEFAULT_CASES="keepalive:small keepalive:64k close:small close:64k fanin:small"
+CASES=${CASES:-$DEFAULT_CASES}
 # Which kinds of TLS scenario were asked for (each needs its own proxy processes).
 TLS_TERM=0 TLS_UP=0 TLS_ONLY=1
 for case in $CASES; do
@@ -106,12 +131,14 @@ fi
 if ((OPEN_LOOP)); then
     TARGETS=${TARGETS:-direct upkeep haproxy-safe nginx-keep}
 fi
-TARGETS=${TARGETS:-direct nginx-nokeep nginx-keep haproxy-safe upkeep upkeep-nokeep}
+DEFAULT_TARGETS="direct nginx-nokeep nginx-keep haproxy-safe upkeep upkeep-nokeep"
+TARGETS=${TARGETS:-$DEFAULT_TARGETS}
 CONNS=${CONNS:-64}
 FANIN_CONNS=${FANIN_CONNS:-1000}
 WRK_THREADS=${WRK_THREADS:-1}
 PORT_BASE=${PORT_BASE:-19000}
 PIN=${PIN:-0}
+HAPROXY_SPLICE=${HAPROXY_SPLICE:-option splice-auto}
 PAUSE=1
 SETTLE=${SETTLE:-1}
 
@@ -122,8 +149,10 @@ declare -A PORT=(
     [nginx-nokeep]=$((PORT_BASE + 81))
     [nginx-keep]=$((PORT_BASE + 82))
     [haproxy-safe]=$((PORT_BASE + 83))
+    [haproxy-splice]=$((PORT_BASE + 84))
     [upkeep]=$((PORT_BASE + 90))
     [upkeep-nokeep]=$((PORT_BASE + 91))
+    [upkeep-copy]=$((PORT_BASE + 92))
 )
 for t in $TARGETS; do
     [[ -n ${PORT[$t]:-} ]] || { echo "run.sh: unknown target $t" >&2; exit 2; }
@@ -192,14 +221,17 @@ for cmd in nginx haproxy wrk curl ss taskset; do
 done
 
 # Ports must be free (other services or a previous run still going).
-TLS_PORTS=()
+TLS_PORTS=() ADMIN_PORTS=()
+for t in "${!PORT[@]}"; do
+    [[ $t == upkeep* ]] && ADMIN_PORTS+=($((PORT[$t] + 50)))
+done
 if ((TLS_ANY)); then
     TLS_PORTS=($ORIGIN1_TLS $ORIGIN2_TLS)
     for t in "${!PORT[@]}"; do
         [[ $t == direct ]] || TLS_PORTS+=($((PORT[$t] + 100)) $((PORT[$t] + 200)) $((PORT[$t] + 150)) $((PORT[$t] + 250)))
     done
 fi
-for p in $ORIGIN1 $ORIGIN2 $STATUS1 $STATUS2 "${PORT[@]}" "${TLS_PORTS[@]}"; do
+for p in $ORIGIN1 $ORIGIN2 $STATUS1 $STATUS2 "${PORT[@]}" "${ADMIN_PORTS[@]}" "${TLS_PORTS[@]}"; do
     if [[ -n $(ss -Hltn "sport = :$p") ]]; then
         echo "run.sh: port $p is in use; pick another PORT_BASE" >&2
         exit 1
@@ -237,7 +269,7 @@ fi
 # --- processes -------------------------------------------------------------------------------
 
 TMP=$(mktemp -d /tmp/upkeep-load.XXXXXX)
-chmod 755 "$TMP" # nginx workers (user nobody) read the 64k file and write temp files here
+chmod 755 "$TMP" # nginx workers (user nobody) read the body files and write temp files here
 PIDS=()
 declare -A PID_OF
 
@@ -337,6 +369,7 @@ origin_tls_server() {
     access_log $1/handshakes.log handshake if=\$first_request;
     location = /small { default_type text/plain; return 200 "$SMALL_BODY"; }
     location = /64k   { root $TMP/www; default_type application/octet-stream; }
+    location = /1m    { root $TMP/www; default_type application/octet-stream; }
   }
 EOF
 }
@@ -344,6 +377,7 @@ EOF
 # Origins.
 mkdir -p "$TMP/www"
 head -c 65536 /dev/zero | tr '\0' 'x' >"$TMP/www/64k"
+head -c 1048576 /dev/zero | tr '\0' 'x' >"$TMP/www/1m"
 chmod -R a+rX "$TMP/www"
 SMALL_BODY=$(printf 'x%.0s' $(seq 100))
 for i in 1 2; do
@@ -359,6 +393,7 @@ $(nginx_temp_paths "$dir")
     listen 127.0.0.1:$port backlog=4096;
     location = /small { default_type text/plain; return 200 "$SMALL_BODY"; }
     location = /64k   { root $TMP/www; default_type application/octet-stream; }
+    location = /1m    { root $TMP/www; default_type application/octet-stream; }
   }
   server { listen 127.0.0.1:$status; location / { stub_status; } }
 $(origin_tls_server "$dir" $((PORT_BASE + 2 + i)) "$i")
@@ -405,12 +440,14 @@ EOF
 want nginx-nokeep && nginx_proxy nginx-nokeep 0
 want nginx-keep && nginx_proxy nginx-keep 1
 
-# haproxy_cfg BIND SERVER1 SERVER2: the HAProxy configuration, one thread, http-reuse safe.
+# haproxy_cfg BIND SERVER1 SERVER2 [DEFAULTS-LINE [GLOBAL-LINE]]: the HAProxy configuration,
+# one thread, http-reuse safe (plus the lines of haproxy-splice, haproxy_extra_of).
 haproxy_cfg() {
     cat <<EOF
 global
   nbthread 1
   maxconn 8192
+  ${5:-}
 defaults
   mode http
   timeout connect 5s
@@ -418,6 +455,7 @@ defaults
   timeout server 60s
   timeout http-keep-alive 60s
   http-reuse safe
+  ${4:-}
 frontend fe
   $1
   default_backend be
@@ -428,14 +466,37 @@ backend be
 EOF
 }
 
-if want haproxy-safe; then
-    haproxy_cfg "bind 127.0.0.1:${PORT[haproxy-safe]}" "server s1 127.0.0.1:$ORIGIN1" "server s2 127.0.0.1:$ORIGIN2" >"$TMP/haproxy.cfg"
-    start haproxy-safe "${PROXY_CPU[@]}" haproxy -db -f "$TMP/haproxy.cfg"
-fi
+# haproxy_extra_of TARGET: the HAProxy target's extra lines, one each for haproxy_cfg's
+# DEFAULTS-LINE and GLOBAL-LINE. haproxy-splice: $HAPROXY_SPLICE (`option splice-auto`), and
+# maxpipes 1024: its default with splicing on, maxconn / 4 = 2048 pipes, would need 20,494 descriptors,
+# more than the 20,000 the run gets (HAProxy refuses to start); a pipe serves one connection
+# while a large body passes, so 1024 cover the 64 clients (and the 1000 of fan-in).
+haproxy_extra_of() {
+    if [[ $1 == haproxy-splice ]]; then
+        printf '%s\n%s\n' "$HAPROXY_SPLICE" "maxpipes 1024"
+    else
+        printf '\n\n'
+    fi
+}
 
-upkeep_proxy() { # name keepalive-line
+for t in haproxy-safe haproxy-splice; do
+    want $t || continue
+    { read -r defaults_line; read -r global_line; } < <(haproxy_extra_of $t)
+    haproxy_cfg "bind 127.0.0.1:${PORT[$t]}" "server s1 127.0.0.1:$ORIGIN1" "server s2 127.0.0.1:$ORIGIN2" \
+        "$defaults_line" "$global_line" >"$TMP/$t.cfg"
+    start $t "${PROXY_CPU[@]}" haproxy -db -f "$TMP/$t.cfg"
+done
+
+# upkeep_upstream_of / upkeep_limits_of TARGET: the upkeep target's extra lines in [[upstream]]
+# and [limits].
+upkeep_upstream_of() { [[ $1 == upkeep-nokeep ]] && echo "keepalive = 0   # pooling off" || true; }
+upkeep_limits_of() { [[ $1 == upkeep-copy ]] && echo "splice_min = 0   # every body copied" || true; }
+
+upkeep_proxy() { # name
     cat >"$TMP/$1.toml" <<EOF
 workers = 1
+# For upkeep_spliced_bytes_total (scraped before and after each run; idle otherwise).
+admin = "127.0.0.1:$((PORT[$1] + 50))"
 
 [[listen]]
 addr = "127.0.0.1:${PORT[$1]}"
@@ -443,17 +504,19 @@ addr = "127.0.0.1:${PORT[$1]}"
 [[upstream]]
 name = "origins"
 servers = ["127.0.0.1:$ORIGIN1", "127.0.0.1:$ORIGIN2"]
-$2
+$(upkeep_upstream_of "$1")
 
 [limits]
 # Like the nginx configs above (keepalive_requests 1000000) and HAProxy: wrk's connections
 # are not closed every 1000 requests. The upstream side keeps its defaults.
 client_keepalive_requests = 1000000
+$(upkeep_limits_of "$1")
 EOF
     start "$1" "${PROXY_CPU[@]}" "$UPKEEP_BIN" run --config "$TMP/$1.toml"
 }
-want upkeep && upkeep_proxy upkeep ""
-want upkeep-nokeep && upkeep_proxy upkeep-nokeep "keepalive = 0   # pooling off"
+for t in upkeep upkeep-nokeep upkeep-copy; do
+    if want $t; then upkeep_proxy $t; fi
+done
 
 # --- TLS variants (TLS cases only) ------------------------------------------------------------
 # Each proxy again, one worker, in its own process: MODE "tls" = a TLS listener on port +100
@@ -496,23 +559,25 @@ EOF
     start "$name" "${PROXY_CPU[@]}" nginx -q -e "$dir/error.log" -p "$dir" -c "$dir/nginx.conf"
 }
 
-haproxy_tls_proxy() { # mode
-    local name=haproxy-safe-$1 bind server1 server2
-    if [[ $1 == tls ]]; then
-        bind="bind 127.0.0.1:$((PORT[haproxy-safe] + 100)) ssl crt $CERTS/leaf-with-key.pem alpn http/1.1"
+haproxy_tls_proxy() { # target mode
+    local name=$1-$2 port=${PORT[$1]} bind server1 server2
+    if [[ $2 == tls ]]; then
+        bind="bind 127.0.0.1:$((port + 100)) ssl crt $CERTS/leaf-with-key.pem alpn http/1.1"
         server1="server s1 127.0.0.1:$ORIGIN1" server2="server s2 127.0.0.1:$ORIGIN2"
     else
         local tls="ssl verify required ca-file $CERTS/ca.pem sni str(localhost) verifyhost localhost"
-        bind="bind 127.0.0.1:$((PORT[haproxy-safe] + 200))"
+        bind="bind 127.0.0.1:$((port + 200))"
         server1="server s1 127.0.0.1:$ORIGIN1_TLS $tls" server2="server s2 127.0.0.1:$ORIGIN2_TLS $tls"
     fi
-    haproxy_cfg "$bind" "$server1" "$server2" >"$TMP/$name.cfg"
+    local defaults_line global_line
+    { read -r defaults_line; read -r global_line; } < <(haproxy_extra_of "$1")
+    haproxy_cfg "$bind" "$server1" "$server2" "$defaults_line" "$global_line" >"$TMP/$name.cfg"
     start "$name" "${PROXY_CPU[@]}" haproxy -db -f "$TMP/$name.cfg"
 }
 
-upkeep_tls_proxy() { # target keepalive-line mode
-    local name=$1-$3 listen_tls="" upstream_tls="" servers port admin
-    if [[ $3 == tls ]]; then
+upkeep_tls_proxy() { # target mode
+    local name=$1-$2 listen_tls="" upstream_tls="" servers port admin
+    if [[ $2 == tls ]]; then
         port=$((PORT[$1] + 100)) admin=$((PORT[$1] + 150))
         listen_tls="tls = { cert = \"$CERTS/leaf.pem\", key = \"$CERTS/leaf.key\" }"
         servers="\"127.0.0.1:$ORIGIN1\", \"127.0.0.1:$ORIGIN2\""
@@ -533,10 +598,11 @@ $listen_tls
 name = "origins"
 servers = [$servers]
 $upstream_tls
-$2
+$(upkeep_upstream_of "$1")
 
 [limits]
 client_keepalive_requests = 1000000
+$(upkeep_limits_of "$1")
 EOF
     start "$name" "${PROXY_CPU[@]}" "$UPKEEP_BIN" run --config "$TMP/$name.toml"
 }
@@ -547,9 +613,12 @@ TLS_MODES=()
 for mode in "${TLS_MODES[@]}"; do
     want nginx-nokeep && nginx_tls_proxy nginx-nokeep 0 "$mode"
     want nginx-keep && nginx_tls_proxy nginx-keep 1 "$mode"
-    want haproxy-safe && haproxy_tls_proxy "$mode"
-    want upkeep && upkeep_tls_proxy upkeep "" "$mode"
-    want upkeep-nokeep && upkeep_tls_proxy upkeep-nokeep "keepalive = 0   # pooling off" "$mode"
+    for t in haproxy-safe haproxy-splice; do
+        if want $t; then haproxy_tls_proxy $t "$mode"; fi
+    done
+    for t in upkeep upkeep-nokeep upkeep-copy; do
+        if want $t; then upkeep_tls_proxy $t "$mode"; fi
+    done
 done
 
 for t in $TARGETS; do
@@ -569,13 +638,22 @@ procs_of() {
     echo "$pid" $(pgrep -P "$pid" || true)
 }
 
-cpu_ticks() { # pids... → utime+stime (fields 14, 15), every thread included
-    local total=0 p
+# cpu_split PIDS... → "utime stime" in clock ticks (/proc/PID/stat fields 14 and 15, summed over
+# the processes; a process's figures include all its threads, live and exited).
+cpu_split() {
+    local user=0 sys=0 p stat f
     for p in "$@"; do
-        [[ -r /proc/$p/stat ]] || continue
-        total=$((total + $(sed 's/^.*) //' "/proc/$p/stat" | awk '{print $12 + $13}')))
+        stat=$(cat "/proc/$p/stat" 2>/dev/null) || continue
+        read -r -a f <<<"${stat##*) }" # from field 3 (state) on: utime is f[11], stime f[12]
+        user=$((user + f[11])) sys=$((sys + f[12]))
     done
-    echo "$total"
+    echo "$user $sys"
+}
+
+cpu_ticks() { # pids... → utime+stime
+    local user sys
+    read -r user sys <<<"$(cpu_split "$@")"
+    echo $((user + sys))
 }
 
 reset_peak_rss() { local p; for p in "$@"; do echo 5 >"/proc/$p/clear_refs" 2>/dev/null || true; done; }
@@ -626,12 +704,30 @@ origin_handshakes() {
     cat "$TMP"/origin[12]/handshakes.log 2>/dev/null | awk '{ if ($1 == "r") r++; else f++ } END { print f + 0, r + 0 }'
 }
 
+# admin_port PROCESS: the admin listener of an upkeep process (plain +50, TLS variants +150 and
+# +250 of the target's port), or nothing for other proxies.
+admin_port() {
+    case $1 in
+        upkeep*-tlsup) echo $((PORT[${1%-tlsup}] + 250)) ;;
+        upkeep*-tls) echo $((PORT[${1%-tls}] + 150)) ;;
+        upkeep*) echo $((PORT[$1] + 50)) ;;
+    esac
+}
+
+# upkeep's upkeep_spliced_bytes_total (admin /metrics), or "-" (not upkeep, or no answer).
+upkeep_spliced() { # process name
+    local port
+    port=$(admin_port "$1")
+    [[ -n $port ]] || { echo -; return; }
+    { curl -s --max-time 5 "http://127.0.0.1:$port/metrics" || true; } |
+        awk '$1 == "upkeep_spliced_bytes_total" { n = $2; found = 1 } END { print found ? n : "-" }'
+}
+
 # upkeep's own count of its upstream TLS handshakes, "full resumed" (admin /metrics), or "- -".
 upkeep_handshakes() { # process name
     local port
     case $1 in
-        upkeep*-tlsup) port=$((PORT[${1%-tlsup}] + 250)) ;;
-        upkeep*-tls) port=$((PORT[${1%-tls}] + 150)) ;;
+        upkeep*-tls*) port=$(admin_port "$1") ;;
         *) echo "- -"; return ;;
     esac
     curl -s --max-time 5 "http://127.0.0.1:$port/metrics" | awk '
@@ -651,7 +747,7 @@ mkdir -p "$OUT/raw"
 HS_CSV=$OUT/tls-handshakes.csv
 ((TLS_ANY)) && echo "round,scenario,body,target,origin_full,origin_resumed,upkeep_full,upkeep_resumed" >"$HS_CSV"
 CSV=$OUT/runs.csv
-echo "round,scenario,body,target,conns,wrk_file,cpu_ticks,clk_tck,rss_kb,upstream_conns,tw_new,tw_after,duration_s,backend_ticks,wrk_ticks,machine_busy_ticks,machine_idle_ticks" >"$CSV"
+echo "round,scenario,body,target,conns,wrk_file,cpu_ticks,clk_tck,rss_kb,upstream_conns,tw_new,tw_after,duration_s,backend_ticks,wrk_ticks,machine_busy_ticks,machine_idle_ticks,cpu_user_ticks,cpu_sys_ticks,spliced_bytes" >"$CSV"
 
 read -r -a TARGET_LIST <<<"$TARGETS"
 n_cases=$(wc -w <<<"$CASES")
@@ -690,7 +786,9 @@ for ((round = 0; round < ROUNDS; round++)); do
             reset_peak_rss "${procs[@]}"
             time_wait >"$TMP/tw.before"
             a1=$(accepts $STATUS1) a2=$(accepts $STATUS2)
-            c0=$(cpu_ticks "${procs[@]}") o0=$(cpu_ticks "${ORIGIN_PROCS[@]}")
+            s0=$(upkeep_spliced "$proc")
+            read -r cu0 cs0 <<<"$(cpu_split "${procs[@]}")"
+            o0=$(cpu_ticks "${ORIGIN_PROCS[@]}")
             children_ticks
             w0=$CHILD_TICKS
             if [[ $scenario == tls-* ]]; then
@@ -709,9 +807,11 @@ for ((round = 0; round < ROUNDS; round++)); do
                 echo "$round,$scenario,$body,$t,$((hf1 - hf0)),$((hr1 - hr0)),$uf,$ur" >>"$HS_CSV"
                 hs_note=", upstream TLS handshakes $((hf1 - hf0)) full + $((hr1 - hr0)) resumed"
             fi
-            c1=$(cpu_ticks "${procs[@]}") o1=$(cpu_ticks "${ORIGIN_PROCS[@]}")
+            read -r cu1 cs1 <<<"$(cpu_split "${procs[@]}")"
+            o1=$(cpu_ticks "${ORIGIN_PROCS[@]}")
             children_ticks
             w1=$CHILD_TICKS
+            s1=$(upkeep_spliced "$proc")
             b1=$(accepts $STATUS1) b2=$(accepts $STATUS2)
             time_wait >"$TMP/tw.after"
             # Each origin's delta includes our second status request's own connection.
@@ -719,14 +819,19 @@ for ((round = 0; round < ROUNDS; round++)); do
             tw_new=$(comm -13 "$TMP/tw.before" "$TMP/tw.after" | wc -l)
             tw_after=$(wc -l <"$TMP/tw.after")
             if [[ $t == direct ]]; then
-                cpu=- rss=-
+                cpu=- cpu_user=- cpu_sys=- rss=-
             else
-                cpu=$((c1 - c0)) rss=$(peak_rss_kb "${procs[@]}")
+                cpu_user=$((cu1 - cu0)) cpu_sys=$((cs1 - cs0))
+                cpu=$((cpu_user + cpu_sys)) rss=$(peak_rss_kb "${procs[@]}")
             fi
-            echo "$round,$scenario,$body,$t,$conns,$file,$cpu,$CLK_TCK,$rss,$upstream,$tw_new,$tw_after,$DURATION,$((o1 - o0)),$((w1 - w0)),$((busy1 - busy0)),$((idle1 - idle0))" >>"$CSV"
+            spliced=- splice_note=""
+            if [[ $s0 != - && $s1 != - ]]; then
+                spliced=$((s1 - s0)) splice_note=", spliced $((spliced / 1048576)) MiB"
+            fi
+            echo "$round,$scenario,$body,$t,$conns,$file,$cpu,$CLK_TCK,$rss,$upstream,$tw_new,$tw_after,$DURATION,$((o1 - o0)),$((w1 - w0)),$((busy1 - busy0)),$((idle1 - idle0)),$cpu_user,$cpu_sys,$spliced" >>"$CSV"
             done_runs=$((done_runs + 1))
             rps=$(awk '/^Requests\/sec/ {print $2}' "$OUT/$file")
-            log "[$done_runs/$total_runs] round $round $scenario/$body $t: ${rps:-no result} req/s, upstream conns $upstream$hs_note, cpu ticks $cpu"
+            log "[$done_runs/$total_runs] round $round $scenario/$body $t: ${rps:-no result} req/s, upstream conns $upstream$hs_note, cpu ticks $cpu (user $cpu_user, sys $cpu_sys)$splice_note"
             if [[ -z $rps ]]; then sed 's/^/    wrk: /' "$OUT/$file" >&2; fi
             for p in "${procs[@]}"; do
                 kill -0 "$p" 2>/dev/null || { echo "run.sh: $t (pid $p) died" >&2; exit 1; }
@@ -802,22 +907,30 @@ tls_summary() {
 
 pin_note="nothing pinned (the scheduler spreads wrk, the origins and the proxy over the cores)"
 ((PIN)) && pin_note="proxies pinned to CPU 0, wrk and the origins to CPU 1 (taskset)"
-NOTE="Command: \`$( ((TLS_ANY)) && echo "ROUNDS=$ROUNDS DURATION=$DURATION CASES=\"$CASES\" TARGETS=\"$TARGETS\" ")bash benches/load/run.sh$( ((QUICK)) && echo ' --quick')\` ($(date -u +%Y-%m-%d), \
+# The command line shows the knobs when the run was not a plain one (TLS cases, the splice
+# comparison, any other choice of cases or targets).
+SHOW_KNOBS=$TLS_ANY
+[[ $CASES == "$DEFAULT_CASES" && $TARGETS == "$DEFAULT_TARGETS" ]] || SHOW_KNOBS=1
+NOTE="Command: \`$( ((SHOW_KNOBS)) && echo "ROUNDS=$ROUNDS DURATION=$DURATION CASES=\"$CASES\" TARGETS=\"$TARGETS\" ")bash benches/load/run.sh$( ((QUICK)) && echo ' --quick')\` ($(date -u +%Y-%m-%d), \
 $ROUNDS round(s) of ${DURATION} s per run, wrk -t$WRK_THREADS, $CONNS clients, fan-in $FANIN_CONNS clients, \
 $pin_note).
 
 Machine: $(nproc) CPUs ($(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)), Linux $(uname -r); \
 $(nginx -v 2>&1 | sed 's/.*: //'), HAProxy $(haproxy -v | awk 'NR == 1 {print $3}'), $(wrk -v 2>&1 | awk 'NR == 1 {print $1, $2}'); \
 load average before the runs: $(cut -d' ' -f1-3 /proc/loadavg). \
-upkeep: $([[ -n ${UPKEEP_BIN:-} ]] && echo "built from $(git -C "$REPO" rev-parse --short HEAD), last change to core/ or runtime-mio/: $(git -C "$REPO" log -1 --format='%h %s' -- core runtime-mio | cut -c1-80)" || echo 'not run').
+upkeep: $([[ -n ${UPKEEP_BIN:-} ]] && echo "built from $(git -C "$REPO" rev-parse --short HEAD)$(git -C "$REPO" diff --quiet HEAD -- core runtime-shared runtime-mio || echo ' + local changes'), last change to core/ or runtime-mio/: $(git -C "$REPO" log -1 --format='%h %s' -- core runtime-mio | cut -c1-80)" || echo 'not run').
 
 Core allocations (steady state, \`cargo bench -p upkeep-benches --bench alloc\`): $ALLOC_LINE.
 
-Columns: proxy CPU = utime+stime of the proxy's processes during the run ÷ requests; peak RSS = \
+Columns: proxy CPU = utime+stime of the proxy's processes during the run ÷ requests (user and \
+sys: utime and stime alone); peak RSS = \
 VmHWM summed over its processes; upstream conns = connections the origins accepted (stub_status); \
 new TIME_WAIT = TIME_WAIT sockets with an origin port at either end that appeared during the run \
 (TIME_WAIT after = all of them, including earlier runs'). For \`direct\` the \"upstream\" \
-connections are wrk's own."
+connections are wrk's own. Spliced KiB/req (upkeep targets only) = the growth of \
+\`upkeep_spliced_bytes_total\` on upkeep's admin listener during the run ÷ requests: body bytes \
+moved socket → pipe → socket with splice(2) (\`[limits] splice_min\`, default 64k; \`upkeep-copy\` \
+sets 0 = always copy); \`haproxy-splice\` = haproxy-safe + \`$HAPROXY_SPLICE\` (maxpipes 1024)."
 printf '%s\n' "$NOTE" >"$OUT/note.md"
 "$REPORT_BIN" "$CSV" "$OUT"
 if ((TLS_ANY)); then

@@ -9,10 +9,21 @@ use std::path::Path;
 
 /// The target every ratio is taken against (nginx with `keepalive 16`).
 pub const REFERENCE: &str = "nginx-keep";
-/// The peers whose best result upkeep is measured against.
-pub const PEERS: [&str; 3] = ["nginx-nokeep", "nginx-keep", "haproxy-safe"];
+/// The peers whose best result upkeep is measured against (`haproxy-splice` only where the
+/// splice comparison ran it).
+pub const PEERS: [&str; 4] = [
+    "nginx-nokeep",
+    "nginx-keep",
+    "haproxy-safe",
+    "haproxy-splice",
+];
 /// upkeep with its default (pooling) settings.
 pub const UPKEEP: &str = "upkeep";
+/// The splice comparison: (splicing target, the same proxy copying).
+pub const SPLICE_PAIRS: [(&str, &str); 2] = [
+    ("upkeep", "upkeep-copy"),
+    ("haproxy-splice", "haproxy-safe"),
+];
 
 /// What wrk printed, the part we use.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -105,13 +116,22 @@ pub struct RunRow {
     pub machine_busy_ticks: u64,
     /// Machine-wide idle+iowait time during the run (all CPUs), clock ticks.
     pub machine_idle_ticks: u64,
+    /// utime alone of the target's processes (the user part of `cpu_ticks`); None: no proxy,
+    /// or a CSV from before the split ([`CSV_HEADER_V1`]).
+    pub cpu_user_ticks: Option<u64>,
+    /// stime alone (the system part of `cpu_ticks`).
+    pub cpu_sys_ticks: Option<u64>,
+    /// Bytes upkeep moved with splice(2) during the run (`upkeep_spliced_bytes_total` delta);
+    /// None for other targets and older CSVs.
+    pub spliced_bytes: Option<u64>,
 }
 
 /// The CSV header `run.sh` writes; [`parse_csv`] checks it.
-pub const CSV_HEADER: &str = "round,scenario,body,target,conns,wrk_file,cpu_ticks,clk_tck,rss_kb,upstream_conns,tw_new,tw_after,duration_s,backend_ticks,wrk_ticks,machine_busy_ticks,machine_idle_ticks";
+pub const CSV_HEADER: &str = "round,scenario,body,target,conns,wrk_file,cpu_ticks,clk_tck,rss_kb,upstream_conns,tw_new,tw_after,duration_s,backend_ticks,wrk_ticks,machine_busy_ticks,machine_idle_ticks,cpu_user_ticks,cpu_sys_ticks,spliced_bytes";
 
-/// Number of columns in [`CSV_HEADER`].
-const CSV_FIELDS: usize = 17;
+/// The header before the user/system split and the spliced bytes (the first 17 columns of
+/// [`CSV_HEADER`]); [`parse_csv`] still reads such files, the new columns as unknown.
+pub const CSV_HEADER_V1: &str = "round,scenario,body,target,conns,wrk_file,cpu_ticks,clk_tck,rss_kb,upstream_conns,tw_new,tw_after,duration_s,backend_ticks,wrk_ticks,machine_busy_ticks,machine_idle_ticks";
 
 fn opt(v: &str) -> Result<Option<u64>, String> {
     if v.is_empty() || v == "-" {
@@ -124,17 +144,20 @@ fn opt(v: &str) -> Result<Option<u64>, String> {
 /// Parses the CSV (header line first).
 pub fn parse_csv(text: &str) -> Result<Vec<RunRow>, String> {
     let mut lines = text.lines();
-    match lines.next() {
-        Some(h) if h.trim() == CSV_HEADER => {}
+    let fields = match lines.next().map(str::trim) {
+        Some(h) if h == CSV_HEADER => CSV_HEADER.split(',').count(),
+        Some(h) if h == CSV_HEADER_V1 => CSV_HEADER_V1.split(',').count(),
         other => return Err(format!("expected header {CSV_HEADER:?}, found {other:?}")),
-    }
+    };
     let mut rows = Vec::new();
     for (i, line) in lines.enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let f: Vec<&str> = line.split(',').map(str::trim).collect();
         let err = |e: String| format!("line {}: {e}", i + 2);
-        if f.len() != CSV_FIELDS {
-            return Err(err(format!("{} fields, expected {CSV_FIELDS}", f.len())));
+        if f.len() != fields {
+            return Err(err(format!("{} fields, expected {fields}", f.len())));
         }
+        // Columns an older header does not have are unknown.
+        let extra = |k: usize| f.get(k).map_or(Ok(None), |v| opt(v)).map_err(err);
         let num = |v: &str| v.parse::<u64>().map_err(|e| err(format!("{v:?}: {e}")));
         rows.push(RunRow {
             round: num(f[0])? as u32,
@@ -154,6 +177,9 @@ pub fn parse_csv(text: &str) -> Result<Vec<RunRow>, String> {
             wrk_ticks: num(f[14])?,
             machine_busy_ticks: num(f[15])?,
             machine_idle_ticks: num(f[16])?,
+            cpu_user_ticks: extra(17)?,
+            cpu_sys_ticks: extra(18)?,
+            spliced_bytes: extra(19)?,
         });
     }
     Ok(rows)
@@ -169,9 +195,30 @@ pub struct Run {
 impl Run {
     /// Proxy CPU microseconds per completed request.
     pub fn cpu_us_per_req(&self) -> Option<f64> {
-        let ticks = self.row.cpu_ticks?;
+        self.us_per_req(self.row.cpu_ticks)
+    }
+
+    /// `ticks` (of the proxy) in microseconds per completed request.
+    fn us_per_req(&self, ticks: Option<u64>) -> Option<f64> {
+        let ticks = ticks?;
         (self.wrk.requests > 0 && self.row.clk_tck > 0)
             .then(|| ticks as f64 * 1e6 / self.row.clk_tck as f64 / self.wrk.requests as f64)
+    }
+
+    /// Proxy user-mode CPU (utime) microseconds per completed request.
+    pub fn cpu_user_us_per_req(&self) -> Option<f64> {
+        self.us_per_req(self.row.cpu_user_ticks)
+    }
+
+    /// Proxy kernel-mode CPU (stime) microseconds per completed request.
+    pub fn cpu_sys_us_per_req(&self) -> Option<f64> {
+        self.us_per_req(self.row.cpu_sys_ticks)
+    }
+
+    /// KiB moved with splice(2) per completed request.
+    pub fn spliced_kib_per_req(&self) -> Option<f64> {
+        let bytes = self.row.spliced_bytes?;
+        (self.wrk.requests > 0).then(|| bytes as f64 / 1024.0 / self.wrk.requests as f64)
     }
 
     /// Both origins' CPU microseconds per completed request.
@@ -245,6 +292,12 @@ pub struct Summary {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub cpu_us: Option<f64>,
+    /// The user (utime) and system (stime) parts of the proxy's CPU µs per request (medians
+    /// of their own, so they need not add up to `cpu_us` exactly).
+    pub cpu_user_us: Option<f64>,
+    pub cpu_sys_us: Option<f64>,
+    /// KiB upkeep spliced per request (median over rounds).
+    pub spliced_kib: Option<f64>,
     pub rss_mb: Option<f64>,
     pub upstream_conns: f64,
     pub conns_per_100k: f64,
@@ -321,6 +374,9 @@ pub fn summarize(runs: &[Run]) -> Vec<(Case, Vec<(String, Summary)>)> {
                 p50_ms: med(&|r| Some(r.wrk.p50_ms)).unwrap_or(0.0),
                 p99_ms: med(&|r| Some(r.wrk.p99_ms)).unwrap_or(0.0),
                 cpu_us: med(&|r| r.cpu_us_per_req()),
+                cpu_user_us: med(&|r| r.cpu_user_us_per_req()),
+                cpu_sys_us: med(&|r| r.cpu_sys_us_per_req()),
+                spliced_kib: med(&|r| r.spliced_kib_per_req()),
                 rss_mb: med(&|r| r.row.rss_kb.map(|k| k as f64 / 1024.0)),
                 upstream_conns: med(&|r| Some(r.row.upstream_conns as f64)).unwrap_or(0.0),
                 conns_per_100k: med(&|r| Some(r.conns_per_100k())).unwrap_or(0.0),
@@ -376,19 +432,23 @@ fn cell(value: String, ratio: Option<f64>) -> String {
 pub fn markdown(summary: &[(Case, Vec<(String, Summary)>)]) -> String {
     let mut s = String::new();
     s.push_str(
-        "| scenario | body | clients | target | req/s | p50 ms | p99 ms | proxy CPU µs/req | peak RSS MiB | upstream conns opened | per 100k req | new TIME_WAIT | TIME_WAIT after | errors | backend CPU µs/req | idle % | others % |\n",
+        "| scenario | body | clients | target | req/s | p50 ms | p99 ms | proxy CPU µs/req | user µs/req | sys µs/req | peak RSS MiB | upstream conns opened | per 100k req | new TIME_WAIT | TIME_WAIT after | errors | backend CPU µs/req | idle % | others % | spliced KiB/req |\n",
     );
-    s.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    s.push_str(
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
     for ((scenario, body), rows) in summary {
         for (target, x) in rows {
             let _ = writeln!(
                 s,
-                "| {scenario} | {body} | {} | {target} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {scenario} | {body} | {} | {target} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 x.conns,
                 cell(thousands(x.rps), x.rps_ratio),
                 cell(format!("{:.2}", x.p50_ms), x.p50_ratio),
                 cell(format!("{:.2}", x.p99_ms), x.p99_ratio),
                 cell(fixed(x.cpu_us, 1), x.cpu_ratio),
+                fixed(x.cpu_user_us, 1),
+                fixed(x.cpu_sys_us, 1),
                 cell(fixed(x.rss_mb, 1), x.rss_ratio),
                 cell(thousands(x.upstream_conns), x.conns_ratio),
                 thousands(x.conns_per_100k),
@@ -398,6 +458,7 @@ pub fn markdown(summary: &[(Case, Vec<(String, Summary)>)]) -> String {
                 fixed(x.backend_us, 1),
                 fixed(x.idle_pct, 0),
                 fixed(x.others_pct, 0),
+                fixed(x.spliced_kib, 1),
             );
         }
     }
@@ -507,6 +568,47 @@ pub fn checks(runs: &[Run]) -> Vec<Check> {
     out
 }
 
+/// The splice comparison: for every case and [`SPLICE_PAIRS`] pair that both ran, the medians
+/// of the per-round ratios splicing ÷ copying of req/s and of the proxy's CPU, user and system
+/// µs per request. Empty when no pair ran.
+pub fn splice_markdown(runs: &[Run]) -> String {
+    let mut cases: Vec<Case> = Vec::new();
+    for r in runs {
+        let case = (r.row.scenario.clone(), r.row.body.clone());
+        if !cases.contains(&case) {
+            cases.push(case);
+        }
+    }
+    let ratio = |case: &Case, a: &str, b: &str, f: fn(&Run) -> Option<f64>| {
+        round_ratios(runs, case, a, b, f).map_or("-".to_string(), |(r, _)| format!("{r:.2}"))
+    };
+    let mut s = String::new();
+    for case in &cases {
+        for (splice, copy) in SPLICE_PAIRS {
+            if round_ratios(runs, case, splice, copy, |r| Some(r.wrk.rps)).is_none() {
+                continue;
+            }
+            let _ = writeln!(
+                s,
+                "| {} | {} | {splice} ÷ {copy} | {} | {} | {} | {} |",
+                case.0,
+                case.1,
+                ratio(case, splice, copy, |r| Some(r.wrk.rps)),
+                ratio(case, splice, copy, Run::cpu_us_per_req),
+                ratio(case, splice, copy, Run::cpu_user_us_per_req),
+                ratio(case, splice, copy, Run::cpu_sys_us_per_req),
+            );
+        }
+    }
+    if s.is_empty() {
+        return s;
+    }
+    format!(
+        "| scenario | body | splicing ÷ copying | req/s | proxy CPU µs/req | user µs/req | sys µs/req |\n\
+         |---|---|---|---|---|---|---|\n{s}"
+    )
+}
+
 /// The checks as a markdown list.
 pub fn checks_markdown(checks: &[Check]) -> String {
     let mut s = String::new();
@@ -574,6 +676,9 @@ Transfer/sec:      6.05MB
             wrk_ticks: 200,
             machine_busy_ticks: 600,
             machine_idle_ticks: 400,
+            cpu_user_ticks: cpu.map(|c| c * 3 / 4),
+            cpu_sys_ticks: cpu.map(|c| c - c * 3 / 4),
+            spliced_bytes: None,
         }
     }
 
@@ -628,12 +733,132 @@ Transfer/sec:      6.05MB
     #[test]
     fn csv_round_trips_with_missing_proxy_columns() {
         let text = format!(
-            "{CSV_HEADER}\n0,keepalive,small,direct,64,wrk/x.txt,-,100,-,65,0,12,5,40,200,700,300\n"
+            "{CSV_HEADER}\n0,keepalive,small,direct,64,wrk/x.txt,-,100,-,65,0,12,5,40,200,700,300,-,-,-\n\
+             0,keepalive,1m,upkeep,64,wrk/y.txt,250,100,4096,2,0,12,5,40,200,700,300,60,190,1073741824\n"
         );
         let rows = parse_csv(&text).unwrap();
         assert_eq!(rows[0].cpu_ticks, None);
+        assert_eq!(rows[0].cpu_user_ticks, None);
+        assert_eq!(rows[0].cpu_sys_ticks, None);
+        assert_eq!(rows[0].spliced_bytes, None);
         assert_eq!(rows[0].upstream_conns, 65);
+        assert_eq!(rows[1].cpu_ticks, Some(250));
+        assert_eq!(rows[1].cpu_user_ticks, Some(60));
+        assert_eq!(rows[1].cpu_sys_ticks, Some(190));
+        assert_eq!(rows[1].spliced_bytes, Some(1 << 30));
         assert!(parse_csv("bad header\n").is_err());
+        // The old row length under the new header (and the reverse) is refused.
+        let short = format!(
+            "{CSV_HEADER}\n0,keepalive,small,direct,64,wrk/x.txt,-,100,-,65,0,12,5,40,200,700,300\n"
+        );
+        assert!(
+            parse_csv(&short)
+                .unwrap_err()
+                .contains("17 fields, expected 20")
+        );
+        let long = format!(
+            "{CSV_HEADER_V1}\n0,keepalive,small,direct,64,wrk/x.txt,-,100,-,65,0,12,5,40,200,700,300,-,-,-\n"
+        );
+        assert!(
+            parse_csv(&long)
+                .unwrap_err()
+                .contains("20 fields, expected 17")
+        );
+    }
+
+    #[test]
+    fn csv_from_before_the_cpu_split_is_read() {
+        let text = format!(
+            "{CSV_HEADER_V1}\n0,keepalive,small,upkeep,64,wrk/x.txt,120,100,2048,2,0,12,5,40,200,700,300\n"
+        );
+        let rows = parse_csv(&text).unwrap();
+        assert_eq!(rows[0].cpu_ticks, Some(120));
+        assert_eq!(
+            (
+                rows[0].cpu_user_ticks,
+                rows[0].cpu_sys_ticks,
+                rows[0].spliced_bytes
+            ),
+            (None, None, None)
+        );
+        assert!(CSV_HEADER.starts_with(CSV_HEADER_V1));
+        // The committed results (whichever header they were written with) still parse.
+        let committed = include_str!("../load/results/runs.csv");
+        let rows = parse_csv(committed).unwrap();
+        assert!(rows.iter().any(|r| r.target == "upkeep"));
+    }
+
+    #[test]
+    fn user_and_system_cpu_and_spliced_bytes_are_per_request() {
+        let mut runs = Vec::new();
+        for round in 0..3 {
+            // 200 ticks at 100 Hz = 2 s of CPU: 0.5 s user + 1.5 s system, over 100,000
+            // requests (20,000 req/s for 5 s); 1 MiB spliced per request, the last round half.
+            let mut r = run(round, "upkeep", 20_000.0, Some(200), 2);
+            r.row.body = "1m".into();
+            r.row.cpu_user_ticks = Some(50);
+            r.row.cpu_sys_ticks = Some(150);
+            let per_req = if round == 2 { 512 * 1024 } else { 1 << 20 };
+            r.row.spliced_bytes = Some(per_req * r.wrk.requests);
+            runs.push(r);
+            let mut copy = run(round, "upkeep-copy", 10_000.0, Some(200), 2);
+            copy.row.body = "1m".into();
+            copy.row.spliced_bytes = Some(0);
+            runs.push(copy);
+            let mut direct = run(round, "direct", 30_000.0, None, 64);
+            direct.row.body = "1m".into();
+            runs.push(direct);
+        }
+        let s = summarize(&runs);
+        let rows = &s[0].1;
+        let get = |t: &str| &rows.iter().find(|(n, _)| n == t).unwrap().1;
+        let up = get("upkeep");
+        assert!((up.cpu_us.unwrap() - 20.0).abs() < 1e-9);
+        assert!((up.cpu_user_us.unwrap() - 5.0).abs() < 1e-9);
+        assert!((up.cpu_sys_us.unwrap() - 15.0).abs() < 1e-9);
+        assert_eq!(up.spliced_kib, Some(1024.0));
+        let copy = get("upkeep-copy");
+        // 200 ticks split 150 + 50 by the helper, over 50,000 requests.
+        assert!((copy.cpu_user_us.unwrap() - 30.0).abs() < 1e-9);
+        assert!((copy.cpu_sys_us.unwrap() - 10.0).abs() < 1e-9);
+        assert_eq!(copy.spliced_kib, Some(0.0));
+        let direct = get("direct");
+        assert_eq!(
+            (direct.cpu_user_us, direct.cpu_sys_us, direct.spliced_kib),
+            (None, None, None)
+        );
+        let table = markdown(&s);
+        assert!(
+            table.contains("| proxy CPU µs/req | user µs/req | sys µs/req |")
+                && table.contains("| spliced KiB/req |\n"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| upkeep | 20,000 | 1.00 | 2.00 | 20.0 | 5.0 | 15.0 |"),
+            "{table}"
+        );
+        assert!(table.contains("| 1024.0 |\n"), "{table}");
+        assert!(
+            table.contains("| upkeep-copy | 10,000 | 1.00 | 2.00 | 40.0 | 30.0 | 10.0 |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| direct | 30,000 | 1.00 | 2.00 | - | - | - |"),
+            "{table}"
+        );
+        // Every row has as many cells as the header.
+        let cells = |l: &str| l.matches('|').count();
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines.iter().all(|l| cells(l) == cells(lines[0])), "{table}");
+        // Splicing ÷ copying, per round: req/s 2.00, CPU 20 / 40 µs, user 5 / 30, sys 15 / 10.
+        let splice = splice_markdown(&runs);
+        assert!(
+            splice
+                .contains("| keepalive | 1m | upkeep ÷ upkeep-copy | 2.00 | 0.50 | 0.17 | 1.50 |"),
+            "{splice}"
+        );
+        assert!(!splice.contains("haproxy"), "{splice}");
+        assert_eq!(splice_markdown(&runs[2..3]), "");
     }
 
     #[test]

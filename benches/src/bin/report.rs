@@ -50,6 +50,17 @@ fn run(csv: &Path, out: &Path, note: &str) -> Result<String, String> {
         report::REFERENCE
     ));
     text.push_str(&report::markdown(&summary));
+    let splice = report::splice_markdown(&runs);
+    if !splice.is_empty() {
+        text.push_str(
+            "\n## Splice comparison (issue 14)\n\nMedians of the per-round ratios of a proxy \
+             splicing bodies (upkeep's default `splice_min`; `haproxy-splice`, the option named \
+             in the note above) to the same proxy copying them (`upkeep-copy`: `splice_min = 0`; \
+             `haproxy-safe`), same case and round: req/s above 1 is faster, CPU below 1 is \
+             cheaper per request.\n\n",
+        );
+        text.push_str(&splice);
+    }
     let checks = report::checks(&runs);
     if !checks.is_empty() {
         text.push_str("\n## Targets (issue 6)\n\n");
