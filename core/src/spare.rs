@@ -18,7 +18,8 @@
 
 use core::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
+use std::collections::VecDeque;
 
 use crate::Time;
 use crate::connection::{Buffers, READ_CHUNK};
@@ -36,9 +37,15 @@ pub(crate) const SWEEP: Duration = Duration::from_millis(500);
 pub(crate) struct Spares {
     read: Vec<BytesMut>,
     scratch: Vec<BytesMut>,
+    /// Write queues' storage. Small, but an idle connection that kept its own pinned the
+    /// allocator's free space around it: between the 16 KiB buffers freed after a burst, one
+    /// live queue per pooled connection left ~3.5 KiB of each free chunk resident that
+    /// `malloc_trim` cannot return (its page edges) — 6.39 KiB per idle pooled connection,
+    /// 2.47 KiB once the queues came here too (`benches/load/run.sh --memory`).
+    queues: Vec<VecDeque<Bytes>>,
     /// The fewest buffers of each kind the lists held since the last sweep: that many were
     /// not needed during the interval.
-    low: (usize, usize),
+    low: (usize, usize, usize),
     /// The next sweep, while the lists hold more than [`KEEP`].
     due: Option<Time>,
 }
@@ -57,7 +64,21 @@ impl Spares {
         }
         give(&mut self.read, &mut buf.rbuf);
         give(&mut self.scratch, &mut buf.scratch);
+        if buf.wq.capacity() > 0 {
+            self.queues.push(std::mem::take(&mut buf.wq));
+        }
         true
+    }
+
+    /// Gives `buf` a spare write queue if it has none, before bytes are queued on it (so a
+    /// connection back from idleness queues without allocating).
+    pub fn lend_queue(&mut self, buf: &mut Buffers) {
+        if buf.wq.capacity() == 0
+            && let Some(q) = self.queues.pop()
+        {
+            buf.wq = q;
+            self.low.2 = self.low.2.min(self.queues.len());
+        }
     }
 
     /// Gives `buf` the buffers it shed, before bytes are read into it: the smallest spare read
@@ -87,12 +108,18 @@ impl Spares {
         self.low = (
             self.low.0.min(self.read.len()),
             self.low.1.min(self.scratch.len()),
+            self.low.2,
         );
     }
 
     /// Schedules a sweep [`SWEEP`] after `now` if the lists hold a surplus and none is due.
     pub fn schedule(&mut self, now: Time) {
-        if self.due.is_none() && self.read.len().max(self.scratch.len()) > KEEP {
+        let most = self
+            .read
+            .len()
+            .max(self.scratch.len())
+            .max(self.queues.len());
+        if self.due.is_none() && most > KEEP {
             self.due = Some(now.plus(SWEEP));
         }
     }
@@ -113,11 +140,10 @@ impl Spares {
             (&mut self.read, self.low.0),
             (&mut self.scratch, self.low.1),
         ] {
-            let unused = low.min(list.len().saturating_sub(KEEP));
-            // The oldest go: `lend` takes from the end.
-            list.drain(..unused);
+            list.drain(..surplus(list.len(), low));
         }
-        self.low = (self.read.len(), self.scratch.len());
+        self.queues.drain(..surplus(self.queues.len(), self.low.2));
+        self.low = (self.read.len(), self.scratch.len(), self.queues.len());
         self.schedule(now);
     }
 
@@ -126,6 +152,18 @@ impl Spares {
     pub fn held(&self) -> (usize, usize) {
         (self.read.len(), self.scratch.len())
     }
+
+    /// Write queues held.
+    #[cfg(test)]
+    fn queues_held(&self) -> usize {
+        self.queues.len()
+    }
+}
+
+/// How many of a list of `len` to free at a sweep: beyond [`KEEP`], at most the `low` that went
+/// unused since the last sweep. The oldest go (lending takes from the end).
+fn surplus(len: usize, low: usize) -> usize {
+    low.min(len.saturating_sub(KEEP))
 }
 
 /// Moves `b` into `list`, leaving an unallocated buffer.
@@ -161,11 +199,14 @@ mod tests {
         b.advance(Time::ZERO, 4);
         assert!(spares.shed(&mut b));
         assert_eq!((b.rbuf.capacity(), b.scratch.capacity()), (0, 0));
-        assert_eq!(spares.held(), (1, 1));
+        assert_eq!(b.wq.capacity(), 0, "the queue's storage went back too");
+        assert_eq!((spares.held(), spares.queues_held()), ((1, 1), 1));
         spares.lend(&mut b, 1024);
+        spares.lend_queue(&mut b);
         assert!(b.rbuf.capacity() >= READ_CHUNK);
         assert!(b.scratch.capacity() > 0);
-        assert_eq!(spares.held(), (0, 0));
+        assert!(b.wq.capacity() > 0);
+        assert_eq!((spares.held(), spares.queues_held()), ((0, 0), 0));
     }
 
     #[test]

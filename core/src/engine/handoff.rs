@@ -265,6 +265,7 @@ impl Core {
             if let Role::Client(cl) = &mut c.role {
                 cl.requests = released.requests;
             }
+            self.spares.lend_queue(&mut c.buf);
             for b in &released.unsent {
                 c.buf.push(now, b.clone());
             }

@@ -188,6 +188,7 @@ impl Core {
             .map(|h| h.request(&host))
             .unwrap_or_default();
         if let Some(c) = self.conns.get_mut(id) {
+            self.spares.lend_queue(&mut c.buf);
             c.buf.push(now, Bytes::from(request));
         }
         touch(&mut self.touched, id);

@@ -331,6 +331,7 @@ impl Core {
             if let Role::Client(cl) = &mut c.role {
                 cl.ex.bytes_sent += b.len() as u64;
             }
+            self.spares.lend_queue(&mut c.buf);
             c.buf.push(now, b);
             touch(&mut self.touched, id);
             self.signal_write(id);

@@ -249,6 +249,7 @@ impl Core {
         match queued {
             Some(bytes) => {
                 if let Some(u) = self.conns.get_mut(uid) {
+                    self.spares.lend_queue(&mut u.buf);
                     for b in bytes {
                         u.buf.push(now, b);
                     }
@@ -259,6 +260,7 @@ impl Core {
                     return;
                 };
                 let Role::Client(cl) = &c.role else { return };
+                self.spares.lend_queue(&mut u.buf);
                 u.buf.push(now, head);
                 if replay_ok {
                     for p in &cl.ex.replay {
