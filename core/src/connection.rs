@@ -50,6 +50,9 @@ pub(crate) struct Buffers {
     pub read_closed: bool,
     /// That EOF waits until the bytes before it, held back by backpressure, are relayed.
     pub eof_deferred: bool,
+    /// The runtime's pipe toward this connection refused more bytes ([`Core::pipe_full`]):
+    /// its peer is held back as at `write_high_water` until some piped bytes are written.
+    pub pipe_full: bool,
     pub after_flush: AfterFlush,
     /// Last time a write made progress (or the queue became non-empty).
     pub write_progress: Time,
@@ -69,6 +72,7 @@ impl Buffers {
             reading: true,
             read_closed: false,
             eof_deferred: false,
+            pipe_full: false,
             after_flush: AfterFlush::Keep,
             write_progress: now,
             lent_at: None,
@@ -168,6 +172,9 @@ impl Buffers {
         }
         self.wq_len -= n;
         let piped = n.min(self.piped);
+        if piped > 0 {
+            self.pipe_full = false;
+        }
         self.piped -= piped;
         n -= piped;
         while n > 0 {

@@ -177,10 +177,11 @@ proptest! {
         run(seed, config(1), vec![s], &acts);
     }
 
-    /// Zero-copy bodies: a runtime that splices (an in-memory pipe) with a tiny `splice_min`,
-    /// misbehaving backends of any framing and any body size, clients that stall, reset and
-    /// pipeline: every invariant holds as on the copying path, and the pipe always holds what
-    /// the core counts as piped.
+    /// Zero-copy bodies: a runtime that splices (in-memory pipes of 1 to 600 bytes, so they
+    /// fill) with a tiny `splice_min`, misbehaving backends of any framing and any body size,
+    /// clients that stall, reset and pipeline: every invariant holds as on the copying path,
+    /// the pipe always holds what the core counts as piped, and a full pipe holds its source
+    /// back.
     #[test]
     fn spliced_bodies(
         seed: u64,
@@ -188,13 +189,19 @@ proptest! {
         b in script(),
         body in 0usize..3000,
         min in 1u64..200,
+        pipe in 1usize..600,
+        stalled_first in any::<bool>(),
         acts in actions(),
     ) {
         let mut cfg = config(2);
         cfg.limits.splice_min = min;
         let a = BackendScript { body_size: body, ..a };
         let mut w = World::new(seed, cfg, vec![a, b]);
-        w.harness.enable_splice();
+        w.harness.enable_splice(pipe);
+        if stalled_first {
+            // A first client that does not read yet: its responses wait behind their heads.
+            w.run(&[Action::Connect { ip: 0 }, Action::Stall { client: 0, stalled: true }]);
+        }
         w.run(&acts);
         w.finish();
         upstreams_accounted(&w.harness.core);

@@ -175,6 +175,7 @@ pub(crate) fn spawn(setup: Setup) -> io::Result<(Control, JoinHandle<()>)> {
     core.set_request_id_prefix(upkeep_runtime::recorder::request_id_prefix(setup.id));
     // Large plain bodies move with splice(2) (`limits.splice_min`).
     core.enable_splice(true);
+    let setup_max_clients = core.config().limits.max_client_connections;
     let mut worker = Worker {
         id: setup.id,
         poll,
@@ -196,7 +197,7 @@ pub(crate) fn spawn(setup: Setup) -> io::Result<(Control, JoinHandle<()>)> {
         tls: setup.tls,
         siblings: setup.siblings,
         trim: Trim::default(),
-        pipes: Pipes::default(),
+        pipes: Pipes::new(upkeep_runtime::descriptors::pipe_limit(setup_max_clients)),
     };
     for i in 0..worker.listeners.len() {
         if let Some(l) = worker.listeners[i].as_mut() {
@@ -544,6 +545,7 @@ impl Worker {
                 to.pipe = Some(pipe);
                 if step == Some(ReadStep::Wait) {
                     to.stalled = Some(id);
+                    self.core.pipe_full(clock::now(), hint.to);
                 }
             }
             _ => self.pipes.give(pipe),
@@ -682,6 +684,10 @@ impl Worker {
         }
         if let Some(mut s) = slot.take() {
             self.trim.closed();
+            // Its pipe is counted: back to the pool (closed there if bytes are left in it).
+            if let Some(pipe) = s.pipe.take() {
+                self.pipes.give(pipe);
+            }
             if let Some(session) = s.tls.as_mut() {
                 session.close(s.stream.sock(), reset);
             }

@@ -243,3 +243,91 @@ fn an_upload_cut_short_mid_splice_never_looks_complete() {
     assert!(spliced(&proxy) > 0);
     proxy.shutdown();
 }
+
+/// A client pausing (for less than its send timeout) while a spliced response fills the pipe:
+/// the upstream is held back as on the copying path — not read, so its read timeout does not
+/// run — and the whole body arrives once the client reads again. (The review found the
+/// spliced path left the upstream "reading": its 1 s read timeout cut the response at ~4 MB
+/// and counted against the server.)
+#[test]
+fn a_client_pausing_a_spliced_response_does_not_time_the_upstream_out() {
+    let len = 16 * MIB;
+    let b = Backend::builder().pattern_body(len, 40).start().unwrap();
+    let mut cfg = config(vec![b.addr()]);
+    cfg.limits.write_high_water = MIB;
+    cfg.client_timeouts.send = Duration::from_secs(30);
+    cfg.upstreams[0].read_timeout = Duration::from_secs(1);
+    let proxy = Proxy::start(cfg).unwrap();
+    let mut c = Client::connect(&proxy.listen_addrs()[0]).unwrap();
+    c.send(&client::get("/pause")).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let r = c.read_response().unwrap();
+    assert_eq!(r.status, 200);
+    assert!(r.body == pattern(len, 40), "{} bytes", r.body.len());
+    assert!(
+        spliced(&proxy) > (len / 2) as u64,
+        "{} spliced",
+        spliced(&proxy)
+    );
+    proxy.shutdown();
+}
+
+/// A backend that reads a request head, waits `pause`, then reads the body and answers with
+/// how many body bytes it got.
+fn pausing_reader(pause: Duration) -> (Address, std::thread::JoinHandle<usize>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = Address::Tcp(l.local_addr().unwrap());
+    let t = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).unwrap_or(0) == 1 {
+            head.push(byte[0]);
+        }
+        let text = String::from_utf8_lossy(&head).to_lowercase();
+        let cl: usize = text
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map_or(0, |v| v.trim().parse().unwrap());
+        std::thread::sleep(pause);
+        let mut got = 0;
+        let mut buf = vec![0u8; 64 * 1024];
+        while got < cl {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n,
+            }
+        }
+        let body = got.to_string();
+        let _ = s.write_all(
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        );
+        got
+    });
+    (addr, t)
+}
+
+/// An upload spliced toward a backend that pauses before reading the body: the client is held
+/// back as on the copying path, so its body timeout does not run — no 408 for a client that
+/// kept sending — and the backend gets every byte.
+#[test]
+fn an_upload_to_a_pausing_backend_does_not_time_the_client_out() {
+    let (addr, backend) = pausing_reader(Duration::from_secs(3));
+    let mut cfg = config(vec![addr]);
+    cfg.limits.write_high_water = MIB;
+    cfg.limits.min_upload_rate = 0;
+    cfg.client_timeouts.body = Duration::from_secs(1);
+    let proxy = Proxy::start(cfg).unwrap();
+    let up = pattern(8 * MIB, 41);
+    let mut c = Client::connect(&proxy.listen_addrs()[0]).unwrap();
+    let r = c.request(&client::post("/up", &up)).unwrap();
+    assert_eq!((r.status, r.text()), (200, up.len().to_string()));
+    assert_eq!(backend.join().unwrap(), up.len());
+    assert!(spliced(&proxy) > 0);
+    proxy.shutdown();
+}

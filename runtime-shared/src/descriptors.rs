@@ -97,9 +97,15 @@ pub fn client_cap(limit: Option<u64>, workers: usize, fixed: u64, pool: u64) -> 
 
 /// Caps `config.limits.max_client_connections` (per worker) to what the descriptor `limit`
 /// leaves for `workers` workers ([`client_cap`]); logs when it lowers the configured value.
-pub fn fit(config: &mut Config, workers: usize, limit: Option<u64>) {
+/// A runtime that `splices` zero-copy bodies (and `limits.splice_min > 0`) may also hold a
+/// pipe — two descriptors — for every other client connection ([`pipe_limit`]), so its
+/// clients get a third of what is left instead of a half.
+pub fn fit(config: &mut Config, workers: usize, limit: Option<u64>, splices: bool) {
     let (fixed, pool) = worker_needs(config);
-    let cap = client_cap(limit, workers, fixed, pool);
+    let mut cap = client_cap(limit, workers, fixed, pool);
+    if splices && config.limits.splice_min > 0 && cap != usize::MAX {
+        cap = (cap * 2 / 3).max(1);
+    }
     let configured = config.limits.max_client_connections;
     if cap < configured {
         log::info!(
@@ -110,6 +116,12 @@ pub fn fit(config: &mut Config, workers: usize, limit: Option<u64>) {
         );
         config.limits.max_client_connections = cap;
     }
+}
+
+/// The most pipes (in use and kept empty) a worker of `max_clients` client connections may
+/// hold: one for every other client connection, at least one. Beyond it a body is copied.
+pub fn pipe_limit(max_clients: usize) -> usize {
+    (max_clients / 2).max(1)
 }
 
 #[cfg(test)]
@@ -154,14 +166,28 @@ mod tests {
     }
 
     #[test]
+    fn a_splicing_runtime_keeps_descriptors_for_a_pipe_per_other_client() {
+        // 1024: 979 / 2 = 489 clients copying; a third, 326, with a pipe (two descriptors) for
+        // every other one: 326 * 2 + 163 * 2 = 978.
+        let mut c = config(8);
+        fit(&mut c, 1, Some(1024), true);
+        assert_eq!(c.limits.max_client_connections, 326);
+        assert_eq!(pipe_limit(326), 163);
+        let mut off = config(8);
+        off.limits.splice_min = 0;
+        fit(&mut off, 1, Some(1024), true);
+        assert_eq!(off.limits.max_client_connections, 489, "splice_min = 0: no pipes");
+    }
+
+    #[test]
     fn fit_only_ever_lowers_the_configured_limit() {
         let mut c = config(8);
         c.limits.max_client_connections = 50;
-        fit(&mut c, 1, Some(256));
+        fit(&mut c, 1, Some(256), false);
         assert_eq!(c.limits.max_client_connections, 50);
-        fit(&mut c, 1, Some(64));
+        fit(&mut c, 1, Some(64), false);
         assert_eq!(c.limits.max_client_connections, 10);
-        fit(&mut c, 1, None);
+        fit(&mut c, 1, None, false);
         assert_eq!(c.limits.max_client_connections, 10);
     }
 

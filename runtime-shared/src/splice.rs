@@ -24,7 +24,7 @@ use crate::io::{Flushed, ReadStep};
 pub const PIPE_SIZE: usize = 256 * 1024;
 
 /// Empty pipes kept for the next splice (two descriptors each); more are closed.
-const KEEP: usize = 64;
+const KEEP: usize = 16;
 
 /// One pipe: bytes spliced in from a socket wait here until spliced out to another.
 #[derive(Debug)]
@@ -83,19 +83,41 @@ impl Pipe {
     }
 }
 
-/// A worker's empty pipes, reused so that a splice costs no `pipe2`/`fcntl` each time.
-#[derive(Debug, Default)]
+/// A worker's pipes: how many are open (their descriptors are budgeted, see
+/// [`crate::descriptors::pipe_limit`]) and the empty ones kept, reused so that a splice costs no
+/// `pipe2`/`fcntl` each time. Every pipe taken must be given back (or its count is lost).
+#[derive(Debug)]
 pub struct Pipes {
     spare: Vec<Pipe>,
+    /// Pipes open: lent out and kept.
+    open: usize,
+    limit: usize,
 }
 
 impl Pipes {
-    /// An empty pipe, reused or new.
-    pub fn take(&mut self) -> io::Result<Pipe> {
-        match self.spare.pop() {
-            Some(pipe) => Ok(pipe),
-            None => Pipe::new(),
+    /// Pipes for a worker that may open at most `limit`.
+    pub fn new(limit: usize) -> Pipes {
+        Pipes {
+            spare: Vec::new(),
+            open: 0,
+            limit,
         }
+    }
+
+    /// An empty pipe, reused or new; an error at the limit (the body is copied then).
+    pub fn take(&mut self) -> io::Result<Pipe> {
+        if let Some(pipe) = self.spare.pop() {
+            return Ok(pipe);
+        }
+        if self.open >= self.limit {
+            return Err(io::Error::other(format!(
+                "{} pipes open, the limit",
+                self.open
+            )));
+        }
+        let pipe = Pipe::new()?;
+        self.open += 1;
+        Ok(pipe)
     }
 
     /// Takes back a pipe: kept if it is empty, else closed (its bytes are of a connection
@@ -103,6 +125,8 @@ impl Pipes {
     pub fn give(&mut self, pipe: Pipe) {
         if pipe.is_empty() && self.spare.len() < KEEP {
             self.spare.push(pipe);
+        } else {
+            self.open -= 1;
         }
     }
 
@@ -155,6 +179,7 @@ pub fn flush(
     sock: impl AsFd,
     pipe: &mut Pipe,
 ) -> Flushed {
+    debug_assert_eq!(pipe.len(), core.piped(conn), "the pipe holds what the core counts");
     loop {
         match core.write_piped_with(now, conn, |n| pipe.drain(&sock, n)) {
             Ok(WriteOutcome::Wrote { n, offered, .. }) => {

@@ -141,6 +141,7 @@ impl Core {
             Role::Upstream(u) => {
                 u.read_progress = now;
                 u.responded = true;
+                touch(&mut self.touched, from);
                 let Some(cid) = u.client else { return };
                 let Some(Role::Client(cl)) = self.conns.get_mut(cid).map(|c| &mut c.role) else {
                     return;
@@ -201,6 +202,27 @@ impl Core {
         for piece in after {
             self.push(now, to, piece);
         }
+    }
+
+    /// The runtime's pipe toward `to` took no more bytes (a splice into it stopped with bytes
+    /// still inside: the pipe may be full — `EAGAIN` does not say whether it was the pipe or
+    /// the socket). Its peer is held back as at `write_high_water` until some piped bytes are
+    /// written: not read, and so not under a read or body deadline. Without this a client
+    /// pausing for less than its send timeout left the upstream "reading" with nobody reading
+    /// it, and its read timeout cut the response and blamed the server (the review's
+    /// reproduction in `runtime-mio/tests/splice.rs`).
+    pub fn pipe_full(&mut self, now: Time, to: ConnId) {
+        let Some(c) = self.conns.get_mut(to) else {
+            return;
+        };
+        if c.buf.piped == 0 {
+            return;
+        }
+        c.buf.pipe_full = true;
+        if let Some(p) = c.peer() {
+            touch(&mut self.touched, p);
+        }
+        self.sync(now);
     }
 
     /// Bytes queued for `conn` that sit in the runtime's pipe and go out first.

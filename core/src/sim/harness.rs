@@ -74,8 +74,12 @@ pub struct Harness {
     pub auto_connect: bool,
     /// Largest write the fake sockets accept at once (None = everything).
     pub write_chunk: Option<usize>,
-    /// Body bytes are spliced where the core allows it ([`Harness::enable_splice`]).
-    splice: bool,
+    /// Body bytes are spliced where the core allows it, into pipes of this many bytes
+    /// ([`Harness::enable_splice`]).
+    splice: Option<usize>,
+    /// While a splicing delivery reads a peer: the connections to write afterwards (as the
+    /// mio runtime reads a socket until `EAGAIN`, then writes; so a pipe can fill).
+    deferred: Option<Vec<ConnId>>,
     /// Deliveries so far: they alternate between the two ways a runtime can hand bytes to the
     /// core, so every test drives both (`Input::Received`, and `Core::read_with`, which reads
     /// in place through `Core::read_buffer` + `Input::Appended`).
@@ -101,7 +105,8 @@ impl Harness {
             handed_out: Vec::new(),
             auto_connect: true,
             write_chunk: None,
-            splice: false,
+            splice: None,
+            deferred: None,
             deliveries: 0,
         }
     }
@@ -111,8 +116,10 @@ impl Harness {
     /// ([`Endpoint::piped`]) and are written from there first. Deliveries are cut into pieces
     /// of at most [`SPLICE_PIECE`] bytes so that a body sent in one write still meets the
     /// splice offer after its head.
-    pub fn enable_splice(&mut self) {
-        self.splice = true;
+    /// A pipe holds at most `capacity` bytes: a splice that finds it full stops, the core is
+    /// told ([`Core::pipe_full`]) and must stop reading the source until some of it is written.
+    pub fn enable_splice(&mut self, capacity: usize) {
+        self.splice = Some(capacity.max(1));
         self.core.enable_splice(true);
     }
 
@@ -195,9 +202,24 @@ impl Harness {
     /// Hands bytes the peer sent to the core: spliced where it allows that
     /// ([`Harness::enable_splice`]), else copied (`Received`) or in place (`Appended`), in turn.
     fn deliver(&mut self, conn: ConnId, data: &[u8]) {
-        if !self.splice {
+        let Some(capacity) = self.splice else {
             return self.deliver_copied(conn, data);
+        };
+        let outer = self.deferred.is_none();
+        if outer {
+            self.deferred = Some(Vec::new());
         }
+        self.deliver_spliced(conn, data, capacity);
+        if outer {
+            for id in self.deferred.take().unwrap_or_default() {
+                self.flush(id);
+            }
+            self.pump();
+        }
+    }
+
+    /// [`Harness::deliver`] on a splicing harness: writes wait until the delivery is done.
+    fn deliver_spliced(&mut self, conn: ConnId, data: &[u8], capacity: usize) {
         let mut rest = data;
         while !rest.is_empty() {
             // As a runtime: no reading while the core holds it back (bytes wait in the socket).
@@ -211,18 +233,29 @@ impl Harness {
                 ep.unread.extend_from_slice(rest);
                 return;
             }
-            if let Some(hint) = self.core.splice_source(conn)
-                && hint.flush_first
-            {
-                self.flush(hint.to);
+            if let Some(hint) = self.core.splice_source(conn) {
+                if hint.flush_first {
+                    self.flush(hint.to);
+                }
+                let full = self
+                    .endpoint_of(hint.to)
+                    .is_some_and(|p| p.piped.len() >= capacity);
+                if full {
+                    // The runtime's splice says EAGAIN: the core holds the source back.
+                    self.core.pipe_full(self.now, hint.to);
+                    self.pump();
+                    let reading = self.endpoint_of(conn).is_some_and(|ep| ep.reading);
+                    assert!(!reading, "{conn:?} still read with its peer's pipe full");
+                    continue;
+                }
             }
             let (clients, upstreams) = (&mut self.clients, &mut self.upstreams);
             let moved = self.core.splice_with(self.now, conn, |to, max| {
-                let n = max.min(rest.len());
                 let ep = match clients.get_mut(&to) {
                     Some(ep) => ep,
                     None => upstreams.get_mut(&to).expect("a known peer"),
                 };
+                let n = max.min(rest.len()).min(capacity - ep.piped.len());
                 ep.piped.extend_from_slice(&rest[..n]);
                 Ok(n)
             });
@@ -521,7 +554,10 @@ impl Harness {
                         self.connects.push(conn);
                     }
                 }
-                Output::Write { conn } => self.flush(conn),
+                Output::Write { conn } => match &mut self.deferred {
+                    Some(later) => later.push(conn),
+                    None => self.flush(conn),
+                },
                 Output::Interest { conn, read } => {
                     let Some(ep) = self.endpoint_of(conn) else {
                         continue;
