@@ -175,7 +175,6 @@ pub(crate) fn spawn(setup: Setup) -> io::Result<(Control, JoinHandle<()>)> {
     core.set_request_id_prefix(upkeep_runtime::recorder::request_id_prefix(setup.id));
     // Large plain bodies move with splice(2) (`limits.splice_min`).
     core.enable_splice(true);
-    let setup_max_clients = core.config().limits.max_client_connections;
     let mut worker = Worker {
         id: setup.id,
         poll,
@@ -197,7 +196,7 @@ pub(crate) fn spawn(setup: Setup) -> io::Result<(Control, JoinHandle<()>)> {
         tls: setup.tls,
         siblings: setup.siblings,
         trim: Trim::default(),
-        pipes: Pipes::new(upkeep_runtime::descriptors::pipe_limit(setup_max_clients)),
+        pipes: Pipes::default(),
     };
     for i in 0..worker.listeners.len() {
         if let Some(l) = worker.listeners[i].as_mut() {
@@ -522,7 +521,10 @@ impl Worker {
         }
         let mut pipe = match to.pipe.take() {
             Some(pipe) => pipe,
-            None => match self.pipes.take() {
+            None => match self.pipes.take(upkeep_runtime::descriptors::pipe_limit(
+                self.core.config().limits.max_client_connections,
+                self.core.clients(),
+            )) {
                 Ok(pipe) => pipe,
                 Err(e) => {
                     // Out of descriptors, say: this body is copied instead.

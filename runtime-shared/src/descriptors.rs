@@ -97,15 +97,9 @@ pub fn client_cap(limit: Option<u64>, workers: usize, fixed: u64, pool: u64) -> 
 
 /// Caps `config.limits.max_client_connections` (per worker) to what the descriptor `limit`
 /// leaves for `workers` workers ([`client_cap`]); logs when it lowers the configured value.
-/// A runtime that `splices` zero-copy bodies (and `limits.splice_min > 0`) may also hold a
-/// pipe — two descriptors — for every other client connection ([`pipe_limit`]), so its
-/// clients get a third of what is left instead of a half.
-pub fn fit(config: &mut Config, workers: usize, limit: Option<u64>, splices: bool) {
+pub fn fit(config: &mut Config, workers: usize, limit: Option<u64>) {
     let (fixed, pool) = worker_needs(config);
-    let mut cap = client_cap(limit, workers, fixed, pool);
-    if splices && config.limits.splice_min > 0 && cap != usize::MAX {
-        cap = (cap * 2 / 3).max(1);
-    }
+    let cap = client_cap(limit, workers, fixed, pool);
     let configured = config.limits.max_client_connections;
     if cap < configured {
         log::info!(
@@ -118,10 +112,14 @@ pub fn fit(config: &mut Config, workers: usize, limit: Option<u64>, splices: boo
     }
 }
 
-/// The most pipes (in use and kept empty) a worker of `max_clients` client connections may
-/// hold: one for every other client connection, at least one. Beyond it a body is copied.
-pub fn pipe_limit(max_clients: usize) -> usize {
-    (max_clients / 2).max(1)
+/// The most pipes (in use and kept empty; two descriptors each) a worker may hold with
+/// `clients` of its `max_clients` client connections open: one per client connection it could
+/// still accept, whose two descriptors (the client's and its upstream's) [`client_cap`] keeps.
+/// So pipes only ever use descriptors no client holds, and a worker at its client cap copies:
+/// a pipe never takes the descriptor an upstream connect needs (HAProxy instead reserves pipes
+/// for a quarter of `maxconn` up front, lowering the client cap).
+pub fn pipe_limit(max_clients: usize, clients: usize) -> usize {
+    max_clients.saturating_sub(clients)
 }
 
 #[cfg(test)]
@@ -166,28 +164,22 @@ mod tests {
     }
 
     #[test]
-    fn a_splicing_runtime_keeps_descriptors_for_a_pipe_per_other_client() {
-        // 1024: 979 / 2 = 489 clients copying; a third, 326, with a pipe (two descriptors) for
-        // every other one: 326 * 2 + 163 * 2 = 978.
-        let mut c = config(8);
-        fit(&mut c, 1, Some(1024), true);
-        assert_eq!(c.limits.max_client_connections, 326);
-        assert_eq!(pipe_limit(326), 163);
-        let mut off = config(8);
-        off.limits.splice_min = 0;
-        fit(&mut off, 1, Some(1024), true);
-        assert_eq!(off.limits.max_client_connections, 489, "splice_min = 0: no pipes");
+    fn pipes_use_the_descriptors_of_clients_not_there() {
+        assert_eq!(pipe_limit(489, 0), 489);
+        assert_eq!(pipe_limit(489, 400), 89);
+        assert_eq!(pipe_limit(489, 489), 0, "at the cap every body is copied");
+        assert_eq!(pipe_limit(489, 600), 0);
     }
 
     #[test]
     fn fit_only_ever_lowers_the_configured_limit() {
         let mut c = config(8);
         c.limits.max_client_connections = 50;
-        fit(&mut c, 1, Some(256), false);
+        fit(&mut c, 1, Some(256));
         assert_eq!(c.limits.max_client_connections, 50);
-        fit(&mut c, 1, Some(64), false);
+        fit(&mut c, 1, Some(64));
         assert_eq!(c.limits.max_client_connections, 10);
-        fit(&mut c, 1, None, false);
+        fit(&mut c, 1, None);
         assert_eq!(c.limits.max_client_connections, 10);
     }
 

@@ -86,30 +86,21 @@ impl Pipe {
 /// A worker's pipes: how many are open (their descriptors are budgeted, see
 /// [`crate::descriptors::pipe_limit`]) and the empty ones kept, reused so that a splice costs no
 /// `pipe2`/`fcntl` each time. Every pipe taken must be given back (or its count is lost).
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Pipes {
     spare: Vec<Pipe>,
     /// Pipes open: lent out and kept.
     open: usize,
-    limit: usize,
 }
 
 impl Pipes {
-    /// Pipes for a worker that may open at most `limit`.
-    pub fn new(limit: usize) -> Pipes {
-        Pipes {
-            spare: Vec::new(),
-            open: 0,
-            limit,
-        }
-    }
-
-    /// An empty pipe, reused or new; an error at the limit (the body is copied then).
-    pub fn take(&mut self) -> io::Result<Pipe> {
+    /// An empty pipe, reused or new while fewer than `limit` are open; an error otherwise (the
+    /// body is copied then).
+    pub fn take(&mut self, limit: usize) -> io::Result<Pipe> {
         if let Some(pipe) = self.spare.pop() {
             return Ok(pipe);
         }
-        if self.open >= self.limit {
+        if self.open >= limit {
             return Err(io::Error::other(format!(
                 "{} pipes open, the limit",
                 self.open
@@ -179,7 +170,11 @@ pub fn flush(
     sock: impl AsFd,
     pipe: &mut Pipe,
 ) -> Flushed {
-    debug_assert_eq!(pipe.len(), core.piped(conn), "the pipe holds what the core counts");
+    debug_assert_eq!(
+        pipe.len(),
+        core.piped(conn),
+        "the pipe holds what the core counts"
+    );
     loop {
         match core.write_piped_with(now, conn, |n| pipe.drain(&sock, n)) {
             Ok(WriteOutcome::Wrote { n, offered, .. }) => {
