@@ -26,7 +26,7 @@ use crate::connection::{Buffers, READ_CHUNK};
 
 /// Buffers of each kind the free list keeps however long they stay unused; beyond that the
 /// allocator (and, through it, the system) gets the memory back at a sweep.
-pub(crate) const KEEP: usize = 32;
+pub(crate) const KEEP: usize = 8;
 
 /// How often the surplus beyond [`KEEP`] is looked at: buffers unused for a whole interval go.
 pub(crate) const SWEEP: Duration = Duration::from_millis(500);
