@@ -203,26 +203,8 @@ impl Core {
                 left,
             });
         }
-        match write(offered) {
-            Ok(0) => {
-                self.handle(now, Input::Errored { conn });
-                Ok(WriteOutcome::Failed(io::ErrorKind::WriteZero.into()))
-            }
-            Ok(n) => {
-                let n = n.min(offered);
-                self.handle(now, Input::Written { conn, n });
-                Ok(WriteOutcome::Wrote {
-                    n,
-                    offered,
-                    left: self.pending_len(conn),
-                })
-            }
-            Err(e) if is_retry(&e) => Err(e),
-            Err(e) => {
-                self.handle(now, Input::Errored { conn });
-                Ok(WriteOutcome::Failed(e))
-            }
-        }
+        let result = write(offered);
+        self.commit_write(now, conn, offered, result)
     }
 
     /// Writes once: gathers up to [`MAX_IOV`] slices of what is queued for `conn`
@@ -273,6 +255,18 @@ impl Core {
             });
         }
         let result = write(&iov[..k]);
+        self.commit_write(now, conn, offered, result)
+    }
+
+    /// Tells the core what a write of `offered` bytes of `conn`'s queue did (the commit step of
+    /// [`Core::write_with`] and [`Core::write_piped_with`]).
+    fn commit_write(
+        &mut self,
+        now: Time,
+        conn: ConnId,
+        offered: usize,
+        result: io::Result<usize>,
+    ) -> io::Result<WriteOutcome> {
         match result {
             Ok(0) => {
                 self.handle(now, Input::Errored { conn });
