@@ -114,7 +114,7 @@ impl Harness {
     /// Plays a runtime that splices body bytes ([`Core::enable_splice`]): a peer's bytes the
     /// core lets pass go straight into an in-memory pipe toward the other peer
     /// ([`Endpoint::piped`]) and are written from there first. Deliveries are cut into pieces
-    /// of at most [`SPLICE_PIECE`] bytes so that a body sent in one write still meets the
+    /// of at most `SPLICE_PIECE` bytes so that a body sent in one write still meets the
     /// splice offer after its head.
     /// A pipe holds at most `capacity` bytes: a splice that finds it full stops, the core is
     /// told ([`Core::pipe_full`]) and must stop reading the source until some of it is written.
