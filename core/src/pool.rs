@@ -371,6 +371,23 @@ impl Pool {
         }
     }
 
+    /// Gives back the memory a peak of idle connections left, if at most a quarter of it is used
+    /// (the entries cannot move, so only as far as the last one).
+    pub fn shrink(&mut self) {
+        if self.entries.capacity() >= 1024 && self.entries.len() * 4 < self.entries.capacity() {
+            self.entries.shrink_to_fit();
+        }
+        let used = self
+            .by_conn
+            .iter()
+            .rposition(|&s| s != NIL)
+            .map_or(0, |i| i + 1);
+        if used * 4 < self.by_conn.capacity() {
+            self.by_conn.truncate(used);
+            self.by_conn.shrink_to_fit();
+        }
+    }
+
     /// Whether `conn` (this generation) is idle in the pool.
     pub fn contains(&self, conn: ConnId) -> bool {
         self.slot_of(conn).is_some()

@@ -54,6 +54,24 @@ impl Timers {
         }
     }
 
+    /// Gives back the memory a peak of connections left: the heap down to what is armed, the
+    /// slot index down to the last armed slot (both reallocate only when a quarter or less is
+    /// used).
+    pub(crate) fn shrink(&mut self) {
+        if self.heap.len() * 4 < self.heap.capacity() {
+            self.heap.shrink_to(self.heap.len().max(64));
+        }
+        let used = self
+            .pos
+            .iter()
+            .rposition(|&p| p != NONE)
+            .map_or(0, |i| i + 1);
+        if used * 4 < self.pos.capacity() {
+            self.pos.truncate(used);
+            self.pos.shrink_to(used.max(64));
+        }
+    }
+
     /// The deadline of `slot`, if armed.
     #[cfg(test)]
     pub(crate) fn get(&self, slot: u32) -> Option<Time> {

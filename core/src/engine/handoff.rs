@@ -83,7 +83,7 @@ impl Core {
             }
             self.stats.groups[g].evictions[EvictReason::Draining as usize] += 1;
             self.timers.set(id.index, None);
-            self.conns.remove(id);
+            self.forget(id);
             released.push((id, addr, tls, expires));
         }
         released
@@ -239,7 +239,7 @@ impl Core {
         self.clients -= 1;
         self.stats.handed_off += 1;
         self.timers.set(id.index, None);
-        self.conns.remove(id);
+        self.forget(id);
         self.ready.retain(|&r| r != id);
         Some(released)
     }

@@ -85,7 +85,7 @@ impl Core {
         self.stats.groups[g].handovers += 1;
         self.pool.remove(id);
         self.timers.set(id.index, None);
-        self.conns.remove(id);
+        self.forget(id);
         self.out.push_back(Output::HandOver {
             conn: id,
             to_worker: to,
