@@ -172,7 +172,12 @@ impl Generation {
         let n = self.ledger.workers();
         // Each worker's client limit leaves descriptors for its upstream connections.
         let mut config = self.config.clone();
-        upkeep_runtime::descriptors::fit(&mut config, n, upkeep_runtime::descriptors::limit());
+        upkeep_runtime::descriptors::fit(
+            &mut config,
+            n,
+            upkeep_runtime::descriptors::limit(),
+            true,
+        );
         let siblings = worker::Siblings::default();
         for index in 0..n {
             let mut listeners = Vec::with_capacity(self.bound.len());

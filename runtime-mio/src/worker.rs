@@ -521,10 +521,7 @@ impl Worker {
         }
         let mut pipe = match to.pipe.take() {
             Some(pipe) => pipe,
-            None => match self.pipes.take(upkeep_runtime::descriptors::pipe_limit(
-                self.core.config().limits.max_client_connections,
-                self.core.clients(),
-            )) {
+            None => match self.pipes.take(upkeep_runtime::descriptors::MAX_PIPES) {
                 Ok(pipe) => pipe,
                 Err(e) => {
                     // Out of descriptors, say: this body is copied instead.
@@ -533,7 +530,10 @@ impl Worker {
                 }
             },
         };
-        let from = sock_in(&mut self.socks, id)?;
+        let Some(from) = sock_in(&mut self.socks, id) else {
+            self.pipes.give(pipe);
+            return None;
+        };
         let step = upkeep_runtime::splice::fill(
             &mut self.core,
             clock::now(),
@@ -722,6 +722,11 @@ impl Worker {
         else {
             return;
         };
+        // (An idle connection has no pipe — its piped bytes were written — but its count must
+        // never be lost.)
+        if let Some(pipe) = sock.pipe.take() {
+            self.pipes.give(pipe);
+        }
         sock.stream.deregister(self.poll.registry());
         let sibling = self
             .siblings
@@ -920,6 +925,9 @@ impl Worker {
             for (id, server, settings, expires) in self.core.release_pooled() {
                 if let Some(mut sock) = self.socks.get_mut(id.index as usize).and_then(Option::take)
                 {
+                    if let Some(pipe) = sock.pipe.take() {
+                        self.pipes.give(pipe);
+                    }
                     sock.stream.deregister(self.poll.registry());
                     // A TLS connection moves with its session and the settings it was opened
                     // under; one whose settings are gone (no TLS session, or no settings) is
@@ -971,6 +979,9 @@ impl Worker {
             else {
                 continue;
             };
+            if let Some(pipe) = sock.pipe.take() {
+                self.pipes.give(pipe);
+            }
             sock.stream.deregister(self.poll.registry());
             self.pass_on(sock.stream, sock.tls, released);
         }

@@ -96,9 +96,15 @@ pub fn client_cap(limit: Option<u64>, workers: usize, fixed: u64, pool: u64) -> 
 }
 
 /// Caps `config.limits.max_client_connections` (per worker) to what the descriptor `limit`
-/// leaves for `workers` workers ([`client_cap`]); logs when it lowers the configured value.
-pub fn fit(config: &mut Config, workers: usize, limit: Option<u64>) {
-    let (fixed, pool) = worker_needs(config);
+/// leaves for `workers` workers ([`client_cap`]); logs when it lowers the configured value. A
+/// runtime that `splices` zero-copy bodies (with `limits.splice_min > 0`) also keeps two
+/// descriptors for each of its [`MAX_PIPES`] pipes per worker, so a pipe never takes the
+/// descriptor an upstream connect needs.
+pub fn fit(config: &mut Config, workers: usize, limit: Option<u64>, splices: bool) {
+    let (mut fixed, pool) = worker_needs(config);
+    if splices && config.limits.splice_min > 0 {
+        fixed += 2 * MAX_PIPES as u64;
+    }
     let cap = client_cap(limit, workers, fixed, pool);
     let configured = config.limits.max_client_connections;
     if cap < configured {
@@ -112,15 +118,10 @@ pub fn fit(config: &mut Config, workers: usize, limit: Option<u64>) {
     }
 }
 
-/// The most pipes (in use and kept empty; two descriptors each) a worker may hold with
-/// `clients` of its `max_clients` client connections open: one per client connection it could
-/// still accept, whose two descriptors (the client's and its upstream's) [`client_cap`] keeps.
-/// So pipes only ever use descriptors no client holds, and a worker at its client cap copies:
-/// a pipe never takes the descriptor an upstream connect needs (HAProxy instead reserves pipes
-/// for a quarter of `maxconn` up front, lowering the client cap).
-pub fn pipe_limit(max_clients: usize, clients: usize) -> usize {
-    max_clients.saturating_sub(clients)
-}
+/// The most pipes (in use and kept empty; two descriptors each) a worker that splices holds at
+/// once (HAProxy's `maxpipes`, which defaults to a quarter of `maxconn`); beyond it bodies are
+/// copied. [`fit`] keeps their descriptors out of the clients' share.
+pub const MAX_PIPES: usize = 64;
 
 #[cfg(test)]
 mod tests {
@@ -164,22 +165,33 @@ mod tests {
     }
 
     #[test]
-    fn pipes_use_the_descriptors_of_clients_not_there() {
-        assert_eq!(pipe_limit(489, 0), 489);
-        assert_eq!(pipe_limit(489, 400), 89);
-        assert_eq!(pipe_limit(489, 489), 0, "at the cap every body is copied");
-        assert_eq!(pipe_limit(489, 600), 0);
+    fn a_splicing_runtime_keeps_descriptors_for_its_pipes() {
+        // 1024 - 32 = 992, less 5 fixed and 8 pooled: 979 / 2 = 489 clients copying; with
+        // 64 pipes (128 descriptors) kept apart: 851 / 2 = 425.
+        let mut c = config(8);
+        fit(&mut c, 1, Some(1024), true);
+        assert_eq!(c.limits.max_client_connections, 425);
+        let mut copying = config(8);
+        fit(&mut copying, 1, Some(1024), false);
+        assert_eq!(copying.limits.max_client_connections, 489);
+        let mut off = config(8);
+        off.limits.splice_min = 0;
+        fit(&mut off, 1, Some(1024), true);
+        assert_eq!(
+            off.limits.max_client_connections, 489,
+            "splice_min = 0: no pipes"
+        );
     }
 
     #[test]
     fn fit_only_ever_lowers_the_configured_limit() {
         let mut c = config(8);
         c.limits.max_client_connections = 50;
-        fit(&mut c, 1, Some(256));
+        fit(&mut c, 1, Some(256), false);
         assert_eq!(c.limits.max_client_connections, 50);
-        fit(&mut c, 1, Some(64));
+        fit(&mut c, 1, Some(64), false);
         assert_eq!(c.limits.max_client_connections, 10);
-        fit(&mut c, 1, None);
+        fit(&mut c, 1, None, false);
         assert_eq!(c.limits.max_client_connections, 10);
     }
 

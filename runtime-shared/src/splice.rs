@@ -84,7 +84,7 @@ impl Pipe {
 }
 
 /// A worker's pipes: how many are open (their descriptors are budgeted, see
-/// [`crate::descriptors::pipe_limit`]) and the empty ones kept, reused so that a splice costs no
+/// [`crate::descriptors::MAX_PIPES`]) and the empty ones kept, reused so that a splice costs no
 /// `pipe2`/`fcntl` each time. Every pipe taken must be given back (or its count is lost).
 #[derive(Debug, Default)]
 pub struct Pipes {

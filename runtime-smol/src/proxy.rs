@@ -145,7 +145,7 @@ impl Proxy {
         // Each worker's client limit leaves descriptors for its upstream connections.
         let mut config = config;
         let limit = upkeep_runtime::descriptors::raise_limit();
-        upkeep_runtime::descriptors::fit(&mut config, workers, limit);
+        upkeep_runtime::descriptors::fit(&mut config, workers, limit, false);
         let shutdown_timeout = config.runtime.shutdown_timeout;
 
         // Every worker's access log before anything is bound or started: a log that cannot be
@@ -313,7 +313,7 @@ impl Renewal {
     /// log files are opened here, never on a worker). Kept servers keep their ledger entries,
     /// so `max_conns` holds over the old and new cores together.
     fn apply(&mut self, mut config: Config) {
-        upkeep_runtime::descriptors::fit(&mut config, self.workers, self.limit);
+        upkeep_runtime::descriptors::fit(&mut config, self.workers, self.limit, false);
         let tls = match Contexts::load(&config, &self.process) {
             Ok(tls) => Arc::new(tls),
             Err(e) => return log::warn!("re-resolved addresses not applied: {e}"),

@@ -62,9 +62,12 @@ impl Table {
             // After a spike (10,000 clients gone) the table gives its memory back — ~1 KiB a
             // slot — as far as the last open connection allows. Only when three quarters are
             // free, so the steady state never reallocates; slots keep their generations.
-            if self.slab.capacity() >= SHRINK_FROM && self.slab.len() * 4 < self.slab.capacity() {
+            // Whether it shrank: once the last open connection stops it, the condition holds on
+            // every close, and what follows a shrink (`Core::compact`) must not run each time.
+            let before = self.slab.capacity();
+            if before >= SHRINK_FROM && self.slab.len() * 4 < before {
                 self.slab.shrink_to_fit();
-                return true;
+                return self.slab.capacity() < before;
             }
         }
         false
