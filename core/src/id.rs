@@ -30,3 +30,18 @@ pub struct ServerId {
     /// Index in the group's server list.
     pub index: u32,
 }
+
+/// Gives back the memory of a table indexed by connection slot ([`ConnId::index`]) whose unused
+/// entries hold `u32::MAX` (the pool's and the timers' indexes), once a peak has passed: cut after
+/// the last used entry, and only when a quarter or less of the capacity is in use, so a steady
+/// state never reallocates.
+pub(crate) fn shrink_slot_index(index: &mut Vec<u32>) {
+    let used = index
+        .iter()
+        .rposition(|&e| e != u32::MAX)
+        .map_or(0, |i| i + 1);
+    if used * 4 < index.capacity() {
+        index.truncate(used);
+        index.shrink_to(used.max(64));
+    }
+}

@@ -377,15 +377,7 @@ impl Pool {
         if self.entries.capacity() >= 1024 && self.entries.len() * 4 < self.entries.capacity() {
             self.entries.shrink_to_fit();
         }
-        let used = self
-            .by_conn
-            .iter()
-            .rposition(|&s| s != NIL)
-            .map_or(0, |i| i + 1);
-        if used * 4 < self.by_conn.capacity() {
-            self.by_conn.truncate(used);
-            self.by_conn.shrink_to_fit();
-        }
+        crate::id::shrink_slot_index(&mut self.by_conn);
     }
 
     /// Whether `conn` (this generation) is idle in the pool.

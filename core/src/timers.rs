@@ -61,15 +61,7 @@ impl Timers {
         if self.heap.len() * 4 < self.heap.capacity() {
             self.heap.shrink_to(self.heap.len().max(64));
         }
-        let used = self
-            .pos
-            .iter()
-            .rposition(|&p| p != NONE)
-            .map_or(0, |i| i + 1);
-        if used * 4 < self.pos.capacity() {
-            self.pos.truncate(used);
-            self.pos.shrink_to(used.max(64));
-        }
+        crate::id::shrink_slot_index(&mut self.pos);
     }
 
     /// The deadline of `slot`, if armed.

@@ -223,6 +223,16 @@ fn with_a_down_server(cfg: &upkeep_core::Config) -> upkeep_core::Config {
     next
 }
 
+/// A request of the old generation that queues for the kept server's one slot (held, `why`,
+/// by the new generation), its worker's wake flag cleared so that a later wake-up shows.
+fn queue_in_old(old: &mut Harness, woken: &AtomicBool, why: &str) -> upkeep_core::ConnId {
+    let c = old.connect_client();
+    old.client_send(c, &get("/old"));
+    assert_eq!(old.core.queued(UpstreamId(0)), 1, "{why}");
+    woken.store(false, SeqCst);
+    c
+}
+
 /// Worker `h` was woken (`woken`, cleared here); acting on it dispatches client `c`'s waiting
 /// request, which is answered.
 fn served_once_woken(h: &mut Harness, woken: &AtomicBool, c: upkeep_core::ConnId) {
@@ -456,10 +466,7 @@ fn a_health_check_s_connection_pooled_again_yields_to_a_linked_generation_s_requ
     assert!(!new.core.is_pooled(u), "checking");
     let _ = requests(&mut new, u);
 
-    let c1 = old.connect_client();
-    old.client_send(c1, &get("/old"));
-    assert_eq!(old.core.queued(UpstreamId(0)), 1, "the slot is the check's");
-    old_woken[0].store(false, SeqCst);
+    let c1 = queue_in_old(&mut old, &old_woken[0], "the slot is the check's");
 
     new.upstream_send(u, check_ok);
     assert!(
@@ -482,14 +489,7 @@ fn a_warm_connection_pooled_yields_to_a_linked_generation_s_request() {
     new.pump();
     assert_eq!(new.connects.len(), 1, "a warm connect");
 
-    let c1 = old.connect_client();
-    old.client_send(c1, &get("/old"));
-    assert_eq!(
-        old.core.queued(UpstreamId(0)),
-        1,
-        "the slot is the warm connect's"
-    );
-    old_woken[0].store(false, SeqCst);
+    let c1 = queue_in_old(&mut old, &old_woken[0], "the slot is the warm connect's");
 
     let u = new.accept_connect().expect("the warm connect");
     assert!(
@@ -512,14 +512,7 @@ fn a_warm_connection_given_up_to_a_linked_generation_is_not_replaced_at_once() {
     new.pump();
     assert_eq!(new.core.pool_idle(UpstreamId(0)), 1, "warm");
 
-    let c1 = old.connect_client();
-    old.client_send(c1, &get("/old"));
-    assert_eq!(
-        old.core.queued(UpstreamId(0)),
-        1,
-        "the slot is the warm connection's"
-    );
-    old_woken[0].store(false, SeqCst);
+    let c1 = queue_in_old(&mut old, &old_woken[0], "the slot is the warm connection's");
     assert!(new_woken[0].swap(false, SeqCst), "told");
     new.core.handle_shared(new.now);
     new.pump();
@@ -562,14 +555,11 @@ fn a_handed_connection_taken_in_yields_to_a_linked_generation_s_request() {
     p.workers[1].reset(b);
     assert_eq!(p.workers[1].core.queued(UpstreamId(0)), 0, "b left");
 
-    let c = old.connect_client();
-    old.client_send(c, &get("/old"));
-    assert_eq!(
-        old.core.queued(UpstreamId(0)),
-        1,
-        "the slot moves with the connection"
+    let c = queue_in_old(
+        &mut old,
+        &old_woken[0],
+        "the slot moves with the connection",
     );
-    old_woken[0].store(false, SeqCst);
 
     let moved = p.workers[0].handed_out.remove(0);
     let id = p.workers[1].adopt_handed(moved).expect("taken in");

@@ -390,6 +390,27 @@ fn statuses(w: &World) -> Vec<(String, u16)> {
     w.results.iter().map(|(k, v)| (k.clone(), *v)).collect()
 }
 
+/// One client, one backend of `script`: a GET, `gap_ms` later a request of `second` kind on the
+/// same client connection (so it reuses the pooled upstream connection if the proxy kept it),
+/// then 10 ms for it to be answered.
+fn reuse_after(seed: u64, script: BackendScript, gap_ms: u32, second: ReqKind) -> World {
+    let mut w = World::new(seed, config(1), vec![script]);
+    w.run(&[
+        Action::Connect { ip: 0 },
+        Action::Send {
+            client: 0,
+            kind: ReqKind::Get,
+        },
+        Action::Advance { ms: gap_ms },
+        Action::Send {
+            client: 0,
+            kind: second,
+        },
+        Action::Advance { ms: 10 },
+    ]);
+    w
+}
+
 /// Backend keepalive 100 ms, requests spaced 50..150 ms (some land inside the race window, when
 /// the backend has closed but its FIN has not arrived): every request gets 200, never 502.
 #[test]
@@ -466,20 +487,8 @@ fn post_on_stale_connection_not_resent() {
         race_ms: 5,
         ..BackendScript::default()
     };
-    let mut w = World::new(3, config(1), vec![script]);
-    w.run(&[
-        Action::Connect { ip: 0 },
-        Action::Send {
-            client: 0,
-            kind: ReqKind::Get,
-        },
-        Action::Advance { ms: 102 }, // backend closed at 100, FIN arrives at 105
-        Action::Send {
-            client: 0,
-            kind: ReqKind::Post(10),
-        },
-        Action::Advance { ms: 10 },
-    ]);
+    // At 102 ms: the backend closed at 100, its FIN arrives at 105.
+    let mut w = reuse_after(3, script, 102, ReqKind::Post(10));
     let post = World::req_id(0, 1);
     assert_eq!(w.arrivals_of(&post), 1, "{:?}", w.arrivals);
     assert_eq!(w.results.get(&post), Some(&502));
@@ -504,20 +513,7 @@ fn get_on_stale_connection_retried() {
         race_ms: 5,
         ..BackendScript::default()
     };
-    let mut w = World::new(3, config(1), vec![script]);
-    w.run(&[
-        Action::Connect { ip: 0 },
-        Action::Send {
-            client: 0,
-            kind: ReqKind::Get,
-        },
-        Action::Advance { ms: 102 },
-        Action::Send {
-            client: 0,
-            kind: ReqKind::Get,
-        },
-        Action::Advance { ms: 10 },
-    ]);
+    let mut w = reuse_after(3, script, 102, ReqKind::Get);
     let get = World::req_id(0, 1);
     assert_eq!(w.arrivals_of(&get), 2);
     assert_eq!(w.results.get(&get), Some(&200));
@@ -711,20 +707,7 @@ fn stray_408_race_window() {
         race_ms: 5,
         ..BackendScript::default()
     };
-    let mut w = World::new(8, config(1), vec![script]);
-    w.run(&[
-        Action::Connect { ip: 0 },
-        Action::Send {
-            client: 0,
-            kind: ReqKind::Get,
-        },
-        Action::Advance { ms: 102 },
-        Action::Send {
-            client: 0,
-            kind: ReqKind::Get,
-        },
-        Action::Advance { ms: 10 },
-    ]);
+    let mut w = reuse_after(8, script, 102, ReqKind::Get);
     assert_eq!(w.results.get(&World::req_id(0, 1)), Some(&200));
     w.finish();
     upstreams_accounted(&w.harness.core);
@@ -742,20 +725,7 @@ fn a_post_met_by_a_stray_408_is_sent_again() {
         race_ms: 2,
         ..BackendScript::default()
     };
-    let mut w = World::new(0, config(1), vec![script]);
-    w.run(&[
-        Action::Connect { ip: 0 },
-        Action::Send {
-            client: 0,
-            kind: ReqKind::Get,
-        },
-        Action::Advance { ms: 100 },
-        Action::Send {
-            client: 0,
-            kind: ReqKind::Post(0),
-        },
-        Action::Advance { ms: 10 },
-    ]);
+    let mut w = reuse_after(0, script, 100, ReqKind::Post(0));
     let post = World::req_id(0, 1);
     assert_eq!(w.results.get(&post), Some(&200), "{:?}", w.results);
     let lost: Vec<bool> = w

@@ -230,9 +230,6 @@ struct Sock {
     /// Body bytes spliced toward this connection, not yet written (`upkeep_runtime::splice`;
     /// as many as the core's `piped` count).
     pipe: Option<Pipe>,
-    /// A connection whose splice into `pipe` stopped (the pipe may have been full): read again
-    /// once some of the pipe is written out.
-    stalled: Option<ConnId>,
 }
 
 /// The socket the core knows as `id` (a slot reused by a newer connection is not it). A free
@@ -545,8 +542,9 @@ impl Worker {
         match sock_in(&mut self.socks, hint.to) {
             Some(to) if !pipe.is_empty() => {
                 to.pipe = Some(pipe);
+                // The splice stopped with bytes in the pipe (maybe full): the core holds `id`
+                // back until some are written, then asks for it to be read again (Interest).
                 if step == Some(ReadStep::Wait) {
-                    to.stalled = Some(id);
                     self.core.pipe_full(clock::now(), hint.to);
                 }
             }
@@ -573,14 +571,9 @@ impl Worker {
                 &*sock.stream.sock(),
                 &mut pipe,
             );
-            let stalled = sock.stalled.take();
             match sock_in(&mut self.socks, id) {
                 Some(sock) if !pipe.is_empty() => sock.pipe = Some(pipe),
                 _ => self.pipes.give(pipe),
-            }
-            // Room in the pipe: the source that stopped at a full one reads again.
-            if let Some(from) = stalled {
-                self.to_read.push_back(from);
             }
             if flushed != Flushed::Empty {
                 self.after_input();
@@ -663,7 +656,6 @@ impl Worker {
                 reader: Reader::default(),
                 tls: tls.map(Box::new),
                 pipe: None,
-                stalled: None,
             }),
             Err(e) => {
                 log::debug!("worker {}: connect to {addr} failed: {e}", self.id);
@@ -1118,7 +1110,6 @@ impl Worker {
             reader: Reader::default(),
             tls,
             pipe: None,
-            stalled: None,
         });
         self.after_input();
         self.to_read.push_back(id);

@@ -132,7 +132,8 @@ impl Pipes {
 /// with [`crate::io::Reader::read`].
 ///
 /// [`ReadStep::Wait`] means the socket is drained *or the pipe is full* (one `EAGAIN` for
-/// both): a caller whose pipe still holds bytes reads `from` again once some were written out.
+/// both): a caller whose pipe still holds bytes tells the core ([`Core::pipe_full`]), which
+/// holds `from` back until some are written out and then asks for it to be read again.
 pub fn fill(
     core: &mut Core,
     now: Time,

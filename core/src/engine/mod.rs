@@ -321,11 +321,6 @@ impl Core {
         self.conns.len()
     }
 
-    /// Open client connections.
-    pub fn clients(&self) -> usize {
-        self.clients
-    }
-
     /// Client connections by what they are doing: (reading a request, writing a response,
     /// waiting idle) — nginx `stub_status`'s Reading / Writing / Waiting.
     pub fn client_activity(&self) -> (usize, usize, usize) {
