@@ -103,9 +103,16 @@
 //! assert!(core.is_pooled(upstream));
 //!
 //! // Timers are deadlines: the idle pooled connection expires after keepalive_timeout (60 s).
-//! let deadline = core.poll_timeout().unwrap();
-//! core.handle_timeout(deadline);
-//! assert_eq!(core.poll_output(), Some(Output::Close { conn: upstream, reset: false }));
+//! // (Earlier ones are the core's housekeeping, e.g. freeing idle buffers: nothing to do.)
+//! let closed = loop {
+//!     let deadline = core.poll_timeout().unwrap();
+//!     core.handle_timeout(deadline);
+//!     if let Some(out) = core.poll_output() {
+//!         break (deadline, out);
+//!     }
+//! };
+//! let expiry = Time::from_millis(60_003);
+//! assert_eq!(closed, (expiry, Output::Close { conn: upstream, reset: false }));
 //! ```
 
 #![forbid(unsafe_code)]

@@ -604,8 +604,12 @@ fn a_round_due_in_a_worker_without_the_servers_one_connection_is_run_by_the_work
     p.workers[0].upstream_send(u, &status(200));
     assert!(p.workers[0].core.is_pooled(u));
     for _ in 0..2 {
-        p.workers[1].advance(INTERVAL);
-        p.workers[0].advance(INTERVAL);
+        // One clock for both, worker 1 first at every instant (in steps: a worker woken
+        // in between, e.g. to free idle buffers, must not see a round from its future).
+        for _ in 0..10 {
+            p.workers[1].advance(INTERVAL / 10);
+            p.workers[0].advance(INTERVAL / 10);
+        }
         p.settle();
         for w in 0..2 {
             for (u, _) in checks_sent(&mut p.workers[w]) {

@@ -324,6 +324,7 @@ impl Worker {
             }
             self.recorder.flush();
             self.recorder.tick(&self.core, clock::now());
+            self.trim.released(self.core.take_released());
             if self.trim.pending() {
                 self.trim.tick(Instant::now());
             }

@@ -4,7 +4,8 @@
 //! went the proxy's RSS stayed at its peak (96 MiB, `benches/load/memory.sh`), because their
 //! buffers and table entries were freed into the middle of the heap, where glibc only returns
 //! pages on `malloc_trim`. A worker counts the connections it closes ([`Trim::closed`]) and,
-//! once [`TRIM_AFTER`] have closed and at most once per [`TRIM_EVERY`], calls [`trim`]. Its
+//! once [`TRIM_AFTER`] have closed — or the core freed [`TRIM_AFTER_BYTES`] of idle buffers
+//! ([`Trim::released`]) — and at most once per [`TRIM_EVERY`], calls [`trim`]. Its
 //! cost (a walk over the free chunks) is paid only after such a burst, never per request.
 //!
 //! Tried instead and measured: mimalloc as the global allocator kept the RSS too (and doubled
@@ -14,6 +15,10 @@ use std::time::{Duration, Instant};
 
 /// Closed connections after which freed memory is worth returning.
 pub const TRIM_AFTER: usize = 256;
+/// Bytes of buffers the core freed (`Core::take_released`) after which a trim is worth it too:
+/// glibc's own threshold for trimming the top of its heap (`M_TRIM_THRESHOLD`).
+pub const TRIM_AFTER_BYTES: usize = 128 * 1024;
+
 /// The shortest time between two trims.
 pub const TRIM_EVERY: Duration = Duration::from_secs(1);
 
@@ -21,6 +26,7 @@ pub const TRIM_EVERY: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub struct Trim {
     closed: usize,
+    released: usize,
     last: Option<Instant>,
 }
 
@@ -35,6 +41,7 @@ impl Trim {
     pub fn new() -> Trim {
         Trim {
             closed: 0,
+            released: 0,
             last: None,
         }
     }
@@ -44,10 +51,15 @@ impl Trim {
         self.closed += 1;
     }
 
-    /// Whether enough connections closed for a trim (cheap: check it before reading the clock
+    /// The core freed `bytes` of buffers (`Core::take_released`, after each pass of the loop).
+    pub fn released(&mut self, bytes: usize) {
+        self.released += bytes;
+    }
+
+    /// Whether enough connections closed (or buffers were freed) for a trim (cheap: check it before reading the clock
     /// for [`Trim::tick`]).
     pub fn pending(&self) -> bool {
-        self.closed >= TRIM_AFTER
+        self.closed >= TRIM_AFTER || self.released >= TRIM_AFTER_BYTES
     }
 
     /// How long the worker may sleep before the next trim is due at `now` (`None`: nothing to
@@ -67,6 +79,7 @@ impl Trim {
             return false;
         }
         self.closed = 0;
+        self.released = 0;
         self.last = Some(now);
         trim();
         true
@@ -109,5 +122,12 @@ mod tests {
         assert_eq!(t.due_in(start), Some(TRIM_EVERY));
         assert!(!t.tick(start + TRIM_EVERY / 2), "too soon after the last");
         assert!(t.tick(start + TRIM_EVERY));
+        // Freed buffers count too: an idle worker's free list emptied after the last close.
+        t.released(TRIM_AFTER_BYTES - 1);
+        assert!(!t.pending());
+        t.released(1);
+        assert_eq!(t.due_in(start + TRIM_EVERY * 2), Some(Duration::ZERO));
+        assert!(t.tick(start + TRIM_EVERY * 2));
+        assert!(!t.pending());
     }
 }

@@ -471,6 +471,7 @@ impl Driver {
             r.tick(&self.core, now);
         }
         self.hand_off_idle();
+        self.trim.released(self.core.take_released());
         if self.trim.pending() {
             self.trim.tick(std::time::Instant::now());
         }

@@ -316,6 +316,13 @@ impl Core {
         self.clients
     }
 
+    /// Bytes of idle buffer storage the core freed since the last call (its free list's
+    /// surplus, and all of it once the worker idles): worth returning to the system
+    /// (`malloc_trim`) once they add up.
+    pub fn take_released(&mut self) -> usize {
+        self.spares.take_released()
+    }
+
     /// Open connections of either kind.
     pub fn connections(&self) -> usize {
         self.conns.len()
