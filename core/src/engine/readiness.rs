@@ -137,6 +137,12 @@ impl Core {
         (held, self.spares.held())
     }
 
+    /// When the free list's next sweep is due, for the simulation's invariants.
+    #[cfg(feature = "sim")]
+    pub(crate) fn spares_due(&self) -> Option<crate::Time> {
+        self.spares.due()
+    }
+
     /// Whether the runtime should read from `id` now: backpressure holds a side back while its
     /// peer has `write_high_water` bytes queued.
     pub(super) fn wants_read(&self, id: ConnId) -> Option<bool> {

@@ -257,8 +257,9 @@ impl World {
             if held > 0 {
                 problems.push(format!("{u:?} is pooled but holds {held} bytes of buffers"));
             }
-            // the surplus beyond what the free list keeps is always bound for a sweep
-            if spares.0.max(spares.1) > crate::spare::KEEP && core.poll_timeout().is_none() {
+            // a free list holding anything is always bound for a sweep (an idle worker's
+            // frees everything, the floor too)
+            if spares.0.max(spares.1) > 0 && core.spares_due().is_none() {
                 problems.push(format!(
                     "the free list holds {spares:?} buffers, no sweep due"
                 ));
