@@ -123,16 +123,13 @@ pub enum Flushed {
     Done,
 }
 
-/// Writes what the core has queued for `conn` — one vectored `sendmsg` per
-/// [`Core::write_with`] — until the queue is empty or a write comes up short. The core has been
+/// Writes what the core has queued for `conn` — one [`send`] per [`Core::write_with`] — until the queue is empty or a write comes up short. The core has been
 /// told everything; drain its outputs afterwards.
 pub fn flush(core: &mut Core, now: Time, conn: ConnId, sock: SockRef<'_>) -> Flushed {
     loop {
         // MSG_NOSIGNAL: a peer that is gone is an EPIPE for the core to hear about, not a
         // SIGPIPE for a process that embeds the library and never ignored it.
-        let result = core.write_with(now, conn, |iov| {
-            sock.send_vectored_with_flags(iov, libc::MSG_NOSIGNAL)
-        });
+        let result = core.write_with(now, conn, |iov| send(&sock, iov));
         match result {
             Ok(WriteOutcome::Wrote { n, offered, left }) => {
                 // (Nothing offered with bytes left: they are piped, for `splice::flush`.)
@@ -148,6 +145,34 @@ pub fn flush(core: &mut Core, now: Time, conn: ConnId, sock: SockRef<'_>) -> Flu
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(_) => return Flushed::Blocked,
         }
+    }
+}
+
+/// Slices offered together up to this many bytes are gathered into one buffer by [`send`]: a
+/// small response's head and body.
+pub const GATHER_MAX: usize = 2048;
+
+/// Sends the slices the core offers (`MSG_NOSIGNAL`) in one syscall: `send` for one slice, or
+/// for several that together fit [`GATHER_MAX`] (copied into one stack buffer first), else
+/// `sendmsg`. Why not always `sendmsg`: Linux walks a single user buffer on a fast path, while
+/// `sendmsg` also copies in the message header and the iovec array and walks the segments. For
+/// a 142-byte head and a 100-byte body the gathered `send` took 0.83× and 0.99× of `sendmsg`'s
+/// time per call in two runs of `cargo bench -p upkeep-benches --bench send` (and 0.94–0.97×
+/// of its CPU in a plain loop of 300,000 calls); perf had shown upkeep's `_copy_from_iter` at
+/// ~4× HAProxy's samples under the same load (HAProxy sends one buffer).
+pub fn send(sock: &SockRef<'_>, iov: &[io::IoSlice<'_>]) -> io::Result<usize> {
+    match iov {
+        [one] => sock.send_with_flags(one, libc::MSG_NOSIGNAL),
+        _ if iov.iter().map(|s| s.len()).sum::<usize>() <= GATHER_MAX => {
+            let mut buf = [0u8; GATHER_MAX];
+            let mut at = 0;
+            for s in iov {
+                buf[at..at + s.len()].copy_from_slice(s);
+                at += s.len();
+            }
+            sock.send_with_flags(&buf[..at], libc::MSG_NOSIGNAL)
+        }
+        _ => sock.send_vectored_with_flags(iov, libc::MSG_NOSIGNAL),
     }
 }
 
@@ -172,6 +197,22 @@ pub(crate) mod tests {
 
     fn core_with_client() -> (Core, ConnId) {
         core_with_clients(16)
+    }
+
+    #[test]
+    fn send_takes_one_slice_gathered_slices_and_many_in_order() {
+        let (ours, mut peer) = UnixStream::pair().unwrap();
+        let sock = SockRef::from(&ours);
+        let big = vec![b'b'; GATHER_MAX];
+        let cases: [&[&[u8]]; 3] = [&[b"one"], &[b"head ", b"and body"], &[b"head ", &big]];
+        for slices in cases {
+            let iov: Vec<io::IoSlice<'_>> = slices.iter().map(|s| io::IoSlice::new(s)).collect();
+            let want: Vec<u8> = slices.concat();
+            assert_eq!(send(&sock, &iov).unwrap(), want.len());
+            let mut got = vec![0; want.len()];
+            peer.read_exact(&mut got).unwrap();
+            assert_eq!(got, want);
+        }
     }
 
     #[test]
