@@ -4,7 +4,7 @@
 #
 # Builds `upkeep` and `idle_memory` (release), raises the descriptor limit to the hard limit,
 # and runs `idle_memory` (benches/src/bin/idle_memory.rs: its own loopback origin, one-worker
-# upkeep processes, VmRSS from /proc/PID/status) for CLIENTS idle client connections after one
+# upkeep processes, VmRSS and RssAnon from /proc/PID/status) for CLIENTS idle client connections after one
 # request each and POOLED idle pooled upstream connections, then after both close. Writes
 # benches/load/results/memory.md (OUT=... elsewhere). Knobs: CLIENTS (default 9900: with a hard
 # RLIMIT_NOFILE of 20,000 the proxy keeps half its descriptors for upstream connections, so
@@ -35,7 +35,9 @@ measure() { # label binary
     echo "upkeep built from $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- core runtime-shared runtime-mio || echo ' + local changes');" \
         "load average before: $(cut -d' ' -f1-3 /proc/loadavg)."
     echo
-    echo "VmRSS of the upkeep process; \"per connection\" = (RSS - start) / connections. Targets:"
+    echo "VmRSS of the upkeep process, and its anonymous part RssAnon (heap and stacks: VmRSS without"
+    echo "the binary's file-backed pages, which grow as code runs for the first time);"
+    echo "\"per connection\" = (VmRSS - start) / connections. Targets:"
     echo "≤ 4 KiB per idle client and per idle pooled connection, RSS back within 10 % of the start"
     echo "after they close."
     measure "upkeep" "$UPKEEP_BIN"

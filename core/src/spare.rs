@@ -172,6 +172,10 @@ impl Spares {
         self.released += (self.queues.drain(..n))
             .map(|q| q.capacity() * size_of::<Bytes>())
             .sum::<usize>();
+        // Lists emptied by an idle sweep give their own storage (sized by the peak) back too.
+        release_if_empty(&mut self.read);
+        release_if_empty(&mut self.scratch);
+        release_if_empty(&mut self.queues);
         self.low = (self.read.len(), self.scratch.len(), self.queues.len());
         self.schedule(now);
     }
@@ -198,6 +202,13 @@ impl Spares {
 /// unused since the last sweep. The oldest go (lending takes from the end).
 fn surplus(len: usize, low: usize, keep: usize) -> usize {
     low.min(len.saturating_sub(keep))
+}
+
+/// Frees the storage of an empty list.
+fn release_if_empty<T>(list: &mut Vec<T>) {
+    if list.is_empty() {
+        *list = Vec::new();
+    }
 }
 
 /// Moves `b` into `list`, leaving an unallocated buffer.

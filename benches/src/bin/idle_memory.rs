@@ -56,7 +56,8 @@ fn main() -> ExitCode {
 fn run(bin: &Path, clients: usize, pooled: usize) -> io::Result<String> {
     let origin = Origin::start()?;
     let mut out = String::from(
-        "| step | connections | VmRSS KiB | vs start | per connection |\n|---|---:|---:|---:|---:|\n",
+        "| step | connections | VmRSS KiB | vs start | per connection | RssAnon KiB | vs start |\n\
+         |---|---:|---:|---:|---:|---:|---:|\n",
     );
 
     // 1. Idle clients (the pool needs one connection: keepalive = 1 leaves the most
@@ -127,20 +128,45 @@ fn run(bin: &Path, clients: usize, pooled: usize) -> io::Result<String> {
     proxy.wait_fds(|n| n < base_fds)?;
     let closed = proxy.settled_rss()?;
     row(&mut out, "pooled: closed by the origin", 0, closed, start);
+    if let Some(secs) = std::env::var("PAUSE_AT_END")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        // For a look inside the settled proxy (e.g. gdb's `call malloc_info(0, stderr)`).
+        eprintln!("upkeep pid {} paused for {secs} s", proxy.child.id());
+        thread::sleep(Duration::from_secs(secs));
+    }
     proxy.stop();
     Ok(out)
 }
 
-fn row(out: &mut String, step: &str, conns: usize, rss: u64, start: u64) {
-    eprintln!("idle_memory: {step}: {rss} KiB");
-    let delta = rss as i64 - start as i64;
+fn row(out: &mut String, step: &str, conns: usize, m: Mem, start: Mem) {
+    eprintln!(
+        "idle_memory: {step}: {} KiB (anonymous {} KiB)",
+        m.rss, m.anon
+    );
+    let delta = m.rss as i64 - start.rss as i64;
     let per = if conns > 0 {
         format!("{:.2} KiB", delta as f64 / conns as f64)
     } else {
         "".into()
     };
-    let vs = format!("{:+.1} %", 100.0 * delta as f64 / start as f64);
-    out.push_str(&format!("| {step} | {conns} | {rss} | {vs} | {per} |\n"));
+    let vs = |now: u64, start: u64| format!("{:+.1} %", 100.0 * (now as f64 / start as f64 - 1.0));
+    out.push_str(&format!(
+        "| {step} | {conns} | {} | {} | {per} | {} | {} |\n",
+        m.rss,
+        vs(m.rss, start.rss),
+        m.anon,
+        vs(m.anon, start.anon)
+    ));
+}
+
+/// The proxy's resident memory: all of it (VmRSS) and its anonymous part (RssAnon: the heap and
+/// stacks, without the binary's file-backed code pages, which grow as code runs the first time).
+#[derive(Debug, Clone, Copy)]
+struct Mem {
+    rss: u64,
+    anon: u64,
 }
 
 /// One request and its response on `c`.
@@ -241,9 +267,9 @@ impl Proxy {
             .ok_or_else(|| io::Error::other(format!("no {key} in /proc/PID/status")))
     }
 
-    /// VmRSS in KiB 1.5 s after the step, once two readings 300 ms apart agree within 1 % (at most
+    /// VmRSS (and RssAnon) in KiB 1.5 s after the step, once two readings 300 ms apart agree within 1 % (at most
     /// [`PATIENCE`]).
-    fn settled_rss(&self) -> io::Result<u64> {
+    fn settled_rss(&self) -> io::Result<Mem> {
         // The proxy returns freed memory at most once a second (runtime-shared trim.rs).
         thread::sleep(Duration::from_millis(1500));
         let deadline = Instant::now() + PATIENCE;
@@ -252,7 +278,8 @@ impl Proxy {
             thread::sleep(Duration::from_millis(300));
             let now = self.status("VmRSS:")?;
             if now.abs_diff(last) * 100 <= last || Instant::now() > deadline {
-                return Ok(now);
+                let anon = self.status("RssAnon:")?;
+                return Ok(Mem { rss: now, anon });
             }
             last = now;
         }
