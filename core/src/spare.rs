@@ -9,9 +9,11 @@
 //!
 //! The free list keeps what it is given; a sweep every [`SWEEP`] frees the buffers beyond
 //! [`KEEP`] that stayed unused for a whole interval (the list's low-water mark since the last
-//! sweep), so the memory of thousands of idle connections goes back to the allocator within
-//! about a second, while connections active at once — however many: 64 keep-alive clients going
-//! idle together in one pass and busy again in the next — take and give back the same buffers:
+//! sweep) — all of them, and the lists' own storage, after an interval in which nothing was
+//! lent (an idle worker) — so the memory of thousands of idle connections goes back to the
+//! allocator within about a second, while connections active at once — however many: 64
+//! keep-alive clients going idle together in one pass and busy again in the next — take and
+//! give back the same buffers:
 //! the steady state still allocates nothing (`core/tests/alloc.rs`,
 //! `core/tests/alloc_concurrent.rs`). Freeing beyond a fixed bound at once instead made every
 //! request allocate once more connections than the bound went idle in one pass.
@@ -32,7 +34,8 @@ pub(crate) const KEEP: usize = 8;
 /// Spare read buffers [`Spares::lend`] looks at (the most recently given) for the one that fits.
 const PROBE: usize = 8;
 
-/// How often the surplus beyond [`KEEP`] is looked at: buffers unused for a whole interval go.
+/// How often the free list is looked at: buffers unused for a whole interval go (beyond [`KEEP`]
+/// while the worker is busy).
 pub(crate) const SWEEP: Duration = Duration::from_millis(500);
 
 /// The free lists. Buffers given back may still be shared with pieces of them queued on another
@@ -93,15 +96,17 @@ impl Spares {
         }
     }
 
-    /// Gives `buf` the buffers it shed, before bytes are read into it: the smallest spare read
-    /// buffer that can offer `want` bytes of room without allocating (else the most recent
-    /// spare, or nothing: `Buffers::reserve_read` allocates then), and a scratch.
+    /// Gives `buf` the buffers it shed, before bytes are read into it: among the [`PROBE`] spare
+    /// read buffers given back last, the smallest that can offer `want` bytes of room without
+    /// allocating (else the most recent spare, or nothing: `Buffers::reserve_read` allocates or
+    /// grows then), and a scratch.
     pub fn lend(&mut self, buf: &mut Buffers, want: usize) {
         if buf.rbuf.capacity() == 0 {
             // The smallest that fits among the last PROBE given: a connection that reads big
-            // bodies keeps finding its big buffer, so no read has to grow (reallocate) a small
-            // one. Bounded, and stopping at the first ordinary-sized fit: with 500 keep-alive
-            // clients a scan of the whole list was 5 % of the proxy's CPU (perf, wrk -c500).
+            // bodies mostly finds its big buffer again, so its read need not grow (reallocate)
+            // a small one. Bounded, and stopping at the first ordinary-sized fit: with 500
+            // keep-alive clients a scan of the whole list was 5 % of the proxy's CPU (perf,
+            // wrk -c500); a big buffer deeper in the list is missed (the read grows a small one).
             let want = want.max(READ_CHUNK);
             let mut fit: Option<(usize, usize)> = None;
             for i in (0..self.read.len()).rev().take(PROBE) {
@@ -149,8 +154,9 @@ impl Spares {
         self.due
     }
 
-    /// Frees the buffers beyond [`KEEP`] no connection needed since the last sweep, if the
-    /// sweep is due at `now`.
+    /// Frees the buffers no connection needed since the last sweep — beyond [`KEEP`] if any was
+    /// lent in the interval, else all of them and the emptied lists' storage — if the sweep is
+    /// due at `now`.
     pub fn sweep(&mut self, now: Time) {
         if self.due.is_none_or(|d| d > now) {
             return;
@@ -172,10 +178,14 @@ impl Spares {
         self.released += (self.queues.drain(..n))
             .map(|q| q.capacity() * size_of::<Bytes>())
             .sum::<usize>();
-        // Lists emptied by an idle sweep give their own storage (sized by the peak) back too.
-        release_if_empty(&mut self.read);
-        release_if_empty(&mut self.scratch);
-        release_if_empty(&mut self.queues);
+        // An idle sweep's emptied lists give their own storage (sized by the peak) back too.
+        // Only an idle one's: a busy worker's lists are empty whenever every spare is lent out
+        // (all requests in flight), and would allocate it again at the next give-back.
+        if keep == 0 {
+            release_if_empty(&mut self.read);
+            release_if_empty(&mut self.scratch);
+            release_if_empty(&mut self.queues);
+        }
         self.low = (self.read.len(), self.scratch.len(), self.queues.len());
         self.schedule(now);
     }

@@ -123,8 +123,9 @@ pub enum Flushed {
     Done,
 }
 
-/// Writes what the core has queued for `conn` — one [`send`] per [`Core::write_with`] — until the queue is empty or a write comes up short. The core has been
-/// told everything; drain its outputs afterwards.
+/// Writes what the core has queued for `conn` — one [`send`] per [`Core::write_with`] — until
+/// the queue is empty or a write comes up short. The core has been told everything; drain its
+/// outputs afterwards.
 pub fn flush(core: &mut Core, now: Time, conn: ConnId, sock: SockRef<'_>) -> Flushed {
     loop {
         // MSG_NOSIGNAL: a peer that is gone is an EPIPE for the core to hear about, not a

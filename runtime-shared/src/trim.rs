@@ -56,8 +56,8 @@ impl Trim {
         self.released += bytes;
     }
 
-    /// Whether enough connections closed (or buffers were freed) for a trim (cheap: check it before reading the clock
-    /// for [`Trim::tick`]).
+    /// Whether enough connections closed (or buffers were freed) for a trim (cheap: check it
+    /// before reading the clock for [`Trim::tick`]).
     pub fn pending(&self) -> bool {
         self.closed >= TRIM_AFTER || self.released >= TRIM_AFTER_BYTES
     }

@@ -267,8 +267,8 @@ impl Proxy {
             .ok_or_else(|| io::Error::other(format!("no {key} in /proc/PID/status")))
     }
 
-    /// VmRSS (and RssAnon) in KiB 1.5 s after the step, once two readings 300 ms apart agree within 1 % (at most
-    /// [`PATIENCE`]).
+    /// VmRSS (and RssAnon) in KiB 1.5 s after the step, once two readings 300 ms apart agree
+    /// within 1 % (at most [`PATIENCE`]).
     fn settled_rss(&self) -> io::Result<Mem> {
         // The proxy returns freed memory at most once a second (runtime-shared trim.rs).
         thread::sleep(Duration::from_millis(1500));
