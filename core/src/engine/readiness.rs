@@ -143,6 +143,12 @@ impl Core {
         self.spares.due()
     }
 
+    /// Spare buffers held (read, scratch), for the simulation's invariants.
+    #[cfg(feature = "sim")]
+    pub(crate) fn spares_held(&self) -> (usize, usize) {
+        self.spares.held()
+    }
+
     /// Whether the runtime should read from `id` now: backpressure holds a side back while its
     /// peer has `write_high_water` bytes queued.
     pub(super) fn wants_read(&self, id: ConnId) -> Option<bool> {

@@ -187,6 +187,11 @@ impl World {
         if let Some(t) = self.harness.core.poll_timeout() {
             self.violation(format!("a deadline {t:?} remains with no connection open"));
         }
+        // An idle worker gives every spare buffer back (memory after close).
+        let spares = self.harness.core.spares_held();
+        if spares != (0, 0) {
+            self.violation(format!("an idle core still holds {spares:?} spare buffers"));
+        }
         self.check_invariants();
     }
 
