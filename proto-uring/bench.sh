@@ -36,7 +36,9 @@ PIN=${PIN:-0}
 ORIGIN1=$((PORT_BASE + 1)) ORIGIN2=$((PORT_BASE + 2))
 declare -A PORT=([haproxy]=$((PORT_BASE + 83)) [upkeep]=$((PORT_BASE + 90)) [proto-uring]=$((PORT_BASE + 95)))
 
-log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+# log, cleanup, start, wait_listening, origin_conf, haproxy_cfg, cpu_split, cpu_ticks: the load
+# comparison's own.
+source "$REPO/benches/load/lib.sh"
 
 need=()
 for c in nginx haproxy wrk curl; do command -v $c >/dev/null || need+=($c); done
@@ -64,60 +66,19 @@ TMP=$(mktemp -d /tmp/proto-uring-bench.XXXXXX)
 chmod 755 "$TMP"
 PIDS=()
 declare -A PID_OF
-cleanup() {
-    local pid i
-    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do kill -TERM "${PIDS[i]}" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    rm -rf "$TMP"
-}
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 PROXY_CPU=() OTHER_CPU=()
 ((PIN)) && PROXY_CPU=(taskset -c 0) OTHER_CPU=(taskset -c 1)
 
-start() { # name cmd...
-    local name=$1
-    shift
-    "$@" >"$TMP/$name.log" 2>&1 &
-    PIDS+=("$!")
-    PID_OF[$name]=$!
-}
-wait_listening() { # name port
-    for _ in $(seq 100); do
-        [[ -n $(ss -Hltn "sport = :$2") ]] && return 0
-        kill -0 "${PID_OF[$1]}" 2>/dev/null || { echo "bench.sh: $1 exited:" >&2; cat "$TMP/$1.log" >&2; exit 1; }
-        sleep 0.1
-    done
-    echo "bench.sh: $1 not listening on $2" >&2
-    exit 1
-}
 
 # --- origins (benches/load/run.sh's, /small only) --------------------------------------------
 SMALL_BODY=$(printf 'x%.0s' $(seq 100))
 for i in 1 2; do
     port=$((PORT_BASE + i)) dir=$TMP/origin$i
     mkdir -p "$dir" && chmod 777 "$dir"
-    cat >"$dir/nginx.conf" <<EOF
-daemon off; worker_processes 1; worker_rlimit_nofile 20000;
-user nobody nogroup;
-pid $dir/nginx.pid; error_log $dir/error.log warn;
-events { worker_connections 8192; }
-http {
-  client_body_temp_path $dir/body; proxy_temp_path $dir/proxy; fastcgi_temp_path $dir/fastcgi;
-  uwsgi_temp_path $dir/uwsgi; scgi_temp_path $dir/scgi;
-  access_log off; sendfile on; tcp_nopush on;
-  keepalive_requests 1000000; keepalive_timeout 75s;
-  server {
-    listen 127.0.0.1:$port backlog=4096;
-    location = /small { default_type text/plain; return 200 "$SMALL_BODY"; }
-  }
-}
-EOF
+    origin_conf "$dir" "$port" >"$dir/nginx.conf"
     start origin$i "${OTHER_CPU[@]}" nginx -q -e "$dir/error.log" -p "$dir" -c "$dir/nginx.conf"
 done
 wait_listening origin1 $ORIGIN1
@@ -126,25 +87,8 @@ wait_listening origin2 $ORIGIN2
 # --- proxies ---------------------------------------------------------------------------------
 want() { [[ " $TARGETS " == *" $1 "* ]]; }
 if want haproxy; then
-    cat >"$TMP/haproxy.cfg" <<EOF
-global
-  nbthread 1
-  maxconn 8192
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
-  timeout http-keep-alive 60s
-  http-reuse safe
-frontend fe
-  bind 127.0.0.1:${PORT[haproxy]}
-  default_backend be
-backend be
-  balance roundrobin
-  server s1 127.0.0.1:$ORIGIN1
-  server s2 127.0.0.1:$ORIGIN2
-EOF
+    haproxy_cfg "bind 127.0.0.1:${PORT[haproxy]}" "server s1 127.0.0.1:$ORIGIN1" \
+        "server s2 127.0.0.1:$ORIGIN2" >"$TMP/haproxy.cfg"
     start haproxy "${PROXY_CPU[@]}" haproxy -db -f "$TMP/haproxy.cfg"
 fi
 if want upkeep; then
@@ -189,17 +133,6 @@ cat "$SUMMARY_CHECKS" >&2
 
 # --- accounting ------------------------------------------------------------------------------
 CLK_TCK=$(getconf CLK_TCK)
-cpu_split() { # pid → "utime stime" (ticks; fields 14 and 15, all threads)
-    local stat f
-    stat=$(cat "/proc/$1/stat")
-    read -r -a f <<<"${stat##*) }"
-    echo "${f[11]} ${f[12]}"
-}
-cpu_ticks() { # pids... → utime+stime summed
-    local t=0 u s p
-    for p in "$@"; do read -r u s <<<"$(cpu_split "$p")"; t=$((t + u + s)); done
-    echo $t
-}
 # CPU ticks of the shell's reaped children (wrk, through timeout), from `times` (second line),
 # into CHILD_TICKS; call directly, not in $(...).
 children_ticks() {

@@ -107,6 +107,9 @@ done
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
+# log, cleanup, start, wait_listening, nginx_common, nginx_temp_paths, origin_conf, haproxy_cfg,
+# cpu_split, cpu_ticks
+source "$HERE/lib.sh"
 ((OPEN_LOOP)) && CASES=${CASES:-keepalive:small} SKIP_ALLOC=${SKIP_ALLOC:-1}
 DEFAULT_CASES="keepalive:small keepalive:64k close:small close:64k fanin:small"
 CASES=${CASES:-$DEFAULT_CASES}
@@ -180,8 +183,6 @@ url_of() {
         *) echo "http://127.0.0.1:${PORT[$1]}" ;;
     esac
 }
-
-log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 
 # --- what it needs -------------------------------------------------------------------------
 
@@ -273,18 +274,6 @@ chmod 755 "$TMP" # nginx workers (user nobody) read the body files and write tem
 PIDS=()
 declare -A PID_OF
 
-cleanup() {
-    local pid i
-    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
-        kill -TERM "${PIDS[i]}" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    rm -rf "$TMP"
-}
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
@@ -292,47 +281,6 @@ PROXY_CPU=() OTHER_CPU=()
 if ((PIN)); then
     PROXY_CPU=(taskset -c 0) OTHER_CPU=(taskset -c 1)
 fi
-
-# start NAME CMD...: runs CMD in the background, logs in $TMP/NAME.log.
-start() {
-    local name=$1
-    shift
-    "$@" >"$TMP/$name.log" 2>&1 &
-    PIDS+=("$!")
-    PID_OF[$name]=$!
-}
-
-wait_listening() {
-    local name=$1 port=$2
-    for _ in $(seq 100); do
-        [[ -n $(ss -Hltn "sport = :$port") ]] && return 0
-        if ! kill -0 "${PID_OF[$name]}" 2>/dev/null; then
-            echo "run.sh: $name exited at startup:" >&2
-            cat "$TMP/$name.log" >&2
-            exit 1
-        fi
-        sleep 0.1
-    done
-    echo "run.sh: $name is not listening on $port after 10 s" >&2
-    cat "$TMP/$name.log" >&2
-    exit 1
-}
-
-nginx_common() { # prefix
-    cat <<EOF
-daemon off; worker_processes 1; worker_rlimit_nofile 20000;
-user nobody nogroup;
-pid $1/nginx.pid; error_log $1/error.log warn;
-events { worker_connections 8192; }
-EOF
-}
-
-nginx_temp_paths() { # prefix
-    cat <<EOF
-  client_body_temp_path $1/body; proxy_temp_path $1/proxy; fastcgi_temp_path $1/fastcgi;
-  uwsgi_temp_path $1/uwsgi; scgi_temp_path $1/scgi;
-EOF
-}
 
 # TLS material, once per run: a self-signed CA and an ECDSA P-256 leaf for localhost and
 # 127.0.0.1 (what every proxy's TLS listener serves, the origins' TLS listeners too).
@@ -383,22 +331,11 @@ SMALL_BODY=$(printf 'x%.0s' $(seq 100))
 for i in 1 2; do
     port=$((PORT_BASE + i)) status=$((PORT_BASE + 100 + i)) dir=$TMP/origin$i
     mkdir -p "$dir" && chmod 777 "$dir"
-    cat >"$dir/nginx.conf" <<EOF
-$(nginx_common "$dir")
-http {
-$(nginx_temp_paths "$dir")
-  access_log off; sendfile on; tcp_nopush on;
-  keepalive_requests 1000000; keepalive_timeout 75s;
-  server {
-    listen 127.0.0.1:$port backlog=4096;
-    location = /small { default_type text/plain; return 200 "$SMALL_BODY"; }
-    location = /64k   { root $TMP/www; default_type application/octet-stream; }
-    location = /1m    { root $TMP/www; default_type application/octet-stream; }
-  }
-  server { listen 127.0.0.1:$status; location / { stub_status; } }
-$(origin_tls_server "$dir" $((PORT_BASE + 2 + i)) "$i")
-}
-EOF
+    origin_conf "$dir" "$port" \
+        "    location = /64k   { root $TMP/www; default_type application/octet-stream; }
+    location = /1m    { root $TMP/www; default_type application/octet-stream; }" \
+        "  server { listen 127.0.0.1:$status; location / { stub_status; } }
+$(origin_tls_server "$dir" $((PORT_BASE + 2 + i)) "$i")" >"$dir/nginx.conf"
     start "origin$i" "${OTHER_CPU[@]}" nginx -q -e "$dir/error.log" -p "$dir" -c "$dir/nginx.conf"
 done
 wait_listening origin1 $ORIGIN1
@@ -439,32 +376,6 @@ EOF
 
 want nginx-nokeep && nginx_proxy nginx-nokeep 0
 want nginx-keep && nginx_proxy nginx-keep 1
-
-# haproxy_cfg BIND SERVER1 SERVER2 [DEFAULTS-LINE [GLOBAL-LINE]]: the HAProxy configuration,
-# one thread, http-reuse safe (plus the lines of haproxy-splice, haproxy_extra_of).
-haproxy_cfg() {
-    cat <<EOF
-global
-  nbthread 1
-  maxconn 8192
-  ${5:-}
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
-  timeout http-keep-alive 60s
-  http-reuse safe
-  ${4:-}
-frontend fe
-  $1
-  default_backend be
-backend be
-  balance roundrobin
-  $2
-  $3
-EOF
-}
 
 # haproxy_extra_of TARGET: the HAProxy target's extra lines, one each for haproxy_cfg's
 # DEFAULTS-LINE and GLOBAL-LINE. haproxy-splice: $HAPROXY_SPLICE (`option splice-auto`), and
@@ -636,24 +547,6 @@ CLK_TCK=$(getconf CLK_TCK)
 procs_of() {
     local pid=${PID_OF[$1]}
     echo "$pid" $(pgrep -P "$pid" || true)
-}
-
-# cpu_split PIDS... → "utime stime" in clock ticks (/proc/PID/stat fields 14 and 15, summed over
-# the processes; a process's figures include all its threads, live and exited).
-cpu_split() {
-    local user=0 sys=0 p stat f
-    for p in "$@"; do
-        stat=$(cat "/proc/$p/stat" 2>/dev/null) || continue
-        read -r -a f <<<"${stat##*) }" # from field 3 (state) on: utime is f[11], stime f[12]
-        user=$((user + f[11])) sys=$((sys + f[12]))
-    done
-    echo "$user $sys"
-}
-
-cpu_ticks() { # pids... → utime+stime
-    local user sys
-    read -r user sys <<<"$(cpu_split "$@")"
-    echo $((user + sys))
 }
 
 reset_peak_rss() { local p; for p in "$@"; do echo 5 >"/proc/$p/clear_refs" 2>/dev/null || true; done; }
