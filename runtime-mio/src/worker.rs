@@ -680,9 +680,7 @@ impl Worker {
         if let Some(mut s) = slot.take() {
             self.trim.closed();
             // Its pipe is counted: back to the pool (closed there if bytes are left in it).
-            if let Some(pipe) = s.pipe.take() {
-                self.pipes.give(pipe);
-            }
+            self.pipes.give_back(&mut s.pipe);
             if let Some(session) = s.tls.as_mut() {
                 session.close(s.stream.sock(), reset);
             }
@@ -717,9 +715,7 @@ impl Worker {
         };
         // (An idle connection has no pipe — its piped bytes were written — but its count must
         // never be lost.)
-        if let Some(pipe) = sock.pipe.take() {
-            self.pipes.give(pipe);
-        }
+        self.pipes.give_back(&mut sock.pipe);
         sock.stream.deregister(self.poll.registry());
         let sibling = self
             .siblings
@@ -918,9 +914,7 @@ impl Worker {
             for (id, server, settings, expires) in self.core.release_pooled() {
                 if let Some(mut sock) = self.socks.get_mut(id.index as usize).and_then(Option::take)
                 {
-                    if let Some(pipe) = sock.pipe.take() {
-                        self.pipes.give(pipe);
-                    }
+                    self.pipes.give_back(&mut sock.pipe);
                     sock.stream.deregister(self.poll.registry());
                     // A TLS connection moves with its session and the settings it was opened
                     // under; one whose settings are gone (no TLS session, or no settings) is
@@ -972,9 +966,7 @@ impl Worker {
             else {
                 continue;
             };
-            if let Some(pipe) = sock.pipe.take() {
-                self.pipes.give(pipe);
-            }
+            self.pipes.give_back(&mut sock.pipe);
             sock.stream.deregister(self.poll.registry());
             self.pass_on(sock.stream, sock.tls, released);
         }

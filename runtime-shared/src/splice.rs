@@ -121,6 +121,13 @@ impl Pipes {
         }
     }
 
+    /// Gives back the pipe a connection holds, if any (its count must never be lost).
+    pub fn give_back(&mut self, pipe: &mut Option<Pipe>) {
+        if let Some(pipe) = pipe.take() {
+            self.give(pipe);
+        }
+    }
+
     /// Empty pipes kept.
     pub fn kept(&self) -> usize {
         self.spare.len()
