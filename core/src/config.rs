@@ -622,6 +622,47 @@ pub struct RuntimeOptions {
     /// answers 503, before it starts draining: the time a load balancer needs to see the
     /// failing health check and stop sending new connections. Zero (the default) drains at once.
     pub shutdown_delay: Duration,
+    /// How the `upkeep` binary's workers wait for and move bytes (nginx `use`): epoll (the
+    /// default) or io_uring.
+    pub io: Io,
+}
+
+/// The I/O interface a worker of the `upkeep` binary runs on (`io` in the config file).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Deserialize),
+    serde(rename_all = "snake_case")
+)]
+pub enum Io {
+    /// Readiness from epoll, a `recv`/`send` system call per read and write: works everywhere,
+    /// with every feature (TLS, zero-copy `splice` bodies).
+    #[default]
+    Epoll,
+    /// io_uring (Linux 6.0+): multishot accepts and receives into a provided-buffer ring, and
+    /// every operation of a loop pass submitted in one system call. Plain TCP and Unix sockets
+    /// only (no TLS), and bodies are copied (no `splice`). Fewer kernel entries per request:
+    /// `benches/load` measures what it saves.
+    Uring,
+}
+
+impl Io {
+    /// From its name in the config file.
+    pub fn parse(name: &str) -> Option<Io> {
+        match name {
+            "epoll" => Some(Io::Epoll),
+            "uring" => Some(Io::Uring),
+            _ => None,
+        }
+    }
+
+    /// Its name in the config file (what [`Io::parse`] reads back).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Io::Epoll => "epoll",
+            Io::Uring => "uring",
+        }
+    }
 }
 
 impl Default for RuntimeOptions {
@@ -633,6 +674,7 @@ impl Default for RuntimeOptions {
             access_log_format: AccessLogFormat::default(),
             shutdown_timeout: Duration::from_secs(30),
             shutdown_delay: Duration::ZERO,
+            io: Io::Epoll,
         }
     }
 }

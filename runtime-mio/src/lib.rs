@@ -21,13 +21,18 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 
-// The one audited `unsafe` (reading into uninitialised spare capacity) lives in
-// `upkeep_runtime::io::recv_into`.
-#![forbid(unsafe_code)]
+// The audited `unsafe` of the epoll worker (reading into uninitialised spare capacity) lives in
+// `upkeep_runtime::io::recv_into`; the io_uring worker's (buffers shared with the kernel) in
+// `uring`, allowed there alone.
+#![deny(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations)]
 
 mod admin;
 mod net;
+// io_uring shares memory with the kernel: submission entries point at buffers it fills or
+// reads later. Measured reason: ~25 % less CPU per small request than epoll (benches/load).
+#[allow(unsafe_code)]
+mod uring;
 mod worker;
 
 use std::io;

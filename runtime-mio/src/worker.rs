@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use mio::event::Event;
 use mio::{Events, Poll, Token, Waker};
-use upkeep_core::config::UpstreamTls;
+use upkeep_core::config::{Io, UpstreamTls};
 use upkeep_core::{
     Address, Config, ConnId, Core, Handed, Input, ListenerId, Output, Released, ServerId, Shared,
 };
@@ -108,6 +108,16 @@ pub(crate) struct Control {
 }
 
 impl Control {
+    /// The handle on a worker reached through `tx` and woken by `waker`.
+    pub(crate) fn new(id: u64, tx: Sender<Command>, waker: Arc<Waker>) -> Control {
+        Control { id, tx, waker }
+    }
+
+    /// The worker's waker (the ledger wakes it for a freed slot or a server's new state).
+    pub(crate) fn waker(&self) -> Arc<Waker> {
+        self.waker.clone()
+    }
+
     /// Sends `cmd`; false if the worker has exited.
     pub(crate) fn send(&self, cmd: Command) -> bool {
         self.tx.send(cmd).is_ok() && self.waker.wake().is_ok()
@@ -152,6 +162,9 @@ pub(crate) type Siblings = Arc<Mutex<Vec<Control>>>;
 
 /// Starts a worker thread; it is on the board (visible to metrics) before this returns.
 pub(crate) fn spawn(setup: Setup) -> io::Result<(Control, JoinHandle<()>)> {
+    if setup.config.runtime.io == Io::Uring {
+        return crate::uring::spawn(setup);
+    }
     let poll = Poll::new()?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
     let (tx, rx) = mpsc::channel();
@@ -997,15 +1010,7 @@ impl Worker {
 
     /// The newest worker whose turn it is to adopt a connection, if handing off.
     fn next_adopter(&mut self) -> Option<Control> {
-        let workers = self
-            .handoff
-            .as_ref()?
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let to = workers.get(self.handed % workers.len().max(1)).cloned();
-        self.handed += 1;
-        to
+        next_adopter(self.handoff.as_ref()?, &mut self.handed)
     }
 
     /// Takes an idle upstream connection an old worker released into the pool (closed when no
@@ -1120,34 +1125,63 @@ impl Worker {
             self.after_input();
             log::warn!("worker {}: aborting {cut} requests in progress", self.id);
         }
-        // The generation is ending (its workers drain or stop together): no more handovers
-        // (they close instead), and the workers' channels are no longer held by each other.
-        self.siblings
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
-        self.recorder.flush();
-        let last = self.recorder.snapshot(&self.core, clock::now()).retired();
-        self.board.retire(self.id, &last);
-        while let Ok(cmd) = self.rx.try_recv() {
-            match cmd {
-                Command::Snapshot(tx) => {
-                    let _ = tx.send(last.clone());
-                }
-                // A connection a sibling handed over while this worker was leaving: its socket
-                // closes (dropped with the command), its slot goes back to the generation's
-                // ledger, and whoever is first in line now is woken for it.
-                Command::AdoptHanded {
-                    stream,
-                    tls,
-                    handed,
-                } => {
-                    drop((stream, tls));
-                    self.core.shared().hand_over_lost(&handed);
-                }
-                _ => {}
-            }
-        }
+        leave_board(
+            self.id,
+            &self.siblings,
+            &mut self.recorder,
+            &self.core,
+            &self.board,
+            &self.rx,
+        );
         log::debug!("worker {} exited", self.id);
+    }
+}
+
+/// The worker of `handoff` whose turn it is to adopt a connection (`handed` so far).
+pub(crate) fn next_adopter(handoff: &Handoff, handed: &mut usize) -> Option<Control> {
+    let workers = handoff.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let to = workers.get(*handed % workers.len().max(1)).cloned();
+    *handed += 1;
+    to
+}
+
+/// A worker's last step, whatever its I/O: the final counters join the retired totals under
+/// the board's lock, and snapshot requests that raced with the exit are answered from the same
+/// final counters, so a scrape counts this worker exactly once.
+pub(crate) fn leave_board(
+    id: u64,
+    siblings: &Siblings,
+    recorder: &mut Recorder,
+    core: &Core,
+    board: &Board,
+    rx: &Receiver<Command>,
+) {
+    // The generation is ending (its workers drain or stop together): no more handovers
+    // (they close instead), and the workers' channels are no longer held by each other.
+    siblings
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clear();
+    recorder.flush();
+    let last = recorder.snapshot(core, clock::now()).retired();
+    board.retire(id, &last);
+    while let Ok(cmd) = rx.try_recv() {
+        match cmd {
+            Command::Snapshot(tx) => {
+                let _ = tx.send(last.clone());
+            }
+            // A connection a sibling handed over while this worker was leaving: its socket
+            // closes (dropped with the command), its slot goes back to the generation's
+            // ledger, and whoever is first in line now is woken for it.
+            Command::AdoptHanded {
+                stream,
+                tls,
+                handed,
+            } => {
+                drop((stream, tls));
+                core.shared().hand_over_lost(&handed);
+            }
+            _ => {}
+        }
     }
 }

@@ -133,6 +133,13 @@ impl Proxy {
     ) -> io::Result<ProxyHandle> {
         let (names, config) = Names::resolve(config, resolver)?;
         config.validate()?;
+        if config.runtime.io != upkeep_core::config::Io::Epoll {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "io = \"uring\" is an option of the upkeep binary's workers (upkeep-mio); the smol \
+                 runtime waits with async-io: leave io out",
+            ));
+        }
         let operator = Operator::default();
         // Certificates before anything is bound: a bad file fails `start`, naming it. The
         // session store is this proxy's, shared by every worker.

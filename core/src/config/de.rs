@@ -15,7 +15,7 @@ use serde::de::value::MapAccessDeserializer;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use super::{
-    AccessLogFormat, Address, Balance, ClientTimeouts, Config, HeaderOptions, Limits,
+    AccessLogFormat, Address, Balance, ClientTimeouts, Config, HeaderOptions, Io, Limits,
     ListenerConfig, PoolKeyMode, RouteConfig, RuntimeOptions, ServerConfig, ServerState,
     UpstreamConfig, parse_duration, parse_size,
 };
@@ -493,6 +493,8 @@ struct RawConfig {
     shutdown_timeout: Duration,
     #[serde(default = "d_shutdown_delay", deserialize_with = "duration")]
     shutdown_delay: Duration,
+    #[serde(default)]
+    io: Io,
     #[serde(rename = "listen", default)]
     listeners: Vec<ListenerConfig>,
     #[serde(rename = "upstream", default, deserialize_with = "upstreams")]
@@ -517,6 +519,7 @@ impl From<RawConfig> for Config {
             access_log_format,
             shutdown_timeout,
             shutdown_delay,
+            io,
             listeners,
             upstreams,
             routes,
@@ -538,6 +541,7 @@ impl From<RawConfig> for Config {
                 access_log_format,
                 shutdown_timeout,
                 shutdown_delay,
+                io,
             },
         }
     }

@@ -24,13 +24,14 @@ pub fn suggest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) ->
 }
 
 /// The keys that sit at the top of the file, outside any table.
-const TOP_LEVEL_KEYS: [&str; 6] = [
+const TOP_LEVEL_KEYS: [&str; 7] = [
     "workers",
     "admin",
     "access_log",
     "access_log_format",
     "shutdown_timeout",
     "shutdown_delay",
+    "io",
 ];
 
 /// What serde's `expected ...` (a Rust type or serde's data-model name) means to an operator.

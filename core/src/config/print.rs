@@ -74,6 +74,7 @@ fn write_runtime(out: &mut String, r: &RuntimeOptions) {
         access_log_format,
         shutdown_timeout,
         shutdown_delay,
+        io,
     } = r;
     let _ = writeln!(out, "workers = {workers}");
     match admin {
@@ -87,6 +88,7 @@ fn write_runtime(out: &mut String, r: &RuntimeOptions) {
     let _ = writeln!(out, "access_log_format = {}", q(access_log_format.as_str()));
     let _ = writeln!(out, "shutdown_timeout = {}", d(*shutdown_timeout));
     let _ = writeln!(out, "shutdown_delay = {}", d(*shutdown_delay));
+    let _ = writeln!(out, "io = {}", q(io.as_str()));
 }
 
 fn write_listener(out: &mut String, l: &ListenerConfig) {

@@ -198,6 +198,21 @@ impl Config {
         if r.access_log.as_deref() == Some("") {
             return err("access_log", "must be \"off\", \"-\", \"stderr\" or a path");
         }
+        if r.io == super::Io::Uring {
+            let tls_listener = self.listeners.iter().position(|l| l.tls.is_some());
+            let tls_group = self.upstreams.iter().find(|u| u.tls.is_some());
+            let what = match (tls_listener, tls_group) {
+                (Some(i), _) => Some(format!("listen {} has tls", i + 1)),
+                (None, Some(u)) => Some(format!("upstream {:?} has tls", u.name)),
+                (None, None) => None,
+            };
+            if let Some(what) = what {
+                return err(
+                    "io",
+                    format!("\"uring\" does not support TLS yet ({what}): use io = \"epoll\""),
+                );
+            }
+        }
         Ok(())
     }
 
@@ -436,6 +451,25 @@ mod tests {
             |c| c.runtime.access_log = Some(String::new()),
             "access_log: must be \"off\", \"-\", \"stderr\" or a path",
         );
+    }
+
+    #[test]
+    fn io_uring_refuses_tls() {
+        let mut ok = base();
+        ok.runtime.io = crate::config::Io::Uring;
+        ok.validate().unwrap();
+        fails(
+            |c| {
+                c.runtime.io = crate::config::Io::Uring;
+                c.listeners[0].tls = Some(crate::config::ListenerTls::single("c.pem", "k.pem"));
+            },
+            "io: \"uring\" does not support TLS yet (listen 1 has tls): use io = \"epoll\"",
+        );
+        let mut group = base();
+        group.runtime.io = crate::config::Io::Uring;
+        group.upstreams[0].tls = Some(crate::config::UpstreamTls::default());
+        let e = group.validate().unwrap_err().to_string();
+        assert!(e.starts_with("io: \"uring\" does not support TLS yet (upstream"), "{e}");
     }
 
     #[test]

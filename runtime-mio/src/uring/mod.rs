@@ -1,0 +1,1479 @@
+//! A worker on io_uring (`io = "uring"`): the same [`Core`], commands, ledger and bookkeeping as
+//! the epoll worker ([`crate::worker`]), with the system calls batched.
+//!
+//! - **Accepting**: one multishot accept per listener. A connection that arrives while the core
+//!   is full waits in `parked` (the accepts are cancelled) until a client connection ends.
+//! - **Reading**: one multishot receive per connection, into buffers the kernel picks from a
+//!   provided-buffer ring ([`BufRing`]). The bytes are copied into the core
+//!   ([`Input::Received`]) and the buffer goes back at once. When the core stops reading a
+//!   connection (`Output::Interest { read: false }`) the receive is cancelled; bytes or an EOF
+//!   already on their way are held here and handed over when reading resumes.
+//! - **Writing**: at most one send in flight per connection, from a buffer the socket owns (a
+//!   copy of the core's queue), so the kernel never reads memory the core may free.
+//! - **Connecting**: the shared non-blocking connect (`upkeep_runtime::socket::connect`, the
+//!   same options as the epoll worker), then a poll for writability.
+//! - **Waiting**: everything queued while handling one batch of completions goes to the kernel
+//!   in the next `io_uring_enter`, which also waits for the next completions (or the next
+//!   deadline). Commands and the ledger's wake-ups arrive through the same [`mio::Waker`] as
+//!   the epoll worker's, whose epoll descriptor the ring polls.
+//! - **Handing a socket on** (to a sibling, or to a new generation at a reload): its receive
+//!   is cancelled first and the socket leaves once nothing is in flight on it, so no byte is
+//!   read here that the adopter then misses.
+//!
+//! Not here: TLS (refused by `Config::validate`) and `splice` (bodies are copied).
+
+mod bufring;
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, TryRecvError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use io_uring::{IoUring, cqueue, opcode, squeue, types};
+use mio::{Events, Poll, Token, Waker};
+use socket2::SockRef;
+use upkeep_core::{
+    Address, ConnId, Core, Handed, Input, ListenerId, Output, Released, ServerId, Time,
+};
+use upkeep_runtime::accept::{Admit, AfterError, Gate};
+use upkeep_runtime::clock;
+use upkeep_runtime::recorder::Recorder;
+use upkeep_runtime::socket::{self, Connecting};
+use upkeep_runtime::trim::Trim;
+
+use self::bufring::BufRing;
+use crate::net::{Listener, Stream};
+use crate::worker::{Board, Command, Control, Handoff, Setup, Siblings};
+
+// user_data: kind << 56 | generation (24 bits) << 32 | slot (32 bits).
+const ACCEPT: u64 = 1;
+const RECV: u64 = 2;
+const SEND: u64 = 3;
+const CONNECT: u64 = 4;
+const SHUTDOWN: u64 = 5;
+const CLOSE: u64 = 6;
+const CANCEL: u64 = 7;
+/// The waker's epoll descriptor became readable: commands or a ledger wake-up.
+const WAKE: u64 = 8;
+/// A cancelled accept or any other completion nothing waits for.
+const IGNORE: u64 = 9;
+
+fn ud(kind: u64, slot: u32, generation: u32) -> u64 {
+    kind << 56 | u64::from(generation & 0xff_ffff) << 32 | u64::from(slot)
+}
+
+/// Most bytes one send carries (copied from the core's queue).
+const SEND_MAX: usize = 256 * 1024;
+/// The provided-buffer ring: this many buffers of this size (4 MiB a worker). The loop gives
+/// each back right after copying it, so the ring runs dry (`ENOBUFS`, the receive is re-armed)
+/// only when one wait returns more than this many receives.
+const BUFS: u16 = 256;
+const BUF_SIZE: usize = 16 * 1024;
+const BGID: u16 = 0;
+/// Submission queue entries (completions: 4×).
+const SQ_ENTRIES: u32 = 1024;
+/// How long the exit waits for the kernel to finish cancelled operations.
+const EXIT_WAIT: Duration = Duration::from_secs(1);
+
+fn build_ring() -> io::Result<IoUring> {
+    IoUring::builder()
+        .setup_cqsize(SQ_ENTRIES * 4)
+        .setup_submit_all()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .build(SQ_ENTRIES)
+}
+
+/// Starts a worker thread on io_uring; it is on the board before this returns. The ring is
+/// made on the worker's own thread (`SINGLE_ISSUER`): an error there comes back from here.
+pub(crate) fn spawn(setup: Setup) -> io::Result<(Control, JoinHandle<()>)> {
+    let poll = Poll::new()?;
+    let waker = Arc::new(Waker::new(poll.registry(), Token(0))?);
+    let (tx, rx) = mpsc::channel();
+    let control = Control::new(setup.id, tx, waker);
+    let recorder = Recorder::open(&setup.config)?;
+    let wake = control.waker();
+    setup.ledger.set_waker(
+        setup.index,
+        Box::new(move || {
+            let _ = wake.wake();
+        }),
+    );
+    let mut core = Core::with_shared(setup.config, setup.index as u64, setup.ledger, setup.index)?;
+    recorder.attach(&mut core);
+    core.set_request_id_prefix(upkeep_runtime::recorder::request_id_prefix(setup.id));
+    let board = setup.board.clone();
+    let (ready_tx, ready_rx) = mpsc::sync_channel(1);
+    let id = setup.id;
+    let listeners = setup.listeners;
+    let rest = Rest {
+        shutdown_timeout: setup.shutdown_timeout,
+        board: setup.board,
+        aborted: setup.aborted,
+        siblings: setup.siblings,
+    };
+    let thread = std::thread::Builder::new()
+        .name(format!("upkeep-worker-{}", setup.index))
+        .spawn(move || {
+            let worker = (|| -> io::Result<Worker> {
+                let ring = build_ring()?;
+                let bufs = BufRing::new(&ring.submitter(), BUFS, BUF_SIZE, BGID)?;
+                Ok(Worker::new(id, ring, bufs, poll, core, recorder, listeners, rx, rest))
+            })();
+            match worker {
+                Ok(worker) => {
+                    let _ = ready_tx.send(Ok(()));
+                    worker.run();
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                }
+            }
+        })?;
+    match ready_rx.recv() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            let _ = thread.join();
+            return Err(unavailable(e));
+        }
+        Err(_) => return Err(io::Error::other("io_uring worker failed to start")),
+    }
+    board.join(control.clone());
+    Ok((control, thread))
+}
+
+/// The error for a ring that cannot be made, saying what to do instead.
+fn unavailable(e: io::Error) -> io::Error {
+    io::Error::new(
+        e.kind(),
+        format!(
+            "io = \"uring\": io_uring is not available here ({e}; Linux 6.1+ with \
+             kernel.io_uring_disabled = 0 is needed): use io = \"epoll\""
+        ),
+    )
+}
+
+/// What [`Setup`] hands the worker besides its core and sockets.
+struct Rest {
+    shutdown_timeout: Duration,
+    board: Arc<Board>,
+    aborted: Arc<AtomicU64>,
+    siblings: Siblings,
+}
+
+/// Where a socket goes once nothing is in flight on it (see [`Worker::leave`]).
+#[derive(Debug)]
+enum Leaving {
+    /// An idle upstream connection to a sibling worker (`Output::HandOver`).
+    Sibling { to: usize, handed: Handed },
+    /// An idle client connection to a new generation's worker (a reload).
+    Client { released: Released },
+    /// An idle pooled upstream connection to a new generation's worker (a reload).
+    Pooled {
+        server: Address,
+        expires: Time,
+    },
+}
+
+/// One socket, for as long as the kernel may still complete an operation on it: a slot
+/// outlives the core's connection until its close (or its leaving) and every cancelled
+/// operation have completed.
+#[derive(Debug)]
+struct Sock {
+    conn: ConnId,
+    /// `None` once a close was queued or the socket left.
+    fd: Option<OwnedFd>,
+    unix: bool,
+    /// The core still knows the connection (no `Output::Close` yet, not handed on).
+    open: bool,
+    /// The core wants to read it (`Output::Interest`).
+    want_read: bool,
+    /// A multishot receive is armed (until its final completion).
+    recv_armed: bool,
+    /// That receive is being cancelled.
+    cancel_sent: bool,
+    /// The read side is over for the core (EOF or error reported).
+    eof: bool,
+    /// Bytes received while the core did not want to read, and whether an EOF followed them.
+    held: Vec<u8>,
+    held_eof: bool,
+    /// Upstream connect in progress (a writability poll in flight).
+    connecting: bool,
+    server: Option<ServerId>,
+    /// A send is in flight from `wbuf` (the SQE points at it: not touched until completion).
+    writing: bool,
+    wbuf: Vec<u8>,
+    /// Operations submitted and not yet completed (a multishot receive counts once).
+    inflight: u32,
+    /// Its close was queued: the slot is free once nothing is in flight.
+    closed: bool,
+    /// Where it goes once nothing is in flight (it is not closed then).
+    leaving: Option<Leaving>,
+    /// Bytes a receive delivered after the core let the socket go.
+    late: Vec<u8>,
+    late_eof: bool,
+}
+
+impl Sock {
+    fn new(conn: ConnId, fd: OwnedFd, unix: bool) -> Sock {
+        Sock {
+            conn,
+            fd: Some(fd),
+            unix,
+            open: true,
+            want_read: true,
+            recv_armed: false,
+            cancel_sent: false,
+            eof: false,
+            held: Vec::new(),
+            held_eof: false,
+            connecting: false,
+            server: None,
+            writing: false,
+            wbuf: Vec::new(),
+            inflight: 0,
+            closed: false,
+            leaving: None,
+            late: Vec::new(),
+            late_eof: false,
+        }
+    }
+
+    fn raw(&self) -> RawFd {
+        self.fd.as_ref().map_or(-1, AsRawFd::as_raw_fd)
+    }
+
+    fn sock(&self) -> Option<SockRef<'_>> {
+        self.fd.as_ref().map(SockRef::from)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    generation: u32,
+    sock: Option<Sock>,
+}
+
+/// A listener and its multishot accept.
+struct Listening {
+    socket: Listener,
+    /// An accept is armed (until its final completion); its generation in `user_data`.
+    armed: bool,
+    generation: u32,
+}
+
+impl Listening {
+    fn raw(&self) -> RawFd {
+        match &self.socket {
+            Listener::Tcp(l) => l.as_raw_fd(),
+            Listener::Unix(l) => l.as_raw_fd(),
+        }
+    }
+
+    fn unix(&self) -> bool {
+        matches!(self.socket, Listener::Unix(_))
+    }
+}
+
+struct Worker {
+    id: u64,
+    // Declared (so dropped) before the buffer ring it registered.
+    ring: IoUring,
+    bufs: BufRing,
+    /// Only for the waker's descriptor (the ring polls it).
+    poll: Poll,
+    events: Events,
+    core: Core,
+    recorder: Recorder,
+    listeners: Vec<Option<Listening>>,
+    gate: Gate,
+    /// Accepted while the core was full: taken in as soon as there is room.
+    parked: VecDeque<(usize, OwnedFd)>,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    /// The core's `ConnId.index` → our slot + 1 (0: none).
+    by_conn: Vec<u32>,
+    cqes: Vec<(u64, i32, u32)>,
+    /// Slots whose receive ended and is to be armed again (after the buffers went back).
+    rearm: Vec<u32>,
+    now: Time,
+    rx: Receiver<Command>,
+    exit: bool,
+    wake_armed: bool,
+    drain_deadline: Option<Instant>,
+    shutdown_timeout: Duration,
+    board: Arc<Board>,
+    aborted: Arc<AtomicU64>,
+    handoff: Option<Handoff>,
+    handed: usize,
+    gone: Vec<ListenerId>,
+    siblings: Siblings,
+    trim: Trim,
+}
+
+impl Worker {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        id: u64,
+        ring: IoUring,
+        bufs: BufRing,
+        poll: Poll,
+        core: Core,
+        recorder: Recorder,
+        listeners: Vec<Listener>,
+        rx: Receiver<Command>,
+        rest: Rest,
+    ) -> Worker {
+        Worker {
+            id,
+            ring,
+            bufs,
+            poll,
+            events: Events::with_capacity(8),
+            core,
+            recorder,
+            listeners: listeners
+                .into_iter()
+                .map(|socket| {
+                    Some(Listening {
+                        socket,
+                        armed: false,
+                        generation: 0,
+                    })
+                })
+                .collect(),
+            gate: Gate::default(),
+            parked: VecDeque::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            by_conn: Vec::new(),
+            cqes: Vec::with_capacity(1024),
+            rearm: Vec::new(),
+            now: clock::now(),
+            rx,
+            exit: false,
+            wake_armed: false,
+            drain_deadline: None,
+            shutdown_timeout: rest.shutdown_timeout,
+            board: rest.board,
+            aborted: rest.aborted,
+            handoff: None,
+            handed: 0,
+            gone: Vec::new(),
+            siblings: rest.siblings,
+            trim: Trim::default(),
+        }
+    }
+
+    fn run(mut self) {
+        self.arm_wake();
+        for i in 0..self.listeners.len() {
+            self.arm_accept(i);
+        }
+        self.now = clock::now();
+        self.core.start(self.now);
+        self.after_input();
+        loop {
+            for slot in std::mem::take(&mut self.rearm) {
+                self.arm_recv(slot);
+            }
+            self.bufs.publish();
+            let waited = match self.wait_for() {
+                Some(d) => {
+                    let ts = types::Timespec::new()
+                        .sec(d.as_secs())
+                        .nsec(d.subsec_nanos());
+                    let args = types::SubmitArgs::new().timespec(&ts);
+                    self.ring.submitter().submit_with_args(1, &args)
+                }
+                None => self.ring.submitter().submit_and_wait(1),
+            };
+            match waited {
+                Ok(_) => {}
+                // ETIME: the deadline; EINTR: a signal; EBUSY: the completion queue overflowed
+                // (drained below, then entered again).
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY)) => {}
+                Err(e) => {
+                    log::error!("worker {}: io_uring_enter failed: {e}", self.id);
+                    break;
+                }
+            }
+            self.cqes.clear();
+            self.cqes
+                .extend(self.ring.completion().map(|c| (c.user_data(), c.result(), c.flags())));
+            self.now = clock::now();
+            let cqes = std::mem::take(&mut self.cqes);
+            for &(user_data, res, flags) in &cqes {
+                self.complete(user_data, res, flags);
+            }
+            self.cqes = cqes;
+            if self.exit {
+                break;
+            }
+            if let Some(deadline) = self.core.poll_timeout()
+                && deadline <= self.now
+            {
+                self.core.handle_timeout(self.now);
+                self.after_input();
+            }
+            self.maybe_resume();
+            if self.handoff.is_some() {
+                self.hand_off_idle();
+            }
+            self.recorder.flush();
+            self.recorder.tick(&self.core, self.now);
+            self.trim.released(self.core.take_released());
+            if self.trim.pending() {
+                self.trim.tick(Instant::now());
+            }
+            if let Some(d) = self.drain_deadline {
+                if self.core.is_drained() && self.parked.is_empty() {
+                    break;
+                }
+                if Instant::now() >= d {
+                    log::warn!(
+                        "worker {}: shutdown timeout, closing {} connections",
+                        self.id,
+                        self.core.connections()
+                    );
+                    break;
+                }
+            }
+        }
+        self.exit();
+    }
+
+    /// How long the next wait may block: the core's next deadline, a timed accept pause, the
+    /// drain deadline or a pending trim, whichever is first.
+    fn wait_for(&self) -> Option<Duration> {
+        let mut t = self.core.poll_timeout().map(clock::until);
+        let now = Instant::now();
+        let instants = [self.gate.resume_at(), self.drain_deadline];
+        for d in instants.into_iter().flatten() {
+            let d = d.saturating_duration_since(now);
+            t = Some(t.map_or(d, |t| t.min(d)));
+        }
+        if self.trim.pending()
+            && let Some(d) = self.trim.due_in(now)
+        {
+            t = Some(t.map_or(d, |t| t.min(d)));
+        }
+        t
+    }
+
+    // ---- submission -------------------------------------------------------------------------
+
+    /// Queues `entry` for the next enter (submitting what is queued first if the SQ is full).
+    ///
+    /// SAFETY (callers): every pointer in `entry` (a send buffer) lives until its completion:
+    /// it is owned by the socket's slot, which outlives its operations.
+    unsafe fn push(&mut self, entry: &squeue::Entry) {
+        loop {
+            // SAFETY: see the function's contract.
+            if unsafe { self.ring.submission().push(entry) }.is_ok() {
+                return;
+            }
+            if let Err(e) = self.ring.submit() {
+                log::error!("worker {}: io_uring submit failed: {e}", self.id);
+            }
+        }
+    }
+
+    /// Room for `n` more SQEs (linked ones must go in the same enter).
+    fn reserve(&mut self, n: usize) {
+        let sq = self.ring.submission();
+        if sq.capacity() - sq.len() < n {
+            drop(sq);
+            if let Err(e) = self.ring.submit() {
+                log::error!("worker {}: io_uring submit failed: {e}", self.id);
+            }
+        }
+    }
+
+    /// Queues an entry that carries no pointer.
+    fn push_plain(&mut self, entry: squeue::Entry) {
+        // SAFETY: no pointers in it.
+        unsafe { self.push(&entry) };
+    }
+
+    fn arm_wake(&mut self) {
+        self.wake_armed = true;
+        let fd = self.poll.as_raw_fd();
+        self.push_plain(
+            opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32)
+                .multi(true)
+                .build()
+                .user_data(ud(WAKE, 0, 0)),
+        );
+    }
+
+    fn arm_accept(&mut self, i: usize) {
+        if !self.gate.is_open() || self.drain_deadline.is_some() {
+            return;
+        }
+        let Some(l) = self.listeners.get_mut(i).and_then(Option::as_mut) else {
+            return;
+        };
+        if l.armed {
+            return;
+        }
+        l.armed = true;
+        l.generation = l.generation.wrapping_add(1) & 0xff_ffff;
+        let e = opcode::AcceptMulti::new(types::Fd(l.raw()))
+            .flags(libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK)
+            .build()
+            .user_data(ud(ACCEPT, i as u32, l.generation));
+        self.push_plain(e);
+    }
+
+    /// Cancels every armed accept (accepting pauses, or the listeners close).
+    fn cancel_accepts(&mut self) {
+        for i in 0..self.listeners.len() {
+            let Some(l) = self.listeners[i].as_mut() else {
+                continue;
+            };
+            if !l.armed {
+                continue;
+            }
+            l.armed = false;
+            let target = ud(ACCEPT, i as u32, l.generation);
+            self.push_plain(
+                opcode::AsyncCancel::new(target)
+                    .build()
+                    .user_data(ud(IGNORE, 0, 0)),
+            );
+        }
+    }
+
+    fn sock(&mut self, slot: u32) -> Option<&mut Sock> {
+        self.slots.get_mut(slot as usize)?.sock.as_mut()
+    }
+
+    /// The live slot of `conn` (the core still knows it).
+    fn slot_of(&self, conn: ConnId) -> Option<u32> {
+        let s = self
+            .by_conn
+            .get(conn.index as usize)
+            .copied()?
+            .checked_sub(1)?;
+        let sock = self.slots[s as usize].sock.as_ref()?;
+        (sock.conn == conn && sock.open).then_some(s)
+    }
+
+    fn insert(&mut self, sock: Sock) -> u32 {
+        let conn = sock.conn;
+        let slot = match self.free.pop() {
+            Some(s) => s,
+            None => {
+                self.slots.push(Slot::default());
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let entry = &mut self.slots[slot as usize];
+        entry.generation = entry.generation.wrapping_add(1) & 0xff_ffff;
+        entry.sock = Some(sock);
+        let i = conn.index as usize;
+        if self.by_conn.len() <= i {
+            self.by_conn.resize(i + 1, 0);
+        }
+        self.by_conn[i] = slot + 1;
+        slot
+    }
+
+    /// The core no longer knows the connection in `slot` (closed, or handed on).
+    fn unlink(&mut self, slot: u32) {
+        let Some(s) = self.sock(slot) else { return };
+        s.open = false;
+        let i = s.conn.index as usize;
+        if self.by_conn.get(i) == Some(&(slot + 1)) {
+            self.by_conn[i] = 0;
+        }
+    }
+
+    fn generation(&self, slot: u32) -> u32 {
+        self.slots[slot as usize].generation
+    }
+
+    fn arm_recv(&mut self, slot: u32) {
+        let generation = self.generation(slot);
+        let Some(s) = self.sock(slot) else { return };
+        if !s.open
+            || s.recv_armed
+            || s.eof
+            || s.held_eof
+            || s.connecting
+            || !s.want_read
+            || s.fd.is_none()
+        {
+            return;
+        }
+        s.recv_armed = true;
+        s.inflight += 1;
+        let e = opcode::RecvMulti::new(types::Fd(s.raw()), BGID)
+            .build()
+            .user_data(ud(RECV, slot, generation));
+        self.push_plain(e);
+    }
+
+    /// Starts a send of what the core has queued for the socket in `slot`, unless one is in
+    /// flight (its completion starts the next).
+    fn start_write(&mut self, slot: u32) {
+        let generation = self.generation(slot);
+        let Some(s) = self.slots[slot as usize].sock.as_mut() else {
+            return;
+        };
+        if !s.open || s.writing || s.connecting || s.fd.is_none() {
+            return;
+        }
+        s.wbuf.clear();
+        for piece in self.core.pending(s.conn) {
+            let room = SEND_MAX - s.wbuf.len();
+            s.wbuf.extend_from_slice(&piece[..piece.len().min(room)]);
+            if s.wbuf.len() >= SEND_MAX {
+                break;
+            }
+        }
+        if s.wbuf.is_empty() {
+            return;
+        }
+        s.writing = true;
+        s.inflight += 1;
+        let e = opcode::Send::new(types::Fd(s.raw()), s.wbuf.as_ptr(), s.wbuf.len() as u32)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(ud(SEND, slot, generation));
+        // SAFETY: `wbuf` is not touched while `writing`, and the slot (so the Vec's heap buffer)
+        // lives until every operation on it completed.
+        unsafe { self.push(&e) };
+    }
+
+    // ---- the core's outputs -------------------------------------------------------------------
+
+    fn after_input(&mut self) {
+        while let Some(out) = self.core.poll_output() {
+            match out {
+                Output::Connect { conn, server } => self.connect(conn, server),
+                Output::Write { conn } => {
+                    if let Some(slot) = self.slot_of(conn) {
+                        self.start_write(slot);
+                    }
+                }
+                Output::Interest { conn, read } => self.interest(conn, read),
+                // Only ever after the last queued byte was written (the core's contract).
+                Output::Shutdown { conn } => {
+                    if let Some(slot) = self.slot_of(conn) {
+                        let generation = self.generation(slot);
+                        let s = self.sock(slot).expect("live slot");
+                        s.inflight += 1;
+                        let e = opcode::Shutdown::new(types::Fd(s.raw()), libc::SHUT_WR)
+                            .build()
+                            .user_data(ud(SHUTDOWN, slot, generation));
+                        self.push_plain(e);
+                    }
+                }
+                Output::Close { conn, reset } => {
+                    if let Some(slot) = self.slot_of(conn) {
+                        self.trim.closed();
+                        self.close(slot, reset);
+                    }
+                }
+                Output::HandOver {
+                    conn,
+                    to_worker,
+                    handed,
+                } => match self.slot_of(conn) {
+                    Some(slot) => self.leave(
+                        slot,
+                        Leaving::Sibling {
+                            to: to_worker,
+                            handed,
+                        },
+                    ),
+                    None => self.core.hand_over_failed(self.now, handed),
+                },
+            }
+        }
+        while let Some(ex) = self.core.poll_exchange() {
+            self.recorder.exchange(&self.core, &ex);
+        }
+    }
+
+    fn interest(&mut self, conn: ConnId, read: bool) {
+        let Some(slot) = self.slot_of(conn) else {
+            return;
+        };
+        let generation = self.generation(slot);
+        let s = self.slots[slot as usize].sock.as_mut().expect("live slot");
+        s.want_read = read;
+        if !read {
+            if s.recv_armed && !s.cancel_sent {
+                s.cancel_sent = true;
+                s.inflight += 1;
+                let e = opcode::AsyncCancel::new(ud(RECV, slot, generation))
+                    .build()
+                    .user_data(ud(CANCEL, slot, generation));
+                self.push_plain(e);
+            }
+            return;
+        }
+        // Reading resumes: first what arrived meanwhile.
+        if !s.held.is_empty() {
+            let held = std::mem::take(&mut s.held);
+            self.core
+                .handle(self.now, Input::Received { conn, data: &held });
+            // The caller's loop (`after_input`) acts on what this produced.
+        }
+        let Some(s) = self.sock(slot).filter(|s| s.open) else {
+            return;
+        };
+        if s.held_eof && s.want_read {
+            s.held_eof = false;
+            s.eof = true;
+            self.core.handle(self.now, Input::ReadClosed { conn });
+            return;
+        }
+        self.arm_recv(slot);
+    }
+
+    fn connect(&mut self, conn: ConnId, server: ServerId) {
+        let addr = self.core.server_address(server).clone();
+        let keepalive = socket::upstream_keepalive(&self.core, server);
+        let (fd, unix) = match socket::connect(&addr, keepalive) {
+            Ok(Connecting::Tcp(s)) => (OwnedFd::from(s), false),
+            Ok(Connecting::Unix(s)) => (OwnedFd::from(s), true),
+            Err(e) => {
+                log::debug!("worker {}: connect to {addr} failed: {e}", self.id);
+                upkeep_runtime::trouble::connect_failed(&self.core, server, &e);
+                // Out of descriptors or ports is our problem, not the server's: the core then
+                // answers 500 without marking the server down.
+                self.core.handle(self.now, Input::connect_error(conn, &e));
+                return;
+            }
+        };
+        let mut sock = Sock::new(conn, fd, unix);
+        sock.server = Some(server);
+        let slot = self.insert(sock);
+        self.poll_connect(slot);
+    }
+
+    /// Waits for the connect in `slot` to finish (the socket becomes writable).
+    fn poll_connect(&mut self, slot: u32) {
+        let generation = self.generation(slot);
+        let s = self.sock(slot).expect("live slot");
+        s.connecting = true;
+        s.inflight += 1;
+        let e = opcode::PollAdd::new(types::Fd(s.raw()), libc::POLLOUT as u32)
+            .build()
+            .user_data(ud(CONNECT, slot, generation));
+        self.push_plain(e);
+    }
+
+    /// Closes the socket in `slot` once whatever is in flight on it is cancelled (a pending
+    /// operation holds the file, so the FIN would wait for it).
+    fn close(&mut self, slot: u32, reset: bool) {
+        self.unlink(slot);
+        let generation = self.generation(slot);
+        let s = self.sock(slot).expect("live slot");
+        let Some(fd) = s.fd.take() else { return };
+        if reset {
+            socket::set_reset_on_close(SockRef::from(&fd));
+        }
+        s.closed = true;
+        let pending = s.inflight > 0;
+        s.inflight += 1 + u32::from(pending);
+        let fd = fd.into_raw_fd();
+        self.reserve(2);
+        if pending {
+            // Hard link: the close runs whatever the cancel finds.
+            let e = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(fd)).all())
+                .build()
+                .user_data(ud(CANCEL, slot, generation))
+                .flags(squeue::Flags::IO_HARDLINK);
+            self.push_plain(e);
+        }
+        // The descriptor is the close's now (taken out of its `OwnedFd` above).
+        let e = opcode::Close::new(types::Fd(fd))
+            .build()
+            .user_data(ud(CLOSE, slot, generation));
+        self.push_plain(e);
+    }
+
+    /// Hands the socket in `slot` on (see [`Leaving`]) once nothing is in flight on it: its
+    /// receive is cancelled first, and bytes it still delivers are kept for the adopter (a
+    /// client) or make the connection unfit (an idle upstream one, which is closed instead).
+    fn leave(&mut self, slot: u32, to: Leaving) {
+        self.unlink(slot);
+        let generation = self.generation(slot);
+        let s = self.sock(slot).expect("live slot");
+        s.leaving = Some(to);
+        if s.inflight == 0 {
+            return self.left(slot);
+        }
+        let fd = s.raw();
+        s.inflight += 1;
+        let e = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(fd)).all())
+            .build()
+            .user_data(ud(CANCEL, slot, generation));
+        self.push_plain(e);
+    }
+
+    /// The socket in `slot` has nothing in flight any more: it goes where [`Worker::leave`] said.
+    fn left(&mut self, slot: u32) {
+        let s = self.slots[slot as usize].sock.as_mut().expect("live slot");
+        let (Some(to), Some(fd)) = (s.leaving.take(), s.fd.take()) else {
+            return;
+        };
+        let late = std::mem::take(&mut s.late);
+        let late_eof = s.late_eof;
+        let stream = if s.unix {
+            Stream::Unix(mio::net::UnixStream::from_std(fd.into()))
+        } else {
+            Stream::Tcp(mio::net::TcpStream::from_std(fd.into()))
+        };
+        self.slots[slot as usize].sock = None;
+        self.free.push(slot);
+        let fit = late.is_empty() && !late_eof;
+        match to {
+            Leaving::Sibling { to, handed } => {
+                let sibling = self
+                    .siblings
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(to)
+                    .cloned();
+                let delivered = fit
+                    && sibling.is_some_and(|w| {
+                        w.send(Command::AdoptHanded {
+                            stream,
+                            tls: None,
+                            handed,
+                        })
+                    });
+                if !delivered {
+                    self.core.hand_over_failed(self.now, handed);
+                    self.after_input();
+                }
+            }
+            Leaving::Client { mut released } => {
+                if late_eof {
+                    // The client closed meanwhile: nothing to hand on.
+                    return;
+                }
+                if !late.is_empty() {
+                    let mut received = BytesMut::from(&released.received[..]);
+                    received.extend_from_slice(&late);
+                    released.received = received.freeze();
+                }
+                self.pass_on(stream, released);
+            }
+            Leaving::Pooled { server, expires } => {
+                if fit && let Some(to) = self.next_adopter() {
+                    to.send(Command::AdoptPooled {
+                        stream,
+                        server,
+                        expires,
+                        tls: None,
+                    });
+                }
+            }
+        }
+    }
+
+    // ---- completions --------------------------------------------------------------------------
+
+    fn complete(&mut self, user_data: u64, res: i32, flags: u32) {
+        let kind = user_data >> 56;
+        let slot = user_data as u32;
+        let generation = (user_data >> 32) as u32 & 0xff_ffff;
+        match kind {
+            ACCEPT => return self.on_accept(slot as usize, generation, res, flags),
+            WAKE => return self.on_wake(flags),
+            IGNORE => return,
+            _ => {}
+        }
+        // A buffer in the completion goes back whatever happens to its socket.
+        let bid = cqueue::buffer_select(flags);
+        let live = self
+            .slots
+            .get(slot as usize)
+            .is_some_and(|s| s.generation == generation && s.sock.is_some());
+        if !live {
+            log::error!(
+                "worker {}: completion for a freed slot: kind {kind} slot {slot} res {res}",
+                self.id
+            );
+            if let Some(bid) = bid {
+                self.bufs.recycle(bid);
+            }
+            return;
+        }
+        match kind {
+            RECV => self.on_recv(slot, res, flags, bid),
+            SEND => self.on_send(slot, res),
+            CONNECT => self.on_connect(slot, res),
+            SHUTDOWN | CANCEL => self.done(slot),
+            CLOSE => {
+                if res < 0 {
+                    log::debug!(
+                        "worker {}: close failed: {}",
+                        self.id,
+                        io::Error::from_raw_os_error(-res)
+                    );
+                }
+                self.done(slot);
+            }
+            _ => log::error!("worker {}: unknown completion kind {kind}", self.id),
+        }
+    }
+
+    /// One operation on `slot` completed: frees the slot once it is closed and idle, or hands
+    /// the socket on once it is leaving and idle.
+    fn done(&mut self, slot: u32) {
+        let s = self.sock(slot).expect("live");
+        s.inflight -= 1;
+        if s.inflight > 0 {
+            return;
+        }
+        if s.closed {
+            self.slots[slot as usize].sock = None;
+            self.free.push(slot);
+        } else if s.leaving.is_some() {
+            self.left(slot);
+        }
+    }
+
+    fn on_wake(&mut self, flags: u32) {
+        if !cqueue::more(flags) {
+            self.wake_armed = false;
+        }
+        // Consume the waker's event, so the next wake is a new edge.
+        let _ = self.poll.poll(&mut self.events, Some(Duration::ZERO));
+        if !self.wake_armed {
+            self.arm_wake();
+        }
+        self.commands();
+        if self.exit {
+            return;
+        }
+        // A wake may also come from another worker through the shared ledger.
+        self.core.handle_shared(self.now);
+        self.after_input();
+    }
+
+    fn on_accept(&mut self, i: usize, generation: u32, res: i32, flags: u32) {
+        let Some(l) = self.listeners.get_mut(i).and_then(Option::as_mut) else {
+            if res >= 0 {
+                // SAFETY: the descriptor the accept just made, ours alone.
+                drop(unsafe { OwnedFd::from_raw_fd(res) });
+            }
+            return;
+        };
+        let current = l.generation == generation;
+        if current && !cqueue::more(flags) {
+            l.armed = false;
+        }
+        let unix = l.unix();
+        if res < 0 {
+            let e = io::Error::from_raw_os_error(-res);
+            if e.raw_os_error() == Some(libc::ECANCELED) {
+                return;
+            }
+            match self.gate.pause_after(&e, Instant::now()) {
+                AfterError::Pause(_) => self.cancel_accepts(),
+                AfterError::Next | AfterError::Wait => {
+                    if current {
+                        self.arm_accept(i);
+                    }
+                }
+            }
+            return;
+        }
+        // SAFETY: the descriptor the accept just made, ours alone.
+        let fd = unsafe { OwnedFd::from_raw_fd(res) };
+        if !unix {
+            socket::tune_tcp(SockRef::from(&fd));
+        }
+        self.parked.push_back((i, fd));
+        self.take_parked();
+        if current {
+            self.arm_accept(i);
+        }
+    }
+
+    /// Takes in the accepted connections that wait, while the core has room; pauses accepting
+    /// when it has none.
+    fn take_parked(&mut self) {
+        while let Some((i, fd)) = self.parked.pop_front() {
+            match self.gate.admit(&self.core) {
+                Admit::Accept => {}
+                Admit::Paused | Admit::PausedNow => {
+                    self.parked.push_front((i, fd));
+                    self.cancel_accepts();
+                    return;
+                }
+            }
+            let unix = self.listeners[i].as_ref().is_none_or(Listening::unix);
+            let peer = if unix {
+                None
+            } else {
+                SockRef::from(&fd)
+                    .peer_addr()
+                    .ok()
+                    .and_then(|a| a.as_socket())
+                    .map(|a| a.ip())
+            };
+            match self.core.accept(self.now, ListenerId(i as u32), peer) {
+                Ok(id) => self.install(id, fd, unix),
+                Err(_at_capacity) => {
+                    // Only while draining: the connection closes (dropped here).
+                    if self.gate.at_capacity() {
+                        self.cancel_accepts();
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn maybe_resume(&mut self) {
+        if self.gate.is_open()
+            || self.drain_deadline.is_some()
+            || !self.gate.reopen(&self.core, Instant::now())
+        {
+            return;
+        }
+        self.take_parked();
+        for i in 0..self.listeners.len() {
+            self.arm_accept(i);
+        }
+    }
+
+    /// Watches a socket the core just took in (a client accepted or adopted, a pooled upstream
+    /// adopted) and reads it at once: bytes may be waiting already.
+    fn install(&mut self, id: ConnId, fd: OwnedFd, unix: bool) {
+        let slot = self.insert(Sock::new(id, fd, unix));
+        self.after_input();
+        self.arm_recv(slot);
+    }
+
+    fn on_recv(&mut self, slot: u32, res: i32, flags: u32, bid: Option<u16>) {
+        let more = cqueue::more(flags);
+        let now = self.now;
+        let s = self.slots[slot as usize].sock.as_mut().expect("live");
+        if !more {
+            s.recv_armed = false;
+            s.cancel_sent = false;
+        }
+        let conn = s.conn;
+        let mut fed = false;
+        if res > 0 {
+            let bid = bid.expect("a receive with data names its buffer");
+            let data = self.bufs.get(bid, res as usize);
+            if s.leaving.is_some() {
+                s.late.extend_from_slice(data);
+            } else if s.open && !s.eof {
+                if s.want_read && s.held.is_empty() && !s.held_eof {
+                    self.core.handle(now, Input::Received { conn, data });
+                    fed = true;
+                } else {
+                    s.held.extend_from_slice(data);
+                }
+            }
+            self.bufs.recycle(bid);
+        } else if res == 0 {
+            if s.leaving.is_some() {
+                s.late_eof = true;
+            } else if s.open && !s.eof {
+                if s.want_read && s.held.is_empty() {
+                    s.eof = true;
+                    self.core.handle(now, Input::ReadClosed { conn });
+                    fed = true;
+                } else {
+                    s.held_eof = true;
+                }
+            }
+        } else {
+            if let Some(bid) = bid {
+                self.bufs.recycle(bid);
+            }
+            match -res {
+                // Out of buffers, or a spurious wake-up: the receive is armed again.
+                libc::ENOBUFS | libc::EAGAIN | libc::EINTR | libc::ECANCELED => {}
+                _ => {
+                    if s.leaving.is_some() {
+                        s.late_eof = true;
+                    } else if s.open && !s.eof {
+                        s.eof = true;
+                        self.core.handle(now, Input::Errored { conn });
+                        fed = true;
+                    }
+                }
+            }
+        }
+        if fed {
+            self.after_input();
+        }
+        if !more {
+            // Armed again after the loop pass has given the buffers back.
+            self.rearm.push(slot);
+            self.done(slot);
+        }
+    }
+
+    fn on_send(&mut self, slot: u32, res: i32) {
+        let s = self.sock(slot).expect("live");
+        s.writing = false;
+        let conn = s.conn;
+        let open = s.open;
+        self.done(slot);
+        if !open {
+            return;
+        }
+        if res > 0 {
+            self.core.handle(
+                self.now,
+                Input::Written {
+                    conn,
+                    n: res as usize,
+                },
+            );
+            self.after_input();
+            if self.slot_of(conn) == Some(slot) && self.core.pending_len(conn) > 0 {
+                self.start_write(slot);
+            }
+        } else if res != -libc::ECANCELED {
+            self.core.handle(self.now, Input::Errored { conn });
+            self.after_input();
+        }
+    }
+
+    fn on_connect(&mut self, slot: u32, res: i32) {
+        let s = self.sock(slot).expect("live");
+        s.connecting = false;
+        let conn = s.conn;
+        let open = s.open;
+        let server = s.server;
+        let finished = match s.sock() {
+            Some(sock) if res >= 0 => socket::connect_finished(sock),
+            _ => Err(io::Error::from_raw_os_error(-res.min(-1))),
+        };
+        self.done(slot);
+        if !open || res == -libc::ECANCELED {
+            return;
+        }
+        match finished {
+            // A spurious wake-up: wait again.
+            Ok(false) => self.poll_connect(slot),
+            Ok(true) => {
+                self.core.handle(self.now, Input::Connected { conn });
+                // The core asks for the write itself (`Output::Write` on `Connected`).
+                self.after_input();
+                if self.slot_of(conn) == Some(slot) {
+                    self.arm_recv(slot);
+                }
+            }
+            Err(e) => {
+                if let Some(server) = server {
+                    upkeep_runtime::trouble::connect_failed(&self.core, server, &e);
+                }
+                self.core.handle(self.now, Input::connect_error(conn, &e));
+                self.after_input();
+            }
+        }
+    }
+
+    // ---- commands, drain and exit -------------------------------------------------------------
+
+    fn commands(&mut self) {
+        loop {
+            match self.rx.try_recv() {
+                Ok(Command::Drain {
+                    ack,
+                    handed_over,
+                    handoff,
+                    kept,
+                }) => {
+                    self.drain(&handed_over, handoff, &kept);
+                    if let Some(ack) = ack {
+                        let _ = ack.send(());
+                    }
+                }
+                Ok(Command::Stop) | Err(TryRecvError::Disconnected) => {
+                    self.exit = true;
+                    return;
+                }
+                Ok(Command::Snapshot(tx)) => {
+                    let _ = tx.send(self.recorder.snapshot(&self.core, clock::now()));
+                }
+                Ok(Command::ReopenLog) => self.recorder.reopen(),
+                Ok(Command::Adopt {
+                    stream,
+                    tls,
+                    listener,
+                    released,
+                }) => {
+                    // TLS connections cannot reach an io_uring worker: the configuration that
+                    // made this worker has none, so one that comes along is dropped.
+                    if tls.is_none() {
+                        self.adopt(stream, listener, released);
+                    }
+                }
+                Ok(Command::AdoptPooled {
+                    stream,
+                    server,
+                    expires,
+                    tls,
+                }) => {
+                    if tls.is_none()
+                        && let Some(id) = self.core.adopt_pooled(self.now, &server, None, expires)
+                    {
+                        self.install_stream(id, stream);
+                    }
+                }
+                Ok(Command::AdoptHanded {
+                    stream,
+                    tls: _,
+                    handed,
+                }) => {
+                    if let Some(id) = self.core.adopt_handed(self.now, handed) {
+                        self.install_stream(id, stream);
+                    }
+                }
+                Err(TryRecvError::Empty) => return,
+            }
+        }
+    }
+
+    fn install_stream(&mut self, id: ConnId, stream: Stream) {
+        let (fd, unix) = match stream {
+            Stream::Tcp(s) => (OwnedFd::from(std::net::TcpStream::from(s)), false),
+            Stream::Unix(s) => (OwnedFd::from(std::os::unix::net::UnixStream::from(s)), true),
+        };
+        self.install(id, fd, unix);
+    }
+
+    /// Takes over a connection an old worker released (see the epoll worker's `adopt`).
+    fn adopt(&mut self, stream: Stream, listener: Address, released: Released) {
+        let Some(j) = self
+            .core
+            .config()
+            .listeners
+            .iter()
+            .position(|l| l.addr == listener)
+        else {
+            return;
+        };
+        let released = Released {
+            listener: ListenerId(j as u32),
+            ..released
+        };
+        let Ok(id) = self.core.adopt(self.now, released.listener, &released) else {
+            self.pass_on(stream, released);
+            return;
+        };
+        self.install_stream(id, stream);
+    }
+
+    fn drain(&mut self, handed_over: &[bool], handoff: Option<Handoff>, kept: &[bool]) {
+        if self.drain_deadline.is_some() {
+            return;
+        }
+        let handing_off = handoff.is_some();
+        self.handoff = handoff;
+        self.gone = (0..self.listeners.len())
+            .filter(|&i| !kept.get(i).copied().unwrap_or(false))
+            .map(|i| ListenerId(i as u32))
+            .collect();
+        // Take what is already queued on listeners about to close (closing them would reset
+        // those connections), then stop listening. A socket handed over to a new generation is
+        // left alone.
+        self.cancel_accepts();
+        self.gate.open();
+        self.take_parked();
+        for i in 0..self.listeners.len() {
+            if handed_over.get(i).copied().unwrap_or(false) {
+                continue;
+            }
+            loop {
+                if !matches!(self.gate.admit(&self.core), Admit::Accept) {
+                    break;
+                }
+                let Some(l) = self.listeners[i].as_ref() else {
+                    break;
+                };
+                match l.socket.accept() {
+                    Ok((stream, _)) => {
+                        let (fd, unix) = match stream {
+                            Stream::Tcp(s) => (OwnedFd::from(std::net::TcpStream::from(s)), false),
+                            Stream::Unix(s) => {
+                                (OwnedFd::from(std::os::unix::net::UnixStream::from(s)), true)
+                            }
+                        };
+                        if !unix {
+                            socket::tune_tcp(SockRef::from(&fd));
+                        }
+                        self.parked.push_back((i, fd));
+                        self.take_parked();
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if upkeep_runtime::accept::after_error(&e) == AfterError::Next => {}
+                    Err(_) => break,
+                }
+            }
+        }
+        // The listeners close (a cancelled accept holds its file until the cancel completes).
+        for l in &mut self.listeners {
+            *l = None;
+        }
+        // Whatever could not be taken in closes.
+        self.parked.clear();
+        if handing_off {
+            // Warm upstream connections go first, so the new workers reuse them at once.
+            for (id, server, settings, expires) in self.core.release_pooled() {
+                let Some(slot) = self.slot_of(id) else {
+                    continue;
+                };
+                if settings.is_some() {
+                    self.close(slot, false);
+                    continue;
+                }
+                self.leave(slot, Leaving::Pooled { server, expires });
+            }
+            self.core.begin_handoff(self.now);
+            self.after_input();
+            self.hand_off_idle();
+        } else {
+            self.core.begin_drain(self.now);
+            self.after_input();
+        }
+        self.drain_deadline = Some(Instant::now() + self.shutdown_timeout);
+    }
+
+    /// Moves every idle client connection to a new worker (a reload's drain).
+    fn hand_off_idle(&mut self) {
+        if !self.gone.is_empty() {
+            let now = self.now;
+            for &l in &self.gone {
+                self.core.close_idle_on(now, l);
+            }
+            self.after_input();
+        }
+        for id in self.core.idle_clients() {
+            let Some(slot) = self.slot_of(id) else {
+                continue;
+            };
+            let Some(released) = self.core.release_idle(id) else {
+                continue;
+            };
+            self.leave(slot, Leaving::Client { released });
+        }
+    }
+
+    /// Sends a released connection to the next worker of the handoff; one with nowhere to go
+    /// is closed (dropped).
+    fn pass_on(&mut self, stream: Stream, released: Released) {
+        let Some(l) = self
+            .core
+            .config()
+            .listeners
+            .get(released.listener.0 as usize)
+        else {
+            return;
+        };
+        let listener = l.addr.clone();
+        let Some(to) = self.next_adopter() else {
+            return;
+        };
+        to.send(Command::Adopt {
+            stream,
+            tls: None,
+            listener,
+            released,
+        });
+    }
+
+    /// The newest worker whose turn it is to adopt a connection, if handing off.
+    fn next_adopter(&mut self) -> Option<Control> {
+        crate::worker::next_adopter(self.handoff.as_ref()?, &mut self.handed)
+    }
+
+    /// Leaves the board (as the epoll worker's `exit`), then cancels everything in flight and
+    /// waits for the kernel to let go of the buffers before they are freed.
+    fn exit(mut self) {
+        let cut = self.core.abort_exchanges(clock::now());
+        if cut > 0 {
+            self.aborted.fetch_add(cut as u64, Ordering::Relaxed);
+            self.after_input();
+            log::warn!("worker {}: aborting {cut} requests in progress", self.id);
+        }
+        crate::worker::leave_board(
+            self.id,
+            &self.siblings,
+            &mut self.recorder,
+            &self.core,
+            &self.board,
+            &self.rx,
+        );
+        // Sockets still open close with their slots; first the kernel lets go of them.
+        self.push_plain(
+            opcode::AsyncCancel2::new(types::CancelBuilder::any().all())
+                .build()
+                .user_data(ud(IGNORE, 0, 0)),
+        );
+        let until = Instant::now() + EXIT_WAIT;
+        loop {
+            let inflight: u32 = self
+                .slots
+                .iter()
+                .filter_map(|s| s.sock.as_ref())
+                .map(|s| s.inflight)
+                .sum();
+            if inflight == 0 || Instant::now() >= until {
+                break;
+            }
+            let ts = types::Timespec::new().nsec(10_000_000);
+            let args = types::SubmitArgs::new().timespec(&ts);
+            let _ = self.ring.submitter().submit_with_args(1, &args);
+            let done: Vec<(u64, i32, u32)> = self
+                .ring
+                .completion()
+                .map(|c| (c.user_data(), c.result(), c.flags()))
+                .collect();
+            for (user_data, res, flags) in done {
+                let kind = user_data >> 56;
+                let slot = user_data as u32;
+                if let Some(bid) = cqueue::buffer_select(flags) {
+                    self.bufs.recycle(bid);
+                }
+                if matches!(kind, RECV | SEND | CONNECT | SHUTDOWN | CLOSE | CANCEL)
+                    && let Some(s) = self.slots.get_mut(slot as usize).and_then(|s| s.sock.as_mut())
+                    && (kind != RECV || !cqueue::more(flags))
+                {
+                    let _ = res;
+                    s.inflight = s.inflight.saturating_sub(1);
+                }
+            }
+        }
+        let stuck = self
+            .slots
+            .iter()
+            .filter_map(|s| s.sock.as_ref())
+            .any(|s| s.inflight > 0);
+        if stuck {
+            // The kernel may still use a send buffer or the ring's buffers: leak them rather
+            // than free memory it could write to (the worker is ending anyway).
+            log::warn!("worker {}: operations still in flight at exit", self.id);
+            std::mem::forget(std::mem::take(&mut self.slots));
+            let Worker { ring, bufs, .. } = self;
+            drop(ring);
+            std::mem::forget(bufs);
+            return;
+        }
+        log::debug!("worker {} exited", self.id);
+    }
+}
