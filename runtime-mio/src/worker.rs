@@ -1158,10 +1158,7 @@ pub(crate) fn leave_board(
 ) {
     // The generation is ending (its workers drain or stop together): no more handovers
     // (they close instead), and the workers' channels are no longer held by each other.
-    siblings
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clear();
+    siblings.lock().unwrap_or_else(|e| e.into_inner()).clear();
     recorder.flush();
     let last = recorder.snapshot(core, clock::now()).retired();
     board.retire(id, &last);

@@ -58,6 +58,8 @@ fn tls_is_refused() {
     let backend = upkeep_testkit::backend::Backend::builder().start().unwrap();
     let mut config = upkeep_testkit::loopback_config(vec![backend.addr()], 1);
     config.listeners[0].tls = Some(upkeep_core::config::ListenerTls::single("c.pem", "k.pem"));
-    let e = upkeep_mio::Proxy::start(on_uring(config)).unwrap_err().to_string();
+    let e = upkeep_mio::Proxy::start(on_uring(config))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("io: \"uring\" does not support TLS yet"), "{e}");
 }

@@ -469,7 +469,10 @@ mod tests {
         group.runtime.io = crate::config::Io::Uring;
         group.upstreams[0].tls = Some(crate::config::UpstreamTls::default());
         let e = group.validate().unwrap_err().to_string();
-        assert!(e.starts_with("io: \"uring\" does not support TLS yet (upstream"), "{e}");
+        assert!(
+            e.starts_with("io: \"uring\" does not support TLS yet (upstream"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -123,7 +123,9 @@ pub(crate) fn spawn(setup: Setup) -> io::Result<(Control, JoinHandle<()>)> {
             let worker = (|| -> io::Result<Worker> {
                 let ring = build_ring()?;
                 let bufs = BufRing::new(&ring.submitter(), BUFS, BUF_SIZE, BGID)?;
-                Ok(Worker::new(id, ring, bufs, poll, core, recorder, listeners, rx, rest))
+                Ok(Worker::new(
+                    id, ring, bufs, poll, core, recorder, listeners, rx, rest,
+                ))
             })();
             match worker {
                 Ok(worker) => {
@@ -174,10 +176,7 @@ enum Leaving {
     /// An idle client connection to a new generation's worker (a reload).
     Client { released: Released },
     /// An idle pooled upstream connection to a new generation's worker (a reload).
-    Pooled {
-        server: Address,
-        expires: Time,
-    },
+    Pooled { server: Address, expires: Time },
 }
 
 /// One socket, for as long as the kernel may still complete an operation on it: a slot
@@ -314,6 +313,9 @@ struct Worker {
     gone: Vec<ListenerId>,
     siblings: Siblings,
     trim: Trim,
+    /// Sockets on their way to another worker ([`Worker::leave`]): a drained worker waits for
+    /// them before it exits.
+    leaving: usize,
 }
 
 impl Worker {
@@ -367,6 +369,7 @@ impl Worker {
             gone: Vec::new(),
             siblings: rest.siblings,
             trim: Trim::default(),
+            leaving: 0,
         }
     }
 
@@ -397,15 +400,22 @@ impl Worker {
                 Ok(_) => {}
                 // ETIME: the deadline; EINTR: a signal; EBUSY: the completion queue overflowed
                 // (drained below, then entered again).
-                Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY)) => {}
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                    ) => {}
                 Err(e) => {
                     log::error!("worker {}: io_uring_enter failed: {e}", self.id);
                     break;
                 }
             }
             self.cqes.clear();
-            self.cqes
-                .extend(self.ring.completion().map(|c| (c.user_data(), c.result(), c.flags())));
+            self.cqes.extend(
+                self.ring
+                    .completion()
+                    .map(|c| (c.user_data(), c.result(), c.flags())),
+            );
             self.now = clock::now();
             let cqes = std::mem::take(&mut self.cqes);
             for &(user_data, res, flags) in &cqes {
@@ -432,7 +442,7 @@ impl Worker {
                 self.trim.tick(Instant::now());
             }
             if let Some(d) = self.drain_deadline {
-                if self.core.is_drained() && self.parked.is_empty() {
+                if self.core.is_drained() && self.parked.is_empty() && self.leaving == 0 {
                     break;
                 }
                 if Instant::now() >= d {
@@ -809,8 +819,12 @@ impl Worker {
     fn leave(&mut self, slot: u32, to: Leaving) {
         self.unlink(slot);
         let generation = self.generation(slot);
+        self.leaving += 1;
         let s = self.sock(slot).expect("live slot");
         s.leaving = Some(to);
+        // Bytes held back from the core go with the socket.
+        s.late = std::mem::take(&mut s.held);
+        s.late_eof = s.held_eof;
         if s.inflight == 0 {
             return self.left(slot);
         }
@@ -828,6 +842,7 @@ impl Worker {
         let (Some(to), Some(fd)) = (s.leaving.take(), s.fd.take()) else {
             return;
         };
+        self.leaving -= 1;
         let late = std::mem::take(&mut s.late);
         let late_eof = s.late_eof;
         let stream = if s.unix {
@@ -1367,6 +1382,15 @@ impl Worker {
             let Some(slot) = self.slot_of(id) else {
                 continue;
             };
+            // A send in flight still counts as unsent in the core: released now, it would be
+            // sent twice. The next pass takes the connection once the send completed.
+            if self.slots[slot as usize]
+                .sock
+                .as_ref()
+                .is_some_and(|s| s.writing)
+            {
+                continue;
+            }
             let Some(released) = self.core.release_idle(id) else {
                 continue;
             };
@@ -1451,7 +1475,10 @@ impl Worker {
                     self.bufs.recycle(bid);
                 }
                 if matches!(kind, RECV | SEND | CONNECT | SHUTDOWN | CLOSE | CANCEL)
-                    && let Some(s) = self.slots.get_mut(slot as usize).and_then(|s| s.sock.as_mut())
+                    && let Some(s) = self
+                        .slots
+                        .get_mut(slot as usize)
+                        .and_then(|s| s.sock.as_mut())
                     && (kind != RECV || !cqueue::more(flags))
                 {
                     let _ = res;
