@@ -6,6 +6,7 @@
 use std::io::Write;
 use std::time::Duration;
 
+use upkeep_core::config::Io;
 use upkeep_mio::Proxy;
 use upkeep_testkit::backend::Backend;
 use upkeep_testkit::client::Client;
@@ -16,24 +17,42 @@ use upkeep_testkit::loopback_config as config;
 /// request byte is already sitting in the kernel (no new readiness edge will come).
 #[test]
 fn pipelined_burst_with_backpressure_is_fully_answered() {
-    pipelined_burst(false);
+    pipelined_burst(false, Io::Epoll);
+}
+
+/// On io_uring: the core's pause cancels the multishot receive; what it still delivered is
+/// held and handed over on resume.
+#[test]
+fn pipelined_burst_with_backpressure_is_fully_answered_on_io_uring() {
+    pipelined_burst(false, Io::Uring);
 }
 
 /// The same, with the client half-closing right after its last request: the EOF sits behind
 /// the unread requests and must not cut them off.
 #[test]
 fn pipelined_burst_then_half_close_is_fully_answered() {
-    pipelined_burst(true);
+    pipelined_burst(true, Io::Epoll);
 }
 
-fn pipelined_burst(half_close: bool) {
+/// On io_uring: the EOF arrives while the receive is paused, and is held behind the requests.
+#[test]
+fn pipelined_burst_then_half_close_is_fully_answered_on_io_uring() {
+    pipelined_burst(true, Io::Uring);
+}
+
+fn on(io: Io, mut config: upkeep_core::Config) -> upkeep_core::Config {
+    config.runtime.io = io;
+    config
+}
+
+fn pipelined_burst(half_close: bool, io: Io) {
     const N: usize = 200;
     let b = Backend::builder()
         .name("p")
         .pattern_body(32 * 1024, 7)
         .start()
         .unwrap();
-    let proxy = Proxy::start(config(vec![b.addr()], 1)).unwrap();
+    let proxy = Proxy::start(on(io, config(vec![b.addr()], 1))).unwrap();
     let mut c = Client::connect(&proxy.listen_addrs()[0]).unwrap();
     let reqs: Vec<Vec<u8>> = (0..N)
         .map(|i| {
@@ -72,9 +91,18 @@ fn pipelined_burst(half_close: bool) {
 /// gives no second event for bytes already waiting in the kernel).
 #[test]
 fn tunnel_bulk_echo_with_backpressure_both_ways() {
+    tunnel_bulk_echo(Io::Epoll);
+}
+
+#[test]
+fn tunnel_bulk_echo_with_backpressure_both_ways_on_io_uring() {
+    tunnel_bulk_echo(Io::Uring);
+}
+
+fn tunnel_bulk_echo(io: Io) {
     const LEN: usize = 24 * 1024 * 1024;
     let b = Backend::builder().name("ws").upgrade().start().unwrap();
-    let proxy = Proxy::start(config(vec![b.addr()], 1)).unwrap();
+    let proxy = Proxy::start(on(io, config(vec![b.addr()], 1))).unwrap();
     let mut c = Client::connect(&proxy.listen_addrs()[0]).unwrap();
     let r = c
         .request(b"GET /t HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")

@@ -9,6 +9,7 @@
 
 use std::time::{Duration, Instant};
 
+use upkeep_core::config::Io;
 use upkeep_mio::Proxy;
 use upkeep_testkit::client::{Client, get};
 use upkeep_testkit::loopback_config as config;
@@ -16,8 +17,19 @@ use upkeep_testkit::serial::SerialBackend;
 
 #[test]
 fn reloads_while_connections_are_handed_between_workers_answer_every_request() {
+    reloads_while_handing_over(Io::Epoll);
+}
+
+/// The same on io_uring: a connection leaves a worker only once its receive is cancelled.
+#[test]
+fn reloads_while_connections_are_handed_between_workers_answer_every_request_on_io_uring() {
+    reloads_while_handing_over(Io::Uring);
+}
+
+fn reloads_while_handing_over(io: Io) {
     let backend = SerialBackend::start(Duration::from_millis(5)).unwrap();
     let mut cfg = config(vec![backend.addr()], 2);
+    cfg.runtime.io = io;
     cfg.upstreams[0].servers[0].max_conns = 1;
     cfg.upstreams[0].queue_timeout = Duration::from_secs(20);
     let proxy = Proxy::start(cfg.clone()).unwrap();

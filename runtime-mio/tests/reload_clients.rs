@@ -15,9 +15,9 @@ use upkeep_testkit::TempDir;
 use upkeep_testkit::backend::Backend;
 use upkeep_testkit::client::{self, Client};
 
-fn config_text(listen: &str, upstream: &Address) -> String {
+fn config_text(io: &str, listen: &str, upstream: &Address) -> String {
     format!(
-        "workers = 2\nshutdown_timeout = \"10s\"\n[[listen]]\naddr = \"{listen}\"\n[[upstream]]\nname = \"app\"\nservers = [\"{upstream}\"]\n"
+        "io = \"{io}\"\nworkers = 2\nshutdown_timeout = \"10s\"\n[[listen]]\naddr = \"{listen}\"\n[[upstream]]\nname = \"app\"\nservers = [\"{upstream}\"]\n"
     )
 }
 
@@ -31,6 +31,16 @@ fn reloads() -> usize {
 
 #[test]
 fn many_reloads_under_keepalive_load_fail_no_request() {
+    many_reloads_under_keepalive_load("epoll");
+}
+
+/// The same with the workers on io_uring.
+#[test]
+fn many_reloads_under_keepalive_load_fail_no_request_on_io_uring() {
+    many_reloads_under_keepalive_load("uring");
+}
+
+fn many_reloads_under_keepalive_load(io: &str) {
     let a = Backend::identify("a").unwrap();
     let b = Backend::identify("b").unwrap();
     let dir = TempDir::new().unwrap();
@@ -41,7 +51,7 @@ fn many_reloads_under_keepalive_load_fail_no_request() {
         .unwrap()
         .port();
     let listen = format!("127.0.0.1:{port}");
-    std::fs::write(&path, config_text(&listen, &a.addr())).unwrap();
+    std::fs::write(&path, config_text(io, &listen, &a.addr())).unwrap();
     let up = Spawned::start(&[], &["--config", path.to_str().unwrap()], 1);
     let addr = up.listen[0].clone();
 
@@ -85,7 +95,7 @@ fn many_reloads_under_keepalive_load_fail_no_request() {
 
     let backends = [a.addr(), b.addr()];
     for k in 0..reloads() {
-        std::fs::write(&path, config_text(&listen, &backends[(k + 1) % 2])).unwrap();
+        std::fs::write(&path, config_text(io, &listen, &backends[(k + 1) % 2])).unwrap();
         up.signal("HUP");
         up.expect("reloaded");
         let before = served.load(Ordering::Relaxed);

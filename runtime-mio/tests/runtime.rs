@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use upkeep_core::Address;
+use upkeep_core::config::Io;
 use upkeep_mio::{Proxy, ProxyHandle};
 use upkeep_testkit::backend::Backend;
 use upkeep_testkit::client::{self, Client, get_text, in_flight, metric};
@@ -294,6 +295,16 @@ fn reload_through_the_library_moves_new_requests_and_keeps_counters() {
 
 #[test]
 fn slow_reader_backpressure_stops_reading_from_the_backend() {
+    slow_reader_stops_reading_from_the_backend(Io::Epoll);
+}
+
+/// The same on io_uring, whose multishot receive is cancelled when the core stops reading.
+#[test]
+fn slow_reader_backpressure_stops_reading_from_the_backend_on_io_uring() {
+    slow_reader_stops_reading_from_the_backend(Io::Uring);
+}
+
+fn slow_reader_stops_reading_from_the_backend(io: Io) {
     const TOTAL: usize = 128 * 1024 * 1024;
     // What the kernel alone may hold between a backend and a client that reads nothing: the
     // backend's send buffer, the proxy's upstream receive buffer (autotuned up to tcp_rmem's
@@ -315,7 +326,9 @@ fn slow_reader_backpressure_stops_reading_from_the_backend() {
     );
     // A 128 MiB body, written as fast as the proxy reads it; the backend counts what it wrote.
     let backend = Backend::builder().pattern_body(TOTAL, 5).start().unwrap();
-    let proxy = Proxy::start(loopback_config(vec![backend.addr()], 1)).unwrap();
+    let mut config = loopback_config(vec![backend.addr()], 1);
+    config.runtime.io = io;
+    let proxy = Proxy::start(config).unwrap();
     let mut c = Client::connect(&proxy.listen_addrs()[0]).unwrap();
     c.send(&client::get("/big")).unwrap();
     // Do not read; wait until the backend stops making progress.

@@ -213,6 +213,9 @@ struct Sock {
     closed: bool,
     /// Where it goes once nothing is in flight (it is not closed then).
     leaving: Option<Leaving>,
+    /// A duplicate of the descriptor was handed on (an idle upstream connection): this one
+    /// closes once nothing is in flight, after a shutdown if bytes came meanwhile.
+    handed_copy: bool,
     /// Bytes a receive delivered after the core let the socket go.
     late: Vec<u8>,
     late_eof: bool,
@@ -238,6 +241,7 @@ impl Sock {
             inflight: 0,
             closed: false,
             leaving: None,
+            handed_copy: false,
             late: Vec::new(),
             late_eof: false,
         }
@@ -249,6 +253,15 @@ impl Sock {
 
     fn sock(&self) -> Option<SockRef<'_>> {
         self.fd.as_ref().map(SockRef::from)
+    }
+}
+
+/// A socket as the other workers take it.
+fn stream_of(fd: OwnedFd, unix: bool) -> Stream {
+    if unix {
+        Stream::Unix(mio::net::UnixStream::from_std(fd.into()))
+    } else {
+        Stream::Tcp(mio::net::TcpStream::from_std(fd.into()))
     }
 }
 
@@ -813,11 +826,21 @@ impl Worker {
         self.push_plain(e);
     }
 
-    /// Hands the socket in `slot` on (see [`Leaving`]) once nothing is in flight on it: its
-    /// receive is cancelled first, and bytes it still delivers are kept for the adopter (a
-    /// client) or make the connection unfit (an idle upstream one, which is closed instead).
+    /// Hands the socket in `slot` on (see [`Leaving`]).
+    ///
+    /// An idle client connection leaves once nothing is in flight on it: its receive is
+    /// cancelled first, and bytes that receive still delivers go with it (the start of its next
+    /// request). An idle upstream connection leaves at once, as a duplicate of its descriptor,
+    /// as with epoll: its `max_conns` slot is free (a reload) or promised (a handover) from now
+    /// on, and a second connection opened meanwhile would reach a one-at-a-time backend while
+    /// this one still held it. Should the cancelled receive still bring bytes or an end of file
+    /// (the server spoke on an idle connection), the socket is shut down both ways, so its
+    /// adopter finds it closed and drops it instead of reusing it.
     fn leave(&mut self, slot: u32, to: Leaving) {
         self.unlink(slot);
+        if !matches!(to, Leaving::Client { .. }) {
+            return self.hand_copy(slot, to);
+        }
         let generation = self.generation(slot);
         self.leaving += 1;
         let s = self.sock(slot).expect("live slot");
@@ -828,6 +851,12 @@ impl Worker {
         if s.inflight == 0 {
             return self.left(slot);
         }
+        self.cancel_all(slot, generation);
+    }
+
+    /// Cancels every operation in flight on the socket in `slot`.
+    fn cancel_all(&mut self, slot: u32, generation: u32) {
+        let s = self.sock(slot).expect("live slot");
         let fd = s.raw();
         s.inflight += 1;
         let e = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(fd)).all())
@@ -836,23 +865,38 @@ impl Worker {
         self.push_plain(e);
     }
 
-    /// The socket in `slot` has nothing in flight any more: it goes where [`Worker::leave`] said.
-    fn left(&mut self, slot: u32) {
-        let s = self.slots[slot as usize].sock.as_mut().expect("live slot");
-        let (Some(to), Some(fd)) = (s.leaving.take(), s.fd.take()) else {
-            return;
+    /// An idle upstream connection leaves now, as a duplicate (see [`Worker::leave`]).
+    fn hand_copy(&mut self, slot: u32, to: Leaving) {
+        let generation = self.generation(slot);
+        let s = self.sock(slot).expect("live slot");
+        let copy =
+            s.fd.as_ref()
+                .map(OwnedFd::try_clone)
+                .transpose()
+                .ok()
+                .flatten()
+                .map(|fd| stream_of(fd, s.unix));
+        s.late = std::mem::take(&mut s.held);
+        s.late_eof = s.held_eof;
+        let fit = s.late.is_empty() && !s.late_eof;
+        let delivered = match (copy, fit) {
+            (Some(stream), true) => self.send_upstream(stream, to),
+            (_, _) => {
+                self.not_delivered(to);
+                false
+            }
         };
-        self.leaving -= 1;
-        let late = std::mem::take(&mut s.late);
-        let late_eof = s.late_eof;
-        let stream = if s.unix {
-            Stream::Unix(mio::net::UnixStream::from_std(fd.into()))
+        let s = self.sock(slot).expect("live slot");
+        s.handed_copy = delivered;
+        if s.inflight == 0 {
+            self.drop_copy(slot);
         } else {
-            Stream::Tcp(mio::net::TcpStream::from_std(fd.into()))
-        };
-        self.slots[slot as usize].sock = None;
-        self.free.push(slot);
-        let fit = late.is_empty() && !late_eof;
+            self.cancel_all(slot, generation);
+        }
+    }
+
+    /// Sends an idle upstream connection to its adopter; false if it cannot take it.
+    fn send_upstream(&mut self, stream: Stream, to: Leaving) -> bool {
         match to {
             Leaving::Sibling { to, handed } => {
                 let sibling = self
@@ -861,42 +905,75 @@ impl Worker {
                     .unwrap_or_else(|e| e.into_inner())
                     .get(to)
                     .cloned();
-                let delivered = fit
-                    && sibling.is_some_and(|w| {
-                        w.send(Command::AdoptHanded {
-                            stream,
-                            tls: None,
-                            handed,
-                        })
-                    });
-                if !delivered {
-                    self.core.hand_over_failed(self.now, handed);
-                    self.after_input();
-                }
-            }
-            Leaving::Client { mut released } => {
-                if late_eof {
-                    // The client closed meanwhile: nothing to hand on.
-                    return;
-                }
-                if !late.is_empty() {
-                    let mut received = BytesMut::from(&released.received[..]);
-                    received.extend_from_slice(&late);
-                    released.received = received.freeze();
-                }
-                self.pass_on(stream, released);
-            }
-            Leaving::Pooled { server, expires } => {
-                if fit && let Some(to) = self.next_adopter() {
-                    to.send(Command::AdoptPooled {
+                let sent = sibling.is_some_and(|w| {
+                    w.send(Command::AdoptHanded {
                         stream,
-                        server,
-                        expires,
                         tls: None,
-                    });
+                        handed,
+                    })
+                });
+                if !sent {
+                    self.not_delivered(Leaving::Sibling { to, handed });
                 }
+                sent
             }
+            Leaving::Pooled { server, expires } => match self.next_adopter() {
+                Some(to) => to.send(Command::AdoptPooled {
+                    stream,
+                    server,
+                    expires,
+                    tls: None,
+                }),
+                None => false,
+            },
+            Leaving::Client { .. } => false,
         }
+    }
+
+    /// An idle upstream connection that could not be handed on: a handover's slot goes back.
+    fn not_delivered(&mut self, to: Leaving) {
+        if let Leaving::Sibling { handed, .. } = to {
+            self.core.hand_over_failed(self.now, handed);
+            self.after_input();
+        }
+    }
+
+    /// The socket in `slot`, whose duplicate left, has nothing in flight any more: shut down if
+    /// its receive brought anything after it left, then closed here.
+    fn drop_copy(&mut self, slot: u32) {
+        let mut sock = self.slots[slot as usize].sock.take().expect("live slot");
+        self.free.push(slot);
+        if let Some(fd) = sock.fd.take()
+            && sock.handed_copy
+            && (!sock.late.is_empty() || sock.late_eof)
+        {
+            let _ = SockRef::from(&fd).shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// The client socket in `slot` has nothing in flight any more: it goes to a new worker.
+    fn left(&mut self, slot: u32) {
+        let s = self.slots[slot as usize].sock.as_mut().expect("live slot");
+        let (Some(Leaving::Client { mut released }), Some(fd)) = (s.leaving.take(), s.fd.take())
+        else {
+            return;
+        };
+        self.leaving -= 1;
+        let late = std::mem::take(&mut s.late);
+        let late_eof = s.late_eof;
+        let stream = stream_of(fd, s.unix);
+        self.slots[slot as usize].sock = None;
+        self.free.push(slot);
+        if late_eof {
+            // The client closed meanwhile: nothing to hand on.
+            return;
+        }
+        if !late.is_empty() {
+            let mut received = BytesMut::from(&released.received[..]);
+            received.extend_from_slice(&late);
+            released.received = received.freeze();
+        }
+        self.pass_on(stream, released);
     }
 
     // ---- completions --------------------------------------------------------------------------
@@ -959,6 +1036,9 @@ impl Worker {
             self.free.push(slot);
         } else if s.leaving.is_some() {
             self.left(slot);
+        } else if !s.open && s.fd.is_some() {
+            // Its duplicate left (`hand_copy`).
+            self.drop_copy(slot);
         }
     }
 
@@ -1089,7 +1169,9 @@ impl Worker {
         if res > 0 {
             let bid = bid.expect("a receive with data names its buffer");
             let data = self.bufs.get(bid, res as usize);
-            if s.leaving.is_some() {
+            if !s.open {
+                // Let go by the core: kept for the adopter (a client) or a sign the handed
+                // upstream connection is unfit (see `Worker::leave`).
                 s.late.extend_from_slice(data);
             } else if s.open && !s.eof {
                 if s.want_read && s.held.is_empty() && !s.held_eof {
@@ -1101,9 +1183,9 @@ impl Worker {
             }
             self.bufs.recycle(bid);
         } else if res == 0 {
-            if s.leaving.is_some() {
+            if !s.open {
                 s.late_eof = true;
-            } else if s.open && !s.eof {
+            } else if !s.eof {
                 if s.want_read && s.held.is_empty() {
                     s.eof = true;
                     self.core.handle(now, Input::ReadClosed { conn });
@@ -1120,9 +1202,9 @@ impl Worker {
                 // Out of buffers, or a spurious wake-up: the receive is armed again.
                 libc::ENOBUFS | libc::EAGAIN | libc::EINTR | libc::ECANCELED => {}
                 _ => {
-                    if s.leaving.is_some() {
+                    if !s.open {
                         s.late_eof = true;
-                    } else if s.open && !s.eof {
+                    } else if !s.eof {
                         s.eof = true;
                         self.core.handle(now, Input::Errored { conn });
                         fed = true;
