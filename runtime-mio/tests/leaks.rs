@@ -8,6 +8,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
 use upkeep_core::Address;
+use upkeep_core::config::Io;
 use upkeep_mio::Proxy;
 use upkeep_testkit::backend::{Backend, closed_port};
 use upkeep_testkit::client::{Client, get};
@@ -47,6 +48,15 @@ fn owned_sockets(local: Option<u16>, remote: Option<u16>) -> usize {
 /// leave, the proxy owns no socket to any backend and none on its listen port.
 #[test]
 fn error_paths_leave_no_socket_behind() {
+    error_paths_leave_no_socket_behind_on(Io::Epoll);
+}
+
+#[test]
+fn error_paths_leave_no_socket_behind_on_io_uring() {
+    error_paths_leave_no_socket_behind_on(Io::Uring);
+}
+
+fn error_paths_leave_no_socket_behind_on(io: Io) {
     use upkeep_testkit::backend::Behaviour;
     let down = closed_port();
     let reset = Backend::builder()
@@ -67,6 +77,7 @@ fn error_paths_leave_no_socket_behind() {
     for s in &mut cfg.upstreams[0].servers {
         s.max_fails = 0;
     }
+    cfg.runtime.io = io;
     let proxy = Proxy::start(cfg).unwrap();
     let listen = proxy.listen_addrs()[0].clone();
     for i in 0..40 {
@@ -97,6 +108,15 @@ fn error_paths_leave_no_socket_behind() {
 /// `connect_timeout`, the client gets an error response, and the half-open socket is closed.
 #[test]
 fn connect_timeout_answers_and_frees_the_socket() {
+    connect_timeout_answers_and_frees_the_socket_on(Io::Epoll);
+}
+
+#[test]
+fn connect_timeout_answers_and_frees_the_socket_on_io_uring() {
+    connect_timeout_answers_and_frees_the_socket_on(Io::Uring);
+}
+
+fn connect_timeout_answers_and_frees_the_socket_on(io: Io) {
     use socket2::{Domain, Socket, Type};
     let l = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
     l.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
@@ -112,6 +132,7 @@ fn connect_timeout_answers_and_frees_the_socket() {
     }
     let mut cfg = config(vec![Address::Tcp(baddr)], 1);
     cfg.upstreams[0].connect_timeout = Duration::from_millis(300);
+    cfg.runtime.io = io;
     let proxy = Proxy::start(cfg).unwrap();
     let listen = proxy.listen_addrs()[0].clone();
     let mut c = Client::connect(&listen).unwrap();
@@ -135,6 +156,15 @@ fn connect_timeout_answers_and_frees_the_socket() {
 /// is closed.
 #[test]
 fn backend_that_never_reads_hits_send_timeout() {
+    backend_that_never_reads_hits_send_timeout_on(Io::Epoll);
+}
+
+#[test]
+fn backend_that_never_reads_hits_send_timeout_on_io_uring() {
+    backend_that_never_reads_hits_send_timeout_on(Io::Uring);
+}
+
+fn backend_that_never_reads_hits_send_timeout_on(io: Io) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let baddr = l.local_addr().unwrap();
     let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
@@ -146,6 +176,7 @@ fn backend_that_never_reads_hits_send_timeout() {
     let mut cfg = config(vec![Address::Tcp(baddr)], 1);
     cfg.upstreams[0].send_timeout = Duration::from_millis(400);
     cfg.limits.max_body = 1 << 30;
+    cfg.runtime.io = io;
     let proxy = Proxy::start(cfg).unwrap();
     let mut c = Client::connect(&proxy.listen_addrs()[0]).unwrap();
     const BODY: usize = 32 * 1024 * 1024;
@@ -181,6 +212,15 @@ fn backend_that_never_reads_hits_send_timeout() {
 /// side, and the proxy keeps serving.
 #[test]
 fn clients_aborting_mid_exchange_leave_no_socket_behind() {
+    clients_aborting_mid_exchange_leave_no_socket_behind_on(Io::Epoll);
+}
+
+#[test]
+fn clients_aborting_mid_exchange_leave_no_socket_behind_on_io_uring() {
+    clients_aborting_mid_exchange_leave_no_socket_behind_on(Io::Uring);
+}
+
+fn clients_aborting_mid_exchange_leave_no_socket_behind_on(io: Io) {
     let big = Backend::builder()
         .name("big")
         .pattern_body(8 * 1024 * 1024, 3)
@@ -207,6 +247,7 @@ fn clients_aborting_mid_exchange_leave_no_socket_behind() {
             upstream: up.into(),
         });
     }
+    cfg.runtime.io = io;
     let proxy = Proxy::start(cfg).unwrap();
     let listen = proxy.listen_addrs()[0].clone();
     let reset_close = |c: Client| {
