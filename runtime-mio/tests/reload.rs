@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use upkeep_core::Config;
+use upkeep_core::config::Io;
 use upkeep_mio::Proxy;
 use upkeep_testkit::backend::Backend;
 use upkeep_testkit::client::{Client, get, in_flight};
@@ -41,10 +42,22 @@ fn reload_with_a_request_in_flight() {
 /// (as nginx does), with a reset if the request arrived meanwhile.
 #[test]
 fn reloads_under_connection_churn_lose_no_connection() {
+    reloads_under_connection_churn(Io::Epoll);
+}
+
+/// The same on io_uring, whose multishot accepts may complete in the batch that brings the
+/// drain, or after it: those connections are taken in first, or handed to a new worker.
+#[test]
+fn reloads_under_connection_churn_lose_no_connection_on_io_uring() {
+    reloads_under_connection_churn(Io::Uring);
+}
+
+fn reloads_under_connection_churn(io: Io) {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
     let b = Backend::identify("r").unwrap();
-    let cfg = config(vec![b.addr()], 2);
+    let mut cfg = config(vec![b.addr()], 2);
+    cfg.runtime.io = io;
     let proxy = Proxy::start(cfg.clone()).unwrap();
     let listen = proxy.listen_addrs()[0].clone();
     let stop = Arc::new(AtomicBool::new(false));
@@ -86,6 +99,41 @@ fn reloads_under_connection_churn_lose_no_connection() {
         "{} connections never reached a worker ({ok} answered)",
         connected.saturating_sub(accepted)
     );
+    proxy.shutdown();
+}
+
+/// At capacity, a connection the kernel completed but no worker took in yet is served by the
+/// new generation after a reload, once a client leaves (on io_uring the old worker already
+/// accepted it: it moves to a new worker).
+#[test]
+fn a_connection_waiting_at_capacity_survives_a_reload() {
+    waiting_at_capacity_survives_a_reload(Io::Epoll);
+}
+
+#[test]
+fn a_connection_waiting_at_capacity_survives_a_reload_on_io_uring() {
+    waiting_at_capacity_survives_a_reload(Io::Uring);
+}
+
+fn waiting_at_capacity_survives_a_reload(io: Io) {
+    let backend = Backend::identify("b").unwrap();
+    let mut cfg = config(vec![backend.addr()], 1);
+    cfg.runtime.io = io;
+    cfg.limits.max_client_connections = 1;
+    let proxy = Proxy::start(cfg.clone()).unwrap();
+    let listen = proxy.listen_addrs()[0].clone();
+    let mut holder = Client::connect(&listen).unwrap();
+    assert_eq!(holder.request(&get("/h")).unwrap().status, 200);
+    let mut waiting = Client::connect(&listen).unwrap();
+    waiting.send(&get("/q")).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    proxy.reload(cfg.clone()).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    drop(holder);
+    let r = waiting
+        .read_response()
+        .expect("the waiting connection is served");
+    assert_eq!(r.text(), "b GET /q");
     proxy.shutdown();
 }
 

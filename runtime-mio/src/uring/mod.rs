@@ -1,8 +1,12 @@
 //! A worker on io_uring (`io = "uring"`): the same [`Core`], commands, ledger and bookkeeping as
 //! the epoll worker ([`crate::worker`]), with the system calls batched.
 //!
-//! - **Accepting**: one multishot accept per listener. A connection that arrives while the core
-//!   is full waits in `parked` (the accepts are cancelled) until a client connection ends.
+//! - **Accepting**: a multishot poll per listener, then `accept(2)` until the queue is empty, with
+//!   the shared accept policy (pausing at capacity), as the epoll worker does. Not a multishot
+//!   accept: the kernel wakes one accept per connection (exclusive wake-ups), and when the woken
+//!   one belonged to a worker that was cancelling it (a reload, a pause), the connection stayed
+//!   queued with no one woken for it (`reloads_under_connection_churn_lose_no_connection_on_io_uring`
+//!   lost one in two runs).
 //! - **Reading**: one multishot receive per connection, into buffers the kernel picks from a
 //!   provided-buffer ring ([`BufRing`]). The bytes are copied into the core
 //!   ([`Input::Received`]) and the buffer goes back at once. When the core stops reading a
@@ -24,9 +28,8 @@
 
 mod bufring;
 
-use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, TryRecvError};
@@ -286,10 +289,6 @@ impl Listening {
             Listener::Unix(l) => l.as_raw_fd(),
         }
     }
-
-    fn unix(&self) -> bool {
-        matches!(self.socket, Listener::Unix(_))
-    }
 }
 
 struct Worker {
@@ -304,8 +303,6 @@ struct Worker {
     recorder: Recorder,
     listeners: Vec<Option<Listening>>,
     gate: Gate,
-    /// Accepted while the core was full: taken in as soon as there is room.
-    parked: VecDeque<(usize, OwnedFd)>,
     slots: Vec<Slot>,
     free: Vec<u32>,
     /// The core's `ConnId.index` → our slot + 1 (0: none).
@@ -317,6 +314,8 @@ struct Worker {
     rx: Receiver<Command>,
     exit: bool,
     wake_armed: bool,
+    /// The waker fired in this batch of completions (acted on after the rest of the batch).
+    woken: bool,
     drain_deadline: Option<Instant>,
     shutdown_timeout: Duration,
     board: Arc<Board>,
@@ -363,7 +362,6 @@ impl Worker {
                 })
                 .collect(),
             gate: Gate::default(),
-            parked: VecDeque::new(),
             slots: Vec::new(),
             free: Vec::new(),
             by_conn: Vec::new(),
@@ -373,6 +371,7 @@ impl Worker {
             rx,
             exit: false,
             wake_armed: false,
+            woken: false,
             drain_deadline: None,
             shutdown_timeout: rest.shutdown_timeout,
             board: rest.board,
@@ -435,6 +434,10 @@ impl Worker {
                 self.complete(user_data, res, flags);
             }
             self.cqes = cqes;
+            // Commands last: a drain then finds this batch's accepts and reads taken in.
+            if std::mem::take(&mut self.woken) {
+                self.on_wake();
+            }
             if self.exit {
                 break;
             }
@@ -455,7 +458,7 @@ impl Worker {
                 self.trim.tick(Instant::now());
             }
             if let Some(d) = self.drain_deadline {
-                if self.core.is_drained() && self.parked.is_empty() && self.leaving == 0 {
+                if self.core.is_drained() && self.leaving == 0 {
                     break;
                 }
                 if Instant::now() >= d {
@@ -547,8 +550,8 @@ impl Worker {
         }
         l.armed = true;
         l.generation = l.generation.wrapping_add(1) & 0xff_ffff;
-        let e = opcode::AcceptMulti::new(types::Fd(l.raw()))
-            .flags(libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK)
+        let e = opcode::PollAdd::new(types::Fd(l.raw()), libc::POLLIN as u32)
+            .multi(true)
             .build()
             .user_data(ud(ACCEPT, i as u32, l.generation));
         self.push_plain(e);
@@ -749,9 +752,11 @@ impl Worker {
             let held = std::mem::take(&mut s.held);
             self.core
                 .handle(self.now, Input::Received { conn, data: &held });
-            // The caller's loop (`after_input`) acts on what this produced.
+            // Acted on now: those bytes may have made the core stop reading again, and then
+            // the end of file held behind them waits for the next resume.
+            self.after_input();
         }
-        let Some(s) = self.sock(slot).filter(|s| s.open) else {
+        let Some(s) = self.sock(slot).filter(|s| s.open && s.want_read) else {
             return;
         };
         if s.held_eof && s.want_read {
@@ -964,8 +969,9 @@ impl Worker {
         let stream = stream_of(fd, s.unix);
         self.slots[slot as usize].sock = None;
         self.free.push(slot);
-        if late_eof {
-            // The client closed meanwhile: nothing to hand on.
+        if late_eof && late.is_empty() {
+            // The client closed meanwhile: nothing to hand on. (A request followed by its
+            // end of file goes on: the adopter reads the end of file too.)
             return;
         }
         if !late.is_empty() {
@@ -984,7 +990,13 @@ impl Worker {
         let generation = (user_data >> 32) as u32 & 0xff_ffff;
         match kind {
             ACCEPT => return self.on_accept(slot as usize, generation, res, flags),
-            WAKE => return self.on_wake(flags),
+            WAKE => {
+                self.woken = true;
+                if !cqueue::more(flags) {
+                    self.wake_armed = false;
+                }
+                return;
+            }
             IGNORE => return,
             _ => {}
         }
@@ -1042,10 +1054,7 @@ impl Worker {
         }
     }
 
-    fn on_wake(&mut self, flags: u32) {
-        if !cqueue::more(flags) {
-            self.wake_armed = false;
-        }
+    fn on_wake(&mut self) {
         // Consume the waker's event, so the next wake is a new edge.
         let _ = self.poll.poll(&mut self.events, Some(Duration::ZERO));
         if !self.wake_armed {
@@ -1062,75 +1071,61 @@ impl Worker {
 
     fn on_accept(&mut self, i: usize, generation: u32, res: i32, flags: u32) {
         let Some(l) = self.listeners.get_mut(i).and_then(Option::as_mut) else {
-            if res >= 0 {
-                // SAFETY: the descriptor the accept just made, ours alone.
-                drop(unsafe { OwnedFd::from_raw_fd(res) });
-            }
             return;
         };
         let current = l.generation == generation;
         if current && !cqueue::more(flags) {
             l.armed = false;
         }
-        let unix = l.unix();
-        if res < 0 {
-            let e = io::Error::from_raw_os_error(-res);
-            if e.raw_os_error() == Some(libc::ECANCELED) {
-                return;
-            }
-            match self.gate.pause_after(&e, Instant::now()) {
-                AfterError::Pause(_) => self.cancel_accepts(),
-                AfterError::Next | AfterError::Wait => {
-                    if current {
-                        self.arm_accept(i);
-                    }
-                }
-            }
+        if res == -libc::ECANCELED || !current {
             return;
         }
-        // SAFETY: the descriptor the accept just made, ours alone.
-        let fd = unsafe { OwnedFd::from_raw_fd(res) };
-        if !unix {
-            socket::tune_tcp(SockRef::from(&fd));
-        }
-        self.parked.push_back((i, fd));
-        self.take_parked();
+        self.accept(i);
         if current {
             self.arm_accept(i);
         }
     }
 
-    /// Takes in the accepted connections that wait, while the core has room; pauses accepting
-    /// when it has none.
-    fn take_parked(&mut self) {
-        while let Some((i, fd)) = self.parked.pop_front() {
+    /// Takes connections off listener `i` until its queue is empty or accepting pauses (the
+    /// shared accept policy, as the epoll worker's `accept`).
+    fn accept(&mut self, i: usize) {
+        loop {
             match self.gate.admit(&self.core) {
                 Admit::Accept => {}
-                Admit::Paused | Admit::PausedNow => {
-                    self.parked.push_front((i, fd));
+                Admit::Paused => return,
+                Admit::PausedNow => {
                     self.cancel_accepts();
                     return;
                 }
             }
-            let unix = self.listeners[i].as_ref().is_none_or(Listening::unix);
-            let peer = if unix {
-                None
-            } else {
-                SockRef::from(&fd)
-                    .peer_addr()
-                    .ok()
-                    .and_then(|a| a.as_socket())
-                    .map(|a| a.ip())
+            let Some(l) = self.listeners.get(i).and_then(Option::as_ref) else {
+                return;
             };
-            match self.core.accept(self.now, ListenerId(i as u32), peer) {
-                Ok(id) => self.install(id, fd, unix),
-                Err(_at_capacity) => {
-                    // Only while draining: the connection closes (dropped here).
-                    if self.gate.at_capacity() {
-                        self.cancel_accepts();
+            match l.socket.accept() {
+                Ok((stream, peer)) => {
+                    stream.tune();
+                    match self
+                        .core
+                        .accept(self.now, ListenerId(i as u32), peer.map(|a| a.ip()))
+                    {
+                        Ok(id) => self.install_stream(id, stream),
+                        Err(_at_capacity) => {
+                            // Only while draining: the new socket closes on drop.
+                            if self.gate.at_capacity() {
+                                self.cancel_accepts();
+                            }
+                            return;
+                        }
                     }
-                    return;
                 }
+                Err(e) => match self.gate.pause_after(&e, Instant::now()) {
+                    AfterError::Next => {}
+                    AfterError::Wait => return,
+                    AfterError::Pause(_) => {
+                        self.cancel_accepts();
+                        return;
+                    }
+                },
             }
         }
     }
@@ -1142,8 +1137,8 @@ impl Worker {
         {
             return;
         }
-        self.take_parked();
         for i in 0..self.listeners.len() {
+            self.accept(i);
             self.arm_accept(i);
         }
     }
@@ -1256,7 +1251,13 @@ impl Worker {
         let open = s.open;
         let server = s.server;
         let finished = match s.sock() {
-            Some(sock) if res >= 0 => socket::connect_finished(sock),
+            Some(sock) if res >= 0 => match socket::connect_finished(sock) {
+                // Hung up without an error and not connected: no later event will come.
+                Ok(false) if res & i32::from(libc::POLLHUP | libc::POLLERR) != 0 => {
+                    Err(io::ErrorKind::NotConnected.into())
+                }
+                other => other,
+            },
             _ => Err(io::Error::from_raw_os_error(-res.min(-1))),
         };
         self.done(slot);
@@ -1391,44 +1392,15 @@ impl Worker {
         // left alone.
         self.cancel_accepts();
         self.gate.open();
-        self.take_parked();
         for i in 0..self.listeners.len() {
-            if handed_over.get(i).copied().unwrap_or(false) {
-                continue;
-            }
-            loop {
-                if !matches!(self.gate.admit(&self.core), Admit::Accept) {
-                    break;
-                }
-                let Some(l) = self.listeners[i].as_ref() else {
-                    break;
-                };
-                match l.socket.accept() {
-                    Ok((stream, _)) => {
-                        let (fd, unix) = match stream {
-                            Stream::Tcp(s) => (OwnedFd::from(std::net::TcpStream::from(s)), false),
-                            Stream::Unix(s) => {
-                                (OwnedFd::from(std::os::unix::net::UnixStream::from(s)), true)
-                            }
-                        };
-                        if !unix {
-                            socket::tune_tcp(SockRef::from(&fd));
-                        }
-                        self.parked.push_back((i, fd));
-                        self.take_parked();
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if upkeep_runtime::accept::after_error(&e) == AfterError::Next => {}
-                    Err(_) => break,
-                }
+            if !handed_over.get(i).copied().unwrap_or(false) {
+                self.accept(i);
             }
         }
-        // The listeners close (a cancelled accept holds its file until the cancel completes).
+        // The listeners close (a cancelled poll holds its file until the cancel completes).
         for l in &mut self.listeners {
             *l = None;
         }
-        // Whatever could not be taken in closes.
-        self.parked.clear();
         if handing_off {
             // Warm upstream connections go first, so the new workers reuse them at once.
             for (id, server, settings, expires) in self.core.release_pooled() {
@@ -1525,6 +1497,9 @@ impl Worker {
             &self.board,
             &self.rx,
         );
+        for l in &mut self.listeners {
+            *l = None;
+        }
         // Sockets still open close with their slots; first the kernel lets go of them.
         self.push_plain(
             opcode::AsyncCancel2::new(types::CancelBuilder::any().all())
@@ -1550,20 +1525,19 @@ impl Worker {
                 .completion()
                 .map(|c| (c.user_data(), c.result(), c.flags()))
                 .collect();
-            for (user_data, res, flags) in done {
+            for (user_data, _, flags) in done {
                 let kind = user_data >> 56;
                 let slot = user_data as u32;
+                let generation = (user_data >> 32) as u32 & 0xff_ffff;
                 if let Some(bid) = cqueue::buffer_select(flags) {
                     self.bufs.recycle(bid);
                 }
                 if matches!(kind, RECV | SEND | CONNECT | SHUTDOWN | CLOSE | CANCEL)
-                    && let Some(s) = self
-                        .slots
-                        .get_mut(slot as usize)
-                        .and_then(|s| s.sock.as_mut())
+                    && let Some(entry) = self.slots.get_mut(slot as usize)
+                    && entry.generation == generation
+                    && let Some(s) = entry.sock.as_mut()
                     && (kind != RECV || !cqueue::more(flags))
                 {
-                    let _ = res;
                     s.inflight = s.inflight.saturating_sub(1);
                 }
             }
