@@ -12,8 +12,10 @@
 //!   ([`Input::Received`]) and the buffer goes back at once. When the core stops reading a
 //!   connection (`Output::Interest { read: false }`) the receive is cancelled; bytes or an EOF
 //!   already on their way are held here and handed over when reading resumes.
-//! - **Writing**: at most one send in flight per connection, from a buffer the socket owns (a
-//!   copy of the core's queue), so the kernel never reads memory the core may free.
+//! - **Writing**: at most one send in flight per connection. Up to 2 KiB are copied into a buffer
+//!   the socket owns; more goes out with `sendmsg` straight from the core's buffers, kept alive
+//!   by `Bytes` clones ([`Core::pending_bytes`]) until the completion, so the kernel never reads
+//!   memory the core may free or reuse.
 //! - **Connecting**: the shared non-blocking connect (`upkeep_runtime::socket::connect`, the
 //!   same options as the epoll worker), then a poll for writability.
 //! - **Waiting**: everything queued while handling one batch of completions goes to the kernel
@@ -36,7 +38,7 @@ use std::sync::mpsc::{self, Receiver, TryRecvError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 use mio::{Events, Poll, Token, Waker};
 use socket2::SockRef;
@@ -70,8 +72,12 @@ fn ud(kind: u64, slot: u32, generation: u32) -> u64 {
     kind << 56 | u64::from(generation & 0xff_ffff) << 32 | u64::from(slot)
 }
 
-/// Most bytes one send carries (copied from the core's queue).
+/// Most bytes one send carries (more once one buffer of the core's queue is larger).
 const SEND_MAX: usize = 256 * 1024;
+/// Most buffers one send carries.
+const IOV_MAX: usize = 64;
+/// Sends of at most this many bytes are copied into one buffer (as `upkeep_runtime::io::send`).
+const GATHER_MAX: usize = 2048;
 /// The provided-buffer ring: this many buffers of this size (4 MiB a worker). The loop gives
 /// each back right after copying it, so the ring runs dry (`ENOBUFS`, the receive is re-armed)
 /// only when one wait returns more than this many receives.
@@ -207,9 +213,13 @@ struct Sock {
     /// Upstream connect in progress (a writability poll in flight).
     connecting: bool,
     server: Option<ServerId>,
-    /// A send is in flight from `wbuf` (the SQE points at it: not touched until completion).
+    /// A send is in flight from `wbuf` or `gather` (the SQE points at them: not touched until
+    /// completion).
     writing: bool,
     wbuf: Vec<u8>,
+    gather: Option<Box<Gather>>,
+    /// The last send found no room: the next one waits for writability first.
+    poll_first: bool,
     /// Operations submitted and not yet completed (a multishot receive counts once).
     inflight: u32,
     /// Its close was queued: the slot is free once nothing is in flight.
@@ -241,6 +251,8 @@ impl Sock {
             server: None,
             writing: false,
             wbuf: Vec::new(),
+            gather: None,
+            poll_first: false,
             inflight: 0,
             closed: false,
             leaving: None,
@@ -256,6 +268,47 @@ impl Sock {
 
     fn sock(&self) -> Option<SockRef<'_>> {
         self.fd.as_ref().map(SockRef::from)
+    }
+}
+
+/// A send of the core's own buffers: clones of the queued `Bytes` (keeping them alive until the
+/// completion, whatever the core does meanwhile) and the message header pointing at them.
+struct Gather {
+    bytes: Vec<Bytes>,
+    iov: Vec<libc::iovec>,
+    msg: libc::msghdr,
+}
+
+impl Default for Gather {
+    fn default() -> Gather {
+        Gather {
+            bytes: Vec::new(),
+            iov: Vec::new(),
+            // SAFETY: a plain C struct for which all zeroes is a valid value (no name, no
+            // control data, no flags); the iovec fields are set by `point`.
+            msg: unsafe { std::mem::zeroed() },
+        }
+    }
+}
+
+impl Gather {
+    /// Points the message header at `bytes`.
+    fn point(&mut self) {
+        self.iov.clear();
+        self.iov.extend(self.bytes.iter().map(|b| libc::iovec {
+            iov_base: b.as_ptr() as *mut libc::c_void,
+            iov_len: b.len(),
+        }));
+        self.msg.msg_iov = self.iov.as_mut_ptr();
+        self.msg.msg_iovlen = self.iov.len() as _;
+    }
+}
+
+impl std::fmt::Debug for Gather {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gather")
+            .field("buffers", &self.bytes.len())
+            .finish()
     }
 }
 
@@ -657,24 +710,50 @@ impl Worker {
             return;
         }
         s.wbuf.clear();
-        for piece in self.core.pending(s.conn) {
-            let room = SEND_MAX - s.wbuf.len();
-            s.wbuf.extend_from_slice(&piece[..piece.len().min(room)]);
-            if s.wbuf.len() >= SEND_MAX {
+        // How much is queued, up to what one send carries.
+        let (mut total, mut count) = (0, 0);
+        for b in self.core.pending(s.conn) {
+            if total >= SEND_MAX || count == IOV_MAX {
                 break;
             }
+            total += b.len();
+            count += 1;
         }
-        if s.wbuf.is_empty() {
+        if total == 0 {
             return;
         }
+        // IORING_RECVSEND_POLL_FIRST after a send found no room: wait for room before trying.
+        let ioprio = u16::from(std::mem::take(&mut s.poll_first));
+        let e = if total <= GATHER_MAX {
+            // Small (a request, a response head): one copy and a plain send beat building a
+            // message header (the epoll worker's `send` does the same).
+            for b in self.core.pending(s.conn).take(count) {
+                s.wbuf.extend_from_slice(b);
+            }
+            opcode::Send::new(types::Fd(s.raw()), s.wbuf.as_ptr(), s.wbuf.len() as u32)
+                .flags(libc::MSG_NOSIGNAL)
+                .ioprio(ioprio)
+                .build()
+        } else {
+            // Larger: the core's own buffers, kept alive by the clones until the completion.
+            let mut gather = Box::new(Gather::default());
+            gather
+                .bytes
+                .extend(self.core.pending_bytes(s.conn).take(count).cloned());
+            gather.point();
+            let msg: *const libc::msghdr = &gather.msg;
+            s.gather = Some(gather);
+            opcode::SendMsg::new(types::Fd(s.raw()), msg)
+                .flags(libc::MSG_NOSIGNAL as u32)
+                .ioprio(ioprio)
+                .build()
+        };
         s.writing = true;
         s.inflight += 1;
-        let e = opcode::Send::new(types::Fd(s.raw()), s.wbuf.as_ptr(), s.wbuf.len() as u32)
-            .flags(libc::MSG_NOSIGNAL)
-            .build()
-            .user_data(ud(SEND, slot, generation));
-        // SAFETY: `wbuf` is not touched while `writing`, and the slot (so the Vec's heap buffer)
-        // lives until every operation on it completed.
+        let e = e.user_data(ud(SEND, slot, generation));
+        // SAFETY: `wbuf` and the boxed `gather` (its message header, its iovec array and the
+        // buffers the clones keep alive) are not touched while `writing`, and the slot lives
+        // until every operation on it completed (the box's contents never move).
         unsafe { self.push(&e) };
     }
 
@@ -1220,6 +1299,8 @@ impl Worker {
     fn on_send(&mut self, slot: u32, res: i32) {
         let s = self.sock(slot).expect("live");
         s.writing = false;
+        // The clones go: the core may reuse its buffers again.
+        s.gather = None;
         let conn = s.conn;
         let open = s.open;
         self.done(slot);
@@ -1238,6 +1319,13 @@ impl Worker {
             if self.slot_of(conn) == Some(slot) && self.core.pending_len(conn) > 0 {
                 self.start_write(slot);
             }
+        } else if res == -libc::EAGAIN {
+            // The socket's buffer is full and the kernel handed the wait back (seen with
+            // `SENDMSG` on a non-blocking socket): send again once it is writable.
+            if let Some(s) = self.sock(slot) {
+                s.poll_first = true;
+            }
+            self.start_write(slot);
         } else if res != -libc::ECANCELED {
             self.core.handle(self.now, Input::Errored { conn });
             self.after_input();
