@@ -19,7 +19,7 @@
 //! The decisions themselves (keep-alive, reusability, retries, framing, statuses) are pure
 //! functions in [`crate::rules`]; the engine gathers their facts and acts on their verdicts.
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use core::net::IpAddr;
 use std::collections::VecDeque;
 
@@ -432,18 +432,6 @@ impl Core {
             .filter(|c| c.buf.piped == 0)
             .into_iter()
             .flat_map(|c| c.buf.wq.iter().map(|b| &b[..]))
-    }
-
-    /// [`Core::pending`] as the shared handles the queue holds, for a runtime whose writes
-    /// complete later (io_uring): a clone it keeps until the write completes stays valid even
-    /// if the core drops the connection meanwhile, and a buffer with a clone outstanding is never
-    /// reused in place by the core (only unique buffers are reclaimed).
-    pub fn pending_bytes(&self, conn: ConnId) -> impl Iterator<Item = &Bytes> + '_ {
-        self.conns
-            .get(conn)
-            .filter(|c| c.buf.piped == 0)
-            .into_iter()
-            .flat_map(|c| c.buf.wq.iter())
     }
 
     /// The primitive under [`Core::read_with`] — use that: it commits the count and classifies
