@@ -335,24 +335,9 @@ impl Worker {
             if self.handoff.is_some() {
                 self.hand_off_idle();
             }
-            self.recorder.flush();
-            self.recorder.tick(&self.core, clock::now());
-            self.trim.released(self.core.take_released());
-            if self.trim.pending() {
-                self.trim.tick(Instant::now());
-            }
-            if self.drain_deadline.is_some() {
-                if self.core.is_drained() {
-                    break;
-                }
-                if self.drain_deadline.is_some_and(|d| Instant::now() >= d) {
-                    log::warn!(
-                        "worker {}: shutdown timeout, closing {} connections",
-                        self.id,
-                        self.core.connections()
-                    );
-                    break;
-                }
+            after_pass(&mut self.recorder, &mut self.core, &mut self.trim);
+            if drain_over(self.id, &self.core, self.drain_deadline) {
+                break;
             }
         }
         self.exit();
@@ -364,23 +349,7 @@ impl Worker {
         if !self.to_read.is_empty() || !self.to_write.is_empty() {
             return Some(Duration::ZERO);
         }
-        let mut t = self.core.poll_timeout().map(clock::until);
-        let mut at = |i: Instant| {
-            let d = i.saturating_duration_since(Instant::now());
-            t = Some(t.map_or(d, |t: Duration| t.min(d)));
-        };
-        if let Some(i) = self.gate.resume_at() {
-            at(i);
-        }
-        if let Some(d) = self.drain_deadline {
-            at(d);
-        }
-        if self.trim.pending()
-            && let Some(d) = self.trim.due_in(Instant::now())
-        {
-            t = Some(t.map_or(d, |t| t.min(d)));
-        }
-        t
+        next_wait(&self.core, &self.gate, self.drain_deadline, &self.trim)
     }
 
     fn sock(&mut self, id: ConnId) -> Option<&mut Sock> {
@@ -769,55 +738,27 @@ impl Worker {
 
     fn accept(&mut self, i: usize) {
         loop {
-            match self.gate.admit(&self.core) {
-                Admit::Accept => {}
-                Admit::Paused => return,
-                Admit::PausedNow => {
-                    self.unwatch_listeners();
-                    return;
-                }
-            }
             let Some(listener) = self.listeners.get(i).and_then(Option::as_ref) else {
                 return;
             };
-            match listener.accept() {
-                Ok((stream, peer)) => {
+            match take_one(&mut self.gate, &mut self.core, listener, i) {
+                Took::Conn(id, stream) => {
                     let now = clock::now();
-                    match self
-                        .core
-                        .accept(now, ListenerId(i as u32), peer.map(|a| a.ip()))
-                    {
-                        Ok(id) => {
-                            stream.tune();
-                            let tls = self.tls.accept(ListenerId(i as u32)).transpose();
-                            match tls {
-                                Ok(tls) => self.install(now, id, stream, tls.map(Box::new)),
-                                Err(e) => {
-                                    log::warn!("worker {}: TLS setup failed: {e}", self.id);
-                                    self.core.handle(now, Input::Errored { conn: id });
-                                    self.after_input();
-                                }
-                            }
-                        }
-                        Err(_at_capacity) => {
-                            // Only while draining (the gate checked for room first): the new
-                            // socket closes on drop; accept no more until a client connection
-                            // ends (the kernel keeps queueing meanwhile).
-                            if self.gate.at_capacity() {
-                                self.unwatch_listeners();
-                            }
-                            return;
+                    match self.tls.accept(ListenerId(i as u32)).transpose() {
+                        Ok(tls) => self.install(now, id, stream, tls.map(Box::new)),
+                        Err(e) => {
+                            log::warn!("worker {}: TLS setup failed: {e}", self.id);
+                            self.core.handle(now, Input::Errored { conn: id });
+                            self.after_input();
                         }
                     }
                 }
-                Err(e) => match self.gate.pause_after(&e, Instant::now()) {
-                    AfterError::Next => {}
-                    AfterError::Wait => return,
-                    AfterError::Pause(_) => {
-                        self.unwatch_listeners();
-                        return;
-                    }
-                },
+                Took::Nothing => {}
+                Took::Done => return,
+                Took::Paused => {
+                    self.unwatch_listeners();
+                    return;
+                }
             }
         }
     }
@@ -988,24 +929,14 @@ impl Worker {
     /// Sends a released connection to the next worker of the handoff; one with nowhere to go
     /// (its listener gone from the new configuration, or every new worker gone) is closed.
     fn pass_on(&mut self, stream: Stream, tls: Option<Box<Session>>, released: Released) {
-        let Some(l) = self
-            .core
-            .config()
-            .listeners
-            .get(released.listener.0 as usize)
-        else {
-            return;
-        };
-        let listener = l.addr.clone();
-        let Some(to) = self.next_adopter() else {
-            return;
-        };
-        to.send(Command::Adopt {
+        pass_on(
+            &self.core,
+            self.handoff.as_ref(),
+            &mut self.handed,
             stream,
             tls,
-            listener,
             released,
-        });
+        );
     }
 
     /// The newest worker whose turn it is to adopt a connection, if handing off.
@@ -1050,18 +981,8 @@ impl Worker {
         released: Released,
     ) {
         let now = clock::now();
-        let Some(j) = self
-            .core
-            .config()
-            .listeners
-            .iter()
-            .position(|l| l.addr == listener)
-        else {
+        let Some(released) = on_listener(&self.core, &listener, released) else {
             return;
-        };
-        let released = Released {
-            listener: ListenerId(j as u32),
-            ..released
         };
         let Ok(id) = self.core.adopt(now, released.listener, &released) else {
             self.pass_on(stream, tls, released);
@@ -1075,7 +996,8 @@ impl Worker {
         // the core would forward its next request with the listener's scheme
         // (`X-Forwarded-Proto`). It gets what it is owed, then closes: as if the client had
         // half-closed, so no further request is read from it.
-        let changed = self.core.config().listeners[j].tls.is_some() != tls.is_some();
+        let listener = released.listener.0 as usize;
+        let changed = self.core.config().listeners[listener].tls.is_some() != tls.is_some();
         self.install(now, id, stream, tls);
         if changed {
             self.core.handle(now, Input::ReadClosed { conn: id });
@@ -1181,4 +1103,138 @@ pub(crate) fn leave_board(
             _ => {}
         }
     }
+}
+
+/// What [`take_one`] did.
+pub(crate) enum Took {
+    /// A connection, which the core took in as this id (TCP already tuned).
+    Conn(ConnId, Stream),
+    /// That connection was gone before it was taken: try the next.
+    Nothing,
+    /// The queue is empty, or accepting was paused already: wait for the listener.
+    Done,
+    /// Accepting paused just now (the core is full, or out of descriptors): stop watching the
+    /// listeners until the gate reopens.
+    Paused,
+}
+
+/// Takes one connection off listener `i` by the shared accept policy (`upkeep_runtime::accept`),
+/// for the epoll and the io_uring worker alike.
+pub(crate) fn take_one(gate: &mut Gate, core: &mut Core, listener: &Listener, i: usize) -> Took {
+    match gate.admit(core) {
+        Admit::Accept => {}
+        Admit::Paused => return Took::Done,
+        Admit::PausedNow => return Took::Paused,
+    }
+    match listener.accept() {
+        Ok((stream, peer)) => {
+            match core.accept(clock::now(), ListenerId(i as u32), peer.map(|a| a.ip())) {
+                Ok(id) => {
+                    stream.tune();
+                    Took::Conn(id, stream)
+                }
+                // Only while draining (the gate checked for room first): the new socket closes on
+                // drop; accept no more until a client connection ends (the kernel keeps queueing
+                // meanwhile).
+                Err(_at_capacity) if gate.at_capacity() => Took::Paused,
+                Err(_at_capacity) => Took::Done,
+            }
+        }
+        Err(e) => match gate.pause_after(&e, Instant::now()) {
+            AfterError::Next => Took::Nothing,
+            AfterError::Wait => Took::Done,
+            AfterError::Pause(_) => Took::Paused,
+        },
+    }
+}
+
+/// The end of every loop pass, whatever the worker's I/O: log lines out, counters ticked, freed
+/// memory counted toward a trim (and trimmed when one is due).
+pub(crate) fn after_pass(recorder: &mut Recorder, core: &mut Core, trim: &mut Trim) {
+    recorder.flush();
+    recorder.tick(core, clock::now());
+    trim.released(core.take_released());
+    if trim.pending() {
+        trim.tick(Instant::now());
+    }
+}
+
+/// Whether a draining worker (`deadline`: its shutdown timeout) is done: its core drained, or
+/// the timeout reached (logged).
+pub(crate) fn drain_over(id: u64, core: &Core, deadline: Option<Instant>) -> bool {
+    let Some(deadline) = deadline else {
+        return false;
+    };
+    if core.is_drained() {
+        return true;
+    }
+    if Instant::now() >= deadline {
+        log::warn!(
+            "worker {id}: shutdown timeout, closing {} connections",
+            core.connections()
+        );
+        return true;
+    }
+    false
+}
+
+/// How long a worker's wait may block: until the core's next deadline, the end of a timed
+/// accept pause, the drain's timeout or a due trim, whichever comes first.
+pub(crate) fn next_wait(
+    core: &Core,
+    gate: &Gate,
+    drain: Option<Instant>,
+    trim: &Trim,
+) -> Option<Duration> {
+    let now = Instant::now();
+    let mut t = core.poll_timeout().map(clock::until);
+    let due = [gate.resume_at(), drain]
+        .into_iter()
+        .flatten()
+        .map(|i| i.saturating_duration_since(now))
+        .chain(trim.pending().then(|| trim.due_in(now)).flatten());
+    for d in due {
+        t = Some(t.map_or(d, |t| t.min(d)));
+    }
+    t
+}
+
+/// Sends a connection a reload released to the next worker of `handoff` (`handed` so far); one
+/// with nowhere to go (its listener gone from the new configuration, or every new worker gone)
+/// is closed (dropped).
+pub(crate) fn pass_on(
+    core: &Core,
+    handoff: Option<&Handoff>,
+    handed: &mut usize,
+    stream: Stream,
+    tls: Option<Box<Session>>,
+    released: Released,
+) {
+    let Some(l) = core.config().listeners.get(released.listener.0 as usize) else {
+        return;
+    };
+    let listener = l.addr.clone();
+    let Some(to) = handoff.and_then(|h| next_adopter(h, handed)) else {
+        return;
+    };
+    to.send(Command::Adopt {
+        stream,
+        tls,
+        listener,
+        released,
+    });
+}
+
+/// A connection another worker released, renumbered for this core's listener of the same
+/// address (`None`: this configuration has no such listener, and the connection closes).
+pub(crate) fn on_listener(core: &Core, listener: &Address, released: Released) -> Option<Released> {
+    let j = core
+        .config()
+        .listeners
+        .iter()
+        .position(|l| l.addr == *listener)?;
+    Some(Released {
+        listener: ListenerId(j as u32),
+        ..released
+    })
 }

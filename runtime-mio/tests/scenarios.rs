@@ -3,30 +3,10 @@
 use upkeep_core::Config;
 use upkeep_testkit::RunningProxy;
 
-struct Running(upkeep_mio::ProxyHandle);
-
-impl RunningProxy for Running {
-    fn listen_addrs(&self) -> Vec<upkeep_core::Address> {
-        self.0.listen_addrs()
-    }
-
-    fn admin_addr(&self) -> Option<upkeep_core::Address> {
-        self.0.admin_addr()
-    }
-
-    fn stop(self: Box<Self>) {
-        self.0.shutdown()
-    }
-
-    fn reload(&self, config: Config) -> Option<Result<(), String>> {
-        Some(self.0.reload(config))
-    }
-}
+mod common;
 
 fn start(config: Config) -> Box<dyn RunningProxy> {
-    Box::new(Running(
-        upkeep_mio::Proxy::start(config).expect("starting the mio proxy"),
-    ))
+    common::try_start_with(config, |c| c).expect("starting the mio proxy")
 }
 
 upkeep_testkit::scenario_tests!(start);
@@ -36,7 +16,7 @@ upkeep_testkit::health_scenario_tests!(start);
 /// Like `start`, with a refusal as the error: the listener scenarios (who may bind a listen
 /// address, who may remove it) expect some.
 fn try_start(config: Config) -> std::io::Result<Box<dyn RunningProxy>> {
-    upkeep_mio::Proxy::start(config).map(|p| Box::new(Running(p)) as Box<dyn RunningProxy>)
+    common::try_start_with(config, |c| c)
 }
 
 upkeep_testkit::listener_tests!(try_start);

@@ -6,25 +6,7 @@ use upkeep_core::Config;
 use upkeep_core::config::Io;
 use upkeep_testkit::RunningProxy;
 
-struct Running(upkeep_mio::ProxyHandle);
-
-impl RunningProxy for Running {
-    fn listen_addrs(&self) -> Vec<upkeep_core::Address> {
-        self.0.listen_addrs()
-    }
-
-    fn admin_addr(&self) -> Option<upkeep_core::Address> {
-        self.0.admin_addr()
-    }
-
-    fn stop(self: Box<Self>) {
-        self.0.shutdown()
-    }
-
-    fn reload(&self, config: Config) -> Option<Result<(), String>> {
-        Some(self.0.reload(on_uring(config)))
-    }
-}
+mod common;
 
 fn on_uring(mut config: Config) -> Config {
     config.runtime.io = Io::Uring;
@@ -32,9 +14,7 @@ fn on_uring(mut config: Config) -> Config {
 }
 
 fn start(config: Config) -> Box<dyn RunningProxy> {
-    Box::new(Running(
-        upkeep_mio::Proxy::start(on_uring(config)).expect("starting the proxy on io_uring"),
-    ))
+    common::try_start_with(config, on_uring).expect("starting the proxy on io_uring")
 }
 
 upkeep_testkit::scenario_tests!(start);
@@ -43,8 +23,7 @@ upkeep_testkit::health_scenario_tests!(start);
 
 /// Like `start`, with a refusal as the error.
 fn try_start(config: Config) -> std::io::Result<Box<dyn RunningProxy>> {
-    upkeep_mio::Proxy::start(on_uring(config))
-        .map(|p| Box::new(Running(p)) as Box<dyn RunningProxy>)
+    common::try_start_with(config, on_uring)
 }
 
 upkeep_testkit::listener_tests!(try_start);

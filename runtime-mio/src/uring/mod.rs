@@ -45,7 +45,7 @@ use socket2::SockRef;
 use upkeep_core::{
     Address, ConnId, Core, Handed, Input, ListenerId, Output, Released, ServerId, Time,
 };
-use upkeep_runtime::accept::{Admit, AfterError, Gate};
+use upkeep_runtime::accept::Gate;
 use upkeep_runtime::clock;
 use upkeep_runtime::recorder::Recorder;
 use upkeep_runtime::socket::{self, Connecting};
@@ -53,7 +53,10 @@ use upkeep_runtime::trim::Trim;
 
 use self::bufring::BufRing;
 use crate::net::{Listener, Stream};
-use crate::worker::{Board, Command, Control, Handoff, Setup, Siblings};
+use crate::worker::{
+    Board, Command, Control, Handoff, Setup, Siblings, Took, after_pass, drain_over, next_wait,
+    on_listener, pass_on, take_one,
+};
 
 // user_data: kind << 56 | generation (24 bits) << 32 | slot (32 bits).
 const ACCEPT: u64 = 1;
@@ -460,45 +463,20 @@ impl Worker {
             if self.handoff.is_some() {
                 self.hand_off_idle();
             }
-            self.recorder.flush();
-            self.recorder.tick(&self.core, self.now);
-            self.trim.released(self.core.take_released());
-            if self.trim.pending() {
-                self.trim.tick(Instant::now());
-            }
-            if let Some(d) = self.drain_deadline {
-                if self.core.is_drained() && self.leaving == 0 {
-                    break;
-                }
-                if Instant::now() >= d {
-                    log::warn!(
-                        "worker {}: shutdown timeout, closing {} connections",
-                        self.id,
-                        self.core.connections()
-                    );
-                    break;
-                }
+            after_pass(&mut self.recorder, &mut self.core, &mut self.trim);
+            // A drained worker also waits for the sockets on their way to another worker (until
+            // its shutdown timeout).
+            if drain_over(self.id, &self.core, self.drain_deadline)
+                && (self.leaving == 0 || self.drain_deadline.is_some_and(|d| Instant::now() >= d))
+            {
+                break;
             }
         }
         self.exit();
     }
 
-    /// How long the next wait may block: the core's next deadline, a timed accept pause, the
-    /// drain deadline or a pending trim, whichever is first.
     fn wait_for(&self) -> Option<Duration> {
-        let mut t = self.core.poll_timeout().map(clock::until);
-        let now = Instant::now();
-        let instants = [self.gate.resume_at(), self.drain_deadline];
-        for d in instants.into_iter().flatten() {
-            let d = d.saturating_duration_since(now);
-            t = Some(t.map_or(d, |t| t.min(d)));
-        }
-        if self.trim.pending()
-            && let Some(d) = self.trim.due_in(now)
-        {
-            t = Some(t.map_or(d, |t| t.min(d)));
-        }
-        t
+        next_wait(&self.core, &self.gate, self.drain_deadline, &self.trim)
     }
 
     // ---- submission -------------------------------------------------------------------------
@@ -1102,42 +1080,17 @@ impl Worker {
     /// shared accept policy, as the epoll worker's `accept`).
     fn accept(&mut self, i: usize) {
         loop {
-            match self.gate.admit(&self.core) {
-                Admit::Accept => {}
-                Admit::Paused => return,
-                Admit::PausedNow => {
-                    self.cancel_accepts();
-                    return;
-                }
-            }
             let Some(l) = self.listeners.get(i).and_then(Option::as_ref) else {
                 return;
             };
-            match l.socket.accept() {
-                Ok((stream, peer)) => {
-                    stream.tune();
-                    match self
-                        .core
-                        .accept(self.now, ListenerId(i as u32), peer.map(|a| a.ip()))
-                    {
-                        Ok(id) => self.install_stream(id, stream),
-                        Err(_at_capacity) => {
-                            // Only while draining: the new socket closes on drop.
-                            if self.gate.at_capacity() {
-                                self.cancel_accepts();
-                            }
-                            return;
-                        }
-                    }
+            match take_one(&mut self.gate, &mut self.core, &l.socket, i) {
+                Took::Conn(id, stream) => self.install_stream(id, stream),
+                Took::Nothing => {}
+                Took::Done => return,
+                Took::Paused => {
+                    self.cancel_accepts();
+                    return;
                 }
-                Err(e) => match self.gate.pause_after(&e, Instant::now()) {
-                    AfterError::Next => {}
-                    AfterError::Wait => return,
-                    AfterError::Pause(_) => {
-                        self.cancel_accepts();
-                        return;
-                    }
-                },
             }
         }
     }
@@ -1376,18 +1329,8 @@ impl Worker {
 
     /// Takes over a connection an old worker released (see the epoll worker's `adopt`).
     fn adopt(&mut self, stream: Stream, listener: Address, released: Released) {
-        let Some(j) = self
-            .core
-            .config()
-            .listeners
-            .iter()
-            .position(|l| l.addr == listener)
-        else {
+        let Some(released) = on_listener(&self.core, &listener, released) else {
             return;
-        };
-        let released = Released {
-            listener: ListenerId(j as u32),
-            ..released
         };
         let Ok(id) = self.core.adopt(self.now, released.listener, &released) else {
             self.pass_on(stream, released);
@@ -1474,24 +1417,14 @@ impl Worker {
     /// Sends a released connection to the next worker of the handoff; one with nowhere to go
     /// is closed (dropped).
     fn pass_on(&mut self, stream: Stream, released: Released) {
-        let Some(l) = self
-            .core
-            .config()
-            .listeners
-            .get(released.listener.0 as usize)
-        else {
-            return;
-        };
-        let listener = l.addr.clone();
-        let Some(to) = self.next_adopter() else {
-            return;
-        };
-        to.send(Command::Adopt {
+        pass_on(
+            &self.core,
+            self.handoff.as_ref(),
+            &mut self.handed,
             stream,
-            tls: None,
-            listener,
+            None,
             released,
-        });
+        );
     }
 
     /// The newest worker whose turn it is to adopt a connection, if handing off.

@@ -4,8 +4,41 @@
 
 pub mod spawned;
 
+use upkeep_core::Config;
 use upkeep_mio::ProxyHandle;
+use upkeep_testkit::RunningProxy;
 use upkeep_testkit::client::get_text;
+
+/// A started proxy as the shared scenario suites drive it; a reload applies `adjust` to the new
+/// configuration first, as the start did (`tests/scenarios.rs`, `tests/uring.rs`).
+pub struct Running(pub ProxyHandle, pub fn(Config) -> Config);
+
+impl RunningProxy for Running {
+    fn listen_addrs(&self) -> Vec<upkeep_core::Address> {
+        self.0.listen_addrs()
+    }
+
+    fn admin_addr(&self) -> Option<upkeep_core::Address> {
+        self.0.admin_addr()
+    }
+
+    fn stop(self: Box<Self>) {
+        self.0.shutdown()
+    }
+
+    fn reload(&self, config: Config) -> Option<Result<(), String>> {
+        Some(self.0.reload((self.1)(config)))
+    }
+}
+
+/// Starts the proxy on `adjust(config)` for a shared scenario (a refusal is the error).
+pub fn try_start_with(
+    config: Config,
+    adjust: fn(Config) -> Config,
+) -> std::io::Result<Box<dyn RunningProxy>> {
+    upkeep_mio::Proxy::start(adjust(config))
+        .map(|p| Box::new(Running(p, adjust)) as Box<dyn RunningProxy>)
+}
 
 /// `GET path` on the proxy's admin listener: the status and the body as text.
 pub fn admin_get(proxy: &ProxyHandle, path: &str) -> (u16, String) {
