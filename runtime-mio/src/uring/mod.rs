@@ -208,6 +208,8 @@ struct Sock {
     recv_armed: bool,
     /// That receive is being cancelled.
     cancel_sent: bool,
+    /// Receives are single-shot (one buffer each): the core paused this connection once.
+    single: bool,
     /// The read side is over for the core (EOF or error reported).
     eof: bool,
     /// Bytes received while the core did not want to read, and whether an EOF followed them.
@@ -245,6 +247,7 @@ impl Sock {
             want_read: true,
             recv_armed: false,
             cancel_sent: false,
+            single: false,
             eof: false,
             held: Vec::new(),
             held_eof: false,
@@ -627,10 +630,15 @@ impl Worker {
         }
         s.recv_armed = true;
         s.inflight += 1;
-        let e = opcode::RecvMulti::new(types::Fd(s.raw()), BGID)
-            .build()
-            .user_data(ud(RECV, slot, generation));
-        self.push_plain(e);
+        let e = if s.single {
+            opcode::Recv::new(types::Fd(s.raw()), std::ptr::null_mut(), BUF_SIZE as u32)
+                .buf_group(BGID)
+                .build()
+                .flags(squeue::Flags::BUFFER_SELECT)
+        } else {
+            opcode::RecvMulti::new(types::Fd(s.raw()), BGID).build()
+        };
+        self.push_plain(e.user_data(ud(RECV, slot, generation)));
     }
 
     /// Starts a send of what the core has queued for the socket in `slot`, unless one is in
@@ -727,6 +735,10 @@ impl Worker {
         let s = self.slots[slot as usize].sock.as_mut().expect("live slot");
         s.want_read = read;
         if !read {
+            // A multishot receive may bring up to ~32 buffers on one wake-up before the cancel
+            // lands: held here, beyond the core's limits. A connection the core had to pause once
+            // reads one buffer per receive from now on, so a pause holds at most one more.
+            s.single = true;
             if s.recv_armed && !s.cancel_sent {
                 s.cancel_sent = true;
                 s.inflight += 1;
