@@ -215,6 +215,8 @@ struct Sock {
     /// Bytes received while the core did not want to read, and whether an EOF followed them.
     held: Vec<u8>,
     held_eof: bool,
+    /// A receive error came while reading was paused: handed over after the held bytes too.
+    held_err: bool,
     /// Upstream connect in progress (a writability poll in flight).
     connecting: bool,
     server: Option<ServerId>,
@@ -235,6 +237,8 @@ struct Sock {
     /// Bytes a receive delivered after the core let the socket go.
     late: Vec<u8>,
     late_eof: bool,
+    /// That end was an error (a client connection is then closed, not handed on).
+    late_err: bool,
 }
 
 impl Sock {
@@ -251,6 +255,7 @@ impl Sock {
             eof: false,
             held: Vec::new(),
             held_eof: false,
+            held_err: false,
             connecting: false,
             server: None,
             writing: false,
@@ -262,6 +267,7 @@ impl Sock {
             handed_copy: false,
             late: Vec::new(),
             late_eof: false,
+            late_err: false,
         }
     }
 
@@ -432,6 +438,12 @@ impl Worker {
                         e.raw_os_error(),
                         Some(libc::ETIME | libc::EINTR | libc::EBUSY)
                     ) => {}
+                // Short of memory for the moment: what completed is taken, then it tries again
+                // (a worker that gave up would drop every connection it holds).
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::ENOMEM)) => {
+                    log::debug!("worker {}: io_uring_enter: {e}; retrying", self.id);
+                    std::thread::sleep(Duration::from_millis(1));
+                }
                 Err(e) => {
                     log::error!("worker {}: io_uring_enter failed: {e}", self.id);
                     break;
@@ -622,6 +634,7 @@ impl Worker {
             || s.recv_armed
             || s.eof
             || s.held_eof
+            || s.held_err
             || s.connecting
             || !s.want_read
             || s.fd.is_none()
@@ -761,6 +774,13 @@ impl Worker {
         let Some(s) = self.sock(slot).filter(|s| s.open && s.want_read) else {
             return;
         };
+        if s.held_err {
+            // After the bytes that came before it, as the epoll worker's read would find it.
+            s.held_err = false;
+            s.eof = true;
+            self.core.handle(self.now, Input::Errored { conn });
+            return;
+        }
         if s.held_eof && s.want_read {
             s.held_eof = false;
             s.eof = true;
@@ -854,7 +874,8 @@ impl Worker {
         s.leaving = Some(to);
         // Bytes held back from the core go with the socket.
         s.late = std::mem::take(&mut s.held);
-        s.late_eof = s.held_eof;
+        s.late_eof = s.held_eof || s.held_err;
+        s.late_err = s.held_err;
         if s.inflight == 0 {
             return self.left(slot);
         }
@@ -884,7 +905,8 @@ impl Worker {
                 .flatten()
                 .map(|fd| stream_of(fd, s.unix));
         s.late = std::mem::take(&mut s.held);
-        s.late_eof = s.held_eof;
+        s.late_eof = s.held_eof || s.held_err;
+        s.late_err = s.held_err;
         let fit = s.late.is_empty() && !s.late_eof;
         let delivered = match (copy, fit) {
             (Some(stream), true) => self.send_upstream(stream, to),
@@ -967,13 +989,14 @@ impl Worker {
         };
         self.leaving -= 1;
         let late = std::mem::take(&mut s.late);
-        let late_eof = s.late_eof;
+        let (late_eof, late_err) = (s.late_eof, s.late_err);
         let stream = stream_of(fd, s.unix);
         self.slots[slot as usize].sock = None;
         self.free.push(slot);
-        if late_eof && late.is_empty() {
-            // The client closed meanwhile: nothing to hand on. (A request followed by its
-            // end of file goes on: the adopter reads the end of file too.)
+        if late_err || (late_eof && late.is_empty()) {
+            // The client closed or failed meanwhile: nothing to hand on. (A request followed by
+            // its end of file goes on: the adopter reads the end of file too. An error, once
+            // reported here, would not be reported to the adopter again.)
             return;
         }
         if !late.is_empty() {
@@ -1155,6 +1178,9 @@ impl Worker {
             }
             self.bufs.recycle(bid);
         } else if res == 0 {
+            if let Some(bid) = bid {
+                self.bufs.recycle(bid);
+            }
             if !s.open {
                 s.late_eof = true;
             } else if !s.eof {
@@ -1176,10 +1202,16 @@ impl Worker {
                 _ => {
                     if !s.open {
                         s.late_eof = true;
+                        s.late_err = true;
                     } else if !s.eof {
-                        s.eof = true;
-                        self.core.handle(now, Input::Errored { conn });
-                        fed = true;
+                        if s.want_read && s.held.is_empty() && !s.held_eof {
+                            s.eof = true;
+                            self.core.handle(now, Input::Errored { conn });
+                            fed = true;
+                        } else {
+                            // Behind the bytes held while paused, like an end of file.
+                            s.held_err = true;
+                        }
                     }
                 }
             }
