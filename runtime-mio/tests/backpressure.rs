@@ -143,6 +143,8 @@ fn reset_after_response(io: Io) {
     let baddr = upkeep_core::Address::Tcp(l.local_addr().unwrap());
     let backend = std::thread::spawn(move || {
         let (mut s, _) = l.accept().unwrap();
+        // Bounded: a write the kernel cannot take fails the test below instead of hanging.
+        s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
         let mut got = Vec::new();
         let mut buf = [0u8; 4096];
         while !got.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -151,8 +153,13 @@ fn reset_after_response(io: Io) {
             got.extend_from_slice(&buf[..n]);
         }
         let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {LEN}\r\n\r\n");
-        s.write_all(head.as_bytes()).unwrap();
-        s.write_all(&upkeep_testkit::pattern(LEN, 3)).unwrap();
+        let wrote = s
+            .write_all(head.as_bytes())
+            .and_then(|()| s.write_all(&upkeep_testkit::pattern(LEN, 3)));
+        assert!(
+            wrote.is_ok(),
+            "the backend could not write its response: {wrote:?}"
+        );
         // All of it is in the proxy's receive queue or read by the proxy: now the reset.
         std::thread::sleep(Duration::from_millis(300));
         socket2::SockRef::from(&s)
