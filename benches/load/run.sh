@@ -25,14 +25,14 @@
 #                  HAPROXY_SPLICE replaces the option line, e.g. "option splice-response")
 #
 # upkeep-copy and haproxy-splice are not in the default TARGETS: they are the splice comparison
-# (upkeep splices plain bodies of >= splice_min bytes, default 64k, socket -> pipe -> socket;
+# (upkeep splices plain bodies of >= splice_min bytes, default 32k, socket -> pipe -> socket;
 # HAProxy only with a splice option), best seen with the 1 MiB body, e.g.
 #
 #   TARGETS="direct upkeep upkeep-copy haproxy-safe haproxy-splice" \
 #       CASES="keepalive:64k keepalive:1m close:1m" bash benches/load/run.sh
 #
-# (a 64k body is mostly not spliced by upkeep's default splice_min: the head's read takes part of
-# it, so less than 64 KiB remains; the spliced KiB/req column shows it). HAProxy's splice-auto
+# (of a 64k body upkeep splices what its 16 KiB head read leaves, ~48 KiB; the spliced KiB/req
+# column shows it). HAProxy's splice-auto
 # splices only when its heuristics (fast-streaming connections) say so: with HAProxy 2.6.12 on
 # loopback it opened no pipe and made no splice(2) call in keepalive:1m check runs (its CPU per
 # request stayed haproxy-safe's), while HAPROXY_SPLICE="option splice-response" (splice every
@@ -830,7 +830,7 @@ new TIME_WAIT = TIME_WAIT sockets with an origin port at either end that appeare
 (TIME_WAIT after = all of them, including earlier runs'). For \`direct\` the \"upstream\" \
 connections are wrk's own. Spliced KiB/req (upkeep targets only) = the growth of \
 \`upkeep_spliced_bytes_total\` on upkeep's admin listener during the run ÷ requests: body bytes \
-moved socket → pipe → socket with splice(2) (\`[limits] splice_min\`, default 64k; \`upkeep-copy\` \
+moved socket → pipe → socket with splice(2) (\`[limits] splice_min\`, default 32k; \`upkeep-copy\` \
 sets 0 = always copy); \`haproxy-splice\` = haproxy-safe + \`$HAPROXY_SPLICE\` (maxpipes 1024)."
 printf '%s\n' "$NOTE" >"$OUT/note.md"
 "$REPORT_BIN" "$CSV" "$OUT"

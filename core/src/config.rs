@@ -575,7 +575,7 @@ impl Default for Limits {
             write_high_water: 256 * 1024,
             request_buffer: 64 * 1024,
             min_upload_rate: 500,
-            splice_min: 64 * 1024,
+            splice_min: 32 * 1024,
         }
     }
 }

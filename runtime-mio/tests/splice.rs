@@ -64,6 +64,58 @@ fn bodies_over_splice_min_are_spliced_and_arrive_whole() {
     }
 }
 
+/// With the default `splice_min`, a 64 KiB response is mostly spliced: the read that takes its
+/// head stops at `HEAD_READ` bytes (`Core::read_cap`), and the rest of the body stays in the
+/// socket for `splice(2)` instead of arriving with the head and being copied.
+#[test]
+fn a_64_kib_response_is_spliced_past_its_head_with_the_default_splice_min() {
+    const BODY: usize = 64 * 1024;
+    const N: usize = 20;
+    // A backend that writes each response, head and body, in one write (as nginx does with a
+    // static file): a read of 64 KiB or more would take all of it with the head.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = Address::Tcp(l.local_addr().unwrap());
+    let backend = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut response =
+            format!("HTTP/1.1 200 OK\r\nContent-Length: {BODY}\r\n\r\n").into_bytes();
+        response.extend_from_slice(&pattern(BODY, 9));
+        let mut buf = [0u8; 4096];
+        for _ in 0..N {
+            let mut got = Vec::new();
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut buf).unwrap();
+                assert!(n > 0, "the proxy closed the backend connection");
+                got.extend_from_slice(&buf[..n]);
+            }
+            s.write_all(&response).unwrap();
+        }
+    });
+    let mut cfg = loopback_config(vec![addr], 1);
+    cfg.runtime.admin = Some(Address::parse("127.0.0.1:0").unwrap());
+    assert!(
+        cfg.limits.splice_min as usize <= BODY - upkeep_core::HEAD_READ,
+        "the default splice_min takes what a head read leaves of a 64 KiB body"
+    );
+    let proxy = Proxy::start(cfg).unwrap();
+    let mut c = Client::connect(&proxy.listen_addrs()[0]).unwrap();
+    for _ in 0..N {
+        let r = c.request(&client::get("/64k")).unwrap();
+        assert_eq!(r.status, 200);
+        assert!(r.body == pattern(BODY, 9), "{} bytes", r.body.len());
+    }
+    backend.join().unwrap();
+    let n = spliced(&proxy);
+    // At least what a head read leaves of each body (the head read may take less).
+    let least = (N * (BODY - upkeep_core::HEAD_READ)) as u64;
+    assert!(
+        n >= least,
+        "{n} bytes spliced of {N} x 64 KiB, expected >= {least}"
+    );
+    proxy.shutdown();
+}
+
 /// A backend that answers its first connection with a head promising 1 MiB, sends 300 KiB
 /// and closes; later connections get the whole body.
 fn truncating_backend() -> (Address, std::thread::JoinHandle<()>) {

@@ -19,12 +19,15 @@ pub const READ_SIZE: usize = 16 * 1024;
 pub const READ_SIZE_BULK: usize = 64 * 1024;
 
 /// Receives from `sock` into the spare capacity of `buf` (the core's read buffer, lent by
-/// [`Core::read_with`]) and appends what arrived: no staging buffer, no copy.
+/// [`Core::read_with`]) and appends what arrived, at most `max` bytes (less than the spare
+/// capacity when a head read must leave a body behind it in the socket: [`Core::read_cap`]):
+/// no staging buffer, no copy.
 #[allow(unsafe_code)]
-pub fn recv_into(sock: SockRef<'_>, buf: &mut BytesMut) -> io::Result<usize> {
+pub fn recv_into(sock: SockRef<'_>, buf: &mut BytesMut, max: usize) -> io::Result<usize> {
     let len = buf.len();
     let spare: &mut [MaybeUninit<u8>] = buf.spare_capacity_mut();
-    let n = sock.recv(spare)?;
+    let take = max.min(spare.len());
+    let n = sock.recv(&mut spare[..take])?;
     // SAFETY: recv(2) wrote (initialised) the first `n` bytes of the spare capacity, and
     // socket2 returns at most the length it was given, so `len + n <= capacity`. Measured
     // reason for not reading into an initialised staging buffer: the copy out of it was ~10 %
@@ -72,7 +75,8 @@ impl Reader {
     }
 
     /// Reads once from `sock` into `conn`'s buffer in the core, growing the read size from
-    /// [`READ_SIZE`] to [`READ_SIZE_BULK`] once a read fills its space.
+    /// [`READ_SIZE`] to [`READ_SIZE_BULK`] once a read fills its space; a read that takes a
+    /// response head whose body may be spliced stops at [`Core::read_cap`] bytes.
     ///
     /// A short read took everything the socket held, so the read that would only say
     /// `WouldBlock` is skipped ([`ReadStep::Wait`] at once): one syscall less per message. That
@@ -87,9 +91,11 @@ impl Reader {
         sock: SockRef<'_>,
     ) -> ReadStep {
         let mut spare = 0;
+        // A response head comes next and its body may be spliced: read one head's worth.
+        let cap = core.read_cap(conn).unwrap_or(usize::MAX);
         let result = core.read_with(now, conn, self.size, |buf| {
-            spare = buf.capacity() - buf.len();
-            recv_into(sock, buf)
+            spare = (buf.capacity() - buf.len()).min(cap);
+            recv_into(sock, buf, cap)
         });
         match result {
             Ok(ReadOutcome::Data(n)) => {

@@ -26,6 +26,10 @@ use super::{Core, touch};
 use crate::framing::OutBody;
 use crate::{ConnId, Time};
 
+/// The most a read takes while a response head comes next on a connection whose body may be
+/// spliced ([`Core::read_cap`]): room for any usual head (and a small body with it) in one read.
+pub const HEAD_READ: usize = 16 * 1024;
+
 /// Where the next bytes of a connection may go without entering the core
 /// ([`Core::splice_source`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,6 +117,27 @@ impl Core {
             max: usize::try_from(opaque).unwrap_or(usize::MAX).min(room),
             flush_first: !peer.buf.wq.is_empty(),
         })
+    }
+
+    /// How many bytes the next read of `from` should take at most, when it must stop short
+    /// of what the socket holds: a plain upstream connection whose response head comes next,
+    /// while splicing is on, reads one [`HEAD_READ`] — a large body behind the head then stays
+    /// in the socket, where [`Core::splice_source`] can move it without a copy. A read that
+    /// took the whole response (as a 64 KiB read does with a 64 KiB body on loopback) would
+    /// leave nothing to splice. `None`: no cap (read as much as the buffer holds).
+    pub fn read_cap(&self, from: ConnId) -> Option<usize> {
+        if !self.splice || self.config.limits.splice_min == 0 {
+            return None;
+        }
+        let c = self.conns.get(from)?;
+        let Role::Upstream(u) = &c.role else {
+            return None;
+        };
+        let cid = u.client?;
+        let cl = self.conns.client(cid)?;
+        let plain =
+            self.config.upstreams[u.group as usize].tls.is_none() && self.listener_plain(cid);
+        (plain && cl.ex.resp == Resp::Waiting).then_some(HEAD_READ)
     }
 
     /// Whether the client connection `id` came through a listener without TLS.

@@ -263,7 +263,10 @@ impl Harness {
                 Some(Ok(ReadOutcome::Data(n))) => rest = &rest[n..],
                 Some(other) => panic!("an in-memory splice cannot fail: {other:?}"),
                 None => {
-                    let n = rest.len().min(SPLICE_PIECE);
+                    // As a runtime: a head's read stops at the core's cap, leaving the body
+                    // behind it to be spliced.
+                    let cap = self.core.read_cap(conn).unwrap_or(usize::MAX);
+                    let n = rest.len().min(SPLICE_PIECE).min(cap);
                     self.deliver_copied(conn, &rest[..n]);
                     rest = &rest[n..];
                 }

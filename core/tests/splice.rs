@@ -1,0 +1,55 @@
+//! Zero-copy bodies seen from the core: the read that takes a response head stops short
+//! (`Core::read_cap`) so that a large body behind it stays in the socket for `splice(2)`.
+//! Driven by the in-memory harness playing a splicing runtime (`Harness::enable_splice`),
+//! which honours the cap as the runtimes do.
+
+use upkeep_core::HEAD_READ;
+use upkeep_core::sim::Harness;
+
+mod common;
+use common::*;
+
+#[test]
+fn a_response_head_is_read_with_a_cap_only_while_its_body_may_be_spliced() {
+    let mut cfg = config(1);
+    cfg.limits.splice_min = 1024;
+    for splicing in [true, false] {
+        let mut h = Harness::new(cfg.clone());
+        if splicing {
+            h.enable_splice(1 << 20);
+        }
+        let c = h.connect_client();
+        h.client_send(c, &get("/big"));
+        let u = busy_upstream(&h).unwrap();
+        requests(&mut h, u);
+        let expected = splicing.then_some(HEAD_READ);
+        assert_eq!(h.core.read_cap(u), expected, "the head comes next");
+        assert_eq!(h.core.read_cap(c), None, "a client is never capped");
+        let body = body_of(64 * KIB, 7);
+        h.upstream_send(
+            u,
+            format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).as_bytes(),
+        );
+        assert_eq!(
+            h.core.read_cap(u),
+            None,
+            "in the body: read as much as there is"
+        );
+        h.upstream_send(u, &body);
+        let rs = responses(&mut h, c);
+        assert_eq!(rs.len(), 1);
+        assert!(rs[0].body == body, "the body arrives whole");
+        assert!(h.core.is_pooled(u));
+        assert_eq!(
+            h.core.read_cap(u),
+            None,
+            "a pooled connection has no response to come"
+        );
+        let spliced = h.core.stats().spliced_bytes;
+        if splicing {
+            assert!(spliced > 0, "the body behind the head was spliced");
+        } else {
+            assert_eq!(spliced, 0);
+        }
+    }
+}
