@@ -53,3 +53,52 @@ fn a_response_head_is_read_with_a_cap_only_while_its_body_may_be_spliced() {
         }
     }
 }
+
+/// A 64 KiB response that arrives whole, read as a runtime does: the capped head read takes
+/// `HEAD_READ` bytes (head and the start of the body), and with the default `splice_min` the
+/// rest of the body may then be spliced — all of it, and not a byte past it.
+#[test]
+fn what_a_capped_head_read_leaves_of_a_64_kib_body_is_spliced_with_the_default_splice_min() {
+    let mut h = Harness::new(config(1));
+    h.enable_splice(1 << 20);
+    let c = h.connect_client();
+    h.client_send(c, &get("/64k"));
+    let u = busy_upstream(&h).unwrap();
+    requests(&mut h, u);
+    let body = body_of(64 * KIB, 11);
+    let mut response =
+        format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+    let head_len = response.len();
+    response.extend_from_slice(&body);
+
+    let cap = h.core.read_cap(u).expect("a head comes next");
+    let now = h.now;
+    let got = h.core.read_with(now, u, cap, |buf| {
+        buf.extend_from_slice(&response[..cap]);
+        Ok(cap)
+    });
+    assert!(matches!(got, Ok(upkeep_core::ReadOutcome::Data(n)) if n == cap));
+    h.pump();
+    let hint = h
+        .core
+        .splice_source(u)
+        .expect("the rest of the body may be spliced");
+    assert_eq!(hint.to, c);
+    assert_eq!(
+        hint.max,
+        response.len() - cap,
+        "the rest of the body, no byte past it"
+    );
+    assert!(hint.max >= usize::try_from(h.core.config().limits.splice_min).unwrap());
+
+    h.upstream_send(u, &response[cap..]);
+    let rs = responses(&mut h, c);
+    assert_eq!(rs.len(), 1);
+    assert!(rs[0].body == body, "the body arrives whole");
+    assert_eq!(
+        h.core.stats().spliced_bytes,
+        (body.len() - (cap - head_len)) as u64,
+        "everything after the head read was spliced"
+    );
+    assert!(h.core.is_pooled(u));
+}

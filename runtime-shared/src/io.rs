@@ -26,7 +26,9 @@ pub const READ_SIZE_BULK: usize = 64 * 1024;
 pub fn recv_into(sock: SockRef<'_>, buf: &mut BytesMut, max: usize) -> io::Result<usize> {
     let len = buf.len();
     let spare: &mut [MaybeUninit<u8>] = buf.spare_capacity_mut();
-    let take = max.min(spare.len());
+    // Never an empty buffer: recv(2) would return 0, which reads as the end of the stream.
+    debug_assert!(max > 0, "a read of nothing");
+    let take = max.max(1).min(spare.len());
     let n = sock.recv(&mut spare[..take])?;
     // SAFETY: recv(2) wrote (initialised) the first `n` bytes of the spare capacity, and
     // socket2 returns at most the length it was given, so `len + n <= capacity`. Measured
