@@ -29,6 +29,7 @@
 //! Not here: TLS (refused by `Config::validate`) and `splice` (bodies are copied).
 
 mod bufring;
+mod submit;
 
 use std::io;
 use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
@@ -52,6 +53,7 @@ use upkeep_runtime::socket::{self, Connecting};
 use upkeep_runtime::trim::Trim;
 
 use self::bufring::BufRing;
+use self::submit::Cqe;
 use crate::net::{Listener, Stream};
 use crate::worker::{
     Board, Command, Control, Handoff, Setup, Siblings, Took, after_pass, drain_over, next_wait,
@@ -328,7 +330,10 @@ struct Worker {
     free: Vec<u32>,
     /// The core's `ConnId.index` → our slot + 1 (0: none).
     by_conn: Vec<u32>,
-    cqes: Vec<(u64, i32, u32)>,
+    cqes: Vec<Cqe>,
+    /// Completions taken out of the queue while submitting (`EBUSY`: `submit::submit`), to be
+    /// handled before the next ones.
+    backlog: Vec<Cqe>,
     /// Slots whose receive ended and is to be armed again (after the buffers went back).
     rearm: Vec<u32>,
     now: Time,
@@ -387,6 +392,7 @@ impl Worker {
             free: Vec::new(),
             by_conn: Vec::new(),
             cqes: Vec::with_capacity(1024),
+            backlog: Vec::new(),
             rearm: Vec::new(),
             now: clock::now(),
             rx,
@@ -420,6 +426,8 @@ impl Worker {
             }
             self.bufs.publish();
             let waited = match self.wait_for() {
+                // Completions already taken aside: submit, but do not wait.
+                _ if !self.backlog.is_empty() => self.ring.submit(),
                 Some(d) => {
                     let ts = types::Timespec::new()
                         .sec(d.as_secs())
@@ -450,11 +458,9 @@ impl Worker {
                 }
             }
             self.cqes.clear();
-            self.cqes.extend(
-                self.ring
-                    .completion()
-                    .map(|c| (c.user_data(), c.result(), c.flags())),
-            );
+            // Those taken aside while submitting came first.
+            self.cqes.append(&mut self.backlog);
+            submit::reap_into(&mut self.ring, &mut self.cqes);
             self.now = clock::now();
             let cqes = std::mem::take(&mut self.cqes);
             for &(user_data, res, flags) in &cqes {
@@ -501,14 +507,11 @@ impl Worker {
     /// SAFETY (callers): every pointer in `entry` (a send buffer) lives until its completion:
     /// it is owned by the socket's slot, which outlives its operations.
     unsafe fn push(&mut self, entry: &squeue::Entry) {
-        loop {
-            // SAFETY: see the function's contract.
-            if unsafe { self.ring.submission().push(entry) }.is_ok() {
-                return;
-            }
-            if let Err(e) = self.ring.submit() {
-                log::error!("worker {}: io_uring submit failed: {e}", self.id);
-            }
+        // SAFETY: see the function's contract.
+        if let Err(e) = unsafe { submit::push(&mut self.ring, &mut self.backlog, entry) } {
+            // The ring refuses work for good: the worker ends, as when io_uring_enter fails.
+            log::error!("worker {}: io_uring submit failed: {e}", self.id);
+            self.exit = true;
         }
     }
 
@@ -517,8 +520,9 @@ impl Worker {
         let sq = self.ring.submission();
         if sq.capacity() - sq.len() < n {
             drop(sq);
-            if let Err(e) = self.ring.submit() {
+            if let Err(e) = submit::submit(&mut self.ring, &mut self.backlog) {
                 log::error!("worker {}: io_uring submit failed: {e}", self.id);
+                self.exit = true;
             }
         }
     }
@@ -1516,11 +1520,8 @@ impl Worker {
             let ts = types::Timespec::new().nsec(10_000_000);
             let args = types::SubmitArgs::new().timespec(&ts);
             let _ = self.ring.submitter().submit_with_args(1, &args);
-            let done: Vec<(u64, i32, u32)> = self
-                .ring
-                .completion()
-                .map(|c| (c.user_data(), c.result(), c.flags()))
-                .collect();
+            let mut done = std::mem::take(&mut self.backlog);
+            submit::reap_into(&mut self.ring, &mut done);
             for (user_data, _, flags) in done {
                 let kind = user_data >> 56;
                 let slot = user_data as u32;
