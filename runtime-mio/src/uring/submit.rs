@@ -25,20 +25,16 @@ pub(crate) fn reap_into(ring: &mut IoUring, backlog: &mut Vec<Cqe>) {
 
 /// Submits what is queued. `EBUSY`: completions are taken into `backlog` and it tries again;
 /// `EINTR`: again. Short of memory or resources for the moment (`EAGAIN`, `ENOMEM`): waits
-/// a millisecond and tries again, at most `RETRIES` times. Other errors are returned.
+/// a millisecond and tries again, as the loop's `io_uring_enter` does (a worker that gave up
+/// would drop every connection it holds). Other errors are returned.
 pub(crate) fn submit(ring: &mut IoUring, backlog: &mut Vec<Cqe>) -> io::Result<usize> {
-    const RETRIES: u32 = 1000;
-    let mut short = 0;
     loop {
         match ring.submit() {
             Ok(n) => return Ok(n),
             Err(e) => match e.raw_os_error() {
                 Some(libc::EBUSY) => reap_into(ring, backlog),
                 Some(libc::EINTR) => {}
-                Some(libc::EAGAIN | libc::ENOMEM) if short < RETRIES => {
-                    short += 1;
-                    std::thread::sleep(Duration::from_millis(1));
-                }
+                Some(libc::EAGAIN | libc::ENOMEM) => std::thread::sleep(Duration::from_millis(1)),
                 _ => return Err(e),
             },
         }
