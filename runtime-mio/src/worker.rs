@@ -772,10 +772,7 @@ impl Worker {
     }
 
     fn maybe_resume(&mut self) {
-        if self.gate.is_open()
-            || self.drain_deadline.is_some()
-            || !self.gate.reopen(&self.core, Instant::now())
-        {
+        if !resumes(&mut self.gate, &self.core, self.drain_deadline) {
             return;
         }
         for i in 0..self.listeners.len() {
@@ -1176,6 +1173,13 @@ pub(crate) fn drain_over(id: u64, core: &Core, deadline: Option<Instant>) -> boo
         return true;
     }
     false
+}
+
+/// Whether a worker whose accepting paused takes connections again now: the gate reopens
+/// (`Gate::reopen`: below the limits, or the timed pause is over), and the worker is not
+/// draining (a draining worker accepts nothing more).
+pub(crate) fn resumes(gate: &mut Gate, core: &Core, drain: Option<Instant>) -> bool {
+    !gate.is_open() && drain.is_none() && gate.reopen(core, Instant::now())
 }
 
 /// How long a worker's wait may block: until the core's next deadline, the end of a timed

@@ -57,7 +57,7 @@ use self::submit::Cqe;
 use crate::net::{Listener, Stream};
 use crate::worker::{
     Board, Command, Control, Handoff, Setup, Siblings, Took, after_pass, drain_over, next_wait,
-    on_listener, pass_on, take_one,
+    on_listener, pass_on, resumes, take_one,
 };
 
 // user_data: kind << 56 | generation (24 bits) << 32 | slot (32 bits).
@@ -1135,10 +1135,7 @@ impl Worker {
     }
 
     fn maybe_resume(&mut self) {
-        if self.gate.is_open()
-            || self.drain_deadline.is_some()
-            || !self.gate.reopen(&self.core, Instant::now())
-        {
+        if !resumes(&mut self.gate, &self.core, self.drain_deadline) {
             return;
         }
         for i in 0..self.listeners.len() {
