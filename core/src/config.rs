@@ -639,7 +639,7 @@ pub enum Io {
     /// with every feature (TLS, zero-copy `splice` bodies).
     #[default]
     Epoll,
-    /// io_uring (Linux 6.0+): multishot accepts and receives into a provided-buffer ring, and
+    /// io_uring (Linux 6.1+): multishot receives into a provided-buffer ring, and
     /// every operation of a loop pass submitted in one system call. Plain TCP and Unix sockets
     /// only (no TLS), and bodies are copied (no `splice`). Fewer kernel entries per request:
     /// `benches/load` measures what it saves.
@@ -647,16 +647,7 @@ pub enum Io {
 }
 
 impl Io {
-    /// From its name in the config file.
-    pub fn parse(name: &str) -> Option<Io> {
-        match name {
-            "epoll" => Some(Io::Epoll),
-            "uring" => Some(Io::Uring),
-            _ => None,
-        }
-    }
-
-    /// Its name in the config file (what [`Io::parse`] reads back).
+    /// Its name in the config file.
     pub fn as_str(self) -> &'static str {
         match self {
             Io::Epoll => "epoll",

@@ -65,8 +65,7 @@ impl Core {
             Role::Upstream(u) => {
                 let cid = u.client?;
                 let cl = self.conns.client(cid)?;
-                let plain = self.config.upstreams[u.group as usize].tls.is_none()
-                    && self.listener_plain(cid);
+                let plain = self.plain(u.group, cid);
                 if u.state != UState::Active || !plain || cl.ex.resp != Resp::Body {
                     return None;
                 }
@@ -77,8 +76,7 @@ impl Core {
                 let ex = &cl.ex;
                 let u = ex.upstream?;
                 let up = self.conns.upstream(u)?;
-                let plain = self.config.upstreams[up.group as usize].tls.is_none()
-                    && self.listener_plain(from);
+                let plain = self.plain(up.group, from);
                 // A body kept for a re-send or buffered whole must be seen.
                 if cl.phase != Phase::Exchange
                     || ex.resp == Resp::Tunnel
@@ -135,19 +133,19 @@ impl Core {
         };
         let cid = u.client?;
         let cl = self.conns.client(cid)?;
-        let plain =
-            self.config.upstreams[u.group as usize].tls.is_none() && self.listener_plain(cid);
-        (plain && cl.ex.resp == Resp::Waiting).then_some(HEAD_READ)
+        (self.plain(u.group, cid) && cl.ex.resp == Resp::Waiting).then_some(HEAD_READ)
     }
 
-    /// Whether the client connection `id` came through a listener without TLS.
-    fn listener_plain(&self, id: ConnId) -> bool {
-        self.conns.client(id).is_some_and(|cl| {
-            self.config
-                .listeners
-                .get(cl.listener.0 as usize)
-                .is_some_and(|l| l.tls.is_none())
-        })
+    /// Whether the bytes between client `client` and upstream group `group` are plain on
+    /// both sides (TLS needs them in user space: no splice).
+    fn plain(&self, group: u32, client: ConnId) -> bool {
+        self.config.upstreams[group as usize].tls.is_none()
+            && self.conns.client(client).is_some_and(|cl| {
+                self.config
+                    .listeners
+                    .get(cl.listener.0 as usize)
+                    .is_some_and(|l| l.tls.is_none())
+            })
     }
 
     /// `n` bytes of `from` went into the runtime's pipe toward its peer ([`Input::Spliced`]).
