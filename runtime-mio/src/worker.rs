@@ -108,16 +108,6 @@ pub(crate) struct Control {
 }
 
 impl Control {
-    /// The handle on a worker reached through `tx` and woken by `waker`.
-    pub(crate) fn new(id: u64, tx: Sender<Command>, waker: Arc<Waker>) -> Control {
-        Control { id, tx, waker }
-    }
-
-    /// The worker's waker (the ledger wakes it for a freed slot or a server's new state).
-    pub(crate) fn waker(&self) -> Arc<Waker> {
-        self.waker.clone()
-    }
-
     /// Sends `cmd`; false if the worker has exited.
     pub(crate) fn send(&self, cmd: Command) -> bool {
         self.tx.send(cmd).is_ok() && self.waker.wake().is_ok()
@@ -166,26 +156,14 @@ pub(crate) fn spawn(setup: Setup) -> io::Result<(Control, JoinHandle<()>)> {
         return crate::uring::spawn(setup);
     }
     let poll = Poll::new()?;
-    let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-    let (tx, rx) = mpsc::channel();
-    let control = Control {
-        id: setup.id,
-        tx,
-        waker,
-    };
-    let recorder = Recorder::open(&setup.config)?;
-    // Another worker frees a slot this worker's queue waits for, or a server's state changes:
-    // the same waker as commands, and the loop calls `handle_shared` on every wake.
-    let wake = control.waker.clone();
-    setup.ledger.set_waker(
+    let (control, rx, recorder, mut core) = open(
+        &poll,
+        WAKER,
+        setup.id,
         setup.index,
-        Box::new(move || {
-            let _ = wake.wake();
-        }),
-    );
-    let mut core = Core::with_shared(setup.config, setup.index as u64, setup.ledger, setup.index)?;
-    recorder.attach(&mut core);
-    core.set_request_id_prefix(upkeep_runtime::recorder::request_id_prefix(setup.id));
+        setup.config,
+        setup.ledger,
+    )?;
     // Large plain bodies move with splice(2) (`limits.splice_min`).
     core.enable_splice(true);
     let mut worker = Worker {
@@ -699,20 +677,7 @@ impl Worker {
         // never be lost.)
         self.pipes.give_back(&mut sock.pipe);
         sock.stream.deregister(self.poll.registry());
-        let sibling = self
-            .siblings
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(to)
-            .cloned();
-        let delivered = sibling.is_some_and(|w| {
-            w.send(Command::AdoptHanded {
-                stream: sock.stream,
-                tls: sock.tls,
-                handed,
-            })
-        });
-        if !delivered {
+        if !send_to_sibling(&self.siblings, to, sock.stream, sock.tls, handed) {
             log::debug!("worker {}: worker {to} cannot take a connection", self.id);
             self.core.hand_over_failed(clock::now(), handed);
         }
@@ -1054,6 +1019,59 @@ impl Worker {
         );
         log::debug!("worker {} exited", self.id);
     }
+}
+
+/// What every worker starts with, whatever its I/O: its handle (commands through a channel,
+/// wake-ups through a waker on `poll` under `token`), its command receiver, its recorder, and
+/// its core on the generation's `ledger`.
+pub(crate) fn open(
+    poll: &Poll,
+    token: Token,
+    id: u64,
+    index: usize,
+    config: Config,
+    ledger: Shared,
+) -> io::Result<(Control, Receiver<Command>, Recorder, Core)> {
+    let waker = Arc::new(Waker::new(poll.registry(), token)?);
+    let (tx, rx) = mpsc::channel();
+    let control = Control { id, tx, waker };
+    let recorder = Recorder::open(&config)?;
+    // Another worker frees a slot this worker's queue waits for, or a server's state changes:
+    // the same waker as commands, and the loop calls `handle_shared` on every wake.
+    let wake = control.waker.clone();
+    ledger.set_waker(
+        index,
+        Box::new(move || {
+            let _ = wake.wake();
+        }),
+    );
+    let mut core = Core::with_shared(config, index as u64, ledger, index)?;
+    recorder.attach(&mut core);
+    core.set_request_id_prefix(upkeep_runtime::recorder::request_id_prefix(id));
+    Ok((control, rx, recorder, core))
+}
+
+/// Hands an idle upstream connection (and its TLS session) to sibling `to`, for the request
+/// first in line there; false if that worker cannot take it (gone, or exiting).
+pub(crate) fn send_to_sibling(
+    siblings: &Siblings,
+    to: usize,
+    stream: Stream,
+    tls: Option<Box<Session>>,
+    handed: Handed,
+) -> bool {
+    let sibling = siblings
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(to)
+        .cloned();
+    sibling.is_some_and(|w| {
+        w.send(Command::AdoptHanded {
+            stream,
+            tls,
+            handed,
+        })
+    })
 }
 
 /// The worker of `handoff` whose turn it is to adopt a connection (`handed` so far).

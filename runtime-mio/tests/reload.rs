@@ -45,7 +45,7 @@ fn reloads_under_connection_churn_lose_no_connection() {
     reloads_under_connection_churn(Io::Epoll);
 }
 
-/// The same on io_uring, whose multishot accepts may complete in the batch that brings the
+/// The same on io_uring, whose listener polls may complete in the batch that brings the
 /// drain, or after it: those connections are taken in first, or handed to a new worker.
 #[test]
 fn reloads_under_connection_churn_lose_no_connection_on_io_uring() {
@@ -103,8 +103,8 @@ fn reloads_under_connection_churn(io: Io) {
 }
 
 /// At capacity, a connection the kernel completed but no worker took in yet is served by the
-/// new generation after a reload, once a client leaves (on io_uring the old worker already
-/// accepted it: it moves to a new worker).
+/// new generation after a reload, once a client leaves (on either I/O: a connection the old
+/// worker took in moves to a new worker).
 #[test]
 fn a_connection_waiting_at_capacity_survives_a_reload() {
     waiting_at_capacity_survives_a_reload(Io::Epoll);

@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
-use mio::{Events, Poll, Token, Waker};
+use mio::{Events, Poll, Token};
 use socket2::SockRef;
 use upkeep_core::{
     Address, ConnId, Core, Handed, Input, ListenerId, Output, Released, ServerId, Time,
@@ -57,7 +57,7 @@ use self::submit::Cqe;
 use crate::net::{Listener, Stream};
 use crate::worker::{
     Board, Command, Control, Handoff, Setup, Siblings, Took, after_pass, drain_over, next_wait,
-    on_listener, pass_on, resumes, take_one,
+    on_listener, open, pass_on, resumes, send_to_sibling, take_one,
 };
 
 // user_data: kind << 56 | generation (24 bits) << 32 | slot (32 bits).
@@ -107,20 +107,14 @@ fn build_ring() -> io::Result<IoUring> {
 /// made on the worker's own thread (`SINGLE_ISSUER`): an error there comes back from here.
 pub(crate) fn spawn(setup: Setup) -> io::Result<(Control, JoinHandle<()>)> {
     let poll = Poll::new()?;
-    let waker = Arc::new(Waker::new(poll.registry(), Token(0))?);
-    let (tx, rx) = mpsc::channel();
-    let control = Control::new(setup.id, tx, waker);
-    let recorder = Recorder::open(&setup.config)?;
-    let wake = control.waker();
-    setup.ledger.set_waker(
+    let (control, rx, recorder, core) = open(
+        &poll,
+        Token(0),
+        setup.id,
         setup.index,
-        Box::new(move || {
-            let _ = wake.wake();
-        }),
-    );
-    let mut core = Core::with_shared(setup.config, setup.index as u64, setup.ledger, setup.index)?;
-    recorder.attach(&mut core);
-    core.set_request_id_prefix(upkeep_runtime::recorder::request_id_prefix(setup.id));
+        setup.config,
+        setup.ledger,
+    )?;
     let board = setup.board.clone();
     let (ready_tx, ready_rx) = mpsc::sync_channel(1);
     let id = setup.id;
@@ -297,10 +291,10 @@ struct Slot {
     sock: Option<Sock>,
 }
 
-/// A listener and its multishot accept.
+/// A listener and its multishot poll for incoming connections (taken with `accept(2)`).
 struct Listening {
     socket: Listener,
-    /// An accept is armed (until its final completion); its generation in `user_data`.
+    /// The poll is armed (until its final completion); its generation in `user_data`.
     armed: bool,
     generation: u32,
 }
@@ -421,9 +415,14 @@ impl Worker {
         self.core.start(self.now);
         self.after_input();
         loop {
-            for slot in std::mem::take(&mut self.rearm) {
+            // (Taken and put back, to keep its capacity: one allocation less per pass.)
+            let mut rearm = std::mem::take(&mut self.rearm);
+            for &slot in &rearm {
                 self.arm_recv(slot);
             }
+            rearm.clear();
+            rearm.append(&mut self.rearm);
+            self.rearm = rearm;
             self.bufs.publish();
             let waited = match self.wait_for() {
                 // Completions already taken aside: submit, but do not wait.
@@ -785,7 +784,7 @@ impl Worker {
             self.core.handle(self.now, Input::Errored { conn });
             return;
         }
-        if s.held_eof && s.want_read {
+        if s.held_eof {
             s.held_eof = false;
             s.eof = true;
             self.core.handle(self.now, Input::ReadClosed { conn });
@@ -932,19 +931,7 @@ impl Worker {
     fn send_upstream(&mut self, stream: Stream, to: Leaving) -> bool {
         match to {
             Leaving::Sibling { to, handed } => {
-                let sibling = self
-                    .siblings
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get(to)
-                    .cloned();
-                let sent = sibling.is_some_and(|w| {
-                    w.send(Command::AdoptHanded {
-                        stream,
-                        tls: None,
-                        handed,
-                    })
-                });
+                let sent = send_to_sibling(&self.siblings, to, stream, None, handed);
                 if !sent {
                     self.not_delivered(Leaving::Sibling { to, handed });
                 }
@@ -1110,9 +1097,7 @@ impl Worker {
             return;
         }
         self.accept(i);
-        if current {
-            self.arm_accept(i);
-        }
+        self.arm_accept(i);
     }
 
     /// Takes connections off listener `i` until its queue is empty or accepting pauses (the
@@ -1169,7 +1154,7 @@ impl Worker {
                 // Let go by the core: kept for the adopter (a client) or a sign the handed
                 // upstream connection is unfit (see `Worker::leave`).
                 s.late.extend_from_slice(data);
-            } else if s.open && !s.eof {
+            } else if !s.eof {
                 if s.want_read && s.held.is_empty() && !s.held_eof {
                     self.core.handle(now, Input::Received { conn, data });
                     fed = true;
