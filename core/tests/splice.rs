@@ -45,6 +45,12 @@ fn a_response_head_is_read_with_a_cap_only_while_its_body_may_be_spliced() {
             None,
             "a pooled connection has no response to come"
         );
+        assert_eq!(
+            h.core.armed_read_cap(u),
+            expected,
+            "a receive armed in the pool takes the next head"
+        );
+        assert_eq!(h.core.armed_read_cap(c), None, "a client is never capped");
         let spliced = h.core.stats().spliced_bytes;
         if splicing {
             assert!(spliced > 0, "the body behind the head was spliced");

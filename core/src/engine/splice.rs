@@ -136,6 +136,21 @@ impl Core {
         (self.plain(u.group, cid) && cl.ex.resp == Resp::Waiting).then_some(HEAD_READ)
     }
 
+    /// The cap for a read that is armed now and completes later (io_uring's receive, armed
+    /// while a connection waits): [`Core::read_cap`], and [`HEAD_READ`] for an idle pooled
+    /// upstream connection of a plain group too — its next bytes, once it is reused, are a
+    /// response head, and the receive armed in the pool is the one that takes it.
+    pub fn armed_read_cap(&self, from: ConnId) -> Option<usize> {
+        self.read_cap(from).or_else(|| {
+            let splicing = self.splice && self.config.limits.splice_min > 0;
+            let plain = |u: &super::upstream::Upstream| {
+                self.config.upstreams[u.group as usize].tls.is_none()
+            };
+            (splicing && self.pool.contains(from) && self.conns.upstream(from).is_some_and(plain))
+                .then_some(HEAD_READ)
+        })
+    }
+
     /// Whether the bytes between client `client` and upstream group `group` are plain on
     /// both sides (TLS needs them in user space: no splice).
     fn plain(&self, group: u32, client: ConnId) -> bool {

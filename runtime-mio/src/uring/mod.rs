@@ -11,7 +11,18 @@
 //!   provided-buffer ring ([`BufRing`]). The bytes are copied into the core
 //!   ([`Input::Received`]) and the buffer goes back at once. When the core stops reading a
 //!   connection (`Output::Interest { read: false }`) the receive is cancelled; bytes or an EOF
-//!   already on their way are held here and handed over when reading resumes.
+//!   already on their way are held here and handed over when reading resumes. While splicing
+//!   is on (`limits.splice_min`), upstream connections receive one buffer at a time, each
+//!   stopping at the cap the core names for what comes next ([`Core::armed_read_cap`]: a
+//!   response head), so that a large body stays in the socket.
+//! - **Zero-copy bodies**: when the core says the next bytes of a connection may be spliced
+//!   ([`Core::splice_source`]), the worker splices them into a pipe with the same non-blocking
+//!   `splice(2)` calls as the epoll worker (`upkeep_runtime::splice`), a single-shot poll
+//!   standing in for readiness, and writes the pipe out the same way before any send of what
+//!   the core queued behind it (a writability poll when the socket is full). io_uring's own
+//!   `SPLICE` would need a pipe per direction in flight and its completions ordered with the
+//!   sends; the plain calls keep the epoll worker's rules and code. Uploads stay copied: a
+//!   client's multishot receive takes its body.
 //! - **Writing**: at most one send in flight per connection, from a copy of the core's queue (up to
 //!   256 KiB) that the socket owns, so the kernel never reads memory the core may free or reuse.
 //!   (`sendmsg` straight from the core's buffers, kept alive by `Bytes` clones, measured worse:
@@ -26,7 +37,7 @@
 //!   is cancelled first and the socket leaves once nothing is in flight on it, so no byte is
 //!   read here that the adopter then misses.
 //!
-//! Not here: TLS (refused by `Config::validate`) and `splice` (bodies are copied).
+//! Not here: TLS (refused by `Config::validate`).
 
 mod bufring;
 mod submit;
@@ -48,8 +59,11 @@ use upkeep_core::{
 };
 use upkeep_runtime::accept::Gate;
 use upkeep_runtime::clock;
+use upkeep_runtime::descriptors::MAX_PIPES;
+use upkeep_runtime::io::{Flushed, ReadStep};
 use upkeep_runtime::recorder::Recorder;
 use upkeep_runtime::socket::{self, Connecting};
+use upkeep_runtime::splice::{Pipe, Pipes};
 use upkeep_runtime::trim::Trim;
 
 use self::bufring::BufRing;
@@ -72,6 +86,10 @@ const CANCEL: u64 = 7;
 const WAKE: u64 = 8;
 /// A cancelled accept or any other completion nothing waits for.
 const IGNORE: u64 = 9;
+/// A socket whose body is spliced became readable (the splice itself is a plain system call).
+const POLL_IN: u64 = 10;
+/// A socket whose pipe could not be written out became writable.
+const POLL_OUT: u64 = 11;
 
 fn ud(kind: u64, slot: u32, generation: u32) -> u64 {
     kind << 56 | u64::from(generation & 0xff_ffff) << 32 | u64::from(slot)
@@ -93,6 +111,13 @@ const BGID: u16 = 0;
 const SQ_ENTRIES: u32 = 1024;
 /// How long the exit waits for the kernel to finish cancelled operations.
 const EXIT_WAIT: Duration = Duration::from_secs(1);
+/// Splices one readable socket takes in a row before the others get their turn (as the epoll
+/// worker's read budget).
+const READ_BUDGET: usize = 16;
+/// Rounds of ready work (receives to arm, pipes to write, bodies to splice, each of which may
+/// make more) run before the next `io_uring_enter`; what is left waits one enter that does not
+/// block.
+const READY_ROUNDS: usize = 16;
 
 fn build_ring() -> io::Result<IoUring> {
     IoUring::builder()
@@ -107,7 +132,7 @@ fn build_ring() -> io::Result<IoUring> {
 /// made on the worker's own thread (`SINGLE_ISSUER`): an error there comes back from here.
 pub(crate) fn spawn(setup: Setup) -> io::Result<(Control, JoinHandle<()>)> {
     let poll = Poll::new()?;
-    let (control, rx, recorder, core) = open(
+    let (control, rx, recorder, mut core) = open(
         &poll,
         Token(0),
         setup.id,
@@ -115,6 +140,8 @@ pub(crate) fn spawn(setup: Setup) -> io::Result<(Control, JoinHandle<()>)> {
         setup.config,
         setup.ledger,
     )?;
+    // Large plain response bodies move with splice(2) (`limits.splice_min`), as with epoll.
+    core.enable_splice(true);
     let board = setup.board.clone();
     let (ready_tx, ready_rx) = mpsc::sync_channel(1);
     let id = setup.id;
@@ -202,6 +229,8 @@ struct Sock {
     want_read: bool,
     /// A multishot receive is armed (until its final completion).
     recv_armed: bool,
+    /// A readability poll is armed instead: the next body bytes are spliced, not received.
+    poll_in: bool,
     /// That receive is being cancelled.
     cancel_sent: bool,
     /// Receives are single-shot (one buffer each): the core paused this connection once.
@@ -221,6 +250,12 @@ struct Sock {
     wbuf: Vec<u8>,
     /// The last send found no room: the next one waits for writability first.
     poll_first: bool,
+    /// Body bytes spliced toward this connection and not yet written out: they go first, by
+    /// `splice(2)` from this pipe (a writability poll stands in for the send while it is full).
+    pipe: Option<Pipe>,
+    /// The connection whose body waits to be spliced toward this one until what is queued here
+    /// has been written (`SpliceTo::flush_first`): armed again at the next write completion.
+    flush_waiter: Option<ConnId>,
     /// Operations submitted and not yet completed (a multishot receive counts once).
     inflight: u32,
     /// Its close was queued: the slot is free once nothing is in flight.
@@ -246,6 +281,7 @@ impl Sock {
             open: true,
             want_read: true,
             recv_armed: false,
+            poll_in: false,
             cancel_sent: false,
             single: false,
             eof: false,
@@ -257,6 +293,8 @@ impl Sock {
             writing: false,
             wbuf: Vec::new(),
             poll_first: false,
+            pipe: None,
+            flush_waiter: None,
             inflight: 0,
             closed: false,
             leaving: None,
@@ -274,6 +312,21 @@ impl Sock {
     fn sock(&self) -> Option<SockRef<'_>> {
         self.fd.as_ref().map(SockRef::from)
     }
+}
+
+/// Whether the core wants the socket read and nothing reads it yet: no receive or poll armed,
+/// nothing held back from the core, its read side not over.
+fn readable(s: &Sock) -> bool {
+    s.open
+        && s.want_read
+        && !s.recv_armed
+        && !s.poll_in
+        && !s.eof
+        && s.held.is_empty()
+        && !s.held_eof
+        && !s.held_err
+        && !s.connecting
+        && s.fd.is_some()
 }
 
 /// A socket as the other workers take it.
@@ -330,6 +383,14 @@ struct Worker {
     backlog: Vec<Cqe>,
     /// Slots whose receive ended and is to be armed again (after the buffers went back).
     rearm: Vec<u32>,
+    /// Slots whose next body bytes are to be spliced now ([`Worker::splice_read`]).
+    splicing: Vec<u32>,
+    /// Slots whose pipe is to be written out now ([`Worker::flush_pipe`]).
+    pipe_flushes: Vec<u32>,
+    pipes: Pipes,
+    /// `limits.splice_min > 0`: upstream connections then receive one buffer at a time, each
+    /// armed for what comes next (a capped head read, [`Core::armed_read_cap`]), never multishot.
+    splice_on: bool,
     now: Time,
     rx: Receiver<Command>,
     exit: bool,
@@ -363,6 +424,7 @@ impl Worker {
         rx: Receiver<Command>,
         rest: Rest,
     ) -> Worker {
+        let splice_on = core.config().limits.splice_min > 0;
         Worker {
             id,
             ring,
@@ -388,6 +450,10 @@ impl Worker {
             cqes: Vec::with_capacity(1024),
             backlog: Vec::new(),
             rearm: Vec::new(),
+            splicing: Vec::new(),
+            pipe_flushes: Vec::new(),
+            pipes: Pipes::default(),
+            splice_on,
             now: clock::now(),
             rx,
             exit: false,
@@ -415,18 +481,11 @@ impl Worker {
         self.core.start(self.now);
         self.after_input();
         loop {
-            // (Taken and put back, to keep its capacity: one allocation less per pass.)
-            let mut rearm = std::mem::take(&mut self.rearm);
-            for &slot in &rearm {
-                self.arm_recv(slot);
-            }
-            rearm.clear();
-            rearm.append(&mut self.rearm);
-            self.rearm = rearm;
+            let more = self.run_ready();
             self.bufs.publish();
             let waited = match self.wait_for() {
-                // Completions already taken aside: submit, but do not wait.
-                _ if !self.backlog.is_empty() => self.ring.submit(),
+                // Completions already taken aside, or ready work left: submit, but do not wait.
+                _ if !self.backlog.is_empty() || more => self.ring.submit(),
                 Some(d) => {
                     let ts = types::Timespec::new()
                         .sec(d.as_secs())
@@ -493,6 +552,42 @@ impl Worker {
             }
         }
         self.exit();
+    }
+
+    /// Arms the receives whose last one ended (after the buffers went back), writes out the
+    /// pipes that have room and splices the bodies that are ready, in rounds, since each may
+    /// make work for the others; true if work is left for after the next enter.
+    fn run_ready(&mut self) -> bool {
+        for _ in 0..READY_ROUNDS {
+            if self.rearm.is_empty() && self.pipe_flushes.is_empty() && self.splicing.is_empty() {
+                return false;
+            }
+            // (Taken and put back, to keep their capacity: no allocation per pass.)
+            let mut list = std::mem::take(&mut self.rearm);
+            for &slot in &list {
+                self.arm_recv(slot);
+            }
+            list.clear();
+            list.append(&mut self.rearm);
+            self.rearm = list;
+            let mut list = std::mem::take(&mut self.pipe_flushes);
+            for &slot in &list {
+                if self.flush_pipe(slot) {
+                    self.start_write(slot);
+                }
+            }
+            list.clear();
+            list.append(&mut self.pipe_flushes);
+            self.pipe_flushes = list;
+            let mut list = std::mem::take(&mut self.splicing);
+            for &slot in &list {
+                self.splice_read(slot);
+            }
+            list.clear();
+            list.append(&mut self.splicing);
+            self.splicing = list;
+        }
+        !(self.rearm.is_empty() && self.pipe_flushes.is_empty() && self.splicing.is_empty())
     }
 
     fn wait_for(&self) -> Option<Duration> {
@@ -618,7 +713,16 @@ impl Worker {
 
     /// The core no longer knows the connection in `slot` (closed, or handed on).
     fn unlink(&mut self, slot: u32) {
-        let Some(s) = self.sock(slot) else { return };
+        self.wake_waiter(slot);
+        let Some(s) = self
+            .slots
+            .get_mut(slot as usize)
+            .and_then(|e| e.sock.as_mut())
+        else {
+            return;
+        };
+        // Bytes still in its pipe were for this connection only: the pipe is closed.
+        self.pipes.give_back(&mut s.pipe);
         s.open = false;
         let i = s.conn.index as usize;
         if self.by_conn.get(i) == Some(&(slot + 1)) {
@@ -630,24 +734,42 @@ impl Worker {
         self.slots[slot as usize].generation
     }
 
+    /// Arms what reads the socket in `slot` next, if the core wants it read and nothing is
+    /// armed: a poll, when its next body bytes are to be spliced (or a wait for its peer's
+    /// queue to be written first); a receive otherwise.
     fn arm_recv(&mut self, slot: u32) {
-        let generation = self.generation(slot);
         let Some(s) = self.sock(slot) else { return };
-        if !s.open
-            || s.recv_armed
-            || s.eof
-            || s.held_eof
-            || s.held_err
-            || s.connecting
-            || !s.want_read
-            || s.fd.is_none()
-        {
+        if !readable(s) {
             return;
         }
+        let conn = s.conn;
+        match self.core.splice_source(conn) {
+            Some(hint) if hint.flush_first => self.wait_for_flush(slot, hint.to),
+            Some(_) => self.splicing.push(slot),
+            None => self.arm_receive(slot),
+        }
+    }
+
+    /// Arms a receive on the socket in `slot`: multishot, or one buffer at a time on a
+    /// connection the core paused once and on upstream connections while splicing is on — their
+    /// receive stops at the cap the core names for what comes next (a response head).
+    fn arm_receive(&mut self, slot: u32) {
+        let generation = self.generation(slot);
+        let splice_on = self.splice_on;
+        let Some(s) = self.slots[slot as usize].sock.as_mut() else {
+            return;
+        };
+        if !readable(s) {
+            return;
+        }
+        let cap = self.core.armed_read_cap(s.conn);
+        let single =
+            s.single || cap.is_some() || (splice_on && self.core.upstream_server(s.conn).is_some());
         s.recv_armed = true;
         s.inflight += 1;
-        let e = if s.single {
-            opcode::Recv::new(types::Fd(s.raw()), std::ptr::null_mut(), BUF_SIZE as u32)
+        let e = if single {
+            let len = cap.unwrap_or(BUF_SIZE).min(BUF_SIZE) as u32;
+            opcode::Recv::new(types::Fd(s.raw()), std::ptr::null_mut(), len)
                 .buf_group(BGID)
                 .build()
                 .flags(squeue::Flags::BUFFER_SELECT)
@@ -655,6 +777,197 @@ impl Worker {
             opcode::RecvMulti::new(types::Fd(s.raw()), BGID).build()
         };
         self.push_plain(e.user_data(ud(RECV, slot, generation)));
+    }
+
+    /// The body of the socket in `slot` is to be spliced toward `to` once what is queued there
+    /// is written: `to`'s next write completion arms it again (and a write starts if none is
+    /// under way).
+    fn wait_for_flush(&mut self, slot: u32, to: ConnId) {
+        let Some(conn) = self.sock(slot).map(|s| s.conn) else {
+            return;
+        };
+        let Some(to_slot) = self.slot_of(to) else {
+            return;
+        };
+        let t = self.sock(to_slot).expect("live slot");
+        t.flush_waiter = Some(conn);
+        if !t.writing {
+            self.start_write(to_slot);
+        }
+    }
+
+    /// A write of the socket in `slot` made progress (or it went away): the connection waiting
+    /// to splice toward it is armed again.
+    fn wake_waiter(&mut self, slot: u32) {
+        if let Some(waiter) = self.sock(slot).and_then(|s| s.flush_waiter.take())
+            && let Some(w) = self.slot_of(waiter)
+        {
+            self.rearm.push(w);
+        }
+    }
+
+    /// Splices the next body bytes of the socket in `slot` into the pipe toward its peer, as
+    /// the epoll worker does (`upkeep_runtime::splice::fill`, a non-blocking `splice(2)`),
+    /// until the socket is drained (then a readability poll waits for more), the pipe is full
+    /// (the core holds the socket back until some are written), the body ends, or the core
+    /// wants the bytes read after all (a receive then).
+    fn splice_read(&mut self, slot: u32) {
+        for _ in 0..READ_BUDGET {
+            let Some(s) = self.sock(slot) else { return };
+            if !readable(s) {
+                return;
+            }
+            let conn = s.conn;
+            let Some(hint) = self.core.splice_source(conn) else {
+                return self.arm_receive(slot);
+            };
+            if hint.flush_first {
+                return self.wait_for_flush(slot, hint.to);
+            }
+            let Some(to_slot) = self.slot_of(hint.to) else {
+                return self.arm_receive(slot);
+            };
+            let mut pipe = match self.slots[to_slot as usize]
+                .sock
+                .as_mut()
+                .and_then(|t| t.pipe.take())
+            {
+                Some(pipe) => pipe,
+                None => match self.pipes.take(MAX_PIPES) {
+                    Ok(pipe) => pipe,
+                    Err(e) => {
+                        // Out of descriptors, say: this body is copied instead.
+                        log::debug!("worker {}: no pipe for a zero-copy body: {e}", self.id);
+                        return self.arm_receive(slot);
+                    }
+                },
+            };
+            let step = match self.slots[slot as usize]
+                .sock
+                .as_ref()
+                .and_then(|s| s.fd.as_ref())
+            {
+                Some(fd) => upkeep_runtime::splice::fill(
+                    &mut self.core,
+                    self.now,
+                    conn,
+                    fd,
+                    hint.to,
+                    &mut pipe,
+                ),
+                None => None,
+            };
+            match self.slots[to_slot as usize].sock.as_mut() {
+                Some(t) if t.open && !pipe.is_empty() => {
+                    t.pipe = Some(pipe);
+                    // The splice stopped with bytes in the pipe (maybe full): the core holds
+                    // this socket back until some are written, then asks for it again.
+                    if step == Some(ReadStep::Wait) {
+                        self.core.pipe_full(self.now, hint.to);
+                    }
+                }
+                _ => self.pipes.give(pipe),
+            }
+            self.after_input();
+            match step {
+                None => return self.arm_receive(slot),
+                Some(ReadStep::Again) => {}
+                Some(ReadStep::Wait) => return self.arm_poll_in(slot),
+                Some(ReadStep::Done) => {
+                    if let Some(s) = self.sock(slot) {
+                        s.eof = true;
+                    }
+                    return;
+                }
+            }
+        }
+        // Budget spent with bytes possibly left: the rest after the others had their turn.
+        self.splicing.push(slot);
+    }
+
+    /// Waits (a single-shot poll) for the socket in `slot` to be readable, to splice again.
+    fn arm_poll_in(&mut self, slot: u32) {
+        let generation = self.generation(slot);
+        let Some(s) = self.sock(slot) else { return };
+        if !readable(s) {
+            return;
+        }
+        s.poll_in = true;
+        s.inflight += 1;
+        let e = opcode::PollAdd::new(types::Fd(s.raw()), libc::POLLIN as u32)
+            .build()
+            .user_data(ud(POLL_IN, slot, generation));
+        self.push_plain(e);
+    }
+
+    fn on_poll_in(&mut self, slot: u32, res: i32) {
+        let s = self.sock(slot).expect("live");
+        s.poll_in = false;
+        self.done(slot);
+        if res != -libc::ECANCELED {
+            // (Re-decides: the core may want these bytes received, or not read at all now.)
+            self.splice_read(slot);
+        }
+    }
+
+    /// Writes out the bytes spliced toward the socket in `slot` (`upkeep_runtime::splice::flush`,
+    /// a non-blocking `splice(2)` from its pipe, as the epoll worker does); true when its pipe
+    /// is empty and what the core queued behind it may be sent. A full socket: a writability
+    /// poll brings this back.
+    fn flush_pipe(&mut self, slot: u32) -> bool {
+        let Some(s) = self.slots[slot as usize].sock.as_mut() else {
+            return false;
+        };
+        if !s.open || s.writing || s.connecting {
+            return false;
+        }
+        let conn = s.conn;
+        let Some(mut pipe) = s.pipe.take() else {
+            return true;
+        };
+        let Some(fd) = s.fd.as_ref() else {
+            self.pipes.give(pipe);
+            return false;
+        };
+        let flushed = upkeep_runtime::splice::flush(&mut self.core, self.now, conn, fd, &mut pipe);
+        match self.slots[slot as usize].sock.as_mut() {
+            Some(s) if !pipe.is_empty() => s.pipe = Some(pipe),
+            _ => self.pipes.give(pipe),
+        }
+        self.wake_waiter(slot);
+        self.after_input();
+        match flushed {
+            Flushed::Empty => true,
+            Flushed::Blocked => {
+                self.arm_poll_out(slot);
+                false
+            }
+            Flushed::Done => false,
+        }
+    }
+
+    /// Waits (a single-shot poll, standing in for a send) for room to write the pipe out.
+    fn arm_poll_out(&mut self, slot: u32) {
+        let generation = self.generation(slot);
+        let Some(s) = self.sock(slot) else { return };
+        if !s.open || s.writing || s.fd.is_none() || s.pipe.is_none() {
+            return;
+        }
+        s.writing = true;
+        s.inflight += 1;
+        let e = opcode::PollAdd::new(types::Fd(s.raw()), libc::POLLOUT as u32)
+            .build()
+            .user_data(ud(POLL_OUT, slot, generation));
+        self.push_plain(e);
+    }
+
+    fn on_poll_out(&mut self, slot: u32, res: i32) {
+        let s = self.sock(slot).expect("live");
+        s.writing = false;
+        self.done(slot);
+        if res != -libc::ECANCELED && self.flush_pipe(slot) {
+            self.start_write(slot);
+        }
     }
 
     /// Starts a send of what the core has queued for the socket in `slot`, unless one is in
@@ -665,6 +978,11 @@ impl Worker {
             return;
         };
         if !s.open || s.writing || s.connecting || s.fd.is_none() {
+            return;
+        }
+        if s.pipe.is_some() {
+            // Spliced bytes go first, written from the pipe (`flush_pipe`).
+            self.pipe_flushes.push(slot);
             return;
         }
         s.wbuf.clear();
@@ -1034,6 +1352,8 @@ impl Worker {
         }
         match kind {
             RECV => self.on_recv(slot, res, flags, bid),
+            POLL_IN => self.on_poll_in(slot, res),
+            POLL_OUT => self.on_poll_out(slot, res),
             SEND => self.on_send(slot, res),
             CONNECT => self.on_connect(slot, res),
             SHUTDOWN | CANCEL => self.done(slot),
@@ -1221,6 +1541,8 @@ impl Worker {
         if !open {
             return;
         }
+        // Whatever came of it, a body waiting to be spliced toward this socket looks again.
+        self.wake_waiter(slot);
         if res > 0 {
             self.core.handle(
                 self.now,
