@@ -21,6 +21,7 @@
 #   upkeep-nokeep  upkeep with pooling off (keepalive = 0)
 #   upkeep-copy    upkeep with splice_min = 0 ([limits]: every body copied, no splice(2))
 #   upkeep-uring   upkeep with io = "uring" (io_uring workers; plain cases only, no TLS)
+#   upkeep-uring-copy  upkeep-uring with splice_min = 0 (io_uring, every body copied)
 #   haproxy-splice haproxy-safe plus `option splice-auto` (defaults section; maxpipes 1024;
 #                  HAPROXY_SPLICE replaces the option line, e.g. "option splice-response")
 #
@@ -85,7 +86,7 @@
 # FANIN_CONNS, WRK_THREADS, SETTLE (s of unrecorded load right before each measured run, default
 # 1; 0 = off), PORT_BASE (default 19000: origins +1/+2, status +101/+102, proxies
 # nginx-nokeep +81, nginx-keep +82, haproxy-safe +83, haproxy-splice +84, upkeep +90,
-# upkeep-nokeep +91, upkeep-copy +92, upkeep-uring +93, upkeep admin = the proxy's port +50; TLS: origins +3/+4,
+# upkeep-nokeep +91, upkeep-copy +92, upkeep-uring +93, upkeep-uring-copy +94, upkeep admin = the proxy's port +50; TLS: origins +3/+4,
 # proxies' TLS variants +100/+200, upkeep admin +150/+250), PIN=1 (proxies on CPU 0, wrk and
 # origins on CPU 1; default: no pinning), HAPROXY_SPLICE (haproxy-splice's option line, default
 # "option splice-auto"), UPKEEP_BIN (skip the build), OUT (output directory), SKIP_ALLOC=1 (skip
@@ -124,7 +125,7 @@ for case in $CASES; do
     esac
 done
 TLS_ANY=$((TLS_TERM || TLS_UP))
-if ((TLS_ANY)) && [[ " ${TARGETS:-} " == *" upkeep-uring "* ]]; then
+if ((TLS_ANY)) && [[ " ${TARGETS:-} " == *" upkeep-uring"* ]]; then
     echo "run.sh: upkeep-uring has no TLS (io = \"uring\" refuses it): leave the tls cases out" >&2
     exit 2
 fi
@@ -162,6 +163,7 @@ declare -A PORT=(
     [upkeep-nokeep]=$((PORT_BASE + 91))
     [upkeep-copy]=$((PORT_BASE + 92))
     [upkeep-uring]=$((PORT_BASE + 93))
+    [upkeep-uring-copy]=$((PORT_BASE + 94))
 )
 for t in $TARGETS; do
     [[ -n ${PORT[$t]:-} ]] || { echo "run.sh: unknown target $t" >&2; exit 2; }
@@ -407,8 +409,8 @@ done
 # upkeep_upstream_of / upkeep_limits_of TARGET: the upkeep target's extra lines in [[upstream]]
 # and [limits].
 upkeep_upstream_of() { [[ $1 == upkeep-nokeep ]] && echo "keepalive = 0   # pooling off" || true; }
-upkeep_io_of() { [[ $1 == upkeep-uring ]] && echo 'io = "uring"' || true; }
-upkeep_limits_of() { [[ $1 == upkeep-copy ]] && echo "splice_min = 0   # every body copied" || true; }
+upkeep_io_of() { [[ $1 == upkeep-uring* ]] && echo 'io = "uring"' || true; }
+upkeep_limits_of() { [[ $1 == *-copy ]] && echo "splice_min = 0   # every body copied" || true; }
 
 upkeep_proxy() { # name
     cat >"$TMP/$1.toml" <<EOF
@@ -433,7 +435,7 @@ $(upkeep_limits_of "$1")
 EOF
     start "$1" "${PROXY_CPU[@]}" "$UPKEEP_BIN" run --config "$TMP/$1.toml"
 }
-for t in upkeep upkeep-nokeep upkeep-copy upkeep-uring; do
+for t in upkeep upkeep-nokeep upkeep-copy upkeep-uring upkeep-uring-copy; do
     if want $t; then upkeep_proxy $t; fi
 done
 

@@ -1630,7 +1630,11 @@ impl Worker {
                     return;
                 }
                 Ok(Command::Snapshot(tx)) => {
-                    let _ = tx.send(self.recorder.snapshot(&self.core, clock::now()));
+                    let mut snapshot = self.recorder.snapshot(&self.core, clock::now());
+                    let socks = self.slots.iter().filter_map(|e| e.sock.as_ref());
+                    let used = socks.filter(|s| s.pipe.is_some()).count();
+                    snapshot.pipes = (used as u64, self.pipes.kept() as u64);
+                    let _ = tx.send(snapshot);
                 }
                 Ok(Command::ReopenLog) => self.recorder.reopen(),
                 Ok(Command::Adopt {
