@@ -50,9 +50,11 @@ pub(crate) struct Buffers {
     pub read_closed: bool,
     /// That EOF waits until the bytes before it, held back by backpressure, are relayed.
     pub eof_deferred: bool,
-    /// The runtime's pipe toward this connection refused more bytes ([`Core::pipe_full`]):
-    /// its peer is held back as at `write_high_water` until some piped bytes are written.
-    pub pipe_full: bool,
+    /// The runtime takes nothing more toward this connection until some of its queue is
+    /// written: its pipe refused more bytes ([`Core::pipe_full`]), or it waits for the queue to
+    /// be written before it splices ([`Core::wait_for_flush`]). Its peer is held back as at
+    /// `write_high_water` until then.
+    pub peer_held: bool,
     pub after_flush: AfterFlush,
     /// Last time a write made progress (or the queue became non-empty).
     pub write_progress: Time,
@@ -72,7 +74,7 @@ impl Buffers {
             reading: true,
             read_closed: false,
             eof_deferred: false,
-            pipe_full: false,
+            peer_held: false,
             after_flush: AfterFlush::Keep,
             write_progress: now,
             lent_at: None,
@@ -171,10 +173,10 @@ impl Buffers {
             self.write_progress = now;
         }
         self.wq_len -= n;
-        let piped = n.min(self.piped);
-        if piped > 0 {
-            self.pipe_full = false;
+        if n > 0 {
+            self.peer_held = false;
         }
+        let piped = n.min(self.piped);
         self.piped -= piped;
         n -= piped;
         while n > 0 {

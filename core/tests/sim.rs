@@ -191,6 +191,7 @@ proptest! {
         min in 1u64..200,
         pipe in 1usize..600,
         stalled_first in any::<bool>(),
+        wait_flush in any::<bool>(),
         acts in actions(),
     ) {
         let mut cfg = config(2);
@@ -198,6 +199,7 @@ proptest! {
         let a = BackendScript { body_size: body, ..a };
         let mut w = World::new(seed, cfg, vec![a, b]);
         w.harness.enable_splice(pipe);
+        w.harness.wait_for_flushes(wait_flush);
         if stalled_first {
             // A first client that does not read yet: its responses wait behind their heads.
             w.run(&[Action::Connect { ip: 0 }, Action::Stall { client: 0, stalled: true }]);

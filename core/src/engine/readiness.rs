@@ -168,7 +168,7 @@ impl Core {
                         .ex
                         .upstream
                         .and_then(|u| self.conns.get(u))
-                        .is_some_and(|u| u.buf.wq_len >= hw || u.buf.pipe_full);
+                        .is_some_and(|u| u.buf.wq_len >= hw || u.buf.peer_held);
                     if cl.ex.resp == Resp::Tunnel || !cl.ex.req_done {
                         !peer_full
                     } else {
@@ -183,7 +183,7 @@ impl Core {
                 UState::Active | UState::Tunnel => u
                     .client
                     .and_then(|cl| self.conns.get(cl))
-                    .is_none_or(|cl| cl.buf.wq_len < hw && !cl.buf.pipe_full),
+                    .is_none_or(|cl| cl.buf.wq_len < hw && !cl.buf.peer_held),
             },
         })
     }

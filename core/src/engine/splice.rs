@@ -250,13 +250,30 @@ impl Core {
     /// it, and its read timeout cut the response and blamed the server (the review's
     /// reproduction in `runtime-mio/tests/splice.rs`).
     pub fn pipe_full(&mut self, now: Time, to: ConnId) {
+        if self.piped(to) > 0 {
+            self.hold_peer(now, to);
+        }
+    }
+
+    /// The runtime waits for what is queued toward `to` to be written before it splices toward
+    /// it ([`SpliceTo::flush_first`]), because its writes complete later (io_uring: a send is
+    /// in flight). `to`'s peer is held back as by [`Core::pipe_full`] — not read, and so under
+    /// no read or body deadline — until some of `to`'s queue is written; then it is asked for
+    /// again (`Output::Interest`). Without this the peer counted as read while nobody read it,
+    /// and a slow client let the upstream's read timeout cut the response (the review's
+    /// reproduction: a chunked response to a pausing client, on io_uring).
+    pub fn wait_for_flush(&mut self, now: Time, to: ConnId) {
+        if self.pending_len(to) > 0 {
+            self.hold_peer(now, to);
+        }
+    }
+
+    /// Holds the peer of `to` back until some of `to`'s queue is written (`peer_held`).
+    fn hold_peer(&mut self, now: Time, to: ConnId) {
         let Some(c) = self.conns.get_mut(to) else {
             return;
         };
-        if c.buf.piped == 0 {
-            return;
-        }
-        c.buf.pipe_full = true;
+        c.buf.peer_held = true;
         if let Some(p) = c.peer() {
             touch(&mut self.touched, p);
         }

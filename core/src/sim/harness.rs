@@ -77,6 +77,8 @@ pub struct Harness {
     /// Body bytes are spliced where the core allows it, into pipes of this many bytes
     /// ([`Harness::enable_splice`]).
     splice: Option<usize>,
+    /// Waits for a peer's queue instead of copying meanwhile ([`Harness::wait_for_flushes`]).
+    wait_flush: bool,
     /// While a splicing delivery reads a peer: the connections to write afterwards (as the
     /// mio runtime reads a socket until `EAGAIN`, then writes; so a pipe can fill).
     deferred: Option<Vec<ConnId>>,
@@ -106,6 +108,7 @@ impl Harness {
             auto_connect: true,
             write_chunk: None,
             splice: None,
+            wait_flush: false,
             deferred: None,
             deliveries: 0,
         }
@@ -121,6 +124,14 @@ impl Harness {
     pub fn enable_splice(&mut self, capacity: usize) {
         self.splice = Some(capacity.max(1));
         self.core.enable_splice(true);
+    }
+
+    /// Plays a splicing runtime whose writes complete later (io_uring): when bytes are still
+    /// queued toward the peer ahead of a body to splice, it does not copy the body in the
+    /// meantime but waits ([`Core::wait_for_flush`]), and the core must stop reading the source
+    /// until some of that queue is written.
+    pub fn wait_for_flushes(&mut self, on: bool) {
+        self.wait_flush = on;
     }
 
     /// A new client connection from 127.0.0.1.
@@ -236,6 +247,19 @@ impl Harness {
             if let Some(hint) = self.core.splice_source(conn) {
                 if hint.flush_first {
                     self.flush(hint.to);
+                    if self.wait_flush
+                        && self.core.splice_source(conn).is_some_and(|h| h.flush_first)
+                    {
+                        // Not all of it went out: wait for it, the source held back meanwhile.
+                        self.core.wait_for_flush(self.now, hint.to);
+                        self.pump();
+                        let reading = self.endpoint_of(conn).is_some_and(|ep| ep.reading);
+                        assert!(
+                            !reading,
+                            "{conn:?} still read while its peer's queue is waited for"
+                        );
+                        continue;
+                    }
                 }
                 let full = self
                     .endpoint_of(hint.to)
