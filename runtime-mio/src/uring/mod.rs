@@ -11,18 +11,18 @@
 //!   provided-buffer ring ([`BufRing`]). The bytes are copied into the core
 //!   ([`Input::Received`]) and the buffer goes back at once. When the core stops reading a
 //!   connection (`Output::Interest { read: false }`) the receive is cancelled; bytes or an EOF
-//!   already on their way are held here and handed over when reading resumes. While splicing
-//!   is on (`limits.splice_min`), upstream connections receive one buffer at a time, each
-//!   stopping at the cap the core names for what comes next ([`Core::armed_read_cap`]: a
-//!   response head), so that a large body stays in the socket.
+//!   already on their way are held here and handed over when reading resumes. An upstream
+//!   connection that has carried a body worth splicing receives one buffer at a time from then
+//!   on, each stopping at the cap the core names for what comes next ([`Core::armed_read_cap`]:
+//!   a response head), so that a large body stays in the socket ([`Worker::toward_splice`]).
 //! - **Zero-copy bodies**: when the core says the next bytes of a connection may be spliced
 //!   ([`Core::splice_source`]), the worker splices them into a pipe with the same non-blocking
 //!   `splice(2)` calls as the epoll worker (`upkeep_runtime::splice`), a single-shot poll
 //!   standing in for readiness, and writes the pipe out the same way before any send of what
-//!   the core queued behind it (a writability poll when the socket is full). io_uring's own
-//!   `SPLICE` would need a pipe per direction in flight and its completions ordered with the
-//!   sends; the plain calls keep the epoll worker's rules and code. Uploads stay copied: a
-//!   client's multishot receive takes its body.
+//!   the core queued behind it (a writability poll when the socket is full). A body behind
+//!   bytes still being sent waits for them, its source held back by the core
+//!   ([`Core::wait_for_flush`]). io_uring's own `SPLICE` would need its completions ordered
+//!   with the sends; the plain calls keep the epoll worker's rules and code.
 //! - **Writing**: at most one send in flight per connection, from a copy of the core's queue (up to
 //!   256 KiB) that the socket owns, so the kernel never reads memory the core may free or reuse.
 //!   (`sendmsg` straight from the core's buffers, kept alive by `Bytes` clones, measured worse:
