@@ -867,16 +867,22 @@ impl Worker {
 
     /// Waits (a single-shot poll) for the socket in `slot` to be readable, to splice again.
     fn arm_poll_in(&mut self, slot: u32) {
-        let generation = self.generation(slot);
         let Some(s) = self.sock(slot) else { return };
         if !readable(s) {
             return;
         }
         s.poll_in = true;
+        self.push_poll(slot, libc::POLLIN, POLL_IN);
+    }
+
+    /// Queues a single-shot poll for `events` on the live socket in `slot`, completing as `kind`.
+    fn push_poll(&mut self, slot: u32, events: i16, kind: u64) {
+        let generation = self.generation(slot);
+        let s = self.sock(slot).expect("live slot");
         s.inflight += 1;
-        let e = opcode::PollAdd::new(types::Fd(s.raw()), libc::POLLIN as u32)
+        let e = opcode::PollAdd::new(types::Fd(s.raw()), events as u32)
             .build()
-            .user_data(ud(POLL_IN, slot, generation));
+            .user_data(ud(kind, slot, generation));
         self.push_plain(e);
     }
 
@@ -927,17 +933,12 @@ impl Worker {
 
     /// Waits (a single-shot poll, standing in for a send) for room to write the pipe out.
     fn arm_poll_out(&mut self, slot: u32) {
-        let generation = self.generation(slot);
         let Some(s) = self.sock(slot) else { return };
         if !s.open || s.writing || s.fd.is_none() || s.pipe.is_none() {
             return;
         }
         s.writing = true;
-        s.inflight += 1;
-        let e = opcode::PollAdd::new(types::Fd(s.raw()), libc::POLLOUT as u32)
-            .build()
-            .user_data(ud(POLL_OUT, slot, generation));
-        self.push_plain(e);
+        self.push_poll(slot, libc::POLLOUT, POLL_OUT);
     }
 
     fn on_poll_out(&mut self, slot: u32, res: i32) {
@@ -1150,14 +1151,9 @@ impl Worker {
 
     /// Waits for the connect in `slot` to finish (the socket becomes writable).
     fn poll_connect(&mut self, slot: u32) {
-        let generation = self.generation(slot);
         let s = self.sock(slot).expect("live slot");
         s.connecting = true;
-        s.inflight += 1;
-        let e = opcode::PollAdd::new(types::Fd(s.raw()), libc::POLLOUT as u32)
-            .build()
-            .user_data(ud(CONNECT, slot, generation));
-        self.push_plain(e);
+        self.push_poll(slot, libc::POLLOUT, CONNECT);
     }
 
     /// Closes the socket in `slot` once whatever is in flight on it is cancelled (a pending
