@@ -560,32 +560,31 @@ impl Worker {
             if self.rearm.is_empty() && self.pipe_flushes.is_empty() && self.splicing.is_empty() {
                 return false;
             }
-            // (Taken and put back, to keep their capacity: no allocation per pass.)
-            let mut list = std::mem::take(&mut self.rearm);
-            for &slot in &list {
-                self.arm_recv(slot);
-            }
-            list.clear();
-            list.append(&mut self.rearm);
-            self.rearm = list;
-            let mut list = std::mem::take(&mut self.pipe_flushes);
-            for &slot in &list {
-                if self.flush_pipe(slot) {
-                    self.start_write(slot);
-                }
-            }
-            list.clear();
-            list.append(&mut self.pipe_flushes);
-            self.pipe_flushes = list;
-            let mut list = std::mem::take(&mut self.splicing);
-            for &slot in &list {
-                self.splice_read(slot);
-            }
-            list.clear();
-            list.append(&mut self.splicing);
-            self.splicing = list;
+            self.run_list(|w| &mut w.rearm, Worker::arm_recv);
+            self.run_list(
+                |w| &mut w.pipe_flushes,
+                |w, slot| {
+                    if w.flush_pipe(slot) {
+                        w.start_write(slot);
+                    }
+                },
+            );
+            self.run_list(|w| &mut w.splicing, Worker::splice_read);
         }
         !(self.rearm.is_empty() && self.pipe_flushes.is_empty() && self.splicing.is_empty())
+    }
+
+    /// Runs `each` on every slot of the list `which` picks, as it stood: slots added meanwhile
+    /// wait for the next round. (Taken and put back, to keep its capacity: no allocation per
+    /// pass.)
+    fn run_list(&mut self, which: fn(&mut Worker) -> &mut Vec<u32>, each: fn(&mut Worker, u32)) {
+        let mut list = std::mem::take(which(self));
+        for &slot in &list {
+            each(self, slot);
+        }
+        list.clear();
+        list.append(which(self));
+        *which(self) = list;
     }
 
     fn wait_for(&self) -> Option<Duration> {
