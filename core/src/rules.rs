@@ -199,6 +199,8 @@ pub(crate) struct UpstreamFacts {
     pub age: Duration,
     /// `keepalive_time`.
     pub max_age: Duration,
+    /// Time since the response head arrived (when the backend's Keep-Alive hint started).
+    pub since_response: Duration,
 }
 
 /// Whether the connection can serve another request: `Ok` to pool it, else the first reason
@@ -219,7 +221,9 @@ pub(crate) fn upstream_reusable(f: &UpstreamFacts) -> Result<(), NotReusable> {
         NotReusable::ResponseClose
     } else if r.close_delimited {
         NotReusable::CloseDelimited
-    } else if r.idle_hint == Some(Duration::ZERO) {
+    } else if r.idle_hint.is_some_and(|hint| hint <= f.since_response) {
+        // The backend's idle time (less our margin) ran out while the response was relayed (a
+        // slow client held its body back): it may close the connection at any moment.
         NotReusable::KeepAliveHint
     } else if !f.request_sent {
         NotReusable::RequestUnfinished
@@ -491,9 +495,10 @@ mod tests {
             max_requests: 1000,
             age: Duration::from_secs(1),
             max_age: Duration::from_secs(3600),
+            since_response: Duration::ZERO,
         };
         type Case = (fn(&mut UpstreamFacts), Result<(), NotReusable>);
-        let cases: [Case; 15] = [
+        let cases: [Case; 17] = [
             (|_| {}, Ok(())),
             (|f| f.pooling = false, Err(NotReusable::PoolingOff)),
             (|f| f.draining = true, Err(NotReusable::Draining)),
@@ -513,6 +518,20 @@ mod tests {
             (
                 |f| f.response.idle_hint = Some(Duration::from_secs(4)),
                 Ok(()),
+            ),
+            (
+                |f| {
+                    f.response.idle_hint = Some(Duration::from_secs(4));
+                    f.since_response = Duration::from_secs(3);
+                },
+                Ok(()),
+            ),
+            (
+                |f| {
+                    f.response.idle_hint = Some(Duration::from_secs(4));
+                    f.since_response = Duration::from_secs(4);
+                },
+                Err(NotReusable::KeepAliveHint),
             ),
             (
                 |f| f.request_sent = false,

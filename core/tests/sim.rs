@@ -1024,3 +1024,114 @@ fn a_resend_keeps_its_place_ahead_of_the_queue() {
     w.finish();
     upstreams_accounted(&w.harness.core);
 }
+
+/// Found by `spliced_bodies` in CI: a runtime that waits for a peer's queue before splicing
+/// (`Core::wait_for_flush`), a stalled first client, 202-byte bodies, a one-byte pipe and a
+/// backend announcing `Keep-Alive: timeout=2`. The response finished after the hint had run out
+/// (the slow client held its body back), and the connection went back to the pool already
+/// expired: the core's next deadline lay in the past. It is closed instead now
+/// (`rules::upstream_reusable`, `keep_alive_hint`).
+#[test]
+fn a_source_held_for_its_peers_queue_keeps_its_deadlines_current() {
+    let mut cfg = config(2);
+    cfg.limits.splice_min = 37;
+    let a = BackendScript {
+        body_size: 202,
+        announce_close: false,
+        delay_ms: 100,
+        keep_alive_hint: Some(2),
+        ..BackendScript::default()
+    };
+    let b = BackendScript {
+        body_size: 0,
+        announce_close: false,
+        ..BackendScript::default()
+    };
+    let mut w = World::new(0, cfg, vec![a, b]);
+    w.harness.enable_splice(1);
+    w.harness.wait_for_flushes(true);
+    w.run(&[
+        Action::Connect { ip: 0 },
+        Action::Stall {
+            client: 0,
+            stalled: true,
+        },
+    ]);
+    w.run(&[
+        Action::Connect { ip: 0 },
+        Action::Send {
+            client: 7,
+            kind: ReqKind::Get,
+        },
+        Action::Send {
+            client: 134,
+            kind: ReqKind::Http10KeepAlive,
+        },
+        Action::Send {
+            client: 90,
+            kind: ReqKind::Get,
+        },
+        Action::Connect { ip: 0 },
+        Action::Connect { ip: 0 },
+        Action::Connect { ip: 0 },
+        Action::Advance { ms: 330 },
+        Action::Send {
+            client: 17,
+            kind: ReqKind::Get,
+        },
+        Action::Send {
+            client: 71,
+            kind: ReqKind::Head,
+        },
+        Action::Send {
+            client: 3,
+            kind: ReqKind::NoContent,
+        },
+        Action::Advance { ms: 771 },
+        Action::Close { client: 56 },
+    ]);
+    w.finish();
+    upstreams_accounted(&w.harness.core);
+}
+
+/// Found by `spliced_bodies`: a chunked response made close-delimited for an HTTP/1.0 client
+/// that has not read yet, spliced through a one-byte pipe by a runtime that waits for the
+/// queue ahead of each chunk's data, then the backend closing its idle connection.
+#[test]
+fn a_chunked_response_to_an_http10_client_arrives_whole_through_a_tiny_pipe() {
+    let mut cfg = config(2);
+    cfg.limits.splice_min = 1;
+    let a = BackendScript {
+        framing: Framing::Chunked,
+        body_size: 1194,
+        announce_close: false,
+        ..BackendScript::default()
+    };
+    let b = BackendScript {
+        body_size: 0,
+        announce_close: false,
+        ..BackendScript::default()
+    };
+    let mut w = World::new(253602458097270, cfg, vec![a, b]);
+    w.harness.enable_splice(1);
+    w.harness.wait_for_flushes(true);
+    w.run(&[
+        Action::Connect { ip: 0 },
+        Action::Stall {
+            client: 0,
+            stalled: true,
+        },
+    ]);
+    w.run(&[
+        Action::Send {
+            client: 0,
+            kind: ReqKind::Http10,
+        },
+        Action::Backend {
+            conn: 0,
+            event: BackendEvent::CloseIdle,
+        },
+    ]);
+    w.finish();
+    upstreams_accounted(&w.harness.core);
+}

@@ -335,6 +335,7 @@ impl Core {
             max_requests: gcfg.keepalive_requests,
             age: now.since(u.created),
             max_age: gcfg.keepalive_time,
+            since_response: now.since(u.response_at),
         });
         let hinted = u.response.idle_hint.map(|hint| u.response_at.plus(hint));
         let expires = super::warm::idle_until(now, gcfg, hinted, u.created);

@@ -591,6 +591,7 @@ impl Core {
             max_requests: gcfg.keepalive_requests,
             age: now.since(u.created),
             max_age: gcfg.keepalive_time,
+            since_response: now.since(u.response_at),
         });
         let key = u.key;
         // Idle until the first of: our keepalive_timeout, the backend's Keep-Alive hint, the

@@ -1,6 +1,6 @@
 use core::net::{IpAddr, Ipv4Addr};
 use core::time::Duration;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use crate::{Config, ConnId, Core, Handed, Input, ListenerId, Output, ReadOutcome, ServerId, Time};
 
@@ -86,6 +86,15 @@ pub struct Harness {
     /// core, so every test drives both (`Input::Received`, and `Core::read_with`, which reads
     /// in place through `Core::read_buffer` + `Input::Appended`).
     deliveries: u64,
+    /// How deep `pump` calls are nested (a delivery pumps, and a pump may resume a read).
+    pump_depth: u32,
+    /// Connections the core asked to be read again while a pump was nested: their held bytes
+    /// are delivered by the outermost pump, one after another. Delivering them on the spot made
+    /// the harness recurse (pump → deliver → pump …) until the stack ran out, with long bodies
+    /// through a small pipe.
+    resume: VecDeque<ConnId>,
+    /// Those deliveries are under way.
+    resuming: bool,
 }
 
 impl Harness {
@@ -111,6 +120,9 @@ impl Harness {
             wait_flush: false,
             deferred: None,
             deliveries: 0,
+            pump_depth: 0,
+            resume: VecDeque::new(),
+            resuming: false,
         }
     }
 
@@ -564,6 +576,49 @@ impl Harness {
 
     /// Drains the core's outputs, playing the runtime.
     pub fn pump(&mut self) {
+        self.pump_depth += 1;
+        self.drain_outputs();
+        self.pump_depth -= 1;
+        if self.pump_depth == 0 {
+            self.resume_reads();
+        }
+    }
+
+    /// Delivers what the connections read again hold ([`Harness::pump`]), until none is left.
+    fn resume_reads(&mut self) {
+        if self.resuming {
+            return;
+        }
+        self.resuming = true;
+        while let Some(conn) = self.resume.pop_front() {
+            let Some(ep) = self.endpoint_of(conn) else {
+                continue;
+            };
+            if !ep.reading || ep.closed {
+                continue;
+            }
+            let data = core::mem::take(&mut ep.unread);
+            let eof = core::mem::take(&mut ep.eof_pending);
+            if !data.is_empty() {
+                self.deliver(conn, &data);
+            }
+            // The end of the stream comes after every byte before it: if reading stopped again
+            // with some of them still unread, it waits with them.
+            let Some(ep) = self.endpoint_of(conn) else {
+                continue;
+            };
+            if eof && !ep.unread.is_empty() {
+                ep.eof_pending = true;
+            } else if eof {
+                self.core.handle(self.now, Input::ReadClosed { conn });
+            }
+            self.pump();
+        }
+        self.resuming = false;
+    }
+
+    /// The outputs the core has queued, acted on in order.
+    fn drain_outputs(&mut self) {
         while let Some(o) = self.core.poll_output() {
             self.trace.push(o);
             match o {
@@ -592,15 +647,8 @@ impl Harness {
                         continue;
                     };
                     ep.reading = read;
-                    if read {
-                        let data = core::mem::take(&mut ep.unread);
-                        let eof = core::mem::take(&mut ep.eof_pending);
-                        if !data.is_empty() {
-                            self.deliver(conn, &data);
-                        }
-                        if eof {
-                            self.core.handle(self.now, Input::ReadClosed { conn });
-                        }
+                    if read && (!ep.unread.is_empty() || ep.eof_pending) {
+                        self.resume.push_back(conn);
                     }
                 }
                 Output::Shutdown { conn } => {
