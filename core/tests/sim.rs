@@ -1025,29 +1025,19 @@ fn a_resend_keeps_its_place_ahead_of_the_queue() {
     upstreams_accounted(&w.harness.core);
 }
 
-/// Found by `spliced_bodies` in CI: a runtime that waits for a peer's queue before splicing
-/// (`Core::wait_for_flush`), a stalled first client, 202-byte bodies, a one-byte pipe and a
-/// backend announcing `Keep-Alive: timeout=2`. The response finished after the hint had run out
-/// (the slow client held its body back), and the connection went back to the pool already
-/// expired: the core's next deadline lay in the past. It is closed instead now
-/// (`rules::upstream_reusable`, `keep_alive_hint`).
-#[test]
-fn a_source_held_for_its_peers_queue_keeps_its_deadlines_current() {
+/// A world of two servers (the second a plain one with empty bodies) behind a runtime that
+/// splices through a one-byte pipe and waits for a peer's queue before splicing
+/// (`Harness::wait_for_flushes`), its first client connected and not reading: the setting of
+/// `spliced_bodies` the regressions below were found in.
+fn waiting_world(seed: u64, splice_min: u64, a: BackendScript) -> World {
     let mut cfg = config(2);
-    cfg.limits.splice_min = 37;
-    let a = BackendScript {
-        body_size: 202,
-        announce_close: false,
-        delay_ms: 100,
-        keep_alive_hint: Some(2),
-        ..BackendScript::default()
-    };
+    cfg.limits.splice_min = splice_min;
     let b = BackendScript {
         body_size: 0,
         announce_close: false,
         ..BackendScript::default()
     };
-    let mut w = World::new(0, cfg, vec![a, b]);
+    let mut w = World::new(seed, cfg, vec![a, b]);
     w.harness.enable_splice(1);
     w.harness.wait_for_flushes(true);
     w.run(&[
@@ -1057,6 +1047,25 @@ fn a_source_held_for_its_peers_queue_keeps_its_deadlines_current() {
             stalled: true,
         },
     ]);
+    w
+}
+
+/// Found by `spliced_bodies` in CI: a runtime that waits for a peer's queue before splicing
+/// (`Core::wait_for_flush`), a stalled first client, 202-byte bodies, a one-byte pipe and a
+/// backend announcing `Keep-Alive: timeout=2`. The response finished after the hint had run out
+/// (the slow client held its body back), and the connection went back to the pool already
+/// expired: the core's next deadline lay in the past. It is closed instead now
+/// (`rules::upstream_reusable`, `keep_alive_hint`).
+#[test]
+fn a_source_held_for_its_peers_queue_keeps_its_deadlines_current() {
+    let a = BackendScript {
+        body_size: 202,
+        announce_close: false,
+        delay_ms: 100,
+        keep_alive_hint: Some(2),
+        ..BackendScript::default()
+    };
+    let mut w = waiting_world(0, 37, a);
     w.run(&[
         Action::Connect { ip: 0 },
         Action::Send {
@@ -1099,29 +1108,13 @@ fn a_source_held_for_its_peers_queue_keeps_its_deadlines_current() {
 /// queue ahead of each chunk's data, then the backend closing its idle connection.
 #[test]
 fn a_chunked_response_to_an_http10_client_arrives_whole_through_a_tiny_pipe() {
-    let mut cfg = config(2);
-    cfg.limits.splice_min = 1;
     let a = BackendScript {
         framing: Framing::Chunked,
         body_size: 1194,
         announce_close: false,
         ..BackendScript::default()
     };
-    let b = BackendScript {
-        body_size: 0,
-        announce_close: false,
-        ..BackendScript::default()
-    };
-    let mut w = World::new(253602458097270, cfg, vec![a, b]);
-    w.harness.enable_splice(1);
-    w.harness.wait_for_flushes(true);
-    w.run(&[
-        Action::Connect { ip: 0 },
-        Action::Stall {
-            client: 0,
-            stalled: true,
-        },
-    ]);
+    let mut w = waiting_world(253602458097270, 1, a);
     w.run(&[
         Action::Send {
             client: 0,
