@@ -477,16 +477,13 @@ impl Worker {
         if to.tls.is_some() || to.connecting {
             return None;
         }
-        let mut pipe = match to.pipe.take() {
-            Some(pipe) => pipe,
-            None => match self.pipes.take(upkeep_runtime::descriptors::MAX_PIPES) {
-                Ok(pipe) => pipe,
-                Err(e) => {
-                    // Out of descriptors, say: this body is copied instead.
-                    log::debug!("worker {}: no pipe for a zero-copy body: {e}", self.id);
-                    return None;
-                }
-            },
+        let mut pipe = match self.pipes.lend(to.pipe.take()) {
+            Ok(pipe) => pipe,
+            Err(e) => {
+                // Out of descriptors, say: this body is copied instead.
+                log::debug!("worker {}: no pipe for a zero-copy body: {e}", self.id);
+                return None;
+            }
         };
         let Some(from) = sock_in(&mut self.socks, id) else {
             self.pipes.give(pipe);
@@ -500,16 +497,11 @@ impl Worker {
             hint.to,
             &mut pipe,
         );
-        match sock_in(&mut self.socks, hint.to) {
-            Some(to) if !pipe.is_empty() => {
-                to.pipe = Some(pipe);
-                // The splice stopped with bytes in the pipe (maybe full): the core holds `id`
-                // back until some are written, then asks for it to be read again (Interest).
-                if step == Some(ReadStep::Wait) {
-                    self.core.pipe_full(clock::now(), hint.to);
-                }
-            }
-            _ => self.pipes.give(pipe),
+        let holder = sock_in(&mut self.socks, hint.to).map(|to| &mut to.pipe);
+        // The splice stopped with bytes in the pipe (maybe full): the core holds `id` back
+        // until some are written, then asks for it to be read again (Interest).
+        if self.pipes.put_back(pipe, holder) && step == Some(ReadStep::Wait) {
+            self.core.pipe_full(clock::now(), hint.to);
         }
         step
     }
@@ -532,10 +524,8 @@ impl Worker {
                 &*sock.stream.sock(),
                 &mut pipe,
             );
-            match sock_in(&mut self.socks, id) {
-                Some(sock) if !pipe.is_empty() => sock.pipe = Some(pipe),
-                _ => self.pipes.give(pipe),
-            }
+            let holder = sock_in(&mut self.socks, id).map(|sock| &mut sock.pipe);
+            self.pipes.put_back(pipe, holder);
             if flushed != Flushed::Empty {
                 self.after_input();
                 return;

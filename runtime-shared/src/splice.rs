@@ -111,6 +111,29 @@ impl Pipes {
         Ok(pipe)
     }
 
+    /// The pipe for bytes toward a connection: the one it holds (`held`), else an empty one
+    /// while fewer than [`crate::descriptors::MAX_PIPES`] are open; an error otherwise (the body
+    /// is copied then).
+    pub fn lend(&mut self, held: Option<Pipe>) -> io::Result<Pipe> {
+        held.map_or_else(|| self.take(crate::descriptors::MAX_PIPES), Ok)
+    }
+
+    /// Puts `pipe` back after a splice in or out: with `holder` (the pipe place of the
+    /// connection its bytes are for, `None` once that connection is gone) while it holds bytes,
+    /// else here. True if it holds bytes and went to the holder.
+    pub fn put_back(&mut self, pipe: Pipe, holder: Option<&mut Option<Pipe>>) -> bool {
+        match holder {
+            Some(place) if !pipe.is_empty() => {
+                *place = Some(pipe);
+                true
+            }
+            _ => {
+                self.give(pipe);
+                false
+            }
+        }
+    }
+
     /// Takes back a pipe: kept if it is empty, else closed (its bytes are of a connection
     /// that is gone).
     pub fn give(&mut self, pipe: Pipe) {

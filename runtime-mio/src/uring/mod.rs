@@ -59,7 +59,6 @@ use upkeep_core::{
 };
 use upkeep_runtime::accept::Gate;
 use upkeep_runtime::clock;
-use upkeep_runtime::descriptors::MAX_PIPES;
 use upkeep_runtime::io::{Flushed, ReadStep};
 use upkeep_runtime::recorder::Recorder;
 use upkeep_runtime::socket::{self, Connecting};
@@ -806,20 +805,14 @@ impl Worker {
             let Some(to_slot) = self.slot_of(hint.to) else {
                 return self.arm_receive(slot);
             };
-            let mut pipe = match self.slots[to_slot as usize]
-                .sock
-                .as_mut()
-                .and_then(|t| t.pipe.take())
-            {
-                Some(pipe) => pipe,
-                None => match self.pipes.take(MAX_PIPES) {
-                    Ok(pipe) => pipe,
-                    Err(e) => {
-                        // Out of descriptors, say: this body is copied instead.
-                        log::debug!("worker {}: no pipe for a zero-copy body: {e}", self.id);
-                        return self.arm_receive(slot);
-                    }
-                },
+            let held = self.sock(to_slot).and_then(|t| t.pipe.take());
+            let mut pipe = match self.pipes.lend(held) {
+                Ok(pipe) => pipe,
+                Err(e) => {
+                    // Out of descriptors, say: this body is copied instead.
+                    log::debug!("worker {}: no pipe for a zero-copy body: {e}", self.id);
+                    return self.arm_receive(slot);
+                }
             };
             let step = match self.slots[slot as usize]
                 .sock
@@ -836,16 +829,15 @@ impl Worker {
                 ),
                 None => None,
             };
-            match self.slots[to_slot as usize].sock.as_mut() {
-                Some(t) if t.open && !pipe.is_empty() => {
-                    t.pipe = Some(pipe);
-                    // The splice stopped with bytes in the pipe (maybe full): the core holds
-                    // this socket back until some are written, then asks for it again.
-                    if step == Some(ReadStep::Wait) {
-                        self.core.pipe_full(self.now, hint.to);
-                    }
-                }
-                _ => self.pipes.give(pipe),
+            let holder = self.slots[to_slot as usize]
+                .sock
+                .as_mut()
+                .filter(|t| t.open)
+                .map(|t| &mut t.pipe);
+            // The splice stopped with bytes in the pipe (maybe full): the core holds this
+            // socket back until some are written, then asks for it again.
+            if self.pipes.put_back(pipe, holder) && step == Some(ReadStep::Wait) {
+                self.core.pipe_full(self.now, hint.to);
             }
             self.after_input();
             match step {
@@ -915,10 +907,8 @@ impl Worker {
             return false;
         };
         let flushed = upkeep_runtime::splice::flush(&mut self.core, self.now, conn, fd, &mut pipe);
-        match self.slots[slot as usize].sock.as_mut() {
-            Some(s) if !pipe.is_empty() => s.pipe = Some(pipe),
-            _ => self.pipes.give(pipe),
-        }
+        let holder = self.slots[slot as usize].sock.as_mut().map(|s| &mut s.pipe);
+        self.pipes.put_back(pipe, holder);
         self.after_input();
         match flushed {
             Flushed::Empty => true,
