@@ -255,3 +255,117 @@ fn send_queue(local: std::net::SocketAddr, peer: std::net::SocketAddr) -> Option
         }
     })
 }
+
+/// Uploads toward a backend that reads nothing: the proxy's queue toward the backend fills and
+/// it stops reading the clients. What it read and could not pass on stays within its limits:
+/// on io_uring a receive already on its way when a pause comes still brings bytes, held until
+/// reading resumes — less than two of its 64 KiB buffers per connection at any time
+/// (`upkeep_held_bytes_max`). A plain multishot receive brought up to 32 at once: 2 MiB was
+/// seen here, per connection, beyond every limit. Copied and spliced uploads alike.
+#[test]
+fn a_paused_upload_holds_no_more_than_two_receive_buffers() {
+    paused_upload(Io::Epoll);
+}
+
+#[test]
+fn a_paused_upload_holds_no_more_than_two_receive_buffers_on_io_uring() {
+    paused_upload(Io::Uring);
+}
+
+fn paused_upload(io: Io) {
+    use std::net::TcpListener;
+    use upkeep_testkit::client;
+    const LEN: usize = 64 << 20;
+    // Several at once: a worker busy with the others lets bytes pile up in each socket, which
+    // a multishot receive takes in one go.
+    const CLIENTS: usize = 8;
+    for splice_min in [0, 16 * 1024] {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let baddr = upkeep_core::Address::Tcp(l.local_addr().unwrap());
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        // Accepts, reads nothing, and keeps the connections until told.
+        let backend = std::thread::spawn(move || {
+            let mut kept = Vec::new();
+            l.set_nonblocking(true).unwrap();
+            loop {
+                match l.accept() {
+                    Ok((s, _)) => kept.push(s),
+                    Err(_) => match stopped.recv_timeout(Duration::from_millis(10)) {
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                        _ => return kept.len(),
+                    },
+                }
+            }
+        });
+        let mut cfg = config(vec![baddr], 1);
+        cfg.runtime.admin = Some(upkeep_core::Address::parse("127.0.0.1:0").unwrap());
+        cfg.limits.splice_min = splice_min;
+        cfg.limits.min_upload_rate = 0;
+        let proxy = Proxy::start(on(io, cfg)).unwrap();
+        let upkeep_core::Address::Tcp(paddr) = proxy.listen_addrs()[0].clone() else {
+            panic!("a TCP listener")
+        };
+        let mut clients = Vec::new();
+        let mut writers = Vec::new();
+        for _ in 0..CLIENTS {
+            let c = std::net::TcpStream::connect(paddr).unwrap();
+            let mut w = c.try_clone().unwrap();
+            writers.push(std::thread::spawn(move || {
+                // Blocks once every buffer on the way is full; ends with an error when the
+                // connection is shut down below.
+                w.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
+                let head = format!("POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: {LEN}\r\n\r\n");
+                let chunk = upkeep_testkit::pattern(1 << 20, 9);
+                let mut sent = 0;
+                let mut ok = w.write_all(head.as_bytes()).is_ok();
+                while ok && sent < LEN {
+                    ok = w.write_all(&chunk).is_ok();
+                    sent += chunk.len();
+                }
+                sent
+            }));
+            clients.push(c);
+        }
+        let held = || {
+            let admin = proxy.admin_addr().unwrap();
+            let (status, text) = client::get_text(&admin, "/metrics");
+            assert_eq!(status, 200);
+            client::metric(&text, "upkeep_held_bytes_max")
+        };
+        // Until the uploads have settled: the same figure for half a second (at most 10 s).
+        let (mut last, mut same) = (u64::MAX, 0);
+        for _ in 0..100 {
+            std::thread::sleep(Duration::from_millis(100));
+            let now = held();
+            same = if now == last { same + 1 } else { 0 };
+            last = now;
+            if same >= 5 {
+                break;
+            }
+        }
+        assert!(
+            last < 2 * 64 * 1024,
+            "{last} bytes held while paused (splice_min {splice_min})"
+        );
+        if io == Io::Epoll {
+            assert_eq!(last, 0, "the epoll workers read only what the core takes");
+        }
+        for c in &clients {
+            c.shutdown(std::net::Shutdown::Both).unwrap();
+        }
+        for w in writers {
+            let sent = w.join().unwrap();
+            assert!(
+                sent < LEN,
+                "the proxy stopped reading the upload ({sent} bytes sent)"
+            );
+        }
+        let _ = stop.send(());
+        assert_eq!(
+            backend.join().unwrap(),
+            CLIENTS,
+            "every upload reached the backend"
+        );
+        proxy.shutdown();
+    }
+}

@@ -148,6 +148,12 @@ pub struct Snapshot {
     /// Pipes of zero-copy bodies: holding bytes of a connection, and empty ones kept for reuse
     /// (HAProxy's `PipesUsed` / `PipesFree`); set by a runtime that splices.
     pub pipes: (u64, u64),
+    /// Bytes received for connections whose reading is paused, waiting to be handed to the
+    /// core when it resumes: set by a runtime whose receives complete later (io_uring), where
+    /// a receive already on its way when the pause comes still brings bytes.
+    pub held_bytes: u64,
+    /// The most bytes one connection held that way at once, since the worker started.
+    pub held_max: u64,
     /// Responses by status code.
     pub codes: BTreeMap<u16, u64>,
     /// Open client connections: (reading, writing, waiting).
@@ -232,6 +238,7 @@ impl Snapshot {
     pub fn retired(mut self) -> Snapshot {
         self.activity = (0, 0, 0);
         self.pipes = (0, 0);
+        self.held_bytes = 0;
         for g in self.groups.values_mut() {
             g.idle = 0;
             g.queued = 0;
@@ -256,6 +263,8 @@ impl Snapshot {
         self.spliced_bytes += o.spliced_bytes;
         self.pipes.0 += o.pipes.0;
         self.pipes.1 += o.pipes.1;
+        self.held_bytes += o.held_bytes;
+        self.held_max = self.held_max.max(o.held_max);
         for (code, n) in &o.codes {
             *self.codes.entry(*code).or_default() += n;
         }
@@ -362,6 +371,20 @@ impl Snapshot {
         );
         let _ = writeln!(o, "upkeep_pipes{{state=\"used\"}} {}", self.pipes.0);
         let _ = writeln!(o, "upkeep_pipes{{state=\"free\"}} {}", self.pipes.1);
+        header(
+            &mut o,
+            "upkeep_held_bytes",
+            "gauge",
+            "Bytes received for connections whose reading is paused, held until it resumes (io_uring).",
+        );
+        let _ = writeln!(o, "upkeep_held_bytes {}", self.held_bytes);
+        header(
+            &mut o,
+            "upkeep_held_bytes_max",
+            "gauge",
+            "The most bytes one connection held while its reading was paused, since start (io_uring).",
+        );
+        let _ = writeln!(o, "upkeep_held_bytes_max {}", self.held_max);
         header(
             &mut o,
             "upkeep_connections_active",
@@ -710,6 +733,8 @@ mod tests {
             activity: (1, 0, 1),
             spliced_bytes: 65536,
             pipes: (1, 2),
+            held_bytes: 4096,
+            held_max: 8192,
             ..Snapshot::default()
         };
         s.codes.insert(200, 4);
@@ -789,6 +814,12 @@ upkeep_spliced_bytes_total 65536
 # TYPE upkeep_pipes gauge
 upkeep_pipes{state="used"} 1
 upkeep_pipes{state="free"} 2
+# HELP upkeep_held_bytes Bytes received for connections whose reading is paused, held until it resumes (io_uring).
+# TYPE upkeep_held_bytes gauge
+upkeep_held_bytes 4096
+# HELP upkeep_held_bytes_max The most bytes one connection held while its reading was paused, since start (io_uring).
+# TYPE upkeep_held_bytes_max gauge
+upkeep_held_bytes_max 8192
 # HELP upkeep_connections_active Open client connections.
 # TYPE upkeep_connections_active gauge
 upkeep_connections_active 2

@@ -11,7 +11,9 @@
 //!   provided-buffer ring ([`BufRing`]). The bytes are copied into the core
 //!   ([`Input::Received`]) and the buffer goes back at once. When the core stops reading a
 //!   connection (`Output::Interest { read: false }`) the receive is cancelled; bytes or an EOF
-//!   already on their way are held here and handed over when reading resumes. An upstream
+//!   already on their way are held here and handed over when reading resumes. A multishot
+//!   receive ends after [`MSHOT_LIMIT`] bytes and is armed again, which bounds what a pause
+//!   holds ([`sqe::with_total_limit`]). An upstream
 //!   connection that has carried a body worth splicing receives one buffer at a time from then
 //!   on, each stopping at the cap the core names for what comes next ([`Core::armed_read_cap`]:
 //!   a response head), so that a large body stays in the socket ([`Worker::toward_splice`]).
@@ -40,6 +42,7 @@
 //! Not here: TLS (refused by `Config::validate`).
 
 mod bufring;
+mod sqe;
 mod submit;
 
 use std::io;
@@ -104,6 +107,12 @@ const SEND_MAX: usize = 256 * 1024;
 /// 500 clients (1.02× against 1.28–1.36×).
 const BUFS: u16 = 512;
 const BUF_SIZE: usize = 64 * 1024;
+/// A multishot receive ends after this many bytes and is armed again (where the kernel
+/// supports the limit: [`sqe::with_total_limit`]), so a pause that lands while it is on its
+/// way holds less than two buffers. Without it one wake-up brought up to 32 buffers (2 MiB)
+/// before the cancel landed: held here, beyond the core's limits. The cost, a submission per
+/// 64 KiB received, is nothing next to the receives themselves.
+const MSHOT_LIMIT: u32 = BUF_SIZE as u32;
 const BGID: u16 = 0;
 /// Submission queue entries (completions: 4×).
 const SQ_ENTRIES: u32 = 1024;
@@ -388,6 +397,11 @@ struct Worker {
     pipes: Pipes,
     /// `limits.splice_min` (0: splicing is off).
     splice_min: usize,
+    /// Whether the kernel ends a multishot receive at [`MSHOT_LIMIT`]: `None` until a limited
+    /// receive has brought bytes (yes) or was refused with `EINVAL` (no: Linux before 6.17).
+    mshot_limit: Option<bool>,
+    /// The most bytes one connection has held while its reading was paused.
+    held_max: usize,
     now: Time,
     rx: Receiver<Command>,
     exit: bool,
@@ -451,6 +465,8 @@ impl Worker {
             pipe_flushes: Vec::new(),
             pipes: Pipes::default(),
             splice_min,
+            mshot_limit: None,
+            held_max: 0,
             now: clock::now(),
             rx,
             exit: false,
@@ -769,8 +785,11 @@ impl Worker {
                 .buf_group(BGID)
                 .build()
                 .flags(squeue::Flags::BUFFER_SELECT)
-        } else {
+        } else if self.mshot_limit == Some(false) {
             opcode::RecvMulti::new(types::Fd(s.raw()), BGID).build()
+        } else {
+            let e = opcode::RecvMulti::new(types::Fd(s.raw()), BGID).build();
+            sqe::with_total_limit(e, MSHOT_LIMIT)
         };
         self.push_plain(e.user_data(ud(RECV, slot, generation)));
     }
@@ -1038,10 +1057,13 @@ impl Worker {
         let s = self.slots[slot as usize].sock.as_mut().expect("live slot");
         s.want_read = read;
         if !read {
-            // A multishot receive may bring up to ~32 buffers on one wake-up before the cancel
-            // lands: held here, beyond the core's limits. A connection the core had to pause once
-            // reads one buffer per receive from now on, so a pause holds at most one more.
-            s.single = true;
+            // Without the kernel's limit on a multishot receive (`MSHOT_LIMIT`), one may bring
+            // up to ~32 buffers on one wake-up before the cancel lands: held here, beyond the
+            // core's limits. Then a connection the core had to pause once reads one buffer per
+            // receive from now on, so a pause holds at most one more.
+            if self.mshot_limit != Some(true) {
+                s.single = true;
+            }
             return self.cancel_recv(slot);
         }
         // Reading resumes: first what arrived meanwhile.
@@ -1087,13 +1109,13 @@ impl Worker {
         }
     }
 
-    /// After `n` bytes a multishot receive on `slot` brought (it is still armed): when the core
-    /// says the next bytes may be spliced (the rest of a large body), or an upstream connection
-    /// just received at least `splice_min` bytes at once (a large response, copied because the
-    /// receive took it whole with its head), the multishot receive is cancelled, so the next
-    /// read splices. Such an upstream connection is `capped` from then on: its receives are
-    /// single-shot and stop after a response head, leaving large bodies in the socket. One that
-    /// only ever carries small responses keeps its multishot receive (a single-shot one costs a
+    /// After `n` bytes a receive on `slot` brought: when the core says the next bytes may be
+    /// spliced (the rest of a large body), or an upstream connection just received at least
+    /// `splice_min` bytes at once (a large response, copied because the receive took it whole
+    /// with its head), a multishot receive still armed is cancelled, so the next read splices.
+    /// Such an upstream connection is `capped` from then on: its receives are single-shot and
+    /// stop after a response head, leaving large bodies in the socket. One that only ever
+    /// carries small responses keeps its multishot receive (a single-shot one costs a
     /// submission per response: +3.6 % CPU per 100-byte request, measured).
     fn toward_splice(&mut self, slot: u32, n: usize) {
         if self.splice_min == 0 {
@@ -1102,7 +1124,7 @@ impl Worker {
         let Some(s) = self.slots[slot as usize].sock.as_ref() else {
             return;
         };
-        if !s.open || !s.recv_armed || s.cancel_sent {
+        if !s.open {
             return;
         }
         let conn = s.conn;
@@ -1468,6 +1490,20 @@ impl Worker {
         }
         let conn = s.conn;
         let mut fed = false;
+        if more && self.mshot_limit.is_none() {
+            // Only a multishot receive says more is coming, and each was armed with the limit.
+            self.mshot_limit = Some(true);
+        }
+        if res == -libc::EINVAL && self.mshot_limit.is_none() {
+            // Refused for its limit (Linux before 6.17): armed again without, as every one from
+            // now on.
+            self.mshot_limit = Some(false);
+            if let Some(bid) = bid {
+                self.bufs.recycle(bid);
+            }
+            self.rearm.push(slot);
+            return self.done(slot);
+        }
         if res > 0 {
             let bid = bid.expect("a receive with data names its buffer");
             let data = self.bufs.get(bid, res as usize);
@@ -1481,6 +1517,7 @@ impl Worker {
                     fed = true;
                 } else {
                     s.held.extend_from_slice(data);
+                    self.held_max = self.held_max.max(s.held.len());
                 }
             }
             self.bufs.recycle(bid);
@@ -1525,7 +1562,7 @@ impl Worker {
         }
         if fed {
             self.after_input();
-            if more && res > 0 {
+            if res > 0 {
                 self.toward_splice(slot, res as usize);
             }
         }
@@ -1633,9 +1670,11 @@ impl Worker {
                 }
                 Ok(Command::Snapshot(tx)) => {
                     let mut snapshot = self.recorder.snapshot(&self.core, clock::now());
-                    let socks = self.slots.iter().filter_map(|e| e.sock.as_ref());
-                    let used = socks.filter(|s| s.pipe.is_some()).count();
+                    let socks = || self.slots.iter().filter_map(|e| e.sock.as_ref());
+                    let used = socks().filter(|s| s.pipe.is_some()).count();
                     snapshot.pipes = (used as u64, self.pipes.kept() as u64);
+                    snapshot.held_bytes = socks().map(|s| s.held.len() as u64).sum();
+                    snapshot.held_max = self.held_max as u64;
                     let _ = tx.send(snapshot);
                 }
                 Ok(Command::ReopenLog) => self.recorder.reopen(),
