@@ -44,13 +44,6 @@ impl Stream {
         socket::connect_finished(self.sock())
     }
 
-    /// Tunes an accepted TCP socket ([`upkeep_runtime::socket::tune_tcp`]).
-    pub(crate) fn tune(&self) {
-        if let Stream::Tcp(_) = self {
-            socket::tune_tcp(self.sock());
-        }
-    }
-
     pub(crate) fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Stream::Tcp(s) => s.read(buf),

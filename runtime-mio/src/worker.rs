@@ -1134,10 +1134,8 @@ pub(crate) fn take_one(gate: &mut Gate, core: &mut Core, listener: &Listener, i:
     match listener.accept() {
         Ok((stream, peer)) => {
             match core.accept(clock::now(), ListenerId(i as u32), peer.map(|a| a.ip())) {
-                Ok(id) => {
-                    stream.tune();
-                    Took::Conn(id, stream)
-                }
+                // Tuned already: options set on the listener (`bind_reuseport`) are inherited.
+                Ok(id) => Took::Conn(id, stream),
                 // Only while draining (the gate checked for room first): the new socket closes on
                 // drop; accept no more until a client connection ends (the kernel keeps queueing
                 // meanwhile).

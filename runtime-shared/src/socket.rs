@@ -10,9 +10,9 @@ use std::time::Duration;
 use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, TcpKeepalive, Type};
 use upkeep_core::{Address, Core, ServerId};
 
-/// Tunes a connected TCP socket (accepted, or an upstream connect): `TCP_NODELAY`, since the
-/// core already hands whole heads and bodies to one `writev` and latency matters more than
-/// Nagle's coalescing. Failure is harmless and ignored.
+/// Tunes a TCP socket (an upstream connect, or a listener: the connections it accepts inherit
+/// the option): `TCP_NODELAY`, since the core already hands whole heads and bodies to one
+/// write and latency matters more than Nagle's coalescing. Failure is harmless and ignored.
 pub fn tune_tcp(sock: SockRef<'_>) {
     let _ = sock.set_tcp_nodelay(true);
 }

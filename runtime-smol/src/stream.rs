@@ -42,9 +42,9 @@ impl Stream {
         }
     }
 
-    /// An accepted TCP connection, tuned ([`upkeep_runtime::socket::tune_tcp`]).
+    /// An accepted TCP connection: tuned already, since it inherits the options
+    /// `upkeep_runtime::listen::bind_reuseport` set on its listener.
     pub(crate) fn accepted_tcp(s: Async<TcpStream>) -> Stream {
-        socket::tune_tcp(SockRef::from(s.get_ref()));
         Stream::Tcp(s)
     }
 
