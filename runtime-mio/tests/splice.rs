@@ -69,9 +69,12 @@ fn bodies_over_splice_min_are_spliced_and_arrive_whole_with(io: Io) {
         } else {
             // Most of each body: what arrives with a head, the first 64 KiB of an upload (kept
             // for a re-send), and what is read while earlier bytes still wait to be written are
-            // copied. (On io_uring a client's multishot receive takes up to 64 KiB more before
-            // its cancel lands, once the core says the body may be spliced.)
-            assert!(n >= 3 * MIB as u64, "{n} of 6 MiB spliced");
+            // copied. On io_uring a client's multishot receive takes up to 64 KiB more before
+            // its cancel lands, once the core says the body may be spliced — before Linux 6.17,
+            // which has no limit for it, up to 32 buffers (~2 MiB here): less is spliced.
+            let unlimited = io == Io::Uring && !upkeep_testkit::kernel_at_least(6, 17);
+            let least = if unlimited { MIB } else { 3 * MIB };
+            assert!(n >= least as u64, "{n} of 6 MiB spliced");
         }
         proxy.shutdown();
     }
@@ -369,7 +372,11 @@ fn an_upload_cut_short_mid_splice_never_looks_complete_with(io: Io) {
         "{} bytes",
         whole.body.len()
     );
-    assert!(spliced(&proxy) > 0);
+    // (On io_uring before Linux 6.17 a client's multishot receive, with no limit, may take the
+    // whole upload before it is cancelled: how much is spliced there depends on timing.)
+    if io == Io::Epoll || upkeep_testkit::kernel_at_least(6, 17) {
+        assert!(spliced(&proxy) > 0);
+    }
     proxy.shutdown();
 }
 

@@ -236,6 +236,8 @@ struct Sock {
     want_read: bool,
     /// A multishot receive is armed (until its final completion).
     recv_armed: bool,
+    /// The receive armed carries the kernel's total limit ([`MSHOT_LIMIT`]).
+    limited: bool,
     /// A readability poll is armed instead: the next body bytes are spliced, not received.
     poll_in: bool,
     /// That receive is being cancelled.
@@ -288,6 +290,7 @@ impl Sock {
             open: true,
             want_read: true,
             recv_armed: false,
+            limited: false,
             poll_in: false,
             cancel_sent: false,
             single: false,
@@ -778,6 +781,7 @@ impl Worker {
         };
         let single = s.single || s.capped;
         s.recv_armed = true;
+        s.limited = !single && self.mshot_limit != Some(false);
         s.inflight += 1;
         let e = if single {
             let len = cap.unwrap_or(BUF_SIZE).min(BUF_SIZE) as u32;
@@ -785,11 +789,11 @@ impl Worker {
                 .buf_group(BGID)
                 .build()
                 .flags(squeue::Flags::BUFFER_SELECT)
-        } else if self.mshot_limit == Some(false) {
-            opcode::RecvMulti::new(types::Fd(s.raw()), BGID).build()
-        } else {
+        } else if s.limited {
             let e = opcode::RecvMulti::new(types::Fd(s.raw()), BGID).build();
             sqe::with_total_limit(e, MSHOT_LIMIT)
+        } else {
+            opcode::RecvMulti::new(types::Fd(s.raw()), BGID).build()
         };
         self.push_plain(e.user_data(ud(RECV, slot, generation)));
     }
@@ -1490,13 +1494,12 @@ impl Worker {
         }
         let conn = s.conn;
         let mut fed = false;
-        if more && self.mshot_limit.is_none() {
-            // Only a multishot receive says more is coming, and each was armed with the limit.
+        if more && s.limited && self.mshot_limit.is_none() {
             self.mshot_limit = Some(true);
         }
-        if res == -libc::EINVAL && self.mshot_limit.is_none() {
+        if res == -libc::EINVAL && s.limited && self.mshot_limit != Some(true) {
             // Refused for its limit (Linux before 6.17): armed again without, as every one from
-            // now on.
+            // now on. (Every receive armed before the first refusal came back gets one too.)
             self.mshot_limit = Some(false);
             if let Some(bid) = bid {
                 self.bufs.recycle(bid);
