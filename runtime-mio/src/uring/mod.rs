@@ -339,6 +339,24 @@ fn readable(s: &Sock) -> bool {
         && s.fd.is_some()
 }
 
+/// What cancels every operation in flight on `s` (in `slot`, of `generation`), if anything
+/// must: nothing when nothing is in flight or only a receive whose cancel is already on its way
+/// (a client that asked to close is no longer read); its receive, by user data, when that is
+/// all — a lookup in the kernel's table of armed polls; otherwise every request on its
+/// descriptor, which the kernel finds by walking every poll armed on the ring
+/// (`io_cancel_req_match` and `io_poll_cancel` took 3.5 % of the CPU with 64 closing clients
+/// before the first two cases).
+fn in_flight(s: &Sock, slot: u32, generation: u32) -> Option<types::CancelBuilder> {
+    let only_recv = s.recv_armed && s.inflight == 1 + u32::from(s.cancel_sent);
+    if s.inflight == 0 || (only_recv && s.cancel_sent) {
+        None
+    } else if only_recv {
+        Some(types::CancelBuilder::user_data(ud(RECV, slot, generation)))
+    } else {
+        Some(types::CancelBuilder::fd(types::Fd(s.raw())).all())
+    }
+}
+
 /// A socket as the other workers take it.
 fn stream_of(fd: OwnedFd, unix: bool) -> Stream {
     if unix {
@@ -1177,18 +1195,19 @@ impl Worker {
         self.unlink(slot);
         let generation = self.generation(slot);
         let s = self.sock(slot).expect("live slot");
+        // Named while the descriptor is still the socket's.
+        let cancel = in_flight(s, slot, generation);
         let Some(fd) = s.fd.take() else { return };
         if reset {
             socket::set_reset_on_close(SockRef::from(&fd));
         }
         s.closed = true;
-        let pending = s.inflight > 0;
-        s.inflight += 1 + u32::from(pending);
+        s.inflight += 1 + u32::from(cancel.is_some());
         let fd = fd.into_raw_fd();
         self.reserve(2);
-        if pending {
+        if let Some(cancel) = cancel {
             // Hard link: the close runs whatever the cancel finds.
-            let e = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(fd)).all())
+            let e = opcode::AsyncCancel2::new(cancel)
                 .build()
                 .user_data(ud(CANCEL, slot, generation))
                 .flags(squeue::Flags::IO_HARDLINK);
@@ -1230,12 +1249,15 @@ impl Worker {
         self.cancel_all(slot, generation);
     }
 
-    /// Cancels every operation in flight on the socket in `slot`.
+    /// Cancels every operation in flight on the socket in `slot` (nothing more when a cancel of
+    /// its receive, all there is, is on its way: [`in_flight`]).
     fn cancel_all(&mut self, slot: u32, generation: u32) {
         let s = self.sock(slot).expect("live slot");
-        let fd = s.raw();
+        let Some(cancel) = in_flight(s, slot, generation) else {
+            return;
+        };
         s.inflight += 1;
-        let e = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(fd)).all())
+        let e = opcode::AsyncCancel2::new(cancel)
             .build()
             .user_data(ud(CANCEL, slot, generation));
         self.push_plain(e);
