@@ -164,8 +164,8 @@ pub use config::{
     RouteConfig, RuntimeOptions, ServerConfig, ServerState, UpstreamConfig,
 };
 pub use engine::{
-    AtCapacity, Core, End, ExchangeInfo, HEAD_READ, Handed, Input, Output, Released, RequestFields,
-    SpliceTo, Tries, UpstreamTry,
+    AtCapacity, Core, End, ExchangeInfo, HEAD_READ, HEAD_READ_AFTER_LARGE, Handed, Input, Output,
+    Released, RequestFields, SpliceTo, Tries, UpstreamTry,
 };
 pub use framing::{Method, Version};
 pub use id::{ConnId, ListenerId, ServerId, UpstreamId};

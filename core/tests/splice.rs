@@ -3,8 +3,8 @@
 //! Driven by the in-memory harness playing a splicing runtime (`Harness::enable_splice`),
 //! which honours the cap as the runtimes do.
 
-use upkeep_core::HEAD_READ;
 use upkeep_core::sim::Harness;
+use upkeep_core::{HEAD_READ, HEAD_READ_AFTER_LARGE};
 
 mod common;
 use common::*;
@@ -47,8 +47,8 @@ fn a_response_head_is_read_with_a_cap_only_while_its_body_may_be_spliced() {
         );
         assert_eq!(
             h.core.armed_read_cap(u),
-            expected,
-            "a receive armed in the pool takes the next head"
+            splicing.then_some(HEAD_READ_AFTER_LARGE),
+            "a receive armed in the pool takes the next head (after a large body: little else)"
         );
         assert_eq!(h.core.armed_read_cap(c), None, "a client is never capped");
         let spliced = h.core.stats().spliced_bytes;
@@ -107,4 +107,48 @@ fn what_a_capped_head_read_leaves_of_a_64_kib_body_is_spliced_with_the_default_s
         "everything after the head read was spliced"
     );
     assert!(h.core.is_pooled(u));
+}
+
+/// The head of a response that follows one with a large body (a Content-Length of `splice_min`
+/// or more) on the same connection is read with the smaller cap, so that more of a body like
+/// the last one stays in the socket; one that follows a small body gets the usual cap again.
+#[test]
+fn after_a_large_body_the_next_head_is_read_with_the_smaller_cap() {
+    let mut h = Harness::new(config(1));
+    h.enable_splice(1 << 20);
+    let c = h.connect_client();
+    let min = usize::try_from(h.core.config().limits.splice_min).unwrap();
+    let mut u = None;
+    // (body length, the cap expected for the head of that response)
+    let steps = [
+        (64 * KIB, HEAD_READ),
+        (100, HEAD_READ_AFTER_LARGE),
+        (min, HEAD_READ),
+        (min - 1, HEAD_READ_AFTER_LARGE),
+        (64 * KIB, HEAD_READ),
+        (0, HEAD_READ_AFTER_LARGE),
+    ];
+    for (i, (len, cap)) in steps.into_iter().enumerate() {
+        h.client_send(c, &get("/next"));
+        let up = busy_upstream(&h).unwrap();
+        assert_eq!(
+            *u.get_or_insert(up),
+            up,
+            "one pooled connection carries them all"
+        );
+        requests(&mut h, up);
+        assert_eq!(
+            h.core.read_cap(up),
+            Some(cap),
+            "step {i}: the head of a {len}-byte body"
+        );
+        let body = body_of(len, i as u32);
+        let mut response = format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n").into_bytes();
+        response.extend_from_slice(&body);
+        h.upstream_send(up, &response);
+        let rs = responses(&mut h, c);
+        assert_eq!(rs.len(), 1);
+        assert!(rs[0].body == body, "step {i}: the body arrives whole");
+        assert!(h.core.is_pooled(up));
+    }
 }

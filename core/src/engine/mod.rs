@@ -57,7 +57,7 @@ pub use handoff::Released;
 pub use handover::Handed;
 pub use io::{AtCapacity, Input, Output};
 pub use record::{End, RequestFields, Tries, UpstreamTry};
-pub use splice::{HEAD_READ, SpliceTo};
+pub use splice::{HEAD_READ, HEAD_READ_AFTER_LARGE, SpliceTo};
 
 use client::{Client, Phase};
 use exchange::Exchange;

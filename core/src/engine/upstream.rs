@@ -65,6 +65,9 @@ pub(super) struct Upstream {
     pub(super) responded: bool,
     /// A warm connection (`min_idle`) that has not carried a request yet.
     pub(super) unused_warm: bool,
+    /// Its latest response had a body worth splicing (a Content-Length of `splice_min` or
+    /// more): the next head is read with the smaller cap ([`super::splice::head_read`]).
+    pub(super) large_body: bool,
     /// The health check it carries or is opening for (boxed: rare, and the table's slots stay
     /// small).
     pub(super) check: Option<Box<super::health::Check>>,
@@ -103,6 +106,7 @@ impl Upstream {
             acquired: false,
             responded: false,
             unused_warm: true,
+            large_body: false,
             check: None,
         }
     }
@@ -490,6 +494,8 @@ impl Core {
         };
         u.response = facts;
         u.response_at = now;
+        let min = self.config.limits.splice_min;
+        u.large_body = min > 0 && matches!(body, BodyKind::Length(n) if n >= min);
         let (g, srv) = (u.group as usize, u.server);
         let idx = (srv - self.groups[g].first_server) as usize;
         if tunnel {
