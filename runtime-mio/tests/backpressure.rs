@@ -283,13 +283,18 @@ fn paused_upload(io: Io) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let baddr = upkeep_core::Address::Tcp(l.local_addr().unwrap());
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = accepted.clone();
         // Accepts, reads nothing, and keeps the connections until told.
         let backend = std::thread::spawn(move || {
             let mut kept = Vec::new();
             l.set_nonblocking(true).unwrap();
             loop {
                 match l.accept() {
-                    Ok((s, _)) => kept.push(s),
+                    Ok((s, _)) => {
+                        kept.push(s);
+                        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
                     Err(_) => match stopped.recv_timeout(Duration::from_millis(10)) {
                         Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
                         _ => return kept.len(),
@@ -325,6 +330,13 @@ fn paused_upload(io: Io) {
                 sent
             }));
             clients.push(c);
+        }
+        // Every upload on its way to the backend (bounded: a busy machine).
+        for _ in 0..200 {
+            if accepted.load(std::sync::atomic::Ordering::SeqCst) == CLIENTS {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
         let held = || {
             let admin = proxy.admin_addr().unwrap();
