@@ -12,6 +12,8 @@ use upkeep_testkit::backend::Backend;
 use upkeep_testkit::client::Client;
 use upkeep_testkit::loopback_config as config;
 
+mod common;
+
 /// Many pipelined requests in one write, with responses large enough to hit the write
 /// high-water mark: the core stops reading the client, and must be resumed even though every
 /// request byte is already sitting in the kernel (no new readiness edge will come).
@@ -274,7 +276,6 @@ fn a_paused_upload_holds_no_more_than_two_receive_buffers_on_io_uring() {
 
 fn paused_upload(io: Io) {
     use std::net::TcpListener;
-    use upkeep_testkit::client;
     const LEN: usize = 64 << 20;
     // Several at once: a worker busy with the others lets bytes pile up in each socket, which
     // a multishot receive takes in one go.
@@ -338,12 +339,7 @@ fn paused_upload(io: Io) {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let held = || {
-            let admin = proxy.admin_addr().unwrap();
-            let (status, text) = client::get_text(&admin, "/metrics");
-            assert_eq!(status, 200);
-            client::metric(&text, "upkeep_held_bytes_max")
-        };
+        let held = || common::metric(&proxy, "upkeep_held_bytes_max");
         // Until the uploads have settled: the same figure for half a second (at most 10 s).
         let (mut last, mut same) = (u64::MAX, 0);
         for _ in 0..100 {

@@ -15,6 +15,9 @@ use upkeep_testkit::backend::Backend;
 use upkeep_testkit::client::{self, Client};
 use upkeep_testkit::{loopback_config, pattern};
 
+mod common;
+use common::metric;
+
 const MIB: usize = 1 << 20;
 
 /// With the epoll or the io_uring workers.
@@ -24,12 +27,6 @@ fn config_on(io: Io, servers: Vec<Address>) -> Config {
     c.runtime.io = io;
     c.limits.splice_min = 16 * 1024;
     c
-}
-
-fn metric(proxy: &ProxyHandle, sample: &str) -> u64 {
-    let (status, text) = client::get_text(&proxy.admin_addr().unwrap(), "/metrics");
-    assert_eq!(status, 200);
-    client::metric(&text, sample)
 }
 
 fn spliced(proxy: &ProxyHandle) -> u64 {

@@ -832,11 +832,13 @@ impl Worker {
                 .buf_group(BGID)
                 .build()
                 .flags(squeue::Flags::BUFFER_SELECT)
-        } else if s.limited {
-            let e = opcode::RecvMulti::new(types::Fd(s.raw()), BGID).build();
-            sqe::with_total_limit(e, MSHOT_LIMIT)
         } else {
-            opcode::RecvMulti::new(types::Fd(s.raw()), BGID).build()
+            let e = opcode::RecvMulti::new(types::Fd(s.raw()), BGID).build();
+            if s.limited {
+                sqe::with_total_limit(e, MSHOT_LIMIT)
+            } else {
+                e
+            }
         };
         self.push_plain(e.user_data(ud(RECV, slot, generation)));
     }
@@ -1544,15 +1546,11 @@ impl Worker {
         if more && s.limited && self.mshot_limit.is_none() {
             self.mshot_limit = Some(true);
         }
-        if res == -libc::EINVAL && s.limited && self.mshot_limit != Some(true) {
-            // Refused for its limit (Linux before 6.17): armed again without, as every one from
-            // now on. (Every receive armed before the first refusal came back gets one too.)
+        // Refused for its limit (Linux before 6.17): armed again below without it, as every
+        // one from now on. (Every receive armed before the first refusal came back gets one too.)
+        let refused = res == -libc::EINVAL && s.limited && self.mshot_limit != Some(true);
+        if refused {
             self.mshot_limit = Some(false);
-            if let Some(bid) = bid {
-                self.bufs.recycle(bid);
-            }
-            self.rearm.push(slot);
-            return self.done(slot);
         }
         if res > 0 {
             let bid = bid.expect("a receive with data names its buffer");
@@ -1593,6 +1591,7 @@ impl Worker {
             match -res {
                 // Out of buffers, or a spurious wake-up: the receive is armed again.
                 libc::ENOBUFS | libc::EAGAIN | libc::EINTR | libc::ECANCELED => {}
+                libc::EINVAL if refused => {}
                 _ => {
                     if !s.open {
                         s.late_eof = true;

@@ -45,6 +45,13 @@ pub fn admin_get(proxy: &ProxyHandle, path: &str) -> (u16, String) {
     get_text(&proxy.admin_addr().expect("admin listener"), path)
 }
 
+/// One sample of the proxy's `/metrics` (`upkeep_held_bytes_max`, `upkeep_pipes{state="used"}`).
+pub fn metric(proxy: &ProxyHandle, sample: &str) -> u64 {
+    let (status, text) = admin_get(proxy, "/metrics");
+    assert_eq!(status, 200);
+    upkeep_testkit::client::metric(&text, sample)
+}
+
 /// `127.0.0.1:PORT` with a port the kernel just handed out and took back: for a config file
 /// that must name the same address again across a reload.
 pub fn free_local_addr() -> String {
