@@ -143,10 +143,9 @@ pub(super) fn request_fields(
     if !recording {
         return (RequestFields::default(), IdAction::Keep);
     }
-    let copy = |name: &[u8]| {
-        field(head, buf, name)
-            .filter(|_| copy_fields)
-            .map_or_else(Bytes::new, Bytes::copy_from_slice)
+    let copy = |name: &[u8]| match copy_fields {
+        true => field(head, buf, name).map_or_else(Bytes::new, Bytes::copy_from_slice),
+        false => Bytes::new(),
     };
     let mut sent = head
         .fields

@@ -83,9 +83,38 @@ fn put_fields(head: &Head, buf: &[u8], replaced: impl Fn(&[u8]) -> bool, out: &m
 }
 
 fn put_ip(ip: IpAddr, out: &mut BytesMut) {
-    use core::fmt::Write;
-    // BytesMut's fmt::Write never fails (it grows) and IpAddr's Display does not allocate.
-    let _ = write!(out, "{ip}");
+    match ip {
+        // Dotted decimal by hand: through `fmt` it cost ~1 % of the proxy's CPU on 100-byte
+        // requests (every request carries X-Forwarded-For).
+        // Built on the stack and copied once: a copy per octet showed up as calls to memcpy.
+        IpAddr::V4(v4) => {
+            let mut text = [0u8; 15];
+            let mut n = 0;
+            for (i, o) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    text[n] = b'.';
+                    n += 1;
+                }
+                if o >= 100 {
+                    text[n] = b'0' + o / 100;
+                    n += 1;
+                }
+                if o >= 10 {
+                    text[n] = b'0' + o / 10 % 10;
+                    n += 1;
+                }
+                text[n] = b'0' + o % 10;
+                n += 1;
+            }
+            out.extend_from_slice(&text[..n]);
+        }
+        IpAddr::V6(_) => {
+            use core::fmt::Write;
+            // BytesMut's fmt::Write never fails (it grows) and IpAddr's Display does not
+            // allocate. (Its text form, `::` compression included, is not worth redoing.)
+            let _ = write!(out, "{ip}");
+        }
+    }
 }
 
 fn put_framing(body: OutBody, out: &mut BytesMut) {
@@ -363,6 +392,35 @@ mod tests {
         let mut out = BytesMut::new();
         write_request_head(&h, raw, body, upgrade, f, &mut out);
         String::from_utf8(out.to_vec()).unwrap()
+    }
+
+    /// `put_ip` writes what `IpAddr`'s `Display` writes (the hand-written IPv4 path included).
+    #[test]
+    fn put_ip_table() {
+        let ips = [
+            "0.0.0.0",
+            "10.0.0.1",
+            "127.0.0.1",
+            "1.20.255.100",
+            "9.99.100.199",
+            "255.255.255.255",
+            "::1",
+            "::ffff:1.2.3.4",
+            "2001:db8::1",
+            "fe80::1:2:3:4",
+        ];
+        for text in ips {
+            let ip: IpAddr = text.parse().unwrap();
+            let mut out = BytesMut::new();
+            put_ip(ip, &mut out);
+            assert_eq!(&out[..], text.as_bytes());
+        }
+        for n in (0..=u32::MAX).step_by(65_521) {
+            let ip = IpAddr::from(n.to_be_bytes());
+            let mut out = BytesMut::new();
+            put_ip(ip, &mut out);
+            assert_eq!(&out[..], ip.to_string().as_bytes());
+        }
     }
 
     #[test]
