@@ -154,16 +154,17 @@ impl Core {
             return false;
         };
         cl.requests += 1;
-        let request = if self.record_requests {
-            let target = head.target.of(&c.buf.rbuf);
-            let method = head.method_name.of(&c.buf.rbuf);
-            let mut line = Vec::with_capacity(method.len() + 1 + target.len());
-            line.extend_from_slice(method);
-            line.push(b' ');
-            line.extend_from_slice(target);
-            Bytes::from(line)
-        } else {
-            Bytes::new()
+        let request = match self.record_requests {
+            // `GET /x?y`: the method, one space (httparse allows no other) and the target.
+            true => {
+                let line = head.method_name.start as usize..head.target.end as usize;
+                debug_assert_eq!(
+                    line.len(),
+                    head.method_name.of(&c.buf.rbuf).len() + 1 + head.target.of(&c.buf.rbuf).len()
+                );
+                self.record_bytes.copy(&c.buf.rbuf[line])
+            }
+            false => Bytes::new(),
         };
         let replay = core::mem::take(&mut cl.ex.replay);
         cl.ex = Exchange::start(head, cl.since, request, replay);
@@ -172,6 +173,7 @@ impl Core {
             self.record_fields,
             &mut self.request_ids,
             self.request_id_prefix,
+            &mut self.record_bytes,
             head,
             &c.buf.rbuf,
         );

@@ -94,6 +94,8 @@ pub struct Core {
     /// Request ids generated so far, and the runtime's prefix for them (see `record`).
     request_ids: u64,
     request_id_prefix: u64,
+    /// Where records' request lines and generated ids are copied to.
+    record_bytes: record::RecordBytes,
     /// Copy Host, Referer and User-Agent into records.
     record_fields: bool,
     record_exchanges: bool,
@@ -204,6 +206,7 @@ impl Core {
             finished: VecDeque::new(),
             request_ids: 0,
             request_id_prefix: 0,
+            record_bytes: record::RecordBytes::default(),
             record_fields: false,
             record_exchanges: false,
             record_requests: false,
@@ -354,15 +357,15 @@ impl Core {
 
     /// Also copy each request's `METHOD target` into [`ExchangeInfo::request`] and give it a
     /// request id (the client's `X-Request-Id`, or one generated and forwarded upstream) — for
-    /// access logs and the runtimes' error lines; two small allocations per request, so off by
-    /// default. Implies nothing unless
+    /// access logs and the runtimes' error lines; both are copied into a shared buffer, one
+    /// allocation per ~10 requests, so off by default. Implies nothing unless
     /// [`record_exchanges`](Core::record_exchanges) is on.
     pub fn record_requests(&mut self, on: bool) {
         self.record_requests = on;
     }
 
     /// Also copy `Host`, `Referer` and `User-Agent` into [`ExchangeInfo::fields`] (for access
-    /// logs: up to three small allocations per request, so off by default). Needs
+    /// logs: more bytes in the same shared buffer, so off by default). Needs
     /// [`record_requests`](Core::record_requests).
     pub fn record_request_fields(&mut self, on: bool) {
         self.record_fields = on;
