@@ -175,6 +175,7 @@ pub(crate) fn spawn(setup: Setup) -> io::Result<(Control, JoinHandle<()>)> {
         socks: Vec::new(),
         to_read: VecDeque::new(),
         to_write: VecDeque::new(),
+        spliced_to: None,
         rx,
         recorder,
         drain_deadline: None,
@@ -242,6 +243,9 @@ struct Worker {
     socks: Vec<Option<Sock>>,
     to_read: VecDeque<ConnId>,
     to_write: VecDeque<ConnId>,
+    /// The peer the last read spliced toward, written out right after that read (see
+    /// `run_queues`).
+    spliced_to: Option<ConnId>,
     rx: Receiver<Command>,
     recorder: Recorder,
     drain_deadline: Option<Instant>,
@@ -400,19 +404,31 @@ impl Worker {
         }
     }
 
-    /// Works through sockets with something to write (all of them) and to read (those queued
-    /// when the pass began: sockets re-queued because their read budget ran out, or queued by
-    /// outputs meanwhile, wait for the next pass, which then polls without blocking).
+    /// Works through sockets to read (those queued when the pass began: sockets re-queued
+    /// because their read budget ran out, or queued by outputs meanwhile, wait for the next
+    /// pass, which then polls without blocking), then those with something to write (all of
+    /// them).
+    ///
+    /// Reads first, so the sends a pass produces go out back to back: a backend or client
+    /// woken by the first finds the others ready, where a send after each read woke it (and
+    /// was preempted by it) once per request. Measured with 64 keep-alive clients and 100-byte
+    /// responses, old and new binary side by side: 1.25x the requests/s at 0.85x the CPU per
+    /// request. Spliced bodies are the exception: the pipe a read filled is written out at
+    /// once, so it is empty again for the next splice (filling one pipe per connection first
+    /// needed more pipes than are kept: a `pipe2` and two `close` per two 64 KiB responses).
     fn run_queues(&mut self) {
         let mut reads = self.to_read.len();
         loop {
-            if let Some(id) = self.to_write.pop_front() {
-                self.flush(id);
-            } else if reads > 0
+            if reads > 0
                 && let Some(id) = self.to_read.pop_front()
             {
                 reads -= 1;
                 self.read(id);
+                if let Some(to) = self.spliced_to.take() {
+                    self.flush(to);
+                }
+            } else if let Some(id) = self.to_write.pop_front() {
+                self.flush(id);
             } else {
                 return;
             }
@@ -500,8 +516,11 @@ impl Worker {
         let holder = sock_in(&mut self.socks, hint.to).map(|to| &mut to.pipe);
         // The splice stopped with bytes in the pipe (maybe full): the core holds `id` back
         // until some are written, then asks for it to be read again (Interest).
-        if self.pipes.put_back(pipe, holder) && step == Some(ReadStep::Wait) {
-            self.core.pipe_full(clock::now(), hint.to);
+        if self.pipes.put_back(pipe, holder) {
+            self.spliced_to = Some(hint.to);
+            if step == Some(ReadStep::Wait) {
+                self.core.pipe_full(clock::now(), hint.to);
+            }
         }
         step
     }

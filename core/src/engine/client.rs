@@ -131,6 +131,7 @@ impl Core {
 
     /// Parses a request head and starts its exchange. Returns whether to keep processing.
     pub(super) fn start_exchange(&mut self, now: Time, id: ConnId) -> bool {
+        let recording = self.recording_requests();
         let Some(c) = self.conns.get_mut(id) else {
             return false;
         };
@@ -154,7 +155,7 @@ impl Core {
             return false;
         };
         cl.requests += 1;
-        let request = match self.record_requests {
+        let request = match recording {
             // `GET /x?y`: the method, one space (httparse allows no other) and the target.
             true => {
                 let line = head.method_name.start as usize..head.target.end as usize;
@@ -169,7 +170,7 @@ impl Core {
         let replay = core::mem::take(&mut cl.ex.replay);
         cl.ex = Exchange::start(head, cl.since, request, replay);
         let (fields, id_action) = record::request_fields(
-            self.record_requests,
+            recording,
             self.record_fields,
             &mut self.request_ids,
             self.request_id_prefix,
@@ -254,6 +255,7 @@ impl Core {
     pub(super) fn client_error(&mut self, now: Time, id: ConnId, status: u16) {
         self.abandon_queue(now, id);
         let closing = self.closing_clients();
+        let recording = self.recording_requests();
         let Some(c) = self.conns.get_mut(id) else {
             return;
         };
@@ -266,7 +268,7 @@ impl Core {
             // exchange belongs in this one's record.
             let mut request = Bytes::new();
             let mut version = cl.ex.version;
-            if self.record_requests
+            if recording
                 && let Some((line, v)) =
                     request_line_of(&c.buf.rbuf, self.config.limits.max_request_line)
             {

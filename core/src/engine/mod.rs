@@ -364,6 +364,13 @@ impl Core {
         self.record_requests = on;
     }
 
+    /// Request lines and ids are copied: only for records that will be taken (a copy no record
+    /// takes would stay in the exchange, pinning its share of `RecordBytes`, until the
+    /// connection's next request).
+    fn recording_requests(&self) -> bool {
+        self.record_requests && self.record_exchanges
+    }
+
     /// Also copy `Host`, `Referer` and `User-Agent` into [`ExchangeInfo::fields`] (for access
     /// logs: more bytes in the same shared buffer, so off by default). Needs
     /// [`record_requests`](Core::record_requests).

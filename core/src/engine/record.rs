@@ -221,14 +221,20 @@ pub(crate) fn request_id(prefix: u64, n: u64) -> [u8; 32] {
 /// cut from one buffer, many per allocation, and the buffer is taken back once what was cut
 /// from it is dropped (`BytesMut::reserve` on a buffer no `Bytes` shares any more). A `Bytes`
 /// of their own cost two allocations per request (~1 % of the CPU of a 100-byte request). The
-/// buffer grows in small steps, so a record a long exchange keeps (a long poll) pins little.
+/// buffer is only ever [`RECORD_CHUNK`] bytes, and longer copies get an allocation of their
+/// own, so a record a long exchange keeps (a long poll, a tunnel) pins at most one chunk: a
+/// buffer sized for one long request line, once taken back, would otherwise carry every later
+/// small record and be pinned whole by any of them.
 #[derive(Debug, Default)]
 pub(crate) struct RecordBytes {
     buf: BytesMut,
 }
 
-/// What the record buffer grows by (more for a longer copy).
+/// The size of the record buffer.
 const RECORD_CHUNK: usize = 512;
+
+/// Copies longer than this are allocations of their own (long request lines, User-Agents).
+const RECORD_SHARED_MAX: usize = RECORD_CHUNK / 4;
 
 impl RecordBytes {
     /// A copy of `bytes`.
@@ -236,8 +242,13 @@ impl RecordBytes {
         if bytes.is_empty() {
             return Bytes::new();
         }
+        if bytes.len() > RECORD_SHARED_MAX {
+            return Bytes::copy_from_slice(bytes);
+        }
         if self.buf.capacity() < bytes.len() {
-            self.buf.reserve(bytes.len().max(RECORD_CHUNK));
+            // Taken back whole when no copy shares it any more (it never grew: `reserve` of a
+            // chunk on an empty, unshared chunk reuses it), else a new chunk.
+            self.buf.reserve(RECORD_CHUNK);
         }
         self.buf.extend_from_slice(bytes);
         self.buf.split().freeze()
@@ -384,9 +395,24 @@ mod tests {
             (low, high) = (low.min(at), high.max(at));
             assert!(high - low < RECORD_CHUNK, "copy {n} in a new allocation");
         }
-        let long = vec![b'x'; 3 * RECORD_CHUNK];
+        // A long copy is an allocation of its own: once it is dropped, later small copies
+        // still come from a chunk (the reviewer's case: a reclaimed 8 KiB buffer carried every
+        // later record, and any one of them pinned all 8 KiB).
+        let long = vec![b'x'; 8 * 1024];
         let copy = bytes.copy(&long);
         assert_eq!(copy[..], long[..]);
+        drop(copy);
+        let (mut low, mut high) = (usize::MAX, 0);
+        for n in 0..200 {
+            let id = bytes.copy(&request_id(0xab, n));
+            let at = id.as_ptr() as usize;
+            (low, high) = (low.min(at), high.max(at));
+            assert!(
+                high - low < RECORD_CHUNK,
+                "copy {n} spans {} bytes",
+                high - low
+            );
+        }
         assert!(bytes.copy(b"").is_empty());
     }
 
