@@ -39,6 +39,10 @@ const WAKER: Token = Token(usize::MAX);
 const LISTENER_BASE: usize = usize::MAX - 1;
 /// Reads per socket per loop pass, so one fast sender cannot starve the others.
 const READ_BUDGET: usize = 16;
+/// A peer with this many bytes queued by a read is written to right after that read, not with
+/// the pass's other writes (`run_queues`): one full read (`io::READ_SIZE`), so small answers
+/// still go out back to back and bulk copies hold no more memory than a read ahead.
+const FLUSH_AT_ONCE: usize = upkeep_runtime::io::READ_SIZE;
 
 /// What the main thread can ask of a worker.
 #[derive(Debug)]
@@ -436,9 +440,20 @@ impl Worker {
                 && let Some(id) = self.to_read.pop_front()
             {
                 reads -= 1;
+                let queued = self.to_write.len();
                 self.read(id);
                 if let Some(to) = self.spliced_to.take() {
                     self.flush(to);
+                }
+                // Bulk bytes a read queued for a peer go out at once too: held until the
+                // pass's reads are done, every connection's relayed bytes would be in memory at
+                // the same time (review: 400 clients downloading 4 MiB bodies without splicing
+                // peaked at ~100 MiB RSS against 48).
+                for i in queued..self.to_write.len() {
+                    let to = self.to_write[i];
+                    if self.core.pending_len(to) >= FLUSH_AT_ONCE {
+                        self.flush(to);
+                    }
                 }
             } else if let Some(id) = self.to_write.pop_front() {
                 self.flush(id);
