@@ -588,51 +588,52 @@ mod tests {
             if b == b'\r' || b == b'\n' {
                 continue; // line structure: scan_head's table (request_syntax_table)
             }
-            let heads = |field: &[u8]| {
-                let mut rq = b"GET / HTTP/1.1\r\nHost: a\r\n".to_vec();
-                rq.extend_from_slice(field);
-                rq.extend_from_slice(b"\r\n\r\n");
-                let mut rs = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n".to_vec();
-                rs.extend_from_slice(field);
-                rs.extend_from_slice(b"\r\n\r\n");
-                (rq, rs)
-            };
-            let field = |h: &Head, buf: &[u8]| {
-                let f = h.fields.last().expect("a field");
-                (f.name.of(buf).to_vec(), f.value.of(buf).to_vec())
-            };
-            if b != b':' {
-                let name = [b'X', b, b'Y'];
-                let (rq, rs) = heads(&[&name[..], b": 1"].concat());
-                let ok = headers::is_tchar(b);
-                for (what, got) in [
-                    ("request", req(&rq).map(|h| field(&h, &rq))),
-                    ("response", res(&rs, Method::Get).map(|h| field(&h, &rs))),
+            // The field line `line` in a request and in a response: accepted (as `name` and
+            // `value`) exactly when `ok`.
+            let check = |what: &str, line: &[u8], ok: bool, name: &[u8], value: &[u8]| {
+                let rq = [&b"GET / HTTP/1.1\r\nHost: a\r\n"[..], line, b"\r\n\r\n"].concat();
+                let rs = [
+                    &b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n"[..],
+                    line,
+                    b"\r\n\r\n",
+                ]
+                .concat();
+                let last = |h: Head, buf: &[u8]| {
+                    let f = *h.fields.last().expect("a field");
+                    (f.name.of(buf).to_vec(), f.value.of(buf).to_vec())
+                };
+                for (side, got) in [
+                    ("request", req(&rq).map(|h| last(h, &rq))),
+                    ("response", res(&rs, Method::Get).map(|h| last(h, &rs))),
                 ] {
                     match got {
                         Ok(f) => assert!(
-                            ok && f == (name.to_vec(), b"1".to_vec()),
-                            "{what} name {b:#04x}: {f:?}"
+                            ok && f == (name.to_vec(), value.to_vec()),
+                            "{side} {what} {b:#04x}: {f:?}"
                         ),
-                        Err(e) => assert!(!ok, "{what} name {b:#04x}: {e:?}"),
+                        Err(e) => assert!(!ok, "{side} {what} {b:#04x}: {e:?}"),
                     }
                 }
+            };
+            if b != b':' {
+                let name = [b'X', b, b'Y'];
+                check(
+                    "name",
+                    &[&name[..], b": 1"].concat(),
+                    headers::is_tchar(b),
+                    &name,
+                    b"1",
+                );
             }
             let value = [b'a', b, b'b'];
-            let (rq, rs) = heads(&[&b"X: "[..], &value].concat());
-            let ok = headers::is_field_value_byte(b);
-            for (what, got) in [
-                ("request", req(&rq).map(|h| field(&h, &rq))),
-                ("response", res(&rs, Method::Get).map(|h| field(&h, &rs))),
-            ] {
-                match got {
-                    Ok(f) => assert!(
-                        ok && f == (b"X".to_vec(), value.to_vec()),
-                        "{what} value {b:#04x}: {f:?}"
-                    ),
-                    Err(e) => assert!(!ok, "{what} value {b:#04x}: {e:?}"),
-                }
-            }
+            let line = [&b"X: "[..], &value].concat();
+            check(
+                "value",
+                &line,
+                headers::is_field_value_byte(b),
+                b"X",
+                &value,
+            );
         }
     }
 
