@@ -39,9 +39,10 @@ const WAKER: Token = Token(usize::MAX);
 const LISTENER_BASE: usize = usize::MAX - 1;
 /// Reads per socket per loop pass, so one fast sender cannot starve the others.
 const READ_BUDGET: usize = 16;
-/// A peer with this many bytes queued by a read is written to right after that read, not with
-/// the pass's other writes (`run_queues`): one full read (`io::READ_SIZE`), so small answers
-/// still go out back to back and bulk copies hold no more memory than a read ahead.
+/// A peer with this many bytes queued after a read is written to right after that read, not
+/// with the pass's other writes (`run_queues`): one full read (`io::READ_SIZE`), so small
+/// answers still go out back to back, while bulk copies are written as they are read, as
+/// before reads came first (what a peer may hold is the core's `write_high_water` either way).
 const FLUSH_AT_ONCE: usize = upkeep_runtime::io::READ_SIZE;
 
 /// What the main thread can ask of a worker.
@@ -721,7 +722,8 @@ impl Worker {
 
     /// Takes in an idle upstream connection a sibling worker handed over.
     fn adopt_handed(&mut self, stream: Stream, tls: Option<Box<Session>>, handed: Handed) {
-        let now = clock::now();
+        self.now = clock::now();
+        let now = self.now;
         if let Some(id) = self.core.adopt_handed(now, handed) {
             self.install(now, id, stream, tls);
         }
@@ -887,11 +889,13 @@ impl Worker {
                     }
                 }
             }
-            self.core.begin_handoff(clock::now());
+            self.now = clock::now();
+            self.core.begin_handoff(self.now);
             self.after_input();
             self.hand_off_idle();
         } else {
-            self.core.begin_drain(clock::now());
+            self.now = clock::now();
+            self.core.begin_drain(self.now);
             self.after_input();
         }
         self.drain_deadline = Some(Instant::now() + self.shutdown_timeout);
@@ -900,8 +904,9 @@ impl Worker {
     /// Moves every idle client connection to a new worker (a reload's drain): released by the
     /// core with the bytes it held, the socket unwatched here and sent along — it never closes.
     fn hand_off_idle(&mut self) {
+        self.now = clock::now();
         if !self.gone.is_empty() {
-            let now = clock::now();
+            let now = self.now;
             for &l in &self.gone {
                 self.core.close_idle_on(now, l);
             }
@@ -910,7 +915,7 @@ impl Worker {
         for id in self.core.idle_clients() {
             // Bytes rustls already encrypted leave with the session, not as unsent bytes.
             if let Some(session) = sock_in(&mut self.socks, id).and_then(|s| s.tls.as_mut()) {
-                session.settle(&mut self.core, clock::now(), id);
+                session.settle(&mut self.core, self.now, id);
             }
             let Some(released) = self.core.release_idle(id) else {
                 continue;
@@ -952,7 +957,8 @@ impl Worker {
         expires: upkeep_core::Time,
         tls: Option<(UpstreamTls, Box<Session>)>,
     ) {
-        let now = clock::now();
+        self.now = clock::now();
+        let now = self.now;
         let (settings, session) = tls.unzip();
         // Bytes or an EOF that came while it moved evict it: it is read at once.
         if let Some(id) = self
@@ -979,7 +985,8 @@ impl Worker {
         listener: Address,
         released: Released,
     ) {
-        let now = clock::now();
+        self.now = clock::now();
+        let now = self.now;
         let Some(released) = on_listener(&self.core, &listener, released) else {
             return;
         };
@@ -1040,7 +1047,8 @@ impl Worker {
     fn exit(mut self) {
         // Whatever is still in progress (a drain cut at its timeout, a stop) is cut here: logged
         // as such before the connections close.
-        let cut = self.core.abort_exchanges(clock::now());
+        self.now = clock::now();
+        let cut = self.core.abort_exchanges(self.now);
         if cut > 0 {
             self.aborted.fetch_add(cut as u64, Ordering::Relaxed);
             self.after_input();
