@@ -744,9 +744,8 @@ impl Worker {
             let Some(listener) = self.listeners.get(i).and_then(Option::as_ref) else {
                 return;
             };
-            match take_one(&mut self.gate, &mut self.core, listener, i) {
+            match take_one(&mut self.gate, &mut self.core, listener, i, self.now) {
                 Took::Conn(id, stream) => {
-                    self.now = clock::now();
                     let now = self.now;
                     match self.tls.accept(ListenerId(i as u32)).transpose() {
                         Ok(tls) => self.install(now, id, stream, tls.map(Box::new)),
@@ -1179,8 +1178,15 @@ pub(crate) enum Took {
 }
 
 /// Takes one connection off listener `i` by the shared accept policy (`upkeep_runtime::accept`),
-/// for the epoll and the io_uring worker alike.
-pub(crate) fn take_one(gate: &mut Gate, core: &mut Core, listener: &Listener, i: usize) -> Took {
+/// for the epoll and the io_uring worker alike; `now` is the worker's time for its current step
+/// (a fresh clock read here would be later than the `now` the worker's next inputs carry).
+pub(crate) fn take_one(
+    gate: &mut Gate,
+    core: &mut Core,
+    listener: &Listener,
+    i: usize,
+    now: Time,
+) -> Took {
     match gate.admit(core) {
         Admit::Accept => {}
         Admit::Paused => return Took::Done,
@@ -1188,7 +1194,7 @@ pub(crate) fn take_one(gate: &mut Gate, core: &mut Core, listener: &Listener, i:
     }
     match listener.accept() {
         Ok((stream, peer)) => {
-            match core.accept(clock::now(), ListenerId(i as u32), peer.map(|a| a.ip())) {
+            match core.accept(now, ListenerId(i as u32), peer.map(|a| a.ip())) {
                 // Tuned already: options set on the listener (`bind_reuseport`) are inherited.
                 Ok(id) => Took::Conn(id, stream),
                 // Only while draining (the gate checked for room first): the new socket closes on

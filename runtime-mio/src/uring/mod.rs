@@ -1503,7 +1503,7 @@ impl Worker {
             let Some(l) = self.listeners.get(i).and_then(Option::as_ref) else {
                 return;
             };
-            match take_one(&mut self.gate, &mut self.core, &l.socket, i) {
+            match take_one(&mut self.gate, &mut self.core, &l.socket, i, self.now) {
                 Took::Conn(id, stream) => self.install_stream(id, stream),
                 Took::Nothing => {}
                 Took::Done => return,
@@ -1881,7 +1881,8 @@ impl Worker {
     /// Leaves the board (as the epoll worker's `exit`), then cancels everything in flight and
     /// waits for the kernel to let go of the buffers before they are freed.
     fn exit(mut self) {
-        let cut = self.core.abort_exchanges(clock::now());
+        self.now = clock::now();
+        let cut = self.core.abort_exchanges(self.now);
         if cut > 0 {
             self.aborted.fetch_add(cut as u64, Ordering::Relaxed);
             self.after_input();
