@@ -5,7 +5,8 @@
 #   bash benches/load/run.sh --quick    # 1 round of 2 s runs (~3 minutes)
 #   bash benches/load/run.sh --memory   # RSS per idle client / pooled connection (memory.sh)
 #   bash benches/load/run.sh --open-loop  # fixed-rate latency at 50/80/95 % of direct's peak
-#                                         # (open_loop.sh; oha; direct, upkeep, HAProxy, nginx)
+#                                         # (open_loop.sh; oha; direct, upkeep, HAProxy, nginx;
+#                                         # OL_BASE=slowest: of the slowest target's peak)
 #
 # It installs what is missing (Debian's nginx, haproxy, wrk, curl), builds `upkeep` (release),
 # starts two nginx origins (one worker each; /small = 100 bytes, /64k = a 65,536-byte file,
