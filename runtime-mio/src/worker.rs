@@ -778,6 +778,8 @@ impl Worker {
         if !resumes(&mut self.gate, &self.core, self.drain_deadline) {
             return;
         }
+        // The pass's time is as old as its queues' work: the connections taken now start now.
+        self.now = clock::now();
         for i in 0..self.listeners.len() {
             if let Some(l) = self.listeners[i].as_mut()
                 && let Err(e) = l.register(self.poll.registry(), Token(LISTENER_BASE - i))

@@ -1472,6 +1472,8 @@ impl Worker {
         if !self.wake_armed {
             self.arm_wake();
         }
+        // Commands come after the pass's completions: what they adopt or accept starts now.
+        self.now = clock::now();
         self.commands();
         if self.exit {
             return;
@@ -1519,6 +1521,9 @@ impl Worker {
         if !resumes(&mut self.gate, &self.core, self.drain_deadline) {
             return;
         }
+        // The pass's time is as old as its completions' work: the connections taken now start
+        // now.
+        self.now = clock::now();
         for i in 0..self.listeners.len() {
             self.accept(i);
             self.arm_accept(i);
