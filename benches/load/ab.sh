@@ -6,18 +6,21 @@
 # measures a change against the build before it. Build the old one from a worktree, e.g.
 #   git worktree add /tmp/old HEAD~1 && (cd /tmp/old && CARGO_TARGET_DIR=/tmp/old-target \
 #       cargo build --release -p upkeep-mio)
-# NEW_BIN defaults to this checkout's target/release/upkeep (built here). PATH is /small (100
+# NEW_BIN defaults to this checkout's build (cargo build --release -p upkeep-mio, in
+# CARGO_TARGET_DIR when set). PATH is /small (100
 # bytes, the default) or /64k (65,536 bytes). Each round runs wrk (-t1) for DURATION seconds on
-# old, new and HAProxy in turn, after a 1 s warm-up; CPU is utime + stime of each proxy process
+# old, new and HAProxy in turn, after a 1 s warm-up, starting one further along each round (no
+# target always runs first or last); CPU is utime + stime of each proxy process
 # over the run (/proc/PID/stat) per request. It prints one line per round and target
 # ("round target requests/s CPU-µs/request") and then the medians of the per-round ratios
 # new/old, new/haproxy and old/haproxy with the rounds' own ratios in brackets: the machine is
 # noisy, so only ratios from the same round mean anything.
 #
 # Knobs: ROUNDS (default 5), DURATION (s, default 5), CONNS (wrk -c, default 64), IO (epoll or
-# uring: the workers' `io`, default epoll), OLD_ENV / NEW_ENV (space-separated VAR=value
-# settings for one side only), PORT_BASE (default 19600: origins +1/+2, HAProxy +10, old +40,
-# new +50). Everything runs on loopback and stops on exit.
+# uring: the workers' `io`, default epoll), OLD_ENV / NEW_ENV (VAR=value words for one side
+# only, separated by spaces; no spaces inside a value), PORT_BASE (default 19600: origins +1/+2, HAProxy +10, old +40,
+# new +50; they must be free). Needs nginx, haproxy, wrk and ss (`bash benches/load/run.sh`
+# installs the first three). Everything runs on loopback and stops on exit.
 
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -31,17 +34,28 @@ PORT_BASE=${PORT_BASE:-19600}
 for n in ROUNDS DURATION CONNS PORT_BASE; do
     [[ ${!n} =~ ^[1-9][0-9]*$ ]] || { echo "ab.sh: $n is a positive whole number, not ${!n}" >&2; exit 2; }
 done
+((PORT_BASE + 50 <= 65535)) || { echo "ab.sh: PORT_BASE + 50 must be a port (<= 65535)" >&2; exit 2; }
+for word in ${OLD_ENV:-} ${NEW_ENV:-}; do
+    [[ $word == [A-Za-z_]*=* ]] || { echo "ab.sh: OLD_ENV/NEW_ENV hold VAR=value words, not $word" >&2; exit 2; }
+done
+for tool in nginx haproxy wrk ss; do
+    command -v "$tool" >/dev/null || { echo "ab.sh: needs $tool (bash benches/load/run.sh installs nginx, haproxy, wrk)" >&2; exit 2; }
+done
+for p in $((PORT_BASE + 1)) $((PORT_BASE + 2)) $((PORT_BASE + 10)) $((PORT_BASE + 40)) $((PORT_BASE + 50)); do
+    if [[ -n $(ss -Hltn "sport = :$p") ]]; then
+        echo "ab.sh: port $p is in use; pick another PORT_BASE" >&2
+        exit 2
+    fi
+done
 [[ $IO == epoll || $IO == uring ]] || { echo "ab.sh: IO is epoll or uring, not $IO" >&2; exit 2; }
 : "${OLD_BIN:?ab.sh: set OLD_BIN to the upkeep binary to compare against}"
 [[ -x $OLD_BIN ]] || { echo "ab.sh: OLD_BIN $OLD_BIN is not an executable" >&2; exit 2; }
 if [[ -z ${NEW_BIN:-} ]]; then
     log "building upkeep (cargo build --release -p upkeep-mio)"
     (cd "$REPO" && cargo build --release -p upkeep-mio >&2)
-    NEW_BIN=$REPO/target/release/upkeep
+    NEW_BIN=${CARGO_TARGET_DIR:-$REPO/target}/release/upkeep
 fi
-for tool in nginx haproxy wrk; do
-    command -v "$tool" >/dev/null || { echo "ab.sh: needs $tool (bash benches/load/run.sh installs it)" >&2; exit 2; }
-done
+[[ $(realpath "$NEW_BIN") != $(realpath "$OLD_BIN") ]] || { echo "ab.sh: OLD_BIN and NEW_BIN are the same file" >&2; exit 2; }
 
 TMP=$(mktemp -d /tmp/upkeep-ab.XXXXXX)
 chmod 755 "$TMP" # nginx workers (user nobody) read the body file and write temp files here
@@ -87,15 +101,20 @@ log "A/B on $URL_PATH: $ROUNDS round(s) of ${DURATION}s, wrk -t1 -c$CONNS, io = 
 
 HZ=$(getconf CLK_TCK)
 RESULTS=$TMP/rounds.txt
+ORDER=(old new haproxy)
 for round in $(seq 1 "$ROUNDS"); do
-    for t in old new haproxy; do
+    for i in 0 1 2; do
+        t=${ORDER[(i + round - 1) % 3]}
         url=http://127.0.0.1:${PORT[$t]}$URL_PATH
-        timeout 30 wrk -t1 -c"$CONNS" -d1s "$url" >/dev/null
+        timeout 30 wrk -t1 -c"$CONNS" -d1s "$url" >/dev/null || true
         before=$(cpu_ticks "${PID_OF[$t]}")
-        rps=$(timeout $((DURATION + 30)) wrk -t1 -c"$CONNS" -d"${DURATION}s" "$url" | awk '/Requests\/sec/ { print $2 }')
+        rps=$(timeout $((DURATION + 30)) wrk -t1 -c"$CONNS" -d"${DURATION}s" "$url" | awk '/Requests\/sec/ { print $2 }') || true
         after=$(cpu_ticks "${PID_OF[$t]}")
+        # A proxy that died took its CPU figures with it: nothing after that compares.
+        kill -0 "${PID_OF[$t]}" 2>/dev/null || { echo "ab.sh: $t exited (see its log above)" >&2; cat "$TMP/$t.log" >&2; exit 1; }
+        [[ -n $rps ]] || log "round $round: wrk measured nothing on $t"
         cpu=$(awk -v t=$((after - before)) -v hz="$HZ" -v q="${rps:-0}" -v d="$DURATION" \
-            'BEGIN { if (q > 0) printf "%.2f", t / hz / (q * d) * 1e6; else print "-" }')
+            'BEGIN { if (q > 0 && t > 0) printf "%.2f", t / hz / (q * d) * 1e6; else print "-" }')
         echo "$round $t ${rps:--} $cpu" | tee -a "$RESULTS"
     done
 done

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Sourced by benches/load/run.sh: starting and stopping the
+# Sourced by benches/load/run.sh and ab.sh: starting and stopping the
 # processes of a run, the nginx origin and HAProxy configurations, and the CPU accounting. The
 # caller sets TMP (a temporary directory), PIDS=() and `declare -A PID_OF` first, and installs
 # `trap cleanup EXIT`.

@@ -13,8 +13,8 @@
 #            where the generator, the origins and the proxy share two cores, upkeep's peak is
 #            about half of direct's and the other proxies' below it, so every proxied row is
 #            at or over its peak from 50 % on.
-#   slowest  every target's own peak, and the lowest of them: no target is offered more than
-#            its own closed-loop peak, and the rows compare latency at the same offered load
+#   slowest  every target's own peak, and the lowest of them: at loads up to 100 % no target
+#            is offered more than its own closed-loop peak, and the rows compare latency at the same offered load
 #            (near its peak, a target still queues: a closed-loop peak is not a rate it can
 #            hold open-loop).
 #   NAME     every target's own peak, and NAME's (one of TARGETS, e.g. haproxy-safe): loads
@@ -51,6 +51,7 @@ else
 fi
 [[ " $TARGETS " == *" direct "* ]] || { log "open loop: TARGETS must include direct"; exit 2; }
 mkdir -p "$OL_OUT"
+rm -f "$OL_OUT"/*.json # an earlier run's files (other rounds, other targets) would mix in
 
 oha_run() { # json-out url rate (0 = as fast as it goes)
     local args=(--no-tui --output-format json -z "${OL_DURATION}s" -c "$OL_CONNS")
@@ -89,7 +90,7 @@ for t in $TARGETS; do [[ -n ${PEAKS[$t]:-} ]] && peaks+="${peaks:+, }$t ${PEAKS[
 {
     echo "# Open-loop latency"
     echo
-    echo "Command: \`OL_BASE=$OL_BASE OL_ROUNDS=$OL_ROUNDS bash benches/load/run.sh --open-loop\` ($(date -u +%Y-%m-%d); oha $("$OHA" --version | cut -d' ' -f2)," \
+    echo "Command: \`OL_BASE=$OL_BASE OL_ROUNDS=$OL_ROUNDS OL_DURATION=$OL_DURATION OL_CONNS=$OL_CONNS OL_LOADS=\"$OL_LOADS\" TARGETS=\"$TARGETS\" bash benches/load/run.sh --open-loop\` ($(date -u +%Y-%m-%d); oha $("$OHA" --version | cut -d' ' -f2)," \
         "-q RATE --latency-correction, $OL_CONNS connections, ${OL_DURATION}s per run, $OL_ROUNDS interleaved round(s) per load, 100-byte responses)." \
         "Load average before: $(cut -d' ' -f1-3 /proc/loadavg)."
     echo
@@ -101,10 +102,10 @@ for t in $TARGETS; do [[ -n ${PEAKS[$t]:-} ]] && peaks+="${peaks:+, }$t ${PEAKS[
     echo "| load | target | rate | achieved req/s | p50 | p99 | p99.9 | p99 / direct's |"
     echo "|---:|---|---:|---:|---:|---:|---:|---:|"
 } >"$OL_OUT.md.tmp"
-# Medians of the rounds' figures ("-" when no round gave a number).
-median() {
-    tr ' ' '\n' | awk '/^[0-9]+(\.[0-9]+)?$/' | sort -g |
-        awk '{ a[NR] = $1 } END { if (NR == 0) print "-"; else if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
+# Medians of the rounds' figures ("-" when no round gave a number), printed with FORMAT (printf).
+median() { # format
+    tr ' ' '\n' | awk '/^[0-9]+(\.[0-9]+)?$/' | sort -g | awk -v f="$1" '{ a[NR] = $1 }
+        END { if (NR == 0) print "-"; else printf f "\n", NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
 }
 declare -A RPS=() P50=() P99=() P999=() RATIOS=()
 for load in $OL_LOADS; do
@@ -134,11 +135,11 @@ for load in $OL_LOADS; do
     done
     for t in $TARGETS; do
         k="$load|$t"
-        ratio=$(median <<<"${RATIOS[$k]}")
+        ratio=$(median %.2f <<<"${RATIOS[$k]}")
         # Per round in brackets when there are several.
         ((OL_ROUNDS > 1)) && [[ $t != direct ]] && ratio+=" ($(echo ${RATIOS[$k]} | sed 's/ /, /g'))"
-        echo "| $load % | $t | $rate | $(median <<<"${RPS[$k]}") | $(median <<<"${P50[$k]}") |" \
-            "$(median <<<"${P99[$k]}") | $(median <<<"${P999[$k]}") | $ratio |" >>"$OL_OUT.md.tmp"
+        echo "| $load % | $t | $rate | $(median %d <<<"${RPS[$k]}") | $(median %.2f <<<"${P50[$k]}") |" \
+            "$(median %.2f <<<"${P99[$k]}") | $(median %.2f <<<"${P999[$k]}") | $ratio |" >>"$OL_OUT.md.tmp"
     done
 done
 mv "$OL_OUT.md.tmp" "$OL_OUT.md"
