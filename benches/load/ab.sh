@@ -80,17 +80,7 @@ declare -A PORT=([haproxy]=$((PORT_BASE + 10)) [old]=$((PORT_BASE + 40)) [new]=$
 haproxy_cfg "bind 127.0.0.1:${PORT[haproxy]}" "server s1 127.0.0.1:$ORIGIN1" "server s2 127.0.0.1:$ORIGIN2" >"$TMP/haproxy.cfg"
 start haproxy haproxy -f "$TMP/haproxy.cfg"
 for side in old new; do
-    cat >"$TMP/$side.toml" <<EOF
-workers = 1
-io = "$IO"
-[[listen]]
-addr = "127.0.0.1:${PORT[$side]}"
-[[upstream]]
-name = "origins"
-servers = ["127.0.0.1:$ORIGIN1", "127.0.0.1:$ORIGIN2"]
-[limits]
-client_keepalive_requests = 1000000
-EOF
+    upkeep_conf "${PORT[$side]}" "io = \"$IO\"" >"$TMP/$side.toml"
 done
 read -r -a old_env <<<"${OLD_ENV:-}"
 read -r -a new_env <<<"${NEW_ENV:-}"

@@ -80,6 +80,30 @@ ${4:-}
 EOF
 }
 
+# upkeep_conf PORT [TOP-LINES [UPSTREAM-LINES [LIMITS-LINES]]]: an upkeep configuration, one
+# worker, a listener on 127.0.0.1:PORT, both origins ($ORIGIN1, $ORIGIN2) round-robin, with more
+# lines at the top level, in [[upstream]] and in [limits].
+upkeep_conf() {
+    cat <<EOF
+workers = 1
+${2:-}
+
+[[listen]]
+addr = "127.0.0.1:$1"
+
+[[upstream]]
+name = "origins"
+servers = ["127.0.0.1:$ORIGIN1", "127.0.0.1:$ORIGIN2"]
+${3:-}
+
+[limits]
+# Like the nginx configs (keepalive_requests 1000000) and HAProxy: wrk's connections are not
+# closed every 1000 requests. The upstream side keeps its defaults.
+client_keepalive_requests = 1000000
+${4:-}
+EOF
+}
+
 # haproxy_cfg BIND SERVER1 SERVER2 [DEFAULTS-LINE [GLOBAL-LINE]]: the HAProxy configuration,
 # one thread, http-reuse safe (plus the lines of haproxy-splice, haproxy_extra_of).
 haproxy_cfg() {

@@ -414,26 +414,10 @@ upkeep_io_of() { [[ $1 == upkeep-uring* ]] && echo 'io = "uring"' || true; }
 upkeep_limits_of() { [[ $1 == *-copy ]] && echo "splice_min = 0   # every body copied" || true; }
 
 upkeep_proxy() { # name
-    cat >"$TMP/$1.toml" <<EOF
-workers = 1
-$(upkeep_io_of "$1")
-# For upkeep_spliced_bytes_total (scraped before and after each run; idle otherwise).
-admin = "127.0.0.1:$((PORT[$1] + 50))"
-
-[[listen]]
-addr = "127.0.0.1:${PORT[$1]}"
-
-[[upstream]]
-name = "origins"
-servers = ["127.0.0.1:$ORIGIN1", "127.0.0.1:$ORIGIN2"]
-$(upkeep_upstream_of "$1")
-
-[limits]
-# Like the nginx configs above (keepalive_requests 1000000) and HAProxy: wrk's connections
-# are not closed every 1000 requests. The upstream side keeps its defaults.
-client_keepalive_requests = 1000000
-$(upkeep_limits_of "$1")
-EOF
+    # admin: for upkeep_spliced_bytes_total (scraped before and after each run; idle otherwise).
+    local top
+    top="$(upkeep_io_of "$1")"$'\n'"admin = \"127.0.0.1:$((PORT[$1] + 50))\""
+    upkeep_conf "${PORT[$1]}" "$top" "$(upkeep_upstream_of "$1")" "$(upkeep_limits_of "$1")" >"$TMP/$1.toml"
     start "$1" "${PROXY_CPU[@]}" "$UPKEEP_BIN" run --config "$TMP/$1.toml"
 }
 for t in upkeep upkeep-nokeep upkeep-copy upkeep-uring upkeep-uring-copy; do
