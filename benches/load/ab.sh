@@ -109,25 +109,22 @@ for round in $(seq 1 "$ROUNDS"); do
     done
 done
 
-# Medians of the per-round ratios (a round where either side measured nothing is left out).
-awk '
-    function median(s,    a, n, i, j, x) {
-        n = split(s, a, " ")
-        for (i = 2; i <= n; i++) { x = a[i]; for (j = i - 1; j >= 1 && a[j] > x; j--) a[j + 1] = a[j]; a[j + 1] = x }
-        return n == 0 ? "-" : (n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2)
-    }
-    $3 != "-" && $4 != "-" { rps[$1, $2] = $3; cpu[$1, $2] = $4; if ($1 > last) last = $1 }
+# Medians of the per-round ratios (a round where either side measured nothing is left out), and
+# each round's ratio.
+awk '$3 != "-" && $4 != "-" { rps[$1, $2] = $3; cpu[$1, $2] = $4; if ($1 > last) last = $1 }
     END {
         split("new/old new/haproxy old/haproxy", pairs, " ")
         for (p = 1; p <= 3; p++) {
-            split(pairs[p], ab, "/"); rs = ""; cs = ""; rl = ""; cl = ""
+            split(pairs[p], ab, "/"); rs = ""; cs = ""
             for (r = 1; r <= last; r++) {
                 if (!((r, ab[1]) in rps) || !((r, ab[2]) in rps)) continue
-                x = rps[r, ab[1]] / rps[r, ab[2]]; y = cpu[r, ab[1]] / cpu[r, ab[2]]
-                rs = rs " " x; cs = cs " " y
-                rl = rl (rl == "" ? "" : ", ") sprintf("%.2f", x); cl = cl (cl == "" ? "" : ", ") sprintf("%.2f", y)
+                rs = rs " " sprintf("%.17g", rps[r, ab[1]] / rps[r, ab[2]])
+                cs = cs " " sprintf("%.17g", cpu[r, ab[1]] / cpu[r, ab[2]])
             }
-            printf "%-12s requests/s %s [%s]  CPU/request %s [%s]\n", pairs[p], \
-                rs == "" ? "-" : sprintf("%.3f", median(rs)), rl, cs == "" ? "-" : sprintf("%.3f", median(cs)), cl
+            print pairs[p] "\t" rs "\t" cs
         }
-    }' "$RESULTS"
+    }' "$RESULTS" | while IFS=$'\t' read -r pair rs cs; do
+    each() { tr ' ' '\n' | awk 'NF { printf "%s%.2f", (n++ ? ", " : ""), $1 }'; }
+    printf '%-12s requests/s %s [%s]  CPU/request %s [%s]\n' "$pair" \
+        "$(median %.3f <<<"$rs")" "$(each <<<"$rs")" "$(median %.3f <<<"$cs")" "$(each <<<"$cs")"
+done

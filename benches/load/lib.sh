@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sourced by benches/load/run.sh and ab.sh: starting and stopping the
-# processes of a run, the nginx origin and HAProxy configurations, and the CPU accounting. The
+# processes of a run, medians, the nginx origin and HAProxy configurations, and the CPU accounting. The
 # caller sets TMP (a temporary directory), PIDS=() and `declare -A PID_OF` first, and installs
 # `trap cleanup EXIT`.
 
@@ -78,6 +78,13 @@ ${3:-}
 ${4:-}
 }
 EOF
+}
+
+# median FORMAT < "N N ...": the median of the numbers read (words that are not numbers, such as
+# "-", are left out), printed with FORMAT (printf); "-" when there is none.
+median() {
+    tr ' ' '\n' | awk '/^[0-9]+(\.[0-9]+)?$/' | sort -g | awk -v f="$1" '{ a[NR] = $1 }
+        END { if (NR == 0) print "-"; else printf f "\n", NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
 }
 
 # upkeep_conf PORT [TOP-LINES [UPSTREAM-LINES [LIMITS-LINES]]]: an upkeep configuration, one

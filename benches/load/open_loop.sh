@@ -102,11 +102,6 @@ for t in $TARGETS; do [[ -n ${PEAKS[$t]:-} ]] && peaks+="${peaks:+, }$t ${PEAKS[
     echo "| load | target | rate | achieved req/s | p50 | p99 | p99.9 | p99 / direct's |"
     echo "|---:|---|---:|---:|---:|---:|---:|---:|"
 } >"$OL_OUT.md.tmp"
-# Medians of the rounds' figures ("-" when no round gave a number), printed with FORMAT (printf).
-median() { # format
-    tr ' ' '\n' | awk '/^[0-9]+(\.[0-9]+)?$/' | sort -g | awk -v f="$1" '{ a[NR] = $1 }
-        END { if (NR == 0) print "-"; else printf f "\n", NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
-}
 declare -A RPS=() P50=() P99=() P999=() RATIOS=()
 for load in $OL_LOADS; do
     rate=$((BASE * load / 100))

@@ -285,9 +285,16 @@ enum Flow {
 }
 
 impl Worker {
+    /// Reads the clock into `now`: the time of the step that follows, which every input of
+    /// that step gives the core (so the core never gets a time earlier than one it had).
+    fn tick(&mut self) -> Time {
+        self.now = clock::now();
+        self.now
+    }
+
     fn run(mut self) {
         // Warm connections (`min_idle`) open now, not at the first event.
-        self.now = clock::now();
+        self.tick();
         self.core.start(self.now);
         self.after_input();
         let mut events = Events::with_capacity(1024);
@@ -301,7 +308,7 @@ impl Worker {
                 break;
             }
             // The time of this pass's events (`now`: refreshed before each later step).
-            self.now = clock::now();
+            self.tick();
             let mut commands = false;
             for event in events.iter() {
                 match event.token() {
@@ -317,11 +324,11 @@ impl Worker {
                     break;
                 }
                 // A wake may also come from another worker through the shared ledger.
-                self.now = clock::now();
+                self.tick();
                 self.core.handle_shared(self.now);
                 self.after_input();
             }
-            self.now = clock::now();
+            self.tick();
             if let Some(deadline) = self.core.poll_timeout()
                 && deadline <= self.now
             {
@@ -434,7 +441,7 @@ impl Worker {
     fn run_queues(&mut self) {
         // Never earlier than any input before it: everything before the pass (events,
         // commands, timers) read the clock before this.
-        self.now = clock::now();
+        self.tick();
         let mut reads = self.to_read.len();
         loop {
             if reads > 0
@@ -722,8 +729,7 @@ impl Worker {
 
     /// Takes in an idle upstream connection a sibling worker handed over.
     fn adopt_handed(&mut self, stream: Stream, tls: Option<Box<Session>>, handed: Handed) {
-        self.now = clock::now();
-        let now = self.now;
+        let now = self.tick();
         if let Some(id) = self.core.adopt_handed(now, handed) {
             self.install(now, id, stream, tls);
         }
@@ -779,7 +785,7 @@ impl Worker {
             return;
         }
         // The pass's time is as old as its queues' work: the connections taken now start now.
-        self.now = clock::now();
+        self.tick();
         for i in 0..self.listeners.len() {
             if let Some(l) = self.listeners[i].as_mut()
                 && let Err(e) = l.register(self.poll.registry(), Token(LISTENER_BASE - i))
@@ -890,12 +896,12 @@ impl Worker {
                     }
                 }
             }
-            self.now = clock::now();
+            self.tick();
             self.core.begin_handoff(self.now);
             self.after_input();
             self.hand_off_idle();
         } else {
-            self.now = clock::now();
+            self.tick();
             self.core.begin_drain(self.now);
             self.after_input();
         }
@@ -905,7 +911,7 @@ impl Worker {
     /// Moves every idle client connection to a new worker (a reload's drain): released by the
     /// core with the bytes it held, the socket unwatched here and sent along — it never closes.
     fn hand_off_idle(&mut self) {
-        self.now = clock::now();
+        self.tick();
         if !self.gone.is_empty() {
             let now = self.now;
             for &l in &self.gone {
@@ -958,8 +964,7 @@ impl Worker {
         expires: upkeep_core::Time,
         tls: Option<(UpstreamTls, Box<Session>)>,
     ) {
-        self.now = clock::now();
-        let now = self.now;
+        let now = self.tick();
         let (settings, session) = tls.unzip();
         // Bytes or an EOF that came while it moved evict it: it is read at once.
         if let Some(id) = self
@@ -986,8 +991,7 @@ impl Worker {
         listener: Address,
         released: Released,
     ) {
-        self.now = clock::now();
-        let now = self.now;
+        let now = self.tick();
         let Some(released) = on_listener(&self.core, &listener, released) else {
             return;
         };
@@ -1048,7 +1052,7 @@ impl Worker {
     fn exit(mut self) {
         // Whatever is still in progress (a drain cut at its timeout, a stop) is cut here: logged
         // as such before the connections close.
-        self.now = clock::now();
+        self.tick();
         let cut = self.core.abort_exchanges(self.now);
         if cut > 0 {
             self.aborted.fetch_add(cut as u64, Ordering::Relaxed);

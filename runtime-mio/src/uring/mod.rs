@@ -469,6 +469,13 @@ struct Worker {
 }
 
 impl Worker {
+    /// Reads the clock into `now`: the time of the step that follows, which every input of
+    /// that step gives the core (so the core never gets a time earlier than one it had).
+    fn tick(&mut self) -> Time {
+        self.now = clock::now();
+        self.now
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn new(
         id: u64,
@@ -536,7 +543,7 @@ impl Worker {
         for i in 0..self.listeners.len() {
             self.arm_accept(i);
         }
-        self.now = clock::now();
+        self.tick();
         self.core.start(self.now);
         self.after_input();
         loop {
@@ -578,7 +585,7 @@ impl Worker {
             // Those taken aside while submitting came first.
             self.cqes.append(&mut self.backlog);
             submit::reap_into(&mut self.ring, &mut self.cqes);
-            self.now = clock::now();
+            self.tick();
             let cqes = std::mem::take(&mut self.cqes);
             for &(user_data, res, flags) in &cqes {
                 self.complete(user_data, res, flags);
@@ -1473,7 +1480,7 @@ impl Worker {
             self.arm_wake();
         }
         // Commands come after the pass's completions: what they adopt or accept starts now.
-        self.now = clock::now();
+        self.tick();
         self.commands();
         if self.exit {
             return;
@@ -1523,7 +1530,7 @@ impl Worker {
         }
         // The pass's time is as old as its completions' work: the connections taken now start
         // now.
-        self.now = clock::now();
+        self.tick();
         for i in 0..self.listeners.len() {
             self.accept(i);
             self.arm_accept(i);
@@ -1886,7 +1893,7 @@ impl Worker {
     /// Leaves the board (as the epoll worker's `exit`), then cancels everything in flight and
     /// waits for the kernel to let go of the buffers before they are freed.
     fn exit(mut self) {
-        self.now = clock::now();
+        self.tick();
         let cut = self.core.abort_exchanges(self.now);
         if cut > 0 {
             self.aborted.fetch_add(cut as u64, Ordering::Relaxed);
