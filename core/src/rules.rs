@@ -255,6 +255,9 @@ pub(crate) enum Failure {
     BadResponse,
     /// A 408 on a reused connection: the backend's idle timeout, sent as we reused it.
     Reused408,
+    /// Bytes on a reused connection before any byte of the request was written: they followed
+    /// the previous response (or are an idle-close notice), and the request is unsent.
+    Stray,
     /// The runtime could not attempt the connection (a local resource shortage).
     Local,
     /// We refused the server's identity (TLS certificate verification): not its health's fault.
@@ -267,7 +270,7 @@ pub(crate) enum Failure {
 pub(crate) fn keepalive_race(why: Failure, reused: bool, responded: bool) -> bool {
     match why {
         Failure::Closed => reused && !responded,
-        Failure::Reused408 => true,
+        Failure::Reused408 | Failure::Stray => true,
         _ => false,
     }
 }
@@ -282,7 +285,7 @@ pub(crate) fn failure_reason(why: Failure, race: bool) -> NotReusable {
         Failure::ConnectTimeout | Failure::ReadTimeout | Failure::SendTimeout => {
             NotReusable::Timeout
         }
-        Failure::Closed | Failure::Reused408 => NotReusable::ResponseIncomplete,
+        Failure::Closed | Failure::Reused408 | Failure::Stray => NotReusable::ResponseIncomplete,
         Failure::BadResponse => NotReusable::BadResponse,
     }
 }

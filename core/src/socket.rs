@@ -98,12 +98,17 @@ impl Core {
         want: usize,
         read: impl FnOnce(&mut BytesMut) -> io::Result<usize>,
     ) -> io::Result<ReadOutcome> {
+        // What a runtime's read may take: the spare room, up to the core's cap
+        // (`upkeep_runtime::io::Reader` reads exactly that). A read that takes all of it may
+        // have left bytes in the socket.
+        let cap = self.read_cap(conn).unwrap_or(usize::MAX);
         // A `recv` into no room returns 0, which would read as the peer's end of stream: the
         // loan always has room for at least one byte, whatever `want` says.
         let Some(buf) = self.read_buffer(conn, want.max(1)) else {
             return Ok(ReadOutcome::Unknown);
         };
         let before = buf.len();
+        let room = (buf.capacity() - before).min(cap);
         let result = read(buf);
         let appended = buf.len().checked_sub(before);
         match result {
@@ -122,11 +127,15 @@ impl Core {
                 Ok(ReadOutcome::Closed)
             }
             Ok(n) => {
+                self.note_read(conn, n >= room);
                 self.handle(now, Input::Appended { conn, n });
                 Ok(ReadOutcome::Data(n))
             }
             Err(e) => {
                 self.handle(now, Input::Appended { conn, n: 0 });
+                if e.kind() == io::ErrorKind::WouldBlock {
+                    self.handle(now, Input::Drained { conn });
+                }
                 if is_retry(&e) {
                     return Err(e);
                 }

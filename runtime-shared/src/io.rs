@@ -23,8 +23,18 @@ pub const READ_SIZE_BULK: usize = 64 * 1024;
 /// [`Core::read_with`]) and appends what arrived, at most `max` bytes (less than the spare
 /// capacity when a head read must leave a body behind it in the socket: [`Core::read_cap`]):
 /// no staging buffer, no copy.
-#[allow(unsafe_code)]
 pub fn recv_into(sock: SockRef<'_>, buf: &mut BytesMut, max: usize) -> io::Result<usize> {
+    recv_into_with(sock, buf, max, RecvFlags::empty())
+}
+
+/// [`recv_into`] with `flags` (`MSG_DONTWAIT` for [`settle`]).
+#[allow(unsafe_code)]
+fn recv_into_with(
+    sock: SockRef<'_>,
+    buf: &mut BytesMut,
+    max: usize,
+    flags: RecvFlags,
+) -> io::Result<usize> {
     let len = buf.len();
     let spare: &mut [MaybeUninit<u8>] = buf.spare_capacity_mut();
     // Never an empty buffer: recv(2) would return 0, which reads as the end of the stream.
@@ -32,7 +42,7 @@ pub fn recv_into(sock: SockRef<'_>, buf: &mut BytesMut, max: usize) -> io::Resul
     let take = max.max(1).min(spare.len());
     // rustix makes the system call itself: libc's `recv` is a thread-cancellation point,
     // whose enable/disable bracket cost ~1 % of the epoll worker's CPU on 100-byte requests.
-    let ((read, _), _) = rustix::net::recv(&*sock, &mut spare[..take], RecvFlags::empty())?;
+    let ((read, _), _) = rustix::net::recv(&*sock, &mut spare[..take], flags)?;
     let n = read.len();
     // SAFETY: recv(2) wrote (initialised) the first `n` bytes of the spare capacity (rustix
     // hands back that initialised prefix of the slice it was given), so `len + n <= capacity`.
@@ -40,6 +50,17 @@ pub fn recv_into(sock: SockRef<'_>, buf: &mut BytesMut, max: usize) -> io::Resul
     // was ~10 % of the proxy's CPU on 64 KiB responses (perf, benches/load).
     unsafe { buf.set_len(len + n) };
     Ok(n)
+}
+
+/// One non-blocking read of upstream connection `conn`, which the core holds back after its
+/// response until a read finds the socket empty ([`Core::is_settling`]), for a runtime whose
+/// own reads complete later (io_uring): empty, it is pooled; a byte or an end of stream
+/// closes it. (The read loops here settle it on their own: they read again after a read that
+/// filled its room, and after a splice.)
+pub fn settle(core: &mut Core, now: Time, conn: ConnId, sock: SockRef<'_>) {
+    let _ = core.read_with(now, conn, 1, |buf| {
+        recv_into_with(sock, buf, usize::MAX, RecvFlags::DONTWAIT)
+    });
 }
 
 /// What to do after one read ([`Reader::read`]). The core has been told what happened: drain

@@ -103,6 +103,7 @@ macro_rules! scenario_tests {
             warm_connections_before_the_first_request,
             warm_connections_replaced_ahead_of_keep_alive_timeout,
             unreusable_responses_not_pooled,
+            stray_bytes_after_a_response_reach_no_client,
             client_keepalive_timeout,
             metrics_after_pooled_requests,
             metrics_say_why_a_connection_was_not_reused,

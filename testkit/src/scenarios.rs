@@ -1263,6 +1263,59 @@ pub fn unreusable_responses_not_pooled(start: Start) {
     }
 }
 
+/// A backend that writes more than its response (here a second response nobody asked for, in
+/// the same write) never has those bytes taken as the next request's answer: not when the read
+/// that ended the response filled all its room (whole responses of 4, 16 and 64 KiB, the read
+/// sizes of the runtimes), nor when a splice ended the body (100 kB). Requests are pipelined on
+/// one client connection, so the next one is dispatched the moment a response ends; every
+/// connection is closed after its one response, never reused.
+///
+/// Plain TCP only: over [`crate::over_tls`] the front relays the backend's bytes in records of
+/// its own, and the stray ones may reach the proxy after it found the socket empty — the race
+/// with bytes sent late, which no HTTP/1.1 proxy can tell from an answer.
+pub fn stray_bytes_after_a_response_reach_no_client(start: Start) {
+    const STRAY: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nPOISON";
+    let head = |n: usize| format!("HTTP/1.1 200 OK\r\nContent-Length: {n}\r\n\r\n");
+    for total in [4096, 16 * 1024, 64 * 1024, 100_000] {
+        // The body length that makes head + body exactly `total` bytes.
+        let len = (total - 64..total)
+            .find(|&n| head(n).len() + n == total)
+            .expect("a body length");
+        let body = vec![b'x'; len];
+        let raw = [head(len).as_bytes(), &body, STRAY].concat();
+        let b = Backend::builder()
+            .behaviour(Behaviour::Raw(raw))
+            .start()
+            .unwrap();
+        let p = Proxy::start(start, config(vec![b.addr()]));
+        if crate::over_tls::scheme(&p.addr()) == "https" {
+            p.stop();
+            return;
+        }
+        let mut c = p.client();
+        let reqs: Vec<Vec<u8>> = (0..3).map(|i| client::get(&format!("/s{i}"))).collect();
+        let rs = c.pipeline(&reqs).unwrap();
+        for (i, r) in rs.iter().enumerate() {
+            ok(r, &format!("{total} B, response {i}"));
+            assert!(
+                r.body == body,
+                "{total} B, response {i}: {} bytes, starting {:?}",
+                r.body.len(),
+                String::from_utf8_lossy(&r.body[..r.body.len().min(16)])
+            );
+        }
+        let r = c.get("/after").unwrap();
+        assert!(r.body == body, "{total} B, the request after");
+        assert_eq!(b.requests(), 4, "{total} B");
+        assert_eq!(
+            b.accepted(),
+            4,
+            "{total} B: a connection with bytes behind its response was reused"
+        );
+        p.stop();
+    }
+}
+
 /// `client_timeouts.keepalive = 300ms`: an idle client connection is closed.
 pub fn client_keepalive_timeout(start: Start) {
     let b = Backend::identify("a").unwrap();

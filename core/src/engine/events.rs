@@ -31,6 +31,16 @@ impl Core {
                     UState::Connecting => {
                         // Data before we were told the connect finished: keep it buffered.
                     }
+                    // Bytes behind a complete response: never the next request's answer.
+                    UState::Settling => self.close_upstream(id, true, NotReusable::UnexpectedData),
+                    // Before any byte of its request was written, a reused connection has
+                    // nothing to answer: these bytes followed the previous response (or are
+                    // the backend's idle-close notice). Not an answer to this request, which
+                    // is re-sent as it is on a fresh connection (the keepalive race).
+                    UState::Active if u.reused() && u.written == 0 && !u.responded => {
+                        c.buf.rbuf.clear();
+                        self.upstream_failed(now, id, Failure::Stray);
+                    }
                     UState::Active | UState::Tunnel => {
                         u.responded = true;
                         self.drive_upstream(now, id)
@@ -102,6 +112,7 @@ impl Core {
                 }
                 UState::Active => self.upstream_eof(now, id),
                 UState::Check => self.check_eof(now, id),
+                UState::Settling => self.close_upstream(id, false, NotReusable::ServerClosed),
             },
         }
     }
@@ -131,6 +142,7 @@ impl Core {
                     self.close_upstream(id, true, NotReusable::Upgraded);
                 }
                 UState::Active | UState::Check => self.upstream_failed(now, id, Failure::Closed),
+                UState::Settling => self.close_upstream(id, true, NotReusable::ServerClosed),
             },
         }
     }

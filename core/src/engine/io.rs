@@ -79,6 +79,23 @@ pub enum Input<'a> {
         /// The bytes (copied into the connection's buffer).
         data: &'a [u8],
     },
+    /// As [`Input::Received`], from a read that filled all the room it had: the socket may hold
+    /// more behind these bytes. A response they complete is pooled only after a read finds the
+    /// socket empty ([`Input::Drained`]), so that bytes a backend sent beyond its response never
+    /// answer the next request. ([`Core::read_with`] tells the two apart itself.)
+    ReceivedFull {
+        /// The connection.
+        conn: ConnId,
+        /// The bytes (copied into the connection's buffer).
+        data: &'a [u8],
+    },
+    /// A read of `conn` found its socket empty (`WouldBlock`; [`Core::read_with`] sends it):
+    /// an upstream connection whose response ended on a read that filled its room
+    /// ([`Input::ReceivedFull`]) or on a splice joins the pool now.
+    Drained {
+        /// The connection.
+        conn: ConnId,
+    },
     /// The peer closed its write side (EOF).
     ReadClosed {
         /// The connection.

@@ -476,6 +476,24 @@ impl Core {
         self.pool.contains(conn)
     }
 
+    /// Whether upstream connection `conn` waits for a read that finds its socket empty before
+    /// it is pooled ([`Input::Drained`]): its response ended on a read that filled its room or
+    /// on a splice. A runtime whose reads complete asynchronously (io_uring) reads it once
+    /// itself, non-blocking.
+    pub fn is_settling(&self, conn: ConnId) -> bool {
+        self.conns
+            .upstream(conn)
+            .is_some_and(|u| u.state == upstream::UState::Settling)
+    }
+
+    /// Records whether the read just made of `conn` took all the room it had (an upstream
+    /// connection's [`upstream::Upstream::unread`]).
+    pub(crate) fn note_read(&mut self, conn: ConnId, full: bool) {
+        if let Some(u) = self.conns.upstream_mut(conn) {
+            u.unread = full;
+        }
+    }
+
     /// Whether a drain has finished: nothing left open.
     pub fn is_drained(&self) -> bool {
         self.draining && self.conns.is_empty()
@@ -523,12 +541,15 @@ impl Core {
     /// Applies one network event.
     pub fn handle(&mut self, now: Time, input: Input<'_>) {
         match input {
-            Input::Received { conn, data } => {
+            Input::Received { conn, data } | Input::ReceivedFull { conn, data } => {
                 let Some(c) = self.conns.get_mut(conn) else {
                     return;
                 };
                 if data.is_empty() {
                     return;
+                }
+                if let Role::Upstream(u) = &mut c.role {
+                    u.unread = matches!(input, Input::ReceivedFull { .. });
                 }
                 self.spares.lend(&mut c.buf, data.len());
                 c.buf.receive(data);
@@ -555,6 +576,7 @@ impl Core {
                 touch(&mut self.touched, conn);
                 self.on_readable(now, conn);
             }
+            Input::Drained { conn } => self.settled(now, conn),
             Input::ReadClosed { conn } => {
                 let Some(c) = self.conns.get_mut(conn) else {
                     return;

@@ -39,6 +39,8 @@ pub(super) enum Deadline {
     Queue,
     /// A health check's `timeout` passed (connect included).
     Check,
+    /// A settling connection was not read within [`super::upstream::SETTLE_TIMEOUT`].
+    Settle,
 }
 
 impl Core {
@@ -179,7 +181,7 @@ impl Core {
                 }
             },
             Role::Upstream(u) => match u.state {
-                UState::Connecting | UState::Idle | UState::Check => true,
+                UState::Connecting | UState::Idle | UState::Check | UState::Settling => true,
                 UState::Active | UState::Tunnel => u
                     .client
                     .and_then(|cl| self.conns.get(cl))
@@ -267,6 +269,10 @@ impl Core {
                     }
                     // Bounded by the check's own timeout (above).
                     UState::Check => {}
+                    UState::Settling => consider(
+                        u.read_progress.plus(super::upstream::SETTLE_TIMEOUT),
+                        Deadline::Settle,
+                    ),
                 }
             }
         }
@@ -325,6 +331,7 @@ impl Core {
             }
             (Deadline::Queue, _) => self.queue_expired(now, id),
             (Deadline::Check, _) => self.check_timed_out(now, id),
+            (Deadline::Settle, _) => self.close_upstream(id, false, NotReusable::Timeout),
             (Deadline::ClientSend | Deadline::ClientBody | Deadline::TunnelIdle, _) => {
                 debug_assert!(false, "{kind:?} armed for the other role");
             }

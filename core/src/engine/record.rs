@@ -198,6 +198,7 @@ pub(crate) fn failure_name(why: Failure) -> &'static str {
         Failure::SendTimeout => "send_timeout",
         Failure::BadResponse => "bad_response",
         Failure::Reused408 => "reused_408",
+        Failure::Stray => "stray_bytes",
         Failure::Local => "local",
         Failure::Rejected => "tls_rejected",
     }

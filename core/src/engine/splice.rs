@@ -196,6 +196,8 @@ impl Core {
             Role::Upstream(u) => {
                 u.read_progress = now;
                 u.responded = true;
+                // A splice stops at the body's end whatever follows it in the socket.
+                u.unread = true;
                 touch(&mut self.touched, from);
                 let Some(cid) = u.client else { return };
                 let Some(Role::Client(cl)) = self.conns.get_mut(cid).map(|c| &mut c.role) else {

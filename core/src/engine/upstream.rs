@@ -31,7 +31,19 @@ pub(super) enum UState {
     Tunnel,
     /// Carrying an active health check, no client (see `engine::health`).
     Check,
+    /// Its response is complete and it may be pooled, but the read that ended the response
+    /// may have left bytes behind it in the socket ([`Upstream::unread`]): bytes the backend
+    /// sent beyond its response would become the next request's answer. It joins the pool
+    /// (and frees its slot for the next in line) once a read finds the socket empty
+    /// ([`Input::Drained`](crate::Input::Drained)); a byte, an end of stream, an error or
+    /// [`SETTLE_TIMEOUT`] closes it instead.
+    Settling,
 }
+
+/// How long a connection may stay [`UState::Settling`] before it is closed rather than pooled.
+/// A runtime settles it in the same pass (it reads again after a read that filled its room,
+/// and after a splice that ended a body); this only bounds a runtime that never looks.
+pub(super) const SETTLE_TIMEOUT: core::time::Duration = core::time::Duration::from_millis(50);
 
 /// The upstream side of a connection: which server, which client it serves now, and what the
 /// current request and response say about reusing it.
@@ -58,6 +70,10 @@ pub(super) struct Upstream {
     pub(super) response_at: Time,
     /// Bytes arrived after the current response was complete.
     pub(super) extra_data: bool,
+    /// The latest read may have left bytes in the socket: it filled all the room it was given,
+    /// or it was a splice (which stops at the body's end whatever follows). Set per read; a
+    /// response that ends with it set settles before it is pooled ([`UState::Settling`]).
+    pub(super) unread: bool,
     /// Counted as an active request of its server by the balancer (least-conn, max_conns).
     pub(super) acquired: bool,
     /// Some response bytes (even an interim 1xx) arrived for the current request: it can no
@@ -103,6 +119,7 @@ impl Upstream {
             response: ResponseFacts::default(),
             response_at: now,
             extra_data: false,
+            unread: false,
             acquired: false,
             responded: false,
             unused_warm: true,
@@ -599,24 +616,26 @@ impl Core {
             max_age: gcfg.keepalive_time,
             since_response: now.since(u.response_at),
         });
-        let key = u.key;
-        // Idle until the first of: our keepalive_timeout, the backend's Keep-Alive hint, the
-        // connection's keepalive_time. The pool entry is the one record of it.
-        let hinted = u.response.idle_hint.map(|hint| u.response_at.plus(hint));
-        let expires = super::warm::idle_until(now, gcfg, hinted, u.created);
-        self.release_server(id);
+        let unread = u.unread;
         match verdict {
-            Ok(()) => {
-                let Some(u) = self.conns.upstream_mut(id) else {
-                    return;
-                };
-                u.state = UState::Idle;
-                u.client = None;
-                self.checkin(g, idx, id, key, expires);
-                // Another generation's request may wait for its slot (a re-resolution).
-                self.yield_to_linked();
+            // The socket may hold more than the response: pooled only once a read finds it
+            // empty. Its slot stays taken meanwhile, so the next in line waits for it rather
+            // than opening another connection to a one-request-at-a-time backend.
+            Ok(()) if unread => {
+                if let Some(u) = self.conns.upstream_mut(id) {
+                    u.state = UState::Settling;
+                    u.client = None;
+                    u.read_progress = now;
+                }
+                // Read interest stays on (or comes back on, after backpressure): the runtime's
+                // next read of it tells.
+                touch(&mut self.touched, id);
             }
-            Err(why) => self.close_upstream(id, false, why),
+            Ok(()) => self.pool_settled(now, id),
+            Err(why) => {
+                self.release_server(id);
+                self.close_upstream(id, false, why)
+            }
         }
         let Some(cl) = self.conns.client_mut(cid) else {
             return;
@@ -638,6 +657,44 @@ impl Core {
             // not read the rest, so the connection cannot continue.
             self.close_client_after_flush(now, cid, AfterFlush::Linger);
         }
+    }
+
+    /// Upstream connection `id`, its response complete and reusable, goes to the pool: idle
+    /// until the first of our keepalive_timeout, the backend's Keep-Alive hint and the
+    /// connection's keepalive_time (the pool entry is the one record of it).
+    fn pool_settled(&mut self, now: Time, id: ConnId) {
+        let Some(u) = self.conns.upstream_mut(id) else {
+            return;
+        };
+        u.state = UState::Idle;
+        u.client = None;
+        let (g, key) = (u.group as usize, u.key);
+        let idx = (u.server - self.groups[g].first_server) as usize;
+        let hinted = u.response.idle_hint.map(|hint| u.response_at.plus(hint));
+        let expires = super::warm::idle_until(now, &self.config.upstreams[g], hinted, u.created);
+        self.release_server(id);
+        self.checkin(g, idx, id, key, expires);
+        // Another generation's request may wait for its slot (a re-resolution).
+        self.yield_to_linked();
+    }
+
+    /// A read of settling connection `id` found its socket empty ([`Input::Drained`]): nothing
+    /// followed the response, so it joins the pool — unless the core started draining or its
+    /// server stopped being usable meanwhile.
+    pub(super) fn settled(&mut self, now: Time, id: ConnId) {
+        let Some(u) = self.conns.upstream(id) else {
+            return;
+        };
+        if u.state != UState::Settling {
+            return;
+        }
+        let g = u.group as usize;
+        let idx = (u.server - self.groups[g].first_server) as usize;
+        if self.draining || self.shared.group(g).servers[idx].state() != ServerState::Up {
+            self.close_upstream(id, false, NotReusable::Draining);
+            return;
+        }
+        self.pool_settled(now, id);
     }
 
     /// An upstream attempt failed: retry (stale pooled connection, or next server when safe),

@@ -94,5 +94,13 @@ impl Direct {
         });
         assert!(matches!(got, Ok(ReadOutcome::Data(_))), "open");
         self.drain();
+        // A runtime reads again after a read that filled its room: this one finds the socket
+        // empty (`Input::Drained`), and a response that read completed is pooled.
+        // (Told directly: a read would first need room in the buffer, which a runtime's
+        // next read asks for anyway and this driver models only where it matters.)
+        if self.core.is_settling(conn) {
+            self.core.handle(self.now, Input::Drained { conn });
+            self.drain();
+        }
     }
 }

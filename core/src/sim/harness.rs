@@ -226,13 +226,15 @@ impl Harness {
     /// ([`Harness::enable_splice`]), else copied (`Received`) or in place (`Appended`), in turn.
     fn deliver(&mut self, conn: ConnId, data: &[u8]) {
         let Some(capacity) = self.splice else {
-            return self.deliver_copied(conn, data);
+            self.deliver_copied(conn, data);
+            return self.drained(conn);
         };
         let outer = self.deferred.is_none();
         if outer {
             self.deferred = Some(Vec::new());
         }
         self.deliver_spliced(conn, data, capacity);
+        self.drained(conn);
         if outer {
             for id in self.deferred.take().unwrap_or_default() {
                 self.flush(id);
@@ -310,6 +312,18 @@ impl Harness {
                 }
             }
             self.pump();
+        }
+    }
+
+    /// As a runtime after a read that filled its room or a splice: it reads again before it
+    /// writes anything, and the read finds the socket empty (everything sent was delivered), so
+    /// a settling connection's response is pooled.
+    fn drained(&mut self, conn: ConnId) {
+        if self.core.is_settling(conn) {
+            let got = self.core.read_with(self.now, conn, 1, |_| {
+                Err(std::io::ErrorKind::WouldBlock.into())
+            });
+            debug_assert!(got.is_err(), "nothing more to read");
         }
     }
 
@@ -649,6 +663,9 @@ impl Harness {
                     ep.reading = read;
                     if read && (!ep.unread.is_empty() || ep.eof_pending) {
                         self.resume.push_back(conn);
+                    } else if read && self.core.is_settling(conn) {
+                        // Asked to look: the read finds the socket empty.
+                        self.drained(conn);
                     }
                 }
                 Output::Shutdown { conn } => {

@@ -247,6 +247,9 @@ struct Sock {
     /// An upstream connection that carried a body large enough to splice: its receives are
     /// single-shot and stop after a response head ([`Worker::toward_splice`]).
     capped: bool,
+    /// The length asked of the single-shot receive armed (0: multishot): one that fills it
+    /// may have left bytes in the socket ([`Input::ReceivedFull`]).
+    recv_len: u32,
     /// The read side is over for the core (EOF or error reported).
     eof: bool,
     /// Bytes received while the core did not want to read, and whether an EOF followed them.
@@ -295,6 +298,7 @@ impl Sock {
             cancel_sent: false,
             single: false,
             capped: false,
+            recv_len: 0,
             eof: false,
             held: Vec::new(),
             held_eof: false,
@@ -835,11 +839,13 @@ impl Worker {
         s.inflight += 1;
         let e = if single {
             let len = cap.unwrap_or(BUF_SIZE).min(BUF_SIZE) as u32;
+            s.recv_len = len;
             opcode::Recv::new(types::Fd(s.raw()), std::ptr::null_mut(), len)
                 .buf_group(BGID)
                 .build()
                 .flags(squeue::Flags::BUFFER_SELECT)
         } else {
+            s.recv_len = 0;
             let e = opcode::RecvMulti::new(types::Fd(s.raw()), BGID).build();
             if s.limited {
                 sqe::with_total_limit(e, MSHOT_LIMIT)
@@ -863,6 +869,8 @@ impl Worker {
             }
             let conn = s.conn;
             let Some(hint) = self.core.splice_source(conn) else {
+                // A splice that ended a body may have bytes behind it.
+                self.settle(slot);
                 return self.arm_receive(slot);
             };
             if hint.flush_first {
@@ -1131,6 +1139,7 @@ impl Worker {
             // the end of file held behind them waits for the next resume.
             self.after_input();
         }
+        self.settle(slot);
         let Some(s) = self.sock(slot).filter(|s| s.open && s.want_read) else {
             return;
         };
@@ -1148,6 +1157,22 @@ impl Worker {
             return;
         }
         self.arm_recv(slot);
+    }
+
+    /// One plain non-blocking read of the connection in `slot` if its response may have bytes
+    /// behind it in the socket ([`Core::is_settling`]): empty, it is pooled; a byte or an end
+    /// of stream closes it. Done before a receive of ours is armed on it, which would take
+    /// those bytes only after this pass's sends — one of which may be the next request on it.
+    fn settle(&mut self, slot: u32) {
+        let Some(s) = self.slots[slot as usize].sock.as_ref().filter(|s| s.open) else {
+            return;
+        };
+        let conn = s.conn;
+        let Some(fd) = s.fd.as_ref().filter(|_| self.core.is_settling(conn)) else {
+            return;
+        };
+        upkeep_runtime::io::settle(&mut self.core, self.now, conn, SockRef::from(fd));
+        self.after_input();
     }
 
     /// Cancels the receive armed on the socket in `slot`, if any; its final completion arms
@@ -1573,7 +1598,17 @@ impl Worker {
                 s.late.extend_from_slice(data);
             } else if !s.eof {
                 if s.want_read && s.held.is_empty() && !s.held_eof {
-                    self.core.handle(now, Input::Received { conn, data });
+                    // The last completion of a receive that stopped for its length (a
+                    // single-shot one filled, or a multishot one reached its total limit) may
+                    // have left bytes behind: nothing reads them before the next receive is
+                    // armed, after this pass's sends. (While a multishot receive goes on, the
+                    // bytes behind come in its next completions, before those sends.)
+                    let input = if !more && (s.recv_len == 0 || s.recv_len == res as u32) {
+                        Input::ReceivedFull { conn, data }
+                    } else {
+                        Input::Received { conn, data }
+                    };
+                    self.core.handle(now, input);
                     fed = true;
                 } else {
                     s.held.extend_from_slice(data);
@@ -1623,6 +1658,7 @@ impl Worker {
         }
         if fed {
             self.after_input();
+            self.settle(slot);
             if res > 0 {
                 self.toward_splice(slot, res as usize);
             }

@@ -318,7 +318,11 @@ impl TlsConn {
     fn deliver(&mut self, core: &mut Core, now: Time, conn: ConnId) -> ReadStep {
         let want = self.plaintext.min(READ_SIZE_BULK);
         let reader = &mut self.conn;
-        let got = core.read_with(now, conn, want, |buf| {
+        // Room for one byte more than is taken: the core reads a read that fills its room as
+        // one that may have left bytes in the socket, which says nothing here (decrypted bytes
+        // still held are delivered next, before this pass's writes; a record still on its way
+        // is the race no HTTP/1.1 proxy can see).
+        let got = core.read_with(now, conn, want + 1, |buf| {
             let start = buf.len();
             // Zeroing `want` bytes costs less than the decryption that produced them, and
             // keeps this free of `unsafe`.
