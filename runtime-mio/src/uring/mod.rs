@@ -628,6 +628,12 @@ impl Worker {
     /// pipes that have room and splices the bodies that are ready, in rounds, since each may
     /// make work for the others; true if work is left for after the next enter.
     fn run_ready(&mut self) -> bool {
+        if self.rearm.is_empty() && self.pipe_flushes.is_empty() && self.splicing.is_empty() {
+            return false;
+        }
+        // The pass that queued this work may have ended with a memory trim: what the splices
+        // tell the core happens now, not at that pass's start.
+        self.tick();
         for _ in 0..READY_ROUNDS {
             if self.rearm.is_empty() && self.pipe_flushes.is_empty() && self.splicing.is_empty() {
                 return false;
