@@ -40,6 +40,7 @@ fn slow_backend_long_pipeline_short_timeouts() {
         early_hints: false,
         race_ms: 0,
         check_fails: 0,
+        stray_every: None,
     };
     let mut w = World::new(117_440_512, cfg, vec![script]);
     let send = |kind| Action::Send { client: 0, kind };

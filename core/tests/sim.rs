@@ -110,6 +110,7 @@ fn script() -> impl Strategy<Value = BackendScript> {
             prop::option::of(prop_oneof![Just(50u64), Just(100), Just(1000)]),
             prop::bool::weighted(0.1),
             prop::option::of(1u32..3),
+            prop_oneof![6 => Just(0u32), 1 => 2u32..6],
         ),
     )
         .prop_map(
@@ -124,7 +125,7 @@ fn script() -> impl Strategy<Value = BackendScript> {
                 delay,
                 hints,
                 race,
-                (stray, down, hint),
+                (stray, down, hint, stray_k),
             )| {
                 BackendScript {
                     stray_408_ms: stray,
@@ -137,6 +138,7 @@ fn script() -> impl Strategy<Value = BackendScript> {
                     announce_close: announce,
                     cut_every: cut,
                     reset_every: reset,
+                    stray_every: (stray_k > 0).then_some(stray_k),
                     delay_ms: delay,
                     early_hints: hints,
                     race_ms: race,
@@ -447,6 +449,58 @@ fn keepalive_race_never_502() {
         stale > 0,
         "the race window was never hit: the scenario tests nothing"
     );
+}
+
+/// Bytes a backend writes behind its responses (every one, or every other) never answer
+/// another request: pipelining clients queued for one connection per server (the next in line
+/// takes a connection the moment its response ends), bodies small and large, copied and
+/// spliced.
+#[test]
+fn stray_bytes_behind_responses_never_answer_another_request() {
+    for (seed, every, body, splice) in [
+        (3, 1, 40, None),
+        (4, 2, 5000, None),
+        (5, 1, 5000, Some(64)),
+        (6, 2, 70_000, Some(1 << 16)),
+    ] {
+        let mut cfg = config(2);
+        cfg.limits.splice_min = 1024;
+        for s in &mut cfg.upstreams[0].servers {
+            s.max_conns = 1;
+        }
+        cfg.upstreams[0].queue = 100;
+        let script = BackendScript {
+            stray_every: Some(every),
+            body_size: body,
+            delay_ms: 3,
+            ..BackendScript::default()
+        };
+        let mut w = World::new(seed, cfg, vec![script.clone(), script]);
+        if let Some(pipe) = splice {
+            w.harness.enable_splice(pipe);
+        }
+        w.run(&[
+            Action::Connect { ip: 0 },
+            Action::Connect { ip: 1 },
+            Action::Connect { ip: 2 },
+        ]);
+        for i in 0..12u8 {
+            w.run(&[
+                Action::Pipeline {
+                    client: i % 3,
+                    kinds: vec![ReqKind::Get, ReqKind::Put(300), ReqKind::Get],
+                },
+                Action::Advance { ms: 1 },
+            ]);
+        }
+        w.finish();
+        let s = statuses(&w);
+        assert!(s.len() >= 9, "seed {seed}: {s:?}");
+        assert!(s.iter().all(|(_, st)| *st == 200), "seed {seed}: {s:?}");
+        let closed = w.harness.core.stats().groups[0].not_reused
+            [upkeep_core::NotReusable::UnexpectedData as usize];
+        assert!(closed > 0, "seed {seed}: no stray bytes were ever seen");
+    }
 }
 
 /// A stray 408 a backend sends on an idle pooled connection never reaches a client.

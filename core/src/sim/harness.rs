@@ -209,6 +209,57 @@ impl Harness {
         self.send(u, data, false);
     }
 
+    /// The backend side of upstream connection `u` sends `first` and `then` in one write, which
+    /// the runtime takes in two reads: the first fills its room ([`Input::ReceivedFull`], or
+    /// a splice), so only the second tells what followed. Nothing is written in between (as a
+    /// runtime reads again before it writes). Both are delivered at once, or both held if the
+    /// connection is not read now.
+    pub fn upstream_send_in_two_reads(&mut self, u: ConnId, first: &[u8], then: &[u8]) {
+        let Some(ep) = self.upstreams.get_mut(&u) else {
+            return;
+        };
+        if ep.closed {
+            return;
+        }
+        if !(ep.reading && ep.unread.is_empty()) {
+            ep.unread.extend_from_slice(first);
+            ep.unread.extend_from_slice(then);
+            return self.pump();
+        }
+        let outer = self.deferred.is_none();
+        if outer {
+            self.deferred = Some(Vec::new());
+        }
+        match self.splice {
+            Some(capacity) => self.deliver_spliced(u, first, capacity),
+            None => {
+                self.deliveries += 1;
+                self.core.handle(
+                    self.now,
+                    Input::ReceivedFull {
+                        conn: u,
+                        data: first,
+                    },
+                );
+            }
+        }
+        if self.core.is_open(u) {
+            let reading = self.upstreams.get(&u).is_some_and(|ep| ep.reading);
+            if reading {
+                self.deliver_copied(u, then);
+            } else if let Some(ep) = self.upstreams.get_mut(&u) {
+                ep.unread.extend_from_slice(then);
+            }
+            self.drained(u);
+        }
+        if outer {
+            for id in self.deferred.take().unwrap_or_default() {
+                self.flush(id);
+            }
+        }
+        self.pump();
+    }
+
     fn send(&mut self, id: ConnId, data: &[u8], client: bool) {
         let ep = self.endpoint_mut(id, client);
         if ep.closed {

@@ -456,6 +456,15 @@ impl World {
         if close_after {
             self.ups.get_mut(&u).expect("known").closed = true;
         }
+        if hits(script.stray_every) && !close_after {
+            // Behind the response in the same write, taken by the read after the one that
+            // ended the response (bytes that arrive later are the race no HTTP/1.1 proxy can
+            // see: a reused connection's request may be on its way; not what this plays).
+            self.harness
+                .upstream_send_in_two_reads(u, &wire, super::script::STRAY);
+            self.schedule_idle(u);
+            return;
+        }
         self.write_split(u, &wire, false);
         if close_after {
             self.fin(u);

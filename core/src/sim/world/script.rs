@@ -39,6 +39,10 @@ pub struct BackendScript {
     pub cut_every: Option<u32>,
     /// Every k-th request to this server: reset the connection instead of answering.
     pub reset_every: Option<u32>,
+    /// Every k-th response of this server carries more bytes behind it in the same write (a
+    /// response nobody asked for, [`STRAY`]), and the connection stays open: a buggy backend,
+    /// whose extra bytes must never answer another request.
+    pub stray_every: Option<u32>,
     /// Refuses connects.
     pub down: bool,
     /// Accepts connects, but its TLS certificate fails our verification: the runtime reports
@@ -58,6 +62,11 @@ pub struct BackendScript {
     pub check_fails: u32,
 }
 
+/// What a [`BackendScript::stray_every`] backend writes behind a response: a complete response
+/// of its own, which would pass for the next request's answer.
+pub const STRAY: &[u8] =
+    b"HTTP/1.1 200 OK\r\nX-Req-Id: stray\r\nContent-Length: 11\r\n\r\nid=stray;m=";
+
 impl Default for BackendScript {
     fn default() -> Self {
         BackendScript {
@@ -69,6 +78,7 @@ impl Default for BackendScript {
             stray_408_ms: None,
             cut_every: None,
             reset_every: None,
+            stray_every: None,
             down: false,
             rejected: false,
             delay_ms: 0,
