@@ -165,7 +165,7 @@ pub use config::{
 };
 pub use engine::{
     AtCapacity, Core, End, ExchangeInfo, HEAD_READ, HEAD_READ_AFTER_LARGE, Handed, Input, Output,
-    Released, RequestFields, SpliceTo, Tries, UpstreamTry,
+    Released, RequestFields, ServerOut, SpliceTo, Tries, UpstreamTry,
 };
 pub use framing::{Method, Version};
 pub use id::{ConnId, ListenerId, ServerId, UpstreamId};

@@ -105,6 +105,9 @@ pub(crate) struct ServerLedger {
     check_owed: AtomicBool,
     /// Idle pooled connections to this server, every worker together.
     pub(crate) idle: AtomicU32,
+    /// The server was last reported (the operator log) as out of use: each change is reported
+    /// by the one worker that flips this ([`crate::Core::claim_usability_report`]).
+    reported_out: AtomicBool,
 }
 
 fn state_code(s: ServerState) -> u8 {
@@ -134,6 +137,7 @@ impl ServerLedger {
             window_start: AtomicU64::new(0),
             down_until: AtomicU64::new(0),
             check_failed: AtomicBool::new(false),
+            reported_out: AtomicBool::new(false),
             next_check: AtomicU64::new(0),
             check_passes: AtomicU32::new(0),
             check_fails: AtomicU32::new(0),
@@ -222,6 +226,14 @@ impl ServerLedger {
     /// Whether the last active checks left the server failed.
     pub(crate) fn check_failed(&self) -> bool {
         self.check_failed.load(SeqCst)
+    }
+
+    /// Records that the server is now reported `up` (or out of use); true for the one caller
+    /// whose report changed what was last reported.
+    pub(crate) fn claim_report(&self, up: bool) -> bool {
+        self.reported_out
+            .compare_exchange(up, !up, SeqCst, SeqCst)
+            .is_ok()
     }
 
     /// When the next check of the server is due (process-wide).

@@ -470,3 +470,69 @@ fn a_keepalive_race_retried_fresh_is_not_a_warning() {
     let warnings: Vec<_> = lines.iter().filter(|(l, _, _)| l != "INFO ").collect();
     assert!(warnings.is_empty(), "{warnings:#?}");
 }
+
+/// A server taken out of use by its state (an admin drain) is logged as that, not as passive
+/// health, and once for the process: every worker sees the change, one says it (audit: each of
+/// two workers logged "marked down: 1 failures (max_fails)" for a drain).
+#[test]
+fn a_drained_server_is_logged_once_with_its_reason() {
+    let a = Backend::identify("a").unwrap();
+    let b = Backend::identify("b").unwrap();
+    let dir = TempDir::new().unwrap();
+    let file = dir.path().join("upkeep.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "workers = 2\nadmin = \"127.0.0.1:0\"\n[[listen]]\naddr = \"127.0.0.1:0\"\n[[upstream]]\nname = \"app\"\nservers = [\"{}\", \"{}\"]\n",
+            a.addr(),
+            b.addr()
+        ),
+    )
+    .unwrap();
+    let mut up = Upkeep::run("info", &["--config", file.to_str().unwrap()]);
+    let listen = up.listen();
+    let admin = up.admin();
+    let post = |path: &str| {
+        let mut c = Client::connect(&admin).unwrap();
+        let r = c
+            .request(format!("POST {path} HTTP/1.1\r\nHost: admin\r\n\r\n").as_bytes())
+            .unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+    };
+    post("/upstreams/app/servers/0/drain");
+    let line = up.expect(&["taken out of use: state drain"]);
+    assert!(
+        line.contains(&a.addr().to_string()) && line.contains("WARN"),
+        "{line}"
+    );
+    // Both workers wake and look again (requests on new connections reach either; a look
+    // happens at most once a second per worker).
+    let deadline = Instant::now() + Duration::from_millis(2500);
+    while Instant::now() < deadline {
+        assert_eq!(
+            Client::connect(&listen).unwrap().get("/").unwrap().status,
+            200
+        );
+        assert_eq!(get_text(&admin, "/metrics").0, 200);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    post("/upstreams/app/servers/0/up");
+    up.expect(&["marked up again", &a.addr().to_string()]);
+    let deadline = Instant::now() + Duration::from_millis(2500);
+    while Instant::now() < deadline {
+        assert_eq!(
+            Client::connect(&listen).unwrap().get("/").unwrap().status,
+            200
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let lines = up.stop_and_parse();
+    let count = |what: &str| lines.iter().filter(|(_, _, l)| l.contains(what)).count();
+    assert_eq!(count("taken out of use"), 1, "{lines:#?}");
+    assert_eq!(count("marked up again"), 1, "{lines:#?}");
+    assert_eq!(
+        count("max_fails"),
+        0,
+        "a drain is not passive health: {lines:#?}"
+    );
+}

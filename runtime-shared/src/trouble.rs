@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use upkeep_core::framing::Version;
-use upkeep_core::{Core, End, ExchangeInfo, ServerId, Time};
+use upkeep_core::{Core, End, ExchangeInfo, ServerId, ServerOut, Time};
 
 /// How often [`Health::watch`] looks at every server when nothing failed meanwhile (a server
 /// comes back up when its `fail_timeout` passes, with no event to announce it).
@@ -150,21 +150,31 @@ impl Health {
             self.up = vec![true; servers.len()];
         }
         for (i, &s) in servers.iter().enumerate() {
-            let up = core.server_up(now, s);
+            let out = core.server_out_because(now, s);
+            let up = out.is_none();
             if up == self.up[i] {
                 continue;
             }
             self.up[i] = up;
+            // Every worker sees the change; one says it.
+            if !core.claim_usability_report(s, up) {
+                continue;
+            }
             let cfg = &core.config().upstreams[s.upstream.0 as usize].servers[s.index as usize];
-            if up {
-                log::info!("{} marked up again", server_name(core, s));
-            } else {
-                log::warn!(
-                    "{} marked down: {} failures (max_fails), tried again after {:?} (fail_timeout)",
-                    server_name(core, s),
+            let name = server_name(core, s);
+            match out {
+                None => log::info!("{name} marked up again"),
+                Some(ServerOut::Failures) => log::warn!(
+                    "{name} marked down: {} failures (max_fails), tried again after {:?} (fail_timeout)",
                     cfg.max_fails,
                     cfg.fail_timeout
-                );
+                ),
+                Some(ServerOut::HealthCheck) => {
+                    log::warn!("{name} marked down: its health check fails")
+                }
+                Some(ServerOut::State(state)) => {
+                    log::warn!("{name} taken out of use: state {}", state.as_str())
+                }
             }
         }
     }

@@ -59,6 +59,17 @@ pub use io::{AtCapacity, Input, Output};
 pub use record::{End, RequestFields, Tries, UpstreamTry};
 pub use splice::{HEAD_READ, HEAD_READ_AFTER_LARGE, SpliceTo};
 
+/// Why a server takes no requests ([`Core::server_out_because`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServerOut {
+    /// Passive health: `max_fails` failures within `fail_timeout`.
+    Failures,
+    /// Its active health check fails (`health_check`).
+    HealthCheck,
+    /// Its administrative state (`drain` or `down`: configured, or set on the admin listener).
+    State(crate::config::ServerState),
+}
+
 use client::{Client, Phase};
 use exchange::Exchange;
 use table::{Conn, Role, Table};
@@ -300,6 +311,29 @@ impl Core {
         self.groups[server.upstream.0 as usize]
             .balancer
             .active(server.index as usize)
+    }
+
+    /// Why `server` is out of use now, if it is: its administrative state, its active health
+    /// check, or passive health (`max_fails` failures within `fail_timeout`).
+    pub fn server_out_because(&self, now: Time, server: ServerId) -> Option<ServerOut> {
+        if self.server_up(now, server) {
+            return None;
+        }
+        let ledger = self.shared.group(server.upstream.0 as usize);
+        let l = &ledger.servers[server.index as usize];
+        Some(match l.state() {
+            crate::config::ServerState::Up if l.check_failed() => ServerOut::HealthCheck,
+            crate::config::ServerState::Up => ServerOut::Failures,
+            state => ServerOut::State(state),
+        })
+    }
+
+    /// Whether this core is the one to report that `server` became usable (`up`) or out of
+    /// use: every worker sees the same change, and exactly one of them gets `true` for it (the
+    /// process-wide ledger keeps what was last reported), so the operator log says it once.
+    pub fn claim_usability_report(&self, server: ServerId, up: bool) -> bool {
+        self.shared.group(server.upstream.0 as usize).servers[server.index as usize]
+            .claim_report(up)
     }
 
     /// The administrative state of `server` (shared by every worker).
