@@ -1270,9 +1270,10 @@ pub fn unreusable_responses_not_pooled(start: Start) {
 /// one client connection, so the next one is dispatched the moment a response ends; every
 /// connection is closed after its one response, never reused.
 ///
-/// Plain TCP only: over [`crate::over_tls`] the front relays the backend's bytes in records of
-/// its own, and the stray ones may reach the proxy after it found the socket empty — the race
-/// with bytes sent late, which no HTTP/1.1 proxy can tell from an answer.
+/// The backend listens on a Unix socket, whose buffer takes each write whole: over TCP a write
+/// larger than the receive window reaches the proxy in parts, and stray bytes that arrive after
+/// it found the socket empty are the race no HTTP/1.1 proxy can tell from an answer (and the
+/// TLS fronts of [`crate::over_tls`] would relay them in records of their own).
 pub fn stray_bytes_after_a_response_reach_no_client(start: Start) {
     const STRAY: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nPOISON";
     let head = |n: usize| format!("HTTP/1.1 200 OK\r\nContent-Length: {n}\r\n\r\n");
@@ -1285,13 +1286,10 @@ pub fn stray_bytes_after_a_response_reach_no_client(start: Start) {
         let raw = [head(len).as_bytes(), &body, STRAY].concat();
         let b = Backend::builder()
             .behaviour(Behaviour::Raw(raw))
+            .unix()
             .start()
             .unwrap();
         let p = Proxy::start(start, config(vec![b.addr()]));
-        if crate::over_tls::scheme(&p.addr()) == "https" {
-            p.stop();
-            return;
-        }
         let mut c = p.client();
         let reqs: Vec<Vec<u8>> = (0..3).map(|i| client::get(&format!("/s{i}"))).collect();
         let rs = c.pipeline(&reqs).unwrap();
