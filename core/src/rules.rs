@@ -255,8 +255,9 @@ pub(crate) enum Failure {
     BadResponse,
     /// A 408 on a reused connection: the backend's idle timeout, sent as we reused it.
     Reused408,
-    /// Bytes on a reused connection before any byte of the request was written: they followed
-    /// the previous response (or are an idle-close notice), and the request is unsent.
+    /// Bytes on a reused connection before any byte of the request was reported written: they
+    /// followed the previous response (or are an idle-close notice). The request may be on its
+    /// way already (a write in flight), so it counts as written for re-sending.
     Stray,
     /// The runtime could not attempt the connection (a local resource shortage).
     Local,
@@ -334,7 +335,10 @@ pub(crate) fn retry(a: &Attempt) -> Retry {
     // (RFC 9110 §15.5.9: it was not received in time): whatever the method, nothing was acted
     // on (Chromium re-sends on it for the same reason).
     let unreceived = a.why == Failure::Reused408;
-    let resend_ok = (a.idempotent || !a.written || unreceived) && a.replayable;
+    // Stray bytes came before the runtime reported any of the request written, but a runtime
+    // whose writes complete later (io_uring) may have handed it to the kernel already.
+    let written = a.written || a.why == Failure::Stray;
+    let resend_ok = (a.idempotent || !written || unreceived) && a.replayable;
     if a.race && !a.stale_retried && resend_ok {
         return Retry::Fresh;
     }
@@ -626,7 +630,23 @@ mod tests {
         // One attempt (tries = 1) of a request that failed; columns: why, race, stale_retried,
         // written, replayable, idempotent, next_upstream_tries, next_upstream_on_timeout.
         type Case = (&'static str, Failure, [bool; 5], u32, bool, Retry);
-        let cases: [Case; 14] = [
+        let cases: [Case; 16] = [
+            (
+                "stray bytes before a GET was reported written: re-sent fresh",
+                Stray,
+                [true, false, false, true, true],
+                0,
+                false,
+                Fresh,
+            ),
+            (
+                "stray bytes before a POST was reported written: it may be on its way, answered",
+                Stray,
+                [true, false, false, true, false],
+                0,
+                false,
+                Answer,
+            ),
             (
                 "idle-timeout 408 on a reused connection, POST written",
                 Reused408,

@@ -207,3 +207,66 @@ fn bytes_on_a_reused_connection_before_its_request_is_written_are_not_its_answer
     );
     no_leaks(&mut h);
 }
+
+#[test]
+fn a_health_check_answer_ended_by_a_full_read_settles_too() {
+    let mut cfg = config(1);
+    cfg.upstreams[0].health_check = Some(upkeep_core::config::HealthCheck {
+        path: "/healthz".into(),
+        interval: secs(1),
+        timeout: core::time::Duration::from_millis(500),
+        ..upkeep_core::config::HealthCheck::default()
+    });
+    let mut h = Harness::new(cfg);
+    h.core.start(h.now);
+    h.pump();
+    let u = *h.upstreams.keys().next().expect("the check's connection");
+    assert_eq!(requests(&mut h, u)[0].path, "/healthz");
+    let now = h.now;
+    h.core.handle(
+        now,
+        Input::ReceivedFull {
+            conn: u,
+            data: &ok("ok"),
+        },
+    );
+    assert!(h.core.is_settling(u), "the socket may hold more");
+    // A client's request meanwhile does not take it ...
+    let c = h.connect_client();
+    h.client_send(c, &get("/x"));
+    assert_ne!(busy_upstream(&h), Some(u));
+    // ... and what was behind the answer closes it.
+    h.core.handle(
+        now,
+        Input::Received {
+            conn: u,
+            data: STRAY,
+        },
+    );
+    h.pump();
+    assert!(!h.core.is_open(u));
+    let u2 = busy_upstream(&h).expect("/x on another connection");
+    h.upstream_send(u2, &ok("x"));
+    assert_eq!(responses(&mut h, c)[0].body, b"x");
+}
+
+#[test]
+fn a_post_met_by_stray_bytes_before_it_was_reported_written_is_never_sent_twice() {
+    let (mut h, c, u) = forwarded("/a");
+    h.upstream_send(u, &ok("a"));
+    assert_eq!(responses(&mut h, c)[0].body, b"a");
+    h.stall(u, true);
+    h.client_send(c, &post_head("/pay", 3));
+    h.client_send(c, b"abc");
+    // A runtime whose writes complete later (io_uring) may have handed it to the kernel.
+    h.upstream_send(u, STRAY);
+    assert!(!h.core.is_open(u), "closed");
+    assert!(
+        busy_upstream(&h).is_none(),
+        "not re-sent: it may have reached the backend already"
+    );
+    let rs = responses(&mut h, c);
+    assert_eq!(rs.len(), 1);
+    assert_eq!(rs[0].status, 502);
+    no_leaks(&mut h);
+}

@@ -591,6 +591,12 @@ impl Driver {
                 ReadStep::Done => return false,
             }
         }
+        // The budget ended after a read that filled its room: readiness (awaited next) says
+        // nothing of an empty socket, so a response that read ended is settled here.
+        if self.core.is_settling(conn) && self.session(conn).is_none() {
+            upkeep_runtime::io::settle(&mut self.core, clock::now(), conn, stream.sock());
+            self.drain();
+        }
         true
     }
 

@@ -82,8 +82,8 @@ pub enum Behaviour {
     /// Answer the first request of each connection normally, and reset the connection when a
     /// second request arrives on it: a pooled connection that dies just as it is reused.
     ResetReused,
-    /// Write exactly these bytes as the response (for malformed or unusual responses) and keep
-    /// reading the connection.
+    /// Write exactly these bytes as the response, in one write (for malformed or unusual
+    /// responses, or a response with more behind it), and keep reading the connection.
     Raw(Vec<u8>),
 }
 
@@ -597,7 +597,10 @@ fn serve(stream: Stream, index: usize, shared: &Shared) -> io::Result<()> {
                 return tunnel(reader, &req, shared);
             }
             Behaviour::Raw(bytes) => {
-                write_counted(reader.stream(), bytes, shared)?;
+                // One write, as a backend that sends a response and more behind it in one go
+                // does (the kernel may still split it; a Unix socket takes it whole).
+                reader.stream().write_all(bytes)?;
+                shared.written.fetch_add(bytes.len(), Ordering::SeqCst);
                 continue;
             }
             _ => {}

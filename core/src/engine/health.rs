@@ -341,6 +341,13 @@ impl Core {
         let expires = super::warm::idle_until(now, gcfg, hinted, u.created);
         let (key, server, hint) = (u.key, u.server, u.response.idle_hint);
         match verdict {
+            // The answer ended on a read that filled its room: pooled once a read finds the
+            // socket empty, as a client's response (`UState::Settling`).
+            Ok(()) if u.unread => {
+                u.state = UState::Settling;
+                u.read_progress = now;
+                touch(&mut self.touched, id);
+            }
             Ok(()) => {
                 u.state = UState::Idle;
                 self.checkin(g, idx, id, key, expires);

@@ -668,12 +668,17 @@ impl Core {
         };
         u.state = UState::Idle;
         u.client = None;
-        let (g, key) = (u.group as usize, u.key);
+        let (g, key, acquired) = (u.group as usize, u.key, u.acquired);
         let idx = (u.server - self.groups[g].first_server) as usize;
         let hinted = u.response.idle_hint.map(|hint| u.response_at.plus(hint));
         let expires = super::warm::idle_until(now, &self.config.upstreams[g], hinted, u.created);
         self.release_server(id);
         self.checkin(g, idx, id, key, expires);
+        // A health check's connection held no request slot: someone may still wait for this
+        // connection (`max_conns` + queue). (A client's freed its slot above, which says so.)
+        if !acquired && self.shared.group(g).queued() > 0 {
+            self.freed.push((g as u32, true));
+        }
         // Another generation's request may wait for its slot (a re-resolution).
         self.yield_to_linked();
     }

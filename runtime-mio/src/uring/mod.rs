@@ -254,6 +254,9 @@ struct Sock {
     eof: bool,
     /// Bytes received while the core did not want to read, and whether an EOF followed them.
     held: Vec<u8>,
+    /// The last receive whose bytes were held stopped for its length: the socket may hold
+    /// more behind them ([`Input::ReceivedFull`] when they are handed over).
+    held_full: bool,
     held_eof: bool,
     /// A receive error came while reading was paused: handed over after the held bytes too.
     held_err: bool,
@@ -301,6 +304,7 @@ impl Sock {
             recv_len: 0,
             eof: false,
             held: Vec::new(),
+            held_full: false,
             held_eof: false,
             held_err: false,
             connecting: false,
@@ -1139,8 +1143,12 @@ impl Worker {
         // Reading resumes: first what arrived meanwhile.
         if !s.held.is_empty() {
             let held = std::mem::take(&mut s.held);
-            self.core
-                .handle(self.now, Input::Received { conn, data: &held });
+            let input = if std::mem::take(&mut s.held_full) {
+                Input::ReceivedFull { conn, data: &held }
+            } else {
+                Input::Received { conn, data: &held }
+            };
+            self.core.handle(self.now, input);
             // Acted on now: those bytes may have made the core stop reading again, and then
             // the end of file held behind them waits for the next resume.
             self.after_input();
@@ -1603,13 +1611,14 @@ impl Worker {
                 // upstream connection is unfit (see `Worker::leave`).
                 s.late.extend_from_slice(data);
             } else if !s.eof {
+                // The last completion of a receive that stopped for its length (a single-shot
+                // one filled, or a multishot one reached its total limit) may have left bytes
+                // behind: nothing reads them before the next receive is armed, after this
+                // pass's sends. (While a multishot receive goes on, the bytes behind come in
+                // its next completions, before those sends.)
+                let full = !more && (s.recv_len == 0 || s.recv_len == res as u32);
                 if s.want_read && s.held.is_empty() && !s.held_eof {
-                    // The last completion of a receive that stopped for its length (a
-                    // single-shot one filled, or a multishot one reached its total limit) may
-                    // have left bytes behind: nothing reads them before the next receive is
-                    // armed, after this pass's sends. (While a multishot receive goes on, the
-                    // bytes behind come in its next completions, before those sends.)
-                    let input = if !more && (s.recv_len == 0 || s.recv_len == res as u32) {
+                    let input = if full {
                         Input::ReceivedFull { conn, data }
                     } else {
                         Input::Received { conn, data }
@@ -1617,6 +1626,7 @@ impl Worker {
                     self.core.handle(now, input);
                     fed = true;
                 } else {
+                    s.held_full = full;
                     s.held.extend_from_slice(data);
                     self.held_max = self.held_max.max(s.held.len());
                 }
