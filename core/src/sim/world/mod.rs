@@ -41,7 +41,7 @@ use client::{SentReq, SimClient};
 use schedule::Ev;
 
 pub use rng::Rng;
-pub use script::{Action, BackendEvent, BackendScript, Framing, ReqKind, tight_timeouts};
+pub use script::{Action, BackendEvent, BackendScript, Framing, ReqKind, STRAY, tight_timeouts};
 
 /// A request as a backend received it.
 #[derive(Debug, Clone, PartialEq, Eq)]
