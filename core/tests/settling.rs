@@ -11,24 +11,38 @@
 //!   answer: the connection closes and the request, unsent, goes on a fresh connection.
 
 use upkeep_core::sim::Harness;
-use upkeep_core::{Input, NotReusable};
+use upkeep_core::{ConnId, Input, NotReusable};
 
 mod common;
 use common::*;
 
 const STRAY: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nPOISON";
 
-#[test]
-fn a_response_ended_by_a_full_read_is_pooled_once_a_read_finds_the_socket_empty() {
-    let (mut h, c, u) = forwarded("/a");
+/// The backend's `data` arrives on `u` in a read that filled its room. Not pumped: what the
+/// runtime does next (read again, or not) is up to the test.
+fn full_read(h: &mut Harness, u: ConnId, data: &[u8]) {
+    let now = h.now;
+    h.core.handle(now, Input::ReceivedFull { conn: u, data });
+}
+
+/// The next read of `u` brings a response nobody asked for ([`STRAY`]); pumped.
+fn stray_read(h: &mut Harness, u: ConnId) {
     let now = h.now;
     h.core.handle(
         now,
-        Input::ReceivedFull {
+        Input::Received {
             conn: u,
-            data: &ok("a"),
+            data: STRAY,
         },
     );
+    h.pump();
+}
+
+#[test]
+fn a_response_ended_by_a_full_read_is_pooled_once_a_read_finds_the_socket_empty() {
+    let (mut h, c, u) = forwarded("/a");
+    full_read(&mut h, u, &ok("a"));
+    let now = h.now;
     assert!(h.core.is_settling(u), "the socket may hold more");
     assert!(!h.core.is_pooled(u));
     h.pump();
@@ -56,23 +70,9 @@ fn bytes_behind_a_full_read_close_the_connection_and_the_next_request_goes_on_a_
     h.client_send(c, &[get("/1"), get("/2")].concat());
     let u = busy_upstream(&h).unwrap();
     assert_eq!(requests(&mut h, u).len(), 1, "pipelined: one at a time");
-    let now = h.now;
-    h.core.handle(
-        now,
-        Input::ReceivedFull {
-            conn: u,
-            data: &ok("one"),
-        },
-    );
+    full_read(&mut h, u, &ok("one"));
     // The next read of the socket brings what the backend wrote behind its response.
-    h.core.handle(
-        now,
-        Input::Received {
-            conn: u,
-            data: STRAY,
-        },
-    );
-    h.pump();
+    stray_read(&mut h, u);
     assert!(!h.core.is_open(u), "closed, never pooled");
     assert!(
         requests(&mut h, u).is_empty(),
@@ -102,14 +102,8 @@ fn the_next_in_line_waits_for_a_settling_connection_to_a_one_at_a_time_server() 
     let b = h.connect_client();
     h.client_send(b, &get("/b"));
     assert_eq!(connects(&h), 1, "b waits for the one slot");
+    full_read(&mut h, u, &ok("a"));
     let now = h.now;
-    h.core.handle(
-        now,
-        Input::ReceivedFull {
-            conn: u,
-            data: &ok("a"),
-        },
-    );
     assert!(h.core.is_settling(u));
     assert!(
         busy_upstream(&h).is_none(),
@@ -133,14 +127,7 @@ fn the_next_in_line_waits_for_a_settling_connection_to_a_one_at_a_time_server() 
 #[test]
 fn a_settling_connection_nobody_reads_closes_after_the_settle_timeout() {
     let (mut h, c, u) = forwarded("/a");
-    let now = h.now;
-    h.core.handle(
-        now,
-        Input::ReceivedFull {
-            conn: u,
-            data: &ok("a"),
-        },
-    );
+    full_read(&mut h, u, &ok("a"));
     // Not pumped: no read ever comes.
     h.advance(secs(1));
     assert!(!h.core.is_open(u), "closed rather than pooled unseen");
@@ -222,28 +209,14 @@ fn a_health_check_answer_ended_by_a_full_read_settles_too() {
     h.pump();
     let u = *h.upstreams.keys().next().expect("the check's connection");
     assert_eq!(requests(&mut h, u)[0].path, "/healthz");
-    let now = h.now;
-    h.core.handle(
-        now,
-        Input::ReceivedFull {
-            conn: u,
-            data: &ok("ok"),
-        },
-    );
+    full_read(&mut h, u, &ok("ok"));
     assert!(h.core.is_settling(u), "the socket may hold more");
     // A client's request meanwhile does not take it ...
     let c = h.connect_client();
     h.client_send(c, &get("/x"));
     assert_ne!(busy_upstream(&h), Some(u));
     // ... and what was behind the answer closes it.
-    h.core.handle(
-        now,
-        Input::Received {
-            conn: u,
-            data: STRAY,
-        },
-    );
-    h.pump();
+    stray_read(&mut h, u);
     assert!(!h.core.is_open(u));
     let u2 = busy_upstream(&h).expect("/x on another connection");
     h.upstream_send(u2, &ok("x"));

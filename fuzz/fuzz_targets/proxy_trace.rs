@@ -113,6 +113,7 @@ fn bound_script(s: &BackendScript) -> BackendScript {
         stray_408_ms: ms(s.stray_408_ms),
         cut_every: s.cut_every.map(|v| v % 7),
         reset_every: s.reset_every.map(|v| v % 7),
+        stray_every: s.stray_every.map(|v| v % 7),
         down: s.down,
         rejected: s.rejected,
         delay_ms: s.delay_ms % 300,
