@@ -144,6 +144,50 @@ impl Reader {
     }
 }
 
+/// Whether a write error says the peer is gone: it reset the connection, or closed it and our
+/// bytes drew a reset. What it sent before may still be unread in the socket.
+fn peer_gone(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+    )
+}
+
+/// In a write to an upstream connection, holds back an error that says the backend is gone
+/// (the core is told nothing yet: `WouldBlock`) and notes it in `gone`, for
+/// [`read_then_fail`]. Any other error, or one on a client connection, goes through.
+pub fn withhold_gone(e: io::Error, upstream: bool, gone: &mut bool) -> io::Error {
+    if upstream && peer_gone(&e) {
+        *gone = true;
+        io::ErrorKind::WouldBlock.into()
+    } else {
+        e
+    }
+}
+
+/// Reads at most this many times before a write's failure is reported ([`read_then_fail`]).
+const READS_BEFORE_FAILING: usize = 16;
+
+/// A write to upstream connection `conn` found the backend gone. What it answered before it
+/// went may still be unread in the socket — an early `413` from a backend that closed without
+/// reading the upload, which makes its kernel reset the connection: the core reads it first
+/// (Linux hands out bytes that arrived before a reset), and then hears of the failure unless
+/// the answer settled the exchange. Without this the answer was lost to a 502 about one time
+/// in three (audit; nginx loses it too, HAProxy reads it).
+pub fn read_then_fail(core: &mut Core, now: Time, conn: ConnId, sock: &SockRef<'_>) {
+    for _ in 0..READS_BEFORE_FAILING {
+        let got = core.read_with(now, conn, READ_SIZE, |buf| {
+            recv_into_with(SockRef::from(&**sock), buf, usize::MAX, RecvFlags::DONTWAIT)
+        });
+        if !matches!(got, Ok(ReadOutcome::Data(_))) {
+            break;
+        }
+    }
+    if core.is_open(conn) {
+        core.handle(now, upkeep_core::Input::Errored { conn });
+    }
+}
+
 /// How a [`flush`] ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flushed {
@@ -160,10 +204,18 @@ pub enum Flushed {
 /// the queue is empty or a write comes up short. The core has been told everything; drain its
 /// outputs afterwards.
 pub fn flush(core: &mut Core, now: Time, conn: ConnId, sock: SockRef<'_>) -> Flushed {
+    let upstream = core.upstream_server(conn).is_some();
     loop {
         // MSG_NOSIGNAL: a peer that is gone is an EPIPE for the core to hear about, not a
         // SIGPIPE for a process that embeds the library and never ignored it.
-        let result = core.write_with(now, conn, |iov| send(&sock, iov));
+        let mut gone = false;
+        let result = core.write_with(now, conn, |iov| {
+            send(&sock, iov).map_err(|e| withhold_gone(e, upstream, &mut gone))
+        });
+        if gone {
+            read_then_fail(core, now, conn, &sock);
+            return Flushed::Done;
+        }
         match result {
             Ok(WriteOutcome::Wrote { n, offered, left }) => {
                 // (Nothing offered with bytes left: they are piped, for `splice::flush`.)

@@ -17,6 +17,7 @@ use rustix::pipe::{PipeFlags, SpliceFlags, fcntl_getpipe_size, fcntl_setpipe_siz
 use upkeep_core::{ConnId, Core, ReadOutcome, Time, WriteOutcome};
 
 use crate::io::{Flushed, ReadStep};
+use socket2::SockRef;
 
 /// The capacity asked of each pipe: the core's default `write_high_water`, so a pipe holds
 /// what backpressure allows toward one peer and a 256 KiB stretch moves in one call each way
@@ -206,8 +207,18 @@ pub fn flush(
         core.piped(conn),
         "the pipe holds what the core counts"
     );
+    let upstream = core.upstream_server(conn).is_some();
     loop {
-        match core.write_piped_with(now, conn, |n| pipe.drain(&sock, n)) {
+        let mut gone = false;
+        let result = core.write_piped_with(now, conn, |n| {
+            pipe.drain(&sock, n)
+                .map_err(|e| crate::io::withhold_gone(e, upstream, &mut gone))
+        });
+        if gone {
+            crate::io::read_then_fail(core, now, conn, &SockRef::from(&sock));
+            return Flushed::Done;
+        }
+        match result {
             Ok(WriteOutcome::Wrote { n, offered, .. }) => {
                 if offered == 0 {
                     return Flushed::Empty;

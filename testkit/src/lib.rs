@@ -104,6 +104,7 @@ macro_rules! scenario_tests {
             warm_connections_replaced_ahead_of_keep_alive_timeout,
             unreusable_responses_not_pooled,
             stray_bytes_after_a_response_reach_no_client,
+            early_answer_to_an_upload_survives_the_reset,
             client_keepalive_timeout,
             metrics_after_pooled_requests,
             metrics_say_why_a_connection_was_not_reused,

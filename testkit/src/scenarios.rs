@@ -1314,6 +1314,61 @@ pub fn stray_bytes_after_a_response_reach_no_client(start: Start) {
     }
 }
 
+/// A backend that answers an upload early (`413` on the head) and closes without reading the
+/// body, so its kernel resets the connection while the proxy still writes the body: the client
+/// gets the 413, not a 502 (the proxy reads what the backend answered before it reports the
+/// failed write; it lost the answer about one time in three before).
+pub fn early_answer_to_an_upload_survives_the_reset(start: Start) {
+    const ANSWER: &[u8] =
+        b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbig!";
+    const ROUNDS: usize = 4;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = Address::Tcp(listener.local_addr().unwrap());
+    let p = Proxy::start(start, config(vec![addr]));
+    if crate::over_tls::scheme(&p.addr()) == "https" {
+        // A TLS front would stand between the proxy and this socket: not the case tested.
+        p.stop();
+        return;
+    }
+    let backend = std::thread::spawn(move || {
+        for _ in 0..ROUNDS {
+            let Ok((mut s, _)) = listener.accept() else {
+                return;
+            };
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => seen.extend_from_slice(&buf[..n]),
+                }
+            }
+            // Answered at once; the close with body bytes unread (or arriving) is a reset.
+            let _ = s.write_all(ANSWER);
+        }
+    });
+    const LEN: usize = 3 * 1024 * 1024;
+    let piece = [b'u'; 64 * 1024];
+    for i in 0..ROUNDS {
+        let mut c = p.client();
+        let head = format!("POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: {LEN}\r\n\r\n");
+        c.stream().write_all(head.as_bytes()).unwrap();
+        // The body in pieces, so the proxy is still writing it when the backend is gone.
+        for _ in 0..LEN / piece.len() {
+            if c.stream().write_all(&piece).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let r = c.read_response().unwrap();
+        assert_eq!(r.status, 413, "round {i}: {:?}", r.text());
+        assert_eq!(r.body, b"big!", "round {i}");
+    }
+    p.stop();
+    backend.join().unwrap();
+}
+
 /// `client_timeouts.keepalive = 300ms`: an idle client connection is closed.
 pub fn client_keepalive_timeout(start: Start) {
     let b = Backend::identify("a").unwrap();

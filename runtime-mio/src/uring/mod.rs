@@ -268,6 +268,9 @@ struct Sock {
     wbuf: Vec<u8>,
     /// The last send found no room: the next one waits for writability first.
     poll_first: bool,
+    /// A send found the backend gone (reset): nothing more is sent, and the receive armed
+    /// brings what the backend answered before it went, then the end (see `Worker::on_send`).
+    send_dead: bool,
     /// Body bytes spliced toward this connection and not yet written out: they go first, by
     /// `splice(2)` from this pipe (a writability poll stands in for the send while it is full).
     pipe: Option<Pipe>,
@@ -312,6 +315,7 @@ impl Sock {
             writing: false,
             wbuf: Vec::new(),
             poll_first: false,
+            send_dead: false,
             pipe: None,
             inflight: 0,
             closed: false,
@@ -1039,7 +1043,7 @@ impl Worker {
         let Some(s) = self.slots[slot as usize].sock.as_mut() else {
             return;
         };
-        if !s.open || s.writing || s.connecting || s.fd.is_none() {
+        if !s.open || s.writing || s.connecting || s.fd.is_none() || s.send_dead {
             return;
         }
         if s.pipe.is_some() {
@@ -1652,6 +1656,13 @@ impl Worker {
                 self.bufs.recycle(bid);
             }
             match -res {
+                // A receive we cancelled on a connection whose send found the backend gone:
+                // nothing else will report the end.
+                libc::ECANCELED if s.send_dead && s.open && !s.eof => {
+                    s.eof = true;
+                    self.core.handle(now, Input::Errored { conn });
+                    fed = true;
+                }
                 // Out of buffers, or a spurious wake-up: the receive is armed again.
                 libc::ENOBUFS | libc::EAGAIN | libc::EINTR | libc::ECANCELED => {}
                 libc::EINVAL if refused => {}
@@ -1714,6 +1725,28 @@ impl Worker {
                 s.poll_first = true;
             }
             self.start_write(slot);
+        } else if (res == -libc::EPIPE || res == -libc::ECONNRESET)
+            && self.core.upstream_server(conn).is_some()
+        {
+            // The backend is gone, and what it answered before it went (an early 413) may be
+            // unread: the receive armed brings it, then the reset (`upkeep_runtime::io::
+            // read_then_fail`'s reasoning); with none armed, one plain read does.
+            let Some(s) = self.slots[slot as usize].sock.as_mut() else {
+                return;
+            };
+            s.send_dead = true;
+            if s.recv_armed {
+                return;
+            }
+            if let Some(fd) = s.fd.as_ref() {
+                upkeep_runtime::io::read_then_fail(
+                    &mut self.core,
+                    self.now,
+                    conn,
+                    &SockRef::from(fd),
+                );
+            }
+            self.after_input();
         } else if res != -libc::ECANCELED {
             self.core.handle(self.now, Input::Errored { conn });
             self.after_input();
