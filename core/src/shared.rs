@@ -429,6 +429,10 @@ impl Shared {
                 continue;
             };
             let was = old_ledger.state();
+            // What was last reported of it (a server still out is not reported again).
+            next.inner.groups[k.new.0].servers[k.new.1]
+                .reported_out
+                .store(old_ledger.reported_out.load(SeqCst), SeqCst);
             // The checks' verdict and counts belong to the server, not the generation — while
             // the group is still checked: a verdict nothing would clear again is not kept.
             if let Some(h) = &config.upstreams[k.new.0].health_check {

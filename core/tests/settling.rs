@@ -243,3 +243,24 @@ fn a_post_met_by_stray_bytes_before_it_was_reported_written_is_never_sent_twice(
     assert_eq!(rs[0].status, 502);
     no_leaks(&mut h);
 }
+
+#[test]
+fn a_post_met_by_an_idle_timeout_408_before_it_was_reported_written_is_sent_again() {
+    let (mut h, c, u) = forwarded("/a");
+    h.upstream_send(u, &ok("a"));
+    assert_eq!(responses(&mut h, c)[0].body, b"a");
+    h.stall(u, true);
+    h.client_send(c, &post_head("/pay", 3));
+    h.client_send(c, b"abc");
+    // The backend's idle-timeout notice says it took nothing in (RFC 9110 §15.5.9).
+    h.upstream_send(
+        u,
+        b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert!(!h.core.is_open(u), "closed");
+    let u2 = busy_upstream(&h).expect("re-sent on a fresh connection");
+    assert_eq!(requests(&mut h, u2)[0].path, "/pay");
+    h.upstream_send(u2, &ok("paid"));
+    assert_eq!(responses(&mut h, c)[0].body, b"paid");
+    no_leaks(&mut h);
+}

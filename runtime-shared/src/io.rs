@@ -179,10 +179,15 @@ pub fn read_then_fail(core: &mut Core, now: Time, conn: ConnId, sock: &SockRef<'
         let got = core.read_with(now, conn, READ_SIZE, |buf| {
             recv_into_with(SockRef::from(&**sock), buf, usize::MAX, RecvFlags::DONTWAIT)
         });
-        if !matches!(got, Ok(ReadOutcome::Data(_))) {
-            break;
+        match got {
+            Ok(ReadOutcome::Data(_)) => {}
+            // The core heard the end (an EOF it may act on only once the client has taken
+            // what came before: `Errored` now would cut a complete answer) or the failure.
+            Ok(ReadOutcome::Closed | ReadOutcome::Failed(_) | ReadOutcome::Unknown) => return,
+            Err(_) => break,
         }
     }
+    // Nothing more to read yet, or more than a bounded read takes: the write failed.
     if core.is_open(conn) {
         core.handle(now, upkeep_core::Input::Errored { conn });
     }

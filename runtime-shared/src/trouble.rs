@@ -127,10 +127,9 @@ pub fn exchange(core: &Core, ex: &ExchangeInfo) {
     }
 }
 
-/// Each server's passive-health state as last logged, to log the changes.
+/// When this worker last looked at the servers' usability, to log the changes.
 #[derive(Debug, Default)]
 pub struct Health {
-    up: Vec<bool>,
     checked: Option<Time>,
 }
 
@@ -145,19 +144,11 @@ impl Health {
             return;
         }
         self.checked = Some(now);
-        let servers = core.servers();
-        if self.up.len() != servers.len() {
-            self.up = vec![true; servers.len()];
-        }
-        for (i, &s) in servers.iter().enumerate() {
+        for &s in core.servers() {
             let out = core.server_out_because(now, s);
-            let up = out.is_none();
-            if up == self.up[i] {
-                continue;
-            }
-            self.up[i] = up;
-            // Every worker sees the change; one says it.
-            if !core.claim_usability_report(s, up) {
+            // Every worker sees each change; the one that claims it says it (a claim on every
+            // look: the worker that saw a server go out may be idle when it comes back).
+            if !core.claim_usability_report(s, out.is_none()) {
                 continue;
             }
             let cfg = &core.config().upstreams[s.upstream.0 as usize].servers[s.index as usize];

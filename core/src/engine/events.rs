@@ -12,6 +12,14 @@ use crate::pool::EvictReason;
 use crate::rules::{Failure, NotReusable};
 use crate::{ConnId, Time};
 
+/// Whether `bytes` begin with a `408` status line (`HTTP/1.x 408`): a backend's idle-timeout
+/// notice, whatever follows.
+fn idle_timeout_408(bytes: &[u8]) -> bool {
+    bytes.len() >= 12
+        && (bytes.starts_with(b"HTTP/1.1 ") || bytes.starts_with(b"HTTP/1.0 "))
+        && &bytes[9..12] == b"408"
+}
+
 impl Core {
     /// Bytes were appended to the read buffer of `id`.
     pub(super) fn on_readable(&mut self, now: Time, id: ConnId) {
@@ -38,8 +46,15 @@ impl Core {
                     // the backend's idle-close notice). Not an answer to this request, which
                     // is re-sent as it is on a fresh connection (the keepalive race).
                     UState::Active if u.reused() && u.written == 0 && !u.responded => {
+                        // The backend's idle-timeout 408 says it took nothing in: re-sent
+                        // whatever the method.
+                        let why = if idle_timeout_408(&c.buf.rbuf) {
+                            Failure::Reused408
+                        } else {
+                            Failure::Stray
+                        };
                         c.buf.rbuf.clear();
-                        self.upstream_failed(now, id, Failure::Stray);
+                        self.upstream_failed(now, id, why);
                     }
                     UState::Active | UState::Tunnel => {
                         u.responded = true;

@@ -1656,13 +1656,6 @@ impl Worker {
                 self.bufs.recycle(bid);
             }
             match -res {
-                // A receive we cancelled on a connection whose send found the backend gone:
-                // nothing else will report the end.
-                libc::ECANCELED if s.send_dead && s.open && !s.eof => {
-                    s.eof = true;
-                    self.core.handle(now, Input::Errored { conn });
-                    fed = true;
-                }
                 // Out of buffers, or a spurious wake-up: the receive is armed again.
                 libc::ENOBUFS | libc::EAGAIN | libc::EINTR | libc::ECANCELED => {}
                 libc::EINVAL if refused => {}
@@ -1735,7 +1728,9 @@ impl Worker {
                 return;
             };
             s.send_dead = true;
-            if s.recv_armed {
+            // A receive armed, or one to come when reading resumes (after what was held back
+            // meanwhile, in order), brings the answer and then the reset.
+            if s.recv_armed || !s.want_read || !s.held.is_empty() || s.held_eof || s.held_err {
                 return;
             }
             if let Some(fd) = s.fd.as_ref() {
