@@ -38,6 +38,19 @@ fn stray_read(h: &mut Harness, u: ConnId) {
     h.pump();
 }
 
+/// One exchange on a connection that then sits in the pool; the client sends `req` next, which
+/// reuses it, and the backend does not take it in yet (nothing of it is reported written).
+fn reused_unwritten(req: &[u8]) -> (Harness, ConnId, ConnId) {
+    let (mut h, c, u) = forwarded("/a");
+    h.upstream_send(u, &ok("a"));
+    assert_eq!(responses(&mut h, c)[0].body, b"a");
+    assert!(h.core.is_pooled(u));
+    h.stall(u, true);
+    h.client_send(c, req);
+    assert!(!h.core.is_pooled(u), "reused");
+    (h, c, u)
+}
+
 #[test]
 fn a_response_ended_by_a_full_read_is_pooled_once_a_read_finds_the_socket_empty() {
     let (mut h, c, u) = forwarded("/a");
@@ -169,14 +182,8 @@ fn bytes_behind_a_spliced_body_close_the_connection() {
 
 #[test]
 fn bytes_on_a_reused_connection_before_its_request_is_written_are_not_its_answer() {
-    let (mut h, c, u) = forwarded("/a");
-    h.upstream_send(u, &ok("a"));
-    assert_eq!(responses(&mut h, c)[0].body, b"a");
-    assert!(h.core.is_pooled(u));
-    // The backend does not take the next request in (yet) ...
-    h.stall(u, true);
-    h.client_send(c, &get("/b"));
-    assert!(!h.core.is_pooled(u), "reused for /b");
+    // The backend does not take /b in (yet) ...
+    let (mut h, c, u) = reused_unwritten(&get("/b"));
     // ... and bytes arrive before any of it was written: leftovers, not its answer.
     h.upstream_send(u, STRAY);
     assert!(!h.core.is_open(u), "closed");
@@ -225,12 +232,7 @@ fn a_health_check_answer_ended_by_a_full_read_settles_too() {
 
 #[test]
 fn a_post_met_by_stray_bytes_before_it_was_reported_written_is_never_sent_twice() {
-    let (mut h, c, u) = forwarded("/a");
-    h.upstream_send(u, &ok("a"));
-    assert_eq!(responses(&mut h, c)[0].body, b"a");
-    h.stall(u, true);
-    h.client_send(c, &post_head("/pay", 3));
-    h.client_send(c, b"abc");
+    let (mut h, c, u) = reused_unwritten(&[post_head("/pay", 3), b"abc".to_vec()].concat());
     // A runtime whose writes complete later (io_uring) may have handed it to the kernel.
     h.upstream_send(u, STRAY);
     assert!(!h.core.is_open(u), "closed");
@@ -246,12 +248,7 @@ fn a_post_met_by_stray_bytes_before_it_was_reported_written_is_never_sent_twice(
 
 #[test]
 fn a_post_met_by_an_idle_timeout_408_before_it_was_reported_written_is_sent_again() {
-    let (mut h, c, u) = forwarded("/a");
-    h.upstream_send(u, &ok("a"));
-    assert_eq!(responses(&mut h, c)[0].body, b"a");
-    h.stall(u, true);
-    h.client_send(c, &post_head("/pay", 3));
-    h.client_send(c, b"abc");
+    let (mut h, c, u) = reused_unwritten(&[post_head("/pay", 3), b"abc".to_vec()].concat());
     // The backend's idle-timeout notice says it took nothing in (RFC 9110 §15.5.9).
     h.upstream_send(
         u,
