@@ -153,11 +153,10 @@ fn peer_gone(e: &io::Error) -> bool {
     )
 }
 
-/// In a write to an upstream connection, holds back an error that says the backend is gone
-/// (the core is told nothing yet: `WouldBlock`) and notes it in `gone`, for
-/// [`read_then_fail`]. Any other error, or one on a client connection, goes through.
-pub fn withhold_gone(e: io::Error, upstream: bool, gone: &mut bool) -> io::Error {
-    if upstream && peer_gone(&e) {
+/// In a write, holds back an error that says the peer is gone (the core is told nothing yet:
+/// `WouldBlock`) and notes it in `gone`, for [`read_then_fail`]. Any other error goes through.
+pub fn withhold_gone(e: io::Error, gone: &mut bool) -> io::Error {
+    if peer_gone(&e) {
         *gone = true;
         io::ErrorKind::WouldBlock.into()
     } else {
@@ -168,14 +167,19 @@ pub fn withhold_gone(e: io::Error, upstream: bool, gone: &mut bool) -> io::Error
 /// Reads at most this many times before a write's failure is reported ([`read_then_fail`]).
 const READS_BEFORE_FAILING: usize = 16;
 
-/// A write to upstream connection `conn` found the backend gone. What it answered before it
-/// went may still be unread in the socket — an early `413` from a backend that closed without
+/// A write to `conn` found its peer gone ([`withhold_gone`]). On an upstream connection, what
+/// the backend answered before it went may still be unread in the socket — an early `413` from a backend that closed without
 /// reading the upload, which makes its kernel reset the connection: the core reads it first
 /// (Linux hands out bytes that arrived before a reset), and then hears of the failure unless
 /// the answer settled the exchange. Without this the answer was lost to a 502 about one time
-/// in three (audit; nginx loses it too, HAProxy reads it).
+/// in three (audit; nginx loses it too, HAProxy reads it). A client connection fails at once.
 pub fn read_then_fail(core: &mut Core, now: Time, conn: ConnId, sock: &SockRef<'_>) {
-    for _ in 0..READS_BEFORE_FAILING {
+    // Looked up here, on the failure, not on every write.
+    let reads = match core.upstream_server(conn) {
+        Some(_) => READS_BEFORE_FAILING,
+        None => 0,
+    };
+    for _ in 0..reads {
         let got = core.read_with(now, conn, READ_SIZE, |buf| {
             recv_into_with(SockRef::from(&**sock), buf, usize::MAX, RecvFlags::DONTWAIT)
         });
@@ -209,13 +213,12 @@ pub enum Flushed {
 /// the queue is empty or a write comes up short. The core has been told everything; drain its
 /// outputs afterwards.
 pub fn flush(core: &mut Core, now: Time, conn: ConnId, sock: SockRef<'_>) -> Flushed {
-    let upstream = core.upstream_server(conn).is_some();
     loop {
         // MSG_NOSIGNAL: a peer that is gone is an EPIPE for the core to hear about, not a
         // SIGPIPE for a process that embeds the library and never ignored it.
         let mut gone = false;
         let result = core.write_with(now, conn, |iov| {
-            send(&sock, iov).map_err(|e| withhold_gone(e, upstream, &mut gone))
+            send(&sock, iov).map_err(|e| withhold_gone(e, &mut gone))
         });
         if gone {
             read_then_fail(core, now, conn, &sock);

@@ -207,12 +207,11 @@ pub fn flush(
         core.piped(conn),
         "the pipe holds what the core counts"
     );
-    let upstream = core.upstream_server(conn).is_some();
     loop {
         let mut gone = false;
         let result = core.write_piped_with(now, conn, |n| {
             pipe.drain(&sock, n)
-                .map_err(|e| crate::io::withhold_gone(e, upstream, &mut gone))
+                .map_err(|e| crate::io::withhold_gone(e, &mut gone))
         });
         if gone {
             crate::io::read_then_fail(core, now, conn, &SockRef::from(&sock));

@@ -599,13 +599,10 @@ impl Core {
         let g = u.group as usize;
         let gcfg = &self.config.upstreams[g];
         let req_done = self.conns.client(cid).is_some_and(|cl| cl.ex.req_done);
-        // A server drained (or set down) while the request was in flight: its connections
-        // close after their response instead of going back to the pool.
         let idx = (u.server - self.groups[g].first_server) as usize;
-        let server_out = self.shared.group(g).servers[idx].state() != ServerState::Up;
         let verdict = rules::upstream_reusable(&UpstreamFacts {
             pooling: gcfg.keepalive > 0,
-            draining: self.draining || server_out,
+            draining: self.pool_shut_to(g, idx),
             response: u.response,
             request_sent: req_done && u.sent_all && c.buf.is_flushed(),
             extra_data: u.extra_data || !c.buf.rbuf.is_empty(),
@@ -695,11 +692,18 @@ impl Core {
         }
         let g = u.group as usize;
         let idx = (u.server - self.groups[g].first_server) as usize;
-        if self.draining || self.shared.group(g).servers[idx].state() != ServerState::Up {
+        if self.pool_shut_to(g, idx) {
             self.close_upstream(id, false, NotReusable::Draining);
             return;
         }
         self.pool_settled(now, id);
+    }
+
+    /// Whether a connection to server `idx` of group `g` closes after its response rather than
+    /// going back to the pool: the core drains, or the server was drained or set down (while
+    /// the request was in flight, or while the connection settled).
+    pub(super) fn pool_shut_to(&self, g: usize, idx: usize) -> bool {
+        self.draining || self.shared.group(g).servers[idx].state() != ServerState::Up
     }
 
     /// An upstream attempt failed: retry (stale pooled connection, or next server when safe),
